@@ -1,0 +1,1 @@
+"""Iris: a distributed job orchestrator."""

@@ -1,0 +1,76 @@
+"""Time for the shell. The only module that reads the wall clock.
+
+The pure core takes ``now_ms`` as an argument; shell objects (controller, worker) take a
+``Clock`` in their constructor so tests drive time with ``FakeClock`` instead of patching
+``time``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now_ms(self) -> int:
+        """Milliseconds since the epoch."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes backwards."""
+        ...
+
+    def wait(self, stop: threading.Event, seconds: float) -> bool:
+        """Wait up to ``seconds`` or until ``stop`` is set; True when stopped."""
+        ...
+
+
+class SystemClock:
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wait(self, stop: threading.Event, seconds: float) -> bool:
+        return stop.wait(seconds)
+
+
+class FakeClock:
+    """A clock that moves only when told to. ``wait`` returns at once."""
+
+    def __init__(self, start_ms: int = 1_700_000_000_000) -> None:
+        self._now_ms = start_ms
+        self._lock = threading.Lock()
+
+    def now_ms(self) -> int:
+        with self._lock:
+            return self._now_ms
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._now_ms / 1000.0
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now_ms += int(seconds * 1000)
+
+    def wait(self, stop: threading.Event, seconds: float) -> bool:
+        return stop.is_set()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.02, message: str = "") -> None:
+    """Poll ``predicate()`` until it is truthy or ``timeout`` seconds pass (then TimeoutError).
+
+    Used by tests and by shell code that waits for another process; never a bare sleep.
+    """
+    deadline = time.monotonic() + timeout
+    stop = threading.Event()
+    while True:
+        if predicate():
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(message or f"condition not met within {timeout}s")
+        stop.wait(interval)

@@ -1,0 +1,276 @@
+"""Ids, resource specs and named state sets shared by every part of Iris.
+
+Pure: no I/O, no clock. Protobuf is used at the edges only (``to_proto`` / ``from_proto``) and
+for the enum values of task and job states, which the seed keeps as ``cluster_pb2`` ints.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import NewType
+
+from iris.rpc import cluster_pb2
+
+JobId = NewType("JobId", str)
+TaskId = NewType("TaskId", str)
+WorkerId = NewType("WorkerId", str)
+EndpointId = NewType("EndpointId", str)
+
+# A job name is one path segment: letters, digits, '.', '_' and '-', starting with a letter or digit.
+JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_TASK_SUFFIX = "/task-"
+
+
+def task_id_for(job_id: JobId, index: int) -> TaskId:
+    """The one place a task id is built: ``"{job_id}/task-{index}"``."""
+    return TaskId(f"{job_id}{_TASK_SUFFIX}{index}")
+
+
+def child_job_id(parent_id: JobId, name: str) -> JobId:
+    """Id of a child job: ``"{parent_id}/{name}"``."""
+    return JobId(f"{parent_id}/{name}")
+
+
+def parse_task_id(task_id: str) -> tuple[JobId, int]:
+    """Split a task id into (job id, index). Raises ValueError when it is not a task id."""
+    job_part, sep, index_part = task_id.rpartition(_TASK_SUFFIX)
+    if not sep or not job_part or not index_part.isdigit():
+        raise ValueError(f"task_id {task_id!r} is not of the form '<job_id>/task-<index>'")
+    return JobId(job_part), int(index_part)
+
+
+# ---------------------------------------------------------------------------
+# States
+# ---------------------------------------------------------------------------
+
+TERMINAL_TASK_STATES: frozenset[int] = frozenset(
+    {
+        cluster_pb2.TASK_STATE_SUCCEEDED,
+        cluster_pb2.TASK_STATE_FAILED,
+        cluster_pb2.TASK_STATE_KILLED,
+        cluster_pb2.TASK_STATE_WORKER_FAILED,
+        cluster_pb2.TASK_STATE_UNSCHEDULABLE,
+    }
+)
+"""A task in one of these states never changes again."""
+
+ACTIVE_TASK_STATES: frozenset[int] = frozenset({cluster_pb2.TASK_STATE_BUILDING, cluster_pb2.TASK_STATE_RUNNING})
+"""Bound to a worker, holding its resources, with a process that may be alive."""
+
+TERMINAL_JOB_STATES: frozenset[int] = frozenset(
+    {
+        cluster_pb2.JOB_STATE_SUCCEEDED,
+        cluster_pb2.JOB_STATE_FAILED,
+        cluster_pb2.JOB_STATE_KILLED,
+        cluster_pb2.JOB_STATE_WORKER_FAILED,
+        cluster_pb2.JOB_STATE_UNSCHEDULABLE,
+    }
+)
+
+
+def is_task_finished(state: int) -> bool:
+    return state in TERMINAL_TASK_STATES
+
+
+def is_job_finished(state: int) -> bool:
+    return state in TERMINAL_JOB_STATES
+
+
+def task_state_name(state: int) -> str:
+    """``TASK_STATE_RUNNING`` -> ``"RUNNING"``."""
+    return str(cluster_pb2.TaskState.Name(state)).removeprefix("TASK_STATE_")  # type: ignore[arg-type]
+
+
+def job_state_name(state: int) -> str:
+    """``JOB_STATE_RUNNING`` -> ``"RUNNING"``."""
+    return str(cluster_pb2.JobState.Name(state)).removeprefix("JOB_STATE_")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# Sizes and resources
+# ---------------------------------------------------------------------------
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "ki": 1024,
+    "kib": 1024,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "gi": 1024**3,
+    "gib": 1024**3,
+    "ti": 1024**4,
+    "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_size(value: str | int, field_name: str = "size") -> int:
+    """Parse "512MiB", "8GiB", "2G", "1024" or an int into bytes.
+
+    Raises ValueError naming ``field_name`` and the accepted forms on bad input.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{field_name}: expected a size such as '512MiB' or '8GiB', got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{field_name}: must be >= 0, got {value}")
+        return value
+    match = _SIZE_RE.match(value)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(
+            f"{field_name}: expected a size such as '512MiB', '8GiB' or a byte count, got {value!r}"
+        )
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def format_size(num_bytes: int) -> str:
+    """Human form of a byte count using binary units: 2147483648 -> "2GiB"."""
+    value = float(num_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            if unit == "B":
+                return f"{int(value)}B"
+            text = f"{value:.1f}".rstrip("0").rstrip(".")
+            return f"{text}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True, slots=True)
+class CpuDevice:
+    variant: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GpuDevice:
+    variant: str = ""
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TpuDevice:
+    variant: str = ""
+    count: int = 1
+
+
+Device = CpuDevice | GpuDevice | TpuDevice
+
+
+def cpu() -> CpuDevice:
+    return CpuDevice()
+
+
+def gpu(variant: str = "", count: int = 1) -> GpuDevice:
+    return GpuDevice(variant=variant, count=count)
+
+
+def tpu(variant: str = "", count: int = 1) -> TpuDevice:
+    return TpuDevice(variant=variant, count=count)
+
+
+def device_to_proto(device: Device) -> cluster_pb2.DeviceConfig:
+    if isinstance(device, GpuDevice):
+        return cluster_pb2.DeviceConfig(gpu=cluster_pb2.GpuDevice(variant=device.variant, count=device.count))
+    if isinstance(device, TpuDevice):
+        return cluster_pb2.DeviceConfig(tpu=cluster_pb2.TpuDevice(variant=device.variant, count=device.count))
+    return cluster_pb2.DeviceConfig(cpu=cluster_pb2.CpuDevice(variant=device.variant))
+
+
+def device_from_proto(proto: cluster_pb2.DeviceConfig) -> Device:
+    kind = proto.WhichOneof("device")
+    if kind == "gpu":
+        return GpuDevice(variant=proto.gpu.variant, count=proto.gpu.count)
+    if kind == "tpu":
+        return TpuDevice(variant=proto.tpu.variant, count=proto.tpu.count)
+    return CpuDevice(variant=proto.cpu.variant if kind == "cpu" else "")
+
+
+def device_kind(proto: cluster_pb2.DeviceConfig) -> str:
+    """"gpu", "tpu" or "cpu" (an unset device is cpu)."""
+    return proto.WhichOneof("device") or "cpu"
+
+
+def device_count(proto: cluster_pb2.DeviceConfig) -> int:
+    """Accelerators a device config asks for or offers (0 for cpu). A gpu with count 0 means 1."""
+    kind = proto.WhichOneof("device")
+    if kind == "gpu":
+        return proto.gpu.count or 1
+    if kind == "tpu":
+        return proto.tpu.count or 1
+    return 0
+
+
+def device_variant(proto: cluster_pb2.DeviceConfig) -> str:
+    kind = proto.WhichOneof("device")
+    if kind == "gpu":
+        return proto.gpu.variant
+    if kind == "tpu":
+        return proto.tpu.variant
+    return ""
+
+
+def get_gpu_count(proto: cluster_pb2.DeviceConfig) -> int:
+    """GPUs a device config asks for (the seed's helper)."""
+    return device_count(proto) if proto.WhichOneof("device") == "gpu" else 0
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceSpec:
+    """What one task of a job needs. Sizes accept "512MiB", "8GiB" or byte counts.
+
+    >>> ResourceSpec(cpu=2, memory="8GiB").memory_bytes
+    8589934592
+    """
+
+    cpu: int = 1
+    memory: str | int = 0
+    disk: str | int = 0
+    device: Device = field(default_factory=CpuDevice)
+    replicas: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cpu, bool) or not isinstance(self.cpu, int) or self.cpu < 0:
+            raise ValueError(f"cpu: must be a whole number >= 0, got {self.cpu!r}")
+        if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) or self.replicas < 0:
+            raise ValueError(f"replicas: must be a whole number >= 0, got {self.replicas!r}")
+        parse_size(self.memory, "memory")
+        parse_size(self.disk, "disk")
+        if isinstance(self.device, (GpuDevice, TpuDevice)) and self.device.count < 1:
+            raise ValueError(f"device: count must be >= 1, got {self.device.count}")
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_size(self.memory, "memory")
+
+    @property
+    def disk_bytes(self) -> int:
+        return parse_size(self.disk, "disk")
+
+    def to_proto(self) -> cluster_pb2.ResourceSpecProto:
+        return cluster_pb2.ResourceSpecProto(
+            cpu=self.cpu,
+            memory_bytes=self.memory_bytes,
+            disk_bytes=self.disk_bytes,
+            device=device_to_proto(self.device),
+            replicas=self.replicas,
+        )
+
+    @classmethod
+    def from_proto(cls, proto: cluster_pb2.ResourceSpecProto) -> ResourceSpec:
+        return cls(
+            cpu=proto.cpu,
+            memory=proto.memory_bytes,
+            disk=proto.disk_bytes,
+            device=device_from_proto(proto.device),
+            replicas=proto.replicas,
+        )
