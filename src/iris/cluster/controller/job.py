@@ -1,0 +1,204 @@
+"""A job: N tasks of one request, and its state derived from per-job task counts in O(1).
+
+Pure: time comes in as ``now_ms``. Job state rules (DESIGN §3), checked in this order on every
+task transition (see ``Job.on_task_transition``):
+
+1. A job that has ended never changes.
+2. FAILED as soon as more than ``max_task_failures`` tasks ended FAILED. WORKER_FAILED tasks never
+   count toward this limit...
+3. ...but a task that ends WORKER_FAILED (preemption budget spent) fails the job at once: it can no
+   longer complete. The job's error is the first failed task's error.
+4. UNSCHEDULABLE as soon as a task ended UNSCHEDULABLE.
+5. KILLED as soon as a task ended KILLED.
+6. SUCCEEDED when every task has ended (the rest are SUCCEEDED, with at most ``max_task_failures``
+   tolerated FAILED tasks, which stay visible in the counts).
+7. Otherwise RUNNING while any task is BUILDING or RUNNING, else PENDING.
+"""
+
+from __future__ import annotations
+
+from iris.cluster.controller.task import Task
+from iris.cluster.types import (
+    TERMINAL_JOB_STATES,
+    JobId,
+    device_count,
+    device_kind,
+    device_variant,
+    task_id_for,
+)
+from iris.rpc import cluster_pb2
+
+DEFAULT_MAX_RETRIES_PREEMPTION = 100
+
+_T = cluster_pb2  # short alias for state constants below
+_NUM_STATES = 9
+
+
+class Job:
+    """A submitted job. Holds the request, the derived state and the per-state task counts."""
+
+    __slots__ = (
+        "job_id",
+        "request",
+        "submitted_at_ms",
+        "parent_job_id",
+        "state",
+        "error",
+        "started_at_ms",
+        "finished_at_ms",
+        "num_tasks",
+        "counts",
+        "pending_reason",
+        "max_task_failures",
+        "max_retries_failure",
+        "max_retries_preemption",
+        "coscheduled",
+        "scheduling_timeout_ms",
+        "cpu",
+        "memory_bytes",
+        "disk_bytes",
+        "device_kind",
+        "device_variant",
+        "device_count",
+        "bundle_hash",
+        "first_failure",
+    )
+
+    def __init__(
+        self,
+        job_id: JobId,
+        request: cluster_pb2.Controller.LaunchJobRequest,
+        submitted_at_ms: int,
+        parent_job_id: JobId | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.request = request
+        self.submitted_at_ms = submitted_at_ms
+        self.parent_job_id = parent_job_id or (JobId(request.parent_job_id) if request.parent_job_id else None)
+        self.state: int = cluster_pb2.JOB_STATE_PENDING
+        self.error: str | None = None
+        self.started_at_ms: int | None = None
+        self.finished_at_ms: int | None = None
+        self.num_tasks = 0
+        self.counts: list[int] = [0] * _NUM_STATES
+        """Number of this job's tasks in each TaskState (indexed by the enum value)."""
+        self.pending_reason = ""
+        self.max_task_failures = request.max_task_failures
+        self.max_retries_failure = request.max_retries_failure
+        self.max_retries_preemption = (
+            request.max_retries_preemption
+            if request.HasField("max_retries_preemption")
+            else DEFAULT_MAX_RETRIES_PREEMPTION
+        )
+        self.coscheduled = request.coscheduled
+        self.scheduling_timeout_ms = int(request.scheduling_timeout_seconds * 1000)
+        resources = request.resources
+        # Cached so the scheduler never touches protobuf on its hot path.
+        self.cpu = resources.cpu
+        self.memory_bytes = resources.memory_bytes
+        self.disk_bytes = resources.disk_bytes
+        self.device_kind = device_kind(resources.device)
+        self.device_variant = device_variant(resources.device)
+        self.device_count = device_count(resources.device)
+        self.bundle_hash = request.bundle_hash
+        self.first_failure: str | None = None
+        """Error of the first task that ended FAILED, tolerated or not: the job's error if it fails."""
+
+    @property
+    def name(self) -> str:
+        return self.request.name
+
+    def is_finished(self) -> bool:
+        return self.state in TERMINAL_JOB_STATES
+
+    @property
+    def tasks_active(self) -> int:
+        return self.counts[_T.TASK_STATE_BUILDING] + self.counts[_T.TASK_STATE_RUNNING]
+
+    @property
+    def tasks_finished(self) -> int:
+        c = self.counts
+        return (
+            c[_T.TASK_STATE_SUCCEEDED]
+            + c[_T.TASK_STATE_FAILED]
+            + c[_T.TASK_STATE_KILLED]
+            + c[_T.TASK_STATE_WORKER_FAILED]
+            + c[_T.TASK_STATE_UNSCHEDULABLE]
+        )
+
+    def add_tasks(self, count: int) -> None:
+        """Account for ``count`` new PENDING tasks."""
+        self.num_tasks += count
+        self.counts[_T.TASK_STATE_PENDING] += count
+
+    def on_task_transition(self, old_state: int, new_state: int, now_ms: int, task: Task) -> int | None:
+        """Update the counts for one task move and re-derive the job state in O(1).
+
+        Returns the job's new state when it changed, else None.
+        """
+        counts = self.counts
+        counts[old_state] -= 1
+        counts[new_state] += 1
+        if self.is_finished():
+            return None
+        if new_state in (_T.TASK_STATE_BUILDING, _T.TASK_STATE_RUNNING) and self.started_at_ms is None:
+            self.started_at_ms = now_ms
+
+        new_job_state = self._derive_state(new_state, task)
+        if new_job_state == self.state:
+            return None
+        self.state = new_job_state
+        if new_job_state in TERMINAL_JOB_STATES:
+            self.finished_at_ms = now_ms
+        return new_job_state
+
+    def _derive_state(self, new_task_state: int, task: Task) -> int:
+        c = self.counts
+        if new_task_state == _T.TASK_STATE_FAILED:
+            self.first_failure = self.first_failure or _task_error(task, "failed")
+            if c[_T.TASK_STATE_FAILED] > self.max_task_failures:
+                self.error = self.error or self.first_failure
+                return cluster_pb2.JOB_STATE_FAILED
+        if new_task_state == _T.TASK_STATE_WORKER_FAILED:
+            self.error = self.error or _task_error(task, "worker failed, preemption budget spent")
+            return cluster_pb2.JOB_STATE_FAILED
+        if new_task_state == _T.TASK_STATE_UNSCHEDULABLE:
+            self.error = self.error or _task_error(task, "unschedulable")
+            return cluster_pb2.JOB_STATE_UNSCHEDULABLE
+        if new_task_state == _T.TASK_STATE_KILLED:
+            self.error = self.error or _task_error(task, "killed")
+            return cluster_pb2.JOB_STATE_KILLED
+        if self.tasks_finished == self.num_tasks:
+            return cluster_pb2.JOB_STATE_SUCCEEDED
+        if self.tasks_active > 0:
+            return cluster_pb2.JOB_STATE_RUNNING
+        return cluster_pb2.JOB_STATE_PENDING
+
+    def finish(self, state: int, now_ms: int, error: str | None) -> None:
+        """End the job from outside the task counts (terminate, parent ended)."""
+        self.state = state
+        self.finished_at_ms = now_ms
+        if error and not self.error:
+            self.error = error
+
+
+def _task_error(task: Task, what: str) -> str:
+    detail = f": {task.error}" if task.error else ""
+    return f"task {task.task_index} {what}{detail}"
+
+
+def expand_job_to_tasks(job: Job, now_ms: int) -> list[Task]:
+    """Expand a job into its tasks: ``replicas`` 0 or unset means one task."""
+    num_replicas = job.request.resources.replicas or 1
+    return [
+        Task(
+            task_id=task_id_for(job.job_id, i),
+            job_id=job.job_id,
+            task_index=i,
+            max_retries_failure=job.max_retries_failure,
+            max_retries_preemption=job.max_retries_preemption,
+            submitted_at_ms=now_ms,
+            pending_since_ms=now_ms,
+        )
+        for i in range(num_replicas)
+    ]

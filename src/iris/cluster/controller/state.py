@@ -1,0 +1,786 @@
+"""The controller's in-memory state: jobs, tasks, workers, endpoints and the pending queue.
+
+Pure: no threads, sockets, sleeps or clock reads; time comes in as ``now_ms``. Every cost on the
+hot path is O(1): a task transition, a queue removal (the queue is an insertion-ordered dict),
+a job-state update (per-job counts), committed resources (per-worker counters).
+
+Side effects leave through an outbox (``drain_effects``): the processes the shell must kill
+(worker, task, attempt) and the rows the store must write. Every path that ends a task releases
+it everywhere: out of the queue, out of its worker's ``running_tasks`` and committed resources,
+its endpoints removed, and a kill instruction when its process may still run (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from threading import RLock
+
+from iris.cluster.controller.job import Job
+from iris.cluster.controller.task import (
+    BUILDING,
+    KILLED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    WORKER_FAILED,
+    Task,
+    TaskTransitionResult,
+)
+from iris.cluster.types import (
+    TERMINAL_TASK_STATES,
+    EndpointId,
+    JobId,
+    TaskId,
+    WorkerId,
+    device_count,
+    device_kind,
+    device_variant,
+)
+from iris.rpc import cluster_pb2
+
+logger = logging.getLogger(__name__)
+
+ACTION_LOG_SIZE = 1000
+
+
+@dataclass(slots=True)
+class ControllerWorker:
+    """A registered worker, its capacity and what it runs."""
+
+    worker_id: WorkerId
+    address: str
+    metadata: cluster_pb2.WorkerMetadata
+    healthy: bool = True
+    consecutive_failures: int = 0
+    last_heartbeat_ms: int = 0
+    registered_at_ms: int = 0
+    running_tasks: set[TaskId] = field(default_factory=set)
+    """Tasks whose current attempt is bound to this worker and has not ended."""
+    incarnation: str = ""
+    committed_cpu: int = 0
+    committed_memory: int = 0
+    committed_disk: int = 0
+    committed_devices: int = 0
+    dispatch_acks: dict[TaskId, tuple[str, int] | None] = field(default_factory=dict)
+    """Per running task: None while RunTask is in flight, then (incarnation, sequence) the worker
+    accepted it under. Tasks missing here (e.g. reloaded after a controller restart) count as
+    accepted long ago."""
+
+    @property
+    def total_cpu(self) -> int:
+        return self.metadata.cpu_count
+
+    @property
+    def total_memory(self) -> int:
+        return self.metadata.memory_bytes
+
+    @property
+    def total_disk(self) -> int:
+        return self.metadata.disk_bytes
+
+    @property
+    def device_kind(self) -> str:
+        return device_kind(self.metadata.device)
+
+    @property
+    def device_variant(self) -> str:
+        return device_variant(self.metadata.device) or self.metadata.gpu_name
+
+    @property
+    def total_devices(self) -> int:
+        return device_count(self.metadata.device)
+
+
+@dataclass(slots=True)
+class ControllerEndpoint:
+    """A named address registered by a running task."""
+
+    endpoint_id: str
+    name: str
+    address: str
+    job_id: JobId
+    metadata: dict[str, str] = field(default_factory=dict)
+    task_id: TaskId | None = None
+    attempt_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KillInstruction:
+    """Stop this attempt's process on this worker (SIGTERM, then SIGKILL after the grace period)."""
+
+    worker_id: WorkerId
+    task_id: TaskId
+    attempt_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ActionLogEntry:
+    timestamp_ms: int
+    action: str
+    job_id: str = ""
+    task_id: str = ""
+    worker_id: str = ""
+    details: str = ""
+
+
+@dataclass(slots=True)
+class Effects:
+    """What the shell must do after a batch of state changes."""
+
+    kills: list[KillInstruction] = field(default_factory=list)
+    dirty_jobs: set[JobId] = field(default_factory=set)
+    dirty_tasks: set[TaskId] = field(default_factory=set)
+    dirty_workers: set[WorkerId] = field(default_factory=set)
+    added_endpoints: list[ControllerEndpoint] = field(default_factory=list)
+    removed_endpoints: list[ControllerEndpoint] = field(default_factory=list)
+    actions: list[ActionLogEntry] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not (
+            self.kills
+            or self.dirty_jobs
+            or self.dirty_tasks
+            or self.dirty_workers
+            or self.added_endpoints
+            or self.removed_endpoints
+            or self.actions
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedAttempt:
+    """One attempt as a worker reports holding it (heartbeat / registration)."""
+
+    task_id: TaskId
+    attempt_id: int
+    state: int
+    exit_code: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileResult:
+    kill: list[ObservedAttempt]
+    """Attempts the worker holds that the controller does not expect: stop them."""
+    missing: list[TaskId]
+    """Attempts the controller expected that the worker lost: each became a worker failure."""
+
+
+class ControllerState:
+    """Authoritative in-memory state. Thread-safe through one re-entrant lock, but the shell
+    holds its own lock across "apply, drain effects, persist"; pure tests call it directly."""
+
+    def __init__(self) -> None:
+        self._lock = RLock()
+        self._jobs: dict[JobId, Job] = {}
+        self._tasks: dict[TaskId, Task] = {}
+        self._tasks_by_job: dict[JobId, list[Task]] = {}
+        self._children: dict[JobId, list[JobId]] = {}
+        self._workers: dict[WorkerId, ControllerWorker] = {}
+        self._task_queue: dict[TaskId, None] = {}
+        """PENDING tasks in queue order. A dict: O(1) append, removal and membership."""
+        self._endpoints: dict[str, ControllerEndpoint] = {}
+        self._endpoints_by_task: dict[TaskId, set[str]] = {}
+        self._actions: deque[ActionLogEntry] = deque(maxlen=ACTION_LOG_SIZE)
+        self._effects = Effects()
+
+    # ------------------------------------------------------------------ jobs and tasks
+
+    def add_job(self, job: Job, tasks: list[Task] | None = None) -> None:
+        """Add a job and its tasks (all PENDING, queued in index order)."""
+        if tasks is None:
+            from iris.cluster.controller.job import expand_job_to_tasks
+
+            tasks = expand_job_to_tasks(job, job.submitted_at_ms)
+        with self._lock:
+            if job.job_id in self._jobs:
+                raise ValueError(f"job {job.job_id} already exists")
+            self._jobs[job.job_id] = job
+            self._tasks_by_job[job.job_id] = list(tasks)
+            job.add_tasks(len(tasks))
+            queue = self._task_queue
+            for task in tasks:
+                self._tasks[task.task_id] = task
+                queue[task.task_id] = None
+            self._effects.dirty_tasks.update(t.task_id for t in tasks)
+            self._effects.dirty_jobs.add(job.job_id)
+            if job.parent_job_id is not None:
+                self._children.setdefault(job.parent_job_id, []).append(job.job_id)
+            self.log_action("job_submitted", now_ms=job.submitted_at_ms, job_id=job.job_id,
+                            details=f"tasks={len(tasks)}")
+
+    def restore_job(self, job: Job, tasks: list[Task]) -> None:
+        """Re-insert a job whose tasks and counts were loaded from the store (no effects)."""
+        with self._lock:
+            self._jobs[job.job_id] = job
+            self._tasks_by_job[job.job_id] = list(tasks)
+            for task in tasks:
+                self._tasks[task.task_id] = task
+            if job.parent_job_id is not None:
+                self._children.setdefault(job.parent_job_id, []).append(job.job_id)
+
+    def restore_queue(self, task_ids: Iterable[TaskId]) -> None:
+        with self._lock:
+            for tid in task_ids:
+                self._task_queue[tid] = None
+
+    def get_job(self, job_id: JobId) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def list_jobs(self) -> list[Job]:
+        with self._lock:
+            return list(self._jobs.values())
+
+    def get_child_jobs(self, job_id: JobId) -> list[JobId]:
+        return list(self._children.get(job_id, ()))
+
+    def get_task(self, task_id: TaskId) -> Task | None:
+        return self._tasks.get(task_id)
+
+    def get_job_tasks(self, job_id: JobId) -> list[Task]:
+        with self._lock:
+            return list(self._tasks_by_job.get(job_id, ()))
+
+    def peek_pending_tasks(self) -> list[Task]:
+        """All PENDING tasks in queue order."""
+        with self._lock:
+            tasks = self._tasks
+            return [tasks[tid] for tid in self._task_queue]
+
+    def queue_order(self) -> list[TaskId]:
+        with self._lock:
+            return list(self._task_queue)
+
+    # ------------------------------------------------------------------ workers
+
+    def add_worker(self, worker: ControllerWorker) -> ControllerWorker:
+        """Register a worker, or refresh a known one (same id): new address, metadata, healthy."""
+        with self._lock:
+            existing = self._workers.get(worker.worker_id)
+            if existing is None:
+                self._workers[worker.worker_id] = worker
+                existing = worker
+            else:
+                existing.address = worker.address
+                existing.metadata = worker.metadata
+                existing.healthy = True
+                existing.consecutive_failures = 0
+                existing.last_heartbeat_ms = worker.last_heartbeat_ms
+                existing.registered_at_ms = worker.registered_at_ms
+                existing.incarnation = worker.incarnation
+            self._effects.dirty_workers.add(worker.worker_id)
+            return existing
+
+    def get_worker(self, worker_id: WorkerId) -> ControllerWorker | None:
+        return self._workers.get(worker_id)
+
+    def list_workers(self) -> list[ControllerWorker]:
+        with self._lock:
+            return list(self._workers.values())
+
+    def get_available_workers(self) -> list[ControllerWorker]:
+        """Healthy workers, in registration order."""
+        with self._lock:
+            return [w for w in self._workers.values() if w.healthy]
+
+    def get_committed_resources(self, worker: ControllerWorker) -> tuple[int, int, int]:
+        """(cpu, memory_bytes, devices) committed to the worker's running tasks. O(1): counters."""
+        return worker.committed_cpu, worker.committed_memory, worker.committed_devices
+
+    def can_fit(self, worker: ControllerWorker, job: Job) -> bool:
+        """Whether ``worker`` is healthy and its free resources cover one task of ``job``."""
+        if not worker.healthy:
+            return False
+        if worker.total_cpu - worker.committed_cpu < job.cpu:
+            return False
+        if worker.total_memory - worker.committed_memory < job.memory_bytes:
+            return False
+        if job.disk_bytes and worker.total_disk - worker.committed_disk < job.disk_bytes:
+            return False
+        if job.device_kind != "cpu":
+            if worker.device_kind != job.device_kind:
+                return False
+            if job.device_variant and job.device_variant.lower() not in worker.device_variant.lower():
+                return False
+            if worker.total_devices - worker.committed_devices < job.device_count:
+                return False
+        return True
+
+    def heartbeat(self, worker_id: WorkerId, now_ms: int) -> bool:
+        """Record that the worker was heard from. False when the worker is unknown or was declared dead
+        (it must register again)."""
+        worker = self._workers.get(worker_id)
+        if worker is None or not worker.healthy:
+            return False
+        worker.last_heartbeat_ms = now_ms
+        return True
+
+    def find_dead_workers(self, now_ms: int, timeout_ms: int) -> list[WorkerId]:
+        """Healthy workers not heard from for longer than ``timeout_ms``."""
+        with self._lock:
+            return [
+                w.worker_id
+                for w in self._workers.values()
+                if w.healthy and now_ms - w.last_heartbeat_ms > timeout_ms
+            ]
+
+    def mark_worker_dead(self, worker_id: WorkerId, now_ms: int, reason: str = "worker timed out") -> list[TaskId]:
+        """Declare a worker dead: every task on it becomes a worker failure. Returns those tasks."""
+        with self._lock:
+            worker = self._workers.get(worker_id)
+            if worker is None or not worker.healthy:
+                return []
+            worker.healthy = False
+            self._effects.dirty_workers.add(worker_id)
+            self.log_action("worker_dead", now_ms=now_ms, worker_id=worker_id, details=reason)
+            lost = sorted(worker.running_tasks)
+            for task_id in lost:
+                self.transition_task(
+                    task_id,
+                    WORKER_FAILED,
+                    now_ms,
+                    is_worker_failure=True,
+                    error=f"worker {worker_id} failed: {reason}",
+                )
+            return lost
+
+    # ------------------------------------------------------------------ dispatch
+
+    def assign_task_to_worker(self, worker_id: WorkerId, task_id: TaskId, now_ms: int | None = None) -> bool:
+        """Bind a queued task to a worker: RUNNING there, in its ``running_tasks``, resources committed,
+        out of the queue. Works after the seed's ``task.mark_dispatched(worker_id, now_ms)`` or alone.
+
+        Returns False (changing nothing) when the task or worker is unknown, or the task is not
+        waiting in the queue.
+        """
+        with self._lock:
+            worker = self._workers.get(worker_id)
+            task = self._tasks.get(task_id)
+            if worker is None or task is None or task_id not in self._task_queue:
+                return False
+            if task.state == PENDING:
+                task.mark_dispatched(worker_id, task.pending_since_ms if now_ms is None else now_ms)
+            elif task.worker_id != worker_id or task.state not in (RUNNING, BUILDING):
+                return False
+            del self._task_queue[task_id]
+            job = self._jobs[task.job_id]
+            self._bind(worker, task, job)
+            job.on_task_transition(PENDING, task.state, task.started_at_ms or 0, task)
+            self._effects.dirty_tasks.add(task_id)
+            self._effects.dirty_jobs.add(job.job_id)
+            return True
+
+    def commit_assignment(self, task_id: TaskId, worker_id: WorkerId, now_ms: int) -> bool:
+        """The shell's dispatch commit: re-check that the task still waits, the worker is still healthy
+        and fits, then assign. The dispatch is recorded as in flight until ``ack_dispatch``."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            worker = self._workers.get(worker_id)
+            if task is None or worker is None or task.state != PENDING or task_id not in self._task_queue:
+                return False
+            job = self._jobs[task.job_id]
+            if job.is_finished() or not self.can_fit(worker, job):
+                return False
+            ok = self.assign_task_to_worker(worker_id, task_id, now_ms)
+            if ok:
+                worker.dispatch_acks[task_id] = None
+            return ok
+
+    def ack_dispatch(self, task_id: TaskId, attempt_id: int, incarnation: str, sequence: int) -> None:
+        """The worker accepted RunTask for this attempt under (incarnation, sequence)."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.current_attempt_id != attempt_id or task.worker_id is None:
+                return
+            worker = self._workers.get(task.worker_id)
+            if worker is not None and task_id in worker.dispatch_acks:
+                worker.dispatch_acks[task_id] = (incarnation, sequence)
+
+    def dispatch_failed(self, task_id: TaskId, attempt_id: int, now_ms: int, error: str) -> TaskTransitionResult:
+        """The worker never accepted RunTask: a worker failure of that attempt (DESIGN §3)."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.current_attempt_id != attempt_id or not task.is_active():
+                return TaskTransitionResult.IGNORED
+            result, _ = self.transition_task(task_id, WORKER_FAILED, now_ms, is_worker_failure=True, error=error)
+            return result
+
+    def _bind(self, worker: ControllerWorker, task: Task, job: Job) -> None:
+        worker.running_tasks.add(task.task_id)
+        worker.committed_cpu += job.cpu
+        worker.committed_memory += job.memory_bytes
+        worker.committed_disk += job.disk_bytes
+        worker.committed_devices += job.device_count
+
+    def _release(self, worker_id: WorkerId | None, task: Task, job: Job) -> None:
+        if worker_id is None:
+            return
+        worker = self._workers.get(worker_id)
+        if worker is None or task.task_id not in worker.running_tasks:
+            return
+        worker.running_tasks.discard(task.task_id)
+        worker.dispatch_acks.pop(task.task_id, None)
+        worker.committed_cpu -= job.cpu
+        worker.committed_memory -= job.memory_bytes
+        worker.committed_disk -= job.disk_bytes
+        worker.committed_devices -= job.device_count
+
+    # ------------------------------------------------------------------ transitions
+
+    def transition_task(
+        self,
+        task_id: TaskId,
+        new_state: int,
+        now_ms: int,
+        *,
+        is_worker_failure: bool = False,
+        error: str | None = None,
+        exit_code: int | None = None,
+    ) -> tuple[TaskTransitionResult, list[ControllerEndpoint]]:
+        """Transition a task and apply every side effect: queue, worker, resources, endpoints, job
+        counts and state, failure-domain cascade. A task that has already ended never changes.
+
+        Returns the task's result and the endpoints removed because its attempt ended.
+        """
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None:
+                return TaskTransitionResult.IGNORED, []
+            job = self._jobs[task.job_id]
+            old_state = task.state
+            old_worker = task.worker_id
+            old_attempt = task.current_attempt_id
+            was_active = task.is_active()
+
+            result = task.transition(
+                new_state, now_ms, is_worker_failure=is_worker_failure, error=error, exit_code=exit_code
+            )
+            if result is TaskTransitionResult.IGNORED:
+                return result, []
+            effects = self._effects
+            effects.dirty_tasks.add(task_id)
+            effects.dirty_jobs.add(job.job_id)
+
+            removed: list[ControllerEndpoint] = []
+            attempt_ended = result is TaskTransitionResult.SHOULD_RETRY or task.state in TERMINAL_TASK_STATES
+            if attempt_ended:
+                if was_active:
+                    self._release(old_worker, task, job)
+                    removed = self._remove_endpoints_for_task(task_id)
+                    if old_worker is not None and self._should_kill(new_state, is_worker_failure, old_worker):
+                        effects.kills.append(KillInstruction(old_worker, task_id, old_attempt))
+                    if old_worker is not None:
+                        effects.dirty_workers.add(old_worker)
+                else:
+                    self._task_queue.pop(task_id, None)
+
+            if result is TaskTransitionResult.SHOULD_RETRY:
+                self._task_queue[task_id] = None
+                self.log_action(
+                    "task_retry",
+                    now_ms=now_ms,
+                    job_id=task.job_id,
+                    task_id=task_id,
+                    worker_id=old_worker or "",
+                    details=f"{'preemption' if is_worker_failure or new_state == WORKER_FAILED else 'failure'}"
+                    f" attempt={old_attempt}: {error or ''}",
+                )
+            new_job_state = job.on_task_transition(old_state, task.state, now_ms, task)
+            if task.state in TERMINAL_TASK_STATES and task.state not in (SUCCEEDED, KILLED):
+                self.log_action(
+                    "task_ended",
+                    now_ms=now_ms,
+                    job_id=task.job_id,
+                    task_id=task_id,
+                    details=f"{cluster_pb2.TaskState.Name(task.state)}: {task.error or ''}",  # type: ignore[arg-type]
+                )
+            if new_job_state is not None and job.is_finished():
+                self._on_job_finished(job, now_ms)
+            return result, removed
+
+    def _should_kill(self, new_state: int, is_worker_failure: bool, worker_id: WorkerId) -> bool:
+        """Whether the process of an attempt that just ended may still be running.
+
+        A worker reporting SUCCEEDED/FAILED has seen its process end. A KILLED transition is ours, and a
+        worker failure while the worker still looks healthy (e.g. RunTask timed out) may have left the
+        process running; a dead worker cannot be reached, and reconcile handles it if it returns.
+        """
+        if new_state == KILLED:
+            return True
+        if is_worker_failure or new_state == WORKER_FAILED:
+            worker = self._workers.get(worker_id)
+            return worker is not None and worker.healthy
+        return False
+
+    def _on_job_finished(self, job: Job, now_ms: int) -> None:
+        """Failure domain: kill every task of the job that has not ended, then end its children."""
+        self._effects.dirty_jobs.add(job.job_id)
+        self.log_action(
+            "job_finished",
+            now_ms=now_ms,
+            job_id=job.job_id,
+            details=f"{cluster_pb2.JobState.Name(job.state)}{': ' + job.error if job.error else ''}",  # type: ignore[arg-type]
+        )
+        if job.tasks_finished < job.num_tasks:
+            reason = f"job {job.job_id} ended {cluster_pb2.JobState.Name(job.state)}"  # type: ignore[arg-type]
+            for task in self._tasks_by_job[job.job_id]:
+                if not task.is_finished():
+                    self.transition_task(task.task_id, KILLED, now_ms, error=reason)
+        for child_id in self._children.get(job.job_id, ()):
+            self.terminate_job(child_id, now_ms, reason=f"parent job {job.job_id} ended")
+
+    def terminate_job(self, job_id: JobId, now_ms: int, reason: str = "terminated by user") -> bool:
+        """End a job KILLED: kill its live tasks and terminate its children. False if it had ended."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.is_finished():
+                return False
+            job.finish(cluster_pb2.JOB_STATE_KILLED, now_ms, reason)
+            self._on_job_finished(job, now_ms)
+            return True
+
+    def set_pending_reasons(self, reasons: Mapping[JobId, str]) -> None:
+        for job_id, reason in reasons.items():
+            job = self._jobs.get(job_id)
+            if job is not None:
+                job.pending_reason = reason
+
+    # ------------------------------------------------------------------ reports and reconcile
+
+    def apply_report(
+        self,
+        worker_id: WorkerId,
+        task_id: TaskId,
+        attempt_id: int,
+        state: int,
+        now_ms: int,
+        *,
+        exit_code: int | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Apply one state report from a worker. Stale attempts, reports for ended tasks, reports
+        from a worker the attempt is not bound to, and illegal moves are ignored (idempotent).
+
+        A KILLED report for an attempt the controller did not kill means the worker stopped it
+        (e.g. the worker is shutting down): a worker failure, retried as a preemption.
+        Returns whether anything changed.
+        """
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if (
+                task is None
+                or task.current_attempt_id != attempt_id
+                or task.worker_id != worker_id
+                or not task.is_active()
+            ):
+                return False
+            if state == KILLED:
+                result, _ = self.transition_task(
+                    task_id, WORKER_FAILED, now_ms, is_worker_failure=True,
+                    error=error or f"worker {worker_id} stopped the task",
+                )
+                return result is not TaskTransitionResult.IGNORED
+            if state not in (BUILDING, RUNNING, SUCCEEDED, cluster_pb2.TASK_STATE_FAILED, WORKER_FAILED):
+                logger.warning("ignoring report task=%s attempt=%s with state %s", task_id, attempt_id, state)
+                return False
+            result, _ = self.transition_task(
+                task_id, state, now_ms, is_worker_failure=state == WORKER_FAILED, error=error, exit_code=exit_code
+            )
+            return result is not TaskTransitionResult.IGNORED
+
+    def reconcile_worker(
+        self,
+        worker_id: WorkerId,
+        observed: list[ObservedAttempt],
+        incarnation: str,
+        sequence: int,
+        now_ms: int,
+    ) -> ReconcileResult:
+        """Level-triggered reconcile of a worker's complete observed set (DESIGN §3).
+
+        - An observed attempt that is the task's current attempt on this worker: its state is applied.
+        - An observed live attempt the controller does not expect (stale attempt, ended task, unknown
+          task, another worker's): kill it.
+        - An expected attempt the set lacks is a worker failure, unless its RunTask is still in flight
+          or was accepted after the set was taken (same incarnation, higher sequence). A finished
+          attempt whose report was lost is in the set with its terminal state, so it is not retried.
+        """
+        with self._lock:
+            worker = self._workers.get(worker_id)
+            if worker is None:
+                return ReconcileResult(kill=[a for a in observed if a.state not in TERMINAL_TASK_STATES], missing=[])
+            kill: list[ObservedAttempt] = []
+            seen: set[TaskId] = set()
+            for attempt in observed:
+                task = self._tasks.get(attempt.task_id)
+                expected = (
+                    task is not None
+                    and task.current_attempt_id == attempt.attempt_id
+                    and task.worker_id == worker_id
+                    and task.is_active()
+                )
+                if expected:
+                    seen.add(attempt.task_id)
+                    if attempt.state != task.state:  # type: ignore[union-attr]
+                        self.apply_report(
+                            worker_id, attempt.task_id, attempt.attempt_id, attempt.state, now_ms,
+                            exit_code=attempt.exit_code, error=attempt.error,
+                        )
+                elif attempt.state not in TERMINAL_TASK_STATES:
+                    kill.append(attempt)
+            missing: list[TaskId] = []
+            for task_id in sorted(worker.running_tasks - seen):
+                ack = worker.dispatch_acks.get(task_id, ("", -1))
+                if ack is None:
+                    continue  # RunTask still in flight
+                ack_incarnation, ack_sequence = ack
+                if ack_incarnation == incarnation and ack_sequence > sequence:
+                    continue  # accepted after this set was taken
+                missing.append(task_id)
+            for task_id in missing:
+                self.transition_task(
+                    task_id, WORKER_FAILED, now_ms, is_worker_failure=True,
+                    error=f"worker {worker_id} no longer has the task",
+                )
+            return ReconcileResult(kill=kill, missing=missing)
+
+    # ------------------------------------------------------------------ endpoints
+
+    def add_endpoint(self, endpoint: ControllerEndpoint, task_id: TaskId) -> bool:
+        """Register an endpoint for a running task attempt. Refused (False) when the task is not
+        running or ``endpoint.attempt_id`` is not its current attempt."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or not task.is_active() or task.current_attempt_id != endpoint.attempt_id:
+                return False
+            endpoint.task_id = task_id
+            self._endpoints[endpoint.endpoint_id] = endpoint
+            self._endpoints_by_task.setdefault(task_id, set()).add(endpoint.endpoint_id)
+            self._effects.added_endpoints.append(endpoint)
+            return True
+
+    def restore_endpoint(self, endpoint: ControllerEndpoint) -> None:
+        with self._lock:
+            self._endpoints[endpoint.endpoint_id] = endpoint
+            if endpoint.task_id is not None:
+                self._endpoints_by_task.setdefault(endpoint.task_id, set()).add(endpoint.endpoint_id)
+
+    def remove_endpoint(self, endpoint_id: str) -> ControllerEndpoint | None:
+        with self._lock:
+            endpoint = self._endpoints.pop(endpoint_id, None)
+            if endpoint is None:
+                return None
+            if endpoint.task_id is not None:
+                ids = self._endpoints_by_task.get(endpoint.task_id)
+                if ids is not None:
+                    ids.discard(endpoint_id)
+                    if not ids:
+                        del self._endpoints_by_task[endpoint.task_id]
+            self._effects.removed_endpoints.append(endpoint)
+            return endpoint
+
+    def get_endpoint(self, endpoint_id: EndpointId | str) -> ControllerEndpoint | None:
+        return self._endpoints.get(endpoint_id)
+
+    def lookup_endpoints(self, name: str) -> list[ControllerEndpoint]:
+        """Endpoints registered under exactly ``name``."""
+        with self._lock:
+            return [e for e in self._endpoints.values() if e.name == name]
+
+    def list_endpoints(self, prefix: str = "") -> list[ControllerEndpoint]:
+        """Endpoints whose name starts with ``prefix``, sorted by name."""
+        with self._lock:
+            return sorted(
+                (e for e in self._endpoints.values() if e.name.startswith(prefix)),
+                key=lambda e: (e.name, e.endpoint_id),
+            )
+
+    def _remove_endpoints_for_task(self, task_id: TaskId) -> list[ControllerEndpoint]:
+        ids = self._endpoints_by_task.pop(task_id, None)
+        if not ids:
+            return []
+        removed = []
+        for eid in ids:
+            endpoint = self._endpoints.pop(eid, None)
+            if endpoint is not None:
+                removed.append(endpoint)
+        self._effects.removed_endpoints.extend(removed)
+        return removed
+
+    # ------------------------------------------------------------------ effects and action log
+
+    def drain_effects(self) -> Effects:
+        """Hand the accumulated effects to the shell and start a new batch."""
+        with self._lock:
+            effects, self._effects = self._effects, Effects()
+            return effects
+
+    def log_action(
+        self,
+        action: str,
+        *,
+        now_ms: int,
+        job_id: str = "",
+        task_id: str = "",
+        worker_id: str = "",
+        details: str = "",
+    ) -> None:
+        entry = ActionLogEntry(now_ms, action, job_id, task_id, worker_id, details)
+        self._actions.append(entry)
+        self._effects.actions.append(entry)
+
+    def restore_actions(self, entries: Iterable[ActionLogEntry]) -> None:
+        self._actions.extend(entries)
+
+    def recent_actions(self, limit: int = 100) -> list[ActionLogEntry]:
+        with self._lock:
+            items = list(self._actions)
+            return items[-limit:]
+
+    # ------------------------------------------------------------------ invariants
+
+    def check_invariants(self) -> None:
+        """Assert the state's internal consistency (for tests and benchmarks; O(everything)).
+
+        - job counts equal a recount of its tasks' states;
+        - the queue holds exactly the PENDING tasks;
+        - a task is in a worker's ``running_tasks`` exactly when it is active and bound to it;
+        - committed-resource counters equal a recount;
+        - no ended job has a live task; endpoints belong to active tasks.
+        """
+        with self._lock:
+            pending = {tid for tid, t in self._tasks.items() if t.state == PENDING}
+            assert pending == set(self._task_queue), "queue != PENDING tasks"
+            for job_id, job in self._jobs.items():
+                recount = [0] * len(job.counts)
+                for t in self._tasks_by_job[job_id]:
+                    recount[t.state] += 1
+                assert recount == job.counts, f"job {job_id} counts {job.counts} != recount {recount}"
+                assert job.num_tasks == len(self._tasks_by_job[job_id])
+                if job.is_finished():
+                    live = [t.task_id for t in self._tasks_by_job[job_id] if not t.is_finished()]
+                    assert not live, f"ended job {job_id} has live tasks {live[:5]}"
+            bound: dict[WorkerId, set[TaskId]] = {}
+            for tid, t in self._tasks.items():
+                if t.is_active():
+                    assert t.worker_id is not None, f"active task {tid} has no worker"
+                    bound.setdefault(t.worker_id, set()).add(tid)
+            for wid, w in self._workers.items():
+                assert w.running_tasks == bound.get(wid, set()), f"worker {wid} running_tasks mismatch"
+                cpu = mem = disk = dev = 0
+                for tid in w.running_tasks:
+                    job = self._jobs[self._tasks[tid].job_id]
+                    cpu += job.cpu
+                    mem += job.memory_bytes
+                    disk += job.disk_bytes
+                    dev += job.device_count
+                assert (w.committed_cpu, w.committed_memory, w.committed_disk, w.committed_devices) == (
+                    cpu, mem, disk, dev,
+                ), f"worker {wid} committed resources drifted"
+            unknown_workers = set(bound) - set(self._workers)
+            assert not unknown_workers, f"tasks bound to unknown workers {unknown_workers}"
+            for eid, e in self._endpoints.items():
+                assert e.task_id is not None and self._tasks[e.task_id].is_active(), f"endpoint {eid} outlived task"

@@ -1,0 +1,211 @@
+"""One task of a job and its retry budgets. Pure: time comes in as ``now_ms``.
+
+State diagram (DESIGN §3)::
+
+    PENDING --dispatch--> RUNNING <--> BUILDING
+    PENDING --> UNSCHEDULABLE | KILLED
+    RUNNING/BUILDING --> SUCCEEDED | KILLED
+    RUNNING/BUILDING --failure--> PENDING (new attempt) while failure_count <= max_retries_failure, else FAILED
+    RUNNING/BUILDING --worker failure--> PENDING (new attempt) while preemption_count <= max_retries_preemption,
+                                         else WORKER_FAILED
+
+Every attempt that ends is appended to ``attempts`` with the state it really ended in, its worker,
+exit code, error and times (DESIGN §4.3). A task that has ended never changes again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from iris.cluster.types import ACTIVE_TASK_STATES, TERMINAL_TASK_STATES, JobId, TaskId, WorkerId
+from iris.rpc import cluster_pb2
+
+PENDING = cluster_pb2.TASK_STATE_PENDING
+BUILDING = cluster_pb2.TASK_STATE_BUILDING
+RUNNING = cluster_pb2.TASK_STATE_RUNNING
+SUCCEEDED = cluster_pb2.TASK_STATE_SUCCEEDED
+FAILED = cluster_pb2.TASK_STATE_FAILED
+KILLED = cluster_pb2.TASK_STATE_KILLED
+WORKER_FAILED = cluster_pb2.TASK_STATE_WORKER_FAILED
+UNSCHEDULABLE = cluster_pb2.TASK_STATE_UNSCHEDULABLE
+
+_ALLOWED: dict[int, frozenset[int]] = {
+    PENDING: frozenset({BUILDING, RUNNING, KILLED, UNSCHEDULABLE}),
+    BUILDING: frozenset({RUNNING, SUCCEEDED, FAILED, KILLED, WORKER_FAILED}),
+    RUNNING: frozenset({BUILDING, SUCCEEDED, FAILED, KILLED, WORKER_FAILED}),
+}
+"""Allowed moves out of each live state. Terminal states allow nothing."""
+
+
+class InvalidTransition(Exception):
+    """A move the state machine does not allow: a bug in the caller, not bad input."""
+
+    def __init__(self, task_id: str, old_state: int, new_state: int) -> None:
+        super().__init__(f"task {task_id}: invalid transition {old_state} -> {new_state}")
+        self.task_id = task_id
+        self.old_state = old_state
+        self.new_state = new_state
+
+
+class TaskTransitionResult(Enum):
+    COMPLETE = "complete"
+    """The transition was applied (the task may or may not have ended)."""
+    SHOULD_RETRY = "should_retry"
+    """The attempt failed within budget: the task is PENDING again with a new attempt id."""
+    EXCEEDED_RETRY_LIMIT = "exceeded_retry_limit"
+    """The attempt failed and the budget is spent: the task ended FAILED or WORKER_FAILED."""
+    IGNORED = "ignored"
+    """Nothing changed: the task had already ended, or the state was already the current one."""
+
+
+@dataclass(slots=True)
+class TaskAttempt:
+    """Record of a single execution attempt."""
+
+    attempt_id: int
+    worker_id: WorkerId | None = None
+    state: int = PENDING
+    started_at_ms: int | None = None
+    finished_at_ms: int | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    is_worker_failure: bool = False
+
+
+@dataclass(slots=True)
+class Task:
+    """The controller's record of one task of a job (id ``"{job_id}/task-{index}"``)."""
+
+    task_id: TaskId
+    job_id: JobId
+    task_index: int
+
+    state: int = PENDING
+    worker_id: WorkerId | None = None
+
+    failure_count: int = 0
+    preemption_count: int = 0
+    max_retries_failure: int = 0
+    max_retries_preemption: int = 100
+
+    current_attempt_id: int = 0
+    attempts: list[TaskAttempt] = field(default_factory=list)
+    """Ended attempts, oldest first."""
+
+    submitted_at_ms: int = 0
+    pending_since_ms: int = 0
+    """When the task last became PENDING; the scheduling timeout counts from here (DESIGN §4.5)."""
+    started_at_ms: int | None = None
+    finished_at_ms: int | None = None
+
+    error: str | None = None
+    exit_code: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.pending_since_ms:
+            self.pending_since_ms = self.submitted_at_ms
+
+    def is_finished(self) -> bool:
+        return self.state in TERMINAL_TASK_STATES
+
+    def is_active(self) -> bool:
+        """Bound to a worker with a process that may be alive."""
+        return self.state in ACTIVE_TASK_STATES
+
+    def mark_dispatched(self, worker_id: WorkerId, now_ms: int) -> None:
+        """Bind the current attempt to ``worker_id``: PENDING -> RUNNING."""
+        if self.state != PENDING:
+            raise InvalidTransition(self.task_id, self.state, RUNNING)
+        self.state = RUNNING
+        self.worker_id = worker_id
+        self.started_at_ms = now_ms
+
+    def transition(
+        self,
+        new_state: int,
+        now_ms: int,
+        *,
+        is_worker_failure: bool = False,
+        error: str | None = None,
+        exit_code: int | None = None,
+    ) -> TaskTransitionResult:
+        """Apply a state change with retry logic.
+
+        FAILED and WORKER_FAILED are failures of the current attempt: a worker failure (also when
+        ``is_worker_failure`` is set) spends the preemption budget, any other failure the failure
+        budget; within budget the task returns to PENDING as a new attempt.
+        """
+        if self.state in TERMINAL_TASK_STATES or new_state == self.state:
+            return TaskTransitionResult.IGNORED
+        if new_state not in _ALLOWED[self.state]:
+            raise InvalidTransition(self.task_id, self.state, new_state)
+
+        if new_state in (FAILED, WORKER_FAILED):
+            return self._handle_failure(
+                now_ms, is_worker_failure or new_state == WORKER_FAILED, error, exit_code
+            )
+        if new_state in (BUILDING, RUNNING):
+            self.state = new_state
+            return TaskTransitionResult.COMPLETE
+
+        # SUCCEEDED, KILLED, UNSCHEDULABLE: the task ends here.
+        if new_state == SUCCEEDED:
+            exit_code = exit_code or 0
+        elif new_state == UNSCHEDULABLE:
+            error = error or "Scheduling timeout exceeded"
+        self._end_attempt(new_state, now_ms, error, exit_code, is_worker_failure=False)
+        self._finish(new_state, now_ms, error, exit_code)
+        return TaskTransitionResult.COMPLETE
+
+    def _handle_failure(
+        self, now_ms: int, is_worker_failure: bool, error: str | None, exit_code: int | None
+    ) -> TaskTransitionResult:
+        ended_as = WORKER_FAILED if is_worker_failure else FAILED
+        self._end_attempt(ended_as, now_ms, error, exit_code, is_worker_failure=is_worker_failure)
+        if is_worker_failure:
+            self.preemption_count += 1
+            can_retry = self.preemption_count <= self.max_retries_preemption
+        else:
+            self.failure_count += 1
+            can_retry = self.failure_count <= self.max_retries_failure
+        if can_retry:
+            self._reset_for_retry(now_ms)
+            return TaskTransitionResult.SHOULD_RETRY
+        self._finish(ended_as, now_ms, error, exit_code)
+        return TaskTransitionResult.EXCEEDED_RETRY_LIMIT
+
+    def _end_attempt(
+        self, state: int, now_ms: int, error: str | None, exit_code: int | None, *, is_worker_failure: bool
+    ) -> None:
+        """Record the current attempt with the state it really ended in (only if it ever ran)."""
+        if self.started_at_ms is None:
+            return
+        self.attempts.append(
+            TaskAttempt(
+                attempt_id=self.current_attempt_id,
+                worker_id=self.worker_id,
+                state=state,
+                started_at_ms=self.started_at_ms,
+                finished_at_ms=now_ms,
+                exit_code=exit_code,
+                error=error,
+                is_worker_failure=is_worker_failure,
+            )
+        )
+
+    def _finish(self, state: int, now_ms: int, error: str | None, exit_code: int | None) -> None:
+        self.state = state
+        self.finished_at_ms = now_ms
+        self.error = error
+        self.exit_code = exit_code
+
+    def _reset_for_retry(self, now_ms: int) -> None:
+        self.current_attempt_id += 1
+        self.state = PENDING
+        self.worker_id = None
+        self.started_at_ms = None
+        self.finished_at_ms = None
+        self.error = None
+        self.exit_code = None
+        self.pending_since_ms = now_ms
