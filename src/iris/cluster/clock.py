@@ -39,11 +39,12 @@ class SystemClock:
 
 
 class FakeClock:
-    """A clock that moves only when told to. ``wait`` returns at once."""
+    """A clock that moves only when told to. ``wait`` returns when the clock has been advanced past
+    the deadline or ``stop`` is set, so loops driven by it tick only when a test advances time."""
 
     def __init__(self, start_ms: int = 1_700_000_000_000) -> None:
         self._now_ms = start_ms
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
 
     def now_ms(self) -> int:
         with self._lock:
@@ -56,8 +57,14 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         with self._lock:
             self._now_ms += int(seconds * 1000)
+            self._lock.notify_all()
 
     def wait(self, stop: threading.Event, seconds: float) -> bool:
+        with self._lock:
+            deadline = self._now_ms + int(seconds * 1000)
+            while self._now_ms < deadline and not stop.is_set():
+                # Wakes on advance(); the short timeout only notices `stop`, which has no hook here.
+                self._lock.wait(0.05)
         return stop.is_set()
 
 

@@ -1,0 +1,76 @@
+"""Fakes for controller shell tests: a recording WorkerClients with scripted failures."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import grpc
+
+from iris.rpc import cluster_pb2
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self._code = code
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+@dataclass
+class FakeWorkerClients:
+    """Records every call; ``unreachable`` addresses raise UNAVAILABLE."""
+
+    run_calls: list[tuple[str, cluster_pb2.Worker.RunTaskRequest]] = field(default_factory=list)
+    kill_calls: list[tuple[str, cluster_pb2.Worker.KillTaskRequest]] = field(default_factory=list)
+    unreachable: set[str] = field(default_factory=set)
+    logs: dict[tuple[str, int], list[str]] = field(default_factory=dict)
+    sequence: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run_task(
+        self, address: str, request: cluster_pb2.Worker.RunTaskRequest, timeout: float
+    ) -> cluster_pb2.Worker.RunTaskResponse:
+        with self.lock:
+            self.run_calls.append((address, request))
+            if address in self.unreachable:
+                raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, f"{address} unreachable")
+            self.sequence += 1
+            return cluster_pb2.Worker.RunTaskResponse(accepted=True, incarnation=f"inc-{address}",
+                                                      sequence=self.sequence)
+
+    def kill_task(self, address: str, request: cluster_pb2.Worker.KillTaskRequest, timeout: float) -> None:
+        with self.lock:
+            self.kill_calls.append((address, request))
+            if address in self.unreachable:
+                raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, f"{address} unreachable")
+
+    def fetch_logs(
+        self, address: str, request: cluster_pb2.Worker.FetchTaskLogsRequest, timeout: float
+    ) -> cluster_pb2.Worker.FetchTaskLogsResponse:
+        if address in self.unreachable:
+            raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, f"{address} unreachable")
+        lines = self.logs.get((request.task_id, request.attempt_id), [])
+        chosen = lines[request.start_line:]
+        return cluster_pb2.Worker.FetchTaskLogsResponse(
+            lines=[cluster_pb2.LogLine(data=line, source="output") for line in chosen],
+            next_line=request.start_line + len(chosen),
+            attempt_id=request.attempt_id,
+        )
+
+    def close(self) -> None:
+        pass
+
+    def ran(self) -> list[tuple[str, int]]:
+        with self.lock:
+            return [(r.task_id, r.attempt_id) for _, r in self.run_calls]
+
+    def killed(self) -> list[tuple[str, int]]:
+        with self.lock:
+            return [(r.task_id, r.attempt_id) for _, r in self.kill_calls]

@@ -1,0 +1,289 @@
+"""The Controller shell with a FakeClock and fake worker clients: dispatch, reports, kills,
+liveness, reconcile, timeouts (seed criteria 4, 5; DESIGN §3)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from iris.cluster.clock import FakeClock, wait_until
+from iris.cluster.controller.controller import Controller, ControllerConfig
+from iris.cluster.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from iris.cluster.types import JobId, ResourceSpec, TaskId
+from iris.rpc import cluster_pb2
+
+from .fakes import FakeWorkerClients
+
+T = cluster_pb2
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def fake() -> FakeWorkerClients:
+    return FakeWorkerClients()
+
+
+@pytest.fixture
+def controller(clock: FakeClock, fake: FakeWorkerClients) -> Iterator[Controller]:
+    c = Controller(ControllerConfig(worker_timeout_s=10), clock=clock, worker_clients=fake)
+    yield c
+    c.stop()
+    c.state.check_invariants()
+
+
+def command(*argv: str) -> bytes:
+    return T.Entrypoint(command=T.CommandEntrypoint(argv=list(argv))).SerializeToString()
+
+
+def launch(controller: Controller, name: str = "job", **fields: object) -> JobId:
+    resources = fields.pop("resources", ResourceSpec(cpu=1, memory="1GiB", replicas=int(fields.pop("replicas", 1))))
+    request = T.Controller.LaunchJobRequest(
+        name=name, serialized_entrypoint=command("true"), resources=resources.to_proto(), **fields  # type: ignore[union-attr,arg-type]
+    )
+    return controller.launch_job(request)
+
+
+def register(controller: Controller, worker_id: str = "w1", cpu: int = 4, tasks: list[T.WorkerTaskStatus] | None = None,
+             incarnation: str | None = None) -> T.Controller.RegisterWorkerResponse:
+    address = f"127.0.0.1:{1000 + int(worker_id[1:])}"
+    return controller.register_worker(
+        T.Controller.RegisterWorkerRequest(
+            worker_id=worker_id,
+            address=address,
+            metadata=T.WorkerMetadata(cpu_count=cpu, memory_bytes=16 * 1024**3),
+            tasks=tasks or [],
+            incarnation=incarnation or f"inc-{address}",
+        )
+    )
+
+
+def report(controller: Controller, worker_id: str, task_id: str, state: int, attempt: int = 0, **kw: object
+           ) -> T.Controller.ReportTaskStateResponse:
+    return controller.report_task_state(
+        T.Controller.ReportTaskStateRequest(
+            worker_id=worker_id, updates=[T.WorkerTaskStatus(task_id=task_id, attempt_id=attempt, state=state, **kw)]  # type: ignore[arg-type]
+        )
+    )
+
+
+def schedule(controller: Controller, fake: FakeWorkerClients, expect_runs: int) -> None:
+    controller.tick_schedule()
+    wait_until(lambda: len(fake.run_calls) >= expect_runs, 10, message=f"expected {expect_runs} RunTask calls")
+
+
+def test_controller_submit_dispatch_report_success(controller: Controller, fake: FakeWorkerClients) -> None:
+    register(controller)
+    job_id = launch(controller, replicas=2)
+    schedule(controller, fake, 2)
+    assert sorted(fake.ran()) == [("job/task-0", 0), ("job/task-1", 0)]
+    run = fake.run_calls[0][1]
+    assert run.num_tasks == 2 and run.job_id == "job"
+    for i in range(2):
+        report(controller, "w1", f"job/task-{i}", T.TASK_STATE_RUNNING)
+        report(controller, "w1", f"job/task-{i}", T.TASK_STATE_SUCCEEDED)
+    assert controller.get_job(job_id).state == T.JOB_STATE_SUCCEEDED
+
+
+def test_controller_dispatch_refused_is_preemption_retried_elsewhere(
+    controller: Controller, fake: FakeWorkerClients
+) -> None:
+    register(controller, "w1", cpu=1)
+    fake.unreachable.add("127.0.0.1:1001")
+    launch(controller)
+    schedule(controller, fake, 1)
+    task = controller.state.get_task(TaskId("job/task-0"))
+    assert task is not None
+    wait_until(lambda: task.current_attempt_id == 1, 10)
+    assert task.preemption_count == 1 and task.failure_count == 0
+    assert task.attempts[0].state == T.TASK_STATE_WORKER_FAILED and "unreachable" in (task.attempts[0].error or "")
+    register(controller, "w2", cpu=1)
+    fake.unreachable.clear()
+    controller.tick_schedule()
+    wait_until(lambda: ("job/task-0", 1) in fake.ran(), 10)
+    assert task.state == T.TASK_STATE_RUNNING
+
+
+def test_controller_failure_domain_sends_kill_to_running_siblings(
+    controller: Controller, fake: FakeWorkerClients
+) -> None:
+    register(controller)
+    job_id = launch(controller, replicas=3)
+    schedule(controller, fake, 3)
+    report(controller, "w1", "job/task-1", T.TASK_STATE_FAILED, exit_code=2, error="exit code 2")
+    assert controller.get_job(job_id).state == T.JOB_STATE_FAILED
+    wait_until(lambda: sorted(fake.killed()) == [("job/task-0", 0), ("job/task-2", 0)], 10)
+    assert all(req.grace_period_seconds > 0 for _, req in fake.kill_calls)
+
+
+def test_controller_terminate_kills_running_tasks(controller: Controller, fake: FakeWorkerClients) -> None:
+    register(controller)
+    job_id = launch(controller)
+    schedule(controller, fake, 1)
+    assert controller.terminate_job(job_id)
+    assert controller.get_job(job_id).state == T.JOB_STATE_KILLED
+    wait_until(lambda: fake.killed() == [("job/task-0", 0)], 10)
+    with pytest.raises(NotFound):
+        controller.terminate_job(JobId("nope"))
+
+
+def test_controller_dead_worker_after_timeout_retries_tasks(
+    controller: Controller, fake: FakeWorkerClients, clock: FakeClock
+) -> None:
+    register(controller, "w1", cpu=1)
+    register(controller, "w2", cpu=1)
+    launch(controller)
+    schedule(controller, fake, 1)
+    task = controller.state.get_task(TaskId("job/task-0"))
+    assert task is not None and task.worker_id == "w1"
+    clock.advance(5)
+    controller.heartbeat(T.Controller.HeartbeatRequest(worker_id="w2", incarnation="inc-127.0.0.1:1002",
+                                                       sequence=0))
+    assert controller.tick_health() == []
+    clock.advance(6)
+    assert controller.tick_health() == ["w1"]
+    assert task.state == T.TASK_STATE_PENDING and task.preemption_count == 1
+    schedule(controller, fake, 2)
+    assert task.worker_id == "w2"
+    # The dead worker must register again.
+    assert controller.heartbeat(T.Controller.HeartbeatRequest(worker_id="w1")).reregister
+
+
+def test_controller_heartbeat_reconcile_kills_stale_and_fails_missing(
+    controller: Controller, fake: FakeWorkerClients
+) -> None:
+    register(controller, "w1", cpu=2)
+    launch(controller, replicas=2)
+    schedule(controller, fake, 2)
+    wait_until(lambda: all(
+        controller.state.get_worker("w1").dispatch_acks.get(TaskId(f"job/task-{i}")) is not None  # type: ignore[union-attr]
+        for i in range(2)), 10)
+    response = controller.heartbeat(
+        T.Controller.HeartbeatRequest(
+            worker_id="w1",
+            incarnation="inc-127.0.0.1:1001",
+            sequence=fake.sequence,
+            tasks=[
+                T.WorkerTaskStatus(task_id="job/task-0", attempt_id=0, state=T.TASK_STATE_RUNNING),
+                T.WorkerTaskStatus(task_id="other/task-0", attempt_id=3, state=T.TASK_STATE_RUNNING),
+            ],
+        )
+    )
+    assert [(k.task_id, k.attempt_id) for k in response.kill] == [("other/task-0", 3)]
+    task1 = controller.state.get_task(TaskId("job/task-1"))
+    assert task1 is not None and task1.state == T.TASK_STATE_PENDING and task1.preemption_count == 1
+
+
+def test_controller_restarted_worker_reregisters_and_loses_its_tasks(
+    controller: Controller, fake: FakeWorkerClients
+) -> None:
+    register(controller, "w1")
+    launch(controller)
+    schedule(controller, fake, 1)
+    task = controller.state.get_task(TaskId("job/task-0"))
+    assert task is not None
+    wait_until(lambda: controller.state.get_worker("w1").dispatch_acks.get(task.task_id) is not None, 10)  # type: ignore[union-attr]
+    register(controller, "w1", incarnation="new-incarnation")
+    assert task.preemption_count == 1 and task.current_attempt_id == 1
+
+
+def test_controller_finished_report_held_back_counts_as_finished(
+    controller: Controller, fake: FakeWorkerClients
+) -> None:
+    register(controller, "w1")
+    job_id = launch(controller)
+    schedule(controller, fake, 1)
+    done = T.WorkerTaskStatus(task_id="job/task-0", attempt_id=0, state=T.TASK_STATE_SUCCEEDED)
+    register(controller, "w1", tasks=[done], incarnation="inc-127.0.0.1:1001")
+    assert controller.get_job(job_id).state == T.JOB_STATE_SUCCEEDED
+
+
+def test_controller_stale_report_ignored_and_live_stale_attempt_killed(
+    controller: Controller, fake: FakeWorkerClients
+) -> None:
+    register(controller, "w1")
+    launch(controller, max_retries_failure=1)
+    schedule(controller, fake, 1)
+    report(controller, "w1", "job/task-0", T.TASK_STATE_FAILED, error="boom")
+    schedule(controller, fake, 2)
+    response = report(controller, "w1", "job/task-0", T.TASK_STATE_RUNNING, attempt=0)
+    assert [(k.task_id, k.attempt_id) for k in response.kill] == [("job/task-0", 0)]
+    report(controller, "w1", "job/task-0", T.TASK_STATE_SUCCEEDED, attempt=0)
+    task = controller.state.get_task(TaskId("job/task-0"))
+    assert task is not None and task.state == T.TASK_STATE_RUNNING and task.current_attempt_id == 1
+
+
+def test_controller_unschedulable_after_timeout_with_pending_reason(
+    controller: Controller, fake: FakeWorkerClients, clock: FakeClock
+) -> None:
+    register(controller, "w1", cpu=2)
+    job_id = launch(controller, resources=ResourceSpec(cpu=64), scheduling_timeout_seconds=3)
+    controller.tick_schedule()
+    job = controller.get_job(job_id)
+    assert job.state == T.JOB_STATE_PENDING and job.pending_reason == "no worker has 64 cpus (largest: 2)"
+    clock.advance(3.5)
+    controller.tick_schedule()
+    assert job.state == T.JOB_STATE_UNSCHEDULABLE
+    assert job.error is not None and "no worker has 64 cpus" in job.error
+
+
+def test_controller_launch_rejections_change_nothing(controller: Controller) -> None:
+    launch(controller, "dup")
+    with pytest.raises(AlreadyExists):
+        launch(controller, "dup")
+    with pytest.raises(InvalidArgument, match="name"):
+        launch(controller, "bad name!")
+    with pytest.raises(InvalidArgument, match="replicas"):
+        launch(controller, "big", replicas=100_001)
+    with pytest.raises(NotFound, match="parent_job_id"):
+        launch(controller, "child", parent_job_id="missing")
+    assert [j.job_id for j in controller.state.list_jobs()] == ["dup"]
+
+
+def test_controller_child_of_ended_parent_is_refused(controller: Controller) -> None:
+    parent = launch(controller, "parent")
+    controller.terminate_job(parent)
+    with pytest.raises(FailedPrecondition):
+        launch(controller, "child", parent_job_id="parent")
+
+
+def test_controller_endpoints_live_with_the_attempt(controller: Controller, fake: FakeWorkerClients) -> None:
+    register(controller)
+    launch(controller)
+    with pytest.raises(FailedPrecondition):
+        controller.register_endpoint(T.Controller.RegisterEndpointRequest(name="svc", address="h:1",
+                                                                          task_id="job/task-0"))
+    schedule(controller, fake, 1)
+    endpoint_id = controller.register_endpoint(
+        T.Controller.RegisterEndpointRequest(name="svc", address="h:1", task_id="job/task-0", attempt_id=0)
+    )
+    assert controller.lookup_endpoint("svc").endpoint_id == endpoint_id
+    report(controller, "w1", "job/task-0", T.TASK_STATE_SUCCEEDED)
+    with pytest.raises(NotFound):
+        controller.lookup_endpoint("svc")
+
+
+def test_controller_fetch_logs_proxies_to_the_attempts_worker(controller: Controller, fake: FakeWorkerClients) -> None:
+    register(controller)
+    launch(controller)
+    schedule(controller, fake, 1)
+    fake.logs[("job/task-0", 0)] = ["hello", "world"]
+    reply = controller.fetch_task_logs(T.Controller.FetchTaskLogsRequest(task_id="job/task-0", start_line=1))
+    assert [line.data for line in reply.lines] == ["world"] and reply.next_line == 2
+    with pytest.raises(NotFound):
+        controller.fetch_task_logs(T.Controller.FetchTaskLogsRequest(task_id="job/task-9"))
+
+
+def test_controller_scheduling_loop_wakes_on_submit(clock: FakeClock, fake: FakeWorkerClients) -> None:
+    c = Controller(ControllerConfig(schedule_interval_s=3600), clock=clock, worker_clients=fake)
+    c.start()
+    try:
+        register(c)
+        launch(c)
+        wait_until(lambda: fake.ran() == [("job/task-0", 0)], 10, message="submit did not wake the scheduler")
+    finally:
+        c.stop()

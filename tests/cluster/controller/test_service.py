@@ -1,0 +1,192 @@
+"""ControllerService over real in-process gRPC: status codes that name the field, and bad input that
+never changes state or stops the server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from iris.cluster.clock import FakeClock
+from iris.cluster.controller.controller import Controller, ControllerConfig
+from iris.cluster.controller.service import ControllerServer
+from iris.cluster.types import ResourceSpec
+from iris.rpc import cluster_pb2, cluster_pb2_grpc
+
+from .fakes import FakeWorkerClients
+
+T = cluster_pb2
+C = cluster_pb2.Controller
+
+
+@pytest.fixture
+def server() -> Iterator[ControllerServer]:
+    controller = Controller(ControllerConfig(max_replicas=1000), clock=FakeClock(), worker_clients=FakeWorkerClients())
+    srv = ControllerServer(controller, "127.0.0.1", 0)
+    srv.start()
+    yield srv
+    srv.stop(grace=0)
+    controller.state.check_invariants()
+
+
+@pytest.fixture
+def stub(server: ControllerServer) -> Iterator[cluster_pb2_grpc.ControllerServiceStub]:
+    with grpc.insecure_channel(server.address) as channel:
+        yield cluster_pb2_grpc.ControllerServiceStub(channel)
+
+
+def entry(*argv: str) -> bytes:
+    return T.Entrypoint(command=T.CommandEntrypoint(argv=list(argv))).SerializeToString()
+
+
+def good_request(name: str = "job", **kw: object) -> cluster_pb2.Controller.LaunchJobRequest:
+    return C.LaunchJobRequest(name=name, serialized_entrypoint=entry("true"),
+                              resources=ResourceSpec(cpu=1, replicas=2).to_proto(), **kw)  # type: ignore[arg-type]
+
+
+def code_and_details(fn: object, request: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        fn(request, timeout=10)  # type: ignore[operator]
+    return info.value.code(), info.value.details()  # type: ignore[attr-defined]
+
+
+def test_service_launch_and_status_counts(stub: cluster_pb2_grpc.ControllerServiceStub) -> None:
+    assert stub.LaunchJob(good_request("train")).job_id == "train"
+    job = stub.GetJobStatus(C.GetJobStatusRequest(job_id="train", include_tasks=True)).job
+    assert (job.state, job.num_tasks, job.tasks_pending) == (T.JOB_STATE_PENDING, 2, 2)
+    assert [t.task_id for t in job.tasks] == ["train/task-0", "train/task-1"]
+    assert stub.GetTaskStatus(C.GetTaskStatusRequest(job_id="train", task_index=1)).task.task_index == 1
+    assert len(stub.ListTasks(C.ListTasksRequest(job_id="train")).tasks) == 2
+
+
+def test_service_replicas_zero_means_one_task(stub: cluster_pb2_grpc.ControllerServiceStub) -> None:
+    request = good_request("one")
+    request.resources.replicas = 0
+    stub.LaunchJob(request)
+    assert stub.GetJobStatus(C.GetJobStatusRequest(job_id="one")).job.num_tasks == 1
+
+
+def _mutate(field: str) -> cluster_pb2.Controller.LaunchJobRequest:
+    r = good_request("bad")
+    if field == "name-empty":
+        r.name = ""
+    elif field == "name-slash":
+        r.name = "a/b"
+    elif field == "replicas-negative":
+        r.resources.replicas = -1
+    elif field == "replicas-absurd":
+        r.resources.replicas = 10**9
+    elif field == "cpu-negative":
+        r.resources.cpu = -2
+    elif field == "memory-negative":
+        r.resources.memory_bytes = -1
+    elif field == "entrypoint-garbage":
+        r.serialized_entrypoint = b"\xff\xff\xff"
+    elif field == "entrypoint-empty-command":
+        r.serialized_entrypoint = entry()
+    elif field == "entrypoint-oversized":
+        r.serialized_entrypoint = entry("x" * (17 * 1024 * 1024))
+    elif field == "max-task-failures-negative":
+        r.max_task_failures = -1
+    elif field == "preemption-negative":
+        r.max_retries_preemption = -1
+    elif field == "timeout-negative":
+        r.scheduling_timeout_seconds = -5
+    elif field == "port-name":
+        r.ports.append("not a port")
+    elif field == "bundle-hash":
+        r.bundle_hash = "zzz"
+    return r
+
+
+@pytest.mark.parametrize(
+    ("case", "names"),
+    [
+        ("name-empty", "name"),
+        ("name-slash", "name"),
+        ("replicas-negative", "resources.replicas"),
+        ("replicas-absurd", "resources.replicas"),
+        ("cpu-negative", "resources.cpu"),
+        ("memory-negative", "resources.memory_bytes"),
+        ("entrypoint-garbage", "serialized_entrypoint"),
+        ("entrypoint-empty-command", "serialized_entrypoint.command.argv"),
+        ("entrypoint-oversized", "serialized_entrypoint"),
+        ("max-task-failures-negative", "max_task_failures"),
+        ("preemption-negative", "max_retries_preemption"),
+        ("timeout-negative", "scheduling_timeout_seconds"),
+        ("port-name", "ports"),
+        ("bundle-hash", "bundle_hash"),
+    ],
+)
+def test_service_invalid_launch_names_the_field_and_changes_nothing(
+    stub: cluster_pb2_grpc.ControllerServiceStub, case: str, names: str
+) -> None:
+    code, details = code_and_details(stub.LaunchJob, _mutate(case))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith(names)
+    assert list(stub.ListJobs(C.ListJobsRequest()).jobs) == []
+
+
+def test_service_duplicate_and_unknown(stub: cluster_pb2_grpc.ControllerServiceStub) -> None:
+    stub.LaunchJob(good_request("dup"))
+    assert code_and_details(stub.LaunchJob, good_request("dup"))[0] == grpc.StatusCode.ALREADY_EXISTS
+    assert code_and_details(stub.GetJobStatus, C.GetJobStatusRequest(job_id="nope"))[0] == grpc.StatusCode.NOT_FOUND
+    assert code_and_details(stub.GetTaskStatus, C.GetTaskStatusRequest(job_id="dup", task_index=7))[0] == \
+        grpc.StatusCode.NOT_FOUND
+    assert code_and_details(stub.TerminateJob, C.TerminateJobRequest(job_id="nope"))[0] == grpc.StatusCode.NOT_FOUND
+    assert code_and_details(stub.LaunchJob, good_request("c", parent_job_id="nope"))[0] == grpc.StatusCode.NOT_FOUND
+    assert code_and_details(stub.FetchBundle, C.FetchBundleRequest(bundle_hash="ab"))[0] == grpc.StatusCode.NOT_FOUND
+    assert code_and_details(stub.LookupEndpoint, C.LookupEndpointRequest(name="x"))[0] == grpc.StatusCode.NOT_FOUND
+    assert code_and_details(stub.ListTasks, C.ListTasksRequest(job_id=""))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert [j.job_id for j in stub.ListJobs(C.ListJobsRequest()).jobs] == ["dup"]
+
+
+def test_service_list_jobs_filters_by_state_and_prefix(stub: cluster_pb2_grpc.ControllerServiceStub) -> None:
+    for name in ("train-a", "train-b", "eval"):
+        stub.LaunchJob(good_request(name))
+    stub.TerminateJob(C.TerminateJobRequest(job_id="train-b"))
+    jobs = stub.ListJobs(C.ListJobsRequest(prefix="train")).jobs
+    assert sorted(j.job_id for j in jobs) == ["train-a", "train-b"]
+    jobs = stub.ListJobs(C.ListJobsRequest(states=[T.JOB_STATE_KILLED])).jobs
+    assert [j.job_id for j in jobs] == ["train-b"]
+
+
+def test_service_bundle_roundtrip_and_child_reuses_parent_bundle(stub: cluster_pb2_grpc.ControllerServiceStub) -> None:
+    import hashlib
+
+    blob = b"PK fake zip bytes"
+    digest = hashlib.sha256(blob).hexdigest()
+    stub.LaunchJob(good_request("parent", bundle_blob=blob, bundle_hash=digest))
+    assert stub.FetchBundle(C.FetchBundleRequest(bundle_hash=digest)).blob == blob
+    wrong = good_request("other", bundle_blob=blob, bundle_hash="0" * 64)
+    assert code_and_details(stub.LaunchJob, wrong)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert stub.LaunchJob(good_request("child", parent_job_id="parent")).job_id == "parent/child"
+
+
+def test_service_survives_malformed_bytes_on_every_rpc(
+    server: ControllerServer, stub: cluster_pb2_grpc.ControllerServiceStub
+) -> None:
+    stub.LaunchJob(good_request("keep"))
+    with grpc.insecure_channel(server.address) as channel:
+        for method in ("LaunchJob", "GetJobStatus", "ReportTaskState", "RegisterWorker", "Heartbeat",
+                       "RegisterEndpoint", "FetchTaskLogs", "TerminateJob"):
+            call = channel.unary_unary(f"/iris.cluster.ControllerService/{method}",
+                                       request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            with pytest.raises(grpc.RpcError):
+                call(b"\x0a\xff\xff\xff\xff\xff", timeout=10)
+    assert [j.job_id for j in stub.ListJobs(C.ListJobsRequest()).jobs] == ["keep"]
+
+
+def test_service_report_and_register_validation(stub: cluster_pb2_grpc.ControllerServiceStub) -> None:
+    code, details = code_and_details(stub.RegisterWorker, C.RegisterWorkerRequest(worker_id="", address="h:1"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("worker_id")
+    code, details = code_and_details(stub.RegisterWorker, C.RegisterWorkerRequest(worker_id="w", address="nohost"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("address")
+    bad = C.ReportTaskStateRequest(worker_id="w", updates=[T.WorkerTaskStatus(task_id="", attempt_id=0)])
+    code, details = code_and_details(stub.ReportTaskState, bad)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("updates[0].task_id")
+    # A report for an unknown task is ignored (and its process, if live, sent back to be killed).
+    reply = stub.ReportTaskState(C.ReportTaskStateRequest(
+        worker_id="w", updates=[T.WorkerTaskStatus(task_id="ghost/task-0", state=T.TASK_STATE_RUNNING)]))
+    assert [k.task_id for k in reply.kill] == ["ghost/task-0"]
