@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from iris.cli.cluster import cluster
+from iris.cli.controller import controller
 from iris.cli.worker import worker
 
 
@@ -13,8 +15,14 @@ def cli() -> None:
     """Iris: run jobs of N tasks across a fleet of workers."""
 
 
+cli.add_command(cluster)
+cli.add_command(controller)
 cli.add_command(worker)
 
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

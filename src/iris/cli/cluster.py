@@ -1,0 +1,66 @@
+"""``iris cluster start --local``: a controller and N workers on this machine until Ctrl+C."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+
+
+@click.group()
+def cluster() -> None:
+    """Start clusters."""
+
+
+@cluster.command("start")
+@click.option("--local", "local", is_flag=True, required=True, help="Run the cluster on this machine.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Worker processes.")
+@click.option("--cpu-per-worker", type=click.IntRange(min=1), default=None,
+              help="Cores each worker offers (default: detected).")
+@click.option("--memory-per-worker", default=None, help="Memory each worker offers, e.g. 4GiB (default: detected).")
+@click.option("--port", default=0, show_default=True, type=int, help="Controller port (0: any free port).")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the controller's state here (default: a temporary directory).")
+def start(local: bool, workers: int, cpu_per_worker: int | None, memory_per_worker: str | None, port: int,
+          state_dir: Path | None) -> None:
+    """Start a local cluster, print its addresses, and stop everything it started on Ctrl+C / SIGTERM."""
+    from iris.cluster.local import LocalCluster, LocalClusterError
+    from iris.cluster.types import parse_size
+
+    if memory_per_worker is not None:
+        try:
+            parse_size(memory_per_worker, "--memory-per-worker")
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--memory-per-worker") from e
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    local_cluster = LocalCluster(workers, cpu_per_worker=cpu_per_worker, memory_per_worker=memory_per_worker,
+                                 controller_port=port, state_dir=state_dir)
+    try:
+        local_cluster.start()
+    except LocalClusterError as e:
+        raise click.ClickException(str(e)) from e
+    try:
+        click.echo(f"controller: {local_cluster.controller_address}")
+        if local_cluster.dashboard_url:
+            click.echo(f"dashboard:  {local_cluster.dashboard_url}")
+        click.echo(f"workers:    {', '.join(w.worker_id for w in local_cluster.workers)}")
+        click.echo(f"logs:       {local_cluster.log_dir}")
+        click.echo(f"export IRIS_CONTROLLER={local_cluster.controller_address}")
+        click.echo("Press Ctrl+C to stop.")
+        while not stop.wait(1.0):
+            dead = [w.worker_id for w in local_cluster.workers if not w.is_running()]
+            if dead:
+                click.echo(f"worker(s) exited: {', '.join(dead)}", err=True)
+                break
+    finally:
+        click.echo("stopping the local cluster...", err=True)
+        local_cluster.stop()

@@ -1,0 +1,88 @@
+"""``iris controller ...``: run the controller."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+
+
+@click.group()
+def controller() -> None:
+    """Run the controller."""
+
+
+@controller.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=10000, show_default=True, type=int, help="gRPC port (0: any free port).")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("iris-state"),
+    show_default=True,
+    help="Directory of the durable state (SQLite).",
+)
+@click.option("--dashboard-port", default=0, show_default=True, type=int,
+              help="HTTP dashboard port (0: any free port; -1: no dashboard).")
+@click.option("--worker-timeout", default=10.0, show_default=True, type=float,
+              help="Seconds without a heartbeat before a worker is declared dead.")
+@click.option("--max-replicas", default=100_000, show_default=True, type=int, help="Largest replicas accepted.")
+@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+def serve(
+    host: str,
+    port: int,
+    state_dir: Path,
+    dashboard_port: int,
+    worker_timeout: float,
+    max_replicas: int,
+    log_level: str,
+) -> None:
+    """Serve the controller until SIGTERM/SIGINT, then flush its state and exit 0."""
+    from iris.cluster.controller.controller import Controller, ControllerConfig
+    from iris.cluster.controller.service import ControllerServer
+    from iris.cluster.controller.store import ControllerStore, StoreError
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if worker_timeout <= 0:
+        raise click.BadParameter("must be > 0", param_hint="--worker-timeout")
+    try:
+        store = ControllerStore.open(state_dir)
+        state = store.load()
+    except StoreError as e:
+        raise click.ClickException(str(e)) from e
+    config = ControllerConfig(worker_timeout_s=worker_timeout, max_replicas=max_replicas)
+    ctrl = Controller(config, state=state, store=store)
+    try:
+        server = ControllerServer(ctrl, host, port)
+    except (OSError, RuntimeError) as e:
+        store.close()
+        raise click.ClickException(f"cannot serve on {host}:{port}: {e}") from e
+    dashboard = None
+    if dashboard_port >= 0:
+        from iris.cluster.controller.dashboard import Dashboard
+
+        dashboard = Dashboard(ctrl, host, dashboard_port)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    if dashboard is not None:
+        dashboard.start()
+    jobs = len(state.list_jobs())
+    click.echo(f"controller serving on {server.address} (state: {state_dir}, {jobs} jobs loaded)", nl=True)
+    if dashboard is not None:
+        click.echo(f"dashboard on {dashboard.url}")
+    while not stop.wait(1.0):
+        pass
+    click.echo("controller shutting down", err=True)
+    if dashboard is not None:
+        dashboard.stop()
+    server.stop()

@@ -1,0 +1,208 @@
+"""HTTP dashboard, JSON API and Prometheus ``/metrics`` for the controller.
+
+A thin layer over the same views the gRPC service returns (``job_to_proto`` & co. rendered with
+protobuf's JSON mapping), so the browser, the CLI and Python see the same data.
+
+Routes: ``/`` (the page), ``/api/jobs``, ``/api/job?id=JOB`` (with tasks), ``/api/workers``,
+``/api/endpoints``, ``/api/actions``, ``/metrics``, ``/healthz``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from google.protobuf.json_format import MessageToDict
+
+from iris.cluster.controller.controller import Controller
+from iris.cluster.controller.service import endpoint_to_proto, job_to_proto, task_to_proto, worker_to_proto
+from iris.cluster.errors import IrisError
+from iris.cluster.types import JobId, job_state_name, task_state_name
+from iris.rpc import cluster_pb2
+
+logger = logging.getLogger(__name__)
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Iris</title>
+<style>
+ body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
+ h1{font-size:1.4em} h2{font-size:1.1em;margin-top:1.5em}
+ table{border-collapse:collapse;width:100%} th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #ddd}
+ th{background:#f4f4f4} .SUCCEEDED{color:#1a7f37} .FAILED,.WORKER_FAILED,.UNSCHEDULABLE{color:#cf222e}
+ .RUNNING,.BUILDING{color:#0969da} .KILLED{color:#888} a{color:#0969da;cursor:pointer}
+ #detail{margin-top:1em} .muted{color:#777}
+</style></head><body>
+<h1>Iris</h1>
+<div class="muted" id="updated"></div>
+<h2>Jobs</h2><table id="jobs"><thead><tr><th>Job</th><th>State</th><th>Tasks</th><th>Pending</th>
+<th>Running</th><th>Succeeded</th><th>Failed</th><th>Error / pending reason</th></tr></thead><tbody></tbody></table>
+<div id="detail"></div>
+<h2>Workers</h2><table id="workers"><thead><tr><th>Worker</th><th>Address</th><th>Healthy</th><th>CPU used</th>
+<th>Running tasks</th></tr></thead><tbody></tbody></table>
+<script>
+const S = s => (s || "").replace(/^(JOB|TASK)_STATE_/, "");
+const esc = s => String(s ?? "").replace(/[&<>"]/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;","\\"":"&quot;"}[c]));
+let selected = null;
+async function refresh() {
+  const jobs = (await (await fetch("api/jobs")).json()).jobs || [];
+  document.querySelector("#jobs tbody").innerHTML = jobs.map(j => `<tr>
+    <td><a onclick="show('${esc(j.jobId)}')">${esc(j.jobId)}</a></td><td class="${S(j.state)}">${S(j.state)}</td>
+    <td>${j.numTasks||0}</td><td>${j.tasksPending||0}</td><td>${j.tasksRunning||0}</td>
+    <td>${j.tasksSucceeded||0}</td><td>${j.tasksFailed||0}</td><td>${esc(j.error || j.pendingReason)}</td></tr>`).join("");
+  const workers = (await (await fetch("api/workers")).json()).workers || [];
+  document.querySelector("#workers tbody").innerHTML = workers.map(w => `<tr><td>${esc(w.workerId)}</td>
+    <td>${esc(w.address)}</td><td>${w.healthy ? "yes" : "no"}</td>
+    <td>${w.committedCpu||0} / ${(w.metadata||{}).cpuCount||0}</td><td>${(w.runningTasks||[]).length}</td></tr>`).join("");
+  if (selected) await show(selected);
+  document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
+}
+async function show(id) {
+  selected = id;
+  const r = await fetch("api/job?id=" + encodeURIComponent(id));
+  if (!r.ok) { document.getElementById("detail").textContent = await r.text(); return; }
+  const job = (await r.json()).job;
+  document.getElementById("detail").innerHTML = `<h2>Tasks of ${esc(job.jobId)}</h2><table><thead><tr>
+    <th>#</th><th>State</th><th>Worker</th><th>Attempts</th><th>Failures</th><th>Preemptions</th>
+    <th>Exit</th><th>Error</th></tr></thead><tbody>${(job.tasks||[]).map(t => `<tr><td>${t.taskIndex||0}</td>
+    <td class="${S(t.state)}">${S(t.state)}</td><td>${esc(t.workerId)}</td><td>${(t.currentAttemptId||0)+1}</td>
+    <td>${t.failureCount||0}</td><td>${t.preemptionCount||0}</td><td>${t.exitCode||0}</td>
+    <td>${esc(t.error || t.pendingReason)}</td></tr>`).join("")}</tbody></table>`;
+}
+refresh(); setInterval(refresh, 2000);
+</script></body></html>
+"""
+
+
+def _to_dict(message: Any) -> dict[str, Any]:
+    return MessageToDict(message)  # type: ignore[no-any-return]
+
+
+class Dashboard:
+    """Serves the dashboard on ``host:port`` (port 0 picks a free one) in a background thread."""
+
+    def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._controller = controller
+        handler = self._make_handler()
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.url = f"http://{host}:{self.port}"
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="dashboard")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # ------------------------------------------------------------------ views
+
+    def jobs(self) -> dict[str, Any]:
+        jobs = self._controller.state.list_jobs()
+        return {"jobs": [_to_dict(job_to_proto(j)) for j in jobs]}
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        job = self._controller.get_job(JobId(job_id))
+        tasks = self._controller.state.get_job_tasks(job.job_id)
+        status = job_to_proto(job)
+        status.tasks.extend(task_to_proto(t, job) for t in tasks)
+        return {"job": _to_dict(status)}
+
+    def workers(self) -> dict[str, Any]:
+        return {"workers": [_to_dict(worker_to_proto(w)) for w in self._controller.state.list_workers()]}
+
+    def endpoints(self) -> dict[str, Any]:
+        return {"endpoints": [_to_dict(endpoint_to_proto(e)) for e in self._controller.state.list_endpoints()]}
+
+    def actions(self) -> dict[str, Any]:
+        return {
+            "actions": [
+                {"timestamp_ms": a.timestamp_ms, "action": a.action, "job_id": a.job_id, "task_id": a.task_id,
+                 "worker_id": a.worker_id, "details": a.details}
+                for a in self._controller.state.recent_actions(200)
+            ]
+        }
+
+    def metrics(self) -> str:
+        """Prometheus text format. O(jobs + workers): per-job counts, never a scan of tasks."""
+        state = self._controller.state
+        jobs_by_state: dict[str, int] = {job_state_name(s): 0 for s in cluster_pb2.JobState.values()}
+        tasks_by_state: dict[str, int] = {task_state_name(s): 0 for s in cluster_pb2.TaskState.values()}
+        for job in state.list_jobs():
+            jobs_by_state[job_state_name(job.state)] += 1
+            for s, n in enumerate(job.counts):
+                tasks_by_state[task_state_name(s)] += n
+        workers = state.list_workers()
+        lines = ["# HELP iris_jobs Jobs by state.", "# TYPE iris_jobs gauge"]
+        lines += [f'iris_jobs{{state="{s}"}} {n}' for s, n in jobs_by_state.items() if s != "UNSPECIFIED"]
+        lines += ["# HELP iris_tasks Tasks by state.", "# TYPE iris_tasks gauge"]
+        lines += [f'iris_tasks{{state="{s}"}} {n}' for s, n in tasks_by_state.items() if s != "UNSPECIFIED"]
+        lines += ["# HELP iris_workers Registered workers by health.", "# TYPE iris_workers gauge"]
+        lines.append(f'iris_workers{{healthy="true"}} {sum(1 for w in workers if w.healthy)}')
+        lines.append(f'iris_workers{{healthy="false"}} {sum(1 for w in workers if not w.healthy)}')
+        lines += ["# HELP iris_committed_cpu Cores committed to running tasks.", "# TYPE iris_committed_cpu gauge"]
+        lines.append(f"iris_committed_cpu {sum(w.committed_cpu for w in workers if w.healthy)}")
+        return "\n".join(lines) + "\n"
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _make_handler(self) -> type[BaseHTTPRequestHandler]:
+        dashboard = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                logger.debug("dashboard: " + format, *args)
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _json(self, payload: dict[str, Any], status: int = HTTPStatus.OK) -> None:
+                self._send(status, json.dumps(payload).encode(), "application/json")
+
+            def do_GET(self) -> None:
+                url = urlparse(self.path)
+                query = parse_qs(url.query)
+                try:
+                    if url.path in ("/", "/index.html"):
+                        self._send(HTTPStatus.OK, _PAGE.encode(), "text/html; charset=utf-8")
+                    elif url.path == "/healthz":
+                        self._send(HTTPStatus.OK, b"ok\n", "text/plain")
+                    elif url.path == "/metrics":
+                        self._send(HTTPStatus.OK, dashboard.metrics().encode(), "text/plain; version=0.0.4")
+                    elif url.path == "/api/jobs":
+                        self._json(dashboard.jobs())
+                    elif url.path == "/api/job":
+                        job_ids = query.get("id")
+                        if not job_ids:
+                            self._json({"error": "id: query parameter is required"}, HTTPStatus.BAD_REQUEST)
+                            return
+                        self._json(dashboard.job(job_ids[0]))
+                    elif url.path == "/api/workers":
+                        self._json(dashboard.workers())
+                    elif url.path == "/api/endpoints":
+                        self._json(dashboard.endpoints())
+                    elif url.path == "/api/actions":
+                        self._json(dashboard.actions())
+                    else:
+                        self._json({"error": f"no route {url.path}"}, HTTPStatus.NOT_FOUND)
+                except IrisError as e:
+                    status = HTTPStatus.NOT_FOUND if e.code.name == "NOT_FOUND" else HTTPStatus.BAD_REQUEST
+                    self._json({"error": str(e)}, status)
+                except Exception as e:
+                    logger.exception("dashboard %s failed", url.path)
+                    self._json({"error": f"internal error: {e}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
+
+        return Handler

@@ -1,0 +1,291 @@
+"""A local cluster of real processes: one controller and N workers on 127.0.0.1, free ports, temp dirs.
+
+Used by ``iris cluster start --local``, ``iris run --local``, ``IrisClient.local()`` and the
+end-to-end tests. Every process is started with ``sys.executable -m iris.cli.main ...`` and its
+output goes to a log file under ``base_dir/logs``; ``stop()`` stops what it started (by PID) and
+kills any task process a SIGKILLed worker left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from iris.cluster.clock import wait_until
+from iris.rpc import cluster_pb2, cluster_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+_CONTROLLER_RE = re.compile(r"controller serving on (\S+)")
+_DASHBOARD_RE = re.compile(r"dashboard on (\S+)")
+_WORKER_RE = re.compile(r"worker (\S+) serving on (\S+)")
+
+
+class LocalClusterError(RuntimeError):
+    pass
+
+
+@dataclass
+class LocalWorker:
+    index: int
+    worker_id: str
+    workdir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    address: str = ""
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "worker not started"
+        return self.process.pid
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class LocalCluster:
+    """A controller and ``workers`` worker processes on this machine. A context manager."""
+
+    def __init__(
+        self,
+        workers: int = 2,
+        *,
+        cpu_per_worker: int | None = None,
+        memory_per_worker: str | None = None,
+        state_dir: Path | None = None,
+        worker_timeout: float = 10.0,
+        heartbeat_interval: float = 0.5,
+        kill_grace: float = 5.0,
+        controller_port: int = 0,
+        dashboard: bool = True,
+        base_dir: Path | None = None,
+        start_timeout: float = 60.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        if workers < 0:
+            raise ValueError(f"workers: must be >= 0, got {workers}")
+        self.num_workers = workers
+        self.cpu_per_worker = cpu_per_worker
+        self.memory_per_worker = memory_per_worker
+        self.worker_timeout = worker_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.kill_grace = kill_grace
+        self.dashboard = dashboard
+        self.start_timeout = start_timeout
+        self._owns_base = base_dir is None
+        self.base_dir = Path(base_dir) if base_dir is not None else Path(tempfile.mkdtemp(prefix="iris-local-"))
+        self.state_dir = Path(state_dir) if state_dir is not None else self.base_dir / "state"
+        self.log_dir = self.base_dir / "logs"
+        self._controller_port = controller_port
+        self._env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        self._controller: subprocess.Popen[bytes] | None = None
+        self._controller_log: Path = self.log_dir / "controller.log"
+        self._controller_starts = 0
+        self.controller_address = ""
+        self.dashboard_url = ""
+        self.workers: list[LocalWorker] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> LocalCluster:
+        """Start the controller and the workers; return once every worker has registered."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_controller()
+            for _ in range(self.num_workers):
+                self.add_worker(wait=False)
+            self.wait_for_workers(self.num_workers)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop the workers (they kill their tasks), then the controller; clean up what they left."""
+        for worker in self.workers:
+            self._terminate(worker.process, timeout=self.kill_grace + 10)
+        self._terminate(self._controller, timeout=15)
+        self._kill_orphan_tasks()
+        if self._owns_base:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ controller
+
+    @property
+    def controller_pid(self) -> int:
+        assert self._controller is not None, "controller not started"
+        return self._controller.pid
+
+    def start_controller(self) -> None:
+        """(Re)start the controller on the same state dir and, after the first start, the same port."""
+        port = self._controller_port
+        if self.controller_address:
+            port = int(self.controller_address.rsplit(":", 1)[1])
+        self._controller_starts += 1
+        log_path = self.log_dir / f"controller-{self._controller_starts}.log"
+        self._controller_log = log_path
+        argv = [
+            sys.executable, "-m", "iris.cli.main", "controller", "serve",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--state-dir", str(self.state_dir),
+            "--worker-timeout", str(self.worker_timeout),
+            "--dashboard-port", "0" if self.dashboard else "-1",
+        ]
+        self._controller = self._spawn(argv, log_path)
+        text = self._wait_for_line(self._controller, log_path, _CONTROLLER_RE, "controller")
+        match = _CONTROLLER_RE.search(text)
+        assert match is not None
+        self.controller_address = match.group(1)
+        dash = _DASHBOARD_RE.search(text)
+        if self.dashboard and dash is None:
+            text = self._wait_for_line(self._controller, log_path, _DASHBOARD_RE, "dashboard")
+            dash = _DASHBOARD_RE.search(text)
+        self.dashboard_url = dash.group(1) if dash is not None else ""
+
+    def kill_controller(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the controller and wait for it to exit."""
+        assert self._controller is not None
+        self._controller.send_signal(sig)
+        self._controller.wait(timeout=30)
+
+    # ------------------------------------------------------------------ workers
+
+    def add_worker(self, wait: bool = True) -> LocalWorker:
+        index = len(self.workers)
+        worker = LocalWorker(
+            index=index,
+            worker_id=f"worker-{index}",
+            workdir=self.base_dir / f"worker-{index}",
+            log_path=self.log_dir / f"worker-{index}.log",
+        )
+        self.workers.append(worker)
+        self.start_worker(index)
+        if wait:
+            self.wait_for_workers(len([w for w in self.workers if w.is_running()]))
+        return worker
+
+    def start_worker(self, index: int) -> LocalWorker:
+        """(Re)start worker ``index`` with its id and workdir."""
+        worker = self.workers[index]
+        argv = [
+            sys.executable, "-m", "iris.cli.main", "worker", "serve",
+            "--controller", self.controller_address,
+            "--host", "127.0.0.1", "--port", "0",
+            "--workdir", str(worker.workdir),
+            "--worker-id", worker.worker_id,
+            "--heartbeat-interval", str(self.heartbeat_interval),
+            "--kill-grace", str(self.kill_grace),
+        ]
+        if self.cpu_per_worker is not None:
+            argv += ["--cpu", str(self.cpu_per_worker)]
+        if self.memory_per_worker is not None:
+            argv += ["--memory", self.memory_per_worker]
+        offset = worker.log_path.stat().st_size if worker.log_path.exists() else 0
+        worker.process = self._spawn(argv, worker.log_path)
+        text = self._wait_for_line(worker.process, worker.log_path, _WORKER_RE, worker.worker_id, offset)
+        match = _WORKER_RE.search(text)
+        assert match is not None
+        worker.address = match.group(2)
+        return worker
+
+    def kill_worker(self, index: int, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to worker ``index`` and wait for it to exit."""
+        process = self.workers[index].process
+        assert process is not None
+        process.send_signal(sig)
+        process.wait(timeout=30)
+
+    def wait_for_workers(self, count: int, timeout: float | None = None) -> None:
+        """Wait until the controller lists ``count`` healthy workers."""
+        def ready() -> bool:
+            return len([w for w in self.list_workers() if w.healthy]) >= count
+
+        try:
+            wait_until(ready, timeout or self.start_timeout, interval=0.05)
+        except TimeoutError:
+            raise LocalClusterError(
+                f"only {len([w for w in self.list_workers() if w.healthy])} of {count} workers registered "
+                f"within {timeout or self.start_timeout}s; logs in {self.log_dir}"
+            ) from None
+
+    def list_workers(self) -> list[cluster_pb2.WorkerInfo]:
+        try:
+            with grpc.insecure_channel(self.controller_address) as channel:
+                stub = cluster_pb2_grpc.ControllerServiceStub(channel)
+                return list(stub.ListWorkers(cluster_pb2.Controller.ListWorkersRequest(), timeout=5).workers)
+        except grpc.RpcError:
+            return []
+
+    # ------------------------------------------------------------------ helpers
+
+    def _spawn(self, argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            return subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env,
+                cwd=self.base_dir,
+            )
+
+    def _wait_for_line(
+        self, process: subprocess.Popen[bytes], log_path: Path, pattern: re.Pattern[str], what: str, offset: int = 0
+    ) -> str:
+        """Wait for ``pattern`` in the process's log (after ``offset``); fail clearly if it exits first."""
+        text = ""
+
+        def seen() -> bool:
+            nonlocal text
+            try:
+                with open(log_path, "rb") as f:
+                    f.seek(offset)
+                    text = f.read().decode(errors="replace")
+            except OSError:
+                return False
+            if pattern.search(text):
+                return True
+            if process.poll() is not None:
+                raise LocalClusterError(f"{what} exited with code {process.returncode}:\n{text[-2000:]}")
+            return False
+
+        try:
+            wait_until(seen, self.start_timeout, interval=0.02)
+        except TimeoutError:
+            raise LocalClusterError(f"{what} did not start within {self.start_timeout}s:\n{text[-2000:]}") from None
+        return text
+
+    def _terminate(self, process: subprocess.Popen[bytes] | None, timeout: float) -> None:
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+    def _kill_orphan_tasks(self) -> None:
+        """Kill task processes left by workers that died without stopping them (e.g. SIGKILL)."""
+        from iris.cluster.worker.runtime import PROCESS_RECORD, kill_orphans
+
+        for worker in self.workers:
+            tasks_dir = worker.workdir / "tasks"
+            if tasks_dir.exists():
+                kill_orphans(tasks_dir.glob(f"*/attempt-*/{PROCESS_RECORD}"))
