@@ -2,9 +2,90 @@
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
 import click
+
+from iris.cluster.types import parse_size
 
 
 @click.group()
 def worker() -> None:
     """Run and inspect worker daemons."""
+
+
+@worker.command("serve")
+@click.option("--controller", "controller_address", required=True, help="Controller address, HOST:PORT.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=0, show_default=True, type=int, help="Port to bind (0: any free port).")
+@click.option("--cpu", type=int, default=None, help="Cores to offer (default: detected).")
+@click.option("--memory", default=None, help="Memory to offer, e.g. 8GiB (default: detected).")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory for task attempts and cached bundles (default: ./iris-worker-<id>).",
+)
+@click.option("--worker-id", default="", help="Worker id (default: random w-xxxxxxxx).")
+@click.option(
+    "--heartbeat-interval", default=1.0, show_default=True, type=float, help="Seconds between heartbeats."
+)
+@click.option(
+    "--kill-grace", default=5.0, show_default=True, type=float, help="Seconds between SIGTERM and SIGKILL."
+)
+@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+def serve(
+    controller_address: str,
+    host: str,
+    port: int,
+    cpu: int | None,
+    memory: str | None,
+    workdir: Path | None,
+    worker_id: str,
+    heartbeat_interval: float,
+    kill_grace: float,
+    log_level: str,
+) -> None:
+    """Serve a worker until SIGTERM/SIGINT, then kill its tasks, report them and exit 0."""
+    # Imported here so `iris --help` stays fast.
+    import secrets
+
+    from iris.cluster.worker.service import serve_worker
+    from iris.cluster.worker.worker import WorkerConfig
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if cpu is not None and cpu < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--cpu")
+    try:
+        memory_bytes = parse_size(memory, "--memory") if memory is not None else None
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--memory") from e
+    worker_id = worker_id or f"w-{secrets.token_hex(4)}"
+    config = WorkerConfig(
+        controller_address=controller_address,
+        workdir=workdir if workdir is not None else Path.cwd() / f"iris-worker-{worker_id}",
+        worker_id=worker_id,
+        host=host,
+        port=port,
+        cpu=cpu,
+        memory_bytes=memory_bytes,
+        heartbeat_interval_s=heartbeat_interval,
+        kill_grace_period_s=kill_grace,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    serving = serve_worker(config)
+    click.echo(f"worker {serving.worker.worker_id} serving on {serving.address}")
+    while not stop.wait(1.0):
+        pass
+    click.echo(f"worker {serving.worker.worker_id} shutting down", err=True)
+    serving.stop()

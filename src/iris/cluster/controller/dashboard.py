@@ -79,7 +79,7 @@ refresh(); setInterval(refresh, 2000);
 
 
 def _to_dict(message: Any) -> dict[str, Any]:
-    return MessageToDict(message)  # type: ignore[no-any-return]
+    return MessageToDict(message)
 
 
 class Dashboard:
