@@ -159,11 +159,14 @@ class Scheduler:
         self, gang: list[Task], job: Job, caps: list[_Capacity], transaction: SchedulingTransaction
     ) -> bool:
         placed: list[tuple[Task, _Capacity]] = []
+        start = 0  # capacities only shrink within the gang, so each search resumes where the last one stopped
         for task in gang:
-            for cap in caps:
+            for idx in range(start, len(caps)):
+                cap = caps[idx]
                 if cap.fits(job):
                     cap.deduct(job)
                     placed.append((task, cap))
+                    start = idx
                     break
             else:
                 for _, cap in placed:

@@ -1,0 +1,89 @@
+"""Helpers for end-to-end tests against a LocalCluster over real gRPC."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import cloudpickle
+import grpc
+
+from iris.cluster.clock import wait_until
+from iris.cluster.types import ResourceSpec, is_job_finished
+from iris.rpc import cluster_pb2, cluster_pb2_grpc
+
+T = cluster_pb2
+C = cluster_pb2.Controller
+
+
+class Api:
+    """A thin wrapper over the controller stub for tests."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.insecure_channel(address)
+        self.stub = cluster_pb2_grpc.ControllerServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def launch(
+        self,
+        name: str,
+        argv: Sequence[str] | None = None,
+        *,
+        fn: object = None,
+        args: tuple[object, ...] = (),
+        replicas: int = 1,
+        cpu: int = 1,
+        memory: str = "0",
+        env: dict[str, str] | None = None,
+        ports: Sequence[str] = (),
+        **fields: object,
+    ) -> str:
+        if fn is not None:
+            entry = T.Entrypoint(callable=T.CallableEntrypoint(pickled=cloudpickle.dumps((fn, args, {}))))
+        else:
+            entry = T.Entrypoint(command=T.CommandEntrypoint(argv=list(argv or ())))
+        request = C.LaunchJobRequest(
+            name=name,
+            serialized_entrypoint=entry.SerializeToString(),
+            resources=ResourceSpec(cpu=cpu, memory=memory, replicas=replicas).to_proto(),
+            environment=T.EnvironmentConfig(env_vars=env or {}),
+            ports=list(ports),
+            **fields,  # type: ignore[arg-type]
+        )
+        return self.stub.LaunchJob(request, timeout=30).job_id
+
+    def job(self, job_id: str, tasks: bool = False) -> cluster_pb2.JobStatus:
+        return self.stub.GetJobStatus(C.GetJobStatusRequest(job_id=job_id, include_tasks=tasks), timeout=30).job
+
+    def task(self, job_id: str, index: int) -> cluster_pb2.TaskStatus:
+        return self.stub.GetTaskStatus(C.GetTaskStatusRequest(job_id=job_id, task_index=index), timeout=30).task
+
+    def wait(self, job_id: str, timeout: float = 60) -> cluster_pb2.JobStatus:
+        wait_until(lambda: is_job_finished(self.job(job_id).state), timeout,
+                   message=f"job {job_id} did not finish within {timeout}s")
+        return self.job(job_id, tasks=True)
+
+    def logs(self, task_id: str, attempt: int | None = None) -> list[str]:
+        request = C.FetchTaskLogsRequest(task_id=task_id)
+        if attempt is not None:
+            request.attempt_id = attempt
+        return [line.data for line in self.stub.FetchTaskLogs(request, timeout=30).lines]
+
+    def endpoints(self, prefix: str = "") -> list[cluster_pb2.Endpoint]:
+        return list(self.stub.ListEndpoints(C.ListEndpointsRequest(prefix=prefix), timeout=30).endpoints)
+
+
+def py(code: str) -> list[str]:
+    """argv running ``code`` in this interpreter (which has iris installed)."""
+    return [sys.executable, "-c", code]
+
+
+def pid_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
