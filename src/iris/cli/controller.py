@@ -7,6 +7,7 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import IO
 
 import click
 
@@ -49,9 +50,13 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if worker_timeout <= 0:
         raise click.BadParameter("must be > 0", param_hint="--worker-timeout")
+    from iris.cluster.clock import SystemClock
+
+    lock = _lock_state_dir(state_dir)
     try:
         store = ControllerStore.open(state_dir)
-        state = store.load()
+        # Liveness counts from this start: workers get worker_timeout to report back.
+        state = store.load(now_ms=SystemClock().now_ms())
     except StoreError as e:
         raise click.ClickException(str(e)) from e
     config = ControllerConfig(worker_timeout_s=worker_timeout, max_replicas=max_replicas)
@@ -86,3 +91,18 @@ def serve(
     if dashboard is not None:
         dashboard.stop()
     server.stop()
+    lock.close()
+
+
+def _lock_state_dir(state_dir: Path) -> IO[bytes]:
+    """Hold an exclusive lock on the state dir so two controllers never write one database."""
+    import fcntl
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(state_dir / "controller.lock", "wb")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise click.ClickException(f"another controller is using the state dir {state_dir}") from None
+    return handle

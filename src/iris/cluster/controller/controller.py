@@ -19,10 +19,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import re
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -185,6 +186,7 @@ class Controller:
         clock: Clock | None = None,
         worker_clients: WorkerClients | None = None,
         address: str = "",
+        on_fatal: Callable[[], None] | None = None,
     ) -> None:
         self.config = config or ControllerConfig()
         self._state = state or ControllerState()
@@ -199,7 +201,8 @@ class Controller:
         self._threads: list[threading.Thread] = []
         self._pool = ThreadPoolExecutor(max_workers=self.config.dispatch_threads, thread_name_prefix="dispatch")
         self.address = address
-        """The controller's own address, given to tasks as IRIS_CONTROLLER_ADDRESS."""
+        """The controller's own address."""
+        self._on_fatal = on_fatal or _exit_process
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -263,7 +266,14 @@ class Controller:
         """Drain the core's effects and persist them. Call with the lock held."""
         effects = self._state.drain_effects()
         if self._store is not None and not effects.is_empty():
-            self._store.write(self._state, effects)
+            try:
+                self._store.write(self._state, effects)
+            except Exception:
+                # Memory is now ahead of disk and the change was not acknowledged durably: serving on
+                # would break "acknowledged means durable". Stop; a restart reloads the last good state.
+                logger.critical("could not persist state; the controller stops", exc_info=True)
+                self._on_fatal()
+                raise
         return effects
 
     def _after_commit(self, effects: Effects) -> None:
@@ -624,6 +634,10 @@ class Controller:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _exit_process() -> None:
+    os._exit(70)
 
 
 def _rpc_error_text(error: grpc.RpcError) -> str:
