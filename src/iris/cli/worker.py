@@ -28,7 +28,8 @@ def worker() -> None:
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Directory for task attempts and cached bundles (default: ./iris-worker-<id>).",
+    help="Directory for task attempts and cached bundles (default: $TMPDIR/iris-worker-<id>). Reuse it "
+    "across restarts so a restarted worker kills what its previous incarnation left running.",
 )
 @click.option("--worker-id", default="", help="Worker id (default: random w-xxxxxxxx).")
 @click.option(
@@ -53,6 +54,7 @@ def serve(
     """Serve a worker until SIGTERM/SIGINT, then kill its tasks, report them and exit 0."""
     # Imported here so `iris --help` stays fast.
     import secrets
+    import tempfile
 
     from iris.cluster.worker.service import serve_worker
     from iris.cluster.worker.worker import WorkerConfig
@@ -67,7 +69,7 @@ def serve(
     worker_id = worker_id or f"w-{secrets.token_hex(4)}"
     config = WorkerConfig(
         controller_address=controller_address,
-        workdir=workdir if workdir is not None else Path.cwd() / f"iris-worker-{worker_id}",
+        workdir=workdir if workdir is not None else Path(tempfile.gettempdir()) / f"iris-worker-{worker_id}",
         worker_id=worker_id,
         host=host,
         port=port,

@@ -269,3 +269,21 @@ def test_effects_mark_dirty_rows_and_action_log_is_bounded(state: ControllerStat
     for i in range(1500):
         state.log_action("x", now_ms=i)
     assert len(state.recent_actions(limit=5000)) == 1000
+
+
+def test_repeated_dispatch_failures_declare_the_worker_dead(state: ControllerState) -> None:
+    add_worker(state)
+    _, (task,) = submit(state)
+    for attempt in range(3):
+        assert state.commit_assignment(task.task_id, WorkerId("w1"), NOW)
+        state.dispatch_failed(task.task_id, attempt, NOW, "UNAVAILABLE")
+    # Without this the retried task would go straight back to the same worker, burning its budget.
+    assert state.get_available_workers() == [] and task.preemption_count == 3
+
+
+def test_dispatch_refused_by_departing_worker_declares_it_dead_at_once(state: ControllerState) -> None:
+    add_worker(state)
+    _, (task,) = submit(state)
+    assert state.commit_assignment(task.task_id, WorkerId("w1"), NOW)
+    state.dispatch_failed(task.task_id, 0, NOW, "shutting down", worker_gone=True)
+    assert state.get_available_workers() == [] and task.state == T.TASK_STATE_PENDING

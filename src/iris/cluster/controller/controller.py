@@ -74,6 +74,8 @@ class ControllerConfig:
     """SIGTERM, then SIGKILL after this long (passed to the worker)."""
     log_fetch_timeout_s: float = 10.0
     dispatch_threads: int = 16
+    max_dispatch_failures: int = 3
+    """Failed RunTask calls in a row after which a worker is declared dead."""
     max_replicas: int = 100_000
     max_entrypoint_bytes: int = 16 * 1024 * 1024
     max_bundle_bytes: int = 100 * 1024 * 1024
@@ -426,12 +428,16 @@ class Controller:
 
     def _dispatch(self, d: _Dispatch) -> None:
         error: str | None = None
+        worker_gone = False
         try:
             response = self._workers.run_task(d.address, d.request, self.config.dispatch_timeout_s)
             if not response.accepted:
                 error = f"worker {d.worker_id} refused the task"
+                worker_gone = True
         except grpc.RpcError as e:
             error = f"dispatch to worker {d.worker_id} failed: {_rpc_error_text(e)}"
+            # Shutting down, or nothing listening at its address any more.
+            worker_gone = e.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE)
         except Exception as e:  # a bug in a fake or client must not leave the task stuck RUNNING
             logger.exception("dispatch task=%s crashed", d.task_id)
             error = f"dispatch to worker {d.worker_id} failed: {e}"
@@ -441,7 +447,9 @@ class Controller:
             return
         logger.warning("task=%s attempt=%d: %s", d.task_id, d.attempt_id, error)
         with self._lock:
-            self._state.dispatch_failed(d.task_id, d.attempt_id, self._clock.now_ms(), error)
+            self._state.dispatch_failed(d.task_id, d.attempt_id, self._clock.now_ms(), error,
+                                        worker_gone=worker_gone,
+                                        max_consecutive_failures=self.config.max_dispatch_failures)
             effects = self._commit()
         self._after_commit(effects)
 

@@ -396,16 +396,39 @@ class ControllerState:
             if task is None or task.current_attempt_id != attempt_id or task.worker_id is None:
                 return
             worker = self._workers.get(task.worker_id)
-            if worker is not None and task_id in worker.dispatch_acks:
-                worker.dispatch_acks[task_id] = (incarnation, sequence)
+            if worker is not None:
+                worker.consecutive_failures = 0
+                if task_id in worker.dispatch_acks:
+                    worker.dispatch_acks[task_id] = (incarnation, sequence)
 
-    def dispatch_failed(self, task_id: TaskId, attempt_id: int, now_ms: int, error: str) -> TaskTransitionResult:
-        """The worker never accepted RunTask: a worker failure of that attempt (DESIGN §3)."""
+    def dispatch_failed(
+        self,
+        task_id: TaskId,
+        attempt_id: int,
+        now_ms: int,
+        error: str,
+        *,
+        worker_gone: bool = False,
+        max_consecutive_failures: int = 3,
+    ) -> TaskTransitionResult:
+        """The worker never accepted RunTask: a worker failure of that attempt (DESIGN §3).
+
+        The worker is declared dead when it said it is going away (``worker_gone``) or after
+        ``max_consecutive_failures`` failed dispatches in a row; otherwise the retried task would be
+        sent straight back to the same unreachable worker and burn its preemption budget in a loop.
+        A live worker that was declared dead re-registers on its next heartbeat.
+        """
         with self._lock:
             task = self._tasks.get(task_id)
             if task is None or task.current_attempt_id != attempt_id or not task.is_active():
                 return TaskTransitionResult.IGNORED
+            worker_id = task.worker_id
             result, _ = self.transition_task(task_id, WORKER_FAILED, now_ms, is_worker_failure=True, error=error)
+            worker = self._workers.get(worker_id) if worker_id is not None else None
+            if worker is not None and worker.healthy:
+                worker.consecutive_failures += 1
+                if worker_gone or worker.consecutive_failures >= max_consecutive_failures:
+                    self.mark_worker_dead(worker.worker_id, now_ms, reason=f"dispatch failed: {error}")
             return result
 
     def _bind(self, worker: ControllerWorker, task: Task, job: Job) -> None:

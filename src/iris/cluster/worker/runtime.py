@@ -1,0 +1,380 @@
+"""Process runtime: runs task attempts as child processes of the worker.
+
+Owns the OS side of a task: one new session (process group) per attempt, the attempt's
+working directory and environment, one combined stdout+stderr log file, SIGTERM then SIGKILL
+of the whole group after a grace period, and the memory watchdog that enforces a task's
+memory limit where cgroups are not available.
+
+It knows nothing about the controller, the outbox or task states: it reports a
+``ProcessExit`` through a callback and the worker decides what that means.
+
+Exit detection is event driven: every child gets a pidfd registered with one epoll set, and
+one reaper thread blocks in ``epoll.poll`` (no sleeping poll loop). Where pidfds are not
+available it falls back to one thread per child blocked in ``Popen.wait``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import psutil
+
+from iris.cluster.types import format_size
+
+logger = logging.getLogger(__name__)
+
+AttemptKey = tuple[str, int]
+"""(task_id, attempt_id): identifies one attempt on a worker."""
+
+PROCESS_RECORD = "process.json"
+"""File in an attempt directory recording the pid and create time of its process group leader."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """Everything needed to start one attempt's process."""
+
+    key: AttemptKey
+    argv: Sequence[str]
+    cwd: Path
+    env: Mapping[str, str]
+    log_path: Path
+    memory_limit_bytes: int = 0
+    """0: no limit. Enforced by the memory watchdog (RSS of the process tree)."""
+    record_path: Path | None = None
+    """Where to write the pid record used to find orphans after a worker restart."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessExit:
+    key: AttemptKey
+    pid: int
+    returncode: int
+    """Exit status as ``Popen.returncode``: negative means killed by that signal."""
+    limit_error: str = ""
+    """Set when the runtime killed the process for exceeding a resource limit."""
+
+
+ExitCallback = Callable[[ProcessExit], None]
+
+
+class Runtime(Protocol):
+    """What the worker needs from a runtime. ``ProcessRuntime`` is the real one."""
+
+    def start(self, spec: ProcessSpec, on_exit: ExitCallback) -> int:
+        """Start the process and return its pid. Raises OSError when it cannot start.
+
+        ``on_exit`` is called exactly once, from a runtime thread, when the process ends.
+        """
+        ...
+
+    def kill(self, key: AttemptKey, grace_period_s: float) -> None:
+        """SIGTERM the attempt's process group, SIGKILL it after the grace period. Idempotent."""
+        ...
+
+    def close(self) -> None:
+        """SIGKILL whatever still runs, wait for it, stop the runtime's threads."""
+        ...
+
+
+@dataclass(slots=True)
+class _Running:
+    spec: ProcessSpec
+    proc: subprocess.Popen[bytes]
+    on_exit: ExitCallback
+    pidfd: int = -1
+    limit_error: str = ""
+    kill_timer: threading.Timer | None = None
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class ProcessRuntime:
+    """Runs attempts as process groups; see the module docstring."""
+
+    def __init__(self, memory_check_interval_s: float = 0.5) -> None:
+        self._memory_check_interval_s = memory_check_interval_s
+        self._lock = threading.Lock()
+        self._by_key: dict[AttemptKey, _Running] = {}
+        self._by_fd: dict[int, _Running] = {}
+        self._stop = threading.Event()
+        self._use_pidfd = hasattr(os, "pidfd_open") and hasattr(select, "epoll")
+        self._epoll: select.epoll | None = None
+        self._wake_r = self._wake_w = -1
+        self._threads: list[threading.Thread] = []
+        if self._use_pidfd:
+            self._epoll = select.epoll()
+            self._wake_r, self._wake_w = os.pipe()
+            self._epoll.register(self._wake_r, select.EPOLLIN)
+            reaper = threading.Thread(target=self._reap_loop, name="iris-runtime-reaper")
+            reaper.start()
+            self._threads.append(reaper)
+        watchdog = threading.Thread(target=self._memory_loop, name="iris-runtime-memory")
+        watchdog.start()
+        self._threads.append(watchdog)
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def start(self, spec: ProcessSpec, on_exit: ExitCallback) -> int:
+        if self._stop.is_set():
+            raise OSError("runtime is closed")
+        log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            # start_new_session gives the attempt its own process group (setsid) without a
+            # preexec_fn, so CPython can keep using its fast vfork/posix_spawn path.
+            proc = subprocess.Popen(
+                list(spec.argv),
+                cwd=spec.cwd,
+                env=dict(spec.env),
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        finally:
+            os.close(log_fd)
+        running = _Running(spec=spec, proc=proc, on_exit=on_exit)
+        if spec.record_path is not None:
+            _write_record(spec.record_path, proc.pid)
+        pidfd = -1
+        if self._use_pidfd:
+            try:
+                pidfd = os.pidfd_open(proc.pid)
+            except OSError:
+                pidfd = -1
+        running.pidfd = pidfd
+        with self._lock:
+            self._by_key[spec.key] = running
+            if pidfd >= 0:
+                self._by_fd[pidfd] = running
+        if pidfd >= 0 and self._epoll is not None:
+            # epoll_ctl is safe while the reaper blocks in epoll_wait: it sees the new fd.
+            self._epoll.register(pidfd, select.EPOLLIN)
+        else:
+            waiter = threading.Thread(target=self._wait_one, args=(running,), name=f"iris-wait-{proc.pid}")
+            waiter.start()
+        return proc.pid
+
+    def kill(self, key: AttemptKey, grace_period_s: float) -> None:
+        with self._lock:
+            running = self._by_key.get(key)
+            if running is None:
+                return
+            pid = running.proc.pid
+            if grace_period_s <= 0:
+                _killpg(pid, signal.SIGKILL)
+                return
+            _killpg(pid, signal.SIGTERM)
+            if running.kill_timer is None:
+                timer = threading.Timer(grace_period_s, self._force_kill, args=(key, pid))
+                timer.name = f"iris-kill-{pid}"
+                timer.daemon = True
+                running.kill_timer = timer
+                timer.start()
+
+    def running_keys(self) -> list[AttemptKey]:
+        with self._lock:
+            return list(self._by_key)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        if self._stop.is_set():
+            return
+        with self._lock:
+            pids = [r.proc.pid for r in self._by_key.values()]
+        for pid in pids:
+            _killpg(pid, signal.SIGKILL)
+        deadline = threading.Event()
+        waited = 0.0
+        while waited < timeout_s:
+            with self._lock:
+                if not self._by_key:
+                    break
+            deadline.wait(0.01)
+            waited += 0.01
+        self._stop.set()
+        if self._wake_w >= 0:
+            os.write(self._wake_w, b"x")
+        for thread in self._threads:
+            thread.join(timeout=timeout_s)
+        if self._epoll is not None:
+            self._epoll.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _force_kill(self, key: AttemptKey, pid: int) -> None:
+        with self._lock:
+            running = self._by_key.get(key)
+            # Only while the leader is not reaped: its pid (== pgid) cannot have been reused.
+            if running is not None and running.proc.pid == pid:
+                _killpg(pid, signal.SIGKILL)
+
+    def _reap_loop(self) -> None:
+        assert self._epoll is not None
+        while not self._stop.is_set():
+            try:
+                events = self._epoll.poll()
+            except InterruptedError:
+                continue
+            for fd, _ in events:
+                if fd == self._wake_r:
+                    continue
+                with self._lock:
+                    running = self._by_fd.pop(fd, None)
+                if running is None:
+                    continue
+                self._epoll.unregister(fd)
+                os.close(fd)
+                self._finish(running)
+
+    def _wait_one(self, running: _Running) -> None:
+        running.proc.wait()
+        self._finish(running)
+
+    def _finish(self, running: _Running) -> None:
+        pid = running.proc.pid
+        with self._lock:
+            # The leader is a zombie until waited for, so the group id is still ours: kill
+            # whatever it left behind (grandchildren must not outlive their task).
+            _killpg(pid, signal.SIGKILL)
+            self._by_key.pop(running.spec.key, None)
+            if running.kill_timer is not None:
+                running.kill_timer.cancel()
+        returncode = running.proc.wait()
+        try:
+            running.on_exit(
+                ProcessExit(
+                    key=running.spec.key, pid=pid, returncode=returncode, limit_error=running.limit_error
+                )
+            )
+        except Exception:
+            logger.exception("exit callback failed key=%s pid=%d", running.spec.key, pid)
+
+    def _memory_loop(self) -> None:
+        while not self._stop.wait(self._memory_check_interval_s):
+            with self._lock:
+                limited = [
+                    r for r in self._by_key.values() if r.spec.memory_limit_bytes > 0 and not r.limit_error
+                ]
+            for running in limited:
+                rss = _tree_rss(running.proc.pid)
+                limit = running.spec.memory_limit_bytes
+                if rss > limit:
+                    with self._lock:
+                        if running.spec.key not in self._by_key:
+                            continue
+                        running.limit_error = f"killed: memory {format_size(rss)} exceeded the task's limit of {format_size(limit)}"
+                        _killpg(running.proc.pid, signal.SIGKILL)
+                    logger.warning(
+                        "memory limit exceeded task=%s attempt=%d rss=%d limit=%d",
+                        running.spec.key[0],
+                        running.spec.key[1],
+                        rss,
+                        limit,
+                    )
+
+
+def _tree_rss(pid: int) -> int:
+    """RSS of a process and all its descendants, in bytes (0 when it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def process_start_time(pid: int) -> str | None:
+    """An opaque token for when ``pid`` started (its start time in clock ticks since boot), so
+    a recorded pid can be told apart from a later process that reused it. None when gone.
+
+    Reads ``/proc/<pid>/stat`` directly: psutil's create_time re-reads the boot time on every
+    call, which is too slow for the per-task path.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        try:
+            return repr(psutil.Process(pid).create_time())
+        except psutil.Error:
+            return None
+    # Field 2 (comm) may contain spaces and ')' so split after its last ')'; starttime is field 22.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return fields[19].decode() if len(fields) > 19 else None
+
+
+def _write_record(path: Path, pid: int) -> None:
+    start = process_start_time(pid)
+    if start is None:
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, json.dumps({"pid": pid, "start_time": start}).encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        logger.warning("could not write process record path=%s", path)
+
+
+def kill_orphans(record_paths: Iterable[Path]) -> list[int]:
+    """Kill the process groups recorded by a previous worker incarnation.
+
+    A recorded group is only touched when its leader is still the recorded process (same pid
+    and start time), or, when the leader is gone, only members whose process group id is the
+    recorded pid. Returns the pids killed.
+    """
+    groups: set[int] = set()
+    for path in record_paths:
+        try:
+            record = json.loads(path.read_text())
+            pid = int(record["pid"])
+            recorded_start = str(record["start_time"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        current_start = process_start_time(pid)
+        if current_start is not None and current_start != recorded_start:
+            continue  # the pid now belongs to someone else
+        groups.add(pid)
+    if not groups:
+        return []
+    killed: list[int] = []
+    for proc in psutil.process_iter():
+        try:
+            pgid = os.getpgid(proc.pid)
+        except OSError:
+            continue
+        if pgid in groups and proc.pid != os.getpid():
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed.append(proc.pid)
+            except OSError:
+                pass
+    if killed:
+        logger.warning("killed %d orphan process(es) from a previous worker: %s", len(killed), killed)
+    return killed

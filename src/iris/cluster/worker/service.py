@@ -1,0 +1,154 @@
+"""gRPC edge of the worker: ``WorkerService`` over a ``Worker``, plus ``serve_worker`` which
+binds the server and starts the worker.
+
+Validation errors become INVALID_ARGUMENT / NOT_FOUND / FAILED_PRECONDITION naming the field;
+nothing a caller sends can crash the server.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import NoReturn, TypeVar
+
+import grpc
+
+from iris.cluster.clock import Clock
+from iris.cluster.worker.gpu import GpuInfo
+from iris.cluster.worker.runtime import Runtime
+from iris.cluster.worker.worker import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Worker,
+    WorkerConfig,
+    WorkerError,
+)
+from iris.rpc import cluster_pb2, cluster_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+_CODES: dict[type[WorkerError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def _abort(context: grpc.ServicerContext, error: Exception) -> NoReturn:
+    code = _CODES.get(type(error), grpc.StatusCode.INTERNAL) if isinstance(error, WorkerError) else None
+    if code is None:
+        logger.exception("unexpected error in worker service")
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {error}")
+    context.abort(code, str(error))
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+def _call(context: grpc.ServicerContext, fn: Callable[[], _T]) -> _T:
+    try:
+        return fn()
+    except Exception as e:
+        _abort(context, e)
+
+
+class WorkerServiceImpl(cluster_pb2_grpc.WorkerServiceServicer):
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    def RunTask(
+        self, request: cluster_pb2.Worker.RunTaskRequest, context: grpc.ServicerContext
+    ) -> cluster_pb2.Worker.RunTaskResponse:
+        return _call(context, lambda: self._worker.run_task(request))
+
+    def GetTaskStatus(
+        self, request: cluster_pb2.Worker.GetTaskStatusRequest, context: grpc.ServicerContext
+    ) -> cluster_pb2.Worker.GetTaskStatusResponse:
+        attempt_id = request.attempt_id if request.HasField("attempt_id") else None
+        status = _call(context, lambda: self._worker.task_status(request.task_id, attempt_id))
+        return cluster_pb2.Worker.GetTaskStatusResponse(task=status)
+
+    def ListTasks(
+        self, request: cluster_pb2.Worker.ListTasksRequest, context: grpc.ServicerContext
+    ) -> cluster_pb2.Worker.ListTasksResponse:
+        return cluster_pb2.Worker.ListTasksResponse(tasks=_call(context, self._worker.list_tasks))
+
+    def FetchTaskLogs(
+        self, request: cluster_pb2.Worker.FetchTaskLogsRequest, context: grpc.ServicerContext
+    ) -> cluster_pb2.Worker.FetchTaskLogsResponse:
+        attempt_id = request.attempt_id if request.HasField("attempt_id") else None
+        chunk = _call(
+            context,
+            lambda: self._worker.fetch_logs(
+                request.task_id, attempt_id, request.start_line, request.max_lines
+            ),
+        )
+        return cluster_pb2.Worker.FetchTaskLogsResponse(
+            lines=[cluster_pb2.LogLine(source="output", data=line) for line in chunk.lines],
+            next_line=chunk.next_line,
+            attempt_finished=chunk.attempt_finished,
+            attempt_id=chunk.attempt_id,
+        )
+
+    def KillTask(
+        self, request: cluster_pb2.Worker.KillTaskRequest, context: grpc.ServicerContext
+    ) -> cluster_pb2.Empty:
+        if request.grace_period_seconds < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "grace_period_seconds: must be >= 0")
+        _call(
+            context,
+            lambda: self._worker.kill_task(request.task_id, request.attempt_id, request.grace_period_seconds),
+        )
+        return cluster_pb2.Empty()
+
+    def HealthCheck(
+        self, request: cluster_pb2.Worker.HealthCheckRequest, context: grpc.ServicerContext
+    ) -> cluster_pb2.Worker.HealthCheckResponse:
+        return cluster_pb2.Worker.HealthCheckResponse(
+            healthy=not self._worker.stopping,
+            worker_id=self._worker.worker_id,
+            running_tasks=self._worker.running_count(),
+            uptime_ms=self._worker.uptime_ms(),
+        )
+
+
+@dataclass(slots=True)
+class ServingWorker:
+    """A worker with its gRPC server bound and its loops running."""
+
+    worker: Worker
+    server: grpc.Server
+    address: str
+
+    def stop(self, kill_tasks: bool = True) -> None:
+        """Stop the worker (kills its tasks, flushes their reports), then the server."""
+        self.worker.stop(kill_tasks=kill_tasks)
+        self.server.stop(grace=1.0).wait()
+
+
+def serve_worker(
+    config: WorkerConfig,
+    clock: Clock | None = None,
+    runtime: Runtime | None = None,
+    gpus: list[GpuInfo] | None = None,
+    rpc_threads: int = 16,
+) -> ServingWorker:
+    """Build a Worker, bind its gRPC service on ``config.host:config.port`` (0: a free port),
+    and start it. The caller owns the result and must ``stop()`` it."""
+    worker = Worker(config, clock=clock, runtime=runtime, gpus=gpus)
+    server = grpc.server(ThreadPoolExecutor(max_workers=rpc_threads, thread_name_prefix="iris-worker-rpc"))
+    cluster_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServiceImpl(worker), server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"could not bind {config.host}:{config.port}")
+    server.start()
+    address = f"{config.host}:{port}"
+    try:
+        worker.start(address)
+    except Exception:
+        server.stop(grace=None)
+        raise
+    return ServingWorker(worker=worker, server=server, address=address)

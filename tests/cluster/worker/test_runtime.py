@@ -1,0 +1,176 @@
+"""ProcessRuntime against real child processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import psutil
+import pytest
+
+from iris.cluster.clock import wait_until
+from iris.cluster.worker.runtime import PROCESS_RECORD, ProcessExit, ProcessRuntime, ProcessSpec, kill_orphans
+
+
+class Exits:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.exits: dict[tuple[str, int], ProcessExit] = {}
+
+    def __call__(self, exit_info: ProcessExit) -> None:
+        with self._lock:
+            self.exits[exit_info.key] = exit_info
+
+    def wait(self, key: tuple[str, int], timeout: float = 30.0) -> ProcessExit:
+        wait_until(lambda: key in self.exits, timeout, message=f"{key} did not exit")
+        return self.exits[key]
+
+
+@pytest.fixture
+def runtime() -> Iterator[ProcessRuntime]:
+    rt = ProcessRuntime(memory_check_interval_s=0.05)
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+def _spec(tmp_path: Path, argv: Sequence[str], name: str = "t", **kwargs: object) -> ProcessSpec:
+    cwd = tmp_path / name
+    cwd.mkdir(exist_ok=True)
+    return ProcessSpec(
+        key=(name, 0),
+        argv=list(argv),
+        cwd=cwd,
+        env={**os.environ, "IRIS_TEST_VAR": "hello"},
+        log_path=cwd / "output.log",
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_runtime_exit_codes_are_reported(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    exits = Exits()
+    runtime.start(_spec(tmp_path, ["/bin/true"], "ok"), exits)
+    runtime.start(_spec(tmp_path, [sys.executable, "-c", "raise SystemExit(3)"], "three"), exits)
+    assert exits.wait(("ok", 0)).returncode == 0
+    assert exits.wait(("three", 0)).returncode == 3
+
+
+def test_runtime_missing_program_raises_oserror(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        runtime.start(_spec(tmp_path, ["/nonexistent/program"]), Exits())
+
+
+def test_runtime_stdout_and_stderr_share_one_log_in_order(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    exits = Exits()
+    spec = _spec(tmp_path, ["/bin/sh", "-c", "echo one; echo two >&2; echo three; echo $IRIS_TEST_VAR; pwd"])
+    runtime.start(spec, exits)
+    exits.wait(spec.key)
+    assert spec.log_path.read_text().splitlines() == ["one", "two", "three", "hello", str(spec.cwd)]
+
+
+def test_runtime_kill_sigterm_stops_cooperative_process(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    exits = Exits()
+    spec = _spec(tmp_path, [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(1000)"])
+    runtime.start(spec, exits)
+    wait_until(lambda: "up" in spec.log_path.read_text(), 30)
+    runtime.kill(spec.key, grace_period_s=60)
+    assert exits.wait(spec.key).returncode == -15
+
+
+def test_runtime_kill_escalates_to_sigkill_after_grace(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    exits = Exits()
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(1000)"
+    spec = _spec(tmp_path, [sys.executable, "-c", code])
+    runtime.start(spec, exits)
+    wait_until(lambda: "up" in spec.log_path.read_text(), 30)
+    runtime.kill(spec.key, grace_period_s=0.2)
+    assert exits.wait(spec.key).returncode == -9
+
+
+def test_runtime_kill_leaves_no_grandchild(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    exits = Exits()
+    spec = _spec(tmp_path, ["/bin/sh", "-c", "sleep 1000 & echo $! > grandchild.pid; wait"])
+    pid = runtime.start(spec, exits)
+    pid_file = spec.cwd / "grandchild.pid"
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 30)
+    grandchild = int(pid_file.read_text())
+    assert not _gone(grandchild)
+    runtime.kill(spec.key, grace_period_s=5)
+    exits.wait(spec.key)
+    wait_until(lambda: _gone(grandchild) and _gone(pid), 30, message="grandchild survived the kill")
+
+
+def test_runtime_grandchild_killed_when_leader_exits(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    exits = Exits()
+    spec = _spec(tmp_path, ["/bin/sh", "-c", "sleep 1000 & echo $! > grandchild.pid"])
+    runtime.start(spec, exits)
+    assert exits.wait(spec.key).returncode == 0
+    grandchild = int((spec.cwd / "grandchild.pid").read_text())
+    wait_until(lambda: _gone(grandchild), 30, message="grandchild outlived its task")
+
+
+def test_runtime_memory_limit_kills_group_with_error(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    exits = Exits()
+    code = "import time; data = 'x' * (300 * 1024 * 1024); print('allocated', flush=True); time.sleep(1000)"
+    spec = _spec(tmp_path, [sys.executable, "-c", code], memory_limit_bytes=64 * 1024 * 1024)
+    runtime.start(spec, exits)
+    result = exits.wait(spec.key)
+    assert result.returncode == -9
+    assert "exceeded the task's limit of 64MiB" in result.limit_error
+    assert result.limit_error.startswith("killed: memory ")
+
+
+def test_runtime_memory_under_limit_is_untouched(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    exits = Exits()
+    spec = _spec(tmp_path, [sys.executable, "-c", "print('small')"], memory_limit_bytes=1024**3)
+    runtime.start(spec, exits)
+    result = exits.wait(spec.key)
+    assert result.returncode == 0
+    assert result.limit_error == ""
+
+
+def test_runtime_kill_unknown_attempt_is_a_noop(runtime: ProcessRuntime) -> None:
+    runtime.kill(("nope", 0), grace_period_s=1)
+
+
+def test_kill_orphans_kills_recorded_process_group(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    # A process group recorded by a "previous worker" that is no longer watched by anyone.
+    exits = Exits()
+    record = tmp_path / "t" / PROCESS_RECORD
+    spec = _spec(
+        tmp_path,
+        ["/bin/sh", "-c", "sleep 1000 & echo $! > grandchild.pid; wait"],
+        record_path=record,
+    )
+    pid = runtime.start(spec, exits)
+    pid_file = spec.cwd / "grandchild.pid"
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 30)
+    grandchild = int(pid_file.read_text())
+    assert record.exists()
+    killed = kill_orphans([record])
+    assert pid in killed and grandchild in killed
+    exits.wait(spec.key)
+    wait_until(lambda: _gone(grandchild), 30)
+
+
+def test_kill_orphans_ignores_stale_records(tmp_path: Path) -> None:
+    stale = tmp_path / PROCESS_RECORD
+    stale.write_text('{"pid": 999999999, "start_time": "1"}')
+    broken = tmp_path / "broken.json"
+    broken.write_text("not json")
+    # A live pid whose start time differs from the record belongs to someone else now.
+    reused = tmp_path / "reused.json"
+    reused.write_text(json.dumps({"pid": os.getpid(), "start_time": "0"}))
+    assert kill_orphans([stale, broken, reused, tmp_path / "missing.json"]) == []

@@ -1,0 +1,690 @@
+"""Worker daemon: bookkeeping, outbox, heartbeats and reconcile, with a fake runtime where real
+processes are not the point, and with real processes where they are."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import grpc
+import psutil
+import pytest
+
+from iris.cluster.clock import FakeClock, wait_until
+from iris.cluster.worker.gpu import GpuInfo
+from iris.cluster.worker.runtime import AttemptKey, ExitCallback, ProcessExit, ProcessSpec
+from iris.cluster.worker.worker import FailedPrecondition, InvalidArgument, NotFound, Worker, WorkerConfig
+from iris.rpc import cluster_pb2, cluster_pb2_grpc
+from tests.cluster.worker.conftest import RunningFakeController, command_request
+
+RUNNING = cluster_pb2.TASK_STATE_RUNNING
+SUCCEEDED = cluster_pb2.TASK_STATE_SUCCEEDED
+FAILED = cluster_pb2.TASK_STATE_FAILED
+KILLED = cluster_pb2.TASK_STATE_KILLED
+BUILDING = cluster_pb2.TASK_STATE_BUILDING
+
+
+class FakeRuntime:
+    """Records starts; tests end processes with ``exit``. A kill ends the process at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.specs: dict[AttemptKey, ProcessSpec] = {}
+        self.callbacks: dict[AttemptKey, ExitCallback] = {}
+        self.kills: list[tuple[AttemptKey, float]] = []
+        self.fail_start: OSError | None = None
+
+    def start(self, spec: ProcessSpec, on_exit: ExitCallback) -> int:
+        if self.fail_start is not None:
+            raise self.fail_start
+        spec.log_path.write_text("line one\nline two\n")
+        with self.lock:
+            self.specs[spec.key] = spec
+            self.callbacks[spec.key] = on_exit
+        return 4242
+
+    def exit(self, key: AttemptKey, returncode: int, limit_error: str = "") -> None:
+        with self.lock:
+            callback = self.callbacks.pop(key)
+        callback(ProcessExit(key=key, pid=4242, returncode=returncode, limit_error=limit_error))
+
+    def kill(self, key: AttemptKey, grace_period_s: float) -> None:
+        with self.lock:
+            self.kills.append((key, grace_period_s))
+            present = key in self.callbacks
+        if present:
+            self.exit(key, -15)
+
+    def close(self) -> None:
+        pass
+
+    def spec(self, key: AttemptKey) -> ProcessSpec:
+        wait_until(lambda: key in self.specs, 30, message=f"{key} never started")
+        return self.specs[key]
+
+
+WorkerFactory = Callable[..., Worker]
+
+
+@pytest.fixture
+def make_worker(fake_controller: RunningFakeController, tmp_path: Path) -> Iterator[WorkerFactory]:
+    workers: list[Worker] = []
+
+    def make(run_loops: bool = True, **kwargs: Any) -> Worker:
+        runtime = kwargs.pop("runtime", None)
+        gpus = kwargs.pop("gpus", [])
+        clock = kwargs.pop("clock", None)
+        config = WorkerConfig(
+            controller_address=fake_controller.address,
+            workdir=kwargs.pop("workdir", tmp_path / f"worker{len(workers)}"),
+            heartbeat_interval_s=kwargs.pop("heartbeat_interval_s", 0.05),
+            backoff_initial_s=0.01,
+            backoff_max_s=0.1,
+            shutdown_flush_timeout_s=2.0,
+            **kwargs,
+        )
+        worker = Worker(config, clock=clock, runtime=runtime, gpus=gpus)
+        worker.start("127.0.0.1:1", run_loops=run_loops)
+        workers.append(worker)
+        return worker
+
+    yield make
+    for worker in workers:
+        worker.stop()
+
+
+def _terminal(
+    controller: RunningFakeController, task_id: str, attempt: int = 0
+) -> cluster_pb2.WorkerTaskStatus:
+    wait_until(lambda: controller.servicer.terminal_update(task_id, attempt) is not None, 30)
+    update = controller.servicer.terminal_update(task_id, attempt)
+    assert update is not None
+    return update
+
+
+# -- RunTask bookkeeping --------------------------------------------------------------------------
+
+
+def test_run_task_accepts_with_incarnation_and_increasing_sequence(make_worker: WorkerFactory) -> None:
+    worker = make_worker(runtime=FakeRuntime())
+    first = worker.run_task(command_request(["/bin/true"], "job/task-0"))
+    second = worker.run_task(command_request(["/bin/true"], "job/task-1"))
+    assert first.accepted and second.accepted
+    assert first.incarnation == worker.incarnation == second.incarnation
+    assert (first.sequence, second.sequence) == (1, 2)
+
+
+def test_run_task_duplicate_attempt_is_idempotent(make_worker: WorkerFactory) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(runtime=runtime)
+    first = worker.run_task(command_request(["/bin/true"]))
+    again = worker.run_task(command_request(["/bin/true"]))
+    assert again.accepted and again.sequence == first.sequence
+    runtime.spec(("job/task-0", 0))
+    assert len(worker.list_tasks()) == 1
+    assert len(runtime.specs) == 1
+
+
+def _bad(field: str) -> cluster_pb2.Worker.RunTaskRequest:
+    request = command_request(["/bin/true"])
+    if field == "task_id":
+        request.task_id = ""
+    elif field == "job_id":
+        request.job_id = ""
+    elif field == "attempt_id":
+        request.attempt_id = -1
+    elif field == "serialized_entrypoint":
+        request.serialized_entrypoint = b"\xff\xff\xff"
+    elif field == "serialized_entrypoint.command.argv":
+        request.serialized_entrypoint = cluster_pb2.Entrypoint(
+            command=cluster_pb2.CommandEntrypoint()
+        ).SerializeToString()
+    elif field == "ports":
+        request.ports.append("not a name")
+    elif field == "resources.memory_bytes":
+        request.resources.memory_bytes = -5
+    elif field == "bundle_hash":
+        request.bundle_hash = "../../etc/passwd"
+    elif field == "environment.env_vars":
+        request.environment.env_vars["A=B"] = "x"
+    return request
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "task_id",
+        "job_id",
+        "attempt_id",
+        "serialized_entrypoint",
+        "serialized_entrypoint.command.argv",
+        "ports",
+        "resources.memory_bytes",
+        "bundle_hash",
+        "environment.env_vars",
+    ],
+)
+def test_run_task_malformed_request_names_the_field(make_worker: WorkerFactory, field: str) -> None:
+    worker = make_worker(runtime=FakeRuntime())
+    with pytest.raises(InvalidArgument, match=field):
+        worker.run_task(_bad(field))
+    assert worker.list_tasks() == []
+
+
+def test_run_task_environment_ports_and_gpus(make_worker: WorkerFactory) -> None:
+    runtime = FakeRuntime()
+    gpus = [
+        GpuInfo(
+            index=i,
+            name="NVIDIA H200",
+            uuid=f"GPU-{i}",
+            memory_total_mb=143771,
+            memory_used_mb=0,
+            utilization_pct=0,
+        )
+        for i in range(4)
+    ]
+    worker = make_worker(runtime=runtime, gpus=gpus, worker_id="w-env")
+    request = command_request(["/bin/true"], "job/task-3", attempt_id=2, ports=["http", "grpc_port"])
+    request.num_tasks = 8
+    request.environment.env_vars["USER_VAR"] = "value"
+    request.resources.device.gpu.count = 2
+    worker.run_task(request)
+    other = command_request(["/bin/true"], "job/task-4", ports=["http"])
+    worker.run_task(other)
+
+    env = runtime.spec(("job/task-3", 2)).env
+    assert env["IRIS_JOB_ID"] == "job"
+    assert env["IRIS_TASK_ID"] == "job/task-3"
+    assert env["IRIS_TASK_INDEX"] == "3"
+    assert env["IRIS_NUM_TASKS"] == "8"
+    assert env["IRIS_ATTEMPT_ID"] == "2"
+    assert env["IRIS_WORKER_ID"] == "w-env"
+    assert env["IRIS_CONTROLLER_ADDRESS"] == worker._config.controller_address  # noqa: SLF001
+    assert env["USER_VAR"] == "value"
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
+    other_env = runtime.spec(("job/task-4", 0)).env
+    assert other_env["CUDA_VISIBLE_DEVICES"] == ""
+    ports = {env["IRIS_PORT_HTTP"], env["IRIS_PORT_GRPC_PORT"], other_env["IRIS_PORT_HTTP"]}
+    assert len(ports) == 3, "a port was handed to two live tasks"
+    status = worker.task_status("job/task-3")
+    assert set(status.ports) == {"http", "grpc_port"}
+
+
+def test_run_task_after_stop_is_refused(make_worker: WorkerFactory) -> None:
+    worker = make_worker(runtime=FakeRuntime())
+    worker.stop()
+    with pytest.raises(FailedPrecondition):
+        worker.run_task(command_request(["/bin/true"]))
+
+
+# -- reports and the outbox ----------------------------------------------------------------------
+
+
+def test_task_lifecycle_is_reported_running_then_succeeded(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    runtime = FakeRuntime()
+    worker_task = ("job/task-0", 0)
+    worker = make_worker(runtime=runtime)
+    worker.run_task(command_request(["/bin/true"]))
+    runtime.spec(worker_task)
+    wait_until(lambda: RUNNING in fake_controller.servicer.states_of("job/task-0"), 30)
+    runtime.exit(worker_task, 0)
+    update = _terminal(fake_controller, "job/task-0")
+    assert update.state == SUCCEEDED
+    assert update.started_at_ms > 0 and update.finished_at_ms >= update.started_at_ms
+    assert worker.task_status("job/task-0").state == SUCCEEDED
+
+
+def test_nonzero_exit_reports_failed_with_exit_code_and_output(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    runtime = FakeRuntime()
+    make_worker(runtime=runtime).run_task(command_request(["prog"]))
+    runtime.spec(("job/task-0", 0))
+    runtime.exit(("job/task-0", 0), 3)
+    update = _terminal(fake_controller, "job/task-0")
+    assert update.state == FAILED and update.exit_code == 3
+    assert update.error.startswith("exit code 3")
+    assert "line two" in update.error
+
+
+def test_memory_limit_kill_is_a_task_failure_with_its_reason(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    runtime = FakeRuntime()
+    make_worker(runtime=runtime).run_task(command_request(["prog"]))
+    runtime.spec(("job/task-0", 0))
+    reason = "killed: memory 612MiB exceeded the task's limit of 512MiB"
+    runtime.exit(("job/task-0", 0), -9, limit_error=reason)
+    update = _terminal(fake_controller, "job/task-0")
+    assert update.state == FAILED and update.error == reason
+
+
+def test_start_failure_reports_failed(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    runtime = FakeRuntime()
+    runtime.fail_start = FileNotFoundError(2, "No such file or directory")
+    make_worker(runtime=runtime).run_task(command_request(["/no/such/program"]))
+    update = _terminal(fake_controller, "job/task-0")
+    assert update.state == FAILED
+    assert "/no/such/program" in update.error
+
+
+def test_outbox_coalesces_to_latest_state_in_one_batch(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(run_loops=False, runtime=runtime)
+    for i in range(3):
+        worker.run_task(command_request(["/bin/true"], f"job/task-{i}"))
+        runtime.spec((f"job/task-{i}", 0))
+        runtime.exit((f"job/task-{i}", 0), 0)
+    wait_until(lambda: all(s.state == SUCCEEDED for s in worker.list_tasks()), 30)
+    assert worker.flush_outbox_once()
+    reports = fake_controller.servicer.state.reports
+    assert len(reports) == 1
+    assert sorted((u.task_id, u.state) for u in reports[0].updates) == [
+        ("job/task-0", SUCCEEDED),
+        ("job/task-1", SUCCEEDED),
+        ("job/task-2", SUCCEEDED),
+    ]
+    assert worker.pending_reports() == 0
+
+
+def test_outbox_retries_until_controller_is_back_and_never_loses_terminal_report(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(runtime=runtime)
+    fake_controller.servicer.unavailable = True
+    worker.run_task(command_request(["/bin/true"]))
+    runtime.spec(("job/task-0", 0))
+    runtime.exit(("job/task-0", 0), 0)
+    wait_until(lambda: worker.task_status("job/task-0").state == SUCCEEDED, 30)
+    # While undelivered, the finished attempt stays in the observed set.
+    tasks, _ = worker.observed_set()
+    assert [(t.task_id, t.state) for t in tasks] == [("job/task-0", SUCCEEDED)]
+    assert worker.pending_reports() == 1
+    registrations_before = len(fake_controller.servicer.state.registrations)
+
+    fake_controller.servicer.unavailable = False
+    update = _terminal(fake_controller, "job/task-0")
+    assert update.state == SUCCEEDED
+    wait_until(lambda: worker.pending_reports() == 0, 30)
+    assert worker.observed_set()[0] == []
+    # Coming back after being unreachable, the worker registers again with its full set.
+    wait_until(lambda: len(fake_controller.servicer.state.registrations) > registrations_before, 30)
+
+
+def test_flush_failure_keeps_batch_and_newer_state_wins(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(run_loops=False, runtime=runtime)
+    worker.run_task(command_request(["/bin/true"]))
+    runtime.spec(("job/task-0", 0))
+    wait_until(lambda: worker.task_status("job/task-0").state == RUNNING, 30)
+    fake_controller.servicer.unavailable = True
+    assert not worker.flush_outbox_once()
+    runtime.exit(("job/task-0", 0), 0)
+    assert worker.pending_reports() == 1
+    fake_controller.servicer.unavailable = False
+    assert worker.flush_outbox_once()
+    assert [u.state for u in fake_controller.servicer.updates()] == [SUCCEEDED]
+
+
+# -- registration, heartbeats and controller kills ------------------------------------------------
+
+
+def test_register_carries_metadata_incarnation_and_observed_set(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(run_loops=False, runtime=runtime, cpu=3, memory_bytes=2 * 1024**3)
+    worker.run_task(command_request(["/bin/true"]))
+    runtime.spec(("job/task-0", 0))
+    assert worker.register_once()
+    registration = fake_controller.servicer.state.registrations[-1]
+    assert registration.worker_id == worker.worker_id
+    assert registration.address == "127.0.0.1:1"
+    assert registration.incarnation == worker.incarnation
+    assert registration.sequence == 1
+    assert registration.metadata.cpu_count == 3
+    assert registration.metadata.memory_bytes == 2 * 1024**3
+    assert registration.metadata.hostname
+    assert registration.metadata.device.WhichOneof("device") == "cpu"
+    assert [(t.task_id, t.attempt_id) for t in registration.tasks] == [("job/task-0", 0)]
+
+
+def test_gpu_metadata_reported(make_worker: WorkerFactory, fake_controller: RunningFakeController) -> None:
+    gpus = [
+        GpuInfo(
+            index=i,
+            name="NVIDIA H200",
+            uuid=f"GPU-{i}",
+            memory_total_mb=143771,
+            memory_used_mb=0,
+            utilization_pct=0,
+        )
+        for i in range(2)
+    ]
+    make_worker(run_loops=False, runtime=FakeRuntime(), gpus=gpus)
+    meta = fake_controller.servicer.state.registrations[-1].metadata
+    assert meta.device.gpu.variant == "H200" and meta.device.gpu.count == 2
+    assert (meta.gpu_count, meta.gpu_name, meta.gpu_memory_mb) == (2, "NVIDIA H200", 143771)
+
+
+def test_heartbeat_reregister_sends_full_registration(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    worker = make_worker(run_loops=False, runtime=FakeRuntime(), clock=FakeClock())
+    assert worker.heartbeat_once()
+    assert len(fake_controller.servicer.state.heartbeats) == 1
+    fake_controller.servicer.reregister_next = True
+    registrations = len(fake_controller.servicer.state.registrations)
+    assert worker.heartbeat_once()
+    assert len(fake_controller.servicer.state.registrations) == registrations + 1
+
+
+def test_heartbeat_while_unreachable_registers_again_when_back(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    worker = make_worker(run_loops=False, runtime=FakeRuntime(), clock=FakeClock())
+    fake_controller.servicer.unavailable = True
+    assert not worker.heartbeat_once()
+    fake_controller.servicer.unavailable = False
+    registrations = len(fake_controller.servicer.state.registrations)
+    assert worker.heartbeat_once()
+    assert len(fake_controller.servicer.state.registrations) == registrations + 1
+
+
+def test_heartbeat_kill_list_kills_attempt(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(run_loops=False, runtime=runtime)
+    worker.run_task(command_request(["/bin/true"]))
+    runtime.spec(("job/task-0", 0))
+    wait_until(lambda: worker.task_status("job/task-0").state == RUNNING, 30)
+    fake_controller.servicer.kills = [("job/task-0", 0), ("other/task-9", 4)]
+    worker.heartbeat_once()
+    assert worker.task_status("job/task-0").state == KILLED
+    assert [k for k, _ in runtime.kills] == [("job/task-0", 0)]
+
+
+def test_heartbeat_sequence_covers_accepted_tasks(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    worker = make_worker(run_loops=False, runtime=FakeRuntime())
+    worker.run_task(command_request(["/bin/true"], "job/task-0"))
+    worker.run_task(command_request(["/bin/true"], "job/task-1"))
+    worker.heartbeat_once()
+    heartbeat = fake_controller.servicer.state.heartbeats[-1]
+    assert heartbeat.sequence == 2 and heartbeat.incarnation == worker.incarnation
+    assert sorted(t.task_id for t in heartbeat.tasks) == ["job/task-0", "job/task-1"]
+
+
+# -- kills and shutdown --------------------------------------------------------------------------
+
+
+def test_kill_task_unknown_or_repeated_is_harmless(make_worker: WorkerFactory) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(runtime=runtime)
+    worker.kill_task("nope/task-0", 3)
+    worker.run_task(command_request(["/bin/true"]))
+    runtime.spec(("job/task-0", 0))
+    wait_until(lambda: worker.task_status("job/task-0").state == RUNNING, 30)
+    worker.kill_task("job/task-0", 0, 1.5)
+    worker.kill_task("job/task-0", 0, 1.5)
+    assert worker.task_status("job/task-0").state == KILLED
+    assert runtime.kills[0] == (("job/task-0", 0), 1.5)
+
+
+def test_stop_kills_running_tasks_and_reports_them(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(runtime=runtime)
+    worker.run_task(command_request(["/bin/true"]))
+    runtime.spec(("job/task-0", 0))
+    worker.stop()
+    update = fake_controller.servicer.terminal_update("job/task-0")
+    assert update is not None and update.state == KILLED
+
+
+# -- queries -------------------------------------------------------------------------------------
+
+
+def test_fetch_logs_by_line_and_newest_attempt(make_worker: WorkerFactory) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(runtime=runtime)
+    worker.run_task(command_request(["/bin/true"], attempt_id=0))
+    worker.run_task(command_request(["/bin/true"], attempt_id=1))
+    runtime.spec(("job/task-0", 1))
+    runtime.exit(("job/task-0", 1), 0)
+    chunk = worker.fetch_logs("job/task-0")
+    assert chunk.attempt_id == 1 and chunk.attempt_finished
+    assert chunk.lines == ["line one", "line two"] and chunk.next_line == 2
+    tail = worker.fetch_logs("job/task-0", 1, start_line=1, max_lines=5)
+    assert tail.lines == ["line two"] and tail.next_line == 2
+    assert worker.fetch_logs("job/task-0", 1, start_line=2).lines == []
+    with pytest.raises(NotFound):
+        worker.fetch_logs("job/task-0", 7)
+    with pytest.raises(InvalidArgument, match="start_line"):
+        worker.fetch_logs("job/task-0", start_line=-1)
+
+
+def test_finished_history_is_bounded(make_worker: WorkerFactory) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(runtime=runtime, max_finished_attempts=2)
+    for i in range(4):
+        worker.run_task(command_request(["/bin/true"], f"job/task-{i}"))
+        runtime.spec((f"job/task-{i}", 0))
+        runtime.exit((f"job/task-{i}", 0), 0)
+    wait_until(lambda: len(worker.list_tasks()) == 2, 30)
+    assert sorted(t.task_id for t in worker.list_tasks()) == ["job/task-2", "job/task-3"]
+    with pytest.raises(NotFound):
+        worker.task_status("job/task-0")
+
+
+# -- real processes through the worker -----------------------------------------------------------
+
+
+def _callable_request(
+    fn: Callable[..., object], *args: object, task_id: str = "job/task-0"
+) -> cluster_pb2.Worker.RunTaskRequest:
+    entrypoint = cluster_pb2.Entrypoint(
+        callable=cluster_pb2.CallableEntrypoint(pickled=cloudpickle.dumps((fn, args, {})))
+    )
+    return cluster_pb2.Worker.RunTaskRequest(
+        job_id="job", task_id=task_id, num_tasks=1, serialized_entrypoint=entrypoint.SerializeToString()
+    )
+
+
+def test_callable_success_and_exception(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    # Local functions: cloudpickle sends them by value (the child cannot import this test module).
+    def _say(text: str) -> None:
+        print(text, flush=True)
+
+    def _boom(text: str) -> None:
+        raise RuntimeError(text)
+
+    worker = make_worker()
+    worker.run_task(_callable_request(_say, "hi from callable", task_id="job/task-0"))
+    worker.run_task(_callable_request(_boom, "kaboom", task_id="job/task-1"))
+    ok = _terminal(fake_controller, "job/task-0")
+    assert ok.state == SUCCEEDED
+    assert worker.fetch_logs("job/task-0").lines == ["hi from callable"]
+    bad = _terminal(fake_controller, "job/task-1")
+    assert bad.state == FAILED and bad.exit_code == 1
+    assert "Traceback" in bad.error and "RuntimeError: kaboom" in bad.error
+    assert any("RuntimeError: kaboom" in line for line in worker.fetch_logs("job/task-1").lines)
+
+
+def test_command_task_env_and_exit_code_with_real_process(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    worker = make_worker()
+    worker.run_task(
+        command_request(["/bin/sh", "-c", 'echo "$IRIS_TASK_ID $IRIS_PORT_WEB"; exit 4'], ports=["web"])
+    )
+    update = _terminal(fake_controller, "job/task-0")
+    assert update.state == FAILED and update.exit_code == 4
+    line = worker.fetch_logs("job/task-0").lines[0]
+    assert line == f"job/task-0 {update.ports['web']}"
+    assert "exit code 4" in update.error and line in update.error
+
+
+def test_kill_real_task_leaves_no_grandchild(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    worker = make_worker()
+    worker.run_task(command_request(["/bin/sh", "-c", "sleep 1000 & echo $!; wait"]))
+    wait_until(lambda: worker.fetch_logs("job/task-0").lines, 30)
+    grandchild = int(worker.fetch_logs("job/task-0").lines[0])
+    worker.kill_task("job/task-0", 0, 5)
+    assert _terminal(fake_controller, "job/task-0").state == KILLED
+    wait_until(
+        lambda: (
+            not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
+        ),
+        30,
+    )
+
+
+def _zip(files: dict[str, str]) -> tuple[bytes, str]:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    blob = buffer.getvalue()
+    return blob, hashlib.sha256(blob).hexdigest()
+
+
+def test_bundle_fetched_once_unpacked_and_importable(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    blob, bundle_hash = _zip({"mypkg/__init__.py": "GREETING = 'from bundle'\n", "data.txt": "payload\n"})
+    fake_controller.servicer.bundles[bundle_hash] = blob
+    worker = make_worker()
+    code = "import mypkg; print(mypkg.GREETING); print(open('data.txt').read().strip())"
+    for i in range(3):
+        worker.run_task(
+            command_request([sys.executable, "-c", code], f"job/task-{i}", bundle_hash=bundle_hash)
+        )
+    for i in range(3):
+        update = _terminal(fake_controller, f"job/task-{i}")
+        assert update.state == SUCCEEDED, update.error
+        assert worker.fetch_logs(f"job/task-{i}").lines == ["from bundle", "payload"]
+    assert fake_controller.servicer.state.bundle_fetches == [bundle_hash]
+
+
+def test_unknown_bundle_fails_the_task(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    worker = make_worker()
+    worker.run_task(command_request(["/bin/true"], bundle_hash="ab" * 32))
+    update = _terminal(fake_controller, "job/task-0")
+    assert update.state == FAILED and "bundle" in update.error
+
+
+def test_worker_serve_cli_restart_kills_orphans_of_previous_incarnation(
+    fake_controller: RunningFakeController, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "wd"
+
+    def serve() -> tuple[subprocess.Popen[str], str]:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from iris.cli.main import main; main()",
+                "worker",
+                "serve",
+                "--controller",
+                fake_controller.address,
+                "--workdir",
+                str(workdir),
+                "--heartbeat-interval",
+                "0.1",
+                "--log-level",
+                "WARNING",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        return proc, proc.stdout.readline()
+
+    first, line = serve()
+    try:
+        assert " serving on 127.0.0.1:" in line and line.startswith("worker w-")
+        wait_until(lambda: fake_controller.servicer.state.registrations, 30)
+        address = fake_controller.servicer.state.registrations[-1].address
+        assert line.strip().endswith(address)
+        with grpc.insecure_channel(address) as channel:
+            stub = cluster_pb2_grpc.WorkerServiceStub(channel)
+            stub.RunTask(command_request(["/bin/sh", "-c", "sleep 1000 & echo $!; wait"]), timeout=10)
+            wait_until(
+                lambda: (
+                    stub.FetchTaskLogs(
+                        cluster_pb2.Worker.FetchTaskLogsRequest(task_id="job/task-0"), timeout=10
+                    ).lines
+                ),
+                30,
+            )
+            grandchild = int(
+                stub.FetchTaskLogs(cluster_pb2.Worker.FetchTaskLogsRequest(task_id="job/task-0"), timeout=10)
+                .lines[0]
+                .data
+            )
+        os.kill(first.pid, signal.SIGKILL)  # a crash: nobody cleans up
+        first.wait(timeout=30)
+        assert psutil.pid_exists(grandchild)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        assert first.stdout is not None
+        first.stdout.close()
+
+    second, line = serve()
+    try:
+        wait_until(
+            lambda: (
+                not psutil.pid_exists(grandchild)
+                or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
+            ),
+            30,
+            message="orphan of the crashed worker survived its restart",
+        )
+        # Graceful shutdown: the running task is killed and reported KILLED, and the worker exits 0.
+        with grpc.insecure_channel(line.split()[-1]) as channel:
+            stub = cluster_pb2_grpc.WorkerServiceStub(channel)
+            stub.RunTask(command_request(["/bin/sleep", "1000"], "job2/task-0"), timeout=10)
+            wait_until(lambda: RUNNING in fake_controller.servicer.states_of("job2/task-0"), 30)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=60) == 0
+        update = fake_controller.servicer.terminal_update("job2/task-0")
+        assert update is not None and update.state == KILLED
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait()
+        assert second.stdout is not None
+        second.stdout.close()
