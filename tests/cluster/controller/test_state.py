@@ -103,6 +103,7 @@ def test_worker_killed_report_is_a_preemption(state: ControllerState) -> None:
     dispatch(state, task)
     assert state.apply_report(WorkerId("w1"), task.task_id, 0, T.TASK_STATE_KILLED, NOW)
     assert task.state == T.TASK_STATE_PENDING and task.preemption_count == 1 and task.failure_count == 0
+    assert state.get_available_workers() == []  # a worker stopping its own tasks is leaving
 
 
 def test_failure_domain_kills_running_and_pending_siblings_everywhere(state: ControllerState) -> None:

@@ -588,7 +588,8 @@ class ControllerState:
         from a worker the attempt is not bound to, and illegal moves are ignored (idempotent).
 
         A KILLED report for an attempt the controller did not kill means the worker stopped it
-        (e.g. the worker is shutting down): a worker failure, retried as a preemption.
+        because it is shutting down: a worker failure, retried as a preemption, and the worker is
+        taken out of scheduling.
         Returns whether anything changed.
         """
         with self._lock:
@@ -601,10 +602,14 @@ class ControllerState:
             ):
                 return False
             if state == KILLED:
+                # Only a departing worker stops a task the controller did not kill: take the worker out
+                # of scheduling too, so the retry is not sent straight back to it. If it stays, its next
+                # heartbeat re-registers it.
                 result, _ = self.transition_task(
                     task_id, WORKER_FAILED, now_ms, is_worker_failure=True,
                     error=error or f"worker {worker_id} stopped the task",
                 )
+                self.mark_worker_dead(worker_id, now_ms, reason="it stopped its tasks (shutting down)")
                 return result is not TaskTransitionResult.IGNORED
             if state not in (BUILDING, RUNNING, SUCCEEDED, cluster_pb2.TASK_STATE_FAILED, WORKER_FAILED):
                 logger.warning("ignoring report task=%s attempt=%s with state %s", task_id, attempt_id, state)

@@ -1,0 +1,191 @@
+"""Chaos: kill -9 the controller and workers, partition a worker, corrupt the store (issue "Nothing
+lost", DESIGN §3 "Durability" and "Workers and failures"). Real processes, own cluster per test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from iris.cluster.clock import wait_until
+from iris.cluster.local import LocalCluster
+
+from .e2e import Api, T, pid_alive
+
+pytestmark = pytest.mark.e2e
+
+
+def test_chaos_controller_kill9_mid_job_then_restart_completes_job(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    with LocalCluster(workers=2, cpu_per_worker=4, worker_timeout=5, heartbeat_interval=0.2,
+                      base_dir=tmp_path / "c") as cluster:
+        api = Api(cluster.controller_address)
+        # Task 0 fails once (history to keep); the rest wait for the gate so the crash lands mid-job.
+        script = (f'if [ "$IRIS_TASK_INDEX" = 0 ] && [ "$IRIS_ATTEMPT_ID" = 0 ]; then exit 5; fi; '
+                  f"while [ ! -e {gate} ]; do sleep 0.05; done")
+        job_id = api.launch("fifty", ["/bin/sh", "-c", script], replicas=50, max_retries_failure=1)
+        wait_until(lambda: api.job(job_id).tasks_running >= 8 and api.task(job_id, 0).current_attempt_id == 1, 30)
+        before = api.task(job_id, 0)
+        api.close()
+
+        cluster.kill_controller(signal.SIGKILL)
+        gate.touch()  # tasks finish while the controller is down; workers hold their reports
+        cluster.start_controller()
+        api = Api(cluster.controller_address)
+        try:
+            job = api.wait(job_id, timeout=120)
+            assert job.state == T.JOB_STATE_SUCCEEDED, job.error
+            assert job.tasks_succeeded == 50 and all(t.state == T.TASK_STATE_SUCCEEDED for t in job.tasks)
+            after = job.tasks[0]
+            assert after.attempts[0].state == T.TASK_STATE_FAILED and after.attempts[0].exit_code == 5
+            assert after.attempts[0].started_at_ms == before.attempts[0].started_at_ms
+            assert after.failure_count == 1
+        finally:
+            api.close()
+
+
+def test_chaos_controller_kill9_after_launch_before_dispatch_keeps_job(tmp_path: Path) -> None:
+    with LocalCluster(workers=0, worker_timeout=5, heartbeat_interval=0.2, base_dir=tmp_path / "c") as cluster:
+        api = Api(cluster.controller_address)
+        job_id = api.launch("acked", ["/bin/true"], replicas=3)  # no worker yet: nothing can be dispatched
+        api.close()
+        cluster.kill_controller(signal.SIGKILL)
+        cluster.start_controller()
+        api = Api(cluster.controller_address)
+        try:
+            assert api.job(job_id).state == T.JOB_STATE_PENDING
+            cluster.add_worker()
+            assert api.wait(job_id, timeout=60).state == T.JOB_STATE_SUCCEEDED
+        finally:
+            api.close()
+
+
+def test_chaos_worker_kill9_and_restart_same_id_retries_as_preemption(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    with LocalCluster(workers=1, cpu_per_worker=2, worker_timeout=30, heartbeat_interval=0.2,
+                      base_dir=tmp_path / "c") as cluster:
+        api = Api(cluster.controller_address)
+        try:
+            script = f'if [ "$IRIS_ATTEMPT_ID" = 0 ]; then echo $$ > {pids}/0; exec sleep 1000; fi'
+            job_id = api.launch("lost", ["/bin/sh", "-c", script])
+            wait_until(lambda: (pids / "0").exists() and (pids / "0").read_text().strip() != "", 30)
+            cluster.kill_worker(0, signal.SIGKILL)
+            cluster.start_worker(0)
+            job = api.wait(job_id, timeout=60)
+            assert job.state == T.JOB_STATE_SUCCEEDED
+            (task,) = job.tasks
+            assert (task.preemption_count, task.failure_count) == (1, 0)
+            assert "no longer has the task" in task.attempts[0].error
+        finally:
+            api.close()
+
+
+def test_chaos_partitioned_worker_is_replaced_and_its_old_attempts_killed(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    with LocalCluster(workers=2, cpu_per_worker=1, worker_timeout=2, heartbeat_interval=0.2, kill_grace=1,
+                      base_dir=tmp_path / "c") as cluster:
+        api = Api(cluster.controller_address)
+        try:
+            script = (f'echo $$ > {pids}/attempt-$IRIS_ATTEMPT_ID; '
+                      f'if [ "$IRIS_ATTEMPT_ID" = 0 ]; then exec sleep 1000; fi')
+            job_id = api.launch("part", ["/bin/sh", "-c", script])
+            wait_until(lambda: (pids / "attempt-0").exists() and (pids / "attempt-0").read_text().strip(), 30)
+            old_pid = int((pids / "attempt-0").read_text())
+            victim = next(w for w in cluster.workers if w.worker_id == api.task(job_id, 0).worker_id)
+            # Freeze the worker daemon (its task keeps running): no heartbeat or report gets through.
+            os.kill(victim.pid, signal.SIGSTOP)
+            try:
+                job = api.wait(job_id, timeout=60)
+            finally:
+                os.kill(victim.pid, signal.SIGCONT)
+            assert job.state == T.JOB_STATE_SUCCEEDED
+            task = job.tasks[0]
+            assert task.preemption_count == 1 and task.attempts[0].worker_id == victim.worker_id
+            assert task.worker_id != victim.worker_id
+            # Healed: the worker re-registers, its stale attempt is killed and its late report ignored.
+            wait_until(lambda: not pid_alive(old_pid), 30, message="stale attempt still running after heal")
+            wait_until(lambda: any(w.worker_id == victim.worker_id and w.healthy for w in cluster.list_workers()), 30)
+            after = api.job(job_id, tasks=True)
+            assert after.state == T.JOB_STATE_SUCCEEDED and after.tasks[0].current_attempt_id == 1
+        finally:
+            api.close()
+
+
+def test_chaos_worker_sigterm_kills_its_tasks_and_they_are_retried(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    with LocalCluster(workers=2, cpu_per_worker=1, worker_timeout=10, heartbeat_interval=0.2, kill_grace=1,
+                      base_dir=tmp_path / "c") as cluster:
+        api = Api(cluster.controller_address)
+        try:
+            script = f'if [ "$IRIS_ATTEMPT_ID" = 0 ]; then echo $$ > {pids}/0; exec sleep 1000; fi'
+            job_id = api.launch("drain", ["/bin/sh", "-c", script])
+            wait_until(lambda: (pids / "0").exists() and (pids / "0").read_text().strip(), 30)
+            pid = int((pids / "0").read_text())
+            victim = next(w for w in cluster.workers if w.worker_id == api.task(job_id, 0).worker_id)
+            victim.process.terminate()  # type: ignore[union-attr]
+            assert victim.process.wait(timeout=30) == 0  # type: ignore[union-attr]
+            assert not pid_alive(pid)
+            job = api.wait(job_id, timeout=60)
+            assert job.state == T.JOB_STATE_SUCCEEDED
+            assert job.tasks[0].preemption_count == 1 and job.tasks[0].failure_count == 0
+        finally:
+            api.close()
+
+
+def test_chaos_controller_sigterm_exits_cleanly_and_keeps_state(tmp_path: Path) -> None:
+    with LocalCluster(workers=1, cpu_per_worker=1, base_dir=tmp_path / "c") as cluster:
+        api = Api(cluster.controller_address)
+        job_id = api.launch("kept", ["/bin/true"])
+        assert api.wait(job_id).state == T.JOB_STATE_SUCCEEDED
+        api.close()
+        cluster.kill_controller(signal.SIGTERM)
+        assert cluster._controller is not None and cluster._controller.returncode == 0
+        cluster.start_controller()
+        api = Api(cluster.controller_address)
+        try:
+            assert api.job(job_id).state == T.JOB_STATE_SUCCEEDED
+        finally:
+            api.close()
+
+
+def _serve(state_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "iris.cli.main", "controller", "serve", "--port", "0", "--state-dir", str(state_dir),
+         "--dashboard-port", "-1"],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_chaos_corrupt_store_refuses_to_start_and_keeps_file(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    db = state_dir / "controller.sqlite3"
+    garbage = os.urandom(8192)
+    db.write_bytes(garbage)
+    result = _serve(state_dir)
+    assert result.returncode != 0
+    assert "not a valid Iris state database" in result.stderr and "Traceback" not in result.stderr
+    assert db.read_bytes() == garbage
+
+
+def test_chaos_newer_schema_refuses_to_start_and_keeps_file(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    with LocalCluster(workers=0, base_dir=tmp_path / "c", state_dir=state_dir):
+        pass
+    db = state_dir / "controller.sqlite3"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version = 999")
+    conn.close()
+    before = db.read_bytes()
+    result = _serve(state_dir)
+    assert result.returncode != 0
+    assert "schema version 999" in result.stderr and "Traceback" not in result.stderr
+    assert db.read_bytes() == before
