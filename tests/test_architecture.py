@@ -1,0 +1,276 @@
+"""Architecture rules checked on the source's AST (DESIGN §5, CONTRIBUTING.md "Pure core vs shell").
+
+1. The pure core (``iris/cluster/types.py`` and ``iris/cluster/controller/{task,job,state,scheduler}.py``)
+   does no I/O and reads no clock: it may not import RPC, storage, processes, sockets, time or
+   threads (``state.py`` alone may ``from threading import RLock``), nor the shell modules
+   (controller, service, store, dashboard, worker, local cluster, client, CLI, clock).
+2. Nothing under ``src/`` reads the wall clock except ``iris/cluster/clock.py``: shell code takes a
+   ``Clock`` and the core takes ``now_ms``. Enforced on everything under ``iris/cluster`` (the pure core
+   and the controller and worker shells); the client and CLI front ends may keep their own deadlines.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+PURE_MODULES = (
+    "iris/cluster/types.py",
+    "iris/cluster/controller/task.py",
+    "iris/cluster/controller/job.py",
+    "iris/cluster/controller/state.py",
+    "iris/cluster/controller/scheduler.py",
+)
+
+FORBIDDEN_IN_PURE = (
+    "grpc",
+    "sqlite3",
+    "subprocess",
+    "socket",
+    "time",
+    "datetime",
+    "threading",
+    "asyncio",
+    "multiprocessing",
+    "concurrent",
+    "signal",
+    "http",
+    "urllib",
+    "iris.cluster.controller.controller",
+    "iris.cluster.controller.service",
+    "iris.cluster.controller.store",
+    "iris.cluster.controller.dashboard",
+    "iris.cluster.worker",
+    "iris.cluster.local",
+    "iris.cluster.clock",
+    "iris.client",
+    "iris.cli",
+)
+"""Module prefixes the pure core may not import (``a.b`` also forbids ``a.b.c``)."""
+
+ALLOWED_IN_PURE: dict[str, set[tuple[str, str]]] = {
+    "iris/cluster/controller/state.py": {("threading", "RLock")},
+}
+"""(module, name) pairs a pure module may import with ``from module import name``."""
+
+CLOCK_MODULE = "iris/cluster/clock.py"
+
+CLOCK_READS = {
+    "time": {"time", "time_ns", "monotonic", "monotonic_ns"},
+    "datetime": {"now", "utcnow", "today"},
+    "date": {"today"},
+}
+"""Clock-reading attributes: ``time.time``, ``datetime.now`` (on the module's class), ``date.today``."""
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(SRC).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _resolve(node: ast.ImportFrom, module_name: str, is_package: bool) -> str:
+    """Absolute module of a ``from ... import``, resolving relative levels."""
+    if not node.level:
+        return node.module or ""
+    base = module_name.split(".")
+    if not is_package:
+        base = base[:-1]
+    base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _matches(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def forbidden_imports(source: str, path: Path, allowed: set[tuple[str, str]] | None = None) -> list[str]:
+    """Imports of FORBIDDEN_IN_PURE modules in ``source``, as 'line N: what' strings."""
+    allowed = allowed or set()
+    tree = ast.parse(source, filename=str(path))
+    module_name = _module_name(path) if path.is_relative_to(SRC) else path.stem
+    is_package = path.name == "__init__.py"
+    problems: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if any(_matches(alias.name, p) for p in FORBIDDEN_IN_PURE):
+                    problems.append(f"line {node.lineno}: import {alias.name}")
+        elif isinstance(node, ast.ImportFrom):
+            module = _resolve(node, module_name, is_package)
+            for alias in node.names:
+                full = f"{module}.{alias.name}" if module else alias.name
+                if (module, alias.name) in allowed:
+                    continue
+                if any(_matches(module, p) or _matches(full, p) for p in FORBIDDEN_IN_PURE):
+                    problems.append(f"line {node.lineno}: from {module or '.'} import {alias.name}")
+        elif isinstance(node, ast.Call):
+            # importlib.import_module("grpc") / __import__("grpc") with a literal name
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            if name in ("import_module", "__import__") and node.args:
+                arg = node.args[0]
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    if any(_matches(arg.value, p) for p in FORBIDDEN_IN_PURE):
+                        problems.append(f"line {node.lineno}: {name}({arg.value!r})")
+    return problems
+
+
+def clock_reads(source: str, path: Path) -> list[str]:
+    """References to wall-clock reads (``time.time``, ``time.monotonic``, ``datetime.now``...)."""
+    tree = ast.parse(source, filename=str(path))
+    # local name -> the clock "namespace" it stands for ("time", "datetime" or "date")
+    aliases: dict[str, str] = {}
+    problems: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in ("time", "datetime"):
+                    aliases[alias.asname or alias.name] = alias.name
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            for alias in node.names:
+                if node.module == "time" and alias.name in CLOCK_READS["time"]:
+                    problems.append(f"line {node.lineno}: from time import {alias.name}")
+                elif node.module == "datetime" and alias.name in ("datetime", "date"):
+                    aliases[alias.asname or alias.name] = alias.name
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        value = node.value
+        if isinstance(value, ast.Name):
+            namespace = aliases.get(value.id)
+        elif (
+            isinstance(value, ast.Attribute)
+            and isinstance(value.value, ast.Name)
+            and aliases.get(value.value.id) == "datetime"
+            and value.attr in ("datetime", "date")
+        ):
+            namespace = value.attr  # datetime.datetime.now / datetime.date.today
+        else:
+            namespace = None
+        if namespace is None:
+            continue
+        if node.attr in CLOCK_READS.get(namespace, set()):
+            problems.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return problems
+
+
+def _source_files() -> list[Path]:
+    return sorted(SRC.rglob("*.py"))
+
+
+# ---------------------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_pure_module_imports_no_io_or_shell(module: str) -> None:
+    path = SRC / module
+    assert path.exists(), f"pure module {module} is missing"
+    problems = forbidden_imports(path.read_text(), path, ALLOWED_IN_PURE.get(module, set()))
+    assert not problems, (
+        f"{module} is part of the pure core (no I/O, threads, clock or shell imports; time comes in as "
+        f"now_ms). Move this code to the shell or pass the value in:\n  " + "\n  ".join(problems)
+    )
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_pure_module_reads_no_clock(module: str) -> None:
+    path = SRC / module
+    problems = clock_reads(path.read_text(), path)
+    assert not problems, f"{module} is pure: take now_ms as an argument.\n  " + "\n  ".join(problems)
+
+
+def test_cluster_reads_clock_only_in_clock_module() -> None:
+    """The controller and worker shells take a Clock, so tests drive their time with FakeClock. (The client
+    and CLI are user-facing front ends and may use ``time`` for their own deadlines.)"""
+    offenders: dict[str, list[str]] = {}
+    for path in _source_files():
+        rel = path.relative_to(SRC).as_posix()
+        if rel == CLOCK_MODULE or not rel.startswith("iris/cluster/"):
+            continue
+        problems = clock_reads(path.read_text(), path)
+        if problems:
+            offenders[rel] = problems
+    assert not offenders, (
+        "Only iris/cluster/clock.py reads the clock: take a Clock (SystemClock / FakeClock) in the "
+        "constructor and call clock.now_ms() / clock.monotonic(); the pure core takes now_ms.\n"
+        + "\n".join(f"  {f}: {', '.join(p)}" for f, p in offenders.items())
+    )
+
+
+# The checkers themselves: they must catch what they claim to.
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import grpc\n",
+        "import sqlite3 as db\n",
+        "from subprocess import run\n",
+        "import time\n",
+        "from datetime import datetime\n",
+        "import threading\n",
+        "from threading import Thread\n",
+        "from iris.cluster.controller.store import Store\n",
+        "from iris.cluster.controller import controller\n",
+        "from iris.cluster.worker.worker import Worker\n",
+        "import iris.client\n",
+        "from iris.cli.main import main\n",
+        "from . import service\n",
+        "from .dashboard import serve\n",
+        "import importlib\nimportlib.import_module('socket')\n",
+    ],
+)
+def test_forbidden_imports_bad_source_flagged(source: str) -> None:
+    path = SRC / "iris/cluster/controller/state.py"
+    assert forbidden_imports(source, path, ALLOWED_IN_PURE["iris/cluster/controller/state.py"])
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from threading import RLock\n",
+        "from collections import deque\nimport logging\n",
+        "from iris.cluster.controller.task import Task\n",
+        "from .job import Job\n",
+        "from iris.rpc import cluster_pb2\n",
+    ],
+)
+def test_forbidden_imports_allowed_source_passes(source: str) -> None:
+    path = SRC / "iris/cluster/controller/state.py"
+    assert not forbidden_imports(source, path, ALLOWED_IN_PURE["iris/cluster/controller/state.py"])
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import time\nx = time.time()\n",
+        "import time as t\nx = t.monotonic()\n",
+        "import time\nf = time.time_ns\n",
+        "from time import monotonic\n",
+        "from datetime import datetime\nx = datetime.now()\n",
+        "import datetime\nx = datetime.datetime.now()\n",
+        "from datetime import date\nx = date.today()\n",
+    ],
+)
+def test_clock_reads_bad_source_flagged(source: str) -> None:
+    assert clock_reads(source, Path("x.py"))
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import time\ntime.sleep(0)\n",
+        "import time\nx = time.perf_counter()\n",
+        "x = clock.now_ms()\n",
+        "from datetime import timedelta\nx = timedelta(seconds=1)\n",
+    ],
+)
+def test_clock_reads_clean_source_passes(source: str) -> None:
+    assert not clock_reads(source, Path("x.py"))
