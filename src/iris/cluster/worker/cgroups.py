@@ -1,0 +1,247 @@
+"""Per-task cpu and memory limits through cgroups, where the platform lets the worker write them.
+
+``CgroupLimits.detect()`` looks, in order, for:
+
+- **cgroup v2**: the unified hierarchy mounted as ``cgroup2`` with the ``memory`` (and ideally
+  ``cpu``) controllers available to the worker's own cgroup, which must be writable. Tasks get
+  ``memory.max`` (+ ``memory.swap.max = 0``) and ``cpu.max``; an OOM kill shows in
+  ``memory.events``.
+- **cgroup v1**: a writable ``memory`` hierarchy (and ``cpu`` when writable). Tasks get
+  ``memory.limit_in_bytes`` (+ ``memory.memsw.limit_in_bytes`` where swap accounting exists) and
+  ``cpu.cfs_quota_us``; an OOM kill shows as ``oom_kill`` in ``memory.oom_control``.
+
+When neither is usable, ``detect()`` returns None and the runtime's memory watchdog enforces memory
+limits instead (cpu is then not limited).
+
+A task's process is moved into its cgroup right after it starts, so anything it forks later is
+inside; the few instructions before the move are not limited. Processes of a worker never share a
+cgroup, and a cgroup is removed once its processes are gone.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+CFS_PERIOD_US = 100_000
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _events(text: str) -> dict[str, int]:
+    """Parse "key value" lines (memory.events, memory.oom_control)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCgroup:
+    """The cgroup directories of one attempt (one per hierarchy that limits it)."""
+
+    version: int
+    memory_dir: Path | None
+    cpu_dir: Path | None
+
+    def dirs(self) -> list[Path]:
+        seen: list[Path] = []
+        for d in (self.memory_dir, self.cpu_dir):
+            if d is not None and d not in seen:
+                seen.append(d)
+        return seen
+
+    def add(self, pid: int) -> None:
+        """Move ``pid`` into the cgroup(s)."""
+        for d in self.dirs():
+            _write(d / "cgroup.procs", str(pid))
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel killed a process of this cgroup for exceeding its memory limit."""
+        if self.memory_dir is None:
+            return False
+        if self.version == 2:
+            return _events(_read(self.memory_dir / "memory.events")).get("oom_kill", 0) > 0
+        control = _events(_read(self.memory_dir / "memory.oom_control"))
+        if "oom_kill" in control:
+            return control["oom_kill"] > 0
+        # Kernels before 4.13 have no oom_kill counter: a hit limit is the best evidence left.
+        return _events("failcnt " + _read(self.memory_dir / "memory.failcnt").strip()).get("failcnt", 0) > 0
+
+    def remove(self) -> None:
+        """Remove the cgroup directories (their processes must have exited)."""
+        for d in self.dirs():
+            try:
+                d.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    logger.warning("could not remove cgroup %s: %s", d, e)
+
+
+class CgroupLimits:
+    """Creates a cgroup per attempt under the worker's own cgroup(s)."""
+
+    def __init__(self, version: int, memory_base: Path | None, cpu_base: Path | None) -> None:
+        self.version = version
+        self.memory_base = memory_base
+        self.cpu_base = cpu_base
+
+    def __repr__(self) -> str:
+        return f"CgroupLimits(v{self.version}, memory={self.memory_base}, cpu={self.cpu_base})"
+
+    @classmethod
+    def detect(
+        cls,
+        worker_name: str,
+        *,
+        root: Path = Path("/sys/fs/cgroup"),
+        proc_self_cgroup: Path = Path("/proc/self/cgroup"),
+        mounts: Path = Path("/proc/self/mounts"),
+    ) -> CgroupLimits | None:
+        """Find a writable hierarchy and create ``iris-<worker_name>`` in it; None when there is none."""
+        name = "iris-" + _SAFE.sub("_", worker_name)
+        try:
+            memberships = _parse_proc_cgroup(_read(proc_self_cgroup))
+            fs_types = _mount_types(_read(mounts))
+        except ValueError:
+            return None
+        if fs_types.get(str(root)) == "cgroup2" and "" in memberships:
+            limits = cls._detect_v2(root / memberships[""].lstrip("/"), name)
+            if limits is not None:
+                return limits
+        memory_rel = memberships.get("memory")
+        if memory_rel is not None:
+            memory_base = _make_dir(root / "memory" / memory_rel.lstrip("/") / name)
+            if memory_base is not None and (memory_base / "memory.limit_in_bytes").exists():
+                cpu_rel = memberships.get("cpu")
+                cpu_base = None
+                if cpu_rel is not None:
+                    cpu_base = _make_dir(root / "cpu" / cpu_rel.lstrip("/") / name)
+                    if cpu_base is not None and not (cpu_base / "cpu.cfs_quota_us").exists():
+                        cpu_base = None
+                return cls(1, memory_base, cpu_base)
+        return None
+
+    @classmethod
+    def _detect_v2(cls, own: Path, name: str) -> CgroupLimits | None:
+        controllers = _read(own / "cgroup.controllers").split()
+        if "memory" not in controllers:
+            return None
+        base = _make_dir(own / name)
+        if base is None:
+            return None
+        wanted = [c for c in ("memory", "cpu") if c in controllers]
+        try:
+            # A v2 cgroup with controllers enabled for children must hold no processes itself: the
+            # tasks live in children of iris-<worker>, which holds none.
+            _write(base / "cgroup.subtree_control", " ".join("+" + c for c in wanted))
+        except OSError:
+            try:
+                _write(own / "cgroup.subtree_control", " ".join("+" + c for c in wanted))
+                _write(base / "cgroup.subtree_control", " ".join("+" + c for c in wanted))
+            except OSError:
+                return None
+        enabled = [c.lstrip("+") for c in _read(base / "cgroup.subtree_control").split()]
+        if "memory" not in enabled:
+            return None
+        return cls(2, base, base if "cpu" in enabled else None)
+
+    def create(self, key: str, cpu: int, memory_bytes: int) -> TaskCgroup | None:
+        """A cgroup for one attempt with its limits written; None if it cannot be made."""
+        leaf = _SAFE.sub("_", key)
+        memory_dir = cpu_dir = None
+        try:
+            if self.memory_base is not None and memory_bytes > 0:
+                memory_dir = self.memory_base / leaf
+                memory_dir.mkdir(exist_ok=True)
+                if self.version == 2:
+                    _write(memory_dir / "memory.max", str(memory_bytes))
+                    if (memory_dir / "memory.swap.max").exists():
+                        _write(memory_dir / "memory.swap.max", "0")
+                else:
+                    _write(memory_dir / "memory.limit_in_bytes", str(memory_bytes))
+                    if (memory_dir / "memory.memsw.limit_in_bytes").exists():
+                        _write(memory_dir / "memory.memsw.limit_in_bytes", str(memory_bytes))
+            if self.cpu_base is not None and cpu > 0:
+                cpu_dir = self.cpu_base / leaf
+                cpu_dir.mkdir(exist_ok=True)
+                if self.version == 2:
+                    _write(cpu_dir / "cpu.max", f"{cpu * CFS_PERIOD_US} {CFS_PERIOD_US}")
+                else:
+                    _write(cpu_dir / "cpu.cfs_period_us", str(CFS_PERIOD_US))
+                    _write(cpu_dir / "cpu.cfs_quota_us", str(cpu * CFS_PERIOD_US))
+        except OSError as e:
+            logger.warning("could not create cgroup for %s: %s", key, e)
+            TaskCgroup(self.version, memory_dir, cpu_dir).remove()
+            return None
+        if memory_dir is None and cpu_dir is None:
+            return None
+        return TaskCgroup(self.version, memory_dir, cpu_dir)
+
+    def close(self) -> None:
+        """Remove the worker's own iris-<worker> directories (when empty)."""
+        for d in {p for p in (self.memory_base, self.cpu_base) if p is not None}:
+            for child in d.iterdir() if d.exists() else ():
+                if child.is_dir():
+                    try:
+                        child.rmdir()
+                    except OSError:
+                        pass
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
+def _make_dir(path: Path) -> Path | None:
+    try:
+        path.mkdir(exist_ok=True)
+    except OSError:
+        return None
+    return path if os.access(path, os.W_OK) else None
+
+
+def _parse_proc_cgroup(text: str) -> dict[str, str]:
+    """``/proc/self/cgroup`` -> {controller: path}; the v2 entry ("0::/path") is under ""."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if not controllers:
+            out[""] = path
+        for c in controllers.split(","):
+            if c:
+                out[c] = path
+    return out
+
+
+def _mount_types(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            out[parts[1]] = parts[2]
+    return out
