@@ -7,7 +7,12 @@ import click
 
 from iris.cli.cluster import cluster
 from iris.cli.controller import controller
+from iris.cli.endpoint import endpoint
+from iris.cli.job import job
+from iris.cli.run import run
+from iris.cli.task import task
 from iris.cli.worker import worker
+from iris.cli.worker_list import worker_list
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,6 +23,11 @@ def cli() -> None:
 cli.add_command(cluster)
 cli.add_command(controller)
 cli.add_command(worker)
+cli.add_command(job)
+cli.add_command(task)
+cli.add_command(endpoint)
+cli.add_command(run)
+worker.add_command(worker_list)
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ from iris.client.errors import (
     JobNotFoundError,
     JobTimeoutError,
     NotFoundError,
+    UnavailableError,
 )
 from iris.client.job_info import JobInfo, get_job_info
 from iris.client.models import (
@@ -77,6 +78,7 @@ __all__ = [
     "TaskLogLine",
     "TaskState",
     "TaskStatus",
+    "UnavailableError",
     "WorkerInfo",
     "build_bundle",
     "cpu",

@@ -1,0 +1,603 @@
+"""``iris job ...``: submit a job and stream its output, list jobs, inspect, read logs, stop."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from iris.cli.output import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CliError,
+    connect,
+    controller_option,
+    handle_errors,
+    human_ago,
+    json_option,
+    make_table,
+    one_line,
+    print_json,
+    size,
+    span,
+    stderr_console,
+    stdout_console,
+    styled_state,
+    verbose_option,
+)
+from iris.client import (
+    Entrypoint,
+    IrisClient,
+    Job,
+    JobState,
+    JobStatus,
+    TaskLogLine,
+    TaskState,
+    TaskStatus,
+)
+from iris.client.bundle import BUNDLE_MAX_SIZE_ENV, default_bundle_max_bytes
+from iris.client.client import DEFAULT_MAX_RETRIES_PREEMPTION, LogFollower
+from iris.client.models import parse_job_state
+from iris.cluster.types import GpuDevice, ResourceSpec, parse_size
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# -- job flags shared by `iris job run` and `iris run` ------------------------------------------
+
+
+def job_options(fn: F) -> F:
+    """The flags that describe a job, shared by ``iris job run`` and ``iris run``."""
+    options = [
+        click.option("--name", default=None, help="Job name (default: job-<time>-<random>)."),
+        click.option("--replicas", "-n", default="1", show_default=True, help="Number of tasks."),
+        click.option("--cpu", default="1", show_default=True, help="Cores per task."),
+        click.option("--memory", default=None, help="Memory per task, e.g. 512MiB or 2GiB."),
+        click.option("--disk", default=None, help="Disk per task, e.g. 10GiB."),
+        click.option("--gpu", default=None, help="GPUs per task: a count, or VARIANT:COUNT (H100:2)."),
+        click.option(
+            "--max-task-failures",
+            default="0",
+            show_default=True,
+            help="Tasks that may fail while the job still succeeds.",
+        ),
+        click.option(
+            "--max-retries", default="0", show_default=True, help="Retries per task after a failure (non-zero exit)."
+        ),
+        click.option(
+            "--max-preemptions",
+            default=str(DEFAULT_MAX_RETRIES_PREEMPTION),
+            show_default=True,
+            help="Retries per task after its worker died.",
+        ),
+        click.option(
+            "--scheduling-timeout",
+            default="0",
+            show_default=True,
+            help="Seconds a task may wait for a worker before the job is UNSCHEDULABLE (0: forever).",
+        ),
+        click.option("--env", "-e", "env", multiple=True, help="Environment variable K=V (repeatable)."),
+        click.option("--port", "ports", multiple=True, help="Named port to allocate per task (repeatable)."),
+        click.option("--coscheduled", is_flag=True, help="Start all tasks at once or none."),
+        click.option(
+            "--workspace",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help="Directory to bundle as the tasks' working directory (default: current directory).",
+        ),
+        click.option("--no-bundle", is_flag=True, help="Do not ship the workspace; run in an empty directory."),
+        click.option(
+            "--bundle-max-size",
+            default=None,
+            help=f"Size cap of the workspace bundle (default ${BUNDLE_MAX_SIZE_ENV} or 25MiB).",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """Validated ``iris job run`` flags, ready for ``IrisClient.submit``."""
+
+    entrypoint: Entrypoint
+    name: str | None
+    resources: ResourceSpec
+    replicas: int
+    max_task_failures: int
+    max_retries_failure: int
+    max_retries_preemption: int
+    scheduling_timeout_seconds: float
+    ports: tuple[str, ...]
+    env: dict[str, str]
+    coscheduled: bool
+    workspace: Path | None
+    bundle_max_bytes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def submit(self, client: IrisClient) -> Job:
+        return client.submit(
+            self.entrypoint,
+            self.name,
+            resources=self.resources,
+            replicas=self.replicas,
+            max_task_failures=self.max_task_failures,
+            max_retries_failure=self.max_retries_failure,
+            max_retries_preemption=self.max_retries_preemption,
+            scheduling_timeout_seconds=self.scheduling_timeout_seconds,
+            ports=self.ports,
+            env=self.env,
+            coscheduled=self.coscheduled,
+            workspace=self.workspace,
+            bundle_max_bytes=self.bundle_max_bytes,
+        )
+
+
+def _usage(message: str) -> CliError:
+    return CliError(message, EXIT_USAGE)
+
+
+def _whole(value: str, flag: str, minimum: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise _usage(f"{flag}: expected a whole number, got {value!r}") from None
+    if number < minimum:
+        raise _usage(f"{flag}: must be >= {minimum}, got {number}")
+    return number
+
+
+def parse_job_request(command: Sequence[str], **flags: Any) -> JobRequest:
+    """Turn the job flags and the command into a ``JobRequest``; bad input -> ``CliError``."""
+    if not command or not command[0].strip():
+        raise _usage("no command given; put it after --, e.g. iris job run -- python train.py")
+    replicas = _whole(flags["replicas"], "--replicas", 1)
+    cpu = _whole(flags["cpu"], "--cpu", 0)
+    memory: str | int = 0
+    disk: str | int = 0
+    try:
+        if flags.get("memory"):
+            memory = parse_size(flags["memory"], "--memory")
+        if flags.get("disk"):
+            disk = parse_size(flags["disk"], "--disk")
+    except ValueError as e:
+        raise _usage(str(e)) from None
+    device: Any = None
+    if flags.get("gpu"):
+        variant, _, count_text = str(flags["gpu"]).rpartition(":")
+        device = GpuDevice(variant=variant, count=_whole(count_text, "--gpu", 1))
+    try:
+        resources = (
+            ResourceSpec(cpu=cpu, memory=memory, disk=disk, device=device, replicas=replicas)
+            if device is not None
+            else ResourceSpec(cpu=cpu, memory=memory, disk=disk, replicas=replicas)
+        )
+    except ValueError as e:
+        raise _usage(str(e)) from None
+    try:
+        scheduling_timeout = float(flags["scheduling_timeout"])
+    except ValueError:
+        raise _usage(f"--scheduling-timeout: expected seconds, got {flags['scheduling_timeout']!r}") from None
+    if scheduling_timeout < 0:
+        raise _usage(f"--scheduling-timeout: must be >= 0, got {flags['scheduling_timeout']}")
+    env: dict[str, str] = {}
+    for item in flags.get("env") or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _usage(f"--env: expected KEY=VALUE, got {item!r}")
+        env[key] = value
+    bundle_max_bytes: int | None = None
+    if flags.get("bundle_max_size"):
+        try:
+            bundle_max_bytes = parse_size(flags["bundle_max_size"], "--bundle-max-size")
+        except ValueError as e:
+            raise _usage(str(e)) from None
+    workspace: Path | None = None
+    if not flags.get("no_bundle"):
+        workspace = flags.get("workspace") or Path.cwd()
+        if bundle_max_bytes is None:
+            bundle_max_bytes = default_bundle_max_bytes()
+    return JobRequest(
+        entrypoint=Entrypoint.from_command(*command),
+        name=flags.get("name"),
+        resources=resources,
+        replicas=replicas,
+        max_task_failures=_whole(flags["max_task_failures"], "--max-task-failures", 0),
+        max_retries_failure=_whole(flags["max_retries"], "--max-retries", 0),
+        max_retries_preemption=_whole(flags["max_preemptions"], "--max-preemptions", 0),
+        scheduling_timeout_seconds=scheduling_timeout,
+        ports=tuple(flags.get("ports") or ()),
+        env=env,
+        coscheduled=bool(flags.get("coscheduled")),
+        workspace=workspace,
+        bundle_max_bytes=bundle_max_bytes,
+    )
+
+
+# -- following a job ----------------------------------------------------------------------------
+
+_PREFIX_COLORS = ("cyan", "green", "yellow", "magenta", "blue", "bright_cyan", "bright_green", "bright_magenta")
+
+
+def counts_text(status: JobStatus) -> Text:
+    """``RUNNING  2 running · 1 succeeded · 1 pending`` for the live line and summaries."""
+    counts = status.counts
+    parts = [
+        (counts.pending, "pending", "yellow"),
+        (counts.running, "running", "blue"),
+        (counts.succeeded, "succeeded", "green"),
+        (counts.failed, "failed", "red"),
+        (counts.killed, "killed", "magenta"),
+        (counts.worker_failed, "worker failed", "red"),
+        (counts.unschedulable, "unschedulable", "red"),
+    ]
+    text = Text()
+    text.append(f"{status.job_id} ", style="bold")
+    text.append_text(styled_state(status.state))
+    text.append(f"  {status.num_tasks} task{'s' if status.num_tasks != 1 else ''}:")
+    shown = [(n, label, style) for n, label, style in parts if n]
+    for i, (n, label, style) in enumerate(shown):
+        text.append(" · " if i else " ")
+        text.append(f"{n} {label}", style=style)
+    if status.pending_reason and status.state is JobState.PENDING:
+        text.append(f"  ({status.pending_reason})", style="dim")
+    return text
+
+
+@dataclass(slots=True)
+class _TaskWatch:
+    """What we last told the user about each task, to announce retries and endings once."""
+
+    attempts: dict[int, int] = field(default_factory=dict)
+    finished: set[int] = field(default_factory=set)
+
+    def changes(self, tasks: Sequence[TaskStatus]) -> list[Text]:
+        notes: list[Text] = []
+        for task in tasks:
+            last_attempt = self.attempts.get(task.task_index, 0)
+            if task.current_attempt_id > last_attempt:
+                for attempt in task.attempts:
+                    if last_attempt <= attempt.attempt_id < task.current_attempt_id:
+                        why = attempt.error or (f"exit code {attempt.exit_code}" if attempt.exit_code else "")
+                        kind = "worker failed" if attempt.is_worker_failure else attempt.state.value
+                        note = Text(f"[{task.task_index}] attempt {attempt.attempt_id} {kind}", style="yellow")
+                        if why:
+                            note.append(f": {one_line(why)}")
+                        note.append(f"; retrying as attempt {task.current_attempt_id}")
+                        notes.append(note)
+                self.attempts[task.task_index] = task.current_attempt_id
+            if task.state.is_finished and task.task_index not in self.finished:
+                self.finished.add(task.task_index)
+                if task.state is not TaskState.SUCCEEDED:
+                    note = Text(f"[{task.task_index}] ", style="red")
+                    note.append_text(styled_state(task.state))
+                    if task.exit_code:
+                        note.append(f" (exit code {task.exit_code})")
+                    if task.error:
+                        note.append(f": {one_line(task.error)}")
+                    notes.append(note)
+        return notes
+
+
+def follow_job(job: Job, *, show_logs: bool = True, task_indices: frozenset[int] | None = None) -> JobStatus:
+    """Stream every task's output as ``[index] line`` with a live line of task-state counts
+    (on a terminal), until the job finishes. Returns its final status."""
+    out = stdout_console()
+    err = stderr_console()
+    watch = _TaskWatch()
+    follower = LogFollower(job.client, job.job_id, task_indices)
+    live: Live | None = None
+    last_counts = [""]
+
+    def emit_line(line: TaskLogLine) -> None:
+        prefix = Text(f"[{line.task_index}] ", style=_PREFIX_COLORS[line.task_index % len(_PREFIX_COLORS)])
+        text = prefix + Text(line.line.data)
+        # On a terminal the lines go above the live status line; redirected, they go to stdout.
+        _print(live.console if live is not None and out.is_terminal else out, text)
+
+    def on_status(status: JobStatus) -> None:
+        for note in watch.changes(status.tasks):
+            _print(live.console if live is not None else err, note)
+        if show_logs:
+            for line in follower.poll(status.tasks, final=status.is_finished):
+                emit_line(line)
+        summary = counts_text(status)
+        if live is not None:
+            live.update(summary)
+        elif summary.plain != last_counts[0] and not status.is_finished:
+            _print(err, summary)
+        last_counts[0] = summary.plain
+
+    stop = threading.Event()
+    if err.is_terminal:
+        with Live(
+            Text(f"{job.job_id} submitted"),
+            console=err,
+            transient=True,
+            refresh_per_second=8,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        ) as live_display:
+            live = live_display
+            status = job.follow(None, on_status, include_tasks=True, stop=stop)
+    else:
+        status = job.follow(None, on_status, include_tasks=True, stop=stop)
+    return status
+
+
+def _print(console: Console, text: Text) -> None:
+    console.print(text, soft_wrap=True, markup=False, highlight=False)
+    console.file.flush()
+
+
+def final_summary(status: JobStatus) -> Text:
+    counts = status.counts
+    text = Text()
+    text.append(f"job {status.job_id} ")
+    text.append_text(styled_state(status.state))
+    text.append(f": {counts.succeeded}/{status.num_tasks} tasks succeeded")
+    if counts.failed and status.state is JobState.SUCCEEDED:
+        text.append(f", {counts.failed} failed (tolerated, max_task_failures={status.max_task_failures})")
+    if status.started_at_ms:
+        text.append(f" in {span(status.started_at_ms, status.finished_at_ms)}")
+    return text
+
+
+def run_and_follow(client: IrisClient, request: JobRequest, *, wait: bool = True, local: bool = False) -> int:
+    """Submit, stream until done and print the outcome. Returns the process exit code."""
+    err = stderr_console()
+    job = request.submit(client)
+    if not wait:
+        click.echo(job.job_id)
+        return 0
+    _print(err, Text(f"Submitted job {job.job_id} ({request.replicas} task{'s' if request.replicas != 1 else ''})"))
+    try:
+        status = follow_job(job)
+    except KeyboardInterrupt:
+        if local:
+            _print(err, Text("Interrupted; stopping the local cluster and its tasks."))
+        else:
+            _print(err, Text(f"Stopped following {job.job_id}; it keeps running. Stop it with: iris job stop {job.job_id}"))
+        return EXIT_INTERRUPTED
+    if status.state is JobState.SUCCEEDED:
+        _print(err, final_summary(status))
+        return 0
+    message = f"job {status.job_id} {status.state.value}"
+    if status.error:
+        message += f": {one_line(status.error, 300)}"
+    _print(err, Text(f"Error: {message}", style="red"))
+    return EXIT_ERROR
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+@click.group()
+def job() -> None:
+    """Submit, inspect and stop jobs."""
+
+
+@job.command(
+    "run",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@controller_option
+@job_options
+@click.option("--no-wait", is_flag=True, help="Print the job id and return without waiting.")
+@verbose_option
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@handle_errors
+def run_cmd(controller: str, command: tuple[str, ...], no_wait: bool, verbose: bool, **flags: Any) -> None:
+    """Submit CMD as a job of --replicas tasks and stream their output.
+
+    The current directory is bundled and becomes each task's working directory (--no-bundle to
+    skip). Exits 0 when the job SUCCEEDED, 1 otherwise.
+
+    \b
+    Example:
+        iris job run --replicas 4 -- python train.py --epochs 3
+    """
+    request = parse_job_request(command, **flags)
+    with connect(controller) as client:
+        code = run_and_follow(client, request, wait=not no_wait)
+    sys.exit(code)
+
+
+@job.command("list")
+@controller_option
+@click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable), e.g. running.")
+@click.option("--prefix", default="", help="Only jobs whose id starts with this.")
+@json_option
+@verbose_option
+@handle_errors
+def list_cmd(controller: str, states: tuple[str, ...], prefix: str, as_json: bool, verbose: bool) -> None:
+    """List jobs, newest first."""
+    try:
+        wanted = [parse_job_state(s) for s in states]
+    except ValueError as e:
+        raise _usage(str(e)) from None
+    with connect(controller) as client:
+        jobs = client.list_jobs(wanted or None, prefix=prefix)
+    jobs.sort(key=lambda j: (j.submitted_at_ms, j.job_id), reverse=True)
+    if as_json:
+        print_json([j.to_dict() for j in jobs])
+        return
+    if not jobs:
+        stderr_console().print("No jobs.")
+        return
+    rows = [
+        (
+            j.job_id,
+            styled_state(j.state),
+            f"{j.counts.succeeded}/{j.num_tasks}",
+            human_ago(j.submitted_at_ms),
+            span(j.started_at_ms, j.finished_at_ms),
+            one_line(j.error or j.pending_reason, 80),
+        )
+        for j in jobs
+    ]
+    stdout_console().print(make_table(["JOB", "STATE", "DONE", "SUBMITTED", "DURATION", "ERROR"], rows))
+
+
+def task_rows(tasks: Sequence[TaskStatus]) -> list[tuple[str | Text, ...]]:
+    rows: list[tuple[str | Text, ...]] = []
+    for t in tasks:
+        rows.append(
+            (
+                str(t.task_index),
+                styled_state(t.state),
+                t.worker_id or "-",
+                str(t.num_attempts),
+                str(t.exit_code) if t.state.is_finished and t.state is not TaskState.UNSCHEDULABLE else "-",
+                span(t.started_at_ms, t.finished_at_ms),
+                one_line(t.error or t.pending_reason, 100),
+            )
+        )
+    return rows
+
+
+TASK_COLUMNS = ["TASK", "STATE", "WORKER", "ATTEMPTS", "EXIT", "DURATION", "ERROR"]
+
+
+@job.command("status")
+@controller_option
+@click.argument("job_id")
+@click.option("--tasks", "show_tasks", is_flag=True, help="Also show each task.")
+@json_option
+@verbose_option
+@handle_errors
+def status_cmd(controller: str, job_id: str, show_tasks: bool, as_json: bool, verbose: bool) -> None:
+    """Show a job's state, task counts and error (--tasks: every task)."""
+    with connect(controller) as client:
+        status = client.job_status(job_id, include_tasks=show_tasks)
+    if as_json:
+        data = status.to_dict()
+        if not show_tasks:
+            data.pop("tasks", None)
+        print_json(data)
+        return
+    out = stdout_console()
+    res = status.resources
+    fields: list[tuple[str, str | Text]] = [
+        ("Job", status.job_id),
+        ("State", styled_state(status.state)),
+        ("Tasks", counts_text(status)[len(status.job_id) + 1 + len(status.state.value) + 2 :]),
+        ("Submitted", human_ago(status.submitted_at_ms)),
+        ("Duration", span(status.started_at_ms, status.finished_at_ms)),
+        ("Resources", f"cpu={res.cpu} memory={size(res.memory_bytes)} disk={size(res.disk_bytes)}"),
+        (
+            "Retries",
+            f"max_task_failures={status.max_task_failures} max_retries={status.max_retries_failure} "
+            f"max_preemptions={status.max_retries_preemption}",
+        ),
+    ]
+    if status.parent_job_id:
+        fields.append(("Parent", status.parent_job_id))
+    if status.pending_reason:
+        fields.append(("Pending", status.pending_reason))
+    if status.error:
+        fields.append(("Error", Text(one_line(status.error, 300), style="red")))
+    grid = make_table(["", ""], [(Text(k, style="bold"), v) for k, v in fields])
+    grid.show_header = False
+    out.print(grid)
+    if show_tasks:
+        out.print()
+        out.print(make_table(TASK_COLUMNS, task_rows(status.tasks)))
+
+
+@job.command("logs")
+@controller_option
+@click.argument("job_id")
+@click.option("--task", "task_index", type=int, default=None, help="Only this task (index).")
+@click.option("--attempt", type=int, default=None, help="This attempt (default: the current one).")
+@click.option("--follow", "-f", is_flag=True, help="Keep streaming until the job ends.")
+@json_option
+@verbose_option
+@handle_errors
+def logs_cmd(
+    controller: str,
+    job_id: str,
+    task_index: int | None,
+    attempt: int | None,
+    follow: bool,
+    as_json: bool,
+    verbose: bool,
+) -> None:
+    """Print a job's task output, each line prefixed by its task index."""
+    if task_index is not None and task_index < 0:
+        raise _usage(f"--task: must be >= 0, got {task_index}")
+    if attempt is not None and attempt < 0:
+        raise _usage(f"--attempt: must be >= 0, got {attempt}")
+    with connect(controller) as client:
+        status = client.job_status(job_id, include_tasks=True)
+        tasks = list(status.tasks)
+        if task_index is not None:
+            tasks = [t for t in tasks if t.task_index == task_index]
+            if not tasks:
+                raise CliError(f"job {job_id} has no task {task_index} (it has {status.num_tasks})")
+        prefix = task_index is None
+        if follow:
+            _follow_logs(client, job_id, task_index, attempt, prefix, as_json)
+            return
+        records: list[dict[str, Any]] = []
+        out = stdout_console()
+        for task in tasks:
+            if attempt is None and not _task_may_have_logs(task):
+                continue
+            for line in client.task_logs(job_id, task.task_index, attempt):
+                if as_json:
+                    records.append({"task_index": task.task_index, **line.to_dict()})
+                else:
+                    _print(out, Text(f"[{task.task_index}] " if prefix else "") + Text(line.data))
+        if as_json:
+            print_json(records)
+
+
+def _task_may_have_logs(task: TaskStatus) -> bool:
+    return bool(task.attempts or task.worker_id or task.state.is_active or task.current_attempt_id)
+
+
+def _follow_logs(
+    client: IrisClient, job_id: str, task_index: int | None, attempt: int | None, prefix: bool, as_json: bool
+) -> None:
+    import json as _json
+
+    out = stdout_console()
+    follower = LogFollower(client, job_id, frozenset({task_index}) if task_index is not None else None, attempt)
+
+    def on_line(line: TaskLogLine) -> None:
+        if as_json:
+            click.echo(_json.dumps({"task_index": line.task_index, "attempt_id": line.attempt_id, **line.line.to_dict()}))
+        else:
+            _print(out, Text(f"[{line.task_index}] " if prefix else "") + Text(line.line.data))
+
+    job_handle = client.job(job_id)
+
+    def on_status(status: JobStatus) -> None:
+        for line in follower.poll(status.tasks, final=status.is_finished):
+            on_line(line)
+
+    job_handle.follow(None, on_status, include_tasks=True)
+
+
+@job.command("stop")
+@controller_option
+@click.argument("job_id")
+@verbose_option
+@handle_errors
+def stop_cmd(controller: str, job_id: str, verbose: bool) -> None:
+    """Terminate a job: kill its tasks and its child jobs."""
+    with connect(controller) as client:
+        client.terminate(job_id)
+        status = client.job_status(job_id)
+    stderr_console().print(Text(f"Stopped job {job_id} (") + styled_state(status.state) + Text(")"))

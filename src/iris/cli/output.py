@@ -1,0 +1,204 @@
+"""Shared pieces of the user-facing commands: common options, one-line error handling, rich
+tables, JSON output and human units ("2GiB", "3m ago")."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar, cast
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from iris.client import IrisClient, IrisError, JobState, TaskState
+from iris.client.client import CONTROLLER_ENV, DEFAULT_CONTROLLER_ADDRESS
+from iris.cluster.types import format_size
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+STATE_STYLES = {
+    "PENDING": "yellow",
+    "BUILDING": "cyan",
+    "RUNNING": "blue",
+    "SUCCEEDED": "green",
+    "FAILED": "red",
+    "KILLED": "magenta",
+    "WORKER_FAILED": "red",
+    "UNSCHEDULABLE": "red",
+    "UNSPECIFIED": "dim",
+}
+
+
+class CliError(click.ClickException):
+    """A user-facing error: printed as one ``Error: ...`` line, exit code ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]
+
+
+def stdout_console() -> Console:
+    """A console for results. Off a terminal it does not wrap or colour."""
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    return Console(highlight=False, width=200, no_color=True, soft_wrap=False)
+
+
+def stderr_console() -> Console:
+    if sys.stderr.isatty():
+        return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, width=200, no_color=True)
+
+
+# -- options ------------------------------------------------------------------------------------
+
+
+def controller_option(fn: F) -> F:
+    return click.option(
+        "--controller",
+        "controller",
+        envvar=CONTROLLER_ENV,
+        default=DEFAULT_CONTROLLER_ADDRESS,
+        show_default=True,
+        show_envvar=True,
+        help="Controller address, HOST:PORT.",
+    )(fn)
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(fn)
+
+
+def verbose_option(fn: F) -> F:
+    return click.option("--verbose", "-v", is_flag=True, help="Show tracebacks on errors.")(fn)
+
+
+def handle_errors(fn: F) -> F:
+    """Run a command body: client errors become one ``Error: ...`` line and exit 1 (a traceback
+    only with ``--verbose``); Ctrl+C exits 130. Must wrap a callback that takes ``verbose``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        verbose = bool(kwargs.get("verbose", False))
+        try:
+            return fn(*args, **kwargs)
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except click.ClickException as e:
+            if verbose:
+                traceback.print_exc()
+            if isinstance(e, click.UsageError):
+                raise
+            raise CliError(e.format_message(), e.exit_code) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except IrisError as e:
+            if verbose:
+                traceback.print_exc()
+            raise CliError(str(e)) from None
+        except Exception as e:
+            if verbose:
+                traceback.print_exc()
+            raise CliError(f"{type(e).__name__}: {e}") from None
+
+    return cast(F, wrapper)
+
+
+def connect(controller: str) -> IrisClient:
+    return IrisClient.remote(controller)
+
+
+# -- units --------------------------------------------------------------------------------------
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def human_duration(seconds: float) -> str:
+    """``75`` -> ``"1m15s"``; ``0.4`` -> ``"0.4s"``."""
+    if seconds < 0:
+        seconds = 0
+    if seconds < 10:
+        return f"{seconds:.1f}s".replace(".0s", "s")
+    total = int(seconds)
+    if total < 60:
+        return f"{total}s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours}h" if hours else f"{days}d"
+
+
+def human_ago(timestamp_ms: int, now: int | None = None) -> str:
+    """``"3m ago"``, ``"just now"``, or ``"-"`` for an unset timestamp."""
+    if not timestamp_ms:
+        return "-"
+    current = now_ms() if now is None else now
+    seconds = (current - timestamp_ms) / 1000
+    if seconds < 1:
+        return "just now"
+    if seconds < 60:
+        return f"{int(seconds)}s ago"
+    minutes = seconds / 60
+    if minutes < 60:
+        return f"{int(minutes)}m ago"
+    hours = minutes / 60
+    if hours < 48:
+        return f"{int(hours)}h ago"
+    return f"{int(hours / 24)}d ago"
+
+
+def span(start_ms: int, end_ms: int, now: int | None = None) -> str:
+    """How long something ran: from ``start_ms`` to ``end_ms`` (or now while unfinished)."""
+    if not start_ms:
+        return "-"
+    end = end_ms or (now_ms() if now is None else now)
+    return human_duration((end - start_ms) / 1000)
+
+
+def size(num_bytes: int) -> str:
+    return format_size(num_bytes) if num_bytes else "-"
+
+
+def styled_state(state: JobState | TaskState | str) -> Text:
+    name = str(state)
+    return Text(name, style=STATE_STYLES.get(name, ""))
+
+
+def one_line(text: str, limit: int = 120) -> str:
+    """The last meaningful line of a (multi-line) error, shortened for a table cell."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    line = lines[-1] if lines else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def make_table(columns: Sequence[str], rows: Iterable[Sequence[str | Text]], title: str | None = None) -> Table:
+    table = Table(title=title, box=None, header_style="bold", pad_edge=False, show_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table

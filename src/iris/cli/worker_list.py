@@ -1,0 +1,55 @@
+"""``iris worker list``: the workers registered with the controller (attached to the ``worker``
+group in ``iris.cli.main``)."""
+
+from __future__ import annotations
+
+import click
+from rich.text import Text
+
+from iris.cli.output import (
+    connect,
+    controller_option,
+    handle_errors,
+    human_ago,
+    json_option,
+    make_table,
+    print_json,
+    size,
+    stderr_console,
+    stdout_console,
+    verbose_option,
+)
+
+
+@click.command("list")
+@controller_option
+@json_option
+@verbose_option
+@handle_errors
+def worker_list(controller: str, as_json: bool, verbose: bool) -> None:
+    """List workers: health, capacity, what is committed and running on each."""
+    with connect(controller) as client:
+        workers = client.workers()
+    if as_json:
+        print_json([w.to_dict() for w in workers])
+        return
+    if not workers:
+        stderr_console().print("No workers registered.")
+        return
+    rows = []
+    for w in workers:
+        gpus = f"{w.committed_gpus}/{w.gpu_count}" + (f" {w.gpu_name}" if w.gpu_name else "") if w.gpu_count else "-"
+        rows.append(
+            (
+                w.worker_id,
+                w.address,
+                Text("healthy", style="green") if w.healthy else Text("unhealthy", style="red"),
+                f"{w.committed_cpu}/{w.cpu_count}",
+                f"{size(w.committed_memory_bytes)}/{size(w.memory_bytes)}",
+                gpus,
+                str(len(w.running_tasks)),
+                human_ago(w.last_heartbeat_ms),
+            )
+        )
+    columns = ["WORKER", "ADDRESS", "HEALTH", "CPU", "MEMORY", "GPU", "TASKS", "HEARTBEAT"]
+    stdout_console().print(make_table(columns, rows))

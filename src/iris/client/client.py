@@ -1,0 +1,708 @@
+"""``IrisClient``: submit jobs to an Iris controller and watch them, from a laptop or from inside a
+running task; ``Job``: a handle on one submitted job.
+
+Every call is one controller RPC with a deadline; gRPC errors become ``iris.client.errors``
+exceptions with one-line messages, and replies become the dataclasses of ``iris.client.models``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from iris.client.bundle import Bundle, build_bundle
+from iris.client.entrypoint import Entrypoint
+from iris.client.errors import (
+    ControllerUnavailableError,
+    InvalidRequestError,
+    IrisError,
+    JobFailedError,
+    JobTimeoutError,
+    NotFoundError,
+    error_from_rpc,
+)
+from iris.client.job_info import get_job_info
+from iris.client.models import (
+    EndpointInfo,
+    JobState,
+    JobStatus,
+    LogLine,
+    TaskLogLine,
+    TaskState,
+    TaskStatus,
+    WorkerInfo,
+    parse_job_state,
+)
+from iris.cluster.types import JOB_NAME_RE, JobId, ResourceSpec, parse_size, task_id_for
+from iris.rpc import cluster_pb2, cluster_pb2_grpc
+
+DEFAULT_CONTROLLER_ADDRESS = "127.0.0.1:10000"
+CONTROLLER_ENV = "IRIS_CONTROLLER"
+DEFAULT_RPC_TIMEOUT_S = 30.0
+DEFAULT_MAX_RETRIES_PREEMPTION = 100
+_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+_LOG_PAGE_LINES = 5000
+_PORT_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+T = TypeVar("T")
+
+
+def default_controller_address() -> str:
+    """``$IRIS_CONTROLLER`` when set, else ``127.0.0.1:10000``."""
+    return os.environ.get(CONTROLLER_ENV, "").strip() or DEFAULT_CONTROLLER_ADDRESS
+
+
+def normalize_address(address: str) -> str:
+    """``"http://host:port/"`` -> ``"host:port"``; a bare host gets port 10000."""
+    text = address.strip()
+    for scheme in ("http://", "https://", "grpc://"):
+        if text.startswith(scheme):
+            text = text[len(scheme) :]
+    text = text.rstrip("/")
+    if not text:
+        raise ControllerUnavailableError("controller address is empty; pass --controller HOST:PORT")
+    if ":" not in text:
+        text += ":10000"
+    return text
+
+
+def generate_job_name(prefix: str = "job") -> str:
+    """A fresh job name such as ``job-20250101-120000-3fa2``."""
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True, slots=True)
+class LogChunk:
+    """One page of a task attempt's log."""
+
+    lines: list[LogLine]
+    next_line: int
+    attempt_finished: bool
+    attempt_id: int
+
+
+class IrisClient:
+    """A connection to an Iris controller.
+
+    Create one with ``IrisClient.remote(address)``, ``IrisClient.local(workers=N)`` (which starts
+    a local cluster and stops it on ``close()``), or ``IrisClient.from_env()`` inside a task (jobs it
+    submits become children of the task's job and die with it). Use it as a context manager.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float = DEFAULT_RPC_TIMEOUT_S,
+        parent_job_id: str = "",
+        parent_bundle_hash: str = "",
+        cluster: Any = None,
+    ) -> None:
+        self._address = normalize_address(address)
+        self._timeout = timeout
+        self._parent_job_id = parent_job_id
+        self._parent_bundle_hash = parent_bundle_hash
+        self._cluster = cluster
+        self._channel = grpc.insecure_channel(
+            self._address,
+            options=[
+                ("grpc.enable_http_proxy", 0),
+                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._stub = cluster_pb2_grpc.ControllerServiceStub(self._channel)
+        self._closed = False
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def remote(cls, address: str | None = None, *, timeout: float = DEFAULT_RPC_TIMEOUT_S) -> IrisClient:
+        """Connect to the controller at ``address`` (default ``$IRIS_CONTROLLER`` or 127.0.0.1:10000).
+
+        Connecting is lazy: an unreachable controller raises ``ControllerUnavailableError`` on the
+        first call.
+        """
+        return cls(address or default_controller_address(), timeout=timeout)
+
+    @classmethod
+    def local(cls, workers: int = 2, **cluster_kwargs: Any) -> IrisClient:
+        """Start a ``LocalCluster`` of ``workers`` worker processes and connect to it.
+
+        ``cluster_kwargs`` go to ``LocalCluster`` (``cpu_per_worker``, ``memory_per_worker``,
+        ``state_dir``, ``worker_timeout``). ``close()`` stops the cluster.
+        """
+        from iris.cluster.local import LocalCluster
+
+        if workers < 1:
+            raise InvalidRequestError(f"workers: must be >= 1, got {workers}")
+        cluster = LocalCluster(workers=workers, **cluster_kwargs).start()
+        try:
+            return cls(cluster.controller_address, cluster=cluster)
+        except BaseException:
+            cluster.stop()
+            raise
+
+    @classmethod
+    def from_env(cls, *, timeout: float = DEFAULT_RPC_TIMEOUT_S) -> IrisClient:
+        """A client for code running inside an Iris task.
+
+        Connects to ``$IRIS_CONTROLLER_ADDRESS``; jobs submitted through it are children of the
+        task's job (id ``"{parent}/{name}"``, killed when the parent ends) and reuse its workspace
+        bundle. Outside a task it falls back to ``$IRIS_CONTROLLER`` with no parent.
+        """
+        info = get_job_info()
+        if info is None:
+            return cls.remote(timeout=timeout)
+        address = info.controller_address or default_controller_address()
+        return cls(address, timeout=timeout, parent_job_id=info.job_id, parent_bundle_hash=info.bundle_hash)
+
+    @property
+    def address(self) -> str:
+        """The controller's ``HOST:PORT``."""
+        return self._address
+
+    @property
+    def cluster(self) -> Any:
+        """The ``LocalCluster`` this client started, or None."""
+        return self._cluster
+
+    def close(self) -> None:
+        """Close the connection, and stop the local cluster when this client started one."""
+        if self._closed:
+            return
+        self._closed = True
+        self._channel.close()
+        if self._cluster is not None:
+            self._cluster.stop()
+
+    def __enter__(self) -> IrisClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"IrisClient({self._address!r})"
+
+    # -- RPC plumbing ---------------------------------------------------------------------------
+
+    def _call(self, rpc: Callable[..., T], request: object, what: str = "", timeout: float | None = None) -> T:
+        try:
+            return rpc(request, timeout=timeout or self._timeout)
+        except grpc.RpcError as e:
+            raise error_from_rpc(e, self._address, what) from None
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        entrypoint: Entrypoint | Callable[..., Any],
+        name: str | None = None,
+        resources: ResourceSpec | None = None,
+        replicas: int | None = None,
+        max_task_failures: int = 0,
+        max_retries_failure: int = 0,
+        max_retries_preemption: int = DEFAULT_MAX_RETRIES_PREEMPTION,
+        scheduling_timeout_seconds: float = 0,
+        ports: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        coscheduled: bool = False,
+        *,
+        workspace: Path | str | None = None,
+        bundle_max_bytes: int | str | None = None,
+        parent_job_id: str | None = None,
+    ) -> Job:
+        """Submit a job of ``replicas`` tasks and return its handle at once.
+
+        Args:
+            entrypoint: ``Entrypoint.from_command(...)`` / ``Entrypoint.from_callable(...)``, or
+                a plain callable (called with no arguments).
+            name: job name (letters, digits, ``.``, ``_``, ``-``); generated when omitted. A child
+                job's id is ``"{parent}/{name}"``.
+            resources: what each task needs (cpu, memory, disk, device).
+            replicas: number of tasks; overrides ``resources.replicas``; must be >= 1.
+            max_task_failures: tasks that may end FAILED while the job still SUCCEEDS.
+            max_retries_failure: retries per task after a real failure (non-zero exit).
+            max_retries_preemption: retries per task after its worker failed.
+            scheduling_timeout_seconds: a task that cannot be placed this long makes the job
+                UNSCHEDULABLE (0: wait forever).
+            ports: names of ports to allocate per task (``IRIS_PORT_<NAME>`` in the task).
+            env: extra environment variables for every task.
+            coscheduled: place all tasks at once or none.
+            workspace: a directory to zip and ship as every attempt's working directory (on
+                ``PYTHONPATH``). Inside a task, omitted means "reuse the parent's bundle".
+            bundle_max_bytes: size cap for the workspace ("100MiB"); default ``$IRIS_BUNDLE_MAX_SIZE``
+                or 25 MiB.
+            parent_job_id: submit as a child of this job (default: the task's job under
+                ``from_env()``).
+
+        Raises:
+            InvalidRequestError: a bad argument (the message names it), also from the controller.
+            AlreadyExistsError: a job with this name exists.
+            BundleTooLargeError: the workspace exceeds the size cap.
+            ControllerUnavailableError: the controller cannot be reached.
+        """
+        request = self.build_launch_request(
+            entrypoint,
+            name=name,
+            resources=resources,
+            replicas=replicas,
+            max_task_failures=max_task_failures,
+            max_retries_failure=max_retries_failure,
+            max_retries_preemption=max_retries_preemption,
+            scheduling_timeout_seconds=scheduling_timeout_seconds,
+            ports=ports,
+            env=env,
+            coscheduled=coscheduled,
+            workspace=workspace,
+            bundle_max_bytes=bundle_max_bytes,
+            parent_job_id=parent_job_id,
+        )
+        response = self._call(self._stub.LaunchJob, request, f"job {request.name}", timeout=max(self._timeout, 120))
+        return Job(self, response.job_id)
+
+    def build_launch_request(
+        self,
+        entrypoint: Entrypoint | Callable[..., Any],
+        *,
+        name: str | None = None,
+        resources: ResourceSpec | None = None,
+        replicas: int | None = None,
+        max_task_failures: int = 0,
+        max_retries_failure: int = 0,
+        max_retries_preemption: int = DEFAULT_MAX_RETRIES_PREEMPTION,
+        scheduling_timeout_seconds: float = 0,
+        ports: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        coscheduled: bool = False,
+        workspace: Path | str | None = None,
+        bundle_max_bytes: int | str | None = None,
+        parent_job_id: str | None = None,
+    ) -> cluster_pb2.Controller.LaunchJobRequest:
+        """Validate the arguments of ``submit`` and build its LaunchJob request (no RPC)."""
+        if not isinstance(entrypoint, Entrypoint):
+            if not callable(entrypoint):
+                raise InvalidRequestError(f"entrypoint: expected an Entrypoint or a callable, got {entrypoint!r}")
+            entrypoint = Entrypoint.from_callable(entrypoint)
+        if not entrypoint.argv and not entrypoint.pickled:
+            raise InvalidRequestError("entrypoint: the command is empty; give a program to run")
+        name = generate_job_name() if name is None else name
+        if not JOB_NAME_RE.match(name):
+            raise InvalidRequestError(
+                f"name: {name!r} is not a valid job name (1-128 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit)"
+            )
+        spec = resources if resources is not None else ResourceSpec()
+        count = spec.replicas if replicas is None else replicas
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise InvalidRequestError(f"replicas: must be a whole number >= 1, got {count!r}")
+        for field_name, value in (
+            ("max_task_failures", max_task_failures),
+            ("max_retries_failure", max_retries_failure),
+            ("max_retries_preemption", max_retries_preemption),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidRequestError(f"{field_name}: must be a whole number >= 0, got {value!r}")
+        if scheduling_timeout_seconds < 0:
+            raise InvalidRequestError(
+                f"scheduling_timeout_seconds: must be >= 0 (0 waits forever), got {scheduling_timeout_seconds}"
+            )
+        port_names = list(ports)
+        for port in port_names:
+            if not port or not set(port) <= _PORT_NAME_CHARS:
+                raise InvalidRequestError(f"ports: {port!r} is not a valid port name (letters, digits and '_')")
+        if len(set(port_names)) != len(port_names):
+            raise InvalidRequestError(f"ports: duplicate port names in {port_names}")
+        env_vars = dict(env or {})
+        for key, env_value in env_vars.items():
+            if not isinstance(key, str) or not key or "=" in key:
+                raise InvalidRequestError(f"env: {key!r} is not a valid environment variable name")
+            if not isinstance(env_value, str):
+                raise InvalidRequestError(f"env: the value of {key} must be a string, got {env_value!r}")
+        request = cluster_pb2.Controller.LaunchJobRequest(
+            name=name,
+            serialized_entrypoint=entrypoint.serialize(),
+            resources=spec.to_proto(),
+            environment=cluster_pb2.EnvironmentConfig(env_vars=env_vars),
+            scheduling_timeout_seconds=float(scheduling_timeout_seconds),
+            ports=port_names,
+            parent_job_id=self._parent_job_id if parent_job_id is None else parent_job_id,
+            max_task_failures=max_task_failures,
+            max_retries_failure=max_retries_failure,
+            max_retries_preemption=max_retries_preemption,
+            coscheduled=coscheduled,
+        )
+        request.resources.replicas = count
+        if workspace is not None:
+            limit = parse_size(bundle_max_bytes, "bundle_max_bytes") if bundle_max_bytes is not None else None
+            bundle: Bundle = build_bundle(Path(workspace), limit)
+            request.bundle_blob = bundle.blob
+            request.bundle_hash = bundle.bundle_hash
+        elif self._parent_bundle_hash and request.parent_job_id == self._parent_job_id:
+            request.bundle_hash = self._parent_bundle_hash
+        return request
+
+    def job(self, job_id: str) -> Job:
+        """A handle on an existing job (no RPC; ``status()`` raises when it does not exist)."""
+        return Job(self, job_id)
+
+    def job_status(self, job_id: str, include_tasks: bool = False) -> JobStatus:
+        """The job's status; with ``include_tasks`` its tasks too. Raises ``JobNotFoundError``."""
+        request = cluster_pb2.Controller.GetJobStatusRequest(job_id=job_id, include_tasks=include_tasks)
+        response = self._call(self._stub.GetJobStatus, request, f"job {job_id}")
+        return JobStatus.from_proto(response.job)
+
+    def terminate(self, job_id: str) -> None:
+        """Kill the job, its tasks and its child jobs. Raises ``JobNotFoundError``."""
+        request = cluster_pb2.Controller.TerminateJobRequest(job_id=job_id)
+        self._call(self._stub.TerminateJob, request, f"job {job_id}")
+
+    def list_jobs(
+        self, state: JobState | str | Iterable[JobState | str] | None = None, prefix: str = ""
+    ) -> list[JobStatus]:
+        """Jobs, optionally only those in ``state`` (one or several) and whose id starts with ``prefix``."""
+        if state is None:
+            states: list[JobState] = []
+        elif isinstance(state, str):
+            states = [self._parse_state(state)]
+        else:
+            states = [self._parse_state(s) for s in state]
+        request = cluster_pb2.Controller.ListJobsRequest(states=[s.to_proto() for s in states], prefix=prefix)
+        response = self._call(self._stub.ListJobs, request, "jobs")
+        return [JobStatus.from_proto(j) for j in response.jobs]
+
+    @staticmethod
+    def _parse_state(value: JobState | str) -> JobState:
+        try:
+            return parse_job_state(value)
+        except ValueError as e:
+            raise InvalidRequestError(str(e)) from None
+
+    def list_tasks(self, job_id: str) -> list[TaskStatus]:
+        """The job's tasks in index order. Raises ``JobNotFoundError``."""
+        request = cluster_pb2.Controller.ListTasksRequest(job_id=job_id)
+        response = self._call(self._stub.ListTasks, request, f"job {job_id}")
+        return sorted((TaskStatus.from_proto(t) for t in response.tasks), key=lambda t: t.task_index)
+
+    def task_status(self, job_id: str, task_index: int) -> TaskStatus:
+        """One task of a job. Raises ``NotFoundError`` for an unknown job or index."""
+        request = cluster_pb2.Controller.GetTaskStatusRequest(job_id=job_id, task_index=task_index)
+        response = self._call(self._stub.GetTaskStatus, request, f"job {job_id} task {task_index}")
+        return TaskStatus.from_proto(response.task)
+
+    # -- logs -----------------------------------------------------------------------------------
+
+    def fetch_logs(
+        self, task_id: str, attempt_id: int | None = None, start_line: int = 0, max_lines: int = 0
+    ) -> LogChunk:
+        """One page of a task attempt's log (``attempt_id`` None: the current attempt)."""
+        request = cluster_pb2.Controller.FetchTaskLogsRequest(
+            task_id=task_id, start_line=start_line, max_lines=max_lines
+        )
+        if attempt_id is not None:
+            request.attempt_id = attempt_id
+        response = self._call(self._stub.FetchTaskLogs, request, f"task {task_id}")
+        return LogChunk(
+            lines=[LogLine.from_proto(line) for line in response.lines],
+            next_line=response.next_line,
+            attempt_finished=response.attempt_finished,
+            attempt_id=response.attempt_id,
+        )
+
+    def task_logs(self, job_id: str, task_index: int, attempt: int | None = None) -> list[LogLine]:
+        """Every line the task's attempt has written so far (``attempt`` None: the current one)."""
+        task_id = task_id_for(JobId(job_id), task_index)
+        lines: list[LogLine] = []
+        start = 0
+        while True:
+            chunk = self.fetch_logs(task_id, attempt, start, _LOG_PAGE_LINES)
+            lines.extend(chunk.lines)
+            if not chunk.lines or chunk.next_line <= start:
+                return lines
+            start = chunk.next_line
+            if attempt is None:
+                attempt = chunk.attempt_id  # stay on one attempt across pages
+
+    # -- workers and endpoints ------------------------------------------------------------------
+
+    def workers(self) -> list[WorkerInfo]:
+        """Every registered worker, healthy or not."""
+        response = self._call(self._stub.ListWorkers, cluster_pb2.Controller.ListWorkersRequest(), "workers")
+        return sorted((WorkerInfo.from_proto(w) for w in response.workers), key=lambda w: w.worker_id)
+
+    def register_endpoint(
+        self,
+        name: str,
+        address: str,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        task_id: str | None = None,
+        attempt_id: int | None = None,
+    ) -> str:
+        """Register ``name -> address`` for the running task (defaults: this task's id and attempt).
+
+        Returns the endpoint id. The endpoint goes away when the attempt ends.
+        """
+        info = get_job_info()
+        if task_id is None:
+            if info is None:
+                raise InvalidRequestError("task_id: not running inside an Iris task; pass task_id and attempt_id")
+            task_id = info.task_id
+        if attempt_id is None:
+            attempt_id = info.attempt_id if info is not None and info.task_id == task_id else 0
+        request = cluster_pb2.Controller.RegisterEndpointRequest(
+            name=name, address=address, task_id=task_id, attempt_id=attempt_id, metadata=dict(metadata or {})
+        )
+        response = self._call(self._stub.RegisterEndpoint, request, f"endpoint {name}")
+        return response.endpoint_id
+
+    def unregister_endpoint(self, endpoint_id: str) -> None:
+        request = cluster_pb2.Controller.UnregisterEndpointRequest(endpoint_id=endpoint_id)
+        self._call(self._stub.UnregisterEndpoint, request, f"endpoint {endpoint_id}")
+
+    def lookup_endpoint(self, name: str) -> EndpointInfo | None:
+        """The endpoint registered under ``name``, or None."""
+        request = cluster_pb2.Controller.LookupEndpointRequest(name=name)
+        try:
+            response = self._call(self._stub.LookupEndpoint, request, f"endpoint {name}")
+        except NotFoundError:
+            return None
+        if not response.HasField("endpoint") or not response.endpoint.name:
+            return None
+        return EndpointInfo.from_proto(response.endpoint)
+
+    def list_endpoints(self, prefix: str = "") -> list[EndpointInfo]:
+        """Endpoints whose name starts with ``prefix``."""
+        request = cluster_pb2.Controller.ListEndpointsRequest(prefix=prefix)
+        response = self._call(self._stub.ListEndpoints, request, "endpoints")
+        return sorted((EndpointInfo.from_proto(e) for e in response.endpoints), key=lambda e: e.name)
+
+
+@dataclass(slots=True)
+class _LogCursor:
+    attempt_id: int = 0
+    next_line: int = 0
+    done: bool = False
+
+
+@dataclass(slots=True)
+class LogFollower:
+    """Reads every task's output of one job incrementally, across retries (attempt 0, 1, ...).
+
+    Call ``poll(tasks)`` with fresh task statuses as often as you like; it returns the lines
+    written since the last call. After the job has finished, ``poll(tasks, final=True)`` drains
+    what is left and never waits for a log that cannot come.
+    """
+
+    client: IrisClient
+    job_id: str
+    task_indices: frozenset[int] | None = None
+    first_attempt: int | None = 0
+    """Attempt to start each task at; None: the task's current attempt when first seen."""
+    _cursors: dict[int, _LogCursor] = field(default_factory=dict)
+
+    def poll(self, tasks: Iterable[TaskStatus], final: bool = False) -> list[TaskLogLine]:
+        out: list[TaskLogLine] = []
+        for task in sorted(tasks, key=lambda t: t.task_index):
+            if self.task_indices is not None and task.task_index not in self.task_indices:
+                continue
+            if not _has_started(task):
+                continue
+            cursor = self._cursors.get(task.task_index)
+            if cursor is None:
+                first = task.current_attempt_id if self.first_attempt is None else self.first_attempt
+                cursor = self._cursors[task.task_index] = _LogCursor(attempt_id=first)
+            if not cursor.done:
+                self._read_task(task, cursor, final, out)
+        return out
+
+    def _read_task(self, task: TaskStatus, cursor: _LogCursor, final: bool, out: list[TaskLogLine]) -> None:
+        task_finished = task.state.is_finished
+        while not cursor.done:
+            try:
+                chunk = self.client.fetch_logs(task.task_id, cursor.attempt_id, cursor.next_line, _LOG_PAGE_LINES)
+            except IrisError:
+                # Not started yet, or its worker is gone or slow. A finished attempt whose log
+                # cannot be read is skipped; otherwise try again on the next poll. (A controller
+                # that is really down shows up in the status poll.)
+                if cursor.attempt_id < task.current_attempt_id or task_finished or final:
+                    if not self._advance(task, cursor, task_finished):
+                        return
+                    continue
+                return
+            out.extend(TaskLogLine(task.task_index, cursor.attempt_id, line) for line in chunk.lines)
+            if chunk.lines:
+                cursor.next_line = max(chunk.next_line, cursor.next_line + len(chunk.lines))
+                if len(chunk.lines) >= _LOG_PAGE_LINES:
+                    continue
+            if chunk.lines and not chunk.attempt_finished and not final:
+                return
+            if chunk.attempt_finished or final or cursor.attempt_id < task.current_attempt_id:
+                if chunk.lines:
+                    continue  # read until an empty page so nothing written at the end is lost
+                if not self._advance(task, cursor, task_finished):
+                    return
+                continue
+            return
+
+    @staticmethod
+    def _advance(task: TaskStatus, cursor: _LogCursor, task_finished: bool) -> bool:
+        """Move to the next attempt; False (and maybe done) when there is none yet."""
+        if cursor.attempt_id < task.current_attempt_id:
+            cursor.attempt_id += 1
+            cursor.next_line = 0
+            return True
+        if task_finished:
+            cursor.done = True
+        return False
+
+
+def _has_started(task: TaskStatus) -> bool:
+    """True once the task has had an attempt that may have written output."""
+    if task.attempts or task.current_attempt_id > 0:
+        return True
+    if task.state in (TaskState.PENDING, TaskState.UNSCHEDULABLE):
+        return False
+    if task.state is TaskState.KILLED and not task.worker_id and not task.started_at_ms:
+        return False
+    return True
+
+
+def _failed_tasks(tasks: Sequence[TaskStatus]) -> list[TaskStatus]:
+    bad = [t for t in tasks if t.state in (TaskState.FAILED, TaskState.WORKER_FAILED, TaskState.UNSCHEDULABLE)]
+    return bad or [t for t in tasks if t.state is not TaskState.SUCCEEDED]
+
+
+class Job:
+    """A handle on a submitted job. Cheap to create; every method asks the controller."""
+
+    def __init__(self, client: IrisClient, job_id: str) -> None:
+        self._client = client
+        self._job_id = job_id
+
+    @property
+    def job_id(self) -> str:
+        return self._job_id
+
+    @property
+    def client(self) -> IrisClient:
+        return self._client
+
+    def __repr__(self) -> str:
+        return f"Job({self._job_id!r})"
+
+    def status(self, include_tasks: bool = False) -> JobStatus:
+        """The job's current status (``include_tasks``: with every task)."""
+        return self._client.job_status(self._job_id, include_tasks=include_tasks)
+
+    @property
+    def state(self) -> JobState:
+        return self.status().state
+
+    def tasks(self) -> list[TaskStatus]:
+        """Every task of the job, in index order."""
+        return self._client.list_tasks(self._job_id)
+
+    def task(self, index: int) -> TaskStatus:
+        return self._client.task_status(self._job_id, index)
+
+    def logs(self, task_index: int = 0, attempt: int | None = None) -> list[LogLine]:
+        """What task ``task_index`` wrote in ``attempt`` (None: its current attempt)."""
+        return self._client.task_logs(self._job_id, task_index, attempt)
+
+    def terminate(self) -> None:
+        """Kill the job: its tasks stop and it ends KILLED."""
+        self._client.terminate(self._job_id)
+
+    def follow(
+        self,
+        on_line: Callable[[TaskLogLine], None] | None = None,
+        on_status: Callable[[JobStatus], None] | None = None,
+        *,
+        include_tasks: bool = False,
+        timeout: float | None = None,
+        poll_interval: float = 0.5,
+        stop: threading.Event | None = None,
+        unavailable_grace: float = 30.0,
+    ) -> JobStatus:
+        """Poll until the job finishes, calling ``on_line`` for each new log line of every task
+        and ``on_status`` with each status seen (with its tasks when ``include_tasks`` or
+        following logs). Returns the final status. Raises ``JobTimeoutError`` after ``timeout``
+        seconds; returns early with the last status when ``stop`` is set. A controller that is
+        unreachable for longer than ``unavailable_grace`` seconds raises
+        ``ControllerUnavailableError``.
+        """
+        follower = LogFollower(self._client, self._job_id) if on_line is not None else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waiter = stop or threading.Event()
+        interval = min(0.05, poll_interval)
+        unreachable_since: float | None = None
+        while True:
+            try:
+                status = self.status(include_tasks=include_tasks or follower is not None)
+            except ControllerUnavailableError:
+                # Ride out a controller restart (its state is durable) for a while.
+                now = time.monotonic()
+                unreachable_since = unreachable_since or now
+                if now - unreachable_since > unavailable_grace or (deadline is not None and now >= deadline):
+                    raise
+                if waiter.wait(min(1.0, poll_interval * 2)):
+                    raise
+                continue
+            unreachable_since = None
+            if on_status is not None:
+                on_status(status)
+            if follower is not None and on_line is not None:
+                for line in follower.poll(status.tasks, final=status.is_finished):
+                    on_line(line)
+            if status.is_finished:
+                return status
+            if deadline is not None and time.monotonic() >= deadline:
+                raise JobTimeoutError(
+                    f"job {self._job_id} still {status.state.value} after {timeout:g}s "
+                    f"({status.counts.succeeded}/{status.num_tasks} tasks succeeded); it keeps running"
+                )
+            wait_for = interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic()))
+            if waiter.wait(wait_for):
+                return status
+            interval = min(poll_interval, interval * 1.5)
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        raise_on_failure: bool = True,
+        stream_logs: bool = False,
+        poll_interval: float = 0.5,
+    ) -> JobStatus:
+        """Block until the job finishes and return its final status.
+
+        Args:
+            timeout: seconds to wait (None: forever); ``JobTimeoutError`` when exceeded.
+            raise_on_failure: raise ``JobFailedError`` (with the job's error and failed tasks)
+                unless the job SUCCEEDED.
+            stream_logs: print every task's output to stdout as ``[index] line`` while waiting.
+        """
+        on_line = _print_line if stream_logs else None
+        status = self.follow(on_line, timeout=timeout, poll_interval=poll_interval)
+        if raise_on_failure and status.state is not JobState.SUCCEEDED:
+            tasks = status.tasks or tuple(self.status(include_tasks=True).tasks)
+            raise JobFailedError(status, _failed_tasks(tasks))
+        return status
+
+
+def _print_line(line: TaskLogLine) -> None:
+    sys.stdout.write(f"[{line.task_index}] {line.line.data}\n")
+    sys.stdout.flush()

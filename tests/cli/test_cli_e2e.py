@@ -1,0 +1,151 @@
+"""The ``iris`` job/task/worker/endpoint commands against a real local cluster, and every named
+bad input: one clear line, non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from iris.client import IrisClient, JobState
+from iris.cluster.clock import wait_until
+from iris.cluster.local import LocalCluster
+
+from .conftest import iris, py
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with LocalCluster(
+        workers=2, cpu_per_worker=4, worker_timeout=3, heartbeat_interval=0.3, kill_grace=2,
+        base_dir=tmp_path_factory.mktemp("cluster"),
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+def address(cluster: LocalCluster) -> str:
+    return cluster.controller_address
+
+
+def assert_one_line_error(result: object, *needles: str) -> None:
+    assert result.returncode != 0, result.stdout  # type: ignore[attr-defined]
+    err = result.stderr.strip()  # type: ignore[attr-defined]
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith("Error: "), err
+    for needle in needles:
+        assert needle in last, err
+
+
+def test_job_run_streams_prefixed_output_and_exits_zero(address: str, tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text("import os\nprint('training shard', os.environ['IRIS_TASK_INDEX'])\n")
+    result = iris("job", "run", "--name", "cli-run", "--replicas", "3", "--", *py("import runpy; runpy.run_path('train.py')"),
+                  controller=address, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == [f"[{i}] training shard {i}" for i in range(3)]
+    assert "SUCCEEDED" in result.stderr and "3/3 tasks succeeded" in result.stderr
+
+
+def test_job_run_failure_exits_nonzero_with_the_job_error(address: str) -> None:
+    result = iris("job", "run", "--no-bundle", "--name", "cli-fail", "--max-retries", "1", "--",
+                  *py("import sys; print('trying'); sys.exit('bad input file')"), controller=address)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == ["[0] trying", "[0] bad input file"] * 2  # both attempts
+    assert "attempt 0 FAILED" in result.stderr and "retrying as attempt 1" in result.stderr
+    assert_one_line_error(result, "cli-fail FAILED", "bad input file")
+
+
+def test_read_commands_print_json_that_parses(address: str) -> None:
+    result = iris("job", "run", "--no-bundle", "--name", "cli-json", "--replicas", "2", "--env", "WHO=json",
+                  "--", *py("import os; print('hi', os.environ['WHO'])"), controller=address)
+    assert result.returncode == 0, result.stderr
+
+    jobs = json.loads(iris("job", "list", "--json", "--prefix", "cli-json", controller=address).stdout)
+    assert [(j["job_id"], j["state"]) for j in jobs] == [("cli-json", "SUCCEEDED")]
+
+    status = json.loads(iris("job", "status", "cli-json", "--tasks", "--json", controller=address).stdout)
+    assert status["counts"]["succeeded"] == 2 and len(status["tasks"]) == 2
+
+    tasks = json.loads(iris("task", "list", "cli-json", "--json", controller=address).stdout)
+    assert [(t["task_index"], t["state"]) for t in tasks] == [(0, "SUCCEEDED"), (1, "SUCCEEDED")]
+
+    task = json.loads(iris("task", "status", "cli-json", "1", "--json", controller=address).stdout)
+    assert task["task_id"] == "cli-json/task-1"
+
+    logs = json.loads(iris("job", "logs", "cli-json", "--json", controller=address).stdout)
+    assert sorted((line["task_index"], line["data"]) for line in logs) == [(0, "hi json"), (1, "hi json")]
+
+    workers = json.loads(iris("worker", "list", "--json", controller=address).stdout)
+    assert len(workers) == 2 and all(w["healthy"] for w in workers)
+
+    endpoints = json.loads(iris("endpoint", "list", "--json", controller=address).stdout)
+    assert isinstance(endpoints, list)
+
+
+def test_human_tables(address: str) -> None:
+    assert iris("job", "run", "--no-bundle", "--name", "cli-table", "--", *py("print('x')"), controller=address).returncode == 0
+    listing = iris("job", "list", controller=address)
+    assert listing.returncode == 0
+    assert "JOB" in listing.stdout and "cli-table" in listing.stdout and "ago" in listing.stdout
+    status = iris("job", "status", "cli-table", "--tasks", controller=address)
+    assert "SUCCEEDED" in status.stdout and "WORKER" in status.stdout and "ATTEMPTS" in status.stdout
+    workers = iris("worker", "list", controller=address)
+    assert "healthy" in workers.stdout and "CPU" in workers.stdout
+    logs = iris("job", "logs", "cli-table", "--task", "0", controller=address)
+    assert logs.stdout.splitlines() == ["x"]
+
+
+def test_no_wait_then_logs_follow_and_stop(address: str) -> None:
+    code = "import time; print('tick', flush=True); time.sleep(300)"
+    result = iris("job", "run", "--no-bundle", "--no-wait", "--name", "cli-stop", "--", *py(code), controller=address)
+    assert result.returncode == 0 and result.stdout.strip() == "cli-stop"
+    client = IrisClient.remote(address)
+    try:
+        wait_until(lambda: [line.data for line in client.task_logs("cli-stop", 0)] == ["tick"], 60,
+                   message="task never printed")
+        stop = iris("job", "stop", "cli-stop", controller=address)
+        assert stop.returncode == 0 and "Stopped job cli-stop" in stop.stderr
+        assert client.job("cli-stop").wait(timeout=60, raise_on_failure=False).state is JobState.KILLED
+    finally:
+        client.close()
+    followed = iris("job", "logs", "cli-stop", "--follow", controller=address)
+    assert followed.returncode == 0 and followed.stdout.splitlines() == ["[0] tick"]
+
+
+def test_unknown_job_is_one_clear_line(address: str) -> None:
+    for args in (("job", "status", "nope"), ("job", "stop", "nope"), ("job", "logs", "nope"), ("task", "list", "nope")):
+        assert_one_line_error(iris(*args, controller=address), "nope")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["job", "run", "--memory", "lots", "--", "echo"], "--memory"),
+        (["job", "run"], "no command"),
+        (["job", "run", "--", ""], "no command"),
+        (["job", "run", "--replicas", "0", "--", "echo"], "--replicas: must be >= 1"),
+        (["job", "run", "--replicas", "-1", "--", "echo"], "--replicas: must be >= 1"),
+        (["run", "--local", "--replicas", "0", "--", "echo"], "--replicas: must be >= 1"),
+        (["job", "run", "--env", "NOEQUALS", "--", "echo"], "--env"),
+        (["job", "list", "--state", "bogus"], "unknown job state"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args: list[str], needle: str) -> None:
+    result = iris(*args, controller="127.0.0.1:1")
+    assert result.returncode == 2
+    assert_one_line_error(result, needle)
+
+
+def test_unreachable_controller_is_one_clear_line() -> None:
+    for args in (["job", "list"], ["worker", "list"], ["job", "run", "--no-bundle", "--", "echo", "hi"]):
+        assert_one_line_error(iris(*args, controller="127.0.0.1:1"), "cannot reach the Iris controller at 127.0.0.1:1")
+
+
+def test_verbose_shows_the_traceback() -> None:
+    result = iris("job", "list", "--verbose", controller="127.0.0.1:1")
+    assert result.returncode == 1 and "Traceback" in result.stderr
