@@ -283,7 +283,12 @@ class Worker:
         self._launcher = ThreadPoolExecutor(
             max_workers=config.launcher_threads, thread_name_prefix="iris-launch"
         )
-        self._channel = grpc.insecure_channel(config.controller_address)
+        # Bundles can be large (the client caps them at 25 MiB by default; the controller at 100 MiB).
+        self._channel = grpc.insecure_channel(
+            config.controller_address,
+            options=[("grpc.max_receive_message_length", 256 * 1024 * 1024),
+                     ("grpc.max_send_message_length", 256 * 1024 * 1024)],
+        )
         self._controller = cluster_pb2_grpc.ControllerServiceStub(self._channel)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -689,6 +694,7 @@ class Worker:
                 "IRIS_ATTEMPT_ID": str(request.attempt_id),
                 "IRIS_WORKER_ID": self.worker_id,
                 "IRIS_CONTROLLER_ADDRESS": self._config.controller_address,
+                "IRIS_BUNDLE_HASH": request.bundle_hash,
             }
         )
         for name, port in attempt.ports.items():
