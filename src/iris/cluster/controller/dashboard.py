@@ -40,7 +40,8 @@ _PAGE = """<!doctype html>
 <h1>Iris</h1>
 <div class="muted" id="updated"></div>
 <h2>Jobs</h2><table id="jobs"><thead><tr><th>Job</th><th>State</th><th>Tasks</th><th>Pending</th>
-<th>Running</th><th>Succeeded</th><th>Failed</th><th>Error / pending reason</th></tr></thead><tbody></tbody></table>
+<th>Running</th><th>Succeeded</th><th>Failed</th><th>Killed</th><th>Error / pending reason</th></tr></thead>
+<tbody></tbody></table>
 <div id="detail"></div>
 <h2>Workers</h2><table id="workers"><thead><tr><th>Worker</th><th>Address</th><th>Healthy</th><th>CPU used</th>
 <th>Running tasks</th></tr></thead><tbody></tbody></table>
@@ -53,7 +54,8 @@ async function refresh() {
   document.querySelector("#jobs tbody").innerHTML = jobs.map(j => `<tr>
     <td><a onclick="show('${esc(j.jobId)}')">${esc(j.jobId)}</a></td><td class="${S(j.state)}">${S(j.state)}</td>
     <td>${j.numTasks||0}</td><td>${j.tasksPending||0}</td><td>${j.tasksRunning||0}</td>
-    <td>${j.tasksSucceeded||0}</td><td>${j.tasksFailed||0}</td><td>${esc(j.error || j.pendingReason)}</td></tr>`).join("");
+    <td>${j.tasksSucceeded||0}</td><td>${j.tasksFailed||0}</td><td>${j.tasksKilled||0}</td>
+    <td>${esc(j.error || j.pendingReason)}</td></tr>`).join("");
   const workers = (await (await fetch("api/workers")).json()).workers || [];
   document.querySelector("#workers tbody").innerHTML = workers.map(w => `<tr><td>${esc(w.workerId)}</td>
     <td>${esc(w.address)}</td><td>${w.healthy ? "yes" : "no"}</td>
