@@ -1606,21 +1606,71 @@ class Worker(_message.Message):
         ACCEPTED_FIELD_NUMBER: _builtins.int
         INCARNATION_FIELD_NUMBER: _builtins.int
         SEQUENCE_FIELD_NUMBER: _builtins.int
+        ERROR_FIELD_NUMBER: _builtins.int
+        WORKER_STOPPING_FIELD_NUMBER: _builtins.int
         accepted: _builtins.bool
         incarnation: _builtins.str
         """the worker process that accepted it"""
         sequence: _builtins.int
         """increases by one per accepted RunTask within an incarnation"""
+        error: _builtins.str
+        """Only in RunTasksResponse.results (RunTask answers a refusal with a status code instead):
+        why the task was not accepted
+        """
+        worker_stopping: _builtins.bool
+        """not accepted because the worker is shutting down"""
         def __init__(
             self,
             *,
             accepted: _builtins.bool = ...,
             incarnation: _builtins.str = ...,
             sequence: _builtins.int = ...,
+            error: _builtins.str = ...,
+            worker_stopping: _builtins.bool = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "incarnation", b"incarnation", "sequence", b"sequence"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "error", b"error", "incarnation", b"incarnation", "sequence", b"sequence", "worker_stopping", b"worker_stopping"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class RunTasksRequest(_message.Message):
+        """Several tasks in one call (the controller sends one per worker per scheduling pass). Each
+        task is accepted or refused on its own, exactly as RunTask would; results[i] answers tasks[i].
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        TASKS_FIELD_NUMBER: _builtins.int
+        @_builtins.property
+        def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Worker.RunTaskRequest]: ...
+        def __init__(
+            self,
+            *,
+            tasks: _abc.Iterable[Global___Worker.RunTaskRequest] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class RunTasksResponse(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        RESULTS_FIELD_NUMBER: _builtins.int
+        @_builtins.property
+        def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___Worker.RunTaskResponse]: ...
+        def __init__(
+            self,
+            *,
+            results: _abc.Iterable[Global___Worker.RunTaskResponse] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -756,6 +756,11 @@ class WorkerServiceStub:
                 request_serializer=iris_dot_rpc_dot_cluster__pb2.Worker.RunTaskRequest.SerializeToString,
                 response_deserializer=iris_dot_rpc_dot_cluster__pb2.Worker.RunTaskResponse.FromString,
                 _registered_method=True)
+        self.RunTasks = channel.unary_unary(
+                '/iris.cluster.WorkerService/RunTasks',
+                request_serializer=iris_dot_rpc_dot_cluster__pb2.Worker.RunTasksRequest.SerializeToString,
+                response_deserializer=iris_dot_rpc_dot_cluster__pb2.Worker.RunTasksResponse.FromString,
+                _registered_method=True)
         self.GetTaskStatus = channel.unary_unary(
                 '/iris.cluster.WorkerService/GetTaskStatus',
                 request_serializer=iris_dot_rpc_dot_cluster__pb2.Worker.GetTaskStatusRequest.SerializeToString,
@@ -787,6 +792,12 @@ class WorkerServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def RunTask(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunTasks(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -829,6 +840,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.RunTask,
                     request_deserializer=iris_dot_rpc_dot_cluster__pb2.Worker.RunTaskRequest.FromString,
                     response_serializer=iris_dot_rpc_dot_cluster__pb2.Worker.RunTaskResponse.SerializeToString,
+            ),
+            'RunTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunTasks,
+                    request_deserializer=iris_dot_rpc_dot_cluster__pb2.Worker.RunTasksRequest.FromString,
+                    response_serializer=iris_dot_rpc_dot_cluster__pb2.Worker.RunTasksResponse.SerializeToString,
             ),
             'GetTaskStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTaskStatus,
@@ -883,6 +899,33 @@ class WorkerService:
             '/iris.cluster.WorkerService/RunTask',
             iris_dot_rpc_dot_cluster__pb2.Worker.RunTaskRequest.SerializeToString,
             iris_dot_rpc_dot_cluster__pb2.Worker.RunTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/iris.cluster.WorkerService/RunTasks',
+            iris_dot_rpc_dot_cluster__pb2.Worker.RunTasksRequest.SerializeToString,
+            iris_dot_rpc_dot_cluster__pb2.Worker.RunTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

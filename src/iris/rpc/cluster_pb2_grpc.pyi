@@ -195,6 +195,7 @@ class WorkerServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> WorkerServiceAsyncStub: ...
     RunTask: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Worker.RunTaskRequest, _cluster_pb2.Worker.RunTaskResponse]
+    RunTasks: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Worker.RunTasksRequest, _cluster_pb2.Worker.RunTasksResponse]
     GetTaskStatus: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Worker.GetTaskStatusRequest, _cluster_pb2.Worker.GetTaskStatusResponse]
     ListTasks: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Worker.ListTasksRequest, _cluster_pb2.Worker.ListTasksResponse]
     FetchTaskLogs: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Worker.FetchTaskLogsRequest, _cluster_pb2.Worker.FetchTaskLogsResponse]
@@ -205,6 +206,7 @@ class WorkerServiceStub:
 class WorkerServiceAsyncStub(WorkerServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     RunTask: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Worker.RunTaskRequest, _cluster_pb2.Worker.RunTaskResponse]  # type: ignore[assignment]
+    RunTasks: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Worker.RunTasksRequest, _cluster_pb2.Worker.RunTasksResponse]  # type: ignore[assignment]
     GetTaskStatus: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Worker.GetTaskStatusRequest, _cluster_pb2.Worker.GetTaskStatusResponse]  # type: ignore[assignment]
     ListTasks: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Worker.ListTasksRequest, _cluster_pb2.Worker.ListTasksResponse]  # type: ignore[assignment]
     FetchTaskLogs: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Worker.FetchTaskLogsRequest, _cluster_pb2.Worker.FetchTaskLogsResponse]  # type: ignore[assignment]
@@ -218,6 +220,13 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cluster_pb2.Worker.RunTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cluster_pb2.Worker.RunTaskResponse, _abc.Awaitable[_cluster_pb2.Worker.RunTaskResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RunTasks(
+        self,
+        request: _cluster_pb2.Worker.RunTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.Worker.RunTasksResponse, _abc.Awaitable[_cluster_pb2.Worker.RunTasksResponse]]: ...
 
     @_abc_1.abstractmethod
     def GetTaskStatus(

@@ -30,6 +30,10 @@ class FakeWorkerClients:
     run_calls: list[tuple[str, cluster_pb2.Worker.RunTaskRequest]] = field(default_factory=list)
     kill_calls: list[tuple[str, cluster_pb2.Worker.KillTaskRequest]] = field(default_factory=list)
     unreachable: set[str] = field(default_factory=set)
+    refuse: dict[str, str] = field(default_factory=dict)
+    """task_id -> error: RunTasks refuses these tasks (accepted=False) and accepts the others."""
+    batch_calls: list[tuple[str, list[str]]] = field(default_factory=list)
+    """(address, task ids) of every RunTasks call."""
     logs: dict[tuple[str, int], list[str]] = field(default_factory=dict)
     sequence: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -44,6 +48,24 @@ class FakeWorkerClients:
             self.sequence += 1
             return cluster_pb2.Worker.RunTaskResponse(accepted=True, incarnation=f"inc-{address}",
                                                       sequence=self.sequence)
+
+    def run_tasks(
+        self, address: str, request: cluster_pb2.Worker.RunTasksRequest, timeout: float
+    ) -> cluster_pb2.Worker.RunTasksResponse:
+        with self.lock:
+            self.batch_calls.append((address, [r.task_id for r in request.tasks]))
+            self.run_calls.extend((address, r) for r in request.tasks)
+            if address in self.unreachable:
+                raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, f"{address} unreachable")
+            results = []
+            for r in request.tasks:
+                if r.task_id in self.refuse:
+                    results.append(cluster_pb2.Worker.RunTaskResponse(accepted=False, error=self.refuse[r.task_id]))
+                    continue
+                self.sequence += 1
+                results.append(cluster_pb2.Worker.RunTaskResponse(accepted=True, incarnation=f"inc-{address}",
+                                                                  sequence=self.sequence))
+            return cluster_pb2.Worker.RunTasksResponse(results=results)
 
     def kill_task(self, address: str, request: cluster_pb2.Worker.KillTaskRequest, timeout: float) -> None:
         with self.lock:

@@ -10,7 +10,7 @@ import pytest
 from iris.cluster.clock import FakeClock, wait_until
 from iris.cluster.controller.controller import Controller, ControllerConfig
 from iris.cluster.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from iris.cluster.types import JobId, ResourceSpec, TaskId
+from iris.cluster.types import JobId, ResourceSpec, TaskId, WorkerId
 from iris.rpc import cluster_pb2
 
 from .fakes import FakeWorkerClients
@@ -287,3 +287,60 @@ def test_controller_scheduling_loop_wakes_on_submit(clock: FakeClock, fake: Fake
         wait_until(lambda: fake.ran() == [("job/task-0", 0)], 10, message="submit did not wake the scheduler")
     finally:
         c.stop()
+
+
+def test_controller_batches_a_pass_per_worker_and_a_refused_task_is_a_worker_failure(
+    controller: Controller, fake: FakeWorkerClients
+) -> None:
+    register(controller, "w1", cpu=3)
+    fake.refuse["job/task-1"] = "resources.cpu: must be >= 0"
+    launch(controller, replicas=3)
+    schedule(controller, fake, 3)
+    assert fake.batch_calls == [("127.0.0.1:1001", ["job/task-0", "job/task-1", "job/task-2"])]
+    refused = controller.state.get_task(TaskId("job/task-1"))
+    assert refused is not None
+    wait_until(lambda: refused.current_attempt_id == 1, 10)
+    assert refused.preemption_count == 1 and refused.failure_count == 0
+    assert refused.attempts[0].state == T.TASK_STATE_WORKER_FAILED
+    assert "refused" in (refused.attempts[0].error or "") and "resources.cpu" in (refused.attempts[0].error or "")
+    for i in (0, 2):
+        task = controller.state.get_task(TaskId(f"job/task-{i}"))
+        assert task is not None and task.state == T.TASK_STATE_RUNNING and task.current_attempt_id == 0
+    # One refusal is one failed dispatch: the worker stays healthy and gets the retry.
+    worker = controller.state.get_worker(WorkerId("w1"))
+    assert worker is not None and worker.healthy
+    del fake.refuse["job/task-1"]
+    controller.tick_schedule()
+    wait_until(lambda: ("job/task-1", 1) in fake.ran(), 10)
+
+
+def test_controller_batch_to_unreachable_worker_fails_every_task_once(
+    controller: Controller, fake: FakeWorkerClients
+) -> None:
+    register(controller, "w1", cpu=2)
+    fake.unreachable.add("127.0.0.1:1001")
+    launch(controller, replicas=2)
+    schedule(controller, fake, 2)
+    assert len(fake.batch_calls) == 1
+    tasks = [controller.state.get_task(TaskId(f"job/task-{i}")) for i in range(2)]
+    wait_until(lambda: all(t is not None and t.current_attempt_id == 1 for t in tasks), 10)
+    for t in tasks:
+        assert t is not None and t.preemption_count == 1 and t.state == T.TASK_STATE_PENDING
+        assert "unreachable" in (t.attempts[0].error or "")
+    worker = controller.state.get_worker(WorkerId("w1"))
+    assert worker is not None and not worker.healthy  # UNAVAILABLE: the worker is gone
+
+
+def test_controller_batches_split_by_limits(clock: FakeClock, fake: FakeWorkerClients) -> None:
+    c = Controller(ControllerConfig(dispatch_batch_max_tasks=2), clock=clock, worker_clients=fake)
+    try:
+        register(c, "w1", cpu=5)
+        launch(c, replicas=5)
+        c.tick_schedule()
+        wait_until(lambda: len(fake.run_calls) >= 5, 10)
+        sizes = sorted(len(ids) for _, ids in fake.batch_calls)
+        assert sizes == [2, 2]  # and the fifth alone, as a RunTask
+        assert sorted(fake.ran()) == [(f"job/task-{i}", 0) for i in range(5)]
+    finally:
+        c.stop()
+        c.state.check_invariants()

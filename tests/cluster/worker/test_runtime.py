@@ -30,9 +30,13 @@ class Exits:
         return self.exits[key]
 
 
-@pytest.fixture
-def runtime() -> Iterator[ProcessRuntime]:
-    rt = ProcessRuntime(memory_check_interval_s=0.05)
+@pytest.fixture(params=["posix_spawn", "popen"])
+def runtime(request: pytest.FixtureRequest) -> Iterator[ProcessRuntime]:
+    """Every runtime test runs with both ways of starting a process."""
+    rt = ProcessRuntime(memory_check_interval_s=0.05, use_posix_spawn=request.param == "posix_spawn")
+    if request.param == "posix_spawn" and not rt.uses_posix_spawn:
+        rt.close()
+        pytest.skip("posix_spawn with chdir is not available here")
     try:
         yield rt
     finally:
@@ -174,3 +178,85 @@ def test_kill_orphans_ignores_stale_records(tmp_path: Path) -> None:
     reused = tmp_path / "reused.json"
     reused.write_text(json.dumps({"pid": os.getpid(), "start_time": "0"}))
     assert kill_orphans([stale, broken, reused, tmp_path / "missing.json"]) == []
+
+
+def test_runtime_program_found_on_the_task_path_and_stdin_is_empty(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    exits = Exits()
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    tool = bindir / "my-tool"
+    tool.write_text("#!/bin/sh\necho tool \"$@\"; cat; echo done\n")
+    tool.chmod(0o755)
+    spec = _spec(tmp_path, ["my-tool", "a b"], "pathsearch")
+    spec = ProcessSpec(key=spec.key, argv=spec.argv, cwd=spec.cwd, env={**spec.env, "PATH": f"{bindir}:/usr/bin:/bin"},
+                       log_path=spec.log_path)
+    runtime.start(spec, exits)
+    assert exits.wait(spec.key).returncode == 0
+    assert spec.log_path.read_text().splitlines() == ["tool a b", "done"]
+
+
+def test_runtime_program_missing_from_the_task_path_raises(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    spec = _spec(tmp_path, ["no-such-program-anywhere"], "nopath")
+    with pytest.raises(FileNotFoundError):
+        runtime.start(spec, Exits())
+
+
+def test_runtime_relative_program_resolves_in_the_working_directory(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    exits = Exits()
+    spec = _spec(tmp_path, ["./run.sh"], "relative")
+    script = spec.cwd / "run.sh"
+    script.write_text("#!/bin/sh\nexit 7\n")
+    script.chmod(0o755)
+    runtime.start(spec, exits)
+    assert exits.wait(spec.key).returncode == 7
+
+
+def test_runtime_task_does_not_inherit_worker_descriptors(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    exits = Exits()
+    r, w = os.pipe()
+    os.set_inheritable(w, True)  # even an inheritable descriptor of the worker stays out of the task
+    try:
+        spec = _spec(tmp_path, ["/bin/sh", "-c", f"[ -e /proc/self/fd/{w} ] && echo leaked || echo clean"], "fds")
+        runtime.start(spec, exits)
+        exits.wait(spec.key)
+        assert spec.log_path.read_text().strip() == "clean"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_kill_orphans_finds_a_process_whose_pid_was_never_recorded(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    # The worker died between starting the process and recording its pid: the record written
+    # before the start names the attempt by its IRIS_* variables.
+    exits = Exits()
+    record = tmp_path / "t" / PROCESS_RECORD
+    spec = _spec(tmp_path, ["/bin/sh", "-c", "sleep 1000 & echo $! > grandchild.pid; wait"], record_path=record)
+    marker = {"IRIS_WORKER_ID": "w-orphan", "IRIS_TASK_ID": f"j/task-{os.getpid()}", "IRIS_ATTEMPT_ID": "3"}
+    spec = ProcessSpec(key=spec.key, argv=spec.argv, cwd=spec.cwd, env={**spec.env, **marker},
+                       log_path=spec.log_path, record_path=record)
+    pid = runtime.start(spec, exits)
+    pid_file = spec.cwd / "grandchild.pid"
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 30)
+    grandchild = int(pid_file.read_text())
+    record.write_text(json.dumps({"pid": 0, "env": marker}))  # as it was before the start
+    other = {**marker, "IRIS_ATTEMPT_ID": "4"}
+    assert kill_orphans([tmp_path / "missing.json"]) == []
+    (tmp_path / "other.json").write_text(json.dumps({"pid": 0, "env": other}))
+    assert kill_orphans([tmp_path / "other.json"]) == []  # another attempt's marker: untouched
+    killed = kill_orphans([record])
+    assert pid in killed and grandchild in killed
+    exits.wait(spec.key)
+    wait_until(lambda: _gone(grandchild), 30)
+
+
+def test_runtime_writes_the_pending_record_before_the_pid_record(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    exits = Exits()
+    record = tmp_path / "t" / PROCESS_RECORD
+    spec = _spec(tmp_path, ["/bin/sh", "-c", f"cat {record}"], record_path=record)
+    marker = {"IRIS_WORKER_ID": "w", "IRIS_TASK_ID": "j/task-0", "IRIS_ATTEMPT_ID": "0"}
+    spec = ProcessSpec(key=spec.key, argv=spec.argv, cwd=spec.cwd, env={**spec.env, **marker},
+                       log_path=spec.log_path, record_path=record)
+    pid = runtime.start(spec, exits)
+    exits.wait(spec.key)
+    assert json.loads(spec.log_path.read_text())["pid"] in (0, pid)  # the task saw one or the other
+    assert json.loads(record.read_text())["pid"] == pid

@@ -167,3 +167,23 @@ def test_many_concurrent_tasks_all_succeed(
     assert {fake_controller.servicer.terminal_update(f"many/task-{i}").state for i in range(100)} == {  # type: ignore[union-attr]
         cluster_pb2.TASK_STATE_SUCCEEDED
     }
+
+
+def test_run_tasks_over_grpc_runs_every_accepted_task(
+    stub: cluster_pb2_grpc.WorkerServiceStub, fake_controller: RunningFakeController
+) -> None:
+    bad = command_request(["/bin/true"], "batch/task-1")
+    bad.serialized_entrypoint = b"\x01\x02garbage"
+    response = stub.RunTasks(
+        W.RunTasksRequest(tasks=[command_request(["/bin/true"], "batch/task-0"), bad,
+                                 command_request(["/bin/sh", "-c", "exit 3"], "batch/task-2")]),
+        timeout=10,
+    )
+    assert [r.accepted for r in response.results] == [True, False, True]
+    assert "serialized_entrypoint" in response.results[1].error
+    wait_until(lambda: fake_controller.servicer.terminal_update("batch/task-2") is not None, 30)
+    wait_until(lambda: fake_controller.servicer.terminal_update("batch/task-0") is not None, 30)
+    done = fake_controller.servicer.terminal_update("batch/task-0")
+    failed = fake_controller.servicer.terminal_update("batch/task-2")
+    assert done is not None and done.state == cluster_pb2.TASK_STATE_SUCCEEDED
+    assert failed is not None and failed.state == cluster_pb2.TASK_STATE_FAILED and failed.exit_code == 3

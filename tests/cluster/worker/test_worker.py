@@ -688,3 +688,32 @@ def test_worker_serve_cli_restart_kills_orphans_of_previous_incarnation(
             second.wait()
         assert second.stdout is not None
         second.stdout.close()
+
+
+def test_run_tasks_accepts_each_on_its_own_and_starts_them_in_order(make_worker: WorkerFactory) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(runtime=runtime)
+    bad = command_request(["/bin/true"], "job/task-1")
+    bad.ClearField("serialized_entrypoint")
+    already = worker.run_task(command_request(["/bin/true"], "job/task-3"))
+    results = worker.run_tasks(
+        [command_request(["/bin/true"], "job/task-0"), bad, command_request(["/bin/true"], "job/task-2"),
+         command_request(["/bin/true"], "job/task-3")]
+    )
+    assert [r.accepted for r in results] == [True, False, True, True]
+    assert "serialized_entrypoint" in results[1].error and not results[1].worker_stopping
+    assert results[3].sequence == already.sequence  # idempotent, as RunTask
+    assert [r.sequence for r in results if r.accepted][:2] == [2, 3]
+    assert all(r.incarnation == worker.incarnation for r in results if r.accepted)
+    for key in (("job/task-0", 0), ("job/task-2", 0), ("job/task-3", 0)):
+        runtime.spec(key)
+    assert ("job/task-1", 0) not in runtime.specs
+    spec = runtime.spec(("job/task-0", 0))
+    assert spec.cwd.name == "work" and spec.cwd.is_dir() and spec.cwd.parent.name == "attempt-0"
+
+
+def test_run_tasks_while_stopping_refuses_with_worker_stopping(make_worker: WorkerFactory) -> None:
+    worker = make_worker(runtime=FakeRuntime())
+    worker.stop()
+    results = worker.run_tasks([command_request(["/bin/true"], "job/task-0")])
+    assert not results[0].accepted and results[0].worker_stopping and "shutting down" in results[0].error

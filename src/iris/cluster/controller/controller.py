@@ -74,6 +74,10 @@ class ControllerConfig:
     """SIGTERM, then SIGKILL after this long (passed to the worker)."""
     log_fetch_timeout_s: float = 10.0
     dispatch_threads: int = 16
+    dispatch_batch_max_tasks: int = 128
+    dispatch_batch_max_bytes: int = 1024 * 1024
+    """A scheduling pass sends each worker its tasks in RunTasks calls of at most this many tasks
+    and entrypoint bytes (a single task goes alone, as RunTask)."""
     max_dispatch_failures: int = 3
     """Failed RunTask calls in a row after which a worker is declared dead."""
     max_replicas: int = 100_000
@@ -87,6 +91,10 @@ class WorkerClients(Protocol):
     def run_task(
         self, address: str, request: cluster_pb2.Worker.RunTaskRequest, timeout: float
     ) -> cluster_pb2.Worker.RunTaskResponse: ...
+
+    def run_tasks(
+        self, address: str, request: cluster_pb2.Worker.RunTasksRequest, timeout: float
+    ) -> cluster_pb2.Worker.RunTasksResponse: ...
 
     def kill_task(self, address: str, request: cluster_pb2.Worker.KillTaskRequest, timeout: float) -> None: ...
 
@@ -118,6 +126,11 @@ class GrpcWorkerClients:
         self, address: str, request: cluster_pb2.Worker.RunTaskRequest, timeout: float
     ) -> cluster_pb2.Worker.RunTaskResponse:
         return self._stub(address).RunTask(request, timeout=timeout)
+
+    def run_tasks(
+        self, address: str, request: cluster_pb2.Worker.RunTasksRequest, timeout: float
+    ) -> cluster_pb2.Worker.RunTasksResponse:
+        return self._stub(address).RunTasks(request, timeout=timeout)
 
     def kill_task(self, address: str, request: cluster_pb2.Worker.KillTaskRequest, timeout: float) -> None:
         self._stub(address).KillTask(request, timeout=timeout)
@@ -197,6 +210,8 @@ class Controller:
         self._clock: Clock = clock or SystemClock()
         self._workers: WorkerClients = worker_clients or GrpcWorkerClients()
         self._scheduler = Scheduler(self._state)
+        self._request_templates: dict[JobId, cluster_pb2.Worker.RunTaskRequest] = {}
+        """Per job, the RunTaskRequest fields all its tasks share (used under the lock)."""
         self._lock = threading.RLock()
         self._wake_event = threading.Event()
         self._stop = threading.Event()
@@ -375,56 +390,149 @@ class Controller:
 
     def tick_schedule(self) -> ScheduleSummary:
         """One scheduling pass: time out, assign, commit; then dispatch outside the lock."""
-        dispatches: list[_Dispatch] = []
         with self._lock:
-            pending = self._state.peek_pending_tasks()
-            if not pending:
+            dispatches, summary = self._schedule_locked()
+            if summary is None:
                 return ScheduleSummary(0, 0, 0)
-            now = self._clock.now_ms()
-            tx = self._scheduler.find_assignments(pending, self._state.get_available_workers(), now)
-            for task in tx.timed_out_tasks:
-                job = self._state.get_job(task.job_id)
-                reason = job.pending_reason if job is not None else ""
-                timeout_s = job.scheduling_timeout_ms / 1000 if job is not None else 0
-                self._state.transition_task(
-                    task.task_id,
-                    cluster_pb2.TASK_STATE_UNSCHEDULABLE,
-                    now,
-                    error=f"not scheduled within {timeout_s:g}s" + (f": {reason}" if reason else ""),
-                )
-            reasons = dict(tx.pending_reasons)
-            for task, worker in tx.assignments:
-                if task.job_id not in reasons:
-                    reasons[task.job_id] = ""
-                if self._state.commit_assignment(task.task_id, worker.worker_id, now):
-                    job = self._state.get_job(task.job_id)
-                    assert job is not None
-                    dispatches.append(
-                        _Dispatch(task.task_id, task.current_attempt_id, worker.worker_id, worker.address,
-                                  self._run_task_request(job, task))
-                    )
-            self._state.set_pending_reasons(reasons)
             effects = self._commit()
-        for d in dispatches:
-            self._pool.submit(self._dispatch, d)
+        self._start_dispatches(dispatches)
         if effects.kills:
             self._send_kills(effects.kills)
-        return ScheduleSummary(len(dispatches), len(tx.timed_out_tasks), len(pending) - len(dispatches))
+        return summary
+
+    def _schedule_locked(self) -> tuple[list[_Dispatch], ScheduleSummary | None]:
+        """The scheduling pass without its commit (the caller commits it, possibly together with
+        the changes that prompted it). Call with the lock held. ``None``: nothing was pending."""
+        dispatches: list[_Dispatch] = []
+        pending = self._state.peek_pending_tasks()
+        if not pending:
+            return dispatches, None
+        now = self._clock.now_ms()
+        tx = self._scheduler.find_assignments(pending, self._state.get_available_workers(), now)
+        for task in tx.timed_out_tasks:
+            job = self._state.get_job(task.job_id)
+            reason = job.pending_reason if job is not None else ""
+            timeout_s = job.scheduling_timeout_ms / 1000 if job is not None else 0
+            self._state.transition_task(
+                task.task_id,
+                cluster_pb2.TASK_STATE_UNSCHEDULABLE,
+                now,
+                error=f"not scheduled within {timeout_s:g}s" + (f": {reason}" if reason else ""),
+            )
+        reasons = dict(tx.pending_reasons)
+        for task, worker in tx.assignments:
+            if task.job_id not in reasons:
+                reasons[task.job_id] = ""
+            if self._state.commit_assignment(task.task_id, worker.worker_id, now):
+                job = self._state.get_job(task.job_id)
+                assert job is not None
+                dispatches.append(
+                    _Dispatch(task.task_id, task.current_attempt_id, worker.worker_id, worker.address,
+                              self._run_task_request(job, task))
+                )
+        self._state.set_pending_reasons(reasons)
+        return dispatches, ScheduleSummary(len(dispatches), len(tx.timed_out_tasks), len(pending) - len(dispatches))
+
+    def _start_dispatches(self, dispatches: list[_Dispatch]) -> None:
+        """Hand committed assignments to the dispatch pool: one RunTasks per worker (per batch)."""
+        for batch in self._dispatch_batches(dispatches):
+            if len(batch) == 1:
+                self._pool.submit(self._dispatch, batch[0])
+            else:
+                self._pool.submit(self._dispatch_batch, batch)
 
     def _run_task_request(self, job: Job, task: Task) -> cluster_pb2.Worker.RunTaskRequest:
-        request = job.request
-        return cluster_pb2.Worker.RunTaskRequest(
-            job_id=job.job_id,
-            task_id=task.task_id,
-            task_index=task.task_index,
-            num_tasks=job.num_tasks,
-            serialized_entrypoint=request.serialized_entrypoint,
-            environment=request.environment,
-            bundle_hash=job.bundle_hash or request.bundle_hash,
-            resources=request.resources,
-            ports=request.ports,
-            attempt_id=task.current_attempt_id,
-        )
+        """The job's part of the request is built once per job (a template copied in one call);
+        only the task's fields are set per task."""
+        template = self._request_templates.get(job.job_id)
+        if template is None:
+            request = job.request
+            template = cluster_pb2.Worker.RunTaskRequest(
+                job_id=job.job_id,
+                num_tasks=job.num_tasks,
+                serialized_entrypoint=request.serialized_entrypoint,
+                environment=request.environment,
+                bundle_hash=job.bundle_hash or request.bundle_hash,
+                resources=request.resources,
+                ports=request.ports,
+            )
+            if len(self._request_templates) >= 64:
+                self._request_templates.clear()
+            self._request_templates[job.job_id] = template
+        run = cluster_pb2.Worker.RunTaskRequest()
+        run.CopyFrom(template)
+        run.task_id = task.task_id
+        run.task_index = task.task_index
+        run.attempt_id = task.current_attempt_id
+        return run
+
+    def _dispatch_batches(self, dispatches: list[_Dispatch]) -> list[list[_Dispatch]]:
+        """Group a pass's dispatches per worker (in assignment order), split by the batch limits."""
+        per_worker: dict[WorkerId, list[list[_Dispatch]]] = {}
+        sizes: dict[WorkerId, int] = {}
+        max_tasks = self.config.dispatch_batch_max_tasks
+        max_bytes = self.config.dispatch_batch_max_bytes
+        for d in dispatches:
+            size = len(d.request.serialized_entrypoint)
+            chunks = per_worker.setdefault(d.worker_id, [])
+            if not chunks or len(chunks[-1]) >= max_tasks or sizes[d.worker_id] + size > max_bytes:
+                chunks.append([])
+                sizes[d.worker_id] = 0
+            chunks[-1].append(d)
+            sizes[d.worker_id] += size
+        return [chunk for chunks in per_worker.values() for chunk in chunks]
+
+    def _dispatch_batch(self, batch: list[_Dispatch]) -> None:
+        """One RunTasks call for several tasks on one worker. Each task the worker did not accept
+        (refused, or the call failed) is a worker failure of that attempt, as with RunTask; a failed
+        call counts as one failed dispatch toward ``max_dispatch_failures``."""
+        first = batch[0]
+        call_error: str | None = None
+        call_worker_gone = False
+        results: list[cluster_pb2.Worker.RunTaskResponse] = []
+        try:
+            response = self._workers.run_tasks(
+                first.address,
+                cluster_pb2.Worker.RunTasksRequest(tasks=[d.request for d in batch]),
+                self.config.dispatch_timeout_s,
+            )
+            results = list(response.results)
+            if len(results) != len(batch):
+                call_error = (f"dispatch to worker {first.worker_id} failed: {len(results)} results for "
+                              f"{len(batch)} tasks")
+        except grpc.RpcError as e:
+            call_error = f"dispatch to worker {first.worker_id} failed: {_rpc_error_text(e)}"
+            call_worker_gone = e.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE)
+        except Exception as e:  # a bug in a fake or client must not leave the tasks stuck RUNNING
+            logger.exception("dispatch of %d tasks to %s crashed", len(batch), first.worker_id)
+            call_error = f"dispatch to worker {first.worker_id} failed: {e}"
+        if call_error is not None:
+            logger.warning("%d tasks (first %s): %s", len(batch), first.task_id, call_error)
+        failed = False
+        with self._lock:
+            now = self._clock.now_ms()
+            for i, d in enumerate(batch):
+                if call_error is not None:
+                    self._state.dispatch_failed(
+                        d.task_id, d.attempt_id, now, call_error, worker_gone=call_worker_gone,
+                        max_consecutive_failures=self.config.max_dispatch_failures,
+                        count_failure=i == len(batch) - 1,
+                    )
+                    failed = True
+                    continue
+                result = results[i]
+                if result.accepted:
+                    self._state.ack_dispatch(d.task_id, d.attempt_id, result.incarnation, result.sequence)
+                    continue
+                error = f"worker {d.worker_id} refused the task" + (f": {result.error}" if result.error else "")
+                logger.warning("task=%s attempt=%d: %s", d.task_id, d.attempt_id, error)
+                self._state.dispatch_failed(d.task_id, d.attempt_id, now, error,
+                                            worker_gone=result.worker_stopping,
+                                            max_consecutive_failures=self.config.max_dispatch_failures)
+                failed = True
+            effects = self._commit() if failed else None
+        if effects is not None:
+            self._after_commit(effects)
 
     def _dispatch(self, d: _Dispatch) -> None:
         error: str | None = None
@@ -545,6 +653,8 @@ class Controller:
                         kill.append(cluster_pb2.WorkerTaskStatus(task_id=update.task_id,
                                                                  attempt_id=update.attempt_id))
             effects = self._commit()
+        # Wakes the scheduling loop, which coalesces the wakes of several report batches into one
+        # pass (running the pass here, per batch, was measured slower).
         self._after_commit(effects)
         return cluster_pb2.Controller.ReportTaskStateResponse(kill=kill)
 

@@ -113,19 +113,29 @@ class Scheduler:
         jobs: dict[JobId, Job | None] = {}
         coscheduled_done: set[JobId] = set()
         get_job = self._state.get_job
+        skip: JobId | None = None
+        """A job none of whose remaining tasks can change anything in this pass (ended, or placed
+        no more and without a scheduling timeout): its run of tasks in the queue costs one
+        comparison each. A big job's tasks are consecutive, so a pass over a long queue that can
+        place nothing stays cheap."""
 
         for i, task in enumerate(pending_tasks):
             job_id = task.job_id
+            if job_id == skip:
+                continue
             if job_id in jobs:
                 job = jobs[job_id]
             else:
                 job = jobs[job_id] = get_job(job_id)
             if job is None or job.is_finished():
+                skip = job_id
                 continue
             if job.scheduling_timeout_ms > 0 and now_ms - task.pending_since_ms > job.scheduling_timeout_ms:
                 transaction.timed_out_tasks.append(task)
                 continue
             if job_id in exhausted:
+                if job.scheduling_timeout_ms <= 0:
+                    skip = job_id
                 continue
             if job.coscheduled:
                 if job_id not in coscheduled_done:
@@ -153,6 +163,8 @@ class Scheduler:
                 cursors[shape] = len(caps)
                 exhausted.add(job_id)
                 transaction.pending_reasons[job_id] = self._explain(job, caps)
+                if job.scheduling_timeout_ms <= 0:
+                    skip = job_id
         return transaction
 
     def _place_gang(

@@ -180,8 +180,9 @@ class ControllerState:
         self._tasks_by_job: dict[JobId, list[Task]] = {}
         self._children: dict[JobId, list[JobId]] = {}
         self._workers: dict[WorkerId, ControllerWorker] = {}
-        self._task_queue: dict[TaskId, None] = {}
-        """PENDING tasks in queue order. A dict: O(1) append, removal and membership."""
+        self._task_queue: dict[TaskId, Task] = {}
+        """PENDING tasks in queue order. A dict: O(1) append, removal and membership; its values
+        are the tasks, so ``peek_pending_tasks`` is one C-level copy."""
         self._endpoints: dict[str, ControllerEndpoint] = {}
         self._endpoints_by_task: dict[TaskId, set[str]] = {}
         self._actions: deque[ActionLogEntry] = deque(maxlen=ACTION_LOG_SIZE)
@@ -204,7 +205,7 @@ class ControllerState:
             queue = self._task_queue
             for task in tasks:
                 self._tasks[task.task_id] = task
-                queue[task.task_id] = None
+                queue[task.task_id] = task
             self._effects.dirty_tasks.update(t.task_id for t in tasks)
             self._effects.dirty_jobs.add(job.job_id)
             if job.parent_job_id is not None:
@@ -225,7 +226,7 @@ class ControllerState:
     def restore_queue(self, task_ids: Iterable[TaskId]) -> None:
         with self._lock:
             for tid in task_ids:
-                self._task_queue[tid] = None
+                self._task_queue[tid] = self._tasks[tid]
 
     def get_job(self, job_id: JobId) -> Job | None:
         return self._jobs.get(job_id)
@@ -247,8 +248,7 @@ class ControllerState:
     def peek_pending_tasks(self) -> list[Task]:
         """All PENDING tasks in queue order."""
         with self._lock:
-            tasks = self._tasks
-            return [tasks[tid] for tid in self._task_queue]
+            return list(self._task_queue.values())
 
     def queue_order(self) -> list[TaskId]:
         with self._lock:
@@ -410,6 +410,7 @@ class ControllerState:
         *,
         worker_gone: bool = False,
         max_consecutive_failures: int = 3,
+        count_failure: bool = True,
     ) -> TaskTransitionResult:
         """The worker never accepted RunTask: a worker failure of that attempt (DESIGN §3).
 
@@ -417,6 +418,8 @@ class ControllerState:
         ``max_consecutive_failures`` failed dispatches in a row; otherwise the retried task would be
         sent straight back to the same unreachable worker and burn its preemption budget in a loop.
         A live worker that was declared dead re-registers on its next heartbeat.
+        ``count_failure=False``: this attempt shares one failed call with others (a RunTasks batch)
+        and only one of them counts toward ``max_consecutive_failures``.
         """
         with self._lock:
             task = self._tasks.get(task_id)
@@ -426,7 +429,8 @@ class ControllerState:
             result, _ = self.transition_task(task_id, WORKER_FAILED, now_ms, is_worker_failure=True, error=error)
             worker = self._workers.get(worker_id) if worker_id is not None else None
             if worker is not None and worker.healthy:
-                worker.consecutive_failures += 1
+                if count_failure:
+                    worker.consecutive_failures += 1
                 if worker_gone or worker.consecutive_failures >= max_consecutive_failures:
                     self.mark_worker_dead(worker.worker_id, now_ms, reason=f"dispatch failed: {error}")
             return result
@@ -501,7 +505,7 @@ class ControllerState:
                     self._task_queue.pop(task_id, None)
 
             if result is TaskTransitionResult.SHOULD_RETRY:
-                self._task_queue[task_id] = None
+                self._task_queue[task_id] = task
                 self.log_action(
                     "task_retry",
                     now_ms=now_ms,

@@ -64,6 +64,12 @@ class WorkerServiceImpl(cluster_pb2_grpc.WorkerServiceServicer):
     ) -> cluster_pb2.Worker.RunTaskResponse:
         return _call(context, lambda: self._worker.run_task(request))
 
+    def RunTasks(
+        self, request: cluster_pb2.Worker.RunTasksRequest, context: grpc.ServicerContext
+    ) -> cluster_pb2.Worker.RunTasksResponse:
+        results = _call(context, lambda: self._worker.run_tasks(request.tasks))
+        return cluster_pb2.Worker.RunTasksResponse(results=results)
+
     def GetTaskStatus(
         self, request: cluster_pb2.Worker.GetTaskStatusRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Worker.GetTaskStatusResponse:

@@ -153,17 +153,20 @@ class _Attempt:
         return self.state in TERMINAL_TASK_STATES
 
     def to_proto(self) -> cluster_pb2.WorkerTaskStatus:
-        return cluster_pb2.WorkerTaskStatus(
+        status = cluster_pb2.WorkerTaskStatus(
             task_id=self.request.task_id,
             attempt_id=self.request.attempt_id,
             state=self.state,  # type: ignore[arg-type]
             exit_code=self.exit_code,
-            error=self.error,
             started_at_ms=self.started_at_ms,
             finished_at_ms=self.finished_at_ms,
-            ports=self.ports,
             pid=self.pid,
         )
+        if self.error:
+            status.error = self.error
+        if self.ports:
+            status.ports.update(self.ports)
+        return status
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,52 +548,111 @@ class Worker:
     # -- tasks --------------------------------------------------------------------------------
 
     def run_task(self, request: cluster_pb2.Worker.RunTaskRequest) -> cluster_pb2.Worker.RunTaskResponse:
-        """Accept an attempt and hand its start to a launcher thread. Idempotent per attempt."""
+        """Accept an attempt and hand its start to a launcher thread. Idempotent per attempt.
+        Raises InvalidArgument (bad request) or FailedPrecondition (shutting down)."""
         entrypoint = validate_run_task(request)
-        key: AttemptKey = (request.task_id, request.attempt_id)
         with self._lock:
-            existing = self._attempts.get(key)
-            if existing is not None:
-                return cluster_pb2.Worker.RunTaskResponse(
+            response, attempt = self._accept_locked(request, entrypoint)
+        if attempt is not None:
+            self._submit_launch([attempt])
+        return response
+
+    def run_tasks(
+        self, requests: Iterable[cluster_pb2.Worker.RunTaskRequest]
+    ) -> list[cluster_pb2.Worker.RunTaskResponse]:
+        """``run_task`` for several attempts in one call: each is accepted or refused on its own
+        (a refusal carries its ``error``, and ``worker_stopping`` when the worker is shutting
+        down). The accepted ones start in order on one launcher thread."""
+        parsed: list[tuple[cluster_pb2.Worker.RunTaskRequest, cluster_pb2.Entrypoint | None, str]] = []
+        for request in requests:
+            try:
+                parsed.append((request, validate_run_task(request), ""))
+            except InvalidArgument as e:
+                parsed.append((request, None, str(e)))
+        responses: list[cluster_pb2.Worker.RunTaskResponse] = []
+        started: list[_Attempt] = []
+        with self._lock:
+            for request, entrypoint, error in parsed:
+                if entrypoint is None:
+                    responses.append(cluster_pb2.Worker.RunTaskResponse(accepted=False, error=error))
+                    continue
+                try:
+                    response, attempt = self._accept_locked(request, entrypoint)
+                except FailedPrecondition as e:
+                    response, attempt = (
+                        cluster_pb2.Worker.RunTaskResponse(accepted=False, error=str(e), worker_stopping=True),
+                        None,
+                    )
+                responses.append(response)
+                if attempt is not None:
+                    started.append(attempt)
+        if started:
+            self._submit_launch(started)
+        return responses
+
+    def _accept_locked(
+        self, request: cluster_pb2.Worker.RunTaskRequest, entrypoint: cluster_pb2.Entrypoint
+    ) -> tuple[cluster_pb2.Worker.RunTaskResponse, _Attempt | None]:
+        """Record a validated attempt (or find it again). Returns the response and the attempt to
+        launch (None when it was already held)."""
+        key: AttemptKey = (request.task_id, request.attempt_id)
+        existing = self._attempts.get(key)
+        if existing is not None:
+            return (
+                cluster_pb2.Worker.RunTaskResponse(
                     accepted=True, incarnation=self.incarnation, sequence=existing.sequence
-                )
-            if self._stopping:
-                raise FailedPrecondition("worker is shutting down and accepts no new tasks")
-            self._sequence += 1
-            # Keep the request without its entrypoint (a pickled callable can be large and the
-            # attempt stays in the finished history); the parsed entrypoint is dropped at launch.
-            stored = cluster_pb2.Worker.RunTaskRequest()
-            stored.CopyFrom(request)
-            stored.ClearField("serialized_entrypoint")
-            attempt = _Attempt(
-                request=stored,
-                entrypoint=entrypoint,
-                sequence=self._sequence,
-                attempt_dir=self._tasks_dir
-                / escape_task_id(request.task_id)
-                / f"attempt-{request.attempt_id}",
+                ),
+                None,
             )
-            wanted_gpus = (
-                device_count(request.resources.device)
-                if device_kind(request.resources.device) == "gpu"
-                else 0
-            )
+        if self._stopping:
+            raise FailedPrecondition("worker is shutting down and accepts no new tasks")
+        self._sequence += 1
+        # Keep the request without its entrypoint (a pickled callable can be large and the
+        # attempt stays in the finished history); the parsed entrypoint is dropped at launch.
+        stored = cluster_pb2.Worker.RunTaskRequest()
+        stored.CopyFrom(request)
+        stored.ClearField("serialized_entrypoint")
+        attempt = _Attempt(
+            request=stored,
+            entrypoint=entrypoint,
+            sequence=self._sequence,
+            attempt_dir=self._tasks_dir / escape_task_id(request.task_id) / f"attempt-{request.attempt_id}",
+        )
+        if request.resources.HasField("device") and device_kind(request.resources.device) == "gpu":
+            wanted_gpus = device_count(request.resources.device)
             attempt.gpus = self._free_gpus[:wanted_gpus]
             del self._free_gpus[: len(attempt.gpus)]
+        if request.ports:
             attempt.ports = {name: self._allocate_port_locked() for name in request.ports}
-            self._attempts[key] = attempt
-            newest = self._newest.get(request.task_id)
-            if newest is None or request.attempt_id >= newest:
-                self._newest[request.task_id] = request.attempt_id
-            sequence = self._sequence
+        self._attempts[key] = attempt
+        newest = self._newest.get(request.task_id)
+        if newest is None or request.attempt_id >= newest:
+            self._newest[request.task_id] = request.attempt_id
+        sequence = self._sequence
         logger.debug("accepted task=%s attempt=%d seq=%d", request.task_id, request.attempt_id, sequence)
-        try:
-            self._launcher.submit(self._launch, attempt)
-        except RuntimeError:  # launcher shut down between the check and the submit
-            self._finish(attempt, cluster_pb2.TASK_STATE_KILLED, error="worker is shutting down")
-        return cluster_pb2.Worker.RunTaskResponse(
-            accepted=True, incarnation=self.incarnation, sequence=sequence
+        return (
+            cluster_pb2.Worker.RunTaskResponse(accepted=True, incarnation=self.incarnation, sequence=sequence),
+            attempt,
         )
+
+    def _submit_launch(self, attempts: list[_Attempt]) -> None:
+        """Start ``attempts`` on the launcher threads: one work item for the batch (one thread
+        handoff, not one per task), except that an attempt with a workspace bundle gets its own
+        (fetching a bundle may take a while and must not hold up the others)."""
+        plain = [a for a in attempts if not a.request.bundle_hash]
+        items = [[a] for a in attempts if a.request.bundle_hash]
+        if plain:
+            items.insert(0, plain)
+        for item in items:
+            try:
+                self._launcher.submit(self._launch_all, item)
+            except RuntimeError:  # launcher shut down between the check and the submit
+                for attempt in item:
+                    self._finish(attempt, cluster_pb2.TASK_STATE_KILLED, error="worker is shutting down")
+
+    def _launch_all(self, attempts: list[_Attempt]) -> None:
+        for attempt in attempts:
+            self._launch(attempt)
 
     def _allocate_port_locked(self) -> int:
         while True:
@@ -614,7 +676,7 @@ class Worker:
             self._finish(attempt, cluster_pb2.TASK_STATE_KILLED, error="killed before it started")
             return
         work_dir = attempt.attempt_dir / "work"
-        work_dir.mkdir(parents=True, exist_ok=True)
+        _make_attempt_dirs(str(attempt.attempt_dir), str(work_dir))
         env = self._task_env(attempt)
         if request.bundle_hash:
             self._report(attempt.to_proto())  # BUILDING while the workspace is fetched
@@ -761,14 +823,16 @@ class Worker:
             self._report(attempt.to_proto())
             self._attempt_done.notify_all()
         # Successes are the hot path (hundreds per second): INFO only for the ones worth reading.
-        logger.log(
-            logging.DEBUG if state == cluster_pb2.TASK_STATE_SUCCEEDED else logging.INFO,
-            "task=%s attempt=%d state=%s exit_code=%d",
-            attempt.request.task_id,
-            attempt.request.attempt_id,
-            cluster_pb2.TaskState.Name(state),  # type: ignore[arg-type]
-            exit_code,
-        )
+        level = logging.DEBUG if state == cluster_pb2.TASK_STATE_SUCCEEDED else logging.INFO
+        if logger.isEnabledFor(level):
+            logger.log(
+                level,
+                "task=%s attempt=%d state=%s exit_code=%d",
+                attempt.request.task_id,
+                attempt.request.attempt_id,
+                cluster_pb2.TaskState.Name(state),  # type: ignore[arg-type]
+                exit_code,
+            )
         for path in evicted:
             shutil.rmtree(path, ignore_errors=True)
             try:
@@ -888,6 +952,23 @@ class Worker:
             tmp.write_bytes(response.blob)
             os.replace(tmp, path)
             return path
+
+
+def _make_attempt_dirs(attempt_dir: str, work_dir: str) -> None:
+    """Create ``tasks/<task>/attempt-<n>/work`` with one mkdir per level (no stat calls, no
+    pathlib): the task's directory usually does not exist yet (first attempt), the rest never."""
+    try:
+        os.mkdir(os.path.dirname(attempt_dir))
+    except FileExistsError:
+        pass
+    except FileNotFoundError:  # the tasks directory itself is gone
+        os.makedirs(work_dir, exist_ok=True)
+        return
+    for path in (attempt_dir, work_dir):
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            pass
 
 
 def os_signal_name(signum: int) -> str:
