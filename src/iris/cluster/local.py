@@ -283,9 +283,10 @@ class LocalCluster:
 
     def _kill_orphan_tasks(self) -> None:
         """Kill task processes left by workers that died without stopping them (e.g. SIGKILL)."""
-        from iris.cluster.worker.runtime import PROCESS_RECORD, kill_orphans
+        from iris.cluster.worker.runtime import kill_orphans
+        from iris.cluster.worker.worker import process_records
 
         for worker in self.workers:
             tasks_dir = worker.workdir / "tasks"
             if tasks_dir.exists():
-                kill_orphans(tasks_dir.glob(f"*/attempt-*/{PROCESS_RECORD}"))
+                kill_orphans(process_records(tasks_dir))

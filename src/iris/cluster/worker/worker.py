@@ -29,7 +29,7 @@ import threading
 import urllib.parse
 import zipfile
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +180,16 @@ class LogChunk:
 def escape_task_id(task_id: str) -> str:
     """A task id as one directory name ("job/task-0" -> "job%2Ftask-0")."""
     return urllib.parse.quote(task_id, safe="")
+
+
+def attempt_dir_name(task_id: str, attempt_id: int) -> str:
+    """The directory of one attempt under ``<workdir>/tasks``: ``job%2Ftask-0.attempt-1``."""
+    return f"{escape_task_id(task_id)}.attempt-{attempt_id}"
+
+
+def process_records(tasks_dir: Path) -> Iterator[Path]:
+    """The process records of every attempt directory under ``tasks_dir`` (to find orphans)."""
+    return tasks_dir.glob(f"*.attempt-*/{PROCESS_RECORD}")
 
 
 def _parse_entrypoint(request: cluster_pb2.Worker.RunTaskRequest) -> cluster_pb2.Entrypoint:
@@ -358,7 +368,7 @@ class Worker:
     def _cleanup_previous_incarnation(self) -> None:
         if not self._tasks_dir.exists():
             return
-        kill_orphans(self._tasks_dir.glob(f"*/attempt-*/{PROCESS_RECORD}"))
+        kill_orphans(process_records(self._tasks_dir))
         trash = self._workdir / f"tasks.old-{self.incarnation}"
         try:
             self._tasks_dir.rename(trash)
@@ -616,7 +626,7 @@ class Worker:
             request=stored,
             entrypoint=entrypoint,
             sequence=self._sequence,
-            attempt_dir=self._tasks_dir / escape_task_id(request.task_id) / f"attempt-{request.attempt_id}",
+            attempt_dir=self._tasks_dir / attempt_dir_name(request.task_id, request.attempt_id),
         )
         if request.resources.HasField("device") and device_kind(request.resources.device) == "gpu":
             wanted_gpus = device_count(request.resources.device)
@@ -955,20 +965,21 @@ class Worker:
 
 
 def _make_attempt_dirs(attempt_dir: str, work_dir: str) -> None:
-    """Create ``tasks/<task>/attempt-<n>/work`` with one mkdir per level (no stat calls, no
-    pathlib): the task's directory usually does not exist yet (first attempt), the rest never."""
+    """Create ``tasks/<task>.attempt-<n>/work`` with one mkdir per level (no stat calls, no pathlib).
+
+    The layout is flat (no directory per task) because creating an inode is the dominant cost of
+    starting a task on a busy ext4 disk."""
     try:
-        os.mkdir(os.path.dirname(attempt_dir))
+        os.mkdir(attempt_dir)
     except FileExistsError:
         pass
     except FileNotFoundError:  # the tasks directory itself is gone
         os.makedirs(work_dir, exist_ok=True)
         return
-    for path in (attempt_dir, work_dir):
-        try:
-            os.mkdir(path)
-        except FileExistsError:
-            pass
+    try:
+        os.mkdir(work_dir)
+    except FileExistsError:
+        pass
 
 
 def os_signal_name(signum: int) -> str:
