@@ -46,8 +46,9 @@ def _cpu(process: psutil.Process) -> CpuTimes:
     return t.user, t.system, t.children_user, t.children_system
 
 
-def run_once(tasks: int, workers: int, slots: int, base: Path, cpu: bool) -> float:
-    with LocalCluster(workers=workers, cpu_per_worker=slots, base_dir=base, dashboard=False) as cluster:
+def run_once(tasks: int, workers: int, slots: int, base: Path, cpu: bool, cgroups: bool = True) -> float:
+    with LocalCluster(workers=workers, cpu_per_worker=slots, base_dir=base, dashboard=False,
+                      cgroups=cgroups) as cluster:
         procs = {"controller": psutil.Process(cluster.controller_pid)}
         procs.update({w.worker_id: psutil.Process(w.pid) for w in cluster.workers})
         channel = grpc.insecure_channel(cluster.controller_address)
@@ -97,12 +98,13 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--base-dir", type=Path, default=None, help="where the run directories go (default: temp)")
     parser.add_argument("--cpu", action="store_true", help="print CPU per task of each process")
+    parser.add_argument("--no-cgroups", action="store_true", help="workers do not put tasks in cgroups")
     args = parser.parse_args()
     rates = []
     root = Path(tempfile.mkdtemp(prefix="iris-bench-", dir=args.base_dir))
     try:
         for i in range(args.runs):
-            elapsed = run_once(args.tasks, args.workers, args.slots, root / f"run-{i}", args.cpu)
+            elapsed = run_once(args.tasks, args.workers, args.slots, root / f"run-{i}", args.cpu, not args.no_cgroups)
             rate = args.tasks / elapsed
             rates.append(rate)
             print(f"run {i + 1}: {args.tasks} tasks in {elapsed:.2f}s = {rate:.0f} tasks/s", flush=True)

@@ -38,6 +38,12 @@ def worker() -> None:
 @click.option(
     "--kill-grace", default=5.0, show_default=True, type=float, help="Seconds between SIGTERM and SIGKILL."
 )
+@click.option(
+    "--cgroups/--no-cgroups",
+    default=True,
+    show_default=True,
+    help="Limit each task's cpu and memory with a cgroup when a writable one exists (else a memory watchdog).",
+)
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 def serve(
     controller_address: str,
@@ -49,6 +55,7 @@ def serve(
     worker_id: str,
     heartbeat_interval: float,
     kill_grace: float,
+    cgroups: bool,
     log_level: str,
 ) -> None:
     """Serve a worker until SIGTERM/SIGINT, then kill its tasks, report them and exit 0."""
@@ -77,6 +84,7 @@ def serve(
         memory_bytes=memory_bytes,
         heartbeat_interval_s=heartbeat_interval,
         kill_grace_period_s=kill_grace,
+        use_cgroups=cgroups,
     )
     stop = threading.Event()
 

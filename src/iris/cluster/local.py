@@ -67,6 +67,7 @@ class LocalCluster:
         worker_timeout: float = 10.0,
         heartbeat_interval: float = 0.5,
         kill_grace: float = 5.0,
+        cgroups: bool = True,
         controller_port: int = 0,
         dashboard: bool = True,
         base_dir: Path | None = None,
@@ -81,6 +82,7 @@ class LocalCluster:
         self.worker_timeout = worker_timeout
         self.heartbeat_interval = heartbeat_interval
         self.kill_grace = kill_grace
+        self.cgroups = cgroups
         self.dashboard = dashboard
         self.start_timeout = start_timeout
         self._owns_base = base_dir is None
@@ -194,6 +196,7 @@ class LocalCluster:
             "--worker-id", worker.worker_id,
             "--heartbeat-interval", str(self.heartbeat_interval),
             "--kill-grace", str(self.kill_grace),
+            "--cgroups" if self.cgroups else "--no-cgroups",
         ]
         if self.cpu_per_worker is not None:
             argv += ["--cpu", str(self.cpu_per_worker)]

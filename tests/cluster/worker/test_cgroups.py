@@ -38,7 +38,7 @@ def test_cgroups_v2_detected_and_task_limits_written(tmp_path: Path) -> None:
     assert limits is not None and limits.version == 2
     assert (root / "worker.slice" / "iris-w1" / "cgroup.subtree_control").read_text() == "+memory +cpu"
     cg = limits.create("job/task-0/attempt-1", cpu=2, memory_bytes=512 * 1024**2)
-    assert cg is not None and cg.memory_dir == root / "worker.slice" / "iris-w1" / "job_task-0_attempt-1"
+    assert cg is not None and cg.memory_dir == root / "worker.slice" / "iris-w1" / "job_task-0_attempt-1-1"
     assert (cg.memory_dir / "memory.max").read_text() == str(512 * 1024**2)
     assert (cg.memory_dir / "cpu.max").read_text() == "200000 100000"
     cg.add(4242)
@@ -79,3 +79,20 @@ def test_cgroups_not_writable_or_absent_means_none(tmp_path: Path) -> None:
     mounts = tmp_path / "mounts"
     mounts.write_text("")
     assert CgroupLimits.detect("w1", root=tmp_path / "nothing", proc_self_cgroup=proc, mounts=mounts) is None
+
+
+def test_cgroups_released_empty_cgroup_is_reused_for_the_same_shape(tmp_path: Path) -> None:
+    root, proc, mounts = fake_v2(tmp_path)
+    limits = CgroupLimits.detect("w1", root=root, proc_self_cgroup=proc, mounts=mounts)
+    assert limits is not None
+    first = limits.create("a.0", cpu=1, memory_bytes=1024**3)
+    assert first is not None and first.memory_dir is not None
+    (first.memory_dir / "memory.events").write_text("oom_kill 1\n")
+    limits.release(first)  # no cgroup.procs entries: empty, kept for reuse
+    again = limits.create("b.0", cpu=1, memory_bytes=1024**3)
+    assert again is not None and again.memory_dir == first.memory_dir
+    assert not again.oom_killed()  # the earlier attempt's OOM kill is not this one's
+    (again.memory_dir / "memory.events").write_text("oom_kill 2\n")
+    assert again.oom_killed()
+    other = limits.create("c.0", cpu=2, memory_bytes=1024**3)
+    assert other is not None and other.memory_dir != first.memory_dir

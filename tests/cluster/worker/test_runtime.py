@@ -260,3 +260,27 @@ def test_runtime_writes_the_pending_record_before_the_pid_record(runtime: Proces
     exits.wait(spec.key)
     assert json.loads(spec.log_path.read_text())["pid"] in (0, pid)  # the task saw one or the other
     assert json.loads(record.read_text())["pid"] == pid
+
+
+def test_runtime_with_platform_limits_fails_a_memory_hog_with_a_memory_error(tmp_path: Path) -> None:
+    """Whatever this machine offers (a writable cgroup, or none and the watchdog), a task over its
+    memory limit is killed and the error says it was memory."""
+    from iris.cluster.worker.cgroups import CgroupLimits
+
+    limits = CgroupLimits.detect(f"test-{os.getpid()}")
+    runtime = ProcessRuntime(limits=limits)
+    try:
+        exits = Exits()
+        code = "import time; data = 'x' * (300 * 1024 * 1024); print('allocated', flush=True); time.sleep(1000)"
+        spec = _spec(tmp_path, [sys.executable, "-c", code], memory_limit_bytes=64 * 1024 * 1024)
+        runtime.start(spec, exits)
+        result = exits.wait(spec.key)
+        assert result.returncode == -9
+        assert "memory" in result.limit_error and "limit of 64MiB" in result.limit_error
+        under = _spec(tmp_path, [sys.executable, "-c", "print('small')"], name="small", memory_limit_bytes=1024**3)
+        runtime.start(under, exits)
+        assert exits.wait(under.key).returncode == 0
+    finally:
+        runtime.close()
+    if limits is not None:  # the runtime removed the cgroups it made
+        assert limits.memory_base is not None and not limits.memory_base.exists()

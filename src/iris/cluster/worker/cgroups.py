@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,10 @@ class TaskCgroup:
     version: int
     memory_dir: Path | None
     cpu_dir: Path | None
+    shape: tuple[int, int] = (0, 0)
+    """(cpu, memory_bytes) the limits were written for."""
+    oom_baseline: int = 0
+    """OOM kills already counted when this attempt got the cgroup (cgroups are reused)."""
 
     def dirs(self) -> list[Path]:
         seen: list[Path] = []
@@ -75,17 +80,24 @@ class TaskCgroup:
         for d in self.dirs():
             _write(d / "cgroup.procs", str(pid))
 
-    def oom_killed(self) -> bool:
-        """Whether the kernel killed a process of this cgroup for exceeding its memory limit."""
+    def oom_count(self) -> int:
+        """OOM kills counted by the kernel in this cgroup so far."""
         if self.memory_dir is None:
-            return False
+            return 0
         if self.version == 2:
-            return _events(_read(self.memory_dir / "memory.events")).get("oom_kill", 0) > 0
+            return _events(_read(self.memory_dir / "memory.events")).get("oom_kill", 0)
         control = _events(_read(self.memory_dir / "memory.oom_control"))
         if "oom_kill" in control:
-            return control["oom_kill"] > 0
+            return control["oom_kill"]
         # Kernels before 4.13 have no oom_kill counter: a hit limit is the best evidence left.
-        return _events("failcnt " + _read(self.memory_dir / "memory.failcnt").strip()).get("failcnt", 0) > 0
+        return _events("failcnt " + _read(self.memory_dir / "memory.failcnt").strip()).get("failcnt", 0)
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel killed a process of this attempt for exceeding its memory limit."""
+        return self.oom_count() > self.oom_baseline
+
+    def is_empty(self) -> bool:
+        return all(not _read(d / "cgroup.procs").strip() for d in self.dirs())
 
     def remove(self) -> None:
         """Remove the cgroup directories (their processes must have exited)."""
@@ -106,6 +118,10 @@ class CgroupLimits:
         self.version = version
         self.memory_base = memory_base
         self.cpu_base = cpu_base
+        self._controllers: list[str] = ["memory", "cpu"]
+        self._free: dict[tuple[int, int], list[TaskCgroup]] = {}
+        self._next_leaf = 0
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"CgroupLimits(v{self.version}, memory={self.memory_base}, cpu={self.cpu_base})"
@@ -129,6 +145,7 @@ class CgroupLimits:
         if fs_types.get(str(root)) == "cgroup2" and "" in memberships:
             limits = cls._detect_v2(root / memberships[""].lstrip("/"), name)
             if limits is not None:
+                limits.close()  # probed; made again on the first task that needs it
                 return limits
         memory_rel = memberships.get("memory")
         if memory_rel is not None:
@@ -139,8 +156,13 @@ class CgroupLimits:
                 if cpu_rel is not None:
                     cpu_base = _make_dir(root / "cpu" / cpu_rel.lstrip("/") / name)
                     if cpu_base is not None and not (cpu_base / "cpu.cfs_quota_us").exists():
+                        _remove_dir(cpu_base)
                         cpu_base = None
-                return cls(1, memory_base, cpu_base)
+                limits = cls(1, memory_base, cpu_base)
+                limits.close()
+                return limits
+            if memory_base is not None:
+                _remove_dir(memory_base)
         return None
 
     @classmethod
@@ -164,14 +186,39 @@ class CgroupLimits:
                 return None
         enabled = [c.lstrip("+") for c in _read(base / "cgroup.subtree_control").split()]
         if "memory" not in enabled:
+            _remove_dir(base)
             return None
-        return cls(2, base, base if "cpu" in enabled else None)
+        limits = cls(2, base, base if "cpu" in enabled else None)
+        limits._controllers = [c for c in wanted if c in enabled]
+        return limits
+
+    def _ensure_bases(self) -> None:
+        for base in {p for p in (self.memory_base, self.cpu_base) if p is not None}:
+            if not base.exists():
+                base.mkdir(exist_ok=True)
+                if self.version == 2:
+                    _write(base / "cgroup.subtree_control", " ".join("+" + c for c in self._controllers))
 
     def create(self, key: str, cpu: int, memory_bytes: int) -> TaskCgroup | None:
-        """A cgroup for one attempt with its limits written; None if it cannot be made."""
-        leaf = _SAFE.sub("_", key)
+        """A cgroup for one attempt with its limits; None if it cannot be made or nothing is limited.
+
+        Creating a cgroup and writing its quota costs the kernel about half a millisecond, so an
+        empty cgroup released by an ended attempt is reused by the next attempt of the same shape
+        (its limits are already right). ``key`` names new cgroups (for people reading the tree).
+        """
+        shape = (cpu if self.cpu_base is not None else 0, memory_bytes if self.memory_base is not None else 0)
+        if shape == (0, 0):
+            return None
+        with self._lock:
+            free = self._free.get(shape)
+            reused = free.pop() if free else None
+            self._next_leaf += 1
+            leaf = f"{_SAFE.sub('_', key)}-{self._next_leaf}"
+        if reused is not None:
+            return TaskCgroup(reused.version, reused.memory_dir, reused.cpu_dir, shape, reused.oom_count())
         memory_dir = cpu_dir = None
         try:
+            self._ensure_bases()
             if self.memory_base is not None and memory_bytes > 0:
                 memory_dir = self.memory_base / leaf
                 memory_dir.mkdir(exist_ok=True)
@@ -197,10 +244,25 @@ class CgroupLimits:
             return None
         if memory_dir is None and cpu_dir is None:
             return None
-        return TaskCgroup(self.version, memory_dir, cpu_dir)
+        return TaskCgroup(self.version, memory_dir, cpu_dir, shape, 0)
+
+    def release(self, cgroup: TaskCgroup, max_free_per_shape: int = 64) -> None:
+        """An attempt ended: keep its cgroup for the next attempt of the same shape, or remove it."""
+        if cgroup.is_empty():
+            with self._lock:
+                free = self._free.setdefault(cgroup.shape, [])
+                if len(free) < max_free_per_shape:
+                    free.append(cgroup)
+                    return
+        cgroup.remove()
 
     def close(self) -> None:
-        """Remove the worker's own iris-<worker> directories (when empty)."""
+        """Remove the reusable cgroups and the worker's own iris-<worker> directories (when empty)."""
+        with self._lock:
+            pooled = [cg for free in self._free.values() for cg in free]
+            self._free.clear()
+        for cg in pooled:
+            cg.remove()
         for d in {p for p in (self.memory_base, self.cpu_base) if p is not None}:
             for child in d.iterdir() if d.exists() else ():
                 if child.is_dir():
@@ -212,6 +274,13 @@ class CgroupLimits:
                 d.rmdir()
             except OSError:
                 pass
+
+
+def _remove_dir(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 def _make_dir(path: Path) -> Path | None:

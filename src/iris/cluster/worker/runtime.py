@@ -34,6 +34,7 @@ from typing import Protocol
 import psutil
 
 from iris.cluster.types import format_size
+from iris.cluster.worker.cgroups import CgroupLimits, TaskCgroup
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,9 @@ class ProcessSpec:
     env: Mapping[str, str]
     log_path: Path
     memory_limit_bytes: int = 0
-    """0: no limit. Enforced by the memory watchdog (RSS of the process tree)."""
+    """0: no limit. Enforced by a cgroup when the runtime has one, else by the memory watchdog."""
+    cpu_limit: int = 0
+    """Cores (0: no limit). Enforced only through a cgroup (cpu quota)."""
     record_path: Path | None = None
     """Where to write the pid record used to find orphans after a worker restart."""
 
@@ -101,6 +104,7 @@ class _Running:
     pidfd: int = -1
     limit_error: str = ""
     kill_timer: threading.Timer | None = None
+    cgroup: TaskCgroup | None = None
 
     def wait(self) -> int:
         """Reap the process; its exit status as ``Popen.returncode`` (negative: signal)."""
@@ -235,8 +239,14 @@ def _killpg(pgid: int, sig: int) -> None:
 class ProcessRuntime:
     """Runs attempts as process groups; see the module docstring."""
 
-    def __init__(self, memory_check_interval_s: float = 0.5, use_posix_spawn: bool = True) -> None:
+    def __init__(
+        self,
+        memory_check_interval_s: float = 0.5,
+        use_posix_spawn: bool = True,
+        limits: CgroupLimits | None = None,
+    ) -> None:
         self._memory_check_interval_s = memory_check_interval_s
+        self._limits = limits
         spawner = _PosixSpawn() if use_posix_spawn else None
         self._spawner = spawner if spawner is not None and spawner.available() else None
         self._lock = threading.Lock()
@@ -273,12 +283,27 @@ class ProcessRuntime:
             # Recorded before the process exists, so that a worker killed between the start and
             # the pid record still leaves something to find its orphan by (see kill_orphans).
             _write_pending_record(spec.record_path, spec.env)
-        if self._spawner is not None:
-            pid = self._spawner.spawn(spec)
-        else:
-            proc = self._popen(spec)
-            pid = proc.pid
-        running = _Running(spec=spec, pid=pid, proc=proc, on_exit=on_exit)
+        cgroup = None
+        if self._limits is not None and (spec.memory_limit_bytes > 0 or spec.cpu_limit > 0):
+            cgroup = self._limits.create(f"{spec.key[0]}.{spec.key[1]}", spec.cpu_limit, spec.memory_limit_bytes)
+        try:
+            if self._spawner is not None:
+                pid = self._spawner.spawn(spec)
+            else:
+                proc = self._popen(spec)
+                pid = proc.pid
+        except BaseException:
+            if cgroup is not None and self._limits is not None:
+                self._limits.release(cgroup)
+            raise
+        if cgroup is not None and self._limits is not None:
+            try:
+                cgroup.add(pid)
+            except OSError as e:
+                logger.warning("could not move pid %d into its cgroup: %s; using the watchdog", pid, e)
+                self._limits.release(cgroup)
+                cgroup = None
+        running = _Running(spec=spec, pid=pid, proc=proc, on_exit=on_exit, cgroup=cgroup)
         if spec.record_path is not None:
             _write_record(spec.record_path, pid)
         pidfd = -1
@@ -360,6 +385,8 @@ class ProcessRuntime:
             os.write(self._wake_w, b"x")
         for thread in self._threads:
             thread.join(timeout=timeout_s)
+        if self._limits is not None:
+            self._limits.close()
         if self._epoll is not None:
             self._epoll.close()
             os.close(self._wake_r)
@@ -407,6 +434,15 @@ class ProcessRuntime:
             if running.kill_timer is not None:
                 running.kill_timer.cancel()
         returncode = running.wait()
+        cgroup = running.cgroup
+        if cgroup is not None:
+            if not running.limit_error and cgroup.oom_killed():
+                running.limit_error = (
+                    f"killed: out of memory, the task exceeded its limit of "
+                    f"{format_size(running.spec.memory_limit_bytes)}"
+                )
+            if self._limits is not None:
+                self._limits.release(cgroup)
         try:
             running.on_exit(
                 ProcessExit(
@@ -420,7 +456,11 @@ class ProcessRuntime:
         while not self._stop.wait(self._memory_check_interval_s):
             with self._lock:
                 limited = [
-                    r for r in self._by_key.values() if r.spec.memory_limit_bytes > 0 and not r.limit_error
+                    r
+                    for r in self._by_key.values()
+                    if r.spec.memory_limit_bytes > 0
+                    and not r.limit_error
+                    and (r.cgroup is None or r.cgroup.memory_dir is None)  # the kernel enforces those
                 ]
             for running in limited:
                 rss = _tree_rss(running.pid)

@@ -41,6 +41,7 @@ from google.protobuf.message import DecodeError
 from iris.cluster.clock import Clock, SystemClock
 from iris.cluster.types import TERMINAL_TASK_STATES, device_count, device_kind, gpu
 from iris.cluster.types import device_to_proto as _device_to_proto
+from iris.cluster.worker.cgroups import CgroupLimits
 from iris.cluster.worker.gpu import GpuInfo, detect_gpus
 from iris.cluster.worker.runtime import (
     PROCESS_RECORD,
@@ -115,6 +116,8 @@ class WorkerConfig:
     max_finished_attempts: int = 1000
     """Finished attempts kept for status and logs; older ones (and their directories) are dropped."""
     detect_gpus: bool = True
+    use_cgroups: bool = True
+    """Limit each task's cpu and memory with a cgroup when a writable one exists (else a watchdog)."""
     attributes: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -257,9 +260,13 @@ class Worker:
     ) -> None:
         self._config = config
         self._clock: Clock = clock or SystemClock()
-        self._runtime: Runtime = runtime if runtime is not None else ProcessRuntime()
         self._owns_runtime = runtime is None
         self.worker_id = config.worker_id or f"w-{secrets.token_hex(4)}"
+        if runtime is None:
+            limits = CgroupLimits.detect(self.worker_id) if config.use_cgroups else None
+            logger.info("task limits: %s", limits or "memory watchdog (no writable cgroup)")
+            runtime = ProcessRuntime(limits=limits)
+        self._runtime: Runtime = runtime
         self.incarnation = secrets.token_hex(8)
         self._workdir = Path(config.workdir)
         self._tasks_dir = self._workdir / "tasks"
@@ -719,6 +726,7 @@ class Worker:
             env=env,
             log_path=attempt.log_path,
             memory_limit_bytes=request.resources.memory_bytes,
+            cpu_limit=request.resources.cpu,
             record_path=attempt.attempt_dir / PROCESS_RECORD,
         )
         with self._lock:
