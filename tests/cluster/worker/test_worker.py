@@ -21,9 +21,10 @@ import psutil
 import pytest
 
 from iris.cluster.clock import FakeClock, wait_until
+from iris.cluster.errors import FailedPrecondition, InvalidArgument, NotFound
 from iris.cluster.worker.gpu import GpuInfo
 from iris.cluster.worker.runtime import AttemptKey, ExitCallback, ProcessExit, ProcessSpec
-from iris.cluster.worker.worker import FailedPrecondition, InvalidArgument, NotFound, Worker, WorkerConfig
+from iris.cluster.worker.worker import Worker, WorkerConfig
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
 from tests.cluster.worker.conftest import RunningFakeController, command_request
 

@@ -16,35 +16,21 @@ from typing import NoReturn, TypeVar
 import grpc
 
 from iris.cluster.clock import Clock
+from iris.cluster.errors import IrisError
 from iris.cluster.worker.gpu import GpuInfo
 from iris.cluster.worker.runtime import Runtime
-from iris.cluster.worker.worker import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    Worker,
-    WorkerConfig,
-    WorkerError,
-)
+from iris.cluster.worker.worker import Worker, WorkerConfig
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-_CODES: dict[type[WorkerError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-}
-
-
 def _abort(context: grpc.ServicerContext, error: Exception) -> NoReturn:
-    code = _CODES.get(type(error), grpc.StatusCode.INTERNAL) if isinstance(error, WorkerError) else None
-    if code is None:
+    if not isinstance(error, IrisError):
         logger.exception("unexpected error in worker service")
         context.abort(grpc.StatusCode.INTERNAL, f"internal error: {error}")
-    context.abort(code, str(error))
+    context.abort(error.code, str(error))
     raise AssertionError("unreachable")  # context.abort raises
 
 

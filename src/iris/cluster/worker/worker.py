@@ -39,6 +39,7 @@ import psutil
 from google.protobuf.message import DecodeError
 
 from iris.cluster.clock import Clock, SystemClock
+from iris.cluster.errors import FailedPrecondition, InvalidArgument, NotFound
 from iris.cluster.types import TERMINAL_TASK_STATES, device_count, device_kind, gpu
 from iris.cluster.types import device_to_proto as _device_to_proto
 from iris.cluster.worker.cgroups import CgroupLimits
@@ -60,27 +61,6 @@ _PORT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BUNDLE_HASH_RE = re.compile(r"^[0-9a-fA-F]{8,128}$")
 _LOG_TAIL_LINES = 5
 _NO_ENTRYPOINT = cluster_pb2.Entrypoint()
-
-
-# ---------------------------------------------------------------------------
-# Errors (mapped to gRPC codes by service.py)
-# ---------------------------------------------------------------------------
-
-
-class WorkerError(Exception):
-    """Base of the errors a worker call raises for its caller."""
-
-
-class InvalidArgument(WorkerError):
-    pass
-
-
-class NotFound(WorkerError):
-    pass
-
-
-class FailedPrecondition(WorkerError):
-    pass
 
 
 # ---------------------------------------------------------------------------
