@@ -228,6 +228,11 @@ class Controller:
         return self._state
 
     @property
+    def lock(self) -> threading.RLock:
+        """Held while building a view from several objects, so it is consistent (never across I/O)."""
+        return self._lock
+
+    @property
     def clock(self) -> Clock:
         return self._clock
 

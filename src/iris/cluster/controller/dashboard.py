@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlparse
 from google.protobuf.json_format import MessageToDict
 
 from iris.cluster.controller.controller import Controller
-from iris.cluster.controller.service import endpoint_to_proto, job_to_proto, task_to_proto, worker_to_proto
+from iris.cluster.controller.service import endpoint_to_proto, job_to_proto, worker_to_proto
 from iris.cluster.errors import IrisError
 from iris.cluster.types import JobId, job_state_name, task_state_name
 from iris.rpc import cluster_pb2
@@ -109,18 +109,20 @@ class Dashboard:
     # ------------------------------------------------------------------ views
 
     def jobs(self) -> dict[str, Any]:
-        jobs = self._controller.state.list_jobs()
-        return {"jobs": [_to_dict(job_to_proto(j)) for j in jobs]}
+        with self._controller.lock:
+            statuses = [job_to_proto(j) for j in self._controller.state.list_jobs()]
+        return {"jobs": [_to_dict(status) for status in statuses]}
 
     def job(self, job_id: str) -> dict[str, Any]:
-        job = self._controller.get_job(JobId(job_id))
-        tasks = self._controller.state.get_job_tasks(job.job_id)
-        status = job_to_proto(job)
-        status.tasks.extend(task_to_proto(t, job) for t in tasks)
+        with self._controller.lock:
+            job = self._controller.get_job(JobId(job_id))
+            status = job_to_proto(job, self._controller.state.get_job_tasks(job.job_id))
         return {"job": _to_dict(status)}
 
     def workers(self) -> dict[str, Any]:
-        return {"workers": [_to_dict(worker_to_proto(w)) for w in self._controller.state.list_workers()]}
+        with self._controller.lock:
+            workers = [worker_to_proto(w) for w in self._controller.state.list_workers()]
+        return {"workers": [_to_dict(w) for w in workers]}
 
     def endpoints(self) -> dict[str, Any]:
         return {"endpoints": [_to_dict(endpoint_to_proto(e)) for e in self._controller.state.list_endpoints()]}
@@ -136,6 +138,10 @@ class Dashboard:
 
     def metrics(self) -> str:
         """Prometheus text format. O(jobs + workers): per-job counts, never a scan of tasks."""
+        with self._controller.lock:
+            return self._metrics_locked()
+
+    def _metrics_locked(self) -> str:
         state = self._controller.state
         jobs_by_state: dict[str, int] = {job_state_name(s): 0 for s in cluster_pb2.JobState.values()}
         tasks_by_state: dict[str, int] = {task_state_name(s): 0 for s in cluster_pb2.TaskState.values()}

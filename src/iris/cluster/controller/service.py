@@ -160,10 +160,11 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     def GetJobStatus(
         self, request: cluster_pb2.Controller.GetJobStatusRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Controller.GetJobStatusResponse:
-        _require(request.job_id, "job_id")
-        job = self._controller.get_job(JobId(request.job_id))
-        tasks = self._controller.state.get_job_tasks(job.job_id) if request.include_tasks else None
-        return cluster_pb2.Controller.GetJobStatusResponse(job=job_to_proto(job, tasks, self._worker_address))
+        with self._controller.lock:
+            _require(request.job_id, "job_id")
+            job = self._controller.get_job(JobId(request.job_id))
+            tasks = self._controller.state.get_job_tasks(job.job_id) if request.include_tasks else None
+            return cluster_pb2.Controller.GetJobStatusResponse(job=job_to_proto(job, tasks, self._worker_address))
 
     @_rpc
     def TerminateJob(
@@ -177,33 +178,36 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     def ListJobs(
         self, request: cluster_pb2.Controller.ListJobsRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Controller.ListJobsResponse:
-        states = set(request.states)
-        jobs = [
-            job_to_proto(job)
-            for job in self._controller.state.list_jobs()
-            if (not states or job.state in states) and job.job_id.startswith(request.prefix)
-        ]
-        return cluster_pb2.Controller.ListJobsResponse(jobs=jobs)
+        with self._controller.lock:
+            states = set(request.states)
+            jobs = [
+                job_to_proto(job)
+                for job in self._controller.state.list_jobs()
+                if (not states or job.state in states) and job.job_id.startswith(request.prefix)
+            ]
+            return cluster_pb2.Controller.ListJobsResponse(jobs=jobs)
 
     @_rpc
     def GetTaskStatus(
         self, request: cluster_pb2.Controller.GetTaskStatusRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Controller.GetTaskStatusResponse:
-        _require(request.job_id, "job_id")
-        task = self._controller.get_task(JobId(request.job_id), request.task_index)
-        job = self._controller.get_job(JobId(request.job_id))
-        return cluster_pb2.Controller.GetTaskStatusResponse(task=task_to_proto(task, job, self._worker_address))
+        with self._controller.lock:
+            _require(request.job_id, "job_id")
+            task = self._controller.get_task(JobId(request.job_id), request.task_index)
+            job = self._controller.get_job(JobId(request.job_id))
+            return cluster_pb2.Controller.GetTaskStatusResponse(task=task_to_proto(task, job, self._worker_address))
 
     @_rpc
     def ListTasks(
         self, request: cluster_pb2.Controller.ListTasksRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Controller.ListTasksResponse:
-        _require(request.job_id, "job_id")
-        job = self._controller.get_job(JobId(request.job_id))
-        tasks = self._controller.state.get_job_tasks(job.job_id)
-        return cluster_pb2.Controller.ListTasksResponse(
-            tasks=[task_to_proto(t, job, self._worker_address) for t in tasks]
-        )
+        with self._controller.lock:
+            _require(request.job_id, "job_id")
+            job = self._controller.get_job(JobId(request.job_id))
+            tasks = self._controller.state.get_job_tasks(job.job_id)
+            return cluster_pb2.Controller.ListTasksResponse(
+                tasks=[task_to_proto(t, job, self._worker_address) for t in tasks]
+            )
 
     @_rpc
     def RegisterWorker(
@@ -221,9 +225,10 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     def ListWorkers(
         self, request: cluster_pb2.Controller.ListWorkersRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Controller.ListWorkersResponse:
-        return cluster_pb2.Controller.ListWorkersResponse(
-            workers=[worker_to_proto(w) for w in self._controller.state.list_workers()]
-        )
+        with self._controller.lock:
+            return cluster_pb2.Controller.ListWorkersResponse(
+                workers=[worker_to_proto(w) for w in self._controller.state.list_workers()]
+            )
 
     @_rpc
     def ReportTaskState(
@@ -258,9 +263,10 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     def ListEndpoints(
         self, request: cluster_pb2.Controller.ListEndpointsRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Controller.ListEndpointsResponse:
-        return cluster_pb2.Controller.ListEndpointsResponse(
-            endpoints=[endpoint_to_proto(e) for e in self._controller.state.list_endpoints(request.prefix)]
-        )
+        with self._controller.lock:
+            return cluster_pb2.Controller.ListEndpointsResponse(
+                endpoints=[endpoint_to_proto(e) for e in self._controller.state.list_endpoints(request.prefix)]
+            )
 
     @_rpc
     def FetchTaskLogs(
