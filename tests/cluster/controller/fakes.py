@@ -38,17 +38,6 @@ class FakeWorkerClients:
     sequence: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def run_task(
-        self, address: str, request: cluster_pb2.Worker.RunTaskRequest, timeout: float
-    ) -> cluster_pb2.Worker.RunTaskResponse:
-        with self.lock:
-            self.run_calls.append((address, request))
-            if address in self.unreachable:
-                raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, f"{address} unreachable")
-            self.sequence += 1
-            return cluster_pb2.Worker.RunTaskResponse(accepted=True, incarnation=f"inc-{address}",
-                                                      sequence=self.sequence)
-
     def run_tasks(
         self, address: str, request: cluster_pb2.Worker.RunTasksRequest, timeout: float
     ) -> cluster_pb2.Worker.RunTasksResponse:

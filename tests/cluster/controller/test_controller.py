@@ -339,7 +339,7 @@ def test_controller_batches_split_by_limits(clock: FakeClock, fake: FakeWorkerCl
         c.tick_schedule()
         wait_until(lambda: len(fake.run_calls) >= 5, 10)
         sizes = sorted(len(ids) for _, ids in fake.batch_calls)
-        assert sizes == [2, 2]  # and the fifth alone, as a RunTask
+        assert sizes == [1, 2, 2]
         assert sorted(fake.ran()) == [(f"job/task-{i}", 0) for i in range(5)]
     finally:
         c.stop()

@@ -29,14 +29,17 @@ class FakeController(cluster_pb2_grpc.ControllerServiceServicer):
         self.lock = threading.Lock()
         self.state = FakeControllerState()
         self.unavailable = False
+        self.rejected: list[str] = []
+        """Methods called (and failed) while ``unavailable``."""
         self.reregister_next = False
         self.kills: list[tuple[str, int]] = []
         self.bundles: dict[str, bytes] = {}
 
     # -- scripting ----------------------------------------------------------------------------
 
-    def _maybe_fail(self, context: grpc.ServicerContext) -> None:
+    def _maybe_fail(self, context: grpc.ServicerContext, method: str) -> None:
         if self.unavailable:
+            self.rejected.append(method)
             context.abort(grpc.StatusCode.UNAVAILABLE, "fake controller is down")
 
     def _take_kills(self) -> list[cluster_pb2.WorkerTaskStatus]:
@@ -69,7 +72,7 @@ class FakeController(cluster_pb2_grpc.ControllerServiceServicer):
         self, request: cluster_pb2.Controller.RegisterWorkerRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Controller.RegisterWorkerResponse:
         with self.lock:
-            self._maybe_fail(context)
+            self._maybe_fail(context, "RegisterWorker")
             self.state.registrations.append(request)
             return cluster_pb2.Controller.RegisterWorkerResponse(accepted=True, kill=self._take_kills())
 
@@ -77,7 +80,7 @@ class FakeController(cluster_pb2_grpc.ControllerServiceServicer):
         self, request: cluster_pb2.Controller.HeartbeatRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Controller.HeartbeatResponse:
         with self.lock:
-            self._maybe_fail(context)
+            self._maybe_fail(context, "Heartbeat")
             self.state.heartbeats.append(request)
             reregister, self.reregister_next = self.reregister_next, False
             return cluster_pb2.Controller.HeartbeatResponse(reregister=reregister, kill=self._take_kills())
@@ -86,7 +89,7 @@ class FakeController(cluster_pb2_grpc.ControllerServiceServicer):
         self, request: cluster_pb2.Controller.ReportTaskStateRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Controller.ReportTaskStateResponse:
         with self.lock:
-            self._maybe_fail(context)
+            self._maybe_fail(context, "ReportTaskState")
             self.state.reports.append(request)
             return cluster_pb2.Controller.ReportTaskStateResponse(kill=self._take_kills())
 
@@ -94,7 +97,7 @@ class FakeController(cluster_pb2_grpc.ControllerServiceServicer):
         self, request: cluster_pb2.Controller.FetchBundleRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Controller.FetchBundleResponse:
         with self.lock:
-            self._maybe_fail(context)
+            self._maybe_fail(context, "FetchBundle")
             self.state.bundle_fetches.append(request.bundle_hash)
             blob = self.bundles.get(request.bundle_hash)
         if blob is None:

@@ -315,6 +315,8 @@ def test_outbox_retries_until_controller_is_back_and_never_loses_terminal_report
     runtime.spec(("job/task-0", 0))
     runtime.exit(("job/task-0", 0), 0)
     wait_until(lambda: worker.task_status("job/task-0").state == SUCCEEDED, 30)
+    # The worker has tried to deliver the report and seen the controller down.
+    wait_until(lambda: "ReportTaskState" in fake_controller.servicer.rejected, 30)
     # While undelivered, the finished attempt stays in the observed set.
     tasks, _ = worker.observed_set()
     assert [(t.task_id, t.state) for t in tasks] == [("job/task-0", SUCCEEDED)]

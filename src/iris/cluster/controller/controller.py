@@ -88,10 +88,6 @@ class ControllerConfig:
 class WorkerClients(Protocol):
     """How the controller calls workers. ``GrpcWorkerClients`` in production, a fake in tests."""
 
-    def run_task(
-        self, address: str, request: cluster_pb2.Worker.RunTaskRequest, timeout: float
-    ) -> cluster_pb2.Worker.RunTaskResponse: ...
-
     def run_tasks(
         self, address: str, request: cluster_pb2.Worker.RunTasksRequest, timeout: float
     ) -> cluster_pb2.Worker.RunTasksResponse: ...
@@ -121,11 +117,6 @@ class GrpcWorkerClients:
                 self._channels[address] = channel
                 stub = self._stubs[address] = cluster_pb2_grpc.WorkerServiceStub(channel)
             return stub
-
-    def run_task(
-        self, address: str, request: cluster_pb2.Worker.RunTaskRequest, timeout: float
-    ) -> cluster_pb2.Worker.RunTaskResponse:
-        return self._stub(address).RunTask(request, timeout=timeout)
 
     def run_tasks(
         self, address: str, request: cluster_pb2.Worker.RunTasksRequest, timeout: float
@@ -441,10 +432,7 @@ class Controller:
     def _start_dispatches(self, dispatches: list[_Dispatch]) -> None:
         """Hand committed assignments to the dispatch pool: one RunTasks per worker (per batch)."""
         for batch in self._dispatch_batches(dispatches):
-            if len(batch) == 1:
-                self._pool.submit(self._dispatch, batch[0])
-            else:
-                self._pool.submit(self._dispatch_batch, batch)
+            self._pool.submit(self._dispatch_batch, batch)
 
     def _run_task_request(self, job: Job, task: Task) -> cluster_pb2.Worker.RunTaskRequest:
         """The job's part of the request is built once per job (a template copied in one call);
@@ -538,33 +526,6 @@ class Controller:
             effects = self._commit() if failed else None
         if effects is not None:
             self._after_commit(effects)
-
-    def _dispatch(self, d: _Dispatch) -> None:
-        error: str | None = None
-        worker_gone = False
-        try:
-            response = self._workers.run_task(d.address, d.request, self.config.dispatch_timeout_s)
-            if not response.accepted:
-                error = f"worker {d.worker_id} refused the task"
-                worker_gone = True
-        except grpc.RpcError as e:
-            error = f"dispatch to worker {d.worker_id} failed: {_rpc_error_text(e)}"
-            # Shutting down, or nothing listening at its address any more.
-            worker_gone = e.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE)
-        except Exception as e:  # a bug in a fake or client must not leave the task stuck RUNNING
-            logger.exception("dispatch task=%s crashed", d.task_id)
-            error = f"dispatch to worker {d.worker_id} failed: {e}"
-        if error is None:
-            with self._lock:
-                self._state.ack_dispatch(d.task_id, d.attempt_id, response.incarnation, response.sequence)
-            return
-        logger.warning("task=%s attempt=%d: %s", d.task_id, d.attempt_id, error)
-        with self._lock:
-            self._state.dispatch_failed(d.task_id, d.attempt_id, self._clock.now_ms(), error,
-                                        worker_gone=worker_gone,
-                                        max_consecutive_failures=self.config.max_dispatch_failures)
-            effects = self._commit()
-        self._after_commit(effects)
 
     # ------------------------------------------------------------------ workers
 

@@ -275,6 +275,8 @@ class Worker:
 
         self._registered = False
         self._controller_reachable = True
+        self._unreachable_count = 0
+        """Failed controller calls so far; a success that started before a failure is stale."""
         self._bundle_locks: dict[str, threading.Lock] = {}
         self._base_env = dict(os.environ)
 
@@ -411,6 +413,7 @@ class Worker:
 
     def register_once(self) -> bool:
         """Register with the complete observed set. True when the controller accepted."""
+        failures_before = self._unreachable_count
         tasks, sequence = self.observed_set()
         request = cluster_pb2.Controller.RegisterWorkerRequest(
             worker_id=self.worker_id,
@@ -425,7 +428,10 @@ class Worker:
         except grpc.RpcError as e:
             self._mark_unreachable(e)
             return False
-        self._controller_reachable = True
+        if self._unreachable_count == failures_before:
+            # A call that failed while this one was in flight is newer news: stay "unreachable", so
+            # the next success registers again with the set as it is then.
+            self._controller_reachable = True
         self._registered = response.accepted
         logger.info(
             "registered worker=%s accepted=%s tasks=%d", self.worker_id, response.accepted, len(tasks)
@@ -456,6 +462,7 @@ class Worker:
     def _mark_unreachable(self, error: grpc.RpcError) -> None:
         if self._controller_reachable:
             logger.warning("controller unreachable worker=%s: %s", self.worker_id, _rpc_error_text(error))
+        self._unreachable_count += 1
         self._controller_reachable = False
 
     def _apply_kills(self, kills: Iterable[cluster_pb2.WorkerTaskStatus]) -> None:
