@@ -182,6 +182,25 @@ def test_workspace_bundle_runs_a_script_the_worker_never_saw(client: IrisClient,
     assert [line.data for line in job.logs(0)] == ["hi from pkg ['.gitignore', 'pkg', 'train.py']"]
 
 
+def test_child_job_reuses_the_parents_workspace_bundle(client: IrisClient, tmp_path: Path) -> None:
+    workspace = tmp_path / "project"
+    workspace.mkdir()
+    (workspace / "shared_lib.py").write_text("VALUE = 'from the parent bundle'\n")
+    (workspace / "launch_child.py").write_text(
+        "import sys\n"
+        "from iris.client import Entrypoint, IrisClient\n"
+        "with IrisClient.from_env() as c:\n"
+        "    child = c.submit(Entrypoint.from_command(sys.executable, '-c',\n"
+        "        'import shared_lib; print(shared_lib.VALUE)'), 'kid')\n"
+        "    child.wait(timeout=60)\n"
+    )
+    parent = client.submit(
+        Entrypoint.from_command(sys.executable, "launch_child.py"), "bundle-parent", workspace=workspace
+    )
+    parent.wait(timeout=90)
+    assert [line.data for line in client.job("bundle-parent/kid").logs(0)] == ["from the parent bundle"]
+
+
 def test_list_jobs_by_state_and_prefix(client: IrisClient) -> None:
     client.submit(py("pass"), "listme-a").wait(timeout=60)
     jobs = client.list_jobs(state=JobState.SUCCEEDED, prefix="listme-")
