@@ -29,6 +29,10 @@ class FakeController(cluster_pb2_grpc.ControllerServiceServicer):
         self.lock = threading.Lock()
         self.state = FakeControllerState()
         self.unavailable = False
+        self.reports_released = threading.Event()
+        self.reports_released.set()
+        """Cleared: ReportTaskState handlers block until it is set again (a slow controller)."""
+        self.blocked_reports = 0
         self.rejected: list[str] = []
         """Methods called (and failed) while ``unavailable``."""
         self.reregister_next = False
@@ -88,6 +92,10 @@ class FakeController(cluster_pb2_grpc.ControllerServiceServicer):
     def ReportTaskState(
         self, request: cluster_pb2.Controller.ReportTaskStateRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Controller.ReportTaskStateResponse:
+        if not self.reports_released.is_set():
+            with self.lock:
+                self.blocked_reports += 1
+            self.reports_released.wait(30)
         with self.lock:
             self._maybe_fail(context, "ReportTaskState")
             self.state.reports.append(request)

@@ -332,6 +332,25 @@ def test_outbox_retries_until_controller_is_back_and_never_loses_terminal_report
     wait_until(lambda: len(fake_controller.servicer.state.registrations) > registrations_before, 30)
 
 
+def test_outbox_retries_past_a_slow_controller_and_delivers(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    """A controller slower than the report deadline: the call times out, the report stays in the
+    outbox and is retried; once the controller answers, it is delivered (a duplicate delivery is
+    harmless: the controller ignores reports for tasks that already ended)."""
+    runtime = FakeRuntime()
+    worker = make_worker(runtime=runtime, rpc_timeout_s=0.2)
+    fake_controller.servicer.reports_released.clear()
+    worker.run_task(command_request(["/bin/true"]))
+    runtime.spec(("job/task-0", 0))
+    runtime.exit(("job/task-0", 0), 0)
+    wait_until(lambda: fake_controller.servicer.blocked_reports >= 2, 30)  # timed out and retried
+    assert worker.pending_reports() >= 1
+    fake_controller.servicer.reports_released.set()
+    assert _terminal(fake_controller, "job/task-0").state == SUCCEEDED
+    wait_until(lambda: worker.pending_reports() == 0, 30)
+
+
 def test_flush_failure_keeps_batch_and_newer_state_wins(
     make_worker: WorkerFactory, fake_controller: RunningFakeController
 ) -> None:
