@@ -75,6 +75,7 @@ def test_chaos_worker_kill9_and_restart_same_id_retries_as_preemption(tmp_path: 
             script = f'if [ "$IRIS_ATTEMPT_ID" = 0 ]; then echo $$ > {pids}/0; exec sleep 1000; fi'
             job_id = api.launch("lost", ["/bin/sh", "-c", script])
             wait_until(lambda: (pids / "0").exists() and (pids / "0").read_text().strip() != "", 30)
+            orphan = int((pids / "0").read_text())
             cluster.kill_worker(0, signal.SIGKILL)
             cluster.start_worker(0)
             job = api.wait(job_id, timeout=60)
@@ -82,6 +83,8 @@ def test_chaos_worker_kill9_and_restart_same_id_retries_as_preemption(tmp_path: 
             (task,) = job.tasks
             assert (task.preemption_count, task.failure_count) == (1, 0)
             assert "no longer has the task" in task.attempts[0].error
+            # The restarted worker killed what its previous incarnation left running.
+            wait_until(lambda: not pid_alive(orphan), 30, message="orphan of the killed worker survived")
         finally:
             api.close()
 

@@ -286,6 +286,7 @@ class LocalCluster:
 
     def _kill_orphan_tasks(self) -> None:
         """Kill task processes left by workers that died without stopping them (e.g. SIGKILL)."""
+        from iris.cluster.worker.cgroups import remove_worker_cgroups
         from iris.cluster.worker.runtime import kill_orphans
         from iris.cluster.worker.worker import process_records
 
@@ -293,3 +294,5 @@ class LocalCluster:
             tasks_dir = worker.workdir / "tasks"
             if tasks_dir.exists():
                 kill_orphans(process_records(tasks_dir))
+            if self.cgroups:
+                remove_worker_cgroups(worker.worker_id)

@@ -314,3 +314,10 @@ def _mount_types(text: str) -> dict[str, str]:
         if len(parts) >= 3:
             out[parts[1]] = parts[2]
     return out
+
+
+def remove_worker_cgroups(worker_name: str) -> None:
+    """Remove the (empty) cgroups a worker that died without cleaning up left behind."""
+    limits = CgroupLimits.detect(worker_name)  # finds the hierarchy and removes what is empty
+    if limits is not None:
+        limits.close()

@@ -282,7 +282,7 @@ class ProcessRuntime:
         if spec.record_path is not None:
             # Recorded before the process exists, so that a worker killed between the start and
             # the pid record still leaves something to find its orphan by (see kill_orphans).
-            _write_pending_record(spec.record_path, spec.env)
+            record_size = _write_pending_record(spec.record_path, spec.env)
         cgroup = None
         if self._limits is not None and (spec.memory_limit_bytes > 0 or spec.cpu_limit > 0):
             cgroup = self._limits.create(f"{spec.key[0]}.{spec.key[1]}", spec.cpu_limit, spec.memory_limit_bytes)
@@ -305,7 +305,7 @@ class ProcessRuntime:
                 cgroup = None
         running = _Running(spec=spec, pid=pid, proc=proc, on_exit=on_exit, cgroup=cgroup)
         if spec.record_path is not None:
-            _write_record(spec.record_path, pid)
+            _write_record(spec.record_path, pid, record_size)
         pidfd = -1
         if self._use_pidfd:
             try:
@@ -516,16 +516,25 @@ def process_start_time(pid: int) -> str | None:
     return fields[19].decode() if len(fields) > 19 else None
 
 
-def _write_record(path: Path, pid: int) -> None:
+_RECORD_SIZE = 256
+"""Process records are padded to at least this many bytes (JSON ignores the trailing spaces)."""
+
+
+def _write_record(path: Path, pid: int, size: int = _RECORD_SIZE) -> None:
+    """Overwrite the pending record with the started process's pid and start time.
+
+    One ``pwrite`` at offset 0 of at least the pending record's length, with no truncation: a worker
+    killed at any point leaves either the whole pending record or the whole final one, never an
+    empty or half-written file (which would hide the orphan from the next incarnation).
+    """
     start = process_start_time(pid)
     if start is None:
         return
+    record = json.dumps({"pid": pid, "start_time": start}).encode()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
-            # The JSON of {"pid": pid, "start_time": start} (start is digits), without the json module.
-            os.write(fd, f'{{"pid": {pid}, "start_time": {json.dumps(start)}}}'.encode()
-                     if not start.isdigit() else f'{{"pid": {pid}, "start_time": "{start}"}}'.encode())
+            os.pwrite(fd, record.ljust(size), 0)
         finally:
             os.close(fd)
     except OSError:
@@ -536,16 +545,18 @@ _MARKER_VARS = ("IRIS_WORKER_ID", "IRIS_TASK_ID", "IRIS_ATTEMPT_ID")
 """Environment variables that together name one attempt (set by the worker for every task)."""
 
 
-def _write_pending_record(path: Path, env: Mapping[str, str]) -> None:
+def _write_pending_record(path: Path, env: Mapping[str, str]) -> int:
     """The record of a process about to start: the attempt's marker variables instead of a pid
-    (only when the environment has them all)."""
+    (only when the environment has them all). Returns its length (the final record covers it)."""
     marker = {name: env[name] for name in _MARKER_VARS if name in env}
     if len(marker) != len(_MARKER_VARS):
-        return
+        return _RECORD_SIZE
+    record = json.dumps({"pid": 0, "env": marker}).encode().ljust(_RECORD_SIZE)
     try:
-        path.write_text(json.dumps({"pid": 0, "env": marker}))
+        path.write_bytes(record)
     except OSError:
         logger.warning("could not write process record path=%s", path)
+    return len(record)
 
 
 def _pending_groups(markers: list[dict[str, str]]) -> set[int]:
