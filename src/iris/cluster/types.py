@@ -19,6 +19,11 @@ EndpointId = NewType("EndpointId", str)
 
 # A job name is one path segment: letters, digits, '.', '_' and '-', starting with a letter or digit.
 JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+PORT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+"""A named port: exported to the task as ``IRIS_PORT_<NAME upper-cased>``."""
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+BUNDLE_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+"""A workspace bundle's id: the sha256 hex digest of its zip."""
 _TASK_SUFFIX = "/task-"
 
 

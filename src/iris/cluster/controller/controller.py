@@ -20,7 +20,6 @@ import hashlib
 import logging
 import math
 import os
-import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -44,7 +43,10 @@ from iris.cluster.controller.state import (
 from iris.cluster.controller.task import Task
 from iris.cluster.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from iris.cluster.types import (
+    BUNDLE_HASH_RE,
+    ENV_NAME_RE,
     JOB_NAME_RE,
+    PORT_NAME_RE,
     TERMINAL_TASK_STATES,
     JobId,
     TaskId,
@@ -55,10 +57,6 @@ from iris.cluster.types import (
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
 
 logger = logging.getLogger(__name__)
-
-PORT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
 
 @dataclass(frozen=True, slots=True)
 class ControllerConfig:
@@ -807,5 +805,5 @@ def _validate_launch_request(request: cluster_pb2.Controller.LaunchJobRequest, c
     for key in request.environment.env_vars:
         if not ENV_NAME_RE.match(key):
             raise InvalidArgument(f"environment.env_vars: {key!r} is not a valid variable name")
-    if request.bundle_hash and not re.fullmatch(r"[0-9a-f]{64}", request.bundle_hash):
+    if request.bundle_hash and not BUNDLE_HASH_RE.match(request.bundle_hash):
         raise InvalidArgument("bundle_hash: must be a sha256 hex digest")

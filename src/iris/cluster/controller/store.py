@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sqlite3
 import tempfile
 import threading
@@ -46,7 +45,7 @@ from iris.cluster.controller.state import (
     Effects,
 )
 from iris.cluster.controller.task import PENDING, Task, TaskAttempt
-from iris.cluster.types import ACTIVE_TASK_STATES, JobId, TaskId, WorkerId
+from iris.cluster.types import ACTIVE_TASK_STATES, BUNDLE_HASH_RE, JobId, TaskId, WorkerId
 from iris.rpc import cluster_pb2
 
 logger = logging.getLogger(__name__)
@@ -57,7 +56,6 @@ DEFAULT_STATE_DIR = Path("./iris-state")
 
 APPLICATION_ID = 0x49524953  # "IRIS": marks the file as ours (PRAGMA application_id)
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-_BUNDLE_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 
 ACTION_LOG_KEEP = 4 * ACTION_LOG_SIZE
 """Action-log rows kept in the file; older ones are trimmed now and then (load reads the last
@@ -613,7 +611,7 @@ class ControllerStore:
 
     def get_bundle(self, bundle_hash: str) -> bytes | None:
         """The bundle stored under ``bundle_hash``, or None (also for a malformed hash)."""
-        if not _BUNDLE_HASH_RE.match(bundle_hash):
+        if not BUNDLE_HASH_RE.match(bundle_hash):
             return None
         try:
             return (self.bundles_dir / f"{bundle_hash}.zip").read_bytes()
@@ -621,7 +619,7 @@ class ControllerStore:
             return None
 
     def has_bundle(self, bundle_hash: str) -> bool:
-        return bool(_BUNDLE_HASH_RE.match(bundle_hash)) and (self.bundles_dir / f"{bundle_hash}.zip").exists()
+        return bool(BUNDLE_HASH_RE.match(bundle_hash)) and (self.bundles_dir / f"{bundle_hash}.zip").exists()
 
 
 def _validate_existing(path: Path, supported_version: int) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -40,7 +39,14 @@ from google.protobuf.message import DecodeError
 
 from iris.cluster.clock import Clock, SystemClock
 from iris.cluster.errors import FailedPrecondition, InvalidArgument, NotFound
-from iris.cluster.types import TERMINAL_TASK_STATES, device_count, device_kind, gpu
+from iris.cluster.types import (
+    BUNDLE_HASH_RE,
+    PORT_NAME_RE,
+    TERMINAL_TASK_STATES,
+    device_count,
+    device_kind,
+    gpu,
+)
 from iris.cluster.types import device_to_proto as _device_to_proto
 from iris.cluster.worker.cgroups import CgroupLimits
 from iris.cluster.worker.gpu import GpuInfo, detect_gpus
@@ -57,8 +63,6 @@ from iris.rpc import cluster_pb2, cluster_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
-_PORT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_BUNDLE_HASH_RE = re.compile(r"^[0-9a-fA-F]{8,128}$")
 _LOG_TAIL_LINES = 5
 _NO_ENTRYPOINT = cluster_pb2.Entrypoint()
 
@@ -208,11 +212,11 @@ def validate_run_task(request: cluster_pb2.Worker.RunTaskRequest) -> cluster_pb2
         raise InvalidArgument(f"resources.cpu: must be >= 0, got {request.resources.cpu}")
     if request.resources.memory_bytes < 0:
         raise InvalidArgument(f"resources.memory_bytes: must be >= 0, got {request.resources.memory_bytes}")
-    if request.bundle_hash and not _BUNDLE_HASH_RE.match(request.bundle_hash):
-        raise InvalidArgument("bundle_hash: must be a hex digest (sha256 of the bundle)")
+    if request.bundle_hash and not BUNDLE_HASH_RE.match(request.bundle_hash):
+        raise InvalidArgument("bundle_hash: must be the sha256 hex digest of the bundle (64 lowercase hex digits)")
     seen: set[str] = set()
     for name in request.ports:
-        if not _PORT_NAME_RE.match(name):
+        if not PORT_NAME_RE.match(name):
             raise InvalidArgument(f"ports: {name!r} is not a valid name (letters, digits and '_')")
         if name.upper() in seen:
             raise InvalidArgument(f"ports: {name!r} is requested twice")
