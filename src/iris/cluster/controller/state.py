@@ -250,6 +250,21 @@ class ControllerState:
         with self._lock:
             return list(self._task_queue.values())
 
+    def queue_tail(self, members: set[TaskId]) -> list[TaskId]:
+        """The longest tail of the queue made only of ``members``, in queue order.
+
+        Tasks that (re)entered the queue in a batch were appended to it, so they form its tail;
+        walking it backwards costs O(batch), not O(queue). The store numbers them with it.
+        """
+        with self._lock:
+            tail: list[TaskId] = []
+            for task_id in reversed(self._task_queue):
+                if task_id not in members:
+                    break
+                tail.append(task_id)
+            tail.reverse()
+            return tail
+
     def queue_order(self) -> list[TaskId]:
         with self._lock:
             return list(self._task_queue)

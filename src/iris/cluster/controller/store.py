@@ -19,7 +19,7 @@ Queue order: each task row has a ``queue_seq``. A task that (re)entered the queu
 submitted, or retried as a new attempt — gets the next sequence numbers, in the order it entered;
 ``load`` orders PENDING tasks by it. Tasks that (re)entered the queue in a batch are exactly the
 dirty PENDING tasks, and they sit at the tail of the state's insertion-ordered queue, so their
-order is read from that tail in O(batch) (see ``_queue_tail``).
+order is read from that tail in O(batch) (see ``ControllerState.queue_tail``).
 """
 
 from __future__ import annotations
@@ -210,22 +210,6 @@ def _refuse(path: Path, why: str) -> StoreError:
     return StoreError(f"state file {path} {why}; refusing to start (the file was not modified)")
 
 
-def _queue_tail(state: ControllerState, members: set[TaskId]) -> list[TaskId]:
-    """The longest tail of the state's queue made only of ``members``, in queue order.
-
-    Tasks that (re)entered the queue during a batch were appended to it (the queue is an
-    insertion-ordered dict), so they form its tail; walking it backwards costs O(batch), not O(queue).
-    Reads the queue dict directly: ``queue_order()`` would copy all of it on every write.
-    """
-    tail: list[TaskId] = []
-    for task_id in reversed(state._task_queue):  # private on purpose: see docstring
-        if task_id not in members:
-            break
-        tail.append(task_id)
-    tail.reverse()
-    return tail
-
-
 class ControllerStore:
     """The controller's SQLite mirror of ``ControllerState``. Thread-safe (one internal lock)."""
 
@@ -359,7 +343,7 @@ class ControllerStore:
         seqs: dict[TaskId, int] = {}
         if queued:
             next_seq = self._next_queue_seq
-            for task_id in _queue_tail(state, queued):
+            for task_id in state.queue_tail(queued):
                 seqs[task_id] = next_seq
                 next_seq += 1
         tasks.sort(key=_task_key)  # key order: the upserts walk the B-tree sequentially
