@@ -33,6 +33,7 @@ from typing import Protocol
 
 import psutil
 
+from iris.cluster.clock import wait_until
 from iris.cluster.types import format_size
 from iris.cluster.worker.cgroups import CgroupLimits, TaskCgroup
 
@@ -361,10 +362,6 @@ class ProcessRuntime:
                 running.kill_timer = timer
                 timer.start()
 
-    def running_keys(self) -> list[AttemptKey]:
-        with self._lock:
-            return list(self._by_key)
-
     def close(self, timeout_s: float = 10.0) -> None:
         if self._stop.is_set():
             return
@@ -607,7 +604,7 @@ def kill_orphans(record_paths: Iterable[Path]) -> list[int]:
         groups |= _pending_groups(markers)
     if not groups:
         return []
-    killed: list[int] = []
+    killed: list[psutil.Process] = []
     for proc in psutil.process_iter():
         try:
             pgid = os.getpgid(proc.pid)
@@ -616,9 +613,34 @@ def kill_orphans(record_paths: Iterable[Path]) -> list[int]:
         if pgid in groups and proc.pid != os.getpid():
             try:
                 os.kill(proc.pid, signal.SIGKILL)
-                killed.append(proc.pid)
+                killed.append(proc)
             except OSError:
                 pass
     if killed:
-        logger.warning("killed %d orphan process(es) from a previous worker: %s", len(killed), killed)
-    return killed
+        logger.warning("killed %d orphan process(es) from a previous worker: %s", len(killed),
+                       [p.pid for p in killed])
+        _wait_gone(killed, ORPHAN_WAIT_S)
+    return [p.pid for p in killed]
+
+
+ORPHAN_WAIT_S = 10.0
+
+
+def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> None:
+    """Return once every process is gone or a zombie (SIGKILL is delivered asynchronously), so a
+    caller that killed orphans can rely on them being dead. Bounded: gives up after ``timeout_s``.
+    (They are not our children, so there is no wait(2) for them: poll.)"""
+
+    def gone() -> bool:
+        for proc in procs:
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    return False
+            except psutil.NoSuchProcess:
+                pass
+        return True
+
+    try:
+        wait_until(gone, timeout_s, interval=0.01)
+    except TimeoutError:
+        logger.warning("orphan process(es) still alive %ss after SIGKILL", timeout_s)
