@@ -1,6 +1,8 @@
 """Architecture rules checked on the source's AST (DESIGN §5, CONTRIBUTING.md "Pure core vs shell").
 
-1. The pure core (``iris/cluster/types.py`` and ``iris/cluster/controller/{task,job,state,scheduler}.py``)
+1. The pure core (``iris/cluster/{types,errors,spec,validation}.py``,
+   ``iris/cluster/controller/{task,job,state,capacity,scheduler,views}.py`` and the worker's
+   ``iris/cluster/worker/attempts.py``)
    does no I/O and reads no clock: it may not import RPC, storage, processes, sockets, time or
    threads (``state.py`` alone may ``from threading import RLock``), nor the shell modules
    (controller, service, store, dashboard, worker, local cluster, client, CLI, clock).
@@ -20,10 +22,16 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 
 PURE_MODULES = (
     "iris/cluster/types.py",
+    "iris/cluster/errors.py",
+    "iris/cluster/spec.py",
+    "iris/cluster/validation.py",
     "iris/cluster/controller/task.py",
     "iris/cluster/controller/job.py",
     "iris/cluster/controller/state.py",
+    "iris/cluster/controller/capacity.py",
     "iris/cluster/controller/scheduler.py",
+    "iris/cluster/controller/views.py",
+    "iris/cluster/worker/attempts.py",
 )
 
 FORBIDDEN_IN_PURE = (

@@ -46,6 +46,7 @@ def serve(
     from iris.cluster.controller.controller import Controller, ControllerConfig
     from iris.cluster.controller.service import ControllerServer
     from iris.cluster.controller.store import ControllerStore, StoreError
+    from iris.cluster.validation import Limits
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if worker_timeout <= 0:
@@ -59,7 +60,7 @@ def serve(
         state = store.load(now_ms=SystemClock().now_ms())
     except StoreError as e:
         raise click.ClickException(str(e)) from e
-    config = ControllerConfig(worker_timeout_s=worker_timeout, max_replicas=max_replicas)
+    config = ControllerConfig(worker_timeout_s=worker_timeout, limits=Limits(max_replicas=max_replicas))
     ctrl = Controller(config, state=state, store=store)
     try:
         server = ControllerServer(ctrl, host, port)

@@ -36,6 +36,7 @@ from iris.cli.output import (
 )
 from iris.client import (
     Entrypoint,
+    InvalidRequestError,
     IrisClient,
     Job,
     JobState,
@@ -45,9 +46,11 @@ from iris.client import (
     TaskStatus,
 )
 from iris.client.bundle import BUNDLE_MAX_SIZE_ENV, default_bundle_max_bytes
-from iris.client.client import DEFAULT_MAX_RETRIES_PREEMPTION, LogFollower
+from iris.client.client import LogFollower, generate_job_name
 from iris.client.models import parse_job_state
+from iris.cluster.spec import DEFAULT_MAX_RETRIES_PREEMPTION, JobSpec
 from iris.cluster.types import GpuDevice, ResourceSpec, parse_size
+from iris.cluster.validation import validate_job_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -108,39 +111,31 @@ def job_options(fn: F) -> F:
 
 @dataclass(frozen=True, slots=True)
 class JobRequest:
-    """Validated ``iris job run`` flags, ready for ``IrisClient.submit``."""
+    """Validated ``iris job run`` flags: the job's ``JobSpec`` (checked by the shared validator)
+    and the workspace to ship with it. ``name`` None: the client generates one at submit."""
 
-    entrypoint: Entrypoint
-    name: str | None
-    resources: ResourceSpec
-    replicas: int
-    max_task_failures: int
-    max_retries_failure: int
-    max_retries_preemption: int
-    scheduling_timeout_seconds: float
-    ports: tuple[str, ...]
-    env: dict[str, str]
-    coscheduled: bool
+    spec: JobSpec
     workspace: Path | None
     bundle_max_bytes: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    generate_name: bool = False
+
+    @property
+    def replicas(self) -> int:
+        return self.spec.replicas
 
     def submit(self, client: IrisClient) -> Job:
-        return client.submit(
-            self.entrypoint,
-            self.name,
-            resources=self.resources,
-            replicas=self.replicas,
-            max_task_failures=self.max_task_failures,
-            max_retries_failure=self.max_retries_failure,
-            max_retries_preemption=self.max_retries_preemption,
-            scheduling_timeout_seconds=self.scheduling_timeout_seconds,
-            ports=self.ports,
-            env=self.env,
-            coscheduled=self.coscheduled,
-            workspace=self.workspace,
-            bundle_max_bytes=self.bundle_max_bytes,
+        spec = self.spec
+        if self.generate_name:
+            spec = spec.replace(name=generate_job_name())
+        # The client fills in the parent job (inside a task) the same way submit() does.
+        spec = client.build_spec(
+            spec.entrypoint, name=spec.name, resources=spec.resources, replicas=spec.replicas,
+            max_task_failures=spec.max_task_failures, max_retries_failure=spec.max_retries_failure,
+            max_retries_preemption=spec.max_retries_preemption,
+            scheduling_timeout_seconds=spec.scheduling_timeout_seconds, ports=spec.ports, env=spec.env,
+            coscheduled=spec.coscheduled,
         )
+        return client.submit_spec(spec, workspace=self.workspace, bundle_max_bytes=self.bundle_max_bytes)
 
 
 def _usage(message: str) -> CliError:
@@ -207,21 +202,23 @@ def parse_job_request(command: Sequence[str], **flags: Any) -> JobRequest:
         workspace = flags.get("workspace") or Path.cwd()
         if bundle_max_bytes is None:
             bundle_max_bytes = default_bundle_max_bytes()
-    return JobRequest(
-        entrypoint=Entrypoint.from_command(*command),
-        name=flags.get("name"),
-        resources=resources,
-        replicas=replicas,
-        max_task_failures=_whole(flags["max_task_failures"], "--max-task-failures", 0),
-        max_retries_failure=_whole(flags["max_retries"], "--max-retries", 0),
-        max_retries_preemption=_whole(flags["max_preemptions"], "--max-preemptions", 0),
-        scheduling_timeout_seconds=scheduling_timeout,
-        ports=tuple(flags.get("ports") or ()),
-        env=env,
-        coscheduled=bool(flags.get("coscheduled")),
-        workspace=workspace,
-        bundle_max_bytes=bundle_max_bytes,
-    )
+    try:
+        spec = validate_job_spec(JobSpec(
+            name=flags.get("name") or "cli-job",
+            entrypoint=Entrypoint.from_command(*command),
+            resources=resources,
+            replicas=replicas,
+            max_task_failures=_whole(flags["max_task_failures"], "--max-task-failures", 0),
+            max_retries_failure=_whole(flags["max_retries"], "--max-retries", 0),
+            max_retries_preemption=_whole(flags["max_preemptions"], "--max-preemptions", 0),
+            scheduling_timeout_seconds=scheduling_timeout,
+            ports=tuple(flags.get("ports") or ()),
+            env=env,
+            coscheduled=bool(flags.get("coscheduled")),
+        ))
+    except InvalidRequestError as e:
+        raise _usage(str(e)) from None
+    return JobRequest(spec, workspace, bundle_max_bytes, generate_name=not flags.get("name"))
 
 
 # -- following a job ----------------------------------------------------------------------------

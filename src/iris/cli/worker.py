@@ -44,6 +44,12 @@ def worker() -> None:
     show_default=True,
     help="Limit each task's cpu and memory with a cgroup when a writable one exists (else a memory watchdog).",
 )
+@click.option(
+    "--max-message-size",
+    default=None,
+    help="Largest gRPC message the worker receives (default 256MiB: what the controller may send in one "
+    "dispatch). A task that needs more fails as a task error; the worker stays healthy.",
+)
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 def serve(
     controller_address: str,
@@ -56,6 +62,7 @@ def serve(
     heartbeat_interval: float,
     kill_grace: float,
     cgroups: bool,
+    max_message_size: str | None,
     log_level: str,
 ) -> None:
     """Serve a worker until SIGTERM/SIGINT, then kill its tasks, report them and exit 0."""
@@ -63,6 +70,7 @@ def serve(
     import secrets
     import tempfile
 
+    from iris.cluster.validation import DEFAULT_LIMITS, MAX_MESSAGE_BYTES
     from iris.cluster.worker.service import serve_worker
     from iris.cluster.worker.worker import WorkerConfig
 
@@ -73,6 +81,17 @@ def serve(
         memory_bytes = parse_size(memory, "--memory") if memory is not None else None
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--memory") from e
+    try:
+        max_message_bytes = (
+            parse_size(max_message_size, "--max-message-size") if max_message_size is not None else MAX_MESSAGE_BYTES
+        )
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--max-message-size") from e
+    if max_message_bytes < DEFAULT_LIMITS.max_task_request_bytes:
+        logging.getLogger(__name__).warning(
+            "--max-message-size %d is below the %d bytes one accepted task may need: such tasks will fail here",
+            max_message_bytes, DEFAULT_LIMITS.max_task_request_bytes,
+        )
     worker_id = worker_id or f"w-{secrets.token_hex(4)}"
     config = WorkerConfig(
         controller_address=controller_address,
@@ -93,7 +112,7 @@ def serve(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    serving = serve_worker(config)
+    serving = serve_worker(config, max_message_bytes=max_message_bytes)
     click.echo(f"worker {serving.worker.worker_id} serving on {serving.address}")
     while not stop.wait(1.0):
         pass

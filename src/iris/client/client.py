@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 import grpc
 
 from iris.client.bundle import Bundle, build_bundle
-from iris.client.entrypoint import Entrypoint
 from iris.client.errors import (
     ControllerUnavailableError,
     InvalidRequestError,
@@ -43,16 +42,15 @@ from iris.client.models import (
     WorkerInfo,
     parse_job_state,
 )
-from iris.cluster.types import JOB_NAME_RE, JobId, ResourceSpec, parse_size, task_id_for
+from iris.cluster.spec import DEFAULT_MAX_RETRIES_PREEMPTION, Entrypoint, JobSpec
+from iris.cluster.types import JobId, ResourceSpec, parse_size, task_id_for
+from iris.cluster.validation import MAX_MESSAGE_BYTES, validate_job_spec
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
 
 DEFAULT_CONTROLLER_ADDRESS = "127.0.0.1:10000"
 CONTROLLER_ENV = "IRIS_CONTROLLER"
 DEFAULT_RPC_TIMEOUT_S = 30.0
-DEFAULT_MAX_RETRIES_PREEMPTION = 100
-_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 _LOG_PAGE_LINES = 5000
-_PORT_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 T = TypeVar("T")
 
@@ -76,6 +74,14 @@ def normalize_address(address: str) -> str:
     return text
 
 
+def _env_dict(env: Mapping[str, str] | None) -> dict[str, str]:
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise InvalidRequestError(f"env: expected a mapping of names to strings, got {type(env).__name__}")
+    return dict(env)
+
+
 def generate_job_name(prefix: str = "job") -> str:
     """A fresh job name such as ``job-20250101-120000-3fa2``."""
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
@@ -89,6 +95,8 @@ class LogChunk:
     next_line: int
     attempt_finished: bool
     attempt_id: int
+    next_offset: int | None = None
+    """Byte offset of ``next_line``: pass it back with it so the next page costs O(page)."""
 
 
 class IrisClient:
@@ -117,8 +125,8 @@ class IrisClient:
             self._address,
             options=[
                 ("grpc.enable_http_proxy", 0),
-                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ],
         )
         self._stub = cluster_pb2_grpc.ControllerServiceStub(self._channel)
@@ -255,7 +263,7 @@ class IrisClient:
             BundleTooLargeError: the workspace exceeds the size cap.
             ControllerUnavailableError: the controller cannot be reached.
         """
-        request = self.build_launch_request(
+        spec = self.build_spec(
             entrypoint,
             name=name,
             resources=resources,
@@ -267,14 +275,19 @@ class IrisClient:
             ports=ports,
             env=env,
             coscheduled=coscheduled,
-            workspace=workspace,
-            bundle_max_bytes=bundle_max_bytes,
             parent_job_id=parent_job_id,
         )
+        return self.submit_spec(spec, workspace=workspace, bundle_max_bytes=bundle_max_bytes)
+
+    def submit_spec(
+        self, spec: JobSpec, *, workspace: Path | str | None = None, bundle_max_bytes: int | str | None = None
+    ) -> Job:
+        """Submit a ready ``JobSpec`` (what ``submit`` and the CLI build), with an optional workspace."""
+        request = self.launch_request(spec, workspace=workspace, bundle_max_bytes=bundle_max_bytes)
         response = self._call(self._stub.LaunchJob, request, f"job {request.name}", timeout=max(self._timeout, 120))
         return Job(self, response.job_id)
 
-    def build_launch_request(
+    def build_spec(
         self,
         entrypoint: Entrypoint | Callable[..., Any],
         *,
@@ -288,72 +301,59 @@ class IrisClient:
         ports: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         coscheduled: bool = False,
-        workspace: Path | str | None = None,
-        bundle_max_bytes: int | str | None = None,
         parent_job_id: str | None = None,
-    ) -> cluster_pb2.Controller.LaunchJobRequest:
-        """Validate the arguments of ``submit`` and build its LaunchJob request (no RPC)."""
+    ) -> JobSpec:
+        """The ``JobSpec`` of ``submit``'s arguments, checked by the shared validator (no RPC).
+        Inside a task, the parent job and its workspace bundle are filled in."""
         if not isinstance(entrypoint, Entrypoint):
             if not callable(entrypoint):
-                raise InvalidRequestError(f"entrypoint: expected an Entrypoint or a callable, got {entrypoint!r}")
+                raise InvalidRequestError(
+                    f"entrypoint: expected an Entrypoint or a callable, got {type(entrypoint).__name__}"
+                )
             entrypoint = Entrypoint.from_callable(entrypoint)
-        if not entrypoint.argv and not entrypoint.pickled:
-            raise InvalidRequestError("entrypoint: the command is empty; give a program to run")
-        name = generate_job_name() if name is None else name
-        if not JOB_NAME_RE.match(name):
-            raise InvalidRequestError(
-                f"name: {name!r} is not a valid job name (1-128 letters, digits, '.', '_' or '-', "
-                "starting with a letter or digit)"
-            )
-        spec = resources if resources is not None else ResourceSpec()
-        count = spec.replicas if replicas is None else replicas
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise InvalidRequestError(f"replicas: must be a whole number >= 1, got {count!r}")
-        for field_name, value in (
-            ("max_task_failures", max_task_failures),
-            ("max_retries_failure", max_retries_failure),
-            ("max_retries_preemption", max_retries_preemption),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InvalidRequestError(f"{field_name}: must be a whole number >= 0, got {value!r}")
-        if scheduling_timeout_seconds < 0:
-            raise InvalidRequestError(
-                f"scheduling_timeout_seconds: must be >= 0 (0 waits forever), got {scheduling_timeout_seconds}"
-            )
-        port_names = list(ports)
-        for port in port_names:
-            if not port or not set(port) <= _PORT_NAME_CHARS:
-                raise InvalidRequestError(f"ports: {port!r} is not a valid port name (letters, digits and '_')")
-        if len(set(port_names)) != len(port_names):
-            raise InvalidRequestError(f"ports: duplicate port names in {port_names}")
-        env_vars = dict(env or {})
-        for key, env_value in env_vars.items():
-            if not isinstance(key, str) or not key or "=" in key:
-                raise InvalidRequestError(f"env: {key!r} is not a valid environment variable name")
-            if not isinstance(env_value, str):
-                raise InvalidRequestError(f"env: the value of {key} must be a string, got {env_value!r}")
-        request = cluster_pb2.Controller.LaunchJobRequest(
-            name=name,
-            serialized_entrypoint=entrypoint.serialize(),
-            resources=spec.to_proto(),
-            environment=cluster_pb2.EnvironmentConfig(env_vars=env_vars),
-            scheduling_timeout_seconds=float(scheduling_timeout_seconds),
-            ports=port_names,
-            parent_job_id=self._parent_job_id if parent_job_id is None else parent_job_id,
+        spec_resources = resources if resources is not None else ResourceSpec()
+        if not isinstance(spec_resources, ResourceSpec):
+            raise InvalidRequestError(f"resources: expected a ResourceSpec, got {type(spec_resources).__name__}")
+        parent = self._parent_job_id if parent_job_id is None else parent_job_id
+        spec = JobSpec(
+            name=generate_job_name() if name is None else name,
+            entrypoint=entrypoint,
+            resources=spec_resources,
+            replicas=spec_resources.replicas if replicas is None else replicas,
             max_task_failures=max_task_failures,
             max_retries_failure=max_retries_failure,
             max_retries_preemption=max_retries_preemption,
+            scheduling_timeout_seconds=scheduling_timeout_seconds,
+            env=_env_dict(env),
+            ports=tuple(ports),
             coscheduled=coscheduled,
+            parent_job_id=parent,
+            bundle_hash=self._parent_bundle_hash if self._parent_bundle_hash and parent == self._parent_job_id else "",
         )
-        request.resources.replicas = count
-        if workspace is not None:
-            limit = parse_size(bundle_max_bytes, "bundle_max_bytes") if bundle_max_bytes is not None else None
-            bundle: Bundle = build_bundle(Path(workspace), limit)
-            request.bundle_blob = bundle.blob
-            request.bundle_hash = bundle.bundle_hash
-        elif self._parent_bundle_hash and request.parent_job_id == self._parent_job_id:
-            request.bundle_hash = self._parent_bundle_hash
-        return request
+        return validate_job_spec(spec)
+
+    def launch_request(
+        self, spec: JobSpec, *, workspace: Path | str | None = None, bundle_max_bytes: int | str | None = None
+    ) -> cluster_pb2.Controller.LaunchJobRequest:
+        """The LaunchJob request for ``spec`` (its workspace zipped in when given). No RPC."""
+        validate_job_spec(spec)
+        if workspace is None:
+            return spec.to_proto()
+        limit = parse_size(bundle_max_bytes, "bundle_max_bytes") if bundle_max_bytes is not None else None
+        bundle: Bundle = build_bundle(Path(workspace), limit)
+        return spec.replace(bundle_hash=bundle.bundle_hash).to_proto(bundle_blob=bundle.blob)
+
+    def build_launch_request(
+        self,
+        entrypoint: Entrypoint | Callable[..., Any],
+        *,
+        workspace: Path | str | None = None,
+        bundle_max_bytes: int | str | None = None,
+        **fields: Any,
+    ) -> cluster_pb2.Controller.LaunchJobRequest:
+        """Validate the arguments of ``submit`` and build its LaunchJob request (no RPC)."""
+        return self.launch_request(self.build_spec(entrypoint, **fields), workspace=workspace,
+                                   bundle_max_bytes=bundle_max_bytes)
 
     def job(self, job_id: str) -> Job:
         """A handle on an existing job (no RPC; ``status()`` raises when it does not exist)."""
@@ -380,9 +380,17 @@ class IrisClient:
             states = [self._parse_state(state)]
         else:
             states = [self._parse_state(s) for s in state]
-        request = cluster_pb2.Controller.ListJobsRequest(states=[s.to_proto() for s in states], prefix=prefix)
-        response = self._call(self._stub.ListJobs, request, "jobs")
-        return [JobStatus.from_proto(j) for j in response.jobs]
+        jobs: list[JobStatus] = []
+        token = ""
+        while True:  # page by page: each RPC is bounded by its page
+            request = cluster_pb2.Controller.ListJobsRequest(
+                states=[s.to_proto() for s in states], prefix=prefix, page_token=token
+            )
+            response = self._call(self._stub.ListJobs, request, "jobs")
+            jobs.extend(JobStatus.from_proto(j) for j in response.jobs)
+            token = response.next_page_token
+            if not token:
+                return jobs
 
     @staticmethod
     def _parse_state(value: JobState | str) -> JobState:
@@ -406,20 +414,26 @@ class IrisClient:
     # -- logs -----------------------------------------------------------------------------------
 
     def fetch_logs(
-        self, task_id: str, attempt_id: int | None = None, start_line: int = 0, max_lines: int = 0
+        self, task_id: str, attempt_id: int | None = None, start_line: int = 0, max_lines: int = 0,
+        start_offset: int | None = None,
     ) -> LogChunk:
-        """One page of a task attempt's log (``attempt_id`` None: the current attempt)."""
+        """One page of a task attempt's log (``attempt_id`` None: the current attempt). With
+        ``start_offset`` (the ``next_offset`` of the previous page, for ``start_line``) the page is
+        read from that byte on; without it the worker counts lines from the start."""
         request = cluster_pb2.Controller.FetchTaskLogsRequest(
             task_id=task_id, start_line=start_line, max_lines=max_lines
         )
         if attempt_id is not None:
             request.attempt_id = attempt_id
+        if start_offset is not None:
+            request.start_offset = start_offset
         response = self._call(self._stub.FetchTaskLogs, request, f"task {task_id}")
         return LogChunk(
             lines=[LogLine.from_proto(line) for line in response.lines],
             next_line=response.next_line,
             attempt_finished=response.attempt_finished,
             attempt_id=response.attempt_id,
+            next_offset=response.next_offset,
         )
 
     def task_logs(self, job_id: str, task_index: int, attempt: int | None = None) -> list[LogLine]:
@@ -427,12 +441,14 @@ class IrisClient:
         task_id = task_id_for(JobId(job_id), task_index)
         lines: list[LogLine] = []
         start = 0
+        offset: int | None = 0
         while True:
-            chunk = self.fetch_logs(task_id, attempt, start, _LOG_PAGE_LINES)
+            chunk = self.fetch_logs(task_id, attempt, start, _LOG_PAGE_LINES, start_offset=offset)
             lines.extend(chunk.lines)
             if not chunk.lines or chunk.next_line <= start:
                 return lines
             start = chunk.next_line
+            offset = chunk.next_offset
             if attempt is None:
                 attempt = chunk.attempt_id  # stay on one attempt across pages
 
@@ -495,6 +511,7 @@ class IrisClient:
 class _LogCursor:
     attempt_id: int = 0
     next_line: int = 0
+    next_offset: int | None = 0
     done: bool = False
 
 
@@ -533,7 +550,8 @@ class LogFollower:
         task_finished = task.state.is_finished
         while not cursor.done:
             try:
-                chunk = self.client.fetch_logs(task.task_id, cursor.attempt_id, cursor.next_line, _LOG_PAGE_LINES)
+                chunk = self.client.fetch_logs(task.task_id, cursor.attempt_id, cursor.next_line, _LOG_PAGE_LINES,
+                                               start_offset=cursor.next_offset)
             except IrisError:
                 # Not started yet, or its worker is gone or slow. A finished attempt whose log
                 # cannot be read is skipped; otherwise try again on the next poll. (A controller
@@ -546,6 +564,7 @@ class LogFollower:
             out.extend(TaskLogLine(task.task_index, cursor.attempt_id, line) for line in chunk.lines)
             if chunk.lines:
                 cursor.next_line = max(chunk.next_line, cursor.next_line + len(chunk.lines))
+                cursor.next_offset = chunk.next_offset
                 if len(chunk.lines) >= _LOG_PAGE_LINES:
                     continue
             if chunk.lines and not chunk.attempt_finished and not final:
@@ -564,6 +583,7 @@ class LogFollower:
         if cursor.attempt_id < task.current_attempt_id:
             cursor.attempt_id += 1
             cursor.next_line = 0
+            cursor.next_offset = 0
             return True
         if task_finished:
             cursor.done = True

@@ -11,38 +11,35 @@ from collections.abc import Sequence
 import grpc
 
 from iris.client.models import JobStatus, TaskStatus
+from iris.cluster import errors as _base
 
+IrisError = _base.IrisError
+"""Base class of every error the client raises (the same class as ``iris.cluster.errors.IrisError``)."""
 
-class IrisError(Exception):
-    """Base class of every error the client raises."""
-
-
-class UnavailableError(IrisError):
-    """Something the controller needed was unavailable (e.g. the worker holding a task's logs)."""
+UnavailableError = _base.Unavailable
+"""Something the controller needed was unavailable (e.g. the worker holding a task's logs)."""
 
 
 class ControllerUnavailableError(UnavailableError):
     """The controller could not be reached (not running, wrong address, or timed out)."""
 
 
-class InvalidRequestError(IrisError, ValueError):
-    """The request was refused as malformed (INVALID_ARGUMENT); the message names the field."""
+InvalidRequestError = _base.InvalidArgument
+"""The request was refused as malformed (INVALID_ARGUMENT); the message names the field."""
 
-
-class NotFoundError(IrisError, LookupError):
-    """A job, task, worker or endpoint does not exist."""
+NotFoundError = _base.NotFound
+"""A job, task, worker or endpoint does not exist."""
 
 
 class JobNotFoundError(NotFoundError):
     """The named job does not exist."""
 
 
-class AlreadyExistsError(IrisError):
-    """A job (or endpoint) with that name already exists."""
+AlreadyExistsError = _base.AlreadyExists
+"""A job (or endpoint) with that name already exists."""
 
-
-class FailedPreconditionError(IrisError):
-    """The request is valid but cannot be applied in the current state."""
+FailedPreconditionError = _base.FailedPrecondition
+"""The request is valid but cannot be applied in the current state."""
 
 
 class BundleTooLargeError(IrisError):

@@ -1,31 +1,37 @@
-"""Errors the controller raises for bad requests; servicers map them to gRPC status codes in one place."""
+"""The one error hierarchy of Iris.
+
+Every error a request can meet is an ``IrisError`` whose message names the field and the rule.
+``code`` is the name of the gRPC status it maps to; the servicers (``grpc_status``) and the
+dashboard translate it in one place, so this module imports no gRPC and the pure core may raise
+these too. The client re-exports them under its own names (``iris.client.errors``).
+"""
 
 from __future__ import annotations
 
-import grpc
-
 
 class IrisError(Exception):
-    """Base of Iris's request errors. The message names the field and the rule."""
+    """Base of every Iris error. The message names the field and the rule."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-
-
-class InvalidArgument(IrisError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code: str = "INTERNAL"
 
 
-class NotFound(IrisError):
-    code = grpc.StatusCode.NOT_FOUND
+class InvalidArgument(IrisError, ValueError):
+    """A request was malformed; nothing was changed."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(IrisError, LookupError):
+    code = "NOT_FOUND"
 
 
 class AlreadyExists(IrisError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    code = "ALREADY_EXISTS"
 
 
 class FailedPrecondition(IrisError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = "FAILED_PRECONDITION"
 
 
 class Unavailable(IrisError):
-    code = grpc.StatusCode.UNAVAILABLE
+    code = "UNAVAILABLE"

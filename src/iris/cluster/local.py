@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -73,7 +74,9 @@ class LocalCluster:
         base_dir: Path | None = None,
         start_timeout: float = 60.0,
         env: dict[str, str] | None = None,
+        worker_args: Sequence[str] = (),
     ) -> None:
+        """``worker_args``: extra ``iris worker serve`` flags for every worker."""
         if workers < 0:
             raise ValueError(f"workers: must be >= 0, got {workers}")
         self.num_workers = workers
@@ -85,6 +88,7 @@ class LocalCluster:
         self.cgroups = cgroups
         self.dashboard = dashboard
         self.start_timeout = start_timeout
+        self.worker_args = list(worker_args)
         self._owns_base = base_dir is None
         self.base_dir = Path(base_dir) if base_dir is not None else Path(tempfile.mkdtemp(prefix="iris-local-"))
         self.state_dir = Path(state_dir) if state_dir is not None else self.base_dir / "state"
@@ -92,7 +96,6 @@ class LocalCluster:
         self._controller_port = controller_port
         self._env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         self._controller: subprocess.Popen[bytes] | None = None
-        self._controller_log: Path = self.log_dir / "controller.log"
         self._controller_starts = 0
         self.controller_address = ""
         self.dashboard_url = ""
@@ -144,7 +147,6 @@ class LocalCluster:
             port = int(self.controller_address.rsplit(":", 1)[1])
         self._controller_starts += 1
         log_path = self.log_dir / f"controller-{self._controller_starts}.log"
-        self._controller_log = log_path
         argv = [
             sys.executable, "-m", "iris.cli.main", "controller", "serve",
             "--host", "127.0.0.1", "--port", str(port),
@@ -202,6 +204,7 @@ class LocalCluster:
             argv += ["--cpu", str(self.cpu_per_worker)]
         if self.memory_per_worker is not None:
             argv += ["--memory", self.memory_per_worker]
+        argv += self.worker_args
         offset = worker.log_path.stat().st_size if worker.log_path.exists() else 0
         worker.process = self._spawn(argv, worker.log_path)
         text = self._wait_for_line(worker.process, worker.log_path, _WORKER_RE, worker.worker_id, offset)

@@ -17,12 +17,13 @@ TaskId = NewType("TaskId", str)
 WorkerId = NewType("WorkerId", str)
 EndpointId = NewType("EndpointId", str)
 
+# Match these with ``fullmatch`` (never ``match``: "$" lets a trailing newline through).
 # A job name is one path segment: letters, digits, '.', '_' and '-', starting with a letter or digit.
-JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-PORT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+JOB_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+PORT_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 """A named port: exported to the task as ``IRIS_PORT_<NAME upper-cased>``."""
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-BUNDLE_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+BUNDLE_HASH_RE = re.compile(r"[0-9a-f]{64}")
 """A workspace bundle's id: the sha256 hex digest of its zip."""
 _TASK_SUFFIX = "/task-"
 
@@ -193,10 +194,10 @@ def device_to_proto(device: Device) -> cluster_pb2.DeviceConfig:
 
 def device_from_proto(proto: cluster_pb2.DeviceConfig) -> Device:
     kind = proto.WhichOneof("device")
-    if kind == "gpu":
-        return GpuDevice(variant=proto.gpu.variant, count=proto.gpu.count)
+    if kind == "gpu":  # a count of 0 on the wire means one (see ``device_count``)
+        return GpuDevice(variant=proto.gpu.variant, count=proto.gpu.count or 1)
     if kind == "tpu":
-        return TpuDevice(variant=proto.tpu.variant, count=proto.tpu.count)
+        return TpuDevice(variant=proto.tpu.variant, count=proto.tpu.count or 1)
     return CpuDevice(variant=proto.cpu.variant if kind == "cpu" else "")
 
 
@@ -278,4 +279,63 @@ class ResourceSpec:
             disk=proto.disk_bytes,
             device=device_from_proto(proto.device),
             replicas=proto.replicas,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerMetadata:
+    """What a worker reported about itself when it registered (the core's typed form of the
+    ``WorkerMetadata`` message; ``from_proto``/``to_proto`` convert at the edges)."""
+
+    hostname: str = ""
+    ip_address: str = ""
+    cpu_count: int = 0
+    memory_bytes: int = 0
+    disk_bytes: int = 0
+    device: Device = field(default_factory=CpuDevice)
+    gpu_count: int = 0
+    gpu_name: str = ""
+    gpu_memory_mb: int = 0
+    attributes: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def device_kind(self) -> str:
+        return "gpu" if isinstance(self.device, GpuDevice) else "tpu" if isinstance(self.device, TpuDevice) else "cpu"
+
+    @property
+    def device_variant(self) -> str:
+        variant = "" if isinstance(self.device, CpuDevice) else self.device.variant
+        return variant or self.gpu_name
+
+    @property
+    def device_count(self) -> int:
+        return 0 if isinstance(self.device, CpuDevice) else self.device.count
+
+    @classmethod
+    def from_proto(cls, proto: cluster_pb2.WorkerMetadata) -> WorkerMetadata:
+        return cls(
+            hostname=proto.hostname,
+            ip_address=proto.ip_address,
+            cpu_count=proto.cpu_count,
+            memory_bytes=proto.memory_bytes,
+            disk_bytes=proto.disk_bytes,
+            device=device_from_proto(proto.device),
+            gpu_count=proto.gpu_count,
+            gpu_name=proto.gpu_name,
+            gpu_memory_mb=proto.gpu_memory_mb,
+            attributes=tuple(sorted(proto.attributes.items())),
+        )
+
+    def to_proto(self) -> cluster_pb2.WorkerMetadata:
+        return cluster_pb2.WorkerMetadata(
+            hostname=self.hostname,
+            ip_address=self.ip_address,
+            cpu_count=self.cpu_count,
+            memory_bytes=self.memory_bytes,
+            disk_bytes=self.disk_bytes,
+            device=device_to_proto(self.device),
+            gpu_count=self.gpu_count,
+            gpu_name=self.gpu_name,
+            gpu_memory_mb=self.gpu_memory_mb,
+            attributes=dict(self.attributes),
         )

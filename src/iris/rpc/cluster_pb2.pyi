@@ -983,25 +983,37 @@ class Controller(_message.Message):
 
     @_typing.final
     class ListJobsRequest(_message.Message):
+        """Jobs in submission order, one page at a time. A page may hold fewer than page_size jobs even
+        when more match (the scan behind one page is bounded); keep asking while next_page_token is set.
+        """
+
         DESCRIPTOR: _descriptor.Descriptor
 
         STATES_FIELD_NUMBER: _builtins.int
         PREFIX_FIELD_NUMBER: _builtins.int
+        PAGE_SIZE_FIELD_NUMBER: _builtins.int
+        PAGE_TOKEN_FIELD_NUMBER: _builtins.int
         prefix: _builtins.str
-        """job id prefix"""
+        """job id prefix (at most 1024 characters)"""
+        page_size: _builtins.int
+        """0: 500; at most 5000"""
+        page_token: _builtins.str
+        """next_page_token of the previous page; empty: from the start"""
         @_builtins.property
         def states(self) -> _containers.RepeatedScalarFieldContainer[Global___JobState.ValueType]:
-            """empty: all states"""
+            """empty: all states (at most 16)"""
 
         def __init__(
             self,
             *,
             states: _abc.Iterable[Global___JobState.ValueType] | None = ...,
             prefix: _builtins.str = ...,
+            page_size: _builtins.int = ...,
+            page_token: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["prefix", b"prefix", "states", b"states"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "prefix", b"prefix", "states", b"states"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1010,16 +1022,20 @@ class Controller(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
         JOBS_FIELD_NUMBER: _builtins.int
+        NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+        next_page_token: _builtins.str
+        """empty: no more jobs"""
         @_builtins.property
         def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobStatus]: ...
         def __init__(
             self,
             *,
             jobs: _abc.Iterable[Global___JobStatus] | None = ...,
+            next_page_token: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "next_page_token", b"next_page_token"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1449,12 +1465,16 @@ class Controller(_message.Message):
         ATTEMPT_ID_FIELD_NUMBER: _builtins.int
         START_LINE_FIELD_NUMBER: _builtins.int
         MAX_LINES_FIELD_NUMBER: _builtins.int
+        START_OFFSET_FIELD_NUMBER: _builtins.int
         task_id: _builtins.str
         attempt_id: _builtins.int
         """unset: the current attempt"""
         start_line: _builtins.int
+        """line number of the page's first line"""
         max_lines: _builtins.int
         """0: server default"""
+        start_offset: _builtins.int
+        """byte offset of start_line (from next_offset): O(page); unset: count lines"""
         def __init__(
             self,
             *,
@@ -1462,14 +1482,20 @@ class Controller(_message.Message):
             attempt_id: _builtins.int | None = ...,
             start_line: _builtins.int = ...,
             max_lines: _builtins.int = ...,
+            start_offset: _builtins.int | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["_attempt_id", b"_attempt_id", "attempt_id", b"attempt_id"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["_attempt_id", b"_attempt_id", "_start_offset", b"_start_offset", "attempt_id", b"attempt_id", "start_offset", b"start_offset"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["_attempt_id", b"_attempt_id", "attempt_id", b"attempt_id", "max_lines", b"max_lines", "start_line", b"start_line", "task_id", b"task_id"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["_attempt_id", b"_attempt_id", "_start_offset", b"_start_offset", "attempt_id", b"attempt_id", "max_lines", b"max_lines", "start_line", b"start_line", "start_offset", b"start_offset", "task_id", b"task_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         _WhichOneofReturnType__attempt_id: _TypeAlias = _typing.Literal["attempt_id"]  # noqa: Y015
         _WhichOneofArgType__attempt_id: _TypeAlias = _typing.Literal["_attempt_id", b"_attempt_id"]  # noqa: Y015
+        _WhichOneofReturnType__start_offset: _TypeAlias = _typing.Literal["start_offset"]  # noqa: Y015
+        _WhichOneofArgType__start_offset: _TypeAlias = _typing.Literal["_start_offset", b"_start_offset"]  # noqa: Y015
+        @_typing.overload
         def WhichOneof(self, oneof_group: _WhichOneofArgType__attempt_id) -> _WhichOneofReturnType__attempt_id | None: ...
+        @_typing.overload
+        def WhichOneof(self, oneof_group: _WhichOneofArgType__start_offset) -> _WhichOneofReturnType__start_offset | None: ...
 
     @_typing.final
     class FetchTaskLogsResponse(_message.Message):
@@ -1479,9 +1505,12 @@ class Controller(_message.Message):
         NEXT_LINE_FIELD_NUMBER: _builtins.int
         ATTEMPT_FINISHED_FIELD_NUMBER: _builtins.int
         ATTEMPT_ID_FIELD_NUMBER: _builtins.int
+        NEXT_OFFSET_FIELD_NUMBER: _builtins.int
         next_line: _builtins.int
         attempt_finished: _builtins.bool
         attempt_id: _builtins.int
+        next_offset: _builtins.int
+        """byte offset of next_line: pass it back as start_offset"""
         @_builtins.property
         def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogLine]: ...
         def __init__(
@@ -1491,10 +1520,11 @@ class Controller(_message.Message):
             next_line: _builtins.int = ...,
             attempt_finished: _builtins.bool = ...,
             attempt_id: _builtins.int = ...,
+            next_offset: _builtins.int = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_finished", b"attempt_finished", "attempt_id", b"attempt_id", "lines", b"lines", "next_line", b"next_line"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_finished", b"attempt_finished", "attempt_id", b"attempt_id", "lines", b"lines", "next_line", b"next_line", "next_offset", b"next_offset"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1754,10 +1784,14 @@ class Worker(_message.Message):
         ATTEMPT_ID_FIELD_NUMBER: _builtins.int
         START_LINE_FIELD_NUMBER: _builtins.int
         MAX_LINES_FIELD_NUMBER: _builtins.int
+        START_OFFSET_FIELD_NUMBER: _builtins.int
         task_id: _builtins.str
         attempt_id: _builtins.int
         start_line: _builtins.int
+        """line number of the page's first line"""
         max_lines: _builtins.int
+        start_offset: _builtins.int
+        """byte offset of that line (from next_offset): O(page); unset: count lines"""
         def __init__(
             self,
             *,
@@ -1765,14 +1799,20 @@ class Worker(_message.Message):
             attempt_id: _builtins.int | None = ...,
             start_line: _builtins.int = ...,
             max_lines: _builtins.int = ...,
+            start_offset: _builtins.int | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["_attempt_id", b"_attempt_id", "attempt_id", b"attempt_id"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["_attempt_id", b"_attempt_id", "_start_offset", b"_start_offset", "attempt_id", b"attempt_id", "start_offset", b"start_offset"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["_attempt_id", b"_attempt_id", "attempt_id", b"attempt_id", "max_lines", b"max_lines", "start_line", b"start_line", "task_id", b"task_id"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["_attempt_id", b"_attempt_id", "_start_offset", b"_start_offset", "attempt_id", b"attempt_id", "max_lines", b"max_lines", "start_line", b"start_line", "start_offset", b"start_offset", "task_id", b"task_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         _WhichOneofReturnType__attempt_id: _TypeAlias = _typing.Literal["attempt_id"]  # noqa: Y015
         _WhichOneofArgType__attempt_id: _TypeAlias = _typing.Literal["_attempt_id", b"_attempt_id"]  # noqa: Y015
+        _WhichOneofReturnType__start_offset: _TypeAlias = _typing.Literal["start_offset"]  # noqa: Y015
+        _WhichOneofArgType__start_offset: _TypeAlias = _typing.Literal["_start_offset", b"_start_offset"]  # noqa: Y015
+        @_typing.overload
         def WhichOneof(self, oneof_group: _WhichOneofArgType__attempt_id) -> _WhichOneofReturnType__attempt_id | None: ...
+        @_typing.overload
+        def WhichOneof(self, oneof_group: _WhichOneofArgType__start_offset) -> _WhichOneofReturnType__start_offset | None: ...
 
     @_typing.final
     class FetchTaskLogsResponse(_message.Message):
@@ -1782,9 +1822,12 @@ class Worker(_message.Message):
         NEXT_LINE_FIELD_NUMBER: _builtins.int
         ATTEMPT_FINISHED_FIELD_NUMBER: _builtins.int
         ATTEMPT_ID_FIELD_NUMBER: _builtins.int
+        NEXT_OFFSET_FIELD_NUMBER: _builtins.int
         next_line: _builtins.int
         attempt_finished: _builtins.bool
         attempt_id: _builtins.int
+        next_offset: _builtins.int
+        """byte offset of next_line: pass it back as start_offset"""
         @_builtins.property
         def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogLine]: ...
         def __init__(
@@ -1794,10 +1837,11 @@ class Worker(_message.Message):
             next_line: _builtins.int = ...,
             attempt_finished: _builtins.bool = ...,
             attempt_id: _builtins.int = ...,
+            next_offset: _builtins.int = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_finished", b"attempt_finished", "attempt_id", b"attempt_id", "lines", b"lines", "next_line", b"next_line"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_finished", b"attempt_finished", "attempt_id", b"attempt_id", "lines", b"lines", "next_line", b"next_line", "next_offset", b"next_offset"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

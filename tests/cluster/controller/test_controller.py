@@ -9,6 +9,7 @@ import pytest
 
 from iris.cluster.clock import FakeClock, wait_until
 from iris.cluster.controller.controller import Controller, ControllerConfig
+from iris.cluster.controller.state import ControllerState
 from iris.cluster.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from iris.cluster.types import JobId, ResourceSpec, TaskId, WorkerId
 from iris.rpc import cluster_pb2
@@ -29,11 +30,17 @@ def fake() -> FakeWorkerClients:
 
 
 @pytest.fixture
-def controller(clock: FakeClock, fake: FakeWorkerClients) -> Iterator[Controller]:
-    c = Controller(ControllerConfig(worker_timeout_s=10), clock=clock, worker_clients=fake)
+def core() -> ControllerState:
+    """The pure state the controller under test drives (the test's own reference to it)."""
+    return ControllerState()
+
+
+@pytest.fixture
+def controller(clock: FakeClock, fake: FakeWorkerClients, core: ControllerState) -> Iterator[Controller]:
+    c = Controller(ControllerConfig(worker_timeout_s=10), state=core, clock=clock, worker_clients=fake)
     yield c
     c.stop()
-    c.state.check_invariants()
+    core.check_invariants()
 
 
 def command(*argv: str) -> bytes:
@@ -90,13 +97,14 @@ def test_controller_submit_dispatch_report_success(controller: Controller, fake:
 
 
 def test_controller_dispatch_refused_is_preemption_retried_elsewhere(
+    core: ControllerState,
     controller: Controller, fake: FakeWorkerClients
 ) -> None:
     register(controller, "w1", cpu=1)
     fake.unreachable.add("127.0.0.1:1001")
     launch(controller)
     schedule(controller, fake, 1)
-    task = controller.state.get_task(TaskId("job/task-0"))
+    task = core.get_task(TaskId("job/task-0"))
     assert task is not None
     wait_until(lambda: task.current_attempt_id == 1, 10)
     assert task.preemption_count == 1 and task.failure_count == 0
@@ -132,13 +140,14 @@ def test_controller_terminate_kills_running_tasks(controller: Controller, fake: 
 
 
 def test_controller_dead_worker_after_timeout_retries_tasks(
+    core: ControllerState,
     controller: Controller, fake: FakeWorkerClients, clock: FakeClock
 ) -> None:
     register(controller, "w1", cpu=1)
     register(controller, "w2", cpu=1)
     launch(controller)
     schedule(controller, fake, 1)
-    task = controller.state.get_task(TaskId("job/task-0"))
+    task = core.get_task(TaskId("job/task-0"))
     assert task is not None and task.worker_id == "w1"
     clock.advance(5)
     controller.heartbeat(T.Controller.HeartbeatRequest(worker_id="w2", incarnation="inc-127.0.0.1:1002",
@@ -154,13 +163,14 @@ def test_controller_dead_worker_after_timeout_retries_tasks(
 
 
 def test_controller_heartbeat_reconcile_kills_stale_and_fails_missing(
+    core: ControllerState,
     controller: Controller, fake: FakeWorkerClients
 ) -> None:
     register(controller, "w1", cpu=2)
     launch(controller, replicas=2)
     schedule(controller, fake, 2)
     wait_until(lambda: all(
-        controller.state.get_worker("w1").dispatch_acks.get(TaskId(f"job/task-{i}")) is not None  # type: ignore[union-attr]
+        core.get_worker("w1").dispatch_acks.get(TaskId(f"job/task-{i}")) is not None  # type: ignore[union-attr]
         for i in range(2)), 10)
     response = controller.heartbeat(
         T.Controller.HeartbeatRequest(
@@ -174,19 +184,20 @@ def test_controller_heartbeat_reconcile_kills_stale_and_fails_missing(
         )
     )
     assert [(k.task_id, k.attempt_id) for k in response.kill] == [("other/task-0", 3)]
-    task1 = controller.state.get_task(TaskId("job/task-1"))
+    task1 = core.get_task(TaskId("job/task-1"))
     assert task1 is not None and task1.state == T.TASK_STATE_PENDING and task1.preemption_count == 1
 
 
 def test_controller_restarted_worker_reregisters_and_loses_its_tasks(
+    core: ControllerState,
     controller: Controller, fake: FakeWorkerClients
 ) -> None:
     register(controller, "w1")
     launch(controller)
     schedule(controller, fake, 1)
-    task = controller.state.get_task(TaskId("job/task-0"))
+    task = core.get_task(TaskId("job/task-0"))
     assert task is not None
-    wait_until(lambda: controller.state.get_worker("w1").dispatch_acks.get(task.task_id) is not None, 10)  # type: ignore[union-attr]
+    wait_until(lambda: core.get_worker("w1").dispatch_acks.get(task.task_id) is not None, 10)  # type: ignore[union-attr]
     register(controller, "w1", incarnation="new-incarnation")
     assert task.preemption_count == 1 and task.current_attempt_id == 1
 
@@ -203,6 +214,7 @@ def test_controller_finished_report_held_back_counts_as_finished(
 
 
 def test_controller_stale_report_ignored_and_live_stale_attempt_killed(
+    core: ControllerState,
     controller: Controller, fake: FakeWorkerClients
 ) -> None:
     register(controller, "w1")
@@ -213,7 +225,7 @@ def test_controller_stale_report_ignored_and_live_stale_attempt_killed(
     response = report(controller, "w1", "job/task-0", T.TASK_STATE_RUNNING, attempt=0)
     assert [(k.task_id, k.attempt_id) for k in response.kill] == [("job/task-0", 0)]
     report(controller, "w1", "job/task-0", T.TASK_STATE_SUCCEEDED, attempt=0)
-    task = controller.state.get_task(TaskId("job/task-0"))
+    task = core.get_task(TaskId("job/task-0"))
     assert task is not None and task.state == T.TASK_STATE_RUNNING and task.current_attempt_id == 1
 
 
@@ -227,11 +239,12 @@ def test_controller_unschedulable_after_timeout_with_pending_reason(
     assert job.state == T.JOB_STATE_PENDING and job.pending_reason == "no worker has 64 cpus (largest: 2)"
     clock.advance(3.5)
     controller.tick_schedule()
+    job = controller.get_job(job_id)  # a view is a snapshot: read it again
     assert job.state == T.JOB_STATE_UNSCHEDULABLE
     assert job.error is not None and "no worker has 64 cpus" in job.error
 
 
-def test_controller_launch_rejections_change_nothing(controller: Controller) -> None:
+def test_controller_launch_rejections_change_nothing(core: ControllerState, controller: Controller) -> None:
     launch(controller, "dup")
     with pytest.raises(AlreadyExists):
         launch(controller, "dup")
@@ -241,7 +254,7 @@ def test_controller_launch_rejections_change_nothing(controller: Controller) -> 
         launch(controller, "big", replicas=100_001)
     with pytest.raises(NotFound, match="parent_job_id"):
         launch(controller, "child", parent_job_id="missing")
-    assert [j.job_id for j in controller.state.list_jobs()] == ["dup"]
+    assert [j.job_id for j in core.list_jobs()] == ["dup"]
 
 
 def test_controller_child_of_ended_parent_is_refused(controller: Controller) -> None:
@@ -289,50 +302,52 @@ def test_controller_scheduling_loop_wakes_on_submit(clock: FakeClock, fake: Fake
         c.stop()
 
 
-def test_controller_batches_a_pass_per_worker_and_a_refused_task_is_a_worker_failure(
-    controller: Controller, fake: FakeWorkerClients
+def test_controller_batches_a_pass_per_worker_and_a_refused_task_is_a_task_failure(
+    core: ControllerState, controller: Controller, fake: FakeWorkerClients
 ) -> None:
     register(controller, "w1", cpu=3)
     fake.refuse["job/task-1"] = "resources.cpu: must be >= 0"
-    launch(controller, replicas=3)
+    launch(controller, replicas=3, max_retries_failure=1)
     schedule(controller, fake, 3)
     assert fake.batch_calls == [("127.0.0.1:1001", ["job/task-0", "job/task-1", "job/task-2"])]
-    refused = controller.state.get_task(TaskId("job/task-1"))
+    refused = core.get_task(TaskId("job/task-1"))
     assert refused is not None
     wait_until(lambda: refused.current_attempt_id == 1, 10)
-    assert refused.preemption_count == 1 and refused.failure_count == 0
-    assert refused.attempts[0].state == T.TASK_STATE_WORKER_FAILED
+    # The task's own content was refused: a real failure of the task, charged to its failure budget.
+    assert refused.failure_count == 1 and refused.preemption_count == 0
+    assert refused.attempts[0].state == T.TASK_STATE_FAILED and not refused.attempts[0].is_worker_failure
     assert "refused" in (refused.attempts[0].error or "") and "resources.cpu" in (refused.attempts[0].error or "")
     for i in (0, 2):
-        task = controller.state.get_task(TaskId(f"job/task-{i}"))
+        task = core.get_task(TaskId(f"job/task-{i}"))
         assert task is not None and task.state == T.TASK_STATE_RUNNING and task.current_attempt_id == 0
-    # One refusal is one failed dispatch: the worker stays healthy and gets the retry.
-    worker = controller.state.get_worker(WorkerId("w1"))
-    assert worker is not None and worker.healthy
+    # The worker did nothing wrong: it stays healthy, uncharged, and gets the retry.
+    worker = core.get_worker(WorkerId("w1"))
+    assert worker is not None and worker.healthy and worker.consecutive_failures == 0
     del fake.refuse["job/task-1"]
     controller.tick_schedule()
     wait_until(lambda: ("job/task-1", 1) in fake.ran(), 10)
 
 
 def test_controller_batch_to_unreachable_worker_fails_every_task_once(
-    controller: Controller, fake: FakeWorkerClients
+    core: ControllerState, controller: Controller, fake: FakeWorkerClients
 ) -> None:
     register(controller, "w1", cpu=2)
     fake.unreachable.add("127.0.0.1:1001")
     launch(controller, replicas=2)
     schedule(controller, fake, 2)
     assert len(fake.batch_calls) == 1
-    tasks = [controller.state.get_task(TaskId(f"job/task-{i}")) for i in range(2)]
+    tasks = [core.get_task(TaskId(f"job/task-{i}")) for i in range(2)]
     wait_until(lambda: all(t is not None and t.current_attempt_id == 1 for t in tasks), 10)
     for t in tasks:
         assert t is not None and t.preemption_count == 1 and t.state == T.TASK_STATE_PENDING
         assert "unreachable" in (t.attempts[0].error or "")
-    worker = controller.state.get_worker(WorkerId("w1"))
+    worker = core.get_worker(WorkerId("w1"))
     assert worker is not None and not worker.healthy  # UNAVAILABLE: the worker is gone
 
 
 def test_controller_batches_split_by_limits(clock: FakeClock, fake: FakeWorkerClients) -> None:
-    c = Controller(ControllerConfig(dispatch_batch_max_tasks=2), clock=clock, worker_clients=fake)
+    state = ControllerState()
+    c = Controller(ControllerConfig(dispatch_batch_max_tasks=2), state=state, clock=clock, worker_clients=fake)
     try:
         register(c, "w1", cpu=5)
         launch(c, replicas=5)
@@ -343,4 +358,54 @@ def test_controller_batches_split_by_limits(clock: FakeClock, fake: FakeWorkerCl
         assert sorted(fake.ran()) == [(f"job/task-{i}", 0) for i in range(5)]
     finally:
         c.stop()
-        c.state.check_invariants()
+        state.check_invariants()
+
+
+def test_controller_list_jobs_pages_in_submission_order(controller: Controller) -> None:
+    for i in range(25):
+        launch(controller, f"j{i:02d}")
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        page = controller.list_jobs(page_size=10, page_token=token)
+        assert len(page.jobs) <= 10
+        seen.extend(j.job_id for j in page.jobs)
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [f"j{i:02d}" for i in range(25)] and pages == 3
+    assert [j.job_id for j in controller.list_jobs(prefix="j1").jobs] == [f"j1{i}" for i in range(10)]
+
+
+def test_controller_list_jobs_bounds_the_scan_behind_a_page(controller: Controller) -> None:
+    """A filter that matches little does not make one page walk every job: the page returns short,
+    with a token, after examining a bounded number of jobs; following the tokens finds everything."""
+    for i in range(300):
+        launch(controller, f"j{i:03d}")
+    controller.terminate_job(JobId("j299"))
+    first = controller.list_jobs(states=[T.JOB_STATE_KILLED], page_size=1)
+    assert first.jobs == [] and first.next_page_token  # 20 examined, none matched yet
+    found: list[str] = []
+    token = first.next_page_token
+    while token:
+        page = controller.list_jobs(states=[T.JOB_STATE_KILLED], page_size=1, page_token=token)
+        found.extend(j.job_id for j in page.jobs)
+        token = page.next_page_token
+    assert found == ["j299"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"prefix": "x" * 2000}, "prefix"),
+        ({"states": [1] * 17}, "states"),
+        ({"page_size": 10_000}, "page_size"),
+        ({"page_token": "not-a-token"}, "page_token"),
+    ],
+)
+def test_controller_list_jobs_refuses_oversized_filters(controller: Controller, kwargs: dict[str, object],
+                                                        field: str) -> None:
+    with pytest.raises(InvalidArgument, match=f"^{field}:"):
+        controller.list_jobs(**kwargs)  # type: ignore[arg-type]

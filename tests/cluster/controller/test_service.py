@@ -11,7 +11,9 @@ import pytest
 from iris.cluster.clock import FakeClock
 from iris.cluster.controller.controller import Controller, ControllerConfig
 from iris.cluster.controller.service import ControllerServer
+from iris.cluster.controller.state import ControllerState
 from iris.cluster.types import ResourceSpec
+from iris.cluster.validation import Limits
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
 
 from .fakes import FakeWorkerClients
@@ -22,12 +24,14 @@ C = cluster_pb2.Controller
 
 @pytest.fixture
 def server() -> Iterator[ControllerServer]:
-    controller = Controller(ControllerConfig(max_replicas=1000), clock=FakeClock(), worker_clients=FakeWorkerClients())
+    state = ControllerState()
+    controller = Controller(ControllerConfig(limits=Limits(max_replicas=1000)), state=state, clock=FakeClock(),
+                            worker_clients=FakeWorkerClients())
     srv = ControllerServer(controller, "127.0.0.1", 0)
     srv.start()
     yield srv
     srv.stop(grace=0)
-    controller.state.check_invariants()
+    state.check_invariants()
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from iris.cluster.controller.store import (
     DB_FILENAME,
     MIGRATIONS,
     SCHEMA_VERSION,
+    TABLES,
     ControllerStore,
     StoreError,
 )
@@ -329,26 +330,29 @@ def test_fresh_file_gets_the_current_schema_in_wal_mode(tmp_path: Path) -> None:
 
 
 def test_forward_migration_from_an_older_version_keeps_the_data(tmp_path: Path) -> None:
-    # The file was written by a controller at schema v1 (the current MIGRATIONS)...
-    with ControllerStore.open(tmp_path) as store:
+    # The file was written by a controller at schema v1...
+    with ControllerStore.open(tmp_path, migrations=MIGRATIONS[:1]) as store:
         state = ControllerState()
         add_worker(state)
         _, (task,) = submit(state, "a", max_retries_failure=1)
         dispatch(state, task)
         persist(state, store)
-    # ...and is opened by a controller whose schema has a v1 -> v2 step.
-    v2_step = (
-        "ALTER TABLE jobs ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'",
-        "CREATE INDEX tasks_by_job ON tasks (job_id)",
-    )
-    steps = [*MIGRATIONS, v2_step]
+    # ...and is opened by a controller with the real v1 -> v2 step (the tasks-by-job index) and a
+    # further one of a future version.
+    later_step = ("ALTER TABLE jobs ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'",)
+    steps = [*MIGRATIONS, later_step]
     with ControllerStore.open(tmp_path, migrations=steps) as store:
         assert store.schema_version == len(MIGRATIONS) + 1
         loaded = store.load()
         loaded.check_invariants()
         assert_same_state(state, loaded)
-        labels = sqlite3.connect(store.path).execute("SELECT labels FROM jobs").fetchall()
-        assert labels == [("{}",)]
+        conn = sqlite3.connect(store.path)
+        assert conn.execute("SELECT labels FROM jobs").fetchall() == [("{}",)]
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "tasks_by_job" in indexes
+        plan = " ".join(str(r) for r in conn.execute("EXPLAIN QUERY PLAN SELECT task_id FROM tasks WHERE job_id = 'a'"))
+        assert "tasks_by_job" in plan
+        conn.close()
         # Opening again at v2 applies nothing more.
     with ControllerStore.open(tmp_path, migrations=steps) as store:
         assert store.schema_version == len(MIGRATIONS) + 1
@@ -373,7 +377,7 @@ def test_failed_migration_leaves_the_old_version(tmp_path: Path) -> None:
     with ControllerStore.open(tmp_path) as store:
         pass
     bad = [*MIGRATIONS, ("CREATE TABLE extra (x)", "THIS IS NOT SQL")]
-    with pytest.raises(StoreError, match="migration to schema version 2 failed"):
+    with pytest.raises(StoreError, match=f"migration to schema version {SCHEMA_VERSION + 1} failed"):
         ControllerStore.open(tmp_path, migrations=bad)
     with ControllerStore.open(tmp_path) as store:
         assert store.schema_version == SCHEMA_VERSION
@@ -393,7 +397,7 @@ def test_bundles_are_content_addressed_atomic_and_idempotent(tmp_path: Path) -> 
         assert digest == hashlib.sha256(blob).hexdigest()
         assert store.put_bundle(blob) == digest
         assert store.get_bundle(digest) == blob
-        assert store.has_bundle(digest)
+        assert store.get_bundle(digest) is not None
         assert store.get_bundle("0" * 64) is None
         assert store.get_bundle("../controller.sqlite3") is None
         assert sorted(p.name for p in (tmp_path / "bundles").iterdir()) == [f"{digest}.zip"]
@@ -460,3 +464,46 @@ def test_acknowledged_jobs_survive_sigkill_of_the_writer(tmp_path: Path) -> None
     for job_id in acknowledged:
         assert len(loaded.get_job_tasks(JobId(job_id))) == 3
     assert len(loaded.queue_order()) == 3 * len(present)
+
+
+def test_store_declared_tables_match_the_migrated_schema(tmp_path: Path) -> None:
+    """Every statement is generated from ``TABLES``: the declarations must be the real schema."""
+    with ControllerStore.open(tmp_path) as store:
+        conn = sqlite3.connect(store.path)
+        for table in TABLES:
+            columns = tuple(r[1] for r in conn.execute(f"PRAGMA table_info({table.name})"))
+            assert columns == table.columns, table.name
+            key = tuple(r[1] for r in sorted((r for r in conn.execute(f"PRAGMA table_info({table.name})") if r[5]),
+                                              key=lambda r: r[5]))
+            assert key == table.key, table.name
+            for index, cols in table.indexes:
+                assert tuple(r[2] for r in conn.execute(f"PRAGMA index_info({index})")) == cols
+        conn.close()
+
+
+def test_store_deleted_job_leaves_no_row_and_does_not_come_back(tmp_path: Path) -> None:
+    with ControllerStore.open(tmp_path) as store:
+        state = ControllerState()
+        add_worker(state)
+        parent, (ptask,) = submit(state, "parent", max_retries_failure=1)
+        child, _ = submit(state, "child", parent_job_id="parent")
+        keep, _ = submit(state, "keep")
+        dispatch(state, ptask)
+        state.transition_task(ptask.task_id, T.TASK_STATE_FAILED, NOW, error="boom")  # retried: an attempt row
+        persist(state, store)
+        state.terminate_job(parent.job_id, NOW)
+        persist(state, store)
+        assert state.delete_job(JobId("parent")) == [JobId("parent/child"), JobId("parent")]
+        persist(state, store)
+        conn = sqlite3.connect(store.path)
+        for table in ("jobs", "tasks", "attempts", "endpoints"):
+            rows = conn.execute(f"SELECT * FROM {table}").fetchall()
+            assert all("parent" not in str(row[:2]) for row in rows), (table, rows)
+        conn.close()
+        loaded = store.load()
+        loaded.check_invariants()
+        assert [j.job_id for j in loaded.list_jobs()] == ["keep"]
+        # The name can be used again.
+        submit(loaded, "parent")
+        persist(loaded, store)
+        assert [j.job_id for j in store.load().list_jobs()] == ["keep", "parent"]

@@ -1,15 +1,21 @@
-"""The controller shell: owns the state, the store, the clock, the worker clients and the threads.
+"""The controller shell: owns the state, the store, the clock, the task backend and the threads.
 
 Decisions are made in the pure core (``state.py``, ``scheduler.py``); this module applies them:
 
 - One lock covers "apply a change to the state, drain its effects, write them to the store". No RPC
-  and no process call runs under it.
+  and no process call runs under it. Nothing outside this class holds it: readers go through the
+  read methods below, which copy a bounded number of objects per lock hold into frozen views
+  (``views.py``) and build their replies after releasing it.
+- Requests are checked by ``iris.cluster.validation`` (the rules the workers apply too) before
+  anything changes.
 - Scheduling runs when woken (a submit, a report, a worker registering, a task ending) and on a
-  fallback timer for scheduling timeouts. Dispatch (``RunTask``) goes through a bounded thread pool
-  with a per-call deadline, never on the scheduling thread and never under the lock. A dispatch
-  the worker did not accept is a worker failure of that attempt.
-- Every task the core ends while its process may still run gets a ``KillTask`` on its worker.
-- Liveness is time-based (``tick_health``); heartbeats are reconciled level-triggered.
+  fallback timer for scheduling timeouts. Launches go to the ``TaskBackend`` through a bounded
+  thread pool, never on the scheduling thread and never under the lock. A launch the backend could
+  not deliver is a preemption of that attempt; one refused for the task's own content is a
+  failure of the task, and the worker stays healthy.
+- Every task the core ends while its process may still run gets a kill through the backend.
+- Liveness is time-based (``tick_health``); observed sets (heartbeats, or a polling backend's
+  ``observe``) are reconciled level-triggered.
 
 Every loop body is a public single-pass ``tick_*`` method so tests drive it with a ``FakeClock``.
 """
@@ -18,21 +24,34 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Protocol
-
-import grpc
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from iris.cluster.clock import Clock, SystemClock
+from iris.cluster.controller.backend import (
+    AttemptKill,
+    AttemptLaunch,
+    BackendUnavailable,
+    LaunchOutcome,
+    LaunchResult,
+    LocationCapacity,
+    LogPage,
+    LogRequest,
+    Observation,
+    TaskBackend,
+    WorkerClients,
+    WorkerDaemonBackend,
+    WorkerDaemonTimeouts,
+)
 from iris.cluster.controller.job import Job, expand_job_to_tasks
 from iris.cluster.controller.scheduler import Scheduler
 from iris.cluster.controller.state import (
+    ActionLogEntry,
     ControllerEndpoint,
     ControllerState,
     ControllerWorker,
@@ -40,23 +59,40 @@ from iris.cluster.controller.state import (
     KillInstruction,
     ObservedAttempt,
 )
-from iris.cluster.controller.task import Task
+from iris.cluster.controller.views import (
+    ClusterCounts,
+    JobView,
+    TaskView,
+    WorkerView,
+    job_view,
+    task_view,
+    worker_view,
+)
 from iris.cluster.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from iris.cluster.types import (
-    BUNDLE_HASH_RE,
-    ENV_NAME_RE,
-    JOB_NAME_RE,
-    PORT_NAME_RE,
     TERMINAL_TASK_STATES,
     JobId,
     TaskId,
     WorkerId,
+    WorkerMetadata,
     child_job_id,
     task_state_name,
 )
-from iris.rpc import cluster_pb2, cluster_pb2_grpc
+from iris.cluster.validation import DEFAULT_LIMITS, Limits, check_id, validate_launch_request
+from iris.rpc import cluster_pb2
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 500
+MAX_PAGE_SIZE = 5000
+MAX_FILTER_CHARS = 1024
+MAX_FILTER_STATES = 16
+READ_CHUNK = 1000
+"""Objects copied per lock hold by a reader; between chunks the lock is free for writers."""
+SCAN_PER_PAGE = 20
+"""A list page examines at most this many times its size of objects before it returns (possibly
+short, with a token to go on), so a filter that matches little still costs O(page)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ControllerConfig:
@@ -66,7 +102,7 @@ class ControllerConfig:
     """Fallback scheduling timer; scheduling is otherwise woken by events."""
     health_interval_s: float = 0.5
     dispatch_timeout_s: float = 10.0
-    """Deadline of one RunTask call."""
+    """Deadline of one RunTasks call."""
     kill_timeout_s: float = 5.0
     kill_grace_period_s: float = 5.0
     """SIGTERM, then SIGKILL after this long (passed to the worker)."""
@@ -74,67 +110,12 @@ class ControllerConfig:
     dispatch_threads: int = 16
     dispatch_batch_max_tasks: int = 128
     dispatch_batch_max_bytes: int = 1024 * 1024
-    """A scheduling pass sends each worker its tasks in RunTasks calls of at most this many tasks
-    and entrypoint bytes (a single task goes alone, as RunTask)."""
+    """A scheduling pass sends each worker its tasks in calls of at most this many tasks and
+    request bytes (a task bigger than that goes alone)."""
     max_dispatch_failures: int = 3
-    """Failed RunTask calls in a row after which a worker is declared dead."""
-    max_replicas: int = 100_000
-    max_entrypoint_bytes: int = 16 * 1024 * 1024
-    max_bundle_bytes: int = 100 * 1024 * 1024
-
-
-class WorkerClients(Protocol):
-    """How the controller calls workers. ``GrpcWorkerClients`` in production, a fake in tests."""
-
-    def run_tasks(
-        self, address: str, request: cluster_pb2.Worker.RunTasksRequest, timeout: float
-    ) -> cluster_pb2.Worker.RunTasksResponse: ...
-
-    def kill_task(self, address: str, request: cluster_pb2.Worker.KillTaskRequest, timeout: float) -> None: ...
-
-    def fetch_logs(
-        self, address: str, request: cluster_pb2.Worker.FetchTaskLogsRequest, timeout: float
-    ) -> cluster_pb2.Worker.FetchTaskLogsResponse: ...
-
-    def close(self) -> None: ...
-
-
-class GrpcWorkerClients:
-    """One cached gRPC channel per worker address."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._channels: dict[str, grpc.Channel] = {}
-        self._stubs: dict[str, cluster_pb2_grpc.WorkerServiceStub] = {}
-
-    def _stub(self, address: str) -> cluster_pb2_grpc.WorkerServiceStub:
-        with self._lock:
-            stub = self._stubs.get(address)
-            if stub is None:
-                channel = grpc.insecure_channel(address)
-                self._channels[address] = channel
-                stub = self._stubs[address] = cluster_pb2_grpc.WorkerServiceStub(channel)
-            return stub
-
-    def run_tasks(
-        self, address: str, request: cluster_pb2.Worker.RunTasksRequest, timeout: float
-    ) -> cluster_pb2.Worker.RunTasksResponse:
-        return self._stub(address).RunTasks(request, timeout=timeout)
-
-    def kill_task(self, address: str, request: cluster_pb2.Worker.KillTaskRequest, timeout: float) -> None:
-        self._stub(address).KillTask(request, timeout=timeout)
-
-    def fetch_logs(
-        self, address: str, request: cluster_pb2.Worker.FetchTaskLogsRequest, timeout: float
-    ) -> cluster_pb2.Worker.FetchTaskLogsResponse:
-        return self._stub(address).FetchTaskLogs(request, timeout=timeout)
-
-    def close(self) -> None:
-        with self._lock:
-            for channel in self._channels.values():
-                channel.close()
-            self._channels.clear()
-            self._stubs.clear()
+    """Failed launch calls in a row after which a worker is declared dead."""
+    limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
+    """Size limits of a job; the workers apply the same (``iris.cluster.validation``)."""
 
 
 class StateStore(Protocol):
@@ -165,19 +146,16 @@ class MemoryBundles:
 
 
 @dataclass(frozen=True, slots=True)
-class _Dispatch:
-    task_id: TaskId
-    attempt_id: int
-    worker_id: WorkerId
-    address: str
-    request: cluster_pb2.Worker.RunTaskRequest
-
-
-@dataclass(frozen=True, slots=True)
 class ScheduleSummary:
     assigned: int
     timed_out: int
     pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    jobs: list[JobView]
+    next_page_token: str
 
 
 class Controller:
@@ -188,19 +166,28 @@ class Controller:
         state: ControllerState | None = None,
         store: StateStore | None = None,
         clock: Clock | None = None,
+        backend: TaskBackend | None = None,
         worker_clients: WorkerClients | None = None,
         address: str = "",
         on_fatal: Callable[[], None] | None = None,
     ) -> None:
+        """``backend`` runs the tasks; by default Iris's worker daemons over gRPC
+        (``worker_clients`` replaces their transport, e.g. with a fake in tests)."""
         self.config = config or ControllerConfig()
-        self._state = state or ControllerState()
+        self._state = state if state is not None else ControllerState()
         self._store = store
         self._bundles: MemoryBundles | StateStore = store if store is not None else MemoryBundles()
         self._clock: Clock = clock or SystemClock()
-        self._workers: WorkerClients = worker_clients or GrpcWorkerClients()
+        if backend is not None and worker_clients is not None:
+            raise ValueError("pass a backend or worker_clients, not both")
+        self._backend: TaskBackend = backend or WorkerDaemonBackend(
+            worker_clients,
+            WorkerDaemonTimeouts(self.config.dispatch_timeout_s, self.config.kill_timeout_s,
+                                 self.config.log_fetch_timeout_s),
+        )
         self._scheduler = Scheduler(self._state)
-        self._request_templates: dict[JobId, cluster_pb2.Worker.RunTaskRequest] = {}
-        """Per job, the RunTaskRequest fields all its tasks share (used under the lock)."""
+        self._launch_bytes: dict[JobId, int] = {}
+        """Per job (recent ones), the request bytes one of its launches takes (for batching)."""
         self._lock = threading.RLock()
         self._wake_event = threading.Event()
         self._stop = threading.Event()
@@ -211,15 +198,6 @@ class Controller:
         self._on_fatal = on_fatal or _exit_process
 
     # ------------------------------------------------------------------ lifecycle
-
-    @property
-    def state(self) -> ControllerState:
-        return self._state
-
-    @property
-    def lock(self) -> threading.RLock:
-        """Held while building a view from several objects, so it is consistent (never across I/O)."""
-        return self._lock
 
     @property
     def clock(self) -> Clock:
@@ -243,7 +221,7 @@ class Controller:
             thread.join(timeout=10)
         self._threads.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._workers.close()
+        self._backend.close()
         with self._lock:
             if self._store is not None:
                 self._store.close()
@@ -268,8 +246,18 @@ class Controller:
         while not self._clock.wait(stop, self.config.health_interval_s):
             try:
                 self.tick_health()
+                self.tick_observe()
             except Exception:
                 logger.exception("health pass failed")
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn`` on the pool; an exception inside it is logged, never lost."""
+        try:
+            future = self._pool.submit(fn, *args)
+        except RuntimeError:  # shut down
+            logger.debug("pool is shut down; dropped %s", getattr(fn, "__name__", fn))
+            return
+        future.add_done_callback(_log_failure)
 
     # ------------------------------------------------------------------ the lock and effects
 
@@ -299,54 +287,48 @@ class Controller:
             worker = self._state.get_worker(kill.worker_id)
             if worker is None:
                 continue
-            request = cluster_pb2.Worker.KillTaskRequest(
-                task_id=kill.task_id, attempt_id=kill.attempt_id, grace_period_seconds=self.config.kill_grace_period_s
-            )
-            self._pool.submit(self._kill_one, worker.address, request)
+            self._submit(self._kill_one, AttemptKill(kill.worker_id, worker.address, kill.task_id, kill.attempt_id,
+                                                     self.config.kill_grace_period_s))
 
-    def _kill_one(self, address: str, request: cluster_pb2.Worker.KillTaskRequest) -> None:
+    def _kill_one(self, kill: AttemptKill) -> None:
         try:
-            self._workers.kill_task(address, request, self.config.kill_timeout_s)
-        except grpc.RpcError as e:
-            # The next heartbeat reconcile kills it: the attempt is no longer expected there.
-            logger.warning("KillTask task=%s attempt=%s at %s failed: %s", request.task_id, request.attempt_id,
-                           address, _rpc_error_text(e))
+            self._backend.kill(kill)
+        except BackendUnavailable as e:
+            # The next observation reconciles it: the attempt is no longer expected there.
+            logger.warning("kill task=%s attempt=%s on %s failed: %s", kill.task_id, kill.attempt_id,
+                           kill.worker_id, e)
 
     # ------------------------------------------------------------------ jobs
 
     def launch_job(self, request: cluster_pb2.Controller.LaunchJobRequest) -> JobId:
         """Validate and accept a job. Raises IrisError subclasses; a rejected request changes nothing."""
-        _validate_launch_request(request, self.config)
-        request = _copy_request(request)
-        if request.bundle_blob:
-            if len(request.bundle_blob) > self.config.max_bundle_bytes:
-                raise InvalidArgument(
-                    f"bundle_blob: {len(request.bundle_blob)} bytes exceeds the limit of {self.config.max_bundle_bytes}"
-                )
-            digest = hashlib.sha256(request.bundle_blob).hexdigest()
-            if request.bundle_hash and request.bundle_hash != digest:
+        spec = validate_launch_request(request, self.config.limits)
+        blob = request.bundle_blob
+        if blob:
+            digest = hashlib.sha256(blob).hexdigest()
+            if spec.bundle_hash and spec.bundle_hash != digest:
                 raise InvalidArgument(f"bundle_hash: does not match the sha256 of bundle_blob ({digest})")
         with self._lock:
-            if request.parent_job_id:
-                parent = self._state.get_job(JobId(request.parent_job_id))
+            if spec.parent_job_id:
+                parent = self._state.get_job(JobId(spec.parent_job_id))
                 if parent is None:
-                    raise NotFound(f"parent_job_id: job {request.parent_job_id!r} not found")
+                    raise NotFound(f"parent_job_id: job {spec.parent_job_id!r} not found")
                 if parent.is_finished():
-                    raise FailedPrecondition(f"parent_job_id: job {request.parent_job_id!r} has already ended")
-                job_id = child_job_id(parent.job_id, request.name)
-                if not request.bundle_hash and not request.bundle_blob and parent.bundle_hash:
-                    request.bundle_hash = parent.bundle_hash  # child jobs reuse their parent's workspace
+                    raise FailedPrecondition(f"parent_job_id: job {spec.parent_job_id!r} has already ended")
+                job_id = child_job_id(parent.job_id, spec.name)
+                check_id(job_id, "name", self.config.limits)
+                if not spec.bundle_hash and not blob and parent.bundle_hash:
+                    spec = spec.replace(bundle_hash=parent.bundle_hash)  # child jobs reuse the parent's workspace
             else:
-                job_id = JobId(request.name)
+                job_id = JobId(spec.name)
             if self._state.get_job(job_id) is not None:
                 raise AlreadyExists(f"name: job {job_id!r} already exists")
-            if request.bundle_blob:
-                request.bundle_hash = self._bundles.put_bundle(request.bundle_blob)
-                request.bundle_blob = b""  # kept once, content-addressed; not in every job's memory
-            elif request.bundle_hash and self._bundles.get_bundle(request.bundle_hash) is None:
-                raise InvalidArgument(f"bundle_hash: no bundle {request.bundle_hash} is stored; send bundle_blob")
+            if blob:
+                spec = spec.replace(bundle_hash=self._bundles.put_bundle(blob))  # stored once, content-addressed
+            elif spec.bundle_hash and self._bundles.get_bundle(spec.bundle_hash) is None:
+                raise InvalidArgument(f"bundle_hash: no bundle {spec.bundle_hash} is stored; send bundle_blob")
             now = self._clock.now_ms()
-            job = Job(job_id, request, now)
+            job = Job(job_id, spec, now)
             self._state.add_job(job, expand_job_to_tasks(job, now))
             effects = self._commit()
         logger.info("job submitted job=%s tasks=%d", job_id, job.num_tasks)
@@ -362,17 +344,16 @@ class Controller:
         self._after_commit(effects)
         return changed
 
-    def get_job(self, job_id: JobId) -> Job:
+    def get_job(self, job_id: JobId) -> JobView:
+        """A snapshot of one job. Raises NotFound."""
+        with self._lock:
+            return job_view(self._job_locked(job_id))
+
+    def _job_locked(self, job_id: JobId) -> Job:
         job = self._state.get_job(job_id)
         if job is None:
             raise NotFound(f"job_id: job {job_id!r} not found")
         return job
-
-    def get_task(self, job_id: JobId, task_index: int) -> Task:
-        tasks = self._state.get_job_tasks(self.get_job(job_id).job_id)
-        if not 0 <= task_index < len(tasks):
-            raise NotFound(f"task_index: job {job_id!r} has no task {task_index} (it has {len(tasks)})")
-        return tasks[task_index]
 
     def get_bundle(self, bundle_hash: str) -> bytes:
         blob = self._bundles.get_bundle(bundle_hash)
@@ -380,27 +361,133 @@ class Controller:
             raise NotFound(f"bundle_hash: no bundle {bundle_hash!r}")
         return blob
 
+    # ------------------------------------------------------------------ reads
+
+    def list_jobs(
+        self, *, states: Sequence[int] = (), prefix: str = "", page_size: int = 0, page_token: str = ""
+    ) -> JobPage:
+        """One page of jobs in submission order. Each lock hold copies at most ``READ_CHUNK`` jobs,
+        and a page examines at most ``SCAN_PER_PAGE`` x its size, so no filter can make a read
+        hold up the control plane."""
+        if len(prefix) > MAX_FILTER_CHARS:
+            raise InvalidArgument(f"prefix: longer than {MAX_FILTER_CHARS} characters ({len(prefix)})")
+        if len(states) > MAX_FILTER_STATES:
+            raise InvalidArgument(f"states: at most {MAX_FILTER_STATES} states, got {len(states)}")
+        if page_size < 0 or page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument(f"page_size: must be between 0 and {MAX_PAGE_SIZE}, got {page_size}")
+        after = _parse_token(page_token)
+        size = page_size or DEFAULT_PAGE_SIZE
+        wanted = set(states)
+        budget = size * SCAN_PER_PAGE
+        out: list[JobView] = []
+        while len(out) < size and budget > 0:
+            with self._lock:
+                chunk = self._state.jobs_after(after, min(READ_CHUNK, budget))
+                for job in chunk:
+                    after = job.submit_seq
+                    budget -= 1
+                    if (not wanted or job.state in wanted) and job.job_id.startswith(prefix):
+                        out.append(job_view(job))
+                        if len(out) >= size:
+                            break
+            if len(chunk) == 0:
+                return JobPage(out, "")
+        with self._lock:
+            more = bool(self._state.jobs_after(after, 1))
+        return JobPage(out, str(after) if more else "")
+
+    def job_status(self, job_id: JobId, include_tasks: bool = False) -> tuple[JobView, list[TaskView] | None]:
+        """A job's snapshot and, when asked, its tasks' (copied ``READ_CHUNK`` at a time)."""
+        with self._lock:
+            job = self._job_locked(job_id)
+            view = job_view(job)
+        return view, (self._task_views(job) if include_tasks else None)
+
+    def _task_views(self, job: Job) -> list[TaskView]:
+        views: list[TaskView] = []
+        start = 0
+        while True:
+            with self._lock:
+                tasks = self._state.get_job_tasks(job.job_id)[start:start + READ_CHUNK]
+                views.extend(task_view(t, job, self._address_of(t.worker_id)) for t in tasks)
+            if len(tasks) < READ_CHUNK:
+                return views
+            start += READ_CHUNK
+
+    def _address_of(self, worker_id: WorkerId | None) -> str:
+        worker = self._state.get_worker(worker_id) if worker_id is not None else None
+        return worker.address if worker is not None else ""
+
+    def list_tasks(self, job_id: JobId) -> list[TaskView]:
+        with self._lock:
+            job = self._job_locked(job_id)
+        return self._task_views(job)
+
+    def task_status(self, job_id: JobId, task_index: int) -> TaskView:
+        with self._lock:
+            job = self._job_locked(job_id)
+            tasks = self._state.get_job_tasks(job.job_id)
+            if not 0 <= task_index < len(tasks):
+                raise NotFound(f"task_index: job {job_id!r} has no task {task_index} (it has {len(tasks)})")
+            task = tasks[task_index]
+            return task_view(task, job, self._address_of(task.worker_id))
+
+    def list_workers(self) -> list[WorkerView]:
+        with self._lock:
+            return [worker_view(w) for w in self._state.list_workers()]
+
+    def list_endpoints(self, prefix: str = "") -> list[ControllerEndpoint]:
+        if len(prefix) > MAX_FILTER_CHARS:
+            raise InvalidArgument(f"prefix: longer than {MAX_FILTER_CHARS} characters ({len(prefix)})")
+        with self._lock:
+            return self._state.list_endpoints(prefix)
+
+    def recent_actions(self, limit: int = 100) -> list[ActionLogEntry]:
+        return self._state.recent_actions(limit)
+
+    def counts(self) -> ClusterCounts:
+        """Jobs and tasks by state, workers by health (for ``/metrics``), counted in chunks."""
+        jobs_by_state: dict[int, int] = {s: 0 for s in cluster_pb2.JobState.values()}
+        tasks_by_state: dict[int, int] = {s: 0 for s in cluster_pb2.TaskState.values()}
+        after = 0
+        while True:
+            with self._lock:
+                chunk = self._state.jobs_after(after, READ_CHUNK)
+                for job in chunk:
+                    jobs_by_state[job.state] += 1
+                    for s, n in enumerate(job.counts):
+                        tasks_by_state[s] += n
+            if not chunk:
+                break
+            after = chunk[-1].submit_seq
+        workers = self.list_workers()
+        return ClusterCounts(
+            jobs_by_state, tasks_by_state,
+            sum(1 for w in workers if w.healthy), sum(1 for w in workers if not w.healthy),
+            sum(w.committed_cpu for w in workers if w.healthy),
+        )
+
     # ------------------------------------------------------------------ scheduling
 
     def tick_schedule(self) -> ScheduleSummary:
-        """One scheduling pass: time out, assign, commit; then dispatch outside the lock."""
+        """One scheduling pass: time out, assign, commit; then launch outside the lock."""
         with self._lock:
-            dispatches, summary = self._schedule_locked()
+            launches, summary = self._schedule_locked()
             if summary is None:
                 return ScheduleSummary(0, 0, 0)
             effects = self._commit()
-        self._start_dispatches(dispatches)
+        self._start_launches(launches)
         if effects.kills:
             self._send_kills(effects.kills)
         return summary
 
-    def _schedule_locked(self) -> tuple[list[_Dispatch], ScheduleSummary | None]:
-        """The scheduling pass without its commit (the caller commits it, possibly together with
-        the changes that prompted it). Call with the lock held. ``None``: nothing was pending."""
-        dispatches: list[_Dispatch] = []
+    def _schedule_locked(self) -> tuple[list[AttemptLaunch], ScheduleSummary | None]:
+        """The scheduling pass without its commit. Call with the lock held. ``None``: nothing was
+        pending."""
+        launches: list[AttemptLaunch] = []
         pending = self._state.peek_pending_tasks()
         if not pending:
-            return dispatches, None
+            return launches, None
         now = self._clock.now_ms()
         tx = self._scheduler.find_assignments(pending, self._state.get_available_workers(), now)
         for task in tx.timed_out_tasks:
@@ -420,108 +507,79 @@ class Controller:
             if self._state.commit_assignment(task.task_id, worker.worker_id, now):
                 job = self._state.get_job(task.job_id)
                 assert job is not None
-                dispatches.append(
-                    _Dispatch(task.task_id, task.current_attempt_id, worker.worker_id, worker.address,
-                              self._run_task_request(job, task))
-                )
+                launches.append(AttemptLaunch(job.job_id, task.task_id, task.task_index, job.num_tasks,
+                                              task.current_attempt_id, job.spec, worker.worker_id, worker.address))
         self._state.set_pending_reasons(reasons)
-        return dispatches, ScheduleSummary(len(dispatches), len(tx.timed_out_tasks), len(pending) - len(dispatches))
+        return launches, ScheduleSummary(len(launches), len(tx.timed_out_tasks), len(pending) - len(launches))
 
-    def _start_dispatches(self, dispatches: list[_Dispatch]) -> None:
-        """Hand committed assignments to the dispatch pool: one RunTasks per worker (per batch)."""
-        for batch in self._dispatch_batches(dispatches):
-            self._pool.submit(self._dispatch_batch, batch)
+    def _start_launches(self, launches: list[AttemptLaunch]) -> None:
+        """Hand committed assignments to the pool: one backend call per worker (per batch)."""
+        for batch in self._batches(launches):
+            self._submit(self._launch_batch, batch)
 
-    def _run_task_request(self, job: Job, task: Task) -> cluster_pb2.Worker.RunTaskRequest:
-        """The job's part of the request is built once per job (a template copied in one call);
-        only the task's fields are set per task."""
-        template = self._request_templates.get(job.job_id)
-        if template is None:
-            request = job.request
-            template = cluster_pb2.Worker.RunTaskRequest(
-                job_id=job.job_id,
-                num_tasks=job.num_tasks,
-                serialized_entrypoint=request.serialized_entrypoint,
-                environment=request.environment,
-                bundle_hash=job.bundle_hash or request.bundle_hash,
-                resources=request.resources,
-                ports=request.ports,
-            )
-            if len(self._request_templates) >= 64:
-                self._request_templates.clear()
-            self._request_templates[job.job_id] = template
-        run = cluster_pb2.Worker.RunTaskRequest()
-        run.CopyFrom(template)
-        run.task_id = task.task_id
-        run.task_index = task.task_index
-        run.attempt_id = task.current_attempt_id
-        return run
+    def _launch_size(self, spec_job: AttemptLaunch) -> int:
+        size = self._launch_bytes.get(spec_job.job_id)
+        if size is None:
+            spec = spec_job.spec
+            size = (len(spec.entrypoint.pickled) + sum(len(a) + 1 for a in spec.entrypoint.argv)
+                    + sum(len(k) + len(v) + 2 for k, v in spec.env.items()) + 256)
+            if len(self._launch_bytes) >= 256:
+                self._launch_bytes.clear()
+            self._launch_bytes[spec_job.job_id] = size
+        return size
 
-    def _dispatch_batches(self, dispatches: list[_Dispatch]) -> list[list[_Dispatch]]:
-        """Group a pass's dispatches per worker (in assignment order), split by the batch limits."""
-        per_worker: dict[WorkerId, list[list[_Dispatch]]] = {}
+    def _batches(self, launches: list[AttemptLaunch]) -> list[list[AttemptLaunch]]:
+        """Group a pass's launches per worker (in assignment order), split by the batch limits."""
+        per_worker: dict[WorkerId, list[list[AttemptLaunch]]] = {}
         sizes: dict[WorkerId, int] = {}
         max_tasks = self.config.dispatch_batch_max_tasks
         max_bytes = self.config.dispatch_batch_max_bytes
-        for d in dispatches:
-            size = len(d.request.serialized_entrypoint)
-            chunks = per_worker.setdefault(d.worker_id, [])
-            if not chunks or len(chunks[-1]) >= max_tasks or sizes[d.worker_id] + size > max_bytes:
+        for launch in launches:
+            size = self._launch_size(launch)
+            chunks = per_worker.setdefault(launch.worker_id, [])
+            if not chunks or len(chunks[-1]) >= max_tasks or sizes[launch.worker_id] + size > max_bytes:
                 chunks.append([])
-                sizes[d.worker_id] = 0
-            chunks[-1].append(d)
-            sizes[d.worker_id] += size
+                sizes[launch.worker_id] = 0
+            chunks[-1].append(launch)
+            sizes[launch.worker_id] += size
         return [chunk for chunks in per_worker.values() for chunk in chunks]
 
-    def _dispatch_batch(self, batch: list[_Dispatch]) -> None:
-        """One RunTasks call for several tasks on one worker. Each task the worker did not accept
-        (refused, or the call failed) is a worker failure of that attempt, as with RunTask; a failed
-        call counts as one failed dispatch toward ``max_dispatch_failures``."""
-        first = batch[0]
-        call_error: str | None = None
-        call_worker_gone = False
-        results: list[cluster_pb2.Worker.RunTaskResponse] = []
+    def _launch_batch(self, batch: list[AttemptLaunch]) -> None:
+        """One backend call for several attempts on one worker, and what each result means:
+        ACCEPTED is acknowledged; TASK_REFUSED is a failure of that task (the worker stays
+        healthy); BACKEND_FAILED is a preemption, and the call counts once toward
+        ``max_dispatch_failures`` of the worker."""
         try:
-            response = self._workers.run_tasks(
-                first.address,
-                cluster_pb2.Worker.RunTasksRequest(tasks=[d.request for d in batch]),
-                self.config.dispatch_timeout_s,
-            )
-            results = list(response.results)
+            results = self._backend.submit(batch)
             if len(results) != len(batch):
-                call_error = (f"dispatch to worker {first.worker_id} failed: {len(results)} results for "
-                              f"{len(batch)} tasks")
-        except grpc.RpcError as e:
-            call_error = f"dispatch to worker {first.worker_id} failed: {_rpc_error_text(e)}"
-            call_worker_gone = e.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE)
-        except Exception as e:  # a bug in a fake or client must not leave the tasks stuck RUNNING
-            logger.exception("dispatch of %d tasks to %s crashed", len(batch), first.worker_id)
-            call_error = f"dispatch to worker {first.worker_id} failed: {e}"
-        if call_error is not None:
-            logger.warning("%d tasks (first %s): %s", len(batch), first.task_id, call_error)
-        failed = False
+                raise RuntimeError(f"backend gave {len(results)} results for {len(batch)} launches")
+        except Exception as e:  # a bug in a backend must not leave the tasks stuck RUNNING
+            logger.exception("launch of %d tasks to %s crashed", len(batch), batch[0].worker_id)
+            results = [LaunchResult(LaunchOutcome.BACKEND_FAILED, f"dispatch to worker {batch[0].worker_id} "
+                                    f"failed: {e}")] * len(batch)
+        self.apply_launch_results(batch, results)
+
+    def apply_launch_results(self, batch: Sequence[AttemptLaunch], results: Sequence[LaunchResult]) -> None:
+        """Apply what the backend said about each launch of one call."""
+        changed = False
+        failed_last = max((i for i, r in enumerate(results) if r.outcome is LaunchOutcome.BACKEND_FAILED),
+                          default=-1)
         with self._lock:
             now = self._clock.now_ms()
-            for i, d in enumerate(batch):
-                if call_error is not None:
+            for i, (launch, result) in enumerate(zip(batch, results, strict=True)):
+                if result.outcome is LaunchOutcome.ACCEPTED:
+                    self._state.ack_dispatch(launch.task_id, launch.attempt_id, result.incarnation, result.sequence)
+                    continue
+                changed = True
+                logger.warning("task=%s attempt=%d: %s", launch.task_id, launch.attempt_id, result.error)
+                if result.outcome is LaunchOutcome.TASK_REFUSED:
+                    self._state.dispatch_refused(launch.task_id, launch.attempt_id, now, result.error)
+                else:
                     self._state.dispatch_failed(
-                        d.task_id, d.attempt_id, now, call_error, worker_gone=call_worker_gone,
-                        max_consecutive_failures=self.config.max_dispatch_failures,
-                        count_failure=i == len(batch) - 1,
+                        launch.task_id, launch.attempt_id, now, result.error, worker_gone=result.location_gone,
+                        max_consecutive_failures=self.config.max_dispatch_failures, count_failure=i == failed_last,
                     )
-                    failed = True
-                    continue
-                result = results[i]
-                if result.accepted:
-                    self._state.ack_dispatch(d.task_id, d.attempt_id, result.incarnation, result.sequence)
-                    continue
-                error = f"worker {d.worker_id} refused the task" + (f": {result.error}" if result.error else "")
-                logger.warning("task=%s attempt=%d: %s", d.task_id, d.attempt_id, error)
-                self._state.dispatch_failed(d.task_id, d.attempt_id, now, error,
-                                            worker_gone=result.worker_stopping,
-                                            max_consecutive_failures=self.config.max_dispatch_failures)
-                failed = True
-            effects = self._commit() if failed else None
+            effects = self._commit() if changed else None
         if effects is not None:
             self._after_commit(effects)
 
@@ -542,61 +600,92 @@ class Controller:
         self._after_commit(effects)
         return dead
 
+    def tick_observe(self) -> None:
+        """Pull what a polling backend knows (new capacity, complete observed sets) and apply it
+        exactly as registrations and heartbeats are applied. A push backend returns nothing."""
+        for location in self._backend.capacity():
+            with self._lock:
+                known = self._state.get_worker(location.worker_id)
+                fresh = known is None or not known.healthy or known.incarnation != location.incarnation
+            if fresh:  # a known, live location is kept alive by its observations
+                self._register(location)
+        for observation in self._backend.observe():
+            kills = self.apply_observation(observation)
+            for attempt in kills or ():
+                self._send_kills([KillInstruction(observation.worker_id, attempt.task_id, attempt.attempt_id)])
+
     def register_worker(
         self, request: cluster_pb2.Controller.RegisterWorkerRequest
     ) -> cluster_pb2.Controller.RegisterWorkerResponse:
-        if not request.worker_id:
-            raise InvalidArgument("worker_id: must not be empty")
-        if not request.address or ":" not in request.address:
-            raise InvalidArgument(f"address: expected HOST:PORT, got {request.address!r}")
+        check_id(request.worker_id, "worker_id", self.config.limits)
+        if not request.address or ":" not in request.address or len(request.address) > MAX_FILTER_CHARS:
+            raise InvalidArgument(f"address: expected HOST:PORT, got {request.address[:64]!r}")
         if request.metadata.cpu_count < 0 or request.metadata.memory_bytes < 0:
             raise InvalidArgument("metadata: cpu_count and memory_bytes must be >= 0")
-        observed = _observed(request.tasks)
+        try:
+            metadata = WorkerMetadata.from_proto(request.metadata)
+        except ValueError as e:
+            raise InvalidArgument(f"metadata.{e}") from None
+        location = LocationCapacity(
+            WorkerId(request.worker_id), request.address, metadata, request.incarnation,
+            _observed(request.tasks), request.sequence,
+        )
+        kill = self._register(location)
+        return cluster_pb2.Controller.RegisterWorkerResponse(accepted=True, kill=[_status(a) for a in kill])
+
+    def _register(self, location: LocationCapacity) -> list[ObservedAttempt]:
         with self._lock:
             now = self._clock.now_ms()
             worker = ControllerWorker(
-                worker_id=WorkerId(request.worker_id),
-                address=request.address,
-                metadata=request.metadata,
+                worker_id=location.worker_id,
+                address=location.address,
+                metadata=location.metadata,
                 last_heartbeat_ms=now,
                 registered_at_ms=now,
-                incarnation=request.incarnation,
+                incarnation=location.incarnation,
             )
             self._state.add_worker(worker)
-            self._state.log_action("worker_registered", now_ms=now, worker_id=request.worker_id,
-                                   details=request.address)
-            result = self._state.reconcile_worker(worker.worker_id, observed, request.incarnation,
-                                                  request.sequence, now)
+            self._state.log_action("worker_registered", now_ms=now, worker_id=location.worker_id,
+                                   details=location.address)
+            result = self._state.reconcile_worker(worker.worker_id, location.attempts, location.incarnation,
+                                                  location.sequence, now)
             effects = self._commit()
-        logger.info("worker registered worker=%s address=%s", request.worker_id, request.address)
+        logger.info("worker registered worker=%s address=%s", location.worker_id, location.address)
         self._after_commit(effects)
         self.wake()
-        return cluster_pb2.Controller.RegisterWorkerResponse(accepted=True, kill=[_status(a) for a in result.kill])
+        return result.kill
 
     def heartbeat(self, request: cluster_pb2.Controller.HeartbeatRequest) -> cluster_pb2.Controller.HeartbeatResponse:
-        if not request.worker_id:
-            raise InvalidArgument("worker_id: must not be empty")
-        observed = _observed(request.tasks)
+        check_id(request.worker_id, "worker_id", self.config.limits)
+        observation = Observation(WorkerId(request.worker_id), _observed(request.tasks), request.incarnation,
+                                  request.sequence)
+        kill = self.apply_observation(observation)
+        if kill is None:
+            return cluster_pb2.Controller.HeartbeatResponse(reregister=True)
+        return cluster_pb2.Controller.HeartbeatResponse(kill=[_status(a) for a in kill])
+
+    def apply_observation(self, observation: Observation) -> list[ObservedAttempt] | None:
+        """Reconcile one location's complete observed set (a heartbeat, or a backend's poll).
+        Returns the attempts to kill there, or None when the location is unknown or was declared
+        dead (it must register again)."""
         with self._lock:
             now = self._clock.now_ms()
-            worker_id = WorkerId(request.worker_id)
-            if not self._state.heartbeat(worker_id, now):
-                return cluster_pb2.Controller.HeartbeatResponse(reregister=True)
-            result = self._state.reconcile_worker(worker_id, observed, request.incarnation, request.sequence, now)
+            if not self._state.heartbeat(observation.worker_id, now):
+                return None
+            result = self._state.reconcile_worker(observation.worker_id, observation.attempts,
+                                                  observation.incarnation, observation.sequence, now)
             effects = self._commit()
         self._after_commit(effects)
-        return cluster_pb2.Controller.HeartbeatResponse(kill=[_status(a) for a in result.kill])
+        return result.kill
 
     def report_task_state(
         self, request: cluster_pb2.Controller.ReportTaskStateRequest
     ) -> cluster_pb2.Controller.ReportTaskStateResponse:
         """Apply a batch of reports from one worker. Stale or duplicate reports are no-ops; a live
         attempt the controller no longer expects is sent back to be killed."""
-        if not request.worker_id:
-            raise InvalidArgument("worker_id: must not be empty")
+        check_id(request.worker_id, "worker_id", self.config.limits)
         for i, update in enumerate(request.updates):
-            if not update.task_id:
-                raise InvalidArgument(f"updates[{i}].task_id: must not be empty")
+            check_id(update.task_id, f"updates[{i}].task_id", self.config.limits)
             if update.state not in cluster_pb2.TaskState.values():
                 raise InvalidArgument(f"updates[{i}].state: unknown task state {update.state}")
         kill: list[cluster_pb2.WorkerTaskStatus] = []
@@ -627,12 +716,16 @@ class Controller:
     def register_endpoint(self, request: cluster_pb2.Controller.RegisterEndpointRequest) -> str:
         if not request.name:
             raise InvalidArgument("name: must not be empty")
+        if len(request.name) > MAX_FILTER_CHARS:
+            raise InvalidArgument(f"name: longer than {MAX_FILTER_CHARS} characters")
         if not request.address:
             raise InvalidArgument("address: must not be empty")
+        if len(request.address) > MAX_FILTER_CHARS:
+            raise InvalidArgument(f"address: longer than {MAX_FILTER_CHARS} characters")
         with self._lock:
             task = self._state.get_task(TaskId(request.task_id))
             if task is None:
-                raise NotFound(f"task_id: task {request.task_id!r} not found")
+                raise NotFound(f"task_id: task {request.task_id[:128]!r} not found")
             endpoint = ControllerEndpoint(
                 endpoint_id=uuid.uuid4().hex[:16],
                 name=request.name,
@@ -653,12 +746,15 @@ class Controller:
     def unregister_endpoint(self, endpoint_id: str) -> None:
         with self._lock:
             if self._state.remove_endpoint(endpoint_id) is None:
-                raise NotFound(f"endpoint_id: endpoint {endpoint_id!r} not found")
+                raise NotFound(f"endpoint_id: endpoint {endpoint_id[:128]!r} not found")
             effects = self._commit()
         self._after_commit(effects)
 
     def lookup_endpoint(self, name: str) -> ControllerEndpoint:
-        found = self._state.lookup_endpoints(name)
+        if len(name) > MAX_FILTER_CHARS:
+            raise InvalidArgument(f"name: longer than {MAX_FILTER_CHARS} characters")
+        with self._lock:
+            found = self._state.lookup_endpoints(name)
         if not found:
             raise NotFound(f"name: no endpoint named {name!r}")
         return found[0]
@@ -668,12 +764,14 @@ class Controller:
     def fetch_task_logs(
         self, request: cluster_pb2.Controller.FetchTaskLogsRequest
     ) -> cluster_pb2.Controller.FetchTaskLogsResponse:
-        task = self._state.get_task(TaskId(request.task_id))
-        if task is None:
-            raise NotFound(f"task_id: task {request.task_id!r} not found")
         if request.start_line < 0 or request.max_lines < 0:
             raise InvalidArgument("start_line and max_lines: must be >= 0")
+        if request.HasField("start_offset") and request.start_offset < 0:
+            raise InvalidArgument(f"start_offset: must be >= 0, got {request.start_offset}")
         with self._lock:
+            task = self._state.get_task(TaskId(request.task_id))
+            if task is None:
+                raise NotFound(f"task_id: task {request.task_id[:128]!r} not found")
             attempt_id = request.attempt_id if request.HasField("attempt_id") else task.current_attempt_id
             worker_id: WorkerId | None = None
             attempt_finished = True
@@ -689,28 +787,28 @@ class Controller:
                     if not 0 <= attempt_id <= task.current_attempt_id:
                         raise NotFound(f"attempt_id: task {task.task_id} has no attempt {attempt_id}")
             worker = self._state.get_worker(worker_id) if worker_id is not None else None
+            task_id = task.task_id
+        offset = request.start_offset if request.HasField("start_offset") else None
         if worker_id is None:
-            return cluster_pb2.Controller.FetchTaskLogsResponse(attempt_id=attempt_id, attempt_finished=False,
-                                                                next_line=request.start_line)
+            return cluster_pb2.Controller.FetchTaskLogsResponse(
+                attempt_id=attempt_id, attempt_finished=False, next_line=request.start_line,
+                next_offset=offset or 0,
+            )
         if worker is None:
             raise Unavailable(f"logs of attempt {attempt_id} are on worker {worker_id}, which is unknown")
         try:
-            reply = self._workers.fetch_logs(
-                worker.address,
-                cluster_pb2.Worker.FetchTaskLogsRequest(
-                    task_id=task.task_id, attempt_id=attempt_id, start_line=request.start_line,
-                    max_lines=request.max_lines,
-                ),
-                self.config.log_fetch_timeout_s,
-            )
-        except grpc.RpcError as e:
-            raise Unavailable(
-                f"logs of attempt {attempt_id} are on worker {worker_id}, which did not answer: {_rpc_error_text(e)}"
-            ) from e
+            page: LogPage = self._backend.fetch_logs(LogRequest(
+                worker_id, worker.address, task_id, attempt_id, request.start_line, offset, request.max_lines,
+            ))
+        except BackendUnavailable as e:
+            raise Unavailable(f"logs of attempt {attempt_id} are on worker {worker_id}, which did not answer: {e}"
+                              ) from e
         return cluster_pb2.Controller.FetchTaskLogsResponse(
-            lines=reply.lines,
-            next_line=reply.next_line,
-            attempt_finished=reply.attempt_finished or attempt_finished,
+            lines=[cluster_pb2.LogLine(data=line.data, source=line.source, timestamp_ms=line.timestamp_ms)
+                   for line in page.lines],
+            next_line=page.next_line,
+            next_offset=page.next_offset,
+            attempt_finished=page.attempt_finished or attempt_finished,
             attempt_id=attempt_id,
         )
 
@@ -722,10 +820,20 @@ def _exit_process() -> None:
     os._exit(70)
 
 
-def _rpc_error_text(error: grpc.RpcError) -> str:
-    code = error.code() if hasattr(error, "code") else None
-    details = error.details() if hasattr(error, "details") else str(error)
-    return f"{code.name if code is not None else 'ERROR'}: {details}"
+def _log_failure(future: Future[Any]) -> None:
+    if future.cancelled():
+        return
+    error = future.exception()
+    if error is not None:
+        logger.error("background controller work failed", exc_info=error)
+
+
+def _parse_token(token: str) -> int:
+    if not token:
+        return 0
+    if len(token) > 20 or not token.isdigit():
+        raise InvalidArgument(f"page_token: not a token this controller issued ({token[:24]!r})")
+    return int(token)
 
 
 def _observed(tasks: Sequence[cluster_pb2.WorkerTaskStatus]) -> list[ObservedAttempt]:
@@ -737,73 +845,3 @@ def _observed(tasks: Sequence[cluster_pb2.WorkerTaskStatus]) -> list[ObservedAtt
 
 def _status(attempt: ObservedAttempt) -> cluster_pb2.WorkerTaskStatus:
     return cluster_pb2.WorkerTaskStatus(task_id=attempt.task_id, attempt_id=attempt.attempt_id, state=attempt.state)  # type: ignore[arg-type]
-
-
-def _copy_request(request: cluster_pb2.Controller.LaunchJobRequest) -> cluster_pb2.Controller.LaunchJobRequest:
-    copy = cluster_pb2.Controller.LaunchJobRequest()
-    copy.CopyFrom(request)
-    return copy
-
-
-def _validate_launch_request(request: cluster_pb2.Controller.LaunchJobRequest, config: ControllerConfig) -> None:
-    """Field rules of LaunchJob. Raises InvalidArgument naming the field and the rule."""
-    if not request.name:
-        raise InvalidArgument("name: must not be empty")
-    if not JOB_NAME_RE.match(request.name):
-        raise InvalidArgument(
-            f"name: {request.name!r} must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
-    if request.parent_job_id and len(request.parent_job_id) > 1024:
-        raise InvalidArgument("parent_job_id: longer than 1024 characters")
-    res = request.resources
-    if res.replicas < 0:
-        raise InvalidArgument(f"resources.replicas: must be >= 0, got {res.replicas}")
-    if res.replicas > config.max_replicas:
-        raise InvalidArgument(f"resources.replicas: must be <= {config.max_replicas}, got {res.replicas}")
-    if res.cpu < 0:
-        raise InvalidArgument(f"resources.cpu: must be >= 0, got {res.cpu}")
-    if res.memory_bytes < 0:
-        raise InvalidArgument(f"resources.memory_bytes: must be >= 0, got {res.memory_bytes}")
-    if res.disk_bytes < 0:
-        raise InvalidArgument(f"resources.disk_bytes: must be >= 0, got {res.disk_bytes}")
-    kind = res.device.WhichOneof("device")
-    if kind == "gpu" and res.device.gpu.count < 0:
-        raise InvalidArgument(f"resources.device.gpu.count: must be >= 0, got {res.device.gpu.count}")
-    if kind == "tpu" and res.device.tpu.count < 0:
-        raise InvalidArgument(f"resources.device.tpu.count: must be >= 0, got {res.device.tpu.count}")
-    for field_name in ("max_task_failures", "max_retries_failure"):
-        if getattr(request, field_name) < 0:
-            raise InvalidArgument(f"{field_name}: must be >= 0, got {getattr(request, field_name)}")
-    if request.HasField("max_retries_preemption") and request.max_retries_preemption < 0:
-        raise InvalidArgument(f"max_retries_preemption: must be >= 0, got {request.max_retries_preemption}")
-    timeout = request.scheduling_timeout_seconds
-    if math.isnan(timeout) or timeout < 0 or math.isinf(timeout):
-        raise InvalidArgument(f"scheduling_timeout_seconds: must be a finite number >= 0, got {timeout}")
-    if len(request.serialized_entrypoint) > config.max_entrypoint_bytes:
-        raise InvalidArgument(
-            f"serialized_entrypoint: {len(request.serialized_entrypoint)} bytes exceeds the limit of "
-            f"{config.max_entrypoint_bytes}"
-        )
-    try:
-        entrypoint = cluster_pb2.Entrypoint.FromString(request.serialized_entrypoint)
-    except Exception as e:
-        raise InvalidArgument(f"serialized_entrypoint: not a valid iris.cluster.Entrypoint: {e}") from e
-    which = entrypoint.WhichOneof("kind")
-    if which is None:
-        raise InvalidArgument("serialized_entrypoint: must hold a command or a callable")
-    if which == "command" and (not entrypoint.command.argv or not entrypoint.command.argv[0]):
-        raise InvalidArgument("serialized_entrypoint.command.argv: must not be empty")
-    if which == "callable" and not entrypoint.callable.pickled:
-        raise InvalidArgument("serialized_entrypoint.callable.pickled: must not be empty")
-    seen: set[str] = set()
-    for port in request.ports:
-        if not PORT_NAME_RE.match(port):
-            raise InvalidArgument(f"ports: {port!r} must be an identifier (letters, digits, '_')")
-        if port.upper() in seen:
-            raise InvalidArgument(f"ports: {port!r} is listed twice")
-        seen.add(port.upper())
-    for key in request.environment.env_vars:
-        if not ENV_NAME_RE.match(key):
-            raise InvalidArgument(f"environment.env_vars: {key!r} is not a valid variable name")
-    if request.bundle_hash and not BUNDLE_HASH_RE.match(request.bundle_hash):
-        raise InvalidArgument("bundle_hash: must be a sha256 hex digest")

@@ -20,10 +20,9 @@ from urllib.parse import parse_qs, urlparse
 from google.protobuf.json_format import MessageToDict
 
 from iris.cluster.controller.controller import Controller
-from iris.cluster.controller.service import endpoint_to_proto, job_to_proto, worker_to_proto
+from iris.cluster.controller.views import endpoint_proto, job_proto, worker_proto
 from iris.cluster.errors import IrisError
 from iris.cluster.types import JobId, job_state_name, task_state_name
-from iris.rpc import cluster_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -108,57 +107,44 @@ class Dashboard:
 
     # ------------------------------------------------------------------ views
 
-    def jobs(self) -> dict[str, Any]:
-        with self._controller.lock:
-            statuses = [job_to_proto(j) for j in self._controller.state.list_jobs()]
-        return {"jobs": [_to_dict(status) for status in statuses]}
+    def jobs(self, page_token: str = "") -> dict[str, Any]:
+        page = self._controller.list_jobs(page_token=page_token)
+        return {"jobs": [_to_dict(job_proto(j)) for j in page.jobs], "next_page_token": page.next_page_token}
 
     def job(self, job_id: str) -> dict[str, Any]:
-        with self._controller.lock:
-            job = self._controller.get_job(JobId(job_id))
-            status = job_to_proto(job, self._controller.state.get_job_tasks(job.job_id))
-        return {"job": _to_dict(status)}
+        job, tasks = self._controller.job_status(JobId(job_id), include_tasks=True)
+        return {"job": _to_dict(job_proto(job, tasks))}
 
     def workers(self) -> dict[str, Any]:
-        with self._controller.lock:
-            workers = [worker_to_proto(w) for w in self._controller.state.list_workers()]
-        return {"workers": [_to_dict(w) for w in workers]}
+        return {"workers": [_to_dict(worker_proto(w)) for w in self._controller.list_workers()]}
 
     def endpoints(self) -> dict[str, Any]:
-        return {"endpoints": [_to_dict(endpoint_to_proto(e)) for e in self._controller.state.list_endpoints()]}
+        return {"endpoints": [_to_dict(endpoint_proto(e)) for e in self._controller.list_endpoints()]}
 
     def actions(self) -> dict[str, Any]:
         return {
             "actions": [
                 {"timestamp_ms": a.timestamp_ms, "action": a.action, "job_id": a.job_id, "task_id": a.task_id,
                  "worker_id": a.worker_id, "details": a.details}
-                for a in self._controller.state.recent_actions(200)
+                for a in self._controller.recent_actions(200)
             ]
         }
 
     def metrics(self) -> str:
-        """Prometheus text format. O(jobs + workers): per-job counts, never a scan of tasks."""
-        with self._controller.lock:
-            return self._metrics_locked()
-
-    def _metrics_locked(self) -> str:
-        state = self._controller.state
-        jobs_by_state: dict[str, int] = {job_state_name(s): 0 for s in cluster_pb2.JobState.values()}
-        tasks_by_state: dict[str, int] = {task_state_name(s): 0 for s in cluster_pb2.TaskState.values()}
-        for job in state.list_jobs():
-            jobs_by_state[job_state_name(job.state)] += 1
-            for s, n in enumerate(job.counts):
-                tasks_by_state[task_state_name(s)] += n
-        workers = state.list_workers()
+        """Prometheus text format, from counts the controller takes in chunks (per-job counts,
+        never a scan of tasks, never all jobs under one lock hold)."""
+        counts = self._controller.counts()
+        jobs_by_state = {job_state_name(s): n for s, n in counts.jobs_by_state.items()}
+        tasks_by_state = {task_state_name(s): n for s, n in counts.tasks_by_state.items()}
         lines = ["# HELP iris_jobs Jobs by state.", "# TYPE iris_jobs gauge"]
         lines += [f'iris_jobs{{state="{s}"}} {n}' for s, n in jobs_by_state.items() if s != "UNSPECIFIED"]
         lines += ["# HELP iris_tasks Tasks by state.", "# TYPE iris_tasks gauge"]
         lines += [f'iris_tasks{{state="{s}"}} {n}' for s, n in tasks_by_state.items() if s != "UNSPECIFIED"]
         lines += ["# HELP iris_workers Registered workers by health.", "# TYPE iris_workers gauge"]
-        lines.append(f'iris_workers{{healthy="true"}} {sum(1 for w in workers if w.healthy)}')
-        lines.append(f'iris_workers{{healthy="false"}} {sum(1 for w in workers if not w.healthy)}')
+        lines.append(f'iris_workers{{healthy="true"}} {counts.workers_healthy}')
+        lines.append(f'iris_workers{{healthy="false"}} {counts.workers_unhealthy}')
         lines += ["# HELP iris_committed_cpu Cores committed to running tasks.", "# TYPE iris_committed_cpu gauge"]
-        lines.append(f"iris_committed_cpu {sum(w.committed_cpu for w in workers if w.healthy)}")
+        lines.append(f"iris_committed_cpu {counts.committed_cpu}")
         return "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------------ HTTP
@@ -191,7 +177,7 @@ class Dashboard:
                     elif url.path == "/metrics":
                         self._send(HTTPStatus.OK, dashboard.metrics().encode(), "text/plain; version=0.0.4")
                     elif url.path == "/api/jobs":
-                        self._json(dashboard.jobs())
+                        self._json(dashboard.jobs((query.get("page_token") or [""])[0]))
                     elif url.path == "/api/job":
                         job_ids = query.get("id")
                         if not job_ids:
@@ -207,7 +193,7 @@ class Dashboard:
                     else:
                         self._json({"error": f"no route {url.path}"}, HTTPStatus.NOT_FOUND)
                 except IrisError as e:
-                    status = HTTPStatus.NOT_FOUND if e.code.name == "NOT_FOUND" else HTTPStatus.BAD_REQUEST
+                    status = HTTPStatus.NOT_FOUND if e.code == "NOT_FOUND" else HTTPStatus.BAD_REQUEST
                     self._json({"error": str(e)}, status)
                 except Exception as e:
                     logger.exception("dashboard %s failed", url.path)

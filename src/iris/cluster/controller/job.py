@@ -17,29 +17,34 @@ task transition (see ``Job.on_task_transition``):
 
 from __future__ import annotations
 
+from iris.cluster.controller.capacity import JobRequirements
 from iris.cluster.controller.task import Task
+from iris.cluster.spec import DEFAULT_MAX_RETRIES_PREEMPTION, JobSpec
 from iris.cluster.types import (
     TERMINAL_JOB_STATES,
+    CpuDevice,
+    GpuDevice,
     JobId,
-    device_count,
-    device_kind,
-    device_variant,
     task_id_for,
 )
 from iris.rpc import cluster_pb2
 
-DEFAULT_MAX_RETRIES_PREEMPTION = 100
+__all__ = ["DEFAULT_MAX_RETRIES_PREEMPTION", "Job", "expand_job_to_tasks"]
 
 _T = cluster_pb2  # short alias for state constants below
 _NUM_STATES = 9
 
 
 class Job:
-    """A submitted job. Holds the request, the derived state and the per-state task counts."""
+    """A submitted job: its ``JobSpec``, the derived state and the per-state task counts.
+
+    The seed's constructor takes the ``LaunchJobRequest``; it is converted to the typed spec here,
+    at the boundary (a ``JobSpec`` is accepted as well), and ``request`` gives the protobuf view
+    back for the seed's callers."""
 
     __slots__ = (
         "job_id",
-        "request",
+        "spec",
         "submitted_at_ms",
         "parent_job_id",
         "state",
@@ -62,19 +67,22 @@ class Job:
         "device_count",
         "bundle_hash",
         "first_failure",
+        "requirements",
+        "submit_seq",
     )
 
     def __init__(
         self,
         job_id: JobId,
-        request: cluster_pb2.Controller.LaunchJobRequest,
+        request: cluster_pb2.Controller.LaunchJobRequest | JobSpec,
         submitted_at_ms: int,
         parent_job_id: JobId | None = None,
     ) -> None:
+        spec = request if isinstance(request, JobSpec) else JobSpec.from_proto(request)
         self.job_id = job_id
-        self.request = request
+        self.spec = spec
         self.submitted_at_ms = submitted_at_ms
-        self.parent_job_id = parent_job_id or (JobId(request.parent_job_id) if request.parent_job_id else None)
+        self.parent_job_id = parent_job_id or (JobId(spec.parent_job_id) if spec.parent_job_id else None)
         self.state: int = cluster_pb2.JOB_STATE_PENDING
         self.error: str | None = None
         self.started_at_ms: int | None = None
@@ -83,30 +91,38 @@ class Job:
         self.counts: list[int] = [0] * _NUM_STATES
         """Number of this job's tasks in each TaskState (indexed by the enum value)."""
         self.pending_reason = ""
-        self.max_task_failures = request.max_task_failures
-        self.max_retries_failure = request.max_retries_failure
-        self.max_retries_preemption = (
-            request.max_retries_preemption
-            if request.HasField("max_retries_preemption")
-            else DEFAULT_MAX_RETRIES_PREEMPTION
-        )
-        self.coscheduled = request.coscheduled
-        self.scheduling_timeout_ms = int(request.scheduling_timeout_seconds * 1000)
-        resources = request.resources
-        # Cached so the scheduler never touches protobuf on its hot path.
+        self.max_task_failures = spec.max_task_failures
+        self.max_retries_failure = spec.max_retries_failure
+        self.max_retries_preemption = spec.max_retries_preemption
+        self.coscheduled = spec.coscheduled
+        self.scheduling_timeout_ms = int(spec.scheduling_timeout_seconds * 1000)
+        resources = spec.resources
+        # Plain ints and strings, read on the scheduler's hot path.
         self.cpu = resources.cpu
         self.memory_bytes = resources.memory_bytes
         self.disk_bytes = resources.disk_bytes
-        self.device_kind = device_kind(resources.device)
-        self.device_variant = device_variant(resources.device)
-        self.device_count = device_count(resources.device)
-        self.bundle_hash = request.bundle_hash
+        device = resources.device
+        self.device_kind = "cpu" if isinstance(device, CpuDevice) else "gpu" if isinstance(device, GpuDevice) else "tpu"
+        self.device_variant = "" if isinstance(device, CpuDevice) else device.variant
+        self.device_count = 0 if isinstance(device, CpuDevice) else device.count
+        self.bundle_hash = spec.bundle_hash
+        self.requirements = JobRequirements.from_resources(
+            job_id, resources, coscheduled=spec.coscheduled, scheduling_timeout_ms=self.scheduling_timeout_ms
+        )
+        """What one task needs: the scheduler's frozen input, derived once from the frozen spec."""
+        self.submit_seq = 0
+        """Position in submission order, set by ``ControllerState`` (list pages are keyed by it)."""
         self.first_failure: str | None = None
         """Error of the first task that ended FAILED, tolerated or not: the job's error if it fails."""
 
     @property
     def name(self) -> str:
-        return self.request.name
+        return self.spec.name
+
+    @property
+    def request(self) -> cluster_pb2.Controller.LaunchJobRequest:
+        """The seed's protobuf view of the job's spec (built on each read; the core holds the spec)."""
+        return self.spec.to_proto()
 
     def is_finished(self) -> bool:
         return self.state in TERMINAL_JOB_STATES
@@ -189,7 +205,7 @@ def _task_error(task: Task, what: str) -> str:
 
 def expand_job_to_tasks(job: Job, now_ms: int) -> list[Task]:
     """Expand a job into its tasks: ``replicas`` 0 or unset means one task."""
-    num_replicas = job.request.resources.replicas or 1
+    num_replicas = job.spec.replicas or 1
     return [
         Task(
             task_id=task_id_for(job.job_id, i),

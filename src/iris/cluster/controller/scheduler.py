@@ -1,12 +1,14 @@
 """Task-to-worker matching. Pure: no threads, dispatch or state mutation; time comes in as ``now_ms``.
 
-``Scheduler.find_assignments(pending_tasks, workers, now_ms)`` reads the jobs' requirements and the
-workers' free capacity (from their counters) and returns a ``SchedulingTransaction`` value:
-assignments in queue order, tasks whose scheduling timeout passed, and a readable reason for each
-job that could not be placed. Committing the assignments is the shell's job.
+``Scheduler.find_assignments(pending_tasks, workers, now_ms)`` keeps the seed's name and argument
+shape, but decides from frozen values taken at its boundary: each worker becomes a
+``WorkerSnapshot`` (free and total capacity, health) and each job its ``JobRequirements`` (derived
+once from the job's frozen spec). It returns a ``SchedulingTransaction`` value: assignments in
+queue order, tasks whose scheduling timeout passed, and a readable reason for each job that could
+not be placed. Committing the assignments is the shell's job.
 
-- A task fits a worker when the worker is healthy and its free cpu, memory, disk and devices cover
-  the job's request. Capacity is deducted on a private per-call copy.
+- A task fits a worker when ``capacity.fits`` says so (the one fit rule); capacity is deducted on
+  a private per-call copy of the snapshots.
 - No head-of-line blocking: a job that does not fit is skipped for the rest of the pass, and the
   jobs behind it are still placed.
 - First fit with a cursor per requirement shape: capacities only shrink during a pass, so a worker
@@ -19,20 +21,24 @@ job that could not be placed. Committing the assignments is the shell's job.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from iris.cluster.controller.capacity import JobRequirements, Room, WorkerSnapshot, fits, unmet_everywhere
 from iris.cluster.controller.job import Job
 from iris.cluster.controller.state import ControllerState, ControllerWorker
 from iris.cluster.controller.task import Task
-from iris.cluster.types import JobId, format_size
+from iris.cluster.types import JobId
 
 _Shape = tuple[int, int, int, str, str, int]
 
 
 @dataclass(slots=True)
-class _Capacity:
+class _Working:
+    """The scheduler's private, shrinking copy of one worker's free capacity during a pass."""
+
     worker: ControllerWorker
+    snapshot: WorkerSnapshot
     cpu: int
     memory: int
     disk: int
@@ -40,29 +46,17 @@ class _Capacity:
     device_kind: str
     device_variant: str
 
-    def fits(self, job: Job) -> bool:
-        if self.cpu < job.cpu or self.memory < job.memory_bytes:
-            return False
-        if job.disk_bytes and self.disk < job.disk_bytes:
-            return False
-        if job.device_kind != "cpu":
-            if self.device_kind != job.device_kind or self.devices < job.device_count:
-                return False
-            if job.device_variant and job.device_variant.lower() not in self.device_variant.lower():
-                return False
-        return True
+    def deduct(self, req: JobRequirements) -> None:
+        self.cpu -= req.cpu
+        self.memory -= req.memory_bytes
+        self.disk -= req.disk_bytes
+        self.devices -= req.device_count
 
-    def deduct(self, job: Job) -> None:
-        self.cpu -= job.cpu
-        self.memory -= job.memory_bytes
-        self.disk -= job.disk_bytes
-        self.devices -= job.device_count
-
-    def restore(self, job: Job) -> None:
-        self.cpu += job.cpu
-        self.memory += job.memory_bytes
-        self.disk += job.disk_bytes
-        self.devices += job.device_count
+    def restore(self, req: JobRequirements) -> None:
+        self.cpu += req.cpu
+        self.memory += req.memory_bytes
+        self.disk += req.disk_bytes
+        self.devices += req.device_count
 
 
 @dataclass(slots=True)
@@ -83,10 +77,17 @@ class SchedulingTransaction:
 
 
 class Scheduler:
-    """Matches pending tasks to workers. Reads jobs through ``state`` but never changes it."""
+    """Matches pending tasks to workers. Looks jobs up through ``state`` (or ``get_job``) but never
+    changes anything."""
 
-    def __init__(self, state: ControllerState) -> None:
+    def __init__(self, state: ControllerState | None = None, *, get_job: Callable[[JobId], Job | None] | None = None
+                 ) -> None:
+        if get_job is None:
+            if state is None:
+                raise ValueError("Scheduler needs a state or a get_job function")
+            get_job = state.get_job
         self._state = state
+        self._get_job = get_job
 
     def find_assignments(
         self,
@@ -95,24 +96,18 @@ class Scheduler:
         now_ms: int,
     ) -> SchedulingTransaction:
         transaction = SchedulingTransaction(self._state)
-        caps = [
-            _Capacity(
-                worker=w,
-                cpu=w.total_cpu - w.committed_cpu,
-                memory=w.total_memory - w.committed_memory,
-                disk=w.total_disk - w.committed_disk,
-                devices=w.total_devices - w.committed_devices,
-                device_kind=w.device_kind,
-                device_variant=w.device_variant,
-            )
-            for w in workers
-            if w.healthy
+        snapshots = [(w, w.snapshot()) for w in workers]
+        working = [
+            _Working(w, s, s.free.cpu, s.free.memory, s.free.disk, s.free.devices, s.free.device_kind,
+                     s.free.device_variant)
+            for w, s in snapshots
+            if s.healthy
         ]
         cursors: dict[_Shape, int] = {}
         exhausted: set[JobId] = set()
-        jobs: dict[JobId, Job | None] = {}
+        reqs: dict[JobId, JobRequirements | None] = {}
         coscheduled_done: set[JobId] = set()
-        get_job = self._state.get_job
+        get_job = self._get_job
         skip: JobId | None = None
         """A job none of whose remaining tasks can change anything in this pass (ended, or placed
         no more and without a scheduling timeout): its run of tasks in the queue costs one
@@ -123,112 +118,80 @@ class Scheduler:
             job_id = task.job_id
             if job_id == skip:
                 continue
-            if job_id in jobs:
-                job = jobs[job_id]
+            if job_id in reqs:
+                req = reqs[job_id]
             else:
-                job = jobs[job_id] = get_job(job_id)
-            if job is None or job.is_finished():
+                job = get_job(job_id)
+                req = reqs[job_id] = None if job is None or job.is_finished() else job.requirements
+            if req is None:
                 skip = job_id
                 continue
-            if job.scheduling_timeout_ms > 0 and now_ms - task.pending_since_ms > job.scheduling_timeout_ms:
+            timeout_ms = req.scheduling_timeout_ms
+            if timeout_ms > 0 and now_ms - task.pending_since_ms > timeout_ms:
                 transaction.timed_out_tasks.append(task)
                 continue
             if job_id in exhausted:
-                if job.scheduling_timeout_ms <= 0:
+                if timeout_ms <= 0:
                     skip = job_id
                 continue
-            if job.coscheduled:
+            if req.coscheduled:
                 if job_id not in coscheduled_done:
                     coscheduled_done.add(job_id)
                     gang = [t for t in pending_tasks[i:] if t.job_id == job_id]
-                    if not self._place_gang(gang, job, caps, transaction):
+                    if not _place_gang(gang, req, working, transaction):
                         exhausted.add(job_id)
-                        transaction.pending_reasons[job_id] = self._explain(job, caps, gang=len(gang))
+                        transaction.pending_reasons[job_id] = _explain(req, working, gang=len(gang))
                 continue
 
-            shape: _Shape = (
-                job.cpu, job.memory_bytes, job.disk_bytes, job.device_kind, job.device_variant, job.device_count,
-            )
+            shape = req.shape
             start = cursors.get(shape, 0)
             placed = False
-            for idx in range(start, len(caps)):
-                cap = caps[idx]
-                if cap.fits(job):
-                    cap.deduct(job)
+            for idx in range(start, len(working)):
+                cap = working[idx]
+                if fits(req, cap):
+                    cap.deduct(req)
                     transaction.tentatively_assign(task, cap.worker)
                     cursors[shape] = idx
                     placed = True
                     break
             if not placed:
-                cursors[shape] = len(caps)
+                cursors[shape] = len(working)
                 exhausted.add(job_id)
-                transaction.pending_reasons[job_id] = self._explain(job, caps)
-                if job.scheduling_timeout_ms <= 0:
+                transaction.pending_reasons[job_id] = _explain(req, working)
+                if timeout_ms <= 0:
                     skip = job_id
         return transaction
 
-    def _place_gang(
-        self, gang: list[Task], job: Job, caps: list[_Capacity], transaction: SchedulingTransaction
-    ) -> bool:
-        placed: list[tuple[Task, _Capacity]] = []
-        start = 0  # capacities only shrink within the gang, so each search resumes where the last one stopped
-        for task in gang:
-            for idx in range(start, len(caps)):
-                cap = caps[idx]
-                if cap.fits(job):
-                    cap.deduct(job)
-                    placed.append((task, cap))
-                    start = idx
-                    break
-            else:
-                for _, cap in placed:
-                    cap.restore(job)
-                return False
-        for task, cap in placed:
-            transaction.tentatively_assign(task, cap.worker)
-        return True
 
-    def _explain(self, job: Job, caps: list[_Capacity], gang: int = 0) -> str:
-        """Why ``job`` could not be placed: what no worker has at all, or that all are busy."""
-        workers = [c.worker for c in caps]
-        if not workers:
-            return "no healthy workers"
-        missing = _unmet_everywhere(job, workers)
-        if missing:
-            return missing
-        if gang:
-            return f"waiting for room for all {gang} coscheduled tasks at once"
-        return f"waiting for free resources: none of {len(workers)} workers has room right now"
+def _place_gang(gang: list[Task], req: JobRequirements, working: list[_Working],
+                transaction: SchedulingTransaction) -> bool:
+    placed: list[tuple[Task, _Working]] = []
+    start = 0  # capacities only shrink within the gang, so each search resumes where the last one stopped
+    for task in gang:
+        for idx in range(start, len(working)):
+            cap = working[idx]
+            if fits(req, cap):
+                cap.deduct(req)
+                placed.append((task, cap))
+                start = idx
+                break
+        else:
+            for _, cap in placed:
+                cap.restore(req)
+            return False
+    for task, cap in placed:
+        transaction.tentatively_assign(task, cap.worker)
+    return True
 
 
-def _unmet_everywhere(job: Job, workers: Sequence[ControllerWorker]) -> str:
-    """A reason when no worker could ever hold one task of ``job`` (by total capacity), else ""."""
-    if all(w.total_cpu < job.cpu for w in workers):
-        return f"no worker has {job.cpu} cpus (largest: {max(w.total_cpu for w in workers)})"
-    if all(w.total_memory < job.memory_bytes for w in workers):
-        largest = max(w.total_memory for w in workers)
-        return f"no worker has {format_size(job.memory_bytes)} memory (largest: {format_size(largest)})"
-    if job.disk_bytes and all(w.total_disk < job.disk_bytes for w in workers):
-        return f"no worker has {format_size(job.disk_bytes)} disk"
-    if job.device_kind != "cpu":
-        matching = [
-            w
-            for w in workers
-            if w.device_kind == job.device_kind
-            and (not job.device_variant or job.device_variant.lower() in w.device_variant.lower())
-        ]
-        label = f"{job.device_kind} {job.device_variant}".strip()
-        if not matching:
-            return f"no worker has a {label}"
-        if all(w.total_devices < job.device_count for w in matching):
-            return f"no worker has {job.device_count} x {label}"
-    fits_one = [
-        w
-        for w in workers
-        if w.total_cpu >= job.cpu
-        and w.total_memory >= job.memory_bytes
-        and (not job.disk_bytes or w.total_disk >= job.disk_bytes)
-    ]
-    if not fits_one:
-        return "no single worker has enough cpu, memory and disk together"
-    return ""
+def _explain(req: JobRequirements, working: list[_Working], gang: int = 0) -> str:
+    """Why a job could not be placed: what no worker has at all, or that all are busy."""
+    totals: list[Room] = [w.snapshot.total for w in working]
+    if not totals:
+        return "no healthy workers"
+    missing = unmet_everywhere(req, totals)
+    if missing:
+        return missing
+    if gang:
+        return f"waiting for room for all {gang} coscheduled tasks at once"
+    return f"waiting for free resources: none of {len(totals)} workers has room right now"

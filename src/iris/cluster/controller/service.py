@@ -1,7 +1,7 @@
 """gRPC ``ControllerService``: validate, call the Controller, map errors to status codes.
 
-Protobuf stays at this edge: ``job_to_proto`` / ``task_to_proto`` build status messages from the
-core's objects and per-job counts (never by scanning a job's tasks for counts).
+Reads go through the controller's read methods, which hand back frozen views; the protobuf is built
+from them here (``views.py``), after the controller's lock was released.
 """
 
 from __future__ import annotations
@@ -15,111 +15,16 @@ from typing import Any, TypeVar
 import grpc
 
 from iris.cluster.controller.controller import Controller
-from iris.cluster.controller.job import Job
-from iris.cluster.controller.state import ControllerEndpoint, ControllerWorker
-from iris.cluster.controller.task import Task
+from iris.cluster.controller.views import endpoint_proto, job_proto, task_proto, worker_proto
 from iris.cluster.errors import InvalidArgument, IrisError
 from iris.cluster.types import JobId
+from iris.cluster.validation import MAX_MESSAGE_BYTES
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
+from iris.rpc.status import grpc_status
 
 logger = logging.getLogger(__name__)
 
-T = cluster_pb2
 _R = TypeVar("_R")
-
-
-def job_to_proto(job: Job, tasks: list[Task] | None = None, worker_address: Callable[[str], str] | None = None
-                 ) -> cluster_pb2.JobStatus:
-    c = job.counts
-    status = cluster_pb2.JobStatus(
-        job_id=job.job_id,
-        state=job.state,  # type: ignore[arg-type]
-        error=job.error or "",
-        submitted_at_ms=job.submitted_at_ms,
-        started_at_ms=job.started_at_ms or 0,
-        finished_at_ms=job.finished_at_ms or 0,
-        parent_job_id=job.parent_job_id or "",
-        num_tasks=job.num_tasks,
-        tasks_pending=c[T.TASK_STATE_PENDING],
-        tasks_running=c[T.TASK_STATE_RUNNING] + c[T.TASK_STATE_BUILDING],
-        tasks_succeeded=c[T.TASK_STATE_SUCCEEDED],
-        tasks_failed=c[T.TASK_STATE_FAILED] + c[T.TASK_STATE_WORKER_FAILED],
-        tasks_killed=c[T.TASK_STATE_KILLED],
-        tasks_worker_failed=c[T.TASK_STATE_WORKER_FAILED],
-        tasks_unschedulable=c[T.TASK_STATE_UNSCHEDULABLE],
-        resources=job.request.resources,
-        pending_reason=job.pending_reason if c[T.TASK_STATE_PENDING] and not job.is_finished() else "",
-        max_task_failures=job.max_task_failures,
-        max_retries_failure=job.max_retries_failure,
-        max_retries_preemption=job.max_retries_preemption,
-    )
-    if tasks is not None:
-        status.tasks.extend(task_to_proto(t, job, worker_address) for t in tasks)
-    return status
-
-
-def task_to_proto(task: Task, job: Job | None = None, worker_address: Callable[[str], str] | None = None
-                  ) -> cluster_pb2.TaskStatus:
-    status = cluster_pb2.TaskStatus(
-        task_id=task.task_id,
-        job_id=task.job_id,
-        task_index=task.task_index,
-        state=task.state,  # type: ignore[arg-type]
-        worker_id=task.worker_id or "",
-        exit_code=task.exit_code or 0,
-        error=task.error or "",
-        started_at_ms=task.started_at_ms or 0,
-        finished_at_ms=task.finished_at_ms or 0,
-        current_attempt_id=task.current_attempt_id,
-        failure_count=task.failure_count,
-        preemption_count=task.preemption_count,
-        pending_since_ms=task.pending_since_ms,
-        pending_reason=job.pending_reason if job is not None and task.state == T.TASK_STATE_PENDING else "",
-        attempts=[
-            cluster_pb2.TaskAttempt(
-                attempt_id=a.attempt_id,
-                worker_id=a.worker_id or "",
-                state=a.state,  # type: ignore[arg-type]
-                exit_code=a.exit_code or 0,
-                error=a.error or "",
-                started_at_ms=a.started_at_ms or 0,
-                finished_at_ms=a.finished_at_ms or 0,
-                is_worker_failure=a.is_worker_failure,
-            )
-            for a in task.attempts
-        ],
-    )
-    if task.worker_id and worker_address is not None:
-        status.worker_address = worker_address(task.worker_id)
-    return status
-
-
-def worker_to_proto(worker: ControllerWorker) -> cluster_pb2.WorkerInfo:
-    return cluster_pb2.WorkerInfo(
-        worker_id=worker.worker_id,
-        address=worker.address,
-        metadata=worker.metadata,
-        healthy=worker.healthy,
-        last_heartbeat_ms=worker.last_heartbeat_ms,
-        running_tasks=sorted(worker.running_tasks),
-        committed_cpu=worker.committed_cpu,
-        committed_memory_bytes=worker.committed_memory,
-        committed_disk_bytes=worker.committed_disk,
-        committed_gpus=worker.committed_devices,
-        registered_at_ms=worker.registered_at_ms,
-    )
-
-
-def endpoint_to_proto(endpoint: ControllerEndpoint) -> cluster_pb2.Endpoint:
-    return cluster_pb2.Endpoint(
-        endpoint_id=endpoint.endpoint_id,
-        name=endpoint.name,
-        address=endpoint.address,
-        job_id=endpoint.job_id,
-        task_id=endpoint.task_id or "",
-        attempt_id=endpoint.attempt_id,
-        metadata=endpoint.metadata,
-    )
 
 
 def _rpc(method: Callable[..., _R]) -> Callable[..., _R]:
@@ -131,7 +36,7 @@ def _rpc(method: Callable[..., _R]) -> Callable[..., _R]:
         try:
             return method(self, request, context)
         except IrisError as e:
-            context.abort(e.code, str(e))
+            context.abort(grpc_status(e), str(e))
         except Exception as e:
             logger.exception("%s failed", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__}: internal error: {e}")
@@ -144,12 +49,6 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     def __init__(self, controller: Controller) -> None:
         self._controller = controller
 
-    def _worker_address(self, worker_id: str) -> str:
-        from iris.cluster.types import WorkerId
-
-        worker = self._controller.state.get_worker(WorkerId(worker_id))
-        return worker.address if worker is not None else ""
-
     @_rpc
     def LaunchJob(
         self, request: cluster_pb2.Controller.LaunchJobRequest, context: grpc.ServicerContext
@@ -160,11 +59,9 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     def GetJobStatus(
         self, request: cluster_pb2.Controller.GetJobStatusRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Controller.GetJobStatusResponse:
-        with self._controller.lock:
-            _require(request.job_id, "job_id")
-            job = self._controller.get_job(JobId(request.job_id))
-            tasks = self._controller.state.get_job_tasks(job.job_id) if request.include_tasks else None
-            return cluster_pb2.Controller.GetJobStatusResponse(job=job_to_proto(job, tasks, self._worker_address))
+        _require(request.job_id, "job_id")
+        job, tasks = self._controller.job_status(JobId(request.job_id), include_tasks=request.include_tasks)
+        return cluster_pb2.Controller.GetJobStatusResponse(job=job_proto(job, tasks))
 
     @_rpc
     def TerminateJob(
@@ -178,36 +75,29 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     def ListJobs(
         self, request: cluster_pb2.Controller.ListJobsRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Controller.ListJobsResponse:
-        with self._controller.lock:
-            states = set(request.states)
-            jobs = [
-                job_to_proto(job)
-                for job in self._controller.state.list_jobs()
-                if (not states or job.state in states) and job.job_id.startswith(request.prefix)
-            ]
-            return cluster_pb2.Controller.ListJobsResponse(jobs=jobs)
+        page = self._controller.list_jobs(
+            states=list(request.states), prefix=request.prefix, page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return cluster_pb2.Controller.ListJobsResponse(
+            jobs=[job_proto(j) for j in page.jobs], next_page_token=page.next_page_token
+        )
 
     @_rpc
     def GetTaskStatus(
         self, request: cluster_pb2.Controller.GetTaskStatusRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Controller.GetTaskStatusResponse:
-        with self._controller.lock:
-            _require(request.job_id, "job_id")
-            task = self._controller.get_task(JobId(request.job_id), request.task_index)
-            job = self._controller.get_job(JobId(request.job_id))
-            return cluster_pb2.Controller.GetTaskStatusResponse(task=task_to_proto(task, job, self._worker_address))
+        _require(request.job_id, "job_id")
+        task = self._controller.task_status(JobId(request.job_id), request.task_index)
+        return cluster_pb2.Controller.GetTaskStatusResponse(task=task_proto(task))
 
     @_rpc
     def ListTasks(
         self, request: cluster_pb2.Controller.ListTasksRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Controller.ListTasksResponse:
-        with self._controller.lock:
-            _require(request.job_id, "job_id")
-            job = self._controller.get_job(JobId(request.job_id))
-            tasks = self._controller.state.get_job_tasks(job.job_id)
-            return cluster_pb2.Controller.ListTasksResponse(
-                tasks=[task_to_proto(t, job, self._worker_address) for t in tasks]
-            )
+        _require(request.job_id, "job_id")
+        tasks = self._controller.list_tasks(JobId(request.job_id))
+        return cluster_pb2.Controller.ListTasksResponse(tasks=[task_proto(t) for t in tasks])
 
     @_rpc
     def RegisterWorker(
@@ -225,10 +115,9 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     def ListWorkers(
         self, request: cluster_pb2.Controller.ListWorkersRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Controller.ListWorkersResponse:
-        with self._controller.lock:
-            return cluster_pb2.Controller.ListWorkersResponse(
-                workers=[worker_to_proto(w) for w in self._controller.state.list_workers()]
-            )
+        return cluster_pb2.Controller.ListWorkersResponse(
+            workers=[worker_proto(w) for w in self._controller.list_workers()]
+        )
 
     @_rpc
     def ReportTaskState(
@@ -256,17 +145,16 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     ) -> cluster_pb2.Controller.LookupEndpointResponse:
         _require(request.name, "name")
         return cluster_pb2.Controller.LookupEndpointResponse(
-            endpoint=endpoint_to_proto(self._controller.lookup_endpoint(request.name))
+            endpoint=endpoint_proto(self._controller.lookup_endpoint(request.name))
         )
 
     @_rpc
     def ListEndpoints(
         self, request: cluster_pb2.Controller.ListEndpointsRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Controller.ListEndpointsResponse:
-        with self._controller.lock:
-            return cluster_pb2.Controller.ListEndpointsResponse(
-                endpoints=[endpoint_to_proto(e) for e in self._controller.state.list_endpoints(request.prefix)]
-            )
+        return cluster_pb2.Controller.ListEndpointsResponse(
+            endpoints=[endpoint_proto(e) for e in self._controller.list_endpoints(request.prefix)]
+        )
 
     @_rpc
     def FetchTaskLogs(
@@ -286,9 +174,6 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
 def _require(value: str, field_name: str) -> None:
     if not value:
         raise InvalidArgument(f"{field_name}: must not be empty")
-
-
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
 class ControllerServer:

@@ -12,12 +12,14 @@ its endpoints removed, and a kill instruction when its process may still run (DE
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from threading import RLock
 
+from iris.cluster.controller.capacity import Room, WorkerSnapshot, fits
 from iris.cluster.controller.job import Job
 from iris.cluster.controller.task import (
     BUILDING,
@@ -35,9 +37,7 @@ from iris.cluster.types import (
     JobId,
     TaskId,
     WorkerId,
-    device_count,
-    device_kind,
-    device_variant,
+    WorkerMetadata,
 )
 from iris.rpc import cluster_pb2
 
@@ -48,11 +48,14 @@ ACTION_LOG_SIZE = 1000
 
 @dataclass(slots=True)
 class ControllerWorker:
-    """A registered worker, its capacity and what it runs."""
+    """A registered worker, its capacity and what it runs.
+
+    ``metadata`` is the typed ``WorkerMetadata``; the seed's callers may pass the protobuf, which
+    is converted here, at the boundary."""
 
     worker_id: WorkerId
     address: str
-    metadata: cluster_pb2.WorkerMetadata
+    metadata: WorkerMetadata
     healthy: bool = True
     consecutive_failures: int = 0
     last_heartbeat_ms: int = 0
@@ -69,29 +72,24 @@ class ControllerWorker:
     accepted it under. Tasks missing here (e.g. reloaded after a controller restart) count as
     accepted long ago."""
 
-    @property
-    def total_cpu(self) -> int:
-        return self.metadata.cpu_count
+    def __post_init__(self) -> None:
+        if isinstance(self.metadata, cluster_pb2.WorkerMetadata):
+            self.metadata = WorkerMetadata.from_proto(self.metadata)
 
-    @property
-    def total_memory(self) -> int:
-        return self.metadata.memory_bytes
-
-    @property
-    def total_disk(self) -> int:
-        return self.metadata.disk_bytes
-
-    @property
-    def device_kind(self) -> str:
-        return device_kind(self.metadata.device)
-
-    @property
-    def device_variant(self) -> str:
-        return device_variant(self.metadata.device) or self.metadata.gpu_name
-
-    @property
-    def total_devices(self) -> int:
-        return device_count(self.metadata.device)
+    def snapshot(self) -> WorkerSnapshot:
+        """The worker's capacity as a frozen value (the scheduler's input). O(1): counters."""
+        meta = self.metadata
+        kind, variant = meta.device_kind, meta.device_variant
+        total = Room(meta.cpu_count, meta.memory_bytes, meta.disk_bytes, meta.device_count, kind, variant)
+        free = Room(
+            meta.cpu_count - self.committed_cpu,
+            meta.memory_bytes - self.committed_memory,
+            meta.disk_bytes - self.committed_disk,
+            meta.device_count - self.committed_devices,
+            kind,
+            variant,
+        )
+        return WorkerSnapshot(self.worker_id, self.healthy, free, total)
 
 
 @dataclass(slots=True)
@@ -137,10 +135,13 @@ class Effects:
     added_endpoints: list[ControllerEndpoint] = field(default_factory=list)
     removed_endpoints: list[ControllerEndpoint] = field(default_factory=list)
     actions: list[ActionLogEntry] = field(default_factory=list)
+    deleted_jobs: list[JobId] = field(default_factory=list)
+    """Jobs removed from the state with their tasks, attempts and endpoints (children listed too)."""
 
     def is_empty(self) -> bool:
         return not (
-            self.kills
+            self.deleted_jobs
+            or self.kills
             or self.dirty_jobs
             or self.dirty_tasks
             or self.dirty_workers
@@ -187,6 +188,16 @@ class ControllerState:
         self._endpoints_by_task: dict[TaskId, set[str]] = {}
         self._actions: deque[ActionLogEntry] = deque(maxlen=ACTION_LOG_SIZE)
         self._effects = Effects()
+        self._order_seqs: list[int] = []
+        """``submit_seq`` of every job, ascending (submission order); parallel to ``_order_ids``."""
+        self._order_ids: list[JobId] = []
+        self._next_submit_seq = 1
+
+    def _index_job(self, job: Job) -> None:
+        job.submit_seq = self._next_submit_seq
+        self._next_submit_seq += 1
+        self._order_seqs.append(job.submit_seq)
+        self._order_ids.append(job.job_id)
 
     # ------------------------------------------------------------------ jobs and tasks
 
@@ -200,6 +211,7 @@ class ControllerState:
             if job.job_id in self._jobs:
                 raise ValueError(f"job {job.job_id} already exists")
             self._jobs[job.job_id] = job
+            self._index_job(job)
             self._tasks_by_job[job.job_id] = list(tasks)
             job.add_tasks(len(tasks))
             queue = self._task_queue
@@ -217,6 +229,7 @@ class ControllerState:
         """Re-insert a job whose tasks and counts were loaded from the store (no effects)."""
         with self._lock:
             self._jobs[job.job_id] = job
+            self._index_job(job)
             self._tasks_by_job[job.job_id] = list(tasks)
             for task in tasks:
                 self._tasks[task.task_id] = task
@@ -234,6 +247,43 @@ class ControllerState:
     def list_jobs(self) -> list[Job]:
         with self._lock:
             return list(self._jobs.values())
+
+    def jobs_after(self, submit_seq: int, limit: int) -> list[Job]:
+        """Up to ``limit`` jobs submitted after the one numbered ``submit_seq``, oldest first.
+        O(log jobs + limit): a page of a list is bounded by the page."""
+        with self._lock:
+            start = bisect.bisect_right(self._order_seqs, submit_seq)
+            return [self._jobs[j] for j in self._order_ids[start:start + limit]]
+
+    def delete_job(self, job_id: JobId) -> list[JobId]:
+        """Remove an ended job, its child jobs (which ended with it), their tasks, attempts and
+        endpoints. Returns the ids removed (children first); ``[]`` when the job is unknown or
+        has not ended. The store deletes the same rows (``Effects.deleted_jobs``)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or not job.is_finished():
+                return []
+            removed: list[JobId] = []
+            for child_id in list(self._children.get(job_id, ())):
+                removed.extend(self.delete_job(child_id))
+            for task in self._tasks_by_job.pop(job_id, []):
+                self._tasks.pop(task.task_id, None)
+                self._task_queue.pop(task.task_id, None)
+                self._remove_endpoints_for_task(task.task_id)
+            self._children.pop(job_id, None)
+            if job.parent_job_id is not None:
+                siblings = self._children.get(job.parent_job_id)
+                if siblings is not None and job_id in siblings:
+                    siblings.remove(job_id)
+            del self._jobs[job_id]
+            index = bisect.bisect_left(self._order_seqs, job.submit_seq)
+            if index < len(self._order_seqs) and self._order_ids[index] == job_id:
+                del self._order_seqs[index]
+                del self._order_ids[index]
+            self._effects.dirty_jobs.discard(job_id)
+            self._effects.deleted_jobs.append(job_id)
+            removed.append(job_id)
+            return removed
 
     def get_child_jobs(self, job_id: JobId) -> list[JobId]:
         return list(self._children.get(job_id, ()))
@@ -307,22 +357,7 @@ class ControllerState:
 
     def can_fit(self, worker: ControllerWorker, job: Job) -> bool:
         """Whether ``worker`` is healthy and its free resources cover one task of ``job``."""
-        if not worker.healthy:
-            return False
-        if worker.total_cpu - worker.committed_cpu < job.cpu:
-            return False
-        if worker.total_memory - worker.committed_memory < job.memory_bytes:
-            return False
-        if job.disk_bytes and worker.total_disk - worker.committed_disk < job.disk_bytes:
-            return False
-        if job.device_kind != "cpu":
-            if worker.device_kind != job.device_kind:
-                return False
-            if job.device_variant and job.device_variant.lower() not in worker.device_variant.lower():
-                return False
-            if worker.total_devices - worker.committed_devices < job.device_count:
-                return False
-        return True
+        return worker.healthy and fits(job.requirements, worker.snapshot().free)
 
     def heartbeat(self, worker_id: WorkerId, now_ms: int) -> bool:
         """Record that the worker was heard from. False when the worker is unknown or was declared dead
@@ -448,6 +483,20 @@ class ControllerState:
                     worker.consecutive_failures += 1
                 if worker_gone or worker.consecutive_failures >= max_consecutive_failures:
                     self.mark_worker_dead(worker.worker_id, now_ms, reason=f"dispatch failed: {error}")
+            return result
+
+    def dispatch_refused(self, task_id: TaskId, attempt_id: int, now_ms: int, error: str) -> TaskTransitionResult:
+        """The worker refused the attempt because of the task's own content (a request it cannot
+        run): a real failure of the task, charged to ``max_retries_failure``; the worker answered
+        and stays healthy (DESIGN §3)."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.current_attempt_id != attempt_id or not task.is_active():
+                return TaskTransitionResult.IGNORED
+            worker = self._workers.get(task.worker_id) if task.worker_id is not None else None
+            if worker is not None:
+                worker.consecutive_failures = 0
+            result, _ = self.transition_task(task_id, cluster_pb2.TASK_STATE_FAILED, now_ms, error=error)
             return result
 
     def _bind(self, worker: ControllerWorker, task: Task, job: Job) -> None:
@@ -648,7 +697,8 @@ class ControllerState:
     ) -> ReconcileResult:
         """Level-triggered reconcile of a worker's complete observed set (DESIGN §3).
 
-        - An observed attempt that is the task's current attempt on this worker: its state is applied.
+        - An observed attempt that is the task's current attempt on this worker: its end, if it ended,
+          is applied (live states arrive through the worker's ordered reports).
         - An observed live attempt the controller does not expect (stale attempt, ended task, unknown
           task, another worker's): kill it.
         - An expected attempt the set lacks is a worker failure, unless its RunTask is still in flight
@@ -671,7 +721,10 @@ class ControllerState:
                 )
                 if expected:
                     seen.add(attempt.task_id)
-                    if attempt.state != task.state:  # type: ignore[union-attr]
+                    # Only an end is taken from an observed set: a live state (BUILDING, RUNNING) comes
+                    # through the worker's ordered reports, and a set taken before the newest report may
+                    # arrive after it (it must not move RUNNING back to BUILDING).
+                    if attempt.state in TERMINAL_TASK_STATES and attempt.state != task.state:  # type: ignore[union-attr]
                         self.apply_report(
                             worker_id, attempt.task_id, attempt.attempt_id, attempt.state, now_ms,
                             exit_code=attempt.exit_code, error=attempt.error,

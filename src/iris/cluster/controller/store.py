@@ -33,6 +33,7 @@ import sqlite3
 import tempfile
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from iris.cluster.controller.job import Job
@@ -45,7 +46,7 @@ from iris.cluster.controller.state import (
     Effects,
 )
 from iris.cluster.controller.task import PENDING, Task, TaskAttempt
-from iris.cluster.types import ACTIVE_TASK_STATES, BUNDLE_HASH_RE, JobId, TaskId, WorkerId
+from iris.cluster.types import ACTIVE_TASK_STATES, BUNDLE_HASH_RE, JobId, TaskId, WorkerId, WorkerMetadata
 from iris.rpc import cluster_pb2
 
 logger = logging.getLogger(__name__)
@@ -140,62 +141,142 @@ MIGRATIONS: list[Migration] = [
             details      TEXT NOT NULL
         )""",
     ),
+    # v1 -> v2: deleting a job deletes its tasks (retention): find them without a scan.
+    ("CREATE INDEX IF NOT EXISTS tasks_by_job ON tasks (job_id)",),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_JOB_COLS = (
-    "job_id, parent_job_id, request, submitted_at_ms, state, error, started_at_ms, finished_at_ms, "
-    "pending_reason, first_failure"
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """One table, declared once: its columns in row order, its key, which columns a later write
+    may change, and its indexes. Every statement the store runs is generated from this
+    (``tests/cluster/controller/test_store.py`` checks it against the migrated schema)."""
+
+    name: str
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+    mutable: tuple[str, ...] | None = None
+    """Columns a write of an existing row replaces; None: every column outside the key."""
+    keep_if_null: tuple[str, ...] = ()
+    """Columns that keep their stored value when the new row has NULL there."""
+    insert_only: bool = False
+    """Rows never change once written (INSERT OR IGNORE)."""
+    indexes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    order_by: str = "rowid"
+
+    @property
+    def updated(self) -> tuple[str, ...]:
+        return self.mutable if self.mutable is not None else tuple(c for c in self.columns if c not in self.key)
+
+    @property
+    def insert_sql(self) -> str:
+        cols = ", ".join(self.columns)
+        marks = ", ".join("?" for _ in self.columns)
+        if self.insert_only:
+            return f"INSERT OR IGNORE INTO {self.name} ({cols}) VALUES ({marks})"
+        sets = ", ".join(
+            f"{c} = COALESCE(excluded.{c}, {self.name}.{c})" if c in self.keep_if_null else f"{c} = excluded.{c}"
+            for c in self.updated
+        )
+        return f"INSERT INTO {self.name} ({cols}) VALUES ({marks}) ON CONFLICT({', '.join(self.key)}) DO UPDATE SET {sets}"
+
+    @property
+    def update_sql(self) -> str:
+        """Update the mutable columns of an existing row: parameters are ``updated`` then ``key``."""
+        sets = ", ".join(f"{c} = ?" for c in self.updated)
+        where = " AND ".join(f"{c} = ?" for c in self.key)
+        return f"UPDATE {self.name} SET {sets} WHERE {where}"
+
+    @property
+    def select_sql(self) -> str:
+        return f"SELECT {', '.join(self.columns)} FROM {self.name} ORDER BY {self.order_by}"
+
+    def delete_sql(self, by: str) -> str:
+        return f"DELETE FROM {self.name} WHERE {by} = ?"
+
+
+JOBS = Table(
+    "jobs",
+    ("job_id", "parent_job_id", "request", "submitted_at_ms", "state", "error", "started_at_ms", "finished_at_ms",
+     "pending_reason", "first_failure"),
+    key=("job_id",),
+    mutable=("state", "error", "started_at_ms", "finished_at_ms", "pending_reason", "first_failure"),
 )
-_JOB_UPSERT = f"""
-INSERT INTO jobs ({_JOB_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT(job_id) DO UPDATE SET
-    parent_job_id = excluded.parent_job_id, request = excluded.request,
-    submitted_at_ms = excluded.submitted_at_ms, state = excluded.state, error = excluded.error,
-    started_at_ms = excluded.started_at_ms, finished_at_ms = excluded.finished_at_ms,
-    pending_reason = excluded.pending_reason, first_failure = excluded.first_failure
-"""
-_JOB_UPDATE = """
-UPDATE jobs SET state = ?, error = ?, started_at_ms = ?, finished_at_ms = ?, pending_reason = ?,
-    first_failure = ?
-WHERE job_id = ?
-"""
-_TASK_COLS = (
-    "task_id, job_id, task_index, state, worker_id, failure_count, preemption_count, max_retries_failure, "
-    "max_retries_preemption, current_attempt_id, submitted_at_ms, pending_since_ms, started_at_ms, "
-    "finished_at_ms, error, exit_code, queue_seq"
+TASKS = Table(
+    "tasks",
+    ("task_id", "job_id", "task_index", "state", "worker_id", "failure_count", "preemption_count",
+     "max_retries_failure", "max_retries_preemption", "current_attempt_id", "submitted_at_ms", "pending_since_ms",
+     "started_at_ms", "finished_at_ms", "error", "exit_code", "queue_seq"),
+    key=("task_id",),
+    keep_if_null=("queue_seq",),
+    indexes=(("tasks_by_job", ("job_id",)),),
+    order_by="task_id",
 )
-_TASK_UPSERT = f"""
-INSERT INTO tasks ({_TASK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT(task_id) DO UPDATE SET
-    state = excluded.state, worker_id = excluded.worker_id, failure_count = excluded.failure_count,
-    preemption_count = excluded.preemption_count, current_attempt_id = excluded.current_attempt_id,
-    pending_since_ms = excluded.pending_since_ms, started_at_ms = excluded.started_at_ms,
-    finished_at_ms = excluded.finished_at_ms, error = excluded.error, exit_code = excluded.exit_code,
-    queue_seq = COALESCE(excluded.queue_seq, tasks.queue_seq)
-"""
-_ATTEMPT_INSERT = """
-INSERT OR IGNORE INTO attempts (task_id, attempt_id, worker_id, state, started_at_ms, finished_at_ms,
-    exit_code, error, is_worker_failure)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
-_WORKER_UPSERT = """
-INSERT INTO workers (worker_id, address, metadata, healthy, consecutive_failures, last_heartbeat_ms,
-    registered_at_ms, incarnation)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT(worker_id) DO UPDATE SET
-    address = excluded.address, metadata = excluded.metadata, healthy = excluded.healthy,
-    consecutive_failures = excluded.consecutive_failures, last_heartbeat_ms = excluded.last_heartbeat_ms,
-    registered_at_ms = excluded.registered_at_ms, incarnation = excluded.incarnation
-"""
-_ENDPOINT_UPSERT = """
-INSERT OR REPLACE INTO endpoints (endpoint_id, name, address, job_id, metadata, task_id, attempt_id)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-"""
-_ACTION_INSERT = """
-INSERT INTO actions (seq, timestamp_ms, action, job_id, task_id, worker_id, details)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-"""
+ATTEMPTS = Table(
+    "attempts",
+    ("task_id", "attempt_id", "worker_id", "state", "started_at_ms", "finished_at_ms", "exit_code", "error",
+     "is_worker_failure"),
+    key=("task_id", "attempt_id"),
+    insert_only=True,
+    order_by="task_id, attempt_id",
+)
+WORKERS = Table(
+    "workers",
+    ("worker_id", "address", "metadata", "healthy", "consecutive_failures", "last_heartbeat_ms", "registered_at_ms",
+     "incarnation"),
+    key=("worker_id",),
+)
+ENDPOINTS = Table(
+    "endpoints",
+    ("endpoint_id", "name", "address", "job_id", "metadata", "task_id", "attempt_id"),
+    key=("endpoint_id",),
+)
+ACTIONS = Table(
+    "actions",
+    ("seq", "timestamp_ms", "action", "job_id", "task_id", "worker_id", "details"),
+    key=("seq",),
+    insert_only=True,
+    order_by="seq",
+)
+TABLES = (JOBS, TASKS, ATTEMPTS, WORKERS, ENDPOINTS, ACTIONS)
+
+_DELETE_JOB = (
+    f"DELETE FROM {ATTEMPTS.name} WHERE task_id IN (SELECT task_id FROM {TASKS.name} WHERE job_id = ?)",
+    TASKS.delete_sql("job_id"),
+    ENDPOINTS.delete_sql("job_id"),
+    JOBS.delete_sql("job_id"),
+)
+
+
+def _job_row(j: Job) -> tuple[object, ...]:
+    return (j.job_id, j.parent_job_id, j.spec.to_proto().SerializeToString(), j.submitted_at_ms, j.state, j.error,
+            j.started_at_ms, j.finished_at_ms, j.pending_reason, j.first_failure)
+
+
+def _job_update(j: Job) -> tuple[object, ...]:
+    return (j.state, j.error, j.started_at_ms, j.finished_at_ms, j.pending_reason, j.first_failure, j.job_id)
+
+
+def _task_row(t: Task, queue_seq: int | None) -> tuple[object, ...]:
+    return (t.task_id, t.job_id, t.task_index, t.state, t.worker_id, t.failure_count, t.preemption_count,
+            t.max_retries_failure, t.max_retries_preemption, t.current_attempt_id, t.submitted_at_ms,
+            t.pending_since_ms, t.started_at_ms, t.finished_at_ms, t.error, t.exit_code, queue_seq)
+
+
+def _attempt_row(t: Task, a: TaskAttempt) -> tuple[object, ...]:
+    return (t.task_id, a.attempt_id, a.worker_id, a.state, a.started_at_ms, a.finished_at_ms, a.exit_code, a.error,
+            int(a.is_worker_failure))
+
+
+def _worker_row(w: ControllerWorker) -> tuple[object, ...]:
+    return (w.worker_id, w.address, w.metadata.to_proto().SerializeToString(), int(w.healthy),
+            w.consecutive_failures, w.last_heartbeat_ms, w.registered_at_ms, w.incarnation)
+
+
+def _endpoint_row(e: ControllerEndpoint) -> tuple[object, ...]:
+    return (e.endpoint_id, e.name, e.address, e.job_id, json.dumps(e.metadata, sort_keys=True), e.task_id,
+            e.attempt_id)
 
 
 def _task_key(task: Task) -> TaskId:
@@ -297,7 +378,8 @@ class ControllerStore:
 
     def write(self, state: ControllerState, effects: Effects) -> None:
         """Persist one batch: upsert the dirty jobs, tasks (and their ended attempts), workers and
-        endpoints, drop removed endpoints, append the actions. One transaction; O(dirty rows).
+        endpoints, drop removed endpoints and deleted jobs, append the actions. One transaction;
+        O(dirty rows).
 
         Call it with the state's lock (or the shell's) held, right after ``drain_effects``.
         """
@@ -308,6 +390,7 @@ class ControllerStore:
             or effects.added_endpoints
             or effects.removed_endpoints
             or effects.actions
+            or effects.deleted_jobs
         ):
             return
         new_jobs: list[Job] = []
@@ -317,19 +400,12 @@ class ControllerStore:
             if job is None:
                 continue
             if job_id in self._known_jobs:
-                job_updates.append(
-                    (job.state, job.error, job.started_at_ms, job.finished_at_ms, job.pending_reason,
-                     job.first_failure, job_id)
-                )
+                job_updates.append(_job_update(job))
             else:
                 new_jobs.append(job)
         # New jobs in submission order, so that load restores list_jobs() and child order.
-        new_jobs.sort(key=lambda j: (j.submitted_at_ms, j.job_id))
-        job_rows = [
-            (j.job_id, j.parent_job_id, j.request.SerializeToString(), j.submitted_at_ms, j.state, j.error,
-             j.started_at_ms, j.finished_at_ms, j.pending_reason, j.first_failure)
-            for j in new_jobs
-        ]
+        new_jobs.sort(key=lambda j: (j.submit_seq, j.submitted_at_ms, j.job_id))
+        job_rows = [_job_row(j) for j in new_jobs]
 
         tasks: list[Task] = []
         queued: set[TaskId] = set()
@@ -347,29 +423,13 @@ class ControllerStore:
                 seqs[task_id] = next_seq
                 next_seq += 1
         tasks.sort(key=_task_key)  # key order: the upserts walk the B-tree sequentially
-        task_rows = []
-        attempt_rows = []
-        for t in tasks:
-            task_rows.append(
-                (t.task_id, t.job_id, t.task_index, t.state, t.worker_id, t.failure_count, t.preemption_count,
-                 t.max_retries_failure, t.max_retries_preemption, t.current_attempt_id, t.submitted_at_ms,
-                 t.pending_since_ms, t.started_at_ms, t.finished_at_ms, t.error, t.exit_code,
-                 seqs.get(t.task_id))
-            )
-            # Attempts never change once recorded: INSERT OR IGNORE adds only the new ones.
-            for a in t.attempts:
-                attempt_rows.append(
-                    (t.task_id, a.attempt_id, a.worker_id, a.state, a.started_at_ms, a.finished_at_ms,
-                     a.exit_code, a.error, int(a.is_worker_failure))
-                )
+        task_rows = [_task_row(t, seqs.get(t.task_id)) for t in tasks]
+        # Attempts never change once recorded: INSERT OR IGNORE adds only the new ones.
+        attempt_rows = [_attempt_row(t, a) for t in tasks for a in t.attempts]
 
         workers = [w for w in (state.get_worker(wid) for wid in effects.dirty_workers) if w is not None]
         workers.sort(key=lambda w: (w.registered_at_ms, w.worker_id))  # new rows in registration order
-        worker_rows = [
-            (w.worker_id, w.address, w.metadata.SerializeToString(), int(w.healthy), w.consecutive_failures,
-             w.last_heartbeat_ms, w.registered_at_ms, w.incarnation)
-            for w in workers
-        ]
+        worker_rows = [_worker_row(w) for w in workers]
 
         # Endpoints: the current state decides (an endpoint may be added and removed in one batch).
         endpoint_rows = []
@@ -382,14 +442,12 @@ class ControllerStore:
             if e is None:
                 endpoint_deletes.append((eid,))
             else:
-                endpoint_rows.append(
-                    (e.endpoint_id, e.name, e.address, e.job_id, json.dumps(e.metadata, sort_keys=True),
-                     e.task_id, e.attempt_id)
-                )
+                endpoint_rows.append(_endpoint_row(e))
+        deleted = [(job_id,) for job_id in effects.deleted_jobs]
 
         with self._lock:
             action_seq = self._next_action_seq
-            action_rows = []
+            action_rows: list[tuple[object, ...]] = []
             for entry in effects.actions:
                 action_rows.append((action_seq, entry.timestamp_ms, entry.action, entry.job_id, entry.task_id,
                                     entry.worker_id, entry.details))
@@ -399,22 +457,20 @@ class ControllerStore:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    if job_rows:
-                        conn.executemany(_JOB_UPSERT, job_rows)
-                    if job_updates:
-                        conn.executemany(_JOB_UPDATE, job_updates)
-                    if task_rows:
-                        conn.executemany(_TASK_UPSERT, task_rows)
-                    if attempt_rows:
-                        conn.executemany(_ATTEMPT_INSERT, attempt_rows)
-                    if worker_rows:
-                        conn.executemany(_WORKER_UPSERT, worker_rows)
-                    if endpoint_rows:
-                        conn.executemany(_ENDPOINT_UPSERT, endpoint_rows)
-                    if endpoint_deletes:
-                        conn.executemany("DELETE FROM endpoints WHERE endpoint_id = ?", endpoint_deletes)
-                    if action_rows:
-                        conn.executemany(_ACTION_INSERT, action_rows)
+                    batches: list[tuple[str, Sequence[tuple[object, ...]]]] = [
+                        (JOBS.insert_sql, job_rows),
+                        (JOBS.update_sql, job_updates),
+                        (TASKS.insert_sql, task_rows),
+                        (ATTEMPTS.insert_sql, attempt_rows),
+                        (WORKERS.insert_sql, worker_rows),
+                        (ENDPOINTS.insert_sql, endpoint_rows),
+                        (ENDPOINTS.delete_sql("endpoint_id"), endpoint_deletes),
+                        *((statement, deleted) for statement in _DELETE_JOB),
+                        (ACTIONS.insert_sql, action_rows),
+                    ]
+                    for sql, rows in batches:
+                        if rows:
+                            conn.executemany(sql, rows)
                     if trim:
                         conn.execute("DELETE FROM actions WHERE seq < ?", (action_seq - ACTION_LOG_KEEP,))
                     conn.execute("COMMIT")
@@ -430,6 +486,7 @@ class ControllerStore:
             self._next_action_seq = action_seq
             self._actions_since_trim = 0 if trim else self._actions_since_trim + len(action_rows)
             self._known_jobs.update(j.job_id for j in new_jobs)
+            self._known_jobs.difference_update(effects.deleted_jobs)
 
     # ------------------------------------------------------------------ recovery
 
@@ -458,8 +515,7 @@ class ControllerStore:
 
         jobs: dict[JobId, Job] = {}
         for (job_id, parent_job_id, request_bytes, submitted_at_ms, jstate, error, started_at_ms,
-             finished_at_ms, pending_reason, first_failure) in conn.execute(
-                f"SELECT {_JOB_COLS} FROM jobs ORDER BY rowid"):
+             finished_at_ms, pending_reason, first_failure) in conn.execute(JOBS.select_sql):
             request = cluster_pb2.Controller.LaunchJobRequest.FromString(request_bytes)
             job = Job(JobId(job_id), request, submitted_at_ms, JobId(parent_job_id) if parent_job_id else None)
             job.state = jstate
@@ -477,7 +533,7 @@ class ControllerStore:
         for (task_id, job_id, task_index, tstate, worker_id, failure_count, preemption_count,
              max_retries_failure, max_retries_preemption, current_attempt_id, submitted_at_ms,
              pending_since_ms, started_at_ms, finished_at_ms, error, exit_code, queue_seq) in conn.execute(
-                f"SELECT {_TASK_COLS} FROM tasks"):
+                TASKS.select_sql):
             job_tasks = tasks_by_job.get(job_id)
             if job_tasks is None:
                 raise StoreError(f"state file {self.path}: task {task_id} belongs to unknown job {job_id}; "
@@ -495,9 +551,7 @@ class ControllerStore:
                     queue.append((queue_seq, task_id))
 
         for (task_id, attempt_id, worker_id, astate, started_at_ms, finished_at_ms, exit_code, error,
-             is_worker_failure) in conn.execute(
-                "SELECT task_id, attempt_id, worker_id, state, started_at_ms, finished_at_ms, exit_code, error,"
-                " is_worker_failure FROM attempts ORDER BY task_id, attempt_id"):
+             is_worker_failure) in conn.execute(ATTEMPTS.select_sql):
             owner = tasks.get(task_id)
             if owner is None:
                 continue
@@ -517,13 +571,11 @@ class ControllerStore:
 
         workers: dict[str, ControllerWorker] = {}
         for (worker_id, address, metadata, healthy, consecutive_failures, last_heartbeat_ms,
-             registered_at_ms, incarnation) in conn.execute(
-                "SELECT worker_id, address, metadata, healthy, consecutive_failures, last_heartbeat_ms,"
-                " registered_at_ms, incarnation FROM workers ORDER BY rowid"):
+             registered_at_ms, incarnation) in conn.execute(WORKERS.select_sql):
             worker = ControllerWorker(
                 worker_id=WorkerId(worker_id),
                 address=address,
-                metadata=cluster_pb2.WorkerMetadata.FromString(metadata),
+                metadata=WorkerMetadata.from_proto(cluster_pb2.WorkerMetadata.FromString(metadata)),
                 healthy=bool(healthy),
                 consecutive_failures=consecutive_failures,
                 last_heartbeat_ms=now_ms if now_ms is not None and healthy else last_heartbeat_ms,
@@ -554,17 +606,14 @@ class ControllerStore:
         state.restore_queue([task_id for _, task_id in queue] + [t.task_id for t in unordered_pending])
 
         for (endpoint_id, name, address, job_id, metadata, task_id, attempt_id) in conn.execute(
-                "SELECT endpoint_id, name, address, job_id, metadata, task_id, attempt_id FROM endpoints"
-                " ORDER BY rowid"):
+                ENDPOINTS.select_sql):
             state.restore_endpoint(
                 ControllerEndpoint(endpoint_id, name, address, JobId(job_id), dict(json.loads(metadata)),
                                    TaskId(task_id) if task_id is not None else None, attempt_id)
             )
 
-        rows = conn.execute(
-            "SELECT timestamp_ms, action, job_id, task_id, worker_id, details FROM actions"
-            " ORDER BY seq DESC LIMIT ?", (ACTION_LOG_SIZE,)).fetchall()
-        state.restore_actions(ActionLogEntry(*row) for row in reversed(rows))
+        rows = conn.execute(f"{ACTIONS.select_sql} DESC LIMIT ?", (ACTION_LOG_SIZE,)).fetchall()
+        state.restore_actions(ActionLogEntry(*row[1:]) for row in reversed(rows))
 
         state.drain_effects()  # add_worker marked the workers dirty: nothing here is new
         self._known_jobs = set(jobs)
@@ -595,15 +644,13 @@ class ControllerStore:
 
     def get_bundle(self, bundle_hash: str) -> bytes | None:
         """The bundle stored under ``bundle_hash``, or None (also for a malformed hash)."""
-        if not BUNDLE_HASH_RE.match(bundle_hash):
+        if not BUNDLE_HASH_RE.fullmatch(bundle_hash):
             return None
         try:
             return (self.bundles_dir / f"{bundle_hash}.zip").read_bytes()
         except FileNotFoundError:
             return None
 
-    def has_bundle(self, bundle_hash: str) -> bool:
-        return bool(BUNDLE_HASH_RE.match(bundle_hash)) and (self.bundles_dir / f"{bundle_hash}.zip").exists()
 
 
 def _validate_existing(path: Path, supported_version: int) -> None:
@@ -680,11 +727,6 @@ def _migrate(conn: sqlite3.Connection, path: Path, steps: Sequence[Migration]) -
             logger.info("migrated %s to schema version %d", path, target)
 
 
-def open_store(state_dir: Path | str = DEFAULT_STATE_DIR) -> ControllerStore:
-    """Shorthand for ``ControllerStore.open(state_dir)``."""
-    return ControllerStore.open(state_dir)
-
-
 __all__ = [
     "ACTION_LOG_KEEP",
     "APPLICATION_ID",
@@ -694,6 +736,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "ControllerStore",
     "Migration",
+    "TABLES",
+    "Table",
     "StoreError",
-    "open_store",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from iris.cluster.spec import DEFAULT_MAX_RETRIES_PREEMPTION
 from iris.cluster.types import ACTIVE_TASK_STATES, TERMINAL_TASK_STATES, JobId, TaskId, WorkerId
 from iris.rpc import cluster_pb2
 
@@ -87,7 +88,7 @@ class Task:
     failure_count: int = 0
     preemption_count: int = 0
     max_retries_failure: int = 0
-    max_retries_preemption: int = 100
+    max_retries_preemption: int = DEFAULT_MAX_RETRIES_PREEMPTION
 
     current_attempt_id: int = 0
     attempts: list[TaskAttempt] = field(default_factory=list)

@@ -17,10 +17,12 @@ import grpc
 
 from iris.cluster.clock import Clock
 from iris.cluster.errors import IrisError
+from iris.cluster.validation import MAX_MESSAGE_BYTES
 from iris.cluster.worker.gpu import GpuInfo
 from iris.cluster.worker.runtime import Runtime
 from iris.cluster.worker.worker import Worker, WorkerConfig
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
+from iris.rpc.status import grpc_status
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ def _abort(context: grpc.ServicerContext, error: Exception) -> NoReturn:
     if not isinstance(error, IrisError):
         logger.exception("unexpected error in worker service")
         context.abort(grpc.StatusCode.INTERNAL, f"internal error: {error}")
-    context.abort(error.code, str(error))
+    context.abort(grpc_status(error), str(error))
     raise AssertionError("unreachable")  # context.abort raises
 
 
@@ -75,12 +77,14 @@ class WorkerServiceImpl(cluster_pb2_grpc.WorkerServiceServicer):
         chunk = _call(
             context,
             lambda: self._worker.fetch_logs(
-                request.task_id, attempt_id, request.start_line, request.max_lines
+                request.task_id, attempt_id, request.start_line, request.max_lines,
+                request.start_offset if request.HasField("start_offset") else None,
             ),
         )
         return cluster_pb2.Worker.FetchTaskLogsResponse(
             lines=[cluster_pb2.LogLine(source="output", data=line) for line in chunk.lines],
             next_line=chunk.next_line,
+            next_offset=chunk.next_offset,
             attempt_finished=chunk.attempt_finished,
             attempt_id=chunk.attempt_id,
         )
@@ -127,11 +131,17 @@ def serve_worker(
     runtime: Runtime | None = None,
     gpus: list[GpuInfo] | None = None,
     rpc_threads: int = 16,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> ServingWorker:
     """Build a Worker, bind its gRPC service on ``config.host:config.port`` (0: a free port),
     and start it. The caller owns the result and must ``stop()`` it."""
     worker = Worker(config, clock=clock, runtime=runtime, gpus=gpus)
-    server = grpc.server(ThreadPoolExecutor(max_workers=rpc_threads, thread_name_prefix="iris-worker-rpc"))
+    # The receive limit is set explicitly: at least what the controller accepts in one dispatch.
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=rpc_threads, thread_name_prefix="iris-worker-rpc"),
+        options=[("grpc.max_receive_message_length", max_message_bytes),
+                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+    )
     cluster_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServiceImpl(worker), server)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:

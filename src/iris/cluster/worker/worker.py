@@ -1,14 +1,19 @@
-"""The worker daemon: holds task attempts, runs them through a ``Runtime``, and keeps the
-controller informed.
+"""The worker daemon: the shell around the attempt state machine.
 
-Owns:
-- the attempts this worker holds (live ones plus a bounded history of finished ones);
-- registration (with the complete observed set, ``incarnation`` and ``sequence``) and
-  heartbeats, re-registering when the controller forgot us or was unreachable;
-- the outbox: every state change is queued, flushed at once by a sender thread (batched,
-  coalesced per attempt), retried with capped exponential backoff until acknowledged;
-- kills requested by RunTask/KillTask callers or by controller responses;
-- per-attempt directories, environment, named ports, GPU assignment, workspace bundles.
+The pieces, each in its own module:
+
+- ``attempts.AttemptMachine`` (pure): the lifecycle of every attempt, events in and instructions
+  out; the single source of what the worker holds and of its observed set;
+- ``link.ControllerLink``: registration, heartbeats and the outbox of reports;
+- ``prepare.AttemptPreparer``: attempt directories, workspace bundles, environment, ports, argv;
+- ``runtime.Runtime``: the processes (``ProcessRuntime``: process groups, cgroups, SIGTERM/SIGKILL);
+- ``hardware``: what the worker offers; ``logs``: log pages by byte offset.
+
+``Worker`` feeds events to the machine under one lock and carries out the instructions it gets
+back: reports are queued under that lock (so a report can never overtake the one before it),
+everything slow (preparing, starting, killing, removing directories) happens after it is
+released, on the caller's thread or a launcher thread. Requests are checked by
+``iris.cluster.validation``, the same rules the controller applied.
 
 Every loop body is a public single-pass method (``register_once``, ``heartbeat_once``,
 ``flush_outbox_once``); the threads around them are thin. The gRPC edge is ``service.py``.
@@ -16,60 +21,52 @@ Every loop body is a public single-pass method (``register_once``, ``heartbeat_o
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import secrets
 import shutil
 import signal
-import socket
-import sys
 import threading
-import urllib.parse
-import zipfile
-from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-import psutil
-from google.protobuf.message import DecodeError
-
 from iris.cluster.clock import Clock, SystemClock
 from iris.cluster.errors import FailedPrecondition, InvalidArgument, NotFound
-from iris.cluster.types import (
-    BUNDLE_HASH_RE,
-    PORT_NAME_RE,
-    TERMINAL_TASK_STATES,
-    device_count,
-    device_kind,
-    gpu,
-)
-from iris.cluster.types import device_to_proto as _device_to_proto
+from iris.cluster.spec import Entrypoint
+from iris.cluster.types import device_count, device_kind
+from iris.cluster.validation import DEFAULT_LIMITS, Limits, validate_run_task
+from iris.cluster.worker import attempts as am
+from iris.cluster.worker.attempts import AttemptKey, AttemptMachine, AttemptStatus, WorkerStopping
 from iris.cluster.worker.cgroups import CgroupLimits
 from iris.cluster.worker.gpu import GpuInfo, detect_gpus
-from iris.cluster.worker.runtime import (
-    PROCESS_RECORD,
-    AttemptKey,
-    ProcessExit,
-    ProcessRuntime,
-    ProcessSpec,
-    Runtime,
-    kill_orphans,
+from iris.cluster.worker.hardware import probe_metadata
+from iris.cluster.worker.link import ControllerLink, LinkConfig, status_proto
+from iris.cluster.worker.logs import read_page, tail_text
+from iris.cluster.worker.prepare import (
+    AttemptPreparer,
+    PreparationError,
+    PreparerConfig,
+    attempt_dir_name,
+    escape_task_id,
+    process_records,
 )
-from iris.rpc import cluster_pb2, cluster_pb2_grpc
+from iris.cluster.worker.runtime import ProcessExit, ProcessRuntime, Runtime, kill_orphans
+from iris.rpc import cluster_pb2
 
 logger = logging.getLogger(__name__)
 
 _LOG_TAIL_LINES = 5
-_NO_ENTRYPOINT = cluster_pb2.Entrypoint()
 
-
-# ---------------------------------------------------------------------------
-# Config
-# ---------------------------------------------------------------------------
+__all__ = [
+    "LogChunk",
+    "Worker",
+    "WorkerConfig",
+    "attempt_dir_name",
+    "escape_task_id",
+    "process_records",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,57 +100,8 @@ class WorkerConfig:
     use_cgroups: bool = True
     """Limit each task's cpu and memory with a cgroup when a writable one exists (else a watchdog)."""
     attributes: Mapping[str, str] = field(default_factory=dict)
-
-
-def _kill_entry(status: cluster_pb2.WorkerTaskStatus) -> AttemptKey:
-    return (status.task_id, status.attempt_id)
-
-
-@dataclass(slots=True)
-class _Attempt:
-    request: cluster_pb2.Worker.RunTaskRequest
-    entrypoint: cluster_pb2.Entrypoint
-    sequence: int
-    attempt_dir: Path
-    state: int = cluster_pb2.TASK_STATE_BUILDING
-    exit_code: int = 0
-    error: str = ""
-    started_at_ms: int = 0
-    finished_at_ms: int = 0
-    pid: int = 0
-    ports: dict[str, int] = field(default_factory=dict)
-    gpus: list[int] = field(default_factory=list)
-    kill_requested: bool = False
-    kill_grace_s: float = 0.0
-    process_started: bool = False
-
-    @property
-    def key(self) -> AttemptKey:
-        return (self.request.task_id, self.request.attempt_id)
-
-    @property
-    def log_path(self) -> Path:
-        return self.attempt_dir / "output.log"
-
-    @property
-    def finished(self) -> bool:
-        return self.state in TERMINAL_TASK_STATES
-
-    def to_proto(self) -> cluster_pb2.WorkerTaskStatus:
-        status = cluster_pb2.WorkerTaskStatus(
-            task_id=self.request.task_id,
-            attempt_id=self.request.attempt_id,
-            state=self.state,  # type: ignore[arg-type]
-            exit_code=self.exit_code,
-            started_at_ms=self.started_at_ms,
-            finished_at_ms=self.finished_at_ms,
-            pid=self.pid,
-        )
-        if self.error:
-            status.error = self.error
-        if self.ports:
-            status.ports.update(self.ports)
-        return status
+    limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
+    """The job rules the worker checks (the controller's, so it refuses nothing the controller took)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,74 +110,16 @@ class LogChunk:
     next_line: int
     attempt_finished: bool
     attempt_id: int
+    next_offset: int = 0
 
 
-def escape_task_id(task_id: str) -> str:
-    """A task id as one directory name ("job/task-0" -> "job%2Ftask-0")."""
-    return urllib.parse.quote(task_id, safe="")
+@dataclass(slots=True)
+class _Held:
+    """What the shell keeps for one attempt beside the machine's record."""
 
-
-def attempt_dir_name(task_id: str, attempt_id: int) -> str:
-    """The directory of one attempt under ``<workdir>/tasks``: ``job%2Ftask-0.attempt-1``."""
-    return f"{escape_task_id(task_id)}.attempt-{attempt_id}"
-
-
-def process_records(tasks_dir: Path) -> Iterator[Path]:
-    """The process records of every attempt directory under ``tasks_dir`` (to find orphans)."""
-    return tasks_dir.glob(f"*.attempt-*/{PROCESS_RECORD}")
-
-
-def _parse_entrypoint(request: cluster_pb2.Worker.RunTaskRequest) -> cluster_pb2.Entrypoint:
-    try:
-        entrypoint = cluster_pb2.Entrypoint.FromString(request.serialized_entrypoint)
-    except DecodeError as e:
-        raise InvalidArgument(f"serialized_entrypoint: not a valid iris.cluster.Entrypoint ({e})") from e
-    kind = entrypoint.WhichOneof("kind")
-    if kind is None:
-        raise InvalidArgument("serialized_entrypoint: must set command or callable")
-    if kind == "command" and not entrypoint.command.argv:
-        raise InvalidArgument("serialized_entrypoint.command.argv: must not be empty")
-    if kind == "command" and any(not a or "\0" in a for a in entrypoint.command.argv[:1]):
-        raise InvalidArgument("serialized_entrypoint.command.argv: argv[0] must be a non-empty program name")
-    if kind == "callable" and not entrypoint.callable.pickled:
-        raise InvalidArgument("serialized_entrypoint.callable.pickled: must not be empty")
-    return entrypoint
-
-
-def validate_run_task(request: cluster_pb2.Worker.RunTaskRequest) -> cluster_pb2.Entrypoint:
-    """Check a RunTask request; returns its parsed entrypoint or raises InvalidArgument."""
-    if not request.task_id or "\0" in request.task_id:
-        raise InvalidArgument("task_id: must be a non-empty string")
-    if not request.job_id:
-        raise InvalidArgument("job_id: must be a non-empty string")
-    if request.attempt_id < 0:
-        raise InvalidArgument(f"attempt_id: must be >= 0, got {request.attempt_id}")
-    if request.task_index < 0:
-        raise InvalidArgument(f"task_index: must be >= 0, got {request.task_index}")
-    if request.num_tasks < 0:
-        raise InvalidArgument(f"num_tasks: must be >= 0, got {request.num_tasks}")
-    if request.resources.cpu < 0:
-        raise InvalidArgument(f"resources.cpu: must be >= 0, got {request.resources.cpu}")
-    if request.resources.memory_bytes < 0:
-        raise InvalidArgument(f"resources.memory_bytes: must be >= 0, got {request.resources.memory_bytes}")
-    if request.bundle_hash and not BUNDLE_HASH_RE.match(request.bundle_hash):
-        raise InvalidArgument("bundle_hash: must be the sha256 hex digest of the bundle (64 lowercase hex digits)")
-    seen: set[str] = set()
-    for name in request.ports:
-        if not PORT_NAME_RE.match(name):
-            raise InvalidArgument(f"ports: {name!r} is not a valid name (letters, digits and '_')")
-        if name.upper() in seen:
-            raise InvalidArgument(f"ports: {name!r} is requested twice")
-        seen.add(name.upper())
-    for key in request.environment.env_vars:
-        if not key or "=" in key or "\0" in key:
-            raise InvalidArgument(f"environment.env_vars: {key!r} is not a valid variable name")
-    return _parse_entrypoint(request)
-
-
-# ---------------------------------------------------------------------------
-# Worker
-# ---------------------------------------------------------------------------
+    request: cluster_pb2.Worker.RunTaskRequest
+    """Without its entrypoint (a pickled callable can be large)."""
+    entrypoint: Entrypoint | None
 
 
 class Worker:
@@ -253,316 +143,197 @@ class Worker:
         self._runtime: Runtime = runtime
         self.incarnation = secrets.token_hex(8)
         self._workdir = Path(config.workdir)
-        self._tasks_dir = self._workdir / "tasks"
-        self._bundles_dir = self._workdir / "bundles"
-        self._gpus: list[GpuInfo] = (
-            gpus if gpus is not None else (detect_gpus() if config.detect_gpus else [])
-        )
-        self.address = ""
+        self._gpus: list[GpuInfo] = gpus if gpus is not None else (detect_gpus() if config.detect_gpus else [])
         self._started_at = self._clock.monotonic()
 
         self._lock = threading.Lock()
-        self._attempts: dict[AttemptKey, _Attempt] = {}
-        self._newest: dict[str, int] = {}
-        self._finished_order: deque[AttemptKey] = deque()
-        self._sequence = 0
-        self._stopping = False
-        self._ports_in_use: set[int] = set()
-        self._free_gpus: list[int] = [g.index for g in self._gpus]
+        self._machine = AttemptMachine(gpus=[g.index for g in self._gpus], max_finished=config.max_finished_attempts)
+        self._held: dict[AttemptKey, _Held] = {}
         self._attempt_done = threading.Condition(self._lock)
 
-        self._outbox_lock = threading.Lock()
-        self._outbox: dict[AttemptKey, cluster_pb2.WorkerTaskStatus] = {}
-        self._inflight: dict[AttemptKey, cluster_pb2.WorkerTaskStatus] = {}
-        self._outbox_event = threading.Event()
-        self._outbox_idle = threading.Condition(self._outbox_lock)
-
-        self._registered = False
-        self._controller_reachable = True
-        self._unreachable_count = 0
-        """Failed controller calls so far; a success that started before a failure is stale."""
-        self._bundle_locks: dict[str, threading.Lock] = {}
-        self._base_env = dict(os.environ)
-
+        self._link = ControllerLink(
+            LinkConfig(config.controller_address, config.rpc_timeout_s, config.backoff_initial_s,
+                       config.backoff_max_s),
+            self._clock,
+            worker_id=self.worker_id,
+            incarnation=self.incarnation,
+            observed=self._observed,
+            metadata=self.metadata,
+            on_kill=lambda key: self.kill_task(key[0], key[1], 0.0),
+            on_acknowledged=self._acknowledged,
+        )
+        self._preparer = AttemptPreparer(
+            PreparerConfig(self._workdir, self.worker_id, config.controller_address, dict(os.environ),
+                           has_gpus=bool(self._gpus), bind_host="127.0.0.1"),
+            self._fetch_bundle,
+        )
         self._stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._launcher = ThreadPoolExecutor(
-            max_workers=config.launcher_threads, thread_name_prefix="iris-launch"
-        )
-        # Bundles can be large (the client caps them at 25 MiB by default; the controller at 100 MiB).
-        self._channel = grpc.insecure_channel(
-            config.controller_address,
-            options=[("grpc.max_receive_message_length", 256 * 1024 * 1024),
-                     ("grpc.max_send_message_length", 256 * 1024 * 1024)],
-        )
-        self._controller = cluster_pb2_grpc.ControllerServiceStub(self._channel)
+        self._launcher = ThreadPoolExecutor(max_workers=config.launcher_threads, thread_name_prefix="iris-launch")
+
+    @property
+    def address(self) -> str:
+        return self._link.address
+
+    # -- the machine --------------------------------------------------------------------------
+
+    def _handle(self, event: am.Event) -> list[am.Instruction]:
+        """Feed one event to the machine; queue its reports under the lock, return the rest."""
+        with self._lock:
+            return self._handle_locked(event)
+
+    def _handle_locked(self, event: am.Event) -> list[am.Instruction]:
+        out: list[am.Instruction] = []
+        for instruction in self._machine.handle(event):
+            if isinstance(instruction, am.Report):
+                self._link.report(instruction.status)
+                if instruction.status.finished:
+                    self._attempt_done.notify_all()
+            else:
+                out.append(instruction)
+        return out
+
+    def _carry_out(self, instructions: Iterable[am.Instruction]) -> None:
+        """Act on the machine's instructions, outside the lock (Start is handled by ``_launch``)."""
+        for instruction in instructions:
+            if isinstance(instruction, am.Kill):
+                self._runtime.kill(instruction.key, instruction.grace_s)
+            elif isinstance(instruction, am.Release):
+                with self._lock:
+                    attempt = self._machine.attempts.get(instruction.key)
+                    ports = list(attempt.ports.values()) if attempt is not None else []
+                self._preparer.release_ports(ports)
+            elif isinstance(instruction, am.Discard):
+                with self._lock:
+                    self._held.pop(instruction.key, None)
+                self._preparer.discard(instruction.key)
+            elif isinstance(instruction, am.Prepare):
+                self._submit_launch([instruction.key])
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self, address: str, run_loops: bool = True) -> None:
         """Clean up after a previous incarnation, register, and start the heartbeat and outbox
         threads (``run_loops=False`` leaves driving them to the caller, e.g. tests)."""
-        self.address = address
+        self._link.address = address
         self._cleanup_previous_incarnation()
-        self._tasks_dir.mkdir(parents=True, exist_ok=True)
-        self._bundles_dir.mkdir(parents=True, exist_ok=True)
+        self._preparer.tasks_dir.mkdir(parents=True, exist_ok=True)
+        self._preparer.bundles_dir.mkdir(parents=True, exist_ok=True)
         self.register_once()
         if run_loops:
-            for name, target in (
-                ("iris-worker-heartbeat", self._heartbeat_loop),
-                ("iris-worker-outbox", self._outbox_loop),
+            for name, target, args in (
+                ("iris-worker-heartbeat", self._link.heartbeat_loop,
+                 (self._stop_event, self._config.heartbeat_interval_s)),
+                ("iris-worker-outbox", self._link.outbox_loop, (self._stop_event,)),
             ):
-                thread = threading.Thread(target=target, name=name)
+                thread = threading.Thread(target=target, args=args, name=name)
                 thread.start()
                 self._threads.append(thread)
-        logger.info(
-            "worker started worker=%s address=%s incarnation=%s", self.worker_id, address, self.incarnation
-        )
+        logger.info("worker started worker=%s address=%s incarnation=%s", self.worker_id, address, self.incarnation)
 
     def stop(self, kill_tasks: bool = True) -> None:
         """Refuse new tasks, kill the running ones, deliver their final reports (bounded), stop
         threads. Idempotent."""
+        grace = self._config.kill_grace_period_s
         with self._lock:
             if self._stop_event.is_set():
                 return
-            self._stopping = True
-            live = [a for a in self._attempts.values() if not a.finished]
+            instructions = self._handle_stop_locked(grace, kill_tasks)
         if kill_tasks:
-            grace = self._config.kill_grace_period_s
-            for attempt in live:
-                self.kill_task(attempt.request.task_id, attempt.request.attempt_id, grace)
+            self._carry_out(instructions)
             self._launcher.shutdown(wait=True)
             self._wait_attempts_finished(grace + 5.0)
         else:
             self._launcher.shutdown(wait=True)
         if self._threads:
-            self._wait_outbox_drained(self._config.shutdown_flush_timeout_s)
+            self._link.wait_drained(self._config.shutdown_flush_timeout_s)
         self._stop_event.set()
-        self._outbox_event.set()
+        self._link.outbox_event.set()
         for thread in self._threads:
             thread.join(timeout=10)
         self._threads.clear()
         if self._owns_runtime:
             self._runtime.close()
-        self._channel.close()
+        self._link.close()
         logger.info("worker stopped worker=%s", self.worker_id)
+
+    def _handle_stop_locked(self, grace: float, kill_tasks: bool) -> list[am.Instruction]:
+        out: list[am.Instruction] = []
+        for instruction in self._machine.stop(grace, kill=kill_tasks):
+            if isinstance(instruction, am.Report):
+                self._link.report(instruction.status)
+            else:
+                out.append(instruction)
+        return out
 
     # Shutdown waits are bounded in real time (Condition timeouts), not by the injected clock,
     # so a FakeClock cannot make them spin or hang.
     def _wait_attempts_finished(self, timeout_s: float) -> None:
         with self._attempt_done:
-            self._attempt_done.wait_for(lambda: all(a.finished for a in self._attempts.values()), timeout_s)
-
-    def _wait_outbox_drained(self, timeout_s: float) -> None:
-        with self._outbox_idle:
-            if not self._outbox_idle.wait_for(lambda: not self._outbox and not self._inflight, timeout_s):
-                logger.warning("undelivered reports at shutdown: %d", len(self._outbox) + len(self._inflight))
+            self._attempt_done.wait_for(self._machine.all_finished, timeout_s)
 
     def _cleanup_previous_incarnation(self) -> None:
-        if not self._tasks_dir.exists():
+        tasks_dir = self._preparer.tasks_dir
+        if not tasks_dir.exists():
             return
-        kill_orphans(process_records(self._tasks_dir))
+        kill_orphans(process_records(tasks_dir))
         trash = self._workdir / f"tasks.old-{self.incarnation}"
         try:
-            self._tasks_dir.rename(trash)
+            tasks_dir.rename(trash)
             shutil.rmtree(trash, ignore_errors=True)
         except OSError:
-            logger.warning("could not clear old task directories in %s", self._tasks_dir)
+            logger.warning("could not clear old task directories in %s", tasks_dir)
 
-    # -- metadata -----------------------------------------------------------------------------
+    # -- the controller -----------------------------------------------------------------------
 
     def metadata(self) -> cluster_pb2.WorkerMetadata:
-        cpu_count = self._config.cpu if self._config.cpu is not None else (os.cpu_count() or 1)
-        memory = (
-            self._config.memory_bytes
-            if self._config.memory_bytes is not None
-            else psutil.virtual_memory().total
+        return probe_metadata(
+            address=self.address, host=self._config.host, workdir=self._workdir, cpu=self._config.cpu,
+            memory_bytes=self._config.memory_bytes, gpus=self._gpus, attributes=self._config.attributes,
         )
-        try:
-            disk = shutil.disk_usage(self._workdir if self._workdir.exists() else Path.cwd()).free
-        except OSError:
-            disk = 0
-        meta = cluster_pb2.WorkerMetadata(
-            hostname=socket.gethostname(),
-            ip_address=self.address.rsplit(":", 1)[0] if self.address else self._config.host,
-            cpu_count=cpu_count,
-            memory_bytes=memory,
-            disk_bytes=disk,
-            attributes=dict(self._config.attributes),
-        )
-        if self._gpus:
-            meta.device.CopyFrom(_device_to_proto(gpu(variant=self._gpus[0].variant, count=len(self._gpus))))
-            meta.gpu_count = len(self._gpus)
-            meta.gpu_name = self._gpus[0].name
-            meta.gpu_memory_mb = self._gpus[0].memory_total_mb
-        else:
-            meta.device.cpu.SetInParent()
-        return meta
 
-    # -- controller: registration and heartbeats ----------------------------------------------
+    def _observed(self) -> tuple[list[AttemptStatus], int]:
+        with self._lock:
+            return self._machine.observed(), self._machine.sequence
 
     def observed_set(self) -> tuple[list[cluster_pb2.WorkerTaskStatus], int]:
         """Every attempt held and not finished, plus finished ones whose report is not yet
         acknowledged; and the RunTask sequence number the set covers."""
-        # Lock order: _lock, then _outbox_lock (as in _finish), so the two views are consistent.
-        with self._lock:
-            sequence = self._sequence
-            statuses = {a.key: a.to_proto() for a in self._attempts.values() if not a.finished}
-            with self._outbox_lock:
-                for pending in (self._inflight, self._outbox):
-                    for key, status in pending.items():
-                        if status.state in TERMINAL_TASK_STATES:
-                            statuses[key] = status
-        return list(statuses.values()), sequence
+        statuses, sequence = self._observed()
+        return [status_proto(s) for s in statuses], sequence
+
+    def _acknowledged(self, statuses: list[AttemptStatus]) -> None:
+        instructions = self._handle(am.ReportsAcknowledged(tuple((s.key, s.state) for s in statuses)))
+        self._carry_out(instructions)
 
     def register_once(self) -> bool:
-        """Register with the complete observed set. True when the controller accepted."""
-        failures_before = self._unreachable_count
-        tasks, sequence = self.observed_set()
-        request = cluster_pb2.Controller.RegisterWorkerRequest(
-            worker_id=self.worker_id,
-            address=self.address,
-            metadata=self.metadata(),
-            tasks=tasks,
-            incarnation=self.incarnation,
-            sequence=sequence,
-        )
-        try:
-            response = self._controller.RegisterWorker(request, timeout=self._config.rpc_timeout_s)
-        except grpc.RpcError as e:
-            self._mark_unreachable(e)
-            return False
-        if self._unreachable_count == failures_before:
-            # A call that failed while this one was in flight is newer news: stay "unreachable", so
-            # the next success registers again with the set as it is then.
-            self._controller_reachable = True
-        self._registered = response.accepted
-        logger.info(
-            "registered worker=%s accepted=%s tasks=%d", self.worker_id, response.accepted, len(tasks)
-        )
-        self._apply_kills(response.kill)
-        return bool(response.accepted)
+        return self._link.register_once()
 
     def heartbeat_once(self) -> bool:
-        """One heartbeat (or a registration when we are not registered). True when delivered."""
-        if not self._registered or not self._controller_reachable:
-            return self.register_once()
-        tasks, sequence = self.observed_set()
-        request = cluster_pb2.Controller.HeartbeatRequest(
-            worker_id=self.worker_id, tasks=tasks, incarnation=self.incarnation, sequence=sequence
-        )
-        try:
-            response = self._controller.Heartbeat(request, timeout=self._config.rpc_timeout_s)
-        except grpc.RpcError as e:
-            self._mark_unreachable(e)
-            return False
-        self._apply_kills(response.kill)
-        if response.reregister:
-            logger.info("controller asked to re-register worker=%s", self.worker_id)
-            self._registered = False
-            return self.register_once()
-        return True
-
-    def _mark_unreachable(self, error: grpc.RpcError) -> None:
-        if self._controller_reachable:
-            logger.warning("controller unreachable worker=%s: %s", self.worker_id, _rpc_error_text(error))
-        self._unreachable_count += 1
-        self._controller_reachable = False
-
-    def _apply_kills(self, kills: Iterable[cluster_pb2.WorkerTaskStatus]) -> None:
-        for entry in kills:
-            task_id, attempt_id = _kill_entry(entry)
-            logger.info("controller asked to kill task=%s attempt=%d", task_id, attempt_id)
-            self.kill_task(task_id, attempt_id, 0.0)
-
-    def _heartbeat_loop(self) -> None:
-        while not self._stop_event.is_set():
-            try:
-                self.heartbeat_once()
-            except Exception:
-                logger.exception("heartbeat failed worker=%s", self.worker_id)
-            if self._clock.wait(self._stop_event, self._config.heartbeat_interval_s):
-                return
-
-    # -- outbox -------------------------------------------------------------------------------
-
-    def _report(self, status: cluster_pb2.WorkerTaskStatus) -> None:
-        key = (status.task_id, status.attempt_id)
-        with self._outbox_lock:
-            queued = self._outbox.get(key)
-            if queued is not None and queued.state in TERMINAL_TASK_STATES:
-                return  # a terminal report is final; nothing may replace it
-            self._outbox[key] = status
-        self._outbox_event.set()
-
-    def pending_reports(self) -> int:
-        """Attempts with a report not yet acknowledged by the controller."""
-        with self._outbox_lock:
-            return len(self._outbox.keys() | self._inflight.keys())
+        return self._link.heartbeat_once()
 
     def flush_outbox_once(self) -> bool:
-        """Send every pending report in one ReportTaskState. True when acknowledged (or nothing
-        to send); on failure the batch goes back into the outbox, behind newer states."""
-        with self._outbox_lock:
-            if not self._outbox:
-                return True
-            batch = self._outbox
-            self._outbox = {}
-            self._inflight = batch
-        request = cluster_pb2.Controller.ReportTaskStateRequest(
-            worker_id=self.worker_id, updates=list(batch.values())
-        )
-        try:
-            response = self._controller.ReportTaskState(request, timeout=self._config.rpc_timeout_s)
-        except grpc.RpcError as e:
-            with self._outbox_lock:
-                merged = dict(self._inflight)
-                merged.update(self._outbox)  # a newer state for the same attempt wins
-                self._outbox = merged
-                self._inflight = {}
-            self._mark_unreachable(e)
-            return False
-        with self._outbox_lock:
-            self._inflight = {}
-            self._outbox_idle.notify_all()
-        if not self._controller_reachable:
-            # It is back: it may have lost us (restart), so register with the full set again.
-            self._controller_reachable = True
-            self._registered = False
-            self.register_once()
-        self._apply_kills(response.kill)
-        return True
+        return self._link.flush_once()
 
-    def _outbox_loop(self) -> None:
-        backoff = self._config.backoff_initial_s
-        while True:
-            self._outbox_event.wait()
-            if self._stop_event.is_set():
-                return
-            self._outbox_event.clear()
-            try:
-                ok = self.flush_outbox_once()
-            except Exception:
-                logger.exception("outbox flush failed worker=%s", self.worker_id)
-                ok = False
-            if ok:
-                backoff = self._config.backoff_initial_s
-                continue
-            self._outbox_event.set()  # retry even when nothing new arrives
-            if self._clock.wait(self._stop_event, backoff):
-                return
-            backoff = min(backoff * 2, self._config.backoff_max_s)
+    def pending_reports(self) -> int:
+        return self._link.pending_reports()
+
+    def _fetch_bundle(self, bundle_hash: str) -> bytes:
+        response = self._link.stub.FetchBundle(
+            cluster_pb2.Controller.FetchBundleRequest(bundle_hash=bundle_hash),
+            timeout=max(self._config.rpc_timeout_s, 60.0),
+        )
+        return bytes(response.blob)
 
     # -- tasks --------------------------------------------------------------------------------
 
     def run_task(self, request: cluster_pb2.Worker.RunTaskRequest) -> cluster_pb2.Worker.RunTaskResponse:
         """Accept an attempt and hand its start to a launcher thread. Idempotent per attempt.
         Raises InvalidArgument (bad request) or FailedPrecondition (shutting down)."""
-        entrypoint = validate_run_task(request)
-        with self._lock:
-            response, attempt = self._accept_locked(request, entrypoint)
-        if attempt is not None:
-            self._submit_launch([attempt])
+        entrypoint = validate_run_task(request, self._config.limits)
+        response, key = self._accept(request, entrypoint)
+        if key is not None:
+            self._submit_launch([key])
         return response
 
     def run_tasks(
@@ -571,227 +342,134 @@ class Worker:
         """``run_task`` for several attempts in one call: each is accepted or refused on its own
         (a refusal carries its ``error``, and ``worker_stopping`` when the worker is shutting
         down). The accepted ones start in order on one launcher thread."""
-        parsed: list[tuple[cluster_pb2.Worker.RunTaskRequest, cluster_pb2.Entrypoint | None, str]] = []
+        responses: list[cluster_pb2.Worker.RunTaskResponse] = []
+        started: list[AttemptKey] = []
         for request in requests:
             try:
-                parsed.append((request, validate_run_task(request), ""))
+                entrypoint = validate_run_task(request, self._config.limits)
+                response, key = self._accept(request, entrypoint)
             except InvalidArgument as e:
-                parsed.append((request, None, str(e)))
-        responses: list[cluster_pb2.Worker.RunTaskResponse] = []
-        started: list[_Attempt] = []
-        with self._lock:
-            for request, entrypoint, error in parsed:
-                if entrypoint is None:
-                    responses.append(cluster_pb2.Worker.RunTaskResponse(accepted=False, error=error))
-                    continue
-                try:
-                    response, attempt = self._accept_locked(request, entrypoint)
-                except FailedPrecondition as e:
-                    response, attempt = (
-                        cluster_pb2.Worker.RunTaskResponse(accepted=False, error=str(e), worker_stopping=True),
-                        None,
-                    )
-                responses.append(response)
-                if attempt is not None:
-                    started.append(attempt)
+                responses.append(cluster_pb2.Worker.RunTaskResponse(accepted=False, error=str(e)))
+                continue
+            except FailedPrecondition as e:
+                responses.append(cluster_pb2.Worker.RunTaskResponse(accepted=False, error=str(e),
+                                                                    worker_stopping=True))
+                continue
+            responses.append(response)
+            if key is not None:
+                started.append(key)
         if started:
             self._submit_launch(started)
         return responses
 
-    def _accept_locked(
-        self, request: cluster_pb2.Worker.RunTaskRequest, entrypoint: cluster_pb2.Entrypoint
-    ) -> tuple[cluster_pb2.Worker.RunTaskResponse, _Attempt | None]:
+    def _accept(
+        self, request: cluster_pb2.Worker.RunTaskRequest, entrypoint: Entrypoint
+    ) -> tuple[cluster_pb2.Worker.RunTaskResponse, AttemptKey | None]:
         """Record a validated attempt (or find it again). Returns the response and the attempt to
         launch (None when it was already held)."""
         key: AttemptKey = (request.task_id, request.attempt_id)
-        existing = self._attempts.get(key)
-        if existing is not None:
-            return (
-                cluster_pb2.Worker.RunTaskResponse(
-                    accepted=True, incarnation=self.incarnation, sequence=existing.sequence
-                ),
-                None,
-            )
-        if self._stopping:
-            raise FailedPrecondition("worker is shutting down and accepts no new tasks")
-        self._sequence += 1
-        # Keep the request without its entrypoint (a pickled callable can be large and the
-        # attempt stays in the finished history); the parsed entrypoint is dropped at launch.
-        stored = cluster_pb2.Worker.RunTaskRequest()
-        stored.CopyFrom(request)
-        stored.ClearField("serialized_entrypoint")
-        attempt = _Attempt(
-            request=stored,
-            entrypoint=entrypoint,
-            sequence=self._sequence,
-            attempt_dir=self._tasks_dir / attempt_dir_name(request.task_id, request.attempt_id),
-        )
+        gpus = 0
         if request.resources.HasField("device") and device_kind(request.resources.device) == "gpu":
-            wanted_gpus = device_count(request.resources.device)
-            attempt.gpus = self._free_gpus[:wanted_gpus]
-            del self._free_gpus[: len(attempt.gpus)]
-        if request.ports:
-            attempt.ports = {name: self._allocate_port_locked() for name in request.ports}
-        self._attempts[key] = attempt
-        newest = self._newest.get(request.task_id)
-        if newest is None or request.attempt_id >= newest:
-            self._newest[request.task_id] = request.attempt_id
-        sequence = self._sequence
-        logger.debug("accepted task=%s attempt=%d seq=%d", request.task_id, request.attempt_id, sequence)
-        return (
-            cluster_pb2.Worker.RunTaskResponse(accepted=True, incarnation=self.incarnation, sequence=sequence),
-            attempt,
-        )
+            gpus = device_count(request.resources.device)
+        with self._lock:
+            existing = self._machine.attempts.get(key)
+            if existing is not None:
+                return self._accepted(existing.sequence), None
+            if self._machine.stopping:
+                raise FailedPrecondition("worker is shutting down and accepts no new tasks")
+            ports = self._preparer.allocate_ports(request.ports) if request.ports else {}
+            try:
+                self._handle_locked(am.Accepted(key, gpus, ports))
+            except WorkerStopping as e:
+                self._preparer.release_ports(ports.values())
+                raise FailedPrecondition(str(e)) from None
+            stored = cluster_pb2.Worker.RunTaskRequest()
+            stored.CopyFrom(request)
+            stored.ClearField("serialized_entrypoint")
+            self._held[key] = _Held(stored, entrypoint)
+            sequence = self._machine.attempts[key].sequence
+        logger.debug("accepted task=%s attempt=%d seq=%d", key[0], key[1], sequence)
+        return self._accepted(sequence), key
 
-    def _submit_launch(self, attempts: list[_Attempt]) -> None:
-        """Start ``attempts`` on the launcher threads: one work item for the batch (one thread
-        handoff, not one per task), except that an attempt with a workspace bundle gets its own
-        (fetching a bundle may take a while and must not hold up the others)."""
-        plain = [a for a in attempts if not a.request.bundle_hash]
-        items = [[a] for a in attempts if a.request.bundle_hash]
+    def _accepted(self, sequence: int) -> cluster_pb2.Worker.RunTaskResponse:
+        return cluster_pb2.Worker.RunTaskResponse(accepted=True, incarnation=self.incarnation, sequence=sequence)
+
+    def _submit_launch(self, keys: Sequence[AttemptKey]) -> None:
+        """Start attempts on the launcher threads: one work item for a batch (one thread handoff,
+        not one per task), except that an attempt with a workspace bundle gets its own (fetching
+        it may take a while and must not hold up the others)."""
+        with self._lock:
+            with_bundle = {k for k in keys if k in self._held and self._held[k].request.bundle_hash}
+        plain = [k for k in keys if k not in with_bundle]
+        items = [[k] for k in keys if k in with_bundle]
         if plain:
             items.insert(0, plain)
         for item in items:
             try:
                 self._launcher.submit(self._launch_all, item)
-            except RuntimeError:  # launcher shut down between the check and the submit
-                for attempt in item:
-                    self._finish(attempt, cluster_pb2.TASK_STATE_KILLED, error="worker is shutting down")
+            except RuntimeError:  # the launcher shut down between the check and the submit
+                for key in item:
+                    self._carry_out(self._handle(am.LaunchAbandoned(key, "worker is shutting down",
+                                                                    self._clock.now_ms())))
 
-    def _launch_all(self, attempts: list[_Attempt]) -> None:
-        for attempt in attempts:
-            self._launch(attempt)
-
-    def _allocate_port_locked(self) -> int:
-        while True:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.bind(("127.0.0.1", 0))
-                port = int(s.getsockname()[1])
-            if port not in self._ports_in_use:
-                self._ports_in_use.add(port)
-                return port
-
-    def _launch(self, attempt: _Attempt) -> None:
-        try:
-            self._launch_unchecked(attempt)
-        except Exception as e:
-            logger.exception("failed to start task=%s attempt=%d", *attempt.key)
-            self._finish(attempt, cluster_pb2.TASK_STATE_FAILED, error=f"failed to start: {e}")
-
-    def _launch_unchecked(self, attempt: _Attempt) -> None:
-        request = attempt.request
-        if attempt.kill_requested:
-            self._finish(attempt, cluster_pb2.TASK_STATE_KILLED, error="killed before it started")
-            return
-        work_dir = attempt.attempt_dir / "work"
-        _make_attempt_dirs(str(attempt.attempt_dir), str(work_dir))
-        env = self._task_env(attempt)
-        if request.bundle_hash:
-            self._report(attempt.to_proto())  # BUILDING while the workspace is fetched
+    def _launch_all(self, keys: list[AttemptKey]) -> None:
+        for key in keys:
             try:
-                self._install_bundle(request.bundle_hash, work_dir)
+                self._launch(key)
             except Exception as e:
-                self._finish(
-                    attempt, cluster_pb2.TASK_STATE_FAILED, error=f"bundle {request.bundle_hash}: {e}"
-                )
+                logger.exception("failed to start task=%s attempt=%d", *key)
+                self._carry_out(self._handle(am.StartFailed(key, 126, f"failed to start: {e}", self._clock.now_ms())))
+
+    def _launch(self, key: AttemptKey) -> None:
+        with self._lock:
+            held = self._held.get(key)
+            attempt = self._machine.attempts.get(key)
+            if held is None or attempt is None:
                 return
-            existing = env.get("PYTHONPATH")
-            env["PYTHONPATH"] = f"{work_dir}{os.pathsep}{existing}" if existing else str(work_dir)
-        if attempt.entrypoint.WhichOneof("kind") == "callable":
-            pickle_path = attempt.attempt_dir / "callable.pkl"
-            pickle_path.write_bytes(attempt.entrypoint.callable.pickled)
-            argv = [
-                sys.executable,
-                "-m",
-                "iris.cluster.worker.callable_runner",
-                str(pickle_path),
-                str(attempt.attempt_dir / "error.txt"),
-            ]
-        else:
-            argv = list(attempt.entrypoint.command.argv)
-        attempt.entrypoint = _NO_ENTRYPOINT
-        spec = ProcessSpec(
-            key=attempt.key,
-            argv=argv,
-            cwd=work_dir,
-            env=env,
-            log_path=attempt.log_path,
-            memory_limit_bytes=request.resources.memory_bytes,
-            cpu_limit=request.resources.cpu,
-            record_path=attempt.attempt_dir / PROCESS_RECORD,
-        )
-        with self._lock:
-            if attempt.kill_requested:
-                killed_early = True
-            else:
-                killed_early = False
-                attempt.started_at_ms = self._clock.now_ms()
-        if killed_early:
-            self._finish(attempt, cluster_pb2.TASK_STATE_KILLED, error="killed before it started")
-            return
+            building = bool(held.request.bundle_hash)
+            ports, gpus = dict(attempt.ports), list(attempt.gpus)
+            self._handle_locked(am.PreparationStarted(key, building))
+        entrypoint = held.entrypoint
+        held.entrypoint = None  # dropped once used: the record outlives the launch
         try:
-            pid = self._runtime.start(spec, lambda exit_info: self._on_exit(attempt, exit_info))
-        except OSError as e:
-            self._finish(
-                attempt,
-                cluster_pb2.TASK_STATE_FAILED,
-                exit_code=127 if isinstance(e, FileNotFoundError) else 126,
-                error=f"failed to start {argv[0]!r}: {e}",
-            )
+            if entrypoint is None:
+                raise PreparationError("the attempt's entrypoint is gone (launched twice?)")
+            spec = self._preparer.prepare(held.request, entrypoint, ports, gpus)
+        except PreparationError as e:
+            self._carry_out(self._handle(am.PreparationFailed(key, str(e), self._clock.now_ms())))
             return
-        with self._lock:
-            attempt.pid = pid
-            attempt.process_started = True
-            kill_now = attempt.kill_requested
-            # Queued under the lock so a fast exit's terminal report is always queued after it.
-            # (If it already exited, the terminal report is queued and RUNNING is skipped.)
-            if not attempt.finished:
-                attempt.state = cluster_pb2.TASK_STATE_RUNNING
-                self._report(attempt.to_proto())
-        if kill_now:
-            self._runtime.kill(attempt.key, attempt.kill_grace_s)
-        logger.debug("started task=%s attempt=%d pid=%d", request.task_id, request.attempt_id, pid)
+        instructions = self._handle(am.Prepared(key, self._clock.now_ms()))
+        if not any(isinstance(i, am.Start) for i in instructions):
+            self._carry_out(instructions)
+            return
+        self._carry_out(i for i in instructions if not isinstance(i, am.Start))
+        try:
+            pid = self._runtime.start(spec, lambda exit_info: self._on_exit(key, exit_info))
+        except OSError as e:
+            code = 127 if isinstance(e, FileNotFoundError) else 126
+            self._carry_out(self._handle(am.StartFailed(key, code, f"failed to start {spec.argv[0]!r}: {e}",
+                                                        self._clock.now_ms())))
+            return
+        self._carry_out(self._handle(am.ProcessStarted(key, pid)))
+        logger.debug("started task=%s attempt=%d pid=%d", key[0], key[1], pid)
 
-    def _task_env(self, attempt: _Attempt) -> dict[str, str]:
-        request = attempt.request
-        env = dict(self._base_env)
-        env.update(request.environment.env_vars)
-        env.update(
-            {
-                "IRIS_JOB_ID": request.job_id,
-                "IRIS_TASK_ID": request.task_id,
-                "IRIS_TASK_INDEX": str(request.task_index),
-                "IRIS_NUM_TASKS": str(request.num_tasks or 1),
-                "IRIS_ATTEMPT_ID": str(request.attempt_id),
-                "IRIS_WORKER_ID": self.worker_id,
-                "IRIS_CONTROLLER_ADDRESS": self._config.controller_address,
-                "IRIS_BUNDLE_HASH": request.bundle_hash,
-            }
-        )
-        for name, port in attempt.ports.items():
-            env[f"IRIS_PORT_{name.upper()}"] = str(port)
-        if self._gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in attempt.gpus)
-        return env
-
-    def _on_exit(self, attempt: _Attempt, exit_info: ProcessExit) -> None:
+    def _on_exit(self, key: AttemptKey, exit_info: ProcessExit) -> None:
         code = exit_info.returncode
-        if attempt.kill_requested:
-            self._finish(attempt, cluster_pb2.TASK_STATE_KILLED, exit_code=code, error="killed")
-        elif exit_info.limit_error:
-            self._finish(attempt, cluster_pb2.TASK_STATE_FAILED, exit_code=code, error=exit_info.limit_error)
-        elif code == 0:
-            self._finish(attempt, cluster_pb2.TASK_STATE_SUCCEEDED)
-        else:
-            self._finish(
-                attempt,
-                cluster_pb2.TASK_STATE_FAILED,
-                exit_code=code,
-                error=self._failure_error(attempt, code),
-            )
+        error = "" if code == 0 or exit_info.limit_error else self._failure_error(key, code)
+        instructions = self._handle(am.ProcessExited(key, code, self._clock.now_ms(), error=error,
+                                                     limit_error=exit_info.limit_error))
+        self._carry_out(instructions)
+        with self._lock:
+            attempt = self._machine.attempts.get(key)
+            state = attempt.state if attempt is not None else cluster_pb2.TASK_STATE_UNSPECIFIED
+        # Successes are the hot path (hundreds per second): INFO only for the ones worth reading.
+        level = logging.DEBUG if state == cluster_pb2.TASK_STATE_SUCCEEDED else logging.INFO
+        if logger.isEnabledFor(level):
+            logger.log(level, "task=%s attempt=%d state=%s exit_code=%d", key[0], key[1],
+                       cluster_pb2.TaskState.Name(state), code)  # type: ignore[arg-type]
 
-    def _failure_error(self, attempt: _Attempt, code: int) -> str:
-        error_file = attempt.attempt_dir / "error.txt"
+    def _failure_error(self, key: AttemptKey, code: int) -> str:
+        error_file = self._preparer.error_path(key)
         if error_file.exists():
             try:
                 return error_file.read_text(errors="replace")
@@ -799,206 +477,68 @@ class Worker:
                 pass
         if code < 0:
             try:
-                head = f"killed by signal {code * -1} ({os_signal_name(-code)})"
+                head = f"killed by signal {-code} ({signal.Signals(-code).name})"
             except ValueError:
                 head = f"killed by signal {-code}"
         else:
             head = f"exit code {code}"
-        tail = _log_tail(attempt.log_path, _LOG_TAIL_LINES)
+        tail = tail_text(self._preparer.log_path(key), _LOG_TAIL_LINES)
         return f"{head}; last output:\n{tail}" if tail else head
-
-    def _finish(self, attempt: _Attempt, state: int, exit_code: int = 0, error: str = "") -> None:
-        evicted: list[Path] = []
-        with self._lock:
-            if attempt.finished:
-                return
-            attempt.state = state
-            attempt.exit_code = exit_code
-            attempt.error = error
-            attempt.finished_at_ms = self._clock.now_ms()
-            self._ports_in_use.difference_update(attempt.ports.values())
-            self._free_gpus.extend(attempt.gpus)
-            self._free_gpus.sort()
-            self._finished_order.append(attempt.key)
-            while len(self._finished_order) > self._config.max_finished_attempts:
-                old_key = self._finished_order.popleft()
-                old = self._attempts.pop(old_key, None)
-                if old is not None:
-                    evicted.append(old.attempt_dir)
-                    if self._newest.get(old_key[0]) == old_key[1]:
-                        del self._newest[old_key[0]]
-            # Queued under the attempt lock: observed_set() must never see the attempt finished
-            # but its terminal report not yet in the outbox (it would look lost).
-            self._report(attempt.to_proto())
-            self._attempt_done.notify_all()
-        # Successes are the hot path (hundreds per second): INFO only for the ones worth reading.
-        level = logging.DEBUG if state == cluster_pb2.TASK_STATE_SUCCEEDED else logging.INFO
-        if logger.isEnabledFor(level):
-            logger.log(
-                level,
-                "task=%s attempt=%d state=%s exit_code=%d",
-                attempt.request.task_id,
-                attempt.request.attempt_id,
-                cluster_pb2.TaskState.Name(state),  # type: ignore[arg-type]
-                exit_code,
-            )
-        for path in evicted:
-            shutil.rmtree(path, ignore_errors=True)
-            try:
-                path.parent.rmdir()
-            except OSError:
-                pass
 
     def kill_task(self, task_id: str, attempt_id: int, grace_period_s: float = 0.0) -> None:
         """Kill one attempt (SIGTERM, SIGKILL after the grace; 0: the worker's default).
         Unknown or finished attempts are ignored."""
         grace = grace_period_s if grace_period_s > 0 else self._config.kill_grace_period_s
-        with self._lock:
-            attempt = self._attempts.get((task_id, attempt_id))
-            if attempt is None or attempt.finished:
-                return
-            attempt.kill_requested = True
-            attempt.kill_grace_s = grace
-            started = attempt.process_started
-        if started:
-            self._runtime.kill((task_id, attempt_id), grace)
-        # Not started yet: the launcher sees kill_requested and reports KILLED without starting.
+        self._carry_out(self._handle(am.KillRequested((task_id, attempt_id), grace)))
 
     # -- queries ------------------------------------------------------------------------------
 
-    def _get_attempt_locked(self, task_id: str, attempt_id: int | None) -> _Attempt:
-        if attempt_id is None:
-            newest = self._newest.get(task_id)
-            if newest is None:
-                raise NotFound(f"task_id: no attempt of {task_id!r} on this worker")
-            attempt_id = newest
-        attempt = self._attempts.get((task_id, attempt_id))
+    def _get_locked(self, task_id: str, attempt_id: int | None) -> am.Attempt:
+        attempt = self._machine.get(task_id, attempt_id)
         if attempt is None:
-            raise NotFound(f"attempt_id: attempt {attempt_id} of {task_id!r} is not on this worker")
+            if attempt_id is None:
+                raise NotFound(f"task_id: no attempt of {task_id[:128]!r} on this worker")
+            raise NotFound(f"attempt_id: attempt {attempt_id} of {task_id[:128]!r} is not on this worker")
         return attempt
 
     def task_status(self, task_id: str, attempt_id: int | None = None) -> cluster_pb2.WorkerTaskStatus:
         with self._lock:
-            return self._get_attempt_locked(task_id, attempt_id).to_proto()
+            status = self._get_locked(task_id, attempt_id).status()
+        return status_proto(status)
 
     def list_tasks(self) -> list[cluster_pb2.WorkerTaskStatus]:
         with self._lock:
-            return [a.to_proto() for a in self._attempts.values()]
+            statuses = [a.status() for a in self._machine.attempts.values()]
+        return [status_proto(s) for s in statuses]
 
     def running_count(self) -> int:
         with self._lock:
-            return sum(1 for a in self._attempts.values() if not a.finished)
+            return self._machine.live_count()
 
     def uptime_ms(self) -> int:
         return int((self._clock.monotonic() - self._started_at) * 1000)
 
     @property
     def stopping(self) -> bool:
-        return self._stopping
+        return self._machine.stopping
 
     def fetch_logs(
-        self, task_id: str, attempt_id: int | None = None, start_line: int = 0, max_lines: int = 0
+        self, task_id: str, attempt_id: int | None = None, start_line: int = 0, max_lines: int = 0,
+        start_offset: int | None = None,
     ) -> LogChunk:
-        """Lines ``[start_line, start_line + max_lines)`` of an attempt's combined output. While
-        the attempt runs, an unterminated last line is held back until it is complete."""
+        """Lines ``[start_line, start_line + max_lines)`` of an attempt's combined output, read from
+        ``start_offset`` when given (O(page)). While the attempt runs, an unterminated last line
+        is held back until it is complete."""
         if start_line < 0:
             raise InvalidArgument(f"start_line: must be >= 0, got {start_line}")
         if max_lines < 0:
             raise InvalidArgument(f"max_lines: must be >= 0, got {max_lines}")
-        limit = min(max_lines or 1000, 10000)
+        if start_offset is not None and start_offset < 0:
+            raise InvalidArgument(f"start_offset: must be >= 0, got {start_offset}")
         with self._lock:
-            attempt = self._get_attempt_locked(task_id, attempt_id)
+            attempt = self._get_locked(task_id, attempt_id)
             finished = attempt.finished
-            log_path = attempt.log_path
-            found_attempt_id = attempt.request.attempt_id
-        lines: list[str] = []
-        try:
-            with open(log_path, encoding="utf-8", errors="replace", newline="") as f:
-                for index, line in enumerate(f):
-                    if index < start_line:
-                        continue
-                    if len(lines) >= limit:
-                        break
-                    if not line.endswith("\n") and not finished:
-                        break
-                    lines.append(line.rstrip("\r\n"))
-        except FileNotFoundError:
-            pass
-        return LogChunk(
-            lines=lines,
-            next_line=start_line + len(lines),
-            attempt_finished=finished,
-            attempt_id=found_attempt_id,
-        )
-
-    # -- bundles ------------------------------------------------------------------------------
-
-    def _install_bundle(self, bundle_hash: str, dest: Path) -> None:
-        path = self._bundle_path(bundle_hash)
-        with zipfile.ZipFile(path) as archive:
-            archive.extractall(dest)
-
-    def _bundle_path(self, bundle_hash: str) -> Path:
-        """The cached zip for a hash, fetched from the controller once per hash. Concurrent
-        callers in this process wait on a per-hash lock; the file appears atomically (rename),
-        so other processes sharing the workdir never see a partial bundle."""
-        bundle_hash = bundle_hash.lower()
-        path = self._bundles_dir / f"{bundle_hash}.zip"
-        with self._lock:
-            lock = self._bundle_locks.setdefault(bundle_hash, threading.Lock())
-        with lock:
-            if path.exists():
-                return path
-            response = self._controller.FetchBundle(
-                cluster_pb2.Controller.FetchBundleRequest(bundle_hash=bundle_hash),
-                timeout=max(self._config.rpc_timeout_s, 60.0),
-            )
-            digest = hashlib.sha256(response.blob).hexdigest()
-            if len(bundle_hash) == 64 and digest != bundle_hash:
-                raise ValueError(f"fetched bundle has sha256 {digest}, expected {bundle_hash}")
-            self._bundles_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-            tmp.write_bytes(response.blob)
-            os.replace(tmp, path)
-            return path
-
-
-def _make_attempt_dirs(attempt_dir: str, work_dir: str) -> None:
-    """Create ``tasks/<task>.attempt-<n>/work`` with one mkdir per level (no stat calls, no pathlib).
-
-    The layout is flat (no directory per task) because creating an inode is the dominant cost of
-    starting a task on a busy ext4 disk."""
-    try:
-        os.mkdir(attempt_dir)
-    except FileExistsError:
-        pass
-    except FileNotFoundError:  # the tasks directory itself is gone
-        os.makedirs(work_dir, exist_ok=True)
-        return
-    try:
-        os.mkdir(work_dir)
-    except FileExistsError:
-        pass
-
-
-def os_signal_name(signum: int) -> str:
-    return signal.Signals(signum).name
-
-
-def _log_tail(path: Path, lines: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 4096))
-            data = f.read()
-    except OSError:
-        return ""
-    text = data.decode("utf-8", errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _rpc_error_text(error: grpc.RpcError) -> str:
-    if isinstance(error, grpc.Call):
-        return f"{error.code().name}: {error.details()}"
-    return str(error)
+            key = attempt.key
+        page = read_page(self._preparer.log_path(key), start_line=start_line, start_offset=start_offset,
+                         max_lines=max_lines, finished=finished)
+        return LogChunk(page.lines, page.next_line, finished, key[1], page.next_offset)

@@ -1,0 +1,378 @@
+"""The seam between the controller and what runs tasks (DESIGN §8).
+
+A ``TaskBackend`` takes plain data in and gives plain data out; it holds no job definitions, no
+retry budgets and no durable state (the controller owns those). Five verbs:
+
+- ``submit(launches)``: start attempts on one execution location (a worker). Each launch gets a
+  ``LaunchResult``: ``ACCEPTED``; ``TASK_REFUSED`` (the task's own content cannot run there — a
+  real failure of the task, the location stays healthy); ``BACKEND_FAILED`` (the location did not
+  answer, timed out or is going away — a preemption, and a mark against the location).
+- ``kill(kill)``: stop one attempt (SIGTERM, grace, SIGKILL). Best effort: the next observation
+  reconciles whatever a lost kill left running.
+- ``observe()``: the complete observed set of every location the backend polls, reconciled
+  level-triggered by the controller exactly like a worker's heartbeat (DESIGN §3). A push-based
+  backend (worker daemons heartbeat on their own) returns ``[]`` and its pushes take the same path.
+- ``fetch_logs(request)``: one page of an attempt's log, by byte offset.
+- ``capacity()``: locations the backend knows of and what each offers; the controller registers a
+  new one (or one declared dead, or of another incarnation) like a worker registration, and keeps
+  known ones alive through their observations. A backend whose locations register themselves
+  returns ``[]``.
+
+Mapping back (DESIGN §8): a lost node, preemption, eviction or time limit is a preemption; a
+non-zero exit or OOM is a failure; an observation error is neither. Engine-side retries are off.
+``WorkerDaemonBackend`` is the first implementation: Iris's own worker daemons over gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+import grpc
+
+from iris.cluster.controller.state import ObservedAttempt
+from iris.cluster.spec import JobSpec
+from iris.cluster.types import JobId, TaskId, WorkerId, WorkerMetadata
+from iris.cluster.validation import MAX_MESSAGE_BYTES
+from iris.rpc import cluster_pb2, cluster_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptLaunch:
+    """Start this attempt of this task at this location."""
+
+    job_id: JobId
+    task_id: TaskId
+    task_index: int
+    num_tasks: int
+    attempt_id: int
+    spec: JobSpec
+    worker_id: WorkerId
+    address: str
+
+
+class LaunchOutcome(Enum):
+    ACCEPTED = "accepted"
+    TASK_REFUSED = "task_refused"
+    BACKEND_FAILED = "backend_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchResult:
+    outcome: LaunchOutcome
+    error: str = ""
+    incarnation: str = ""
+    """For ACCEPTED: the worker process that accepted it, and the sequence it accepted it under
+    (an observed set taken before that sequence may lack it without it being lost)."""
+    sequence: int = 0
+    location_gone: bool = False
+    """For BACKEND_FAILED: the location said it is going away (or cannot be reached at all)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptKill:
+    worker_id: WorkerId
+    address: str
+    task_id: TaskId
+    attempt_id: int
+    grace_period_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class LogRequest:
+    worker_id: WorkerId
+    address: str
+    task_id: TaskId
+    attempt_id: int
+    start_line: int
+    start_offset: int | None
+    """Byte offset where the page starts (O(page)); None: count ``start_line`` lines from the start."""
+    max_lines: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    data: str
+    source: str = "output"
+    timestamp_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    lines: list[LogLine]
+    next_line: int
+    next_offset: int
+    attempt_finished: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """The complete set of attempts one location holds, as of ``sequence`` in ``incarnation``."""
+
+    worker_id: WorkerId
+    attempts: list[ObservedAttempt]
+    incarnation: str
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class LocationCapacity:
+    """A location the backend offers, as a registration would describe it."""
+
+    worker_id: WorkerId
+    address: str
+    metadata: WorkerMetadata
+    incarnation: str = ""
+    attempts: list[ObservedAttempt] = field(default_factory=list)
+    sequence: int = 0
+
+
+class BackendUnavailable(Exception):
+    """The backend could not do what was asked (e.g. the worker holding a log did not answer)."""
+
+
+class TaskBackend(Protocol):
+    def submit(self, launches: Sequence[AttemptLaunch]) -> list[LaunchResult]:
+        """Start attempts that all go to one location; results[i] answers launches[i]."""
+        ...
+
+    def kill(self, kill: AttemptKill) -> None:
+        """Stop one attempt. Raises BackendUnavailable when it could not be delivered."""
+        ...
+
+    def observe(self) -> list[Observation]: ...
+
+    def fetch_logs(self, request: LogRequest) -> LogPage:
+        """Raises BackendUnavailable when the log's location does not answer."""
+        ...
+
+    def capacity(self) -> list[LocationCapacity]: ...
+
+    def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------- worker daemons
+
+
+class WorkerClients(Protocol):
+    """The gRPC transport to worker daemons (``GrpcWorkerClients``; tests substitute a fake)."""
+
+    def run_tasks(
+        self, address: str, request: cluster_pb2.Worker.RunTasksRequest, timeout: float
+    ) -> cluster_pb2.Worker.RunTasksResponse: ...
+
+    def kill_task(self, address: str, request: cluster_pb2.Worker.KillTaskRequest, timeout: float) -> None: ...
+
+    def fetch_logs(
+        self, address: str, request: cluster_pb2.Worker.FetchTaskLogsRequest, timeout: float
+    ) -> cluster_pb2.Worker.FetchTaskLogsResponse: ...
+
+    def close(self) -> None: ...
+
+
+class GrpcWorkerClients:
+    """One cached gRPC channel per worker address."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, cluster_pb2_grpc.WorkerServiceStub] = {}
+
+    def _stub(self, address: str) -> cluster_pb2_grpc.WorkerServiceStub:
+        with self._lock:
+            stub = self._stubs.get(address)
+            if stub is None:
+                channel = grpc.insecure_channel(
+                    address,
+                    options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+                )
+                self._channels[address] = channel
+                stub = self._stubs[address] = cluster_pb2_grpc.WorkerServiceStub(channel)
+            return stub
+
+    def run_tasks(
+        self, address: str, request: cluster_pb2.Worker.RunTasksRequest, timeout: float
+    ) -> cluster_pb2.Worker.RunTasksResponse:
+        return self._stub(address).RunTasks(request, timeout=timeout)
+
+    def kill_task(self, address: str, request: cluster_pb2.Worker.KillTaskRequest, timeout: float) -> None:
+        self._stub(address).KillTask(request, timeout=timeout)
+
+    def fetch_logs(
+        self, address: str, request: cluster_pb2.Worker.FetchTaskLogsRequest, timeout: float
+    ) -> cluster_pb2.Worker.FetchTaskLogsResponse:
+        return self._stub(address).FetchTaskLogs(request, timeout=timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+            self._stubs.clear()
+
+
+_CONTENT_REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
+"""A whole call refused for what it carried (a field the worker rejects, a message over its
+receive limit): the fault of a task in it, not of the worker."""
+_GONE = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE)
+
+
+def rpc_code(error: grpc.RpcError) -> grpc.StatusCode | None:
+    code = getattr(error, "code", None)
+    return code() if callable(code) else None
+
+
+def rpc_error_text(error: grpc.RpcError) -> str:
+    code = rpc_code(error)
+    details = getattr(error, "details", None)
+    text = details() if callable(details) else str(error)
+    return f"{code.name if code is not None else 'ERROR'}: {text}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerDaemonTimeouts:
+    dispatch_s: float = 10.0
+    kill_s: float = 5.0
+    logs_s: float = 10.0
+
+
+class WorkerDaemonBackend:
+    """Iris worker daemons: they register and heartbeat themselves (push), so ``observe`` and
+    ``capacity`` are empty and their RPCs reach the controller directly."""
+
+    _TEMPLATE_CACHE = 64
+
+    def __init__(self, clients: WorkerClients | None = None, timeouts: WorkerDaemonTimeouts | None = None) -> None:
+        self._clients: WorkerClients = clients or GrpcWorkerClients()
+        self._timeouts = timeouts or WorkerDaemonTimeouts()
+        self._templates: OrderedDict[JobId, cluster_pb2.Worker.RunTaskRequest] = OrderedDict()
+        self._templates_lock = threading.Lock()
+
+    def submit(self, launches: Sequence[AttemptLaunch]) -> list[LaunchResult]:
+        if not launches:
+            return []
+        first = launches[0]
+        request = cluster_pb2.Worker.RunTasksRequest(tasks=[self._run_task_request(launch) for launch in launches])
+        try:
+            response = self._clients.run_tasks(first.address, request, self._timeouts.dispatch_s)
+        except grpc.RpcError as e:
+            code = rpc_code(e)
+            text = f"dispatch to worker {first.worker_id} failed: {rpc_error_text(e)}"
+            if code in _CONTENT_REFUSALS:
+                if len(launches) > 1:
+                    # One of them made the worker refuse the call: find it by sending each alone, so
+                    # the others still run and the worker is not blamed.
+                    return [result for launch in launches for result in self.submit([launch])]
+                return [LaunchResult(LaunchOutcome.TASK_REFUSED, f"worker {first.worker_id} refused the task: "
+                                     f"{rpc_error_text(e)}")]
+            gone = code in _GONE
+            return [LaunchResult(LaunchOutcome.BACKEND_FAILED, text, location_gone=gone)] * len(launches)
+        results = list(response.results)
+        if len(results) != len(launches):
+            text = f"dispatch to worker {first.worker_id} failed: {len(results)} results for {len(launches)} tasks"
+            return [LaunchResult(LaunchOutcome.BACKEND_FAILED, text)] * len(launches)
+        out: list[LaunchResult] = []
+        for launch, result in zip(launches, results, strict=True):
+            if result.accepted:
+                out.append(LaunchResult(LaunchOutcome.ACCEPTED, incarnation=result.incarnation,
+                                        sequence=result.sequence))
+            elif result.worker_stopping:
+                out.append(LaunchResult(LaunchOutcome.BACKEND_FAILED,
+                                        f"worker {launch.worker_id} is shutting down: {result.error}",
+                                        location_gone=True))
+            else:
+                out.append(LaunchResult(LaunchOutcome.TASK_REFUSED,
+                                        f"worker {launch.worker_id} refused the task: {result.error}"))
+        return out
+
+    def _run_task_request(self, launch: AttemptLaunch) -> cluster_pb2.Worker.RunTaskRequest:
+        """The job's part of the request is built once per job (a template copied in one call);
+        only the task's fields are set per task."""
+        with self._templates_lock:
+            template = self._templates.get(launch.job_id)
+            if template is None:
+                spec = launch.spec
+                template = cluster_pb2.Worker.RunTaskRequest(
+                    job_id=launch.job_id,
+                    num_tasks=launch.num_tasks,
+                    serialized_entrypoint=spec.entrypoint.serialize(),
+                    environment=cluster_pb2.EnvironmentConfig(env_vars=dict(spec.env)),
+                    bundle_hash=spec.bundle_hash,
+                    resources=spec.resources.to_proto(),
+                    ports=list(spec.ports),
+                )
+                template.resources.replicas = spec.replicas
+                self._templates[launch.job_id] = template
+                if len(self._templates) > self._TEMPLATE_CACHE:
+                    self._templates.popitem(last=False)
+            else:
+                self._templates.move_to_end(launch.job_id)
+        run = cluster_pb2.Worker.RunTaskRequest()
+        run.CopyFrom(template)
+        run.task_id = launch.task_id
+        run.task_index = launch.task_index
+        run.attempt_id = launch.attempt_id
+        return run
+
+    def kill(self, kill: AttemptKill) -> None:
+        request = cluster_pb2.Worker.KillTaskRequest(
+            task_id=kill.task_id, attempt_id=kill.attempt_id, grace_period_seconds=kill.grace_period_s
+        )
+        try:
+            self._clients.kill_task(kill.address, request, self._timeouts.kill_s)
+        except grpc.RpcError as e:
+            raise BackendUnavailable(rpc_error_text(e)) from e
+
+    def observe(self) -> list[Observation]:
+        return []
+
+    def capacity(self) -> list[LocationCapacity]:
+        return []
+
+    def fetch_logs(self, request: LogRequest) -> LogPage:
+        proto = cluster_pb2.Worker.FetchTaskLogsRequest(
+            task_id=request.task_id, attempt_id=request.attempt_id, start_line=request.start_line,
+            max_lines=request.max_lines,
+        )
+        if request.start_offset is not None:
+            proto.start_offset = request.start_offset
+        try:
+            reply = self._clients.fetch_logs(request.address, proto, self._timeouts.logs_s)
+        except grpc.RpcError as e:
+            raise BackendUnavailable(rpc_error_text(e)) from e
+        return LogPage(
+            lines=[LogLine(line.data, line.source, line.timestamp_ms) for line in reply.lines],
+            next_line=reply.next_line,
+            next_offset=reply.next_offset,
+            attempt_finished=reply.attempt_finished,
+        )
+
+    def close(self) -> None:
+        self._clients.close()
+
+
+__all__ = [
+    "AttemptKill",
+    "AttemptLaunch",
+    "BackendUnavailable",
+    "GrpcWorkerClients",
+    "LaunchOutcome",
+    "LaunchResult",
+    "LocationCapacity",
+    "LogLine",
+    "LogPage",
+    "LogRequest",
+    "Observation",
+    "TaskBackend",
+    "WorkerClients",
+    "WorkerDaemonBackend",
+    "WorkerDaemonTimeouts",
+]

@@ -1,0 +1,130 @@
+"""What a task needs, what a worker has, and the one rule that says whether one fits the other.
+
+Pure values: ``JobRequirements`` is derived once from a job's frozen spec; ``WorkerSnapshot`` is
+a worker's capacity frozen at the scheduler's boundary. ``fits`` is the only fit rule: the
+scheduler, ``ControllerState.can_fit`` (the commit-time re-check) and the pending-reason
+explanation (``unmet_everywhere``, over total capacity) all call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from iris.cluster.types import CpuDevice, GpuDevice, JobId, ResourceSpec, WorkerId, format_size
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequirements:
+    """What one task of a job needs, plus how the job is placed."""
+
+    job_id: JobId
+    cpu: int
+    memory_bytes: int
+    disk_bytes: int
+    device_kind: str
+    """"cpu", "gpu" or "tpu"."""
+    device_variant: str
+    device_count: int
+    coscheduled: bool = False
+    scheduling_timeout_ms: int = 0
+
+    @classmethod
+    def from_resources(
+        cls, job_id: JobId, resources: ResourceSpec, *, coscheduled: bool = False, scheduling_timeout_ms: int = 0
+    ) -> JobRequirements:
+        device = resources.device
+        if isinstance(device, CpuDevice):
+            kind, variant, count = "cpu", "", 0
+        else:
+            kind = "gpu" if isinstance(device, GpuDevice) else "tpu"
+            variant, count = device.variant, device.count
+        return cls(job_id, resources.cpu, resources.memory_bytes, resources.disk_bytes, kind, variant, count,
+                   coscheduled, scheduling_timeout_ms)
+
+    @property
+    def shape(self) -> tuple[int, int, int, str, str, int]:
+        """Jobs of one shape fit exactly the same workers."""
+        return (self.cpu, self.memory_bytes, self.disk_bytes, self.device_kind, self.device_variant,
+                self.device_count)
+
+
+class Capacity(Protocol):
+    """An amount of room on one worker (free or total)."""
+
+    @property
+    def cpu(self) -> int: ...
+    @property
+    def memory(self) -> int: ...
+    @property
+    def disk(self) -> int: ...
+    @property
+    def devices(self) -> int: ...
+    @property
+    def device_kind(self) -> str: ...
+    @property
+    def device_variant(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """A plain ``Capacity`` value."""
+
+    cpu: int
+    memory: int
+    disk: int
+    devices: int
+    device_kind: str
+    device_variant: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSnapshot:
+    """A worker as the scheduler sees it, frozen when the pass starts."""
+
+    worker_id: WorkerId
+    healthy: bool
+    free: Room
+    total: Room
+
+
+def fits(req: JobRequirements, room: Capacity) -> bool:
+    """Whether one task of ``req`` fits in ``room`` (DESIGN §3: cpu, memory, disk and devices)."""
+    if room.cpu < req.cpu or room.memory < req.memory_bytes:
+        return False
+    if req.disk_bytes and room.disk < req.disk_bytes:
+        return False
+    if req.device_kind != "cpu":
+        if room.device_kind != req.device_kind or room.devices < req.device_count:
+            return False
+        if req.device_variant and req.device_variant.lower() not in room.device_variant.lower():
+            return False
+    return True
+
+
+def unmet_everywhere(req: JobRequirements, totals: Sequence[Capacity]) -> str:
+    """A reason when no worker could ever hold one task of ``req`` (by total capacity), else ""."""
+    if not totals:
+        return "no healthy workers"
+    if any(fits(req, t) for t in totals):
+        return ""
+    if all(t.cpu < req.cpu for t in totals):
+        return f"no worker has {req.cpu} cpus (largest: {max(t.cpu for t in totals)})"
+    if all(t.memory < req.memory_bytes for t in totals):
+        largest = max(t.memory for t in totals)
+        return f"no worker has {format_size(req.memory_bytes)} memory (largest: {format_size(largest)})"
+    if req.disk_bytes and all(t.disk < req.disk_bytes for t in totals):
+        return f"no worker has {format_size(req.disk_bytes)} disk"
+    if req.device_kind != "cpu":
+        matching = [
+            t for t in totals
+            if t.device_kind == req.device_kind
+            and (not req.device_variant or req.device_variant.lower() in t.device_variant.lower())
+        ]
+        label = f"{req.device_kind} {req.device_variant}".strip()
+        if not matching:
+            return f"no worker has a {label}"
+        if all(t.devices < req.device_count for t in matching):
+            return f"no worker has {req.device_count} x {label}"
+    return "no single worker has enough cpu, memory, disk and devices together"

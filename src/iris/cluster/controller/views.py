@@ -1,0 +1,229 @@
+"""Read views of the controller's state: frozen snapshots and the protobuf built from them.
+
+A reader takes a snapshot of a bounded number of objects under the controller's lock (``*_view``:
+a few attribute copies each, O(1) per object, never a scan of a job's tasks for counts) and
+builds the protobuf from it *after* releasing the lock, so a big read never holds up a heartbeat
+or a scheduling pass for longer than one page's copies. The RPC service, the dashboard and the
+CLI (through the RPC) all see the same values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from iris.cluster.controller.job import Job
+from iris.cluster.controller.state import ActionLogEntry, ControllerEndpoint, ControllerWorker
+from iris.cluster.controller.task import Task, TaskAttempt
+from iris.cluster.types import JobId, ResourceSpec, TaskId, WorkerId, WorkerMetadata
+from iris.rpc import cluster_pb2
+
+T = cluster_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    job_id: JobId
+    state: int
+    error: str
+    submitted_at_ms: int
+    started_at_ms: int
+    finished_at_ms: int
+    parent_job_id: str
+    num_tasks: int
+    counts: tuple[int, ...]
+    resources: ResourceSpec
+    replicas: int
+    pending_reason: str
+    max_task_failures: int
+    max_retries_failure: int
+    max_retries_preemption: int
+    submit_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskView:
+    task_id: TaskId
+    job_id: JobId
+    task_index: int
+    state: int
+    worker_id: str
+    worker_address: str
+    exit_code: int
+    error: str
+    started_at_ms: int
+    finished_at_ms: int
+    current_attempt_id: int
+    failure_count: int
+    preemption_count: int
+    pending_since_ms: int
+    pending_reason: str
+    attempts: tuple[TaskAttempt, ...]
+    """Ended attempts: never changed once recorded, so shared, not copied."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    worker_id: WorkerId
+    address: str
+    metadata: WorkerMetadata
+    healthy: bool
+    last_heartbeat_ms: int
+    registered_at_ms: int
+    running_tasks: tuple[TaskId, ...]
+    committed_cpu: int
+    committed_memory: int
+    committed_disk: int
+    committed_devices: int
+
+
+def job_view(job: Job) -> JobView:
+    c = job.counts
+    pending_reason = job.pending_reason if c[T.TASK_STATE_PENDING] and not job.is_finished() else ""
+    spec = job.spec
+    return JobView(
+        job.job_id, job.state, job.error or "", job.submitted_at_ms, job.started_at_ms or 0,
+        job.finished_at_ms or 0, job.parent_job_id or "", job.num_tasks, tuple(c), spec.resources, spec.replicas,
+        pending_reason, job.max_task_failures, job.max_retries_failure, job.max_retries_preemption, job.submit_seq,
+    )
+
+
+def task_view(task: Task, job: Job | None, worker_address: str) -> TaskView:
+    pending_reason = job.pending_reason if job is not None and task.state == T.TASK_STATE_PENDING else ""
+    return TaskView(
+        task.task_id, task.job_id, task.task_index, task.state, task.worker_id or "", worker_address,
+        task.exit_code or 0, task.error or "", task.started_at_ms or 0, task.finished_at_ms or 0,
+        task.current_attempt_id, task.failure_count, task.preemption_count, task.pending_since_ms, pending_reason,
+        tuple(task.attempts),
+    )
+
+
+def worker_view(worker: ControllerWorker) -> WorkerView:
+    return WorkerView(
+        worker.worker_id, worker.address, worker.metadata, worker.healthy, worker.last_heartbeat_ms,
+        worker.registered_at_ms, tuple(sorted(worker.running_tasks)), worker.committed_cpu, worker.committed_memory,
+        worker.committed_disk, worker.committed_devices,
+    )
+
+
+# ---------------------------------------------------------------------------- protobuf (outside the lock)
+
+
+def job_proto(view: JobView, tasks: list[TaskView] | None = None) -> cluster_pb2.JobStatus:
+    c = view.counts
+    resources = view.resources.to_proto()
+    resources.replicas = view.replicas
+    status = cluster_pb2.JobStatus(
+        job_id=view.job_id,
+        state=view.state,  # type: ignore[arg-type]
+        error=view.error,
+        submitted_at_ms=view.submitted_at_ms,
+        started_at_ms=view.started_at_ms,
+        finished_at_ms=view.finished_at_ms,
+        parent_job_id=view.parent_job_id,
+        num_tasks=view.num_tasks,
+        tasks_pending=c[T.TASK_STATE_PENDING],
+        tasks_running=c[T.TASK_STATE_RUNNING] + c[T.TASK_STATE_BUILDING],
+        tasks_succeeded=c[T.TASK_STATE_SUCCEEDED],
+        tasks_failed=c[T.TASK_STATE_FAILED] + c[T.TASK_STATE_WORKER_FAILED],
+        tasks_killed=c[T.TASK_STATE_KILLED],
+        tasks_worker_failed=c[T.TASK_STATE_WORKER_FAILED],
+        tasks_unschedulable=c[T.TASK_STATE_UNSCHEDULABLE],
+        resources=resources,
+        pending_reason=view.pending_reason,
+        max_task_failures=view.max_task_failures,
+        max_retries_failure=view.max_retries_failure,
+        max_retries_preemption=view.max_retries_preemption,
+    )
+    if tasks is not None:
+        status.tasks.extend(task_proto(t) for t in tasks)
+    return status
+
+
+def task_proto(view: TaskView) -> cluster_pb2.TaskStatus:
+    status = cluster_pb2.TaskStatus(
+        task_id=view.task_id,
+        job_id=view.job_id,
+        task_index=view.task_index,
+        state=view.state,  # type: ignore[arg-type]
+        worker_id=view.worker_id,
+        exit_code=view.exit_code,
+        error=view.error,
+        started_at_ms=view.started_at_ms,
+        finished_at_ms=view.finished_at_ms,
+        current_attempt_id=view.current_attempt_id,
+        failure_count=view.failure_count,
+        preemption_count=view.preemption_count,
+        pending_since_ms=view.pending_since_ms,
+        pending_reason=view.pending_reason,
+        attempts=[
+            cluster_pb2.TaskAttempt(
+                attempt_id=a.attempt_id,
+                worker_id=a.worker_id or "",
+                state=a.state,  # type: ignore[arg-type]
+                exit_code=a.exit_code or 0,
+                error=a.error or "",
+                started_at_ms=a.started_at_ms or 0,
+                finished_at_ms=a.finished_at_ms or 0,
+                is_worker_failure=a.is_worker_failure,
+            )
+            for a in view.attempts
+        ],
+    )
+    if view.worker_address:
+        status.worker_address = view.worker_address
+    return status
+
+
+def worker_proto(view: WorkerView) -> cluster_pb2.WorkerInfo:
+    return cluster_pb2.WorkerInfo(
+        worker_id=view.worker_id,
+        address=view.address,
+        metadata=view.metadata.to_proto(),
+        healthy=view.healthy,
+        last_heartbeat_ms=view.last_heartbeat_ms,
+        running_tasks=list(view.running_tasks),
+        committed_cpu=view.committed_cpu,
+        committed_memory_bytes=view.committed_memory,
+        committed_disk_bytes=view.committed_disk,
+        committed_gpus=view.committed_devices,
+        registered_at_ms=view.registered_at_ms,
+    )
+
+
+def endpoint_proto(endpoint: ControllerEndpoint) -> cluster_pb2.Endpoint:
+    return cluster_pb2.Endpoint(
+        endpoint_id=endpoint.endpoint_id,
+        name=endpoint.name,
+        address=endpoint.address,
+        job_id=endpoint.job_id,
+        task_id=endpoint.task_id or "",
+        attempt_id=endpoint.attempt_id,
+        metadata=endpoint.metadata,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterCounts:
+    """What ``/metrics`` exports, counted in chunks (never all jobs under one lock hold)."""
+
+    jobs_by_state: dict[int, int]
+    tasks_by_state: dict[int, int]
+    workers_healthy: int
+    workers_unhealthy: int
+    committed_cpu: int
+
+
+__all__ = [
+    "ActionLogEntry",
+    "ClusterCounts",
+    "JobView",
+    "TaskView",
+    "WorkerView",
+    "endpoint_proto",
+    "job_proto",
+    "job_view",
+    "task_proto",
+    "task_view",
+    "worker_proto",
+    "worker_view",
+]

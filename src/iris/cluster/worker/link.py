@@ -1,0 +1,267 @@
+"""The worker's link to the controller: registration, heartbeats and the outbox of reports.
+
+- Registration carries the complete observed set with ``incarnation`` and ``sequence``; a
+  heartbeat carries it too, and the controller reconciles it level-triggered (DESIGN §3).
+- Every report is queued in the outbox (coalesced per attempt; a terminal report is final),
+  flushed at once by the sender thread in one batch, and retried with capped exponential backoff
+  until the controller acknowledges it; then ``on_acknowledged`` is told which reports landed.
+- While the controller is unreachable the link says so; the first success after that registers
+  again with the set as it is then (the controller may have restarted and forgotten us).
+- Kills the controller sends back (in any reply) go to ``on_kill``.
+
+The link's shared flags (registered, reachable, the failure count) and the outbox are guarded by
+one lock; no lock is held across an RPC. Every loop body is a public single-pass method.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import grpc
+
+from iris.cluster.clock import Clock
+from iris.cluster.validation import MAX_MESSAGE_BYTES
+from iris.cluster.worker.attempts import AttemptKey, AttemptStatus
+from iris.rpc import cluster_pb2, cluster_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+
+def status_proto(status: AttemptStatus) -> cluster_pb2.WorkerTaskStatus:
+    proto = cluster_pb2.WorkerTaskStatus(
+        task_id=status.task_id,
+        attempt_id=status.attempt_id,
+        state=status.state,  # type: ignore[arg-type]
+        exit_code=status.exit_code,
+        started_at_ms=status.started_at_ms,
+        finished_at_ms=status.finished_at_ms,
+        pid=status.pid,
+    )
+    if status.error:
+        proto.error = status.error
+    if status.ports:
+        proto.ports.update(status.ports)
+    return proto
+
+
+def _rpc_error_text(error: grpc.RpcError) -> str:
+    if isinstance(error, grpc.Call):
+        return f"{error.code().name}: {error.details()}"
+    return str(error)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConfig:
+    controller_address: str
+    rpc_timeout_s: float = 5.0
+    backoff_initial_s: float = 0.05
+    backoff_max_s: float = 2.0
+
+
+class ControllerLink:
+    def __init__(
+        self,
+        config: LinkConfig,
+        clock: Clock,
+        *,
+        worker_id: str,
+        incarnation: str,
+        observed: Callable[[], tuple[list[AttemptStatus], int]],
+        metadata: Callable[[], cluster_pb2.WorkerMetadata],
+        on_kill: Callable[[AttemptKey], None],
+        on_acknowledged: Callable[[list[AttemptStatus]], None],
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self.worker_id = worker_id
+        self.incarnation = incarnation
+        self.address = ""
+        self._observed = observed
+        self._metadata = metadata
+        self._on_kill = on_kill
+        self._on_acknowledged = on_acknowledged
+        self._lock = threading.Lock()
+        self._outbox: dict[AttemptKey, AttemptStatus] = {}
+        self._inflight: dict[AttemptKey, AttemptStatus] = {}
+        self._idle = threading.Condition(self._lock)
+        self._registered = False
+        self._reachable = True
+        self._failures = 0
+        """Failed controller calls so far; a success that started before a failure is stale."""
+        self.outbox_event = threading.Event()
+        self._channel = grpc.insecure_channel(
+            config.controller_address,
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+        )
+        self.stub = cluster_pb2_grpc.ControllerServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # -- reachability -------------------------------------------------------------------------
+
+    def _failed(self, error: grpc.RpcError) -> None:
+        with self._lock:
+            was_reachable = self._reachable
+            self._failures += 1
+            self._reachable = False
+        if was_reachable:
+            logger.warning("controller unreachable worker=%s: %s", self.worker_id, _rpc_error_text(error))
+
+    def _failures_now(self) -> int:
+        with self._lock:
+            return self._failures
+
+    # -- registration and heartbeats ----------------------------------------------------------
+
+    def register_once(self) -> bool:
+        """Register with the complete observed set. True when the controller accepted."""
+        failures_before = self._failures_now()
+        statuses, sequence = self._observed()
+        request = cluster_pb2.Controller.RegisterWorkerRequest(
+            worker_id=self.worker_id,
+            address=self.address,
+            metadata=self._metadata(),
+            tasks=[status_proto(s) for s in statuses],
+            incarnation=self.incarnation,
+            sequence=sequence,
+        )
+        try:
+            response = self.stub.RegisterWorker(request, timeout=self._config.rpc_timeout_s)
+        except grpc.RpcError as e:
+            self._failed(e)
+            return False
+        with self._lock:
+            if self._failures == failures_before:
+                # A call that failed while this one was in flight is newer news: stay "unreachable",
+                # so the next success registers again with the set as it is then.
+                self._reachable = True
+            self._registered = response.accepted
+        logger.info("registered worker=%s accepted=%s tasks=%d", self.worker_id, response.accepted, len(statuses))
+        self._apply_kills(response.kill)
+        return bool(response.accepted)
+
+    def heartbeat_once(self) -> bool:
+        """One heartbeat (or a registration when we are not registered). True when delivered."""
+        with self._lock:
+            must_register = not self._registered or not self._reachable
+        if must_register:
+            return self.register_once()
+        statuses, sequence = self._observed()
+        request = cluster_pb2.Controller.HeartbeatRequest(
+            worker_id=self.worker_id, tasks=[status_proto(s) for s in statuses], incarnation=self.incarnation,
+            sequence=sequence,
+        )
+        try:
+            response = self.stub.Heartbeat(request, timeout=self._config.rpc_timeout_s)
+        except grpc.RpcError as e:
+            self._failed(e)
+            return False
+        self._apply_kills(response.kill)
+        if response.reregister:
+            logger.info("controller asked to re-register worker=%s", self.worker_id)
+            with self._lock:
+                self._registered = False
+            return self.register_once()
+        return True
+
+    def _apply_kills(self, kills: Iterable[cluster_pb2.WorkerTaskStatus]) -> None:
+        for entry in kills:
+            logger.info("controller asked to kill task=%s attempt=%d", entry.task_id, entry.attempt_id)
+            self._on_kill((entry.task_id, entry.attempt_id))
+
+    # -- outbox -------------------------------------------------------------------------------
+
+    def report(self, status: AttemptStatus) -> None:
+        """Queue a report; a newer state of the same attempt replaces a queued one, except that
+        a terminal report is final."""
+        with self._lock:
+            queued = self._outbox.get(status.key)
+            if queued is not None and queued.finished:
+                return
+            self._outbox[status.key] = status
+        self.outbox_event.set()
+
+    def pending_reports(self) -> int:
+        """Attempts with a report not yet acknowledged by the controller."""
+        with self._lock:
+            return len(self._outbox.keys() | self._inflight.keys())
+
+    def flush_once(self) -> bool:
+        """Send every pending report in one ReportTaskState. True when acknowledged (or nothing
+        to send); on failure the batch goes back into the outbox, behind newer states."""
+        with self._lock:
+            if not self._outbox:
+                return True
+            batch = self._outbox
+            self._outbox = {}
+            self._inflight = batch
+        request = cluster_pb2.Controller.ReportTaskStateRequest(
+            worker_id=self.worker_id, updates=[status_proto(s) for s in batch.values()]
+        )
+        try:
+            response = self.stub.ReportTaskState(request, timeout=self._config.rpc_timeout_s)
+        except grpc.RpcError as e:
+            with self._lock:
+                merged = dict(self._inflight)
+                merged.update(self._outbox)  # a newer state for the same attempt wins
+                self._outbox = merged
+                self._inflight = {}
+            self._failed(e)
+            return False
+        self._on_acknowledged(list(batch.values()))
+        with self._lock:
+            self._inflight = {}
+            self._idle.notify_all()
+            came_back = not self._reachable
+            if came_back:
+                # It is back: it may have lost us (restart), so register with the full set again.
+                self._reachable = True
+                self._registered = False
+        if came_back:
+            self.register_once()
+        self._apply_kills(response.kill)
+        return True
+
+    def wait_drained(self, timeout_s: float) -> bool:
+        """Wait (in real time, bounded) until every queued report was acknowledged."""
+        with self._idle:
+            drained = self._idle.wait_for(lambda: not self._outbox and not self._inflight, timeout_s)
+            if not drained:
+                logger.warning("undelivered reports at shutdown: %d", len(self._outbox) + len(self._inflight))
+            return drained
+
+    # -- loops --------------------------------------------------------------------------------
+
+    def heartbeat_loop(self, stop: threading.Event, interval_s: float) -> None:
+        while not stop.is_set():
+            try:
+                self.heartbeat_once()
+            except Exception:
+                logger.exception("heartbeat failed worker=%s", self.worker_id)
+            if self._clock.wait(stop, interval_s):
+                return
+
+    def outbox_loop(self, stop: threading.Event) -> None:
+        backoff = self._config.backoff_initial_s
+        while True:
+            self.outbox_event.wait()
+            if stop.is_set():
+                return
+            self.outbox_event.clear()
+            try:
+                ok = self.flush_once()
+            except Exception:
+                logger.exception("outbox flush failed worker=%s", self.worker_id)
+                ok = False
+            if ok:
+                backoff = self._config.backoff_initial_s
+                continue
+            self.outbox_event.set()  # retry even when nothing new arrives
+            if self._clock.wait(stop, backoff):
+                return
+            backoff = min(backoff * 2, self._config.backoff_max_s)

@@ -1,0 +1,209 @@
+"""Preparing an attempt to run: its directory, workspace bundle, environment, ports and argv.
+
+``AttemptPreparer.prepare`` turns an accepted RunTask request into the ``ProcessSpec`` the runtime
+starts. It owns the attempt directories under ``<workdir>/tasks`` (flat: one per attempt), the
+bundle cache under ``<workdir>/bundles`` (fetched from the controller once per hash, appearing
+atomically), and the named ports handed out to live attempts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import socket
+import sys
+import threading
+import urllib.parse
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from iris.cluster.spec import Entrypoint
+from iris.cluster.worker.attempts import AttemptKey
+from iris.cluster.worker.runtime import PROCESS_RECORD, ProcessSpec
+from iris.rpc import cluster_pb2
+
+
+def escape_task_id(task_id: str) -> str:
+    """A task id as one directory name ("job/task-0" -> "job%2Ftask-0")."""
+    return urllib.parse.quote(task_id, safe="")
+
+
+def attempt_dir_name(task_id: str, attempt_id: int) -> str:
+    """The directory of one attempt under ``<workdir>/tasks``: ``job%2Ftask-0.attempt-1``."""
+    return f"{escape_task_id(task_id)}.attempt-{attempt_id}"
+
+
+def process_records(tasks_dir: Path) -> Iterator[Path]:
+    """The process records of every attempt directory under ``tasks_dir`` (to find orphans)."""
+    return tasks_dir.glob(f"*.attempt-*/{PROCESS_RECORD}")
+
+
+class PreparationError(Exception):
+    """The attempt cannot be prepared (its workspace could not be fetched or unpacked)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PreparerConfig:
+    workdir: Path
+    worker_id: str
+    controller_address: str
+    base_env: Mapping[str, str]
+    has_gpus: bool = False
+    bind_host: str = "127.0.0.1"
+
+
+class AttemptPreparer:
+    def __init__(self, config: PreparerConfig, fetch_bundle: Callable[[str], bytes]) -> None:
+        self._config = config
+        self._fetch_bundle = fetch_bundle
+        self.tasks_dir = config.workdir / "tasks"
+        self.bundles_dir = config.workdir / "bundles"
+        self._lock = threading.Lock()
+        self._ports_in_use: set[int] = set()
+        self._bundle_locks: dict[str, threading.Lock] = {}
+
+    def attempt_dir(self, key: AttemptKey) -> Path:
+        return self.tasks_dir / attempt_dir_name(*key)
+
+    def log_path(self, key: AttemptKey) -> Path:
+        return self.attempt_dir(key) / "output.log"
+
+    def error_path(self, key: AttemptKey) -> Path:
+        return self.attempt_dir(key) / "error.txt"
+
+    # -- ports --------------------------------------------------------------------------------
+
+    def allocate_ports(self, names: Iterable[str]) -> dict[str, int]:
+        """A free port for each name, unique among this worker's live attempts."""
+        with self._lock:
+            return {name: self._allocate_locked() for name in names}
+
+    def _allocate_locked(self) -> int:
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((self._config.bind_host, 0))
+                port = int(s.getsockname()[1])
+            if port not in self._ports_in_use:
+                self._ports_in_use.add(port)
+                return port
+
+    def release_ports(self, ports: Iterable[int]) -> None:
+        with self._lock:
+            self._ports_in_use.difference_update(ports)
+
+    # -- preparing ----------------------------------------------------------------------------
+
+    def prepare(
+        self,
+        request: cluster_pb2.Worker.RunTaskRequest,
+        entrypoint: Entrypoint,
+        ports: Mapping[str, int],
+        gpus: list[int],
+    ) -> ProcessSpec:
+        """Directories, workspace, environment and argv of one attempt. Raises PreparationError."""
+        key: AttemptKey = (request.task_id, request.attempt_id)
+        attempt_dir = self.attempt_dir(key)
+        work_dir = attempt_dir / "work"
+        _make_attempt_dirs(str(attempt_dir), str(work_dir))
+        env = self._task_env(request, ports, gpus)
+        if request.bundle_hash:
+            try:
+                self._install_bundle(request.bundle_hash, work_dir)
+            except Exception as e:
+                raise PreparationError(f"bundle {request.bundle_hash}: {e}") from e
+            existing = env.get("PYTHONPATH")
+            env["PYTHONPATH"] = f"{work_dir}{os.pathsep}{existing}" if existing else str(work_dir)
+        if entrypoint.pickled:
+            pickle_path = attempt_dir / "callable.pkl"
+            pickle_path.write_bytes(entrypoint.pickled)
+            argv = [sys.executable, "-m", "iris.cluster.worker.callable_runner", str(pickle_path),
+                    str(self.error_path(key))]
+        else:
+            argv = list(entrypoint.argv)
+        return ProcessSpec(
+            key=key,
+            argv=argv,
+            cwd=work_dir,
+            env=env,
+            log_path=self.log_path(key),
+            memory_limit_bytes=request.resources.memory_bytes,
+            cpu_limit=request.resources.cpu,
+            record_path=attempt_dir / PROCESS_RECORD,
+        )
+
+    def _task_env(self, request: cluster_pb2.Worker.RunTaskRequest, ports: Mapping[str, int], gpus: list[int]
+                  ) -> dict[str, str]:
+        env = dict(self._config.base_env)
+        env.update(request.environment.env_vars)
+        env.update(
+            {
+                "IRIS_JOB_ID": request.job_id,
+                "IRIS_TASK_ID": request.task_id,
+                "IRIS_TASK_INDEX": str(request.task_index),
+                "IRIS_NUM_TASKS": str(request.num_tasks or 1),
+                "IRIS_ATTEMPT_ID": str(request.attempt_id),
+                "IRIS_WORKER_ID": self._config.worker_id,
+                "IRIS_CONTROLLER_ADDRESS": self._config.controller_address,
+                "IRIS_BUNDLE_HASH": request.bundle_hash,
+            }
+        )
+        for name, port in ports.items():
+            env[f"IRIS_PORT_{name.upper()}"] = str(port)
+        if self._config.has_gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)
+        return env
+
+    # -- bundles ------------------------------------------------------------------------------
+
+    def _install_bundle(self, bundle_hash: str, dest: Path) -> None:
+        with zipfile.ZipFile(self._bundle_path(bundle_hash)) as archive:
+            archive.extractall(dest)
+
+    def _bundle_path(self, bundle_hash: str) -> Path:
+        """The cached zip for a hash, fetched from the controller once per hash. Concurrent
+        callers in this process wait on a per-hash lock; the file appears atomically (rename),
+        so other processes sharing the workdir never see a partial bundle."""
+        bundle_hash = bundle_hash.lower()
+        path = self.bundles_dir / f"{bundle_hash}.zip"
+        with self._lock:
+            lock = self._bundle_locks.setdefault(bundle_hash, threading.Lock())
+        with lock:
+            if path.exists():
+                return path
+            blob = self._fetch_bundle(bundle_hash)
+            digest = hashlib.sha256(blob).hexdigest()
+            if digest != bundle_hash:
+                raise ValueError(f"fetched bundle has sha256 {digest}, expected {bundle_hash}")
+            self.bundles_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+            tmp.write_bytes(blob)
+            os.replace(tmp, path)
+            return path
+
+    # -- cleanup ------------------------------------------------------------------------------
+
+    def discard(self, key: AttemptKey) -> None:
+        """Remove one attempt's directory (never the tasks directory itself)."""
+        shutil.rmtree(self.attempt_dir(key), ignore_errors=True)
+
+
+def _make_attempt_dirs(attempt_dir: str, work_dir: str) -> None:
+    """Create ``tasks/<task>.attempt-<n>/work`` with one mkdir per level (no stat calls, no pathlib).
+
+    The layout is flat (no directory per task) because creating an inode is the dominant cost of
+    starting a task on a busy ext4 disk."""
+    try:
+        os.mkdir(attempt_dir)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:  # the tasks directory itself is gone
+        os.makedirs(work_dir, exist_ok=True)
+        return
+    try:
+        os.mkdir(work_dir)
+    except FileExistsError:
+        pass
