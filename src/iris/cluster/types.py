@@ -297,19 +297,19 @@ class WorkerMetadata:
     gpu_name: str = ""
     gpu_memory_mb: int = 0
     attributes: tuple[tuple[str, str], ...] = ()
+    device_kind: str = field(init=False, default="cpu")
+    """"cpu", "gpu" or "tpu" (derived from ``device``, as are the next two)."""
+    device_variant: str = field(init=False, default="")
+    """The accelerator model, or the GPU name when the device names none."""
+    device_count: int = field(init=False, default=0)
 
-    @property
-    def device_kind(self) -> str:
-        return "gpu" if isinstance(self.device, GpuDevice) else "tpu" if isinstance(self.device, TpuDevice) else "cpu"
-
-    @property
-    def device_variant(self) -> str:
-        variant = "" if isinstance(self.device, CpuDevice) else self.device.variant
-        return variant or self.gpu_name
-
-    @property
-    def device_count(self) -> int:
-        return 0 if isinstance(self.device, CpuDevice) else self.device.count
+    def __post_init__(self) -> None:
+        device = self.device
+        kind = "gpu" if isinstance(device, GpuDevice) else "tpu" if isinstance(device, TpuDevice) else "cpu"
+        variant = "" if isinstance(device, CpuDevice) else device.variant
+        object.__setattr__(self, "device_kind", kind)
+        object.__setattr__(self, "device_variant", variant or self.gpu_name)
+        object.__setattr__(self, "device_count", 0 if isinstance(device, CpuDevice) else device.count)
 
     @classmethod
     def from_proto(cls, proto: cluster_pb2.WorkerMetadata) -> WorkerMetadata:

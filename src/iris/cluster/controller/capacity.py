@@ -1,9 +1,10 @@
 """What a task needs, what a worker has, and the one rule that says whether one fits the other.
 
 Pure values: ``JobRequirements`` is derived once from a job's frozen spec; ``WorkerSnapshot`` is
-a worker's capacity frozen at the scheduler's boundary. ``fits`` is the only fit rule: the
-scheduler, ``ControllerState.can_fit`` (the commit-time re-check) and the pending-reason
-explanation (``unmet_everywhere``, over total capacity) all call it.
+a worker's capacity frozen at the scheduler's boundary. ``fits_in`` is the only fit rule (``fits``
+applies it to a ``Capacity``): the scheduler, ``ControllerState.can_fit`` (the commit-time
+re-check) and the pending-reason explanation (``unmet_everywhere``, over total capacity) all
+call it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ class JobRequirements:
     device_count: int
     coscheduled: bool = False
     scheduling_timeout_ms: int = 0
+    shape: tuple[int, int, int, str, str, int] = ()  # type: ignore[assignment]
+    """Jobs of one shape fit exactly the same workers (computed once, on construction)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", (self.cpu, self.memory_bytes, self.disk_bytes, self.device_kind,
+                                           self.device_variant, self.device_count))
 
     @classmethod
     def from_resources(
@@ -42,12 +49,6 @@ class JobRequirements:
             variant, count = device.variant, device.count
         return cls(job_id, resources.cpu, resources.memory_bytes, resources.disk_bytes, kind, variant, count,
                    coscheduled, scheduling_timeout_ms)
-
-    @property
-    def shape(self) -> tuple[int, int, int, str, str, int]:
-        """Jobs of one shape fit exactly the same workers."""
-        return (self.cpu, self.memory_bytes, self.disk_bytes, self.device_kind, self.device_variant,
-                self.device_count)
 
 
 class Capacity(Protocol):
@@ -89,18 +90,25 @@ class WorkerSnapshot:
     total: Room
 
 
-def fits(req: JobRequirements, room: Capacity) -> bool:
-    """Whether one task of ``req`` fits in ``room`` (DESIGN §3: cpu, memory, disk and devices)."""
-    if room.cpu < req.cpu or room.memory < req.memory_bytes:
+def fits_in(req: JobRequirements, cpu: int, memory: int, disk: int, devices: int, device_kind: str,
+            device_variant: str) -> bool:
+    """The fit rule (DESIGN §3): whether one task of ``req`` fits in that much room (cpu, memory,
+    disk, and devices of the right kind and variant). Scalars, so hot callers allocate nothing."""
+    if cpu < req.cpu or memory < req.memory_bytes:
         return False
-    if req.disk_bytes and room.disk < req.disk_bytes:
+    if req.disk_bytes and disk < req.disk_bytes:
         return False
     if req.device_kind != "cpu":
-        if room.device_kind != req.device_kind or room.devices < req.device_count:
+        if device_kind != req.device_kind or devices < req.device_count:
             return False
-        if req.device_variant and req.device_variant.lower() not in room.device_variant.lower():
+        if req.device_variant and req.device_variant.lower() not in device_variant.lower():
             return False
     return True
+
+
+def fits(req: JobRequirements, room: Capacity) -> bool:
+    """``fits_in`` for a ``Capacity`` value."""
+    return fits_in(req, room.cpu, room.memory, room.disk, room.devices, room.device_kind, room.device_variant)
 
 
 def unmet_everywhere(req: JobRequirements, totals: Sequence[Capacity]) -> str:

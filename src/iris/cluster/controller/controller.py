@@ -87,6 +87,7 @@ DEFAULT_PAGE_SIZE = 500
 MAX_PAGE_SIZE = 5000
 MAX_FILTER_CHARS = 1024
 MAX_FILTER_STATES = 16
+_TASK_STATES = frozenset(cluster_pb2.TaskState.values())
 READ_CHUNK = 1000
 """Objects copied per lock hold by a reader; between chunks the lock is free for writers."""
 SCAN_PER_PAGE = 20
@@ -686,7 +687,7 @@ class Controller:
         check_id(request.worker_id, "worker_id", self.config.limits)
         for i, update in enumerate(request.updates):
             check_id(update.task_id, f"updates[{i}].task_id", self.config.limits)
-            if update.state not in cluster_pb2.TaskState.values():
+            if update.state not in _TASK_STATES:
                 raise InvalidArgument(f"updates[{i}].state: unknown task state {update.state}")
         kill: list[cluster_pb2.WorkerTaskStatus] = []
         worker_id = WorkerId(request.worker_id)

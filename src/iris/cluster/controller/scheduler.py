@@ -7,7 +7,7 @@ once from the job's frozen spec). It returns a ``SchedulingTransaction`` value: 
 queue order, tasks whose scheduling timeout passed, and a readable reason for each job that could
 not be placed. Committing the assignments is the shell's job.
 
-- A task fits a worker when ``capacity.fits`` says so (the one fit rule); capacity is deducted on
+- A task fits a worker when ``capacity.fits_in`` says so (the one fit rule); capacity is deducted on
   a private per-call copy of the snapshots.
 - No head-of-line blocking: a job that does not fit is skipped for the rest of the pass, and the
   jobs behind it are still placed.
@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from iris.cluster.controller.capacity import JobRequirements, Room, WorkerSnapshot, fits, unmet_everywhere
+from iris.cluster.controller.capacity import JobRequirements, Room, WorkerSnapshot, fits_in, unmet_everywhere
 from iris.cluster.controller.job import Job
 from iris.cluster.controller.state import ControllerState, ControllerWorker
 from iris.cluster.controller.task import Task
@@ -148,7 +148,7 @@ class Scheduler:
             placed = False
             for idx in range(start, len(working)):
                 cap = working[idx]
-                if fits(req, cap):
+                if fits_in(req, cap.cpu, cap.memory, cap.disk, cap.devices, cap.device_kind, cap.device_variant):
                     cap.deduct(req)
                     transaction.tentatively_assign(task, cap.worker)
                     cursors[shape] = idx
@@ -170,7 +170,7 @@ def _place_gang(gang: list[Task], req: JobRequirements, working: list[_Working],
     for task in gang:
         for idx in range(start, len(working)):
             cap = working[idx]
-            if fits(req, cap):
+            if fits_in(req, cap.cpu, cap.memory, cap.disk, cap.devices, cap.device_kind, cap.device_variant):
                 cap.deduct(req)
                 placed.append((task, cap))
                 start = idx

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from threading import RLock
 
-from iris.cluster.controller.capacity import Room, WorkerSnapshot, fits
+from iris.cluster.controller.capacity import Room, WorkerSnapshot, fits_in
 from iris.cluster.controller.job import Job
 from iris.cluster.controller.task import (
     BUILDING,
@@ -357,7 +357,12 @@ class ControllerState:
 
     def can_fit(self, worker: ControllerWorker, job: Job) -> bool:
         """Whether ``worker`` is healthy and its free resources cover one task of ``job``."""
-        return worker.healthy and fits(job.requirements, worker.snapshot().free)
+        meta = worker.metadata
+        return worker.healthy and fits_in(
+            job.requirements, meta.cpu_count - worker.committed_cpu, meta.memory_bytes - worker.committed_memory,
+            meta.disk_bytes - worker.committed_disk, meta.device_count - worker.committed_devices,
+            meta.device_kind, meta.device_variant,
+        )
 
     def heartbeat(self, worker_id: WorkerId, now_ms: int) -> bool:
         """Record that the worker was heard from. False when the worker is unknown or was declared dead

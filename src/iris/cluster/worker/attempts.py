@@ -223,6 +223,7 @@ class Release:
     """The attempt ended: give back what the shell holds for it (its ports)."""
 
     key: AttemptKey
+    ports: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,7 +383,7 @@ class AttemptMachine:
         if attempt.gpus:
             self._free_gpus.extend(attempt.gpus)
             self._free_gpus.sort()
-        return [Release(attempt.key), Report(attempt.status())]
+        return [Release(attempt.key, tuple(attempt.ports.values())), Report(attempt.status())]
 
     def _acknowledge(self, event: ReportsAcknowledged) -> list[Instruction]:
         out: list[Instruction] = []

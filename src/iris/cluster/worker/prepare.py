@@ -65,9 +65,13 @@ class AttemptPreparer:
         self._lock = threading.Lock()
         self._ports_in_use: set[int] = set()
         self._bundle_locks: dict[str, threading.Lock] = {}
+        self._dirs: dict[AttemptKey, Path] = {}
 
     def attempt_dir(self, key: AttemptKey) -> Path:
-        return self.tasks_dir / attempt_dir_name(*key)
+        path = self._dirs.get(key)
+        if path is None:  # computed once per attempt (quoting the id is not free at hundreds per second)
+            path = self._dirs[key] = self.tasks_dir / attempt_dir_name(*key)
+        return path
 
     def log_path(self, key: AttemptKey) -> Path:
         return self.attempt_dir(key) / "output.log"
@@ -189,6 +193,7 @@ class AttemptPreparer:
     def discard(self, key: AttemptKey) -> None:
         """Remove one attempt's directory (never the tasks directory itself)."""
         shutil.rmtree(self.attempt_dir(key), ignore_errors=True)
+        self._dirs.pop(key, None)
 
 
 def _make_attempt_dirs(attempt_dir: str, work_dir: str) -> None:

@@ -28,7 +28,7 @@ import shutil
 import signal
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +67,12 @@ __all__ = [
     "escape_task_id",
     "process_records",
 ]
+
+
+def _log_failure(future: Future[None]) -> None:
+    """A launcher thread's exception is logged, never lost."""
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("attempt launch failed", exc_info=future.exception())
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,10 +205,8 @@ class Worker:
             if isinstance(instruction, am.Kill):
                 self._runtime.kill(instruction.key, instruction.grace_s)
             elif isinstance(instruction, am.Release):
-                with self._lock:
-                    attempt = self._machine.attempts.get(instruction.key)
-                    ports = list(attempt.ports.values()) if attempt is not None else []
-                self._preparer.release_ports(ports)
+                if instruction.ports:
+                    self._preparer.release_ports(instruction.ports)
             elif isinstance(instruction, am.Discard):
                 with self._lock:
                     self._held.pop(instruction.key, None)
@@ -406,7 +410,7 @@ class Worker:
             items.insert(0, plain)
         for item in items:
             try:
-                self._launcher.submit(self._launch_all, item)
+                self._launcher.submit(self._launch_all, item).add_done_callback(_log_failure)
             except RuntimeError:  # the launcher shut down between the check and the submit
                 for key in item:
                     self._carry_out(self._handle(am.LaunchAbandoned(key, "worker is shutting down",
@@ -459,14 +463,11 @@ class Worker:
         instructions = self._handle(am.ProcessExited(key, code, self._clock.now_ms(), error=error,
                                                      limit_error=exit_info.limit_error))
         self._carry_out(instructions)
-        with self._lock:
-            attempt = self._machine.attempts.get(key)
-            state = attempt.state if attempt is not None else cluster_pb2.TASK_STATE_UNSPECIFIED
-        # Successes are the hot path (hundreds per second): INFO only for the ones worth reading.
-        level = logging.DEBUG if state == cluster_pb2.TASK_STATE_SUCCEEDED else logging.INFO
+        # Clean exits are the hot path (hundreds per second): INFO only for the ones worth reading.
+        level = logging.DEBUG if code == 0 and not exit_info.limit_error else logging.INFO
         if logger.isEnabledFor(level):
-            logger.log(level, "task=%s attempt=%d state=%s exit_code=%d", key[0], key[1],
-                       cluster_pb2.TaskState.Name(state), code)  # type: ignore[arg-type]
+            logger.log(level, "task=%s attempt=%d exited with code %d%s", key[0], key[1], code,
+                       f" ({exit_info.limit_error})" if exit_info.limit_error else "")
 
     def _failure_error(self, key: AttemptKey, code: int) -> str:
         error_file = self._preparer.error_path(key)
