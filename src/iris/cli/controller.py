@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
 from typing import IO
 
 import click
+
+CONTROLLER_SWITCH_INTERVAL_S = 0.001
+"""The controller daemon's GIL switch interval (Python's default is 5 ms). Heartbeats and reports
+wait for the GIL behind whatever thread is building a big reply; a shorter slice bounds that wait
+(measured in BENCHMARKS.md, "Reads")."""
 
 
 @click.group()
@@ -49,6 +55,7 @@ def serve(
     from iris.cluster.validation import Limits
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.setswitchinterval(CONTROLLER_SWITCH_INTERVAL_S)
     if worker_timeout <= 0:
         raise click.BadParameter("must be > 0", param_hint="--worker-timeout")
     from iris.cluster.clock import SystemClock
