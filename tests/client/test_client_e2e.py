@@ -149,7 +149,9 @@ def test_child_job_is_named_under_parent_and_dies_with_it(client: IrisClient, tm
 
         with IrisClient.from_env() as c:
             child = c.submit(Entrypoint.from_command(sys.executable, "-c", "import time; time.sleep(300)"), "child")
-            Path(marker_dir, "child_id").write_text(child.job_id)
+            tmp = Path(marker_dir, "child_id.tmp")
+            tmp.write_text(child.job_id)
+            tmp.replace(Path(marker_dir, "child_id"))  # appears whole: never read half-written
         time.sleep(300)
 
     parent = client.submit(Entrypoint.from_callable(parent_task, str(tmp_path)), "parent")
