@@ -22,6 +22,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 
 PURE_MODULES = (
     "iris/cluster/types.py",
+    "iris/cluster/auth.py",
     "iris/cluster/errors.py",
     "iris/cluster/spec.py",
     "iris/cluster/validation.py",
@@ -31,6 +32,7 @@ PURE_MODULES = (
     "iris/cluster/controller/capacity.py",
     "iris/cluster/controller/scheduler.py",
     "iris/cluster/controller/views.py",
+    "iris/cluster/controller/access.py",
     "iris/cluster/worker/attempts.py",
 )
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from iris.client import IrisClient, JobState
+from iris.client.credentials import store_login
 from iris.cluster.clock import wait_until
 from iris.cluster.local import LocalCluster
 
@@ -24,6 +25,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         workers=2, cpu_per_worker=4, worker_timeout=3, heartbeat_interval=0.3, kill_grace=2,
         base_dir=tmp_path_factory.mktemp("cluster"),
     ) as c:
+        store_login(c.controller_address, c.admin_token)  # as `iris login` would: the CLI finds it
         yield c
 
 

@@ -38,7 +38,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 @pytest.fixture
 def client(cluster: LocalCluster) -> Iterator[IrisClient]:
-    with IrisClient.remote(cluster.controller_address) as c:
+    with IrisClient.remote(cluster.controller_address, token=cluster.admin_token) as c:
         yield c
 
 

@@ -16,11 +16,27 @@ T = cluster_pb2
 C = cluster_pb2.Controller
 
 
+class _Bearer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, token: str) -> None:
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        details = details._replace(metadata=tuple(details.metadata or ()) + self._metadata)
+        return continuation(details, request)
+
+
+def authed_channel(address: str, token: str = "") -> grpc.Channel:
+    """A channel whose every call presents ``token`` (no token: none is sent)."""
+    channel = grpc.insecure_channel(address)
+    return grpc.intercept_channel(channel, _Bearer(token)) if token else channel
+
+
 class Api:
     """A thin wrapper over the controller stub for tests."""
 
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.insecure_channel(address)
+    def __init__(self, address: str, token: str = "") -> None:
+        """``token``: presented on every call (the cluster's admin token, or another one to test)."""
+        self.channel = authed_channel(address, token)
         self.stub = cluster_pb2_grpc.ControllerServiceStub(self.channel)
 
     def close(self) -> None:

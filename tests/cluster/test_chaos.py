@@ -24,7 +24,7 @@ def test_chaos_controller_kill9_mid_job_then_restart_completes_job(tmp_path: Pat
     gate = tmp_path / "gate"
     with LocalCluster(workers=2, cpu_per_worker=4, worker_timeout=5, heartbeat_interval=0.2,
                       base_dir=tmp_path / "c") as cluster:
-        api = Api(cluster.controller_address)
+        api = Api(cluster.controller_address, cluster.admin_token)
         # Task 0 fails once (history to keep); the rest wait for the gate so the crash lands mid-job.
         script = (f'if [ "$IRIS_TASK_INDEX" = 0 ] && [ "$IRIS_ATTEMPT_ID" = 0 ]; then exit 5; fi; '
                   f"while [ ! -e {gate} ]; do sleep 0.05; done")
@@ -36,7 +36,7 @@ def test_chaos_controller_kill9_mid_job_then_restart_completes_job(tmp_path: Pat
         cluster.kill_controller(signal.SIGKILL)
         gate.touch()  # tasks finish while the controller is down; workers hold their reports
         cluster.start_controller()
-        api = Api(cluster.controller_address)
+        api = Api(cluster.controller_address, cluster.admin_token)
         try:
             job = api.wait(job_id, timeout=120)
             assert job.state == T.JOB_STATE_SUCCEEDED, job.error
@@ -51,12 +51,12 @@ def test_chaos_controller_kill9_mid_job_then_restart_completes_job(tmp_path: Pat
 
 def test_chaos_controller_kill9_after_launch_before_dispatch_keeps_job(tmp_path: Path) -> None:
     with LocalCluster(workers=0, worker_timeout=5, heartbeat_interval=0.2, base_dir=tmp_path / "c") as cluster:
-        api = Api(cluster.controller_address)
+        api = Api(cluster.controller_address, cluster.admin_token)
         job_id = api.launch("acked", ["/bin/true"], replicas=3)  # no worker yet: nothing can be dispatched
         api.close()
         cluster.kill_controller(signal.SIGKILL)
         cluster.start_controller()
-        api = Api(cluster.controller_address)
+        api = Api(cluster.controller_address, cluster.admin_token)
         try:
             assert api.job(job_id).state == T.JOB_STATE_PENDING
             cluster.add_worker()
@@ -70,7 +70,7 @@ def test_chaos_worker_kill9_and_restart_same_id_retries_as_preemption(tmp_path: 
     pids.mkdir()
     with LocalCluster(workers=1, cpu_per_worker=2, worker_timeout=30, heartbeat_interval=0.2,
                       base_dir=tmp_path / "c") as cluster:
-        api = Api(cluster.controller_address)
+        api = Api(cluster.controller_address, cluster.admin_token)
         try:
             script = f'if [ "$IRIS_ATTEMPT_ID" = 0 ]; then echo $$ > {pids}/0; exec sleep 1000; fi'
             job_id = api.launch("lost", ["/bin/sh", "-c", script])
@@ -94,7 +94,7 @@ def test_chaos_partitioned_worker_is_replaced_and_its_old_attempts_killed(tmp_pa
     pids.mkdir()
     with LocalCluster(workers=2, cpu_per_worker=1, worker_timeout=2, heartbeat_interval=0.2, kill_grace=1,
                       base_dir=tmp_path / "c") as cluster:
-        api = Api(cluster.controller_address)
+        api = Api(cluster.controller_address, cluster.admin_token)
         try:
             script = (f'echo $$ > {pids}/attempt-$IRIS_ATTEMPT_ID; '
                       f'if [ "$IRIS_ATTEMPT_ID" = 0 ]; then exec sleep 1000; fi')
@@ -126,7 +126,7 @@ def test_chaos_worker_sigterm_kills_its_tasks_and_they_are_retried(tmp_path: Pat
     pids.mkdir()
     with LocalCluster(workers=2, cpu_per_worker=1, worker_timeout=10, heartbeat_interval=0.2, kill_grace=1,
                       base_dir=tmp_path / "c") as cluster:
-        api = Api(cluster.controller_address)
+        api = Api(cluster.controller_address, cluster.admin_token)
         try:
             script = f'if [ "$IRIS_ATTEMPT_ID" = 0 ]; then echo $$ > {pids}/0; exec sleep 1000; fi'
             job_id = api.launch("drain", ["/bin/sh", "-c", script])
@@ -145,14 +145,14 @@ def test_chaos_worker_sigterm_kills_its_tasks_and_they_are_retried(tmp_path: Pat
 
 def test_chaos_controller_sigterm_exits_cleanly_and_keeps_state(tmp_path: Path) -> None:
     with LocalCluster(workers=1, cpu_per_worker=1, base_dir=tmp_path / "c") as cluster:
-        api = Api(cluster.controller_address)
+        api = Api(cluster.controller_address, cluster.admin_token)
         job_id = api.launch("kept", ["/bin/true"])
         assert api.wait(job_id).state == T.JOB_STATE_SUCCEEDED
         api.close()
         cluster.kill_controller(signal.SIGTERM)
         assert cluster._controller is not None and cluster._controller.returncode == 0
         cluster.start_controller()
-        api = Api(cluster.controller_address)
+        api = Api(cluster.controller_address, cluster.admin_token)
         try:
             assert api.job(job_id).state == T.JOB_STATE_SUCCEEDED
         finally:

@@ -28,7 +28,7 @@ def test_dispatch_refused_for_the_tasks_content_fails_only_that_task(tmp_path: P
     # although the controller (which allows 1 MiB of command and environment) accepted the job.
     with LocalCluster(workers=0, cpu_per_worker=4, worker_timeout=5, heartbeat_interval=0.2, kill_grace=1,
                       base_dir=tmp_path / "cluster", worker_args=["--max-message-size", "256KiB"]) as cluster:
-        api = Api(cluster.controller_address)
+        api = Api(cluster.controller_address, cluster.admin_token)
         try:
             big_env = {f"BLOB_{i}": "x" * 100_000 for i in range(4)}
             big = api.launch("big", ["/bin/true"], env=big_env, max_retries_failure=1)
@@ -56,7 +56,7 @@ def test_dispatch_refused_for_the_tasks_content_fails_only_that_task(tmp_path: P
 def test_dispatch_to_a_frozen_worker_is_its_fault_and_a_preemption(tmp_path: Path) -> None:
     with LocalCluster(workers=2, cpu_per_worker=1, worker_timeout=2, heartbeat_interval=0.2, kill_grace=1,
                       base_dir=tmp_path / "cluster") as cluster:
-        api = Api(cluster.controller_address)
+        api = Api(cluster.controller_address, cluster.admin_token)
         victim = cluster.workers[0]
         assert victim.process is not None
         os.kill(victim.process.pid, signal.SIGSTOP)

@@ -31,7 +31,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 @pytest.fixture
 def api(cluster: LocalCluster) -> Iterator[Api]:
-    a = Api(cluster.controller_address)
+    a = Api(cluster.controller_address, cluster.admin_token)
     yield a
     a.close()
 
@@ -150,7 +150,8 @@ from iris.rpc import cluster_pb2 as T, cluster_pb2_grpc
 stub = cluster_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(os.environ["IRIS_CONTROLLER_ADDRESS"]))
 stub.RegisterEndpoint(T.Controller.RegisterEndpointRequest(
     name="svc/" + os.environ["IRIS_TASK_INDEX"], address="127.0.0.1:" + os.environ["IRIS_PORT_HTTP"],
-    task_id=os.environ["IRIS_TASK_ID"], attempt_id=int(os.environ["IRIS_ATTEMPT_ID"])), timeout=10)
+    task_id=os.environ["IRIS_TASK_ID"], attempt_id=int(os.environ["IRIS_ATTEMPT_ID"])), timeout=10,
+    metadata=(("authorization", "Bearer " + os.environ["IRIS_TOKEN"]),))
 while not pathlib.Path({str(release)!r}).exists():
     time.sleep(0.05)
 """
@@ -233,7 +234,7 @@ def test_e2e_worker_killed_mid_task_is_retried_elsewhere_as_preemption(tmp_path:
     pids.mkdir()
     with LocalCluster(workers=2, cpu_per_worker=2, worker_timeout=2, heartbeat_interval=0.2, kill_grace=1,
                       base_dir=tmp_path / "cluster") as cluster:
-        api = Api(cluster.controller_address)
+        api = Api(cluster.controller_address, cluster.admin_token)
         try:
             script = (f'if [ "$IRIS_ATTEMPT_ID" = 0 ]; then echo $$ > {pids}/$IRIS_TASK_INDEX; exec sleep 1000; fi; '
                       f'echo "done on $IRIS_WORKER_ID"')
@@ -262,7 +263,7 @@ def test_e2e_restarted_worker_reregisters_and_task_is_retried(tmp_path: Path) ->
     pids.mkdir()
     with LocalCluster(workers=1, cpu_per_worker=2, worker_timeout=30, heartbeat_interval=0.2, kill_grace=1,
                       base_dir=tmp_path / "cluster") as cluster:
-        api = Api(cluster.controller_address)
+        api = Api(cluster.controller_address, cluster.admin_token)
         try:
             script = f'if [ "$IRIS_ATTEMPT_ID" = 0 ]; then echo $$ > {pids}/first; exec sleep 1000; fi'
             job_id = api.launch("restart", ["/bin/sh", "-c", script])

@@ -24,9 +24,16 @@ def cluster() -> None:
 @click.option("--port", default=0, show_default=True, type=int, help="Controller port (0: any free port).")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the controller's state here (default: a temporary directory).")
+@click.option("--auth", "auth_mode", type=click.Choice(["token", "none"]), default="token", show_default=True,
+              help="token: the cluster requires tokens, and this command logs you in to it (the admin token is "
+                   "stored for its address). none: authentication off (loopback only), with a warning.")
 def start(local: bool, workers: int, cpu_per_worker: int | None, memory_per_worker: str | None, port: int,
-          state_dir: Path | None) -> None:
-    """Start a local cluster, print its addresses, and stop everything it started on Ctrl+C / SIGTERM."""
+          state_dir: Path | None, auth_mode: str) -> None:
+    """Start a local cluster, print its addresses, and stop everything it started on Ctrl+C / SIGTERM.
+
+    With authentication on (the default) it stores the cluster's admin token as your login for the
+    controller's address, so `iris ...` commands in another terminal work as they are."""
+    from iris.client.credentials import forget_login, store_login
     from iris.cluster.local import LocalCluster, LocalClusterError
     from iris.cluster.types import parse_size
 
@@ -42,14 +49,23 @@ def start(local: bool, workers: int, cpu_per_worker: int | None, memory_per_work
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if auth_mode == "none":
+        click.echo("WARNING: authentication is off (--auth none): anyone on this machine can use the cluster",
+                   err=True)
     local_cluster = LocalCluster(workers, cpu_per_worker=cpu_per_worker, memory_per_worker=memory_per_worker,
-                                 controller_port=port, state_dir=state_dir)
+                                 controller_port=port, state_dir=state_dir, auth=auth_mode == "token")
     try:
         local_cluster.start()
     except LocalClusterError as e:
         raise click.ClickException(str(e)) from e
+    logged_in = False
     try:
         click.echo(f"controller: {local_cluster.controller_address}")
+        if local_cluster.admin_token:
+            path = store_login(local_cluster.controller_address, local_cluster.admin_token)
+            logged_in = True
+            click.echo(f"login:      admin token for {local_cluster.controller_address} stored in {path} "
+                       f"(also in {local_cluster.state_dir / 'admin.token'})")
         if local_cluster.dashboard_url:
             click.echo(f"dashboard:  {local_cluster.dashboard_url}")
         click.echo(f"workers:    {', '.join(w.worker_id for w in local_cluster.workers)}")
@@ -64,3 +80,5 @@ def start(local: bool, workers: int, cpu_per_worker: int | None, memory_per_work
     finally:
         click.echo("stopping the local cluster...", err=True)
         local_cluster.stop()
+        if logged_in:
+            forget_login(local_cluster.controller_address)  # the cluster and its tokens are gone

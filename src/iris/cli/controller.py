@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import signal
 import sys
 import threading
@@ -38,6 +40,9 @@ def controller() -> None:
 @click.option("--worker-timeout", default=10.0, show_default=True, type=float,
               help="Seconds without a heartbeat before a worker is declared dead.")
 @click.option("--max-replicas", default=100_000, show_default=True, type=int, help="Largest replicas accepted.")
+@click.option("--auth", "auth_mode", type=click.Choice(["token", "none"]), default="token", show_default=True,
+              help="token: every call needs a token (DESIGN §7). none: anyone who can reach the port is admin "
+                   "(refused unless bound to a loopback address).")
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 def serve(
     host: str,
@@ -46,9 +51,13 @@ def serve(
     dashboard_port: int,
     worker_timeout: float,
     max_replicas: int,
+    auth_mode: str,
     log_level: str,
 ) -> None:
-    """Serve the controller until SIGTERM/SIGINT, then flush its state and exit 0."""
+    """Serve the controller until SIGTERM/SIGINT, then flush its state and exit 0.
+
+    On a fresh state dir it writes an admin token to STATE_DIR/admin.token and a worker join token
+    to STATE_DIR/join.token (mode 0600)."""
     from iris.cluster.controller.controller import Controller, ControllerConfig
     from iris.cluster.controller.service import ControllerServer
     from iris.cluster.controller.store import ControllerStore, StoreError
@@ -58,6 +67,12 @@ def serve(
     sys.setswitchinterval(CONTROLLER_SWITCH_INTERVAL_S)
     if worker_timeout <= 0:
         raise click.BadParameter("must be > 0", param_hint="--worker-timeout")
+    if auth_mode == "none":
+        if not _is_loopback(host):
+            raise click.BadParameter(f"--auth none is refused on {host}: bind a loopback address (127.0.0.1)",
+                                     param_hint="--auth")
+        click.echo("WARNING: authentication is off (--auth none): anyone who can reach the port is an admin",
+                   err=True)
     from iris.cluster.clock import SystemClock
 
     lock = _lock_state_dir(state_dir)
@@ -67,8 +82,14 @@ def serve(
         state = store.load(now_ms=SystemClock().now_ms())
     except StoreError as e:
         raise click.ClickException(str(e)) from e
-    config = ControllerConfig(worker_timeout_s=worker_timeout, limits=Limits(max_replicas=max_replicas))
-    ctrl = Controller(config, state=state, store=store)
+    config = ControllerConfig(worker_timeout_s=worker_timeout, limits=Limits(max_replicas=max_replicas),
+                              auth=auth_mode == "token")
+    ctrl = Controller(config, state=state, store=store, secret=_secret(state_dir))
+    if config.auth:
+        for role, value in ctrl.bootstrap_tokens().items():
+            path = state_dir / ("admin.token" if role.value == "admin" else "join.token")
+            _write_private(path, value + "\n")
+            click.echo(f"{'admin token' if role.value == 'admin' else 'worker join token'} written to {path}")
     try:
         server = ControllerServer(ctrl, host, port)
     except (OSError, RuntimeError) as e:
@@ -100,6 +121,41 @@ def serve(
         dashboard.stop()
     server.stop()
     lock.close()
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def _secret(state_dir: Path) -> bytes:
+    """The controller's secret key (task tokens, its credential to workers): made once, kept 0600."""
+    path = state_dir / "secret.key"
+    try:
+        data = path.read_bytes()
+        if len(data) >= 32:
+            return data
+    except FileNotFoundError:
+        pass
+    state_dir.mkdir(parents=True, exist_ok=True)
+    data = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return data
 
 
 def _lock_state_dir(state_dir: Path) -> IO[bytes]:

@@ -498,6 +498,8 @@ def status_cmd(controller: str, job_id: str, show_tasks: bool, as_json: bool, ve
             f"max_preemptions={status.max_retries_preemption}",
         ),
     ]
+    if status.owner:
+        fields.append(("Owner", status.owner))
     if status.parent_job_id:
         fields.append(("Parent", status.parent_job_id))
     if status.pending_reason:

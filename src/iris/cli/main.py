@@ -11,6 +11,7 @@ from iris.cli.endpoint import endpoint
 from iris.cli.job import job
 from iris.cli.run import run
 from iris.cli.task import task
+from iris.cli.token import login, logout, token
 from iris.cli.worker import worker
 from iris.cli.worker_list import worker_list
 
@@ -27,6 +28,9 @@ cli.add_command(job)
 cli.add_command(task)
 cli.add_command(endpoint)
 cli.add_command(run)
+cli.add_command(token)
+cli.add_command(login)
+cli.add_command(logout)
 worker.add_command(worker_list)
 
 

@@ -63,7 +63,16 @@ def stderr_console() -> Console:
 # -- options ------------------------------------------------------------------------------------
 
 
-def controller_option(fn: F) -> F:
+_TOKEN_FILE: list[str | None] = [None]
+"""``--token-file`` of the running command (read by ``connect``)."""
+
+
+def _remember_token_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    _TOKEN_FILE[0] = value
+    return value
+
+
+def address_option(fn: F) -> F:
     return click.option(
         "--controller",
         "controller",
@@ -73,6 +82,19 @@ def controller_option(fn: F) -> F:
         show_envvar=True,
         help="Controller address, HOST:PORT.",
     )(fn)
+
+
+def controller_option(fn: F) -> F:
+    """``--controller`` and ``--token-file`` (else ``$IRIS_TOKEN``, else the login stored for the address)."""
+    fn = click.option(
+        "--token-file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        expose_value=False,
+        callback=_remember_token_file,
+        help="File holding the token to present (default: $IRIS_TOKEN, else the `iris login` for this address).",
+    )(fn)
+    return address_option(fn)
 
 
 def json_option(fn: F) -> F:
@@ -116,7 +138,7 @@ def handle_errors(fn: F) -> F:
 
 
 def connect(controller: str) -> IrisClient:
-    return IrisClient.remote(controller)
+    return IrisClient.remote(controller, token_file=_TOKEN_FILE[0])
 
 
 # -- units --------------------------------------------------------------------------------------

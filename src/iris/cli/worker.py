@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -50,6 +51,11 @@ def worker() -> None:
     help="Largest gRPC message the worker receives (default 256MiB: what the controller may send in one "
     "dispatch). A task that needs more fails as a task error; the worker stays healthy.",
 )
+@click.option("--join-token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The cluster's join token (the controller writes it to STATE_DIR/join.token); default "
+                   "$IRIS_JOIN_TOKEN. Exchanged at the first registration for a credential kept in the workdir.")
+@click.option("--tls-ca", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Verify the controller's TLS certificate against this CA (default: plaintext).")
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 def serve(
     controller_address: str,
@@ -63,6 +69,8 @@ def serve(
     kill_grace: float,
     cgroups: bool,
     max_message_size: str | None,
+    join_token_file: Path | None,
+    tls_ca: Path | None,
     log_level: str,
 ) -> None:
     """Serve a worker until SIGTERM/SIGINT, then kill its tasks, report them and exit 0."""
@@ -92,6 +100,13 @@ def serve(
             "--max-message-size %d is below the %d bytes one accepted task may need: such tasks will fail here",
             max_message_bytes, DEFAULT_LIMITS.max_task_request_bytes,
         )
+    join_token = os.environ.get("IRIS_JOIN_TOKEN", "").strip()
+    if join_token_file is not None:
+        try:
+            join_token = join_token_file.read_text().strip()
+        except OSError as e:
+            raise click.BadParameter(f"cannot read {join_token_file}: {e.strerror}",
+                                     param_hint="--join-token-file") from None
     worker_id = worker_id or f"w-{secrets.token_hex(4)}"
     config = WorkerConfig(
         controller_address=controller_address,
@@ -104,6 +119,8 @@ def serve(
         heartbeat_interval_s=heartbeat_interval,
         kill_grace_period_s=kill_grace,
         use_cgroups=cgroups,
+        join_token=join_token,
+        tls_ca=tls_ca,
     )
     stop = threading.Event()
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import grpc
 
 from iris.client.bundle import Bundle, build_bundle
+from iris.client.credentials import find_token
 from iris.client.errors import (
     ControllerUnavailableError,
     InvalidRequestError,
@@ -46,9 +47,11 @@ from iris.cluster.spec import DEFAULT_MAX_RETRIES_PREEMPTION, Entrypoint, JobSpe
 from iris.cluster.types import JobId, ResourceSpec, parse_size, task_id_for
 from iris.cluster.validation import MAX_MESSAGE_BYTES, validate_job_spec
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
+from iris.rpc.tls import channel_credentials
 
 DEFAULT_CONTROLLER_ADDRESS = "127.0.0.1:10000"
 CONTROLLER_ENV = "IRIS_CONTROLLER"
+TLS_CA_ENV = "IRIS_TLS_CA"
 DEFAULT_RPC_TIMEOUT_S = 30.0
 _LOG_PAGE_LINES = 5000
 
@@ -88,6 +91,27 @@ def generate_job_name(prefix: str = "job") -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenIdentity:
+    name: str
+    role: str
+    job_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    token_id: str
+    name: str
+    role: str
+    created_at_ms: int
+    revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedToken(TokenInfo):
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
 class LogChunk:
     """One page of a task attempt's log."""
 
@@ -115,33 +139,44 @@ class IrisClient:
         parent_job_id: str = "",
         parent_bundle_hash: str = "",
         cluster: Any = None,
+        token: str | None = None,
+        token_file: Path | str | None = None,
+        tls_ca: Path | str | None = None,
     ) -> None:
+        """``token``: the credential to present; None: found as ``credentials.find_token`` says
+        (``token_file``, ``$IRIS_TOKEN``, the stored login for this address). ``tls_ca``: verify the
+        controller's TLS certificate against this CA (default ``$IRIS_TLS_CA``; unset: plaintext)."""
         self._address = normalize_address(address)
+        self._token = token if token is not None else find_token(self._address, token_file)
+        self._metadata = (("authorization", f"Bearer {self._token}"),) if self._token else None
         self._timeout = timeout
         self._parent_job_id = parent_job_id
         self._parent_bundle_hash = parent_bundle_hash
         self._cluster = cluster
-        self._channel = grpc.insecure_channel(
-            self._address,
-            options=[
-                ("grpc.enable_http_proxy", 0),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        options = [
+            ("grpc.enable_http_proxy", 0),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ]
+        ca = tls_ca if tls_ca is not None else os.environ.get(TLS_CA_ENV, "").strip() or None
+        if ca:
+            self._channel = grpc.secure_channel(self._address, channel_credentials(Path(ca)), options=options)
+        else:
+            self._channel = grpc.insecure_channel(self._address, options=options)
         self._stub = cluster_pb2_grpc.ControllerServiceStub(self._channel)
         self._closed = False
 
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def remote(cls, address: str | None = None, *, timeout: float = DEFAULT_RPC_TIMEOUT_S) -> IrisClient:
+    def remote(cls, address: str | None = None, *, timeout: float = DEFAULT_RPC_TIMEOUT_S,
+               token: str | None = None, token_file: Path | str | None = None) -> IrisClient:
         """Connect to the controller at ``address`` (default ``$IRIS_CONTROLLER`` or 127.0.0.1:10000).
 
         Connecting is lazy: an unreachable controller raises ``ControllerUnavailableError`` on the
         first call.
         """
-        return cls(address or default_controller_address(), timeout=timeout)
+        return cls(address or default_controller_address(), timeout=timeout, token=token, token_file=token_file)
 
     @classmethod
     def local(cls, workers: int = 2, **cluster_kwargs: Any) -> IrisClient:
@@ -156,7 +191,8 @@ class IrisClient:
             raise InvalidRequestError(f"workers: must be >= 1, got {workers}")
         cluster = LocalCluster(workers=workers, **cluster_kwargs).start()
         try:
-            return cls(cluster.controller_address, cluster=cluster)
+            return cls(cluster.controller_address, cluster=cluster, token=cluster.admin_token or None,
+                       tls_ca=cluster.tls_ca)
         except BaseException:
             cluster.stop()
             raise
@@ -209,7 +245,7 @@ class IrisClient:
 
     def _call(self, rpc: Callable[..., T], request: object, what: str = "", timeout: float | None = None) -> T:
         try:
-            return rpc(request, timeout=timeout or self._timeout)
+            return rpc(request, timeout=timeout or self._timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             raise error_from_rpc(e, self._address, what) from None
 
@@ -354,6 +390,30 @@ class IrisClient:
         """Validate the arguments of ``submit`` and build its LaunchJob request (no RPC)."""
         return self.launch_request(self.build_spec(entrypoint, **fields), workspace=workspace,
                                    bundle_max_bytes=bundle_max_bytes)
+
+    # -- who am I, tokens ----------------------------------------------------------------------
+
+    def whoami(self) -> TokenIdentity:
+        """Who the controller takes this client for (its token's name and role)."""
+        reply = self._call(self._stub.WhoAmI, cluster_pb2.Controller.WhoAmIRequest(), "whoami")
+        return TokenIdentity(name=reply.name, role=reply.role, job_id=reply.job_id)
+
+    def create_token(self, name: str, role: str = "user") -> CreatedToken:
+        """Admin only: a new token for ``name`` (shown once)."""
+        reply = self._call(self._stub.CreateToken, cluster_pb2.Controller.CreateTokenRequest(name=name, role=role),
+                           "token")
+        return CreatedToken(reply.info.token_id, reply.info.name, reply.info.role, reply.info.created_at_ms, False,
+                            reply.token)
+
+    def list_tokens(self) -> list[TokenInfo]:
+        """Admin only: every token (never their values)."""
+        reply = self._call(self._stub.ListTokens, cluster_pb2.Controller.ListTokensRequest(), "tokens")
+        return [TokenInfo(t.token_id, t.name, t.role, t.created_at_ms, bool(t.revoked_at_ms)) for t in reply.tokens]
+
+    def revoke_token(self, token_id: str) -> None:
+        """Admin only: revoke a token by id."""
+        self._call(self._stub.RevokeToken, cluster_pb2.Controller.RevokeTokenRequest(token_id=token_id),
+                   f"token {token_id}")
 
     def job(self, job_id: str) -> Job:
         """A handle on an existing job (no RPC; ``status()`` raises when it does not exist)."""

@@ -41,6 +41,12 @@ AlreadyExistsError = _base.AlreadyExists
 FailedPreconditionError = _base.FailedPrecondition
 """The request is valid but cannot be applied in the current state."""
 
+UnauthenticatedError = _base.Unauthenticated
+"""No valid credential was presented (see ``iris login``, ``--token-file``, ``$IRIS_TOKEN``)."""
+
+PermissionDeniedError = _base.PermissionDenied
+"""The caller is known but may not do this (not the job's owner, wrong role)."""
+
 
 class BundleTooLargeError(IrisError):
     """The workspace bundle exceeds the size cap; the message lists the biggest files."""
@@ -120,6 +126,12 @@ def error_from_rpc(error: grpc.RpcError, address: str, what: str = "") -> IrisEr
         return NotFoundError(message)
     if code == grpc.StatusCode.ALREADY_EXISTS:
         return AlreadyExistsError(details or f"{what or 'object'} already exists")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return UnauthenticatedError(
+            (details or "no valid credential") + f" (controller {address}: `iris login`, --token-file or IRIS_TOKEN)"
+        )
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDeniedError(details or f"{what or 'request'}: permission denied")
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return FailedPreconditionError(details or f"{what or 'request'}: failed precondition")
     name = code.name if code is not None else type(error).__name__

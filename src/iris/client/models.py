@@ -209,6 +209,8 @@ class JobStatus(_Jsonable):
     max_retries_failure: int
     max_retries_preemption: int
     tasks: tuple[TaskStatus, ...] = ()
+    owner: str = ""
+    """The user who submitted it (a child job belongs to its parent's owner)."""
 
     @property
     def num_tasks(self) -> int:
@@ -243,6 +245,7 @@ class JobStatus(_Jsonable):
             max_task_failures=proto.max_task_failures,
             max_retries_failure=proto.max_retries_failure,
             max_retries_preemption=proto.max_retries_preemption,
+            owner=proto.owner,
             tasks=tuple(TaskStatus.from_proto(t) for t in proto.tasks),
         )
 

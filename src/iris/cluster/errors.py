@@ -35,3 +35,15 @@ class FailedPrecondition(IrisError):
 
 class Unavailable(IrisError):
     code = "UNAVAILABLE"
+
+
+class Unauthenticated(IrisError):
+    """No valid credential: missing, malformed, unknown, revoked, or of an attempt that ended."""
+
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(IrisError):
+    """A known caller that may not do this: wrong role, not the owner, outside its scope."""
+
+    code = "PERMISSION_DENIED"

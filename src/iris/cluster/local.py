@@ -75,8 +75,11 @@ class LocalCluster:
         start_timeout: float = 60.0,
         env: dict[str, str] | None = None,
         worker_args: Sequence[str] = (),
+        auth: bool = True,
     ) -> None:
-        """``worker_args``: extra ``iris worker serve`` flags for every worker."""
+        """``worker_args``: extra ``iris worker serve`` flags for every worker. ``auth``: the controller
+        requires tokens (its admin token is ``admin_token``; workers join with the join token);
+        False runs it with ``--auth none``."""
         if workers < 0:
             raise ValueError(f"workers: must be >= 0, got {workers}")
         self.num_workers = workers
@@ -89,6 +92,10 @@ class LocalCluster:
         self.dashboard = dashboard
         self.start_timeout = start_timeout
         self.worker_args = list(worker_args)
+        self.auth = auth
+        self.admin_token = ""
+        """The controller's admin token (read from ``state_dir/admin.token`` once it started)."""
+        self.tls_ca: Path | None = None
         self._owns_base = base_dir is None
         self.base_dir = Path(base_dir) if base_dir is not None else Path(tempfile.mkdtemp(prefix="iris-local-"))
         self.state_dir = Path(state_dir) if state_dir is not None else self.base_dir / "state"
@@ -153,6 +160,7 @@ class LocalCluster:
             "--state-dir", str(self.state_dir),
             "--worker-timeout", str(self.worker_timeout),
             "--dashboard-port", "0" if self.dashboard else "-1",
+            "--auth", "token" if self.auth else "none",
         ]
         self._controller = self._spawn(argv, log_path)
         text = self._wait_for_line(self._controller, log_path, _CONTROLLER_RE, "controller")
@@ -164,6 +172,16 @@ class LocalCluster:
             text = self._wait_for_line(self._controller, log_path, _DASHBOARD_RE, "dashboard")
             dash = _DASHBOARD_RE.search(text)
         self.dashboard_url = dash.group(1) if dash is not None else ""
+        if self.auth:
+            self.admin_token = (self.state_dir / "admin.token").read_text().strip()
+
+    @property
+    def join_token_file(self) -> Path:
+        return self.state_dir / "join.token"
+
+    def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """gRPC call metadata carrying the admin token (None without auth)."""
+        return (("authorization", f"Bearer {self.admin_token}"),) if self.admin_token else None
 
     def kill_controller(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the controller and wait for it to exit."""
@@ -200,6 +218,8 @@ class LocalCluster:
             "--kill-grace", str(self.kill_grace),
             "--cgroups" if self.cgroups else "--no-cgroups",
         ]
+        if self.auth:
+            argv += ["--join-token-file", str(self.join_token_file)]
         if self.cpu_per_worker is not None:
             argv += ["--cpu", str(self.cpu_per_worker)]
         if self.memory_per_worker is not None:
@@ -237,7 +257,8 @@ class LocalCluster:
         try:
             with grpc.insecure_channel(self.controller_address) as channel:
                 stub = cluster_pb2_grpc.ControllerServiceStub(channel)
-                return list(stub.ListWorkers(cluster_pb2.Controller.ListWorkersRequest(), timeout=5).workers)
+                return list(stub.ListWorkers(cluster_pb2.Controller.ListWorkersRequest(), timeout=5,
+                                             metadata=self.metadata()).workers)
         except grpc.RpcError:
             return []
 

@@ -159,6 +159,8 @@ def check_env(env: Mapping[str, str], limits: Limits = DEFAULT_LIMITS, field_nam
         if not isinstance(key, str) or not ENV_NAME_RE.fullmatch(key):
             raise _fail(field_name, f"{show(key)} is not a valid variable name (letters, digits and '_', "
                         "not starting with a digit)")
+        if key.upper().startswith("IRIS_"):
+            raise _fail(field_name, f"{key!r}: IRIS_* names are set by Iris for every task and cannot be set by a job")
         if not isinstance(value, str):
             raise _fail(f"{field_name}.{key}", f"must be a string, got {type(value).__name__}")
         if "\0" in value:

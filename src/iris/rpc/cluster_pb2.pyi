@@ -507,6 +507,7 @@ class JobStatus(_message.Message):
     MAX_TASK_FAILURES_FIELD_NUMBER: _builtins.int
     MAX_RETRIES_FAILURE_FIELD_NUMBER: _builtins.int
     MAX_RETRIES_PREEMPTION_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     error: _builtins.str
@@ -526,6 +527,8 @@ class JobStatus(_message.Message):
     max_task_failures: _builtins.int
     max_retries_failure: _builtins.int
     max_retries_preemption: _builtins.int
+    owner: _builtins.str
+    """the user who submitted it"""
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskStatus]:
         """filled only when asked for"""
@@ -556,10 +559,11 @@ class JobStatus(_message.Message):
         max_task_failures: _builtins.int = ...,
         max_retries_failure: _builtins.int = ...,
         max_retries_preemption: _builtins.int = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "finished_at_ms", b"finished_at_ms", "job_id", b"job_id", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_task_failures", b"max_task_failures", "num_tasks", b"num_tasks", "parent_job_id", b"parent_job_id", "pending_reason", b"pending_reason", "resources", b"resources", "started_at_ms", b"started_at_ms", "state", b"state", "submitted_at_ms", b"submitted_at_ms", "tasks", b"tasks", "tasks_failed", b"tasks_failed", "tasks_killed", b"tasks_killed", "tasks_pending", b"tasks_pending", "tasks_running", b"tasks_running", "tasks_succeeded", b"tasks_succeeded", "tasks_unschedulable", b"tasks_unschedulable", "tasks_worker_failed", b"tasks_worker_failed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "finished_at_ms", b"finished_at_ms", "job_id", b"job_id", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_task_failures", b"max_task_failures", "num_tasks", b"num_tasks", "owner", b"owner", "parent_job_id", b"parent_job_id", "pending_reason", b"pending_reason", "resources", b"resources", "started_at_ms", b"started_at_ms", "state", b"state", "submitted_at_ms", b"submitted_at_ms", "tasks", b"tasks", "tasks_failed", b"tasks_failed", "tasks_killed", b"tasks_killed", "tasks_pending", b"tasks_pending", "tasks_running", b"tasks_running", "tasks_succeeded", b"tasks_succeeded", "tasks_unschedulable", b"tasks_unschedulable", "tasks_worker_failed", b"tasks_worker_failed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1156,7 +1160,13 @@ class Controller(_message.Message):
 
         ACCEPTED_FIELD_NUMBER: _builtins.int
         KILL_FIELD_NUMBER: _builtins.int
+        CREDENTIAL_FIELD_NUMBER: _builtins.int
+        CONTROLLER_TOKEN_FIELD_NUMBER: _builtins.int
         accepted: _builtins.bool
+        credential: _builtins.str
+        """set when registering with the join token: this worker's own token from now on"""
+        controller_token: _builtins.str
+        """what the controller presents on every call to this worker"""
         @_builtins.property
         def kill(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerTaskStatus]:
             """attempts the worker holds that the controller does not expect"""
@@ -1166,10 +1176,12 @@ class Controller(_message.Message):
             *,
             accepted: _builtins.bool = ...,
             kill: _abc.Iterable[Global___WorkerTaskStatus] | None = ...,
+            credential: _builtins.str = ...,
+            controller_token: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "kill", b"kill"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "controller_token", b"controller_token", "credential", b"credential", "kill", b"kill"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1562,6 +1574,166 @@ class Controller(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class CreateTokenRequest(_message.Message):
+        """Tokens (admin only). A token is shown once, when created; the controller keeps its hash."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        NAME_FIELD_NUMBER: _builtins.int
+        ROLE_FIELD_NUMBER: _builtins.int
+        name: _builtins.str
+        """the user it is for"""
+        role: _builtins.str
+        """"user" (default) or "admin" """
+        def __init__(
+            self,
+            *,
+            name: _builtins.str = ...,
+            role: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "role", b"role"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class TokenInfo(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        TOKEN_ID_FIELD_NUMBER: _builtins.int
+        NAME_FIELD_NUMBER: _builtins.int
+        ROLE_FIELD_NUMBER: _builtins.int
+        CREATED_AT_MS_FIELD_NUMBER: _builtins.int
+        REVOKED_AT_MS_FIELD_NUMBER: _builtins.int
+        token_id: _builtins.str
+        name: _builtins.str
+        role: _builtins.str
+        created_at_ms: _builtins.int
+        revoked_at_ms: _builtins.int
+        """0: active"""
+        def __init__(
+            self,
+            *,
+            token_id: _builtins.str = ...,
+            name: _builtins.str = ...,
+            role: _builtins.str = ...,
+            created_at_ms: _builtins.int = ...,
+            revoked_at_ms: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "name", b"name", "revoked_at_ms", b"revoked_at_ms", "role", b"role", "token_id", b"token_id"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class CreateTokenResponse(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        INFO_FIELD_NUMBER: _builtins.int
+        TOKEN_FIELD_NUMBER: _builtins.int
+        token: _builtins.str
+        @_builtins.property
+        def info(self) -> Global___Controller.TokenInfo: ...
+        def __init__(
+            self,
+            *,
+            info: Global___Controller.TokenInfo | None = ...,
+            token: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["info", b"info", "token", b"token"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ListTokensRequest(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        def __init__(
+            self,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ListTokensResponse(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        TOKENS_FIELD_NUMBER: _builtins.int
+        @_builtins.property
+        def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___Controller.TokenInfo]: ...
+        def __init__(
+            self,
+            *,
+            tokens: _abc.Iterable[Global___Controller.TokenInfo] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class RevokeTokenRequest(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        TOKEN_ID_FIELD_NUMBER: _builtins.int
+        token_id: _builtins.str
+        def __init__(
+            self,
+            *,
+            token_id: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["token_id", b"token_id"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class WhoAmIRequest(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        def __init__(
+            self,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class WhoAmIResponse(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        NAME_FIELD_NUMBER: _builtins.int
+        ROLE_FIELD_NUMBER: _builtins.int
+        JOB_ID_FIELD_NUMBER: _builtins.int
+        name: _builtins.str
+        role: _builtins.str
+        job_id: _builtins.str
+        """for a task token: its job"""
+        def __init__(
+            self,
+            *,
+            name: _builtins.str = ...,
+            role: _builtins.str = ...,
+            job_id: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "name", b"name", "role", b"role"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     def __init__(
         self,
     ) -> None: ...
@@ -1596,6 +1768,7 @@ class Worker(_message.Message):
         RESOURCES_FIELD_NUMBER: _builtins.int
         PORTS_FIELD_NUMBER: _builtins.int
         ATTEMPT_ID_FIELD_NUMBER: _builtins.int
+        TASK_TOKEN_FIELD_NUMBER: _builtins.int
         job_id: _builtins.str
         task_id: _builtins.str
         task_index: _builtins.int
@@ -1603,6 +1776,8 @@ class Worker(_message.Message):
         serialized_entrypoint: _builtins.bytes
         bundle_hash: _builtins.str
         attempt_id: _builtins.int
+        task_token: _builtins.str
+        """given to the task as IRIS_TOKEN: scoped to this attempt"""
         @_builtins.property
         def environment(self) -> Global___EnvironmentConfig: ...
         @_builtins.property
@@ -1622,10 +1797,11 @@ class Worker(_message.Message):
             resources: Global___ResourceSpecProto | None = ...,
             ports: _abc.Iterable[_builtins.str] | None = ...,
             attempt_id: _builtins.int = ...,
+            task_token: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "resources", b"resources"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "bundle_hash", b"bundle_hash", "environment", b"environment", "job_id", b"job_id", "num_tasks", b"num_tasks", "ports", b"ports", "resources", b"resources", "serialized_entrypoint", b"serialized_entrypoint", "task_id", b"task_id", "task_index", b"task_index"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "bundle_hash", b"bundle_hash", "environment", b"environment", "job_id", b"job_id", "num_tasks", b"num_tasks", "ports", b"ports", "resources", b"resources", "serialized_entrypoint", b"serialized_entrypoint", "task_id", b"task_id", "task_index", b"task_index", "task_token", b"task_token"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -114,6 +114,26 @@ class ControllerServiceStub:
                 request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.FetchBundleRequest.SerializeToString,
                 response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.FetchBundleResponse.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/iris.cluster.ControllerService/CreateToken',
+                request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.CreateTokenRequest.SerializeToString,
+                response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/iris.cluster.ControllerService/ListTokens',
+                request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.ListTokensRequest.SerializeToString,
+                response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/iris.cluster.ControllerService/RevokeToken',
+                request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.RevokeTokenRequest.SerializeToString,
+                response_deserializer=iris_dot_rpc_dot_cluster__pb2.Empty.FromString,
+                _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/iris.cluster.ControllerService/WhoAmI',
+                request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.WhoAmIRequest.SerializeToString,
+                response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.WhoAmIResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -215,6 +235,30 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoAmI(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -297,6 +341,26 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.FetchBundle,
                     request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.FetchBundleRequest.FromString,
                     response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.FetchBundleResponse.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.CreateTokenRequest.FromString,
+                    response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.ListTokensRequest.FromString,
+                    response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.RevokeTokenRequest.FromString,
+                    response_serializer=iris_dot_rpc_dot_cluster__pb2.Empty.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.WhoAmIRequest.FromString,
+                    response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.WhoAmIResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -731,6 +795,114 @@ class ControllerService:
             '/iris.cluster.ControllerService/FetchBundle',
             iris_dot_rpc_dot_cluster__pb2.Controller.FetchBundleRequest.SerializeToString,
             iris_dot_rpc_dot_cluster__pb2.Controller.FetchBundleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/iris.cluster.ControllerService/CreateToken',
+            iris_dot_rpc_dot_cluster__pb2.Controller.CreateTokenRequest.SerializeToString,
+            iris_dot_rpc_dot_cluster__pb2.Controller.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/iris.cluster.ControllerService/ListTokens',
+            iris_dot_rpc_dot_cluster__pb2.Controller.ListTokensRequest.SerializeToString,
+            iris_dot_rpc_dot_cluster__pb2.Controller.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/iris.cluster.ControllerService/RevokeToken',
+            iris_dot_rpc_dot_cluster__pb2.Controller.RevokeTokenRequest.SerializeToString,
+            iris_dot_rpc_dot_cluster__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/iris.cluster.ControllerService/WhoAmI',
+            iris_dot_rpc_dot_cluster__pb2.Controller.WhoAmIRequest.SerializeToString,
+            iris_dot_rpc_dot_cluster__pb2.Controller.WhoAmIResponse.FromString,
             options,
             channel_credentials,
             insecure,

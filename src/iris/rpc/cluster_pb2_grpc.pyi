@@ -53,6 +53,10 @@ class ControllerServiceStub:
     ListEndpoints: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ListEndpointsRequest, _cluster_pb2.Controller.ListEndpointsResponse]
     FetchTaskLogs: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.FetchTaskLogsRequest, _cluster_pb2.Controller.FetchTaskLogsResponse]
     FetchBundle: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.FetchBundleRequest, _cluster_pb2.Controller.FetchBundleResponse]
+    CreateToken: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.CreateTokenRequest, _cluster_pb2.Controller.CreateTokenResponse]
+    ListTokens: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ListTokensRequest, _cluster_pb2.Controller.ListTokensResponse]
+    RevokeToken: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.RevokeTokenRequest, _cluster_pb2.Empty]
+    WhoAmI: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.WhoAmIRequest, _cluster_pb2.Controller.WhoAmIResponse]
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -73,6 +77,10 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     ListEndpoints: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ListEndpointsRequest, _cluster_pb2.Controller.ListEndpointsResponse]  # type: ignore[assignment]
     FetchTaskLogs: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.FetchTaskLogsRequest, _cluster_pb2.Controller.FetchTaskLogsResponse]  # type: ignore[assignment]
     FetchBundle: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.FetchBundleRequest, _cluster_pb2.Controller.FetchBundleResponse]  # type: ignore[assignment]
+    CreateToken: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.CreateTokenRequest, _cluster_pb2.Controller.CreateTokenResponse]  # type: ignore[assignment]
+    ListTokens: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ListTokensRequest, _cluster_pb2.Controller.ListTokensResponse]  # type: ignore[assignment]
+    RevokeToken: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.RevokeTokenRequest, _cluster_pb2.Empty]  # type: ignore[assignment]
+    WhoAmI: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.WhoAmIRequest, _cluster_pb2.Controller.WhoAmIResponse]  # type: ignore[assignment]
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -186,6 +194,34 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cluster_pb2.Controller.FetchBundleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cluster_pb2.Controller.FetchBundleResponse, _abc.Awaitable[_cluster_pb2.Controller.FetchBundleResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateToken(
+        self,
+        request: _cluster_pb2.Controller.CreateTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.Controller.CreateTokenResponse, _abc.Awaitable[_cluster_pb2.Controller.CreateTokenResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListTokens(
+        self,
+        request: _cluster_pb2.Controller.ListTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.Controller.ListTokensResponse, _abc.Awaitable[_cluster_pb2.Controller.ListTokensResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeToken(
+        self,
+        request: _cluster_pb2.Controller.RevokeTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.Empty, _abc.Awaitable[_cluster_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def WhoAmI(
+        self,
+        request: _cluster_pb2.Controller.WhoAmIRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.Controller.WhoAmIResponse, _abc.Awaitable[_cluster_pb2.Controller.WhoAmIResponse]]: ...
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

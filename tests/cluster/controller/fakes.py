@@ -39,7 +39,7 @@ class FakeWorkerClients:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run_tasks(
-        self, address: str, request: cluster_pb2.Worker.RunTasksRequest, timeout: float
+        self, address: str, request: cluster_pb2.Worker.RunTasksRequest, timeout: float, credential: str = ""
     ) -> cluster_pb2.Worker.RunTasksResponse:
         with self.lock:
             self.batch_calls.append((address, [r.task_id for r in request.tasks]))
@@ -56,14 +56,15 @@ class FakeWorkerClients:
                                                                   sequence=self.sequence))
             return cluster_pb2.Worker.RunTasksResponse(results=results)
 
-    def kill_task(self, address: str, request: cluster_pb2.Worker.KillTaskRequest, timeout: float) -> None:
+    def kill_task(self, address: str, request: cluster_pb2.Worker.KillTaskRequest, timeout: float,
+                  credential: str = "") -> None:
         with self.lock:
             self.kill_calls.append((address, request))
             if address in self.unreachable:
                 raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, f"{address} unreachable")
 
     def fetch_logs(
-        self, address: str, request: cluster_pb2.Worker.FetchTaskLogsRequest, timeout: float
+        self, address: str, request: cluster_pb2.Worker.FetchTaskLogsRequest, timeout: float, credential: str = ""
     ) -> cluster_pb2.Worker.FetchTaskLogsResponse:
         if address in self.unreachable:
             raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, f"{address} unreachable")

@@ -221,13 +221,13 @@ def test_worker_daemon_backend_finds_the_task_a_worker_refused_the_whole_call_fo
     backend resends each task alone, so only the oversized one fails and the worker is not blamed."""
 
     class Limited(FakeWorkerClients):
-        def run_tasks(self, address: str, request: cluster_pb2.Worker.RunTasksRequest, timeout: float
-                      ) -> cluster_pb2.Worker.RunTasksResponse:
+        def run_tasks(self, address: str, request: cluster_pb2.Worker.RunTasksRequest, timeout: float,
+                      credential: str = "") -> cluster_pb2.Worker.RunTasksResponse:
             if any(r.task_id == "job/task-1" for r in request.tasks):
                 with self.lock:
                     self.batch_calls.append((address, [r.task_id for r in request.tasks]))
                 raise FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max")
-            return super().run_tasks(address, request, timeout)
+            return super().run_tasks(address, request, timeout, credential)
 
     clients = Limited()
     results = WorkerDaemonBackend(clients).submit(_launches(3))

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from iris.cluster.auth import Role
 from iris.cluster.clock import FakeClock
 from iris.cluster.controller.controller import Controller, ControllerConfig
 from iris.cluster.controller.dashboard import Dashboard
@@ -32,6 +33,7 @@ def dashboard() -> Iterator[Dashboard]:
     controller.launch_job(T.Controller.LaunchJobRequest(
         name="child", parent_job_id="parent", serialized_entrypoint=entry, resources=ResourceSpec().to_proto()))
     controller.terminate_job(controller.get_job("train").job_id)  # type: ignore[arg-type]
+    _, TOKENS["admin"] = controller.create_token("admin", Role.ADMIN)
     d = Dashboard(controller, "127.0.0.1", 0)
     d.start()
     yield d
@@ -39,9 +41,16 @@ def dashboard() -> Iterator[Dashboard]:
     controller.stop()
 
 
-def get(d: Dashboard, path: str) -> tuple[int, str]:
+TOKENS: dict[str, str] = {}
+
+
+def get(d: Dashboard, path: str, token: str | None = "admin", headers: dict[str, str] | None = None
+        ) -> tuple[int, str]:
+    request = urllib.request.Request(d.url + path, headers=dict(headers or {}))
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {TOKENS.get(token, token)}")
     try:
-        with urllib.request.urlopen(d.url + path, timeout=10) as r:
+        with urllib.request.urlopen(request, timeout=10) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
@@ -82,3 +91,41 @@ def test_dashboard_workers_actions_and_metrics(dashboard: Dashboard) -> None:
     assert status == 200
     assert 'iris_jobs{state="KILLED"} 1' in metrics and 'iris_jobs{state="PENDING"} 2' in metrics
     assert 'iris_tasks{state="KILLED"} 3' in metrics and 'iris_workers{healthy="true"} 1' in metrics
+
+
+def test_dashboard_needs_a_credential_everywhere_but_healthz(dashboard: Dashboard) -> None:
+    for path in ("/api/jobs", "/api/job?id=train", "/api/workers", "/api/endpoints", "/api/actions", "/metrics"):
+        status, body = get(dashboard, path, token=None)
+        assert status == 401 and "credential" in json.loads(body)["error"], path
+        assert get(dashboard, path, token="iris_not-a-real-token")[0] == 401, path
+    status, body = get(dashboard, "/", token=None)
+    assert status == 401 and 'action="/login"' in body and 'type="password"' in body
+    assert get(dashboard, "/healthz", token=None) == (200, "ok\n")
+
+
+def test_dashboard_login_sets_an_httponly_strict_session_cookie(dashboard: Dashboard) -> None:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", dashboard.port, timeout=10)
+    conn.request("POST", "/login", body=f"token={TOKENS['admin']}",
+                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    reply = conn.getresponse()
+    reply.read()
+    cookie = reply.getheader("Set-Cookie") or ""
+    assert reply.status == 303 and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert TOKENS["admin"] not in cookie and TOKENS["admin"] not in (reply.getheader("Location") or "")
+    session = cookie.split(";")[0]
+    status, body = get(dashboard, "/api/jobs", token=None, headers={"Cookie": session})
+    assert status == 200 and json.loads(body)["jobs"]
+    conn.request("POST", "/login", body="token=wrong", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    bad = conn.getresponse()
+    assert bad.status == 401 and "Set-Cookie" not in dict(bad.getheaders())
+    bad.read()
+    conn.close()
+
+
+def test_dashboard_refuses_a_foreign_host_header(dashboard: Dashboard) -> None:
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 must not read the API."""
+    status, body = get(dashboard, "/api/jobs", headers={"Host": "evil.example:80"})
+    assert status == 421 and "Host" in json.loads(body)["error"]
+    assert get(dashboard, "/api/jobs", headers={"Host": f"localhost:{dashboard.port}"})[0] == 200

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
+from iris.cluster.auth import Role
 from iris.cluster.clock import FakeClock
 from iris.cluster.controller.controller import Controller, ControllerConfig
 from iris.cluster.controller.service import ControllerServer
@@ -16,6 +17,7 @@ from iris.cluster.types import ResourceSpec
 from iris.cluster.validation import Limits
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
 
+from ..e2e import authed_channel
 from .fakes import FakeWorkerClients
 
 T = cluster_pb2
@@ -27,6 +29,8 @@ def server() -> Iterator[ControllerServer]:
     state = ControllerState()
     controller = Controller(ControllerConfig(limits=Limits(max_replicas=1000)), state=state, clock=FakeClock(),
                             worker_clients=FakeWorkerClients())
+    for role in (Role.ADMIN, Role.JOIN):
+        _, TOKENS[role] = controller.create_token(role.value, role)
     srv = ControllerServer(controller, "127.0.0.1", 0)
     srv.start()
     yield srv
@@ -34,9 +38,12 @@ def server() -> Iterator[ControllerServer]:
     state.check_invariants()
 
 
+TOKENS: dict[Role, str] = {}
+
+
 @pytest.fixture
 def stub(server: ControllerServer) -> Iterator[cluster_pb2_grpc.ControllerServiceStub]:
-    with grpc.insecure_channel(server.address) as channel:
+    with authed_channel(server.address, TOKENS[Role.ADMIN]) as channel:
         yield cluster_pb2_grpc.ControllerServiceStub(channel)
 
 

@@ -33,7 +33,7 @@ from iris.cluster.controller.store import (
 from iris.cluster.types import JobId, TaskId, WorkerId
 from iris.rpc import cluster_pb2
 
-from .builders import NOW, add_worker, dispatch, submit
+from .builders import NOW, add_worker, dispatch, make_request, submit
 
 T = cluster_pb2
 
@@ -330,22 +330,26 @@ def test_fresh_file_gets_the_current_schema_in_wal_mode(tmp_path: Path) -> None:
 
 
 def test_forward_migration_from_an_older_version_keeps_the_data(tmp_path: Path) -> None:
-    # The file was written by a controller at schema v1...
+    # The file was written by a controller at schema v1: its rows, in v1's columns...
     with ControllerStore.open(tmp_path, migrations=MIGRATIONS[:1]) as store:
-        state = ControllerState()
-        add_worker(state)
-        _, (task,) = submit(state, "a", max_retries_failure=1)
-        dispatch(state, task)
-        persist(state, store)
-    # ...and is opened by a controller with the real v1 -> v2 step (the tasks-by-job index) and a
-    # further one of a future version.
+        request = make_request("a", max_retries_failure=1).SerializeToString()
+        conn = sqlite3.connect(store.path)
+        conn.execute("INSERT INTO jobs VALUES ('a', NULL, ?, 1000, 1, NULL, NULL, NULL, '', NULL)", (request,))
+        conn.execute("INSERT INTO tasks VALUES ('a/task-0', 'a', 0, 1, NULL, 0, 0, 1, 100, 0, 1000, 1000, NULL, NULL,"
+                     " NULL, NULL, 1)")
+        conn.commit()
+        conn.close()
+    # ...opened by this controller (v2: the tasks-by-job index; v3: owners and tokens) plus a step
+    # of a future version.
     later_step = ("ALTER TABLE jobs ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'",)
     steps = [*MIGRATIONS, later_step]
     with ControllerStore.open(tmp_path, migrations=steps) as store:
         assert store.schema_version == len(MIGRATIONS) + 1
         loaded = store.load()
         loaded.check_invariants()
-        assert_same_state(state, loaded)
+        job = loaded.get_job(JobId("a"))
+        assert job is not None and job.owner == "" and job.max_retries_failure == 1
+        assert [t.task_id for t in loaded.peek_pending_tasks()] == ["a/task-0"]
         conn = sqlite3.connect(store.path)
         assert conn.execute("SELECT labels FROM jobs").fetchall() == [("{}",)]
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
@@ -353,10 +357,10 @@ def test_forward_migration_from_an_older_version_keeps_the_data(tmp_path: Path) 
         plan = " ".join(str(r) for r in conn.execute("EXPLAIN QUERY PLAN SELECT task_id FROM tasks WHERE job_id = 'a'"))
         assert "tasks_by_job" in plan
         conn.close()
-        # Opening again at v2 applies nothing more.
+        # Opening again at the newest version applies nothing more.
     with ControllerStore.open(tmp_path, migrations=steps) as store:
         assert store.schema_version == len(MIGRATIONS) + 1
-    # The v1 controller now refuses the (newer) file.
+    # This controller now refuses the (newer) file.
     with pytest.raises(StoreError, match="supports up to"):
         ControllerStore.open(tmp_path)
 
@@ -507,3 +511,26 @@ def test_store_deleted_job_leaves_no_row_and_does_not_come_back(tmp_path: Path) 
         submit(loaded, "parent")
         persist(loaded, store)
         assert [j.job_id for j in store.load().list_jobs()] == ["keep", "parent"]
+
+
+def test_store_tokens_and_owners_survive_a_restart_hashed_only(tmp_path: Path) -> None:
+    from iris.cluster.auth import Role, TokenRecord, hash_token
+
+    with ControllerStore.open(tmp_path) as store:
+        state = ControllerState()
+        state.add_token(TokenRecord("t1", hash_token("iris_secret-one"), "alice", Role.USER, NOW))
+        state.add_token(TokenRecord("t2", hash_token("iris_secret-two"), "root", Role.ADMIN, NOW))
+        job = Job(JobId("owned"), make_request("owned"), NOW, owner="alice")
+        state.add_job(job)
+        persist(state, store)
+        state.revoke_token("t1", NOW + 5)
+        persist(state, store)
+        raw = store.path.read_bytes() + b"".join(p.read_bytes() for p in tmp_path.glob("*-wal"))
+        assert b"iris_secret-one" not in raw and b"iris_secret-two" not in raw
+        loaded = store.load()
+    alice = loaded.token_by_hash(hash_token("iris_secret-one"))
+    assert alice is not None and alice.revoked and alice.revoked_at_ms == NOW + 5 and alice.role is Role.USER
+    root = loaded.token_by_hash(hash_token("iris_secret-two"))
+    assert root is not None and not root.revoked and root.role is Role.ADMIN
+    owned = loaded.get_job(JobId("owned"))
+    assert owned is not None and owned.owner == "alice"

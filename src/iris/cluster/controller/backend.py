@@ -56,6 +56,10 @@ class AttemptLaunch:
     spec: JobSpec
     worker_id: WorkerId
     address: str
+    task_token: str = ""
+    """The attempt's own token (the task gets it as IRIS_TOKEN)."""
+    credential: str = ""
+    """What the controller presents to the location (its proof to a worker daemon)."""
 
 
 class LaunchOutcome(Enum):
@@ -83,6 +87,7 @@ class AttemptKill:
     task_id: TaskId
     attempt_id: int
     grace_period_s: float
+    credential: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +100,7 @@ class LogRequest:
     start_offset: int | None
     """Byte offset where the page starts (O(page)); None: count ``start_line`` lines from the start."""
     max_lines: int
+    credential: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,13 +171,14 @@ class WorkerClients(Protocol):
     """The gRPC transport to worker daemons (``GrpcWorkerClients``; tests substitute a fake)."""
 
     def run_tasks(
-        self, address: str, request: cluster_pb2.Worker.RunTasksRequest, timeout: float
+        self, address: str, request: cluster_pb2.Worker.RunTasksRequest, timeout: float, credential: str = ""
     ) -> cluster_pb2.Worker.RunTasksResponse: ...
 
-    def kill_task(self, address: str, request: cluster_pb2.Worker.KillTaskRequest, timeout: float) -> None: ...
+    def kill_task(self, address: str, request: cluster_pb2.Worker.KillTaskRequest, timeout: float,
+                  credential: str = "") -> None: ...
 
     def fetch_logs(
-        self, address: str, request: cluster_pb2.Worker.FetchTaskLogsRequest, timeout: float
+        self, address: str, request: cluster_pb2.Worker.FetchTaskLogsRequest, timeout: float, credential: str = ""
     ) -> cluster_pb2.Worker.FetchTaskLogsResponse: ...
 
     def close(self) -> None: ...
@@ -199,17 +206,18 @@ class GrpcWorkerClients:
             return stub
 
     def run_tasks(
-        self, address: str, request: cluster_pb2.Worker.RunTasksRequest, timeout: float
+        self, address: str, request: cluster_pb2.Worker.RunTasksRequest, timeout: float, credential: str = ""
     ) -> cluster_pb2.Worker.RunTasksResponse:
-        return self._stub(address).RunTasks(request, timeout=timeout)
+        return self._stub(address).RunTasks(request, timeout=timeout, metadata=_bearer(credential))
 
-    def kill_task(self, address: str, request: cluster_pb2.Worker.KillTaskRequest, timeout: float) -> None:
-        self._stub(address).KillTask(request, timeout=timeout)
+    def kill_task(self, address: str, request: cluster_pb2.Worker.KillTaskRequest, timeout: float,
+                  credential: str = "") -> None:
+        self._stub(address).KillTask(request, timeout=timeout, metadata=_bearer(credential))
 
     def fetch_logs(
-        self, address: str, request: cluster_pb2.Worker.FetchTaskLogsRequest, timeout: float
+        self, address: str, request: cluster_pb2.Worker.FetchTaskLogsRequest, timeout: float, credential: str = ""
     ) -> cluster_pb2.Worker.FetchTaskLogsResponse:
-        return self._stub(address).FetchTaskLogs(request, timeout=timeout)
+        return self._stub(address).FetchTaskLogs(request, timeout=timeout, metadata=_bearer(credential))
 
     def close(self) -> None:
         with self._lock:
@@ -217,6 +225,10 @@ class GrpcWorkerClients:
                 channel.close()
             self._channels.clear()
             self._stubs.clear()
+
+
+def _bearer(credential: str) -> tuple[tuple[str, str], ...] | None:
+    return (("authorization", f"Bearer {credential}"),) if credential else None
 
 
 _CONTENT_REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -262,7 +274,7 @@ class WorkerDaemonBackend:
         first = launches[0]
         request = cluster_pb2.Worker.RunTasksRequest(tasks=[self._run_task_request(launch) for launch in launches])
         try:
-            response = self._clients.run_tasks(first.address, request, self._timeouts.dispatch_s)
+            response = self._clients.run_tasks(first.address, request, self._timeouts.dispatch_s, first.credential)
         except grpc.RpcError as e:
             code = rpc_code(e)
             text = f"dispatch to worker {first.worker_id} failed: {rpc_error_text(e)}"
@@ -320,6 +332,8 @@ class WorkerDaemonBackend:
         run.task_id = launch.task_id
         run.task_index = launch.task_index
         run.attempt_id = launch.attempt_id
+        if launch.task_token:
+            run.task_token = launch.task_token
         return run
 
     def kill(self, kill: AttemptKill) -> None:
@@ -327,7 +341,7 @@ class WorkerDaemonBackend:
             task_id=kill.task_id, attempt_id=kill.attempt_id, grace_period_seconds=kill.grace_period_s
         )
         try:
-            self._clients.kill_task(kill.address, request, self._timeouts.kill_s)
+            self._clients.kill_task(kill.address, request, self._timeouts.kill_s, kill.credential)
         except grpc.RpcError as e:
             raise BackendUnavailable(rpc_error_text(e)) from e
 
@@ -345,7 +359,7 @@ class WorkerDaemonBackend:
         if request.start_offset is not None:
             proto.start_offset = request.start_offset
         try:
-            reply = self._clients.fetch_logs(request.address, proto, self._timeouts.logs_s)
+            reply = self._clients.fetch_logs(request.address, proto, self._timeouts.logs_s, request.credential)
         except grpc.RpcError as e:
             raise BackendUnavailable(rpc_error_text(e)) from e
         return LogPage(

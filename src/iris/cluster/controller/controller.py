@@ -23,8 +23,10 @@ Every loop body is a public single-pass ``tick_*`` method so tests drive it with
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
+import secrets
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -32,7 +34,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from iris.cluster.auth import (
+    TASK_TOKEN_PREFIX,
+    Principal,
+    Role,
+    TokenRecord,
+    generate_token,
+    hash_token,
+    new_token_id,
+    parse_task_token,
+    same_hash,
+    task_token,
+)
 from iris.cluster.clock import Clock, SystemClock
+from iris.cluster.controller.access import ANONYMOUS_LOCAL, PermissionDenied, Unauthenticated
 from iris.cluster.controller.backend import (
     AttemptKill,
     AttemptLaunch,
@@ -117,6 +132,8 @@ class ControllerConfig:
     """Failed launch calls in a row after which a worker is declared dead."""
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
     """Size limits of a job; the workers apply the same (``iris.cluster.validation``)."""
+    auth: bool = True
+    """Every call needs a credential (DESIGN §7). False only for ``--auth none`` on loopback."""
 
 
 class StateStore(Protocol):
@@ -171,6 +188,7 @@ class Controller:
         worker_clients: WorkerClients | None = None,
         address: str = "",
         on_fatal: Callable[[], None] | None = None,
+        secret: bytes | None = None,
     ) -> None:
         """``backend`` runs the tasks; by default Iris's worker daemons over gRPC
         (``worker_clients`` replaces their transport, e.g. with a fake in tests)."""
@@ -197,6 +215,9 @@ class Controller:
         self.address = address
         """The controller's own address."""
         self._on_fatal = on_fatal or _exit_process
+        self._secret = secret if secret is not None else secrets.token_bytes(32)
+        """Derives the task tokens and the credential the controller presents to workers; kept in
+        the state dir by ``iris controller serve`` so both survive a restart."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -288,8 +309,10 @@ class Controller:
             worker = self._state.get_worker(kill.worker_id)
             if worker is None:
                 continue
-            self._submit(self._kill_one, AttemptKill(kill.worker_id, worker.address, kill.task_id, kill.attempt_id,
-                                                     self.config.kill_grace_period_s))
+            self._submit(self._kill_one, AttemptKill(
+                kill.worker_id, worker.address, kill.task_id, kill.attempt_id, self.config.kill_grace_period_s,
+                self.controller_token(kill.worker_id) if self.config.auth else "",
+            ))
 
     def _kill_one(self, kill: AttemptKill) -> None:
         try:
@@ -299,10 +322,131 @@ class Controller:
             logger.warning("kill task=%s attempt=%s on %s failed: %s", kill.task_id, kill.attempt_id,
                            kill.worker_id, e)
 
+    # ------------------------------------------------------------------ who is calling
+
+    def authenticate(self, token: str | None) -> Principal:
+        """The principal of a presented token. Raises Unauthenticated (missing, malformed, unknown,
+        revoked, or a task token of an attempt that ended)."""
+        if not self.config.auth:
+            return ANONYMOUS_LOCAL
+        if not token:
+            raise Unauthenticated("no credential: send 'authorization: Bearer <token>' (see `iris login`)")
+        if token.startswith(TASK_TOKEN_PREFIX):
+            parsed = parse_task_token(self._secret, token)
+            if parsed is None:
+                raise Unauthenticated("the task token is not one this controller issued")
+            task_id, attempt_id = parsed
+            with self._lock:
+                task = self._state.get_task(TaskId(task_id))
+                live = task is not None and task.is_active() and task.current_attempt_id == attempt_id
+                job_id = task.job_id if task is not None else ""
+            if not live:
+                raise Unauthenticated(f"the task token of {task_id} attempt {attempt_id} ended with its attempt")
+            return Principal(Role.TASK, task_id, job_id=job_id, attempt_id=attempt_id)
+        token_hash = hash_token(token)
+        with self._lock:
+            record = self._state.token_by_hash(token_hash)
+        if record is None or not same_hash(record.token_hash, token_hash):
+            raise Unauthenticated("unknown token")
+        if record.revoked:
+            raise Unauthenticated(f"token {record.token_id} was revoked")
+        return Principal(record.role, record.name, token_id=record.token_id)
+
+    def task_token(self, task_id: str, attempt_id: int) -> str:
+        return task_token(self._secret, task_id, attempt_id)
+
+    def controller_token(self, worker_id: str) -> str:
+        """The credential the controller presents to one worker (derived: the same after a restart)."""
+        return hmac.new(self._secret, f"controller\0{worker_id}".encode(), hashlib.sha256).hexdigest()
+
+    def create_token(self, name: str, role: Role) -> tuple[TokenRecord, str]:
+        """A new token (returned once, in clear) for ``name``; only its hash is kept."""
+        if not name or len(name) > 128 or not name.isprintable() or name.strip() != name:
+            raise InvalidArgument(f"name: must be 1-128 printable characters without surrounding spaces, got "
+                                  f"{name[:40]!r}")
+        token = generate_token()
+        with self._lock:
+            record = TokenRecord(new_token_id(), hash_token(token), name, role, self._clock.now_ms())
+            self._state.add_token(record)
+            self._commit()
+        return record, token
+
+    def revoke_token(self, token_id: str) -> TokenRecord:
+        with self._lock:
+            record = self._state.revoke_token(token_id, self._clock.now_ms())
+            if record is None:
+                raise NotFound(f"token_id: no token {token_id[:40]!r}")
+            self._commit()
+        return record
+
+    def list_tokens(self) -> list[TokenRecord]:
+        with self._lock:
+            return self._state.list_tokens()
+
+    def bootstrap_tokens(self) -> dict[Role, str]:
+        """On a fresh state: an admin token and a worker join token, returned in clear so the
+        caller can hand them out (``iris controller serve`` writes them to files). Roles that
+        already have an active token get none."""
+        with self._lock:
+            active = {t.role for t in self._state.list_tokens() if not t.revoked}
+        made: dict[Role, str] = {}
+        for role, name in ((Role.ADMIN, "admin"), (Role.JOIN, "workers")):
+            if role not in active:
+                made[role] = self.create_token(name, role)[1]
+        return made
+
+    def _owner_of(self, job_id: str) -> str:
+        job = self._state.get_job(JobId(job_id))
+        return job.owner if job is not None else ""
+
+    def job_owner(self, job_id: JobId) -> str:
+        """Who owns a job (its root's submitter). Raises NotFound."""
+        with self._lock:
+            return self._job_locked(job_id).owner
+
+    def worker_runs_bundle(self, worker_id: str, bundle_hash: str) -> bool:
+        """Whether an attempt bound to ``worker_id`` needs ``bundle_hash`` (a worker may fetch only those)."""
+        with self._lock:
+            worker = self._state.get_worker(WorkerId(worker_id))
+            if worker is None:
+                return False
+            for task_id in worker.running_tasks:
+                task = self._state.get_task(task_id)
+                job = self._state.get_job(task.job_id) if task is not None else None
+                if job is not None and job.bundle_hash == bundle_hash:
+                    return True
+        return False
+
+    def user_owns_bundle(self, user: str, bundle_hash: str) -> bool:
+        """Whether ``user`` owns a job that uses ``bundle_hash`` (a scan of the jobs, in chunks;
+        bundle reads by users are rare: workers fetch bundles)."""
+        after = 0
+        while True:
+            with self._lock:
+                chunk = self._state.jobs_after(after, READ_CHUNK)
+                if any(j.owner == user and j.bundle_hash == bundle_hash for j in chunk):
+                    return True
+            if not chunk:
+                return False
+            after = chunk[-1].submit_seq
+
+    def get_endpoint(self, endpoint_id: str) -> ControllerEndpoint:
+        with self._lock:
+            endpoint = self._state.get_endpoint(endpoint_id)
+        if endpoint is None:
+            raise NotFound(f"endpoint_id: endpoint {endpoint_id[:128]!r} not found")
+        return endpoint
+
+    def task_attempt_active(self, task_id: str, attempt_id: int) -> bool:
+        with self._lock:
+            task = self._state.get_task(TaskId(task_id))
+            return task is not None and task.is_active() and task.current_attempt_id == attempt_id
+
     # ------------------------------------------------------------------ jobs
 
-    def launch_job(self, request: cluster_pb2.Controller.LaunchJobRequest) -> JobId:
-        """Validate and accept a job. Raises IrisError subclasses; a rejected request changes nothing."""
+    def launch_job(self, request: cluster_pb2.Controller.LaunchJobRequest, owner: str = "") -> JobId:
+        """Validate and accept a job for ``owner``. Raises IrisError subclasses; a rejected request
+        changes nothing."""
         spec = validate_launch_request(request, self.config.limits)
         blob = request.bundle_blob
         if blob:
@@ -318,6 +462,7 @@ class Controller:
                     raise FailedPrecondition(f"parent_job_id: job {spec.parent_job_id!r} has already ended")
                 job_id = child_job_id(parent.job_id, spec.name)
                 check_id(job_id, "name", self.config.limits)
+                owner = parent.owner or owner  # a child job belongs to its parent's owner
                 if not spec.bundle_hash and not blob and parent.bundle_hash:
                     spec = spec.replace(bundle_hash=parent.bundle_hash)  # child jobs reuse the parent's workspace
             else:
@@ -329,7 +474,7 @@ class Controller:
             elif spec.bundle_hash and self._bundles.get_bundle(spec.bundle_hash) is None:
                 raise InvalidArgument(f"bundle_hash: no bundle {spec.bundle_hash} is stored; send bundle_blob")
             now = self._clock.now_ms()
-            job = Job(job_id, spec, now)
+            job = Job(job_id, spec, now, owner=owner)
             self._state.add_job(job, expand_job_to_tasks(job, now))
             effects = self._commit()
         logger.info("job submitted job=%s tasks=%d", job_id, job.num_tasks)
@@ -508,8 +653,12 @@ class Controller:
             if self._state.commit_assignment(task.task_id, worker.worker_id, now):
                 job = self._state.get_job(task.job_id)
                 assert job is not None
-                launches.append(AttemptLaunch(job.job_id, task.task_id, task.task_index, job.num_tasks,
-                                              task.current_attempt_id, job.spec, worker.worker_id, worker.address))
+                launches.append(AttemptLaunch(
+                    job.job_id, task.task_id, task.task_index, job.num_tasks, task.current_attempt_id, job.spec,
+                    worker.worker_id, worker.address,
+                    self.task_token(task.task_id, task.current_attempt_id) if self.config.auth else "",
+                    self.controller_token(worker.worker_id) if self.config.auth else "",
+                ))
         self._state.set_pending_reasons(reasons)
         return launches, ScheduleSummary(len(launches), len(tx.timed_out_tasks), len(pending) - len(launches))
 
@@ -616,8 +765,12 @@ class Controller:
                 self._send_kills([KillInstruction(observation.worker_id, attempt.task_id, attempt.attempt_id)])
 
     def register_worker(
-        self, request: cluster_pb2.Controller.RegisterWorkerRequest
+        self, request: cluster_pb2.Controller.RegisterWorkerRequest, principal: Principal = ANONYMOUS_LOCAL
     ) -> cluster_pb2.Controller.RegisterWorkerResponse:
+        """Register (or re-register) a worker. With the join token (or as an admin) the worker gets a
+        credential of its own, bound to its id; an id whose worker is alive cannot be taken over by
+        another credential. A worker credential may register only its own id; an admin may register
+        any (no credential is issued)."""
         check_id(request.worker_id, "worker_id", self.config.limits)
         if not request.address or ":" not in request.address or len(request.address) > MAX_FILTER_CHARS:
             raise InvalidArgument(f"address: expected HOST:PORT, got {request.address[:64]!r}")
@@ -627,12 +780,41 @@ class Controller:
             metadata = WorkerMetadata.from_proto(request.metadata)
         except ValueError as e:
             raise InvalidArgument(f"metadata.{e}") from None
-        location = LocationCapacity(
-            WorkerId(request.worker_id), request.address, metadata, request.incarnation,
-            _observed(request.tasks), request.sequence,
-        )
+        worker_id = WorkerId(request.worker_id)
+        credential = ""
+        if principal.role is Role.WORKER:
+            if principal.name != worker_id:
+                raise PermissionDenied(f"worker_id: this credential belongs to worker {principal.name!r}, "
+                                       f"not {worker_id!r}")
+        elif principal.role is Role.JOIN:
+            credential = self._issue_worker_credential(worker_id)
+        elif principal.role is not Role.ADMIN:  # an admin (or --auth none) registers without a credential
+            raise PermissionDenied(f"RegisterWorker: needs the join token or a worker credential, not a "
+                                   f"{principal.role.value} token")
+        location = LocationCapacity(worker_id, request.address, metadata, request.incarnation,
+                                    _observed(request.tasks), request.sequence)
         kill = self._register(location)
-        return cluster_pb2.Controller.RegisterWorkerResponse(accepted=True, kill=[_status(a) for a in kill])
+        return cluster_pb2.Controller.RegisterWorkerResponse(
+            accepted=True, kill=[_status(a) for a in kill], credential=credential,
+            controller_token=self.controller_token(worker_id) if self.config.auth else "",
+        )
+
+    def _issue_worker_credential(self, worker_id: WorkerId) -> str:
+        """A worker credential for ``worker_id``; refused while a worker of that id is alive (it may be
+        taken over only once that worker was declared dead). Earlier credentials of the id are revoked."""
+        token = generate_token()
+        with self._lock:
+            worker = self._state.get_worker(worker_id)
+            if worker is not None and worker.healthy:
+                raise PermissionDenied(f"worker_id: worker {worker_id!r} is registered and alive; its id cannot be "
+                                       "taken over with the join token")
+            now = self._clock.now_ms()
+            for old in self._state.list_tokens():
+                if old.role is Role.WORKER and old.name == worker_id and not old.revoked:
+                    self._state.revoke_token(old.token_id, now)
+            self._state.add_token(TokenRecord(new_token_id(), hash_token(token), worker_id, Role.WORKER, now))
+            self._commit()
+        return token
 
     def _register(self, location: LocationCapacity) -> list[ObservedAttempt]:
         with self._lock:
@@ -800,6 +982,7 @@ class Controller:
         try:
             page: LogPage = self._backend.fetch_logs(LogRequest(
                 worker_id, worker.address, task_id, attempt_id, request.start_line, offset, request.max_lines,
+                self.controller_token(worker_id) if self.config.auth else "",
             ))
         except BackendUnavailable as e:
             raise Unavailable(f"logs of attempt {attempt_id} are on worker {worker_id}, which did not answer: {e}"

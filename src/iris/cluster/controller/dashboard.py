@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from google.protobuf.json_format import MessageToDict
 
+from iris.cluster.auth import Principal
 from iris.cluster.controller.controller import Controller
 from iris.cluster.controller.views import endpoint_proto, job_proto, worker_proto
 from iris.cluster.errors import IrisError
@@ -79,21 +83,78 @@ refresh(); setInterval(refresh, 2000);
 """
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _to_dict(message: Any) -> dict[str, Any]:
     return MessageToDict(message)
 
 
+_LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Iris: sign in</title></head>
+<body style="font:14px system-ui,sans-serif;margin:3em">
+<h1>Iris</h1><form method="post" action="/login">
+<label>Token <input type="password" name="token" autocomplete="current-password" size="60"></label>
+<button type="submit">Sign in</button></form>
+<p style="color:#777">Your token is in <code>STATE_DIR/admin.token</code>, or ask an admin for one
+(<code>iris token create --user NAME</code>).</p></body></html>
+"""
+SESSION_COOKIE = "iris_session"
+MAX_CONNECTIONS = 16
+"""Requests served at once; more wait in the listen backlog (no thread per connection)."""
+REQUEST_TIMEOUT_S = 10.0
+"""A client that sends its request slower than this is disconnected."""
+MAX_BODY_BYTES = 8192
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """``ThreadingHTTPServer`` on a bounded pool: a flood of (half-sent) connections queues instead
+    of costing a thread each."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._pool = ThreadPoolExecutor(max_workers=MAX_CONNECTIONS, thread_name_prefix="dashboard")
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._pool.submit(self.process_request_thread, request, client_address)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 class Dashboard:
-    """Serves the dashboard on ``host:port`` (port 0 picks a free one) in a background thread."""
+    """Serves the dashboard on ``host:port`` (port 0 picks a free one) in a background thread.
+
+    Every route but ``/healthz`` needs a credential: ``Authorization: Bearer <token>`` (scripts)
+    or the HttpOnly, SameSite=Strict session cookie that ``POST /login`` sets (browsers; the token
+    never goes in a URL). A request whose ``Host`` is not an address this dashboard serves is
+    refused (DNS rebinding)."""
 
     def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 0) -> None:
         self._controller = controller
         handler = self._make_handler()
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
+        self._server = _BoundedServer((host, port), handler)
         self.port = self._server.server_address[1]
         self.url = f"http://{host}:{self.port}"
         self._thread: threading.Thread | None = None
+        names = {host, "127.0.0.1", "localhost", "[::1]"} if _is_loopback(host) else {host}
+        self._hosts = {f"{name}:{self.port}" for name in names} | ({host} if not _is_loopback(host) else set())
+        self._sessions: dict[str, str] = {}
+        """Session id -> the token it was opened with (checked again on every request, so a revoked
+        token ends its sessions)."""
+        self._sessions_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._server.serve_forever, name="dashboard")
@@ -147,14 +208,91 @@ class Dashboard:
         lines.append(f"iris_committed_cpu {counts.committed_cpu}")
         return "\n".join(lines) + "\n"
 
+    # ------------------------------------------------------------------ auth
+
+    def host_allowed(self, host: str | None) -> bool:
+        return host is not None and host in self._hosts
+
+    def principal(self, authorization: str | None, cookie: str | None) -> Principal:
+        """Who is asking (Unauthenticated when nobody valid)."""
+        token: str | None = None
+        if authorization:
+            scheme, _, value = authorization.partition(" ")
+            if scheme.lower() == "bearer" and value.strip():
+                token = value.strip()
+        if token is None and cookie:
+            jar = SimpleCookie()
+            try:
+                jar.load(cookie)
+            except CookieError:
+                jar = SimpleCookie()
+            morsel = jar.get(SESSION_COOKIE)
+            if morsel is not None:
+                with self._sessions_lock:
+                    token = self._sessions.get(morsel.value)
+        return self._controller.authenticate(token)
+
+    def open_session(self, token: str) -> str:
+        self._controller.authenticate(token)  # raises when the token is not valid
+        session = secrets.token_urlsafe(32)
+        with self._sessions_lock:
+            if len(self._sessions) > 10_000:
+                self._sessions.clear()
+            self._sessions[session] = token
+        return session
+
     # ------------------------------------------------------------------ HTTP
 
     def _make_handler(self) -> type[BaseHTTPRequestHandler]:
         dashboard = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = REQUEST_TIMEOUT_S
+
             def log_message(self, format: str, *args: Any) -> None:
                 logger.debug("dashboard: " + format, *args)
+
+            def _admit(self, path: str) -> Principal | None:
+                """Check Host and credentials; answer the refusal and return None when refused."""
+                if not dashboard.host_allowed(self.headers.get("Host")):
+                    self._json({"error": "Host: not an address this dashboard serves"}, HTTPStatus.MISDIRECTED_REQUEST)
+                    return None
+                try:
+                    return dashboard.principal(self.headers.get("Authorization"), self.headers.get("Cookie"))
+                except IrisError as e:
+                    if path in ("/", "/index.html"):
+                        self._send(HTTPStatus.UNAUTHORIZED, _LOGIN_PAGE.encode(), "text/html; charset=utf-8")
+                    else:
+                        self._json({"error": str(e)}, HTTPStatus.UNAUTHORIZED)
+                    return None
+
+            def do_POST(self) -> None:
+                url = urlparse(self.path)
+                if not dashboard.host_allowed(self.headers.get("Host")):
+                    self._json({"error": "Host: not an address this dashboard serves"}, HTTPStatus.MISDIRECTED_REQUEST)
+                    return
+                if url.path != "/login":
+                    self._json({"error": f"no route {url.path}"}, HTTPStatus.NOT_FOUND)
+                    return
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = -1
+                if not 0 <= length <= MAX_BODY_BYTES:
+                    self._json({"error": f"Content-Length: must be 0..{MAX_BODY_BYTES}"}, HTTPStatus.BAD_REQUEST)
+                    return
+                form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
+                token = (form.get("token") or [""])[0].strip()
+                try:
+                    session = dashboard.open_session(token)
+                except IrisError:
+                    self._send(HTTPStatus.UNAUTHORIZED, _LOGIN_PAGE.encode(), "text/html; charset=utf-8")
+                    return
+                self.send_response(HTTPStatus.SEE_OTHER)
+                self.send_header("Set-Cookie", f"{SESSION_COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/")
+                self.send_header("Location", "/")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def _send(self, status: int, body: bytes, content_type: str) -> None:
                 self.send_response(status)
@@ -169,11 +307,14 @@ class Dashboard:
             def do_GET(self) -> None:
                 url = urlparse(self.path)
                 query = parse_qs(url.query)
+                if url.path == "/healthz":
+                    self._send(HTTPStatus.OK, b"ok\n", "text/plain")
+                    return
+                if self._admit(url.path) is None:
+                    return
                 try:
                     if url.path in ("/", "/index.html"):
                         self._send(HTTPStatus.OK, _PAGE.encode(), "text/html; charset=utf-8")
-                    elif url.path == "/healthz":
-                        self._send(HTTPStatus.OK, b"ok\n", "text/plain")
                     elif url.path == "/metrics":
                         self._send(HTTPStatus.OK, dashboard.metrics().encode(), "text/plain; version=0.0.4")
                     elif url.path == "/api/jobs":

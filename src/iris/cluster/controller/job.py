@@ -69,6 +69,7 @@ class Job:
         "first_failure",
         "requirements",
         "submit_seq",
+        "owner",
     )
 
     def __init__(
@@ -77,6 +78,7 @@ class Job:
         request: cluster_pb2.Controller.LaunchJobRequest | JobSpec,
         submitted_at_ms: int,
         parent_job_id: JobId | None = None,
+        owner: str = "",
     ) -> None:
         spec = request if isinstance(request, JobSpec) else JobSpec.from_proto(request)
         self.job_id = job_id
@@ -110,6 +112,8 @@ class Job:
             job_id, resources, coscheduled=spec.coscheduled, scheduling_timeout_ms=self.scheduling_timeout_ms
         )
         """What one task needs: the scheduler's frozen input, derived once from the frozen spec."""
+        self.owner = owner
+        """Who submitted it (a user's name); only they or an admin may stop it or read its secrets."""
         self.submit_seq = 0
         """Position in submission order, set by ``ControllerState`` (list pages are keyed by it)."""
         self.first_failure: str | None = None

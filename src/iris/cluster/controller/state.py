@@ -16,9 +16,10 @@ import bisect
 import logging
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from threading import RLock
 
+from iris.cluster.auth import TokenRecord
 from iris.cluster.controller.capacity import Room, WorkerSnapshot, fits_in
 from iris.cluster.controller.job import Job
 from iris.cluster.controller.task import (
@@ -137,10 +138,13 @@ class Effects:
     actions: list[ActionLogEntry] = field(default_factory=list)
     deleted_jobs: list[JobId] = field(default_factory=list)
     """Jobs removed from the state with their tasks, attempts and endpoints (children listed too)."""
+    dirty_tokens: set[str] = field(default_factory=set)
+    """Token ids created or revoked."""
 
     def is_empty(self) -> bool:
         return not (
             self.deleted_jobs
+            or self.dirty_tokens
             or self.kills
             or self.dirty_jobs
             or self.dirty_tasks
@@ -192,6 +196,9 @@ class ControllerState:
         """``submit_seq`` of every job, ascending (submission order); parallel to ``_order_ids``."""
         self._order_ids: list[JobId] = []
         self._next_submit_seq = 1
+        self._tokens: dict[str, TokenRecord] = {}
+        """By token id. Only hashes are held (``auth.hash_token``)."""
+        self._token_ids_by_hash: dict[str, str] = {}
 
     def _index_job(self, job: Job) -> None:
         job.submit_seq = self._next_submit_seq
@@ -814,6 +821,42 @@ class ControllerState:
                 removed.append(endpoint)
         self._effects.removed_endpoints.extend(removed)
         return removed
+
+    # ------------------------------------------------------------------ tokens
+
+    def add_token(self, record: TokenRecord) -> None:
+        with self._lock:
+            self.restore_token(record)
+            self._effects.dirty_tokens.add(record.token_id)
+
+    def restore_token(self, record: TokenRecord) -> None:
+        with self._lock:
+            self._tokens[record.token_id] = record
+            self._token_ids_by_hash[record.token_hash] = record.token_id
+
+    def token_by_hash(self, token_hash: str) -> TokenRecord | None:
+        token_id = self._token_ids_by_hash.get(token_hash)
+        return self._tokens.get(token_id) if token_id is not None else None
+
+    def get_token(self, token_id: str) -> TokenRecord | None:
+        return self._tokens.get(token_id)
+
+    def list_tokens(self) -> list[TokenRecord]:
+        with self._lock:
+            return sorted(self._tokens.values(), key=lambda t: (t.created_at_ms, t.token_id))
+
+    def revoke_token(self, token_id: str, now_ms: int) -> TokenRecord | None:
+        """Revoke a token: every call made with it is refused from now on. None when unknown;
+        revoking twice keeps the first time."""
+        with self._lock:
+            record = self._tokens.get(token_id)
+            if record is None:
+                return None
+            if not record.revoked:
+                record = replace(record, revoked_at_ms=now_ms)
+                self._tokens[token_id] = record
+                self._effects.dirty_tokens.add(token_id)
+            return record
 
     # ------------------------------------------------------------------ effects and action log
 

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from iris.cluster.auth import Role, TokenRecord
 from iris.cluster.controller.job import Job
 from iris.cluster.controller.state import (
     ACTION_LOG_SIZE,
@@ -143,6 +144,18 @@ MIGRATIONS: list[Migration] = [
     ),
     # v1 -> v2: deleting a job deletes its tasks (retention): find them without a scan.
     ("CREATE INDEX IF NOT EXISTS tasks_by_job ON tasks (job_id)",),
+    # v2 -> v3: the trust boundary: who owns each job, and the tokens (hashes only).
+    (
+        "ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+        """CREATE TABLE tokens (
+            token_id      TEXT PRIMARY KEY,
+            token_hash    TEXT NOT NULL UNIQUE,  -- sha256 of the token; the token itself is never stored
+            name          TEXT NOT NULL,
+            role          TEXT NOT NULL,
+            created_at_ms INTEGER NOT NULL,
+            revoked_at_ms INTEGER
+        )""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -199,7 +212,7 @@ class Table:
 JOBS = Table(
     "jobs",
     ("job_id", "parent_job_id", "request", "submitted_at_ms", "state", "error", "started_at_ms", "finished_at_ms",
-     "pending_reason", "first_failure"),
+     "pending_reason", "first_failure", "owner"),
     key=("job_id",),
     mutable=("state", "error", "started_at_ms", "finished_at_ms", "pending_reason", "first_failure"),
 )
@@ -239,7 +252,13 @@ ACTIONS = Table(
     insert_only=True,
     order_by="seq",
 )
-TABLES = (JOBS, TASKS, ATTEMPTS, WORKERS, ENDPOINTS, ACTIONS)
+TOKENS = Table(
+    "tokens",
+    ("token_id", "token_hash", "name", "role", "created_at_ms", "revoked_at_ms"),
+    key=("token_id",),
+    mutable=("revoked_at_ms",),
+)
+TABLES = (JOBS, TASKS, ATTEMPTS, WORKERS, ENDPOINTS, ACTIONS, TOKENS)
 
 _DELETE_JOB = (
     f"DELETE FROM {ATTEMPTS.name} WHERE task_id IN (SELECT task_id FROM {TASKS.name} WHERE job_id = ?)",
@@ -251,7 +270,11 @@ _DELETE_JOB = (
 
 def _job_row(j: Job) -> tuple[object, ...]:
     return (j.job_id, j.parent_job_id, j.spec.to_proto().SerializeToString(), j.submitted_at_ms, j.state, j.error,
-            j.started_at_ms, j.finished_at_ms, j.pending_reason, j.first_failure)
+            j.started_at_ms, j.finished_at_ms, j.pending_reason, j.first_failure, j.owner)
+
+
+def _token_row(t: TokenRecord) -> tuple[object, ...]:
+    return (t.token_id, t.token_hash, t.name, t.role.value, t.created_at_ms, t.revoked_at_ms)
 
 
 def _job_update(j: Job) -> tuple[object, ...]:
@@ -391,6 +414,7 @@ class ControllerStore:
             or effects.removed_endpoints
             or effects.actions
             or effects.deleted_jobs
+            or effects.dirty_tokens
         ):
             return
         new_jobs: list[Job] = []
@@ -444,6 +468,7 @@ class ControllerStore:
             else:
                 endpoint_rows.append(_endpoint_row(e))
         deleted = [(job_id,) for job_id in effects.deleted_jobs]
+        token_rows = [_token_row(t) for t in (state.get_token(i) for i in sorted(effects.dirty_tokens)) if t is not None]
 
         with self._lock:
             action_seq = self._next_action_seq
@@ -467,6 +492,7 @@ class ControllerStore:
                         (ENDPOINTS.delete_sql("endpoint_id"), endpoint_deletes),
                         *((statement, deleted) for statement in _DELETE_JOB),
                         (ACTIONS.insert_sql, action_rows),
+                        (TOKENS.insert_sql, token_rows),
                     ]
                     for sql, rows in batches:
                         if rows:
@@ -515,9 +541,10 @@ class ControllerStore:
 
         jobs: dict[JobId, Job] = {}
         for (job_id, parent_job_id, request_bytes, submitted_at_ms, jstate, error, started_at_ms,
-             finished_at_ms, pending_reason, first_failure) in conn.execute(JOBS.select_sql):
+             finished_at_ms, pending_reason, first_failure, owner) in conn.execute(JOBS.select_sql):
             request = cluster_pb2.Controller.LaunchJobRequest.FromString(request_bytes)
-            job = Job(JobId(job_id), request, submitted_at_ms, JobId(parent_job_id) if parent_job_id else None)
+            job = Job(JobId(job_id), request, submitted_at_ms, JobId(parent_job_id) if parent_job_id else None,
+                      owner=owner)
             job.state = jstate
             job.error = error
             job.started_at_ms = started_at_ms
@@ -611,6 +638,9 @@ class ControllerStore:
                 ControllerEndpoint(endpoint_id, name, address, JobId(job_id), dict(json.loads(metadata)),
                                    TaskId(task_id) if task_id is not None else None, attempt_id)
             )
+
+        for (token_id, token_hash, name, role, created_at_ms, revoked_at_ms) in conn.execute(TOKENS.select_sql):
+            state.restore_token(TokenRecord(token_id, token_hash, name, Role(role), created_at_ms, revoked_at_ms))
 
         rows = conn.execute(f"{ACTIONS.select_sql} DESC LIMIT ?", (ACTION_LOG_SIZE,)).fetchall()
         state.restore_actions(ActionLogEntry(*row[1:]) for row in reversed(rows))

@@ -38,6 +38,7 @@ class JobView:
     max_retries_failure: int
     max_retries_preemption: int
     submit_seq: int
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,7 @@ def job_view(job: Job) -> JobView:
         job.job_id, job.state, job.error or "", job.submitted_at_ms, job.started_at_ms or 0,
         job.finished_at_ms or 0, job.parent_job_id or "", job.num_tasks, tuple(c), spec.resources, spec.replicas,
         pending_reason, job.max_task_failures, job.max_retries_failure, job.max_retries_preemption, job.submit_seq,
+        job.owner,
     )
 
 
@@ -133,6 +135,7 @@ def job_proto(view: JobView, tasks: list[TaskView] | None = None) -> cluster_pb2
         max_task_failures=view.max_task_failures,
         max_retries_failure=view.max_retries_failure,
         max_retries_preemption=view.max_retries_preemption,
+        owner=view.owner,
     )
     if tasks is not None:
         status.tasks.extend(task_proto(t) for t in tasks)

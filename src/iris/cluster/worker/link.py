@@ -16,9 +16,11 @@ one lock; no lock is held across an RPC. Every loop body is a public single-pass
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -47,6 +49,28 @@ def status_proto(status: AttemptStatus) -> cluster_pb2.WorkerTaskStatus:
     return proto
 
 
+def _code(error: grpc.RpcError) -> grpc.StatusCode | None:
+    return error.code() if isinstance(error, grpc.Call) else None
+
+
+def _read_credential(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _write_credential(path: Path, token: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.replace(tmp, path)
+
+
 def _rpc_error_text(error: grpc.RpcError) -> str:
     if isinstance(error, grpc.Call):
         return f"{error.code().name}: {error.details()}"
@@ -59,6 +83,12 @@ class LinkConfig:
     rpc_timeout_s: float = 5.0
     backoff_initial_s: float = 0.05
     backoff_max_s: float = 2.0
+    join_token: str = ""
+    """The cluster's join token: exchanged at the first registration for a credential of our own."""
+    credential_path: Path | None = None
+    """Where that credential is kept (mode 0600), so a restarted worker keeps its identity."""
+    channel_credentials: grpc.ChannelCredentials | None = None
+    """TLS to the controller (None: plaintext)."""
 
 
 class ControllerLink:
@@ -92,12 +122,35 @@ class ControllerLink:
         self._failures = 0
         """Failed controller calls so far; a success that started before a failure is stale."""
         self.outbox_event = threading.Event()
-        self._channel = grpc.insecure_channel(
-            config.controller_address,
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
-        )
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        if config.channel_credentials is not None:
+            self._channel = grpc.secure_channel(config.controller_address, config.channel_credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(config.controller_address, options=options)
         self.stub = cluster_pb2_grpc.ControllerServiceStub(self._channel)
+        self._credential = _read_credential(config.credential_path)
+        self.controller_token = ""
+        """What the controller presents on its calls to us (learnt at registration)."""
+
+    @property
+    def auth(self) -> bool:
+        """Whether this worker takes part in authentication (it has a join token or a credential)."""
+        return bool(self._config.join_token or self._credential)
+
+    def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """Call metadata with our credential (the join token until we have one)."""
+        token = self._credential or self._config.join_token
+        return (("authorization", f"Bearer {token}"),) if token else None
+
+    def _adopt(self, response: cluster_pb2.Controller.RegisterWorkerResponse) -> None:
+        if response.controller_token:
+            self.controller_token = response.controller_token
+        if response.credential:
+            self._credential = response.credential
+            path = self._config.credential_path
+            if path is not None:
+                _write_credential(path, response.credential)
 
     def close(self) -> None:
         self._channel.close()
@@ -131,10 +184,15 @@ class ControllerLink:
             sequence=sequence,
         )
         try:
-            response = self.stub.RegisterWorker(request, timeout=self._config.rpc_timeout_s)
+            response = self.stub.RegisterWorker(request, timeout=self._config.rpc_timeout_s, metadata=self.metadata())
         except grpc.RpcError as e:
+            if _code(e) is grpc.StatusCode.UNAUTHENTICATED and self._credential and self._config.join_token:
+                # Our credential was revoked (or the controller's state was reset): join again.
+                logger.warning("worker credential refused (%s); registering with the join token", _rpc_error_text(e))
+                self._credential = ""
             self._failed(e)
             return False
+        self._adopt(response)
         with self._lock:
             if self._failures == failures_before:
                 # A call that failed while this one was in flight is newer news: stay "unreachable",
@@ -157,7 +215,7 @@ class ControllerLink:
             sequence=sequence,
         )
         try:
-            response = self.stub.Heartbeat(request, timeout=self._config.rpc_timeout_s)
+            response = self.stub.Heartbeat(request, timeout=self._config.rpc_timeout_s, metadata=self.metadata())
         except grpc.RpcError as e:
             self._failed(e)
             return False
@@ -204,7 +262,7 @@ class ControllerLink:
             worker_id=self.worker_id, updates=[status_proto(s) for s in batch.values()]
         )
         try:
-            response = self.stub.ReportTaskState(request, timeout=self._config.rpc_timeout_s)
+            response = self.stub.ReportTaskState(request, timeout=self._config.rpc_timeout_s, metadata=self.metadata())
         except grpc.RpcError as e:
             with self._lock:
                 merged = dict(self._inflight)

@@ -155,6 +155,8 @@ class AttemptPreparer:
                 "IRIS_BUNDLE_HASH": request.bundle_hash,
             }
         )
+        if request.task_token:
+            env["IRIS_TOKEN"] = request.task_token  # this attempt's own, scoped token
         for name, port in ports.items():
             env[f"IRIS_PORT_{name.upper()}"] = str(port)
         if self._config.has_gpus:

@@ -15,6 +15,7 @@ from typing import NoReturn, TypeVar
 
 import grpc
 
+from iris.cluster.auth import bearer
 from iris.cluster.clock import Clock
 from iris.cluster.errors import IrisError
 from iris.cluster.validation import MAX_MESSAGE_BYTES
@@ -36,8 +37,10 @@ def _abort(context: grpc.ServicerContext, error: Exception) -> NoReturn:
     raise AssertionError("unreachable")  # context.abort raises
 
 
-def _call(context: grpc.ServicerContext, fn: Callable[[], _T]) -> _T:
+def _call(context: grpc.ServicerContext, fn: Callable[[], _T], worker: Worker | None = None) -> _T:
     try:
+        if worker is not None:
+            worker.check_caller(bearer(context.invocation_metadata()))
         return fn()
     except Exception as e:
         _abort(context, e)
@@ -50,25 +53,25 @@ class WorkerServiceImpl(cluster_pb2_grpc.WorkerServiceServicer):
     def RunTask(
         self, request: cluster_pb2.Worker.RunTaskRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Worker.RunTaskResponse:
-        return _call(context, lambda: self._worker.run_task(request))
+        return _call(context, lambda: self._worker.run_task(request), self._worker)
 
     def RunTasks(
         self, request: cluster_pb2.Worker.RunTasksRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Worker.RunTasksResponse:
-        results = _call(context, lambda: self._worker.run_tasks(request.tasks))
+        results = _call(context, lambda: self._worker.run_tasks(request.tasks), self._worker)
         return cluster_pb2.Worker.RunTasksResponse(results=results)
 
     def GetTaskStatus(
         self, request: cluster_pb2.Worker.GetTaskStatusRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Worker.GetTaskStatusResponse:
         attempt_id = request.attempt_id if request.HasField("attempt_id") else None
-        status = _call(context, lambda: self._worker.task_status(request.task_id, attempt_id))
+        status = _call(context, lambda: self._worker.task_status(request.task_id, attempt_id), self._worker)
         return cluster_pb2.Worker.GetTaskStatusResponse(task=status)
 
     def ListTasks(
         self, request: cluster_pb2.Worker.ListTasksRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Worker.ListTasksResponse:
-        return cluster_pb2.Worker.ListTasksResponse(tasks=_call(context, self._worker.list_tasks))
+        return cluster_pb2.Worker.ListTasksResponse(tasks=_call(context, self._worker.list_tasks, self._worker))
 
     def FetchTaskLogs(
         self, request: cluster_pb2.Worker.FetchTaskLogsRequest, context: grpc.ServicerContext
@@ -80,6 +83,7 @@ class WorkerServiceImpl(cluster_pb2_grpc.WorkerServiceServicer):
                 request.task_id, attempt_id, request.start_line, request.max_lines,
                 request.start_offset if request.HasField("start_offset") else None,
             ),
+            self._worker,
         )
         return cluster_pb2.Worker.FetchTaskLogsResponse(
             lines=[cluster_pb2.LogLine(source="output", data=line) for line in chunk.lines],
@@ -92,6 +96,7 @@ class WorkerServiceImpl(cluster_pb2_grpc.WorkerServiceServicer):
     def KillTask(
         self, request: cluster_pb2.Worker.KillTaskRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Empty:
+        _call(context, lambda: self._worker.check_caller(bearer(context.invocation_metadata())))
         if request.grace_period_seconds < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "grace_period_seconds: must be >= 0")
         _call(
@@ -103,6 +108,7 @@ class WorkerServiceImpl(cluster_pb2_grpc.WorkerServiceServicer):
     def HealthCheck(
         self, request: cluster_pb2.Worker.HealthCheckRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Worker.HealthCheckResponse:
+        _call(context, lambda: self._worker.check_caller(bearer(context.invocation_metadata())))
         return cluster_pb2.Worker.HealthCheckResponse(
             healthy=not self._worker.stopping,
             worker_id=self._worker.worker_id,

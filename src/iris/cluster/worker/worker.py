@@ -21,6 +21,7 @@ Every loop body is a public single-pass method (``register_once``, ``heartbeat_o
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import secrets
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iris.cluster.clock import Clock, SystemClock
-from iris.cluster.errors import FailedPrecondition, InvalidArgument, NotFound
+from iris.cluster.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from iris.cluster.spec import Entrypoint
 from iris.cluster.types import device_count, device_kind
 from iris.cluster.validation import DEFAULT_LIMITS, Limits, validate_run_task
@@ -54,6 +55,7 @@ from iris.cluster.worker.prepare import (
 )
 from iris.cluster.worker.runtime import ProcessExit, ProcessRuntime, Runtime, kill_orphans
 from iris.rpc import cluster_pb2
+from iris.rpc.tls import channel_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,16 @@ __all__ = [
     "escape_task_id",
     "process_records",
 ]
+
+
+CREDENTIAL_FILE = "credential"
+"""The worker's own credential, in its workdir (mode 0600)."""
+_WORKER_SECRETS = ("IRIS_JOIN_TOKEN", "IRIS_TOKEN")
+"""The worker's credentials in its own environment: never passed on to a task."""
+
+
+def _task_base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in _WORKER_SECRETS}
 
 
 def _log_failure(future: Future[None]) -> None:
@@ -108,6 +120,11 @@ class WorkerConfig:
     attributes: Mapping[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
     """The job rules the worker checks (the controller's, so it refuses nothing the controller took)."""
+    join_token: str = ""
+    """The cluster's join token (``--join-token-file`` / ``$IRIS_JOIN_TOKEN``); empty: no authentication
+    (a controller run with ``--auth none``)."""
+    tls_ca: Path | None = None
+    """Verify the controller's certificate against this CA (None: plaintext)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +176,9 @@ class Worker:
 
         self._link = ControllerLink(
             LinkConfig(config.controller_address, config.rpc_timeout_s, config.backoff_initial_s,
-                       config.backoff_max_s),
+                       config.backoff_max_s, join_token=config.join_token,
+                       credential_path=self._workdir / CREDENTIAL_FILE,
+                       channel_credentials=channel_credentials(config.tls_ca) if config.tls_ca else None),
             self._clock,
             worker_id=self.worker_id,
             incarnation=self.incarnation,
@@ -169,7 +188,7 @@ class Worker:
             on_acknowledged=self._acknowledged,
         )
         self._preparer = AttemptPreparer(
-            PreparerConfig(self._workdir, self.worker_id, config.controller_address, dict(os.environ),
+            PreparerConfig(self._workdir, self.worker_id, config.controller_address, _task_base_env(),
                            has_gpus=bool(self._gpus), bind_host="127.0.0.1"),
             self._fetch_bundle,
         )
@@ -180,6 +199,15 @@ class Worker:
     @property
     def address(self) -> str:
         return self._link.address
+
+    def check_caller(self, token: str | None) -> None:
+        """Only the controller may call a worker that takes part in authentication: its calls carry
+        the credential it gave us at registration. Raises Unauthenticated otherwise."""
+        if not self._link.auth:
+            return
+        expected = self._link.controller_token
+        if not token or not expected or not hmac.compare_digest(token.encode(), expected.encode()):
+            raise Unauthenticated("this worker runs only what its controller sends (missing or wrong credential)")
 
     # -- the machine --------------------------------------------------------------------------
 
@@ -324,7 +352,7 @@ class Worker:
 
     def _fetch_bundle(self, bundle_hash: str) -> bytes:
         response = self._link.stub.FetchBundle(
-            cluster_pb2.Controller.FetchBundleRequest(bundle_hash=bundle_hash),
+            cluster_pb2.Controller.FetchBundleRequest(bundle_hash=bundle_hash), metadata=self._link.metadata(),
             timeout=max(self._config.rpc_timeout_s, 60.0),
         )
         return bytes(response.blob)

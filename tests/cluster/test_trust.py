@@ -1,0 +1,258 @@
+"""The trust boundary with real processes (DESIGN §7): each probe of the trust issue, refused.
+
+A local cluster with authentication on (the default). Every probe goes over real gRPC to the real
+controller and worker processes, as an attacker on the same machine would.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from iris.cluster.clock import wait_until
+from iris.cluster.local import LocalCluster
+from iris.rpc import cluster_pb2, cluster_pb2_grpc
+
+from .e2e import Api, C, T, authed_channel, py
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with LocalCluster(workers=2, cpu_per_worker=4, worker_timeout=3, heartbeat_interval=0.3, kill_grace=1,
+                      base_dir=tmp_path_factory.mktemp("trust")) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def admin(cluster: LocalCluster) -> Iterator[Api]:
+    api = Api(cluster.controller_address, cluster.admin_token)
+    yield api
+    api.close()
+
+
+def user_api(admin: Api, cluster: LocalCluster, name: str) -> tuple[Api, str]:
+    reply = admin.stub.CreateToken(C.CreateTokenRequest(name=name, role="user"), timeout=10)
+    return Api(cluster.controller_address, reply.token), reply.info.token_id
+
+
+def code_of(call: object) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as error:
+        call()  # type: ignore[operator]
+    return error.value.code()
+
+
+def test_trust_every_controller_rpc_needs_a_valid_token(cluster: LocalCluster) -> None:
+    calls = {
+        "LaunchJob": C.LaunchJobRequest(name="x"), "GetJobStatus": C.GetJobStatusRequest(job_id="x"),
+        "TerminateJob": C.TerminateJobRequest(job_id="x"), "ListJobs": C.ListJobsRequest(),
+        "GetTaskStatus": C.GetTaskStatusRequest(job_id="x"), "ListTasks": C.ListTasksRequest(job_id="x"),
+        "RegisterWorker": C.RegisterWorkerRequest(worker_id="x"), "Heartbeat": C.HeartbeatRequest(worker_id="x"),
+        "ListWorkers": C.ListWorkersRequest(), "ReportTaskState": C.ReportTaskStateRequest(worker_id="x"),
+        "RegisterEndpoint": C.RegisterEndpointRequest(name="x"), "UnregisterEndpoint":
+        C.UnregisterEndpointRequest(endpoint_id="x"), "LookupEndpoint": C.LookupEndpointRequest(name="x"),
+        "ListEndpoints": C.ListEndpointsRequest(), "FetchTaskLogs": C.FetchTaskLogsRequest(task_id="x/task-0"),
+        "FetchBundle": C.FetchBundleRequest(bundle_hash="0" * 64), "CreateToken": C.CreateTokenRequest(name="x"),
+        "ListTokens": C.ListTokensRequest(), "RevokeToken": C.RevokeTokenRequest(token_id="x"),
+        "WhoAmI": C.WhoAmIRequest(),
+    }
+    assert set(calls) == set(cluster_pb2.DESCRIPTOR.services_by_name["ControllerService"].methods_by_name)
+    for token in ("", "iris_forged-token", "Bearer", "iris-task.eA.0.deadbeef"):
+        stub = cluster_pb2_grpc.ControllerServiceStub(authed_channel(cluster.controller_address, token))
+        for method, request in calls.items():
+            assert code_of(lambda m=method, r=request, s=stub: getattr(s, m)(r, timeout=10)) == \
+                grpc.StatusCode.UNAUTHENTICATED, (method, token)
+
+
+def test_trust_a_user_cannot_stop_another_users_job_and_owners_are_recorded(
+    cluster: LocalCluster, admin: Api
+) -> None:
+    alice, _ = user_api(admin, cluster, "alice")
+    bob, _ = user_api(admin, cluster, "bob")
+    try:
+        job_id = alice.launch("alices", ["/bin/sh", "-c", "echo secret-output; sleep 300"])
+        assert alice.job(job_id).owner == "alice"
+        wait_until(lambda: alice.job(job_id).state == T.JOB_STATE_RUNNING, 30)
+        # Anyone may read the job list and status (like squeue)...
+        assert [j.job_id for j in bob.stub.ListJobs(C.ListJobsRequest(prefix="alices"), timeout=10).jobs] == [job_id]
+        # ...but not stop it, nor read its logs.
+        assert code_of(lambda: bob.stub.TerminateJob(C.TerminateJobRequest(job_id=job_id), timeout=10)) == \
+            grpc.StatusCode.PERMISSION_DENIED
+        assert code_of(lambda: bob.logs(f"{job_id}/task-0")) == grpc.StatusCode.PERMISSION_DENIED
+        wait_until(lambda: "secret-output" in alice.logs(f"{job_id}/task-0"), 30)
+        assert alice.job(job_id).state == T.JOB_STATE_RUNNING
+        # A user cannot manage tokens or list workers' secrets; an admin may stop anyone's job.
+        assert code_of(lambda: bob.stub.ListTokens(C.ListTokensRequest(), timeout=10)) == \
+            grpc.StatusCode.PERMISSION_DENIED
+        alice.stub.TerminateJob(C.TerminateJobRequest(job_id=job_id), timeout=10)
+        assert alice.wait(job_id).state == T.JOB_STATE_KILLED
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_trust_a_revoked_token_stops_working(cluster: LocalCluster, admin: Api) -> None:
+    carol, token_id = user_api(admin, cluster, "carol")
+    try:
+        assert carol.stub.WhoAmI(C.WhoAmIRequest(), timeout=10).name == "carol"
+        admin.stub.RevokeToken(C.RevokeTokenRequest(token_id=token_id), timeout=10)
+        assert code_of(lambda: carol.stub.WhoAmI(C.WhoAmIRequest(), timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+        listed = {t.token_id: t for t in admin.stub.ListTokens(C.ListTokensRequest(), timeout=10).tokens}
+        assert listed[token_id].revoked_at_ms > 0
+    finally:
+        carol.close()
+
+
+def test_trust_a_worker_runs_nothing_the_controller_did_not_send(cluster: LocalCluster) -> None:
+    """The remote-code-execution probe: RunTask straight to a worker."""
+    marker = cluster.base_dir / "pwned"
+    entry = T.Entrypoint(command=T.CommandEntrypoint(argv=["/bin/sh", "-c", f"id > {marker}"])).SerializeToString()
+    run = cluster_pb2.Worker.RunTaskRequest(job_id="evil", task_id="evil/task-0", serialized_entrypoint=entry)
+    for token in ("", cluster.admin_token, "forged"):
+        stub = cluster_pb2_grpc.WorkerServiceStub(authed_channel(cluster.workers[0].address, token))
+        assert code_of(lambda s=stub: s.RunTask(run, timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+        assert code_of(lambda s=stub: s.RunTasks(cluster_pb2.Worker.RunTasksRequest(tasks=[run]), timeout=10)) == \
+            grpc.StatusCode.UNAUTHENTICATED
+        assert code_of(lambda s=stub: s.KillTask(cluster_pb2.Worker.KillTaskRequest(task_id="x"), timeout=10)) == \
+            grpc.StatusCode.UNAUTHENTICATED
+    assert not marker.exists()
+
+
+def test_trust_workers_prove_who_they_are(cluster: LocalCluster, admin: Api) -> None:
+    fake = C.RegisterWorkerRequest(worker_id="fake", address="127.0.0.1:9", incarnation="x",
+                                   metadata=T.WorkerMetadata(cpu_count=100_000, memory_bytes=1 << 50))
+    anonymous = cluster_pb2_grpc.ControllerServiceStub(authed_channel(cluster.controller_address))
+    assert code_of(lambda: anonymous.RegisterWorker(fake, timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+    dave, _ = user_api(admin, cluster, "dave")
+    try:
+        assert code_of(lambda: dave.stub.RegisterWorker(fake, timeout=10)) == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        dave.close()
+    assert "fake" not in {w.worker_id for w in cluster.list_workers()}
+    # The join token cannot take over a live worker's id (and steal its tasks).
+    join = cluster_pb2_grpc.ControllerServiceStub(
+        authed_channel(cluster.controller_address, cluster.join_token_file.read_text().strip()))
+    steal = C.RegisterWorkerRequest(worker_id=cluster.workers[0].worker_id, address="127.0.0.1:9", incarnation="x",
+                                    metadata=T.WorkerMetadata(cpu_count=100_000, memory_bytes=1 << 50))
+    assert code_of(lambda: join.RegisterWorker(steal, timeout=10)) == grpc.StatusCode.PERMISSION_DENIED
+    listed = {w.worker_id: w for w in cluster.list_workers()}
+    assert listed[cluster.workers[0].worker_id].address == cluster.workers[0].address
+    # A worker's credential is its own: kept 0600 in its workdir, good only for its own id.
+    credential_file = cluster.workers[0].workdir / "credential"
+    assert stat.S_IMODE(credential_file.stat().st_mode) == 0o600
+    worker0 = cluster_pb2_grpc.ControllerServiceStub(
+        authed_channel(cluster.controller_address, credential_file.read_text().strip()))
+    other = cluster.workers[1].worker_id
+    assert code_of(lambda: worker0.Heartbeat(C.HeartbeatRequest(worker_id=other), timeout=10)) == \
+        grpc.StatusCode.PERMISSION_DENIED
+    assert code_of(lambda: worker0.ReportTaskState(C.ReportTaskStateRequest(worker_id=other, updates=[
+        T.WorkerTaskStatus(task_id="x/task-0", attempt_id=0, state=T.TASK_STATE_SUCCEEDED)]), timeout=10)) == \
+        grpc.StatusCode.PERMISSION_DENIED
+    assert code_of(lambda: worker0.LaunchJob(C.LaunchJobRequest(name="w"), timeout=10)) == \
+        grpc.StatusCode.PERMISSION_DENIED
+    # The tokens the controller wrote are private to its user.
+    for name in ("admin.token", "join.token", "secret.key"):
+        assert stat.S_IMODE((cluster.state_dir / name).stat().st_mode) == 0o600, name
+
+
+def test_trust_a_forged_success_report_cannot_end_a_running_job(cluster: LocalCluster, admin: Api) -> None:
+    job_id = admin.launch("forgery", ["/bin/sh", "-c", "sleep 300"])
+    wait_until(lambda: admin.task(job_id, 0).state == T.TASK_STATE_RUNNING, 30)
+    task = admin.task(job_id, 0)
+    other = next(w for w in cluster.workers if w.worker_id != task.worker_id)
+    forger = cluster_pb2_grpc.ControllerServiceStub(
+        authed_channel(cluster.controller_address, (other.workdir / "credential").read_text().strip()))
+    forged = C.ReportTaskStateRequest(worker_id=other.worker_id, updates=[
+        T.WorkerTaskStatus(task_id=task.task_id, attempt_id=0, state=T.TASK_STATE_SUCCEEDED)])
+    forger.ReportTaskState(forged, timeout=10)  # accepted as that worker's report: about attempts it does not hold
+    assert admin.task(job_id, 0).state == T.TASK_STATE_RUNNING
+    admin.stub.TerminateJob(C.TerminateJobRequest(job_id=job_id), timeout=10)
+    admin.wait(job_id)
+
+
+def test_trust_a_task_token_is_scoped_to_its_attempt(cluster: LocalCluster, admin: Api, tmp_path: Path) -> None:
+    other = admin.launch("bystander", ["/bin/sh", "-c", "sleep 300"])
+    out = tmp_path / "token"
+    code = f"""
+import os, pathlib, sys, time, grpc
+from iris.rpc import cluster_pb2 as T, cluster_pb2_grpc
+assert "IRIS_JOIN_TOKEN" not in os.environ
+token = os.environ["IRIS_TOKEN"]
+md = (("authorization", "Bearer " + token),)
+stub = cluster_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(os.environ["IRIS_CONTROLLER_ADDRESS"]))
+C = T.Controller
+results = []
+def code(fn):
+    try:
+        fn(); return "OK"
+    except grpc.RpcError as e:
+        return e.code().name
+entry = T.Entrypoint(command=T.CommandEntrypoint(argv=["/bin/true"])).SerializeToString()
+results.append(code(lambda: stub.LaunchJob(C.LaunchJobRequest(name="kid", serialized_entrypoint=entry,
+    resources=T.ResourceSpecProto(cpu=1, replicas=1)), timeout=10, metadata=md)))
+results.append(code(lambda: stub.TerminateJob(C.TerminateJobRequest(job_id={other!r}), timeout=10, metadata=md)))
+results.append(code(lambda: stub.GetJobStatus(C.GetJobStatusRequest(job_id={other!r}), timeout=10, metadata=md)))
+results.append(code(lambda: stub.GetJobStatus(C.GetJobStatusRequest(job_id=os.environ["IRIS_JOB_ID"]), timeout=10,
+                                              metadata=md)))
+pathlib.Path({str(out)!r}).write_text(token + "\\n" + ",".join(results))
+"""
+    job_id = admin.launch("scoped", py(code))
+    job = admin.wait(job_id, timeout=60)
+    assert job.state == T.JOB_STATE_SUCCEEDED, job.error
+    token, results = out.read_text().splitlines()
+    assert results.split(",") == ["OK", "PERMISSION_DENIED", "PERMISSION_DENIED", "OK"]
+    kid = admin.job(f"{job_id}/kid")
+    assert kid.parent_job_id == job_id and kid.owner == admin.job(job_id).owner
+    # The attempt ended: its token is dead.
+    dead = cluster_pb2_grpc.ControllerServiceStub(authed_channel(cluster.controller_address, token))
+    assert code_of(lambda: dead.WhoAmI(C.WhoAmIRequest(), timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+    admin.stub.TerminateJob(C.TerminateJobRequest(job_id=other), timeout=10)
+
+
+def test_trust_jobs_cannot_set_iris_variables(admin: Api) -> None:
+    assert code_of(lambda: admin.launch("spoof", ["/bin/true"], env={"IRIS_TOKEN": "x"})) == \
+        grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_trust_cli_tokens_and_login(cluster: LocalCluster, tmp_path: Path) -> None:
+    env = {**os.environ, "IRIS_CONTROLLER": cluster.controller_address, "IRIS_CONFIG_DIR": str(tmp_path / "cfg")}
+    admin_file = cluster.state_dir / "admin.token"
+
+    def iris(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "iris.cli.main", *args], env={**env, **extra},
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    refused = iris("job", "list")
+    assert refused.returncode == 1 and "Error:" in refused.stderr and "iris login" in refused.stderr
+    created = iris("token", "create", "--user", "erin", "--token-file", str(admin_file))
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    (tmp_path / "erin.token").write_text(token)
+    listed = iris("token", "list", "--json", "--token-file", str(admin_file))
+    assert "erin" in listed.stdout and token not in listed.stdout
+    assert iris("job", "list", IRIS_TOKEN=token).returncode == 0
+    assert iris("token", "list", IRIS_TOKEN=token).returncode == 1  # a user is no admin
+    login = iris("login", "--token-file", str(tmp_path / "erin.token"))
+    assert login.returncode == 0 and "erin" in login.stdout, login.stderr
+    assert iris("job", "list").returncode == 0  # the stored login for this address
+    token_id = next(line.split()[0] for line in iris("token", "list", "--token-file", str(admin_file)).stdout
+                    .splitlines() if " erin " in f" {line} ")
+    assert iris("token", "revoke", token_id, "--token-file", str(admin_file)).returncode == 0
+    assert iris("job", "list").returncode == 1
+
+
+def test_trust_auth_none_is_refused_off_loopback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "iris.cli.main", "controller", "serve", "--host", "0.0.0.0", "--port", "0",
+         "--auth", "none", "--state-dir", str(tmp_path / "s")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2 and "--auth none is refused" in result.stderr
