@@ -256,3 +256,66 @@ def test_trust_auth_none_is_refused_off_loopback(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 2 and "--auth none is refused" in result.stderr
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_trust_stopping_a_task_stops_its_daemons(cluster: LocalCluster, admin: Api, tmp_path: Path) -> None:
+    """A task that double-forks a daemon ignoring SIGTERM (new session, new process group) does not
+    survive `iris job stop`: the daemon carries the attempt's marker variables."""
+    pidfile = tmp_path / "daemon.pid"
+    script = (f"setsid sh -c 'trap \"\" TERM; echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; exec sleep 1000' "
+              "</dev/null >/dev/null 2>&1 & sleep 1000")
+    job_id = admin.launch("daemonizer", ["/bin/sh", "-c", script])
+    wait_until(pidfile.exists, 30)
+    daemon = int(pidfile.read_text())
+    assert _alive(daemon) and os.getpgid(daemon) != os.getpgid(os.getpid())
+    admin.stub.TerminateJob(C.TerminateJobRequest(job_id=job_id), timeout=10)
+    assert admin.wait(job_id).state == T.JOB_STATE_KILLED
+    wait_until(lambda: not _alive(daemon), 30, message=f"daemon {daemon} survived its job")
+    ps = subprocess.run(["ps", "-eo", "pid="], capture_output=True, text=True, check=True).stdout.split()
+    assert str(daemon) not in ps or not _alive(daemon)
+
+
+def _bomb(tmp_path: Path, megabytes: int) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("zeros.bin", b"\0" * (megabytes << 20))
+        archive.writestr("run.sh", "echo unpacked\n")
+    return buffer.getvalue()
+
+
+def test_trust_a_bundle_over_the_unpack_cap_fails_its_task_and_work_dirs_are_cleaned(tmp_path: Path) -> None:
+    import hashlib
+
+    with LocalCluster(workers=1, cpu_per_worker=2, worker_timeout=5, heartbeat_interval=0.3, kill_grace=1,
+                      base_dir=tmp_path / "c", worker_args=["--max-bundle-unpacked-size", "8MiB"]) as c:
+        api = Api(c.controller_address, c.admin_token)
+        try:
+            bomb = _bomb(tmp_path, 40)
+            assert len(bomb) < 1 << 20  # small on the wire, 40 MiB unpacked
+            job_id = api.launch("bomb", ["/bin/sh", "run.sh"], bundle_blob=bomb,
+                                bundle_hash=hashlib.sha256(bomb).hexdigest())
+            job = api.wait(job_id, timeout=60)
+            assert job.state == T.JOB_STATE_FAILED
+            assert "unpacks to 40MiB, over this worker's cap of 8MiB" in job.tasks[0].error
+            assert not list((c.workers[0].workdir / "tasks").glob("*/work/zeros.bin"))
+            small = _bomb(tmp_path, 1)
+            ok = api.launch("fits", ["/bin/sh", "run.sh"], bundle_blob=small,
+                            bundle_hash=hashlib.sha256(small).hexdigest())
+            assert api.wait(ok, timeout=60).state == T.JOB_STATE_SUCCEEDED
+            assert api.logs(f"{ok}/task-0") == ["unpacked"]  # the log stays...
+            attempt_dirs = list((c.workers[0].workdir / "tasks").glob("fits*"))
+            assert attempt_dirs and not (attempt_dirs[0] / "work").exists()  # ...the unpacked workspace does not
+        finally:
+            api.close()

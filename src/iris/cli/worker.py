@@ -56,6 +56,10 @@ def worker() -> None:
                    "$IRIS_JOIN_TOKEN. Exchanged at the first registration for a credential kept in the workdir.")
 @click.option("--tls-ca", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Verify the controller's TLS certificate against this CA (default: plaintext).")
+@click.option("--max-bundle-unpacked-size", default="2GiB", show_default=True,
+              help="Largest size one attempt's workspace bundle may unpack to; over it the task fails.")
+@click.option("--max-bundle-files", default=100_000, show_default=True, type=click.IntRange(min=1),
+              help="Most files one workspace bundle may hold; over it the task fails.")
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 def serve(
     controller_address: str,
@@ -71,6 +75,8 @@ def serve(
     max_message_size: str | None,
     join_token_file: Path | None,
     tls_ca: Path | None,
+    max_bundle_unpacked_size: str,
+    max_bundle_files: int,
     log_level: str,
 ) -> None:
     """Serve a worker until SIGTERM/SIGINT, then kill its tasks, report them and exit 0."""
@@ -121,6 +127,8 @@ def serve(
         use_cgroups=cgroups,
         join_token=join_token,
         tls_ca=tls_ca,
+        max_bundle_unpacked_bytes=_size(max_bundle_unpacked_size, "--max-bundle-unpacked-size"),
+        max_bundle_files=max_bundle_files,
     )
     stop = threading.Event()
 
@@ -135,3 +143,10 @@ def serve(
         pass
     click.echo(f"worker {serving.worker.worker_id} shutting down", err=True)
     serving.stop()
+
+
+def _size(value: str, flag: str) -> int:
+    try:
+        return parse_size(value, flag)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=flag) from None

@@ -309,10 +309,14 @@ def test_corrupt_or_foreign_file_is_refused_and_left_untouched(tmp_path: Path, k
     assert sorted(os.listdir(tmp_path)) == files
 
 
-def test_empty_file_from_an_interrupted_first_start_is_initialised(tmp_path: Path) -> None:
+def test_empty_state_file_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    """A zero-byte file is not an empty cluster: it may be a truncated state (a full disk, a bad copy)."""
     (tmp_path / DB_FILENAME).write_bytes(b"")
-    with ControllerStore.open(tmp_path) as store:
-        assert store.schema_version == SCHEMA_VERSION
+    with pytest.raises(StoreError, match="is empty, not an Iris state database") as info:
+        ControllerStore.open(tmp_path)
+    assert "refusing to start (the file was not modified)" in str(info.value)
+    assert (tmp_path / DB_FILENAME).read_bytes() == b""
+    assert sorted(os.listdir(tmp_path)) == [DB_FILENAME]
 
 
 # ---------------------------------------------------------------------------- migrations

@@ -692,7 +692,7 @@ def _validate_existing(path: Path, supported_version: int) -> None:
     except OSError as exc:
         raise StoreError(f"cannot read state file {path}: {exc}") from exc
     if size == 0:
-        return  # created but never written (e.g. killed during the first open): treat as new
+        raise _refuse(path, "is empty, not an Iris state database (a fresh state dir has no file at all)")
     if header != _SQLITE_MAGIC:
         raise _refuse(path, "is not a valid Iris state database: not an SQLite file (bad header)")
     sidecars = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from iris.cluster.spec import Entrypoint
+from iris.cluster.types import format_size
 from iris.cluster.worker.attempts import AttemptKey
 from iris.cluster.worker.runtime import PROCESS_RECORD, ProcessSpec
 from iris.rpc import cluster_pb2
@@ -46,6 +47,11 @@ class PreparationError(Exception):
     """The attempt cannot be prepared (its workspace could not be fetched or unpacked)."""
 
 
+DEFAULT_MAX_BUNDLE_UNPACKED_BYTES = 2 * 1024**3
+"""What one attempt's workspace may unpack to (a 2 MB zip can expand to 2 GiB: never more than this)."""
+DEFAULT_MAX_BUNDLE_FILES = 100_000
+
+
 @dataclass(frozen=True, slots=True)
 class PreparerConfig:
     workdir: Path
@@ -54,6 +60,8 @@ class PreparerConfig:
     base_env: Mapping[str, str]
     has_gpus: bool = False
     bind_host: str = "127.0.0.1"
+    max_bundle_unpacked_bytes: int = DEFAULT_MAX_BUNDLE_UNPACKED_BYTES
+    max_bundle_files: int = DEFAULT_MAX_BUNDLE_FILES
 
 
 class AttemptPreparer:
@@ -118,7 +126,7 @@ class AttemptPreparer:
             try:
                 self._install_bundle(request.bundle_hash, work_dir)
             except Exception as e:
-                raise PreparationError(f"bundle {request.bundle_hash}: {e}") from e
+                raise PreparationError(f"bundle {request.bundle_hash[:12]}: {e}") from e
             existing = env.get("PYTHONPATH")
             env["PYTHONPATH"] = f"{work_dir}{os.pathsep}{existing}" if existing else str(work_dir)
         if entrypoint.pickled:
@@ -166,7 +174,19 @@ class AttemptPreparer:
     # -- bundles ------------------------------------------------------------------------------
 
     def _install_bundle(self, bundle_hash: str, dest: Path) -> None:
+        """Unpack a bundle, refusing one over the caps *before* writing anything (the sizes are the
+        archive's declared ones, which zipfile also enforces while reading)."""
         with zipfile.ZipFile(self._bundle_path(bundle_hash)) as archive:
+            members = archive.infolist()
+            if len(members) > self._config.max_bundle_files:
+                raise PreparationError(f"the workspace has {len(members):,} files, over this worker's cap of "
+                                       f"{self._config.max_bundle_files:,} (--max-bundle-files)")
+            total = sum(m.file_size for m in members)
+            if total > self._config.max_bundle_unpacked_bytes:
+                raise PreparationError(
+                    f"the workspace unpacks to {format_size(total)}, over this worker's cap of "
+                    f"{format_size(self._config.max_bundle_unpacked_bytes)} (--max-bundle-unpacked-size)"
+                )
             archive.extractall(dest)
 
     def _bundle_path(self, bundle_hash: str) -> Path:
@@ -191,6 +211,11 @@ class AttemptPreparer:
             return path
 
     # -- cleanup ------------------------------------------------------------------------------
+
+    def release(self, key: AttemptKey) -> None:
+        """The attempt ended: drop its working directory (the unpacked workspace and whatever the
+        task left there), keeping its log for queries until ``discard``. Bounded space per attempt."""
+        shutil.rmtree(self.attempt_dir(key) / "work", ignore_errors=True)
 
     def discard(self, key: AttemptKey) -> None:
         """Remove one attempt's directory (never the tasks directory itself)."""

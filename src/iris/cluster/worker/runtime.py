@@ -306,7 +306,7 @@ class ProcessRuntime:
                 cgroup = None
         running = _Running(spec=spec, pid=pid, proc=proc, on_exit=on_exit, cgroup=cgroup)
         if spec.record_path is not None:
-            _write_record(spec.record_path, pid, record_size)
+            _write_record(spec.record_path, pid, record_size, attempt_marker(spec.env))
         pidfd = -1
         if self._use_pidfd:
             try:
@@ -346,17 +346,23 @@ class ProcessRuntime:
             os.close(log_fd)
 
     def kill(self, key: AttemptKey, grace_period_s: float) -> None:
+        """SIGTERM, then SIGKILL after the grace, the attempt's process group *and* every process
+        carrying its marker variables: a daemon that left the group (setsid, double fork) still
+        carries them, so stopping a task stops every process it started."""
         with self._lock:
             running = self._by_key.get(key)
             if running is None:
                 return
             pid = running.pid
+            marker = attempt_marker(running.spec.env)
             if grace_period_s <= 0:
                 _killpg(pid, signal.SIGKILL)
+                _signal_marked(marker, signal.SIGKILL)
                 return
             _killpg(pid, signal.SIGTERM)
+            _signal_marked(marker, signal.SIGTERM)
             if running.kill_timer is None:
-                timer = threading.Timer(grace_period_s, self._force_kill, args=(key, pid))
+                timer = threading.Timer(grace_period_s, self._force_kill, args=(key, pid, marker))
                 timer.name = f"iris-kill-{pid}"
                 timer.daemon = True
                 running.kill_timer = timer
@@ -392,12 +398,14 @@ class ProcessRuntime:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _force_kill(self, key: AttemptKey, pid: int) -> None:
+    def _force_kill(self, key: AttemptKey, pid: int, marker: Mapping[str, str]) -> None:
         with self._lock:
             running = self._by_key.get(key)
             # Only while the leader is not reaped: its pid (== pgid) cannot have been reused.
             if running is not None and running.pid == pid:
                 _killpg(pid, signal.SIGKILL)
+        # Marked processes outlive their group's leader (daemons): the marker is unique to the attempt.
+        _signal_marked(marker, signal.SIGKILL)
 
     def _reap_loop(self) -> None:
         assert self._epoll is not None
@@ -428,8 +436,8 @@ class ProcessRuntime:
             # whatever it left behind (grandchildren must not outlive their task).
             _killpg(pid, signal.SIGKILL)
             self._by_key.pop(running.spec.key, None)
-            if running.kill_timer is not None:
-                running.kill_timer.cancel()
+            # A pending kill timer is left to fire: the leader is gone, but processes that left its
+            # group (daemons ignoring SIGTERM) still get their SIGKILL when the grace ends.
         returncode = running.wait()
         cgroup = running.cgroup
         if cgroup is not None:
@@ -517,7 +525,7 @@ _RECORD_SIZE = 256
 """Process records are padded to at least this many bytes (JSON ignores the trailing spaces)."""
 
 
-def _write_record(path: Path, pid: int, size: int = _RECORD_SIZE) -> None:
+def _write_record(path: Path, pid: int, size: int = _RECORD_SIZE, marker: Mapping[str, str] | None = None) -> None:
     """Overwrite the pending record with the started process's pid and start time.
 
     One ``pwrite`` at offset 0 of at least the pending record's length, with no truncation: a worker
@@ -527,7 +535,12 @@ def _write_record(path: Path, pid: int, size: int = _RECORD_SIZE) -> None:
     start = process_start_time(pid)
     if start is None:
         return
-    record = json.dumps({"pid": pid, "start_time": start}).encode()
+    fields: dict[str, object] = {"pid": pid, "start_time": start}
+    if marker:
+        fields["env"] = dict(marker)  # so a restarted worker also finds the attempt's escaped daemons
+    record = json.dumps(fields).encode()
+    if len(record) > size:  # cannot happen with the pending record's size; never truncate the pid
+        size = len(record)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
@@ -540,6 +553,45 @@ def _write_record(path: Path, pid: int, size: int = _RECORD_SIZE) -> None:
 
 _MARKER_VARS = ("IRIS_WORKER_ID", "IRIS_TASK_ID", "IRIS_ATTEMPT_ID")
 """Environment variables that together name one attempt (set by the worker for every task)."""
+
+
+def attempt_marker(env: Mapping[str, str]) -> dict[str, str]:
+    """The marker variables of an attempt's environment ({} when it lacks any)."""
+    marker = {name: env[name] for name in _MARKER_VARS if name in env}
+    return marker if len(marker) == len(_MARKER_VARS) else {}
+
+
+def marked_processes(marker: Mapping[str, str]) -> list[int]:
+    """Pids of the processes whose environment carries ``marker`` (read from /proc directly: a kill
+    path, not a hot one). Never this process."""
+    if not marker:
+        return []
+    needles = [f"{k}={v}".encode() for k, v in marker.items()]
+    me = os.getpid()
+    found = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                entries = set(f.read().split(b"\0"))
+        except OSError:
+            continue
+        if all(n in entries for n in needles):
+            found.append(int(name))
+    return found
+
+
+def _signal_marked(marker: Mapping[str, str], sig: int) -> None:
+    for pid in marked_processes(marker):
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
 
 
 def _write_pending_record(path: Path, env: Mapping[str, str]) -> int:
@@ -588,10 +640,11 @@ def kill_orphans(record_paths: Iterable[Path]) -> list[int]:
         try:
             record = json.loads(path.read_text())
             pid = int(record["pid"])
+            env = record.get("env")
+            if isinstance(env, dict) and env:
+                # The attempt's marker: its processes that left the group (daemons) carry it too.
+                markers.append({str(k): str(v) for k, v in env.items()})
             if pid == 0:
-                env = record.get("env")
-                if isinstance(env, dict) and env:
-                    markers.append({str(k): str(v) for k, v in env.items()})
                 continue
             recorded_start = str(record["start_time"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError):

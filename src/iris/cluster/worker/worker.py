@@ -46,6 +46,8 @@ from iris.cluster.worker.hardware import probe_metadata
 from iris.cluster.worker.link import ControllerLink, LinkConfig, status_proto
 from iris.cluster.worker.logs import read_page, tail_text
 from iris.cluster.worker.prepare import (
+    DEFAULT_MAX_BUNDLE_FILES,
+    DEFAULT_MAX_BUNDLE_UNPACKED_BYTES,
     AttemptPreparer,
     PreparationError,
     PreparerConfig,
@@ -125,6 +127,8 @@ class WorkerConfig:
     (a controller run with ``--auth none``)."""
     tls_ca: Path | None = None
     """Verify the controller's certificate against this CA (None: plaintext)."""
+    max_bundle_unpacked_bytes: int = DEFAULT_MAX_BUNDLE_UNPACKED_BYTES
+    max_bundle_files: int = DEFAULT_MAX_BUNDLE_FILES
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +193,9 @@ class Worker:
         )
         self._preparer = AttemptPreparer(
             PreparerConfig(self._workdir, self.worker_id, config.controller_address, _task_base_env(),
-                           has_gpus=bool(self._gpus), bind_host="127.0.0.1"),
+                           has_gpus=bool(self._gpus), bind_host="127.0.0.1",
+                           max_bundle_unpacked_bytes=config.max_bundle_unpacked_bytes,
+                           max_bundle_files=config.max_bundle_files),
             self._fetch_bundle,
         )
         self._stop_event = threading.Event()
@@ -235,6 +241,7 @@ class Worker:
             elif isinstance(instruction, am.Release):
                 if instruction.ports:
                     self._preparer.release_ports(instruction.ports)
+                self._preparer.release(instruction.key)
             elif isinstance(instruction, am.Discard):
                 with self._lock:
                     self._held.pop(instruction.key, None)
