@@ -319,3 +319,24 @@ def test_trust_a_bundle_over_the_unpack_cap_fails_its_task_and_work_dirs_are_cle
             assert attempt_dirs and not (attempt_dirs[0] / "work").exists()  # ...the unpacked workspace does not
         finally:
             api.close()
+
+
+def test_trust_tls_end_to_end_and_plaintext_is_refused(tmp_path: Path) -> None:
+    """`iris cluster start --local --tls`: controller and workers serve TLS with a generated CA;
+    jobs run, tasks reach the controller (IRIS_TLS_CA), and a plaintext client gets nowhere."""
+    from iris.client import Entrypoint, IrisClient
+
+    with LocalCluster(workers=1, cpu_per_worker=2, worker_timeout=5, heartbeat_interval=0.3, kill_grace=1,
+                      base_dir=tmp_path / "c", tls=True) as c:
+        assert c.tls_ca is not None
+        with IrisClient.remote(c.controller_address, token=c.admin_token, tls_ca=c.tls_ca) as client:
+            code = ("from iris.client import IrisClient\n"
+                    "with IrisClient.from_env() as c: print(c.whoami().role)")
+            job = client.submit(Entrypoint.from_command(sys.executable, "-c", code), "over-tls")
+            assert job.wait(timeout=60).state.value == "SUCCEEDED"
+            assert [line.data for line in job.logs()] == ["task"]
+        plain = cluster_pb2_grpc.ControllerServiceStub(authed_channel(c.controller_address, c.admin_token))
+        assert code_of(lambda: plain.WhoAmI(C.WhoAmIRequest(), timeout=5)) == grpc.StatusCode.UNAVAILABLE
+        worker_plain = cluster_pb2_grpc.WorkerServiceStub(grpc.insecure_channel(c.workers[0].address))
+        assert code_of(lambda: worker_plain.HealthCheck(cluster_pb2.Worker.HealthCheckRequest(), timeout=5)) == \
+            grpc.StatusCode.UNAVAILABLE

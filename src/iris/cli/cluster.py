@@ -27,8 +27,9 @@ def cluster() -> None:
 @click.option("--auth", "auth_mode", type=click.Choice(["token", "none"]), default="token", show_default=True,
               help="token: the cluster requires tokens, and this command logs you in to it (the admin token is "
                    "stored for its address). none: authentication off (loopback only), with a warning.")
+@click.option("--tls", is_flag=True, help="Make a CA and certificates; every process of the cluster speaks TLS.")
 def start(local: bool, workers: int, cpu_per_worker: int | None, memory_per_worker: str | None, port: int,
-          state_dir: Path | None, auth_mode: str) -> None:
+          state_dir: Path | None, auth_mode: str, tls: bool) -> None:
     """Start a local cluster, print its addresses, and stop everything it started on Ctrl+C / SIGTERM.
 
     With authentication on (the default) it stores the cluster's admin token as your login for the
@@ -53,7 +54,7 @@ def start(local: bool, workers: int, cpu_per_worker: int | None, memory_per_work
         click.echo("WARNING: authentication is off (--auth none): anyone on this machine can use the cluster",
                    err=True)
     local_cluster = LocalCluster(workers, cpu_per_worker=cpu_per_worker, memory_per_worker=memory_per_worker,
-                                 controller_port=port, state_dir=state_dir, auth=auth_mode == "token")
+                                 controller_port=port, state_dir=state_dir, auth=auth_mode == "token", tls=tls)
     try:
         local_cluster.start()
     except LocalClusterError as e:
@@ -71,6 +72,8 @@ def start(local: bool, workers: int, cpu_per_worker: int | None, memory_per_work
         click.echo(f"workers:    {', '.join(w.worker_id for w in local_cluster.workers)}")
         click.echo(f"logs:       {local_cluster.log_dir}")
         click.echo(f"export IRIS_CONTROLLER={local_cluster.controller_address}")
+        if local_cluster.tls_ca is not None:
+            click.echo(f"export IRIS_TLS_CA={local_cluster.tls_ca}")
         click.echo("Press Ctrl+C to stop.")
         while not stop.wait(1.0):
             dead = [w.worker_id for w in local_cluster.workers if not w.is_running()]

@@ -43,6 +43,11 @@ def controller() -> None:
 @click.option("--auth", "auth_mode", type=click.Choice(["token", "none"]), default="token", show_default=True,
               help="token: every call needs a token (DESIGN §7). none: anyone who can reach the port is admin "
                    "(refused unless bound to a loopback address).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Serve gRPC over TLS with this certificate (PEM; with --tls-key).")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), default=None, help="The key of --tls-cert.")
+@click.option("--tls-ca", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Verify the workers' TLS certificates against this CA when calling them (default: plaintext).")
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 def serve(
     host: str,
@@ -52,6 +57,9 @@ def serve(
     worker_timeout: float,
     max_replicas: int,
     auth_mode: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_ca: Path | None,
     log_level: str,
 ) -> None:
     """Serve the controller until SIGTERM/SIGINT, then flush its state and exit 0.
@@ -73,7 +81,13 @@ def serve(
                                      param_hint="--auth")
         click.echo("WARNING: authentication is off (--auth none): anyone who can reach the port is an admin",
                    err=True)
+    if (tls_cert is None) != (tls_key is None):
+        raise click.BadParameter("give both --tls-cert and --tls-key", param_hint="--tls-cert")
+    if tls_cert is None and not _is_loopback(host):
+        click.echo(f"WARNING: serving on {host} without TLS: tokens travel in clear text (use --tls-cert/--tls-key)",
+                   err=True)
     from iris.cluster.clock import SystemClock
+    from iris.cluster.controller.backend import GrpcWorkerClients
 
     lock = _lock_state_dir(state_dir)
     try:
@@ -84,14 +98,15 @@ def serve(
         raise click.ClickException(str(e)) from e
     config = ControllerConfig(worker_timeout_s=worker_timeout, limits=Limits(max_replicas=max_replicas),
                               auth=auth_mode == "token")
-    ctrl = Controller(config, state=state, store=store, secret=_secret(state_dir))
+    ctrl = Controller(config, state=state, store=store, secret=_secret(state_dir),
+                      worker_clients=GrpcWorkerClients(tls_ca=tls_ca))
     if config.auth:
         for role, value in ctrl.bootstrap_tokens().items():
             path = state_dir / ("admin.token" if role.value == "admin" else "join.token")
             _write_private(path, value + "\n")
             click.echo(f"{'admin token' if role.value == 'admin' else 'worker join token'} written to {path}")
     try:
-        server = ControllerServer(ctrl, host, port)
+        server = ControllerServer(ctrl, host, port, tls_cert=tls_cert, tls_key=tls_key)
     except (OSError, RuntimeError) as e:
         store.close()
         raise click.ClickException(f"cannot serve on {host}:{port}: {e}") from e

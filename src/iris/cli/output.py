@@ -84,8 +84,25 @@ def address_option(fn: F) -> F:
     )(fn)
 
 
+_TLS_CA: list[str | None] = [None]
+
+
+def _remember_tls_ca(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    _TLS_CA[0] = value
+    return value
+
+
 def controller_option(fn: F) -> F:
-    """``--controller`` and ``--token-file`` (else ``$IRIS_TOKEN``, else the login stored for the address)."""
+    """``--controller``, ``--token-file`` (else ``$IRIS_TOKEN``, else the login stored for the address)
+    and ``--tls-ca`` (else ``$IRIS_TLS_CA``; unset: plaintext)."""
+    fn = click.option(
+        "--tls-ca",
+        type=click.Path(dir_okay=False),
+        default=None,
+        expose_value=False,
+        callback=_remember_tls_ca,
+        help="Verify the controller's TLS certificate against this CA (default: $IRIS_TLS_CA; unset: plaintext).",
+    )(fn)
     fn = click.option(
         "--token-file",
         type=click.Path(dir_okay=False),
@@ -138,7 +155,7 @@ def handle_errors(fn: F) -> F:
 
 
 def connect(controller: str) -> IrisClient:
-    return IrisClient.remote(controller, token_file=_TOKEN_FILE[0])
+    return IrisClient.remote(controller, token_file=_TOKEN_FILE[0], tls_ca=_TLS_CA[0])
 
 
 # -- units --------------------------------------------------------------------------------------

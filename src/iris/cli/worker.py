@@ -56,6 +56,9 @@ def worker() -> None:
                    "$IRIS_JOIN_TOKEN. Exchanged at the first registration for a credential kept in the workdir.")
 @click.option("--tls-ca", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Verify the controller's TLS certificate against this CA (default: plaintext).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Serve the worker's gRPC over TLS with this certificate (PEM; with --tls-key).")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), default=None, help="The key of --tls-cert.")
 @click.option("--max-bundle-unpacked-size", default="2GiB", show_default=True,
               help="Largest size one attempt's workspace bundle may unpack to; over it the task fails.")
 @click.option("--max-bundle-files", default=100_000, show_default=True, type=click.IntRange(min=1),
@@ -75,6 +78,8 @@ def serve(
     max_message_size: str | None,
     join_token_file: Path | None,
     tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     max_bundle_unpacked_size: str,
     max_bundle_files: int,
     log_level: str,
@@ -137,7 +142,9 @@ def serve(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    serving = serve_worker(config, max_message_bytes=max_message_bytes)
+    if (tls_cert is None) != (tls_key is None):
+        raise click.BadParameter("give both --tls-cert and --tls-key", param_hint="--tls-cert")
+    serving = serve_worker(config, max_message_bytes=max_message_bytes, tls_cert=tls_cert, tls_key=tls_key)
     click.echo(f"worker {serving.worker.worker_id} serving on {serving.address}")
     while not stop.wait(1.0):
         pass

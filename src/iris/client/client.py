@@ -170,13 +170,15 @@ class IrisClient:
 
     @classmethod
     def remote(cls, address: str | None = None, *, timeout: float = DEFAULT_RPC_TIMEOUT_S,
-               token: str | None = None, token_file: Path | str | None = None) -> IrisClient:
+               token: str | None = None, token_file: Path | str | None = None,
+               tls_ca: Path | str | None = None) -> IrisClient:
         """Connect to the controller at ``address`` (default ``$IRIS_CONTROLLER`` or 127.0.0.1:10000).
 
         Connecting is lazy: an unreachable controller raises ``ControllerUnavailableError`` on the
         first call.
         """
-        return cls(address or default_controller_address(), timeout=timeout, token=token, token_file=token_file)
+        return cls(address or default_controller_address(), timeout=timeout, token=token, token_file=token_file,
+                   tls_ca=tls_ca)
 
     @classmethod
     def local(cls, workers: int = 2, **cluster_kwargs: Any) -> IrisClient:

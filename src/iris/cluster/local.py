@@ -25,6 +25,7 @@ import grpc
 
 from iris.cluster.clock import wait_until
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
+from iris.rpc.tls import TlsFiles, channel_credentials, make_local_pki
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +77,13 @@ class LocalCluster:
         env: dict[str, str] | None = None,
         worker_args: Sequence[str] = (),
         auth: bool = True,
+        tls: bool = False,
     ) -> None:
         """``worker_args``: extra ``iris worker serve`` flags for every worker. ``auth``: the controller
         requires tokens (its admin token is ``admin_token``; workers join with the join token);
-        False runs it with ``--auth none``."""
+        False runs it with ``--auth none``. ``tls``: a CA and a certificate for 127.0.0.1 are made
+        under ``base_dir/tls`` and every process serves and connects with them (``tls_ca``; tasks
+        and clients started from here get ``$IRIS_TLS_CA``)."""
         if workers < 0:
             raise ValueError(f"workers: must be >= 0, got {workers}")
         self.num_workers = workers
@@ -96,12 +100,17 @@ class LocalCluster:
         self.admin_token = ""
         """The controller's admin token (read from ``state_dir/admin.token`` once it started)."""
         self.tls_ca: Path | None = None
+        self._tls: TlsFiles | None = None
         self._owns_base = base_dir is None
         self.base_dir = Path(base_dir) if base_dir is not None else Path(tempfile.mkdtemp(prefix="iris-local-"))
         self.state_dir = Path(state_dir) if state_dir is not None else self.base_dir / "state"
         self.log_dir = self.base_dir / "logs"
         self._controller_port = controller_port
         self._env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        if tls:
+            self._tls = make_local_pki(self.base_dir / "tls")
+            self.tls_ca = self._tls.ca
+            self._env["IRIS_TLS_CA"] = str(self.tls_ca)
         self._controller: subprocess.Popen[bytes] | None = None
         self._controller_starts = 0
         self.controller_address = ""
@@ -162,6 +171,8 @@ class LocalCluster:
             "--dashboard-port", "0" if self.dashboard else "-1",
             "--auth", "token" if self.auth else "none",
         ]
+        if self._tls is not None:
+            argv += ["--tls-cert", str(self._tls.cert), "--tls-key", str(self._tls.key), "--tls-ca", str(self._tls.ca)]
         self._controller = self._spawn(argv, log_path)
         text = self._wait_for_line(self._controller, log_path, _CONTROLLER_RE, "controller")
         match = _CONTROLLER_RE.search(text)
@@ -178,6 +189,12 @@ class LocalCluster:
     @property
     def join_token_file(self) -> Path:
         return self.state_dir / "join.token"
+
+    def channel(self) -> grpc.Channel:
+        """A channel to the controller (TLS when the cluster uses it)."""
+        if self.tls_ca is not None:
+            return grpc.secure_channel(self.controller_address, channel_credentials(self.tls_ca))
+        return grpc.insecure_channel(self.controller_address)
 
     def metadata(self) -> tuple[tuple[str, str], ...] | None:
         """gRPC call metadata carrying the admin token (None without auth)."""
@@ -220,6 +237,8 @@ class LocalCluster:
         ]
         if self.auth:
             argv += ["--join-token-file", str(self.join_token_file)]
+        if self._tls is not None:
+            argv += ["--tls-cert", str(self._tls.cert), "--tls-key", str(self._tls.key), "--tls-ca", str(self._tls.ca)]
         if self.cpu_per_worker is not None:
             argv += ["--cpu", str(self.cpu_per_worker)]
         if self.memory_per_worker is not None:
@@ -255,7 +274,7 @@ class LocalCluster:
 
     def list_workers(self) -> list[cluster_pb2.WorkerInfo]:
         try:
-            with grpc.insecure_channel(self.controller_address) as channel:
+            with self.channel() as channel:
                 stub = cluster_pb2_grpc.ControllerServiceStub(channel)
                 return list(stub.ListWorkers(cluster_pb2.Controller.ListWorkersRequest(), timeout=5,
                                              metadata=self.metadata()).workers)

@@ -31,6 +31,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Protocol
 
 import grpc
@@ -40,6 +41,7 @@ from iris.cluster.spec import JobSpec
 from iris.cluster.types import JobId, TaskId, WorkerId, WorkerMetadata
 from iris.cluster.validation import MAX_MESSAGE_BYTES
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
+from iris.rpc.tls import channel_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -185,9 +187,10 @@ class WorkerClients(Protocol):
 
 
 class GrpcWorkerClients:
-    """One cached gRPC channel per worker address."""
+    """One cached gRPC channel per worker address (TLS, verified against ``tls_ca``, when given)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls_ca: Path | None = None) -> None:
+        self._credentials = channel_credentials(tls_ca) if tls_ca is not None else None
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, cluster_pb2_grpc.WorkerServiceStub] = {}
@@ -196,11 +199,12 @@ class GrpcWorkerClients:
         with self._lock:
             stub = self._stubs.get(address)
             if stub is None:
-                channel = grpc.insecure_channel(
-                    address,
-                    options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
-                )
+                options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                           ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+                if self._credentials is not None:
+                    channel = grpc.secure_channel(address, self._credentials, options=options)
+                else:
+                    channel = grpc.insecure_channel(address, options=options)
                 self._channels[address] = channel
                 stub = self._stubs[address] = cluster_pb2_grpc.WorkerServiceStub(channel)
             return stub

@@ -10,6 +10,7 @@ import functools
 import logging
 from collections.abc import Callable
 from concurrent import futures
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -29,6 +30,7 @@ from iris.cluster.types import JobId
 from iris.cluster.validation import MAX_MESSAGE_BYTES
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
 from iris.rpc.status import grpc_status
+from iris.rpc.tls import server_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -285,7 +287,9 @@ def _require(value: str, field_name: str) -> None:
 class ControllerServer:
     """A gRPC server for a Controller on ``host:port`` (port 0 picks a free one)."""
 
-    def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 0, threads: int = 32) -> None:
+    def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 0, threads: int = 32,
+                 tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
+        """With ``tls_cert``/``tls_key`` the port speaks TLS only."""
         self.controller = controller
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="controller-rpc"),
@@ -296,7 +300,10 @@ class ControllerServer:
             ],
         )
         cluster_pb2_grpc.add_ControllerServiceServicer_to_server(ControllerServiceImpl(controller), self._server)
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if tls_cert is not None and tls_key is not None:
+            self.port = self._server.add_secure_port(f"{host}:{port}", server_credentials(tls_cert, tls_key))
+        else:
+            self.port = self._server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"could not bind the controller to {host}:{port}")
         self.host = host

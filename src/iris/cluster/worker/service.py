@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import grpc
@@ -24,6 +25,7 @@ from iris.cluster.worker.runtime import Runtime
 from iris.cluster.worker.worker import Worker, WorkerConfig
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
 from iris.rpc.status import grpc_status
+from iris.rpc.tls import server_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +140,8 @@ def serve_worker(
     gpus: list[GpuInfo] | None = None,
     rpc_threads: int = 16,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> ServingWorker:
     """Build a Worker, bind its gRPC service on ``config.host:config.port`` (0: a free port),
     and start it. The caller owns the result and must ``stop()`` it."""
@@ -149,7 +153,10 @@ def serve_worker(
                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
     )
     cluster_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServiceImpl(worker), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if tls_cert is not None and tls_key is not None:
+        port = server.add_secure_port(f"{config.host}:{config.port}", server_credentials(tls_cert, tls_key))
+    else:
+        port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:
         raise OSError(f"could not bind {config.host}:{config.port}")
     server.start()
