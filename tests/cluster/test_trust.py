@@ -340,3 +340,39 @@ def test_trust_tls_end_to_end_and_plaintext_is_refused(tmp_path: Path) -> None:
         worker_plain = cluster_pb2_grpc.WorkerServiceStub(grpc.insecure_channel(c.workers[0].address))
         assert code_of(lambda: worker_plain.HealthCheck(cluster_pb2.Worker.HealthCheckRequest(), timeout=5)) == \
             grpc.StatusCode.UNAVAILABLE
+
+
+def test_trust_an_oversized_request_gets_invalid_argument_naming_the_cap(admin: Api) -> None:
+    huge = "x" * (2 << 20)
+    with pytest.raises(grpc.RpcError) as error:
+        admin.stub.GetJobStatus(C.GetJobStatusRequest(job_id=huge), timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "over this call's cap of 1048576 bytes" in error.value.details() and "xxxx" not in error.value.details()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="--task-user needs a worker running as root")
+def test_trust_task_user_cannot_read_the_workers_credential() -> None:
+    import pwd
+    import shutil
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    # Not pytest's tmp_path (mode 0700): the task user must be able to reach its attempt directory.
+    base = Path(tempfile.mkdtemp(prefix="iris-task-user-"))
+    os.chmod(base, 0o755)
+    try:
+        with LocalCluster(workers=1, cpu_per_worker=2, worker_timeout=5, heartbeat_interval=0.3, kill_grace=1,
+                          base_dir=base, worker_args=["--task-user", "nobody"]) as c:
+            api = Api(c.controller_address, c.admin_token)
+            try:
+                credential = c.workers[0].workdir / "credential"
+                script = (f"id -u; test -s {credential} && ! cat {credential} 2>/dev/null && echo unreadable; "
+                          "touch written-by-the-task")
+                job_id = api.launch("as-nobody", ["/bin/sh", "-c", script])
+                job = api.wait(job_id, timeout=60)
+                assert job.state == T.JOB_STATE_SUCCEEDED, job.tasks[0].error
+                assert api.logs(f"{job_id}/task-0") == [str(nobody.pw_uid), "unreadable"]
+            finally:
+                api.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -63,6 +63,9 @@ def worker() -> None:
               help="Largest size one attempt's workspace bundle may unpack to; over it the task fails.")
 @click.option("--max-bundle-files", default=100_000, show_default=True, type=click.IntRange(min=1),
               help="Most files one workspace bundle may hold; over it the task fails.")
+@click.option("--task-user", default=None,
+              help="Run tasks as this user (the worker must run as root): their attempt directories are "
+                   "theirs, the worker's credential and files are not readable by them.")
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 def serve(
     controller_address: str,
@@ -82,6 +85,7 @@ def serve(
     tls_key: Path | None,
     max_bundle_unpacked_size: str,
     max_bundle_files: int,
+    task_user: str | None,
     log_level: str,
 ) -> None:
     """Serve a worker until SIGTERM/SIGINT, then kill its tasks, report them and exit 0."""
@@ -118,6 +122,16 @@ def serve(
         except OSError as e:
             raise click.BadParameter(f"cannot read {join_token_file}: {e.strerror}",
                                      param_hint="--join-token-file") from None
+    if task_user is not None:
+        import pwd
+
+        if os.geteuid() != 0:
+            raise click.BadParameter("needs a worker running as root (it switches each task to that user)",
+                                     param_hint="--task-user")
+        try:
+            pwd.getpwnam(task_user)
+        except KeyError:
+            raise click.BadParameter(f"no such user {task_user!r}", param_hint="--task-user") from None
     worker_id = worker_id or f"w-{secrets.token_hex(4)}"
     config = WorkerConfig(
         controller_address=controller_address,
@@ -134,6 +148,7 @@ def serve(
         tls_ca=tls_ca,
         max_bundle_unpacked_bytes=_size(max_bundle_unpacked_size, "--max-bundle-unpacked-size"),
         max_bundle_files=max_bundle_files,
+        task_user=task_user,
     )
     stop = threading.Event()
 

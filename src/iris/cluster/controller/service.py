@@ -37,6 +37,15 @@ logger = logging.getLogger(__name__)
 _R = TypeVar("_R")
 
 
+MESSAGE_CAPS: dict[str, int] = {
+    "LaunchJob": MAX_MESSAGE_BYTES,  # carries the workspace bundle
+    "RegisterWorker": 64 * 1024 * 1024,  # carries a worker's complete observed set
+    "Heartbeat": 64 * 1024 * 1024,
+    "ReportTaskState": 64 * 1024 * 1024,
+}
+DEFAULT_MESSAGE_CAP = 1024 * 1024
+"""Every other request is small: over this it is refused with INVALID_ARGUMENT naming the cap."""
+
 _HUMANS = (Role.ADMIN, Role.USER)
 _READERS = (Role.ADMIN, Role.USER, Role.TASK)
 
@@ -50,9 +59,15 @@ def _rpc(*roles: Role) -> Callable[[Callable[..., _R]], Callable[..., _R]]:
         raise ValueError("an RPC must name the roles it admits")
 
     def decorate(method: Callable[..., _R]) -> Callable[..., _R]:
+        cap = MESSAGE_CAPS.get(method.__name__, DEFAULT_MESSAGE_CAP)
+
         @functools.wraps(method)
         def wrapper(self: ControllerServiceImpl, request: Any, context: grpc.ServicerContext) -> _R:
             try:
+                size = request.ByteSize()
+                if size > cap:  # never echoed back: the reply names only the sizes
+                    raise InvalidArgument(f"{method.__name__}: the request is {size} bytes, over this call's cap of "
+                                          f"{cap} bytes")
                 principal = self._controller.authenticate(bearer(context.invocation_metadata()))
                 if principal.role not in roles:
                     require_role(principal, *roles, what=method.__name__)

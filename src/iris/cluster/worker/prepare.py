@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 import secrets
 import shutil
 import socket
@@ -62,6 +63,8 @@ class PreparerConfig:
     bind_host: str = "127.0.0.1"
     max_bundle_unpacked_bytes: int = DEFAULT_MAX_BUNDLE_UNPACKED_BYTES
     max_bundle_files: int = DEFAULT_MAX_BUNDLE_FILES
+    task_user: str | None = None
+    """Tasks run as this user: their attempt directories are handed to it."""
 
 
 class AttemptPreparer:
@@ -129,6 +132,8 @@ class AttemptPreparer:
                 raise PreparationError(f"bundle {request.bundle_hash[:12]}: {e}") from e
             existing = env.get("PYTHONPATH")
             env["PYTHONPATH"] = f"{work_dir}{os.pathsep}{existing}" if existing else str(work_dir)
+        if self._config.task_user is not None:
+            _give_to(self._config.task_user, attempt_dir)
         if entrypoint.pickled:
             pickle_path = attempt_dir / "callable.pkl"
             pickle_path.write_bytes(entrypoint.pickled)
@@ -145,6 +150,7 @@ class AttemptPreparer:
             memory_limit_bytes=request.resources.memory_bytes,
             cpu_limit=request.resources.cpu,
             record_path=attempt_dir / PROCESS_RECORD,
+            user=self._config.task_user,
         )
 
     def _task_env(self, request: cluster_pb2.Worker.RunTaskRequest, ports: Mapping[str, int], gpus: list[int]
@@ -239,3 +245,12 @@ def _make_attempt_dirs(attempt_dir: str, work_dir: str) -> None:
         os.mkdir(work_dir)
     except FileExistsError:
         pass
+
+
+def _give_to(user: str, directory: Path) -> None:
+    """Hand an attempt directory (and the unpacked workspace in it) to the task's user."""
+    entry = pwd.getpwnam(user)
+    for root, _dirs, files in os.walk(directory):
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        for name in files:
+            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)

@@ -20,6 +20,7 @@ import errno
 import json
 import logging
 import os
+import pwd
 import select
 import signal
 import stat
@@ -61,6 +62,8 @@ class ProcessSpec:
     """Cores (0: no limit). Enforced only through a cgroup (cpu quota)."""
     record_path: Path | None = None
     """Where to write the pid record used to find orphans after a worker restart."""
+    user: str | None = None
+    """Run as this user (its uid, primary gid, no supplementary groups); needs a root worker."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +291,7 @@ class ProcessRuntime:
         if self._limits is not None and (spec.memory_limit_bytes > 0 or spec.cpu_limit > 0):
             cgroup = self._limits.create(f"{spec.key[0]}.{spec.key[1]}", spec.cpu_limit, spec.memory_limit_bytes)
         try:
-            if self._spawner is not None:
+            if self._spawner is not None and spec.user is None:
                 pid = self._spawner.spawn(spec)
             else:
                 proc = self._popen(spec)
@@ -332,6 +335,11 @@ class ProcessRuntime:
         try:
             # start_new_session gives the attempt its own process group (setsid) without a
             # preexec_fn, so CPython can keep using its fast vfork/posix_spawn path.
+            uid = gid = None
+            groups: list[int] | None = None
+            if spec.user is not None:  # its own uid and primary group, and none of the worker's groups
+                entry = pwd.getpwnam(spec.user)
+                uid, gid, groups = entry.pw_uid, entry.pw_gid, []
             return subprocess.Popen(
                 list(spec.argv),
                 cwd=spec.cwd,
@@ -341,6 +349,9 @@ class ProcessRuntime:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
+                user=uid,
+                group=gid,
+                extra_groups=groups,
             )
         finally:
             os.close(log_fd)

@@ -129,6 +129,8 @@ class WorkerConfig:
     """Verify the controller's certificate against this CA (None: plaintext)."""
     max_bundle_unpacked_bytes: int = DEFAULT_MAX_BUNDLE_UNPACKED_BYTES
     max_bundle_files: int = DEFAULT_MAX_BUNDLE_FILES
+    task_user: str | None = None
+    """Run tasks as this user (the worker must be root), so a task cannot read the worker's files."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +197,7 @@ class Worker:
             PreparerConfig(self._workdir, self.worker_id, config.controller_address, _task_base_env(),
                            has_gpus=bool(self._gpus), bind_host="127.0.0.1",
                            max_bundle_unpacked_bytes=config.max_bundle_unpacked_bytes,
-                           max_bundle_files=config.max_bundle_files),
+                           max_bundle_files=config.max_bundle_files, task_user=config.task_user),
             self._fetch_bundle,
         )
         self._stop_event = threading.Event()
