@@ -376,3 +376,24 @@ def test_trust_task_user_cannot_read_the_workers_credential() -> None:
                 api.close()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_trust_a_restarted_worker_kills_the_daemons_its_crashed_incarnation_left(tmp_path: Path) -> None:
+    import signal
+
+    pidfile = tmp_path / "daemon.pid"
+    script = (f"setsid sh -c 'trap \"\" TERM; echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; exec sleep 1000' "
+              "</dev/null >/dev/null 2>&1 & sleep 1000")
+    with LocalCluster(workers=1, cpu_per_worker=2, worker_timeout=30, heartbeat_interval=0.3, kill_grace=1,
+                      base_dir=tmp_path / "c") as c:
+        api = Api(c.controller_address, c.admin_token)
+        try:
+            api.launch("left-behind", ["/bin/sh", "-c", script])
+            wait_until(pidfile.exists, 30)
+            daemon = int(pidfile.read_text())
+            c.kill_worker(0, signal.SIGKILL)
+            assert _alive(daemon)  # the crash left it running
+            c.start_worker(0)  # same id and workdir: it cleans up after its previous incarnation
+            wait_until(lambda: not _alive(daemon), 30, message=f"daemon {daemon} outlived its crashed worker")
+        finally:
+            api.close()

@@ -114,7 +114,7 @@ def serve(
     if dashboard_port >= 0:
         from iris.cluster.controller.dashboard import Dashboard
 
-        dashboard = Dashboard(ctrl, host, dashboard_port)
+        dashboard = Dashboard(ctrl, host, dashboard_port, tls_cert=tls_cert, tls_key=tls_key)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

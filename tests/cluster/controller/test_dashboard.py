@@ -129,3 +129,32 @@ def test_dashboard_refuses_a_foreign_host_header(dashboard: Dashboard) -> None:
     status, body = get(dashboard, "/api/jobs", headers={"Host": "evil.example:80"})
     assert status == 421 and "Host" in json.loads(body)["error"]
     assert get(dashboard, "/api/jobs", headers={"Host": f"localhost:{dashboard.port}"})[0] == 200
+
+
+def test_dashboard_half_sent_requests_are_dropped_and_cost_no_thread_each(dashboard: Dashboard) -> None:
+    """A flood of connections that never finish their request: the server drops each after its
+    timeout instead of keeping a thread per connection, and then serves real requests."""
+    import socket
+
+    from iris.cluster.clock import wait_until
+
+    controller = dashboard._controller  # the fixture's controller, to serve a second, short-timeout site
+    site = Dashboard(controller, "127.0.0.1", 0, request_timeout_s=0.5)
+    site.start()
+    flood = []
+    try:
+        for _ in range(40):
+            s = socket.create_connection(("127.0.0.1", site.port), timeout=30)
+            s.sendall(b"GET /api/jobs HTTP/1.1\r\nHost: 127.0.0.1")  # never finished
+            flood.append(s)
+
+        def all_dropped() -> bool:
+            return all(s.recv(1) == b"" for s in flood)
+
+        wait_until(all_dropped, 60, message="half-sent connections were not dropped")
+        status, body = get(site, "/api/jobs")
+        assert status == 200 and json.loads(body)["jobs"]
+    finally:
+        for s in flood:
+            s.close()
+        site.stop()

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -142,12 +144,21 @@ class Dashboard:
     never goes in a URL). A request whose ``Host`` is not an address this dashboard serves is
     refused (DNS rebinding)."""
 
-    def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 0, *,
+                 tls_cert: Path | None = None, tls_key: Path | None = None,
+                 request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
         self._controller = controller
+        self._request_timeout_s = request_timeout_s
         handler = self._make_handler()
         self._server = _BoundedServer((host, port), handler)
+        scheme = "http"
+        if tls_cert is not None and tls_key is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls_cert, tls_key)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            scheme = "https"
         self.port = self._server.server_address[1]
-        self.url = f"http://{host}:{self.port}"
+        self.url = f"{scheme}://{host}:{self.port}"
         self._thread: threading.Thread | None = None
         names = {host, "127.0.0.1", "localhost", "[::1]"} if _is_loopback(host) else {host}
         self._hosts = {f"{name}:{self.port}" for name in names} | ({host} if not _is_loopback(host) else set())
@@ -247,7 +258,7 @@ class Dashboard:
         dashboard = self
 
         class Handler(BaseHTTPRequestHandler):
-            timeout = REQUEST_TIMEOUT_S
+            timeout = dashboard._request_timeout_s
 
             def log_message(self, format: str, *args: Any) -> None:
                 logger.debug("dashboard: " + format, *args)
