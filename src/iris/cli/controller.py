@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import signal
 import sys
@@ -13,6 +12,8 @@ from types import FrameType
 from typing import IO
 
 import click
+
+from iris.cluster.files import is_loopback, write_private
 
 CONTROLLER_SWITCH_INTERVAL_S = 0.001
 """The controller daemon's GIL switch interval (Python's default is 5 ms). Heartbeats and reports
@@ -76,14 +77,14 @@ def serve(
     if worker_timeout <= 0:
         raise click.BadParameter("must be > 0", param_hint="--worker-timeout")
     if auth_mode == "none":
-        if not _is_loopback(host):
+        if not is_loopback(host):
             raise click.BadParameter(f"--auth none is refused on {host}: bind a loopback address (127.0.0.1)",
                                      param_hint="--auth")
         click.echo("WARNING: authentication is off (--auth none): anyone who can reach the port is an admin",
                    err=True)
     if (tls_cert is None) != (tls_key is None):
         raise click.BadParameter("give both --tls-cert and --tls-key", param_hint="--tls-cert")
-    if tls_cert is None and not _is_loopback(host):
+    if tls_cert is None and not is_loopback(host):
         click.echo(f"WARNING: serving on {host} without TLS: tokens travel in clear text (use --tls-cert/--tls-key)",
                    err=True)
     from iris.cluster.clock import SystemClock
@@ -103,7 +104,7 @@ def serve(
     if config.auth:
         for role, value in ctrl.bootstrap_tokens().items():
             path = state_dir / ("admin.token" if role.value == "admin" else "join.token")
-            _write_private(path, value + "\n")
+            write_private(path, value + "\n")
             click.echo(f"{'admin token' if role.value == 'admin' else 'worker join token'} written to {path}")
     try:
         server = ControllerServer(ctrl, host, port, tls_cert=tls_cert, tls_key=tls_key)
@@ -138,24 +139,6 @@ def serve(
     lock.close()
 
 
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
-
-
 def _secret(state_dir: Path) -> bytes:
     """The controller's secret key (task tokens, its credential to workers): made once, kept 0600."""
     path = state_dir / "secret.key"
@@ -165,11 +148,8 @@ def _secret(state_dir: Path) -> bytes:
             return data
     except FileNotFoundError:
         pass
-    state_dir.mkdir(parents=True, exist_ok=True)
     data = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    write_private(path, data)
     return data
 
 

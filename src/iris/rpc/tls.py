@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
+from iris.cluster.files import write_private
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +78,6 @@ def make_local_pki(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "loca
     files = TlsFiles(directory / "server.pem", directory / "server.key", directory / "ca.pem")
     files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(files.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                serialization.NoEncryption()))
+    write_private(files.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
     return files
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)

@@ -28,6 +28,7 @@ from iris.cluster.auth import Principal
 from iris.cluster.controller.controller import Controller
 from iris.cluster.controller.views import endpoint_proto, job_proto, worker_proto
 from iris.cluster.errors import IrisError
+from iris.cluster.files import is_loopback
 from iris.cluster.types import JobId, job_state_name, task_state_name
 
 logger = logging.getLogger(__name__)
@@ -83,17 +84,6 @@ async function show(id) {
 refresh(); setInterval(refresh, 2000);
 </script></body></html>
 """
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _to_dict(message: Any) -> dict[str, Any]:
@@ -160,8 +150,8 @@ class Dashboard:
         self.port = self._server.server_address[1]
         self.url = f"{scheme}://{host}:{self.port}"
         self._thread: threading.Thread | None = None
-        names = {host, "127.0.0.1", "localhost", "[::1]"} if _is_loopback(host) else {host}
-        self._hosts = {f"{name}:{self.port}" for name in names} | ({host} if not _is_loopback(host) else set())
+        names = {host, "127.0.0.1", "localhost", "[::1]"} if is_loopback(host) else {host}
+        self._hosts = {f"{name}:{self.port}" for name in names} | ({host} if not is_loopback(host) else set())
         self._sessions: dict[str, str] = {}
         """Session id -> the token it was opened with (checked again on every request, so a revoked
         token ends its sessions)."""

@@ -16,7 +16,6 @@ one lock; no lock is held across an RPC. Every loop body is a public single-pass
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 import grpc
 
 from iris.cluster.clock import Clock
+from iris.cluster.files import write_private
 from iris.cluster.validation import MAX_MESSAGE_BYTES
 from iris.cluster.worker.attempts import AttemptKey, AttemptStatus
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
@@ -60,15 +60,6 @@ def _read_credential(path: Path | None) -> str:
         return path.read_text().strip()
     except OSError:
         return ""
-
-
-def _write_credential(path: Path, token: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    os.replace(tmp, path)
 
 
 def _rpc_error_text(error: grpc.RpcError) -> str:
@@ -150,7 +141,7 @@ class ControllerLink:
             self._credential = response.credential
             path = self._config.credential_path
             if path is not None:
-                _write_credential(path, response.credential)
+                write_private(path, response.credential + "\n")
 
     def close(self) -> None:
         self._channel.close()
