@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psutil
@@ -53,17 +54,19 @@ def run_once(tasks: int, workers: int, slots: int, base: Path, cpu: bool, cgroup
         procs.update({w.worker_id: psutil.Process(w.pid) for w in cluster.workers})
         channel = grpc.insecure_channel(cluster.controller_address)
         stub = cluster_pb2_grpc.ControllerServiceStub(channel)
+        token = getattr(cluster, "admin_token", "")  # trees before the trust boundary have none
+        md = (("authorization", f"Bearer {token}"),) if token else None
         entry = T.Entrypoint(command=T.CommandEntrypoint(argv=["/bin/true"])).SerializeToString()
         request = T.Controller.LaunchJobRequest(
             name="bench", serialized_entrypoint=entry, resources=ResourceSpec(cpu=1, replicas=tasks).to_proto()
         )
         before = {name: _cpu(p) for name, p in procs.items()}
         start = time.perf_counter()
-        stub.LaunchJob(request, timeout=60)
-        done = threading_event_wait(stub)
+        stub.LaunchJob(request, timeout=60, metadata=md)
+        done = threading_event_wait(stub, md)
         elapsed = time.perf_counter() - start
         after = {name: _cpu(p) for name, p in procs.items()}
-        job = stub.GetJobStatus(T.Controller.GetJobStatusRequest(job_id="bench"), timeout=60).job
+        job = stub.GetJobStatus(T.Controller.GetJobStatusRequest(job_id="bench"), timeout=60, metadata=md).job
         channel.close()
         if job.state != T.JOB_STATE_SUCCEEDED or job.tasks_succeeded != tasks or not done:
             sys.exit(f"benchmark job ended {T.JobState.Name(job.state)}: {job.error}")
@@ -78,12 +81,12 @@ def run_once(tasks: int, workers: int, slots: int, base: Path, cpu: bool, cgroup
         return elapsed
 
 
-def threading_event_wait(stub: cluster_pb2_grpc.ControllerServiceStub, timeout: float = 600) -> bool:
+def threading_event_wait(stub: cluster_pb2_grpc.ControllerServiceStub, md: Any = None, timeout: float = 600) -> bool:
     """Poll the job every 20 ms until it ends (the poll's cost is part of what is measured)."""
     stop = threading.Event()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = stub.GetJobStatus(T.Controller.GetJobStatusRequest(job_id="bench"), timeout=60).job
+        job = stub.GetJobStatus(T.Controller.GetJobStatusRequest(job_id="bench"), timeout=60, metadata=md).job
         if job.state >= T.JOB_STATE_SUCCEEDED:
             return True
         stop.wait(0.02)

@@ -44,8 +44,19 @@ T = cluster_pb2
 _OPTIONS = [("grpc.max_receive_message_length", 512 << 20), ("grpc.max_send_message_length", 512 << 20)]
 
 
+class _Bearer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, token: str) -> None:
+        self._md = (("authorization", f"Bearer {token}"),)
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(details._replace(metadata=tuple(details.metadata or ()) + self._md), request)
+
+
 def _stub(address: str) -> cluster_pb2_grpc.ControllerServiceStub:
-    return cluster_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(address, options=_OPTIONS))
+    """A stub presenting $BENCH_TOKEN (the controller's admin token when it has authentication)."""
+    channel = grpc.insecure_channel(address, options=_OPTIONS)
+    token = os.environ.get("BENCH_TOKEN", "")
+    return cluster_pb2_grpc.ControllerServiceStub(grpc.intercept_channel(channel, _Bearer(token)) if token else channel)
 
 
 def heartbeats(address: str, stop: Event, out: Any) -> None:
@@ -141,6 +152,10 @@ def main() -> None:
             resources=T.ResourceSpecProto(cpu=1, memory_bytes=1 << 20, replicas=1)))
         controller.terminate_job(job_id)
     print(f"{args.jobs:,} jobs held (submitted and ended) in {time.perf_counter() - started:.1f} s", flush=True)
+    if hasattr(controller, "create_token"):  # authentication on, as deployed: every reader presents a token
+        from iris.cluster.auth import Role
+
+        os.environ["BENCH_TOKEN"] = controller.create_token("bench", Role.ADMIN)[1]
     server = ControllerServer(controller, "127.0.0.1", 0)
     server.start()
     _stub(server.address).RegisterWorker(C.RegisterWorkerRequest(

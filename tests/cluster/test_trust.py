@@ -180,6 +180,7 @@ def test_trust_a_forged_success_report_cannot_end_a_running_job(cluster: LocalCl
 
 def test_trust_a_task_token_is_scoped_to_its_attempt(cluster: LocalCluster, admin: Api, tmp_path: Path) -> None:
     other = admin.launch("bystander", ["/bin/sh", "-c", "sleep 300"])
+    lookalike = admin.launch("scopedx", ["/bin/true"])  # shares the task's job id as a prefix
     out = tmp_path / "token"
     code = f"""
 import os, pathlib, sys, time, grpc
@@ -202,13 +203,15 @@ results.append(code(lambda: stub.TerminateJob(C.TerminateJobRequest(job_id={othe
 results.append(code(lambda: stub.GetJobStatus(C.GetJobStatusRequest(job_id={other!r}), timeout=10, metadata=md)))
 results.append(code(lambda: stub.GetJobStatus(C.GetJobStatusRequest(job_id=os.environ["IRIS_JOB_ID"]), timeout=10,
                                               metadata=md)))
-pathlib.Path({str(out)!r}).write_text(token + "\\n" + ",".join(results))
+listed = sorted(j.job_id for j in stub.ListJobs(C.ListJobsRequest(), timeout=10, metadata=md).jobs)
+pathlib.Path({str(out)!r}).write_text(token + "\\n" + ",".join(results) + "\\n" + ",".join(listed))
 """
     job_id = admin.launch("scoped", py(code))
     job = admin.wait(job_id, timeout=60)
     assert job.state == T.JOB_STATE_SUCCEEDED, job.error
-    token, results = out.read_text().splitlines()
+    token, results, listed = out.read_text().splitlines()
     assert results.split(",") == ["OK", "PERMISSION_DENIED", "PERMISSION_DENIED", "OK"]
+    assert listed.split(",") == [job_id, f"{job_id}/kid"] and lookalike not in listed.split(",")
     kid = admin.job(f"{job_id}/kid")
     assert kid.parent_job_id == job_id and kid.owner == admin.job(job_id).owner
     # The attempt ended: its token is dead.

@@ -18,6 +18,7 @@ import grpc
 from iris.cluster.auth import Principal, Role, TokenRecord, bearer
 from iris.cluster.controller.access import (
     PermissionDenied,
+    in_task_scope,
     may_read_secrets,
     require_owner,
     require_reader,
@@ -135,8 +136,9 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         page = self._controller.list_jobs(
             states=list(request.states), prefix=prefix, page_size=request.page_size, page_token=request.page_token,
         )
+        jobs = page.jobs if who.role is not Role.TASK else [j for j in page.jobs if in_task_scope(who, j.job_id)]
         return cluster_pb2.Controller.ListJobsResponse(
-            jobs=[job_proto(j) for j in page.jobs], next_page_token=page.next_page_token
+            jobs=[job_proto(j) for j in jobs], next_page_token=page.next_page_token
         )
 
     @_rpc(*_READERS)
