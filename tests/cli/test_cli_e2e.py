@@ -113,6 +113,8 @@ def test_no_wait_then_logs_follow_and_stop(address: str) -> None:
         stop = iris("job", "stop", "cli-stop", controller=address)
         assert stop.returncode == 0 and "Stopped job cli-stop" in stop.stderr
         assert client.job("cli-stop").wait(timeout=60, raise_on_failure=False).state is JobState.KILLED
+        again = iris("job", "stop", "cli-stop", controller=address)
+        assert again.returncode == 0 and "had already ended (KILLED)" in again.stderr
     finally:
         client.close()
     followed = iris("job", "logs", "cli-stop", "--follow", controller=address)
@@ -151,3 +153,22 @@ def test_unreachable_controller_is_one_clear_line() -> None:
 def test_verbose_shows_the_traceback() -> None:
     result = iris("job", "list", "--verbose", controller="127.0.0.1:1")
     assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+def test_unknown_option_before_the_command_is_a_usage_error_not_the_command(address: str) -> None:
+    result = iris("job", "run", "--replica", "4", "--no-bundle", "--name", "typo", "--", "true", controller=address)
+    assert result.returncode == 2
+    assert "No such option '--replica'" in result.stderr and "Did you mean '--replicas'" in result.stderr
+    listed = iris("job", "list", "--json", controller=address)
+    assert listed.returncode == 0 and "typo" not in listed.stdout  # nothing was submitted
+    # Options after the command's first word belong to the command.
+    ok = iris("job", "run", "--no-bundle", "--name", "opts-in-cmd", *py("import sys; print(sys.argv[1:])"), "-x", "--y",
+              controller=address)
+    assert ok.returncode == 0 and "['-x', '--y']" in ok.stdout, ok.stderr
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    result = iris("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"iris {version('iris')}"

@@ -65,7 +65,7 @@ def test_trust_every_controller_rpc_needs_a_valid_token(cluster: LocalCluster) -
         "WhoAmI": C.WhoAmIRequest(),
     }
     assert set(calls) == set(cluster_pb2.DESCRIPTOR.services_by_name["ControllerService"].methods_by_name)
-    for token in ("", "iris_forged-token", "Bearer", "iris-task.eA.0.deadbeef"):
+    for token in ("", "iris_forged-token", "Bearer", "iris-task.0.deadbeef.x/task-0"):
         stub = cluster_pb2_grpc.ControllerServiceStub(authed_channel(cluster.controller_address, token))
         for method, request in calls.items():
             assert code_of(lambda m=method, r=request, s=stub: getattr(s, m)(r, timeout=10)) == \

@@ -28,8 +28,9 @@ def cluster() -> None:
               help="token: the cluster requires tokens, and this command logs you in to it (the admin token is "
                    "stored for its address). none: authentication off (loopback only), with a warning.")
 @click.option("--tls", is_flag=True, help="Make a CA and certificates; every process of the cluster speaks TLS.")
+@click.option("--verbose", "-v", is_flag=True, help="Show a traceback when the cluster cannot start.")
 def start(local: bool, workers: int, cpu_per_worker: int | None, memory_per_worker: str | None, port: int,
-          state_dir: Path | None, auth_mode: str, tls: bool) -> None:
+          state_dir: Path | None, auth_mode: str, tls: bool, verbose: bool) -> None:
     """Start a local cluster, print its addresses, and stop everything it started on Ctrl+C / SIGTERM.
 
     With authentication on (the default) it stores the cluster's admin token as your login for the
@@ -58,6 +59,10 @@ def start(local: bool, workers: int, cpu_per_worker: int | None, memory_per_work
     try:
         local_cluster.start()
     except LocalClusterError as e:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
         raise click.ClickException(str(e)) from e
     logged_in = False
     try:

@@ -50,6 +50,7 @@ def controller() -> None:
 @click.option("--tls-ca", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Verify the workers' TLS certificates against this CA when calling them (default: plaintext).")
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+@click.option("--verbose", "-v", is_flag=True, help="Log at DEBUG level (same as --log-level DEBUG).")
 def serve(
     host: str,
     port: int,
@@ -62,6 +63,7 @@ def serve(
     tls_key: Path | None,
     tls_ca: Path | None,
     log_level: str,
+    verbose: bool,
 ) -> None:
     """Serve the controller until SIGTERM/SIGINT, then flush its state and exit 0.
 
@@ -72,7 +74,7 @@ def serve(
     from iris.cluster.controller.store import ControllerStore, StoreError
     from iris.cluster.validation import Limits
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level="DEBUG" if verbose else log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.setswitchinterval(CONTROLLER_SWITCH_INTERVAL_S)
     if worker_timeout <= 0:
         raise click.BadParameter("must be > 0", param_hint="--worker-timeout")

@@ -386,7 +386,9 @@ def job() -> None:
 
 @job.command(
     "run",
-    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+    # The command starts at the first argument that is not an option (or after --); an unknown
+    # option before it is a usage error with a suggestion, never the start of the command.
+    context_settings={"allow_interspersed_args": False},
 )
 @controller_option
 @job_options
@@ -455,7 +457,9 @@ def task_rows(tasks: Sequence[TaskStatus]) -> list[tuple[str | Text, ...]]:
                 styled_state(t.state),
                 t.worker_id or "-",
                 str(t.num_attempts),
-                str(t.exit_code) if t.state.is_finished and t.state is not TaskState.UNSCHEDULABLE else "-",
+                # A KILLED task's code is the signal Iris sent, not the task's answer: show none.
+                str(t.exit_code) if t.state.is_finished and t.state not in (TaskState.UNSCHEDULABLE, TaskState.KILLED)
+                else "-",
                 span(t.started_at_ms, t.finished_at_ms),
                 one_line(t.error or t.pending_reason, 100),
             )
@@ -597,6 +601,10 @@ def _follow_logs(
 def stop_cmd(controller: str, job_id: str, verbose: bool) -> None:
     """Terminate a job: kill its tasks and its child jobs."""
     with connect(controller) as client:
+        before = client.job_status(job_id)
+        if before.is_finished:
+            stderr_console().print(Text(f"Job {job_id} had already ended (") + styled_state(before.state) + Text(")"))
+            return
         client.terminate(job_id)
         status = client.job_status(job_id)
     stderr_console().print(Text(f"Stopped job {job_id} (") + styled_state(status.state) + Text(")"))

@@ -17,6 +17,7 @@ from iris.cli.worker_list import worker_list
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="iris", prog_name="iris", message="%(prog)s %(version)s")
 def cli() -> None:
     """Iris: run jobs of N tasks across a fleet of workers."""
 

@@ -23,7 +23,7 @@ from iris.cli.output import (
 from iris.client import IrisClient
 
 
-@click.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.command("run", context_settings={"allow_interspersed_args": False})
 @click.option("--local", is_flag=True, help="Start a throwaway cluster on this machine for this job.")
 @click.option("--workers", default="2", show_default=True, help="Worker processes of the local cluster.")
 @click.option("--cpu-per-worker", type=int, default=None, help="Cores each local worker offers.")

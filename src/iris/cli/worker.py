@@ -67,6 +67,7 @@ def worker() -> None:
               help="Run tasks as this user (the worker must run as root): their attempt directories are "
                    "theirs, the worker's credential and files are not readable by them.")
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+@click.option("--verbose", "-v", is_flag=True, help="Log at DEBUG level (same as --log-level DEBUG).")
 def serve(
     controller_address: str,
     host: str,
@@ -87,6 +88,7 @@ def serve(
     max_bundle_files: int,
     task_user: str | None,
     log_level: str,
+    verbose: bool,
 ) -> None:
     """Serve a worker until SIGTERM/SIGINT, then kill its tasks, report them and exit 0."""
     # Imported here so `iris --help` stays fast.
@@ -97,7 +99,7 @@ def serve(
     from iris.cluster.worker.service import serve_worker
     from iris.cluster.worker.worker import WorkerConfig
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level="DEBUG" if verbose else log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if cpu is not None and cpu < 1:
         raise click.BadParameter("must be >= 1", param_hint="--cpu")
     try:

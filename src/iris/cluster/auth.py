@@ -14,7 +14,6 @@ Pure: no I/O, no clock (``now_ms`` comes in).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import secrets
@@ -95,30 +94,33 @@ def same_hash(a: str, b: str) -> bool:
 
 
 def task_token(secret: bytes, task_id: str, attempt_id: int) -> str:
-    """The token of one attempt: ``iris-task.<task id, base64>.<attempt>.<hmac>``."""
-    encoded = base64.urlsafe_b64encode(task_id.encode()).decode().rstrip("=")
-    return f"{TASK_TOKEN_PREFIX}{encoded}.{attempt_id}.{_mac(secret, task_id, attempt_id)}"
+    """The token of one attempt: ``iris-task.<attempt>.<mac>.<task id>`` (the id last: it may hold
+    dots; task ids never hold whitespace, NUL or line breaks)."""
+    return f"{TASK_TOKEN_PREFIX}{attempt_id}.{_mac(secret, task_id, attempt_id)}.{task_id}"
 
 
 def parse_task_token(secret: bytes, token: str) -> tuple[str, int] | None:
     """(task id, attempt id) of a genuine task token, else None (compared in constant time)."""
     if not token.startswith(TASK_TOKEN_PREFIX) or len(token) > 4096:
         return None
-    parts = token[len(TASK_TOKEN_PREFIX):].split(".")
-    if len(parts) != 3 or not parts[1].isdigit():
+    parts = token[len(TASK_TOKEN_PREFIX):].split(".", 2)
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[2]:
         return None
-    try:
-        task_id = base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        return None
-    attempt_id = int(parts[1])
-    if not hmac.compare_digest(parts[2].encode(), _mac(secret, task_id, attempt_id).encode()):
+    attempt_id, mac, task_id = int(parts[0]), parts[1], parts[2]
+    if not hmac.compare_digest(mac.encode(), _mac(secret, task_id, attempt_id).encode()):
         return None
     return task_id, attempt_id
 
 
+def derive(secret: bytes, purpose: str, *parts: str) -> str:
+    """A MAC of ``parts`` under ``secret`` for one ``purpose``: keyed BLAKE2b (a MAC by design,
+    and ~3x cheaper here than HMAC-SHA256 through OpenSSL; a launch computes one per task)."""
+    message = "\0".join((purpose, *parts)).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(message, key=secret[:64], digest_size=32).hexdigest()
+
+
 def _mac(secret: bytes, task_id: str, attempt_id: int) -> str:
-    return hmac.new(secret, f"task\0{task_id}\0{attempt_id}".encode(), hashlib.sha256).hexdigest()
+    return derive(secret, "task", task_id, str(attempt_id))
 
 
 def bearer(metadata: object) -> str | None:

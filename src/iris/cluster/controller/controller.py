@@ -22,8 +22,8 @@ Every loop body is a public single-pass ``tick_*`` method so tests drive it with
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import hmac
 import logging
 import os
 import secrets
@@ -39,6 +39,7 @@ from iris.cluster.auth import (
     Principal,
     Role,
     TokenRecord,
+    derive,
     generate_token,
     hash_token,
     new_token_id,
@@ -218,6 +219,7 @@ class Controller:
         self._secret = secret if secret is not None else secrets.token_bytes(32)
         """Derives the task tokens and the credential the controller presents to workers; kept in
         the state dir by ``iris controller serve`` so both survive a restart."""
+        self._worker_credentials: dict[str, str] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -357,8 +359,13 @@ class Controller:
         return task_token(self._secret, task_id, attempt_id)
 
     def controller_token(self, worker_id: str) -> str:
-        """The credential the controller presents to one worker (derived: the same after a restart)."""
-        return hmac.new(self._secret, f"controller\0{worker_id}".encode(), hashlib.sha256).hexdigest()
+        """The credential the controller presents to one worker (derived: the same after a restart;
+        computed once per worker)."""
+        token = self._worker_credentials.get(worker_id)
+        if token is None:
+            token = derive(self._secret, "controller", worker_id)
+            self._worker_credentials[worker_id] = token
+        return token
 
     def create_token(self, name: str, role: Role) -> tuple[TokenRecord, str]:
         """A new token (returned once, in clear) for ``name``; only its hash is kept."""
@@ -645,12 +652,9 @@ class Controller:
             if self._state.commit_assignment(task.task_id, worker.worker_id, now):
                 job = self._state.get_job(task.job_id)
                 assert job is not None
-                launches.append(AttemptLaunch(
-                    job.job_id, task.task_id, task.task_index, job.num_tasks, task.current_attempt_id, job.spec,
-                    worker.worker_id, worker.address,
-                    self.task_token(task.task_id, task.current_attempt_id) if self.config.auth else "",
-                    self.controller_token(worker.worker_id) if self.config.auth else "",
-                ))
+                # Tokens are added on the dispatch pool (``_launch_batch``), outside this lock.
+                launches.append(AttemptLaunch(job.job_id, task.task_id, task.task_index, job.num_tasks,
+                                              task.current_attempt_id, job.spec, worker.worker_id, worker.address))
         self._state.set_pending_reasons(reasons)
         return launches, ScheduleSummary(len(launches), len(tx.timed_out_tasks), len(pending) - len(launches))
 
@@ -691,6 +695,10 @@ class Controller:
         ACCEPTED is acknowledged; TASK_REFUSED is a failure of that task (the worker stays
         healthy); BACKEND_FAILED is a preemption, and the call counts once toward
         ``max_dispatch_failures`` of the worker."""
+        if self.config.auth:
+            credential = self.controller_token(batch[0].worker_id)
+            batch = [dataclasses.replace(launch, task_token=self.task_token(launch.task_id, launch.attempt_id),
+                                         credential=credential) for launch in batch]
         try:
             results = self._backend.submit(batch)
             if len(results) != len(batch):
