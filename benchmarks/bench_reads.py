@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -197,6 +198,7 @@ def main() -> None:
     print(f"p99 / quiet p99: 1 reader {percentile(one, 0.99) / q:.1f}x; {args.readers} readers + hostile "
           f"{percentile(many, 0.99) / q:.1f}x; readers + statuses {percentile(mixed, 0.99) / q:.1f}x")
     server.stop(grace=0)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
