@@ -293,3 +293,14 @@ def test_e2e_job_status_proto_roundtrip_fields(api: Api) -> None:
     job = api.wait(job_id)
     assert job.max_retries_preemption == 0 and job.submitted_at_ms > 0 and job.finished_at_ms >= job.started_at_ms
     assert isinstance(job, cluster_pb2.JobStatus)
+
+
+def test_e2e_local_workers_split_the_machine_unless_told(tmp_path: Path) -> None:
+    import psutil
+
+    with LocalCluster(workers=2, worker_timeout=5, heartbeat_interval=0.3, base_dir=tmp_path / "split",
+                      dashboard=False) as split:
+        workers = split.list_workers()
+        cores, memory = os.cpu_count() or 1, psutil.virtual_memory().total
+        assert [w.metadata.cpu_count for w in workers] == [max(1, cores // 2)] * 2
+        assert all(w.metadata.memory_bytes == memory // 2 for w in workers)

@@ -19,8 +19,9 @@ def cluster() -> None:
 @click.option("--local", "local", is_flag=True, required=True, help="Run the cluster on this machine.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Worker processes.")
 @click.option("--cpu-per-worker", type=click.IntRange(min=1), default=None,
-              help="Cores each worker offers (default: detected).")
-@click.option("--memory-per-worker", default=None, help="Memory each worker offers, e.g. 4GiB (default: detected).")
+              help="Cores each worker offers (default: the detected cores split between the workers).")
+@click.option("--memory-per-worker", default=None,
+              help="Memory each worker offers, e.g. 4GiB (default: the detected memory split between the workers).")
 @click.option("--port", default=0, show_default=True, type=int, help="Controller port (0: any free port).")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the controller's state here (default: a temporary directory).")

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 import grpc
+import psutil
 
 from iris.cluster.clock import wait_until
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
@@ -87,8 +88,12 @@ class LocalCluster:
         if workers < 0:
             raise ValueError(f"workers: must be >= 0, got {workers}")
         self.num_workers = workers
-        self.cpu_per_worker = cpu_per_worker
-        self.memory_per_worker = memory_per_worker
+        # The workers share this machine: unless told otherwise each offers its share of the detected
+        # cores and memory, not all of it (two workers offering the whole machine each overcommit it).
+        share = max(1, workers)
+        self.cpu_per_worker = cpu_per_worker if cpu_per_worker is not None else max(1, (os.cpu_count() or 1) // share)
+        self.memory_per_worker = (memory_per_worker if memory_per_worker is not None
+                                  else str(psutil.virtual_memory().total // share))
         self.worker_timeout = worker_timeout
         self.heartbeat_interval = heartbeat_interval
         self.kill_grace = kill_grace
