@@ -27,7 +27,10 @@ def controller() -> None:
 
 
 @controller.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--advertise", default=None, metavar="HOST",
+              help="Address workers and clients dial (default: the bound address, or the host's primary "
+                   "address when bound to 0.0.0.0).")
 @click.option("--port", default=10000, show_default=True, type=int, help="gRPC port (0: any free port).")
 @click.option(
     "--state-dir",
@@ -53,6 +56,7 @@ def controller() -> None:
 @click.option("--verbose", "-v", is_flag=True, help="Log at DEBUG level (same as --log-level DEBUG).")
 def serve(
     host: str,
+    advertise: str | None,
     port: int,
     state_dir: Path,
     dashboard_port: int,
@@ -109,7 +113,7 @@ def serve(
             write_private(path, value + "\n")
             click.echo(f"{'admin token' if role.value == 'admin' else 'worker join token'} written to {path}")
     try:
-        server = ControllerServer(ctrl, host, port, tls_cert=tls_cert, tls_key=tls_key)
+        server = ControllerServer(ctrl, host, port, tls_cert=tls_cert, tls_key=tls_key, advertise=advertise)
     except (OSError, RuntimeError) as e:
         store.close()
         raise click.ClickException(f"cannot serve on {host}:{port}: {e}") from e
@@ -117,7 +121,7 @@ def serve(
     if dashboard_port >= 0:
         from iris.cluster.controller.dashboard import Dashboard
 
-        dashboard = Dashboard(ctrl, host, dashboard_port, tls_cert=tls_cert, tls_key=tls_key)
+        dashboard = Dashboard(ctrl, host, dashboard_port, tls_cert=tls_cert, tls_key=tls_key, advertise=advertise)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

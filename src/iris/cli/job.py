@@ -456,18 +456,20 @@ def task_rows(tasks: Sequence[TaskStatus]) -> list[tuple[str | Text, ...]]:
                 str(t.task_index),
                 styled_state(t.state),
                 t.worker_id or "-",
+                t.worker_address or "-",
                 str(t.num_attempts),
                 # A KILLED task's code is the signal Iris sent, not the task's answer: show none.
                 str(t.exit_code) if t.state.is_finished and t.state not in (TaskState.UNSCHEDULABLE, TaskState.KILLED)
                 else "-",
                 span(t.started_at_ms, t.finished_at_ms),
+                " ".join(f"{name}={address}" for name, address in sorted(t.port_addresses.items())) or "-",
                 one_line(t.error or t.pending_reason, 100),
             )
         )
     return rows
 
 
-TASK_COLUMNS = ["TASK", "STATE", "WORKER", "ATTEMPTS", "EXIT", "DURATION", "ERROR"]
+TASK_COLUMNS = ["TASK", "STATE", "WORKER", "ADDRESS", "ATTEMPTS", "EXIT", "DURATION", "PORTS", "ERROR"]
 
 
 @job.command("status")

@@ -21,7 +21,12 @@ def worker() -> None:
 
 @worker.command("serve")
 @click.option("--controller", "controller_address", required=True, help="Controller address, HOST:PORT.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind (0.0.0.0: every interface); tasks bind it too (IRIS_BIND_HOST).")
+@click.option("--advertise", "advertise", default=None, metavar="HOST",
+              help="Address the controller and other tasks dial for this worker and its tasks "
+                   "(IRIS_ADVERTISE_HOST). Default: the bound address, or the host's primary address "
+                   "when bound to 0.0.0.0.")
 @click.option("--port", default=0, show_default=True, type=int, help="Port to bind (0: any free port).")
 @click.option("--cpu", type=int, default=None, help="Cores to offer (default: detected).")
 @click.option("--memory", default=None, help="Memory to offer, e.g. 8GiB (default: detected).")
@@ -71,6 +76,7 @@ def worker() -> None:
 def serve(
     controller_address: str,
     host: str,
+    advertise: str | None,
     port: int,
     cpu: int | None,
     memory: str | None,
@@ -141,6 +147,7 @@ def serve(
         worker_id=worker_id,
         host=host,
         port=port,
+        advertise_host=advertise,
         cpu=cpu,
         memory_bytes=memory_bytes,
         heartbeat_interval_s=heartbeat_interval,

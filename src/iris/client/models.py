@@ -140,6 +140,8 @@ class TaskStatus(_Jsonable):
     pending_reason: str
     pending_since_ms: int
     ports: dict[str, int] = field(default_factory=dict)
+    port_addresses: dict[str, str] = field(default_factory=dict)
+    """Each named port as HOST:PORT that other hosts can dial (the worker's advertised address)."""
 
     @property
     def num_attempts(self) -> int:
@@ -170,6 +172,7 @@ class TaskStatus(_Jsonable):
             pending_reason=proto.pending_reason,
             pending_since_ms=proto.pending_since_ms,
             ports=dict(proto.ports),
+            port_addresses=dict(proto.port_addresses),
         )
 
 

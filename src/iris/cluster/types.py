@@ -6,6 +6,7 @@ for the enum values of task and job states, which the seed keeps as ``cluster_pb
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import NewType
@@ -339,3 +340,22 @@ class WorkerMetadata:
             gpu_memory_mb=self.gpu_memory_mb,
             attributes=dict(self.attributes),
         )
+
+
+# ---------------------------------------------------------------------------- addresses
+
+
+def host_port(host: str, port: int) -> str:
+    """``HOST:PORT``, with an IPv6 literal in brackets."""
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]:{port}"
+    except ValueError:
+        pass
+    return f"{host}:{port}"
+
+
+def split_host(address: str) -> str:
+    """The host of a ``HOST:PORT`` address (brackets of an IPv6 literal removed)."""
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host

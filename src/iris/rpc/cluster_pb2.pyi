@@ -415,6 +415,26 @@ class TaskStatus(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class PortAddressesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TASK_ID_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
     TASK_INDEX_FIELD_NUMBER: _builtins.int
@@ -432,6 +452,7 @@ class TaskStatus(_message.Message):
     PENDING_REASON_FIELD_NUMBER: _builtins.int
     PENDING_SINCE_MS_FIELD_NUMBER: _builtins.int
     PORTS_FIELD_NUMBER: _builtins.int
+    PORT_ADDRESSES_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     job_id: _builtins.str
     task_index: _builtins.int
@@ -452,7 +473,13 @@ class TaskStatus(_message.Message):
         """ended attempts, oldest first"""
 
     @_builtins.property
-    def ports(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    def ports(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """the current (or last) attempt's named ports"""
+
+    @_builtins.property
+    def port_addresses(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """name -> HOST:PORT, HOST the worker's advertised address"""
+
     def __init__(
         self,
         *,
@@ -473,10 +500,11 @@ class TaskStatus(_message.Message):
         pending_reason: _builtins.str = ...,
         pending_since_ms: _builtins.int = ...,
         ports: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        port_addresses: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "current_attempt_id", b"current_attempt_id", "error", b"error", "exit_code", b"exit_code", "failure_count", b"failure_count", "finished_at_ms", b"finished_at_ms", "job_id", b"job_id", "pending_reason", b"pending_reason", "pending_since_ms", b"pending_since_ms", "ports", b"ports", "preemption_count", b"preemption_count", "started_at_ms", b"started_at_ms", "state", b"state", "task_id", b"task_id", "task_index", b"task_index", "worker_address", b"worker_address", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "current_attempt_id", b"current_attempt_id", "error", b"error", "exit_code", b"exit_code", "failure_count", b"failure_count", "finished_at_ms", b"finished_at_ms", "job_id", b"job_id", "pending_reason", b"pending_reason", "pending_since_ms", b"pending_since_ms", "port_addresses", b"port_addresses", "ports", b"ports", "preemption_count", b"preemption_count", "started_at_ms", b"started_at_ms", "state", b"state", "task_id", b"task_id", "task_index", b"task_index", "worker_address", b"worker_address", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -212,6 +212,8 @@ def test_run_task_environment_ports_and_gpus(make_worker: WorkerFactory) -> None
     assert env["IRIS_ATTEMPT_ID"] == "2"
     assert env["IRIS_WORKER_ID"] == "w-env"
     assert env["IRIS_CONTROLLER_ADDRESS"] == worker._config.controller_address  # noqa: SLF001
+    # A worker bound to loopback tells its tasks to bind and advertise loopback.
+    assert env["IRIS_BIND_HOST"] == "127.0.0.1" and env["IRIS_ADVERTISE_HOST"] == "127.0.0.1"
     assert env["USER_VAR"] == "value"
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
     other_env = runtime.spec(("job/task-4", 0)).env
@@ -741,3 +743,11 @@ def test_run_tasks_while_stopping_refuses_with_worker_stopping(make_worker: Work
     worker.stop()
     results = worker.run_tasks([command_request(["/bin/true"], "job/task-0")])
     assert not results[0].accepted and results[0].worker_stopping and "shutting down" in results[0].error
+
+
+def test_tasks_bind_every_interface_and_advertise_the_worker_address(make_worker: WorkerFactory) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(runtime=runtime, host="0.0.0.0", advertise_host="10.20.30.40")
+    worker.run_task(command_request(["/bin/true"], "job/task-0", ports=["coord"]))
+    env = runtime.spec(("job/task-0", 0)).env
+    assert env["IRIS_BIND_HOST"] == "0.0.0.0" and env["IRIS_ADVERTISE_HOST"] == "10.20.30.40"

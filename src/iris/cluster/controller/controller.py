@@ -880,7 +880,7 @@ class Controller:
                 task_id = TaskId(update.task_id)
                 changed = self._state.apply_report(
                     worker_id, task_id, update.attempt_id, update.state, now,
-                    exit_code=update.exit_code, error=update.error or None,
+                    exit_code=update.exit_code, error=update.error or None, ports=update.ports,
                 )
                 if not changed and update.state not in TERMINAL_TASK_STATES:
                     task = self._state.get_task(task_id)
@@ -1022,7 +1022,8 @@ def _parse_token(token: str) -> int:
 
 def _observed(tasks: Sequence[cluster_pb2.WorkerTaskStatus]) -> list[ObservedAttempt]:
     return [
-        ObservedAttempt(TaskId(t.task_id), t.attempt_id, t.state, exit_code=t.exit_code, error=t.error or None)
+        ObservedAttempt(TaskId(t.task_id), t.attempt_id, t.state, exit_code=t.exit_code, error=t.error or None,
+                        ports=tuple(t.ports.items()) if t.ports else ())
         for t in tasks
     ]
 

@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlparse
 
 from google.protobuf.json_format import MessageToDict
 
+from iris.cluster.addresses import advertise_host, host_port, is_wildcard
 from iris.cluster.auth import Principal
 from iris.cluster.controller.controller import Controller
 from iris.cluster.controller.views import endpoint_proto, job_proto, worker_proto
@@ -136,7 +137,7 @@ class Dashboard:
 
     def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 0, *,
                  tls_cert: Path | None = None, tls_key: Path | None = None,
-                 request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+                 request_timeout_s: float = REQUEST_TIMEOUT_S, advertise: str | None = None) -> None:
         self._controller = controller
         self._request_timeout_s = request_timeout_s
         handler = self._make_handler()
@@ -148,10 +149,13 @@ class Dashboard:
             self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
             scheme = "https"
         self.port = self._server.server_address[1]
-        self.url = f"{scheme}://{host}:{self.port}"
+        public = advertise_host(host, advertise)
+        self.url = f"{scheme}://{host_port(public, self.port)}"
         self._thread: threading.Thread | None = None
-        names = {host, "127.0.0.1", "localhost", "[::1]"} if is_loopback(host) else {host}
-        self._hosts = {f"{name}:{self.port}" for name in names} | ({host} if not is_loopback(host) else set())
+        names = {public} | ({host} if not is_wildcard(host) else set())
+        if is_loopback(host):
+            names |= {"127.0.0.1", "localhost", "[::1]"}
+        self._hosts = {f"{name}:{self.port}" for name in names} | {name for name in names if not is_loopback(name)}
         self._sessions: dict[str, str] = {}
         """Session id -> the token it was opened with (checked again on every request, so a revoked
         token ends its sessions)."""

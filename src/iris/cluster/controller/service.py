@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from iris.cluster.addresses import advertise_host, host_port
 from iris.cluster.auth import Principal, Role, TokenRecord, bearer
 from iris.cluster.controller.access import (
     PermissionDenied,
@@ -305,8 +306,9 @@ class ControllerServer:
     """A gRPC server for a Controller on ``host:port`` (port 0 picks a free one)."""
 
     def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 0, threads: int = 32,
-                 tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
-        """With ``tls_cert``/``tls_key`` the port speaks TLS only."""
+                 tls_cert: Path | None = None, tls_key: Path | None = None, advertise: str | None = None) -> None:
+        """With ``tls_cert``/``tls_key`` the port speaks TLS only. ``address`` is what others dial:
+        ``advertise``, else the bound host, else (bound to 0.0.0.0) the host's primary address."""
         self.controller = controller
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="controller-rpc"),
@@ -324,7 +326,7 @@ class ControllerServer:
         if self.port == 0:
             raise OSError(f"could not bind the controller to {host}:{port}")
         self.host = host
-        self.address = f"{host}:{self.port}"
+        self.address = host_port(advertise_host(host, advertise), self.port)
         if not controller.address:
             controller.address = self.address
 

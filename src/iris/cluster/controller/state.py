@@ -164,6 +164,8 @@ class ObservedAttempt:
     state: int
     exit_code: int | None = None
     error: str | None = None
+    ports: tuple[tuple[str, int], ...] = ()
+    """The attempt's named ports (name, port)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -663,6 +665,7 @@ class ControllerState:
         *,
         exit_code: int | None = None,
         error: str | None = None,
+        ports: Mapping[str, int] | None = None,
     ) -> bool:
         """Apply one state report from a worker. Stale attempts, reports for ended tasks, reports
         from a worker the attempt is not bound to, and illegal moves are ignored (idempotent).
@@ -681,6 +684,8 @@ class ControllerState:
                 or not task.is_active()
             ):
                 return False
+            if ports:
+                task.ports = dict(ports)
             if state == KILLED:
                 # Only a departing worker stops a task the controller did not kill: take the worker out
                 # of scheduling too, so the retry is not sent straight back to it. If it stays, its next
@@ -733,6 +738,8 @@ class ControllerState:
                 )
                 if expected:
                     seen.add(attempt.task_id)
+                    if attempt.ports and task.ports != dict(attempt.ports):  # type: ignore[union-attr]
+                        task.ports = dict(attempt.ports)  # type: ignore[union-attr]
                     # Only an end is taken from an observed set: a live state (BUILDING, RUNNING) comes
                     # through the worker's ordered reports, and a set taken before the newest report may
                     # arrive after it (it must not move RUNNING back to BUILDING).

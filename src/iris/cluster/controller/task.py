@@ -102,6 +102,9 @@ class Task:
 
     error: str | None = None
     exit_code: int | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+    """The current (or last) attempt's named ports, as its worker reports them. Not durable: the
+    next heartbeat after a controller restart brings them back."""
 
     def __post_init__(self) -> None:
         if not self.pending_since_ms:
@@ -209,4 +212,5 @@ class Task:
         self.finished_at_ms = None
         self.error = None
         self.exit_code = None
+        self.ports = {}
         self.pending_since_ms = now_ms

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from iris.cluster.controller.job import Job
 from iris.cluster.controller.state import ActionLogEntry, ControllerEndpoint, ControllerWorker
 from iris.cluster.controller.task import Task, TaskAttempt
-from iris.cluster.types import JobId, ResourceSpec, TaskId, WorkerId, WorkerMetadata
+from iris.cluster.types import JobId, ResourceSpec, TaskId, WorkerId, WorkerMetadata, host_port, split_host
 from iris.rpc import cluster_pb2
 
 T = cluster_pb2
@@ -60,6 +60,16 @@ class TaskView:
     pending_reason: str
     attempts: tuple[TaskAttempt, ...]
     """Ended attempts: never changed once recorded, so shared, not copied."""
+    ports: tuple[tuple[str, int], ...] = ()
+    """The current (or last) attempt's named ports."""
+
+    def port_addresses(self) -> dict[str, str]:
+        """Each named port as ``HOST:PORT``, HOST the worker's advertised address (reachable from
+        other hosts, never a loopback address unless the worker is local)."""
+        if not self.worker_address:
+            return {}
+        host = split_host(self.worker_address)
+        return {name: host_port(host, port) for name, port in self.ports}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +105,7 @@ def task_view(task: Task, job: Job | None, worker_address: str) -> TaskView:
         task.task_id, task.job_id, task.task_index, task.state, task.worker_id or "", worker_address,
         task.exit_code or 0, task.error or "", task.started_at_ms or 0, task.finished_at_ms or 0,
         task.current_attempt_id, task.failure_count, task.preemption_count, task.pending_since_ms, pending_reason,
-        tuple(task.attempts),
+        tuple(task.attempts), tuple(task.ports.items()) if task.ports else (),
     )
 
 
@@ -174,6 +184,9 @@ def task_proto(view: TaskView) -> cluster_pb2.TaskStatus:
     )
     if view.worker_address:
         status.worker_address = view.worker_address
+    if view.ports:
+        status.ports.update(dict(view.ports))
+        status.port_addresses.update(view.port_addresses())
     return status
 
 

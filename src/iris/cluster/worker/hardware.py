@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psutil
 
+from iris.cluster.addresses import split_host
 from iris.cluster.types import device_to_proto, gpu
 from iris.cluster.worker.gpu import GpuInfo
 from iris.rpc import cluster_pb2
@@ -35,7 +36,7 @@ def probe_metadata(
         disk = 0
     meta = cluster_pb2.WorkerMetadata(
         hostname=socket.gethostname(),
-        ip_address=address.rsplit(":", 1)[0] if address else host,
+        ip_address=split_host(address) if address else host,
         cpu_count=cpu_count,
         memory_bytes=memory,
         disk_bytes=disk,

@@ -61,6 +61,9 @@ class PreparerConfig:
     base_env: Mapping[str, str]
     has_gpus: bool = False
     bind_host: str = "127.0.0.1"
+    """Where tasks bind their ports (IRIS_BIND_HOST)."""
+    advertise_host: str = "127.0.0.1"
+    """Where other hosts reach the tasks (IRIS_ADVERTISE_HOST)."""
     max_bundle_unpacked_bytes: int = DEFAULT_MAX_BUNDLE_UNPACKED_BYTES
     max_bundle_files: int = DEFAULT_MAX_BUNDLE_FILES
     task_user: str | None = None
@@ -166,6 +169,8 @@ class AttemptPreparer:
                 "IRIS_ATTEMPT_ID": str(request.attempt_id),
                 "IRIS_WORKER_ID": self._config.worker_id,
                 "IRIS_CONTROLLER_ADDRESS": self._config.controller_address,
+                "IRIS_BIND_HOST": self._config.bind_host,
+                "IRIS_ADVERTISE_HOST": self._config.advertise_host,
                 "IRIS_BUNDLE_HASH": request.bundle_hash,
             }
         )

@@ -16,6 +16,7 @@ from typing import NoReturn, TypeVar
 
 import grpc
 
+from iris.cluster.addresses import host_port
 from iris.cluster.auth import bearer
 from iris.cluster.clock import Clock
 from iris.cluster.errors import IrisError
@@ -160,7 +161,7 @@ def serve_worker(
     if port == 0:
         raise OSError(f"could not bind {config.host}:{config.port}")
     server.start()
-    address = f"{config.host}:{port}"
+    address = host_port(worker.advertise_host, port)
     try:
         worker.start(address)
     except Exception:

@@ -33,6 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from iris.cluster.addresses import advertise_host, is_wildcard
 from iris.cluster.clock import Clock, SystemClock
 from iris.cluster.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from iris.cluster.spec import Entrypoint
@@ -79,8 +80,13 @@ _WORKER_SECRETS = ("IRIS_JOIN_TOKEN", "IRIS_TOKEN")
 """The worker's credentials in its own environment: never passed on to a task."""
 
 
-def _task_base_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in _WORKER_SECRETS}
+def _task_base_env(tls_ca: Path | None = None) -> dict[str, str]:
+    """The worker's environment minus its secrets; with TLS, the CA that verifies the controller
+    (so a task's client reaches the controller as the worker does)."""
+    env = {k: v for k, v in os.environ.items() if k not in _WORKER_SECRETS}
+    if tls_ca is not None:
+        env["IRIS_TLS_CA"] = str(tls_ca.resolve())
+    return env
 
 
 def _log_failure(future: Future[None]) -> None:
@@ -98,8 +104,12 @@ class WorkerConfig:
     worker_id: str = ""
     """Empty: ``w-<random>``."""
     host: str = "127.0.0.1"
+    """Address the worker's gRPC service binds, and tasks are told to bind (IRIS_BIND_HOST)."""
     port: int = 0
     """Port for the worker's gRPC service; 0 picks a free one."""
+    advertise_host: str | None = None
+    """What other hosts dial for this worker and its tasks (IRIS_ADVERTISE_HOST); None: the bound
+    address, or the host's primary address when bound to 0.0.0.0 (``iris.cluster.addresses``)."""
     cpu: int | None = None
     """Cores to advertise; None: detected."""
     memory_bytes: int | None = None
@@ -165,6 +175,7 @@ class Worker:
         self._clock: Clock = clock or SystemClock()
         self._owns_runtime = runtime is None
         self.worker_id = config.worker_id or f"w-{secrets.token_hex(4)}"
+        self.advertise_host = advertise_host(config.host, config.advertise_host)
         if runtime is None:
             limits = CgroupLimits.detect(self.worker_id) if config.use_cgroups else None
             logger.info("task limits: %s", limits or "memory watchdog (no writable cgroup)")
@@ -194,8 +205,10 @@ class Worker:
             on_acknowledged=self._acknowledged,
         )
         self._preparer = AttemptPreparer(
-            PreparerConfig(self._workdir, self.worker_id, config.controller_address, _task_base_env(),
-                           has_gpus=bool(self._gpus), bind_host="127.0.0.1",
+            PreparerConfig(self._workdir, self.worker_id, config.controller_address, _task_base_env(config.tls_ca),
+                           has_gpus=bool(self._gpus),
+                           bind_host="0.0.0.0" if is_wildcard(config.host) else config.host,
+                           advertise_host=self.advertise_host,
                            max_bundle_unpacked_bytes=config.max_bundle_unpacked_bytes,
                            max_bundle_files=config.max_bundle_files, task_user=config.task_user),
             self._fetch_bundle,
@@ -329,7 +342,7 @@ class Worker:
 
     def metadata(self) -> cluster_pb2.WorkerMetadata:
         return probe_metadata(
-            address=self.address, host=self._config.host, workdir=self._workdir, cpu=self._config.cpu,
+            address=self.address, host=self.advertise_host, workdir=self._workdir, cpu=self._config.cpu,
             memory_bytes=self._config.memory_bytes, gpus=self._gpus, attributes=self._config.attributes,
         )
 
