@@ -1,7 +1,7 @@
 """Architecture rules checked on the source's AST (DESIGN §5, CONTRIBUTING.md "Pure core vs shell").
 
 1. The pure core (``iris/cluster/{types,errors,spec,validation}.py``,
-   ``iris/cluster/controller/{task,job,state,capacity,scheduler,views}.py`` and the worker's
+   ``iris/cluster/controller/{task,job,state,capacity,autoscaler,scheduler,views}.py`` and the worker's
    ``iris/cluster/worker/attempts.py``)
    does no I/O and reads no clock: it may not import RPC, storage, processes, sockets, time or
    threads (``state.py`` alone may ``from threading import RLock``), nor the shell modules
@@ -30,6 +30,7 @@ PURE_MODULES = (
     "iris/cluster/controller/job.py",
     "iris/cluster/controller/state.py",
     "iris/cluster/controller/capacity.py",
+    "iris/cluster/controller/autoscaler.py",
     "iris/cluster/controller/scheduler.py",
     "iris/cluster/controller/views.py",
     "iris/cluster/controller/access.py",

@@ -9,11 +9,16 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import click
 
 from iris.cluster.files import is_loopback, write_private
+from iris.cluster.types import parse_size
+
+if TYPE_CHECKING:
+    from iris.cluster.controller.controller import Controller
+    from iris.cluster.controller.provisioner import Provisioner
 
 CONTROLLER_SWITCH_INTERVAL_S = 0.001
 """The controller daemon's GIL switch interval (Python's default is 5 ms). Heartbeats and reports
@@ -52,6 +57,18 @@ def controller() -> None:
 @click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), default=None, help="The key of --tls-cert.")
 @click.option("--tls-ca", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Verify the workers' TLS certificates against this CA when calling them (default: plaintext).")
+@click.option("--platform", type=click.Choice(["none", "slurm"]), default="none", show_default=True,
+              help="Provision workers on this platform when pending tasks fit no worker (slurm: one sbatch "
+                   "job per worker; needs --max-workers, --worker-cpus, --worker-memory).")
+@click.option("--max-workers", type=click.IntRange(min=1), default=None,
+              help="Most workers the platform may hold at once (pending allocations count).")
+@click.option("--worker-cpus", type=click.IntRange(min=1), default=None, help="Cores of each provisioned worker.")
+@click.option("--worker-memory", default=None, help="Memory of each provisioned worker, e.g. 8GiB.")
+@click.option("--slurm-partition", default=None, help="Slurm partition for the workers (default: Slurm's default).")
+@click.option("--idle-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="Seconds a provisioned worker may sit idle (or stay pending unneeded) before it is released.")
+@click.option("--sbatch-arg", "sbatch_args", multiple=True,
+              help="Extra sbatch argument for every worker job, e.g. --sbatch-arg=--time=4:00:00 (repeatable).")
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 @click.option("--verbose", "-v", is_flag=True, help="Log at DEBUG level (same as --log-level DEBUG).")
 def serve(
@@ -66,6 +83,13 @@ def serve(
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_ca: Path | None,
+    platform: str,
+    max_workers: int | None,
+    worker_cpus: int | None,
+    worker_memory: str | None,
+    slurm_partition: str | None,
+    idle_timeout: float,
+    sbatch_args: tuple[str, ...],
     log_level: str,
     verbose: bool,
 ) -> None:
@@ -96,6 +120,22 @@ def serve(
     from iris.cluster.clock import SystemClock
     from iris.cluster.controller.backend import GrpcWorkerClients
 
+    if platform == "none":
+        given = [flag for flag, value in (("--max-workers", max_workers), ("--worker-cpus", worker_cpus),
+                                          ("--worker-memory", worker_memory), ("--slurm-partition", slurm_partition))
+                 if value is not None] + (["--sbatch-arg"] if sbatch_args else [])
+        if given:
+            raise click.BadParameter(f"{', '.join(given)} need a platform (--platform slurm)", param_hint="--platform")
+    else:
+        missing = [flag for flag, value in (("--max-workers", max_workers), ("--worker-cpus", worker_cpus),
+                                            ("--worker-memory", worker_memory)) if value is None]
+        if missing:
+            raise click.BadParameter(f"--platform {platform} needs {', '.join(missing)}", param_hint="--platform")
+        try:
+            worker_memory_bytes = parse_size(worker_memory or "", "--worker-memory")
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--worker-memory") from None
+
     lock = _lock_state_dir(state_dir)
     try:
         store = ControllerStore.open(state_dir)
@@ -117,6 +157,14 @@ def serve(
     except (OSError, RuntimeError) as e:
         store.close()
         raise click.ClickException(f"cannot serve on {host}:{port}: {e}") from e
+    if platform == "slurm":
+        assert max_workers is not None and worker_cpus is not None
+        ctrl.attach_provisioner(_slurm_provisioner(
+            ctrl, state_dir, server.address, host, max_workers=max_workers, worker_cpus=worker_cpus,
+            worker_memory_bytes=worker_memory_bytes, partition=slurm_partition, idle_timeout=idle_timeout,
+            sbatch_args=sbatch_args, tls=(tls_cert, tls_key, tls_ca), auth=config.auth,
+        ))
+        click.echo(f"provisioning up to {max_workers} workers on slurm ({worker_cpus} cpus, {worker_memory} each)")
     dashboard = None
     if dashboard_port >= 0:
         from iris.cluster.controller.dashboard import Dashboard
@@ -143,6 +191,34 @@ def serve(
         dashboard.stop()
     server.stop()
     lock.close()
+
+
+def _slurm_provisioner(ctrl: Controller, state_dir: Path, address: str, host: str, *, max_workers: int,
+                       worker_cpus: int, worker_memory_bytes: int, partition: str | None, idle_timeout: float,
+                       sbatch_args: tuple[str, ...], tls: tuple[Path | None, Path | None, Path | None],
+                       auth: bool) -> Provisioner:
+    from iris.cluster.clock import SystemClock
+    from iris.cluster.controller.autoscaler import WorkerShape
+    from iris.cluster.controller.provisioner import Provisioner, ProvisionerConfig, new_cluster_tag
+    from iris.cluster.controller.slurm import SlurmConfig, SlurmPlatform
+
+    tls_cert, tls_key, tls_ca = tls
+    worker_args: tuple[str, ...] = ()
+    if tls_cert is not None and tls_key is not None:
+        # The workers serve with the controller's certificate and trust its CA (a shared filesystem,
+        # or the same paths on every node).
+        worker_args = ("--tls-cert", str(tls_cert.resolve()), "--tls-key", str(tls_key.resolve()))
+    ca = tls_ca.resolve() if tls_ca is not None else None
+    join_token = (state_dir / "join.token").read_text().strip() if auth else ""
+    config = SlurmConfig(
+        controller_address=address, cluster_tag=new_cluster_tag(_secret(state_dir)), worker_cpus=worker_cpus,
+        worker_memory_bytes=worker_memory_bytes, partition=partition, sbatch_args=sbatch_args,
+        worker_host="127.0.0.1" if is_loopback(host) else "0.0.0.0", join_token=join_token, tls_ca=ca,
+        log_dir=(state_dir / "slurm").resolve(), worker_args=worker_args,
+    )
+    return Provisioner(ctrl, SlurmPlatform(config), ProvisionerConfig(
+        WorkerShape(worker_cpus, worker_memory_bytes), max_workers=max_workers, idle_timeout_s=idle_timeout,
+    ), SystemClock())
 
 
 def _secret(state_dir: Path) -> bytes:

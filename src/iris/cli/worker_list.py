@@ -27,17 +27,26 @@ from iris.cli.output import (
 @verbose_option
 @handle_errors
 def worker_list(controller: str, as_json: bool, verbose: bool) -> None:
-    """List workers: health, capacity, what is committed and running on each."""
+    """List workers: health, capacity, what is committed and running on each; provisioned ones
+    with their platform job (e.g. the Slurm job id and state), also while still pending."""
     with connect(controller) as client:
-        workers = client.workers()
+        workers, provisioning = client.worker_report()
     if as_json:
         print_json([w.to_dict() for w in workers])
         return
+    if provisioning:
+        stderr_console().print(provisioning)
     if not workers:
         stderr_console().print("No workers registered.")
         return
+    provisioned = any(w.platform for w in workers)
     rows = []
     for w in workers:
+        if not w.registered:
+            state = w.platform_state + (f" ({w.platform_reason})" if w.platform_reason else "")
+            row: tuple[str | Text, ...] = (w.worker_id, "-", Text("starting", style="yellow"), "-", "-", "-", "-", "-")
+            rows.append(row + ((f"{w.platform} {w.platform_id}", state) if provisioned else ()))
+            continue
         gpus = f"{w.committed_gpus}/{w.gpu_count}" + (f" {w.gpu_name}" if w.gpu_name else "") if w.gpu_count else "-"
         rows.append(
             (
@@ -49,7 +58,10 @@ def worker_list(controller: str, as_json: bool, verbose: bool) -> None:
                 gpus,
                 str(len(w.running_tasks)),
                 human_ago(w.last_heartbeat_ms),
-            )
+            ) + ((f"{w.platform} {w.platform_id}" if w.platform else "-", w.platform_state or "-") if provisioned
+                 else ())
         )
     columns = ["WORKER", "ADDRESS", "HEALTH", "CPU", "MEMORY", "GPU", "TASKS", "HEARTBEAT"]
+    if provisioned:
+        columns += ["ALLOCATION", "ALLOC STATE"]
     stdout_console().print(make_table(columns, rows))

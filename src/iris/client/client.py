@@ -517,9 +517,14 @@ class IrisClient:
     # -- workers and endpoints ------------------------------------------------------------------
 
     def workers(self) -> list[WorkerInfo]:
-        """Every registered worker, healthy or not."""
+        """Every registered worker, healthy or not, and every provisioned one still starting."""
+        return self.worker_report()[0]
+
+    def worker_report(self) -> tuple[list[WorkerInfo], str]:
+        """``workers()`` and the provisioner's one-line summary ("" without a provisioner)."""
         response = self._call(self._stub.ListWorkers, cluster_pb2.Controller.ListWorkersRequest(), "workers")
-        return sorted((WorkerInfo.from_proto(w) for w in response.workers), key=lambda w: w.worker_id)
+        workers = sorted((WorkerInfo.from_proto(w) for w in response.workers), key=lambda w: w.worker_id)
+        return workers, response.provisioning
 
     def register_endpoint(
         self,

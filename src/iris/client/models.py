@@ -281,6 +281,19 @@ class WorkerInfo(_Jsonable):
     last_heartbeat_ms: int
     registered_at_ms: int
     attributes: dict[str, str] = field(default_factory=dict)
+    platform: str = ""
+    """For a provisioned worker: the platform that runs it ("slurm"); empty for one started by hand."""
+    platform_id: str = ""
+    """The platform's id of its allocation (the Slurm job id)."""
+    platform_state: str = ""
+    """The platform's state of it (PENDING, RUNNING, ...; RELEASING once Iris gave it back)."""
+    platform_reason: str = ""
+    """Why the allocation is pending (Slurm's reason), when it is."""
+
+    @property
+    def registered(self) -> bool:
+        """False for an allocation whose worker has not registered yet."""
+        return self.registered_at_ms > 0
 
     @classmethod
     def from_proto(cls, proto: cluster_pb2.WorkerInfo) -> WorkerInfo:
@@ -302,6 +315,10 @@ class WorkerInfo(_Jsonable):
             last_heartbeat_ms=proto.last_heartbeat_ms,
             registered_at_ms=proto.registered_at_ms,
             attributes=dict(meta.attributes),
+            platform=proto.provisioning.platform,
+            platform_id=proto.provisioning.id,
+            platform_state=proto.provisioning.state,
+            platform_reason=proto.provisioning.reason,
         )
 
 

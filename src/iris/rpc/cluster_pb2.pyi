@@ -748,6 +748,7 @@ class WorkerInfo(_message.Message):
     COMMITTED_DISK_BYTES_FIELD_NUMBER: _builtins.int
     COMMITTED_GPUS_FIELD_NUMBER: _builtins.int
     REGISTERED_AT_MS_FIELD_NUMBER: _builtins.int
+    PROVISIONING_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     address: _builtins.str
     healthy: _builtins.bool
@@ -761,6 +762,10 @@ class WorkerInfo(_message.Message):
     def metadata(self) -> Global___WorkerMetadata: ...
     @_builtins.property
     def running_tasks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def provisioning(self) -> Global___WorkerAllocation:
+        """set for a worker a platform provisioned (e.g. a Slurm job)"""
+
     def __init__(
         self,
         *,
@@ -775,14 +780,55 @@ class WorkerInfo(_message.Message):
         committed_disk_bytes: _builtins.int = ...,
         committed_gpus: _builtins.int = ...,
         registered_at_ms: _builtins.int = ...,
+        provisioning: Global___WorkerAllocation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "provisioning", b"provisioning"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "committed_cpu", b"committed_cpu", "committed_disk_bytes", b"committed_disk_bytes", "committed_gpus", b"committed_gpus", "committed_memory_bytes", b"committed_memory_bytes", "healthy", b"healthy", "last_heartbeat_ms", b"last_heartbeat_ms", "metadata", b"metadata", "registered_at_ms", b"registered_at_ms", "running_tasks", b"running_tasks", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "committed_cpu", b"committed_cpu", "committed_disk_bytes", b"committed_disk_bytes", "committed_gpus", b"committed_gpus", "committed_memory_bytes", b"committed_memory_bytes", "healthy", b"healthy", "last_heartbeat_ms", b"last_heartbeat_ms", "metadata", b"metadata", "provisioning", b"provisioning", "registered_at_ms", b"registered_at_ms", "running_tasks", b"running_tasks", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkerInfo: _TypeAlias = WorkerInfo  # noqa: Y015
+
+@_typing.final
+class WorkerAllocation(_message.Message):
+    """A provisioned worker's allocation as its platform reports it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLATFORM_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    SUBMITTED_AT_MS_FIELD_NUMBER: _builtins.int
+    platform: _builtins.str
+    """"slurm" """
+    id: _builtins.str
+    """the platform's id (Slurm job id)"""
+    state: _builtins.str
+    """the platform's state (PENDING, RUNNING, CANCELLED, ...; RELEASING)"""
+    reason: _builtins.str
+    """why it is pending (Slurm's reason), when it is"""
+    node: _builtins.str
+    submitted_at_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        platform: _builtins.str = ...,
+        id: _builtins.str = ...,
+        state: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        node: _builtins.str = ...,
+        submitted_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "node", b"node", "platform", b"platform", "reason", b"reason", "state", b"state", "submitted_at_ms", b"submitted_at_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerAllocation: _TypeAlias = WorkerAllocation  # noqa: Y015
 
 @_typing.final
 class Endpoint(_message.Message):
@@ -1289,16 +1335,20 @@ class Controller(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
         WORKERS_FIELD_NUMBER: _builtins.int
+        PROVISIONING_FIELD_NUMBER: _builtins.int
+        provisioning: _builtins.str
+        """the provisioner's one-line summary (and last error), if it has one"""
         @_builtins.property
         def workers(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerInfo]: ...
         def __init__(
             self,
             *,
             workers: _abc.Iterable[Global___WorkerInfo] | None = ...,
+            provisioning: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["workers", b"workers"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["provisioning", b"provisioning", "workers", b"workers"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from iris.cluster.auth import (
     TASK_TOKEN_PREFIX,
@@ -49,6 +49,7 @@ from iris.cluster.auth import (
 )
 from iris.cluster.clock import Clock, SystemClock
 from iris.cluster.controller.access import ANONYMOUS_LOCAL, PermissionDenied, Unauthenticated
+from iris.cluster.controller.autoscaler import Demand
 from iris.cluster.controller.backend import (
     AttemptKill,
     AttemptLaunch,
@@ -64,6 +65,7 @@ from iris.cluster.controller.backend import (
     WorkerDaemonBackend,
     WorkerDaemonTimeouts,
 )
+from iris.cluster.controller.capacity import WorkerSnapshot
 from iris.cluster.controller.job import Job, expand_job_to_tasks
 from iris.cluster.controller.scheduler import Scheduler
 from iris.cluster.controller.state import (
@@ -80,6 +82,7 @@ from iris.cluster.controller.views import (
     JobView,
     TaskView,
     WorkerView,
+    allocation_view,
     job_view,
     task_view,
     worker_view,
@@ -96,6 +99,9 @@ from iris.cluster.types import (
 )
 from iris.cluster.validation import DEFAULT_LIMITS, Limits, check_id, validate_launch_request
 from iris.rpc import cluster_pb2
+
+if TYPE_CHECKING:
+    from iris.cluster.controller.provisioner import Provisioner
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +226,9 @@ class Controller:
         """Derives the task tokens and the credential the controller presents to workers; kept in
         the state dir by ``iris controller serve`` so both survive a restart."""
         self._worker_credentials: dict[str, str] = {}
+        self._provisioner: Provisioner | None = None
+        self._retired: set[WorkerId] = set()
+        """Provisioned workers given back to their platform: they may not register again."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -230,8 +239,18 @@ class Controller:
     def now_ms(self) -> int:
         return self._clock.now_ms()
 
+    def attach_provisioner(self, provisioner: Provisioner) -> None:
+        """Provision workers through ``provisioner`` (started and stopped with the controller)."""
+        self._provisioner = provisioner
+
+    @property
+    def provisioner(self) -> Provisioner | None:
+        return self._provisioner
+
     def start(self) -> None:
-        """Start the scheduling and health loops."""
+        """Start the scheduling and health loops (and the provisioner, if any)."""
+        if self._provisioner is not None:
+            self._provisioner.start()
         for name, target in (("scheduling", self._run_scheduling), ("health", self._run_health)):
             thread = threading.Thread(target=target, args=(self._stop,), name=f"controller-{name}")
             thread.start()
@@ -239,6 +258,8 @@ class Controller:
         self.wake()
 
     def stop(self) -> None:
+        if self._provisioner is not None:
+            self._provisioner.stop()
         self._stop.set()
         self._wake_event.set()
         for thread in self._threads:
@@ -578,8 +599,63 @@ class Controller:
             return task_view(task, job, self._address_of(task.worker_id))
 
     def list_workers(self) -> list[WorkerView]:
+        """Registered workers, and (with a provisioner) allocations whose worker has not registered
+        yet, each with its platform id and state."""
+        allocations = self._provisioner.allocations() if self._provisioner is not None else {}
         with self._lock:
-            return [worker_view(w) for w in self._state.list_workers()]
+            views = [worker_view(w, allocations.get(w.worker_id)) for w in self._state.list_workers()]
+        known = {v.worker_id for v in views}
+        views += [allocation_view(a) for worker_id, a in sorted(allocations.items()) if worker_id not in known]
+        return views
+
+    def provisioning_summary(self) -> str:
+        return self._provisioner.summary() if self._provisioner is not None else ""
+
+    # ------------------------------------------------------------------ provisioning (``provisioner.py``)
+
+    def provisioning_inputs(self) -> tuple[list[Demand], list[WorkerSnapshot], set[WorkerId]]:
+        """Pending tasks grouped by job, the healthy workers' room, and which of them run tasks."""
+        with self._lock:
+            counts: dict[JobId, int] = {}
+            for task in self._state.peek_pending_tasks():
+                counts[task.job_id] = counts.get(task.job_id, 0) + 1
+            demand = []
+            for job_id, count in counts.items():
+                job = self._state.get_job(job_id)
+                if job is not None:
+                    demand.append(Demand(job.requirements, count))
+            workers = self._state.get_available_workers()
+            return demand, [w.snapshot() for w in workers], {w.worker_id for w in workers if w.running_tasks}
+
+    def worker_lost(self, worker_id: WorkerId, reason: str) -> None:
+        """The platform says the worker's allocation ended: its tasks are preemptions now, without
+        waiting for the heartbeat timeout."""
+        with self._lock:
+            lost = self._state.mark_worker_dead(worker_id, self._clock.now_ms(), reason=reason)
+            effects = self._commit()
+        if lost:
+            logger.warning("worker %s lost with %d tasks: %s", worker_id, len(lost), reason)
+        self._after_commit(effects)
+
+    def retire_worker(self, worker_id: WorkerId, reason: str) -> bool:
+        """Take an idle provisioned worker out for good before its allocation is given back. False
+        (nothing changed) when a task was placed on it meanwhile."""
+        with self._lock:
+            worker = self._state.get_worker(worker_id)
+            if worker is not None and worker.running_tasks:
+                return False
+            self._retired.add(worker_id)
+            if worker is not None:
+                self._state.mark_worker_dead(worker_id, self._clock.now_ms(), reason=reason)
+            effects = self._commit()
+        self._after_commit(effects)
+        return True
+
+    def note_provisioned(self, worker_id: WorkerId, details: str) -> None:
+        with self._lock:
+            self._state.log_action("worker_requested", now_ms=self._clock.now_ms(), worker_id=worker_id,
+                                   details=details)
+            self._commit()
 
     def list_endpoints(self, prefix: str = "") -> list[ControllerEndpoint]:
         if len(prefix) > MAX_FILTER_CHARS:
@@ -817,6 +893,9 @@ class Controller:
         return token
 
     def _register(self, location: LocationCapacity) -> list[ObservedAttempt]:
+        if location.worker_id in self._retired:
+            raise FailedPrecondition(f"worker_id: worker {location.worker_id!r} was released to its platform; "
+                                     "it may not register again")
         with self._lock:
             now = self._clock.now_ms()
             worker = ControllerWorker(

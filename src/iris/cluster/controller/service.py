@@ -209,7 +209,8 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         self, request: cluster_pb2.Controller.ListWorkersRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.ListWorkersResponse:
         return cluster_pb2.Controller.ListWorkersResponse(
-            workers=[worker_proto(w) for w in self._controller.list_workers()]
+            workers=[worker_proto(w) for w in self._controller.list_workers()],
+            provisioning=self._controller.provisioning_summary(),
         )
 
     # -- endpoints ----------------------------------------------------------------------------

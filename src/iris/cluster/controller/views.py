@@ -85,6 +85,21 @@ class WorkerView:
     committed_memory: int
     committed_disk: int
     committed_devices: int
+    allocation: AllocationInfo | None = None
+    """For a provisioned worker: its allocation on the platform (also before it registered)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationInfo:
+    """What the platform says of a provisioned worker's allocation (``provisioner.py``)."""
+
+    worker_id: WorkerId
+    platform: str
+    engine_id: str
+    engine_state: str
+    reason: str
+    node: str
+    submitted_at_ms: int
 
 
 def job_view(job: Job) -> JobView:
@@ -109,12 +124,17 @@ def task_view(task: Task, job: Job | None, worker_address: str) -> TaskView:
     )
 
 
-def worker_view(worker: ControllerWorker) -> WorkerView:
+def worker_view(worker: ControllerWorker, allocation: AllocationInfo | None = None) -> WorkerView:
     return WorkerView(
         worker.worker_id, worker.address, worker.metadata, worker.healthy, worker.last_heartbeat_ms,
         worker.registered_at_ms, tuple(sorted(worker.running_tasks)), worker.committed_cpu, worker.committed_memory,
-        worker.committed_disk, worker.committed_devices,
+        worker.committed_disk, worker.committed_devices, allocation,
     )
+
+
+def allocation_view(allocation: AllocationInfo) -> WorkerView:
+    """A provisioned worker that has not registered yet: no address, no capacity, not healthy."""
+    return WorkerView(allocation.worker_id, "", WorkerMetadata(), False, 0, 0, (), 0, 0, 0, 0, allocation)
 
 
 # ---------------------------------------------------------------------------- protobuf (outside the lock)
@@ -191,7 +211,7 @@ def task_proto(view: TaskView) -> cluster_pb2.TaskStatus:
 
 
 def worker_proto(view: WorkerView) -> cluster_pb2.WorkerInfo:
-    return cluster_pb2.WorkerInfo(
+    info = cluster_pb2.WorkerInfo(
         worker_id=view.worker_id,
         address=view.address,
         metadata=view.metadata.to_proto(),
@@ -204,6 +224,13 @@ def worker_proto(view: WorkerView) -> cluster_pb2.WorkerInfo:
         committed_gpus=view.committed_devices,
         registered_at_ms=view.registered_at_ms,
     )
+    if view.allocation is not None:
+        a = view.allocation
+        info.provisioning.CopyFrom(cluster_pb2.WorkerAllocation(
+            platform=a.platform, id=a.engine_id, state=a.engine_state, reason=a.reason, node=a.node,
+            submitted_at_ms=a.submitted_at_ms,
+        ))
+    return info
 
 
 def endpoint_proto(endpoint: ControllerEndpoint) -> cluster_pb2.Endpoint:
