@@ -129,7 +129,18 @@ class CoreMachine(RuleBasedStateMachine):
         worker_id = WorkerId(f"w{data.draw(st.integers(1, self.workers))}")
         self.state.mark_worker_dead(worker_id, self.now)
         worker = self.state.get_worker(worker_id)
-        assert worker is not None and not worker.healthy and not worker.running_tasks
+        assert worker is None or (not worker.healthy and not worker.running_tasks)  # None: forgotten
+        self.tick()
+
+    @precondition(lambda self: self.workers > 0)
+    @rule(data=st.data())
+    def forget_worker(self, data: st.DataObject) -> None:
+        """A provisioned worker's allocation ended for good: only a dead, empty worker goes."""
+        worker_id = WorkerId(f"w{data.draw(st.integers(1, self.workers))}")
+        before = self.state.get_worker(worker_id)
+        removable = before is not None and not before.healthy and not before.running_tasks
+        assert self.state.remove_worker(worker_id) == removable
+        assert (self.state.get_worker(worker_id) is None) == (removable or before is None)
         self.tick()
 
     @precondition(lambda self: self.jobs > 0)

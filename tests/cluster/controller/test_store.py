@@ -229,6 +229,19 @@ def test_load_now_ms_restarts_liveness_clock_of_healthy_workers(tmp_path: Path) 
     assert loaded.get_worker(WorkerId("w2")).last_heartbeat_ms == NOW  # type: ignore[union-attr]
 
 
+def test_a_forgotten_worker_is_deleted_from_the_store(tmp_path: Path) -> None:
+    with ControllerStore.open(tmp_path) as store:
+        state = ControllerState()
+        add_worker(state, "w1", now_ms=NOW)
+        add_worker(state, "w2", now_ms=NOW)
+        persist(state, store)
+        state.mark_worker_dead(WorkerId("w2"), NOW + 1)
+        assert state.remove_worker(WorkerId("w2")) and not state.remove_worker(WorkerId("w1"))  # w1 is alive
+        persist(state, store)
+    loaded = reload(tmp_path, now_ms=NOW + 5)
+    assert loaded.get_worker(WorkerId("w2")) is None and loaded.get_worker(WorkerId("w1")) is not None
+
+
 def test_action_log_is_bounded_and_the_last_entries_are_loaded(tmp_path: Path) -> None:
     with ControllerStore.open(tmp_path) as store:
         state = ControllerState()

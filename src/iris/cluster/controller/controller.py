@@ -637,6 +637,14 @@ class Controller:
             logger.warning("worker %s lost with %d tasks: %s", worker_id, len(lost), reason)
         self._after_commit(effects)
 
+    def forget_worker(self, worker_id: WorkerId) -> None:
+        """The worker's allocation is gone for good: drop its record once it holds nothing."""
+        with self._lock:
+            if self._state.remove_worker(worker_id):
+                self._retired.discard(worker_id)
+            effects = self._commit()
+        self._after_commit(effects)
+
     def retire_worker(self, worker_id: WorkerId, reason: str) -> bool:
         """Take an idle provisioned worker out for good before its allocation is given back. False
         (nothing changed) when a task was placed on it meanwhile."""

@@ -199,7 +199,9 @@ class Provisioner:
                                    worker_id)
         for worker_id, reason in lost:
             # Its tasks are preemptions (retried within their budgets); a released worker had none.
+            # The allocation will not come back: the worker's record goes too.
             self._controller.worker_lost(worker_id, reason)
+            self._controller.forget_worker(worker_id)
 
     def _release(self, worker_id: WorkerId, now: int) -> None:
         with self._lock:

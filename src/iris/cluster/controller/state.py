@@ -411,6 +411,17 @@ class ControllerState:
                 )
             return lost
 
+    def remove_worker(self, worker_id: WorkerId) -> bool:
+        """Forget a dead worker that holds no task (its allocation is gone for good: a released or
+        ended provisioned worker). Ended attempts keep its id. Returns whether it was removed."""
+        with self._lock:
+            worker = self._workers.get(worker_id)
+            if worker is None or worker.healthy or worker.running_tasks:
+                return False
+            del self._workers[worker_id]
+            self._effects.dirty_workers.add(worker_id)
+            return True
+
     # ------------------------------------------------------------------ dispatch
 
     def assign_task_to_worker(self, worker_id: WorkerId, task_id: TaskId, now_ms: int | None = None) -> bool:

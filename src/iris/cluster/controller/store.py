@@ -452,6 +452,7 @@ class ControllerStore:
         attempt_rows = [_attempt_row(t, a) for t in tasks for a in t.attempts]
 
         workers = [w for w in (state.get_worker(wid) for wid in effects.dirty_workers) if w is not None]
+        worker_deletes = [(wid,) for wid in sorted(effects.dirty_workers) if state.get_worker(wid) is None]
         workers.sort(key=lambda w: (w.registered_at_ms, w.worker_id))  # new rows in registration order
         worker_rows = [_worker_row(w) for w in workers]
 
@@ -488,6 +489,7 @@ class ControllerStore:
                         (TASKS.insert_sql, task_rows),
                         (ATTEMPTS.insert_sql, attempt_rows),
                         (WORKERS.insert_sql, worker_rows),
+                        (WORKERS.delete_sql("worker_id"), worker_deletes),
                         (ENDPOINTS.insert_sql, endpoint_rows),
                         (ENDPOINTS.delete_sql("endpoint_id"), endpoint_deletes),
                         *((statement, deleted) for statement in _DELETE_JOB),
