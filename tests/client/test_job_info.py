@@ -33,3 +33,17 @@ def test_get_job_info_reads_every_task_variable() -> None:
         ports={"http": 8123, "grpc_api": 9000},
         bundle_hash="ab" * 32,
     )
+
+
+def test_previous_attempt_is_read_from_the_iris_previous_variables() -> None:
+    from iris.client import PreviousAttempt
+
+    base = {"IRIS_JOB_ID": "j", "IRIS_TASK_ID": "j/task-0", "IRIS_ATTEMPT_ID": "1"}
+    info = get_job_info({**base, "IRIS_PREVIOUS_ATTEMPT_STATE": "WORKER_FAILED", "IRIS_PREVIOUS_EXIT_CODE": "0",
+                         "IRIS_PREVIOUS_ERROR": "worker w1 drained", "IRIS_ADVERTISE_HOST": "10.0.0.2",
+                         "IRIS_BIND_HOST": "0.0.0.0"})
+    assert info is not None
+    assert info.previous_attempt == PreviousAttempt("WORKER_FAILED", 0, "worker w1 drained")
+    assert (info.advertise_host, info.bind_host) == ("10.0.0.2", "0.0.0.0")
+    first = get_job_info(base)
+    assert first is not None and first.previous_attempt is None

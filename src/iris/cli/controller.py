@@ -49,6 +49,11 @@ def controller() -> None:
 @click.option("--worker-timeout", default=10.0, show_default=True, type=float,
               help="Seconds without a heartbeat before a worker is declared dead.")
 @click.option("--max-replicas", default=100_000, show_default=True, type=int, help="Largest replicas accepted.")
+@click.option("--max-termination-grace", default=600.0, show_default=True, type=click.FloatRange(min=0),
+              help="The most SIGTERM-to-SIGKILL grace a job may ask for (--termination-grace), seconds.")
+@click.option("--quarantine-after", default=5, show_default=True, type=click.IntRange(min=0),
+              help="Quarantine a worker after this many attempts in a row of two owners' jobs fail quickly on it "
+                   "while they succeed elsewhere (0: never; at most a tenth of the fleet at once).")
 @click.option("--auth", "auth_mode", type=click.Choice(["token", "none"]), default="token", show_default=True,
               help="token: every call needs a token (DESIGN §7). none: anyone who can reach the port is admin "
                    "(refused unless bound to a loopback address).")
@@ -79,6 +84,8 @@ def serve(
     dashboard_port: int,
     worker_timeout: float,
     max_replicas: int,
+    max_termination_grace: float,
+    quarantine_after: int,
     auth_mode: str,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -144,7 +151,8 @@ def serve(
     except StoreError as e:
         raise click.ClickException(str(e)) from e
     config = ControllerConfig(worker_timeout_s=worker_timeout, limits=Limits(max_replicas=max_replicas),
-                              auth=auth_mode == "token")
+                              auth=auth_mode == "token", max_termination_grace_s=max_termination_grace,
+                              quarantine_after=quarantine_after)
     ctrl = Controller(config, state=state, store=store, secret=_secret(state_dir),
                       worker_clients=GrpcWorkerClients(tls_ca=tls_ca))
     if config.auth:

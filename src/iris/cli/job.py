@@ -44,10 +44,12 @@ from iris.client import (
     TaskLogLine,
     TaskState,
     TaskStatus,
+    TimeSpent,
 )
 from iris.client.bundle import BUNDLE_MAX_SIZE_ENV, default_bundle_max_bytes
 from iris.client.client import LogFollower, generate_job_name
 from iris.client.models import parse_job_state
+from iris.cluster.failures import parse_exit_rules
 from iris.cluster.spec import DEFAULT_MAX_RETRIES_PREEMPTION, JobSpec
 from iris.cluster.types import GpuDevice, ResourceSpec, parse_size
 from iris.cluster.validation import validate_job_spec
@@ -90,7 +92,23 @@ def job_options(fn: F) -> F:
         ),
         click.option("--env", "-e", "env", multiple=True, help="Environment variable K=V (repeatable)."),
         click.option("--port", "ports", multiple=True, help="Named port to allocate per task (repeatable)."),
-        click.option("--coscheduled", is_flag=True, help="Start all tasks at once or none."),
+        click.option("--coscheduled", is_flag=True,
+                     help="Start all tasks at once or none; when one task will be retried, the others are "
+                          "stopped and the whole gang is placed again together (a gang restart)."),
+        click.option("--on-exit", "on_exit", multiple=True, metavar="CODES=ACTION",
+                     help="What an exit code means (repeatable; CODES a comma list or ranges, a death by signal "
+                          "N is 128+N): fail-job (the job fails now), failure (the default: --max-retries), "
+                          "preemption (--max-preemptions). E.g. --on-exit 2=fail-job --on-exit 75,143=preemption."),
+        click.option("--retry-backoff", default="0", show_default=True, metavar="SECONDS",
+                     help="The k-th failure retry of a task waits SECONDS*2^(k-1) (capped at 10 min, jittered); "
+                          "preemption retries are not delayed."),
+        click.option("--termination-grace", default=None, metavar="SECONDS",
+                     help="SIGTERM to SIGKILL when Iris stops a task (job stop, gang restart, drain, preemption), "
+                          "so it can checkpoint (default: the worker's --kill-grace)."),
+        click.option("--timeout", "attempt_timeout", default="0", show_default=True, metavar="SECONDS",
+                     help="Each attempt's running time; over it the attempt fails \"timed out\" (0: unbounded)."),
+        click.option("--max-similar-failures", default="0", show_default=True, metavar="K",
+                     help="Fail the job once K tasks failed with the same error and none succeeded (0: off)."),
         click.option(
             "--workspace",
             type=click.Path(file_okay=False, path_type=Path),
@@ -133,7 +151,9 @@ class JobRequest:
             max_task_failures=spec.max_task_failures, max_retries_failure=spec.max_retries_failure,
             max_retries_preemption=spec.max_retries_preemption,
             scheduling_timeout_seconds=spec.scheduling_timeout_seconds, ports=spec.ports, env=spec.env,
-            coscheduled=spec.coscheduled,
+            coscheduled=spec.coscheduled, on_exit=[f"{r.codes_text()}={r.action}" for r in spec.exit_rules],
+            retry_backoff_seconds=spec.retry_backoff_seconds, termination_grace_seconds=spec.termination_grace_seconds,
+            timeout_seconds=spec.timeout_seconds, max_similar_failures=spec.max_similar_failures,
         )
         return client.submit_spec(spec, workspace=self.workspace, bundle_max_bytes=self.bundle_max_bytes)
 
@@ -149,6 +169,16 @@ def _whole(value: str, flag: str, minimum: int) -> int:
         raise _usage(f"{flag}: expected a whole number, got {value!r}") from None
     if number < minimum:
         raise _usage(f"{flag}: must be >= {minimum}, got {number}")
+    return number
+
+
+def _seconds(value: str, flag: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise _usage(f"{flag}: expected seconds, got {value!r}") from None
+    if not number >= 0:
+        raise _usage(f"{flag}: must be >= 0, got {value}")
     return number
 
 
@@ -185,6 +215,13 @@ def parse_job_request(command: Sequence[str], **flags: Any) -> JobRequest:
         raise _usage(f"--scheduling-timeout: expected seconds, got {flags['scheduling_timeout']!r}") from None
     if scheduling_timeout < 0:
         raise _usage(f"--scheduling-timeout: must be >= 0, got {flags['scheduling_timeout']}")
+    try:
+        exit_rules = parse_exit_rules(flags.get("on_exit") or ())
+    except ValueError as e:
+        raise _usage(str(e)) from None
+    retry_backoff = _seconds(flags.get("retry_backoff") or "0", "--retry-backoff")
+    attempt_timeout = _seconds(flags.get("attempt_timeout") or "0", "--timeout")
+    grace = _seconds(flags["termination_grace"], "--termination-grace") if flags.get("termination_grace") else None
     env: dict[str, str] = {}
     for item in flags.get("env") or ():
         key, sep, value = item.partition("=")
@@ -215,6 +252,11 @@ def parse_job_request(command: Sequence[str], **flags: Any) -> JobRequest:
             ports=tuple(flags.get("ports") or ()),
             env=env,
             coscheduled=bool(flags.get("coscheduled")),
+            exit_rules=exit_rules,
+            retry_backoff_seconds=retry_backoff,
+            termination_grace_seconds=grace,
+            timeout_seconds=attempt_timeout,
+            max_similar_failures=_whole(flags.get("max_similar_failures") or "0", "--max-similar-failures", 0),
         ))
     except InvalidRequestError as e:
         raise _usage(str(e)) from None
@@ -448,6 +490,23 @@ def list_cmd(controller: str, states: tuple[str, ...], prefix: str, as_json: boo
     stdout_console().print(make_table(["JOB", "STATE", "DONE", "SUBMITTED", "DURATION", "ERROR"], rows))
 
 
+def time_text(t: TimeSpent) -> str:
+    """``pending 3s · useful 1m 2s · lost 40s (failures 30s, preemptions 10s, gang 0s)``."""
+    lost = t.lost_failure + t.lost_preemption + t.lost_gang
+    return (f"pending {seconds_text(t.pending)} · useful {seconds_text(t.useful)} · lost {seconds_text(lost)} "
+            f"(failures {seconds_text(t.lost_failure)}, preemptions {seconds_text(t.lost_preemption)}, "
+            f"gang restarts {seconds_text(t.lost_gang)})")
+
+
+def seconds_text(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, rest = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {rest}s"
+    return f"{minutes // 60}h {minutes % 60}m"
+
+
 def task_rows(tasks: Sequence[TaskStatus]) -> list[tuple[str | Text, ...]]:
     rows: list[tuple[str | Text, ...]] = []
     for t in tasks:
@@ -499,10 +558,13 @@ def status_cmd(controller: str, job_id: str, show_tasks: bool, as_json: bool, ve
         ("Duration", span(status.started_at_ms, status.finished_at_ms)),
         ("Resources", f"cpu={res.cpu} memory={size(res.memory_bytes)} disk={size(res.disk_bytes)}"),
         (
-            "Retries",
-            f"max_task_failures={status.max_task_failures} max_retries={status.max_retries_failure} "
-            f"max_preemptions={status.max_retries_preemption}",
+            "Budgets",
+            f"task failures {status.counts.failed}/{status.max_task_failures} allowed · per task: "
+            f"{status.max_retries_failure} failure retries, {status.max_retries_preemption} preemption retries",
         ),
+        ("Retries used", f"{status.failures_used} after failures · {status.preemptions_used} after preemptions"
+                         + (f" · {status.gang_restarts} gang restarts" if status.gang_restarts else "")),
+        ("Time", time_text(status.time)),
     ]
     if status.owner:
         fields.append(("Owner", status.owner))

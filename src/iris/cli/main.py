@@ -13,7 +13,7 @@ from iris.cli.run import run
 from iris.cli.task import task
 from iris.cli.token import login, logout, token
 from iris.cli.worker import worker
-from iris.cli.worker_list import worker_list
+from iris.cli.worker_list import worker_drain, worker_list, worker_release
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,6 +33,8 @@ cli.add_command(token)
 cli.add_command(login)
 cli.add_command(logout)
 worker.add_command(worker_list)
+worker.add_command(worker_drain)
+worker.add_command(worker_release)
 
 
 def main() -> None:

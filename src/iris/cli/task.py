@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.text import Text
 
-from iris.cli.job import TASK_COLUMNS, task_rows
+from iris.cli.job import TASK_COLUMNS, task_rows, time_text
 from iris.cli.output import (
     EXIT_USAGE,
     CliError,
@@ -62,6 +62,8 @@ def status_cmd(controller: str, job_id: str, index: int, as_json: bool, verbose:
         return
     out = stdout_console()
     out.print(make_table(TASK_COLUMNS, task_rows([status])))
+    out.print(f"failure retries {status.failure_count}/{status.max_retries_failure} · preemption retries "
+              f"{status.preemption_count}/{status.max_retries_preemption} · {time_text(status.time)}")
     if status.attempts:
         out.print()
         rows = [
@@ -72,8 +74,11 @@ def status_cmd(controller: str, job_id: str, index: int, as_json: bool, verbose:
                 str(a.exit_code),
                 human_ago(a.started_at_ms),
                 span(a.started_at_ms, a.finished_at_ms),
+                a.charged_to or "-",
+                a.decided_by or "-",
                 Text(("worker failure: " if a.is_worker_failure else "") + (a.error or "")),
             )
             for a in status.attempts
         ]
-        out.print(make_table(["ATTEMPT", "STATE", "WORKER", "EXIT", "STARTED", "DURATION", "ERROR"], rows))
+        out.print(make_table(["ATTEMPT", "STATE", "WORKER", "EXIT", "STARTED", "DURATION", "CHARGED TO", "DECIDED BY",
+                              "ERROR"], rows))

@@ -19,6 +19,7 @@ from iris.cli.output import (
     stdout_console,
     verbose_option,
 )
+from iris.client.models import WorkerInfo
 
 
 @click.command("list")
@@ -52,7 +53,7 @@ def worker_list(controller: str, as_json: bool, verbose: bool) -> None:
             (
                 w.worker_id,
                 w.address,
-                Text("healthy", style="green") if w.healthy else Text("unhealthy", style="red"),
+                _health(w),
                 f"{w.committed_cpu}/{w.cpu_count}",
                 f"{size(w.committed_memory_bytes)}/{size(w.memory_bytes)}",
                 gpus,
@@ -65,3 +66,53 @@ def worker_list(controller: str, as_json: bool, verbose: bool) -> None:
     if provisioned:
         columns += ["ALLOCATION", "ALLOC STATE"]
     stdout_console().print(make_table(columns, rows))
+    for w in workers:
+        if w.quarantined_until_ms > now_ms():
+            stderr_console().print(f"{w.worker_id} quarantined ({human_until(w.quarantined_until_ms)}): "
+                                   f"{w.quarantine_reason}; `iris worker release {w.worker_id}` ends it")
+
+
+def _health(w: WorkerInfo) -> Text:
+    if not w.healthy:
+        return Text("unhealthy", style="red")
+    if w.draining:
+        return Text("draining", style="yellow")
+    if w.quarantined_until_ms > now_ms():
+        return Text("quarantined", style="yellow")
+    return Text("healthy", style="green")
+
+
+def now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def human_until(ms: int) -> str:
+    seconds = max(0, (ms - now_ms()) // 1000)
+    return f"for {seconds // 60}m {seconds % 60}s more" if seconds >= 60 else f"for {seconds}s more"
+
+
+@click.command("drain")
+@controller_option
+@click.argument("worker_id")
+@verbose_option
+@handle_errors
+def worker_drain(controller: str, worker_id: str, verbose: bool) -> None:
+    """Stop placing tasks on WORKER_ID and stop its tasks (SIGTERM, their job's grace) as
+    preemptions, retried elsewhere. Admin only; `iris worker release` undoes it."""
+    with connect(controller) as client:
+        stopped = client.drain_worker(worker_id)
+    stderr_console().print(f"Draining worker {worker_id}: {stopped} tasks stopped, no new ones placed")
+
+
+@click.command("release")
+@controller_option
+@click.argument("worker_id")
+@verbose_option
+@handle_errors
+def worker_release(controller: str, worker_id: str, verbose: bool) -> None:
+    """End WORKER_ID's drain or quarantine: it takes new tasks again. Admin only."""
+    with connect(controller) as client:
+        client.release_worker(worker_id)
+    stderr_console().print(f"Released worker {worker_id}: it takes new tasks again")

@@ -33,7 +33,7 @@ from iris.client.errors import (
     NotFoundError,
     UnavailableError,
 )
-from iris.client.job_info import JobInfo, get_job_info
+from iris.client.job_info import JobInfo, PreviousAttempt, get_job_info
 from iris.client.models import (
     EndpointInfo,
     JobState,
@@ -44,6 +44,7 @@ from iris.client.models import (
     TaskLogLine,
     TaskState,
     TaskStatus,
+    TimeSpent,
     WorkerInfo,
 )
 from iris.cluster.types import ResourceSpec, cpu, gpu, tpu
@@ -64,6 +65,7 @@ __all__ = [
     "Job",
     "JobFailedError",
     "JobInfo",
+    "PreviousAttempt",
     "JobNotFoundError",
     "JobState",
     "JobStatus",
@@ -74,6 +76,7 @@ __all__ = [
     "NotFoundError",
     "ResourceSpec",
     "TaskAttempt",
+    "TimeSpent",
     "TaskCounts",
     "TaskLogLine",
     "TaskState",

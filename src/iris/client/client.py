@@ -43,6 +43,7 @@ from iris.client.models import (
     WorkerInfo,
     parse_job_state,
 )
+from iris.cluster.failures import parse_exit_rules
 from iris.cluster.spec import DEFAULT_MAX_RETRIES_PREEMPTION, Entrypoint, JobSpec
 from iris.cluster.types import JobId, ResourceSpec, parse_size, task_id_for
 from iris.cluster.validation import MAX_MESSAGE_BYTES, validate_job_spec
@@ -270,6 +271,11 @@ class IrisClient:
         workspace: Path | str | None = None,
         bundle_max_bytes: int | str | None = None,
         parent_job_id: str | None = None,
+        on_exit: Mapping[str, str] | Sequence[str] | None = None,
+        retry_backoff_seconds: float = 0,
+        termination_grace_seconds: float | None = None,
+        timeout_seconds: float = 0,
+        max_similar_failures: int = 0,
     ) -> Job:
         """Submit a job of ``replicas`` tasks and return its handle at once.
 
@@ -294,6 +300,17 @@ class IrisClient:
                 or 25 MiB.
             parent_job_id: submit as a child of this job (default: the task's job under
                 ``from_env()``).
+            on_exit: which exit codes mean what, as the CLI's ``--on-exit`` (``["2=fail-job",
+                "75,143=preemption"]`` or ``{"2": "fail-job", "75,143": "preemption"}``): ``fail-job``
+                fails the job now, ``failure`` spends ``max_retries_failure`` (the default),
+                ``preemption`` spends ``max_retries_preemption``. A death by signal N is 128+N.
+            retry_backoff_seconds: the k-th failure retry of a task waits this * 2^(k-1) (capped at
+                10 minutes, jittered); preemption retries are not delayed.
+            termination_grace_seconds: SIGTERM to SIGKILL when Iris stops a task (job stop, gang
+                restart, drain, preemption); default: the worker's ``--kill-grace``.
+            timeout_seconds: each attempt's running time; over it the attempt fails "timed out".
+            max_similar_failures: fail the job once this many tasks failed with the same error and
+                none succeeded (0: off).
 
         Raises:
             InvalidRequestError: a bad argument (the message names it), also from the controller.
@@ -314,6 +331,11 @@ class IrisClient:
             env=env,
             coscheduled=coscheduled,
             parent_job_id=parent_job_id,
+            on_exit=on_exit,
+            retry_backoff_seconds=retry_backoff_seconds,
+            termination_grace_seconds=termination_grace_seconds,
+            timeout_seconds=timeout_seconds,
+            max_similar_failures=max_similar_failures,
         )
         return self.submit_spec(spec, workspace=workspace, bundle_max_bytes=bundle_max_bytes)
 
@@ -340,6 +362,11 @@ class IrisClient:
         env: Mapping[str, str] | None = None,
         coscheduled: bool = False,
         parent_job_id: str | None = None,
+        on_exit: Mapping[str, str] | Sequence[str] | None = None,
+        retry_backoff_seconds: float = 0,
+        termination_grace_seconds: float | None = None,
+        timeout_seconds: float = 0,
+        max_similar_failures: int = 0,
     ) -> JobSpec:
         """The ``JobSpec`` of ``submit``'s arguments, checked by the shared validator (no RPC).
         Inside a task, the parent job and its workspace bundle are filled in."""
@@ -353,6 +380,11 @@ class IrisClient:
         if not isinstance(spec_resources, ResourceSpec):
             raise InvalidRequestError(f"resources: expected a ResourceSpec, got {type(spec_resources).__name__}")
         parent = self._parent_job_id if parent_job_id is None else parent_job_id
+        rule_texts = [f"{k}={v}" for k, v in on_exit.items()] if isinstance(on_exit, Mapping) else list(on_exit or ())
+        try:
+            exit_rules = parse_exit_rules(rule_texts)
+        except ValueError as e:
+            raise InvalidRequestError(f"on_exit: {e}") from None
         spec = JobSpec(
             name=generate_job_name() if name is None else name,
             entrypoint=entrypoint,
@@ -367,6 +399,11 @@ class IrisClient:
             coscheduled=coscheduled,
             parent_job_id=parent,
             bundle_hash=self._parent_bundle_hash if self._parent_bundle_hash and parent == self._parent_job_id else "",
+            exit_rules=exit_rules,
+            retry_backoff_seconds=retry_backoff_seconds,
+            termination_grace_seconds=termination_grace_seconds,
+            timeout_seconds=timeout_seconds,
+            max_similar_failures=max_similar_failures,
         )
         return validate_job_spec(spec)
 
@@ -525,6 +562,17 @@ class IrisClient:
         response = self._call(self._stub.ListWorkers, cluster_pb2.Controller.ListWorkersRequest(), "workers")
         workers = sorted((WorkerInfo.from_proto(w) for w in response.workers), key=lambda w: w.worker_id)
         return workers, response.provisioning
+
+    def drain_worker(self, worker_id: str) -> int:
+        """Admin: no new tasks on the worker; its tasks are stopped (SIGTERM, their job's grace) and
+        retried elsewhere as preemptions. Returns how many were stopped."""
+        request = cluster_pb2.Controller.DrainWorkerRequest(worker_id=worker_id)
+        return self._call(self._stub.DrainWorker, request, f"worker {worker_id}").tasks_stopped
+
+    def release_worker(self, worker_id: str) -> None:
+        """Admin: end a worker's drain or quarantine."""
+        self._call(self._stub.ReleaseWorker, cluster_pb2.Controller.ReleaseWorkerRequest(worker_id=worker_id),
+                   f"worker {worker_id}")
 
     def register_endpoint(
         self,

@@ -10,6 +10,22 @@ _PORT_PREFIX = "IRIS_PORT_"
 
 
 @dataclass(frozen=True, slots=True)
+class PreviousAttempt:
+    """How this task's previous attempt ended (``IRIS_PREVIOUS_*``).
+
+    Attributes:
+        state: "FAILED", "WORKER_FAILED" (its worker was lost, drained or preempted) or "KILLED"
+            (Iris stopped it: a gang restart, a quarantine).
+        exit_code: its exit code (0 when it had none, e.g. its worker was lost).
+        error: the last line of its error, at most 1 KiB.
+    """
+
+    state: str
+    exit_code: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class JobInfo:
     """The identity of the task this process runs as.
 
@@ -23,6 +39,9 @@ class JobInfo:
         controller_address: ``HOST:PORT`` of the controller, for ``IrisClient.from_env()``.
         ports: named ports allocated to this attempt (lower-case names).
         bundle_hash: the workspace bundle this attempt was started from, if any.
+        advertise_host: the address other tasks reach this one at (``IRIS_ADVERTISE_HOST``).
+        bind_host: where to bind servers (``IRIS_BIND_HOST``).
+        previous_attempt: how the previous attempt ended (None for the first attempt).
     """
 
     job_id: str
@@ -34,6 +53,9 @@ class JobInfo:
     controller_address: str
     ports: dict[str, int] = field(default_factory=dict)
     bundle_hash: str = ""
+    advertise_host: str = ""
+    bind_host: str = ""
+    previous_attempt: PreviousAttempt | None = None
 
 
 def get_job_info(environ: Mapping[str, str] | None = None) -> JobInfo | None:
@@ -56,6 +78,13 @@ def get_job_info(environ: Mapping[str, str] | None = None) -> JobInfo | None:
         controller_address=env.get("IRIS_CONTROLLER_ADDRESS", ""),
         ports=ports,
         bundle_hash=env.get("IRIS_BUNDLE_HASH", ""),
+        advertise_host=env.get("IRIS_ADVERTISE_HOST", ""),
+        bind_host=env.get("IRIS_BIND_HOST", ""),
+        previous_attempt=(
+            PreviousAttempt(env["IRIS_PREVIOUS_ATTEMPT_STATE"], _int(env.get("IRIS_PREVIOUS_EXIT_CODE"), 0),
+                            env.get("IRIS_PREVIOUS_ERROR", ""))
+            if env.get("IRIS_PREVIOUS_ATTEMPT_STATE") else None
+        ),
     )
 
 

@@ -104,6 +104,11 @@ class TaskAttempt(_Jsonable):
     started_at_ms: int
     finished_at_ms: int
     is_worker_failure: bool
+    charged_to: str = ""
+    """The budget it spent: "failure", "preemption", "none" (a gang restart, a stop, a quarantined
+    worker's fault) or "" (it succeeded)."""
+    decided_by: str = ""
+    """What decided that, e.g. "exit 75: --on-exit 75=preemption", "gang restart", "timed out"."""
 
     @classmethod
     def from_proto(cls, proto: cluster_pb2.TaskAttempt) -> TaskAttempt:
@@ -116,7 +121,26 @@ class TaskAttempt(_Jsonable):
             started_at_ms=proto.started_at_ms,
             finished_at_ms=proto.finished_at_ms,
             is_worker_failure=proto.is_worker_failure,
+            charged_to=proto.charged_to,
+            decided_by=proto.decided_by,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class TimeSpent(_Jsonable):
+    """Where a task's (or job's) time went, in seconds: waiting, in the attempt that succeeded,
+    and lost to failed, preempted and gang-restarted attempts."""
+
+    pending: float = 0.0
+    useful: float = 0.0
+    lost_failure: float = 0.0
+    lost_preemption: float = 0.0
+    lost_gang: float = 0.0
+
+    @classmethod
+    def from_proto(cls, proto: cluster_pb2.TimeSpent) -> TimeSpent:
+        return cls(proto.pending_ms / 1000, proto.useful_ms / 1000, proto.lost_failure_ms / 1000,
+                   proto.lost_preemption_ms / 1000, proto.lost_gang_ms / 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +166,13 @@ class TaskStatus(_Jsonable):
     ports: dict[str, int] = field(default_factory=dict)
     port_addresses: dict[str, str] = field(default_factory=dict)
     """Each named port as HOST:PORT that other hosts can dial (the worker's advertised address)."""
+    max_retries_failure: int = 0
+    """The failure budget (``failure_count`` of it is used)."""
+    max_retries_preemption: int = 0
+    """The preemption budget (``preemption_count`` of it is used)."""
+    retry_at_ms: int = 0
+    """A failure retry backing off waits until then (0: not waiting)."""
+    time: TimeSpent = field(default_factory=TimeSpent)
 
     @property
     def num_attempts(self) -> int:
@@ -173,6 +204,10 @@ class TaskStatus(_Jsonable):
             pending_since_ms=proto.pending_since_ms,
             ports=dict(proto.ports),
             port_addresses=dict(proto.port_addresses),
+            max_retries_failure=proto.max_retries_failure,
+            max_retries_preemption=proto.max_retries_preemption,
+            retry_at_ms=proto.retry_at_ms,
+            time=TimeSpent.from_proto(proto.time),
         )
 
 
@@ -214,6 +249,12 @@ class JobStatus(_Jsonable):
     tasks: tuple[TaskStatus, ...] = ()
     owner: str = ""
     """The user who submitted it (a child job belongs to its parent's owner)."""
+    gang_restarts: int = 0
+    """Times a coscheduled job's tasks were all stopped and placed again together."""
+    failures_used: int = 0
+    """Failure retries its tasks spent (each task may spend ``max_retries_failure``)."""
+    preemptions_used: int = 0
+    time: TimeSpent = field(default_factory=TimeSpent)
 
     @property
     def num_tasks(self) -> int:
@@ -250,6 +291,10 @@ class JobStatus(_Jsonable):
             max_retries_preemption=proto.max_retries_preemption,
             owner=proto.owner,
             tasks=tuple(TaskStatus.from_proto(t) for t in proto.tasks),
+            gang_restarts=proto.gang_restarts,
+            failures_used=proto.failures_used,
+            preemptions_used=proto.preemptions_used,
+            time=TimeSpent.from_proto(proto.time),
         )
 
 
@@ -289,6 +334,11 @@ class WorkerInfo(_Jsonable):
     """The platform's state of it (PENDING, RUNNING, ...; RELEASING once Iris gave it back)."""
     platform_reason: str = ""
     """Why the allocation is pending (Slurm's reason), when it is."""
+    draining: bool = False
+    """``iris worker drain``: it takes no new tasks."""
+    quarantined_until_ms: int = 0
+    """It takes no new tasks until then (0: not quarantined)."""
+    quarantine_reason: str = ""
 
     @property
     def registered(self) -> bool:
@@ -319,6 +369,9 @@ class WorkerInfo(_Jsonable):
             platform_id=proto.provisioning.id,
             platform_state=proto.provisioning.state,
             platform_reason=proto.provisioning.reason,
+            draining=proto.draining,
+            quarantined_until_ms=proto.quarantined_until_ms,
+            quarantine_reason=proto.quarantine_reason,
         )
 
 

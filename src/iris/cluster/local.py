@@ -77,10 +77,12 @@ class LocalCluster:
         start_timeout: float = 60.0,
         env: dict[str, str] | None = None,
         worker_args: Sequence[str] = (),
+        controller_args: Sequence[str] = (),
         auth: bool = True,
         tls: bool = False,
     ) -> None:
-        """``worker_args``: extra ``iris worker serve`` flags for every worker. ``auth``: the controller
+        """``worker_args``: extra ``iris worker serve`` flags for every worker; ``controller_args``:
+        extra ``iris controller serve`` flags. ``auth``: the controller
         requires tokens (its admin token is ``admin_token``; workers join with the join token);
         False runs it with ``--auth none``. ``tls``: a CA and a certificate for 127.0.0.1 are made
         under ``base_dir/tls`` and every process serves and connects with them (``tls_ca``; tasks
@@ -101,6 +103,7 @@ class LocalCluster:
         self.dashboard = dashboard
         self.start_timeout = start_timeout
         self.worker_args = list(worker_args)
+        self.controller_args = list(controller_args)
         self.auth = auth
         self.admin_token = ""
         """The controller's admin token (read from ``state_dir/admin.token`` once it started)."""
@@ -175,6 +178,7 @@ class LocalCluster:
             "--worker-timeout", str(self.worker_timeout),
             "--dashboard-port", "0" if self.dashboard else "-1",
             "--auth", "token" if self.auth else "none",
+            *self.controller_args,
         ]
         if self._tls is not None:
             argv += ["--tls-cert", str(self._tls.cert), "--tls-key", str(self._tls.key), "--tls-ca", str(self._tls.ca)]

@@ -18,6 +18,7 @@ from typing import Any
 import cloudpickle
 
 from iris.cluster.errors import InvalidArgument
+from iris.cluster.failures import ExitRule
 from iris.cluster.types import ResourceSpec
 from iris.rpc import cluster_pb2
 
@@ -104,10 +105,21 @@ class JobSpec:
     coscheduled: bool = False
     parent_job_id: str = ""
     bundle_hash: str = ""
+    exit_rules: tuple[ExitRule, ...] = ()
+    """Which exit codes mean what (``iris.cluster.failures``; first match wins)."""
+    retry_backoff_seconds: float = 0.0
+    """The k-th failure retry of a task waits this * 2^(k-1) (capped at 10 minutes, jittered)."""
+    termination_grace_seconds: float | None = None
+    """SIGTERM to SIGKILL when Iris stops a task (None: the worker's ``--kill-grace``)."""
+    timeout_seconds: float = 0.0
+    """Each attempt's running time (0: unbounded); over it the attempt fails "timed out"."""
+    max_similar_failures: int = 0
+    """Fail the job once this many tasks failed with the same error and none succeeded (0: off)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "env", _frozen_env(self.env))
         object.__setattr__(self, "ports", tuple(self.ports))
+        object.__setattr__(self, "exit_rules", tuple(self.exit_rules))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, JobSpec):
@@ -123,6 +135,8 @@ class JobSpec:
             self.name, self.entrypoint, (r.cpu, r.memory_bytes, r.disk_bytes, r.device), self.replicas, self.max_task_failures,
             self.max_retries_failure, self.max_retries_preemption, self.scheduling_timeout_seconds,
             tuple(sorted(self.env.items())), self.ports, self.coscheduled, self.parent_job_id, self.bundle_hash,
+            self.exit_rules, self.retry_backoff_seconds, self.termination_grace_seconds, self.timeout_seconds,
+            self.max_similar_failures,
         )
 
     def replace(self, **changes: Any) -> JobSpec:
@@ -149,7 +163,13 @@ class JobSpec:
             coscheduled=self.coscheduled,
             bundle_hash=self.bundle_hash,
             bundle_blob=bundle_blob,
+            exit_rules=[cluster_pb2.ExitRule(low=r.low, high=r.high, action=r.action) for r in self.exit_rules],
+            retry_backoff_seconds=float(self.retry_backoff_seconds),
+            timeout_seconds=float(self.timeout_seconds),
+            max_similar_failures=self.max_similar_failures,
         )
+        if self.termination_grace_seconds is not None:
+            request.termination_grace_seconds = float(self.termination_grace_seconds)
         request.resources.replicas = self.replicas
         return request
 
@@ -176,6 +196,13 @@ class JobSpec:
             coscheduled=request.coscheduled,
             parent_job_id=request.parent_job_id,
             bundle_hash=request.bundle_hash,
+            exit_rules=tuple(ExitRule(r.low, r.high, r.action) for r in request.exit_rules),
+            retry_backoff_seconds=request.retry_backoff_seconds,
+            termination_grace_seconds=(
+                request.termination_grace_seconds if request.HasField("termination_grace_seconds") else None
+            ),
+            timeout_seconds=request.timeout_seconds,
+            max_similar_failures=request.max_similar_failures,
         )
 
 

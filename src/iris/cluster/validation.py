@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from iris.cluster.errors import InvalidArgument
+from iris.cluster.failures import ExitRule, check_exit_rules
 from iris.cluster.spec import Entrypoint, JobSpec, parse_entrypoint, resources_from_proto
 from iris.cluster.types import (
     BUNDLE_HASH_RE,
@@ -220,12 +221,33 @@ def validate_job_spec(spec: JobSpec, limits: Limits = DEFAULT_LIMITS, names: Map
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout) \
             or math.isinf(timeout) or timeout < 0:
         raise _fail("scheduling_timeout_seconds", f"must be a finite number >= 0 (0 waits forever), got {show(timeout)}")
+    _seconds(spec.retry_backoff_seconds, "retry_backoff_seconds", "0: no backoff", MAX_RETRY_BACKOFF_S)
+    _seconds(spec.timeout_seconds, "timeout_seconds", "0: unbounded", MAX_ATTEMPT_TIMEOUT_S)
+    if spec.termination_grace_seconds is not None:
+        _seconds(spec.termination_grace_seconds, "termination_grace_seconds", "unset: the worker's kill grace",
+                 MAX_ATTEMPT_TIMEOUT_S)
+    _whole(spec.max_similar_failures, "max_similar_failures", 0, 2**31 - 1)
+    if not isinstance(spec.exit_rules, tuple) or not all(isinstance(r, ExitRule) for r in spec.exit_rules):
+        raise _fail("exit_rules", "must be a tuple of ExitRule")
+    problem = check_exit_rules(spec.exit_rules)
+    if problem:
+        raise _fail("exit_rules", problem)
     env_bytes = check_env(spec.env, limits, names["env"])
     _check_exec_size(argv_bytes, env_bytes, limits, names["env"])
     check_ports(spec.ports, limits)
     check_id(spec.parent_job_id, "parent_job_id", limits, required=False)
     check_bundle_hash(spec.bundle_hash)
     return spec
+
+
+MAX_RETRY_BACKOFF_S = 3600.0
+MAX_ATTEMPT_TIMEOUT_S = 366 * 24 * 3600.0
+
+
+def _seconds(value: object, name: str, zero: str, maximum: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value) \
+            or not 0 <= value <= maximum:
+        raise _fail(name, f"must be a number of seconds in [0, {maximum:g}] ({zero}), got {show(value)}")
 
 
 def _check_wire_resources(res: cluster_pb2.ResourceSpecProto) -> None:

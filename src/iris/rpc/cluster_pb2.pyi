@@ -347,12 +347,40 @@ class Entrypoint(_message.Message):
 Global___Entrypoint: _TypeAlias = Entrypoint  # noqa: Y015
 
 @_typing.final
-class TaskAttempt(_message.Message):
+class ExitRule(_message.Message):
     """---------------------------------------------------------------------------
     Status messages
     ---------------------------------------------------------------------------
+
+    Exit codes low..high (a death by signal N is 128+N) and what they mean: "fail-job",
+    "failure" (the failure budget) or "preemption" (the preemption budget).
     """
 
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOW_FIELD_NUMBER: _builtins.int
+    HIGH_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    low: _builtins.int
+    high: _builtins.int
+    action: _builtins.str
+    def __init__(
+        self,
+        *,
+        low: _builtins.int = ...,
+        high: _builtins.int = ...,
+        action: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "high", b"high", "low", b"low"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExitRule: _TypeAlias = ExitRule  # noqa: Y015
+
+@_typing.final
+class TaskAttempt(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ATTEMPT_ID_FIELD_NUMBER: _builtins.int
@@ -363,6 +391,8 @@ class TaskAttempt(_message.Message):
     STARTED_AT_MS_FIELD_NUMBER: _builtins.int
     FINISHED_AT_MS_FIELD_NUMBER: _builtins.int
     IS_WORKER_FAILURE_FIELD_NUMBER: _builtins.int
+    CHARGED_TO_FIELD_NUMBER: _builtins.int
+    DECIDED_BY_FIELD_NUMBER: _builtins.int
     attempt_id: _builtins.int
     worker_id: _builtins.str
     state: Global___TaskState.ValueType
@@ -371,6 +401,10 @@ class TaskAttempt(_message.Message):
     started_at_ms: _builtins.int
     finished_at_ms: _builtins.int
     is_worker_failure: _builtins.bool
+    charged_to: _builtins.str
+    """"failure", "preemption", "none" (gang restart, stop, quarantine), "" (success)"""
+    decided_by: _builtins.str
+    """what decided it, e.g. "--on-exit 75=preemption", "gang restart", "timed out" """
     def __init__(
         self,
         *,
@@ -382,14 +416,53 @@ class TaskAttempt(_message.Message):
         started_at_ms: _builtins.int = ...,
         finished_at_ms: _builtins.int = ...,
         is_worker_failure: _builtins.bool = ...,
+        charged_to: _builtins.str = ...,
+        decided_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "error", b"error", "exit_code", b"exit_code", "finished_at_ms", b"finished_at_ms", "is_worker_failure", b"is_worker_failure", "started_at_ms", b"started_at_ms", "state", b"state", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "charged_to", b"charged_to", "decided_by", b"decided_by", "error", b"error", "exit_code", b"exit_code", "finished_at_ms", b"finished_at_ms", "is_worker_failure", b"is_worker_failure", "started_at_ms", b"started_at_ms", "state", b"state", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskAttempt: _TypeAlias = TaskAttempt  # noqa: Y015
+
+@_typing.final
+class TimeSpent(_message.Message):
+    """Where a task's (or job's) time went, in milliseconds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PENDING_MS_FIELD_NUMBER: _builtins.int
+    USEFUL_MS_FIELD_NUMBER: _builtins.int
+    LOST_FAILURE_MS_FIELD_NUMBER: _builtins.int
+    LOST_PREEMPTION_MS_FIELD_NUMBER: _builtins.int
+    LOST_GANG_MS_FIELD_NUMBER: _builtins.int
+    pending_ms: _builtins.int
+    useful_ms: _builtins.int
+    """the attempt that succeeded"""
+    lost_failure_ms: _builtins.int
+    """attempts that failed"""
+    lost_preemption_ms: _builtins.int
+    """attempts preempted (worker lost, drained, preemption rule)"""
+    lost_gang_ms: _builtins.int
+    """attempts stopped by a gang restart"""
+    def __init__(
+        self,
+        *,
+        pending_ms: _builtins.int = ...,
+        useful_ms: _builtins.int = ...,
+        lost_failure_ms: _builtins.int = ...,
+        lost_preemption_ms: _builtins.int = ...,
+        lost_gang_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lost_failure_ms", b"lost_failure_ms", "lost_gang_ms", b"lost_gang_ms", "lost_preemption_ms", b"lost_preemption_ms", "pending_ms", b"pending_ms", "useful_ms", b"useful_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimeSpent: _TypeAlias = TimeSpent  # noqa: Y015
 
 @_typing.final
 class TaskStatus(_message.Message):
@@ -453,6 +526,10 @@ class TaskStatus(_message.Message):
     PENDING_SINCE_MS_FIELD_NUMBER: _builtins.int
     PORTS_FIELD_NUMBER: _builtins.int
     PORT_ADDRESSES_FIELD_NUMBER: _builtins.int
+    MAX_RETRIES_FAILURE_FIELD_NUMBER: _builtins.int
+    MAX_RETRIES_PREEMPTION_FIELD_NUMBER: _builtins.int
+    RETRY_AT_MS_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     job_id: _builtins.str
     task_index: _builtins.int
@@ -468,6 +545,11 @@ class TaskStatus(_message.Message):
     preemption_count: _builtins.int
     pending_reason: _builtins.str
     pending_since_ms: _builtins.int
+    max_retries_failure: _builtins.int
+    """the budgets (failure_count / preemption_count are used)"""
+    max_retries_preemption: _builtins.int
+    retry_at_ms: _builtins.int
+    """a failure retry waits until then (--retry-backoff)"""
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskAttempt]:
         """ended attempts, oldest first"""
@@ -480,6 +562,8 @@ class TaskStatus(_message.Message):
     def port_addresses(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """name -> HOST:PORT, HOST the worker's advertised address"""
 
+    @_builtins.property
+    def time(self) -> Global___TimeSpent: ...
     def __init__(
         self,
         *,
@@ -501,10 +585,14 @@ class TaskStatus(_message.Message):
         pending_since_ms: _builtins.int = ...,
         ports: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         port_addresses: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        max_retries_failure: _builtins.int = ...,
+        max_retries_preemption: _builtins.int = ...,
+        retry_at_ms: _builtins.int = ...,
+        time: Global___TimeSpent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "current_attempt_id", b"current_attempt_id", "error", b"error", "exit_code", b"exit_code", "failure_count", b"failure_count", "finished_at_ms", b"finished_at_ms", "job_id", b"job_id", "pending_reason", b"pending_reason", "pending_since_ms", b"pending_since_ms", "port_addresses", b"port_addresses", "ports", b"ports", "preemption_count", b"preemption_count", "started_at_ms", b"started_at_ms", "state", b"state", "task_id", b"task_id", "task_index", b"task_index", "worker_address", b"worker_address", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "current_attempt_id", b"current_attempt_id", "error", b"error", "exit_code", b"exit_code", "failure_count", b"failure_count", "finished_at_ms", b"finished_at_ms", "job_id", b"job_id", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "pending_reason", b"pending_reason", "pending_since_ms", b"pending_since_ms", "port_addresses", b"port_addresses", "ports", b"ports", "preemption_count", b"preemption_count", "retry_at_ms", b"retry_at_ms", "started_at_ms", b"started_at_ms", "state", b"state", "task_id", b"task_id", "task_index", b"task_index", "time", b"time", "worker_address", b"worker_address", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -534,6 +622,10 @@ class JobStatus(_message.Message):
     PENDING_REASON_FIELD_NUMBER: _builtins.int
     MAX_TASK_FAILURES_FIELD_NUMBER: _builtins.int
     MAX_RETRIES_FAILURE_FIELD_NUMBER: _builtins.int
+    GANG_RESTARTS_FIELD_NUMBER: _builtins.int
+    FAILURES_USED_FIELD_NUMBER: _builtins.int
+    PREEMPTIONS_USED_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
     MAX_RETRIES_PREEMPTION_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
@@ -554,6 +646,11 @@ class JobStatus(_message.Message):
     pending_reason: _builtins.str
     max_task_failures: _builtins.int
     max_retries_failure: _builtins.int
+    gang_restarts: _builtins.int
+    failures_used: _builtins.int
+    """failure retries spent by all tasks"""
+    preemptions_used: _builtins.int
+    """preemption retries spent by all tasks"""
     max_retries_preemption: _builtins.int
     owner: _builtins.str
     """the user who submitted it"""
@@ -563,6 +660,8 @@ class JobStatus(_message.Message):
 
     @_builtins.property
     def resources(self) -> Global___ResourceSpecProto: ...
+    @_builtins.property
+    def time(self) -> Global___TimeSpent: ...
     def __init__(
         self,
         *,
@@ -586,12 +685,16 @@ class JobStatus(_message.Message):
         pending_reason: _builtins.str = ...,
         max_task_failures: _builtins.int = ...,
         max_retries_failure: _builtins.int = ...,
+        gang_restarts: _builtins.int = ...,
+        failures_used: _builtins.int = ...,
+        preemptions_used: _builtins.int = ...,
+        time: Global___TimeSpent | None = ...,
         max_retries_preemption: _builtins.int = ...,
         owner: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "finished_at_ms", b"finished_at_ms", "job_id", b"job_id", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_task_failures", b"max_task_failures", "num_tasks", b"num_tasks", "owner", b"owner", "parent_job_id", b"parent_job_id", "pending_reason", b"pending_reason", "resources", b"resources", "started_at_ms", b"started_at_ms", "state", b"state", "submitted_at_ms", b"submitted_at_ms", "tasks", b"tasks", "tasks_failed", b"tasks_failed", "tasks_killed", b"tasks_killed", "tasks_pending", b"tasks_pending", "tasks_running", b"tasks_running", "tasks_succeeded", b"tasks_succeeded", "tasks_unschedulable", b"tasks_unschedulable", "tasks_worker_failed", b"tasks_worker_failed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "failures_used", b"failures_used", "finished_at_ms", b"finished_at_ms", "gang_restarts", b"gang_restarts", "job_id", b"job_id", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_task_failures", b"max_task_failures", "num_tasks", b"num_tasks", "owner", b"owner", "parent_job_id", b"parent_job_id", "pending_reason", b"pending_reason", "preemptions_used", b"preemptions_used", "resources", b"resources", "started_at_ms", b"started_at_ms", "state", b"state", "submitted_at_ms", b"submitted_at_ms", "tasks", b"tasks", "tasks_failed", b"tasks_failed", "tasks_killed", b"tasks_killed", "tasks_pending", b"tasks_pending", "tasks_running", b"tasks_running", "tasks_succeeded", b"tasks_succeeded", "tasks_unschedulable", b"tasks_unschedulable", "tasks_worker_failed", b"tasks_worker_failed", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -749,6 +852,9 @@ class WorkerInfo(_message.Message):
     COMMITTED_GPUS_FIELD_NUMBER: _builtins.int
     REGISTERED_AT_MS_FIELD_NUMBER: _builtins.int
     PROVISIONING_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
+    QUARANTINED_UNTIL_MS_FIELD_NUMBER: _builtins.int
+    QUARANTINE_REASON_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     address: _builtins.str
     healthy: _builtins.bool
@@ -758,6 +864,11 @@ class WorkerInfo(_message.Message):
     committed_disk_bytes: _builtins.int
     committed_gpus: _builtins.int
     registered_at_ms: _builtins.int
+    draining: _builtins.bool
+    """`iris worker drain`: no new tasks; its tasks were stopped"""
+    quarantined_until_ms: _builtins.int
+    """no new tasks until then (0: not quarantined)"""
+    quarantine_reason: _builtins.str
     @_builtins.property
     def metadata(self) -> Global___WorkerMetadata: ...
     @_builtins.property
@@ -781,10 +892,13 @@ class WorkerInfo(_message.Message):
         committed_gpus: _builtins.int = ...,
         registered_at_ms: _builtins.int = ...,
         provisioning: Global___WorkerAllocation | None = ...,
+        draining: _builtins.bool = ...,
+        quarantined_until_ms: _builtins.int = ...,
+        quarantine_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "provisioning", b"provisioning"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "committed_cpu", b"committed_cpu", "committed_disk_bytes", b"committed_disk_bytes", "committed_gpus", b"committed_gpus", "committed_memory_bytes", b"committed_memory_bytes", "healthy", b"healthy", "last_heartbeat_ms", b"last_heartbeat_ms", "metadata", b"metadata", "provisioning", b"provisioning", "registered_at_ms", b"registered_at_ms", "running_tasks", b"running_tasks", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "committed_cpu", b"committed_cpu", "committed_disk_bytes", b"committed_disk_bytes", "committed_gpus", b"committed_gpus", "committed_memory_bytes", b"committed_memory_bytes", "draining", b"draining", "healthy", b"healthy", "last_heartbeat_ms", b"last_heartbeat_ms", "metadata", b"metadata", "provisioning", b"provisioning", "quarantine_reason", b"quarantine_reason", "quarantined_until_ms", b"quarantined_until_ms", "registered_at_ms", b"registered_at_ms", "running_tasks", b"running_tasks", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -940,6 +1054,11 @@ class Controller(_message.Message):
         COSCHEDULED_FIELD_NUMBER: _builtins.int
         BUNDLE_BLOB_FIELD_NUMBER: _builtins.int
         BUNDLE_HASH_FIELD_NUMBER: _builtins.int
+        EXIT_RULES_FIELD_NUMBER: _builtins.int
+        RETRY_BACKOFF_SECONDS_FIELD_NUMBER: _builtins.int
+        TERMINATION_GRACE_SECONDS_FIELD_NUMBER: _builtins.int
+        TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+        MAX_SIMILAR_FAILURES_FIELD_NUMBER: _builtins.int
         name: _builtins.str
         serialized_entrypoint: _builtins.bytes
         scheduling_timeout_seconds: _builtins.float
@@ -954,6 +1073,14 @@ class Controller(_message.Message):
         """zipped workspace; may be empty when bundle_hash is known"""
         bundle_hash: _builtins.str
         """sha256 hex of bundle_blob"""
+        retry_backoff_seconds: _builtins.float
+        """k-th failure retry waits this * 2^(k-1) (cap 10 min); 0: none"""
+        termination_grace_seconds: _builtins.float
+        """SIGTERM-to-SIGKILL when Iris stops a task; unset: the worker's"""
+        timeout_seconds: _builtins.float
+        """each attempt's running time; 0: unbounded"""
+        max_similar_failures: _builtins.int
+        """fail the job when this many tasks failed alike; 0: off"""
         @_builtins.property
         def resources(self) -> Global___ResourceSpecProto: ...
         @_builtins.property
@@ -961,6 +1088,10 @@ class Controller(_message.Message):
         @_builtins.property
         def ports(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
             """named ports allocated per task"""
+
+        @_builtins.property
+        def exit_rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExitRule]:
+            """which exit codes mean what (first match wins)"""
 
         def __init__(
             self,
@@ -978,14 +1109,24 @@ class Controller(_message.Message):
             coscheduled: _builtins.bool = ...,
             bundle_blob: _builtins.bytes = ...,
             bundle_hash: _builtins.str = ...,
+            exit_rules: _abc.Iterable[Global___ExitRule] | None = ...,
+            retry_backoff_seconds: _builtins.float = ...,
+            termination_grace_seconds: _builtins.float | None = ...,
+            timeout_seconds: _builtins.float = ...,
+            max_similar_failures: _builtins.int = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption", "environment", b"environment", "max_retries_preemption", b"max_retries_preemption", "resources", b"resources"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption", "_termination_grace_seconds", b"_termination_grace_seconds", "environment", b"environment", "max_retries_preemption", b"max_retries_preemption", "resources", b"resources", "termination_grace_seconds", b"termination_grace_seconds"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption", "bundle_blob", b"bundle_blob", "bundle_hash", b"bundle_hash", "coscheduled", b"coscheduled", "environment", b"environment", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_task_failures", b"max_task_failures", "name", b"name", "parent_job_id", b"parent_job_id", "ports", b"ports", "resources", b"resources", "scheduling_timeout_seconds", b"scheduling_timeout_seconds", "serialized_entrypoint", b"serialized_entrypoint"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption", "_termination_grace_seconds", b"_termination_grace_seconds", "bundle_blob", b"bundle_blob", "bundle_hash", b"bundle_hash", "coscheduled", b"coscheduled", "environment", b"environment", "exit_rules", b"exit_rules", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_similar_failures", b"max_similar_failures", "max_task_failures", b"max_task_failures", "name", b"name", "parent_job_id", b"parent_job_id", "ports", b"ports", "resources", b"resources", "retry_backoff_seconds", b"retry_backoff_seconds", "scheduling_timeout_seconds", b"scheduling_timeout_seconds", "serialized_entrypoint", b"serialized_entrypoint", "termination_grace_seconds", b"termination_grace_seconds", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         _WhichOneofReturnType__max_retries_preemption: _TypeAlias = _typing.Literal["max_retries_preemption"]  # noqa: Y015
         _WhichOneofArgType__max_retries_preemption: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption"]  # noqa: Y015
+        _WhichOneofReturnType__termination_grace_seconds: _TypeAlias = _typing.Literal["termination_grace_seconds"]  # noqa: Y015
+        _WhichOneofArgType__termination_grace_seconds: _TypeAlias = _typing.Literal["_termination_grace_seconds", b"_termination_grace_seconds"]  # noqa: Y015
+        @_typing.overload
         def WhichOneof(self, oneof_group: _WhichOneofArgType__max_retries_preemption) -> _WhichOneofReturnType__max_retries_preemption | None: ...
+        @_typing.overload
+        def WhichOneof(self, oneof_group: _WhichOneofArgType__termination_grace_seconds) -> _WhichOneofReturnType__termination_grace_seconds | None: ...
 
     @_typing.final
     class LaunchJobResponse(_message.Message):
@@ -1327,6 +1468,61 @@ class Controller(_message.Message):
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
         _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class DrainWorkerRequest(_message.Message):
+        """Admin: stop placing tasks on a worker and stop its tasks (SIGTERM, the job's grace) as
+        preemptions. ReleaseWorker ends a drain or a quarantine.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        WORKER_ID_FIELD_NUMBER: _builtins.int
+        worker_id: _builtins.str
+        def __init__(
+            self,
+            *,
+            worker_id: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["worker_id", b"worker_id"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class DrainWorkerResponse(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        TASKS_STOPPED_FIELD_NUMBER: _builtins.int
+        tasks_stopped: _builtins.int
+        def __init__(
+            self,
+            *,
+            tasks_stopped: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks_stopped", b"tasks_stopped"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ReleaseWorkerRequest(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        WORKER_ID_FIELD_NUMBER: _builtins.int
+        worker_id: _builtins.str
+        def __init__(
+            self,
+            *,
+            worker_id: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["worker_id", b"worker_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1847,6 +2043,9 @@ class Worker(_message.Message):
         PORTS_FIELD_NUMBER: _builtins.int
         ATTEMPT_ID_FIELD_NUMBER: _builtins.int
         TASK_TOKEN_FIELD_NUMBER: _builtins.int
+        PREVIOUS_STATE_FIELD_NUMBER: _builtins.int
+        PREVIOUS_EXIT_CODE_FIELD_NUMBER: _builtins.int
+        PREVIOUS_ERROR_FIELD_NUMBER: _builtins.int
         job_id: _builtins.str
         task_id: _builtins.str
         task_index: _builtins.int
@@ -1856,6 +2055,11 @@ class Worker(_message.Message):
         attempt_id: _builtins.int
         task_token: _builtins.str
         """given to the task as IRIS_TOKEN: scoped to this attempt"""
+        previous_state: Global___TaskState.ValueType
+        """How the previous attempt ended (attempt_id > 0): IRIS_PREVIOUS_ATTEMPT_STATE/EXIT_CODE/ERROR."""
+        previous_exit_code: _builtins.int
+        previous_error: _builtins.str
+        """its last line, at most 1 KiB"""
         @_builtins.property
         def environment(self) -> Global___EnvironmentConfig: ...
         @_builtins.property
@@ -1876,10 +2080,13 @@ class Worker(_message.Message):
             ports: _abc.Iterable[_builtins.str] | None = ...,
             attempt_id: _builtins.int = ...,
             task_token: _builtins.str = ...,
+            previous_state: Global___TaskState.ValueType = ...,
+            previous_exit_code: _builtins.int = ...,
+            previous_error: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "resources", b"resources"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "bundle_hash", b"bundle_hash", "environment", b"environment", "job_id", b"job_id", "num_tasks", b"num_tasks", "ports", b"ports", "resources", b"resources", "serialized_entrypoint", b"serialized_entrypoint", "task_id", b"task_id", "task_index", b"task_index", "task_token", b"task_token"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "bundle_hash", b"bundle_hash", "environment", b"environment", "job_id", b"job_id", "num_tasks", b"num_tasks", "ports", b"ports", "previous_error", b"previous_error", "previous_exit_code", b"previous_exit_code", "previous_state", b"previous_state", "resources", b"resources", "serialized_entrypoint", b"serialized_entrypoint", "task_id", b"task_id", "task_index", b"task_index", "task_token", b"task_token"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -79,6 +79,16 @@ class ControllerServiceStub:
                 request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.ListWorkersRequest.SerializeToString,
                 response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.ListWorkersResponse.FromString,
                 _registered_method=True)
+        self.DrainWorker = channel.unary_unary(
+                '/iris.cluster.ControllerService/DrainWorker',
+                request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.DrainWorkerRequest.SerializeToString,
+                response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.DrainWorkerResponse.FromString,
+                _registered_method=True)
+        self.ReleaseWorker = channel.unary_unary(
+                '/iris.cluster.ControllerService/ReleaseWorker',
+                request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.ReleaseWorkerRequest.SerializeToString,
+                response_deserializer=iris_dot_rpc_dot_cluster__pb2.Empty.FromString,
+                _registered_method=True)
         self.ReportTaskState = channel.unary_unary(
                 '/iris.cluster.ControllerService/ReportTaskState',
                 request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.ReportTaskStateRequest.SerializeToString,
@@ -188,6 +198,18 @@ class ControllerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListWorkers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainWorker(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseWorker(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -306,6 +328,16 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.ListWorkers,
                     request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.ListWorkersRequest.FromString,
                     response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.ListWorkersResponse.SerializeToString,
+            ),
+            'DrainWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainWorker,
+                    request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.DrainWorkerRequest.FromString,
+                    response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.DrainWorkerResponse.SerializeToString,
+            ),
+            'ReleaseWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseWorker,
+                    request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.ReleaseWorkerRequest.FromString,
+                    response_serializer=iris_dot_rpc_dot_cluster__pb2.Empty.SerializeToString,
             ),
             'ReportTaskState': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportTaskState,
@@ -606,6 +638,60 @@ class ControllerService:
             '/iris.cluster.ControllerService/ListWorkers',
             iris_dot_rpc_dot_cluster__pb2.Controller.ListWorkersRequest.SerializeToString,
             iris_dot_rpc_dot_cluster__pb2.Controller.ListWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/iris.cluster.ControllerService/DrainWorker',
+            iris_dot_rpc_dot_cluster__pb2.Controller.DrainWorkerRequest.SerializeToString,
+            iris_dot_rpc_dot_cluster__pb2.Controller.DrainWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/iris.cluster.ControllerService/ReleaseWorker',
+            iris_dot_rpc_dot_cluster__pb2.Controller.ReleaseWorkerRequest.SerializeToString,
+            iris_dot_rpc_dot_cluster__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,8 @@ class ControllerServiceStub:
     RegisterWorker: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.RegisterWorkerRequest, _cluster_pb2.Controller.RegisterWorkerResponse]
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.HeartbeatRequest, _cluster_pb2.Controller.HeartbeatResponse]
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ListWorkersRequest, _cluster_pb2.Controller.ListWorkersResponse]
+    DrainWorker: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.DrainWorkerRequest, _cluster_pb2.Controller.DrainWorkerResponse]
+    ReleaseWorker: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ReleaseWorkerRequest, _cluster_pb2.Empty]
     ReportTaskState: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ReportTaskStateRequest, _cluster_pb2.Controller.ReportTaskStateResponse]
     RegisterEndpoint: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.RegisterEndpointRequest, _cluster_pb2.Controller.RegisterEndpointResponse]
     UnregisterEndpoint: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.UnregisterEndpointRequest, _cluster_pb2.Empty]
@@ -70,6 +72,8 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     RegisterWorker: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.RegisterWorkerRequest, _cluster_pb2.Controller.RegisterWorkerResponse]  # type: ignore[assignment]
     Heartbeat: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.HeartbeatRequest, _cluster_pb2.Controller.HeartbeatResponse]  # type: ignore[assignment]
     ListWorkers: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ListWorkersRequest, _cluster_pb2.Controller.ListWorkersResponse]  # type: ignore[assignment]
+    DrainWorker: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.DrainWorkerRequest, _cluster_pb2.Controller.DrainWorkerResponse]  # type: ignore[assignment]
+    ReleaseWorker: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ReleaseWorkerRequest, _cluster_pb2.Empty]  # type: ignore[assignment]
     ReportTaskState: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ReportTaskStateRequest, _cluster_pb2.Controller.ReportTaskStateResponse]  # type: ignore[assignment]
     RegisterEndpoint: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.RegisterEndpointRequest, _cluster_pb2.Controller.RegisterEndpointResponse]  # type: ignore[assignment]
     UnregisterEndpoint: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.UnregisterEndpointRequest, _cluster_pb2.Empty]  # type: ignore[assignment]
@@ -145,6 +149,20 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cluster_pb2.Controller.ListWorkersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cluster_pb2.Controller.ListWorkersResponse, _abc.Awaitable[_cluster_pb2.Controller.ListWorkersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DrainWorker(
+        self,
+        request: _cluster_pb2.Controller.DrainWorkerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.Controller.DrainWorkerResponse, _abc.Awaitable[_cluster_pb2.Controller.DrainWorkerResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReleaseWorker(
+        self,
+        request: _cluster_pb2.Controller.ReleaseWorkerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.Empty, _abc.Awaitable[_cluster_pb2.Empty]]: ...
 
     @_abc_1.abstractmethod
     def ReportTaskState(

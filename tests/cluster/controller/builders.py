@@ -5,6 +5,7 @@ from __future__ import annotations
 from iris.cluster.controller.job import Job, expand_job_to_tasks
 from iris.cluster.controller.state import ControllerState, ControllerWorker
 from iris.cluster.controller.task import Task
+from iris.cluster.failures import parse_exit_rules
 from iris.cluster.types import JobId, ResourceSpec, TaskId, WorkerId, gpu
 from iris.rpc import cluster_pb2
 
@@ -25,6 +26,11 @@ def make_request(
     gpus: int = 0,
     gpu_variant: str = "",
     parent_job_id: str = "",
+    on_exit: tuple[str, ...] = (),
+    retry_backoff_seconds: float = 0,
+    timeout_seconds: float = 0,
+    max_similar_failures: int = 0,
+    termination_grace_seconds: float | None = None,
 ) -> cluster_pb2.Controller.LaunchJobRequest:
     spec = ResourceSpec(
         cpu=cpu, memory=memory, replicas=replicas, device=gpu(gpu_variant, gpus) if gpus else ResourceSpec().device
@@ -40,12 +46,21 @@ def make_request(
     )
     if max_retries_preemption is not None:
         request.max_retries_preemption = max_retries_preemption
+    for rule in parse_exit_rules(on_exit):
+        request.exit_rules.add(low=rule.low, high=rule.high, action=rule.action)
+    request.retry_backoff_seconds = retry_backoff_seconds
+    request.timeout_seconds = timeout_seconds
+    request.max_similar_failures = max_similar_failures
+    if termination_grace_seconds is not None:
+        request.termination_grace_seconds = termination_grace_seconds
     return request
 
 
-def submit(state: ControllerState, name: str = "job", now_ms: int = NOW, **kwargs: object) -> tuple[Job, list[Task]]:
+def submit(state: ControllerState, name: str = "job", now_ms: int = NOW, owner: str = "", **kwargs: object
+           ) -> tuple[Job, list[Task]]:
     request = make_request(name, **kwargs)  # type: ignore[arg-type]
-    job = Job(JobId(request.parent_job_id + "/" + name if request.parent_job_id else name), request, now_ms)
+    job = Job(JobId(request.parent_job_id + "/" + name if request.parent_job_id else name), request, now_ms,
+              owner=owner)
     tasks = expand_job_to_tasks(job, now_ms)
     state.add_job(job, tasks)
     return job, tasks

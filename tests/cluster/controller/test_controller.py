@@ -125,7 +125,8 @@ def test_controller_failure_domain_sends_kill_to_running_siblings(
     report(controller, "w1", "job/task-1", T.TASK_STATE_FAILED, exit_code=2, error="exit code 2")
     assert controller.get_job(job_id).state == T.JOB_STATE_FAILED
     wait_until(lambda: sorted(fake.killed()) == [("job/task-0", 0), ("job/task-2", 0)], 10)
-    assert all(req.grace_period_seconds > 0 for _, req in fake.kill_calls)
+    # No termination grace on the job: 0 tells the worker to use its own --kill-grace.
+    assert all(req.grace_period_seconds == 0 for _, req in fake.kill_calls)
 
 
 def test_controller_terminate_kills_running_tasks(controller: Controller, fake: FakeWorkerClients) -> None:

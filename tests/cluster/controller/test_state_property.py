@@ -4,6 +4,8 @@ after every step (``ControllerState.check_invariants`` plus the rules of DESIGN 
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -51,13 +53,39 @@ class CoreMachine(RuleBasedStateMachine):
 
     @rule(replicas=st.integers(1, 4), cpu=st.integers(1, 4), coscheduled=st.booleans(),
           retries=st.integers(0, 2), preemptions=st.integers(0, 3), tolerated=st.integers(0, 2),
-          timeout=st.sampled_from([0, 0, 3]))
+          timeout=st.sampled_from([0, 0, 3]),
+          on_exit=st.lists(st.sampled_from(["1=preemption", "2=fail-job", "3=failure"]), unique=True, max_size=2),
+          backoff=st.sampled_from([0, 0, 2]), attempt_timeout=st.sampled_from([0, 0, 2]),
+          similar=st.sampled_from([0, 0, 2]))
     def submit_job(self, replicas: int, cpu: int, coscheduled: bool, retries: int, preemptions: int,
-                   tolerated: int, timeout: int) -> None:
+                   tolerated: int, timeout: int, on_exit: list[str], backoff: int, attempt_timeout: int,
+                   similar: int) -> None:
         self.jobs += 1
         submit(self.state, f"j{self.jobs}", self.now, replicas=replicas, cpu=cpu, coscheduled=coscheduled,
                max_retries_failure=retries, max_retries_preemption=preemptions, max_task_failures=tolerated,
-               scheduling_timeout_seconds=timeout)
+               scheduling_timeout_seconds=timeout, on_exit=tuple(on_exit), retry_backoff_seconds=backoff,
+               timeout_seconds=attempt_timeout, max_similar_failures=similar)
+        self.tick()
+
+    @rule()
+    def expire_timeouts(self) -> None:
+        for task_id in self.state.expire_timeouts(self.now):
+            task = self.state.get_task(task_id)
+            assert task is not None and not task.is_active(), "a timed-out attempt ended (retried or FAILED)"
+        self.tick()
+
+    @precondition(lambda self: self.workers > 0)
+    @rule(data=st.data(), release=st.booleans())
+    def drain_or_release(self, data: st.DataObject, release: bool) -> None:
+        worker_id = WorkerId(f"w{data.draw(st.integers(1, self.workers))}")
+        if self.state.get_worker(worker_id) is None:
+            return
+        if release:
+            self.state.release_worker(worker_id, self.now)
+        else:
+            self.state.drain_worker(worker_id, self.now)
+            worker = self.state.get_worker(worker_id)
+            assert worker is not None and not worker.running_tasks
         self.tick()
 
     @rule(cpu=st.integers(1, 8))
@@ -199,6 +227,6 @@ class CoreMachine(RuleBasedStateMachine):
 
 
 CoreMachine.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=int(os.environ.get("IRIS_HYPOTHESIS_EXAMPLES", "100")), stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_core_state_machine = CoreMachine.TestCase

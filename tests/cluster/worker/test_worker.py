@@ -751,3 +751,18 @@ def test_tasks_bind_every_interface_and_advertise_the_worker_address(make_worker
     worker.run_task(command_request(["/bin/true"], "job/task-0", ports=["coord"]))
     env = runtime.spec(("job/task-0", 0)).env
     assert env["IRIS_BIND_HOST"] == "0.0.0.0" and env["IRIS_ADVERTISE_HOST"] == "10.20.30.40"
+
+
+def test_a_retry_is_told_how_the_previous_attempt_ended(make_worker: WorkerFactory) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(runtime=runtime)
+    request = command_request(["/bin/true"], "job/task-0", attempt_id=1)
+    request.previous_state = cluster_pb2.TASK_STATE_FAILED
+    request.previous_exit_code = 3
+    request.previous_error = "ValueError: bad batch"
+    worker.run_task(request)
+    env = runtime.spec(("job/task-0", 1)).env
+    assert (env["IRIS_PREVIOUS_ATTEMPT_STATE"], env["IRIS_PREVIOUS_EXIT_CODE"], env["IRIS_PREVIOUS_ERROR"]) == (
+        "FAILED", "3", "ValueError: bad batch")
+    worker.run_task(command_request(["/bin/true"], "job/task-1"))
+    assert "IRIS_PREVIOUS_ATTEMPT_STATE" not in runtime.spec(("job/task-1", 0)).env

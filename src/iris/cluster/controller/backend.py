@@ -37,6 +37,8 @@ from typing import Protocol
 import grpc
 
 from iris.cluster.controller.state import ObservedAttempt
+from iris.cluster.controller.task import TaskAttempt
+from iris.cluster.failures import last_line
 from iris.cluster.spec import JobSpec
 from iris.cluster.types import JobId, TaskId, WorkerId, WorkerMetadata
 from iris.cluster.validation import MAX_MESSAGE_BYTES
@@ -62,6 +64,8 @@ class AttemptLaunch:
     """The attempt's own token (the task gets it as IRIS_TOKEN)."""
     credential: str = ""
     """What the controller presents to the location (its proof to a worker daemon)."""
+    previous: TaskAttempt | None = None
+    """How the task's previous attempt ended (the task gets IRIS_PREVIOUS_*)."""
 
 
 class LaunchOutcome(Enum):
@@ -338,6 +342,11 @@ class WorkerDaemonBackend:
         run.attempt_id = launch.attempt_id
         if launch.task_token:
             run.task_token = launch.task_token
+        previous = launch.previous
+        if previous is not None:
+            run.previous_state = previous.state  # type: ignore[assignment]
+            run.previous_exit_code = previous.exit_code or 0
+            run.previous_error = last_line(previous.error)
         return run
 
     def kill(self, kill: AttemptKill) -> None:

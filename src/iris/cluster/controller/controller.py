@@ -127,8 +127,14 @@ class ControllerConfig:
     dispatch_timeout_s: float = 10.0
     """Deadline of one RunTasks call."""
     kill_timeout_s: float = 5.0
-    kill_grace_period_s: float = 5.0
-    """SIGTERM, then SIGKILL after this long (passed to the worker)."""
+    kill_grace_period_s: float = 0.0
+    """SIGTERM, then SIGKILL after this long, for jobs that set no ``termination_grace_seconds``
+    (0: the worker's ``--kill-grace``)."""
+    max_termination_grace_s: float = 600.0
+    """The most grace a job may ask for (``--max-termination-grace``)."""
+    quarantine_after: int = 5
+    """Attempts failing quickly in a row on one worker, of two owners' jobs that succeed
+    elsewhere, before it is quarantined (``--quarantine-after``; 0: never)."""
     log_fetch_timeout_s: float = 10.0
     dispatch_threads: int = 16
     dispatch_batch_max_tasks: int = 128
@@ -211,6 +217,7 @@ class Controller:
             WorkerDaemonTimeouts(self.config.dispatch_timeout_s, self.config.kill_timeout_s,
                                  self.config.log_fetch_timeout_s),
         )
+        self._state.quarantine_after = self.config.quarantine_after
         self._scheduler = Scheduler(self._state)
         self._launch_bytes: dict[JobId, int] = {}
         """Per job (recent ones), the request bytes one of its launches takes (for batching)."""
@@ -333,9 +340,19 @@ class Controller:
             if worker is None:
                 continue
             self._submit(self._kill_one, AttemptKill(
-                kill.worker_id, worker.address, kill.task_id, kill.attempt_id, self.config.kill_grace_period_s,
+                kill.worker_id, worker.address, kill.task_id, kill.attempt_id, self._grace_for(kill.task_id),
                 self.controller_token(kill.worker_id) if self.config.auth else "",
             ))
+
+    def _grace_for(self, task_id: TaskId) -> float:
+        """SIGTERM-to-SIGKILL for a task Iris stops: its job's ``termination_grace_seconds``, capped
+        by ``max_termination_grace_s``; unset, the controller's default (0: the worker's own)."""
+        task = self._state.get_task(task_id)
+        job = self._state.get_job(task.job_id) if task is not None else None
+        grace = job.spec.termination_grace_seconds if job is not None else None
+        if grace is None:
+            return self.config.kill_grace_period_s
+        return min(grace, self.config.max_termination_grace_s)
 
     def _kill_one(self, kill: AttemptKill) -> None:
         try:
@@ -659,6 +676,31 @@ class Controller:
         self._after_commit(effects)
         return True
 
+    def drain_worker(self, worker_id: WorkerId) -> int:
+        """``iris worker drain``: no new tasks on the worker; its tasks are stopped (SIGTERM, their
+        job's grace) and retried elsewhere as preemptions. Returns how many were stopped."""
+        with self._lock:
+            if self._state.get_worker(worker_id) is None:
+                raise NotFound(f"worker_id: no worker {worker_id[:128]!r}")
+            stopped = self._state.drain_worker(worker_id, self._clock.now_ms())
+            effects = self._commit()
+        self._after_commit(effects)
+        return stopped
+
+    def release_worker(self, worker_id: WorkerId) -> None:
+        """``iris worker release``: end a worker's drain or quarantine."""
+        with self._lock:
+            if self._state.get_worker(worker_id) is None:
+                raise NotFound(f"worker_id: no worker {worker_id[:128]!r}")
+            self._state.release_worker(worker_id, self._clock.now_ms())
+            effects = self._commit()
+        self._after_commit(effects)
+
+    def lost_seconds(self) -> dict[str, float]:
+        """Attempt time by how attempts ended, all jobs (``/metrics``)."""
+        with self._lock:
+            return {cause: ms / 1000 for cause, ms in self._state.lost_ms.items()}
+
     def note_provisioned(self, worker_id: WorkerId, details: str) -> None:
         with self._lock:
             self._state.log_action("worker_requested", now_ms=self._clock.now_ms(), worker_id=worker_id,
@@ -718,7 +760,7 @@ class Controller:
         if not pending:
             return launches, None
         now = self._clock.now_ms()
-        tx = self._scheduler.find_assignments(pending, self._state.get_available_workers(), now)
+        tx = self._scheduler.find_assignments(pending, self._state.get_available_workers(now), now)
         for task in tx.timed_out_tasks:
             job = self._state.get_job(task.job_id)
             reason = job.pending_reason if job is not None else ""
@@ -737,8 +779,10 @@ class Controller:
                 job = self._state.get_job(task.job_id)
                 assert job is not None
                 # Tokens are added on the dispatch pool (``_launch_batch``), outside this lock.
+                previous = task.attempts[-1] if task.attempts else None
                 launches.append(AttemptLaunch(job.job_id, task.task_id, task.task_index, job.num_tasks,
-                                              task.current_attempt_id, job.spec, worker.worker_id, worker.address))
+                                              task.current_attempt_id, job.spec, worker.worker_id, worker.address,
+                                              previous=previous))
         self._state.set_pending_reasons(reasons)
         return launches, ScheduleSummary(len(launches), len(tx.timed_out_tasks), len(pending) - len(launches))
 
@@ -820,9 +864,11 @@ class Controller:
     # ------------------------------------------------------------------ workers
 
     def tick_health(self) -> list[WorkerId]:
-        """Declare workers dead that were not heard from within ``worker_timeout_s``."""
+        """Declare workers dead that were not heard from within ``worker_timeout_s``; fail attempts
+        that ran past their job's ``timeout_seconds``."""
         with self._lock:
             now = self._clock.now_ms()
+            self._state.expire_timeouts(now)
             dead = self._state.find_dead_workers(now, int(self.config.worker_timeout_s * 1000))
             for worker_id in dead:
                 logger.warning("worker %s not heard from for %.1fs: declared dead", worker_id,

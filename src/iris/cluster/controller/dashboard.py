@@ -211,6 +211,11 @@ class Dashboard:
         lines.append(f'iris_workers{{healthy="false"}} {counts.workers_unhealthy}')
         lines += ["# HELP iris_committed_cpu Cores committed to running tasks.", "# TYPE iris_committed_cpu gauge"]
         lines.append(f"iris_committed_cpu {counts.committed_cpu}")
+        lines += ["# HELP iris_attempt_seconds_total Running time of ended attempts, by how they ended "
+                  "(useful: succeeded; failure, preemption, gang: lost to failed, preempted and gang-restarted "
+                  "attempts).", "# TYPE iris_attempt_seconds_total counter"]
+        lines += [f'iris_attempt_seconds_total{{cause="{cause}"}} {seconds:.3f}'
+                  for cause, seconds in self._controller.lost_seconds().items()]
         return "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------------ auth

@@ -70,6 +70,13 @@ class Job:
         "requirements",
         "submit_seq",
         "owner",
+        "gang_restarts",
+        "gang_restarts_seen",
+        "time_ms",
+        "pending_ms",
+        "success_workers",
+        "similar_failures",
+        "charges",
     )
 
     def __init__(
@@ -118,6 +125,20 @@ class Job:
         """Position in submission order, set by ``ControllerState`` (list pages are keyed by it)."""
         self.first_failure: str | None = None
         """Error of the first task that ended FAILED, tolerated or not: the job's error if it fails."""
+        self.gang_restarts = 0
+        """Times a coscheduled job's running tasks were stopped so the gang restarts together."""
+        self.gang_restarts_seen: set[int] = set()
+        """When each gang restart happened (rebuilds ``gang_restarts`` from attempts after a restart)."""
+        self.time_ms: dict[str, int] = {"useful": 0, "failure": 0, "preemption": 0, "gang": 0}
+        """Attempt running time by how the attempts ended (``state.TIME_CAUSES``)."""
+        self.pending_ms = 0
+        """Time the job's tasks waited before attempts that started (ongoing waits not included)."""
+        self.success_workers: set[str] = set()
+        """Workers on which a task of this job succeeded (worker quarantine)."""
+        self.charges: dict[str, int] = {"failure": 0, "preemption": 0}
+        """Retries spent by all of its tasks, per budget."""
+        self.similar_failures: dict[str, set[int]] = {}
+        """Failure signature -> indexes of tasks that failed with it (``max_similar_failures``)."""
 
     @property
     def name(self) -> str:

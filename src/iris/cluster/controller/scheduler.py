@@ -16,6 +16,8 @@ not be placed. Committing the assignments is the shell's job.
   keeps a pass O(tasks + workers x shapes).
 - A coscheduled job's pending tasks are placed all in one pass or not at all.
 - The scheduling timeout counts from when the task last became PENDING (DESIGN §4.5).
+- A failure retry is not placed before its ``not_before_ms`` (``--retry-backoff``); a gang waits for
+  its latest member.
 - Deterministic: the same inputs give the same result.
 """
 
@@ -138,11 +140,19 @@ class Scheduler:
                 if job_id not in coscheduled_done:
                     coscheduled_done.add(job_id)
                     gang = [t for t in pending_tasks[i:] if t.job_id == job_id]
+                    waiting = max(gang, key=lambda t: t.not_before_ms)
+                    if waiting.not_before_ms > now_ms:  # a retry backs off: the whole gang waits for it
+                        transaction.pending_reasons[job_id] = _backoff_reason(waiting, now_ms)
+                        exhausted.add(job_id)
+                        continue
                     if not _place_gang(gang, req, working, transaction):
                         exhausted.add(job_id)
                         transaction.pending_reasons[job_id] = _explain(req, working, gang=len(gang))
                 continue
 
+            if task.not_before_ms > now_ms:  # a failure retry backing off (--retry-backoff)
+                transaction.pending_reasons.setdefault(job_id, _backoff_reason(task, now_ms))
+                continue
             shape = req.shape
             start = cursors.get(shape, 0)
             placed = False
@@ -161,6 +171,11 @@ class Scheduler:
                 if timeout_ms <= 0:
                     skip = job_id
         return transaction
+
+
+def _backoff_reason(task: Task, now_ms: int) -> str:
+    seconds = -(-(task.not_before_ms - now_ms) // 1000)
+    return f"retrying in {seconds}s (attempt {task.current_attempt_id})"
 
 
 def _place_gang(gang: list[Task], req: JobRequirements, working: list[_Working],

@@ -28,8 +28,8 @@ from iris.cluster.controller.access import (
 from iris.cluster.controller.controller import Controller
 from iris.cluster.controller.views import endpoint_proto, job_proto, task_proto, worker_proto
 from iris.cluster.errors import InvalidArgument, IrisError
-from iris.cluster.types import JobId
-from iris.cluster.validation import MAX_MESSAGE_BYTES
+from iris.cluster.types import JobId, WorkerId
+from iris.cluster.validation import MAX_MESSAGE_BYTES, check_id
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
 from iris.rpc.status import grpc_status
 from iris.rpc.tls import server_credentials
@@ -212,6 +212,22 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
             workers=[worker_proto(w) for w in self._controller.list_workers()],
             provisioning=self._controller.provisioning_summary(),
         )
+
+    @_rpc(Role.ADMIN)
+    def DrainWorker(
+        self, request: cluster_pb2.Controller.DrainWorkerRequest, context: grpc.ServicerContext, who: Principal
+    ) -> cluster_pb2.Controller.DrainWorkerResponse:
+        check_id(request.worker_id, "worker_id", self._controller.config.limits)
+        stopped = self._controller.drain_worker(WorkerId(request.worker_id))
+        return cluster_pb2.Controller.DrainWorkerResponse(tasks_stopped=stopped)
+
+    @_rpc(Role.ADMIN)
+    def ReleaseWorker(
+        self, request: cluster_pb2.Controller.ReleaseWorkerRequest, context: grpc.ServicerContext, who: Principal
+    ) -> cluster_pb2.Empty:
+        check_id(request.worker_id, "worker_id", self._controller.config.limits)
+        self._controller.release_worker(WorkerId(request.worker_id))
+        return cluster_pb2.Empty()
 
     # -- endpoints ----------------------------------------------------------------------------
 

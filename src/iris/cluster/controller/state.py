@@ -13,6 +13,7 @@ its endpoints removed, and a kill instruction when its process may still run (DE
 from __future__ import annotations
 
 import bisect
+import heapq
 import logging
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -30,8 +31,10 @@ from iris.cluster.controller.task import (
     SUCCEEDED,
     WORKER_FAILED,
     Task,
+    TaskAttempt,
     TaskTransitionResult,
 )
+from iris.cluster.failures import failure_signature, last_line
 from iris.cluster.types import (
     TERMINAL_TASK_STATES,
     EndpointId,
@@ -44,7 +47,17 @@ from iris.rpc import cluster_pb2
 
 logger = logging.getLogger(__name__)
 
+GANG_RESTART = "gang restart"
 ACTION_LOG_SIZE = 1000
+DEFAULT_QUARANTINE_AFTER = 5
+QUICK_FAILURE_MS = 60_000
+"""An attempt that fails within this long of its dispatch "failed quickly" (worker quarantine)."""
+QUARANTINE_COOLDOWN_MS = 5 * 60_000
+STREAK_CAP = 1000
+"""The first quarantine of a worker; each next one doubles."""
+TIME_CAUSES = ("useful", "failure", "preemption", "gang")
+"""How an attempt's time is accounted: it succeeded, it failed, it was preempted, a gang restart
+stopped it (other stops are none of these)."""
 
 
 @dataclass(slots=True)
@@ -68,6 +81,18 @@ class ControllerWorker:
     committed_memory: int = 0
     committed_disk: int = 0
     committed_devices: int = 0
+    stopping: dict[tuple[TaskId, int], tuple[int, int, int, int]] = field(default_factory=dict)
+    """Attempts Iris stopped whose processes may still run: their (cpu, memory, disk, devices) stay
+    committed until the worker confirms they are gone (a report or an observed set without them)
+    or the worker is declared dead, so nothing new lands on resources a dying attempt holds."""
+    draining: bool = False
+    """``iris worker drain``: no new tasks."""
+    quarantined_until_ms: int = 0
+    quarantine_reason: str = ""
+    quarantines: int = 0
+    """How many times it was quarantined (the cool-down doubles each time)."""
+    streak: list[tuple[TaskId, int, JobId, str]] = field(default_factory=list)
+    """Attempts that failed to start or failed quickly here, in a row (task, attempt, job, owner)."""
     dispatch_acks: dict[TaskId, tuple[str, int] | None] = field(default_factory=dict)
     """Per running task: None while RunTask is in flight, then (incarnation, sequence) the worker
     accepted it under. Tasks missing here (e.g. reloaded after a controller restart) count as
@@ -76,6 +101,10 @@ class ControllerWorker:
     def __post_init__(self) -> None:
         if isinstance(self.metadata, cluster_pb2.WorkerMetadata):
             self.metadata = WorkerMetadata.from_proto(self.metadata)
+
+    def schedulable(self, now_ms: int) -> bool:
+        """Healthy, not draining and not quarantined: new tasks may be placed here."""
+        return self.healthy and not self.draining and self.quarantined_until_ms <= now_ms
 
     def snapshot(self) -> WorkerSnapshot:
         """The worker's capacity as a frozen value (the scheduler's input). O(1): counters."""
@@ -180,7 +209,7 @@ class ControllerState:
     """Authoritative in-memory state. Thread-safe through one re-entrant lock, but the shell
     holds its own lock across "apply, drain effects, persist"; pure tests call it directly."""
 
-    def __init__(self) -> None:
+    def __init__(self, quarantine_after: int = DEFAULT_QUARANTINE_AFTER) -> None:
         self._lock = RLock()
         self._jobs: dict[JobId, Job] = {}
         self._tasks: dict[TaskId, Task] = {}
@@ -201,6 +230,12 @@ class ControllerState:
         self._tokens: dict[str, TokenRecord] = {}
         """By token id. Only hashes are held (``auth.hash_token``)."""
         self._token_ids_by_hash: dict[str, str] = {}
+        self.quarantine_after = quarantine_after
+        """Attempts failing quickly in a row on one worker before it is quarantined (0: never)."""
+        self._deadlines: list[tuple[int, TaskId, int]] = []
+        """A heap of (deadline, task, attempt) for jobs with ``timeout_seconds``."""
+        self.lost_ms: dict[str, int] = {cause: 0 for cause in TIME_CAUSES}
+        """Milliseconds of attempts by how they ended (``/metrics``), all jobs."""
 
     def _index_job(self, job: Job) -> None:
         job.submit_seq = self._next_submit_seq
@@ -240,8 +275,29 @@ class ControllerState:
             self._jobs[job.job_id] = job
             self._index_job(job)
             self._tasks_by_job[job.job_id] = list(tasks)
+            timeout_ms = int(job.spec.timeout_seconds * 1000)
             for task in tasks:
                 self._tasks[task.task_id] = task
+                waited_from = task.submitted_at_ms
+                for attempt in task.attempts:
+                    self._account(job, attempt)
+                    if attempt.started_at_ms is not None:
+                        job.pending_ms += max(0, attempt.started_at_ms - waited_from)
+                        waited_from = attempt.finished_at_ms or attempt.started_at_ms
+                    if attempt.decided_by == GANG_RESTART:
+                        job.gang_restarts_seen.add(attempt.finished_at_ms or 0)
+                    elif attempt.state == SUCCEEDED and attempt.worker_id is not None:
+                        job.success_workers.add(attempt.worker_id)
+                    elif attempt.charged_to == "failure" and attempt.state == cluster_pb2.TASK_STATE_FAILED \
+                            and job.spec.max_similar_failures:
+                        signature = failure_signature(attempt.error) or f"exit code {attempt.exit_code}"
+                        job.similar_failures.setdefault(signature, set()).add(task.task_index)
+                if task.is_active() and task.started_at_ms is not None:
+                    job.pending_ms += max(0, task.started_at_ms - waited_from)
+                if timeout_ms and task.is_active() and task.started_at_ms is not None:
+                    heapq.heappush(self._deadlines, (task.started_at_ms + timeout_ms, task.task_id,
+                                                     task.current_attempt_id))
+            job.gang_restarts = len(job.gang_restarts_seen)
             if job.parent_job_id is not None:
                 self._children.setdefault(job.parent_job_id, []).append(job.job_id)
 
@@ -355,10 +411,13 @@ class ControllerState:
         with self._lock:
             return list(self._workers.values())
 
-    def get_available_workers(self) -> list[ControllerWorker]:
-        """Healthy workers, in registration order."""
+    def get_available_workers(self, now_ms: int | None = None) -> list[ControllerWorker]:
+        """Healthy workers that take new tasks (not draining; with ``now_ms``, not quarantined), in
+        registration order."""
         with self._lock:
-            return [w for w in self._workers.values() if w.healthy]
+            if now_ms is None:
+                return [w for w in self._workers.values() if w.healthy and not w.draining]
+            return [w for w in self._workers.values() if w.schedulable(now_ms)]
 
     def get_committed_resources(self, worker: ControllerWorker) -> tuple[int, int, int]:
         """(cpu, memory_bytes, devices) committed to the worker's running tasks. O(1): counters."""
@@ -367,7 +426,7 @@ class ControllerState:
     def can_fit(self, worker: ControllerWorker, job: Job) -> bool:
         """Whether ``worker`` is healthy and its free resources cover one task of ``job``."""
         meta = worker.metadata
-        return worker.healthy and fits_in(
+        return worker.healthy and not worker.draining and fits_in(
             job.requirements, meta.cpu_count - worker.committed_cpu, meta.memory_bytes - worker.committed_memory,
             meta.disk_bytes - worker.committed_disk, meta.device_count - worker.committed_devices,
             meta.device_kind, meta.device_variant,
@@ -399,9 +458,13 @@ class ControllerState:
                 return []
             worker.healthy = False
             self._effects.dirty_workers.add(worker_id)
+            for key in list(worker.stopping):
+                self._confirm_stopped(worker, key)  # a dead worker's processes hold nothing we can place on
             self.log_action("worker_dead", now_ms=now_ms, worker_id=worker_id, details=reason)
             lost = sorted(worker.running_tasks)
             for task_id in lost:
+                if task_id not in worker.running_tasks:
+                    continue  # already moved with its gang (a gang restart of an earlier one)
                 self.transition_task(
                     task_id,
                     WORKER_FAILED,
@@ -416,7 +479,7 @@ class ControllerState:
         ended provisioned worker). Ended attempts keep its id. Returns whether it was removed."""
         with self._lock:
             worker = self._workers.get(worker_id)
-            if worker is None or worker.healthy or worker.running_tasks:
+            if worker is None or worker.healthy or worker.running_tasks or worker.stopping:
                 return False
             del self._workers[worker_id]
             self._effects.dirty_workers.add(worker_id)
@@ -442,6 +505,7 @@ class ControllerState:
                 return False
             del self._task_queue[task_id]
             job = self._jobs[task.job_id]
+            job.pending_ms += max(0, (task.started_at_ms or task.pending_since_ms) - task.pending_since_ms)
             self._bind(worker, task, job)
             job.on_task_transition(PENDING, task.state, task.started_at_ms or 0, task)
             self._effects.dirty_tasks.add(task_id)
@@ -462,6 +526,9 @@ class ControllerState:
             ok = self.assign_task_to_worker(worker_id, task_id, now_ms)
             if ok:
                 worker.dispatch_acks[task_id] = None
+                if job.spec.timeout_seconds > 0:
+                    heapq.heappush(self._deadlines, (now_ms + int(job.spec.timeout_seconds * 1000), task_id,
+                                                     task.current_attempt_id))
             return ok
 
     def ack_dispatch(self, task_id: TaskId, attempt_id: int, incarnation: str, sequence: int) -> None:
@@ -531,7 +598,9 @@ class ControllerState:
         worker.committed_disk += job.disk_bytes
         worker.committed_devices += job.device_count
 
-    def _release(self, worker_id: WorkerId | None, task: Task, job: Job) -> None:
+    def _release(self, worker_id: WorkerId | None, task: Task, job: Job, hold_attempt: int | None = None) -> None:
+        """Unbind a task from its worker. ``hold_attempt``: Iris is stopping that attempt, whose
+        process may still run: its resources stay committed (``worker.stopping``) until confirmed."""
         if worker_id is None:
             return
         worker = self._workers.get(worker_id)
@@ -539,10 +608,27 @@ class ControllerState:
             return
         worker.running_tasks.discard(task.task_id)
         worker.dispatch_acks.pop(task.task_id, None)
+        if hold_attempt is not None and worker.healthy:
+            worker.stopping[(task.task_id, hold_attempt)] = (job.cpu, job.memory_bytes, job.disk_bytes,
+                                                             job.device_count)
+            return
         worker.committed_cpu -= job.cpu
         worker.committed_memory -= job.memory_bytes
         worker.committed_disk -= job.disk_bytes
         worker.committed_devices -= job.device_count
+
+    def _confirm_stopped(self, worker: ControllerWorker, key: tuple[TaskId, int]) -> bool:
+        """A stopped attempt's processes are gone: give its resources back."""
+        held = worker.stopping.pop(key, None)
+        if held is None:
+            return False
+        cpu, memory, disk, devices = held
+        worker.committed_cpu -= cpu
+        worker.committed_memory -= memory
+        worker.committed_disk -= disk
+        worker.committed_devices -= devices
+        self._effects.dirty_workers.add(worker.worker_id)
+        return True
 
     # ------------------------------------------------------------------ transitions
 
@@ -555,9 +641,14 @@ class ControllerState:
         is_worker_failure: bool = False,
         error: str | None = None,
         exit_code: int | None = None,
+        force_kill: bool = False,
+        decided_by: str = "",
     ) -> tuple[TaskTransitionResult, list[ControllerEndpoint]]:
         """Transition a task and apply every side effect: queue, worker, resources, endpoints, job
-        counts and state, failure-domain cascade. A task that has already ended never changes.
+        counts and state, failure-domain cascade, and the failure rules (DESIGN §4): exit rules and
+        retry backoff (in ``Task.transition``), gang restart, correlated-failure fail-fast, worker
+        quarantine. A task that has already ended never changes. ``force_kill``: the process may
+        still run although the new state is an end the worker did not report (a timeout).
 
         Returns the task's result and the endpoints removed because its attempt ended.
         """
@@ -570,9 +661,12 @@ class ControllerState:
             old_worker = task.worker_id
             old_attempt = task.current_attempt_id
             was_active = task.is_active()
+            ended_before = len(task.attempts)
 
+            spec = job.spec
             result = task.transition(
-                new_state, now_ms, is_worker_failure=is_worker_failure, error=error, exit_code=exit_code
+                new_state, now_ms, is_worker_failure=is_worker_failure, error=error, exit_code=exit_code,
+                rules=spec.exit_rules, backoff_s=spec.retry_backoff_seconds, decided_by=decided_by,
             )
             if result is TaskTransitionResult.IGNORED:
                 return result, []
@@ -584,9 +678,12 @@ class ControllerState:
             attempt_ended = result is TaskTransitionResult.SHOULD_RETRY or task.state in TERMINAL_TASK_STATES
             if attempt_ended:
                 if was_active:
-                    self._release(old_worker, task, job)
+                    kill = old_worker is not None and (
+                        force_kill or self._should_kill(new_state, is_worker_failure, old_worker))
+                    self._release(old_worker, task, job, hold_attempt=old_attempt if kill else None)
                     removed = self._remove_endpoints_for_task(task_id)
-                    if old_worker is not None and self._should_kill(new_state, is_worker_failure, old_worker):
+                    if kill:
+                        assert old_worker is not None
                         effects.kills.append(KillInstruction(old_worker, task_id, old_attempt))
                     if old_worker is not None:
                         effects.dirty_workers.add(old_worker)
@@ -601,10 +698,13 @@ class ControllerState:
                     job_id=task.job_id,
                     task_id=task_id,
                     worker_id=old_worker or "",
-                    details=f"{'preemption' if is_worker_failure or new_state == WORKER_FAILED else 'failure'}"
+                    details=f"{task.attempts[-1].charged_to if len(task.attempts) > ended_before else 'failure'}"
                     f" attempt={old_attempt}: {error or ''}",
                 )
             new_job_state = job.on_task_transition(old_state, task.state, now_ms, task)
+            for attempt in task.attempts[ended_before:]:
+                self._account(job, attempt)
+                self._on_attempt_ended(job, task, attempt, now_ms)
             if task.state in TERMINAL_TASK_STATES and task.state not in (SUCCEEDED, KILLED):
                 self.log_action(
                     "task_ended",
@@ -615,7 +715,191 @@ class ControllerState:
                 )
             if new_job_state is not None and job.is_finished():
                 self._on_job_finished(job, now_ms)
+            elif not job.is_finished():
+                self._apply_job_rules(job, task, result, task.attempts[ended_before:], now_ms)
             return result, removed
+
+    # ------------------------------------------------------------------ failure rules (DESIGN §4)
+
+    def _account(self, job: Job, attempt: TaskAttempt) -> None:
+        """Add an ended attempt's running time to its job's and the cluster's lost/useful time."""
+        if attempt.started_at_ms is None or attempt.finished_at_ms is None:
+            return
+        ms = max(0, attempt.finished_at_ms - attempt.started_at_ms)
+        if attempt.state == SUCCEEDED:
+            cause = "useful"
+        elif attempt.decided_by == GANG_RESTART:
+            cause = "gang"
+        elif attempt.charged_to in ("failure", "preemption"):
+            cause = attempt.charged_to
+            job.charges[cause] += 1
+        else:
+            return
+        job.time_ms[cause] += ms
+        self.lost_ms[cause] += ms
+
+    def _on_attempt_ended(self, job: Job, task: Task, attempt: TaskAttempt, now_ms: int) -> None:
+        """Worker quarantine bookkeeping: a success clears the worker's streak; an attempt that
+        failed to start or failed quickly extends it (and may quarantine the worker)."""
+        worker = self._workers.get(attempt.worker_id) if attempt.worker_id is not None else None
+        if attempt.state == SUCCEEDED:
+            if attempt.worker_id is not None:
+                job.success_workers.add(attempt.worker_id)
+            if worker is not None:
+                worker.streak.clear()
+            return
+        if worker is None or attempt.charged_to != "failure" or not self.quarantine_after:
+            return
+        started = attempt.started_at_ms or now_ms
+        if (attempt.finished_at_ms or now_ms) - started > QUICK_FAILURE_MS:
+            worker.streak.clear()  # it ran a while: the task's own fault, not the worker's
+            return
+        worker.streak.append((task.task_id, attempt.attempt_id, job.job_id, job.owner))
+        if len(worker.streak) > max(STREAK_CAP, 4 * self.quarantine_after):
+            del worker.streak[0]  # bounded memory; the oldest entries matter least
+        self._maybe_quarantine(worker, now_ms)
+
+    def _maybe_quarantine(self, worker: ControllerWorker, now_ms: int) -> None:
+        streak = worker.streak
+        if len(streak) < self.quarantine_after or worker.quarantined_until_ms > now_ms:
+            return
+        owners = {owner for _, _, _, owner in streak}
+        if len(owners) < 2:
+            return  # one user's jobs failing is that user's problem, not the worker's
+        vindicated = set()
+        for _, _, job_id, owner in streak:
+            job = self._jobs.get(job_id)
+            if job is not None and job.success_workers - {worker.worker_id}:
+                vindicated.add(owner)
+        if len(vindicated) < 2:
+            return  # the same jobs must succeed elsewhere, for two owners
+        fleet = [w for w in self._workers.values() if w.healthy and not w.draining]
+        quarantined = sum(1 for w in fleet if w.quarantined_until_ms > now_ms)
+        if (quarantined + 1) * 10 > len(fleet):
+            return  # never more than a tenth of the healthy fleet at once
+        worker.quarantines += 1
+        cooldown = QUARANTINE_COOLDOWN_MS * 2 ** min(worker.quarantines - 1, 10)
+        worker.quarantined_until_ms = now_ms + cooldown
+        worker.quarantine_reason = (f"{len(streak)} attempts of {len(owners)} owners' jobs failed quickly here in a "
+                                    f"row while they succeed elsewhere (cool-down {cooldown // 1000}s)")
+        self._effects.dirty_workers.add(worker.worker_id)
+        self.log_action("worker_quarantined", now_ms=now_ms, worker_id=worker.worker_id,
+                        details=worker.quarantine_reason)
+        # The worker is blamed: those failures are charged to no budget.
+        for task_id, attempt_id, _, _ in streak:
+            task = self._tasks.get(task_id)
+            if task is None:
+                continue
+            for attempt in task.attempts:
+                if attempt.attempt_id == attempt_id and attempt.charged_to == "failure":
+                    attempt.charged_to = "none"
+                    job_of = self._jobs.get(task.job_id)
+                    if job_of is not None:
+                        job_of.charges["failure"] -= 1
+                    attempt.decided_by = f"quarantined worker {worker.worker_id}"
+                    if not task.is_finished() and task.failure_count > 0:
+                        task.failure_count -= 1
+                        task.not_before_ms = 0
+                        self._effects.dirty_tasks.add(task_id)
+        streak.clear()
+
+    def _apply_job_rules(self, job: Job, task: Task, result: TaskTransitionResult, ended: list[TaskAttempt],
+                         now_ms: int) -> None:
+        """After a task's move in a job that is still running: an exit rule's fail-job, the
+        correlated-failure fail-fast, and a coscheduled job's gang restart."""
+        if task.fail_job:
+            job.finish(cluster_pb2.JOB_STATE_FAILED, now_ms, f"{task.fail_job}: {task.error or 'failed'}")
+            self._on_job_finished(job, now_ms)
+            return
+        last = ended[-1] if ended else None
+        k = job.spec.max_similar_failures
+        if k and last is not None and last.charged_to == "failure" and last.state == cluster_pb2.TASK_STATE_FAILED \
+                and not job.counts[SUCCEEDED]:
+            signature = failure_signature(last.error) or f"exit code {last.exit_code}"
+            tasks = job.similar_failures.setdefault(signature, set())
+            tasks.add(task.task_index)
+            if len(tasks) >= k:
+                job.finish(cluster_pb2.JOB_STATE_FAILED, now_ms,
+                           f"{len(tasks)} of {job.num_tasks} tasks failed with: "
+                           f"{last_line(last.error) or f'exit code {last.exit_code}'}")
+                self._on_job_finished(job, now_ms)
+                return
+        if result is TaskTransitionResult.SHOULD_RETRY and job.coscheduled:
+            self._gang_restart(job, task, now_ms)
+
+    def _gang_restart(self, job: Job, trigger: Task, now_ms: int) -> None:
+        """One task of a gang will be retried: stop the gang's other running attempts (KILLED,
+        "gang restart", no budget charged) so the whole gang is placed again together."""
+        restarted = 0
+        for other in self._tasks_by_job[job.job_id]:
+            if other is trigger or not other.is_active():
+                continue
+            worker_id, attempt_id, old_state = other.worker_id, other.current_attempt_id, other.state
+            ended_before = len(other.attempts)
+            if not other.restart_attempt(now_ms, GANG_RESTART):
+                continue
+            restarted += 1
+            self._release(worker_id, other, job, hold_attempt=attempt_id)
+            self._remove_endpoints_for_task(other.task_id)
+            if worker_id is not None:
+                self._effects.kills.append(KillInstruction(worker_id, other.task_id, attempt_id))
+                self._effects.dirty_workers.add(worker_id)
+            self._task_queue[other.task_id] = other
+            self._effects.dirty_tasks.add(other.task_id)
+            job.on_task_transition(old_state, PENDING, now_ms, other)
+            for attempt in other.attempts[ended_before:]:
+                self._account(job, attempt)
+        if restarted:
+            job.gang_restarts += 1
+            job.gang_restarts_seen.add(now_ms)
+            self.log_action("gang_restart", now_ms=now_ms, job_id=job.job_id, task_id=trigger.task_id,
+                            details=f"stopped {restarted} running tasks")
+
+    def expire_timeouts(self, now_ms: int) -> list[TaskId]:
+        """Attempts running past their job's ``timeout_seconds``: FAILED "timed out" (a failure),
+        their processes killed. O(log n) per attempt (a heap of deadlines)."""
+        expired: list[TaskId] = []
+        with self._lock:
+            heap = self._deadlines
+            while heap and heap[0][0] <= now_ms:
+                _, task_id, attempt_id = heapq.heappop(heap)
+                task = self._tasks.get(task_id)
+                if task is None or task.current_attempt_id != attempt_id or not task.is_active():
+                    continue
+                job = self._jobs[task.job_id]
+                seconds = job.spec.timeout_seconds
+                self.transition_task(task_id, cluster_pb2.TASK_STATE_FAILED, now_ms, force_kill=True,
+                                     error=f"timed out after {seconds:g}s", decided_by=f"timed out (--timeout {seconds:g})")
+                expired.append(task_id)
+        return expired
+
+    def drain_worker(self, worker_id: WorkerId, now_ms: int) -> int:
+        """No new tasks on the worker; its tasks are stopped (SIGTERM and grace) as preemptions.
+        Returns how many were stopped. Raises KeyError for an unknown worker."""
+        with self._lock:
+            worker = self._workers[worker_id]
+            worker.draining = True
+            self._effects.dirty_workers.add(worker_id)
+            self.log_action("worker_drained", now_ms=now_ms, worker_id=worker_id)
+            stopped = 0
+            for task_id in sorted(worker.running_tasks):
+                if task_id not in worker.running_tasks:
+                    continue  # already moved with its gang
+                result, _ = self.transition_task(task_id, WORKER_FAILED, now_ms, is_worker_failure=True,
+                                                 error=f"worker {worker_id} drained", decided_by="worker drain")
+                stopped += result is not TaskTransitionResult.IGNORED
+            return stopped
+
+    def release_worker(self, worker_id: WorkerId, now_ms: int) -> None:
+        """End a worker's drain or quarantine. Raises KeyError for an unknown worker."""
+        with self._lock:
+            worker = self._workers[worker_id]
+            worker.draining = False
+            worker.quarantined_until_ms = 0
+            worker.quarantine_reason = ""
+            worker.streak.clear()
+            self._effects.dirty_workers.add(worker_id)
+            self.log_action("worker_released", now_ms=now_ms, worker_id=worker_id)
 
     def _should_kill(self, new_state: int, is_worker_failure: bool, worker_id: WorkerId) -> bool:
         """Whether the process of an attempt that just ended may still be running.
@@ -687,6 +971,10 @@ class ControllerState:
         Returns whether anything changed.
         """
         with self._lock:
+            if state in TERMINAL_TASK_STATES:
+                worker = self._workers.get(worker_id)
+                if worker is not None and worker.stopping:
+                    self._confirm_stopped(worker, (task_id, attempt_id))  # a stopped attempt is gone
             task = self._tasks.get(task_id)
             if (
                 task is None
@@ -771,10 +1059,17 @@ class ControllerState:
                     continue  # accepted after this set was taken
                 missing.append(task_id)
             for task_id in missing:
+                if task_id not in worker.running_tasks:
+                    continue  # already moved with its gang
                 self.transition_task(
                     task_id, WORKER_FAILED, now_ms, is_worker_failure=True,
                     error=f"worker {worker_id} no longer has the task",
                 )
+            if worker.stopping:
+                # Attempts Iris stopped that the set shows ended, or no longer holds: they are gone.
+                live = {(a.task_id, a.attempt_id) for a in observed if a.state not in TERMINAL_TASK_STATES}
+                for key in [k for k in worker.stopping if k not in live]:
+                    self._confirm_stopped(worker, key)
             return ReconcileResult(kill=kill, missing=missing)
 
     # ------------------------------------------------------------------ endpoints
@@ -936,7 +1231,10 @@ class ControllerState:
                     bound.setdefault(t.worker_id, set()).add(tid)
             for wid, w in self._workers.items():
                 assert w.running_tasks == bound.get(wid, set()), f"worker {wid} running_tasks mismatch"
-                cpu = mem = disk = dev = 0
+                cpu = sum(held[0] for held in w.stopping.values())
+                mem = sum(held[1] for held in w.stopping.values())
+                disk = sum(held[2] for held in w.stopping.values())
+                dev = sum(held[3] for held in w.stopping.values())
                 for tid in w.running_tasks:
                     job = self._jobs[self._tasks[tid].job_id]
                     cpu += job.cpu

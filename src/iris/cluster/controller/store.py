@@ -156,6 +156,14 @@ MIGRATIONS: list[Migration] = [
             revoked_at_ms INTEGER
         )""",
     ),
+    # v3 -> v4: failure rules: what each attempt was charged to and what decided it, when a failure
+    # retry may start (backoff), which workers are drained.
+    (
+        "ALTER TABLE attempts ADD COLUMN charged_to TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE attempts ADD COLUMN decided_by TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE tasks ADD COLUMN not_before_ms INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE workers ADD COLUMN draining INTEGER NOT NULL DEFAULT 0",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -220,7 +228,7 @@ TASKS = Table(
     "tasks",
     ("task_id", "job_id", "task_index", "state", "worker_id", "failure_count", "preemption_count",
      "max_retries_failure", "max_retries_preemption", "current_attempt_id", "submitted_at_ms", "pending_since_ms",
-     "started_at_ms", "finished_at_ms", "error", "exit_code", "queue_seq"),
+     "started_at_ms", "finished_at_ms", "error", "exit_code", "queue_seq", "not_before_ms"),
     key=("task_id",),
     keep_if_null=("queue_seq",),
     indexes=(("tasks_by_job", ("job_id",)),),
@@ -229,7 +237,7 @@ TASKS = Table(
 ATTEMPTS = Table(
     "attempts",
     ("task_id", "attempt_id", "worker_id", "state", "started_at_ms", "finished_at_ms", "exit_code", "error",
-     "is_worker_failure"),
+     "is_worker_failure", "charged_to", "decided_by"),
     key=("task_id", "attempt_id"),
     insert_only=True,
     order_by="task_id, attempt_id",
@@ -237,7 +245,7 @@ ATTEMPTS = Table(
 WORKERS = Table(
     "workers",
     ("worker_id", "address", "metadata", "healthy", "consecutive_failures", "last_heartbeat_ms", "registered_at_ms",
-     "incarnation"),
+     "incarnation", "draining"),
     key=("worker_id",),
 )
 ENDPOINTS = Table(
@@ -284,17 +292,17 @@ def _job_update(j: Job) -> tuple[object, ...]:
 def _task_row(t: Task, queue_seq: int | None) -> tuple[object, ...]:
     return (t.task_id, t.job_id, t.task_index, t.state, t.worker_id, t.failure_count, t.preemption_count,
             t.max_retries_failure, t.max_retries_preemption, t.current_attempt_id, t.submitted_at_ms,
-            t.pending_since_ms, t.started_at_ms, t.finished_at_ms, t.error, t.exit_code, queue_seq)
+            t.pending_since_ms, t.started_at_ms, t.finished_at_ms, t.error, t.exit_code, queue_seq, t.not_before_ms)
 
 
 def _attempt_row(t: Task, a: TaskAttempt) -> tuple[object, ...]:
     return (t.task_id, a.attempt_id, a.worker_id, a.state, a.started_at_ms, a.finished_at_ms, a.exit_code, a.error,
-            int(a.is_worker_failure))
+            int(a.is_worker_failure), a.charged_to, a.decided_by)
 
 
 def _worker_row(w: ControllerWorker) -> tuple[object, ...]:
     return (w.worker_id, w.address, w.metadata.to_proto().SerializeToString(), int(w.healthy),
-            w.consecutive_failures, w.last_heartbeat_ms, w.registered_at_ms, w.incarnation)
+            w.consecutive_failures, w.last_heartbeat_ms, w.registered_at_ms, w.incarnation, int(w.draining))
 
 
 def _endpoint_row(e: ControllerEndpoint) -> tuple[object, ...]:
@@ -561,7 +569,7 @@ class ControllerStore:
         unordered_pending: list[Task] = []
         for (task_id, job_id, task_index, tstate, worker_id, failure_count, preemption_count,
              max_retries_failure, max_retries_preemption, current_attempt_id, submitted_at_ms,
-             pending_since_ms, started_at_ms, finished_at_ms, error, exit_code, queue_seq) in conn.execute(
+             pending_since_ms, started_at_ms, finished_at_ms, error, exit_code, queue_seq, not_before_ms) in conn.execute(
                 TASKS.select_sql):
             job_tasks = tasks_by_job.get(job_id)
             if job_tasks is None:
@@ -571,6 +579,7 @@ class ControllerStore:
             task = Task(task_id, job_id, task_index, tstate, worker_id, failure_count, preemption_count,
                         max_retries_failure, max_retries_preemption, current_attempt_id, [], submitted_at_ms,
                         pending_since_ms, started_at_ms, finished_at_ms, error, exit_code)
+            task.not_before_ms = not_before_ms
             tasks[task_id] = task
             job_tasks.append(task)
             if tstate == PENDING:
@@ -580,13 +589,17 @@ class ControllerStore:
                     queue.append((queue_seq, task_id))
 
         for (task_id, attempt_id, worker_id, astate, started_at_ms, finished_at_ms, exit_code, error,
-             is_worker_failure) in conn.execute(ATTEMPTS.select_sql):
+             is_worker_failure, charged_to, decided_by) in conn.execute(ATTEMPTS.select_sql):
             owner = tasks.get(task_id)
             if owner is None:
                 continue
+            if not charged_to and astate != PENDING and astate != cluster_pb2.TASK_STATE_SUCCEEDED:
+                # Written before v4: what the budgets were then.
+                charged_to = "preemption" if is_worker_failure else "failure" if astate == cluster_pb2.TASK_STATE_FAILED \
+                    else "none"
             owner.attempts.append(
                 TaskAttempt(attempt_id, worker_id, astate, started_at_ms, finished_at_ms, exit_code, error,
-                            bool(is_worker_failure))
+                            bool(is_worker_failure), charged_to, decided_by)
             )
 
         for job_id, job in jobs.items():
@@ -600,7 +613,7 @@ class ControllerStore:
 
         workers: dict[str, ControllerWorker] = {}
         for (worker_id, address, metadata, healthy, consecutive_failures, last_heartbeat_ms,
-             registered_at_ms, incarnation) in conn.execute(WORKERS.select_sql):
+             registered_at_ms, incarnation, draining) in conn.execute(WORKERS.select_sql):
             worker = ControllerWorker(
                 worker_id=WorkerId(worker_id),
                 address=address,
@@ -610,6 +623,7 @@ class ControllerStore:
                 last_heartbeat_ms=now_ms if now_ms is not None and healthy else last_heartbeat_ms,
                 registered_at_ms=registered_at_ms,
                 incarnation=incarnation,
+                draining=bool(draining),
             )
             workers[worker_id] = worker
 

@@ -15,9 +15,11 @@ exit code, error and times (DESIGN §4.3). A task that has ended never changes a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from iris.cluster.failures import FAIL_JOB, PREEMPTION, ExitRule, is_memory_kill, retry_delay_ms, rule_for
 from iris.cluster.spec import DEFAULT_MAX_RETRIES_PREEMPTION
 from iris.cluster.types import ACTIVE_TASK_STATES, TERMINAL_TASK_STATES, JobId, TaskId, WorkerId
 from iris.rpc import cluster_pb2
@@ -72,6 +74,11 @@ class TaskAttempt:
     exit_code: int | None = None
     error: str | None = None
     is_worker_failure: bool = False
+    charged_to: str = ""
+    """The budget it spent: "failure", "preemption", "none" (a gang restart, a stop, a quarantined
+    worker's fault), "" (it succeeded)."""
+    decided_by: str = ""
+    """What decided that: an exit rule ("--on-exit 75=preemption"), "gang restart", "timed out"..."""
 
 
 @dataclass(slots=True)
@@ -105,6 +112,10 @@ class Task:
     ports: dict[str, int] = field(default_factory=dict)
     """The current (or last) attempt's named ports, as its worker reports them. Not durable: the
     next heartbeat after a controller restart brings them back."""
+    not_before_ms: int = 0
+    """A failure retry is not placed before this (``retry_backoff_seconds``)."""
+    fail_job: str = ""
+    """Set when an exit rule said ``fail-job``: why the job fails now."""
 
     def __post_init__(self) -> None:
         if not self.pending_since_ms:
@@ -133,12 +144,18 @@ class Task:
         is_worker_failure: bool = False,
         error: str | None = None,
         exit_code: int | None = None,
+        rules: Sequence[ExitRule] = (),
+        backoff_s: float = 0.0,
+        decided_by: str = "",
     ) -> TaskTransitionResult:
         """Apply a state change with retry logic.
 
         FAILED and WORKER_FAILED are failures of the current attempt: a worker failure (also when
         ``is_worker_failure`` is set) spends the preemption budget, any other failure the failure
-        budget; within budget the task returns to PENDING as a new attempt.
+        budget; within budget the task returns to PENDING as a new attempt. A FAILED exit code
+        matching one of ``rules`` may instead spend the preemption budget or fail the job at once
+        (``fail_job``); a task killed for memory is a failure whatever the rules say. A failure
+        retry waits ``failures.retry_delay_ms(backoff_s, k, task_id)`` (``not_before_ms``).
         """
         if self.state in TERMINAL_TASK_STATES or new_state == self.state:
             return TaskTransitionResult.IGNORED
@@ -146,9 +163,22 @@ class Task:
             raise InvalidTransition(self.task_id, self.state, new_state)
 
         if new_state in (FAILED, WORKER_FAILED):
-            return self._handle_failure(
-                now_ms, is_worker_failure or new_state == WORKER_FAILED, error, exit_code
-            )
+            preemption = is_worker_failure or new_state == WORKER_FAILED
+            rule = None if preemption or is_memory_kill(error) else rule_for(rules, exit_code)
+            if rule is not None:
+                decided_by = f"exit {exit_code}: {rule.describe()}"
+                if rule.action == FAIL_JOB:
+                    self._end_attempt(FAILED, now_ms, error, exit_code, is_worker_failure=False,
+                                      charged_to="failure", decided_by=decided_by)
+                    self.failure_count += 1
+                    self.fail_job = f"task {self.task_index} exited {exit_code} ({rule.describe()})"
+                    self._finish(FAILED, now_ms, error, exit_code)
+                    return TaskTransitionResult.EXCEEDED_RETRY_LIMIT
+                if rule.action == PREEMPTION:
+                    return self._handle_failure(now_ms, True, error, exit_code, ended_as=FAILED,
+                                                decided_by=decided_by)
+            return self._handle_failure(now_ms, preemption, error, exit_code, backoff_s=backoff_s,
+                                        decided_by=decided_by)
         if new_state in (BUILDING, RUNNING):
             self.state = new_state
             return TaskTransitionResult.COMPLETE
@@ -163,10 +193,14 @@ class Task:
         return TaskTransitionResult.COMPLETE
 
     def _handle_failure(
-        self, now_ms: int, is_worker_failure: bool, error: str | None, exit_code: int | None
+        self, now_ms: int, is_worker_failure: bool, error: str | None, exit_code: int | None, *,
+        ended_as: int | None = None, backoff_s: float = 0.0, decided_by: str = "",
     ) -> TaskTransitionResult:
-        ended_as = WORKER_FAILED if is_worker_failure else FAILED
-        self._end_attempt(ended_as, now_ms, error, exit_code, is_worker_failure=is_worker_failure)
+        """``ended_as``: the attempt's recorded state when it differs from the budget it spends (an
+        exit rule sending a real exit to the preemption budget)."""
+        recorded = ended_as if ended_as is not None else (WORKER_FAILED if is_worker_failure else FAILED)
+        self._end_attempt(recorded, now_ms, error, exit_code, is_worker_failure=is_worker_failure,
+                          charged_to="preemption" if is_worker_failure else "failure", decided_by=decided_by)
         if is_worker_failure:
             self.preemption_count += 1
             can_retry = self.preemption_count <= self.max_retries_preemption
@@ -175,16 +209,32 @@ class Task:
             can_retry = self.failure_count <= self.max_retries_failure
         if can_retry:
             self._reset_for_retry(now_ms)
+            if not is_worker_failure:  # preemption retries are not delayed
+                self.not_before_ms = now_ms + retry_delay_ms(backoff_s, self.failure_count, self.task_id)
             return TaskTransitionResult.SHOULD_RETRY
-        self._finish(ended_as, now_ms, error, exit_code)
+        self._finish(WORKER_FAILED if is_worker_failure else FAILED, now_ms, error, exit_code)
         return TaskTransitionResult.EXCEEDED_RETRY_LIMIT
 
+    def restart_attempt(self, now_ms: int, reason: str) -> bool:
+        """Stop the current attempt without charging any budget (a gang restart, a drain of a
+        quarantined worker): it ends KILLED with ``reason`` and the task is PENDING again as a new
+        attempt. False (nothing changed) when the task is not active."""
+        if self.state not in (BUILDING, RUNNING):
+            return False
+        self._end_attempt(KILLED, now_ms, reason, None, is_worker_failure=False, charged_to="none",
+                          decided_by=reason)
+        self._reset_for_retry(now_ms)
+        return True
+
     def _end_attempt(
-        self, state: int, now_ms: int, error: str | None, exit_code: int | None, *, is_worker_failure: bool
+        self, state: int, now_ms: int, error: str | None, exit_code: int | None, *, is_worker_failure: bool,
+        charged_to: str = "", decided_by: str = "",
     ) -> None:
         """Record the current attempt with the state it really ended in (only if it ever ran)."""
         if self.started_at_ms is None:
             return
+        if not charged_to and state != SUCCEEDED:
+            charged_to = "none"  # a stop (KILLED) or a timeout before start spends no budget
         self.attempts.append(
             TaskAttempt(
                 attempt_id=self.current_attempt_id,
@@ -195,6 +245,8 @@ class Task:
                 exit_code=exit_code,
                 error=error,
                 is_worker_failure=is_worker_failure,
+                charged_to=charged_to,
+                decided_by=decided_by,
             )
         )
 
@@ -213,4 +265,5 @@ class Task:
         self.error = None
         self.exit_code = None
         self.ports = {}
+        self.not_before_ms = 0
         self.pending_since_ms = now_ms

@@ -39,6 +39,11 @@ class JobView:
     max_retries_preemption: int
     submit_seq: int
     owner: str = ""
+    gang_restarts: int = 0
+    failures_used: int = 0
+    preemptions_used: int = 0
+    time_ms: tuple[tuple[str, int], ...] = ()
+    """("pending", ms), ("useful", ms), ("failure", ms), ("preemption", ms), ("gang", ms)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,10 @@ class TaskView:
     """Ended attempts: never changed once recorded, so shared, not copied."""
     ports: tuple[tuple[str, int], ...] = ()
     """The current (or last) attempt's named ports."""
+    max_retries_failure: int = 0
+    max_retries_preemption: int = 0
+    retry_at_ms: int = 0
+    time_ms: tuple[tuple[str, int], ...] = ()
 
     def port_addresses(self) -> dict[str, str]:
         """Each named port as ``HOST:PORT``, HOST the worker's advertised address (reachable from
@@ -87,6 +96,9 @@ class WorkerView:
     committed_devices: int
     allocation: AllocationInfo | None = None
     """For a provisioned worker: its allocation on the platform (also before it registered)."""
+    draining: bool = False
+    quarantined_until_ms: int = 0
+    quarantine_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +122,8 @@ def job_view(job: Job) -> JobView:
         job.job_id, job.state, job.error or "", job.submitted_at_ms, job.started_at_ms or 0,
         job.finished_at_ms or 0, job.parent_job_id or "", job.num_tasks, tuple(c), spec.resources, spec.replicas,
         pending_reason, job.max_task_failures, job.max_retries_failure, job.max_retries_preemption, job.submit_seq,
-        job.owner,
+        job.owner, job.gang_restarts, job.charges["failure"], job.charges["preemption"],
+        (("pending", job.pending_ms), *job.time_ms.items()),
     )
 
 
@@ -121,14 +134,38 @@ def task_view(task: Task, job: Job | None, worker_address: str) -> TaskView:
         task.exit_code or 0, task.error or "", task.started_at_ms or 0, task.finished_at_ms or 0,
         task.current_attempt_id, task.failure_count, task.preemption_count, task.pending_since_ms, pending_reason,
         tuple(task.attempts), tuple(task.ports.items()) if task.ports else (),
+        task.max_retries_failure, task.max_retries_preemption,
+        task.not_before_ms if task.state == T.TASK_STATE_PENDING else 0, task_time(task),
     )
+
+
+def task_time(task: Task) -> tuple[tuple[str, int], ...]:
+    """Where one task's time went (ended attempts; the pending wait before each start)."""
+    spent = {"pending": 0, "useful": 0, "failure": 0, "preemption": 0, "gang": 0}
+    waited_from = task.submitted_at_ms
+    for a in task.attempts:
+        if a.started_at_ms is None or a.finished_at_ms is None:
+            continue
+        spent["pending"] += max(0, a.started_at_ms - waited_from)
+        waited_from = a.finished_at_ms
+        ms = max(0, a.finished_at_ms - a.started_at_ms)
+        if a.state == T.TASK_STATE_SUCCEEDED:
+            spent["useful"] += ms
+        elif a.decided_by == "gang restart":
+            spent["gang"] += ms
+        elif a.charged_to in ("failure", "preemption"):
+            spent[a.charged_to] += ms
+    if task.started_at_ms is not None and task.state != T.TASK_STATE_PENDING:
+        spent["pending"] += max(0, task.started_at_ms - waited_from)
+    return tuple(spent.items())
 
 
 def worker_view(worker: ControllerWorker, allocation: AllocationInfo | None = None) -> WorkerView:
     return WorkerView(
         worker.worker_id, worker.address, worker.metadata, worker.healthy, worker.last_heartbeat_ms,
         worker.registered_at_ms, tuple(sorted(worker.running_tasks)), worker.committed_cpu, worker.committed_memory,
-        worker.committed_disk, worker.committed_devices, allocation,
+        worker.committed_disk, worker.committed_devices, allocation, worker.draining,
+        worker.quarantined_until_ms, worker.quarantine_reason,
     )
 
 
@@ -166,10 +203,21 @@ def job_proto(view: JobView, tasks: list[TaskView] | None = None) -> cluster_pb2
         max_retries_failure=view.max_retries_failure,
         max_retries_preemption=view.max_retries_preemption,
         owner=view.owner,
+        gang_restarts=view.gang_restarts,
+        failures_used=view.failures_used,
+        preemptions_used=view.preemptions_used,
+        time=_time_proto(view.time_ms),
     )
     if tasks is not None:
         status.tasks.extend(task_proto(t) for t in tasks)
     return status
+
+
+def _time_proto(spent: tuple[tuple[str, int], ...]) -> cluster_pb2.TimeSpent:
+    d = dict(spent)
+    return cluster_pb2.TimeSpent(pending_ms=d.get("pending", 0), useful_ms=d.get("useful", 0),
+                                 lost_failure_ms=d.get("failure", 0), lost_preemption_ms=d.get("preemption", 0),
+                                 lost_gang_ms=d.get("gang", 0))
 
 
 def task_proto(view: TaskView) -> cluster_pb2.TaskStatus:
@@ -198,12 +246,18 @@ def task_proto(view: TaskView) -> cluster_pb2.TaskStatus:
                 started_at_ms=a.started_at_ms or 0,
                 finished_at_ms=a.finished_at_ms or 0,
                 is_worker_failure=a.is_worker_failure,
+                charged_to=a.charged_to,
+                decided_by=a.decided_by,
             )
             for a in view.attempts
         ],
     )
     if view.worker_address:
         status.worker_address = view.worker_address
+    status.max_retries_failure = view.max_retries_failure
+    status.max_retries_preemption = view.max_retries_preemption
+    status.retry_at_ms = view.retry_at_ms
+    status.time.CopyFrom(_time_proto(view.time_ms))
     if view.ports:
         status.ports.update(dict(view.ports))
         status.port_addresses.update(view.port_addresses())
@@ -223,6 +277,9 @@ def worker_proto(view: WorkerView) -> cluster_pb2.WorkerInfo:
         committed_disk_bytes=view.committed_disk,
         committed_gpus=view.committed_devices,
         registered_at_ms=view.registered_at_ms,
+        draining=view.draining,
+        quarantined_until_ms=view.quarantined_until_ms,
+        quarantine_reason=view.quarantine_reason,
     )
     if view.allocation is not None:
         a = view.allocation

@@ -176,6 +176,12 @@ class AttemptPreparer:
         )
         if request.task_token:
             env["IRIS_TOKEN"] = request.task_token  # this attempt's own, scoped token
+        if request.attempt_id > 0 and request.previous_state:
+            # Why the last attempt ended, so this one can resume or change course.
+            env["IRIS_PREVIOUS_ATTEMPT_STATE"] = cluster_pb2.TaskState.Name(request.previous_state).removeprefix(
+                "TASK_STATE_")
+            env["IRIS_PREVIOUS_EXIT_CODE"] = str(request.previous_exit_code)
+            env["IRIS_PREVIOUS_ERROR"] = request.previous_error
         for name, port in ports.items():
             env[f"IRIS_PORT_{name.upper()}"] = str(port)
         if self._config.has_gpus:
