@@ -44,6 +44,24 @@ def _wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
     raise TimeoutError(what)
 
 
+def _observe_start(stub: cluster_pb2_grpc.ControllerServiceStub, md: tuple[tuple[str, str], ...],
+                   job_id: str) -> tuple[int, int, int]:
+    """(sbatch, worker registered, task dispatched) times of one cold start, from the controller."""
+    seen = {"sbatch": 0, "registered": 0, "started": 0}
+
+    def poll() -> bool:
+        for w in stub.ListWorkers(T.Controller.ListWorkersRequest(), metadata=md, timeout=30).workers:
+            seen["sbatch"] = seen["sbatch"] or w.provisioning.submitted_at_ms
+            seen["registered"] = seen["registered"] or w.registered_at_ms
+        task = stub.GetTaskStatus(T.Controller.GetTaskStatusRequest(job_id=job_id, task_index=0),
+                                  metadata=md, timeout=30).task
+        seen["started"] = task.started_at_ms
+        return bool(seen["started"] and seen["sbatch"] and seen["registered"])
+
+    _wait(poll, 120, "task dispatch")
+    return seen["sbatch"], seen["registered"], seen["started"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
@@ -78,20 +96,7 @@ def main() -> None:
             job_id = stub.LaunchJob(T.Controller.LaunchJobRequest(
                 name=f"cold-{i}", serialized_entrypoint=entry,
                 resources=ResourceSpec(cpu=1, memory="64MiB").to_proto()), metadata=md, timeout=30).job_id
-            sbatch_ms = 0
-            registered_ms = 0
-
-            def dispatched() -> int:
-                nonlocal sbatch_ms, registered_ms
-                for w in stub.ListWorkers(T.Controller.ListWorkersRequest(), metadata=md, timeout=30).workers:
-                    sbatch_ms = sbatch_ms or w.provisioning.submitted_at_ms
-                    registered_ms = registered_ms or w.registered_at_ms
-                task = stub.GetTaskStatus(T.Controller.GetTaskStatusRequest(job_id=job_id, task_index=0),
-                                          metadata=md, timeout=30).task
-                return task.started_at_ms
-
-            started_ms = _wait(dispatched, 120, "task dispatch")
-            _wait(lambda: dispatched() and registered_ms and sbatch_ms, 30, "registration seen")
+            sbatch_ms, registered_ms, started_ms = _observe_start(stub, md, job_id)
             phases["sbatch -> worker registered"].append((registered_ms - sbatch_ms) / 1000)
             phases["sbatch -> task dispatched"].append((started_ms - sbatch_ms) / 1000)
             phases["job submitted -> task dispatched"].append((started_ms - submitted) / 1000)

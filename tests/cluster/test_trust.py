@@ -62,7 +62,8 @@ def test_trust_every_controller_rpc_needs_a_valid_token(cluster: LocalCluster) -
         "ListEndpoints": C.ListEndpointsRequest(), "FetchTaskLogs": C.FetchTaskLogsRequest(task_id="x/task-0"),
         "FetchBundle": C.FetchBundleRequest(bundle_hash="0" * 64), "CreateToken": C.CreateTokenRequest(name="x"),
         "ListTokens": C.ListTokensRequest(), "RevokeToken": C.RevokeTokenRequest(token_id="x"),
-        "WhoAmI": C.WhoAmIRequest(),
+        "WhoAmI": C.WhoAmIRequest(), "DrainWorker": C.DrainWorkerRequest(worker_id="x"),
+        "ReleaseWorker": C.ReleaseWorkerRequest(worker_id="x"),
     }
     assert set(calls) == set(cluster_pb2.DESCRIPTOR.services_by_name["ControllerService"].methods_by_name)
     for token in ("", "iris_forged-token", "Bearer", "iris-task.0.deadbeef.x/task-0"):
@@ -92,6 +93,13 @@ def test_trust_a_user_cannot_stop_another_users_job_and_owners_are_recorded(
         # A user cannot manage tokens or list workers' secrets; an admin may stop anyone's job.
         assert code_of(lambda: bob.stub.ListTokens(C.ListTokensRequest(), timeout=10)) == \
             grpc.StatusCode.PERMISSION_DENIED
+        # Draining or releasing a worker is the admin's.
+        worker = cluster.workers[0].worker_id
+        for call in (lambda: bob.stub.DrainWorker(C.DrainWorkerRequest(worker_id=worker), timeout=10),
+                     lambda: bob.stub.ReleaseWorker(C.ReleaseWorkerRequest(worker_id=worker), timeout=10)):
+            assert code_of(call) == grpc.StatusCode.PERMISSION_DENIED
+        assert code_of(lambda: admin.stub.DrainWorker(C.DrainWorkerRequest(worker_id="no-such"), timeout=10)) == \
+            grpc.StatusCode.NOT_FOUND
         alice.stub.TerminateJob(C.TerminateJobRequest(job_id=job_id), timeout=10)
         assert alice.wait(job_id).state == T.JOB_STATE_KILLED
     finally:

@@ -91,6 +91,8 @@ def test_dashboard_workers_actions_and_metrics(dashboard: Dashboard) -> None:
     assert status == 200
     assert 'iris_jobs{state="KILLED"} 1' in metrics and 'iris_jobs{state="PENDING"} 2' in metrics
     assert 'iris_tasks{state="KILLED"} 3' in metrics and 'iris_workers{healthy="true"} 1' in metrics
+    for cause in ("useful", "failure", "preemption", "gang"):
+        assert f'iris_attempt_seconds_total{{cause="{cause}"}} ' in metrics
 
 
 def test_dashboard_needs_a_credential_everywhere_but_healthz(dashboard: Dashboard) -> None:

@@ -425,6 +425,19 @@ def test_heartbeat_reregister_sends_full_registration(
     assert len(fake_controller.servicer.state.registrations) == registrations + 1
 
 
+def test_a_stopping_worker_never_registers_again(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    """Declared dead while it shuts down (it stopped its tasks), a worker must not come back and be
+    given new tasks it would refuse."""
+    worker = make_worker(run_loops=False, runtime=FakeRuntime(), clock=FakeClock())
+    registrations = len(fake_controller.servicer.state.registrations)
+    worker._link.leave()  # noqa: SLF001 -- what stop() does first, while its loops still run
+    fake_controller.servicer.reregister_next = True
+    assert not worker.heartbeat_once()
+    assert len(fake_controller.servicer.state.registrations) == registrations
+
+
 def test_heartbeat_while_unreachable_registers_again_when_back(
     make_worker: WorkerFactory, fake_controller: RunningFakeController
 ) -> None:

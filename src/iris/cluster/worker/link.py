@@ -100,6 +100,7 @@ class ControllerLink:
         self.worker_id = worker_id
         self.incarnation = incarnation
         self.address = ""
+        self._leaving = False
         self._observed = observed
         self._metadata = metadata
         self._on_kill = on_kill
@@ -194,12 +195,19 @@ class ControllerLink:
         self._apply_kills(response.kill)
         return bool(response.accepted)
 
+    def leave(self) -> None:
+        """The worker is shutting down: never register again (its reports still go out). A worker
+        the controller declared dead while it stops must not come back and be given tasks."""
+        with self._lock:
+            self._leaving = True
+
     def heartbeat_once(self) -> bool:
         """One heartbeat (or a registration when we are not registered). True when delivered."""
         with self._lock:
             must_register = not self._registered or not self._reachable
+            leaving = self._leaving
         if must_register:
-            return self.register_once()
+            return False if leaving else self.register_once()
         statuses, sequence = self._observed()
         request = cluster_pb2.Controller.HeartbeatRequest(
             worker_id=self.worker_id, tasks=[status_proto(s) for s in statuses], incarnation=self.incarnation,
@@ -212,9 +220,11 @@ class ControllerLink:
             return False
         self._apply_kills(response.kill)
         if response.reregister:
-            logger.info("controller asked to re-register worker=%s", self.worker_id)
             with self._lock:
                 self._registered = False
+            if leaving:
+                return False
+            logger.info("controller asked to re-register worker=%s", self.worker_id)
             return self.register_once()
         return True
 

@@ -293,6 +293,7 @@ class Worker:
             if self._stop_event.is_set():
                 return
             instructions = self._handle_stop_locked(grace, kill_tasks)
+        self._link.leave()
         if kill_tasks:
             self._carry_out(instructions)
             self._launcher.shutdown(wait=True)
