@@ -98,6 +98,20 @@ def test_human_tables(address: str) -> None:
     assert "SUCCEEDED" in status.stdout and "WORKER" in status.stdout and "ATTEMPTS" in status.stdout
     workers = iris("worker", "list", controller=address)
     assert "healthy" in workers.stdout and "CPU" in workers.stdout
+
+
+def test_job_list_shows_the_newest_first_and_says_when_it_cut(address: str) -> None:
+    for i in range(3):
+        result = iris("job", "run", "--no-bundle", "--no-wait", "--name", f"cli-many-{i}", "--", "/bin/true",
+                      controller=address)
+        assert result.returncode == 0, result.stderr
+    newest = json.loads(iris("job", "list", "--json", "--prefix", "cli-many-", "--limit", "2", controller=address).stdout)
+    assert [j["job_id"] for j in newest] == ["cli-many-2", "cli-many-1"]
+    every = json.loads(iris("job", "list", "--json", "--prefix", "cli-many-", "--all", controller=address).stdout)
+    assert [j["job_id"] for j in every] == ["cli-many-2", "cli-many-1", "cli-many-0"]
+    table = iris("job", "list", "--prefix", "cli-many-", "--limit", "1", controller=address)
+    assert "cli-many-2" in table.stdout and "cli-many-1" not in table.stdout
+    assert "newest 1 jobs; --limit N or --all" in table.stderr
     logs = iris("job", "logs", "cli-table", "--task", "0", controller=address)
     assert logs.stdout.splitlines() == ["x"]
 

@@ -458,18 +458,24 @@ def run_cmd(controller: str, command: tuple[str, ...], no_wait: bool, verbose: b
 @controller_option
 @click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable), e.g. running.")
 @click.option("--prefix", default="", help="Only jobs whose id starts with this.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Show the newest N jobs.")
+@click.option("--all", "show_all", is_flag=True, help="Show every job (overrides --limit).")
 @json_option
 @verbose_option
 @handle_errors
-def list_cmd(controller: str, states: tuple[str, ...], prefix: str, as_json: bool, verbose: bool) -> None:
-    """List jobs, newest first."""
+def list_cmd(controller: str, states: tuple[str, ...], prefix: str, limit: int, show_all: bool, as_json: bool,
+             verbose: bool) -> None:
+    """List jobs, newest first (the newest 50 unless --limit or --all)."""
     try:
         wanted = [parse_job_state(s) for s in states]
     except ValueError as e:
         raise _usage(str(e)) from None
     with connect(controller) as client:
-        jobs = client.list_jobs(wanted or None, prefix=prefix)
-    jobs.sort(key=lambda j: (j.submitted_at_ms, j.job_id), reverse=True)
+        # One more than shown tells whether there are more.
+        jobs = client.list_jobs(wanted or None, prefix=prefix, limit=None if show_all else limit + 1,
+                                newest_first=True)
+    more = not show_all and len(jobs) > limit
+    jobs = jobs if show_all else jobs[:limit]
     if as_json:
         print_json([j.to_dict() for j in jobs])
         return
@@ -488,6 +494,8 @@ def list_cmd(controller: str, states: tuple[str, ...], prefix: str, as_json: boo
         for j in jobs
     ]
     stdout_console().print(make_table(["JOB", "STATE", "DONE", "SUBMITTED", "DURATION", "ERROR"], rows))
+    if more:
+        stderr_console().print(f"Showing the newest {limit} jobs; --limit N or --all for more.")
 
 
 def time_text(t: TimeSpent) -> str:

@@ -470,9 +470,14 @@ class IrisClient:
         self._call(self._stub.TerminateJob, request, f"job {job_id}")
 
     def list_jobs(
-        self, state: JobState | str | Iterable[JobState | str] | None = None, prefix: str = ""
+        self, state: JobState | str | Iterable[JobState | str] | None = None, prefix: str = "", *,
+        limit: int | None = None, newest_first: bool = False,
     ) -> list[JobStatus]:
-        """Jobs, optionally only those in ``state`` (one or several) and whose id starts with ``prefix``."""
+        """Jobs, optionally only those in ``state`` (one or several) and whose id starts with
+        ``prefix``; in submission order, or ``newest_first``; at most ``limit`` of them (None: all),
+        fetched page by page."""
+        if limit is not None and limit < 0:
+            raise InvalidRequestError(f"limit: must be >= 0, got {limit}")
         if state is None:
             states: list[JobState] = []
         elif isinstance(state, str):
@@ -482,14 +487,18 @@ class IrisClient:
         jobs: list[JobStatus] = []
         token = ""
         while True:  # page by page: each RPC is bounded by its page
+            page_size = min(500, limit - len(jobs)) if limit is not None else 0
+            if limit is not None and page_size <= 0:
+                return jobs
             request = cluster_pb2.Controller.ListJobsRequest(
-                states=[s.to_proto() for s in states], prefix=prefix, page_token=token
+                states=[s.to_proto() for s in states], prefix=prefix, page_token=token, page_size=page_size,
+                newest_first=newest_first,
             )
             response = self._call(self._stub.ListJobs, request, "jobs")
             jobs.extend(JobStatus.from_proto(j) for j in response.jobs)
             token = response.next_page_token
             if not token:
-                return jobs
+                return jobs if limit is None else jobs[:limit]
 
     @staticmethod
     def _parse_state(value: JobState | str) -> JobState:

@@ -1212,12 +1212,15 @@ class Controller(_message.Message):
         PREFIX_FIELD_NUMBER: _builtins.int
         PAGE_SIZE_FIELD_NUMBER: _builtins.int
         PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+        NEWEST_FIRST_FIELD_NUMBER: _builtins.int
         prefix: _builtins.str
         """job id prefix (at most 1024 characters)"""
         page_size: _builtins.int
         """0: 500; at most 5000"""
         page_token: _builtins.str
         """next_page_token of the previous page; empty: from the start"""
+        newest_first: _builtins.bool
+        """pages from the newest job back (`iris job list`)"""
         @_builtins.property
         def states(self) -> _containers.RepeatedScalarFieldContainer[Global___JobState.ValueType]:
             """empty: all states (at most 16)"""
@@ -1229,10 +1232,11 @@ class Controller(_message.Message):
             prefix: _builtins.str = ...,
             page_size: _builtins.int = ...,
             page_token: _builtins.str = ...,
+            newest_first: _builtins.bool = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "prefix", b"prefix", "states", b"states"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["newest_first", b"newest_first", "page_size", b"page_size", "page_token", b"page_token", "prefix", b"prefix", "states", b"states"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -380,6 +380,22 @@ def test_controller_list_jobs_pages_in_submission_order(controller: Controller) 
     assert [j.job_id for j in controller.list_jobs(prefix="j1").jobs] == [f"j1{i}" for i in range(10)]
 
 
+def test_controller_list_jobs_pages_newest_first(controller: Controller) -> None:
+    for i in range(25):
+        launch(controller, f"j{i:02d}")
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = controller.list_jobs(page_size=10, page_token=token, newest_first=True)
+        seen.extend(j.job_id for j in page.jobs)
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [f"j{i:02d}" for i in reversed(range(25))]
+    newest = controller.list_jobs(page_size=3, newest_first=True, prefix="j1")
+    assert [j.job_id for j in newest.jobs] == ["j19", "j18", "j17"] and newest.next_page_token
+
+
 def test_controller_list_jobs_bounds_the_scan_behind_a_page(controller: Controller) -> None:
     """A filter that matches little does not make one page walk every job: the page returns short,
     with a token, after examining a bounded number of jobs; following the tokens finds everything."""

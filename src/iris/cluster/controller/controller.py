@@ -547,9 +547,10 @@ class Controller:
     # ------------------------------------------------------------------ reads
 
     def list_jobs(
-        self, *, states: Sequence[int] = (), prefix: str = "", page_size: int = 0, page_token: str = ""
+        self, *, states: Sequence[int] = (), prefix: str = "", page_size: int = 0, page_token: str = "",
+        newest_first: bool = False,
     ) -> JobPage:
-        """One page of jobs in submission order. Each lock hold copies at most ``READ_CHUNK`` jobs,
+        """One page of jobs in submission order (``newest_first``: the reverse). Each lock hold copies at most ``READ_CHUNK`` jobs,
         and a page examines at most ``SCAN_PER_PAGE`` x its size, so no filter can make a read
         hold up the control plane."""
         if len(prefix) > MAX_FILTER_CHARS:
@@ -563,9 +564,10 @@ class Controller:
         wanted = set(states)
         budget = size * SCAN_PER_PAGE
         out: list[JobView] = []
+        step = self._state.jobs_before if newest_first else self._state.jobs_after
         while len(out) < size and budget > 0:
             with self._lock:
-                chunk = self._state.jobs_after(after, min(READ_CHUNK, budget))
+                chunk = step(after, min(READ_CHUNK, budget))
                 for job in chunk:
                     after = job.submit_seq
                     budget -= 1
@@ -576,7 +578,7 @@ class Controller:
             if len(chunk) == 0:
                 return JobPage(out, "")
         with self._lock:
-            more = bool(self._state.jobs_after(after, 1))
+            more = bool(step(after, 1)) if after else False
         return JobPage(out, str(after) if more else "")
 
     def job_status(self, job_id: JobId, include_tasks: bool = False) -> tuple[JobView, list[TaskView] | None]:

@@ -136,6 +136,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
                 prefix = who.job_id
         page = self._controller.list_jobs(
             states=list(request.states), prefix=prefix, page_size=request.page_size, page_token=request.page_token,
+            newest_first=request.newest_first,
         )
         jobs = page.jobs if who.role is not Role.TASK else [j for j in page.jobs if in_task_scope(who, j.job_id)]
         return cluster_pb2.Controller.ListJobsResponse(

@@ -320,6 +320,14 @@ class ControllerState:
             start = bisect.bisect_right(self._order_seqs, submit_seq)
             return [self._jobs[j] for j in self._order_ids[start:start + limit]]
 
+    def jobs_before(self, submit_seq: int, limit: int) -> list[Job]:
+        """Up to ``limit`` jobs submitted before the one numbered ``submit_seq`` (0: the newest),
+        newest first. O(log jobs + limit)."""
+        with self._lock:
+            end = len(self._order_seqs) if submit_seq <= 0 else bisect.bisect_left(self._order_seqs, submit_seq)
+            start = max(0, end - limit)
+            return [self._jobs[j] for j in reversed(self._order_ids[start:end])]
+
     def delete_job(self, job_id: JobId) -> list[JobId]:
         """Remove an ended job, its child jobs (which ended with it), their tasks, attempts and
         endpoints. Returns the ids removed (children first); ``[]`` when the job is unknown or
