@@ -268,3 +268,40 @@ def test_local_client_starts_and_stops_its_own_cluster() -> None:
 
     with pytest.raises(ProcessLookupError):
         os.kill(controller, 0)
+
+
+
+def test_a_callable_s_return_value_comes_back(client: IrisClient) -> None:
+    # Defined here, not at module level: cloudpickle ships local functions by value (the worker has
+    # no ``tests`` package to import).
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    def index_squared() -> int:
+        import os
+
+        return int(os.environ["IRIS_TASK_INDEX"]) ** 2
+
+    assert client.submit(Entrypoint.from_callable(add, 2, 3), "nb-add").result(timeout=60) == 5
+    assert client.submit(index_squared, "squares", replicas=4).results(timeout=60) == [0, 1, 4, 9]
+    # A command has no return value.
+    assert client.submit(py("print('x')"), "no-result").result(timeout=60) is None
+
+
+def test_a_callable_that_raises_gives_the_remote_exception(client: IrisClient) -> None:
+    def explode() -> None:
+        raise ValueError("the batch had no rows")
+
+    with pytest.raises(JobFailedError) as error:
+        client.submit(explode, "raises").result(timeout=60)
+    assert error.value.remote_type == "ValueError" and error.value.remote_message == "the batch had no rows"
+    assert "in explode" in error.value.remote_traceback and error.value.remote_traceback.startswith("Traceback")
+
+
+def test_a_result_over_the_cap_fails_the_task_with_a_clear_error(client: IrisClient) -> None:
+    def huge() -> bytes:
+        return b"x" * (11 * 1024 * 1024)
+
+    with pytest.raises(JobFailedError) as error:
+        client.submit(huge, "huge").result(timeout=120)
+    assert "over the cap of 10,485,760" in str(error.value.failed_tasks[0].error)

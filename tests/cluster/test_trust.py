@@ -63,7 +63,7 @@ def test_trust_every_controller_rpc_needs_a_valid_token(cluster: LocalCluster) -
         "FetchBundle": C.FetchBundleRequest(bundle_hash="0" * 64), "CreateToken": C.CreateTokenRequest(name="x"),
         "ListTokens": C.ListTokensRequest(), "RevokeToken": C.RevokeTokenRequest(token_id="x"),
         "WhoAmI": C.WhoAmIRequest(), "DrainWorker": C.DrainWorkerRequest(worker_id="x"),
-        "ReleaseWorker": C.ReleaseWorkerRequest(worker_id="x"),
+        "ReleaseWorker": C.ReleaseWorkerRequest(worker_id="x"), "GetTaskResult": C.GetTaskResultRequest(job_id="x"),
     }
     assert set(calls) == set(cluster_pb2.DESCRIPTOR.services_by_name["ControllerService"].methods_by_name)
     for token in ("", "iris_forged-token", "Bearer", "iris-task.0.deadbeef.x/task-0"):
@@ -88,6 +88,8 @@ def test_trust_a_user_cannot_stop_another_users_job_and_owners_are_recorded(
         assert code_of(lambda: bob.stub.TerminateJob(C.TerminateJobRequest(job_id=job_id), timeout=10)) == \
             grpc.StatusCode.PERMISSION_DENIED
         assert code_of(lambda: bob.logs(f"{job_id}/task-0")) == grpc.StatusCode.PERMISSION_DENIED
+        assert code_of(lambda: bob.stub.GetTaskResult(C.GetTaskResultRequest(job_id=job_id), timeout=10)) == \
+            grpc.StatusCode.PERMISSION_DENIED
         wait_until(lambda: "secret-output" in alice.logs(f"{job_id}/task-0"), 30)
         assert alice.job(job_id).state == T.JOB_STATE_RUNNING
         # A user cannot manage tokens or list workers' secrets; an admin may stop anyone's job.

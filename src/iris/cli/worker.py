@@ -68,6 +68,8 @@ def worker() -> None:
               help="Largest size one attempt's workspace bundle may unpack to; over it the task fails.")
 @click.option("--max-bundle-files", default=100_000, show_default=True, type=click.IntRange(min=1),
               help="Most files one workspace bundle may hold; over it the task fails.")
+@click.option("--max-result-size", default="10MiB", show_default=True,
+              help="Largest return value (pickled) a callable task may give back; over it the task fails.")
 @click.option("--task-user", default=None,
               help="Run tasks as this user (the worker must run as root): their attempt directories are "
                    "theirs, the worker's credential and files are not readable by them.")
@@ -92,6 +94,7 @@ def serve(
     tls_key: Path | None,
     max_bundle_unpacked_size: str,
     max_bundle_files: int,
+    max_result_size: str,
     task_user: str | None,
     log_level: str,
     verbose: bool,
@@ -157,6 +160,7 @@ def serve(
         tls_ca=tls_ca,
         max_bundle_unpacked_bytes=_size(max_bundle_unpacked_size, "--max-bundle-unpacked-size"),
         max_bundle_files=max_bundle_files,
+        max_result_bytes=_size(max_result_size, "--max-result-size"),
         task_user=task_user,
     )
     stop = threading.Event()

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import cloudpickle
 import grpc
 
 from iris.client.bundle import Bundle, build_bundle
@@ -845,6 +846,26 @@ class Job:
             tasks = status.tasks or tuple(self.status(include_tasks=True).tasks)
             raise JobFailedError(status, _failed_tasks(tasks))
         return status
+
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job and return task 0's return value (a callable job; cloudpickle).
+
+        Raises ``JobFailedError`` when the job did not succeed: its ``remote_type``,
+        ``remote_message`` and ``remote_traceback`` are the exception the callable raised."""
+        return self.results(timeout=timeout, tasks=[0])[0]
+
+    def results(self, timeout: float | None = None, tasks: Sequence[int] | None = None) -> list[Any]:
+        """Wait for the job and return every task's return value, by task index (``tasks``: only
+        these). A task that returned nothing Iris kept (a command) gives None."""
+        status = self.wait(timeout=timeout)
+        indexes = list(range(status.num_tasks)) if tasks is None else list(tasks)
+        out: list[Any] = []
+        for index in indexes:
+            request = cluster_pb2.Controller.GetTaskResultRequest(job_id=self._job_id, task_index=index)
+            reply = self._client._call(self._client._stub.GetTaskResult, request, f"job {self._job_id}")  # noqa: SLF001
+            out.append(cloudpickle.loads(reply.result) if reply.ready else None)
+        return out
 
 
 def _print_line(line: TaskLogLine) -> None:

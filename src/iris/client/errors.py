@@ -62,11 +62,14 @@ class JobFailedError(IrisError):
     Attributes:
         job: the job's final status (``job.error`` is the controller's explanation).
         failed_tasks: the tasks that did not succeed, with their errors and exit codes.
+        remote_type, remote_message, remote_traceback: when a callable raised, the exception's
+            type name, message and the traceback printed in the task ("" otherwise).
     """
 
     def __init__(self, job: JobStatus, failed_tasks: Sequence[TaskStatus] = ()) -> None:
         self.job = job
         self.failed_tasks = list(failed_tasks)
+        self.remote_type, self.remote_message, self.remote_traceback = _remote_exception(self.failed_tasks)
         super().__init__(_job_failed_message(job, self.failed_tasks))
 
     @property
@@ -76,6 +79,22 @@ class JobFailedError(IrisError):
     @property
     def error(self) -> str:
         return self.job.error
+
+
+def _remote_exception(failed_tasks: Sequence[TaskStatus]) -> tuple[str, str, str]:
+    """(type, message, traceback) of the first failed task whose error (or an earlier attempt's) is
+    a Python traceback, as a callable task leaves it."""
+    for task in failed_tasks:
+        for error in [task.error, *(a.error for a in reversed(task.attempts))]:
+            text = (error or "").strip()
+            start = text.find("Traceback (most recent call last):")
+            if start < 0:
+                continue
+            traceback_text = text[start:]
+            last = [line for line in traceback_text.splitlines() if line.strip()][-1].strip()
+            kind, sep, message = last.partition(":")
+            return (kind.strip(), message.strip() if sep else "", traceback_text)
+    return "", "", ""
 
 
 def _job_failed_message(job: JobStatus, failed_tasks: Sequence[TaskStatus]) -> str:

@@ -805,6 +805,7 @@ class WorkerTaskStatus(_message.Message):
     FINISHED_AT_MS_FIELD_NUMBER: _builtins.int
     PORTS_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt_id: _builtins.int
     state: Global___TaskState.ValueType
@@ -813,6 +814,8 @@ class WorkerTaskStatus(_message.Message):
     started_at_ms: _builtins.int
     finished_at_ms: _builtins.int
     pid: _builtins.int
+    result: _builtins.bytes
+    """only in a SUCCEEDED report: a callable's pickled return value"""
     @_builtins.property
     def ports(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     def __init__(
@@ -827,10 +830,11 @@ class WorkerTaskStatus(_message.Message):
         finished_at_ms: _builtins.int = ...,
         ports: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         pid: _builtins.int = ...,
+        result: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "error", b"error", "exit_code", b"exit_code", "finished_at_ms", b"finished_at_ms", "pid", b"pid", "ports", b"ports", "started_at_ms", b"started_at_ms", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "error", b"error", "exit_code", b"exit_code", "finished_at_ms", b"finished_at_ms", "pid", b"pid", "ports", b"ports", "result", b"result", "started_at_ms", b"started_at_ms", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1476,11 +1480,56 @@ class Controller(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     @_typing.final
-    class DrainWorkerRequest(_message.Message):
+    class GetTaskResultRequest(_message.Message):
         """Admin: stop placing tasks on a worker and stop its tasks (SIGTERM, the job's grace) as
         preemptions. ReleaseWorker ends a drain or a quarantine.
+        A callable task's return value (cloudpickle), kept with the job.
         """
 
+        DESCRIPTOR: _descriptor.Descriptor
+
+        JOB_ID_FIELD_NUMBER: _builtins.int
+        TASK_INDEX_FIELD_NUMBER: _builtins.int
+        job_id: _builtins.str
+        task_index: _builtins.int
+        def __init__(
+            self,
+            *,
+            job_id: _builtins.str = ...,
+            task_index: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "task_index", b"task_index"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class GetTaskResultResponse(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        READY_FIELD_NUMBER: _builtins.int
+        RESULT_FIELD_NUMBER: _builtins.int
+        ATTEMPT_ID_FIELD_NUMBER: _builtins.int
+        ready: _builtins.bool
+        """false: the task has not succeeded (yet), or returned nothing Iris kept"""
+        result: _builtins.bytes
+        attempt_id: _builtins.int
+        def __init__(
+            self,
+            *,
+            ready: _builtins.bool = ...,
+            result: _builtins.bytes = ...,
+            attempt_id: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "ready", b"ready", "result", b"result"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class DrainWorkerRequest(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
         WORKER_ID_FIELD_NUMBER: _builtins.int

@@ -84,6 +84,11 @@ class ControllerServiceStub:
                 request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.DrainWorkerRequest.SerializeToString,
                 response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.DrainWorkerResponse.FromString,
                 _registered_method=True)
+        self.GetTaskResult = channel.unary_unary(
+                '/iris.cluster.ControllerService/GetTaskResult',
+                request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetTaskResultRequest.SerializeToString,
+                response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetTaskResultResponse.FromString,
+                _registered_method=True)
         self.ReleaseWorker = channel.unary_unary(
                 '/iris.cluster.ControllerService/ReleaseWorker',
                 request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.ReleaseWorkerRequest.SerializeToString,
@@ -204,6 +209,12 @@ class ControllerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DrainWorker(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTaskResult(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -333,6 +344,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.DrainWorker,
                     request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.DrainWorkerRequest.FromString,
                     response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.DrainWorkerResponse.SerializeToString,
+            ),
+            'GetTaskResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTaskResult,
+                    request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetTaskResultRequest.FromString,
+                    response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetTaskResultResponse.SerializeToString,
             ),
             'ReleaseWorker': grpc.unary_unary_rpc_method_handler(
                     servicer.ReleaseWorker,
@@ -665,6 +681,33 @@ class ControllerService:
             '/iris.cluster.ControllerService/DrainWorker',
             iris_dot_rpc_dot_cluster__pb2.Controller.DrainWorkerRequest.SerializeToString,
             iris_dot_rpc_dot_cluster__pb2.Controller.DrainWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTaskResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/iris.cluster.ControllerService/GetTaskResult',
+            iris_dot_rpc_dot_cluster__pb2.Controller.GetTaskResultRequest.SerializeToString,
+            iris_dot_rpc_dot_cluster__pb2.Controller.GetTaskResultResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,7 @@ class ControllerServiceStub:
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.HeartbeatRequest, _cluster_pb2.Controller.HeartbeatResponse]
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ListWorkersRequest, _cluster_pb2.Controller.ListWorkersResponse]
     DrainWorker: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.DrainWorkerRequest, _cluster_pb2.Controller.DrainWorkerResponse]
+    GetTaskResult: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetTaskResultRequest, _cluster_pb2.Controller.GetTaskResultResponse]
     ReleaseWorker: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ReleaseWorkerRequest, _cluster_pb2.Empty]
     ReportTaskState: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ReportTaskStateRequest, _cluster_pb2.Controller.ReportTaskStateResponse]
     RegisterEndpoint: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.RegisterEndpointRequest, _cluster_pb2.Controller.RegisterEndpointResponse]
@@ -73,6 +74,7 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     Heartbeat: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.HeartbeatRequest, _cluster_pb2.Controller.HeartbeatResponse]  # type: ignore[assignment]
     ListWorkers: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ListWorkersRequest, _cluster_pb2.Controller.ListWorkersResponse]  # type: ignore[assignment]
     DrainWorker: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.DrainWorkerRequest, _cluster_pb2.Controller.DrainWorkerResponse]  # type: ignore[assignment]
+    GetTaskResult: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetTaskResultRequest, _cluster_pb2.Controller.GetTaskResultResponse]  # type: ignore[assignment]
     ReleaseWorker: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ReleaseWorkerRequest, _cluster_pb2.Empty]  # type: ignore[assignment]
     ReportTaskState: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ReportTaskStateRequest, _cluster_pb2.Controller.ReportTaskStateResponse]  # type: ignore[assignment]
     RegisterEndpoint: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.RegisterEndpointRequest, _cluster_pb2.Controller.RegisterEndpointResponse]  # type: ignore[assignment]
@@ -156,6 +158,13 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cluster_pb2.Controller.DrainWorkerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cluster_pb2.Controller.DrainWorkerResponse, _abc.Awaitable[_cluster_pb2.Controller.DrainWorkerResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetTaskResult(
+        self,
+        request: _cluster_pb2.Controller.GetTaskResultRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.Controller.GetTaskResultResponse, _abc.Awaitable[_cluster_pb2.Controller.GetTaskResultResponse]]: ...
 
     @_abc_1.abstractmethod
     def ReleaseWorker(

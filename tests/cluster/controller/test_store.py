@@ -511,19 +511,22 @@ def test_store_deleted_job_leaves_no_row_and_does_not_come_back(tmp_path: Path) 
         keep, _ = submit(state, "keep")
         dispatch(state, ptask)
         state.transition_task(ptask.task_id, T.TASK_STATE_FAILED, NOW, error="boom")  # retried: an attempt row
+        store.put_result("parent/task-0", 1, b"kept")
+        store.put_result("keep/task-0", 0, b"other")
         persist(state, store)
         state.terminate_job(parent.job_id, NOW)
         persist(state, store)
         assert state.delete_job(JobId("parent")) == [JobId("parent/child"), JobId("parent")]
         persist(state, store)
         conn = sqlite3.connect(store.path)
-        for table in ("jobs", "tasks", "attempts", "endpoints"):
+        for table in ("jobs", "tasks", "attempts", "endpoints", "results"):
             rows = conn.execute(f"SELECT * FROM {table}").fetchall()
             assert all("parent" not in str(row[:2]) for row in rows), (table, rows)
         conn.close()
         loaded = store.load()
         loaded.check_invariants()
         assert [j.job_id for j in loaded.list_jobs()] == ["keep"]
+        assert store.get_result("keep/task-0") == (0, b"other") and store.get_result("parent/task-0") is None
         # The name can be used again.
         submit(loaded, "parent")
         persist(loaded, store)

@@ -158,6 +158,10 @@ class StateStore(Protocol):
 
     def get_bundle(self, bundle_hash: str) -> bytes | None: ...
 
+    def put_result(self, task_id: str, attempt_id: int, data: bytes) -> None: ...
+
+    def get_result(self, task_id: str) -> tuple[int, bytes] | None: ...
+
     def close(self) -> None: ...
 
 
@@ -166,6 +170,7 @@ class MemoryBundles:
 
     def __init__(self) -> None:
         self._blobs: dict[str, bytes] = {}
+        self._results: dict[str, tuple[int, bytes]] = {}
 
     def put_bundle(self, blob: bytes) -> str:
         digest = hashlib.sha256(blob).hexdigest()
@@ -174,6 +179,12 @@ class MemoryBundles:
 
     def get_bundle(self, bundle_hash: str) -> bytes | None:
         return self._blobs.get(bundle_hash)
+
+    def put_result(self, task_id: str, attempt_id: int, data: bytes) -> None:
+        self._results[task_id] = (attempt_id, data)
+
+    def get_result(self, task_id: str) -> tuple[int, bytes] | None:
+        return self._results.get(task_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1013,6 +1024,8 @@ class Controller:
             self._state.heartbeat(worker_id, now)
             for update in request.updates:
                 task_id = TaskId(update.task_id)
+                if update.result and update.state == cluster_pb2.TASK_STATE_SUCCEEDED:
+                    self._keep_result(worker_id, task_id, update.attempt_id, update.result)
                 changed = self._state.apply_report(
                     worker_id, task_id, update.attempt_id, update.state, now,
                     exit_code=update.exit_code, error=update.error or None, ports=update.ports,
@@ -1028,6 +1041,27 @@ class Controller:
         # pass (running the pass here, per batch, was measured slower).
         self._after_commit(effects)
         return cluster_pb2.Controller.ReportTaskStateResponse(kill=kill)
+
+    def _keep_result(self, worker_id: WorkerId, task_id: TaskId, attempt_id: int, data: bytes) -> None:
+        """Store a succeeding attempt's result before its success is committed. Call with the lock."""
+        task = self._state.get_task(task_id)
+        if task is None or task.current_attempt_id != attempt_id or task.worker_id != worker_id \
+                or not task.is_active():
+            return  # a stale or duplicate report: its result is not the task's
+        self._bundles.put_result(task_id, attempt_id, data)
+
+    def task_result(self, job_id: JobId, task_index: int) -> tuple[int, bytes] | None:
+        """A succeeded task's result: (attempt, cloudpickle bytes), or None when it has none (yet)."""
+        with self._lock:
+            job = self._job_locked(job_id)
+            tasks = self._state.get_job_tasks(job.job_id)
+            if not 0 <= task_index < len(tasks):
+                raise NotFound(f"task_index: job {job_id!r} has no task {task_index} (it has {len(tasks)})")
+            task = tasks[task_index]
+            if task.state != cluster_pb2.TASK_STATE_SUCCEEDED:
+                return None
+        kept = self._bundles.get_result(task.task_id)
+        return kept if kept is not None and kept[0] == task.current_attempt_id else None
 
     # ------------------------------------------------------------------ endpoints
 

@@ -171,6 +171,19 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
             raise PermissionDenied(f"FetchTaskLogs: the logs of {job_id!r} are readable only by its owner and admins")
         return self._controller.fetch_task_logs(request)
 
+    @_rpc(*_READERS)
+    def GetTaskResult(
+        self, request: cluster_pb2.Controller.GetTaskResultRequest, context: grpc.ServicerContext, who: Principal
+    ) -> cluster_pb2.Controller.GetTaskResultResponse:
+        _require(request.job_id, "job_id")
+        if not may_read_secrets(who, request.job_id, self._controller.job_owner(JobId(request.job_id))):
+            raise PermissionDenied(f"GetTaskResult: the results of {request.job_id!r} are readable only by its owner "
+                                   "and admins")
+        kept = self._controller.task_result(JobId(request.job_id), request.task_index)
+        if kept is None:
+            return cluster_pb2.Controller.GetTaskResultResponse(ready=False)
+        return cluster_pb2.Controller.GetTaskResultResponse(ready=True, attempt_id=kept[0], result=kept[1])
+
     @_rpc(Role.ADMIN, Role.USER, Role.WORKER)
     def FetchBundle(
         self, request: cluster_pb2.Controller.FetchBundleRequest, context: grpc.ServicerContext, who: Principal

@@ -164,6 +164,14 @@ MIGRATIONS: list[Migration] = [
         "ALTER TABLE tasks ADD COLUMN not_before_ms INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE workers ADD COLUMN draining INTEGER NOT NULL DEFAULT 0",
     ),
+    # v4 -> v5: callable results, kept with their job (written when the task's success is reported).
+    (
+        """CREATE TABLE results (
+            task_id    TEXT PRIMARY KEY,
+            attempt_id INTEGER NOT NULL,
+            data       BLOB NOT NULL
+        )""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -270,6 +278,7 @@ TABLES = (JOBS, TASKS, ATTEMPTS, WORKERS, ENDPOINTS, ACTIONS, TOKENS)
 
 _DELETE_JOB = (
     f"DELETE FROM {ATTEMPTS.name} WHERE task_id IN (SELECT task_id FROM {TASKS.name} WHERE job_id = ?)",
+    f"DELETE FROM results WHERE task_id IN (SELECT task_id FROM {TASKS.name} WHERE job_id = ?)",
     TASKS.delete_sql("job_id"),
     ENDPOINTS.delete_sql("job_id"),
     JOBS.delete_sql("job_id"),
@@ -664,6 +673,21 @@ class ControllerStore:
         state.drain_effects()  # add_worker marked the workers dirty: nothing here is new
         self._known_jobs = set(jobs)
         return state
+
+    # ------------------------------------------------------------------ results
+
+    def put_result(self, task_id: str, attempt_id: int, data: bytes) -> None:
+        """Keep a task's result (replacing an earlier attempt's), durably, before its success is
+        committed: whoever sees the task SUCCEEDED can read its result."""
+        with self._lock:
+            self._conn.execute("INSERT OR REPLACE INTO results (task_id, attempt_id, data) VALUES (?, ?, ?)",
+                               (task_id, attempt_id, data))
+            self._conn.commit()
+
+    def get_result(self, task_id: str) -> tuple[int, bytes] | None:
+        with self._lock:
+            row = self._conn.execute("SELECT attempt_id, data FROM results WHERE task_id = ?", (task_id,)).fetchone()
+        return (int(row[0]), bytes(row[1])) if row is not None else None
 
     # ------------------------------------------------------------------ bundles
 

@@ -32,6 +32,10 @@ from iris.rpc import cluster_pb2, cluster_pb2_grpc
 logger = logging.getLogger(__name__)
 
 
+REPORT_BATCH_BYTES = 16 * 1024 * 1024
+"""One ReportTaskState carries at most about this much (a report with a result may be 10 MiB)."""
+
+
 def status_proto(status: AttemptStatus) -> cluster_pb2.WorkerTaskStatus:
     proto = cluster_pb2.WorkerTaskStatus(
         task_id=status.task_id,
@@ -94,6 +98,7 @@ class ControllerLink:
         metadata: Callable[[], cluster_pb2.WorkerMetadata],
         on_kill: Callable[[AttemptKey], None],
         on_acknowledged: Callable[[list[AttemptStatus]], None],
+        result_of: Callable[[tuple[str, int]], bytes] | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
@@ -105,6 +110,8 @@ class ControllerLink:
         self._metadata = metadata
         self._on_kill = on_kill
         self._on_acknowledged = on_acknowledged
+        self._result_of = result_of
+        """A succeeded attempt's result (a callable's pickled return value), sent with its final report."""
         self._lock = threading.Lock()
         self._outbox: dict[AttemptKey, AttemptStatus] = {}
         self._inflight: dict[AttemptKey, AttemptStatus] = {}
@@ -256,12 +263,26 @@ class ControllerLink:
         with self._lock:
             if not self._outbox:
                 return True
-            batch = self._outbox
+            pending = self._outbox
             self._outbox = {}
+            batch: dict[tuple[str, int], AttemptStatus] = {}
+            updates: list[cluster_pb2.WorkerTaskStatus] = []
+            size = 0
+            for key, status in pending.items():
+                proto = status_proto(status)
+                if status.state == cluster_pb2.TASK_STATE_SUCCEEDED and self._result_of is not None:
+                    proto.result = self._result_of(key)
+                weight = proto.ByteSize()
+                if updates and size + weight > REPORT_BATCH_BYTES:
+                    self._outbox[key] = status  # the next call takes it (results are big)
+                    continue
+                batch[key] = status
+                updates.append(proto)
+                size += weight
             self._inflight = batch
-        request = cluster_pb2.Controller.ReportTaskStateRequest(
-            worker_id=self.worker_id, updates=[status_proto(s) for s in batch.values()]
-        )
+            if self._outbox:
+                self.outbox_event.set()
+        request = cluster_pb2.Controller.ReportTaskStateRequest(worker_id=self.worker_id, updates=updates)
         try:
             response = self.stub.ReportTaskState(request, timeout=self._config.rpc_timeout_s, metadata=self.metadata())
         except grpc.RpcError as e:

@@ -51,6 +51,7 @@ class PreparationError(Exception):
 DEFAULT_MAX_BUNDLE_UNPACKED_BYTES = 2 * 1024**3
 """What one attempt's workspace may unpack to (a 2 MB zip can expand to 2 GiB: never more than this)."""
 DEFAULT_MAX_BUNDLE_FILES = 100_000
+DEFAULT_MAX_RESULT_BYTES = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,8 @@ class PreparerConfig:
     max_bundle_files: int = DEFAULT_MAX_BUNDLE_FILES
     task_user: str | None = None
     """Tasks run as this user: their attempt directories are handed to it."""
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    """The largest pickled return value of a callable (over it the task fails)."""
 
 
 class AttemptPreparer:
@@ -92,6 +95,10 @@ class AttemptPreparer:
 
     def error_path(self, key: AttemptKey) -> Path:
         return self.attempt_dir(key) / "error.txt"
+
+    def result_path(self, key: AttemptKey) -> Path:
+        """Where a callable's pickled return value is written (``callable_runner``)."""
+        return self.attempt_dir(key) / "result.pkl"
 
     # -- ports --------------------------------------------------------------------------------
 
@@ -141,7 +148,7 @@ class AttemptPreparer:
             pickle_path = attempt_dir / "callable.pkl"
             pickle_path.write_bytes(entrypoint.pickled)
             argv = [sys.executable, "-m", "iris.cluster.worker.callable_runner", str(pickle_path),
-                    str(self.error_path(key))]
+                    str(self.error_path(key)), str(self.result_path(key)), str(self._config.max_result_bytes)]
         else:
             argv = list(entrypoint.argv)
         return ProcessSpec(

@@ -49,6 +49,7 @@ from iris.cluster.worker.logs import read_page, tail_text
 from iris.cluster.worker.prepare import (
     DEFAULT_MAX_BUNDLE_FILES,
     DEFAULT_MAX_BUNDLE_UNPACKED_BYTES,
+    DEFAULT_MAX_RESULT_BYTES,
     AttemptPreparer,
     PreparationError,
     PreparerConfig,
@@ -141,6 +142,8 @@ class WorkerConfig:
     max_bundle_files: int = DEFAULT_MAX_BUNDLE_FILES
     task_user: str | None = None
     """Run tasks as this user (the worker must be root), so a task cannot read the worker's files."""
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    """The largest pickled return value of a callable task (``--max-result-size``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +206,7 @@ class Worker:
             metadata=self.metadata,
             on_kill=lambda key: self.kill_task(key[0], key[1], 0.0),
             on_acknowledged=self._acknowledged,
+            result_of=self._result_of,
         )
         self._preparer = AttemptPreparer(
             PreparerConfig(self._workdir, self.worker_id, config.controller_address, _task_base_env(config.tls_ca),
@@ -210,7 +214,8 @@ class Worker:
                            bind_host="0.0.0.0" if is_wildcard(config.host) else config.host,
                            advertise_host=self.advertise_host,
                            max_bundle_unpacked_bytes=config.max_bundle_unpacked_bytes,
-                           max_bundle_files=config.max_bundle_files, task_user=config.task_user),
+                           max_bundle_files=config.max_bundle_files, task_user=config.task_user,
+                           max_result_bytes=config.max_result_bytes),
             self._fetch_bundle,
         )
         self._stop_event = threading.Event()
@@ -220,6 +225,13 @@ class Worker:
     @property
     def address(self) -> str:
         return self._link.address
+
+    def _result_of(self, key: AttemptKey) -> bytes:
+        """A succeeded callable attempt's pickled return value (b"": none)."""
+        try:
+            return self._preparer.result_path(key).read_bytes()
+        except OSError:
+            return b""
 
     def check_caller(self, token: str | None) -> None:
         """Only the controller may call a worker that takes part in authentication: its calls carry
