@@ -27,6 +27,7 @@ PURE_MODULES = (
     "iris/cluster/spec.py",
     "iris/cluster/validation.py",
     "iris/cluster/failures.py",
+    "iris/cluster/rendezvous.py",
     "iris/cluster/controller/task.py",
     "iris/cluster/controller/job.py",
     "iris/cluster/controller/state.py",

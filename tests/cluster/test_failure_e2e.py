@@ -1,6 +1,7 @@
 """Failure intelligence end to end, with real controller, worker and task processes (DESIGN §4):
 exit-code rules, a gang restart, IRIS_PREVIOUS_* in the next attempt, retry backoff, fail-fast,
-drain with a termination grace, attempt timeouts, and a quarantined worker."""
+drain with a termination grace, attempt timeouts, a quarantined worker; and the rendezvous a
+coscheduled gang gets (``iris.cluster.rendezvous``)."""
 
 from __future__ import annotations
 
@@ -173,3 +174,44 @@ def test_a_quarantined_worker_receives_nothing_while_another_takes_the_work(tmp_
         finally:
             admin.close()
             bob.close()
+
+
+def test_a_coscheduled_job_s_ranks_meet_with_no_rendezvous_code(api: Api, tmp_path: Path) -> None:
+    import shutil
+    import sys
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    shutil.copy(examples / "rendezvous.py", tmp_path / "rendezvous.py")
+    job_id = api.launch("ranks", [sys.executable, str(tmp_path / "rendezvous.py")], replicas=4, coscheduled=True,
+                        cpu=1, env={"WORLD_SIZE": "4"})
+    job = api.wait(job_id, timeout=90)
+    assert job.state == T.JOB_STATE_SUCCEEDED, job.error
+    logs = {t.task_index: api.logs(t.task_id) for t in job.tasks}
+    assert logs[0] == ["rank 0 of 4: everyone arrived (0,1,2,3)"]
+    for rank in (1, 2, 3):
+        assert logs[rank] == [f"rank {rank} of 4: world=0,1,2,3"]
+
+
+def test_rendezvous_variables_and_the_job_s_own_values_win(api: Api, tmp_path: Path) -> None:
+    out = tmp_path / "env"
+    out.mkdir()
+    names = "IRIS_COORDINATOR_ADDRESS MASTER_ADDR MASTER_PORT RANK WORLD_SIZE LOCAL_RANK JAX_COORDINATOR_ADDRESS " \
+            "JAX_NUM_PROCESSES JAX_PROCESS_ID"
+    script = f'for n in {names}; do eval "echo $n=\\${{$n:-unset}}"; done > {out}/$IRIS_TASK_INDEX'
+    job_id = api.launch("rdv-env", ["/bin/sh", "-c", script], replicas=2, coscheduled=True,
+                        env={"MASTER_PORT": "1234"})
+    assert api.wait(job_id).state == T.JOB_STATE_SUCCEEDED
+    seen = {i: dict(line.split("=", 1) for line in (out / str(i)).read_text().split()) for i in (0, 1)}
+    for i in (0, 1):
+        env = seen[i]
+        host, port = env["IRIS_COORDINATOR_ADDRESS"].rsplit(":", 1)
+        assert env["MASTER_ADDR"] == host == "127.0.0.1" and env["JAX_COORDINATOR_ADDRESS"] == f"{host}:{port}"
+        assert env["MASTER_PORT"] == "1234", "the job's own value wins"
+        assert (env["RANK"], env["WORLD_SIZE"], env["JAX_PROCESS_ID"], env["JAX_NUM_PROCESSES"]) == (
+            str(i), "2", str(i), "2")
+    assert seen[0]["IRIS_COORDINATOR_ADDRESS"] == seen[1]["IRIS_COORDINATOR_ADDRESS"]
+    assert {seen[0]["LOCAL_RANK"], seen[1]["LOCAL_RANK"]} <= {"0", "1"}
+    # Not coscheduled: no rendezvous.
+    job_id = api.launch("rdv-none", ["/bin/sh", "-c", script], replicas=1)
+    assert api.wait(job_id).state == T.JOB_STATE_SUCCEEDED
+    assert "MASTER_ADDR=unset" in (out / "0").read_text()

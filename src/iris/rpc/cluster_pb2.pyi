@@ -2085,6 +2085,26 @@ class Worker(_message.Message):
     class RunTaskRequest(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
+        @_typing.final
+        class RendezvousEnvEntry(_message.Message):
+            DESCRIPTOR: _descriptor.Descriptor
+
+            KEY_FIELD_NUMBER: _builtins.int
+            VALUE_FIELD_NUMBER: _builtins.int
+            key: _builtins.str
+            value: _builtins.str
+            def __init__(
+                self,
+                *,
+                key: _builtins.str = ...,
+                value: _builtins.str = ...,
+            ) -> None: ...
+            _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+            def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+            _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+            def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+            def WhichOneof(self, oneof_group: _Never) -> None: ...
+
         JOB_ID_FIELD_NUMBER: _builtins.int
         TASK_ID_FIELD_NUMBER: _builtins.int
         TASK_INDEX_FIELD_NUMBER: _builtins.int
@@ -2099,6 +2119,7 @@ class Worker(_message.Message):
         PREVIOUS_STATE_FIELD_NUMBER: _builtins.int
         PREVIOUS_EXIT_CODE_FIELD_NUMBER: _builtins.int
         PREVIOUS_ERROR_FIELD_NUMBER: _builtins.int
+        RENDEZVOUS_ENV_FIELD_NUMBER: _builtins.int
         job_id: _builtins.str
         task_id: _builtins.str
         task_index: _builtins.int
@@ -2119,6 +2140,12 @@ class Worker(_message.Message):
         def resources(self) -> Global___ResourceSpecProto: ...
         @_builtins.property
         def ports(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+        @_builtins.property
+        def rendezvous_env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+            """A coscheduled task's rendezvous: IRIS_COORDINATOR_ADDRESS, and MASTER_ADDR, MASTER_PORT, RANK,
+            WORLD_SIZE, LOCAL_RANK, JAX_* unless the job sets them itself.
+            """
+
         def __init__(
             self,
             *,
@@ -2136,10 +2163,11 @@ class Worker(_message.Message):
             previous_state: Global___TaskState.ValueType = ...,
             previous_exit_code: _builtins.int = ...,
             previous_error: _builtins.str = ...,
+            rendezvous_env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "resources", b"resources"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "bundle_hash", b"bundle_hash", "environment", b"environment", "job_id", b"job_id", "num_tasks", b"num_tasks", "ports", b"ports", "previous_error", b"previous_error", "previous_exit_code", b"previous_exit_code", "previous_state", b"previous_state", "resources", b"resources", "serialized_entrypoint", b"serialized_entrypoint", "task_id", b"task_id", "task_index", b"task_index", "task_token", b"task_token"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "bundle_hash", b"bundle_hash", "environment", b"environment", "job_id", b"job_id", "num_tasks", b"num_tasks", "ports", b"ports", "previous_error", b"previous_error", "previous_exit_code", b"previous_exit_code", "previous_state", b"previous_state", "rendezvous_env", b"rendezvous_env", "resources", b"resources", "serialized_entrypoint", b"serialized_entrypoint", "task_id", b"task_id", "task_index", b"task_index", "task_token", b"task_token"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

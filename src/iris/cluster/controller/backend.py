@@ -66,6 +66,8 @@ class AttemptLaunch:
     """What the controller presents to the location (its proof to a worker daemon)."""
     previous: TaskAttempt | None = None
     """How the task's previous attempt ended (the task gets IRIS_PREVIOUS_*)."""
+    rendezvous: tuple[tuple[str, str], ...] = ()
+    """A coscheduled task's rendezvous variables (``iris.cluster.rendezvous``)."""
 
 
 class LaunchOutcome(Enum):
@@ -342,6 +344,8 @@ class WorkerDaemonBackend:
         run.attempt_id = launch.attempt_id
         if launch.task_token:
             run.task_token = launch.task_token
+        if launch.rendezvous:
+            run.rendezvous_env.update(dict(launch.rendezvous))
         previous = launch.previous
         if previous is not None:
             run.previous_state = previous.state  # type: ignore[assignment]

@@ -88,6 +88,7 @@ from iris.cluster.controller.views import (
     worker_view,
 )
 from iris.cluster.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from iris.cluster.rendezvous import Member, gang_env
 from iris.cluster.types import (
     TERMINAL_TASK_STATES,
     JobId,
@@ -796,6 +797,7 @@ class Controller:
                 launches.append(AttemptLaunch(job.job_id, task.task_id, task.task_index, job.num_tasks,
                                               task.current_attempt_id, job.spec, worker.worker_id, worker.address,
                                               previous=previous))
+        launches = _with_rendezvous(launches)
         self._state.set_pending_reasons(reasons)
         return launches, ScheduleSummary(len(launches), len(tx.timed_out_tasks), len(pending) - len(launches))
 
@@ -1167,6 +1169,25 @@ class Controller:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _with_rendezvous(launches: list[AttemptLaunch]) -> list[AttemptLaunch]:
+    """Give every task of each coscheduled gang placed in this pass its rendezvous variables."""
+    gangs: dict[JobId, list[AttemptLaunch]] = {}
+    for launch in launches:
+        if launch.spec.coscheduled:
+            gangs.setdefault(launch.job_id, []).append(launch)
+    if not gangs:
+        return launches
+    envs: dict[tuple[JobId, int], dict[str, str]] = {}
+    for job_id, members in gangs.items():
+        spec = members[0].spec
+        per_task = gang_env(job_id, members[0].num_tasks,
+                            [Member(m.task_index, m.attempt_id, m.address) for m in members], spec.env)
+        for index, env in per_task.items():
+            envs[(job_id, index)] = env
+    return [dataclasses.replace(launch, rendezvous=tuple(sorted(envs[(launch.job_id, launch.task_index)].items())))
+            if (launch.job_id, launch.task_index) in envs else launch for launch in launches]
 
 
 def _exit_process() -> None:

@@ -166,6 +166,7 @@ class AttemptPreparer:
     def _task_env(self, request: cluster_pb2.Worker.RunTaskRequest, ports: Mapping[str, int], gpus: list[int]
                   ) -> dict[str, str]:
         env = dict(self._config.base_env)
+        env.update(request.rendezvous_env)  # the controller left out the names the job sets itself
         env.update(request.environment.env_vars)
         env.update(
             {
