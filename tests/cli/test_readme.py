@@ -129,4 +129,4 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
     out = result.stdout
     assert "SUCCEEDED 4 of 4" in out
     assert "failed: task 0 failed" in out or "failed:" in out
-    assert "[3]" in out and "49" not in out  # the callable's output goes to its task log, not here
+    assert "[3]" in out and "\n49\n" in out  # the callable's return value came back (job.result())

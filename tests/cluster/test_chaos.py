@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,33 @@ def test_chaos_controller_sigterm_exits_cleanly_and_keeps_state(tmp_path: Path) 
         api = Api(cluster.controller_address, cluster.admin_token)
         try:
             assert api.job(job_id).state == T.JOB_STATE_SUCCEEDED
+        finally:
+            api.close()
+
+
+def test_chaos_controller_restart_gives_running_workers_time_to_come_back(tmp_path: Path) -> None:
+    """A controller that was down longer than the worker timeout declares no healthy worker dead on
+    start: the workers get the timeout again to re-register, and their tasks run on untouched."""
+    gate = tmp_path / "gate"
+    with LocalCluster(workers=2, cpu_per_worker=2, worker_timeout=3, heartbeat_interval=0.2,
+                      base_dir=tmp_path / "c") as cluster:
+        api = Api(cluster.controller_address, cluster.admin_token)
+        job_id = api.launch("survives", ["/bin/sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done"], replicas=3)
+        wait_until(lambda: api.job(job_id).tasks_running == 3, 30)
+        api.close()
+        cluster.kill_controller(signal.SIGTERM)
+        # The scenario itself (not a synchronisation): the controller stays down past the worker timeout.
+        down_until = time.monotonic() + 4
+        wait_until(lambda: time.monotonic() >= down_until, 10)
+        cluster.start_controller()
+        api = Api(cluster.controller_address, cluster.admin_token)
+        try:
+            wait_until(lambda: len([w for w in cluster.list_workers() if w.healthy]) == 2, 30)
+            gate.touch()
+            job = api.wait(job_id, timeout=60)
+            assert job.state == T.JOB_STATE_SUCCEEDED
+            assert all(t.preemption_count == 0 and t.current_attempt_id == 0 for t in job.tasks), [
+                [(a.worker_id, a.error) for a in t.attempts] for t in job.tasks]
         finally:
             api.close()
 

@@ -136,7 +136,14 @@ def test_six_tasks_on_slurm_workers_survive_a_cancelled_allocation(start_control
                      and t.state == T.TASK_STATE_RUNNING and t.worker_id != victim.worker_id]
             return len(moved) == 2
 
-        wait_until(retried, 120, message="tasks of the cancelled allocation were not retried")
+        try:
+            wait_until(retried, 120)
+        except TimeoutError:
+            tasks = api.job(job_id, tasks=True).tasks
+            seen = [(t.task_id, T.TaskState.Name(t.state), t.worker_id, t.preemption_count,
+                     [(a.worker_id, a.error) for a in t.attempts]) for t in tasks if t.task_id in lost]
+            raise AssertionError(f"tasks of the cancelled allocation were not retried: {seen}\n"
+                                 f"workers: {ctrl.workers(api)}\n{ctrl.log.read_text()[-4000:]}") from None
         gate.touch()
         job = api.wait(job_id, timeout=120)
         assert job.state == T.JOB_STATE_SUCCEEDED, job.error

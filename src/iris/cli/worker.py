@@ -165,7 +165,11 @@ def serve(
     )
     stop = threading.Event()
 
+    serving_ref: list[object] = []
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        if serving_ref:
+            serving_ref[0].worker.begin_stop()  # type: ignore[attr-defined]
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -173,6 +177,7 @@ def serve(
     if (tls_cert is None) != (tls_key is None):
         raise click.BadParameter("give both --tls-cert and --tls-key", param_hint="--tls-cert")
     serving = serve_worker(config, max_message_bytes=max_message_bytes, tls_cert=tls_cert, tls_key=tls_key)
+    serving_ref.append(serving)
     click.echo(f"worker {serving.worker.worker_id} serving on {serving.address}")
     while not stop.wait(1.0):
         pass

@@ -779,3 +779,32 @@ def test_a_retry_is_told_how_the_previous_attempt_ended(make_worker: WorkerFacto
         "FAILED", "3", "ValueError: bad batch")
     worker.run_task(command_request(["/bin/true"], "job/task-1"))
     assert "IRIS_PREVIOUS_ATTEMPT_STATE" not in runtime.spec(("job/task-1", 0)).env
+
+
+def test_a_task_killed_by_the_signal_that_stops_its_worker_is_reported_stopped_not_failed(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    """A batch system cancelling the allocation signals every process: the task's SIGTERM death
+    is its worker's going away (a preemption at the controller), not the task's own failure."""
+    runtime = FakeRuntime()
+    worker = make_worker(runtime=runtime)
+    worker.run_task(command_request(["/bin/sleep", "100"], "job/task-0"))
+    runtime.spec(("job/task-0", 0))
+    worker.begin_stop()  # the worker's SIGTERM handler
+    dying = threading.Thread(target=runtime.exit, args=(("job/task-0", 0), -15))
+    dying.start()  # the task died of the same signal, before the worker's stop() got going
+    worker.stop()
+    dying.join(10)
+    wait_until(lambda: cluster_pb2.TASK_STATE_KILLED in fake_controller.servicer.states_of("job/task-0"), 10)
+    assert cluster_pb2.TASK_STATE_FAILED not in fake_controller.servicer.states_of("job/task-0")
+
+
+def test_a_task_killed_by_a_stray_signal_while_its_worker_stays_is_a_failure(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(runtime=runtime)
+    worker.run_task(command_request(["/bin/sleep", "100"], "job/task-0"))
+    runtime.spec(("job/task-0", 0))
+    runtime.exit(("job/task-0", 0), -15)  # waits (bounded) to see whether the worker is going too
+    wait_until(lambda: cluster_pb2.TASK_STATE_FAILED in fake_controller.servicer.states_of("job/task-0"), 10)

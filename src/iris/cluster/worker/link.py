@@ -32,6 +32,8 @@ from iris.rpc import cluster_pb2, cluster_pb2_grpc
 logger = logging.getLogger(__name__)
 
 
+MAX_RECONNECT_BACKOFF_S = 1.0
+"""The longest a worker's channel waits between attempts to reach its controller again."""
 REPORT_BATCH_BYTES = 16 * 1024 * 1024
 """One ReportTaskState carries at most about this much (a report with a result may be 10 MiB)."""
 
@@ -121,8 +123,15 @@ class ControllerLink:
         self._failures = 0
         """Failed controller calls so far; a success that started before a failure is stale."""
         self.outbox_event = threading.Event()
+        # gRPC's own reconnect backoff grows to 120 s by default: a worker whose controller was down
+        # a while would fail every call fast for that long after it came back, and be declared dead.
+        # Keep it well below any worker timeout.
+        reconnect_ms = int(min(config.backoff_max_s, MAX_RECONNECT_BACKOFF_S) * 1000)
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.initial_reconnect_backoff_ms", min(100, reconnect_ms)),
+                   ("grpc.min_reconnect_backoff_ms", min(100, reconnect_ms)),
+                   ("grpc.max_reconnect_backoff_ms", reconnect_ms)]
         if config.channel_credentials is not None:
             self._channel = grpc.secure_channel(config.controller_address, config.channel_credentials, options=options)
         else:

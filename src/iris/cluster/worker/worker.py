@@ -81,6 +81,12 @@ _WORKER_SECRETS = ("IRIS_JOIN_TOKEN", "IRIS_TOKEN")
 """The worker's credentials in its own environment: never passed on to a task."""
 
 
+SIGNAL_SETTLE_S = 2.0
+"""How long a task's death by SIGTERM/SIGKILL/SIGHUP/SIGINT waits to see whether its worker is being
+stopped by the same signal (both die together when a batch system cancels the allocation)."""
+_SHUTDOWN_SIGNALS = frozenset({-signal.SIGTERM, -signal.SIGKILL, -signal.SIGHUP, -signal.SIGINT})
+
+
 def _task_base_env(tls_ca: Path | None = None) -> dict[str, str]:
     """The worker's environment minus its secrets; with TLS, the CA that verifies the controller
     (so a task's client reaches the controller as the worker does)."""
@@ -219,6 +225,10 @@ class Worker:
             self._fetch_bundle,
         )
         self._stop_event = threading.Event()
+        self._leaving = threading.Event()
+        """Set by ``begin_stop``/``stop``: the worker is going away."""
+        self._stopping_recorded = threading.Event()
+        """Set once the attempt machine knows it is stopping (its running attempts end as stopped)."""
         self._threads: list[threading.Thread] = []
         self._launcher = ThreadPoolExecutor(max_workers=config.launcher_threads, thread_name_prefix="iris-launch")
 
@@ -301,10 +311,12 @@ class Worker:
         """Refuse new tasks, kill the running ones, deliver their final reports (bounded), stop
         threads. Idempotent."""
         grace = self._config.kill_grace_period_s
+        self._leaving.set()
         with self._lock:
             if self._stop_event.is_set():
                 return
             instructions = self._handle_stop_locked(grace, kill_tasks)
+        self._stopping_recorded.set()
         self._link.leave()
         if kill_tasks:
             self._carry_out(instructions)
@@ -520,8 +532,27 @@ class Worker:
         self._carry_out(self._handle(am.ProcessStarted(key, pid)))
         logger.debug("started task=%s attempt=%d pid=%d", key[0], key[1], pid)
 
+    def begin_stop(self) -> None:
+        """The worker was told to go (SIGTERM): say so at once, before ``stop()`` runs, so a task
+        killed by the same signal (a Slurm scancel, a node shutdown signals every process) is
+        reported as stopped with its worker, a preemption, not as its own failure."""
+        self._leaving.set()
+
+    def _settle_signal_death(self, key: AttemptKey, code: int) -> None:
+        """A task died of a signal Iris did not send: if its worker is being stopped too, let the
+        stop be recorded first (bounded), so the attempt ends as stopped with its worker."""
+        if code not in _SHUTDOWN_SIGNALS:
+            return
+        with self._lock:
+            attempt = self._machine.get(*key)
+            if attempt is None or attempt.kill_requested or self._machine.stopping:
+                return
+        if self._leaving.wait(SIGNAL_SETTLE_S):
+            self._stopping_recorded.wait(SIGNAL_SETTLE_S)
+
     def _on_exit(self, key: AttemptKey, exit_info: ProcessExit) -> None:
         code = exit_info.returncode
+        self._settle_signal_death(key, code)
         error = "" if code == 0 or exit_info.limit_error else self._failure_error(key, code)
         instructions = self._handle(am.ProcessExited(key, code, self._clock.now_ms(), error=error,
                                                      limit_error=exit_info.limit_error))
