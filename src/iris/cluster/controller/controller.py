@@ -655,7 +655,7 @@ class Controller:
                 job = self._state.get_job(job_id)
                 if job is not None:
                     demand.append(Demand(job.requirements, count))
-            workers = self._state.get_available_workers()
+            workers = self._state.get_available_workers(self._clock.now_ms())  # quarantined ones hold nothing
             return demand, [w.snapshot() for w in workers], {w.worker_id for w in workers if w.running_tasks}
 
     def worker_lost(self, worker_id: WorkerId, reason: str) -> None:
