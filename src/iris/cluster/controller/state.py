@@ -710,7 +710,8 @@ class ControllerState:
                     f" attempt={old_attempt}: {error or ''}",
                 )
             new_job_state = job.on_task_transition(old_state, task.state, now_ms, task)
-            for attempt in task.attempts[ended_before:]:
+            ended: list[TaskAttempt] = task.attempts[ended_before:] if len(task.attempts) > ended_before else []
+            for attempt in ended:
                 self._account(job, attempt)
                 self._on_attempt_ended(job, task, attempt, now_ms)
             if task.state in TERMINAL_TASK_STATES and task.state not in (SUCCEEDED, KILLED):
@@ -723,8 +724,9 @@ class ControllerState:
                 )
             if new_job_state is not None and job.is_finished():
                 self._on_job_finished(job, now_ms)
-            elif not job.is_finished():
-                self._apply_job_rules(job, task, result, task.attempts[ended_before:], now_ms)
+            elif ended and not job.is_finished() and (
+                    task.fail_job or job.spec.max_similar_failures or job.coscheduled):
+                self._apply_job_rules(job, task, result, ended, now_ms)
             return result, removed
 
     # ------------------------------------------------------------------ failure rules (DESIGN §4)
