@@ -80,9 +80,12 @@ def check_exit_rules(rules: Sequence[ExitRule]) -> str:
 
 
 def rule_for(rules: Sequence[ExitRule], exit_code: int | None) -> ExitRule | None:
-    """The first rule matching ``exit_code`` (None: no rule, or no exit code)."""
+    """The first rule matching ``exit_code`` (None: no rule, or no exit code). A death by signal N,
+    which a worker reports as -N, matches 128+N."""
     if exit_code is None:
         return None
+    if exit_code < 0:
+        exit_code = 128 - exit_code  # killed by signal N (a negative return code): 128+N, as a shell says
     for rule in rules:
         if rule.matches(exit_code):
             return rule

@@ -117,6 +117,15 @@ def test_a_memory_kill_stays_a_failure_whatever_the_rules_say(state: ControllerS
     assert (task.failure_count, task.preemption_count) == (1, 0) and task.attempts[0].charged_to == "failure"
 
 
+def test_a_death_by_signal_matches_128_plus_n(state: ControllerState) -> None:
+    add_worker(state)
+    _, (task,) = submit(state, max_retries_preemption=1, on_exit=("143=preemption",))
+    dispatch(state, task)
+    fail(state, task.task_id, -15, NOW + 1, error="killed by signal 15 (SIGTERM)")
+    assert (task.failure_count, task.preemption_count) == (0, 1)
+    assert task.attempts[0].decided_by == "exit 143: --on-exit 143=preemption"
+
+
 def test_unmatched_codes_are_failures(state: ControllerState) -> None:
     add_worker(state)
     _, (task,) = submit(state, max_retries_failure=1, on_exit=("75=preemption",))

@@ -166,12 +166,13 @@ class Task:
             preemption = is_worker_failure or new_state == WORKER_FAILED
             rule = None if preemption or is_memory_kill(error) else rule_for(rules, exit_code)
             if rule is not None:
-                decided_by = f"exit {exit_code}: {rule.describe()}"
+                shown = exit_code if exit_code is None or exit_code >= 0 else 128 - exit_code  # signal N: 128+N
+                decided_by = f"exit {shown}: {rule.describe()}"
                 if rule.action == FAIL_JOB:
                     self._end_attempt(FAILED, now_ms, error, exit_code, is_worker_failure=False,
                                       charged_to="failure", decided_by=decided_by)
                     self.failure_count += 1
-                    self.fail_job = f"task {self.task_index} exited {exit_code} ({rule.describe()})"
+                    self.fail_job = f"task {self.task_index} exited {shown} ({rule.describe()})"
                     self._finish(FAILED, now_ms, error, exit_code)
                     return TaskTransitionResult.EXCEEDED_RETRY_LIMIT
                 if rule.action == PREEMPTION:
