@@ -808,3 +808,22 @@ def test_a_task_killed_by_a_stray_signal_while_its_worker_stays_is_a_failure(
     runtime.spec(("job/task-0", 0))
     runtime.exit(("job/task-0", 0), -15)  # waits (bounded) to see whether the worker is going too
     wait_until(lambda: cluster_pb2.TASK_STATE_FAILED in fake_controller.servicer.states_of("job/task-0"), 10)
+
+
+def test_reports_over_the_batch_size_go_out_in_several_calls(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from iris.cluster.worker import link
+
+    monkeypatch.setattr(link, "REPORT_BATCH_BYTES", 1)  # every report alone
+    runtime = FakeRuntime()
+    worker = make_worker(runtime=runtime)
+    keys = [(f"job/task-{i}", 0) for i in range(3)]
+    for task_id, _ in keys:
+        worker.run_task(command_request(["/bin/true"], task_id))
+    for key in keys:
+        runtime.spec(key)
+        runtime.exit(key, 0)
+    for task_id, _ in keys:
+        wait_until(lambda t=task_id: cluster_pb2.TASK_STATE_SUCCEEDED in fake_controller.servicer.states_of(t), 10)
+    assert all(len(r.updates) == 1 for r in fake_controller.servicer.state.reports)

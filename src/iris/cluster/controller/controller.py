@@ -544,6 +544,12 @@ class Controller:
         with self._lock:
             return job_view(self._job_locked(job_id))
 
+    def _worker_locked(self, worker_id: WorkerId) -> ControllerWorker:
+        worker = self._state.get_worker(worker_id)
+        if worker is None:
+            raise NotFound(f"worker_id: no worker {worker_id[:128]!r}")
+        return worker
+
     def _job_locked(self, job_id: JobId) -> Job:
         job = self._state.get_job(job_id)
         if job is None:
@@ -694,8 +700,7 @@ class Controller:
         """``iris worker drain``: no new tasks on the worker; its tasks are stopped (SIGTERM, their
         job's grace) and retried elsewhere as preemptions. Returns how many were stopped."""
         with self._lock:
-            if self._state.get_worker(worker_id) is None:
-                raise NotFound(f"worker_id: no worker {worker_id[:128]!r}")
+            self._worker_locked(worker_id)
             stopped = self._state.drain_worker(worker_id, self._clock.now_ms())
             effects = self._commit()
         self._after_commit(effects)
@@ -704,8 +709,7 @@ class Controller:
     def release_worker(self, worker_id: WorkerId) -> None:
         """``iris worker release``: end a worker's drain or quarantine."""
         with self._lock:
-            if self._state.get_worker(worker_id) is None:
-                raise NotFound(f"worker_id: no worker {worker_id[:128]!r}")
+            self._worker_locked(worker_id)
             self._state.release_worker(worker_id, self._clock.now_ms())
             effects = self._commit()
         self._after_commit(effects)

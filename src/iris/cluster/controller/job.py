@@ -18,7 +18,7 @@ task transition (see ``Job.on_task_transition``):
 from __future__ import annotations
 
 from iris.cluster.controller.capacity import JobRequirements
-from iris.cluster.controller.task import Task
+from iris.cluster.controller.task import TIME_CAUSES, Task
 from iris.cluster.spec import DEFAULT_MAX_RETRIES_PREEMPTION, JobSpec
 from iris.cluster.types import (
     TERMINAL_JOB_STATES,
@@ -71,7 +71,6 @@ class Job:
         "submit_seq",
         "owner",
         "gang_restarts",
-        "gang_restarts_seen",
         "time_ms",
         "pending_ms",
         "success_workers",
@@ -127,9 +126,7 @@ class Job:
         """Error of the first task that ended FAILED, tolerated or not: the job's error if it fails."""
         self.gang_restarts = 0
         """Times a coscheduled job's running tasks were stopped so the gang restarts together."""
-        self.gang_restarts_seen: set[int] = set()
-        """When each gang restart happened (rebuilds ``gang_restarts`` from attempts after a restart)."""
-        self.time_ms: dict[str, int] = {"useful": 0, "failure": 0, "preemption": 0, "gang": 0}
+        self.time_ms: dict[str, int] = dict.fromkeys(TIME_CAUSES, 0)
         """Attempt running time by how the attempts ended (``state.TIME_CAUSES``)."""
         self.pending_ms = 0
         """Time the job's tasks waited before attempts that started (ongoing waits not included)."""

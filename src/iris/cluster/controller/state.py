@@ -25,10 +25,12 @@ from iris.cluster.controller.capacity import Room, WorkerSnapshot, fits_in
 from iris.cluster.controller.job import Job
 from iris.cluster.controller.task import (
     BUILDING,
+    GANG_RESTART,
     KILLED,
     PENDING,
     RUNNING,
     SUCCEEDED,
+    TIME_CAUSES,
     WORKER_FAILED,
     Task,
     TaskAttempt,
@@ -47,7 +49,6 @@ from iris.rpc import cluster_pb2
 
 logger = logging.getLogger(__name__)
 
-GANG_RESTART = "gang restart"
 ACTION_LOG_SIZE = 1000
 DEFAULT_QUARANTINE_AFTER = 5
 QUICK_FAILURE_MS = 60_000
@@ -55,9 +56,6 @@ QUICK_FAILURE_MS = 60_000
 QUARANTINE_COOLDOWN_MS = 5 * 60_000
 STREAK_CAP = 1000
 """The first quarantine of a worker; each next one doubles."""
-TIME_CAUSES = ("useful", "failure", "preemption", "gang")
-"""How an attempt's time is accounted: it succeeded, it failed, it was preempted, a gang restart
-stopped it (other stops are none of these)."""
 
 
 @dataclass(slots=True)
@@ -276,28 +274,25 @@ class ControllerState:
             self._index_job(job)
             self._tasks_by_job[job.job_id] = list(tasks)
             timeout_ms = int(job.spec.timeout_seconds * 1000)
+            gang_restarts: set[int] = set()
+            """When the gang restarts happened: each stopped the others' attempts at that moment."""
             for task in tasks:
                 self._tasks[task.task_id] = task
-                waited_from = task.submitted_at_ms
+                job.pending_ms += task.time_spent()["pending"]
                 for attempt in task.attempts:
                     self._account(job, attempt)
-                    if attempt.started_at_ms is not None:
-                        job.pending_ms += max(0, attempt.started_at_ms - waited_from)
-                        waited_from = attempt.finished_at_ms or attempt.started_at_ms
                     if attempt.decided_by == GANG_RESTART:
-                        job.gang_restarts_seen.add(attempt.finished_at_ms or 0)
+                        gang_restarts.add(attempt.finished_at_ms or 0)
                     elif attempt.state == SUCCEEDED and attempt.worker_id is not None:
                         job.success_workers.add(attempt.worker_id)
                     elif attempt.charged_to == "failure" and attempt.state == cluster_pb2.TASK_STATE_FAILED \
                             and job.spec.max_similar_failures:
                         signature = failure_signature(attempt.error) or f"exit code {attempt.exit_code}"
                         job.similar_failures.setdefault(signature, set()).add(task.task_index)
-                if task.is_active() and task.started_at_ms is not None:
-                    job.pending_ms += max(0, task.started_at_ms - waited_from)
                 if timeout_ms and task.is_active() and task.started_at_ms is not None:
                     heapq.heappush(self._deadlines, (task.started_at_ms + timeout_ms, task.task_id,
                                                      task.current_attempt_id))
-            job.gang_restarts = len(job.gang_restarts_seen)
+            job.gang_restarts = len(gang_restarts)
             if job.parent_job_id is not None:
                 self._children.setdefault(job.parent_job_id, []).append(job.job_id)
 
@@ -733,18 +728,12 @@ class ControllerState:
 
     def _account(self, job: Job, attempt: TaskAttempt) -> None:
         """Add an ended attempt's running time to its job's and the cluster's lost/useful time."""
-        if attempt.started_at_ms is None or attempt.finished_at_ms is None:
+        cause = attempt.time_cause()
+        if cause is None or attempt.started_at_ms is None:
             return
-        ms = max(0, attempt.finished_at_ms - attempt.started_at_ms)
-        if attempt.state == SUCCEEDED:
-            cause = "useful"
-        elif attempt.decided_by == GANG_RESTART:
-            cause = "gang"
-        elif attempt.charged_to in ("failure", "preemption"):
-            cause = attempt.charged_to
+        if cause in job.charges:
             job.charges[cause] += 1
-        else:
-            return
+        ms = attempt.running_ms()
         job.time_ms[cause] += ms
         self.lost_ms[cause] += ms
 
@@ -861,7 +850,6 @@ class ControllerState:
                 self._account(job, attempt)
         if restarted:
             job.gang_restarts += 1
-            job.gang_restarts_seen.add(now_ms)
             self.log_action("gang_restart", now_ms=now_ms, job_id=job.job_id, task_id=trigger.task_id,
                             details=f"stopped {restarted} running tasks")
 

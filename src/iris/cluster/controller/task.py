@@ -62,6 +62,13 @@ class TaskTransitionResult(Enum):
     """Nothing changed: the task had already ended, or the state was already the current one."""
 
 
+GANG_RESTART = "gang restart"
+"""``decided_by`` of an attempt a gang restart stopped."""
+TIME_CAUSES = ("useful", "failure", "preemption", "gang")
+"""How an attempt's running time counts: it succeeded, it failed, it was preempted, a gang restart
+stopped it (other stops are none of these)."""
+
+
 @dataclass(slots=True)
 class TaskAttempt:
     """Record of a single execution attempt."""
@@ -79,6 +86,21 @@ class TaskAttempt:
     worker's fault), "" (it succeeded)."""
     decided_by: str = ""
     """What decided that: an exit rule ("--on-exit 75=preemption"), "gang restart", "timed out"..."""
+
+    def time_cause(self) -> str | None:
+        """Which of ``TIME_CAUSES`` this attempt's running time counts as (None: a stop, no cause)."""
+        if self.state == SUCCEEDED:
+            return "useful"
+        if self.decided_by == GANG_RESTART:
+            return "gang"
+        if self.charged_to in ("failure", "preemption"):
+            return self.charged_to
+        return None
+
+    def running_ms(self) -> int:
+        if self.started_at_ms is None or self.finished_at_ms is None:
+            return 0
+        return max(0, self.finished_at_ms - self.started_at_ms)
 
 
 @dataclass(slots=True)
@@ -120,6 +142,23 @@ class Task:
     def __post_init__(self) -> None:
         if not self.pending_since_ms:
             self.pending_since_ms = self.submitted_at_ms
+
+    def time_spent(self) -> dict[str, int]:
+        """Where this task's time went, from its attempts (ms): "pending" (the waits before each
+        attempt that started) and the running time of ended attempts by ``TaskAttempt.time_cause``."""
+        spent = {"pending": 0, **dict.fromkeys(TIME_CAUSES, 0)}
+        waited_from = self.submitted_at_ms
+        for a in self.attempts:
+            if a.started_at_ms is None:
+                continue
+            spent["pending"] += max(0, a.started_at_ms - waited_from)
+            waited_from = a.finished_at_ms if a.finished_at_ms is not None else a.started_at_ms
+            cause = a.time_cause()
+            if cause is not None:
+                spent[cause] += a.running_ms()
+        if self.started_at_ms is not None and self.state != PENDING:
+            spent["pending"] += max(0, self.started_at_ms - waited_from)
+        return spent
 
     def is_finished(self) -> bool:
         return self.state in TERMINAL_TASK_STATES

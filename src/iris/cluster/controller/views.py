@@ -140,24 +140,8 @@ def task_view(task: Task, job: Job | None, worker_address: str) -> TaskView:
 
 
 def task_time(task: Task) -> tuple[tuple[str, int], ...]:
-    """Where one task's time went (ended attempts; the pending wait before each start)."""
-    spent = {"pending": 0, "useful": 0, "failure": 0, "preemption": 0, "gang": 0}
-    waited_from = task.submitted_at_ms
-    for a in task.attempts:
-        if a.started_at_ms is None or a.finished_at_ms is None:
-            continue
-        spent["pending"] += max(0, a.started_at_ms - waited_from)
-        waited_from = a.finished_at_ms
-        ms = max(0, a.finished_at_ms - a.started_at_ms)
-        if a.state == T.TASK_STATE_SUCCEEDED:
-            spent["useful"] += ms
-        elif a.decided_by == "gang restart":
-            spent["gang"] += ms
-        elif a.charged_to in ("failure", "preemption"):
-            spent[a.charged_to] += ms
-    if task.started_at_ms is not None and task.state != T.TASK_STATE_PENDING:
-        spent["pending"] += max(0, task.started_at_ms - waited_from)
-    return tuple(spent.items())
+    """Where one task's time went (``Task.time_spent``), as view data."""
+    return tuple(task.time_spent().items())
 
 
 def worker_view(worker: ControllerWorker, allocation: AllocationInfo | None = None) -> WorkerView:

@@ -274,23 +274,30 @@ class ControllerLink:
                 return True
             pending = self._outbox
             self._outbox = {}
-            batch: dict[tuple[str, int], AttemptStatus] = {}
-            updates: list[cluster_pb2.WorkerTaskStatus] = []
-            size = 0
-            for key, status in pending.items():
-                proto = status_proto(status)
-                if status.state == cluster_pb2.TASK_STATE_SUCCEEDED and self._result_of is not None:
-                    proto.result = self._result_of(key)
-                weight = proto.ByteSize()
-                if updates and size + weight > REPORT_BATCH_BYTES:
-                    self._outbox[key] = status  # the next call takes it (results are big)
-                    continue
-                batch[key] = status
-                updates.append(proto)
-                size += weight
-            self._inflight = batch
-            if self._outbox:
-                self.outbox_event.set()
+            self._inflight = pending
+        # Built outside the lock: a result is read from disk and may be megabytes.
+        batch: dict[tuple[str, int], AttemptStatus] = {}
+        overflow: dict[tuple[str, int], AttemptStatus] = {}
+        updates: list[cluster_pb2.WorkerTaskStatus] = []
+        size = 0
+        for key, status in pending.items():
+            proto = status_proto(status)
+            if status.state == cluster_pb2.TASK_STATE_SUCCEEDED and self._result_of is not None:
+                proto.result = self._result_of(key)
+            weight = proto.ByteSize()
+            if updates and size + weight > REPORT_BATCH_BYTES:
+                overflow[key] = status  # the next call takes it (results are big)
+                continue
+            batch[key] = status
+            updates.append(proto)
+            size += weight
+        if overflow:
+            with self._lock:
+                self._inflight = batch
+                merged = dict(overflow)
+                merged.update(self._outbox)  # a newer state for the same attempt wins
+                self._outbox = merged
+            self.outbox_event.set()
         request = cluster_pb2.Controller.ReportTaskStateRequest(worker_id=self.worker_id, updates=updates)
         try:
             response = self.stub.ReportTaskState(request, timeout=self._config.rpc_timeout_s, metadata=self.metadata())
