@@ -116,6 +116,25 @@ def test_job_list_shows_the_newest_first_and_says_when_it_cut(address: str) -> N
     assert logs.stdout.splitlines() == ["x"]
 
 
+def test_fractional_cpu_packs_two_tasks_per_core_and_sizes_show_as_written(address: str) -> None:
+    # 2 workers x 4 cores: 16 tasks of half a core all run at once.
+    result = iris("job", "run", "--no-bundle", "--no-wait", "--name", "cli-half", "--cpu", "0.5", "--memory", "100MB",
+                  "--replicas", "16", "--", *py("import time; time.sleep(300)"), controller=address)
+    assert result.returncode == 0, result.stderr
+    client = IrisClient.remote(address)
+    try:
+        wait_until(lambda: client.job("cli-half").status().counts.running == 16, 60, message="not all 16 ran at once")
+        workers = json.loads(iris("worker", "list", "--json", controller=address).stdout)
+        assert sorted(w["committed_cpu"] for w in workers) == [4, 4] and all(w["cpu"] == 4 for w in workers)
+        status = iris("job", "status", "cli-half", controller=address)
+        assert "cpu=0.5 memory=100MB" in status.stdout, status.stdout
+        as_json = json.loads(iris("job", "status", "cli-half", "--json", controller=address).stdout)
+        assert as_json["resources"]["cpu"] == 0.5
+    finally:
+        iris("job", "stop", "cli-half", controller=address)
+        client.close()
+
+
 def test_no_wait_then_logs_follow_and_stop(address: str) -> None:
     code = "import time; print('tick', flush=True); time.sleep(300)"
     result = iris("job", "run", "--no-bundle", "--no-wait", "--name", "cli-stop", "--", *py(code), controller=address)
@@ -151,6 +170,9 @@ def test_unknown_job_is_one_clear_line(address: str) -> None:
         (["run", "--local", "--replicas", "0", "--", "echo"], "--replicas: must be >= 1"),
         (["job", "run", "--env", "NOEQUALS", "--", "echo"], "--env"),
         (["job", "list", "--state", "bogus"], "unknown job state"),
+        (["job", "run", "--cpu", "0", "--", "echo"], "--cpu"),
+        (["job", "run", "--cpu", "-0.5", "--", "echo"], "--cpu"),
+        (["job", "run", "--cpu", "0.0001", "--", "echo"], "millicores"),
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], needle: str) -> None:

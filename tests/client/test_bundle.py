@@ -67,7 +67,7 @@ def test_bundle_over_the_cap_names_the_biggest_files(tmp_path: Path) -> None:
     with pytest.raises(BundleTooLargeError) as info:
         build_bundle(tmp_path, max_bytes=1024)
     message = str(info.value)
-    assert "weights.bin (2.9KiB)" in message and "dataset.csv" in message
+    assert "weights.bin (3KB)" in message and "dataset.csv" in message
     assert message.index("weights.bin") < message.index("dataset.csv")
     assert "1KiB bundle limit" in message and "--no-bundle" in message
     assert "\n" not in message

@@ -64,9 +64,10 @@ def test_trust_every_controller_rpc_needs_a_valid_token(cluster: LocalCluster) -
         "ListTokens": C.ListTokensRequest(), "RevokeToken": C.RevokeTokenRequest(token_id="x"),
         "WhoAmI": C.WhoAmIRequest(), "DrainWorker": C.DrainWorkerRequest(worker_id="x"),
         "ReleaseWorker": C.ReleaseWorkerRequest(worker_id="x"), "GetTaskResult": C.GetTaskResultRequest(job_id="x"),
+        "DeleteJob": C.DeleteJobRequest(job_id="x"), "PushTaskLogs": C.PushTaskLogsRequest(worker_id="x"),
     }
     assert set(calls) == set(cluster_pb2.DESCRIPTOR.services_by_name["ControllerService"].methods_by_name)
-    for token in ("", "iris_forged-token", "Bearer", "iris-task.0.deadbeef.x/task-0"):
+    for token in ("", "iris_forged-token", "Bearer", "iris-task.0.deadbeef.x/task-0", "iris-task.0.ab.deadbeef.x/task-0"):
         stub = cluster_pb2_grpc.ControllerServiceStub(authed_channel(cluster.controller_address, token))
         for method, request in calls.items():
             assert code_of(lambda m=method, r=request, s=stub: getattr(s, m)(r, timeout=10)) == \

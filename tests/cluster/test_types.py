@@ -10,10 +10,12 @@ from iris.cluster.types import (
     TERMINAL_TASK_STATES,
     JobId,
     ResourceSpec,
+    format_cpu,
     format_size,
     gpu,
     is_job_finished,
     is_task_finished,
+    parse_cpu,
     parse_size,
     parse_task_id,
     task_id_for,
@@ -40,6 +42,50 @@ def test_parse_size_rejects_bad_input_naming_the_field(bad: object) -> None:
 
 def test_format_size_is_human() -> None:
     assert [format_size(n) for n in (0, 1536, 2 * 1024**3, 5 * 1024**4)] == ["0B", "1.5KiB", "2GiB", "5TiB"]
+
+
+@pytest.mark.parametrize("written", ["2GB", "2GiB", "512MiB", "500MB", "1TB", "3KB", "1.5KiB", "100B", "1.5GiB", "2.25GB"])
+def test_format_size_shows_a_size_the_way_it_was_written(written: str) -> None:
+    assert format_size(parse_size(written)) == written
+
+
+def test_format_size_of_a_size_no_unit_holds_exactly_is_binary_with_one_decimal() -> None:
+    assert format_size(2_000_000_001) == "1.9GiB"
+
+
+@pytest.mark.parametrize(("text", "cores", "millicores"),
+                         [("2", 2, 2000), ("0.5", 0.5, 500), ("500m", 0.5, 500), ("1.25", 1.25, 1250), ("1m", 0.001, 1)])
+def test_parse_cpu_takes_cores_fractions_and_millicores(text: str, cores: float, millicores: int) -> None:
+    assert parse_cpu(text) == cores
+    assert ResourceSpec(cpu=parse_cpu(text)).cpu_millicores == millicores
+    assert format_cpu(millicores) == (text if not text.endswith("m") else f"{cores:g}")
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "0m", "abc", "0.0001", "nan", "inf", ""])
+def test_parse_cpu_refuses_zero_negative_and_sub_millicore_values(bad: str) -> None:
+    with pytest.raises(ValueError, match="--cpu"):
+        parse_cpu(bad, "--cpu")
+
+
+def test_resource_spec_refuses_zero_cpu() -> None:
+    with pytest.raises(ValueError, match="cpu: must be > 0"):
+        ResourceSpec(cpu=0)
+
+
+def test_resource_spec_fractional_cpu_travels_as_millicores_and_rounds_up_for_older_peers() -> None:
+    proto = ResourceSpec(cpu=0.5).to_proto()
+    assert (proto.cpu_millicores, proto.cpu) == (500, 1)
+    assert ResourceSpec.from_proto(proto).cpu == 0.5
+
+
+def test_resource_spec_from_an_older_peer_reads_whole_cores_and_unset_means_one() -> None:
+    assert ResourceSpec.from_proto(cluster_pb2.ResourceSpecProto(cpu=3)).cpu_millicores == 3000
+    assert ResourceSpec.from_proto(cluster_pb2.ResourceSpecProto()).cpu_millicores == 1000
+
+
+def test_resource_spec_from_the_wire_refuses_an_explicit_zero_millicores() -> None:
+    with pytest.raises(ValueError, match="cpu_millicores: must be > 0"):
+        ResourceSpec.from_proto(cluster_pb2.ResourceSpecProto(cpu=2, cpu_millicores=0))
 
 
 def test_task_ids_round_trip() -> None:

@@ -103,7 +103,7 @@ _specs = st.builds(
     st.lists(_text, min_size=1, max_size=4),
     st.dictionaries(_text, _text, max_size=4),
     st.lists(st.one_of(st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True), _text), max_size=3),
-    st.integers(0, 64),
+    st.one_of(st.integers(1, 64), st.integers(1, 64_000).map(lambda m: m / 1000)),
     st.integers(-2, 5),
 )
 

@@ -9,6 +9,8 @@ from types import FrameType
 
 import click
 
+from iris.cli.output import CPU
+
 
 @click.group()
 def cluster() -> None:
@@ -18,7 +20,7 @@ def cluster() -> None:
 @cluster.command("start")
 @click.option("--local", "local", is_flag=True, required=True, help="Run the cluster on this machine.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Worker processes.")
-@click.option("--cpu-per-worker", type=click.IntRange(min=1), default=None,
+@click.option("--cpu-per-worker", type=CPU, default=None,
               help="Cores each worker offers (default: the detected cores split between the workers).")
 @click.option("--memory-per-worker", default=None,
               help="Memory each worker offers, e.g. 4GiB (default: the detected memory split between the workers).")
@@ -30,7 +32,7 @@ def cluster() -> None:
                    "stored for its address). none: authentication off (loopback only), with a warning.")
 @click.option("--tls", is_flag=True, help="Make a CA and certificates; every process of the cluster speaks TLS.")
 @click.option("--verbose", "-v", is_flag=True, help="Show a traceback when the cluster cannot start.")
-def start(local: bool, workers: int, cpu_per_worker: int | None, memory_per_worker: str | None, port: int,
+def start(local: bool, workers: int, cpu_per_worker: float | None, memory_per_worker: str | None, port: int,
           state_dir: Path | None, auth_mode: str, tls: bool, verbose: bool) -> None:
     """Start a local cluster, print its addresses, and stop everything it started on Ctrl+C / SIGTERM.
 

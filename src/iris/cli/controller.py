@@ -74,6 +74,12 @@ def controller() -> None:
               help="Seconds a provisioned worker may sit idle (or stay pending unneeded) before it is released.")
 @click.option("--sbatch-arg", "sbatch_args", multiple=True,
               help="Extra sbatch argument for every worker job, e.g. --sbatch-arg=--time=4:00:00 (repeatable).")
+@click.option("--finished-job-ttl", type=click.FloatRange(min=0), default=7 * 24 * 3600.0, show_default=True,
+              help="Seconds an ended job is kept (with its tasks, logs and results) before it is deleted; 0: forever.")
+@click.option("--max-finished-jobs", type=click.IntRange(min=0), default=10_000, show_default=True,
+              help="Most ended jobs kept; beyond it the oldest are deleted first (children with their parent); 0: no limit.")
+@click.option("--max-log-size", default="100MiB", show_default=True,
+              help="The controller's copy of one attempt's log keeps at most this much (its first and last halves).")
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 @click.option("--verbose", "-v", is_flag=True, help="Log at DEBUG level (same as --log-level DEBUG).")
 def serve(
@@ -97,6 +103,9 @@ def serve(
     slurm_partition: str | None,
     idle_timeout: float,
     sbatch_args: tuple[str, ...],
+    finished_job_ttl: float,
+    max_finished_jobs: int,
+    max_log_size: str,
     log_level: str,
     verbose: bool,
 ) -> None:
@@ -143,6 +152,10 @@ def serve(
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--worker-memory") from None
 
+    try:
+        max_log_bytes = parse_size(max_log_size, "--max-log-size")
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--max-log-size") from None
     lock = _lock_state_dir(state_dir)
     try:
         store = ControllerStore.open(state_dir)
@@ -152,9 +165,13 @@ def serve(
         raise click.ClickException(str(e)) from e
     config = ControllerConfig(worker_timeout_s=worker_timeout, limits=Limits(max_replicas=max_replicas),
                               auth=auth_mode == "token", max_termination_grace_s=max_termination_grace,
-                              quarantine_after=quarantine_after)
+                              quarantine_after=quarantine_after, finished_job_ttl_s=finished_job_ttl,
+                              max_finished_jobs=max_finished_jobs)
+    from iris.cluster.controller.logstore import LogStore
+
     ctrl = Controller(config, state=state, store=store, secret=_secret(state_dir),
-                      worker_clients=GrpcWorkerClients(tls_ca=tls_ca))
+                      worker_clients=GrpcWorkerClients(tls_ca=tls_ca),
+                      log_store=LogStore(state_dir / "logs", cap_bytes=max_log_bytes))
     if config.auth:
         for role, value in ctrl.bootstrap_tokens().items():
             path = state_dir / ("admin.token" if role.value == "admin" else "join.token")

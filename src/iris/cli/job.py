@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json as _json
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -15,17 +16,20 @@ from rich.live import Live
 from rich.text import Text
 
 from iris.cli.output import (
+    CPU,
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     CliError,
     connect,
     controller_option,
+    format_timestamp,
     handle_errors,
     human_ago,
     json_option,
     make_table,
     one_line,
+    parse_duration,
     print_json,
     size,
     span,
@@ -41,6 +45,7 @@ from iris.client import (
     Job,
     JobState,
     JobStatus,
+    LogLine,
     TaskLogLine,
     TaskState,
     TaskStatus,
@@ -49,9 +54,10 @@ from iris.client import (
 from iris.client.bundle import BUNDLE_MAX_SIZE_ENV, default_bundle_max_bytes
 from iris.client.client import LogFollower, generate_job_name
 from iris.client.models import parse_job_state
+from iris.cluster.clock import SystemClock
 from iris.cluster.failures import parse_exit_rules
 from iris.cluster.spec import DEFAULT_MAX_RETRIES_PREEMPTION, JobSpec
-from iris.cluster.types import GpuDevice, ResourceSpec, parse_size
+from iris.cluster.types import GpuDevice, ResourceSpec, format_cpu, parse_size
 from iris.cluster.validation import validate_job_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -65,7 +71,7 @@ def job_options(fn: F) -> F:
     options = [
         click.option("--name", default=None, help="Job name (default: job-<time>-<random>)."),
         click.option("--replicas", "-n", default="1", show_default=True, help="Number of tasks."),
-        click.option("--cpu", default="1", show_default=True, help="Cores per task."),
+        click.option("--cpu", type=CPU, default="1", show_default=True, help="Cores per task: 2, 0.5 or 500m."),
         click.option("--memory", default=None, help="Memory per task, e.g. 512MiB or 2GiB."),
         click.option("--disk", default=None, help="Disk per task, e.g. 10GiB."),
         click.option("--gpu", default=None, help="GPUs per task: a count, or VARIANT:COUNT (H100:2)."),
@@ -187,7 +193,7 @@ def parse_job_request(command: Sequence[str], **flags: Any) -> JobRequest:
     if not command or not command[0].strip():
         raise _usage("no command given; put it after --, e.g. iris job run -- python train.py")
     replicas = _whole(flags["replicas"], "--replicas", 1)
-    cpu = _whole(flags["cpu"], "--cpu", 0)
+    cpu = flags["cpu"] if flags.get("cpu") is not None else 1
     memory: str | int = 0
     disk: str | int = 0
     try:
@@ -564,7 +570,7 @@ def status_cmd(controller: str, job_id: str, show_tasks: bool, as_json: bool, ve
         ("Tasks", counts_text(status)[len(status.job_id) + 1 + len(status.state.value) + 2 :]),
         ("Submitted", human_ago(status.submitted_at_ms)),
         ("Duration", span(status.started_at_ms, status.finished_at_ms)),
-        ("Resources", f"cpu={res.cpu} memory={size(res.memory_bytes)} disk={size(res.disk_bytes)}"),
+        ("Resources", f"cpu={format_cpu(res.cpu_millicores)} memory={size(res.memory_bytes)} disk={size(res.disk_bytes)}"),
         (
             "Budgets",
             f"task failures {status.counts.failed}/{status.max_task_failures} allowed · per task: "
@@ -595,6 +601,11 @@ def status_cmd(controller: str, job_id: str, show_tasks: bool, as_json: bool, ve
 @click.argument("job_id")
 @click.option("--task", "task_index", type=int, default=None, help="Only this task (index).")
 @click.option("--attempt", type=int, default=None, help="This attempt (default: the current one).")
+@click.option("--tail", "tail", type=click.IntRange(min=0), default=0, help="Only the last N lines of each task.")
+@click.option("--since", "since", default=None, help="Only lines written in the last DURATION: 30s, 10m, 2h, 1d.")
+@click.option("--timestamps", is_flag=True, help="Prefix each line with the time it was written (UTC).")
+@click.option("--stderr", "only_stderr", is_flag=True, help="Only what the tasks wrote to stderr.")
+@click.option("--stdout", "only_stdout", is_flag=True, help="Only what the tasks wrote to stdout.")
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming until the job ends.")
 @json_option
 @verbose_option
@@ -604,15 +615,30 @@ def logs_cmd(
     job_id: str,
     task_index: int | None,
     attempt: int | None,
+    tail: int,
+    since: str | None,
+    timestamps: bool,
+    only_stderr: bool,
+    only_stdout: bool,
     follow: bool,
     as_json: bool,
     verbose: bool,
 ) -> None:
-    """Print a job's task output, each line prefixed by its task index."""
+    """Print a job's task output, each line prefixed by its task index. Logs live on the
+    controller, so they stay readable after the task's worker is gone."""
     if task_index is not None and task_index < 0:
         raise _usage(f"--task: must be >= 0, got {task_index}")
     if attempt is not None and attempt < 0:
         raise _usage(f"--attempt: must be >= 0, got {attempt}")
+    if only_stderr and only_stdout:
+        raise _usage("--stderr and --stdout: give one of them (neither shows both)")
+    since_ms = 0
+    if since is not None:
+        try:
+            since_ms = SystemClock().now_ms() - int(parse_duration(since) * 1000)
+        except ValueError as e:
+            raise _usage(f"--since: {e}") from None
+    keep = _LineFilter(since_ms, "stderr" if only_stderr else "stdout" if only_stdout else "")
     with connect(controller) as client:
         status = client.job_status(job_id, include_tasks=True)
         tasks = list(status.tasks)
@@ -621,48 +647,76 @@ def logs_cmd(
             if not tasks:
                 raise CliError(f"job {job_id} has no task {task_index} (it has {status.num_tasks})")
         prefix = task_index is None
-        if follow:
-            _follow_logs(client, job_id, task_index, attempt, prefix, as_json)
-            return
-        records: list[dict[str, Any]] = []
         out = stdout_console()
+        shown = [0]
+
+        def show(index: int, attempt_id: int | None, line: LogLine) -> None:
+            if not keep(line):
+                return
+            if as_json:
+                record = {"task_index": index, **({"attempt_id": attempt_id} if attempt_id is not None else {}),
+                          **line.to_dict()}
+                if follow:  # one object per line while following
+                    click.echo(_json.dumps(record))
+                else:  # one JSON array, written as it is read
+                    click.echo(("[" if not shown[0] else ",") + _json.dumps(record))
+                shown[0] += 1
+                return
+            text = Text(f"[{index}] " if prefix else "")
+            if timestamps:
+                text += Text(format_timestamp(line.timestamp_ms) + " ", style="dim")
+            _print(out, text + Text(line.data))
+
+        if follow:
+            follower = LogFollower(client, job_id, frozenset({task_index}) if task_index is not None else None,
+                                   attempt, tail=tail)
+
+            def on_status(current: JobStatus) -> None:
+                for line in follower.poll(current.tasks, final=current.is_finished):
+                    show(line.task_index, line.attempt_id, line.line)
+
+            client.job(job_id).follow(None, on_status, include_tasks=True)
+            return
+        # Page by page: a long log is streamed, never held whole.
         for task in tasks:
             if attempt is None and not _task_may_have_logs(task):
                 continue
-            for line in client.task_logs(job_id, task.task_index, attempt):
-                if as_json:
-                    records.append({"task_index": task.task_index, **line.to_dict()})
-                else:
-                    _print(out, Text(f"[{task.task_index}] " if prefix else "") + Text(line.data))
+            for page in client.iter_task_logs(job_id, task.task_index, attempt, tail=tail):
+                for line in page:
+                    show(task.task_index, None, line)
         if as_json:
-            print_json(records)
+            click.echo("]" if shown[0] else "[]")
+
+
+class _LineFilter:
+    def __init__(self, since_ms: int, source: str) -> None:
+        self.since_ms = since_ms
+        self.source = source
+
+    def __call__(self, line: LogLine) -> bool:
+        if self.source and line.source not in (self.source, "iris"):
+            return False
+        return not (self.since_ms and line.timestamp_ms and line.timestamp_ms < self.since_ms)
 
 
 def _task_may_have_logs(task: TaskStatus) -> bool:
     return bool(task.attempts or task.worker_id or task.state.is_active or task.current_attempt_id)
 
 
-def _follow_logs(
-    client: IrisClient, job_id: str, task_index: int | None, attempt: int | None, prefix: bool, as_json: bool
-) -> None:
-    import json as _json
-
-    out = stdout_console()
-    follower = LogFollower(client, job_id, frozenset({task_index}) if task_index is not None else None, attempt)
-
-    def on_line(line: TaskLogLine) -> None:
-        if as_json:
-            click.echo(_json.dumps({"task_index": line.task_index, "attempt_id": line.attempt_id, **line.line.to_dict()}))
-        else:
-            _print(out, Text(f"[{line.task_index}] " if prefix else "") + Text(line.line.data))
-
-    job_handle = client.job(job_id)
-
-    def on_status(status: JobStatus) -> None:
-        for line in follower.poll(status.tasks, final=status.is_finished):
-            on_line(line)
-
-    job_handle.follow(None, on_status, include_tasks=True)
+@job.command("delete")
+@controller_option
+@click.argument("job_ids", nargs=-1, required=True)
+@verbose_option
+@handle_errors
+def delete_cmd(controller: str, job_ids: tuple[str, ...], verbose: bool) -> None:
+    """Delete ended jobs: each with its child jobs, tasks, logs, results and unused workspace. Its
+    name can be used again. A running job must be stopped first (iris job stop)."""
+    with connect(controller) as client:
+        for job_id in job_ids:
+            removed = client.delete_job(job_id)
+            children = len(removed) - 1
+            stderr_console().print(Text(f"Deleted job {job_id}" + (
+                f" and {children} child job{'s' if children != 1 else ''}" if children > 0 else "")))
 
 
 @job.command("stop")

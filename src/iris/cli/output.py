@@ -18,7 +18,7 @@ from rich.text import Text
 
 from iris.client import IrisClient, IrisError, JobState, TaskState
 from iris.client.client import CONTROLLER_ENV, DEFAULT_CONTROLLER_ADDRESS
-from iris.cluster.types import format_size
+from iris.cluster.types import format_size, parse_cpu
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,6 +45,25 @@ class CliError(click.ClickException):
     def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.exit_code = exit_code  # type: ignore[misc]
+
+
+class CpuType(click.ParamType["float | int", Any]):
+    """Cores: "2", "0.5" or "500m" (millicores); more than 0."""
+
+    name = "cores"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | int:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            text: str | float | int = value
+        else:
+            text = str(value)
+        try:
+            return parse_cpu(text, param.opts[0] if param is not None and param.opts else "cpu")
+        except ValueError as e:
+            self.fail(str(e).split(": ", 1)[-1], param, ctx)
+
+
+CPU = CpuType()
 
 
 def stdout_console() -> Console:
@@ -182,6 +201,38 @@ def human_duration(seconds: float) -> str:
         return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
     days, hours = divmod(hours, 24)
     return f"{days}d{hours}h" if hours else f"{days}d"
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "30s", "10m", "2h", "1d", "1h30m" or a bare number of seconds. Raises ValueError."""
+    value = text.strip().lower()
+    if not value:
+        raise ValueError("expected a duration such as 30s, 10m, 2h or 1d")
+    try:
+        seconds = float(value)
+    except ValueError:
+        import re
+
+        parts = re.fullmatch(r"((?:\d+(?:\.\d+)?[smhd])+)", value)
+        if parts is None:
+            raise ValueError(f"expected a duration such as 30s, 10m, 2h or 1d, got {text!r}") from None
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smhd])", value))
+    if seconds < 0 or seconds != seconds:
+        raise ValueError(f"must be >= 0, got {text!r}")
+    return seconds
+
+
+def format_timestamp(timestamp_ms: int) -> str:
+    """``2026-12-03T15:19:03.123Z`` (UTC); ``-`` when unknown."""
+    if not timestamp_ms:
+        return "-" * 24
+    import datetime
+
+    moment = datetime.datetime.fromtimestamp(timestamp_ms / 1000, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{timestamp_ms % 1000:03d}Z"
 
 
 def human_ago(timestamp_ms: int, now: int | None = None) -> str:

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from iris.cli.job import job_options, parse_job_request, run_and_follow
 from iris.cli.output import (
+    CPU,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     CliError,
@@ -26,7 +27,7 @@ from iris.client import IrisClient
 @click.command("run", context_settings={"allow_interspersed_args": False})
 @click.option("--local", is_flag=True, help="Start a throwaway cluster on this machine for this job.")
 @click.option("--workers", default="2", show_default=True, help="Worker processes of the local cluster.")
-@click.option("--cpu-per-worker", type=int, default=None, help="Cores each local worker offers.")
+@click.option("--cpu-per-worker", type=CPU, default=None, help="Cores each local worker offers (0.5 allowed).")
 @click.option("--memory-per-worker", default=None, help="Memory each local worker offers, e.g. 4GiB.")
 @controller_option
 @job_options
@@ -36,7 +37,7 @@ from iris.client import IrisClient
 def run(
     local: bool,
     workers: str,
-    cpu_per_worker: int | None,
+    cpu_per_worker: float | None,
     memory_per_worker: str | None,
     controller: str,
     command: tuple[str, ...],
@@ -62,8 +63,6 @@ def run(
         raise CliError(f"--workers: expected a whole number, got {workers!r}", EXIT_USAGE) from None
     if num_workers < 1:
         raise CliError(f"--workers: must be >= 1, got {num_workers}", EXIT_USAGE)
-    if cpu_per_worker is not None and cpu_per_worker < 1:
-        raise CliError(f"--cpu-per-worker: must be >= 1, got {cpu_per_worker}", EXIT_USAGE)
     err = stderr_console()
     err.print(Text(f"Starting a local cluster with {num_workers} worker{'s' if num_workers != 1 else ''}..."))
     kwargs: dict[str, Any] = {}

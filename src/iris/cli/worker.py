@@ -11,6 +11,7 @@ from types import FrameType
 
 import click
 
+from iris.cli.output import CPU
 from iris.cluster.types import parse_size
 
 
@@ -28,7 +29,7 @@ def worker() -> None:
                    "(IRIS_ADVERTISE_HOST). Default: the bound address, or the host's primary address "
                    "when bound to 0.0.0.0.")
 @click.option("--port", default=0, show_default=True, type=int, help="Port to bind (0: any free port).")
-@click.option("--cpu", type=int, default=None, help="Cores to offer (default: detected).")
+@click.option("--cpu", type=CPU, default=None, help="Cores to offer: 8, or 1.5 (default: detected).")
 @click.option("--memory", default=None, help="Memory to offer, e.g. 8GiB (default: detected).")
 @click.option(
     "--workdir",
@@ -70,6 +71,8 @@ def worker() -> None:
               help="Most files one workspace bundle may hold; over it the task fails.")
 @click.option("--max-result-size", default="10MiB", show_default=True,
               help="Largest return value (pickled) a callable task may give back; over it the task fails.")
+@click.option("--max-log-size", default="100MiB", show_default=True,
+              help="Most of one attempt's output kept: its first and last halves, with a line saying what was dropped.")
 @click.option("--task-user", default=None,
               help="Run tasks as this user (the worker must run as root): their attempt directories are "
                    "theirs, the worker's credential and files are not readable by them.")
@@ -80,7 +83,7 @@ def serve(
     host: str,
     advertise: str | None,
     port: int,
-    cpu: int | None,
+    cpu: float | None,
     memory: str | None,
     workdir: Path | None,
     worker_id: str,
@@ -95,6 +98,7 @@ def serve(
     max_bundle_unpacked_size: str,
     max_bundle_files: int,
     max_result_size: str,
+    max_log_size: str,
     task_user: str | None,
     log_level: str,
     verbose: bool,
@@ -109,8 +113,6 @@ def serve(
     from iris.cluster.worker.worker import WorkerConfig
 
     logging.basicConfig(level="DEBUG" if verbose else log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if cpu is not None and cpu < 1:
-        raise click.BadParameter("must be >= 1", param_hint="--cpu")
     try:
         memory_bytes = parse_size(memory, "--memory") if memory is not None else None
     except ValueError as e:
@@ -161,6 +163,7 @@ def serve(
         max_bundle_unpacked_bytes=_size(max_bundle_unpacked_size, "--max-bundle-unpacked-size"),
         max_bundle_files=max_bundle_files,
         max_result_bytes=_size(max_result_size, "--max-result-size"),
+        max_log_bytes=_size(max_log_size, "--max-log-size"),
         task_user=task_user,
     )
     stop = threading.Event()

@@ -54,7 +54,7 @@ def worker_list(controller: str, as_json: bool, verbose: bool) -> None:
                 w.worker_id,
                 w.address,
                 _health(w),
-                f"{w.committed_cpu}/{w.cpu_count}",
+                f"{w.committed_cpu:g}/{(w.cpu or w.cpu_count):g}",
                 f"{size(w.committed_memory_bytes)}/{size(w.memory_bytes)}",
                 gpus,
                 str(len(w.running_tasks)),

@@ -12,7 +12,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +44,7 @@ from iris.client.models import (
     WorkerInfo,
     parse_job_state,
 )
+from iris.cluster.clock import SystemClock
 from iris.cluster.failures import parse_exit_rules
 from iris.cluster.spec import DEFAULT_MAX_RETRIES_PREEMPTION, Entrypoint, JobSpec
 from iris.cluster.types import JobId, ResourceSpec, parse_size, task_id_for
@@ -470,6 +471,13 @@ class IrisClient:
         request = cluster_pb2.Controller.TerminateJobRequest(job_id=job_id)
         self._call(self._stub.TerminateJob, request, f"job {job_id}")
 
+    def delete_job(self, job_id: str) -> list[str]:
+        """Remove an ended job with its child jobs, tasks, logs and results; its name can then be
+        used again. Returns the ids deleted. Raises ``JobNotFoundError``, or ``IrisError`` (failed
+        precondition) while the job runs: stop it first."""
+        request = cluster_pb2.Controller.DeleteJobRequest(job_id=job_id)
+        return list(self._call(self._stub.DeleteJob, request, f"job {job_id}").deleted_job_ids)
+
     def list_jobs(
         self, state: JobState | str | Iterable[JobState | str] | None = None, prefix: str = "", *,
         limit: int | None = None, newest_first: bool = False,
@@ -524,7 +532,7 @@ class IrisClient:
 
     def fetch_logs(
         self, task_id: str, attempt_id: int | None = None, start_line: int = 0, max_lines: int = 0,
-        start_offset: int | None = None,
+        start_offset: int | None = None, tail_lines: int = 0,
     ) -> LogChunk:
         """One page of a task attempt's log (``attempt_id`` None: the current attempt). With
         ``start_offset`` (the ``next_offset`` of the previous page, for ``start_line``) the page is
@@ -536,6 +544,8 @@ class IrisClient:
             request.attempt_id = attempt_id
         if start_offset is not None:
             request.start_offset = start_offset
+        elif tail_lines > 0:
+            request.tail_lines = tail_lines
         response = self._call(self._stub.FetchTaskLogs, request, f"task {task_id}")
         return LogChunk(
             lines=[LogLine.from_proto(line) for line in response.lines],
@@ -545,17 +555,24 @@ class IrisClient:
             next_offset=response.next_offset,
         )
 
-    def task_logs(self, job_id: str, task_index: int, attempt: int | None = None) -> list[LogLine]:
-        """Every line the task's attempt has written so far (``attempt`` None: the current one)."""
+    def task_logs(self, job_id: str, task_index: int, attempt: int | None = None, *, tail: int = 0) -> list[LogLine]:
+        """Every line the task's attempt has written so far (``attempt`` None: the current one);
+        with ``tail`` only the last that many."""
+        return [line for page in self.iter_task_logs(job_id, task_index, attempt, tail=tail) for line in page]
+
+    def iter_task_logs(self, job_id: str, task_index: int, attempt: int | None = None, *,
+                       tail: int = 0) -> Iterator[list[LogLine]]:
+        """The task attempt's log a page at a time (each page read from where the last ended, so
+        nothing is held but one page); with ``tail`` from the last that many lines."""
         task_id = task_id_for(JobId(job_id), task_index)
-        lines: list[LogLine] = []
         start = 0
-        offset: int | None = 0
+        offset: int | None = None if tail > 0 else 0
         while True:
-            chunk = self.fetch_logs(task_id, attempt, start, _LOG_PAGE_LINES, start_offset=offset)
-            lines.extend(chunk.lines)
+            chunk = self.fetch_logs(task_id, attempt, start, _LOG_PAGE_LINES, start_offset=offset, tail_lines=tail)
+            if chunk.lines:
+                yield chunk.lines
             if not chunk.lines or chunk.next_line <= start:
-                return lines
+                return
             start = chunk.next_line
             offset = chunk.next_offset
             if attempt is None:
@@ -638,6 +655,8 @@ class _LogCursor:
     next_line: int = 0
     next_offset: int | None = 0
     done: bool = False
+    tail: int = 0
+    """Start at the last this many lines (the first read only)."""
 
 
 @dataclass(slots=True)
@@ -654,9 +673,29 @@ class LogFollower:
     task_indices: frozenset[int] | None = None
     first_attempt: int | None = 0
     """Attempt to start each task at; None: the task's current attempt when first seen."""
+    tail: int = 0
+    """Start each task's first attempt read at its last this many lines (0: from the start)."""
+    final_grace_s: float = 10.0
+    """After the job ended, how long ``poll(final=True)`` waits for the last lines of each attempt
+    to reach the controller (workers ship logs about once a second)."""
     _cursors: dict[int, _LogCursor] = field(default_factory=dict)
 
     def poll(self, tasks: Iterable[TaskStatus], final: bool = False) -> list[TaskLogLine]:
+        if not final:
+            return self._poll_once(tasks, False)
+        tasks = list(tasks)
+        out = self._poll_once(tasks, False)
+        clock = SystemClock()
+        pause = threading.Event()
+        deadline = clock.monotonic() + self.final_grace_s
+        while clock.monotonic() < deadline and any(
+                _has_started(t) and (c := self._cursors.get(t.task_index)) is not None and not c.done
+                for t in tasks if self.task_indices is None or t.task_index in self.task_indices):
+            clock.wait(pause, 0.1)
+            out += self._poll_once(tasks, False)
+        return out + self._poll_once(tasks, True)
+
+    def _poll_once(self, tasks: Iterable[TaskStatus], final: bool) -> list[TaskLogLine]:
         out: list[TaskLogLine] = []
         for task in sorted(tasks, key=lambda t: t.task_index):
             if self.task_indices is not None and task.task_index not in self.task_indices:
@@ -666,7 +705,8 @@ class LogFollower:
             cursor = self._cursors.get(task.task_index)
             if cursor is None:
                 first = task.current_attempt_id if self.first_attempt is None else self.first_attempt
-                cursor = self._cursors[task.task_index] = _LogCursor(attempt_id=first)
+                cursor = self._cursors[task.task_index] = _LogCursor(
+                    attempt_id=first, next_offset=None if self.tail > 0 else 0, tail=self.tail)
             if not cursor.done:
                 self._read_task(task, cursor, final, out)
         return out
@@ -676,7 +716,7 @@ class LogFollower:
         while not cursor.done:
             try:
                 chunk = self.client.fetch_logs(task.task_id, cursor.attempt_id, cursor.next_line, _LOG_PAGE_LINES,
-                                               start_offset=cursor.next_offset)
+                                               start_offset=cursor.next_offset, tail_lines=cursor.tail)
             except IrisError:
                 # Not started yet, or its worker is gone or slow. A finished attempt whose log
                 # cannot be read is skipped; otherwise try again on the next poll. (A controller
@@ -687,6 +727,9 @@ class LogFollower:
                     continue
                 return
             out.extend(TaskLogLine(task.task_index, cursor.attempt_id, line) for line in chunk.lines)
+            if cursor.next_offset is None:  # a tail read: go on from where it ended
+                cursor.next_offset = chunk.next_offset
+                cursor.tail = 0
             if chunk.lines:
                 cursor.next_line = max(chunk.next_line, cursor.next_line + len(chunk.lines))
                 cursor.next_offset = chunk.next_offset
@@ -771,6 +814,10 @@ class Job:
     def terminate(self) -> None:
         """Kill the job: its tasks stop and it ends KILLED."""
         self._client.terminate(self._job_id)
+
+    def delete(self) -> list[str]:
+        """Remove the ended job (and its children, tasks, logs, results); see ``IrisClient.delete_job``."""
+        return self._client.delete_job(self._job_id)
 
     def follow(
         self,

@@ -15,6 +15,7 @@ from typing import Any
 
 from iris.cluster.types import (
     ResourceSpec,
+    cores,
     is_job_finished,
     is_task_finished,
     job_state_name,
@@ -255,6 +256,8 @@ class JobStatus(_Jsonable):
     """Failure retries its tasks spent (each task may spend ``max_retries_failure``)."""
     preemptions_used: int = 0
     time: TimeSpent = field(default_factory=TimeSpent)
+    job_uid: str = ""
+    """This incarnation of the job id (a deleted job's name may be used again by a new job)."""
 
     @property
     def num_tasks(self) -> int:
@@ -290,6 +293,7 @@ class JobStatus(_Jsonable):
             max_retries_failure=proto.max_retries_failure,
             max_retries_preemption=proto.max_retries_preemption,
             owner=proto.owner,
+            job_uid=proto.job_uid,
             tasks=tuple(TaskStatus.from_proto(t) for t in proto.tasks),
             gang_restarts=proto.gang_restarts,
             failures_used=proto.failures_used,
@@ -303,7 +307,7 @@ def _resources_from_proto(proto: cluster_pb2.ResourceSpecProto) -> ResourceSpec:
         return ResourceSpec.from_proto(proto)
     except ValueError:
         # Never fail to show a job because of an odd resource record.
-        return ResourceSpec(cpu=max(proto.cpu, 0), replicas=max(proto.replicas, 0))
+        return ResourceSpec(cpu=max(proto.cpu, 1), replicas=max(proto.replicas, 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,11 +319,13 @@ class WorkerInfo(_Jsonable):
     healthy: bool
     hostname: str
     cpu_count: int
+    """Whole cores offered (``cpu`` holds a fractional share)."""
     memory_bytes: int
     disk_bytes: int
     gpu_count: int
     gpu_name: str
-    committed_cpu: int
+    committed_cpu: float | int
+    """Cores committed to running tasks (0.5 for half a core)."""
     committed_memory_bytes: int
     committed_gpus: int
     running_tasks: tuple[str, ...]
@@ -339,6 +345,8 @@ class WorkerInfo(_Jsonable):
     quarantined_until_ms: int = 0
     """It takes no new tasks until then (0: not quarantined)."""
     quarantine_reason: str = ""
+    cpu: float | int = 0
+    """Cores offered (may be a fraction: a local cluster's workers split the machine)."""
 
     @property
     def registered(self) -> bool:
@@ -358,7 +366,8 @@ class WorkerInfo(_Jsonable):
             disk_bytes=meta.disk_bytes,
             gpu_count=meta.gpu_count,
             gpu_name=meta.gpu_name,
-            committed_cpu=proto.committed_cpu,
+            committed_cpu=cores(proto.committed_cpu_millicores) if proto.committed_cpu_millicores else proto.committed_cpu,
+            cpu=cores(meta.cpu_millicores) if meta.cpu_millicores else meta.cpu_count,
             committed_memory_bytes=proto.committed_memory_bytes,
             committed_gpus=proto.committed_gpus,
             running_tasks=tuple(proto.running_tasks),

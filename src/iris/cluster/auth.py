@@ -93,23 +93,24 @@ def same_hash(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
-def task_token(secret: bytes, task_id: str, attempt_id: int) -> str:
-    """The token of one attempt: ``iris-task.<attempt>.<mac>.<task id>`` (the id last: it may hold
-    dots; task ids never hold whitespace, NUL or line breaks)."""
-    return f"{TASK_TOKEN_PREFIX}{attempt_id}.{_mac(secret, task_id, attempt_id)}.{task_id}"
+def task_token(secret: bytes, task_id: str, attempt_id: int, job_uid: str = "") -> str:
+    """The token of one attempt of one job incarnation: ``iris-task.<attempt>.<job uid>.<mac>.<task
+    id>`` (the id last: it may hold dots; task ids never hold whitespace, NUL or line breaks; job
+    uids are hex)."""
+    return f"{TASK_TOKEN_PREFIX}{attempt_id}.{job_uid}.{_mac(secret, task_id, attempt_id, job_uid)}.{task_id}"
 
 
-def parse_task_token(secret: bytes, token: str) -> tuple[str, int] | None:
-    """(task id, attempt id) of a genuine task token, else None (compared in constant time)."""
+def parse_task_token(secret: bytes, token: str) -> tuple[str, int, str] | None:
+    """(task id, attempt id, job uid) of a genuine task token, else None (compared in constant time)."""
     if not token.startswith(TASK_TOKEN_PREFIX) or len(token) > 4096:
         return None
-    parts = token[len(TASK_TOKEN_PREFIX):].split(".", 2)
-    if len(parts) != 3 or not parts[0].isdigit() or not parts[2]:
+    parts = token[len(TASK_TOKEN_PREFIX):].split(".", 3)
+    if len(parts) != 4 or not parts[0].isdigit() or not parts[3]:
         return None
-    attempt_id, mac, task_id = int(parts[0]), parts[1], parts[2]
-    if not hmac.compare_digest(mac.encode(), _mac(secret, task_id, attempt_id).encode()):
+    attempt_id, job_uid, mac, task_id = int(parts[0]), parts[1], parts[2], parts[3]
+    if not hmac.compare_digest(mac.encode(), _mac(secret, task_id, attempt_id, job_uid).encode()):
         return None
-    return task_id, attempt_id
+    return task_id, attempt_id, job_uid
 
 
 def derive(secret: bytes, purpose: str, *parts: str) -> str:
@@ -119,8 +120,8 @@ def derive(secret: bytes, purpose: str, *parts: str) -> str:
     return hashlib.blake2b(message, key=secret[:64], digest_size=32).hexdigest()
 
 
-def _mac(secret: bytes, task_id: str, attempt_id: int) -> str:
-    return derive(secret, "task", task_id, str(attempt_id))
+def _mac(secret: bytes, task_id: str, attempt_id: int, job_uid: str) -> str:
+    return derive(secret, "task", task_id, str(attempt_id), job_uid)
 
 
 def bearer(metadata: object) -> str | None:

@@ -25,6 +25,7 @@ import grpc
 import psutil
 
 from iris.cluster.clock import wait_until
+from iris.cluster.types import cores
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
 from iris.rpc.tls import TlsFiles, channel_credentials, make_local_pki
 
@@ -64,7 +65,7 @@ class LocalCluster:
         self,
         workers: int = 2,
         *,
-        cpu_per_worker: int | None = None,
+        cpu_per_worker: float | None = None,
         memory_per_worker: str | None = None,
         state_dir: Path | None = None,
         worker_timeout: float = 10.0,
@@ -93,7 +94,11 @@ class LocalCluster:
         # The workers share this machine: unless told otherwise each offers its share of the detected
         # cores and memory, not all of it (two workers offering the whole machine each overcommit it).
         share = max(1, workers)
-        self.cpu_per_worker = cpu_per_worker if cpu_per_worker is not None else max(1, (os.cpu_count() or 1) // share)
+        # In millicores, so 2 cores make 3 workers of 0.666 each rather than 3 of a whole core.
+        self.cpu_per_worker: float | int = (
+            cpu_per_worker if cpu_per_worker is not None
+            else cores(max(1, (os.cpu_count() or 1) * 1000 // share))
+        )
         self.memory_per_worker = (memory_per_worker if memory_per_worker is not None
                                   else str(psutil.virtual_memory().total // share))
         self.worker_timeout = worker_timeout

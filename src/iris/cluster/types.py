@@ -140,8 +140,22 @@ def parse_size(value: str | int, field_name: str = "size") -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
+_BINARY = (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))
+_DECIMAL = (("TB", 1000**4), ("GB", 1000**3), ("MB", 1000**2), ("KB", 1000))
+
+
 def format_size(num_bytes: int) -> str:
-    """Human form of a byte count using binary units: 2147483648 -> "2GiB"."""
+    """A byte count the way a person wrote it: the largest unit, binary or decimal, in which it is
+    exact with at most two decimals ("2GB" stays "2GB" rather than "1.9GiB"; 1610612736 is
+    "1.5GiB"); otherwise binary units with one decimal."""
+    num_bytes = int(num_bytes)
+    if num_bytes == 0:
+        return "0B"
+    exact = [(num_bytes / size, unit) for unit, size in _BINARY + _DECIMAL
+             if num_bytes >= size and (num_bytes * 100) % size == 0]
+    if exact:
+        value, unit = min(exact)
+        return f"{value:.2f}".rstrip("0").rstrip(".") + unit
     value = float(num_bytes)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(value) < 1024 or unit == "TiB":
@@ -151,6 +165,51 @@ def format_size(num_bytes: int) -> str:
             return f"{text}{unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+MILLICORES_PER_CORE = 1000
+
+
+def cpu_to_millicores(cpu: float | int, field_name: str = "cpu") -> int:
+    """Cores (``0.5``, ``2``) as millicores (500, 2000). Raises ValueError naming ``field_name``
+    unless ``cpu`` is a number > 0 and a whole number of millicores."""
+    if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or cpu != cpu or cpu in (float("inf"), float("-inf")):
+        raise ValueError(f"{field_name}: must be a number of cores such as 1, 2 or 0.5, got {cpu!r}")
+    if cpu <= 0:
+        raise ValueError(f"{field_name}: must be > 0 cores (e.g. 0.5 or 1), got {cpu!r}")
+    millicores = round(cpu * MILLICORES_PER_CORE)
+    if abs(millicores - cpu * MILLICORES_PER_CORE) > 1e-6 * max(1.0, abs(cpu)) or millicores < 1:
+        raise ValueError(f"{field_name}: must be a whole number of millicores (at most 3 decimals), got {cpu!r}")
+    return millicores
+
+
+def cores(millicores: int) -> float | int:
+    """Millicores as cores: 2000 -> 2 (an int when whole), 500 -> 0.5."""
+    whole, rest = divmod(int(millicores), MILLICORES_PER_CORE)
+    return whole if rest == 0 else millicores / MILLICORES_PER_CORE
+
+
+def format_cpu(millicores: int) -> str:
+    """Millicores shown as cores: "2", "0.5", "1.25"."""
+    return f"{cores(millicores):g}" if millicores % MILLICORES_PER_CORE else str(millicores // MILLICORES_PER_CORE)
+
+
+def parse_cpu(value: str | float | int, field_name: str = "cpu") -> float | int:
+    """Cores from the command line: "2", "0.5" or "500m" (millicores). Raises ValueError."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if text.endswith("m"):
+                millis = int(text[:-1])
+                if millis <= 0:
+                    raise ValueError
+                return cores(millis)
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"{field_name}: must be a number of cores such as 1, 0.5 or 500m, got {value!r}") from None
+        value = int(number) if number.is_integer() else number
+    cpu_to_millicores(value, field_name)
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,27 +292,33 @@ def get_gpu_count(proto: cluster_pb2.DeviceConfig) -> int:
 
 @dataclass(frozen=True, slots=True)
 class ResourceSpec:
-    """What one task of a job needs. Sizes accept "512MiB", "8GiB" or byte counts.
+    """What one task of a job needs. ``cpu`` is in cores and may be a fraction (``0.5``: half a
+    core, carried as 500 millicores); sizes accept "512MiB", "2GB", "8GiB" or byte counts.
 
     >>> ResourceSpec(cpu=2, memory="8GiB").memory_bytes
     8589934592
+    >>> ResourceSpec(cpu=0.5).cpu_millicores
+    500
     """
 
-    cpu: int = 1
+    cpu: float | int = 1
     memory: str | int = 0
     disk: str | int = 0
     device: Device = field(default_factory=CpuDevice)
     replicas: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.cpu, bool) or not isinstance(self.cpu, int) or self.cpu < 0:
-            raise ValueError(f"cpu: must be a whole number >= 0, got {self.cpu!r}")
+        cpu_to_millicores(self.cpu, "cpu")
         if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) or self.replicas < 0:
             raise ValueError(f"replicas: must be a whole number >= 0, got {self.replicas!r}")
         parse_size(self.memory, "memory")
         parse_size(self.disk, "disk")
         if isinstance(self.device, (GpuDevice, TpuDevice)) and self.device.count < 1:
             raise ValueError(f"device: count must be >= 1, got {self.device.count}")
+
+    @property
+    def cpu_millicores(self) -> int:
+        return cpu_to_millicores(self.cpu, "cpu")
 
     @property
     def memory_bytes(self) -> int:
@@ -264,8 +329,10 @@ class ResourceSpec:
         return parse_size(self.disk, "disk")
 
     def to_proto(self) -> cluster_pb2.ResourceSpecProto:
+        millicores = self.cpu_millicores
         return cluster_pb2.ResourceSpecProto(
-            cpu=self.cpu,
+            cpu=min(-(-millicores // MILLICORES_PER_CORE), 2**31 - 1),  # older peers: rounded up
+            cpu_millicores=millicores,
             memory_bytes=self.memory_bytes,
             disk_bytes=self.disk_bytes,
             device=device_to_proto(self.device),
@@ -274,8 +341,18 @@ class ResourceSpec:
 
     @classmethod
     def from_proto(cls, proto: cluster_pb2.ResourceSpecProto) -> ResourceSpec:
+        """Raises ValueError (naming the field) for values no ``ResourceSpec`` holds: an explicit
+        ``cpu_millicores`` of 0 or less, a negative size."""
+        if proto.HasField("cpu_millicores"):
+            if proto.cpu_millicores <= 0:
+                raise ValueError(f"cpu_millicores: must be > 0 (1000 is one core), got {proto.cpu_millicores}")
+            cpu: float | int = cores(proto.cpu_millicores)
+        elif proto.cpu < 0:
+            raise ValueError(f"cpu: must be >= 1 whole core, got {proto.cpu}")
+        else:
+            cpu = proto.cpu or 1  # an older peer's whole cores; unset means one core
         return cls(
-            cpu=proto.cpu,
+            cpu=cpu,
             memory=proto.memory_bytes,
             disk=proto.disk_bytes,
             device=device_from_proto(proto.device),
@@ -291,6 +368,7 @@ class WorkerMetadata:
     hostname: str = ""
     ip_address: str = ""
     cpu_count: int = 0
+    """Whole cores (what older peers read); ``cpu_millicores`` is what is offered."""
     memory_bytes: int = 0
     disk_bytes: int = 0
     device: Device = field(default_factory=CpuDevice)
@@ -298,6 +376,8 @@ class WorkerMetadata:
     gpu_name: str = ""
     gpu_memory_mb: int = 0
     attributes: tuple[tuple[str, str], ...] = ()
+    cpu_millicores: int = 0
+    """The cpu it offers, in millicores (0: ``cpu_count`` whole cores)."""
     device_kind: str = field(init=False, default="cpu")
     """"cpu", "gpu" or "tpu" (derived from ``device``, as are the next two)."""
     device_variant: str = field(init=False, default="")
@@ -305,6 +385,8 @@ class WorkerMetadata:
     device_count: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
+        if not self.cpu_millicores:
+            object.__setattr__(self, "cpu_millicores", self.cpu_count * MILLICORES_PER_CORE)
         device = self.device
         kind = "gpu" if isinstance(device, GpuDevice) else "tpu" if isinstance(device, TpuDevice) else "cpu"
         variant = "" if isinstance(device, CpuDevice) else device.variant
@@ -325,6 +407,7 @@ class WorkerMetadata:
             gpu_name=proto.gpu_name,
             gpu_memory_mb=proto.gpu_memory_mb,
             attributes=tuple(sorted(proto.attributes.items())),
+            cpu_millicores=proto.cpu_millicores,
         )
 
     def to_proto(self) -> cluster_pb2.WorkerMetadata:
@@ -339,6 +422,7 @@ class WorkerMetadata:
             gpu_name=self.gpu_name,
             gpu_memory_mb=self.gpu_memory_mb,
             attributes=dict(self.attributes),
+            cpu_millicores=self.cpu_millicores,
         )
 
 

@@ -31,6 +31,7 @@ from iris.cluster.types import (
     PORT_NAME_RE,
     CpuDevice,
     ResourceSpec,
+    cpu_to_millicores,
 )
 from iris.rpc import cluster_pb2
 
@@ -113,8 +114,17 @@ def check_job_name(name: str) -> None:
         )
 
 
+MAX_CPU_MILLICORES = 2**31 - 1
+"""The most cpu one task may ask for (what the whole-core wire field of older peers can hold)."""
+
+
 def check_resources(resources: ResourceSpec, field_name: str = "resources") -> None:
-    _whole(resources.cpu, f"{field_name}.cpu")
+    try:
+        millicores = cpu_to_millicores(resources.cpu, f"{field_name}.cpu")
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from None
+    if millicores > MAX_CPU_MILLICORES:
+        raise _fail(f"{field_name}.cpu", f"must be at most {MAX_CPU_MILLICORES // 1000} cores, got {show(resources.cpu)}")
     if resources.memory_bytes < 0:
         raise _fail(f"{field_name}.memory", "must be >= 0")
     if resources.disk_bytes < 0:

@@ -211,12 +211,16 @@ class ResourceSpecProto(_message.Message):
     DISK_BYTES_FIELD_NUMBER: _builtins.int
     DEVICE_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
+    CPU_MILLICORES_FIELD_NUMBER: _builtins.int
     cpu: _builtins.int
-    """whole cores"""
+    """whole cores: read only when cpu_millicores is unset (older peers);"""
     memory_bytes: _builtins.int
+    """written as cpu_millicores rounded up, so an older peer never under-reserves"""
     disk_bytes: _builtins.int
     replicas: _builtins.int
     """0 or unset means 1"""
+    cpu_millicores: _builtins.int
+    """1000 = one core; unset (and cpu unset): one core; 0 is refused"""
     @_builtins.property
     def device(self) -> Global___DeviceConfig: ...
     def __init__(
@@ -227,12 +231,15 @@ class ResourceSpecProto(_message.Message):
         disk_bytes: _builtins.int = ...,
         device: Global___DeviceConfig | None = ...,
         replicas: _builtins.int = ...,
+        cpu_millicores: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cpu_millicores", b"_cpu_millicores", "cpu_millicores", b"cpu_millicores", "device", b"device"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu", b"cpu", "device", b"device", "disk_bytes", b"disk_bytes", "memory_bytes", b"memory_bytes", "replicas", b"replicas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu_millicores", b"_cpu_millicores", "cpu", b"cpu", "cpu_millicores", b"cpu_millicores", "device", b"device", "disk_bytes", b"disk_bytes", "memory_bytes", b"memory_bytes", "replicas", b"replicas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__cpu_millicores: _TypeAlias = _typing.Literal["cpu_millicores"]  # noqa: Y015
+    _WhichOneofArgType__cpu_millicores: _TypeAlias = _typing.Literal["_cpu_millicores", b"_cpu_millicores"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cpu_millicores) -> _WhichOneofReturnType__cpu_millicores | None: ...
 
 Global___ResourceSpecProto: _TypeAlias = ResourceSpecProto  # noqa: Y015
 
@@ -628,6 +635,7 @@ class JobStatus(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     MAX_RETRIES_PREEMPTION_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    JOB_UID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     error: _builtins.str
@@ -654,6 +662,8 @@ class JobStatus(_message.Message):
     max_retries_preemption: _builtins.int
     owner: _builtins.str
     """the user who submitted it"""
+    job_uid: _builtins.str
+    """this incarnation of the job id (a deleted job's name may be used again)"""
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskStatus]:
         """filled only when asked for"""
@@ -691,10 +701,11 @@ class JobStatus(_message.Message):
         time: Global___TimeSpent | None = ...,
         max_retries_preemption: _builtins.int = ...,
         owner: _builtins.str = ...,
+        job_uid: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "failures_used", b"failures_used", "finished_at_ms", b"finished_at_ms", "gang_restarts", b"gang_restarts", "job_id", b"job_id", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_task_failures", b"max_task_failures", "num_tasks", b"num_tasks", "owner", b"owner", "parent_job_id", b"parent_job_id", "pending_reason", b"pending_reason", "preemptions_used", b"preemptions_used", "resources", b"resources", "started_at_ms", b"started_at_ms", "state", b"state", "submitted_at_ms", b"submitted_at_ms", "tasks", b"tasks", "tasks_failed", b"tasks_failed", "tasks_killed", b"tasks_killed", "tasks_pending", b"tasks_pending", "tasks_running", b"tasks_running", "tasks_succeeded", b"tasks_succeeded", "tasks_unschedulable", b"tasks_unschedulable", "tasks_worker_failed", b"tasks_worker_failed", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "failures_used", b"failures_used", "finished_at_ms", b"finished_at_ms", "gang_restarts", b"gang_restarts", "job_id", b"job_id", "job_uid", b"job_uid", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_task_failures", b"max_task_failures", "num_tasks", b"num_tasks", "owner", b"owner", "parent_job_id", b"parent_job_id", "pending_reason", b"pending_reason", "preemptions_used", b"preemptions_used", "resources", b"resources", "started_at_ms", b"started_at_ms", "state", b"state", "submitted_at_ms", b"submitted_at_ms", "tasks", b"tasks", "tasks_failed", b"tasks_failed", "tasks_killed", b"tasks_killed", "tasks_pending", b"tasks_pending", "tasks_running", b"tasks_running", "tasks_succeeded", b"tasks_succeeded", "tasks_unschedulable", b"tasks_unschedulable", "tasks_worker_failed", b"tasks_worker_failed", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -734,6 +745,7 @@ class WorkerMetadata(_message.Message):
     GPU_NAME_FIELD_NUMBER: _builtins.int
     GPU_MEMORY_MB_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    CPU_MILLICORES_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     ip_address: _builtins.str
     cpu_count: _builtins.int
@@ -742,6 +754,8 @@ class WorkerMetadata(_message.Message):
     gpu_count: _builtins.int
     gpu_name: _builtins.str
     gpu_memory_mb: _builtins.int
+    cpu_millicores: _builtins.int
+    """what it offers (may be a fraction of a core); 0: cpu_count cores"""
     @_builtins.property
     def device(self) -> Global___DeviceConfig:
         """the worker's accelerators (gpu variant + count), cpu when none"""
@@ -761,10 +775,11 @@ class WorkerMetadata(_message.Message):
         gpu_name: _builtins.str = ...,
         gpu_memory_mb: _builtins.int = ...,
         attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        cpu_millicores: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "cpu_count", b"cpu_count", "device", b"device", "disk_bytes", b"disk_bytes", "gpu_count", b"gpu_count", "gpu_memory_mb", b"gpu_memory_mb", "gpu_name", b"gpu_name", "hostname", b"hostname", "ip_address", b"ip_address", "memory_bytes", b"memory_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "cpu_count", b"cpu_count", "cpu_millicores", b"cpu_millicores", "device", b"device", "disk_bytes", b"disk_bytes", "gpu_count", b"gpu_count", "gpu_memory_mb", b"gpu_memory_mb", "gpu_name", b"gpu_name", "hostname", b"hostname", "ip_address", b"ip_address", "memory_bytes", b"memory_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -806,6 +821,7 @@ class WorkerTaskStatus(_message.Message):
     PORTS_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    JOB_UID_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt_id: _builtins.int
     state: Global___TaskState.ValueType
@@ -816,6 +832,8 @@ class WorkerTaskStatus(_message.Message):
     pid: _builtins.int
     result: _builtins.bytes
     """only in a SUCCEEDED report: a callable's pickled return value"""
+    job_uid: _builtins.str
+    """the job incarnation it belongs to (RunTaskRequest.job_uid); "" from older workers"""
     @_builtins.property
     def ports(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     def __init__(
@@ -831,10 +849,11 @@ class WorkerTaskStatus(_message.Message):
         ports: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         pid: _builtins.int = ...,
         result: _builtins.bytes = ...,
+        job_uid: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "error", b"error", "exit_code", b"exit_code", "finished_at_ms", b"finished_at_ms", "pid", b"pid", "ports", b"ports", "result", b"result", "started_at_ms", b"started_at_ms", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "error", b"error", "exit_code", b"exit_code", "finished_at_ms", b"finished_at_ms", "job_uid", b"job_uid", "pid", b"pid", "ports", b"ports", "result", b"result", "started_at_ms", b"started_at_ms", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -859,6 +878,7 @@ class WorkerInfo(_message.Message):
     DRAINING_FIELD_NUMBER: _builtins.int
     QUARANTINED_UNTIL_MS_FIELD_NUMBER: _builtins.int
     QUARANTINE_REASON_FIELD_NUMBER: _builtins.int
+    COMMITTED_CPU_MILLICORES_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     address: _builtins.str
     healthy: _builtins.bool
@@ -873,6 +893,8 @@ class WorkerInfo(_message.Message):
     quarantined_until_ms: _builtins.int
     """no new tasks until then (0: not quarantined)"""
     quarantine_reason: _builtins.str
+    committed_cpu_millicores: _builtins.int
+    """committed_cpu is this rounded up to whole cores"""
     @_builtins.property
     def metadata(self) -> Global___WorkerMetadata: ...
     @_builtins.property
@@ -899,10 +921,11 @@ class WorkerInfo(_message.Message):
         draining: _builtins.bool = ...,
         quarantined_until_ms: _builtins.int = ...,
         quarantine_reason: _builtins.str = ...,
+        committed_cpu_millicores: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "provisioning", b"provisioning"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "committed_cpu", b"committed_cpu", "committed_disk_bytes", b"committed_disk_bytes", "committed_gpus", b"committed_gpus", "committed_memory_bytes", b"committed_memory_bytes", "draining", b"draining", "healthy", b"healthy", "last_heartbeat_ms", b"last_heartbeat_ms", "metadata", b"metadata", "provisioning", b"provisioning", "quarantine_reason", b"quarantine_reason", "quarantined_until_ms", b"quarantined_until_ms", "registered_at_ms", b"registered_at_ms", "running_tasks", b"running_tasks", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "committed_cpu", b"committed_cpu", "committed_cpu_millicores", b"committed_cpu_millicores", "committed_disk_bytes", b"committed_disk_bytes", "committed_gpus", b"committed_gpus", "committed_memory_bytes", b"committed_memory_bytes", "draining", b"draining", "healthy", b"healthy", "last_heartbeat_ms", b"last_heartbeat_ms", "metadata", b"metadata", "provisioning", b"provisioning", "quarantine_reason", b"quarantine_reason", "quarantined_until_ms", b"quarantined_until_ms", "registered_at_ms", b"registered_at_ms", "running_tasks", b"running_tasks", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1015,7 +1038,7 @@ class LogLine(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     timestamp_ms: _builtins.int
     source: _builtins.str
-    """"stdout" or "stderr" """
+    """"stdout", "stderr", or "iris" (a line Iris added, e.g. about dropped output)"""
     data: _builtins.str
     def __init__(
         self,
@@ -1031,6 +1054,45 @@ class LogLine(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LogLine: _TypeAlias = LogLine  # noqa: Y015
+
+@_typing.final
+class LogChunk(_message.Message):
+    """A piece of one attempt's log as the worker ships it to the controller: whole records of the
+    attempt's log file (iris.cluster.logfile) starting at logical byte offset start_offset.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_ID_FIELD_NUMBER: _builtins.int
+    JOB_UID_FIELD_NUMBER: _builtins.int
+    START_OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    attempt_id: _builtins.int
+    job_uid: _builtins.str
+    start_offset: _builtins.int
+    data: _builtins.bytes
+    complete: _builtins.bool
+    """the attempt ended and this is the last of its log"""
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        attempt_id: _builtins.int = ...,
+        job_uid: _builtins.str = ...,
+        start_offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+        complete: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "complete", b"complete", "data", b"data", "job_uid", b"job_uid", "start_offset", b"start_offset", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogChunk: _TypeAlias = LogChunk  # noqa: Y015
 
 @_typing.final
 class Controller(_message.Message):
@@ -1201,6 +1263,47 @@ class Controller(_message.Message):
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
         _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class DeleteJobRequest(_message.Message):
+        """Remove an ended job (its owner or an admin): the job, its child jobs, tasks, attempts, logs,
+        results and any workspace bundle no other job uses. Its name may then be used again.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        JOB_ID_FIELD_NUMBER: _builtins.int
+        job_id: _builtins.str
+        def __init__(
+            self,
+            *,
+            job_id: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class DeleteJobResponse(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        DELETED_JOB_IDS_FIELD_NUMBER: _builtins.int
+        @_builtins.property
+        def deleted_job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+            """the job and its children"""
+
+        def __init__(
+            self,
+            *,
+            deleted_job_ids: _abc.Iterable[_builtins.str] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_job_ids", b"deleted_job_ids"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1448,21 +1551,27 @@ class Controller(_message.Message):
 
         REREGISTER_FIELD_NUMBER: _builtins.int
         KILL_FIELD_NUMBER: _builtins.int
+        FORGET_BUNDLES_FIELD_NUMBER: _builtins.int
         reregister: _builtins.bool
         """the controller does not know this worker: register again"""
         @_builtins.property
         def kill(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerTaskStatus]:
             """attempts to stop"""
 
+        @_builtins.property
+        def forget_bundles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+            """workspace bundles of deleted jobs: drop cached copies"""
+
         def __init__(
             self,
             *,
             reregister: _builtins.bool = ...,
             kill: _abc.Iterable[Global___WorkerTaskStatus] | None = ...,
+            forget_bundles: _abc.Iterable[_builtins.str] | None = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["kill", b"kill", "reregister", b"reregister"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["forget_bundles", b"forget_bundles", "kill", b"kill", "reregister", b"reregister"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1805,6 +1914,7 @@ class Controller(_message.Message):
         START_LINE_FIELD_NUMBER: _builtins.int
         MAX_LINES_FIELD_NUMBER: _builtins.int
         START_OFFSET_FIELD_NUMBER: _builtins.int
+        TAIL_LINES_FIELD_NUMBER: _builtins.int
         task_id: _builtins.str
         attempt_id: _builtins.int
         """unset: the current attempt"""
@@ -1814,6 +1924,8 @@ class Controller(_message.Message):
         """0: server default"""
         start_offset: _builtins.int
         """byte offset of start_line (from next_offset): O(page); unset: count lines"""
+        tail_lines: _builtins.int
+        """> 0 and no start_offset: start at the last this many lines"""
         def __init__(
             self,
             *,
@@ -1822,10 +1934,11 @@ class Controller(_message.Message):
             start_line: _builtins.int = ...,
             max_lines: _builtins.int = ...,
             start_offset: _builtins.int | None = ...,
+            tail_lines: _builtins.int = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["_attempt_id", b"_attempt_id", "_start_offset", b"_start_offset", "attempt_id", b"attempt_id", "start_offset", b"start_offset"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["_attempt_id", b"_attempt_id", "_start_offset", b"_start_offset", "attempt_id", b"attempt_id", "max_lines", b"max_lines", "start_line", b"start_line", "start_offset", b"start_offset", "task_id", b"task_id"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["_attempt_id", b"_attempt_id", "_start_offset", b"_start_offset", "attempt_id", b"attempt_id", "max_lines", b"max_lines", "start_line", b"start_line", "start_offset", b"start_offset", "tail_lines", b"tail_lines", "task_id", b"task_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         _WhichOneofReturnType__attempt_id: _TypeAlias = _typing.Literal["attempt_id"]  # noqa: Y015
         _WhichOneofArgType__attempt_id: _TypeAlias = _typing.Literal["_attempt_id", b"_attempt_id"]  # noqa: Y015
@@ -1847,6 +1960,7 @@ class Controller(_message.Message):
         NEXT_OFFSET_FIELD_NUMBER: _builtins.int
         next_line: _builtins.int
         attempt_finished: _builtins.bool
+        """the attempt ended and its whole log is here: nothing more will come"""
         attempt_id: _builtins.int
         next_offset: _builtins.int
         """byte offset of next_line: pass it back as start_offset"""
@@ -1864,6 +1978,49 @@ class Controller(_message.Message):
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
         _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_finished", b"attempt_finished", "attempt_id", b"attempt_id", "lines", b"lines", "next_line", b"next_line", "next_offset", b"next_offset"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class PushTaskLogsRequest(_message.Message):
+        """Workers ship each attempt's log while it runs and when it ends, so logs outlive workers."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        WORKER_ID_FIELD_NUMBER: _builtins.int
+        CHUNKS_FIELD_NUMBER: _builtins.int
+        worker_id: _builtins.str
+        @_builtins.property
+        def chunks(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogChunk]: ...
+        def __init__(
+            self,
+            *,
+            worker_id: _builtins.str = ...,
+            chunks: _abc.Iterable[Global___LogChunk] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "worker_id", b"worker_id"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class PushTaskLogsResponse(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        NEXT_OFFSETS_FIELD_NUMBER: _builtins.int
+        @_builtins.property
+        def next_offsets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+            """per chunk: the logical offset the controller holds up to (-1: not kept)"""
+
+        def __init__(
+            self,
+            *,
+            next_offsets: _abc.Iterable[_builtins.int] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["next_offsets", b"next_offsets"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2120,6 +2277,7 @@ class Worker(_message.Message):
         PREVIOUS_EXIT_CODE_FIELD_NUMBER: _builtins.int
         PREVIOUS_ERROR_FIELD_NUMBER: _builtins.int
         RENDEZVOUS_ENV_FIELD_NUMBER: _builtins.int
+        JOB_UID_FIELD_NUMBER: _builtins.int
         job_id: _builtins.str
         task_id: _builtins.str
         task_index: _builtins.int
@@ -2134,6 +2292,8 @@ class Worker(_message.Message):
         previous_exit_code: _builtins.int
         previous_error: _builtins.str
         """its last line, at most 1 KiB"""
+        job_uid: _builtins.str
+        """the job incarnation: echoed in every report of this attempt"""
         @_builtins.property
         def environment(self) -> Global___EnvironmentConfig: ...
         @_builtins.property
@@ -2164,10 +2324,11 @@ class Worker(_message.Message):
             previous_exit_code: _builtins.int = ...,
             previous_error: _builtins.str = ...,
             rendezvous_env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+            job_uid: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "resources", b"resources"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "bundle_hash", b"bundle_hash", "environment", b"environment", "job_id", b"job_id", "num_tasks", b"num_tasks", "ports", b"ports", "previous_error", b"previous_error", "previous_exit_code", b"previous_exit_code", "previous_state", b"previous_state", "rendezvous_env", b"rendezvous_env", "resources", b"resources", "serialized_entrypoint", b"serialized_entrypoint", "task_id", b"task_id", "task_index", b"task_index", "task_token", b"task_token"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "bundle_hash", b"bundle_hash", "environment", b"environment", "job_id", b"job_id", "job_uid", b"job_uid", "num_tasks", b"num_tasks", "ports", b"ports", "previous_error", b"previous_error", "previous_exit_code", b"previous_exit_code", "previous_state", b"previous_state", "rendezvous_env", b"rendezvous_env", "resources", b"resources", "serialized_entrypoint", b"serialized_entrypoint", "task_id", b"task_id", "task_index", b"task_index", "task_token", b"task_token"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2327,6 +2488,7 @@ class Worker(_message.Message):
         START_LINE_FIELD_NUMBER: _builtins.int
         MAX_LINES_FIELD_NUMBER: _builtins.int
         START_OFFSET_FIELD_NUMBER: _builtins.int
+        TAIL_LINES_FIELD_NUMBER: _builtins.int
         task_id: _builtins.str
         attempt_id: _builtins.int
         start_line: _builtins.int
@@ -2334,6 +2496,8 @@ class Worker(_message.Message):
         max_lines: _builtins.int
         start_offset: _builtins.int
         """byte offset of that line (from next_offset): O(page); unset: count lines"""
+        tail_lines: _builtins.int
+        """> 0 and no start_offset: start at the last this many lines"""
         def __init__(
             self,
             *,
@@ -2342,10 +2506,11 @@ class Worker(_message.Message):
             start_line: _builtins.int = ...,
             max_lines: _builtins.int = ...,
             start_offset: _builtins.int | None = ...,
+            tail_lines: _builtins.int = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["_attempt_id", b"_attempt_id", "_start_offset", b"_start_offset", "attempt_id", b"attempt_id", "start_offset", b"start_offset"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["_attempt_id", b"_attempt_id", "_start_offset", b"_start_offset", "attempt_id", b"attempt_id", "max_lines", b"max_lines", "start_line", b"start_line", "start_offset", b"start_offset", "task_id", b"task_id"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["_attempt_id", b"_attempt_id", "_start_offset", b"_start_offset", "attempt_id", b"attempt_id", "max_lines", b"max_lines", "start_line", b"start_line", "start_offset", b"start_offset", "tail_lines", b"tail_lines", "task_id", b"task_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         _WhichOneofReturnType__attempt_id: _TypeAlias = _typing.Literal["attempt_id"]  # noqa: Y015
         _WhichOneofArgType__attempt_id: _TypeAlias = _typing.Literal["_attempt_id", b"_attempt_id"]  # noqa: Y015
@@ -2394,20 +2559,24 @@ class Worker(_message.Message):
         TASK_ID_FIELD_NUMBER: _builtins.int
         ATTEMPT_ID_FIELD_NUMBER: _builtins.int
         GRACE_PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
+        JOB_UID_FIELD_NUMBER: _builtins.int
         task_id: _builtins.str
         attempt_id: _builtins.int
         grace_period_seconds: _builtins.float
         """0: the worker's default"""
+        job_uid: _builtins.str
+        """set: kill only an attempt of that job incarnation"""
         def __init__(
             self,
             *,
             task_id: _builtins.str = ...,
             attempt_id: _builtins.int = ...,
             grace_period_seconds: _builtins.float = ...,
+            job_uid: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "grace_period_seconds", b"grace_period_seconds", "task_id", b"task_id"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "grace_period_seconds", b"grace_period_seconds", "job_uid", b"job_uid", "task_id", b"task_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -49,6 +49,11 @@ class ControllerServiceStub:
                 request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.TerminateJobRequest.SerializeToString,
                 response_deserializer=iris_dot_rpc_dot_cluster__pb2.Empty.FromString,
                 _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/iris.cluster.ControllerService/DeleteJob',
+                request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.DeleteJobRequest.SerializeToString,
+                response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.DeleteJobResponse.FromString,
+                _registered_method=True)
         self.ListJobs = channel.unary_unary(
                 '/iris.cluster.ControllerService/ListJobs',
                 request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.ListJobsRequest.SerializeToString,
@@ -124,6 +129,11 @@ class ControllerServiceStub:
                 request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.FetchTaskLogsRequest.SerializeToString,
                 response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.FetchTaskLogsResponse.FromString,
                 _registered_method=True)
+        self.PushTaskLogs = channel.unary_unary(
+                '/iris.cluster.ControllerService/PushTaskLogs',
+                request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.PushTaskLogsRequest.SerializeToString,
+                response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.PushTaskLogsResponse.FromString,
+                _registered_method=True)
         self.FetchBundle = channel.unary_unary(
                 '/iris.cluster.ControllerService/FetchBundle',
                 request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.FetchBundleRequest.SerializeToString,
@@ -167,6 +177,12 @@ class ControllerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TerminateJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -262,6 +278,12 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PushTaskLogs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def FetchBundle(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -309,6 +331,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.TerminateJob,
                     request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.TerminateJobRequest.FromString,
                     response_serializer=iris_dot_rpc_dot_cluster__pb2.Empty.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.DeleteJobRequest.FromString,
+                    response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.DeleteJobResponse.SerializeToString,
             ),
             'ListJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobs,
@@ -384,6 +411,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.FetchTaskLogs,
                     request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.FetchTaskLogsRequest.FromString,
                     response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.FetchTaskLogsResponse.SerializeToString,
+            ),
+            'PushTaskLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushTaskLogs,
+                    request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.PushTaskLogsRequest.FromString,
+                    response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.PushTaskLogsResponse.SerializeToString,
             ),
             'FetchBundle': grpc.unary_unary_rpc_method_handler(
                     servicer.FetchBundle,
@@ -492,6 +524,33 @@ class ControllerService:
             '/iris.cluster.ControllerService/TerminateJob',
             iris_dot_rpc_dot_cluster__pb2.Controller.TerminateJobRequest.SerializeToString,
             iris_dot_rpc_dot_cluster__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/iris.cluster.ControllerService/DeleteJob',
+            iris_dot_rpc_dot_cluster__pb2.Controller.DeleteJobRequest.SerializeToString,
+            iris_dot_rpc_dot_cluster__pb2.Controller.DeleteJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -897,6 +956,33 @@ class ControllerService:
             '/iris.cluster.ControllerService/FetchTaskLogs',
             iris_dot_rpc_dot_cluster__pb2.Controller.FetchTaskLogsRequest.SerializeToString,
             iris_dot_rpc_dot_cluster__pb2.Controller.FetchTaskLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushTaskLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/iris.cluster.ControllerService/PushTaskLogs',
+            iris_dot_rpc_dot_cluster__pb2.Controller.PushTaskLogsRequest.SerializeToString,
+            iris_dot_rpc_dot_cluster__pb2.Controller.PushTaskLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

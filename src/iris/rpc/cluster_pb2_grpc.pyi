@@ -40,6 +40,7 @@ class ControllerServiceStub:
     LaunchJob: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.LaunchJobRequest, _cluster_pb2.Controller.LaunchJobResponse]
     GetJobStatus: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetJobStatusRequest, _cluster_pb2.Controller.GetJobStatusResponse]
     TerminateJob: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.TerminateJobRequest, _cluster_pb2.Empty]
+    DeleteJob: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.DeleteJobRequest, _cluster_pb2.Controller.DeleteJobResponse]
     ListJobs: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ListJobsRequest, _cluster_pb2.Controller.ListJobsResponse]
     GetTaskStatus: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetTaskStatusRequest, _cluster_pb2.Controller.GetTaskStatusResponse]
     ListTasks: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ListTasksRequest, _cluster_pb2.Controller.ListTasksResponse]
@@ -55,6 +56,7 @@ class ControllerServiceStub:
     LookupEndpoint: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.LookupEndpointRequest, _cluster_pb2.Controller.LookupEndpointResponse]
     ListEndpoints: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ListEndpointsRequest, _cluster_pb2.Controller.ListEndpointsResponse]
     FetchTaskLogs: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.FetchTaskLogsRequest, _cluster_pb2.Controller.FetchTaskLogsResponse]
+    PushTaskLogs: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.PushTaskLogsRequest, _cluster_pb2.Controller.PushTaskLogsResponse]
     FetchBundle: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.FetchBundleRequest, _cluster_pb2.Controller.FetchBundleResponse]
     CreateToken: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.CreateTokenRequest, _cluster_pb2.Controller.CreateTokenResponse]
     ListTokens: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ListTokensRequest, _cluster_pb2.Controller.ListTokensResponse]
@@ -67,6 +69,7 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     LaunchJob: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.LaunchJobRequest, _cluster_pb2.Controller.LaunchJobResponse]  # type: ignore[assignment]
     GetJobStatus: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetJobStatusRequest, _cluster_pb2.Controller.GetJobStatusResponse]  # type: ignore[assignment]
     TerminateJob: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.TerminateJobRequest, _cluster_pb2.Empty]  # type: ignore[assignment]
+    DeleteJob: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.DeleteJobRequest, _cluster_pb2.Controller.DeleteJobResponse]  # type: ignore[assignment]
     ListJobs: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ListJobsRequest, _cluster_pb2.Controller.ListJobsResponse]  # type: ignore[assignment]
     GetTaskStatus: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetTaskStatusRequest, _cluster_pb2.Controller.GetTaskStatusResponse]  # type: ignore[assignment]
     ListTasks: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ListTasksRequest, _cluster_pb2.Controller.ListTasksResponse]  # type: ignore[assignment]
@@ -82,6 +85,7 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     LookupEndpoint: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.LookupEndpointRequest, _cluster_pb2.Controller.LookupEndpointResponse]  # type: ignore[assignment]
     ListEndpoints: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ListEndpointsRequest, _cluster_pb2.Controller.ListEndpointsResponse]  # type: ignore[assignment]
     FetchTaskLogs: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.FetchTaskLogsRequest, _cluster_pb2.Controller.FetchTaskLogsResponse]  # type: ignore[assignment]
+    PushTaskLogs: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.PushTaskLogsRequest, _cluster_pb2.Controller.PushTaskLogsResponse]  # type: ignore[assignment]
     FetchBundle: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.FetchBundleRequest, _cluster_pb2.Controller.FetchBundleResponse]  # type: ignore[assignment]
     CreateToken: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.CreateTokenRequest, _cluster_pb2.Controller.CreateTokenResponse]  # type: ignore[assignment]
     ListTokens: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ListTokensRequest, _cluster_pb2.Controller.ListTokensResponse]  # type: ignore[assignment]
@@ -109,6 +113,13 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cluster_pb2.Controller.TerminateJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cluster_pb2.Empty, _abc.Awaitable[_cluster_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteJob(
+        self,
+        request: _cluster_pb2.Controller.DeleteJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.Controller.DeleteJobResponse, _abc.Awaitable[_cluster_pb2.Controller.DeleteJobResponse]]: ...
 
     @_abc_1.abstractmethod
     def ListJobs(
@@ -214,6 +225,13 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cluster_pb2.Controller.FetchTaskLogsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cluster_pb2.Controller.FetchTaskLogsResponse, _abc.Awaitable[_cluster_pb2.Controller.FetchTaskLogsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PushTaskLogs(
+        self,
+        request: _cluster_pb2.Controller.PushTaskLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.Controller.PushTaskLogsResponse, _abc.Awaitable[_cluster_pb2.Controller.PushTaskLogsResponse]]: ...
 
     @_abc_1.abstractmethod
     def FetchBundle(

@@ -56,11 +56,11 @@ def make_request(
     return request
 
 
-def submit(state: ControllerState, name: str = "job", now_ms: int = NOW, owner: str = "", **kwargs: object
-           ) -> tuple[Job, list[Task]]:
+def submit(state: ControllerState, name: str = "job", now_ms: int = NOW, owner: str = "", uid: str = "",
+           **kwargs: object) -> tuple[Job, list[Task]]:
     request = make_request(name, **kwargs)  # type: ignore[arg-type]
     job = Job(JobId(request.parent_job_id + "/" + name if request.parent_job_id else name), request, now_ms,
-              owner=owner)
+              owner=owner, uid=uid)
     tasks = expand_job_to_tasks(job, now_ms)
     state.add_job(job, tasks)
     return job, tasks

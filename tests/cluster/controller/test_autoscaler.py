@@ -11,12 +11,12 @@ SHAPE = WorkerShape(cpu=4, memory_bytes=8 * GiB)
 
 
 def req(cpu: int = 1, memory: int = GiB, gpus: int = 0) -> JobRequirements:
-    return JobRequirements(JobId("j"), cpu, memory, 0, "gpu" if gpus else "cpu", "", gpus)
+    return JobRequirements(JobId("j"), cpu * 1000, memory, 0, "gpu" if gpus else "cpu", "", gpus)
 
 
 def live(worker_id: str, free_cpu: int, total_cpu: int = 4) -> WorkerSnapshot:
-    return WorkerSnapshot(WorkerId(worker_id), True, Room(free_cpu, 8 * GiB, 0, 0, "cpu", ""),
-                          Room(total_cpu, 8 * GiB, 0, 0, "cpu", ""))
+    return WorkerSnapshot(WorkerId(worker_id), True, Room(free_cpu * 1000, 8 * GiB, 0, 0, "cpu", ""),
+                          Room(total_cpu * 1000, 8 * GiB, 0, 0, "cpu", ""))
 
 
 def plan(demand: list[Demand], workers: list[WorkerSnapshot] | None = None,
@@ -51,7 +51,7 @@ def test_a_task_bigger_than_the_shape_is_unfit_and_launches_nothing() -> None:
     result = plan([Demand(req(cpu=8), 2), Demand(req(gpus=1), 1)])
     assert result.launch == 0 and result.unfit == 3
     # ...but it may still use a big live worker that exists.
-    big = WorkerSnapshot(WorkerId("big"), True, Room(16, 64 * GiB, 0, 0, "cpu", ""), Room(16, 64 * GiB, 0, 0, "cpu", ""))
+    big = WorkerSnapshot(WorkerId("big"), True, Room(16_000, 64 * GiB, 0, 0, "cpu", ""), Room(16_000, 64 * GiB, 0, 0, "cpu", ""))
     assert plan([Demand(req(cpu=8), 2)], workers=[big]).unfit == 0
 
 

@@ -154,7 +154,7 @@ def test_gang_restart_stops_the_others_charges_only_the_trigger_and_holds_resour
     kills = {(k.task_id, k.attempt_id) for k in state.drain_effects().kills}
     assert kills == {(tasks[i].task_id, 0) for i in (0, 1, 3)}
     # The stopping attempts still hold their cpus: the gang cannot be placed on top of them.
-    assert worker.committed_cpu == 3 and not worker.running_tasks
+    assert worker.committed_cpu == 3000 and not worker.running_tasks
     tx = Scheduler(state).find_assignments(state.peek_pending_tasks(), state.get_available_workers(NOW), NOW + 6_000)
     assert tx.assignments == [] and "coscheduled" in tx.pending_reasons[job.job_id]
     # The worker confirms each stopped attempt is gone (its KILLED reports): the gang fits again, whole.
@@ -171,13 +171,13 @@ def test_observed_set_without_a_stopped_attempt_releases_its_resources(state: Co
     for t in tasks:
         dispatch(state, t)
     fail(state, tasks[0].task_id, 1, NOW + 10)
-    assert worker.committed_cpu == 1
+    assert worker.committed_cpu == 1000
     still = [T.WorkerTaskStatus(task_id=tasks[1].task_id, attempt_id=0, state=RUNNING)]
     from iris.cluster.controller.state import ObservedAttempt
 
     observed = [ObservedAttempt(TaskId(s.task_id), s.attempt_id, s.state) for s in still]
     state.reconcile_worker(worker.worker_id, observed, "inc", 0, NOW + 20)
-    assert worker.committed_cpu == 1, "still running there: still held"
+    assert worker.committed_cpu == 1000, "still running there: still held"
     state.reconcile_worker(worker.worker_id, [], "inc", 1, NOW + 30)
     assert worker.committed_cpu == 0
 
@@ -188,7 +188,7 @@ def test_a_dead_worker_releases_what_its_stopping_attempts_held(state: Controlle
     for t in tasks:
         dispatch(state, t)
     state.terminate_job(job.job_id, NOW + 1)
-    assert worker.committed_cpu == 2 and len(worker.stopping) == 2
+    assert worker.committed_cpu == 2000 and len(worker.stopping) == 2
     state.mark_worker_dead(worker.worker_id, NOW + 2)
     assert worker.committed_cpu == 0 and not worker.stopping
 
@@ -231,7 +231,7 @@ def test_an_attempt_over_its_timeout_fails_timed_out_and_is_killed(state: Contro
     assert state.expire_timeouts(NOW + 30_000) == [task.task_id]
     assert task.state == PENDING and task.failure_count == 1 and task.attempts[0].error == "timed out after 30s"
     assert [(k.task_id, k.attempt_id) for k in state.drain_effects().kills] == [(task.task_id, 0)]
-    assert worker.committed_cpu == 1, "held until the worker confirms the process is gone"
+    assert worker.committed_cpu == 1000, "held until the worker confirms the process is gone"
 
 
 def test_similar_failures_fail_the_job_fast_with_one_error(state: ControllerState) -> None:
@@ -324,7 +324,7 @@ def test_drain_stops_tasks_as_preemptions_and_places_nothing_new(state: Controll
     assert state.drain_worker(worker.worker_id, NOW + 5) == 2
     assert all(t.state == PENDING and t.preemption_count == 1 and t.attempts[0].decided_by == "worker drain"
                for t in tasks)
-    assert worker.committed_cpu == 2, "held until the worker confirms"
+    assert worker.committed_cpu == 2000, "held until the worker confirms"
     tx = Scheduler(state).find_assignments(state.peek_pending_tasks(), state.get_available_workers(NOW), NOW + 6)
     assert {w.worker_id for _, w in tx.assignments} == {"w2"}
 

@@ -160,7 +160,7 @@ def test_round_trip_of_a_mixed_state_restores_every_field(tmp_path: Path) -> Non
     assert w1 is not None and w3 is not None
     assert w1.running_tasks == set()
     assert w3.running_tasks == {TaskId("svc/task-0"), TaskId("svc/task-1")}
-    assert (w3.committed_cpu, w3.committed_devices) == (2, 2)
+    assert (w3.committed_cpu, w3.committed_devices) == (2000, 2)
     assert not loaded.get_worker(WorkerId("w2")).healthy  # type: ignore[union-attr]
     assert [e.endpoint_id for e in loaded.list_endpoints()] == ["e2", "e1"]
     assert loaded.get_job(JobId("b")).state == T.JOB_STATE_FAILED  # type: ignore[union-attr]

@@ -19,6 +19,7 @@ class FakeControllerState:
     heartbeats: list[cluster_pb2.Controller.HeartbeatRequest] = field(default_factory=list)
     reports: list[cluster_pb2.Controller.ReportTaskStateRequest] = field(default_factory=list)
     bundle_fetches: list[str] = field(default_factory=list)
+    log_chunks: list[cluster_pb2.LogChunk] = field(default_factory=list)
 
 
 class FakeController(cluster_pb2_grpc.ControllerServiceServicer):
@@ -100,6 +101,15 @@ class FakeController(cluster_pb2_grpc.ControllerServiceServicer):
             self._maybe_fail(context, "ReportTaskState")
             self.state.reports.append(request)
             return cluster_pb2.Controller.ReportTaskStateResponse(kill=self._take_kills())
+
+    def PushTaskLogs(
+        self, request: cluster_pb2.Controller.PushTaskLogsRequest, context: grpc.ServicerContext
+    ) -> cluster_pb2.Controller.PushTaskLogsResponse:
+        with self.lock:
+            self._maybe_fail(context, "PushTaskLogs")
+            self.state.log_chunks.extend(request.chunks)
+            return cluster_pb2.Controller.PushTaskLogsResponse(
+                next_offsets=[c.start_offset + len(c.data) for c in request.chunks])
 
     def FetchBundle(
         self, request: cluster_pb2.Controller.FetchBundleRequest, context: grpc.ServicerContext

@@ -37,7 +37,7 @@ def test_cgroups_v2_detected_and_task_limits_written(tmp_path: Path) -> None:
     limits = CgroupLimits.detect("w1", root=root, proc_self_cgroup=proc, mounts=mounts)
     assert limits is not None and limits.version == 2
     assert (root / "worker.slice" / "iris-w1" / "cgroup.subtree_control").read_text() == "+memory +cpu"
-    cg = limits.create("job/task-0/attempt-1", cpu=2, memory_bytes=512 * 1024**2)
+    cg = limits.create("job/task-0/attempt-1", cpu_millicores=2000, memory_bytes=512 * 1024**2)
     assert cg is not None and cg.memory_dir == root / "worker.slice" / "iris-w1" / "job_task-0_attempt-1-1"
     assert (cg.memory_dir / "memory.max").read_text() == str(512 * 1024**2)
     assert (cg.memory_dir / "cpu.max").read_text() == "200000 100000"
@@ -57,7 +57,7 @@ def test_cgroups_v1_detected_and_task_limits_written(tmp_path: Path) -> None:
     root, proc, mounts = fake_v1(tmp_path, "w1")
     limits = CgroupLimits.detect("w1", root=root, proc_self_cgroup=proc, mounts=mounts)
     assert limits is not None and limits.version == 1
-    cg = limits.create("t/task-0/attempt-0", cpu=1, memory_bytes=1024**3)
+    cg = limits.create("t/task-0/attempt-0", cpu_millicores=1000, memory_bytes=1024**3)
     assert cg is not None and cg.memory_dir is not None and cg.cpu_dir is not None
     assert (cg.memory_dir / "memory.limit_in_bytes").read_text() == str(1024**3)
     assert (cg.cpu_dir / "cpu.cfs_quota_us").read_text() == "100000"
@@ -70,7 +70,7 @@ def test_cgroups_v1_detected_and_task_limits_written(tmp_path: Path) -> None:
 def test_cgroups_task_without_limits_gets_no_cgroup(tmp_path: Path) -> None:
     root, proc, mounts = fake_v1(tmp_path, "w1")
     limits = CgroupLimits.detect("w1", root=root, proc_self_cgroup=proc, mounts=mounts)
-    assert limits is not None and limits.create("t/task-0/attempt-0", cpu=0, memory_bytes=0) is None
+    assert limits is not None and limits.create("t/task-0/attempt-0", cpu_millicores=0, memory_bytes=0) is None
 
 
 def test_cgroups_not_writable_or_absent_means_none(tmp_path: Path) -> None:
@@ -85,14 +85,14 @@ def test_cgroups_released_empty_cgroup_is_reused_for_the_same_shape(tmp_path: Pa
     root, proc, mounts = fake_v2(tmp_path)
     limits = CgroupLimits.detect("w1", root=root, proc_self_cgroup=proc, mounts=mounts)
     assert limits is not None
-    first = limits.create("a.0", cpu=1, memory_bytes=1024**3)
+    first = limits.create("a.0", cpu_millicores=1000, memory_bytes=1024**3)
     assert first is not None and first.memory_dir is not None
     (first.memory_dir / "memory.events").write_text("oom_kill 1\n")
     limits.release(first)  # no cgroup.procs entries: empty, kept for reuse
-    again = limits.create("b.0", cpu=1, memory_bytes=1024**3)
+    again = limits.create("b.0", cpu_millicores=1000, memory_bytes=1024**3)
     assert again is not None and again.memory_dir == first.memory_dir
     assert not again.oom_killed()  # the earlier attempt's OOM kill is not this one's
     (again.memory_dir / "memory.events").write_text("oom_kill 2\n")
     assert again.oom_killed()
-    other = limits.create("c.0", cpu=2, memory_bytes=1024**3)
+    other = limits.create("c.0", cpu_millicores=2000, memory_bytes=1024**3)
     assert other is not None and other.memory_dir != first.memory_dir

@@ -63,8 +63,9 @@ def test_run_task_over_grpc_to_success_with_logs(
     status = stub.GetTaskStatus(W.GetTaskStatusRequest(task_id="job/task-0"), timeout=10).task
     assert status.state == cluster_pb2.TASK_STATE_SUCCEEDED
     logs = stub.FetchTaskLogs(W.FetchTaskLogsRequest(task_id="job/task-0", attempt_id=0), timeout=10)
-    assert [line.data for line in logs.lines] == ["hello", "world"]
-    assert {line.source for line in logs.lines} == {"output"}
+    # Two pipes: each line keeps its stream and time; their order across streams is the reader's.
+    assert sorted((line.data, line.source) for line in logs.lines) == [("hello", "stdout"), ("world", "stderr")]
+    assert all(line.timestamp_ms > 0 for line in logs.lines)
     assert logs.next_line == 2 and logs.attempt_finished and logs.attempt_id == 0
     more = stub.FetchTaskLogs(
         W.FetchTaskLogsRequest(task_id="job/task-0", start_line=1, max_lines=1), timeout=10

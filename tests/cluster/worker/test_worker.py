@@ -48,7 +48,11 @@ class FakeRuntime:
     def start(self, spec: ProcessSpec, on_exit: ExitCallback) -> int:
         if self.fail_start is not None:
             raise self.fail_start
-        spec.log_path.write_text("line one\nline two\n")
+        if spec.log is not None:  # what a real runtime's pipes would have written
+            spec.log.append_line(1, "stdout", b"line one")
+            spec.log.append_line(2, "stdout", b"line two")
+        else:
+            spec.log_path.write_text("line one\nline two\n")
         with self.lock:
             self.specs[spec.key] = spec
             self.callbacks[spec.key] = on_exit
@@ -516,9 +520,9 @@ def test_fetch_logs_by_line_and_newest_attempt(make_worker: WorkerFactory) -> No
     runtime.exit(("job/task-0", 1), 0)
     chunk = worker.fetch_logs("job/task-0")
     assert chunk.attempt_id == 1 and chunk.attempt_finished
-    assert chunk.lines == ["line one", "line two"] and chunk.next_line == 2
+    assert [r.text for r in chunk.lines] == ["line one", "line two"] and chunk.next_line == 2
     tail = worker.fetch_logs("job/task-0", 1, start_line=1, max_lines=5)
-    assert tail.lines == ["line two"] and tail.next_line == 2
+    assert [r.text for r in tail.lines] == ["line two"] and tail.next_line == 2
     assert worker.fetch_logs("job/task-0", 1, start_line=2).lines == []
     with pytest.raises(NotFound):
         worker.fetch_logs("job/task-0", 7)
@@ -568,11 +572,11 @@ def test_callable_success_and_exception(
     worker.run_task(_callable_request(_boom, "kaboom", task_id="job/task-1"))
     ok = _terminal(fake_controller, "job/task-0")
     assert ok.state == SUCCEEDED
-    assert worker.fetch_logs("job/task-0").lines == ["hi from callable"]
+    assert [r.text for r in worker.fetch_logs("job/task-0").lines] == ["hi from callable"]
     bad = _terminal(fake_controller, "job/task-1")
     assert bad.state == FAILED and bad.exit_code == 1
     assert "Traceback" in bad.error and "RuntimeError: kaboom" in bad.error
-    assert any("RuntimeError: kaboom" in line for line in worker.fetch_logs("job/task-1").lines)
+    assert any("RuntimeError: kaboom" in r.text for r in worker.fetch_logs("job/task-1").lines)
 
 
 def test_command_task_env_and_exit_code_with_real_process(
@@ -584,7 +588,7 @@ def test_command_task_env_and_exit_code_with_real_process(
     )
     update = _terminal(fake_controller, "job/task-0")
     assert update.state == FAILED and update.exit_code == 4
-    line = worker.fetch_logs("job/task-0").lines[0]
+    line = worker.fetch_logs("job/task-0").lines[0].text
     assert line == f"job/task-0 {update.ports['web']}"
     assert "exit code 4" in update.error and line in update.error
 
@@ -595,7 +599,7 @@ def test_kill_real_task_leaves_no_grandchild(
     worker = make_worker()
     worker.run_task(command_request(["/bin/sh", "-c", "sleep 1000 & echo $!; wait"]))
     wait_until(lambda: worker.fetch_logs("job/task-0").lines, 30)
-    grandchild = int(worker.fetch_logs("job/task-0").lines[0])
+    grandchild = int(worker.fetch_logs("job/task-0").lines[0].text)
     worker.kill_task("job/task-0", 0, 5)
     assert _terminal(fake_controller, "job/task-0").state == KILLED
     wait_until(
@@ -629,7 +633,7 @@ def test_bundle_fetched_once_unpacked_and_importable(
     for i in range(3):
         update = _terminal(fake_controller, f"job/task-{i}")
         assert update.state == SUCCEEDED, update.error
-        assert worker.fetch_logs(f"job/task-{i}").lines == ["from bundle", "payload"]
+        assert [r.text for r in worker.fetch_logs(f"job/task-{i}").lines] == ["from bundle", "payload"]
     assert fake_controller.servicer.state.bundle_fetches == [bundle_hash]
 
 

@@ -25,11 +25,12 @@ class WorkerShape:
     """What each provisioned worker offers (``--worker-cpus``, ``--worker-memory``)."""
 
     cpu: int
+    """Whole cores (Slurm's ``--cpus-per-task``)."""
     memory_bytes: int
     disk_bytes: int = 0
 
     def room(self) -> Room:
-        return Room(self.cpu, self.memory_bytes, self.disk_bytes or 2**62, 0, "cpu", "")
+        return Room(self.cpu * 1000, self.memory_bytes, self.disk_bytes or 2**62, 0, "cpu", "")
 
 
 @dataclass(frozen=True, slots=True)

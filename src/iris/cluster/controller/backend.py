@@ -68,6 +68,8 @@ class AttemptLaunch:
     """How the task's previous attempt ended (the task gets IRIS_PREVIOUS_*)."""
     rendezvous: tuple[tuple[str, str], ...] = ()
     """A coscheduled task's rendezvous variables (``iris.cluster.rendezvous``)."""
+    job_uid: str = ""
+    """The job incarnation (echoed in the attempt's reports)."""
 
 
 class LaunchOutcome(Enum):
@@ -96,6 +98,7 @@ class AttemptKill:
     attempt_id: int
     grace_period_s: float
     credential: str = ""
+    job_uid: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,11 +274,15 @@ class WorkerDaemonBackend:
     ``capacity`` are empty and their RPCs reach the controller directly."""
 
     _TEMPLATE_CACHE = 64
+    ships_logs = True
+    """The workers ship every attempt's log to the controller (``PushTaskLogs``): with a log store the
+    controller reads logs from its own copy and never asks a worker."""
 
     def __init__(self, clients: WorkerClients | None = None, timeouts: WorkerDaemonTimeouts | None = None) -> None:
         self._clients: WorkerClients = clients or GrpcWorkerClients()
         self._timeouts = timeouts or WorkerDaemonTimeouts()
-        self._templates: OrderedDict[JobId, cluster_pb2.Worker.RunTaskRequest] = OrderedDict()
+        self._templates: OrderedDict[tuple[JobId, str], cluster_pb2.Worker.RunTaskRequest] = OrderedDict()
+        """Per job incarnation (id, uid): a deleted job's name reused is another job."""
         self._templates_lock = threading.Lock()
 
     def submit(self, launches: Sequence[AttemptLaunch]) -> list[LaunchResult]:
@@ -319,7 +326,7 @@ class WorkerDaemonBackend:
         """The job's part of the request is built once per job (a template copied in one call);
         only the task's fields are set per task."""
         with self._templates_lock:
-            template = self._templates.get(launch.job_id)
+            template = self._templates.get((launch.job_id, launch.job_uid))
             if template is None:
                 spec = launch.spec
                 template = cluster_pb2.Worker.RunTaskRequest(
@@ -332,16 +339,18 @@ class WorkerDaemonBackend:
                     ports=list(spec.ports),
                 )
                 template.resources.replicas = spec.replicas
-                self._templates[launch.job_id] = template
+                self._templates[(launch.job_id, launch.job_uid)] = template
                 if len(self._templates) > self._TEMPLATE_CACHE:
                     self._templates.popitem(last=False)
             else:
-                self._templates.move_to_end(launch.job_id)
+                self._templates.move_to_end((launch.job_id, launch.job_uid))
         run = cluster_pb2.Worker.RunTaskRequest()
         run.CopyFrom(template)
         run.task_id = launch.task_id
         run.task_index = launch.task_index
         run.attempt_id = launch.attempt_id
+        if launch.job_uid:
+            run.job_uid = launch.job_uid
         if launch.task_token:
             run.task_token = launch.task_token
         if launch.rendezvous:
@@ -355,7 +364,8 @@ class WorkerDaemonBackend:
 
     def kill(self, kill: AttemptKill) -> None:
         request = cluster_pb2.Worker.KillTaskRequest(
-            task_id=kill.task_id, attempt_id=kill.attempt_id, grace_period_seconds=kill.grace_period_s
+            task_id=kill.task_id, attempt_id=kill.attempt_id, grace_period_seconds=kill.grace_period_s,
+            job_uid=kill.job_uid,
         )
         try:
             self._clients.kill_task(kill.address, request, self._timeouts.kill_s, kill.credential)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from iris.cluster.types import CpuDevice, GpuDevice, JobId, ResourceSpec, WorkerId, format_size
+from iris.cluster.types import CpuDevice, GpuDevice, JobId, ResourceSpec, WorkerId, format_cpu, format_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,7 @@ class JobRequirements:
 
     job_id: JobId
     cpu: int
+    """Millicores (1000 = one core), as are every ``cpu`` below."""
     memory_bytes: int
     disk_bytes: int
     device_kind: str
@@ -47,7 +48,7 @@ class JobRequirements:
         else:
             kind = "gpu" if isinstance(device, GpuDevice) else "tpu"
             variant, count = device.variant, device.count
-        return cls(job_id, resources.cpu, resources.memory_bytes, resources.disk_bytes, kind, variant, count,
+        return cls(job_id, resources.cpu_millicores, resources.memory_bytes, resources.disk_bytes, kind, variant, count,
                    coscheduled, scheduling_timeout_ms)
 
 
@@ -70,7 +71,7 @@ class Capacity(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Room:
-    """A plain ``Capacity`` value."""
+    """A plain ``Capacity`` value (cpu in millicores)."""
 
     cpu: int
     memory: int
@@ -118,7 +119,7 @@ def unmet_everywhere(req: JobRequirements, totals: Sequence[Capacity]) -> str:
     if any(fits(req, t) for t in totals):
         return ""
     if all(t.cpu < req.cpu for t in totals):
-        return f"no worker has {req.cpu} cpus (largest: {max(t.cpu for t in totals)})"
+        return f"no worker has {format_cpu(req.cpu)} cpus (largest: {format_cpu(max(t.cpu for t in totals))})"
     if all(t.memory < req.memory_bytes for t in totals):
         largest = max(t.memory for t in totals)
         return f"no worker has {format_size(req.memory_bytes)} memory (largest: {format_size(largest)})"

@@ -29,6 +29,7 @@ import os
 import secrets
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ from iris.cluster.controller.backend import (
 )
 from iris.cluster.controller.capacity import WorkerSnapshot
 from iris.cluster.controller.job import Job, expand_job_to_tasks
+from iris.cluster.controller.logstore import LogStore, job_key
 from iris.cluster.controller.scheduler import Scheduler
 from iris.cluster.controller.state import (
     ActionLogEntry,
@@ -76,6 +78,7 @@ from iris.cluster.controller.state import (
     Effects,
     KillInstruction,
     ObservedAttempt,
+    job_uid_matches,
 )
 from iris.cluster.controller.views import (
     ClusterCounts,
@@ -88,6 +91,7 @@ from iris.cluster.controller.views import (
     worker_view,
 )
 from iris.cluster.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from iris.cluster.logfile import AttemptLog
 from iris.cluster.rendezvous import Member, gang_env
 from iris.cluster.types import (
     TERMINAL_TASK_STATES,
@@ -96,6 +100,7 @@ from iris.cluster.types import (
     WorkerId,
     WorkerMetadata,
     child_job_id,
+    job_state_name,
     task_state_name,
 )
 from iris.cluster.validation import DEFAULT_LIMITS, Limits, check_id, validate_launch_request
@@ -111,6 +116,9 @@ MAX_PAGE_SIZE = 5000
 MAX_FILTER_CHARS = 1024
 MAX_FILTER_STATES = 16
 _TASK_STATES = frozenset(cluster_pb2.TaskState.values())
+FORGET_BUNDLES_FOR_MS = 10 * 60 * 1000
+"""How long heartbeats keep telling workers about a deleted bundle (a worker away longer drops
+unused cached bundles on its own)."""
 READ_CHUNK = 1000
 """Objects copied per lock hold by a reader; between chunks the lock is free for writers."""
 SCAN_PER_PAGE = 20
@@ -148,6 +156,11 @@ class ControllerConfig:
     """Size limits of a job; the workers apply the same (``iris.cluster.validation``)."""
     auth: bool = True
     """Every call needs a credential (DESIGN §7). False only for ``--auth none`` on loopback."""
+    finished_job_ttl_s: float = 7 * 24 * 3600.0
+    """Ended jobs are deleted this long after they ended (``--finished-job-ttl``; 0: never by age)."""
+    max_finished_jobs: int = 10_000
+    """At most this many ended jobs (without a parent) are kept; the oldest go first
+    (``--max-finished-jobs``; 0: no limit)."""
 
 
 class StateStore(Protocol):
@@ -156,6 +169,10 @@ class StateStore(Protocol):
     def write(self, state: ControllerState, effects: Effects) -> None: ...
 
     def put_bundle(self, blob: bytes) -> str: ...
+
+    def delete_bundle(self, bundle_hash: str) -> None: ...
+
+    def delete_results(self, task_ids: Iterable[str]) -> None: ...
 
     def get_bundle(self, bundle_hash: str) -> bytes | None: ...
 
@@ -180,6 +197,13 @@ class MemoryBundles:
 
     def get_bundle(self, bundle_hash: str) -> bytes | None:
         return self._blobs.get(bundle_hash)
+
+    def delete_bundle(self, bundle_hash: str) -> None:
+        self._blobs.pop(bundle_hash, None)
+
+    def delete_results(self, task_ids: Iterable[str]) -> None:
+        for task_id in task_ids:
+            self._results.pop(task_id, None)
 
     def put_result(self, task_id: str, attempt_id: int, data: bytes) -> None:
         self._results[task_id] = (attempt_id, data)
@@ -214,6 +238,7 @@ class Controller:
         address: str = "",
         on_fatal: Callable[[], None] | None = None,
         secret: bytes | None = None,
+        log_store: LogStore | None = None,
     ) -> None:
         """``backend`` runs the tasks; by default Iris's worker daemons over gRPC
         (``worker_clients`` replaces their transport, e.g. with a fake in tests)."""
@@ -246,6 +271,10 @@ class Controller:
         the state dir by ``iris controller serve`` so both survive a restart."""
         self._worker_credentials: dict[str, str] = {}
         self._provisioner: Provisioner | None = None
+        self._forgotten_bundles: deque[tuple[int, str]] = deque()
+        """(when, hash) of bundles deleted recently: heartbeats tell workers to drop their copies."""
+        self._logs: LogStore | None = log_store
+        """The controller's copy of every attempt's log (``logstore``), when it has a state dir."""
         self._retired: set[WorkerId] = set()
         """Provisioned workers given back to their platform: they may not register again."""
 
@@ -311,6 +340,7 @@ class Controller:
             try:
                 self.tick_health()
                 self.tick_observe()
+                self.tick_retention()
             except Exception:
                 logger.exception("health pass failed")
 
@@ -351,9 +381,14 @@ class Controller:
             worker = self._state.get_worker(kill.worker_id)
             if worker is None:
                 continue
+            job_uid = kill.job_uid
+            if job_uid is None:
+                task = self._state.get_task(kill.task_id)
+                job = self._state.get_job(task.job_id) if task is not None else None
+                job_uid = job.uid if job is not None else ""
             self._submit(self._kill_one, AttemptKill(
                 kill.worker_id, worker.address, kill.task_id, kill.attempt_id, self._grace_for(kill.task_id),
-                self.controller_token(kill.worker_id) if self.config.auth else "",
+                self.controller_token(kill.worker_id) if self.config.auth else "", job_uid,
             ))
 
     def _grace_for(self, task_id: TaskId) -> float:
@@ -387,10 +422,12 @@ class Controller:
             parsed = parse_task_token(self._secret, token)
             if parsed is None:
                 raise Unauthenticated("the task token is not one this controller issued")
-            task_id, attempt_id = parsed
+            task_id, attempt_id, job_uid = parsed
             with self._lock:
                 task = self._state.get_task(TaskId(task_id))
-                live = task is not None and task.is_active() and task.current_attempt_id == attempt_id
+                job = self._state.get_job(task.job_id) if task is not None else None
+                live = (task is not None and task.is_active() and task.current_attempt_id == attempt_id
+                        and job is not None and job.uid == job_uid)
                 job_id = task.job_id if task is not None else ""
             if not live:
                 raise Unauthenticated(f"the task token of {task_id} attempt {attempt_id} ended with its attempt")
@@ -405,8 +442,8 @@ class Controller:
             raise Unauthenticated(f"token {record.token_id} was revoked")
         return Principal(record.role, record.name, token_id=record.token_id)
 
-    def task_token(self, task_id: str, attempt_id: int) -> str:
-        return task_token(self._secret, task_id, attempt_id)
+    def task_token(self, task_id: str, attempt_id: int, job_uid: str = "") -> str:
+        return task_token(self._secret, task_id, attempt_id, job_uid)
 
     def controller_token(self, worker_id: str) -> str:
         """The credential the controller presents to one worker (derived: the same after a restart;
@@ -523,12 +560,77 @@ class Controller:
             elif spec.bundle_hash and self._bundles.get_bundle(spec.bundle_hash) is None:
                 raise InvalidArgument(f"bundle_hash: no bundle {spec.bundle_hash} is stored; send bundle_blob")
             now = self._clock.now_ms()
-            job = Job(job_id, spec, now, owner=owner)
+            job = Job(job_id, spec, now, owner=owner, uid=secrets.token_hex(8))
             self._state.add_job(job, expand_job_to_tasks(job, now))
             effects = self._commit()
         logger.info("job submitted job=%s tasks=%d", job_id, job.num_tasks)
         self._after_commit(effects)
         return job_id
+
+    def delete_job(self, job_id: JobId) -> list[JobId]:
+        """Remove an ended job with its child jobs, tasks, attempts, endpoints, results, logs and
+        any workspace bundle no other job uses; its name may be used again. Raises NotFound, or
+        FailedPrecondition while it runs or an attempt Iris stopped may still run on a worker."""
+        with self._lock:
+            job = self._job_locked(job_id)
+            if not job.is_finished():
+                raise FailedPrecondition(
+                    f"job_id: job {job_id!r} is {job_state_name(job.state)}; stop it first (iris job stop {job_id})")
+            worker = self._state.still_stopping(job_id)
+            if worker:
+                raise FailedPrecondition(f"job_id: an attempt of job {job_id!r} is still stopping on worker {worker}; "
+                                         "try again in a few seconds")
+            removed = self._delete_locked(job_id)
+        logger.info("deleted jobs %s", ", ".join(removed))
+        return removed
+
+    def _delete_locked(self, job_id: JobId) -> list[JobId]:
+        """Delete one ended job (and children) from memory, the store, the log store and the bundle
+        store. Call with the lock held."""
+        tree = [job for job in (self._state.get_job(j) for j in self._job_tree(job_id)) if job is not None]
+        task_ids = [t.task_id for job in tree for t in self._state.get_job_tasks(job.job_id)]
+        log_keys = [job_key(job.job_id, job.uid) for job in tree]
+        removed = self._state.delete_job(job_id)
+        effects = self._commit()
+        self._bundles.delete_results(task_ids)
+        for bundle_hash in effects.deleted_bundles:
+            if not self._state.bundle_in_use(bundle_hash):  # checked under the lock: no launch races it
+                self._bundles.delete_bundle(bundle_hash)
+                self._forgotten_bundles.append((self._clock.now_ms(), bundle_hash))
+        for removed_id in removed:
+            self._launch_bytes.pop(removed_id, None)
+        if self._logs is not None:
+            for key in log_keys:
+                self._logs.delete_job(key)
+        return removed
+
+    def _job_tree(self, job_id: JobId) -> list[JobId]:
+        out, pending = [], [job_id]
+        while pending:
+            current = pending.pop()
+            out.append(current)
+            pending.extend(self._state.get_child_jobs(current))
+        return out
+
+    def tick_retention(self) -> int:
+        """Delete ended jobs past ``finished_job_ttl_s`` or beyond ``max_finished_jobs`` (oldest
+        first, children with their parent; a job whose stopped attempts may still run waits).
+        Bounded work per call. Returns how many jobs (children counted) were deleted."""
+        cfg = self.config
+        deleted = 0
+        with self._lock:
+            now = self._clock.now_ms()
+            candidates = self._state.prunable_jobs(now, int(cfg.finished_job_ttl_s * 1000), cfg.max_finished_jobs)
+            for job_id in candidates:
+                if self._state.still_stopping(job_id):
+                    break  # keep the order: the oldest goes first, once its processes are gone
+                deleted += len(self._delete_locked(job_id))
+            horizon = now - FORGET_BUNDLES_FOR_MS
+            while self._forgotten_bundles and self._forgotten_bundles[0][0] < horizon:
+                self._forgotten_bundles.popleft()
+        if deleted:
+            logger.info("retention deleted %d ended jobs", deleted)
+        return deleted
 
     def terminate_job(self, job_id: JobId) -> bool:
         with self._lock:
@@ -800,7 +902,7 @@ class Controller:
                 previous = task.attempts[-1] if task.attempts else None
                 launches.append(AttemptLaunch(job.job_id, task.task_id, task.task_index, job.num_tasks,
                                               task.current_attempt_id, job.spec, worker.worker_id, worker.address,
-                                              previous=previous))
+                                              previous=previous, job_uid=job.uid))
         launches = _with_rendezvous(launches)
         self._state.set_pending_reasons(reasons)
         return launches, ScheduleSummary(len(launches), len(tx.timed_out_tasks), len(pending) - len(launches))
@@ -844,7 +946,7 @@ class Controller:
         ``max_dispatch_failures`` of the worker."""
         if self.config.auth:
             credential = self.controller_token(batch[0].worker_id)
-            batch = [dataclasses.replace(launch, task_token=self.task_token(launch.task_id, launch.attempt_id),
+            batch = [dataclasses.replace(launch, task_token=self.task_token(launch.task_id, launch.attempt_id, launch.job_uid),
                                          credential=credential) for launch in batch]
         try:
             results = self._backend.submit(batch)
@@ -911,7 +1013,8 @@ class Controller:
         for observation in self._backend.observe():
             kills = self.apply_observation(observation)
             for attempt in kills or ():
-                self._send_kills([KillInstruction(observation.worker_id, attempt.task_id, attempt.attempt_id)])
+                self._send_kills([KillInstruction(observation.worker_id, attempt.task_id, attempt.attempt_id,
+                                                  attempt.job_uid)])
 
     def register_worker(
         self, request: cluster_pb2.Controller.RegisterWorkerRequest, principal: Principal = ANONYMOUS_LOCAL
@@ -997,7 +1100,10 @@ class Controller:
         kill = self.apply_observation(observation)
         if kill is None:
             return cluster_pb2.Controller.HeartbeatResponse(reregister=True)
-        return cluster_pb2.Controller.HeartbeatResponse(kill=[_status(a) for a in kill])
+        response = cluster_pb2.Controller.HeartbeatResponse(kill=[_status(a) for a in kill])
+        if self._forgotten_bundles:
+            response.forget_bundles.extend(h for _, h in list(self._forgotten_bundles))
+        return response
 
     def apply_observation(self, observation: Observation) -> list[ObservedAttempt] | None:
         """Reconcile one location's complete observed set (a heartbeat, or a backend's poll).
@@ -1031,28 +1137,31 @@ class Controller:
             for update in request.updates:
                 task_id = TaskId(update.task_id)
                 if update.result and update.state == cluster_pb2.TASK_STATE_SUCCEEDED:
-                    self._keep_result(worker_id, task_id, update.attempt_id, update.result)
+                    self._keep_result(worker_id, task_id, update.attempt_id, update.result, update.job_uid)
                 changed = self._state.apply_report(
                     worker_id, task_id, update.attempt_id, update.state, now,
                     exit_code=update.exit_code, error=update.error or None, ports=update.ports,
+                    job_uid=update.job_uid,
                 )
                 if not changed and update.state not in TERMINAL_TASK_STATES:
                     task = self._state.get_task(task_id)
                     if task is None or task.current_attempt_id != update.attempt_id or task.worker_id != worker_id \
-                            or task.is_finished():
+                            or task.is_finished() or not job_uid_matches(self._state, task_id, update.job_uid):
                         kill.append(cluster_pb2.WorkerTaskStatus(task_id=update.task_id,
-                                                                 attempt_id=update.attempt_id))
+                                                                 attempt_id=update.attempt_id,
+                                                                 job_uid=update.job_uid))
             effects = self._commit()
         # Wakes the scheduling loop, which coalesces the wakes of several report batches into one
         # pass (running the pass here, per batch, was measured slower).
         self._after_commit(effects)
         return cluster_pb2.Controller.ReportTaskStateResponse(kill=kill)
 
-    def _keep_result(self, worker_id: WorkerId, task_id: TaskId, attempt_id: int, data: bytes) -> None:
+    def _keep_result(self, worker_id: WorkerId, task_id: TaskId, attempt_id: int, data: bytes,
+                     job_uid: str = "") -> None:
         """Store a succeeding attempt's result before its success is committed. Call with the lock."""
         task = self._state.get_task(task_id)
         if task is None or task.current_attempt_id != attempt_id or task.worker_id != worker_id \
-                or not task.is_active():
+                or not task.is_active() or not job_uid_matches(self._state, task_id, job_uid):
             return  # a stale or duplicate report: its result is not the task's
         self._bundles.put_result(task_id, attempt_id, data)
 
@@ -1146,7 +1255,30 @@ class Controller:
                         raise NotFound(f"attempt_id: task {task.task_id} has no attempt {attempt_id}")
             worker = self._state.get_worker(worker_id) if worker_id is not None else None
             task_id = task.task_id
+            job = self._state.get_job(task.job_id)
+            key = job_key(job.job_id, job.uid) if job is not None else ""
+            worker_gone = worker is None or not worker.healthy
+            task_index = task.task_index
         offset = request.start_offset if request.HasField("start_offset") else None
+        ships = bool(getattr(self._backend, "ships_logs", False))
+        if self._logs is not None and key and (ships or self._logs.has(key, task_index, attempt_id)):
+            # The controller's own copy: it outlives the worker, and costs the worker nothing.
+            log = self._logs.attempt_log(key, task_index, attempt_id)
+            if offset is None:
+                offset = log.tail_offset(request.tail_lines) if request.tail_lines > 0 else 0
+                if request.start_line and not request.tail_lines:
+                    offset = _skip_lines(log, request.start_line)
+            stored = log.read(offset, request.max_lines)
+            complete = self._logs.is_complete(key, task_index, attempt_id)
+            return cluster_pb2.Controller.FetchTaskLogsResponse(
+                lines=[cluster_pb2.LogLine(data=r.text, source=r.source, timestamp_ms=r.timestamp_ms)
+                       for r in stored.records],
+                next_line=request.start_line + len(stored.records),
+                next_offset=stored.next_offset,
+                attempt_finished=attempt_finished and stored.next_offset >= stored.end_offset and (
+                    complete or worker_gone),
+                attempt_id=attempt_id,
+            )
         if worker_id is None:
             return cluster_pb2.Controller.FetchTaskLogsResponse(
                 attempt_id=attempt_id, attempt_finished=False, next_line=request.start_line,
@@ -1172,7 +1304,52 @@ class Controller:
         )
 
 
+    def push_task_logs(self, worker_id: WorkerId, request: cluster_pb2.Controller.PushTaskLogsRequest
+                       ) -> cluster_pb2.Controller.PushTaskLogsResponse:
+        """Keep the log chunks a worker ships, for attempts that ran on that worker only. A chunk of
+        an attempt the controller does not know (deleted job, another worker's) is answered -1."""
+        offsets: list[int] = []
+        for i, chunk in enumerate(request.chunks):
+            check_id(chunk.task_id, f"chunks[{i}].task_id", self.config.limits)
+            if chunk.start_offset < 0:
+                raise InvalidArgument(f"chunks[{i}].start_offset: must be >= 0")
+        for chunk in request.chunks:
+            with self._lock:
+                task = self._state.get_task(TaskId(chunk.task_id))
+                job = self._state.get_job(task.job_id) if task is not None else None
+                ran_here = task is not None and job is not None and job_uid_matches(
+                    self._state, task.task_id, chunk.job_uid) and (
+                    (task.current_attempt_id == chunk.attempt_id and task.worker_id == worker_id)
+                    or any(a.attempt_id == chunk.attempt_id and a.worker_id == worker_id for a in task.attempts))
+                key = job_key(job.job_id, job.uid) if job is not None else ""
+                index = task.task_index if task is not None else 0
+            if not ran_here or self._logs is None:
+                offsets.append(-1)
+                continue
+            log = self._logs.attempt_log(key, index, chunk.attempt_id)
+            end = log.append_at(chunk.start_offset, chunk.data) if chunk.data else log.end_offset()
+            if chunk.complete and end >= chunk.start_offset + len(chunk.data):
+                self._logs.mark_complete(key, index, chunk.attempt_id)
+            offsets.append(end)
+        return cluster_pb2.Controller.PushTaskLogsResponse(next_offsets=offsets)
+
+    def attach_log_store(self, logs: LogStore) -> None:
+        self._logs = logs
+
+
 # ---------------------------------------------------------------------- helpers
+
+
+def _skip_lines(log: AttemptLog, lines: int) -> int:
+    """The offset of record number ``lines`` (the old line-numbered protocol: O(lines))."""
+    offset = 0
+    while lines > 0:
+        page = log.read(offset, min(lines, 10_000))
+        if not page.records:
+            break
+        lines -= len(page.records)
+        offset = page.next_offset
+    return offset
 
 
 def _with_rendezvous(launches: list[AttemptLaunch]) -> list[AttemptLaunch]:
@@ -1217,10 +1394,11 @@ def _parse_token(token: str) -> int:
 def _observed(tasks: Sequence[cluster_pb2.WorkerTaskStatus]) -> list[ObservedAttempt]:
     return [
         ObservedAttempt(TaskId(t.task_id), t.attempt_id, t.state, exit_code=t.exit_code, error=t.error or None,
-                        ports=tuple(t.ports.items()) if t.ports else ())
+                        ports=tuple(t.ports.items()) if t.ports else (), job_uid=t.job_uid)
         for t in tasks
     ]
 
 
 def _status(attempt: ObservedAttempt) -> cluster_pb2.WorkerTaskStatus:
-    return cluster_pb2.WorkerTaskStatus(task_id=attempt.task_id, attempt_id=attempt.attempt_id, state=attempt.state)  # type: ignore[arg-type]
+    return cluster_pb2.WorkerTaskStatus(task_id=attempt.task_id, attempt_id=attempt.attempt_id, state=attempt.state,  # type: ignore[arg-type]
+                                        job_uid=attempt.job_uid)

@@ -210,7 +210,7 @@ class Dashboard:
         lines.append(f'iris_workers{{healthy="true"}} {counts.workers_healthy}')
         lines.append(f'iris_workers{{healthy="false"}} {counts.workers_unhealthy}')
         lines += ["# HELP iris_committed_cpu Cores committed to running tasks.", "# TYPE iris_committed_cpu gauge"]
-        lines.append(f"iris_committed_cpu {counts.committed_cpu}")
+        lines.append(f"iris_committed_cpu {counts.committed_cpu / 1000:g}")
         lines += ["# HELP iris_attempt_seconds_total Running time of ended attempts, by how they ended "
                   "(useful: succeeded; failure, preemption, gang: lost to failed, preempted and gang-restarted "
                   "attempts).", "# TYPE iris_attempt_seconds_total counter"]

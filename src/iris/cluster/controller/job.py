@@ -76,6 +76,7 @@ class Job:
         "success_workers",
         "similar_failures",
         "charges",
+        "uid",
     )
 
     def __init__(
@@ -85,6 +86,7 @@ class Job:
         submitted_at_ms: int,
         parent_job_id: JobId | None = None,
         owner: str = "",
+        uid: str = "",
     ) -> None:
         spec = request if isinstance(request, JobSpec) else JobSpec.from_proto(request)
         self.job_id = job_id
@@ -106,7 +108,7 @@ class Job:
         self.scheduling_timeout_ms = int(spec.scheduling_timeout_seconds * 1000)
         resources = spec.resources
         # Plain ints and strings, read on the scheduler's hot path.
-        self.cpu = resources.cpu
+        self.cpu = resources.cpu_millicores
         self.memory_bytes = resources.memory_bytes
         self.disk_bytes = resources.disk_bytes
         device = resources.device
@@ -118,6 +120,9 @@ class Job:
             job_id, resources, coscheduled=spec.coscheduled, scheduling_timeout_ms=self.scheduling_timeout_ms
         )
         """What one task needs: the scheduler's frozen input, derived once from the frozen spec."""
+        self.uid = uid
+        """This incarnation of ``job_id``, unique across deletions (the shell makes it): attempts,
+        reports and task tokens carry it, so nothing of a deleted job matches one reusing its name."""
         self.owner = owner
         """Who submitted it (a user's name); only they or an admin may stop it or read its secrets."""
         self.submit_seq = 0

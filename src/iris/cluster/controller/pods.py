@@ -33,8 +33,8 @@ from iris.cluster.controller.backend import (
     Observation,
 )
 from iris.cluster.controller.state import ObservedAttempt
+from iris.cluster.logfile import PAGE_DEFAULT_LINES, PAGE_MAX_LINES
 from iris.cluster.types import GpuDevice, TaskId, WorkerId, WorkerMetadata
-from iris.cluster.worker.logs import PAGE_DEFAULT_LINES, PAGE_MAX_LINES
 from iris.rpc import cluster_pb2
 
 LABEL_JOB = "iris.dev/job"
@@ -352,7 +352,7 @@ class PodBackend:
         resources = spec.resources
         return PodSpec(
             image=self.config.image, command=command, env=tuple(sorted(env.items())),
-            cpu=str(resources.cpu), memory=f"{max(1, resources.memory_bytes // (1024 * 1024))}Mi",
+            cpu=f"{resources.cpu_millicores}m", memory=f"{max(1, resources.memory_bytes // (1024 * 1024))}Mi",
             labels=tuple(sorted(labels.items())), annotations=tuple(sorted(annotations.items())),
             gpus=resources.device.count if isinstance(resources.device, GpuDevice) else 0,
         )

@@ -124,6 +124,15 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         self._controller.terminate_job(JobId(request.job_id))
         return cluster_pb2.Empty()
 
+    @_rpc(*_HUMANS)
+    def DeleteJob(
+        self, request: cluster_pb2.Controller.DeleteJobRequest, context: grpc.ServicerContext, who: Principal
+    ) -> cluster_pb2.Controller.DeleteJobResponse:
+        _require(request.job_id, "job_id")
+        require_owner(who, request.job_id, self._controller.job_owner(JobId(request.job_id)), "DeleteJob")
+        removed = self._controller.delete_job(JobId(request.job_id))
+        return cluster_pb2.Controller.DeleteJobResponse(deleted_job_ids=list(removed))
+
     @_rpc(*_READERS)
     def ListJobs(
         self, request: cluster_pb2.Controller.ListJobsRequest, context: grpc.ServicerContext, who: Principal
@@ -217,6 +226,15 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         # Bound to its worker id: the core ignores reports of attempts not bound to that worker.
         _own_worker(who, request.worker_id)
         return self._controller.report_task_state(request)
+
+    @_rpc(Role.WORKER, Role.ADMIN)
+    def PushTaskLogs(
+        self, request: cluster_pb2.Controller.PushTaskLogsRequest, context: grpc.ServicerContext, who: Principal
+    ) -> cluster_pb2.Controller.PushTaskLogsResponse:
+        # Bound to its worker id: only attempts that ran on that worker are kept.
+        _own_worker(who, request.worker_id)
+        _require(request.worker_id, "worker_id")
+        return self._controller.push_task_logs(WorkerId(request.worker_id), request)
 
     @_rpc(*_HUMANS)
     def ListWorkers(

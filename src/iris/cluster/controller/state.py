@@ -44,6 +44,7 @@ from iris.cluster.types import (
     TaskId,
     WorkerId,
     WorkerMetadata,
+    cores,
 )
 from iris.rpc import cluster_pb2
 
@@ -76,6 +77,7 @@ class ControllerWorker:
     """Tasks whose current attempt is bound to this worker and has not ended."""
     incarnation: str = ""
     committed_cpu: int = 0
+    """Millicores."""
     committed_memory: int = 0
     committed_disk: int = 0
     committed_devices: int = 0
@@ -108,9 +110,9 @@ class ControllerWorker:
         """The worker's capacity as a frozen value (the scheduler's input). O(1): counters."""
         meta = self.metadata
         kind, variant = meta.device_kind, meta.device_variant
-        total = Room(meta.cpu_count, meta.memory_bytes, meta.disk_bytes, meta.device_count, kind, variant)
+        total = Room(meta.cpu_millicores, meta.memory_bytes, meta.disk_bytes, meta.device_count, kind, variant)
         free = Room(
-            meta.cpu_count - self.committed_cpu,
+            meta.cpu_millicores - self.committed_cpu,
             meta.memory_bytes - self.committed_memory,
             meta.disk_bytes - self.committed_disk,
             meta.device_count - self.committed_devices,
@@ -140,6 +142,8 @@ class KillInstruction:
     worker_id: WorkerId
     task_id: TaskId
     attempt_id: int
+    job_uid: str | None = None
+    """The job incarnation; None: the one the state holds for ``task_id``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,10 +171,13 @@ class Effects:
     """Jobs removed from the state with their tasks, attempts and endpoints (children listed too)."""
     dirty_tokens: set[str] = field(default_factory=set)
     """Token ids created or revoked."""
+    deleted_bundles: list[str] = field(default_factory=list)
+    """Workspace bundles no job uses any more (their last job was deleted): remove the files."""
 
     def is_empty(self) -> bool:
         return not (
             self.deleted_jobs
+            or self.deleted_bundles
             or self.dirty_tokens
             or self.kills
             or self.dirty_jobs
@@ -193,6 +200,8 @@ class ObservedAttempt:
     error: str | None = None
     ports: tuple[tuple[str, int], ...] = ()
     """The attempt's named ports (name, port)."""
+    job_uid: str = ""
+    """The job incarnation the worker ran it for ("" from an older worker: not checked)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +243,11 @@ class ControllerState:
         """A heap of (deadline, task, attempt) for jobs with ``timeout_seconds``."""
         self.lost_ms: dict[str, int] = {cause: 0 for cause in TIME_CAUSES}
         """Milliseconds of attempts by how they ended (``/metrics``), all jobs."""
+        self._bundle_refs: dict[str, int] = {}
+        """Workspace bundle hash -> jobs using it; a bundle whose count drops to 0 is deleted."""
+        self._finished_roots: dict[JobId, int] = {}
+        """Ended jobs without a parent, in the order they ended (-> finished_at_ms): retention
+        prunes from the front (``prunable_jobs``)."""
 
     def _index_job(self, job: Job) -> None:
         job.submit_seq = self._next_submit_seq
@@ -262,6 +276,8 @@ class ControllerState:
                 queue[task.task_id] = task
             self._effects.dirty_tasks.update(t.task_id for t in tasks)
             self._effects.dirty_jobs.add(job.job_id)
+            if job.bundle_hash:
+                self._bundle_refs[job.bundle_hash] = self._bundle_refs.get(job.bundle_hash, 0) + 1
             if job.parent_job_id is not None:
                 self._children.setdefault(job.parent_job_id, []).append(job.job_id)
             self.log_action("job_submitted", now_ms=job.submitted_at_ms, job_id=job.job_id,
@@ -293,8 +309,17 @@ class ControllerState:
                     heapq.heappush(self._deadlines, (task.started_at_ms + timeout_ms, task.task_id,
                                                      task.current_attempt_id))
             job.gang_restarts = len(gang_restarts)
+            if job.bundle_hash:
+                self._bundle_refs[job.bundle_hash] = self._bundle_refs.get(job.bundle_hash, 0) + 1
             if job.parent_job_id is not None:
                 self._children.setdefault(job.parent_job_id, []).append(job.job_id)
+            elif job.is_finished():
+                self._finished_roots[job.job_id] = job.finished_at_ms or 0
+
+    def order_finished_roots(self) -> None:
+        """After a load: the ended root jobs in the order they ended (retention prunes oldest first)."""
+        with self._lock:
+            self._finished_roots = dict(sorted(self._finished_roots.items(), key=lambda item: item[1]))
 
     def restore_queue(self, task_ids: Iterable[TaskId]) -> None:
         with self._lock:
@@ -344,6 +369,14 @@ class ControllerState:
                 if siblings is not None and job_id in siblings:
                     siblings.remove(job_id)
             del self._jobs[job_id]
+            self._finished_roots.pop(job_id, None)
+            if job.bundle_hash:
+                left = self._bundle_refs.get(job.bundle_hash, 1) - 1
+                if left > 0:
+                    self._bundle_refs[job.bundle_hash] = left
+                else:
+                    self._bundle_refs.pop(job.bundle_hash, None)
+                    self._effects.deleted_bundles.append(job.bundle_hash)
             index = bisect.bisect_left(self._order_seqs, job.submit_seq)
             if index < len(self._order_seqs) and self._order_ids[index] == job_id:
                 del self._order_seqs[index]
@@ -352,6 +385,44 @@ class ControllerState:
             self._effects.deleted_jobs.append(job_id)
             removed.append(job_id)
             return removed
+
+    def still_stopping(self, job_id: JobId) -> str:
+        """A worker on which an attempt of this job (or a child job) that Iris stopped may still
+        run, else "". Such a job is not deleted yet: its processes hold resources under its ids."""
+        with self._lock:
+            keys: set[tuple[TaskId, int]] = set()
+            pending = [job_id]
+            while pending:
+                current = pending.pop()
+                pending.extend(self._children.get(current, ()))
+                for task in self._tasks_by_job.get(current, ()):
+                    keys.update((task.task_id, a) for a in range(task.current_attempt_id + 1))
+            for worker in self._workers.values():
+                if worker.stopping and any(key in keys for key in worker.stopping):
+                    return worker.worker_id
+            return ""
+
+    def prunable_jobs(self, now_ms: int, ttl_ms: int, max_finished: int, limit: int = 100) -> list[JobId]:
+        """Ended root jobs that retention removes now, oldest first: those that ended more than
+        ``ttl_ms`` ago (0: no age limit) and the oldest beyond ``max_finished`` ended root jobs
+        (0: no count limit). At most ``limit``; O(result): the index is in the order jobs ended."""
+        with self._lock:
+            excess = len(self._finished_roots) - max_finished if max_finished > 0 else 0
+            out: list[JobId] = []
+            for job_id, finished_at_ms in self._finished_roots.items():
+                if len(out) >= limit:
+                    break
+                if len(out) < excess or (ttl_ms > 0 and finished_at_ms <= now_ms - ttl_ms):
+                    out.append(job_id)
+                else:
+                    break
+            return out
+
+    def finished_root_count(self) -> int:
+        return len(self._finished_roots)
+
+    def bundle_in_use(self, bundle_hash: str) -> bool:
+        return bundle_hash in self._bundle_refs
 
     def get_child_jobs(self, job_id: JobId) -> list[JobId]:
         return list(self._children.get(job_id, ()))
@@ -422,15 +493,16 @@ class ControllerState:
                 return [w for w in self._workers.values() if w.healthy and not w.draining]
             return [w for w in self._workers.values() if w.schedulable(now_ms)]
 
-    def get_committed_resources(self, worker: ControllerWorker) -> tuple[int, int, int]:
-        """(cpu, memory_bytes, devices) committed to the worker's running tasks. O(1): counters."""
-        return worker.committed_cpu, worker.committed_memory, worker.committed_devices
+    def get_committed_resources(self, worker: ControllerWorker) -> tuple[float | int, int, int]:
+        """(cpu in cores, memory_bytes, devices) committed to the worker's running tasks (the seed's
+        view; ``committed_cpu`` itself counts millicores). O(1): counters."""
+        return cores(worker.committed_cpu), worker.committed_memory, worker.committed_devices
 
     def can_fit(self, worker: ControllerWorker, job: Job) -> bool:
         """Whether ``worker`` is healthy and its free resources cover one task of ``job``."""
         meta = worker.metadata
         return worker.healthy and not worker.draining and fits_in(
-            job.requirements, meta.cpu_count - worker.committed_cpu, meta.memory_bytes - worker.committed_memory,
+            job.requirements, meta.cpu_millicores - worker.committed_cpu, meta.memory_bytes - worker.committed_memory,
             meta.disk_bytes - worker.committed_disk, meta.device_count - worker.committed_devices,
             meta.device_kind, meta.device_variant,
         )
@@ -916,6 +988,8 @@ class ControllerState:
     def _on_job_finished(self, job: Job, now_ms: int) -> None:
         """Failure domain: kill every task of the job that has not ended, then end its children."""
         self._effects.dirty_jobs.add(job.job_id)
+        if job.parent_job_id is None:
+            self._finished_roots[job.job_id] = job.finished_at_ms or now_ms
         self.log_action(
             "job_finished",
             now_ms=now_ms,
@@ -959,9 +1033,11 @@ class ControllerState:
         exit_code: int | None = None,
         error: str | None = None,
         ports: Mapping[str, int] | None = None,
+        job_uid: str = "",
     ) -> bool:
         """Apply one state report from a worker. Stale attempts, reports for ended tasks, reports
-        from a worker the attempt is not bound to, and illegal moves are ignored (idempotent).
+        from a worker the attempt is not bound to, reports of another incarnation of the job (one
+        deleted, its name used again), and illegal moves are ignored (idempotent).
 
         A KILLED report for an attempt the controller did not kill means the worker stopped it
         because it is shutting down: a worker failure, retried as a preemption, and the worker is
@@ -971,7 +1047,7 @@ class ControllerState:
         with self._lock:
             if state in TERMINAL_TASK_STATES:
                 worker = self._workers.get(worker_id)
-                if worker is not None and worker.stopping:
+                if worker is not None and worker.stopping and job_uid_matches(self, task_id, job_uid):
                     self._confirm_stopped(worker, (task_id, attempt_id))  # a stopped attempt is gone
             task = self._tasks.get(task_id)
             if (
@@ -979,6 +1055,7 @@ class ControllerState:
                 or task.current_attempt_id != attempt_id
                 or task.worker_id != worker_id
                 or not task.is_active()
+                or not self._same_incarnation(task, job_uid)
             ):
                 return False
             if ports:
@@ -1032,6 +1109,7 @@ class ControllerState:
                     and task.current_attempt_id == attempt.attempt_id
                     and task.worker_id == worker_id
                     and task.is_active()
+                    and self._same_incarnation(task, attempt.job_uid)
                 )
                 if expected:
                     seen.add(attempt.task_id)
@@ -1043,7 +1121,7 @@ class ControllerState:
                     if attempt.state in TERMINAL_TASK_STATES and attempt.state != task.state:  # type: ignore[union-attr]
                         self.apply_report(
                             worker_id, attempt.task_id, attempt.attempt_id, attempt.state, now_ms,
-                            exit_code=attempt.exit_code, error=attempt.error,
+                            exit_code=attempt.exit_code, error=attempt.error, job_uid=attempt.job_uid,
                         )
                 elif attempt.state not in TERMINAL_TASK_STATES:
                     kill.append(attempt)
@@ -1065,10 +1143,19 @@ class ControllerState:
                 )
             if worker.stopping:
                 # Attempts Iris stopped that the set shows ended, or no longer holds: they are gone.
-                live = {(a.task_id, a.attempt_id) for a in observed if a.state not in TERMINAL_TASK_STATES}
+                live = {(a.task_id, a.attempt_id) for a in observed if a.state not in TERMINAL_TASK_STATES
+                        or not job_uid_matches(self, a.task_id, a.job_uid)}
                 for key in [k for k in worker.stopping if k not in live]:
                     self._confirm_stopped(worker, key)
             return ReconcileResult(kill=kill, missing=missing)
+
+    def _same_incarnation(self, task: Task, job_uid: str) -> bool:
+        """Whether a worker's word about ``task`` is about this incarnation of its job ("" on either
+        side: an older peer or a job stored before incarnations, not checked)."""
+        if not job_uid:
+            return True
+        job = self._jobs.get(task.job_id)
+        return job is not None and (not job.uid or job.uid == job_uid)
 
     # ------------------------------------------------------------------ endpoints
 
@@ -1246,3 +1333,10 @@ class ControllerState:
             assert not unknown_workers, f"tasks bound to unknown workers {unknown_workers}"
             for eid, e in self._endpoints.items():
                 assert e.task_id is not None and self._tasks[e.task_id].is_active(), f"endpoint {eid} outlived task"
+
+
+def job_uid_matches(state: ControllerState, task_id: TaskId, job_uid: str) -> bool:
+    """Whether an attempt of ``task_id`` reported with ``job_uid`` may belong to the job the
+    state holds under that task id (unknown task: True; nothing of it is held)."""
+    task = state.get_task(task_id)
+    return task is None or state._same_incarnation(task, job_uid)

@@ -32,7 +32,7 @@ import os
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,6 +172,9 @@ MIGRATIONS: list[Migration] = [
             data       BLOB NOT NULL
         )""",
     ),
+    # v5 -> v6: deletion and retention: each job incarnation's unique id, so a deleted job's name can
+    # be used again without its late reports, tokens or logs matching the new job.
+    ("ALTER TABLE jobs ADD COLUMN uid TEXT NOT NULL DEFAULT ''",),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -228,7 +231,7 @@ class Table:
 JOBS = Table(
     "jobs",
     ("job_id", "parent_job_id", "request", "submitted_at_ms", "state", "error", "started_at_ms", "finished_at_ms",
-     "pending_reason", "first_failure", "owner"),
+     "pending_reason", "first_failure", "owner", "uid"),
     key=("job_id",),
     mutable=("state", "error", "started_at_ms", "finished_at_ms", "pending_reason", "first_failure"),
 )
@@ -287,7 +290,7 @@ _DELETE_JOB = (
 
 def _job_row(j: Job) -> tuple[object, ...]:
     return (j.job_id, j.parent_job_id, j.spec.to_proto().SerializeToString(), j.submitted_at_ms, j.state, j.error,
-            j.started_at_ms, j.finished_at_ms, j.pending_reason, j.first_failure, j.owner)
+            j.started_at_ms, j.finished_at_ms, j.pending_reason, j.first_failure, j.owner, j.uid)
 
 
 def _token_row(t: TokenRecord) -> tuple[object, ...]:
@@ -560,10 +563,10 @@ class ControllerStore:
 
         jobs: dict[JobId, Job] = {}
         for (job_id, parent_job_id, request_bytes, submitted_at_ms, jstate, error, started_at_ms,
-             finished_at_ms, pending_reason, first_failure, owner) in conn.execute(JOBS.select_sql):
+             finished_at_ms, pending_reason, first_failure, owner, uid) in conn.execute(JOBS.select_sql):
             request = cluster_pb2.Controller.LaunchJobRequest.FromString(request_bytes)
             job = Job(JobId(job_id), request, submitted_at_ms, JobId(parent_job_id) if parent_job_id else None,
-                      owner=owner)
+                      owner=owner, uid=uid)
             job.state = jstate
             job.error = error
             job.started_at_ms = started_at_ms
@@ -619,6 +622,7 @@ class ControllerStore:
                 counts[t.state] += 1
             job.num_tasks = len(job_tasks)
             state.restore_job(job, job_tasks)
+        state.order_finished_roots()
 
         workers: dict[str, ControllerWorker] = {}
         for (worker_id, address, metadata, healthy, consecutive_failures, last_heartbeat_ms,
@@ -711,6 +715,15 @@ class ControllerStore:
                 os.unlink(tmp)
             raise
         return digest
+
+    def delete_bundle(self, bundle_hash: str) -> None:
+        """Remove a bundle no job uses any more (its last job was deleted)."""
+        if BUNDLE_HASH_RE.fullmatch(bundle_hash):
+            with contextlib.suppress(FileNotFoundError):
+                (self.bundles_dir / f"{bundle_hash}.zip").unlink()
+
+    def delete_results(self, task_ids: Iterable[str]) -> None:
+        """Nothing to do: deleting a job deletes its results rows in the same transaction."""
 
     def get_bundle(self, bundle_hash: str) -> bytes | None:
         """The bundle stored under ``bundle_hash``, or None (also for a malformed hash)."""

@@ -44,6 +44,7 @@ class JobView:
     preemptions_used: int = 0
     time_ms: tuple[tuple[str, int], ...] = ()
     """("pending", ms), ("useful", ms), ("failure", ms), ("preemption", ms), ("gang", ms)."""
+    uid: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,7 @@ class WorkerView:
     registered_at_ms: int
     running_tasks: tuple[TaskId, ...]
     committed_cpu: int
+    """Millicores."""
     committed_memory: int
     committed_disk: int
     committed_devices: int
@@ -123,7 +125,7 @@ def job_view(job: Job) -> JobView:
         job.finished_at_ms or 0, job.parent_job_id or "", job.num_tasks, tuple(c), spec.resources, spec.replicas,
         pending_reason, job.max_task_failures, job.max_retries_failure, job.max_retries_preemption, job.submit_seq,
         job.owner, job.gang_restarts, job.charges["failure"], job.charges["preemption"],
-        (("pending", job.pending_ms), *job.time_ms.items()),
+        (("pending", job.pending_ms), *job.time_ms.items()), job.uid,
     )
 
 
@@ -187,6 +189,7 @@ def job_proto(view: JobView, tasks: list[TaskView] | None = None) -> cluster_pb2
         max_retries_failure=view.max_retries_failure,
         max_retries_preemption=view.max_retries_preemption,
         owner=view.owner,
+        job_uid=view.uid,
         gang_restarts=view.gang_restarts,
         failures_used=view.failures_used,
         preemptions_used=view.preemptions_used,
@@ -256,7 +259,8 @@ def worker_proto(view: WorkerView) -> cluster_pb2.WorkerInfo:
         healthy=view.healthy,
         last_heartbeat_ms=view.last_heartbeat_ms,
         running_tasks=list(view.running_tasks),
-        committed_cpu=view.committed_cpu,
+        committed_cpu=-(-view.committed_cpu // 1000),
+        committed_cpu_millicores=view.committed_cpu,
         committed_memory_bytes=view.committed_memory,
         committed_disk_bytes=view.committed_disk,
         committed_gpus=view.committed_devices,

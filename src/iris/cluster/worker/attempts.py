@@ -68,6 +68,8 @@ class AttemptStatus:
     finished_at_ms: int = 0
     pid: int = 0
     ports: Mapping[str, int] = field(default_factory=dict)
+    job_uid: str = ""
+    """The job incarnation it was sent for (echoed to the controller)."""
 
     @property
     def key(self) -> AttemptKey:
@@ -95,6 +97,7 @@ class Attempt:
     gpus: list[int] = field(default_factory=list)
     kill_requested: bool = False
     kill_grace_s: float = 0.0
+    job_uid: str = ""
 
     @property
     def finished(self) -> bool:
@@ -102,7 +105,7 @@ class Attempt:
 
     def status(self) -> AttemptStatus:
         return AttemptStatus(self.key[0], self.key[1], self.state, self.exit_code, self.error, self.started_at_ms,
-                             self.finished_at_ms, self.pid, dict(self.ports))
+                             self.finished_at_ms, self.pid, dict(self.ports), self.job_uid)
 
 
 # ---------------------------------------------------------------------------- events
@@ -113,6 +116,7 @@ class Accepted:
     key: AttemptKey
     gpus_wanted: int = 0
     ports: Mapping[str, int] = field(default_factory=dict)
+    job_uid: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +289,22 @@ class AttemptMachine:
                     out += self.handle(KillRequested(attempt.key, grace_s))
         return out
 
+    def forget(self, key: AttemptKey) -> list[Instruction]:
+        """Drop an ended attempt from the history now (its job was deleted and the id is used by a
+        new job): its directory goes. A live attempt is not forgotten (returns [])."""
+        attempt = self.attempts.get(key)
+        if attempt is None or attempt.phase in LIVE_PHASES:
+            return []
+        del self.attempts[key]
+        self._history.pop(key, None)
+        if self._newest.get(key[0]) == key[1]:
+            older = [a for (t, a) in self.attempts if t == key[0]]
+            if older:
+                self._newest[key[0]] = max(older)
+            else:
+                del self._newest[key[0]]
+        return [Discard(key)]
+
     # -- queries ------------------------------------------------------------------------------
 
     def get(self, task_id: str, attempt_id: int | None = None) -> Attempt | None:
@@ -314,7 +334,7 @@ class AttemptMachine:
         if self.stopping:
             raise WorkerStopping("worker is shutting down and accepts no new tasks")
         self.sequence += 1
-        attempt = Attempt(event.key, self.sequence, ports=dict(event.ports))
+        attempt = Attempt(event.key, self.sequence, ports=dict(event.ports), job_uid=event.job_uid)
         if event.gpus_wanted:
             attempt.gpus = self._free_gpus[: event.gpus_wanted]
             del self._free_gpus[: len(attempt.gpus)]

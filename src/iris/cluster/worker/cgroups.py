@@ -199,14 +199,14 @@ class CgroupLimits:
                 if self.version == 2:
                     _write(base / "cgroup.subtree_control", " ".join("+" + c for c in self._controllers))
 
-    def create(self, key: str, cpu: int, memory_bytes: int) -> TaskCgroup | None:
+    def create(self, key: str, cpu_millicores: int, memory_bytes: int) -> TaskCgroup | None:
         """A cgroup for one attempt with its limits; None if it cannot be made or nothing is limited.
 
         Creating a cgroup and writing its quota costs the kernel about half a millisecond, so an
         empty cgroup released by an ended attempt is reused by the next attempt of the same shape
         (its limits are already right). ``key`` names new cgroups (for people reading the tree).
         """
-        shape = (cpu if self.cpu_base is not None else 0, memory_bytes if self.memory_base is not None else 0)
+        shape = (cpu_millicores if self.cpu_base is not None else 0, memory_bytes if self.memory_base is not None else 0)
         if shape == (0, 0):
             return None
         with self._lock:
@@ -230,14 +230,14 @@ class CgroupLimits:
                     _write(memory_dir / "memory.limit_in_bytes", str(memory_bytes))
                     if (memory_dir / "memory.memsw.limit_in_bytes").exists():
                         _write(memory_dir / "memory.memsw.limit_in_bytes", str(memory_bytes))
-            if self.cpu_base is not None and cpu > 0:
+            if self.cpu_base is not None and cpu_millicores > 0:
                 cpu_dir = self.cpu_base / leaf
                 cpu_dir.mkdir(exist_ok=True)
                 if self.version == 2:
-                    _write(cpu_dir / "cpu.max", f"{cpu * CFS_PERIOD_US} {CFS_PERIOD_US}")
+                    _write(cpu_dir / "cpu.max", f"{_quota_us(cpu_millicores)} {CFS_PERIOD_US}")
                 else:
                     _write(cpu_dir / "cpu.cfs_period_us", str(CFS_PERIOD_US))
-                    _write(cpu_dir / "cpu.cfs_quota_us", str(cpu * CFS_PERIOD_US))
+                    _write(cpu_dir / "cpu.cfs_quota_us", str(_quota_us(cpu_millicores)))
         except OSError as e:
             logger.warning("could not create cgroup for %s: %s", key, e)
             TaskCgroup(self.version, memory_dir, cpu_dir).remove()
@@ -321,3 +321,8 @@ def remove_worker_cgroups(worker_name: str) -> None:
     limits = CgroupLimits.detect(worker_name)  # finds the hierarchy and removes what is empty
     if limits is not None:
         limits.close()
+
+
+def _quota_us(cpu_millicores: int) -> int:
+    """CFS quota per period for that much cpu (the kernel's minimum is 1 ms)."""
+    return max(1000, cpu_millicores * CFS_PERIOD_US // 1000)

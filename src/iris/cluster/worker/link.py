@@ -52,6 +52,8 @@ def status_proto(status: AttemptStatus) -> cluster_pb2.WorkerTaskStatus:
         proto.error = status.error
     if status.ports:
         proto.ports.update(status.ports)
+    if status.job_uid:
+        proto.job_uid = status.job_uid
     return proto
 
 
@@ -98,9 +100,11 @@ class ControllerLink:
         incarnation: str,
         observed: Callable[[], tuple[list[AttemptStatus], int]],
         metadata: Callable[[], cluster_pb2.WorkerMetadata],
-        on_kill: Callable[[AttemptKey], None],
+        on_kill: Callable[[AttemptKey, str], None],
         on_acknowledged: Callable[[list[AttemptStatus]], None],
         result_of: Callable[[tuple[str, int]], bytes] | None = None,
+        on_forget_bundles: Callable[[list[str]], None] | None = None,
+        before_end_reports: Callable[[list[AttemptKey]], None] | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
@@ -111,6 +115,8 @@ class ControllerLink:
         self._observed = observed
         self._metadata = metadata
         self._on_kill = on_kill
+        self._on_forget_bundles = on_forget_bundles
+        self._before_end_reports = before_end_reports
         self._on_acknowledged = on_acknowledged
         self._result_of = result_of
         """A succeeded attempt's result (a callable's pickled return value), sent with its final report."""
@@ -235,6 +241,8 @@ class ControllerLink:
             self._failed(e)
             return False
         self._apply_kills(response.kill)
+        if response.forget_bundles and self._on_forget_bundles is not None:
+            self._on_forget_bundles(list(response.forget_bundles))
         if response.reregister:
             with self._lock:
                 self._registered = False
@@ -247,7 +255,23 @@ class ControllerLink:
     def _apply_kills(self, kills: Iterable[cluster_pb2.WorkerTaskStatus]) -> None:
         for entry in kills:
             logger.info("controller asked to kill task=%s attempt=%d", entry.task_id, entry.attempt_id)
-            self._on_kill((entry.task_id, entry.attempt_id))
+            self._on_kill((entry.task_id, entry.attempt_id), entry.job_uid)
+
+    def push_logs(self, chunks: list[cluster_pb2.LogChunk]) -> list[int] | None:
+        """Ship log chunks to the controller; per chunk the offset it now holds up to (-1: it keeps
+        none of that attempt). None when the controller could not be reached (try again later)."""
+        with self._lock:
+            if not self._registered or not self._reachable:
+                return None
+        try:
+            response = self.stub.PushTaskLogs(
+                cluster_pb2.Controller.PushTaskLogsRequest(worker_id=self.worker_id, chunks=chunks),
+                timeout=self._config.rpc_timeout_s, metadata=self.metadata(),
+            )
+        except grpc.RpcError as e:
+            logger.debug("log shipping failed: %s", e)
+            return None
+        return list(response.next_offsets)
 
     # -- outbox -------------------------------------------------------------------------------
 
@@ -298,6 +322,14 @@ class ControllerLink:
                 merged.update(self._outbox)  # a newer state for the same attempt wins
                 self._outbox = merged
             self.outbox_event.set()
+        ended = [key for key, status in batch.items() if status.finished]
+        if ended and self._before_end_reports is not None:
+            # The whole log of an attempt reaches the controller before its end does: whoever sees
+            # the attempt ended can read all of its output.
+            try:
+                self._before_end_reports(ended)
+            except Exception:
+                logger.exception("shipping the logs of ended attempts failed")
         request = cluster_pb2.Controller.ReportTaskStateRequest(worker_id=self.worker_id, updates=updates)
         try:
             response = self.stub.ReportTaskState(request, timeout=self._config.rpc_timeout_s, metadata=self.metadata())

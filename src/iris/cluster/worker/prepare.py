@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from iris.cluster.spec import Entrypoint
+from iris.cluster.logfile import DEFAULT_LOG_CAP_BYTES, AttemptLog
+from iris.cluster.spec import Entrypoint, resources_from_proto
 from iris.cluster.types import format_size
 from iris.cluster.worker.attempts import AttemptKey
 from iris.cluster.worker.runtime import PROCESS_RECORD, ProcessSpec
@@ -70,6 +71,7 @@ class PreparerConfig:
     task_user: str | None = None
     """Tasks run as this user: their attempt directories are handed to it."""
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    max_log_bytes: int = DEFAULT_LOG_CAP_BYTES
     """The largest pickled return value of a callable (over it the task fails)."""
 
 
@@ -80,6 +82,7 @@ class AttemptPreparer:
         self.tasks_dir = config.workdir / "tasks"
         self.bundles_dir = config.workdir / "bundles"
         self._lock = threading.Lock()
+        self._logs: dict[AttemptKey, AttemptLog] = {}
         self._ports_in_use: set[int] = set()
         self._bundle_locks: dict[str, threading.Lock] = {}
         self._dirs: dict[AttemptKey, Path] = {}
@@ -91,7 +94,16 @@ class AttemptPreparer:
         return path
 
     def log_path(self, key: AttemptKey) -> Path:
+        """Where output goes when the runtime cannot pipe it (``ProcessSpec.log`` is the log)."""
         return self.attempt_dir(key) / "output.log"
+
+    def attempt_log(self, key: AttemptKey) -> AttemptLog:
+        """The attempt's log (timestamped stdout and stderr lines, capped)."""
+        with self._lock:
+            log = self._logs.get(key)
+            if log is None:
+                log = self._logs[key] = AttemptLog(self.attempt_dir(key) / "logs", self._config.max_log_bytes)
+            return log
 
     def error_path(self, key: AttemptKey) -> Path:
         return self.attempt_dir(key) / "error.txt"
@@ -157,8 +169,9 @@ class AttemptPreparer:
             cwd=work_dir,
             env=env,
             log_path=self.log_path(key),
+            log=self.attempt_log(key),
             memory_limit_bytes=request.resources.memory_bytes,
-            cpu_limit=request.resources.cpu,
+            cpu_limit=resources_from_proto(request.resources).cpu_millicores,
             record_path=attempt_dir / PROCESS_RECORD,
             user=self._config.task_user,
         )
@@ -246,6 +259,8 @@ class AttemptPreparer:
         """Remove one attempt's directory (never the tasks directory itself)."""
         shutil.rmtree(self.attempt_dir(key), ignore_errors=True)
         self._dirs.pop(key, None)
+        with self._lock:
+            self._logs.pop(key, None)
 
 
 def _make_attempt_dirs(attempt_dir: str, work_dir: str) -> None:

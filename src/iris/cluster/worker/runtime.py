@@ -15,6 +15,7 @@ available it falls back to one thread per child blocked in ``Popen.wait``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -28,13 +29,15 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import psutil
 
-from iris.cluster.clock import wait_until
+from iris.cluster.clock import SystemClock, wait_until
+from iris.cluster.logfile import MAX_LINE_BYTES, AttemptLog
+from iris.cluster.logfile import encode as encode_record
 from iris.cluster.types import format_size
 from iris.cluster.worker.cgroups import CgroupLimits, TaskCgroup
 
@@ -59,11 +62,14 @@ class ProcessSpec:
     memory_limit_bytes: int = 0
     """0: no limit. Enforced by a cgroup when the runtime has one, else by the memory watchdog."""
     cpu_limit: int = 0
-    """Cores (0: no limit). Enforced only through a cgroup (cpu quota)."""
+    """Millicores (0: no limit). Enforced only through a cgroup (cpu quota)."""
     record_path: Path | None = None
     """Where to write the pid record used to find orphans after a worker restart."""
     user: str | None = None
     """Run as this user (its uid, primary gid, no supplementary groups); needs a root worker."""
+    log: AttemptLog | None = None
+    """When set, stdout and stderr go through pipes into this log, each line with its time and
+    stream (``iris.cluster.logfile``); else both are appended to ``log_path`` as they are."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +115,7 @@ class _Running:
     limit_error: str = ""
     kill_timer: threading.Timer | None = None
     cgroup: TaskCgroup | None = None
+    pipes: list[_Pipe] = field(default_factory=list)
 
     def wait(self) -> int:
         """Reap the process; its exit status as ``Popen.returncode`` (negative: signal)."""
@@ -121,6 +128,83 @@ class _Running:
                 continue
             return os.waitstatus_to_exitcode(status)
 
+
+class _Pipe:
+    """The read end of a task's stdout or stderr: bytes in, timestamped records out."""
+
+    __slots__ = ("fd", "source", "log", "partial")
+
+    def __init__(self, fd: int, source: str, log: AttemptLog) -> None:
+        self.fd = fd
+        self.source = source
+        self.log = log
+        self.partial = b""
+
+    def drain(self) -> bool:
+        """Read what is there now into the log. False at end of file (or an error)."""
+        chunks: list[bytes] = []
+        eof = False
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                eof = True
+                break
+            if not data:
+                eof = True
+                break
+            chunks.append(data)
+            if len(chunks) >= 16:
+                break
+        if chunks:
+            self._write(b"".join(chunks))
+        return not eof
+
+    def _write(self, data: bytes) -> None:
+        now = _now_ms()
+        data = self.partial + data
+        lines = data.split(b"\n")
+        self.partial = lines.pop()
+        if len(self.partial) > MAX_LINE_BYTES:
+            lines.append(self.partial)
+            self.partial = b""
+        out = []
+        for line in lines:
+            while len(line) > MAX_LINE_BYTES:
+                out.append(encode_record(now, self.source, line[:MAX_LINE_BYTES]))
+                line = line[MAX_LINE_BYTES:]
+            out.append(encode_record(now, self.source, line.rstrip(b"\r")))
+        if out:
+            self.log.append(b"".join(out))
+
+    def close(self) -> None:
+        """Flush an unterminated last line and close the read end."""
+        if self.partial:
+            self.log.append(encode_record(_now_ms(), self.source, self.partial.rstrip(b"\r")))
+            self.partial = b""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+_CLOCK = SystemClock()
+
+
+def _now_ms() -> int:
+    return _CLOCK.now_ms()
+
+
+def _task_pipes(log: AttemptLog) -> tuple[list[_Pipe], list[int]]:
+    """(read ends, write ends) for a task's stdout and stderr."""
+    readers: list[_Pipe] = []
+    writers: list[int] = []
+    for source in ("stdout", "stderr"):
+        r, w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(r, False)
+        readers.append(_Pipe(r, source, log))
+        writers.append(w)
+    return readers, writers
 
 class _PosixSpawn:
     """Start a process with glibc's ``posix_spawn`` (called through ctypes): in the child, a new
@@ -182,7 +266,7 @@ class _PosixSpawn:
     def available(self) -> bool:
         return self._ok
 
-    def spawn(self, spec: ProcessSpec) -> int:
+    def spawn(self, spec: ProcessSpec, out_fds: tuple[int, int] | None = None) -> int:
         env = spec.env
         path = _resolve_program(str(spec.argv[0]), env.get("PATH"), str(spec.cwd))
         argv = [a.encode(_FS_ENCODING, "surrogateescape") for a in spec.argv]
@@ -194,10 +278,15 @@ class _PosixSpawn:
             raise OSError(errno.ENOMEM, "posix_spawn_file_actions_init failed")
         try:
             log = os.fsencode(spec.log_path)
+            outputs = (
+                self._fa_dup2(actions, out_fds[0], 1) or self._fa_dup2(actions, out_fds[1], 2)
+                if out_fds is not None
+                else self._fa_open(actions, 1, log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                or self._fa_dup2(actions, 1, 2)
+            )
             failed = (
                 self._fa_open(actions, 0, b"/dev/null", os.O_RDONLY, 0)
-                or self._fa_open(actions, 1, log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-                or self._fa_dup2(actions, 1, 2)
+                or outputs
                 or (self._fa_closefrom(actions, 3) if self._fa_closefrom is not None else 0)
                 or self._fa_chdir(actions, os.fsencode(spec.cwd))
             )
@@ -256,6 +345,8 @@ class ProcessRuntime:
         self._lock = threading.Lock()
         self._by_key: dict[AttemptKey, _Running] = {}
         self._by_fd: dict[int, _Running] = {}
+        self._pipes: dict[int, _Pipe] = {}
+        """Read ends of the tasks' stdout and stderr, by fd (read on the reaper thread)."""
         self._stop = threading.Event()
         self._use_pidfd = hasattr(os, "pidfd_open") and hasattr(select, "epoll")
         self._epoll: select.epoll | None = None
@@ -290,13 +381,23 @@ class ProcessRuntime:
         cgroup = None
         if self._limits is not None and (spec.memory_limit_bytes > 0 or spec.cpu_limit > 0):
             cgroup = self._limits.create(f"{spec.key[0]}.{spec.key[1]}", spec.cpu_limit, spec.memory_limit_bytes)
+        pipes: list[_Pipe] = []
+        writers: list[int] = []
+        if spec.log is not None:
+            pipes, writers = _task_pipes(spec.log)
         try:
-            if self._spawner is not None and spec.user is None:
-                pid = self._spawner.spawn(spec)
-            else:
-                proc = self._popen(spec)
-                pid = proc.pid
+            try:
+                if self._spawner is not None and spec.user is None:
+                    pid = self._spawner.spawn(spec, (writers[0], writers[1]) if writers else None)
+                else:
+                    proc = self._popen(spec, (writers[0], writers[1]) if writers else None)
+                    pid = proc.pid
+            finally:
+                for w in writers:
+                    os.close(w)
         except BaseException:
+            for pipe in pipes:
+                pipe.close()
             if cgroup is not None and self._limits is not None:
                 self._limits.release(cgroup)
             raise
@@ -307,7 +408,7 @@ class ProcessRuntime:
                 logger.warning("could not move pid %d into its cgroup: %s; using the watchdog", pid, e)
                 self._limits.release(cgroup)
                 cgroup = None
-        running = _Running(spec=spec, pid=pid, proc=proc, on_exit=on_exit, cgroup=cgroup)
+        running = _Running(spec=spec, pid=pid, proc=proc, on_exit=on_exit, cgroup=cgroup, pipes=pipes)
         if spec.record_path is not None:
             _write_record(spec.record_path, pid, record_size, attempt_marker(spec.env))
         pidfd = -1
@@ -321,6 +422,14 @@ class ProcessRuntime:
             self._by_key[spec.key] = running
             if pidfd >= 0:
                 self._by_fd[pidfd] = running
+                for pipe in pipes:
+                    self._pipes[pipe.fd] = pipe
+        if pipes and pidfd >= 0 and self._epoll is not None:
+            for pipe in pipes:
+                self._epoll.register(pipe.fd, select.EPOLLIN)
+        elif pipes:
+            for pipe in pipes:  # no epoll: a reader thread per pipe
+                threading.Thread(target=_read_until_eof, args=(pipe,), name=f"iris-log-{pid}", daemon=True).start()
         if pidfd >= 0 and self._epoll is not None:
             # epoll_ctl is safe while the reaper blocks in epoll_wait: it sees the new fd.
             self._epoll.register(pidfd, select.EPOLLIN)
@@ -330,8 +439,8 @@ class ProcessRuntime:
         return pid
 
     @staticmethod
-    def _popen(spec: ProcessSpec) -> subprocess.Popen[bytes]:
-        log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    def _popen(spec: ProcessSpec, out_fds: tuple[int, int] | None = None) -> subprocess.Popen[bytes]:
+        log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if out_fds is None else -1
         try:
             # start_new_session gives the attempt its own process group (setsid) without a
             # preexec_fn, so CPython can keep using its fast vfork/posix_spawn path.
@@ -345,8 +454,8 @@ class ProcessRuntime:
                 cwd=spec.cwd,
                 env=dict(spec.env),
                 stdin=subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=subprocess.STDOUT,
+                stdout=log_fd if out_fds is None else out_fds[0],
+                stderr=subprocess.STDOUT if out_fds is None else out_fds[1],
                 start_new_session=True,
                 close_fds=True,
                 user=uid,
@@ -354,7 +463,8 @@ class ProcessRuntime:
                 extra_groups=groups,
             )
         finally:
-            os.close(log_fd)
+            if log_fd >= 0:
+                os.close(log_fd)
 
     def kill(self, key: AttemptKey, grace_period_s: float) -> None:
         """SIGTERM, then SIGKILL after the grace, the attempt's process group *and* every process
@@ -428,6 +538,11 @@ class ProcessRuntime:
             for fd, _ in events:
                 if fd == self._wake_r:
                     continue
+                pipe = self._pipes.get(fd)
+                if pipe is not None:
+                    if not pipe.drain():
+                        self._close_pipe(pipe)
+                    continue
                 with self._lock:
                     running = self._by_fd.pop(fd, None)
                 if running is None:
@@ -440,8 +555,22 @@ class ProcessRuntime:
         running.wait()
         self._finish(running)
 
+    def _close_pipe(self, pipe: _Pipe) -> None:
+        """Called on the reaper thread only (which owns the pipes registered with epoll)."""
+        if self._pipes.pop(pipe.fd, None) is None:
+            return
+        if self._epoll is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.unregister(pipe.fd)
+        pipe.close()
+
     def _finish(self, running: _Running) -> None:
         pid = running.pid
+        # Everything the task printed is in its log before its end is reported.
+        for pipe in running.pipes:
+            if pipe.fd in self._pipes:
+                pipe.drain()
+                self._close_pipe(pipe)
         with self._lock:
             # The leader is a zombie until waited for, so the group id is still ours: kill
             # whatever it left behind (grandchildren must not outlive their task).
@@ -494,6 +623,13 @@ class ProcessRuntime:
                         rss,
                         limit,
                     )
+
+
+def _read_until_eof(pipe: _Pipe) -> None:
+    os.set_blocking(pipe.fd, True)
+    while pipe.drain():
+        pass
+    pipe.close()
 
 
 def _tree_rss(pid: int) -> int:

@@ -89,7 +89,7 @@ class WorkerServiceImpl(cluster_pb2_grpc.WorkerServiceServicer):
             self._worker,
         )
         return cluster_pb2.Worker.FetchTaskLogsResponse(
-            lines=[cluster_pb2.LogLine(source="output", data=line) for line in chunk.lines],
+            lines=[cluster_pb2.LogLine(source=r.source, data=r.text, timestamp_ms=r.timestamp_ms) for r in chunk.lines],
             next_line=chunk.next_line,
             next_offset=chunk.next_offset,
             attempt_finished=chunk.attempt_finished,
@@ -104,7 +104,8 @@ class WorkerServiceImpl(cluster_pb2_grpc.WorkerServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "grace_period_seconds: must be >= 0")
         _call(
             context,
-            lambda: self._worker.kill_task(request.task_id, request.attempt_id, request.grace_period_seconds),
+            lambda: self._worker.kill_task(request.task_id, request.attempt_id, request.grace_period_seconds,
+                                           request.job_uid),
         )
         return cluster_pb2.Empty()
 

@@ -21,12 +21,14 @@ Every loop body is a public single-pass method (``register_once``, ``heartbeat_o
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import os
 import secrets
 import shutil
 import signal
+import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,8 +38,9 @@ from pathlib import Path
 from iris.cluster.addresses import advertise_host, is_wildcard
 from iris.cluster.clock import Clock, SystemClock
 from iris.cluster.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from iris.cluster.logfile import DEFAULT_LOG_CAP_BYTES, Record
 from iris.cluster.spec import Entrypoint
-from iris.cluster.types import device_count, device_kind
+from iris.cluster.types import BUNDLE_HASH_RE, device_count, device_kind
 from iris.cluster.validation import DEFAULT_LIMITS, Limits, validate_run_task
 from iris.cluster.worker import attempts as am
 from iris.cluster.worker.attempts import AttemptKey, AttemptMachine, AttemptStatus, WorkerStopping
@@ -45,7 +48,6 @@ from iris.cluster.worker.cgroups import CgroupLimits
 from iris.cluster.worker.gpu import GpuInfo, detect_gpus
 from iris.cluster.worker.hardware import probe_metadata
 from iris.cluster.worker.link import ControllerLink, LinkConfig, status_proto
-from iris.cluster.worker.logs import read_page, tail_text
 from iris.cluster.worker.prepare import (
     DEFAULT_MAX_BUNDLE_FILES,
     DEFAULT_MAX_BUNDLE_UNPACKED_BYTES,
@@ -91,6 +93,14 @@ def _task_base_env(tls_ca: Path | None = None) -> dict[str, str]:
     """The worker's environment minus its secrets; with TLS, the CA that verifies the controller
     (so a task's client reaches the controller as the worker does)."""
     env = {k: v for k, v in os.environ.items() if k not in _WORKER_SECRETS}
+    # A task's `python` is the worker's own interpreter (which can import iris), whatever PATH the
+    # worker was started with (`.venv/bin/iris worker serve` without `uv run` or an activated venv).
+    bin_dir = os.path.dirname(sys.executable)
+    path = env.get("PATH", os.defpath)
+    if bin_dir and path.split(os.pathsep)[0] != bin_dir:
+        env["PATH"] = bin_dir + os.pathsep + path
+    if sys.prefix != sys.base_prefix:
+        env["VIRTUAL_ENV"] = sys.prefix
     if tls_ca is not None:
         env["IRIS_TLS_CA"] = str(tls_ca.resolve())
     return env
@@ -117,7 +127,7 @@ class WorkerConfig:
     advertise_host: str | None = None
     """What other hosts dial for this worker and its tasks (IRIS_ADVERTISE_HOST); None: the bound
     address, or the host's primary address when bound to 0.0.0.0 (``iris.cluster.addresses``)."""
-    cpu: int | None = None
+    cpu: float | None = None
     """Cores to advertise; None: detected."""
     memory_bytes: int | None = None
     """Memory to advertise; None: detected."""
@@ -150,11 +160,15 @@ class WorkerConfig:
     """Run tasks as this user (the worker must be root), so a task cannot read the worker's files."""
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     """The largest pickled return value of a callable task (``--max-result-size``)."""
+    max_log_bytes: int = DEFAULT_LOG_CAP_BYTES
+    """One attempt's log keeps at most this much: its first and last halves (``--max-log-size``)."""
+    log_ship_interval_s: float = 1.0
+    """How often running attempts' new log lines are shipped to the controller."""
 
 
 @dataclass(frozen=True, slots=True)
 class LogChunk:
-    lines: list[str]
+    lines: list[Record]
     next_line: int
     attempt_finished: bool
     attempt_id: int
@@ -199,6 +213,10 @@ class Worker:
         self._machine = AttemptMachine(gpus=[g.index for g in self._gpus], max_finished=config.max_finished_attempts)
         self._held: dict[AttemptKey, _Held] = {}
         self._attempt_done = threading.Condition(self._lock)
+        self._logs_shipped: dict[AttemptKey, int] = {}
+        """Per attempt: the log offset the controller holds up to."""
+        self._logs_done: set[AttemptKey] = set()
+        """Attempts whose whole log the controller has (or keeps none of)."""
 
         self._link = ControllerLink(
             LinkConfig(config.controller_address, config.rpc_timeout_s, config.backoff_initial_s,
@@ -210,9 +228,11 @@ class Worker:
             incarnation=self.incarnation,
             observed=self._observed,
             metadata=self.metadata,
-            on_kill=lambda key: self.kill_task(key[0], key[1], 0.0),
+            on_kill=lambda key, job_uid: self.kill_task(key[0], key[1], 0.0, job_uid),
             on_acknowledged=self._acknowledged,
             result_of=self._result_of,
+            on_forget_bundles=self._forget_bundles,
+            before_end_reports=self._ship_ended_logs,
         )
         self._preparer = AttemptPreparer(
             PreparerConfig(self._workdir, self.worker_id, config.controller_address, _task_base_env(config.tls_ca),
@@ -221,7 +241,7 @@ class Worker:
                            advertise_host=self.advertise_host,
                            max_bundle_unpacked_bytes=config.max_bundle_unpacked_bytes,
                            max_bundle_files=config.max_bundle_files, task_user=config.task_user,
-                           max_result_bytes=config.max_result_bytes),
+                           max_result_bytes=config.max_result_bytes, max_log_bytes=config.max_log_bytes),
             self._fetch_bundle,
         )
         self._stop_event = threading.Event()
@@ -282,6 +302,8 @@ class Worker:
             elif isinstance(instruction, am.Discard):
                 with self._lock:
                     self._held.pop(instruction.key, None)
+                    self._logs_shipped.pop(instruction.key, None)
+                    self._logs_done.discard(instruction.key)
                 self._preparer.discard(instruction.key)
             elif isinstance(instruction, am.Prepare):
                 self._submit_launch([instruction.key])
@@ -301,6 +323,7 @@ class Worker:
                 ("iris-worker-heartbeat", self._link.heartbeat_loop,
                  (self._stop_event, self._config.heartbeat_interval_s)),
                 ("iris-worker-outbox", self._link.outbox_loop, (self._stop_event,)),
+                ("iris-worker-logs", self._ship_logs_loop, (self._stop_event,)),
             ):
                 thread = threading.Thread(target=target, args=args, name=name)
                 thread.start()
@@ -452,13 +475,25 @@ class Worker:
             gpus = device_count(request.resources.device)
         with self._lock:
             existing = self._machine.attempts.get(key)
+            if existing is not None and existing.job_uid != request.job_uid and request.job_uid:
+                # The same task id and attempt of another job incarnation (a deleted job's name
+                # reused): an ended one is forgotten; a live one still runs here.
+                if not self._machine.forget(key):
+                    raise InvalidArgument(f"task_id: attempt {key[1]} of an earlier job named like {key[0]!r} is "
+                                          "still stopping on this worker")
+                self._held.pop(key, None)
+                self._logs_shipped.pop(key, None)
+                self._logs_done.discard(key)
+                # Under the lock (a rare path): nothing may read the old attempt's files as the new one's.
+                self._preparer.discard(key)
+                existing = None
             if existing is not None:
                 return self._accepted(existing.sequence), None
             if self._machine.stopping:
                 raise FailedPrecondition("worker is shutting down and accepts no new tasks")
             ports = self._preparer.allocate_ports(request.ports) if request.ports else {}
             try:
-                self._handle_locked(am.Accepted(key, gpus, ports))
+                self._handle_locked(am.Accepted(key, gpus, ports, request.job_uid))
             except WorkerStopping as e:
                 self._preparer.release_ports(ports.values())
                 raise FailedPrecondition(str(e)) from None
@@ -577,12 +612,20 @@ class Worker:
                 head = f"killed by signal {-code}"
         else:
             head = f"exit code {code}"
-        tail = tail_text(self._preparer.log_path(key), _LOG_TAIL_LINES)
+        log = self._preparer.attempt_log(key)
+        records = log.read(log.tail_offset(_LOG_TAIL_LINES), _LOG_TAIL_LINES).records
+        tail = "\n".join(r.text for r in records if r.source != "iris")[-4096:]
         return f"{head}; last output:\n{tail}" if tail else head
 
-    def kill_task(self, task_id: str, attempt_id: int, grace_period_s: float = 0.0) -> None:
+    def kill_task(self, task_id: str, attempt_id: int, grace_period_s: float = 0.0, job_uid: str = "") -> None:
         """Kill one attempt (SIGTERM, SIGKILL after the grace; 0: the worker's default).
-        Unknown or finished attempts are ignored."""
+        Unknown or finished attempts, and with ``job_uid`` those of another job incarnation, are
+        ignored."""
+        if job_uid:
+            with self._lock:
+                held = self._machine.attempts.get((task_id, attempt_id))
+                if held is not None and held.job_uid and held.job_uid != job_uid:
+                    return
         grace = grace_period_s if grace_period_s > 0 else self._config.kill_grace_period_s
         self._carry_out(self._handle(am.KillRequested((task_id, attempt_id), grace)))
 
@@ -634,6 +677,91 @@ class Worker:
             attempt = self._get_locked(task_id, attempt_id)
             finished = attempt.finished
             key = attempt.key
-        page = read_page(self._preparer.log_path(key), start_line=start_line, start_offset=start_offset,
-                         max_lines=max_lines, finished=finished)
-        return LogChunk(page.lines, page.next_line, finished, key[1], page.next_offset)
+        log = self._preparer.attempt_log(key)
+        offset = start_offset
+        if offset is None:
+            offset = 0
+            skip = start_line
+            while skip > 0:  # the old line-numbered protocol: O(lines)
+                skipped = log.read(offset, min(skip, 10_000))
+                if not skipped.records:
+                    break
+                skip -= len(skipped.records)
+                offset = skipped.next_offset
+        page = log.read(offset, max_lines)
+        return LogChunk(page.records, start_line + len(page.records), finished, key[1], page.next_offset)
+
+    # -- logs to the controller ---------------------------------------------------------------
+
+    def _ship_logs_loop(self, stop: threading.Event) -> None:
+        interval = min(self._config.log_ship_interval_s, self._config.heartbeat_interval_s)
+        while not self._clock.wait(stop, interval):
+            try:
+                self.ship_logs_once()
+            except Exception:
+                logger.exception("log shipping failed")
+
+    def ship_logs_once(self, max_bytes: int = 4 * 1024 * 1024, only: set[AttemptKey] | None = None,
+                       until_done: bool = False) -> int:
+        """Send the controller what it lacks of each held attempt's log (``only`` those), and once
+        an attempt ended and all of it is there, that it is complete; with ``until_done``, call by
+        call until those attempts are complete or the controller stops answering. Returns the
+        bytes sent."""
+        sent = 0
+        while True:
+            sent_now, pending = self._ship_logs(max_bytes, only)
+            sent += sent_now
+            if not until_done or not pending or sent_now < 0:
+                return max(sent, 0)
+
+    def _ship_logs(self, max_bytes: int, only: set[AttemptKey] | None) -> tuple[int, bool]:
+        """One PushTaskLogs call: (bytes sent or -1 when it failed, whether anything is left)."""
+        with self._lock:
+            attempts = [(a.key, a.finished, a.job_uid) for a in self._machine.attempts.values()
+                        if a.key not in self._logs_done and (only is None or a.key in only)]
+        chunks: list[cluster_pb2.LogChunk] = []
+        ends: list[tuple[AttemptKey, int]] = []
+        budget = max_bytes
+        for key, finished, job_uid in attempts:
+            if budget <= 0:
+                break
+            log = self._preparer.attempt_log(key)
+            end = log.end_offset()  # after reading ``finished``: an ended attempt's log is whole
+            shipped = self._logs_shipped.get(key, 0)
+            if shipped >= end and not finished:
+                continue
+            start, data = log.read_bytes(shipped, min(budget, 1024 * 1024)) if shipped < end else (end, b"")
+            budget -= len(data)
+            chunks.append(cluster_pb2.LogChunk(task_id=key[0], attempt_id=key[1], job_uid=job_uid, start_offset=start,
+                                               data=data, complete=finished and start + len(data) >= end))
+            ends.append((key, end))
+        if not chunks:
+            return 0, False
+        offsets = self._link.push_logs(chunks)
+        if offsets is None:
+            return -1, True
+        left = False
+        with self._lock:
+            for chunk, (key, end), held in zip(chunks, ends, offsets, strict=False):
+                if held < 0:
+                    self._logs_done.add(key)  # the controller keeps none of it (its job was deleted)
+                    continue
+                self._logs_shipped[key] = held
+                if chunk.complete and held >= end:
+                    self._logs_done.add(key)
+                else:
+                    left = True
+        return sum(len(c.data) for c in chunks), left or budget <= 0
+
+    def _ship_ended_logs(self, keys: list[AttemptKey]) -> None:
+        self.ship_logs_once(only=set(keys), until_done=True)
+
+    def _forget_bundles(self, hashes: list[str]) -> None:
+        """The controller deleted these bundles' last jobs: drop cached copies no attempt here needs."""
+        with self._lock:
+            in_use = {h.request.bundle_hash for k, h in self._held.items()
+                      if (a := self._machine.attempts.get(k)) is not None and not a.finished}
+        for bundle_hash in hashes:
+            if bundle_hash not in in_use and BUNDLE_HASH_RE.fullmatch(bundle_hash):
+                with contextlib.suppress(FileNotFoundError):
+                    (self._preparer.bundles_dir / f"{bundle_hash}.zip").unlink()
