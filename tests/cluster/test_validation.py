@@ -3,6 +3,8 @@ what a worker can run, and that no error echoes an oversized value."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -122,3 +124,17 @@ def test_validation_controller_accepts_exactly_what_a_worker_accepts(s: JobSpec)
     entrypoint = validate_run_task(run_task_for(accepted))
     assert entrypoint == accepted.entrypoint
     assert JobSpec.from_proto(accepted.to_proto()) == accepted  # the wire conversion round-trips
+
+
+@pytest.mark.parametrize(("packages", "needle"), [
+    (("-r", ), "with_packages[0]: must be a package, not an option"),
+    (("",), "with_packages[0]"),
+    (("numpy\n--index-url=evil",), "line breaks"),
+    (tuple(f"p{i}" for i in range(65)), "at most 64 packages"),
+])
+def test_validation_with_packages_refuses_options_and_odd_values(packages: tuple[str, ...], needle: str) -> None:
+    spec = JobSpec(name="j", entrypoint=Entrypoint(argv=("true",)), with_packages=packages)
+    with pytest.raises(InvalidArgument, match=re.escape(needle)):
+        validate_job_spec(spec)
+    with pytest.raises(InvalidArgument, match=re.escape(needle)):
+        validate_launch_request(spec.to_proto(), Limits())

@@ -115,6 +115,9 @@ def job_options(fn: F) -> F:
                      help="Each attempt's running time; over it the attempt fails \"timed out\" (0: unbounded)."),
         click.option("--max-similar-failures", default="0", show_default=True, metavar="K",
                      help="Fail the job once K tasks failed with the same error and none succeeded (0: off)."),
+        click.option("--with", "with_packages", multiple=True, metavar="PKG",
+                     help="Add a package to the task's Python environment, built with uv (repeatable; "
+                          "with the workspace's uv.lock when it has one)."),
         click.option(
             "--workspace",
             type=click.Path(file_okay=False, path_type=Path),
@@ -160,6 +163,7 @@ class JobRequest:
             coscheduled=spec.coscheduled, on_exit=[f"{r.codes_text()}={r.action}" for r in spec.exit_rules],
             retry_backoff_seconds=spec.retry_backoff_seconds, termination_grace_seconds=spec.termination_grace_seconds,
             timeout_seconds=spec.timeout_seconds, max_similar_failures=spec.max_similar_failures,
+            with_packages=spec.with_packages,
         )
         return client.submit_spec(spec, workspace=self.workspace, bundle_max_bytes=self.bundle_max_bytes)
 
@@ -263,6 +267,7 @@ def parse_job_request(command: Sequence[str], **flags: Any) -> JobRequest:
             termination_grace_seconds=grace,
             timeout_seconds=attempt_timeout,
             max_similar_failures=_whole(flags.get("max_similar_failures") or "0", "--max-similar-failures", 0),
+            with_packages=tuple(flags.get("with_packages") or ()),
         ))
     except InvalidRequestError as e:
         raise _usage(str(e)) from None

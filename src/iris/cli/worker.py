@@ -71,6 +71,10 @@ def worker() -> None:
               help="Most files one workspace bundle may hold; over it the task fails.")
 @click.option("--max-result-size", default="10MiB", show_default=True,
               help="Largest return value (pickled) a callable task may give back; over it the task fails.")
+@click.option("--uv", "uv_path", default=None,
+              help="The uv binary that builds task environments (jobs with uv.lock or --with); default: $UV, PATH.")
+@click.option("--offline-envs", is_flag=True,
+              help="Build task environments from uv's cache only (a worker without registry access).")
 @click.option("--max-log-size", default="100MiB", show_default=True,
               help="Most of one attempt's output kept: its first and last halves, with a line saying what was dropped.")
 @click.option("--task-user", default=None,
@@ -98,6 +102,8 @@ def serve(
     max_bundle_unpacked_size: str,
     max_bundle_files: int,
     max_result_size: str,
+    uv_path: str | None,
+    offline_envs: bool,
     max_log_size: str,
     task_user: str | None,
     log_level: str,
@@ -164,6 +170,8 @@ def serve(
         max_bundle_files=max_bundle_files,
         max_result_bytes=_size(max_result_size, "--max-result-size"),
         max_log_bytes=_size(max_log_size, "--max-log-size"),
+        uv=uv_path,
+        uv_offline=offline_envs,
         task_user=task_user,
     )
     stop = threading.Event()

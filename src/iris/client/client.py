@@ -278,6 +278,7 @@ class IrisClient:
         termination_grace_seconds: float | None = None,
         timeout_seconds: float = 0,
         max_similar_failures: int = 0,
+        with_packages: Sequence[str] = (),
     ) -> Job:
         """Submit a job of ``replicas`` tasks and return its handle at once.
 
@@ -313,6 +314,8 @@ class IrisClient:
             timeout_seconds: each attempt's running time; over it the attempt fails "timed out".
             max_similar_failures: fail the job once this many tasks failed with the same error and
                 none succeeded (0: off).
+            with_packages: packages ("numpy==2.1", a wheel path, a URL) added with uv to the
+                task's Python environment (built from the workspace's ``uv.lock`` when it has one).
 
         Raises:
             InvalidRequestError: a bad argument (the message names it), also from the controller.
@@ -338,6 +341,7 @@ class IrisClient:
             termination_grace_seconds=termination_grace_seconds,
             timeout_seconds=timeout_seconds,
             max_similar_failures=max_similar_failures,
+            with_packages=with_packages,
         )
         return self.submit_spec(spec, workspace=workspace, bundle_max_bytes=bundle_max_bytes)
 
@@ -369,6 +373,7 @@ class IrisClient:
         termination_grace_seconds: float | None = None,
         timeout_seconds: float = 0,
         max_similar_failures: int = 0,
+        with_packages: Sequence[str] = (),
     ) -> JobSpec:
         """The ``JobSpec`` of ``submit``'s arguments, checked by the shared validator (no RPC).
         Inside a task, the parent job and its workspace bundle are filled in."""
@@ -406,6 +411,7 @@ class IrisClient:
             termination_grace_seconds=termination_grace_seconds,
             timeout_seconds=timeout_seconds,
             max_similar_failures=max_similar_failures,
+            with_packages=tuple([with_packages] if isinstance(with_packages, str) else with_packages),
         )
         return validate_job_spec(spec)
 

@@ -115,8 +115,12 @@ class JobSpec:
     """Each attempt's running time (0: unbounded); over it the attempt fails "timed out"."""
     max_similar_failures: int = 0
     """Fail the job once this many tasks failed with the same error and none succeeded (0: off)."""
+    with_packages: tuple[str, ...] = ()
+    """Packages (requirement specifiers, wheel paths or URLs) added to the task's Python environment
+    with uv (``--with``; ``iris.cluster.worker.pyenv``)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "with_packages", tuple(self.with_packages))
         object.__setattr__(self, "env", _frozen_env(self.env))
         object.__setattr__(self, "ports", tuple(self.ports))
         object.__setattr__(self, "exit_rules", tuple(self.exit_rules))
@@ -136,7 +140,7 @@ class JobSpec:
             self.max_retries_failure, self.max_retries_preemption, self.scheduling_timeout_seconds,
             tuple(sorted(self.env.items())), self.ports, self.coscheduled, self.parent_job_id, self.bundle_hash,
             self.exit_rules, self.retry_backoff_seconds, self.termination_grace_seconds, self.timeout_seconds,
-            self.max_similar_failures,
+            self.max_similar_failures, self.with_packages,
         )
 
     def replace(self, **changes: Any) -> JobSpec:
@@ -167,6 +171,7 @@ class JobSpec:
             retry_backoff_seconds=float(self.retry_backoff_seconds),
             timeout_seconds=float(self.timeout_seconds),
             max_similar_failures=self.max_similar_failures,
+            with_packages=list(self.with_packages),
         )
         if self.termination_grace_seconds is not None:
             request.termination_grace_seconds = float(self.termination_grace_seconds)
@@ -203,6 +208,7 @@ class JobSpec:
             ),
             timeout_seconds=request.timeout_seconds,
             max_similar_failures=request.max_similar_failures,
+            with_packages=tuple(request.with_packages),
         )
 
 

@@ -247,6 +247,7 @@ def validate_job_spec(spec: JobSpec, limits: Limits = DEFAULT_LIMITS, names: Map
     check_ports(spec.ports, limits)
     check_id(spec.parent_job_id, "parent_job_id", limits, required=False)
     check_bundle_hash(spec.bundle_hash)
+    check_with_packages(spec.with_packages)
     return spec
 
 
@@ -287,6 +288,26 @@ def validate_launch_request(
     return validate_job_spec(JobSpec.from_proto(request), limits, WIRE_FIELDS)
 
 
+MAX_WITH_PACKAGES = 64
+MAX_PACKAGE_CHARS = 1024
+
+
+def check_with_packages(packages: Iterable[str], field_name: str = "with_packages") -> None:
+    """``--with``: requirement specifiers, wheel paths or URLs, handed to ``uv pip install`` as
+    arguments (never through a shell). None may look like an option."""
+    items = list(packages)
+    if len(items) > MAX_WITH_PACKAGES:
+        raise _fail(field_name, f"at most {MAX_WITH_PACKAGES} packages, got {len(items)}")
+    for i, item in enumerate(items):
+        if not isinstance(item, str) or not item.strip():
+            raise _fail(f"{field_name}[{i}]", "must be a package such as 'numpy==2.1' or a wheel path")
+        if len(item) > MAX_PACKAGE_CHARS or any(c in item for c in "\0\n\r"):
+            raise _fail(f"{field_name}[{i}]", f"must be at most {MAX_PACKAGE_CHARS} characters without NUL or "
+                        f"line breaks, got {show(item)}")
+        if item.lstrip().startswith("-"):
+            raise _fail(f"{field_name}[{i}]", f"must be a package, not an option: {show(item)}")
+
+
 def validate_run_task(
     request: cluster_pb2.Worker.RunTaskRequest, limits: Limits = DEFAULT_LIMITS
 ) -> Entrypoint:
@@ -308,4 +329,5 @@ def validate_run_task(
     _check_exec_size(argv_bytes, env_bytes, limits, "environment.env_vars")
     check_ports(request.ports, limits)
     check_bundle_hash(request.bundle_hash)
+    check_with_packages(request.with_packages)
     return entrypoint

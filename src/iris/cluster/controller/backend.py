@@ -337,6 +337,7 @@ class WorkerDaemonBackend:
                     bundle_hash=spec.bundle_hash,
                     resources=spec.resources.to_proto(),
                     ports=list(spec.ports),
+                    with_packages=list(spec.with_packages),
                 )
                 template.resources.replicas = spec.replicas
                 self._templates[(launch.job_id, launch.job_uid)] = template

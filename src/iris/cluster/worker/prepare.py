@@ -22,10 +22,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from iris.cluster.clock import SystemClock
 from iris.cluster.logfile import DEFAULT_LOG_CAP_BYTES, AttemptLog
 from iris.cluster.spec import Entrypoint, resources_from_proto
 from iris.cluster.types import format_size
 from iris.cluster.worker.attempts import AttemptKey
+from iris.cluster.worker.pyenv import EnvBuildError, ensure_env, wants_env
 from iris.cluster.worker.runtime import PROCESS_RECORD, ProcessSpec
 from iris.rpc import cluster_pb2
 
@@ -55,6 +57,8 @@ DEFAULT_MAX_BUNDLE_FILES = 100_000
 DEFAULT_MAX_RESULT_BYTES = 10 * 1024 * 1024
 
 
+_CLOCK = SystemClock()
+
 @dataclass(frozen=True, slots=True)
 class PreparerConfig:
     workdir: Path
@@ -71,8 +75,12 @@ class PreparerConfig:
     task_user: str | None = None
     """Tasks run as this user: their attempt directories are handed to it."""
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
-    max_log_bytes: int = DEFAULT_LOG_CAP_BYTES
     """The largest pickled return value of a callable (over it the task fails)."""
+    max_log_bytes: int = DEFAULT_LOG_CAP_BYTES
+    uv: str | None = None
+    """The uv binary that builds Python environments (``pyenv.find_uv``); None: none found."""
+    uv_offline: bool = False
+    """Build environments from uv's cache only (a worker without registry access)."""
 
 
 class AttemptPreparer:
@@ -81,6 +89,7 @@ class AttemptPreparer:
         self._fetch_bundle = fetch_bundle
         self.tasks_dir = config.workdir / "tasks"
         self.bundles_dir = config.workdir / "bundles"
+        self.envs_dir = config.workdir / "envs"
         self._lock = threading.Lock()
         self._logs: dict[AttemptKey, AttemptLog] = {}
         self._ports_in_use: set[int] = set()
@@ -154,12 +163,24 @@ class AttemptPreparer:
                 raise PreparationError(f"bundle {request.bundle_hash[:12]}: {e}") from e
             existing = env.get("PYTHONPATH")
             env["PYTHONPATH"] = f"{work_dir}{os.pathsep}{existing}" if existing else str(work_dir)
+        python = sys.executable
+        if wants_env(work_dir, request.with_packages):
+            log = self.attempt_log(key)
+            try:
+                pyenv = ensure_env(self.envs_dir, work_dir, list(request.with_packages), uv=self._config.uv,
+                                   offline=self._config.uv_offline,
+                                   log=lambda line: log.append_line(_CLOCK.now_ms(), "iris", line.encode()))
+            except EnvBuildError as e:
+                raise PreparationError(f"python environment: {e}") from e
+            env["PATH"] = f"{pyenv.bin_dir}{os.pathsep}{env.get('PATH', os.defpath)}"
+            env["VIRTUAL_ENV"] = str(pyenv.root)
+            python = str(pyenv.python)
         if self._config.task_user is not None:
             _give_to(self._config.task_user, attempt_dir)
         if entrypoint.pickled:
             pickle_path = attempt_dir / "callable.pkl"
             pickle_path.write_bytes(entrypoint.pickled)
-            argv = [sys.executable, "-m", "iris.cluster.worker.callable_runner", str(pickle_path),
+            argv = [python, "-m", "iris.cluster.worker.callable_runner", str(pickle_path),
                     str(self.error_path(key)), str(self.result_path(key)), str(self._config.max_result_bytes)]
         else:
             argv = list(entrypoint.argv)

@@ -59,6 +59,7 @@ from iris.cluster.worker.prepare import (
     escape_task_id,
     process_records,
 )
+from iris.cluster.worker.pyenv import find_uv
 from iris.cluster.worker.runtime import ProcessExit, ProcessRuntime, Runtime, kill_orphans
 from iris.rpc import cluster_pb2
 from iris.rpc.tls import channel_credentials
@@ -164,6 +165,10 @@ class WorkerConfig:
     """One attempt's log keeps at most this much: its first and last halves (``--max-log-size``)."""
     log_ship_interval_s: float = 1.0
     """How often running attempts' new log lines are shipped to the controller."""
+    uv: str | None = None
+    """The uv binary for jobs with ``uv.lock`` or ``--with`` (None: ``$UV``, PATH, beside Python)."""
+    uv_offline: bool = False
+    """Build task environments from uv's cache only (``--offline-envs``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +246,8 @@ class Worker:
                            advertise_host=self.advertise_host,
                            max_bundle_unpacked_bytes=config.max_bundle_unpacked_bytes,
                            max_bundle_files=config.max_bundle_files, task_user=config.task_user,
-                           max_result_bytes=config.max_result_bytes, max_log_bytes=config.max_log_bytes),
+                           max_result_bytes=config.max_result_bytes, max_log_bytes=config.max_log_bytes,
+                           uv=find_uv(config.uv), uv_offline=config.uv_offline),
             self._fetch_bundle,
         )
         self._stop_event = threading.Event()
@@ -540,7 +546,7 @@ class Worker:
             attempt = self._machine.attempts.get(key)
             if held is None or attempt is None:
                 return
-            building = bool(held.request.bundle_hash)
+            building = bool(held.request.bundle_hash or held.request.with_packages)
             ports, gpus = dict(attempt.ports), list(attempt.gpus)
             self._handle_locked(am.PreparationStarted(key, building))
         entrypoint = held.entrypoint
