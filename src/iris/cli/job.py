@@ -351,6 +351,9 @@ def follow_job(job: Job, *, show_logs: bool = True, task_indices: frozenset[int]
 
     def emit_line(line: TaskLogLine) -> None:
         prefix = Text(f"[{line.task_index}] ", style=_PREFIX_COLORS[line.task_index % len(_PREFIX_COLORS)])
+        if line.line.source == "iris":  # Iris's own notes (building the environment): beside the output
+            _print(live.console if live is not None else err, prefix + Text(line.line.data, style="dim"))
+            return
         text = prefix + Text(line.line.data)
         # On a terminal the lines go above the live status line; redirected, they go to stdout.
         _print(live.console if live is not None and out.is_terminal else out, text)
@@ -653,6 +656,7 @@ def logs_cmd(
                 raise CliError(f"job {job_id} has no task {task_index} (it has {status.num_tasks})")
         prefix = task_index is None
         out = stdout_console()
+        err = stderr_console()
         shown = [0]
 
         def show(index: int, attempt_id: int | None, line: LogLine) -> None:
@@ -670,7 +674,8 @@ def logs_cmd(
             text = Text(f"[{index}] " if prefix else "")
             if timestamps:
                 text += Text(format_timestamp(line.timestamp_ms) + " ", style="dim")
-            _print(out, text + Text(line.data))
+            # Iris's own notes (the environment build, dropped output) go beside the task's output.
+            _print(err if line.source == "iris" else out, text + Text(line.data, style="dim" if line.source == "iris" else ""))
 
         if follow:
             follower = LogFollower(client, job_id, frozenset({task_index}) if task_index is not None else None,

@@ -922,5 +922,6 @@ class Job:
 
 
 def _print_line(line: TaskLogLine) -> None:
-    sys.stdout.write(f"[{line.task_index}] {line.line.data}\n")
+    # Iris's own notes (the environment build) go to stderr, beside the task's output.
+    (sys.stderr if line.line.source == "iris" else sys.stdout).write(f"[{line.task_index}] {line.line.data}\n")
     sys.stdout.flush()
