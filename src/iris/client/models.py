@@ -175,6 +175,11 @@ class TaskStatus(_Jsonable):
     """A failure retry backing off waits until then (0: not waiting)."""
     time: TimeSpent = field(default_factory=TimeSpent)
 
+    def to_dict(self) -> dict[str, Any]:
+        data = _Jsonable.to_dict(self)
+        data["num_attempts"] = self.num_attempts
+        return data
+
     @property
     def num_attempts(self) -> int:
         """Attempts made so far: the ended ones plus the one running now."""
@@ -258,6 +263,13 @@ class JobStatus(_Jsonable):
     time: TimeSpent = field(default_factory=TimeSpent)
     job_uid: str = ""
     """This incarnation of the job id (a deleted job's name may be used again by a new job)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = _Jsonable.to_dict(self)
+        data["num_tasks"] = self.num_tasks
+        if self.tasks:
+            data["tasks"] = [t.to_dict() for t in self.tasks]
+        return data
 
     @property
     def num_tasks(self) -> int:

@@ -58,20 +58,44 @@ def get(d: Dashboard, path: str, token: str | None = "admin", headers: dict[str,
 
 def test_dashboard_page_and_health(dashboard: Dashboard) -> None:
     status, body = get(dashboard, "/")
-    assert status == 200 and "<title>Iris</title>" in body and "api/jobs" in body
+    assert status == 200 and "<title>Iris</title>" in body and "/static/app.js" in body
+    for page in ("/job/parent/child", "/workers", "/worker/w1", "/endpoints", "/logs?job=train&task=0"):
+        assert get(dashboard, page)[0] == 200, page  # every page has a URL (the app renders it)
+    status, script = get(dashboard, "/static/app.js")
+    assert status == 200 and "/api/jobs" in script  # shipped in the package: no CDN
     assert get(dashboard, "/healthz") == (200, "ok\n")
 
 
 def test_dashboard_jobs_and_job_detail_json(dashboard: Dashboard) -> None:
     status, body = get(dashboard, "/api/jobs")
-    jobs = {j["jobId"]: j for j in json.loads(body)["jobs"]}
-    assert status == 200 and set(jobs) == {"train", "parent", "parent/child"}
-    assert jobs["train"]["state"] == "JOB_STATE_KILLED" and jobs["parent"]["numTasks"] == 3
+    listed = json.loads(body)["jobs"]
+    jobs = {j["job_id"]: j for j in listed}
+    assert status == 200 and [j["job_id"] for j in listed] == ["parent/child", "parent", "train"]  # newest first
+    # The CLI's --json shapes: snake_case, plain state names, numbers as numbers.
+    assert jobs["train"]["state"] == "KILLED" and jobs["parent"]["num_tasks"] == 3
+    assert jobs["parent"]["counts"]["pending"] == 3 and isinstance(jobs["parent"]["submitted_at_ms"], int)
     status, body = get(dashboard, "/api/job?id=parent/child")
     job = json.loads(body)["job"]
-    assert status == 200 and job["parentJobId"] == "parent" and [t["taskId"] for t in job["tasks"]] == [
+    assert status == 200 and job["parent_job_id"] == "parent" and [t["task_id"] for t in job["tasks"]] == [
         "parent/child/task-0"
     ]
+
+
+def test_dashboard_jobs_api_filters_and_pages(dashboard: Dashboard) -> None:
+    killed = json.loads(get(dashboard, "/api/jobs?state=killed")[1])["jobs"]
+    assert [j["job_id"] for j in killed] == ["train"]
+    by_prefix = json.loads(get(dashboard, "/api/jobs?prefix=parent")[1])["jobs"]
+    assert {j["job_id"] for j in by_prefix} == {"parent", "parent/child"}
+    first = json.loads(get(dashboard, "/api/jobs?page_size=2")[1])
+    assert len(first["jobs"]) == 2 and first["next_page_token"]
+    rest = json.loads(get(dashboard, f"/api/jobs?page_size=2&page_token={first['next_page_token']}")[1])
+    assert [j["job_id"] for j in first["jobs"] + rest["jobs"]] == ["parent/child", "parent", "train"]
+    oldest = json.loads(get(dashboard, "/api/jobs?newest_first=0")[1])["jobs"]
+    assert [j["job_id"] for j in oldest] == ["train", "parent", "parent/child"]
+    for bad, needle in (("/api/jobs?state=nope", "state"), ("/api/jobs?page_size=-1", "page_size"),
+                        ("/api/jobs?page_token=zzz", "page_token"), ("/api/logs", "task")):
+        status, body = get(dashboard, bad)
+        assert status == 400 and json.loads(body)["error"].startswith(needle), bad
 
 
 def test_dashboard_errors_are_json_with_status(dashboard: Dashboard) -> None:
@@ -84,19 +108,25 @@ def test_dashboard_errors_are_json_with_status(dashboard: Dashboard) -> None:
 
 def test_dashboard_workers_actions_and_metrics(dashboard: Dashboard) -> None:
     workers = json.loads(get(dashboard, "/api/workers")[1])["workers"]
-    assert [w["workerId"] for w in workers] == ["w1"] and workers[0]["healthy"]
+    assert [w["worker_id"] for w in workers] == ["w1"] and workers[0]["healthy"] and workers[0]["cpu"] == 4
+    assert json.loads(get(dashboard, "/api/worker?id=w1")[1])["worker"]["worker_id"] == "w1"
+    assert get(dashboard, "/api/worker?id=nope")[0] == 404
     actions = json.loads(get(dashboard, "/api/actions")[1])["actions"]
     assert {"job_submitted", "worker_registered", "job_finished"} <= {a["action"] for a in actions}
     status, metrics = get(dashboard, "/metrics")
     assert status == 200
-    assert 'iris_jobs{state="KILLED"} 1' in metrics and 'iris_jobs{state="PENDING"} 2' in metrics
-    assert 'iris_tasks{state="KILLED"} 3' in metrics and 'iris_workers{healthy="true"} 1' in metrics
+    assert 'iris_jobs{state="KILLED"} 1.0' in metrics and 'iris_jobs{state="PENDING"} 2.0' in metrics
+    assert 'iris_tasks{state="KILLED"} 3.0' in metrics and 'iris_workers{healthy="true"} 1.0' in metrics
+    assert "iris_queue_depth 4.0" in metrics  # parent's 3 tasks and the child's 1 wait
     for cause in ("useful", "failure", "preemption", "gang"):
         assert f'iris_attempt_seconds_total{{cause="{cause}"}} ' in metrics
+    assert "# TYPE iris_scheduling_latency_seconds histogram" in metrics
+    assert "# TYPE iris_rpc_duration_seconds histogram" in metrics
 
 
 def test_dashboard_needs_a_credential_everywhere_but_healthz(dashboard: Dashboard) -> None:
-    for path in ("/api/jobs", "/api/job?id=train", "/api/workers", "/api/endpoints", "/api/actions", "/metrics"):
+    for path in ("/api/jobs", "/api/job?id=train", "/api/workers", "/api/endpoints", "/api/actions", "/metrics",
+                 "/api/logs?task=train/task-0", "/api/worker?id=w1"):
         status, body = get(dashboard, path, token=None)
         assert status == 401 and "credential" in json.loads(body)["error"], path
         assert get(dashboard, path, token="iris_not-a-real-token")[0] == 401, path
@@ -114,7 +144,7 @@ def test_dashboard_login_sets_an_httponly_strict_session_cookie(dashboard: Dashb
     reply = conn.getresponse()
     reply.read()
     cookie = reply.getheader("Set-Cookie") or ""
-    assert reply.status == 303 and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert reply.status == 303 and "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
     assert TOKENS["admin"] not in cookie and TOKENS["admin"] not in (reply.getheader("Location") or "")
     session = cookie.split(";")[0]
     status, body = get(dashboard, "/api/jobs", token=None, headers={"Cookie": session})

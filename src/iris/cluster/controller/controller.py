@@ -69,6 +69,7 @@ from iris.cluster.controller.backend import (
 from iris.cluster.controller.capacity import WorkerSnapshot
 from iris.cluster.controller.job import Job, expand_job_to_tasks
 from iris.cluster.controller.logstore import LogStore, job_key
+from iris.cluster.controller.metrics import ControllerMetrics
 from iris.cluster.controller.scheduler import Scheduler
 from iris.cluster.controller.state import (
     ActionLogEntry,
@@ -255,6 +256,9 @@ class Controller:
                                  self.config.log_fetch_timeout_s),
         )
         self._state.quarantine_after = self.config.quarantine_after
+        self.metrics = ControllerMetrics()
+        """Prometheus metrics (``/metrics``): latencies observed here and by the service, counts at scrape."""
+        self.metrics.observe_state(self.counts, self.lost_seconds)
         self._scheduler = Scheduler(self._state)
         self._launch_bytes: dict[JobId, int] = {}
         """Per job (recent ones), the request bytes one of its launches takes (for batching)."""
@@ -1143,6 +1147,11 @@ class Controller:
                     exit_code=update.exit_code, error=update.error or None, ports=update.ports,
                     job_uid=update.job_uid,
                 )
+                if changed and update.state == cluster_pb2.TASK_STATE_RUNNING:
+                    task = self._state.get_task(task_id)
+                    if task is not None and task.started_at_ms is not None:
+                        waited = max(0, task.started_at_ms - task.pending_since_ms)
+                        self.metrics.scheduling_latency.observe(waited / 1000)
                 if not changed and update.state not in TERMINAL_TASK_STATES:
                     task = self._state.get_task(task_id)
                     if task is None or task.current_attempt_id != update.attempt_id or task.worker_id != worker_id \

@@ -1,245 +1,215 @@
-"""HTTP dashboard, JSON API and Prometheus ``/metrics`` for the controller.
+"""The controller's web dashboard, JSON API and Prometheus ``/metrics`` (Starlette on uvicorn).
 
-A thin layer over the same views the gRPC service returns (``job_to_proto`` & co. rendered with
-protobuf's JSON mapping), so the browser, the CLI and Python see the same data.
+Pages (one small single-page app shipped in the package, ``static/``; no CDN): ``/`` (jobs: newest
+first, state filter, search by id prefix, server-side pages), ``/job/<id>`` (summary, budgets, lost
+time, error, child jobs, tasks expanding to their attempts), ``/logs?job=&task=&attempt=`` (follows a
+running attempt), ``/workers``, ``/worker/<id>``, ``/endpoints``.
 
-Routes: ``/`` (the page), ``/api/jobs``, ``/api/job?id=JOB`` (with tasks), ``/api/workers``,
-``/api/endpoints``, ``/api/actions``, ``/metrics``, ``/healthz``.
+JSON API under ``/api/``, in the shapes of the CLI's ``--json`` (the client's models: snake_case,
+plain state names, numbers as numbers): ``/api/jobs`` (paged), ``/api/job?id=``, ``/api/logs``,
+``/api/workers``, ``/api/worker?id=``, ``/api/endpoints``, ``/api/actions``.
+
+Trust: every route but ``/healthz`` and the login form needs a credential: ``Authorization:
+Bearer <token>`` or the HttpOnly, SameSite=Strict session cookie ``POST /login`` sets (the token
+never goes in a URL); a ``Host`` this dashboard does not serve is refused (DNS rebinding). At most
+``max_concurrency`` requests are served at once (the rest wait), a request taking longer than
+``request_timeout_s`` gets 504, and a connection that has not sent a whole request by then is
+closed (no thread or task is held per slow client). Reads go through the controller's chunked
+read methods, so no page holds the controller's lock for long.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import secrets
-import ssl
+import socket
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from http.cookies import CookieError, SimpleCookie
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs
 
-from google.protobuf.json_format import MessageToDict
+import anyio
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from iris.client.models import EndpointInfo, JobStatus, LogLine, WorkerInfo
 from iris.cluster.addresses import advertise_host, host_port, is_wildcard
 from iris.cluster.auth import Principal
+from iris.cluster.controller.access import require_owner
 from iris.cluster.controller.controller import Controller
 from iris.cluster.controller.views import endpoint_proto, job_proto, worker_proto
-from iris.cluster.errors import IrisError
+from iris.cluster.errors import InvalidArgument, IrisError
 from iris.cluster.files import is_loopback
-from iris.cluster.types import JobId, job_state_name, task_state_name
+from iris.cluster.types import JobId, parse_task_id
+from iris.rpc import cluster_pb2
 
 logger = logging.getLogger(__name__)
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Iris</title>
-<style>
- body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
- h1{font-size:1.4em} h2{font-size:1.1em;margin-top:1.5em}
- table{border-collapse:collapse;width:100%} th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #ddd}
- th{background:#f4f4f4} .SUCCEEDED{color:#1a7f37} .FAILED,.WORKER_FAILED,.UNSCHEDULABLE{color:#cf222e}
- .RUNNING,.BUILDING{color:#0969da} .KILLED{color:#888} a{color:#0969da;cursor:pointer}
- #detail{margin-top:1em} .muted{color:#777}
-</style></head><body>
-<h1>Iris</h1>
-<div class="muted" id="updated"></div>
-<h2>Jobs</h2><table id="jobs"><thead><tr><th>Job</th><th>State</th><th>Tasks</th><th>Pending</th>
-<th>Running</th><th>Succeeded</th><th>Failed</th><th>Killed</th><th>Error / pending reason</th></tr></thead>
-<tbody></tbody></table>
-<div id="detail"></div>
-<h2>Workers</h2><table id="workers"><thead><tr><th>Worker</th><th>Address</th><th>Healthy</th><th>CPU used</th>
-<th>Running tasks</th></tr></thead><tbody></tbody></table>
-<script>
-const S = s => (s || "").replace(/^(JOB|TASK)_STATE_/, "");
-const esc = s => String(s ?? "").replace(/[&<>"]/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;","\\"":"&quot;"}[c]));
-let selected = null;
-async function refresh() {
-  const jobs = (await (await fetch("api/jobs")).json()).jobs || [];
-  document.querySelector("#jobs tbody").innerHTML = jobs.map(j => `<tr>
-    <td><a onclick="show('${esc(j.jobId)}')">${esc(j.jobId)}</a></td><td class="${S(j.state)}">${S(j.state)}</td>
-    <td>${j.numTasks||0}</td><td>${j.tasksPending||0}</td><td>${j.tasksRunning||0}</td>
-    <td>${j.tasksSucceeded||0}</td><td>${j.tasksFailed||0}</td><td>${j.tasksKilled||0}</td>
-    <td>${esc(j.error || j.pendingReason)}</td></tr>`).join("");
-  const workers = (await (await fetch("api/workers")).json()).workers || [];
-  document.querySelector("#workers tbody").innerHTML = workers.map(w => `<tr><td>${esc(w.workerId)}</td>
-    <td>${esc(w.address)}</td><td>${w.healthy ? "yes" : "no"}</td>
-    <td>${w.committedCpu||0} / ${(w.metadata||{}).cpuCount||0}</td><td>${(w.runningTasks||[]).length}</td></tr>`).join("");
-  if (selected) await show(selected);
-  document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
-}
-async function show(id) {
-  selected = id;
-  const r = await fetch("api/job?id=" + encodeURIComponent(id));
-  if (!r.ok) { document.getElementById("detail").textContent = await r.text(); return; }
-  const job = (await r.json()).job;
-  document.getElementById("detail").innerHTML = `<h2>Tasks of ${esc(job.jobId)}</h2><table><thead><tr>
-    <th>#</th><th>State</th><th>Worker</th><th>Attempts</th><th>Failures</th><th>Preemptions</th>
-    <th>Exit</th><th>Error</th></tr></thead><tbody>${(job.tasks||[]).map(t => `<tr><td>${t.taskIndex||0}</td>
-    <td class="${S(t.state)}">${S(t.state)}</td><td>${esc(t.workerId)}</td><td>${(t.currentAttemptId||0)+1}</td>
-    <td>${t.failureCount||0}</td><td>${t.preemptionCount||0}</td><td>${t.exitCode||0}</td>
-    <td>${esc(t.error || t.pendingReason)}</td></tr>`).join("")}</tbody></table>`;
-}
-refresh(); setInterval(refresh, 2000);
-</script></body></html>
-"""
-
-
-def _to_dict(message: Any) -> dict[str, Any]:
-    return MessageToDict(message)
-
+STATIC_DIR = Path(__file__).parent / "static"
+SESSION_COOKIE = "iris_session"
+MAX_CONCURRENCY = 16
+"""Requests served at once; more wait their turn."""
+REQUEST_TIMEOUT_S = 10.0
+MAX_BODY_BYTES = 8192
+MAX_TASKS_SHOWN = 2000
+"""A job page lists at most this many tasks (a 100k-task job's page stays small)."""
+PAGES = ("/", "/jobs", "/logs", "/workers", "/endpoints")
 
 _LOGIN_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Iris: sign in</title></head>
-<body style="font:14px system-ui,sans-serif;margin:3em">
-<h1>Iris</h1><form method="post" action="/login">
-<label>Token <input type="password" name="token" autocomplete="current-password" size="60"></label>
-<button type="submit">Sign in</button></form>
-<p style="color:#777">Your token is in <code>STATE_DIR/admin.token</code>, or ask an admin for one
-(<code>iris token create --user NAME</code>).</p></body></html>
+<html lang="en"><head><meta charset="utf-8"><title>Iris: sign in</title>
+<link rel="stylesheet" href="/static/app.css"></head>
+<body><header><span class="brand">Iris</span></header><main>
+<h1>Sign in</h1><form method="post" action="/login">
+<p><label>Token <input type="password" name="token" autocomplete="current-password" size="60"></label>
+<button type="submit">Sign in</button></p></form>
+<p class="muted">Your token is in <code>STATE_DIR/admin.token</code>, or ask an admin for one
+(<code>iris token create --user NAME</code>).</p></main></body></html>
 """
-SESSION_COOKIE = "iris_session"
-MAX_CONNECTIONS = 16
-"""Requests served at once; more wait in the listen backlog (no thread per connection)."""
-REQUEST_TIMEOUT_S = 10.0
-"""A client that sends its request slower than this is disconnected."""
-MAX_BODY_BYTES = 8192
-
-
-class _BoundedServer(ThreadingHTTPServer):
-    """``ThreadingHTTPServer`` on a bounded pool: a flood of (half-sent) connections queues instead
-    of costing a thread each."""
-
-    daemon_threads = True
-    request_queue_size = 64
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        super().__init__(address, handler)
-        self._pool = ThreadPoolExecutor(max_workers=MAX_CONNECTIONS, thread_name_prefix="dashboard")
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        self._pool.submit(self.process_request_thread, request, client_address)
-
-    def server_close(self) -> None:
-        super().server_close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Dashboard:
-    """Serves the dashboard on ``host:port`` (port 0 picks a free one) in a background thread.
-
-    Every route but ``/healthz`` needs a credential: ``Authorization: Bearer <token>`` (scripts)
-    or the HttpOnly, SameSite=Strict session cookie that ``POST /login`` sets (browsers; the token
-    never goes in a URL). A request whose ``Host`` is not an address this dashboard serves is
-    refused (DNS rebinding)."""
+    """Serves the dashboard on ``host:port`` (port 0 picks a free one) in a background thread."""
 
     def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 0, *,
                  tls_cert: Path | None = None, tls_key: Path | None = None,
-                 request_timeout_s: float = REQUEST_TIMEOUT_S, advertise: str | None = None) -> None:
+                 request_timeout_s: float = REQUEST_TIMEOUT_S, advertise: str | None = None,
+                 max_concurrency: int = MAX_CONCURRENCY) -> None:
         self._controller = controller
         self._request_timeout_s = request_timeout_s
-        handler = self._make_handler()
-        self._server = _BoundedServer((host, port), handler)
-        scheme = "http"
-        if tls_cert is not None and tls_key is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(tls_cert, tls_key)
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-            scheme = "https"
-        self.port = self._server.server_address[1]
-        public = advertise_host(host, advertise)
-        self.url = f"{scheme}://{host_port(public, self.port)}"
-        self._thread: threading.Thread | None = None
-        names = {public} | ({host} if not is_wildcard(host) else set())
-        if is_loopback(host):
-            names |= {"127.0.0.1", "localhost", "[::1]"}
-        self._hosts = {f"{name}:{self.port}" for name in names} | {name for name in names if not is_loopback(name)}
+        self._limiter = anyio.CapacityLimiter(max_concurrency)
         self._sessions: dict[str, str] = {}
         """Session id -> the token it was opened with (checked again on every request, so a revoked
         token ends its sessions)."""
         self._sessions_lock = threading.Lock()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self._socket.listen(128)
+        self._socket.setblocking(False)
+        self.port = int(self._socket.getsockname()[1])
+        scheme = "https" if tls_cert is not None and tls_key is not None else "http"
+        public = advertise_host(host, advertise)
+        self.url = f"{scheme}://{host_port(public, self.port)}"
+        names = {public} | ({host} if not is_wildcard(host) else set())
+        if is_loopback(host):
+            names |= {"127.0.0.1", "localhost", "[::1]"}
+        self._hosts = {f"{name}:{self.port}" for name in names} | {name for name in names if not is_loopback(name)}
+        protocol = type("DeadlineH11Protocol", (_DeadlineH11Protocol,), {"deadline_s": request_timeout_s})
+        config = uvicorn.Config(
+            self.app(), log_level="warning", access_log=False, lifespan="off", http=protocol,
+            timeout_keep_alive=5, ssl_certfile=str(tls_cert) if scheme == "https" else None,
+            ssl_keyfile=str(tls_key) if scheme == "https" else None, server_header=False,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="dashboard")
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
+                                        name="dashboard", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._socket.close()
 
-    # ------------------------------------------------------------------ views
+    # ------------------------------------------------------------------ the JSON views
 
-    def jobs(self, page_token: str = "") -> dict[str, Any]:
-        page = self._controller.list_jobs(page_token=page_token)
-        return {"jobs": [_to_dict(job_proto(j)) for j in page.jobs], "next_page_token": page.next_page_token}
+    def jobs(self, *, states: list[str] | None = None, prefix: str = "", page_size: int = 0, page_token: str = "",
+             newest_first: bool = True) -> dict[str, Any]:
+        codes = []
+        for name in states or []:
+            key = "JOB_STATE_" + name.strip().upper()
+            if key not in cluster_pb2.JobState.keys():
+                raise InvalidArgument(f"state: unknown job state {name!r}")
+            codes.append(cluster_pb2.JobState.Value(key))
+        page = self._controller.list_jobs(states=codes, prefix=prefix, page_size=page_size, page_token=page_token,
+                                          newest_first=newest_first)
+        return {"jobs": [JobStatus.from_proto(job_proto(j)).to_dict() for j in page.jobs],
+                "next_page_token": page.next_page_token}
 
     def job(self, job_id: str) -> dict[str, Any]:
         job, tasks = self._controller.job_status(JobId(job_id), include_tasks=True)
-        return {"job": _to_dict(job_proto(job, tasks))}
+        shown = list(tasks or [])[:MAX_TASKS_SHOWN]
+        data = JobStatus.from_proto(job_proto(job, shown)).to_dict()
+        return {"job": data, "tasks_shown": len(shown)}
+
+    def logs(self, principal: Principal, task_id: str, attempt: int | None, offset: int | None, tail: int,
+             max_lines: int) -> dict[str, Any]:
+        try:
+            job_id, _ = parse_task_id(task_id)
+        except ValueError as e:
+            raise InvalidArgument(f"task: {e}") from None
+        require_owner(principal, job_id, self._controller.job_owner(job_id), "logs")
+        request = cluster_pb2.Controller.FetchTaskLogsRequest(task_id=task_id, max_lines=max_lines,
+                                                              tail_lines=max(tail, 0))
+        if attempt is not None:
+            request.attempt_id = attempt
+        if offset is not None:
+            request.start_offset = offset
+        reply = self._controller.fetch_task_logs(request)
+        return {"lines": [LogLine.from_proto(line).to_dict() for line in reply.lines],
+                "next_offset": reply.next_offset, "attempt_finished": reply.attempt_finished,
+                "attempt_id": reply.attempt_id}
 
     def workers(self) -> dict[str, Any]:
-        return {"workers": [_to_dict(worker_proto(w)) for w in self._controller.list_workers()]}
+        return {"workers": [WorkerInfo.from_proto(worker_proto(w)).to_dict() for w in self._controller.list_workers()]}
+
+    def worker(self, worker_id: str) -> dict[str, Any]:
+        for w in self._controller.list_workers():
+            if w.worker_id == worker_id:
+                return {"worker": WorkerInfo.from_proto(worker_proto(w)).to_dict()}
+        from iris.cluster.errors import NotFound
+
+        raise NotFound(f"id: no worker {worker_id[:128]!r}")
 
     def endpoints(self) -> dict[str, Any]:
-        return {"endpoints": [_to_dict(endpoint_proto(e)) for e in self._controller.list_endpoints()]}
+        return {"endpoints": [EndpointInfo.from_proto(endpoint_proto(e)).to_dict()
+                              for e in self._controller.list_endpoints()]}
 
     def actions(self) -> dict[str, Any]:
-        return {
-            "actions": [
-                {"timestamp_ms": a.timestamp_ms, "action": a.action, "job_id": a.job_id, "task_id": a.task_id,
-                 "worker_id": a.worker_id, "details": a.details}
-                for a in self._controller.recent_actions(200)
-            ]
-        }
+        return {"actions": [
+            {"timestamp_ms": a.timestamp_ms, "action": a.action, "job_id": a.job_id, "task_id": a.task_id,
+             "worker_id": a.worker_id, "details": a.details}
+            for a in self._controller.recent_actions(200)
+        ]}
 
-    def metrics(self) -> str:
-        """Prometheus text format, from counts the controller takes in chunks (per-job counts,
-        never a scan of tasks, never all jobs under one lock hold)."""
-        counts = self._controller.counts()
-        jobs_by_state = {job_state_name(s): n for s, n in counts.jobs_by_state.items()}
-        tasks_by_state = {task_state_name(s): n for s, n in counts.tasks_by_state.items()}
-        lines = ["# HELP iris_jobs Jobs by state.", "# TYPE iris_jobs gauge"]
-        lines += [f'iris_jobs{{state="{s}"}} {n}' for s, n in jobs_by_state.items() if s != "UNSPECIFIED"]
-        lines += ["# HELP iris_tasks Tasks by state.", "# TYPE iris_tasks gauge"]
-        lines += [f'iris_tasks{{state="{s}"}} {n}' for s, n in tasks_by_state.items() if s != "UNSPECIFIED"]
-        lines += ["# HELP iris_workers Registered workers by health.", "# TYPE iris_workers gauge"]
-        lines.append(f'iris_workers{{healthy="true"}} {counts.workers_healthy}')
-        lines.append(f'iris_workers{{healthy="false"}} {counts.workers_unhealthy}')
-        lines += ["# HELP iris_committed_cpu Cores committed to running tasks.", "# TYPE iris_committed_cpu gauge"]
-        lines.append(f"iris_committed_cpu {counts.committed_cpu / 1000:g}")
-        lines += ["# HELP iris_attempt_seconds_total Running time of ended attempts, by how they ended "
-                  "(useful: succeeded; failure, preemption, gang: lost to failed, preempted and gang-restarted "
-                  "attempts).", "# TYPE iris_attempt_seconds_total counter"]
-        lines += [f'iris_attempt_seconds_total{{cause="{cause}"}} {seconds:.3f}'
-                  for cause, seconds in self._controller.lost_seconds().items()]
-        return "\n".join(lines) + "\n"
+    def metrics(self) -> bytes:
+        return generate_latest(self._controller.metrics.registry)
 
-    # ------------------------------------------------------------------ auth
+    # ------------------------------------------------------------------ who is asking
 
     def host_allowed(self, host: str | None) -> bool:
         return host is not None and host in self._hosts
 
-    def principal(self, authorization: str | None, cookie: str | None) -> Principal:
+    def principal(self, authorization: str | None, session: str | None) -> Principal:
         """Who is asking (Unauthenticated when nobody valid)."""
         token: str | None = None
         if authorization:
             scheme, _, value = authorization.partition(" ")
             if scheme.lower() == "bearer" and value.strip():
                 token = value.strip()
-        if token is None and cookie:
-            jar = SimpleCookie()
-            try:
-                jar.load(cookie)
-            except CookieError:
-                jar = SimpleCookie()
-            morsel = jar.get(SESSION_COOKIE)
-            if morsel is not None:
-                with self._sessions_lock:
-                    token = self._sessions.get(morsel.value)
+        if token is None and session:
+            with self._sessions_lock:
+                token = self._sessions.get(session)
         return self._controller.authenticate(token)
 
     def open_session(self, token: str) -> str:
@@ -253,101 +223,199 @@ class Dashboard:
 
     # ------------------------------------------------------------------ HTTP
 
-    def _make_handler(self) -> type[BaseHTTPRequestHandler]:
+    def app(self) -> Starlette:
         dashboard = self
 
-        class Handler(BaseHTTPRequestHandler):
-            timeout = dashboard._request_timeout_s
+        async def call(fn: Callable[[], Any]) -> Any:
+            """Run a blocking read on a worker thread, at most ``max_concurrency`` at once."""
+            return await anyio.to_thread.run_sync(fn, limiter=dashboard._limiter)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                logger.debug("dashboard: " + format, *args)
+        def who(request: Request) -> Principal:
+            return dashboard.principal(request.headers.get("authorization"), request.cookies.get(SESSION_COOKIE))
 
-            def _admit(self, path: str) -> Principal | None:
-                """Check Host and credentials; answer the refusal and return None when refused."""
-                if not dashboard.host_allowed(self.headers.get("Host")):
-                    self._json({"error": "Host: not an address this dashboard serves"}, HTTPStatus.MISDIRECTED_REQUEST)
-                    return None
+        def api(handler: Callable[[Request, Principal], Awaitable[Any]]) -> Callable[[Request], Awaitable[Response]]:
+            async def endpoint(request: Request) -> Response:
+                refused = _host_refusal(request)
+                if refused is not None:
+                    return refused
                 try:
-                    return dashboard.principal(self.headers.get("Authorization"), self.headers.get("Cookie"))
+                    principal = who(request)
+                    payload = await asyncio.wait_for(handler(request, principal), dashboard._request_timeout_s)
                 except IrisError as e:
-                    if path in ("/", "/index.html"):
-                        self._send(HTTPStatus.UNAUTHORIZED, _LOGIN_PAGE.encode(), "text/html; charset=utf-8")
-                    else:
-                        self._json({"error": str(e)}, HTTPStatus.UNAUTHORIZED)
-                    return None
-
-            def do_POST(self) -> None:
-                url = urlparse(self.path)
-                if not dashboard.host_allowed(self.headers.get("Host")):
-                    self._json({"error": "Host: not an address this dashboard serves"}, HTTPStatus.MISDIRECTED_REQUEST)
-                    return
-                if url.path != "/login":
-                    self._json({"error": f"no route {url.path}"}, HTTPStatus.NOT_FOUND)
-                    return
-                try:
-                    length = int(self.headers.get("Content-Length") or 0)
-                except ValueError:
-                    length = -1
-                if not 0 <= length <= MAX_BODY_BYTES:
-                    self._json({"error": f"Content-Length: must be 0..{MAX_BODY_BYTES}"}, HTTPStatus.BAD_REQUEST)
-                    return
-                form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
-                token = (form.get("token") or [""])[0].strip()
-                try:
-                    session = dashboard.open_session(token)
-                except IrisError:
-                    self._send(HTTPStatus.UNAUTHORIZED, _LOGIN_PAGE.encode(), "text/html; charset=utf-8")
-                    return
-                self.send_response(HTTPStatus.SEE_OTHER)
-                self.send_header("Set-Cookie", f"{SESSION_COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/")
-                self.send_header("Location", "/")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def _send(self, status: int, body: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _json(self, payload: dict[str, Any], status: int = HTTPStatus.OK) -> None:
-                self._send(status, json.dumps(payload).encode(), "application/json")
-
-            def do_GET(self) -> None:
-                url = urlparse(self.path)
-                query = parse_qs(url.query)
-                if url.path == "/healthz":
-                    self._send(HTTPStatus.OK, b"ok\n", "text/plain")
-                    return
-                if self._admit(url.path) is None:
-                    return
-                try:
-                    if url.path in ("/", "/index.html"):
-                        self._send(HTTPStatus.OK, _PAGE.encode(), "text/html; charset=utf-8")
-                    elif url.path == "/metrics":
-                        self._send(HTTPStatus.OK, dashboard.metrics().encode(), "text/plain; version=0.0.4")
-                    elif url.path == "/api/jobs":
-                        self._json(dashboard.jobs((query.get("page_token") or [""])[0]))
-                    elif url.path == "/api/job":
-                        job_ids = query.get("id")
-                        if not job_ids:
-                            self._json({"error": "id: query parameter is required"}, HTTPStatus.BAD_REQUEST)
-                            return
-                        self._json(dashboard.job(job_ids[0]))
-                    elif url.path == "/api/workers":
-                        self._json(dashboard.workers())
-                    elif url.path == "/api/endpoints":
-                        self._json(dashboard.endpoints())
-                    elif url.path == "/api/actions":
-                        self._json(dashboard.actions())
-                    else:
-                        self._json({"error": f"no route {url.path}"}, HTTPStatus.NOT_FOUND)
-                except IrisError as e:
-                    status = HTTPStatus.NOT_FOUND if e.code == "NOT_FOUND" else HTTPStatus.BAD_REQUEST
-                    self._json({"error": str(e)}, status)
+                    return JSONResponse({"error": str(e)}, _http_status(e))
+                except TimeoutError:
+                    return JSONResponse({"error": "the request took too long"}, HTTPStatus.GATEWAY_TIMEOUT)
                 except Exception as e:
-                    logger.exception("dashboard %s failed", url.path)
-                    self._json({"error": f"internal error: {e}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
+                    logger.exception("dashboard %s failed", request.url.path)
+                    return JSONResponse({"error": f"internal error: {e}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
+                if isinstance(payload, Response):
+                    return payload
+                return JSONResponse(payload)
+            return endpoint
 
-        return Handler
+        def _host_refusal(request: Request) -> Response | None:
+            if dashboard.host_allowed(request.headers.get("host")):
+                return None
+            return JSONResponse({"error": "Host: not an address this dashboard serves"},
+                                HTTPStatus.MISDIRECTED_REQUEST)
+
+        async def page(request: Request) -> Response:
+            refused = _host_refusal(request)
+            if refused is not None:
+                return refused
+            try:
+                await call(lambda: who(request))
+            except IrisError:
+                return HTMLResponse(_LOGIN_PAGE, HTTPStatus.UNAUTHORIZED)
+            return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-store"})
+
+        async def login_form(request: Request) -> Response:
+            return _host_refusal(request) or HTMLResponse(_LOGIN_PAGE)
+
+        async def login(request: Request) -> Response:
+            refused = _host_refusal(request)
+            if refused is not None:
+                return refused
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    return JSONResponse({"error": f"body: at most {MAX_BODY_BYTES} bytes"}, HTTPStatus.BAD_REQUEST)
+            token = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0].strip()
+            try:
+                session = await call(lambda: dashboard.open_session(token))
+            except IrisError:
+                return HTMLResponse(_LOGIN_PAGE, HTTPStatus.UNAUTHORIZED)
+            response = RedirectResponse("/", HTTPStatus.SEE_OTHER)
+            response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="strict", path="/",
+                                secure=request.url.scheme == "https")
+            return response
+
+        async def logout(request: Request) -> Response:
+            session = request.cookies.get(SESSION_COOKIE)
+            if session:
+                with dashboard._sessions_lock:
+                    dashboard._sessions.pop(session, None)
+            response = RedirectResponse("/login", HTTPStatus.SEE_OTHER)
+            response.delete_cookie(SESSION_COOKIE, path="/")
+            return response
+
+        async def healthz(request: Request) -> Response:
+            return PlainTextResponse("ok\n")
+
+        async def metrics(request: Request, principal: Principal) -> Response:
+            return Response(await call(dashboard.metrics), media_type=CONTENT_TYPE_LATEST)
+
+        async def api_jobs(request: Request, principal: Principal) -> Any:
+            q = request.query_params
+            states = [s for part in q.getlist("state") for s in part.split(",") if s.strip()]
+            return await call(lambda: dashboard.jobs(
+                states=states, prefix=q.get("prefix", ""), page_size=_int(q, "page_size", 0) or 0,
+                page_token=q.get("page_token", ""), newest_first=q.get("newest_first", "1") not in ("0", "false")))
+
+        async def api_job(request: Request, principal: Principal) -> Any:
+            job_id = request.query_params.get("id")
+            if not job_id:
+                raise InvalidArgument("id: query parameter is required")
+            return await call(lambda: dashboard.job(job_id))
+
+        async def api_logs(request: Request, principal: Principal) -> Any:
+            q = request.query_params
+            task = q.get("task")
+            if not task:
+                raise InvalidArgument("task: query parameter is required (JOB/task-INDEX)")
+            attempt = _int(q, "attempt", None)
+            offset = _int(q, "offset", None)
+            return await call(lambda: dashboard.logs(principal, task, attempt, offset, _int(q, "tail", 0) or 0,
+                                                     _int(q, "max_lines", 1000) or 1000))
+
+        async def api_workers(request: Request, principal: Principal) -> Any:
+            return await call(dashboard.workers)
+
+        async def api_worker(request: Request, principal: Principal) -> Any:
+            worker_id = request.query_params.get("id")
+            if not worker_id:
+                raise InvalidArgument("id: query parameter is required")
+            return await call(lambda: dashboard.worker(worker_id))
+
+        async def api_endpoints(request: Request, principal: Principal) -> Any:
+            return await call(dashboard.endpoints)
+
+        async def api_actions(request: Request, principal: Principal) -> Any:
+            return await call(dashboard.actions)
+
+        async def api_missing(request: Request, principal: Principal) -> Any:
+            from iris.cluster.errors import NotFound
+
+            raise NotFound(f"no route {request.url.path}")
+
+        routes = [
+            Route("/healthz", healthz),
+            Route("/login", login_form, methods=["GET"]),
+            Route("/login", login, methods=["POST"]),
+            Route("/logout", logout),
+            Route("/metrics", api(metrics)),
+            Route("/api/jobs", api(api_jobs)),
+            Route("/api/job", api(api_job)),
+            Route("/api/logs", api(api_logs)),
+            Route("/api/workers", api(api_workers)),
+            Route("/api/worker", api(api_worker)),
+            Route("/api/endpoints", api(api_endpoints)),
+            Route("/api/actions", api(api_actions)),
+            Route("/api/{rest:path}", api(api_missing)),
+            Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+            *(Route(path, page) for path in PAGES),
+            Route("/job/{job_id:path}", page),
+            Route("/worker/{worker_id:path}", page),
+        ]
+
+        async def not_found(request: Request, exc: Exception) -> Response:
+            return _host_refusal(request) or JSONResponse({"error": f"no route {request.url.path}"},
+                                                          HTTPStatus.NOT_FOUND)
+
+        return Starlette(routes=routes, exception_handlers={404: not_found})
+
+
+class _DeadlineH11Protocol(H11Protocol):
+    """Closes a connection that has not sent a whole request within ``deadline_s`` of connecting
+    (a slow-loris flood holds sockets, never threads)."""
+
+    deadline_s = REQUEST_TIMEOUT_S
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline = self.loop.call_later(self.deadline_s, self._expire)
+
+    def _expire(self) -> None:
+        if self.cycle is None and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._deadline.cancel()
+        super().connection_lost(exc)
+
+
+def _int(query: Any, name: str, default: int | None) -> int | None:
+    value = query.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidArgument(f"{name}: expected a whole number, got {value[:32]!r}") from None
+    if number < 0:
+        raise InvalidArgument(f"{name}: must be >= 0, got {number}")
+    return number
+
+
+def _http_status(error: IrisError) -> int:
+    return {
+        "NOT_FOUND": HTTPStatus.NOT_FOUND,
+        "UNAUTHENTICATED": HTTPStatus.UNAUTHORIZED,
+        "PERMISSION_DENIED": HTTPStatus.FORBIDDEN,
+        "UNAVAILABLE": HTTPStatus.SERVICE_UNAVAILABLE,
+        "FAILED_PRECONDITION": HTTPStatus.CONFLICT,
+    }.get(error.code, HTTPStatus.BAD_REQUEST)
+
+
+__all__ = ["Dashboard"]

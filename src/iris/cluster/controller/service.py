@@ -63,8 +63,14 @@ def _rpc(*roles: Role) -> Callable[[Callable[..., _R]], Callable[..., _R]]:
     def decorate(method: Callable[..., _R]) -> Callable[..., _R]:
         cap = MESSAGE_CAPS.get(method.__name__, DEFAULT_MESSAGE_CAP)
 
+        name = method.__name__
+
         @functools.wraps(method)
         def wrapper(self: ControllerServiceImpl, request: Any, context: grpc.ServicerContext) -> _R:
+            with self._controller.metrics.rpc_latency.labels(name).time():
+                return call(self, request, context)
+
+        def call(self: ControllerServiceImpl, request: Any, context: grpc.ServicerContext) -> _R:
             try:
                 size = request.ByteSize()
                 if size > cap:  # never echoed back: the reply names only the sizes

@@ -44,9 +44,6 @@ function size(bytes) {
   for (const [u, n] of units) if (bytes >= n) return `${(bytes / n).toFixed(1)}${u}`;
   return `${bytes}B`;
 }
-function attemptsOf(t) {
-  return (t.attempts || []).length + (["RUNNING", "BUILDING"].includes(t.state) || (t.state !== "PENDING" && !(t.attempts || []).some((a) => a.attempt_id === t.current_attempt_id) && t.worker_id) ? 1 : 0);
-}
 function exitOf(t) {
   // A KILLED task's code is the signal Iris sent, not the task's answer: show none (as the CLI).
   const finished = ["SUCCEEDED", "FAILED", "WORKER_FAILED"].includes(t.state);
@@ -92,13 +89,13 @@ const views = {
         <select id="state-filter" aria-label="state">${options}</select>
         <input id="prefix" placeholder="job id prefix" value="${esc(prefix)}" aria-label="job id prefix">
         <button id="search">Search</button>
-        <span class="muted">page ${tokens.length + 1}</span>
+        <span class="muted" id="page-number">page ${tokens.length + 1}</span>
         <button id="newer" ${tokens.length ? "" : "disabled"}>← Newer</button>
         <button id="older" ${data.next_page_token ? "" : "disabled"} data-token="${esc(data.next_page_token)}">Older →</button>
       </div>
       <table id="jobs"><thead><tr><th>Job</th><th>State</th><th>Progress</th><th>Done</th><th>Owner</th>
       <th>Submitted</th><th>Duration</th><th>Error / pending reason</th></tr></thead>
-      <tbody>${rows || `<tr><td colspan="8" class="muted">No jobs.</td></tr>`}</tbody></table>`;
+      <tbody>${rows || `<tr><td colspan="8" class="muted">${tokens.length ? "No more jobs." : "No jobs."}</td></tr>`}</tbody></table>`;
   },
 
   bindJobs(params) {
@@ -142,7 +139,7 @@ const views = {
         </tbody></table></td></tr>` : "";
       return `<tr class="clickable task" data-task="${task.task_index}" title="click for attempts">
         <td>${open ? "▾" : "▸"} ${task.task_index}</td><td>${state(task.state)}</td><td>${workerLink(task.worker_id)}</td>
-        <td>${attemptsOf(task)}</td><td>${task.failure_count}/${task.max_retries_failure}</td>
+        <td>${task.num_attempts}</td><td>${task.failure_count}/${task.max_retries_failure}</td>
         <td>${task.preemption_count}/${task.max_retries_preemption}</td><td>${exitOf(task)}</td>
         <td>${span(task.started_at_ms, task.finished_at_ms)}</td>
         <td>${task.error ? `<div class="error">${esc(task.error)}</div>` : esc(task.pending_reason)}</td></tr>${detail}`;
@@ -153,7 +150,7 @@ const views = {
         <dt>Submitted</dt><dd>${when(j.submitted_at_ms)}</dd><dt>Duration</dt><dd>${span(j.started_at_ms, j.finished_at_ms)}</dd>
         <dt>Tasks</dt><dd>${j.num_tasks}: ${j.counts.pending} pending, ${j.counts.running} running, ${j.counts.succeeded} succeeded,
           ${j.counts.failed} failed, ${j.counts.killed} killed</dd>
-        <dt>Resources</dt><dd>cpu ${j.resources.cpu}, memory ${size(+j.resources.memory || 0)}</dd>
+        <dt>Resources</dt><dd>cpu ${j.resources.cpu}, memory ${+j.resources.memory ? size(+j.resources.memory) : "-"}</dd>
         <dt>Failures</dt><dd>${j.failures_used} used; ${j.max_retries_failure} retries per task, ${j.max_task_failures} tasks may fail</dd>
         <dt>Preemptions</dt><dd>${j.preemptions_used} used; ${j.max_retries_preemption} per task</dd>
         <dt>Time</dt><dd>pending ${seconds(t.pending_ms)}, useful ${seconds(t.useful_ms)}, lost: failures ${seconds(t.lost_failure_ms)},

@@ -1,0 +1,72 @@
+"""The controller's Prometheus metrics (``prometheus_client``), one registry per controller.
+
+Measured as things happen: scheduling latency (a task's wait from PENDING to RUNNING) and RPC
+latency by method. Read at scrape time from the controller's chunked counts: jobs and tasks by
+state, queue depth (pending tasks), workers by health, committed cpu, attempt time by cause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from iris.cluster.types import job_state_name, task_state_name
+from iris.rpc import cluster_pb2
+
+if TYPE_CHECKING:
+    from iris.cluster.controller.views import ClusterCounts
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
+RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+
+
+class ControllerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.scheduling_latency = Histogram(
+            "iris_scheduling_latency_seconds", "Time a task waited from PENDING until it was RUNNING.",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.rpc_latency = Histogram(
+            "iris_rpc_duration_seconds", "Controller RPC handling time, by method.", ["method"],
+            buckets=RPC_BUCKETS, registry=self.registry)
+
+    def observe_state(self, counts: Callable[[], ClusterCounts], lost_seconds: Callable[[], dict[str, float]]) -> None:
+        """Export the controller's counts, read at each scrape."""
+        self.registry.register(_StateCollector(counts, lost_seconds))
+
+
+class _StateCollector(Collector):
+    def __init__(self, counts: Callable[[], ClusterCounts], lost_seconds: Callable[[], dict[str, float]]) -> None:
+        self._counts = counts
+        self._lost_seconds = lost_seconds
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._counts()
+        jobs = GaugeMetricFamily("iris_jobs", "Jobs by state.", labels=["state"])
+        for state, n in sorted(counts.jobs_by_state.items()):
+            if state != cluster_pb2.JOB_STATE_UNSPECIFIED:
+                jobs.add_metric([job_state_name(state)], n)
+        yield jobs
+        tasks = GaugeMetricFamily("iris_tasks", "Tasks by state.", labels=["state"])
+        for state, n in sorted(counts.tasks_by_state.items()):
+            if state != cluster_pb2.TASK_STATE_UNSPECIFIED:
+                tasks.add_metric([task_state_name(state)], n)
+        yield tasks
+        yield GaugeMetricFamily("iris_queue_depth", "Tasks waiting to be scheduled (PENDING).",
+                                value=counts.tasks_by_state.get(cluster_pb2.TASK_STATE_PENDING, 0))
+        workers = GaugeMetricFamily("iris_workers", "Registered workers by health.", labels=["healthy"])
+        workers.add_metric(["true"], counts.workers_healthy)
+        workers.add_metric(["false"], counts.workers_unhealthy)
+        yield workers
+        yield GaugeMetricFamily("iris_committed_cpu", "Cores committed to running tasks.",
+                                value=counts.committed_cpu / 1000)
+        attempt = CounterMetricFamily(
+            "iris_attempt_seconds", "Running time of ended attempts, by how they ended (useful: succeeded; "
+            "failure, preemption, gang: lost to failed, preempted and gang-restarted attempts).", labels=["cause"])
+        for cause, seconds in self._lost_seconds().items():
+            attempt.add_metric([cause], seconds)
+        yield attempt
