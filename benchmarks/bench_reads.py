@@ -141,7 +141,10 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="iris-bench-reads-"))
     store = ControllerStore.open(tmp / "state")
-    controller = Controller(ControllerConfig(worker_timeout_s=3600), state=store.load(), store=store)
+    # Hold every job (retention would delete ended jobs beyond its default 10,000 during the run).
+    known = getattr(ControllerConfig, "__dataclass_fields__", {})
+    config = ControllerConfig(worker_timeout_s=3600, **({"max_finished_jobs": 0} if "max_finished_jobs" in known else {}))
+    controller = Controller(config, state=store.load(), store=store)
     started = time.perf_counter()
     # Submitted before the controller's loops start, and ended at once: the controller *holds*
     # these jobs. (A 25,000-deep pending queue would measure the scheduling pass instead, which

@@ -20,6 +20,7 @@ from iris.cli.output import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
+    PLAIN_TABLE_ROWS,
     CliError,
     connect,
     controller_option,
@@ -28,9 +29,11 @@ from iris.cli.output import (
     human_ago,
     json_option,
     make_table,
+    now_ms,
     one_line,
     parse_duration,
     print_json,
+    print_table,
     size,
     span,
     stderr_console,
@@ -57,8 +60,9 @@ from iris.client.models import parse_job_state
 from iris.cluster.clock import SystemClock
 from iris.cluster.failures import parse_exit_rules
 from iris.cluster.spec import DEFAULT_MAX_RETRIES_PREEMPTION, JobSpec
-from iris.cluster.types import GpuDevice, ResourceSpec, format_cpu, parse_size
+from iris.cluster.types import GpuDevice, ResourceSpec, format_cpu, job_state_name, parse_size
 from iris.cluster.validation import validate_job_spec
+from iris.rpc import cluster_pb2
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -486,28 +490,32 @@ def list_cmd(controller: str, states: tuple[str, ...], prefix: str, limit: int, 
         raise _usage(str(e)) from None
     with connect(controller) as client:
         # One more than shown tells whether there are more.
-        jobs = client.list_jobs(wanted or None, prefix=prefix, limit=None if show_all else limit + 1,
-                                newest_first=True)
-    more = not show_all and len(jobs) > limit
-    jobs = jobs if show_all else jobs[:limit]
+        # The wire's messages: a 25,000-job table converts none of them to models.
+        protos = client.list_job_protos(wanted or None, prefix=prefix, limit=None if show_all else limit + 1,
+                                        newest_first=True)
+    more = not show_all and len(protos) > limit
+    protos = protos if show_all else protos[:limit]
     if as_json:
-        print_json([j.to_dict() for j in jobs])
+        print_json([JobStatus.from_proto(j).to_dict() for j in protos])
         return
-    if not jobs:
+    if not protos:
         stderr_console().print("No jobs.")
         return
+    plain = len(protos) > PLAIN_TABLE_ROWS or not sys.stdout.isatty()  # no rich Text per row for long lists
+    names = {value: job_state_name(value) for value in cluster_pb2.JobState.values()}
+    now = now_ms()
     rows = [
         (
             j.job_id,
-            styled_state(j.state),
-            f"{j.counts.succeeded}/{j.num_tasks}",
-            human_ago(j.submitted_at_ms),
-            span(j.started_at_ms, j.finished_at_ms),
+            names[j.state] if plain else styled_state(names[j.state]),
+            f"{j.tasks_succeeded}/{j.num_tasks}",
+            human_ago(j.submitted_at_ms, now),
+            span(j.started_at_ms, j.finished_at_ms, now),
             one_line(j.error or j.pending_reason, 80),
         )
-        for j in jobs
+        for j in protos
     ]
-    stdout_console().print(make_table(["JOB", "STATE", "DONE", "SUBMITTED", "DURATION", "ERROR"], rows))
+    print_table(["JOB", "STATE", "DONE", "SUBMITTED", "DURATION", "ERROR"], rows)
     if more:
         stderr_console().print(f"Showing the newest {limit} jobs; --limit N or --all for more.")
 

@@ -273,8 +273,11 @@ def styled_state(state: JobState | TaskState | str) -> Text:
 
 def one_line(text: str, limit: int = 120) -> str:
     """The last meaningful line of a (multi-line) error, shortened for a table cell."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    line = lines[-1] if lines else ""
+    if "\n" not in text and "\r" not in text:
+        line = text.strip()
+    else:
+        lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+        line = lines[-1] if lines else ""
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
@@ -283,6 +286,37 @@ def one_line(text: str, limit: int = 120) -> str:
 
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+PLAIN_TABLE_ROWS = 500
+"""Past this many rows (or off a terminal) a table is written as plain aligned text: rich's layout
+costs ~1 ms a row, plain text ~2 µs (``iris job list --all`` of 25,000 jobs)."""
+
+
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[str | Text]]) -> None:
+    """A table on stdout: rich's (colours, folding) for a short one on a terminal, else plain
+    aligned columns, written at once."""
+    if sys.stdout.isatty() and len(rows) <= PLAIN_TABLE_ROWS:
+        stdout_console().print(make_table(columns, rows))
+        return
+    cells: list[Sequence[str]] = [
+        cast(Sequence[str], row) if all(type(c) is str for c in row)
+        else [c.plain if isinstance(c, Text) else str(c) for c in row]
+        for row in rows
+    ]
+    widths = [len(name) for name in columns]
+    for row in cells:
+        for i, cell in enumerate(row[:-1]):
+            if len(cell) > widths[i]:
+                widths[i] = len(cell)
+
+    def line(values: Sequence[str]) -> str:
+        head = "  ".join(v.ljust(widths[i]) for i, v in enumerate(values[:-1]))
+        return f"{head}  {values[-1]}".rstrip() if len(values) > 1 else values[0]
+    out = [line(list(columns))]
+    out.extend(line(row) for row in cells)
+    sys.stdout.write("\n".join(out) + "\n")
+    sys.stdout.flush()
 
 
 def make_table(columns: Sequence[str], rows: Iterable[Sequence[str | Text]], title: str | None = None) -> Table:

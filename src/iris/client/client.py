@@ -491,6 +491,14 @@ class IrisClient:
         """Jobs, optionally only those in ``state`` (one or several) and whose id starts with
         ``prefix``; in submission order, or ``newest_first``; at most ``limit`` of them (None: all),
         fetched page by page."""
+        return [JobStatus.from_proto(j) for j in self.list_job_protos(state, prefix, limit=limit,
+                                                                       newest_first=newest_first)]
+
+    def list_job_protos(
+        self, state: JobState | str | Iterable[JobState | str] | None = None, prefix: str = "", *,
+        limit: int | None = None, newest_first: bool = False,
+    ) -> list[cluster_pb2.JobStatus]:
+        """``list_jobs`` as the wire's ``JobStatus`` messages (no conversion: for a long table)."""
         if limit is not None and limit < 0:
             raise InvalidRequestError(f"limit: must be >= 0, got {limit}")
         if state is None:
@@ -499,7 +507,7 @@ class IrisClient:
             states = [self._parse_state(state)]
         else:
             states = [self._parse_state(s) for s in state]
-        jobs: list[JobStatus] = []
+        jobs: list[cluster_pb2.JobStatus] = []
         token = ""
         while True:  # page by page: each RPC is bounded by its page
             page_size = min(500, limit - len(jobs)) if limit is not None else 0
@@ -510,7 +518,7 @@ class IrisClient:
                 newest_first=newest_first,
             )
             response = self._call(self._stub.ListJobs, request, "jobs")
-            jobs.extend(JobStatus.from_proto(j) for j in response.jobs)
+            jobs.extend(response.jobs)
             token = response.next_page_token
             if not token:
                 return jobs if limit is None else jobs[:limit]

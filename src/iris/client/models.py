@@ -314,7 +314,21 @@ class JobStatus(_Jsonable):
         )
 
 
+_RESOURCES: dict[bytes, ResourceSpec] = {}
+"""Parsed resource specs by their wire bytes: a long job list has few distinct shapes."""
+
+
 def _resources_from_proto(proto: cluster_pb2.ResourceSpecProto) -> ResourceSpec:
+    key = proto.SerializeToString(deterministic=True)
+    known = _RESOURCES.get(key)
+    if known is None:
+        known = _parse_resources(proto)
+        if len(_RESOURCES) < 4096:
+            _RESOURCES[key] = known
+    return known
+
+
+def _parse_resources(proto: cluster_pb2.ResourceSpecProto) -> ResourceSpec:
     try:
         return ResourceSpec.from_proto(proto)
     except ValueError:

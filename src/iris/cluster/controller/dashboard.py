@@ -21,6 +21,7 @@ read methods, so no page holds the controller's lock for long.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import socket
@@ -50,8 +51,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from iris.client.models import EndpointInfo, JobStatus, LogLine, WorkerInfo
 from iris.cluster.addresses import advertise_host, host_port, is_wildcard
-from iris.cluster.auth import Principal
-from iris.cluster.controller.access import require_owner
+from iris.cluster.auth import Principal, Role
+from iris.cluster.controller.access import require_owner, require_role
 from iris.cluster.controller.controller import Controller
 from iris.cluster.controller.views import endpoint_proto, job_proto, worker_proto
 from iris.cluster.errors import InvalidArgument, IrisError
@@ -67,6 +68,10 @@ MAX_CONCURRENCY = 16
 """Requests served at once; more wait their turn."""
 REQUEST_TIMEOUT_S = 10.0
 MAX_BODY_BYTES = 8192
+CACHE_TTL_S = 1.0
+"""An API read is served from a copy up to this old: however many tabs and scripts poll the same
+page, the controller builds it at most once a second (reads never crowd out heartbeats)."""
+CACHE_ENTRIES = 256
 MAX_TASKS_SHOWN = 2000
 """A job page lists at most this many tasks (a 100k-task job's page stays small)."""
 PAGES = ("/", "/jobs", "/logs", "/workers", "/endpoints")
@@ -97,6 +102,8 @@ class Dashboard:
         """Session id -> the token it was opened with (checked again on every request, so a revoked
         token ends its sessions)."""
         self._sessions_lock = threading.Lock()
+        self._cache: dict[str, tuple[float, bytes]] = {}
+        self._inflight: dict[str, asyncio.Future[bytes]] = {}
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.socket(family, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -231,15 +238,48 @@ class Dashboard:
             return await anyio.to_thread.run_sync(fn, limiter=dashboard._limiter)
 
         def who(request: Request) -> Principal:
-            return dashboard.principal(request.headers.get("authorization"), request.cookies.get(SESSION_COOKIE))
+            principal = dashboard.principal(request.headers.get("authorization"), request.cookies.get(SESSION_COOKIE))
+            require_role(principal, Role.ADMIN, Role.USER, what="the dashboard")  # people, not tasks or workers
+            return principal
 
-        def api(handler: Callable[[Request, Principal], Awaitable[Any]]) -> Callable[[Request], Awaitable[Response]]:
+        async def cached(key: str, build: Callable[[], Awaitable[Any]]) -> bytes:
+            """The JSON of ``build()``, shared by every identical request within ``CACHE_TTL_S``."""
+            now = dashboard._controller.clock.monotonic()
+            hit = dashboard._cache.get(key)
+            if hit is not None and now - hit[0] < CACHE_TTL_S:
+                return hit[1]
+            pending = dashboard._inflight.get(key)
+            if pending is not None:
+                return await asyncio.shield(pending)
+            future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            dashboard._inflight[key] = future
+            try:
+                body = json.dumps(await build(), separators=(",", ":")).encode()
+                future.set_result(body)
+            except BaseException as e:
+                future.set_exception(e)
+                future.exception()  # retrieved: waiters re-raise it
+                raise
+            finally:
+                del dashboard._inflight[key]
+            if len(dashboard._cache) >= CACHE_ENTRIES:
+                dashboard._cache.pop(next(iter(dashboard._cache)))
+            dashboard._cache[key] = (dashboard._controller.clock.monotonic(), body)
+            return body
+
+        def api(handler: Callable[[Request, Principal], Awaitable[Any]], cache: bool = False
+                ) -> Callable[[Request], Awaitable[Response]]:
             async def endpoint(request: Request) -> Response:
                 refused = _host_refusal(request)
                 if refused is not None:
                     return refused
                 try:
                     principal = who(request)
+                    if cache:  # after the credential check: the copy is only what any reader may see
+                        key = f"{request.url.path}?{request.url.query}"
+                        body = await asyncio.wait_for(cached(key, lambda: handler(request, principal)),
+                                                      dashboard._request_timeout_s)
+                        return Response(body, media_type="application/json")
                     payload = await asyncio.wait_for(handler(request, principal), dashboard._request_timeout_s)
                 except IrisError as e:
                     return JSONResponse({"error": str(e)}, _http_status(e))
@@ -355,13 +395,13 @@ class Dashboard:
             Route("/login", login, methods=["POST"]),
             Route("/logout", logout),
             Route("/metrics", api(metrics)),
-            Route("/api/jobs", api(api_jobs)),
-            Route("/api/job", api(api_job)),
+            Route("/api/jobs", api(api_jobs, cache=True)),
+            Route("/api/job", api(api_job, cache=True)),
             Route("/api/logs", api(api_logs)),
-            Route("/api/workers", api(api_workers)),
-            Route("/api/worker", api(api_worker)),
-            Route("/api/endpoints", api(api_endpoints)),
-            Route("/api/actions", api(api_actions)),
+            Route("/api/workers", api(api_workers, cache=True)),
+            Route("/api/worker", api(api_worker, cache=True)),
+            Route("/api/endpoints", api(api_endpoints, cache=True)),
+            Route("/api/actions", api(api_actions, cache=True)),
             Route("/api/{rest:path}", api(api_missing)),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
             *(Route(path, page) for path in PAGES),
