@@ -91,7 +91,7 @@ def test_pages_of_any_size_read_back_every_record_in_order(lines: list[str], pag
     with tempfile.TemporaryDirectory() as d:
         log = AttemptLog(Path(d))
         for i, line in enumerate(lines):
-            log.append_line(i, "stdout", line.encode())
+            log.append_line(i, "stdout", line.encode("utf-8", "replace"))  # what a pipe can carry
         out: list[str] = []
         offset = 0
         while True:
