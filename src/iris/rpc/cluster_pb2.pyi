@@ -2285,6 +2285,7 @@ class Worker(_message.Message):
         RENDEZVOUS_ENV_FIELD_NUMBER: _builtins.int
         JOB_UID_FIELD_NUMBER: _builtins.int
         WITH_PACKAGES_FIELD_NUMBER: _builtins.int
+        WORKER_ID_FIELD_NUMBER: _builtins.int
         job_id: _builtins.str
         task_id: _builtins.str
         task_index: _builtins.int
@@ -2301,6 +2302,8 @@ class Worker(_message.Message):
         """its last line, at most 1 KiB"""
         job_uid: _builtins.str
         """the job incarnation: echoed in every report of this attempt"""
+        worker_id: _builtins.str
+        """the worker it is for: another worker refuses it (FAILED_PRECONDITION)"""
         @_builtins.property
         def environment(self) -> Global___EnvironmentConfig: ...
         @_builtins.property
@@ -2337,10 +2340,11 @@ class Worker(_message.Message):
             rendezvous_env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
             job_uid: _builtins.str = ...,
             with_packages: _abc.Iterable[_builtins.str] | None = ...,
+            worker_id: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "resources", b"resources"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "bundle_hash", b"bundle_hash", "environment", b"environment", "job_id", b"job_id", "job_uid", b"job_uid", "num_tasks", b"num_tasks", "ports", b"ports", "previous_error", b"previous_error", "previous_exit_code", b"previous_exit_code", "previous_state", b"previous_state", "rendezvous_env", b"rendezvous_env", "resources", b"resources", "serialized_entrypoint", b"serialized_entrypoint", "task_id", b"task_id", "task_index", b"task_index", "task_token", b"task_token", "with_packages", b"with_packages"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "bundle_hash", b"bundle_hash", "environment", b"environment", "job_id", b"job_id", "job_uid", b"job_uid", "num_tasks", b"num_tasks", "ports", b"ports", "previous_error", b"previous_error", "previous_exit_code", b"previous_exit_code", "previous_state", b"previous_state", "rendezvous_env", b"rendezvous_env", "resources", b"resources", "serialized_entrypoint", b"serialized_entrypoint", "task_id", b"task_id", "task_index", b"task_index", "task_token", b"task_token", "with_packages", b"with_packages", "worker_id", b"worker_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2388,16 +2392,20 @@ class Worker(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
         TASKS_FIELD_NUMBER: _builtins.int
+        WORKER_ID_FIELD_NUMBER: _builtins.int
+        worker_id: _builtins.str
+        """the worker the call is for (an address reused by another worker refuses it)"""
         @_builtins.property
         def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Worker.RunTaskRequest]: ...
         def __init__(
             self,
             *,
             tasks: _abc.Iterable[Global___Worker.RunTaskRequest] | None = ...,
+            worker_id: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks", "worker_id", b"worker_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2572,12 +2580,15 @@ class Worker(_message.Message):
         ATTEMPT_ID_FIELD_NUMBER: _builtins.int
         GRACE_PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
         JOB_UID_FIELD_NUMBER: _builtins.int
+        WORKER_ID_FIELD_NUMBER: _builtins.int
         task_id: _builtins.str
         attempt_id: _builtins.int
         grace_period_seconds: _builtins.float
         """0: the worker's default"""
         job_uid: _builtins.str
         """set: kill only an attempt of that job incarnation"""
+        worker_id: _builtins.str
+        """the worker it is for: another worker refuses it"""
         def __init__(
             self,
             *,
@@ -2585,10 +2596,11 @@ class Worker(_message.Message):
             attempt_id: _builtins.int = ...,
             grace_period_seconds: _builtins.float = ...,
             job_uid: _builtins.str = ...,
+            worker_id: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "grace_period_seconds", b"grace_period_seconds", "job_uid", b"job_uid", "task_id", b"task_id"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "grace_period_seconds", b"grace_period_seconds", "job_uid", b"job_uid", "task_id", b"task_id", "worker_id", b"worker_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -188,3 +188,22 @@ def test_run_tasks_over_grpc_runs_every_accepted_task(
     failed = fake_controller.servicer.terminal_update("batch/task-2")
     assert done is not None and done.state == cluster_pb2.TASK_STATE_SUCCEEDED
     assert failed is not None and failed.state == cluster_pb2.TASK_STATE_FAILED and failed.exit_code == 3
+
+
+def test_a_request_addressed_to_another_worker_is_refused_and_runs_nothing(
+    stub: cluster_pb2_grpc.WorkerServiceStub,
+) -> None:
+    """An address reused by another worker (after a restart, or simulated workers sharing one):
+    FAILED_PRECONDITION, which the controller takes as "the worker it meant is gone"."""
+    for call, request in (
+        (stub.RunTasks, W.RunTasksRequest(tasks=[command_request(["/bin/true"])], worker_id="someone-else")),
+        (stub.RunTask, W.RunTaskRequest(task_id="job/task-0", job_id="job", worker_id="someone-else")),
+        (stub.KillTask, W.KillTaskRequest(task_id="job/task-0", attempt_id=0, worker_id="someone-else")),
+    ):
+        with pytest.raises(grpc.RpcError) as error:
+            call(request, timeout=10)
+        assert _code(error.value) == grpc.StatusCode.FAILED_PRECONDITION
+        assert "someone-else" in str(error.value.details())
+    assert stub.ListTasks(W.ListTasksRequest(), timeout=10).tasks == []
+    addressed = stub.RunTasks(W.RunTasksRequest(tasks=[command_request(["/bin/true"])], worker_id="w-svc"), timeout=10)
+    assert addressed.results[0].accepted

@@ -289,7 +289,8 @@ class WorkerDaemonBackend:
         if not launches:
             return []
         first = launches[0]
-        request = cluster_pb2.Worker.RunTasksRequest(tasks=[self._run_task_request(launch) for launch in launches])
+        request = cluster_pb2.Worker.RunTasksRequest(tasks=[self._run_task_request(launch) for launch in launches],
+                                                     worker_id=first.worker_id)
         try:
             response = self._clients.run_tasks(first.address, request, self._timeouts.dispatch_s, first.credential)
         except grpc.RpcError as e:
@@ -366,7 +367,7 @@ class WorkerDaemonBackend:
     def kill(self, kill: AttemptKill) -> None:
         request = cluster_pb2.Worker.KillTaskRequest(
             task_id=kill.task_id, attempt_id=kill.attempt_id, grace_period_seconds=kill.grace_period_s,
-            job_uid=kill.job_uid,
+            job_uid=kill.job_uid, worker_id=kill.worker_id,
         )
         try:
             self._clients.kill_task(kill.address, request, self._timeouts.kill_s, kill.credential)

@@ -56,11 +56,13 @@ class WorkerServiceImpl(cluster_pb2_grpc.WorkerServiceServicer):
     def RunTask(
         self, request: cluster_pb2.Worker.RunTaskRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Worker.RunTaskResponse:
+        _call(context, lambda: self._worker.check_addressee(request.worker_id))
         return _call(context, lambda: self._worker.run_task(request), self._worker)
 
     def RunTasks(
         self, request: cluster_pb2.Worker.RunTasksRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Worker.RunTasksResponse:
+        _call(context, lambda: self._worker.check_addressee(request.worker_id))
         results = _call(context, lambda: self._worker.run_tasks(request.tasks), self._worker)
         return cluster_pb2.Worker.RunTasksResponse(results=results)
 
@@ -100,6 +102,7 @@ class WorkerServiceImpl(cluster_pb2_grpc.WorkerServiceServicer):
         self, request: cluster_pb2.Worker.KillTaskRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Empty:
         _call(context, lambda: self._worker.check_caller(bearer(context.invocation_metadata())))
+        _call(context, lambda: self._worker.check_addressee(request.worker_id))
         if request.grace_period_seconds < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "grace_period_seconds: must be >= 0")
         _call(

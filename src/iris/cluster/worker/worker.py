@@ -269,6 +269,14 @@ class Worker:
         except OSError:
             return b""
 
+    def check_addressee(self, worker_id: str) -> None:
+        """A request the controller addressed to another worker (this address was that worker's
+        before a restart, or many simulated workers share it) is refused: FailedPrecondition, which
+        the controller takes as "that worker is gone"."""
+        if worker_id and worker_id != self.worker_id:
+            raise FailedPrecondition(f"worker_id: the request is for worker {worker_id[:128]!r}; this is worker "
+                                     f"{self.worker_id!r}")
+
     def check_caller(self, token: str | None) -> None:
         """Only the controller may call a worker that takes part in authentication: its calls carry
         the credential it gave us at registration. Raises Unauthenticated otherwise."""

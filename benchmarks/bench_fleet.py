@@ -1,0 +1,309 @@
+"""The control plane at fleet scale: a real controller (``iris controller serve``, SQLite store on,
+authentication on) and many simulated workers speaking the real protocol from a few processes.
+
+Usage::
+
+    uv run python benchmarks/bench_fleet.py heartbeats --workers 1000 --attempts 8 --seconds 20
+    uv run python benchmarks/bench_fleet.py throughput --workers 100 --slots 8 --tasks 20000
+
+Each simulated worker registers with the join token (and so gets its own credential), heartbeats
+its observed set at ``--interval`` (default 1 s, the workers' default), accepts ``RunTasks`` at
+once and either reports every attempt SUCCEEDED at once (``throughput``: no process is spawned) or
+holds ``--attempts`` attempts RUNNING (``heartbeats``). Simulated workers of one process share one
+gRPC server: the controller addresses each ``RunTasks``/``KillTask`` to a worker id, and the server
+routes it (a real worker refuses a request addressed to another id).
+
+Prints each figure with the load average: controller CPU (share of one core, and per task),
+heartbeat latency p50/p99, failed heartbeats, workers the controller declared dead (none should
+be), tasks per second. Nothing asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import re
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent import futures
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+
+from iris.rpc import cluster_pb2, cluster_pb2_grpc
+
+C = cluster_pb2.Controller
+W = cluster_pb2.Worker
+T = cluster_pb2
+_OPTIONS = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
+    """Many simulated workers behind one gRPC server."""
+
+    def __init__(self, controller: str, join_token: str, worker_ids: list[str], mode: str, slots: int,
+                 attempts: int) -> None:
+        self.stub = cluster_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(controller, options=_OPTIONS))
+        self.join_token = join_token
+        self.ids = worker_ids
+        self.mode = mode
+        self.slots = slots
+        self.attempts = attempts
+        self.incarnation = secrets.token_hex(8)
+        self.credentials: dict[str, str] = {}
+        self.held: dict[str, dict[tuple[str, int], T.WorkerTaskStatus]] = {w: {} for w in worker_ids}
+        self.sequence: dict[str, int] = dict.fromkeys(worker_ids, 0)
+        self.lock = threading.Lock()
+        self.to_report: dict[str, list[T.WorkerTaskStatus]] = {}
+        self.report_event = threading.Event()
+        self.address = ""
+        self.latencies: list[float] = []
+        self.failed = 0
+        self.reregistered = 0
+
+    def metadata(self, worker_id: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.credentials.get(worker_id) or self.join_token}"),)
+
+    def register(self, worker_id: str) -> None:
+        meta = T.WorkerMetadata(hostname="sim", cpu_count=self.slots, cpu_millicores=self.slots * 1000,
+                                memory_bytes=64 << 30)
+        with self.lock:
+            tasks = list(self.held[worker_id].values())
+            sequence = self.sequence[worker_id]
+        reply = self.stub.RegisterWorker(C.RegisterWorkerRequest(
+            worker_id=worker_id, address=self.address, metadata=meta, tasks=tasks, incarnation=self.incarnation,
+            sequence=sequence), metadata=self.metadata(worker_id), timeout=30)
+        if reply.credential:
+            self.credentials[worker_id] = reply.credential
+
+    # -- the worker service -----------------------------------------------------------------
+
+    def RunTasks(self, request: Any, context: Any) -> Any:
+        worker_id = request.worker_id
+        results = []
+        done = []
+        with self.lock:
+            if worker_id not in self.held:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"worker_id: no simulated worker {worker_id}")
+            for task in request.tasks:
+                self.sequence[worker_id] += 1
+                status = T.WorkerTaskStatus(task_id=task.task_id, attempt_id=task.attempt_id, job_uid=task.job_uid,
+                                            state=T.TASK_STATE_RUNNING)
+                if self.mode == "complete":
+                    done.append(T.WorkerTaskStatus(task_id=task.task_id, attempt_id=task.attempt_id,
+                                                   job_uid=task.job_uid, state=T.TASK_STATE_SUCCEEDED))
+                else:
+                    self.held[worker_id][(task.task_id, task.attempt_id)] = status
+                results.append(W.RunTaskResponse(accepted=True, incarnation=self.incarnation,
+                                                 sequence=self.sequence[worker_id]))
+            if done:
+                self.to_report.setdefault(worker_id, []).extend(done)
+                self.report_event.set()
+        return W.RunTasksResponse(results=results)
+
+    def KillTask(self, request: Any, context: Any) -> Any:
+        with self.lock:
+            self.held.get(request.worker_id, {}).pop((request.task_id, request.attempt_id), None)
+        return T.Empty()
+
+    def HealthCheck(self, request: Any, context: Any) -> Any:
+        return W.HealthCheckResponse(healthy=True)
+
+    # -- loops ------------------------------------------------------------------------------
+
+    def report_loop(self, stop: Event) -> None:
+        while not stop.is_set():
+            self.report_event.wait(0.2)
+            self.report_event.clear()
+            with self.lock:
+                batches, self.to_report = self.to_report, {}
+            for worker_id, updates in batches.items():
+                try:
+                    self.stub.ReportTaskState(C.ReportTaskStateRequest(worker_id=worker_id, updates=updates),
+                                              metadata=self.metadata(worker_id), timeout=30)
+                except grpc.RpcError:
+                    with self.lock:
+                        self.to_report.setdefault(worker_id, []).extend(updates)
+
+    def heartbeat_loop(self, stop: Event, interval: float) -> None:
+        """Each worker heartbeats once per ``interval``, the workers spread over it (async calls)."""
+        gap = interval / max(1, len(self.ids))
+        next_at = time.monotonic()
+        while not stop.is_set():
+            for worker_id in self.ids:
+                if stop.is_set():
+                    return
+                with self.lock:
+                    tasks = list(self.held[worker_id].values())
+                    sequence = self.sequence[worker_id]
+                started = time.monotonic()
+                call = self.stub.Heartbeat.future(C.HeartbeatRequest(
+                    worker_id=worker_id, tasks=tasks, incarnation=self.incarnation, sequence=sequence),
+                    metadata=self.metadata(worker_id), timeout=10)
+                call.add_done_callback(lambda f, w=worker_id, s=started: self._heartbeat_done(f, w, s))
+                next_at += gap
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    stop.wait(delay)
+
+    def _heartbeat_done(self, call: Any, worker_id: str, started: float) -> None:
+        try:
+            reply = call.result()
+        except grpc.RpcError:
+            self.failed += 1
+            return
+        self.latencies.append(time.monotonic() - started)
+        if reply.reregister:
+            self.reregistered += 1
+            threading.Thread(target=self.register, args=(worker_id,), daemon=True).start()
+
+
+def sim_process(controller: str, join_token: str, worker_ids: list[str], mode: str, slots: int, attempts: int,
+                interval: float, ready: Any, stop: Event, out: Any) -> None:
+    sim = _SimWorkers(controller, join_token, worker_ids, mode, slots, attempts)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=_OPTIONS)
+    cluster_pb2_grpc.add_WorkerServiceServicer_to_server(sim, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    sim.address = f"127.0.0.1:{port}"
+    for worker_id in worker_ids:
+        sim.register(worker_id)
+    ready.put(len(worker_ids))
+    threads = [threading.Thread(target=sim.report_loop, args=(stop,), daemon=True),
+               threading.Thread(target=sim.heartbeat_loop, args=(stop, interval), daemon=True)]
+    for thread in threads:
+        thread.start()
+    stop.wait()
+    for thread in threads:
+        thread.join(timeout=15)
+    server.stop(grace=0)
+    out.put((sim.latencies, sim.failed, sim.reregistered))
+
+
+def start_controller(tmp: Path, worker_timeout: float) -> tuple[subprocess.Popen[str], str, str, str]:
+    state = tmp / "state"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iris.cli.main", "controller", "serve", "--port", "0", "--state-dir", str(state),
+         "--dashboard-port", "-1", "--worker-timeout", str(worker_timeout), "--max-finished-jobs", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        match = re.search(r"controller serving on (\S+)", line)
+        if match:
+            address = match.group(1)
+            break
+    else:
+        raise SystemExit("the controller did not start")
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    admin = (state / "admin.token").read_text().strip()
+    join = (state / "join.token").read_text().strip()
+    return proc, address, admin, join
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenario", choices=["heartbeats", "throughput"])
+    parser.add_argument("--workers", type=int, default=1000)
+    parser.add_argument("--processes", type=int, default=4, help="processes hosting the simulated workers")
+    parser.add_argument("--attempts", type=int, default=8, help="heartbeats: attempts each worker holds")
+    parser.add_argument("--slots", type=int, default=8, help="cores (tasks of 1 cpu) per worker")
+    parser.add_argument("--tasks", type=int, default=20_000, help="throughput: tasks of the one job")
+    parser.add_argument("--interval", type=float, default=1.0, help="heartbeat interval (the workers' default)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="heartbeats: measuring window")
+    parser.add_argument("--worker-timeout", type=float, default=10.0)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="iris-bench-fleet-"))
+    proc, address, admin, join = start_controller(tmp, args.worker_timeout)
+    controller = psutil.Process(proc.pid)
+    stub = cluster_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(address, options=_OPTIONS))
+    md = (("authorization", f"Bearer {admin}"),)
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    ready = ctx.Queue()
+    out = ctx.Queue()
+    ids = [f"sim-{i:05d}" for i in range(args.workers)]
+    groups = [ids[i::args.processes] for i in range(args.processes)]
+    mode = "hold" if args.scenario == "heartbeats" else "complete"
+    sims = [ctx.Process(target=sim_process, args=(address, join, group, mode, args.slots, args.attempts,
+                                                  args.interval, ready, stop, out)) for group in groups if group]
+    started = time.monotonic()
+    for sim in sims:
+        sim.start()
+    registered = sum(ready.get(timeout=600) for _ in sims)
+    print(f"{registered:,} simulated workers registered in {time.monotonic() - started:.1f} s "
+          f"({len(sims)} processes)", flush=True)
+    entry = T.Entrypoint(command=T.CommandEntrypoint(argv=["/bin/true"])).SerializeToString()
+    try:
+        if args.scenario == "heartbeats":
+            tasks = args.workers * args.attempts
+            stub.LaunchJob(C.LaunchJobRequest(name="held", serialized_entrypoint=entry, resources=T.ResourceSpecProto(
+                cpu_millicores=args.slots * 1000 // args.attempts, replicas=tasks)), metadata=md, timeout=60)
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                job = stub.GetJobStatus(C.GetJobStatusRequest(job_id="held"), metadata=md, timeout=60).job
+                if job.tasks_running >= tasks:
+                    break
+                time.sleep(0.5)  # polling the job's state, not synchronising threads
+            print(f"{job.tasks_running:,} attempts running ({args.attempts} per worker)", flush=True)
+            cpu0 = sum(controller.cpu_times()[:2])
+            time.sleep(args.seconds)  # the measuring window
+            cpu = sum(controller.cpu_times()[:2]) - cpu0
+            dead = sum(1 for w in stub.ListWorkers(C.ListWorkersRequest(), metadata=md, timeout=60).workers
+                       if not w.healthy)
+            stop.set()
+            latencies: list[float] = []
+            failed = reregistered = 0
+            for _ in sims:
+                lat, f, r = out.get(timeout=120)
+                latencies += lat
+                failed += f
+                reregistered += r
+            ms = [x * 1000 for x in latencies]
+            print(f"heartbeats: {args.workers:,} workers x {args.attempts} attempts every {args.interval:g} s: "
+                  f"controller {cpu / args.seconds:.0%} of a core, heartbeat p50 {statistics.median(ms):.1f} ms "
+                  f"p99 {percentile(ms, 0.99):.1f} ms, failed {failed:,} of {len(ms) + failed:,}, "
+                  f"declared dead {dead}, re-registered {reregistered}   load average {os.getloadavg()[0]:.2f}")
+        else:
+            cpu0 = sum(controller.cpu_times()[:2])
+            t0 = time.monotonic()
+            stub.LaunchJob(C.LaunchJobRequest(name="burst", serialized_entrypoint=entry, resources=T.ResourceSpecProto(
+                cpu_millicores=1000, replicas=args.tasks)), metadata=md, timeout=120)
+            while True:
+                job = stub.GetJobStatus(C.GetJobStatusRequest(job_id="burst"), metadata=md, timeout=60).job
+                if job.state in (T.JOB_STATE_SUCCEEDED, T.JOB_STATE_FAILED, T.JOB_STATE_KILLED):
+                    break
+                time.sleep(0.2)  # polling the job's state, not synchronising threads
+            wall = time.monotonic() - t0
+            cpu = sum(controller.cpu_times()[:2]) - cpu0
+            print(f"throughput: {args.tasks:,} tasks on {args.workers} workers x {args.slots} slots: "
+                  f"{T.JobState.Name(job.state)} in {wall:.2f} s = {args.tasks / wall:,.0f} tasks/s; controller "
+                  f"{cpu / wall:.0%} of a core, {cpu / args.tasks * 1000:.3f} ms CPU per task   "
+                  f"load average {os.getloadavg()[0]:.2f}")
+            stop.set()
+            for _ in sims:
+                out.get(timeout=120)
+    finally:
+        stop.set()
+        for sim in sims:
+            sim.join(timeout=30)
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
