@@ -104,10 +104,11 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
                 status = T.WorkerTaskStatus(task_id=task.task_id, attempt_id=task.attempt_id, job_uid=task.job_uid,
                                             state=T.TASK_STATE_RUNNING)
                 if self.mode == "complete":
-                    done.append(T.WorkerTaskStatus(task_id=task.task_id, attempt_id=task.attempt_id,
-                                                   job_uid=task.job_uid, state=T.TASK_STATE_SUCCEEDED))
-                else:
-                    self.held[worker_id][(task.task_id, task.attempt_id)] = status
+                    status = T.WorkerTaskStatus(task_id=task.task_id, attempt_id=task.attempt_id,
+                                                job_uid=task.job_uid, state=T.TASK_STATE_SUCCEEDED)
+                    done.append(status)
+                # Held (and in every observed set) until its end is acknowledged, as a real worker does.
+                self.held[worker_id][(task.task_id, task.attempt_id)] = status
                 results.append(W.RunTaskResponse(accepted=True, incarnation=self.incarnation,
                                                  sequence=self.sequence[worker_id]))
             if done:
@@ -138,6 +139,11 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
                 except grpc.RpcError:
                     with self.lock:
                         self.to_report.setdefault(worker_id, []).extend(updates)
+                    continue
+                with self.lock:  # acknowledged: the ended attempts leave the observed set
+                    held = self.held[worker_id]
+                    for update in updates:
+                        held.pop((update.task_id, update.attempt_id), None)
 
     def heartbeat_loop(self, stop: Event, interval: float) -> None:
         """Each worker heartbeats once per ``interval``, the workers spread over it (async calls)."""
