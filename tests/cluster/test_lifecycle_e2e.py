@@ -127,6 +127,16 @@ def test_delete_removes_everything_and_the_name_can_be_used_again(cluster: Local
     assert refused.returncode == 1 and "stop it first" in refused.stderr
     running.terminate()
 
+    def on_workers() -> list[Path]:
+        """What the deleted jobs left on the workers: attempt directories (logs) and cached bundles."""
+        left: list[Path] = []
+        for worker in cluster.workers:
+            left += [p for p in (worker.workdir / "tasks").glob("reused*") if p.is_dir()]
+            left += [worker.workdir / "bundles" / b.name for b in bundle_files
+                     if (worker.workdir / "bundles" / b.name).exists()]
+        return left
+
+    assert on_workers(), "the jobs ran: their attempt directories and bundle are on a worker"
     deleted = iris("job", "delete", "reused", "reused-result", controller=cluster.controller_address)
     assert deleted.returncode == 0, deleted.stderr
     assert "Deleted job reused" in deleted.stderr
@@ -137,6 +147,8 @@ def test_delete_removes_everything_and_the_name_can_be_used_again(cluster: Local
     with sqlite3.connect(state_dir / "controller.sqlite3") as db:
         assert db.execute("SELECT COUNT(*) FROM jobs WHERE job_id LIKE 'reused%'").fetchone() == (0,)
         assert db.execute("SELECT COUNT(*) FROM results WHERE task_id LIKE 'reused-result/%'").fetchone() == (0,)
+
+    wait_until(lambda: not on_workers(), 30, message="the workers kept what the deleted jobs left")
 
     again = client.submit(py("print('second life')"), "reused")
     again.wait(timeout=120)

@@ -1558,6 +1558,7 @@ class Controller(_message.Message):
         REREGISTER_FIELD_NUMBER: _builtins.int
         KILL_FIELD_NUMBER: _builtins.int
         FORGET_BUNDLES_FIELD_NUMBER: _builtins.int
+        FORGET_JOB_UIDS_FIELD_NUMBER: _builtins.int
         reregister: _builtins.bool
         """the controller does not know this worker: register again"""
         @_builtins.property
@@ -1568,16 +1569,21 @@ class Controller(_message.Message):
         def forget_bundles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
             """workspace bundles of deleted jobs: drop cached copies"""
 
+        @_builtins.property
+        def forget_job_uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+            """deleted job incarnations: drop their ended attempts (dirs, logs)"""
+
         def __init__(
             self,
             *,
             reregister: _builtins.bool = ...,
             kill: _abc.Iterable[Global___WorkerTaskStatus] | None = ...,
             forget_bundles: _abc.Iterable[_builtins.str] | None = ...,
+            forget_job_uids: _abc.Iterable[_builtins.str] | None = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["forget_bundles", b"forget_bundles", "kill", b"kill", "reregister", b"reregister"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["forget_bundles", b"forget_bundles", "forget_job_uids", b"forget_job_uids", "kill", b"kill", "reregister", b"reregister"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -29,7 +29,6 @@ import os
 import secrets
 import threading
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -117,9 +116,9 @@ MAX_PAGE_SIZE = 5000
 MAX_FILTER_CHARS = 1024
 MAX_FILTER_STATES = 16
 _TASK_STATES = frozenset(cluster_pb2.TaskState.values())
-FORGET_BUNDLES_FOR_MS = 10 * 60 * 1000
-"""How long heartbeats keep telling workers about a deleted bundle (a worker away longer drops
-unused cached bundles on its own)."""
+MAX_FORGET_PER_WORKER = 10_000
+"""Deleted job incarnations (and bundles) a worker is told about at its next heartbeat, at most;
+past that (or a lost reply) its copies leave with its attempt history."""
 READ_CHUNK = 1000
 """Objects copied per lock hold by a reader; between chunks the lock is free for writers."""
 SCAN_PER_PAGE = 20
@@ -275,8 +274,9 @@ class Controller:
         the state dir by ``iris controller serve`` so both survive a restart."""
         self._worker_credentials: dict[str, str] = {}
         self._provisioner: Provisioner | None = None
-        self._forgotten_bundles: deque[tuple[int, str]] = deque()
-        """(when, hash) of bundles deleted recently: heartbeats tell workers to drop their copies."""
+        self._forget: dict[WorkerId, tuple[set[str], set[str]]] = {}
+        """Per worker, what deleted jobs left there: (job uids, bundle hashes), sent with its next
+        heartbeat reply so it drops their attempt directories (logs) and cached bundles."""
         self._logs: LogStore | None = log_store
         """The controller's copy of every attempt's log (``logstore``), when it has a state dir."""
         self._retired: set[WorkerId] = set()
@@ -592,15 +592,28 @@ class Controller:
         """Delete one ended job (and children) from memory, the store, the log store and the bundle
         store. Call with the lock held."""
         tree = [job for job in (self._state.get_job(j) for j in self._job_tree(job_id)) if job is not None]
-        task_ids = [t.task_id for job in tree for t in self._state.get_job_tasks(job.job_id)]
+        tasks = [t for job in tree for t in self._state.get_job_tasks(job.job_id)]
         log_keys = [job_key(job.job_id, job.uid) for job in tree]
+        ran_on: dict[WorkerId, set[str]] = {}  # worker -> uids of the deleted jobs it ran attempts of
+        uid_of = {job.job_id: job.uid for job in tree}
+        for task in tasks:
+            workers = {a.worker_id for a in task.attempts if a.worker_id} | ({task.worker_id} if task.worker_id else set())
+            for worker_id in workers:
+                if uid_of.get(task.job_id):
+                    ran_on.setdefault(WorkerId(worker_id), set()).add(uid_of[task.job_id])
         removed = self._state.delete_job(job_id)
         effects = self._commit()
-        self._bundles.delete_results(task_ids)
+        self._bundles.delete_results([t.task_id for t in tasks])
+        gone_bundles = set()
         for bundle_hash in effects.deleted_bundles:
             if not self._state.bundle_in_use(bundle_hash):  # checked under the lock: no launch races it
                 self._bundles.delete_bundle(bundle_hash)
-                self._forgotten_bundles.append((self._clock.now_ms(), bundle_hash))
+                gone_bundles.add(bundle_hash)
+        for worker_id, uids in ran_on.items():
+            pending_uids, pending_bundles = self._forget.setdefault(worker_id, (set(), set()))
+            if len(pending_uids) + len(pending_bundles) < MAX_FORGET_PER_WORKER:
+                pending_uids.update(uids)
+                pending_bundles.update(gone_bundles)
         for removed_id in removed:
             self._launch_bytes.pop(removed_id, None)
         if self._logs is not None:
@@ -629,9 +642,6 @@ class Controller:
                 if self._state.still_stopping(job_id):
                     break  # keep the order: the oldest goes first, once its processes are gone
                 deleted += len(self._delete_locked(job_id))
-            horizon = now - FORGET_BUNDLES_FOR_MS
-            while self._forgotten_bundles and self._forgotten_bundles[0][0] < horizon:
-                self._forgotten_bundles.popleft()
         if deleted:
             logger.info("retention deleted %d ended jobs", deleted)
         return deleted
@@ -1105,8 +1115,12 @@ class Controller:
         if kill is None:
             return cluster_pb2.Controller.HeartbeatResponse(reregister=True)
         response = cluster_pb2.Controller.HeartbeatResponse(kill=[_status(a) for a in kill])
-        if self._forgotten_bundles:
-            response.forget_bundles.extend(h for _, h in list(self._forgotten_bundles))
+        if self._forget:
+            with self._lock:
+                forget = self._forget.pop(WorkerId(request.worker_id), None)
+            if forget is not None:
+                response.forget_job_uids.extend(sorted(forget[0]))
+                response.forget_bundles.extend(sorted(forget[1]))
         return response
 
     def apply_observation(self, observation: Observation) -> list[ObservedAttempt] | None:

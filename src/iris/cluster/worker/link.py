@@ -103,7 +103,7 @@ class ControllerLink:
         on_kill: Callable[[AttemptKey, str], None],
         on_acknowledged: Callable[[list[AttemptStatus]], None],
         result_of: Callable[[tuple[str, int]], bytes] | None = None,
-        on_forget_bundles: Callable[[list[str]], None] | None = None,
+        on_forget: Callable[[list[str], list[str]], None] | None = None,
         before_end_reports: Callable[[list[AttemptKey]], None] | None = None,
     ) -> None:
         self._config = config
@@ -115,7 +115,7 @@ class ControllerLink:
         self._observed = observed
         self._metadata = metadata
         self._on_kill = on_kill
-        self._on_forget_bundles = on_forget_bundles
+        self._on_forget = on_forget
         self._before_end_reports = before_end_reports
         self._on_acknowledged = on_acknowledged
         self._result_of = result_of
@@ -241,8 +241,8 @@ class ControllerLink:
             self._failed(e)
             return False
         self._apply_kills(response.kill)
-        if response.forget_bundles and self._on_forget_bundles is not None:
-            self._on_forget_bundles(list(response.forget_bundles))
+        if (response.forget_bundles or response.forget_job_uids) and self._on_forget is not None:
+            self._on_forget(list(response.forget_job_uids), list(response.forget_bundles))
         if response.reregister:
             with self._lock:
                 self._registered = False

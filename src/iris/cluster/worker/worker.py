@@ -236,7 +236,7 @@ class Worker:
             on_kill=lambda key, job_uid: self.kill_task(key[0], key[1], 0.0, job_uid),
             on_acknowledged=self._acknowledged,
             result_of=self._result_of,
-            on_forget_bundles=self._forget_bundles,
+            on_forget=self._forget_deleted,
             before_end_reports=self._ship_ended_logs,
         )
         self._preparer = AttemptPreparer(
@@ -769,6 +769,20 @@ class Worker:
 
     def _ship_ended_logs(self, keys: list[AttemptKey]) -> None:
         self.ship_logs_once(only=set(keys), until_done=True)
+
+    def _forget_deleted(self, job_uids: list[str], hashes: list[str]) -> None:
+        """The controller deleted jobs: drop their ended attempts here (directories and logs) and
+        cached bundles no attempt here needs any more."""
+        uids = set(job_uids)
+        with self._lock:
+            keys = [a.key for a in self._machine.attempts.values() if a.job_uid in uids and a.finished]
+            for key in keys:
+                if self._machine.forget(key):
+                    self._held.pop(key, None)
+                    self._logs_shipped.pop(key, None)
+                    self._logs_done.discard(key)
+                    self._preparer.discard(key)
+        self._forget_bundles(hashes)
 
     def _forget_bundles(self, hashes: list[str]) -> None:
         """The controller deleted these bundles' last jobs: drop cached copies no attempt here needs."""
