@@ -466,9 +466,12 @@ class IrisClient:
         """A handle on an existing job (no RPC; ``status()`` raises when it does not exist)."""
         return Job(self, job_id)
 
-    def job_status(self, job_id: str, include_tasks: bool = False) -> JobStatus:
-        """The job's status; with ``include_tasks`` its tasks too. Raises ``JobNotFoundError``."""
-        request = cluster_pb2.Controller.GetJobStatusRequest(job_id=job_id, include_tasks=include_tasks)
+    def job_status(self, job_id: str, include_tasks: bool = False, *, task_offset: int = 0,
+                   task_limit: int = 0) -> JobStatus:
+        """The job's status; with ``include_tasks`` its tasks too (from ``task_offset``, at most
+        ``task_limit`` of them: a page of a wide job; 0: all). Raises ``JobNotFoundError``."""
+        request = cluster_pb2.Controller.GetJobStatusRequest(job_id=job_id, include_tasks=include_tasks,
+                                                             task_offset=task_offset, task_limit=task_limit)
         response = self._call(self._stub.GetJobStatus, request, f"job {job_id}")
         return JobStatus.from_proto(response.job)
 

@@ -1223,17 +1223,25 @@ class Controller(_message.Message):
 
         JOB_ID_FIELD_NUMBER: _builtins.int
         INCLUDE_TASKS_FIELD_NUMBER: _builtins.int
+        TASK_OFFSET_FIELD_NUMBER: _builtins.int
+        TASK_LIMIT_FIELD_NUMBER: _builtins.int
         job_id: _builtins.str
         include_tasks: _builtins.bool
+        task_offset: _builtins.int
+        """with include_tasks: tasks from this index"""
+        task_limit: _builtins.int
+        """with include_tasks: at most this many (0: all; at most 5000)"""
         def __init__(
             self,
             *,
             job_id: _builtins.str = ...,
             include_tasks: _builtins.bool = ...,
+            task_offset: _builtins.int = ...,
+            task_limit: _builtins.int = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["include_tasks", b"include_tasks", "job_id", b"job_id"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["include_tasks", b"include_tasks", "job_id", b"job_id", "task_limit", b"task_limit", "task_offset", b"task_offset"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1242,16 +1250,20 @@ class Controller(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
         JOB_FIELD_NUMBER: _builtins.int
+        NEXT_TASK_OFFSET_FIELD_NUMBER: _builtins.int
+        next_task_offset: _builtins.int
+        """with task_limit: where the next page starts (0: no more tasks)"""
         @_builtins.property
         def job(self) -> Global___JobStatus: ...
         def __init__(
             self,
             *,
             job: Global___JobStatus | None = ...,
+            next_task_offset: _builtins.int = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "next_task_offset", b"next_task_offset"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

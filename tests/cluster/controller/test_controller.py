@@ -426,3 +426,18 @@ def test_controller_list_jobs_refuses_oversized_filters(controller: Controller, 
                                                         field: str) -> None:
     with pytest.raises(InvalidArgument, match=f"^{field}:"):
         controller.list_jobs(**kwargs)  # type: ignore[arg-type]
+
+
+def test_job_status_pages_its_tasks_in_index_order(controller: Controller) -> None:
+    launch(controller, "wide", replicas=250)
+    _, everything = controller.job_status(JobId("wide"), include_tasks=True)
+    assert everything is not None and [t.task_index for t in everything] == list(range(250))
+    _, page = controller.job_status(JobId("wide"), include_tasks=True, task_offset=100, task_limit=100)
+    assert page is not None and [t.task_index for t in page] == list(range(100, 200))
+    _, tail = controller.job_status(JobId("wide"), include_tasks=True, task_offset=200, task_limit=100)
+    assert tail is not None and [t.task_index for t in tail] == list(range(200, 250))
+    _, past = controller.job_status(JobId("wide"), include_tasks=True, task_offset=900, task_limit=100)
+    assert past == []
+    for offset, limit, field in ((-1, 10, "task_offset"), (0, 5001, "task_limit"), (0, -1, "task_limit")):
+        with pytest.raises(InvalidArgument, match=field):
+            controller.job_status(JobId("wide"), include_tasks=True, task_offset=offset, task_limit=limit)

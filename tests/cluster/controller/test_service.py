@@ -201,3 +201,22 @@ def test_service_report_and_register_validation(stub: cluster_pb2_grpc.Controlle
     reply = stub.ReportTaskState(C.ReportTaskStateRequest(
         worker_id="w", updates=[T.WorkerTaskStatus(task_id="ghost/task-0", state=T.TASK_STATE_RUNNING)]))
     assert [k.task_id for k in reply.kill] == ["ghost/task-0"]
+
+
+def test_service_job_status_pages_tasks_and_says_where_the_next_page_starts(
+        stub: cluster_pb2_grpc.ControllerServiceStub) -> None:
+    stub.LaunchJob(C.LaunchJobRequest(name="wide", serialized_entrypoint=entry("true"),
+                                      resources=ResourceSpec(cpu=1, replicas=25).to_proto()))
+    seen: list[int] = []
+    offset = 0
+    while True:
+        reply = stub.GetJobStatus(C.GetJobStatusRequest(job_id="wide", include_tasks=True, task_offset=offset,
+                                                        task_limit=10))
+        seen += [t.task_index for t in reply.job.tasks]
+        if not reply.next_task_offset:
+            break
+        offset = reply.next_task_offset
+    assert seen == list(range(25)) and reply.job.num_tasks == 25
+    code, details = code_and_details(stub.GetJobStatus, C.GetJobStatusRequest(job_id="wide", include_tasks=True,
+                                                                             task_limit=100_000))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("task_limit")

@@ -715,23 +715,33 @@ class Controller:
             more = bool(step(after, 1)) if after else False
         return JobPage(out, str(after) if more else "")
 
-    def job_status(self, job_id: JobId, include_tasks: bool = False) -> tuple[JobView, list[TaskView] | None]:
-        """A job's snapshot and, when asked, its tasks' (copied ``READ_CHUNK`` at a time)."""
+    def job_status(self, job_id: JobId, include_tasks: bool = False, task_offset: int = 0,
+                   task_limit: int = 0) -> tuple[JobView, list[TaskView] | None]:
+        """A job's snapshot and, when asked, its tasks (copied ``READ_CHUNK`` at a time): those from
+        index ``task_offset``, at most ``task_limit`` of them (0: all). O(page)."""
+        if task_offset < 0:
+            raise InvalidArgument(f"task_offset: must be >= 0, got {task_offset}")
+        if not 0 <= task_limit <= MAX_PAGE_SIZE:
+            raise InvalidArgument(f"task_limit: must be 0 (all) to {MAX_PAGE_SIZE}, got {task_limit}")
         with self._lock:
             job = self._job_locked(job_id)
             view = job_view(job)
-        return view, (self._task_views(job) if include_tasks else None)
+        if not include_tasks:
+            return view, None
+        stop = task_offset + task_limit if task_limit else job.num_tasks
+        return view, self._task_views(job, task_offset, stop)
 
-    def _task_views(self, job: Job) -> list[TaskView]:
+    def _task_views(self, job: Job, start: int = 0, stop: int | None = None) -> list[TaskView]:
         views: list[TaskView] = []
-        start = 0
-        while True:
+        end = job.num_tasks if stop is None else min(stop, job.num_tasks)
+        while start < end:
             with self._lock:
-                tasks = self._state.get_job_tasks(job.job_id)[start:start + READ_CHUNK]
+                tasks = self._state.job_tasks_slice(job.job_id, start, min(end, start + READ_CHUNK))
                 views.extend(task_view(t, job, self._address_of(t.worker_id)) for t in tasks)
-            if len(tasks) < READ_CHUNK:
-                return views
-            start += READ_CHUNK
+            if not tasks:
+                break
+            start += len(tasks)
+        return views
 
     def _address_of(self, worker_id: WorkerId | None) -> str:
         worker = self._state.get_worker(worker_id) if worker_id is not None else None

@@ -154,8 +154,8 @@ class Dashboard:
                 "next_page_token": page.next_page_token}
 
     def job(self, job_id: str) -> dict[str, Any]:
-        job, tasks = self._controller.job_status(JobId(job_id), include_tasks=True)
-        shown = list(tasks or [])[:MAX_TASKS_SHOWN]
+        job, tasks = self._controller.job_status(JobId(job_id), include_tasks=True, task_limit=MAX_TASKS_SHOWN)
+        shown = list(tasks or [])
         data = JobStatus.from_proto(job_proto(job, shown)).to_dict()
         return {"job": data, "tasks_shown": len(shown)}
 

@@ -118,8 +118,14 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     ) -> cluster_pb2.Controller.GetJobStatusResponse:
         _require(request.job_id, "job_id")
         require_reader(who, request.job_id, "GetJobStatus")
-        job, tasks = self._controller.job_status(JobId(request.job_id), include_tasks=request.include_tasks)
-        return cluster_pb2.Controller.GetJobStatusResponse(job=job_proto(job, tasks))
+        job, tasks = self._controller.job_status(JobId(request.job_id), include_tasks=request.include_tasks,
+                                                 task_offset=request.task_offset, task_limit=request.task_limit)
+        reply = cluster_pb2.Controller.GetJobStatusResponse(job=job_proto(job, tasks))
+        if request.include_tasks and request.task_limit and tasks:
+            end = request.task_offset + len(tasks)
+            if end < job.num_tasks:
+                reply.next_task_offset = end
+        return reply
 
     @_rpc(*_HUMANS)
     def TerminateJob(

@@ -434,6 +434,11 @@ class ControllerState:
         with self._lock:
             return list(self._tasks_by_job.get(job_id, ()))
 
+    def job_tasks_slice(self, job_id: JobId, start: int, stop: int) -> list[Task]:
+        """Tasks ``[start, stop)`` of a job in index order: O(stop - start), not O(tasks)."""
+        with self._lock:
+            return self._tasks_by_job.get(job_id, [])[start:stop]
+
     def peek_pending_tasks(self) -> list[Task]:
         """All PENDING tasks in queue order."""
         with self._lock:
