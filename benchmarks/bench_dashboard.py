@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_reads import heartbeats, percentile  # noqa: E402
+from bench_reads import heartbeats, hold_ended_jobs, percentile, register_fake_worker  # noqa: E402
 
 from iris.rpc import cluster_pb2  # noqa: E402
 
@@ -77,12 +77,7 @@ def main() -> None:
     controller = Controller(ControllerConfig(worker_timeout_s=3600, max_finished_jobs=0), state=store.load(),
                             store=store)
     started = time.perf_counter()
-    entry = T.Entrypoint(command=T.CommandEntrypoint(argv=["/bin/true"])).SerializeToString()
-    for i in range(args.jobs):
-        job_id = controller.launch_job(C.LaunchJobRequest(
-            name=f"job-{i:06d}", serialized_entrypoint=entry,
-            resources=T.ResourceSpecProto(cpu=1, memory_bytes=1 << 20, replicas=1)), owner="bench")
-        controller.terminate_job(job_id)
+    hold_ended_jobs(controller, args.jobs, owner="bench")
     print(f"{args.jobs:,} jobs held in {time.perf_counter() - started:.1f} s", flush=True)
     token = controller.create_token("bench", Role.ADMIN)[1]
     os.environ["BENCH_TOKEN"] = token
@@ -90,11 +85,7 @@ def main() -> None:
     server.start()
     dashboard = Dashboard(controller, "127.0.0.1", 0)
     dashboard.start()
-    from bench_reads import _stub
-
-    _stub(server.address).RegisterWorker(C.RegisterWorkerRequest(
-        worker_id="w1", address="127.0.0.1:1", incarnation="i",
-        metadata=T.WorkerMetadata(cpu_count=8, memory_bytes=1 << 34)), timeout=30)
+    register_fake_worker(server.address)
 
     # 1. The pages in a real browser.
     chromium = shutil.which("chromium")

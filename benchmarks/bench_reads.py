@@ -112,6 +112,24 @@ def statuses(address: str, stop: Event, out: Any, jobs: int) -> None:
     out.put(("statuses", i))
 
 
+def hold_ended_jobs(controller: Any, count: int, owner: str = "") -> None:
+    """Submit ``count`` one-task jobs and end them at once: the controller *holds* them (a busy
+    cluster's history), with nothing pending or running."""
+    entry = T.Entrypoint(command=T.CommandEntrypoint(argv=["/bin/true"])).SerializeToString()
+    for i in range(count):
+        request = C.LaunchJobRequest(name=f"job-{i:06d}", serialized_entrypoint=entry,
+                                     resources=T.ResourceSpecProto(cpu=1, memory_bytes=1 << 20, replicas=1))
+        job_id = controller.launch_job(request, owner=owner) if owner else controller.launch_job(request)
+        controller.terminate_job(job_id)
+
+
+def register_fake_worker(address: str) -> None:
+    """One registered worker (at an address nobody serves) so that heartbeats have someone to be."""
+    _stub(address).RegisterWorker(C.RegisterWorkerRequest(
+        worker_id="w1", address="127.0.0.1:1", incarnation="i",
+        metadata=T.WorkerMetadata(cpu_count=8, memory_bytes=1 << 34)), timeout=30)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -149,12 +167,7 @@ def main() -> None:
     # Submitted before the controller's loops start, and ended at once: the controller *holds*
     # these jobs. (A 25,000-deep pending queue would measure the scheduling pass instead, which
     # the fleet issue is about.)
-    entry = T.Entrypoint(command=T.CommandEntrypoint(argv=["/bin/true"])).SerializeToString()
-    for i in range(args.jobs):
-        job_id = controller.launch_job(C.LaunchJobRequest(
-            name=f"job-{i:06d}", serialized_entrypoint=entry,
-            resources=T.ResourceSpecProto(cpu=1, memory_bytes=1 << 20, replicas=1)))
-        controller.terminate_job(job_id)
+    hold_ended_jobs(controller, args.jobs)
     print(f"{args.jobs:,} jobs held (submitted and ended) in {time.perf_counter() - started:.1f} s", flush=True)
     if hasattr(controller, "create_token"):  # authentication on, as deployed: every reader presents a token
         from iris.cluster.auth import Role
@@ -162,9 +175,7 @@ def main() -> None:
         os.environ["BENCH_TOKEN"] = controller.create_token("bench", Role.ADMIN)[1]
     server = ControllerServer(controller, "127.0.0.1", 0)
     server.start()
-    _stub(server.address).RegisterWorker(C.RegisterWorkerRequest(
-        worker_id="w1", address="127.0.0.1:1", incarnation="i",
-        metadata=T.WorkerMetadata(cpu_count=8, memory_bytes=1 << 34)), timeout=30)
+    register_fake_worker(server.address)
 
     ctx = mp.get_context("spawn")
     notes: list[Any] = []

@@ -16,6 +16,7 @@ how much was dropped and goes on at the oldest kept record.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ MAX_LINE_BYTES = 64 * 1024
 PAGE_DEFAULT_LINES = 1000
 PAGE_MAX_LINES = 10_000
 PAGE_MAX_BYTES = 4 * 1024 * 1024
+_READ_BLOCK = 64 * 1024
 _SEGMENTS = 4
 HEAD_NAME = "log"
 
@@ -189,18 +191,14 @@ class AttemptLog:
         tail = [f for f in files if f.path != self._head()]
         for old in tail[:-_SEGMENTS]:
             files.remove(old)
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(old.path)
-            except FileNotFoundError:
-                pass
 
     def remove(self) -> None:
         with self._lock:
             for f in self._files_locked():
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(f.path)
-                except FileNotFoundError:
-                    pass
             self._layout = None
 
     # -- reading --------------------------------------------------------------------------------
@@ -234,20 +232,37 @@ class AttemptLog:
         cap dropped, the page starts with one "iris" line saying how much was dropped."""
         limit = min(max_lines or PAGE_DEFAULT_LINES, PAGE_MAX_LINES)
         records: list[Record] = []
-        start, data = self.read_bytes(offset, PAGE_MAX_BYTES)
-        end = self.end_offset()
-        if start > offset and data:
-            records.append(Record(0, "iris", f"[iris] {start - offset:,} bytes of output dropped here "
-                                             f"(the log keeps its first and last {self.head_cap:,} bytes)"))
-        position = start
-        for raw in _lines(data):
-            if len(records) >= limit:
+        position = offset
+        read = 0
+        while len(records) < limit and read < PAGE_MAX_BYTES:
+            # Blocks of 64 KiB: a short page (a tail, a follow) reads little, a long one stops at the cap.
+            start, data = self.read_bytes(position, _READ_BLOCK)
+            if not data:
+                position = start
                 break
-            records.append(decode(raw))
-            position += len(raw)
-        if not data:
-            position = max(offset, start) if start <= end else end
-        return Page(records, position, end)
+            if start > position:
+                records.append(Record(0, "iris", f"[iris] {start - position:,} bytes of output dropped here "
+                                                 f"(the log keeps its first and last {self.head_cap:,} bytes)"))
+            position = start
+            read += len(data)
+            for raw in _lines(data):
+                if len(records) >= limit:
+                    break
+                records.append(decode(raw))
+                position += len(raw)
+        return Page(records, position, self.end_offset())
+
+    def offset_of_record(self, index: int) -> int:
+        """The logical offset of record number ``index`` from the start (the line-numbered protocol
+        of older callers: O(index))."""
+        offset = 0
+        while index > 0:
+            page = self.read(offset, min(index, PAGE_MAX_LINES))
+            if not page.records:
+                break
+            index -= len(page.records)
+            offset = page.next_offset
+        return offset
 
     def tail_offset(self, lines: int) -> int:
         """The logical offset of the last ``lines`` records (read backwards from the end)."""

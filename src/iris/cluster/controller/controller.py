@@ -78,7 +78,6 @@ from iris.cluster.controller.state import (
     Effects,
     KillInstruction,
     ObservedAttempt,
-    job_uid_matches,
 )
 from iris.cluster.controller.views import (
     ClusterCounts,
@@ -91,7 +90,6 @@ from iris.cluster.controller.views import (
     worker_view,
 )
 from iris.cluster.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from iris.cluster.logfile import AttemptLog
 from iris.cluster.rendezvous import Member, gang_env
 from iris.cluster.types import (
     TERMINAL_TASK_STATES,
@@ -1179,7 +1177,7 @@ class Controller:
                 if not changed and update.state not in TERMINAL_TASK_STATES:
                     task = self._state.get_task(task_id)
                     if task is None or task.current_attempt_id != update.attempt_id or task.worker_id != worker_id \
-                            or task.is_finished() or not job_uid_matches(self._state, task_id, update.job_uid):
+                            or task.is_finished() or not self._state.job_uid_matches(task_id, update.job_uid):
                         kill.append(cluster_pb2.WorkerTaskStatus(task_id=update.task_id,
                                                                  attempt_id=update.attempt_id,
                                                                  job_uid=update.job_uid))
@@ -1194,7 +1192,7 @@ class Controller:
         """Store a succeeding attempt's result before its success is committed. Call with the lock."""
         task = self._state.get_task(task_id)
         if task is None or task.current_attempt_id != attempt_id or task.worker_id != worker_id \
-                or not task.is_active() or not job_uid_matches(self._state, task_id, job_uid):
+                or not task.is_active() or not self._state.job_uid_matches(task_id, job_uid):
             return  # a stale or duplicate report: its result is not the task's
         self._bundles.put_result(task_id, attempt_id, data)
 
@@ -1300,7 +1298,7 @@ class Controller:
             if offset is None:
                 offset = log.tail_offset(request.tail_lines) if request.tail_lines > 0 else 0
                 if request.start_line and not request.tail_lines:
-                    offset = _skip_lines(log, request.start_line)
+                    offset = log.offset_of_record(request.start_line)
             stored = log.read(offset, request.max_lines)
             complete = self._logs.is_complete(key, task_index, attempt_id)
             return cluster_pb2.Controller.FetchTaskLogsResponse(
@@ -1350,8 +1348,8 @@ class Controller:
             with self._lock:
                 task = self._state.get_task(TaskId(chunk.task_id))
                 job = self._state.get_job(task.job_id) if task is not None else None
-                ran_here = task is not None and job is not None and job_uid_matches(
-                    self._state, task.task_id, chunk.job_uid) and (
+                ran_here = task is not None and job is not None and self._state.job_uid_matches(
+                    task.task_id, chunk.job_uid) and (
                     (task.current_attempt_id == chunk.attempt_id and task.worker_id == worker_id)
                     or any(a.attempt_id == chunk.attempt_id and a.worker_id == worker_id for a in task.attempts))
                 key = job_key(job.job_id, job.uid) if job is not None else ""
@@ -1373,16 +1371,6 @@ class Controller:
 # ---------------------------------------------------------------------- helpers
 
 
-def _skip_lines(log: AttemptLog, lines: int) -> int:
-    """The offset of record number ``lines`` (the old line-numbered protocol: O(lines))."""
-    offset = 0
-    while lines > 0:
-        page = log.read(offset, min(lines, 10_000))
-        if not page.records:
-            break
-        lines -= len(page.records)
-        offset = page.next_offset
-    return offset
 
 
 def _with_rendezvous(launches: list[AttemptLaunch]) -> list[AttemptLaunch]:

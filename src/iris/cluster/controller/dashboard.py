@@ -55,7 +55,7 @@ from iris.cluster.auth import Principal, Role
 from iris.cluster.controller.access import require_owner, require_role
 from iris.cluster.controller.controller import Controller
 from iris.cluster.controller.views import endpoint_proto, job_proto, worker_proto
-from iris.cluster.errors import InvalidArgument, IrisError
+from iris.cluster.errors import InvalidArgument, IrisError, NotFound
 from iris.cluster.files import is_loopback
 from iris.cluster.types import JobId, parse_task_id
 from iris.rpc import cluster_pb2
@@ -184,8 +184,6 @@ class Dashboard:
         for w in self._controller.list_workers():
             if w.worker_id == worker_id:
                 return {"worker": WorkerInfo.from_proto(worker_proto(w)).to_dict()}
-        from iris.cluster.errors import NotFound
-
         raise NotFound(f"id: no worker {worker_id[:128]!r}")
 
     def endpoints(self) -> dict[str, Any]:
@@ -354,16 +352,12 @@ class Dashboard:
                 page_token=q.get("page_token", ""), newest_first=q.get("newest_first", "1") not in ("0", "false")))
 
         async def api_job(request: Request, principal: Principal) -> Any:
-            job_id = request.query_params.get("id")
-            if not job_id:
-                raise InvalidArgument("id: query parameter is required")
+            job_id = _required(request.query_params, "id")
             return await call(lambda: dashboard.job(job_id))
 
         async def api_logs(request: Request, principal: Principal) -> Any:
             q = request.query_params
-            task = q.get("task")
-            if not task:
-                raise InvalidArgument("task: query parameter is required (JOB/task-INDEX)")
+            task = _required(q, "task", " (JOB/task-INDEX)")
             attempt = _int(q, "attempt", None)
             offset = _int(q, "offset", None)
             return await call(lambda: dashboard.logs(principal, task, attempt, offset, _int(q, "tail", 0) or 0,
@@ -373,9 +367,7 @@ class Dashboard:
             return await call(dashboard.workers)
 
         async def api_worker(request: Request, principal: Principal) -> Any:
-            worker_id = request.query_params.get("id")
-            if not worker_id:
-                raise InvalidArgument("id: query parameter is required")
+            worker_id = _required(request.query_params, "id")
             return await call(lambda: dashboard.worker(worker_id))
 
         async def api_endpoints(request: Request, principal: Principal) -> Any:
@@ -385,8 +377,6 @@ class Dashboard:
             return await call(dashboard.actions)
 
         async def api_missing(request: Request, principal: Principal) -> Any:
-            from iris.cluster.errors import NotFound
-
             raise NotFound(f"no route {request.url.path}")
 
         routes = [
@@ -433,6 +423,13 @@ class _DeadlineH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._deadline.cancel()
         super().connection_lost(exc)
+
+
+def _required(query: Any, name: str, form: str = "") -> str:
+    value = query.get(name)
+    if not value:
+        raise InvalidArgument(f"{name}: query parameter is required{form}")
+    return str(value)
 
 
 def _int(query: Any, name: str, default: int | None) -> int | None:

@@ -1052,7 +1052,7 @@ class ControllerState:
         with self._lock:
             if state in TERMINAL_TASK_STATES:
                 worker = self._workers.get(worker_id)
-                if worker is not None and worker.stopping and job_uid_matches(self, task_id, job_uid):
+                if worker is not None and worker.stopping and self.job_uid_matches(task_id, job_uid):
                     self._confirm_stopped(worker, (task_id, attempt_id))  # a stopped attempt is gone
             task = self._tasks.get(task_id)
             if (
@@ -1149,10 +1149,16 @@ class ControllerState:
             if worker.stopping:
                 # Attempts Iris stopped that the set shows ended, or no longer holds: they are gone.
                 live = {(a.task_id, a.attempt_id) for a in observed if a.state not in TERMINAL_TASK_STATES
-                        or not job_uid_matches(self, a.task_id, a.job_uid)}
+                        or not self.job_uid_matches(a.task_id, a.job_uid)}
                 for key in [k for k in worker.stopping if k not in live]:
                     self._confirm_stopped(worker, key)
             return ReconcileResult(kill=kill, missing=missing)
+
+    def job_uid_matches(self, task_id: TaskId, job_uid: str) -> bool:
+        """Whether an attempt of ``task_id`` reported with ``job_uid`` may belong to the job held
+        under that task id (unknown task: True; nothing of it is held)."""
+        task = self._tasks.get(task_id)
+        return task is None or self._same_incarnation(task, job_uid)
 
     def _same_incarnation(self, task: Task, job_uid: str) -> bool:
         """Whether a worker's word about ``task`` is about this incarnation of its job ("" on either
@@ -1338,10 +1344,3 @@ class ControllerState:
             assert not unknown_workers, f"tasks bound to unknown workers {unknown_workers}"
             for eid, e in self._endpoints.items():
                 assert e.task_id is not None and self._tasks[e.task_id].is_active(), f"endpoint {eid} outlived task"
-
-
-def job_uid_matches(state: ControllerState, task_id: TaskId, job_uid: str) -> bool:
-    """Whether an attempt of ``task_id`` reported with ``job_uid`` may belong to the job the
-    state holds under that task id (unknown task: True; nothing of it is held)."""
-    task = state.get_task(task_id)
-    return task is None or state._same_incarnation(task, job_uid)

@@ -692,16 +692,7 @@ class Worker:
             finished = attempt.finished
             key = attempt.key
         log = self._preparer.attempt_log(key)
-        offset = start_offset
-        if offset is None:
-            offset = 0
-            skip = start_line
-            while skip > 0:  # the old line-numbered protocol: O(lines)
-                skipped = log.read(offset, min(skip, 10_000))
-                if not skipped.records:
-                    break
-                skip -= len(skipped.records)
-                offset = skipped.next_offset
+        offset = start_offset if start_offset is not None else log.offset_of_record(start_line)
         page = log.read(offset, max_lines)
         return LogChunk(page.records, start_line + len(page.records), finished, key[1], page.next_offset)
 
