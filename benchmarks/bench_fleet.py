@@ -44,6 +44,8 @@ from iris.rpc import cluster_pb2, cluster_pb2_grpc
 C = cluster_pb2.Controller
 W = cluster_pb2.Worker
 T = cluster_pb2
+DEFAULT_HEARTBEAT_RATE = 250.0
+"""``iris controller serve --max-heartbeat-rate``'s default."""
 _OPTIONS = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)]
 
 
@@ -74,6 +76,10 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
         self.latencies: list[float] = []
         self.failed = 0
         self.reregistered = 0
+        self.asked_s = 0.0
+        self.measuring: Any = None
+        """Set during the parent's measuring window: only then are latencies and failures counted."""
+        """The heartbeat interval the controller asks for (it grows with the fleet), as a real worker follows."""
 
     def metadata(self, worker_id: str) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.credentials.get(worker_id) or self.join_token}"),)
@@ -89,6 +95,7 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
             sequence=sequence), metadata=self.metadata(worker_id), timeout=30)
         if reply.credential:
             self.credentials[worker_id] = reply.credential
+        self.asked_s = reply.heartbeat_interval_ms / 1000
 
     # -- the worker service -----------------------------------------------------------------
 
@@ -146,11 +153,12 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
                         held.pop((update.task_id, update.attempt_id), None)
 
     def heartbeat_loop(self, stop: Event, interval: float) -> None:
-        """Each worker heartbeats once per ``interval``, the workers spread over it (async calls)."""
-        gap = interval / max(1, len(self.ids))
+        """Each worker heartbeats once per ``interval`` (or the longer one the controller asks for),
+        the workers spread over it (async calls)."""
         next_at = time.monotonic()
         while not stop.is_set():
             for worker_id in self.ids:
+                gap = max(interval, self.asked_s) / max(1, len(self.ids))
                 if stop.is_set():
                     return
                 with self.lock:
@@ -167,20 +175,24 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
                     stop.wait(delay)
 
     def _heartbeat_done(self, call: Any, worker_id: str, started: float) -> None:
+        measuring = self.measuring is not None and self.measuring.is_set()
         try:
             reply = call.result()
         except grpc.RpcError:
-            self.failed += 1
+            self.failed += measuring
             return
-        self.latencies.append(time.monotonic() - started)
+        if measuring:
+            self.latencies.append(time.monotonic() - started)
+        self.asked_s = reply.heartbeat_interval_ms / 1000
         if reply.reregister:
             self.reregistered += 1
             threading.Thread(target=self.register, args=(worker_id,), daemon=True).start()
 
 
 def sim_process(controller: str, join_token: str, worker_ids: list[str], mode: str, slots: int, attempts: int,
-                interval: float, ready: Any, stop: Event, out: Any) -> None:
+                interval: float, ready: Any, stop: Event, out: Any, measuring: Event) -> None:
     sim = _SimWorkers(controller, join_token, worker_ids, mode, slots, attempts)
+    sim.measuring = measuring
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=_OPTIONS)
     cluster_pb2_grpc.add_WorkerServiceServicer_to_server(sim, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -197,14 +209,14 @@ def sim_process(controller: str, join_token: str, worker_ids: list[str], mode: s
     for thread in threads:
         thread.join(timeout=15)
     server.stop(grace=0)
-    out.put((sim.latencies, sim.failed, sim.reregistered))
+    out.put((sim.latencies, sim.failed, sim.reregistered, sim.asked_s))
 
 
-def start_controller(tmp: Path, worker_timeout: float) -> tuple[subprocess.Popen[str], str, str, str]:
+def start_controller(tmp: Path, worker_timeout: float, *extra: str) -> tuple[subprocess.Popen[str], str, str, str]:
     state = tmp / "state"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "iris.cli.main", "controller", "serve", "--port", "0", "--state-dir", str(state),
-         "--dashboard-port", "-1", "--worker-timeout", str(worker_timeout), "--max-finished-jobs", "0"],
+        [sys.executable, *(os.environ["BENCH_WRAP"].split() if os.environ.get("BENCH_WRAP") else ["-m", "iris.cli.main"]), "controller", "serve", "--port", "0", "--state-dir", str(state),
+         "--dashboard-port", "-1", "--worker-timeout", str(worker_timeout), "--max-finished-jobs", "0", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -214,7 +226,7 @@ def start_controller(tmp: Path, worker_timeout: float) -> tuple[subprocess.Popen
             break
     else:
         raise SystemExit("the controller did not start")
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    threading.Thread(target=lambda: [print(x, end="") for x in proc.stdout if "GC" in x], daemon=True).start()  # type: ignore[union-attr]
     admin = (state / "admin.token").read_text().strip()
     join = (state / "join.token").read_text().strip()
     return proc, address, admin, join
@@ -231,22 +243,30 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="heartbeat interval (the workers' default)")
     parser.add_argument("--seconds", type=float, default=20.0, help="heartbeats: measuring window")
     parser.add_argument("--worker-timeout", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=None,
+                        help="heartbeats: seconds between all attempts running and the window (default: one "
+                             "heartbeat interval, at least 5 s)")
+    parser.add_argument("--max-heartbeat-rate", type=float, default=None,
+                        help="the controller's --max-heartbeat-rate (default: its default; 1e9: every worker at "
+                             "its own interval, as before the fleet-sized interval)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="iris-bench-fleet-"))
-    proc, address, admin, join = start_controller(tmp, args.worker_timeout)
+    extra = ["--max-heartbeat-rate", str(args.max_heartbeat_rate)] if args.max_heartbeat_rate else []
+    proc, address, admin, join = start_controller(tmp, args.worker_timeout, *extra)
     controller = psutil.Process(proc.pid)
     stub = cluster_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(address, options=_OPTIONS))
     md = (("authorization", f"Bearer {admin}"),)
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
+    measuring = ctx.Event()
     ready = ctx.Queue()
     out = ctx.Queue()
     ids = [f"sim-{i:05d}" for i in range(args.workers)]
     groups = [ids[i::args.processes] for i in range(args.processes)]
     mode = "hold" if args.scenario == "heartbeats" else "complete"
     sims = [ctx.Process(target=sim_process, args=(address, join, group, mode, args.slots, args.attempts,
-                                                  args.interval, ready, stop, out)) for group in groups if group]
+                                                  args.interval, ready, stop, out, measuring)) for group in groups if group]
     started = time.monotonic()
     for sim in sims:
         sim.start()
@@ -266,22 +286,32 @@ def main() -> None:
                     break
                 time.sleep(0.5)  # polling the job's state, not synchronising threads
             print(f"{job.tasks_running:,} attempts running ({args.attempts} per worker)", flush=True)
+            # Warm-up: the dispatch of every attempt ends with a backlog of acknowledgements (seconds
+            # at 100 % of a core); the window starts once every worker has heartbeated after it.
+            every = max(args.interval, args.workers / (args.max_heartbeat_rate or DEFAULT_HEARTBEAT_RATE))
+            time.sleep(args.warmup if args.warmup is not None else max(5.0, every))
             cpu0 = sum(controller.cpu_times()[:2])
+            measuring.set()
             time.sleep(args.seconds)  # the measuring window
+            measuring.clear()
             cpu = sum(controller.cpu_times()[:2]) - cpu0
             dead = sum(1 for w in stub.ListWorkers(C.ListWorkersRequest(), metadata=md, timeout=60).workers
                        if not w.healthy)
             stop.set()
             latencies: list[float] = []
             failed = reregistered = 0
+            asked = 0.0
             for _ in sims:
-                lat, f, r = out.get(timeout=120)
+                lat, f, r, a = out.get(timeout=120)
                 latencies += lat
                 failed += f
                 reregistered += r
+                asked = max(asked, a)
             ms = [x * 1000 for x in latencies]
-            print(f"heartbeats: {args.workers:,} workers x {args.attempts} attempts every {args.interval:g} s: "
-                  f"controller {cpu / args.seconds:.0%} of a core, heartbeat p50 {statistics.median(ms):.1f} ms "
+            every = max(args.interval, asked)
+            print(f"heartbeats: {args.workers:,} workers x {args.attempts} attempts every {every:g} s "
+                  f"({args.workers / every:,.0f}/s): "
+                  f"controller {cpu / args.seconds:.0%} of a core, heartbeat p50 {statistics.median(ms):.1f} ms p90 {percentile(ms, 0.9):.1f} ms "
                   f"p99 {percentile(ms, 0.99):.1f} ms, failed {failed:,} of {len(ms) + failed:,}, "
                   f"declared dead {dead}, re-registered {reregistered}   load average {os.getloadavg()[0]:.2f}")
         else:

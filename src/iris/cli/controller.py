@@ -47,7 +47,11 @@ def controller() -> None:
 @click.option("--dashboard-port", default=0, show_default=True, type=int,
               help="HTTP dashboard port (0: any free port; -1: no dashboard).")
 @click.option("--worker-timeout", default=10.0, show_default=True, type=float,
-              help="Seconds without a heartbeat before a worker is declared dead.")
+              help="Seconds without a heartbeat before a worker is declared dead (at least three of the "
+                   "heartbeat intervals the fleet is asked for).")
+@click.option("--max-heartbeat-rate", default=250.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Heartbeats per second the whole fleet may send: past RATE workers, each is asked to "
+                   "heartbeat every WORKERS/RATE seconds (10,000 workers: every 40 s, declared dead after 120 s).")
 @click.option("--max-replicas", default=100_000, show_default=True, type=int, help="Largest replicas accepted.")
 @click.option("--max-termination-grace", default=600.0, show_default=True, type=click.FloatRange(min=0),
               help="The most SIGTERM-to-SIGKILL grace a job may ask for (--termination-grace), seconds.")
@@ -89,6 +93,7 @@ def serve(
     state_dir: Path,
     dashboard_port: int,
     worker_timeout: float,
+    max_heartbeat_rate: float,
     max_replicas: int,
     max_termination_grace: float,
     quarantine_after: int,
@@ -163,7 +168,7 @@ def serve(
         state = store.load(now_ms=SystemClock().now_ms())
     except StoreError as e:
         raise click.ClickException(str(e)) from e
-    config = ControllerConfig(worker_timeout_s=worker_timeout, limits=Limits(max_replicas=max_replicas),
+    config = ControllerConfig(worker_timeout_s=worker_timeout, max_heartbeat_rate=max_heartbeat_rate, limits=Limits(max_replicas=max_replicas),
                               auth=auth_mode == "token", max_termination_grace_s=max_termination_grace,
                               quarantine_after=quarantine_after, finished_job_ttl_s=finished_job_ttl,
                               max_finished_jobs=max_finished_jobs)

@@ -45,6 +45,8 @@ class FakeClock:
     def __init__(self, start_ms: int = 1_700_000_000_000) -> None:
         self._now_ms = start_ms
         self._lock = threading.Condition()
+        self._waits: dict[int, int] = {}
+        """Per waiting call (by id), its deadline."""
 
     def now_ms(self) -> int:
         with self._lock:
@@ -60,12 +62,22 @@ class FakeClock:
             self._lock.notify_all()
 
     def wait(self, stop: threading.Event, seconds: float) -> bool:
+        token = object()
         with self._lock:
             deadline = self._now_ms + int(seconds * 1000)
-            while self._now_ms < deadline and not stop.is_set():
-                # Wakes on advance(); the short timeout only notices `stop`, which has no hook here.
-                self._lock.wait(0.05)
+            self._waits[id(token)] = deadline
+            try:
+                while self._now_ms < deadline and not stop.is_set():
+                    # Wakes on advance(); the short timeout only notices `stop`, which has no hook here.
+                    self._lock.wait(0.05)
+            finally:
+                del self._waits[id(token)]
         return stop.is_set()
+
+    def pending_waits(self) -> list[float]:
+        """Seconds left of each ``wait`` in progress: what a test inspects to see a loop's period."""
+        with self._lock:
+            return sorted((deadline - self._now_ms) / 1000 for deadline in self._waits.values())
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.02, message: str = "") -> None:

@@ -163,6 +163,41 @@ def test_controller_dead_worker_after_timeout_retries_tasks(
     assert controller.heartbeat(T.Controller.HeartbeatRequest(worker_id="w1")).reregister
 
 
+def test_heartbeat_interval_grows_with_the_fleet_and_liveness_follows(clock: FakeClock, fake: FakeWorkerClients) -> None:
+    """Past --max-heartbeat-rate the fleet is asked for longer intervals (Nomad-style) and a worker is
+    declared dead only after three of the intervals it was asked for, never of one it was not told."""
+    controller = Controller(ControllerConfig(worker_timeout_s=5, max_heartbeat_rate=2.0), clock=clock,
+                            worker_clients=fake)
+    try:
+        beat = lambda w: controller.heartbeat(T.Controller.HeartbeatRequest(  # noqa: E731
+            worker_id=w, incarnation=f"inc-127.0.0.1:{1000 + int(w[1:])}"))
+        assert register(controller, "w1").heartbeat_interval_ms == 0  # one worker: its own interval
+        assert beat("w1").heartbeat_interval_ms == 0
+        for w in ("w2", "w3", "w4", "w5", "w6"):
+            register(controller, w)
+        controller.tick_health()
+        assert controller.heartbeat_interval_ms() == 3000  # six workers at two heartbeats a second
+        for w in ("w1", "w2", "w3", "w4", "w5", "w6"):
+            assert beat(w).heartbeat_interval_ms == 3000
+        clock.advance(8.5)  # past --worker-timeout, within three asked intervals
+        assert controller.tick_health() == []
+        for w in ("w1", "w2", "w3", "w4"):
+            beat(w)
+        clock.advance(0.6)
+        dead = controller.tick_health()
+        assert sorted(dead) == ["w5", "w6"]  # 9.1 s silent > 3 x 3 s
+        # The fleet shrank (four left: 2 s), but w1..w4 were told 3 s and keep 9 s until told again.
+        assert controller.heartbeat_interval_ms() == 2000
+        clock.advance(8.3)  # w1..w4: 8.9 s silent
+        assert controller.tick_health() == []
+        beat("w1")
+        clock.advance(0.2)
+        assert sorted(controller.tick_health()) == ["w2", "w3", "w4"]
+        assert not controller.heartbeat(T.Controller.HeartbeatRequest(worker_id="w5")).heartbeat_interval_ms
+    finally:
+        controller.stop()
+
+
 def test_controller_heartbeat_reconcile_kills_stale_and_fails_missing(
     core: ControllerState,
     controller: Controller, fake: FakeWorkerClients

@@ -37,6 +37,7 @@ class FakeController(cluster_pb2_grpc.ControllerServiceServicer):
         self.rejected: list[str] = []
         """Methods called (and failed) while ``unavailable``."""
         self.reregister_next = False
+        self.heartbeat_interval_ms = 0
         self.kills: list[tuple[str, int]] = []
         self.bundles: dict[str, bytes] = {}
 
@@ -88,7 +89,8 @@ class FakeController(cluster_pb2_grpc.ControllerServiceServicer):
             self._maybe_fail(context, "Heartbeat")
             self.state.heartbeats.append(request)
             reregister, self.reregister_next = self.reregister_next, False
-            return cluster_pb2.Controller.HeartbeatResponse(reregister=reregister, kill=self._take_kills())
+            return cluster_pb2.Controller.HeartbeatResponse(reregister=reregister, kill=self._take_kills(),
+                                                            heartbeat_interval_ms=self.heartbeat_interval_ms)
 
     def ReportTaskState(
         self, request: cluster_pb2.Controller.ReportTaskStateRequest, context: grpc.ServicerContext

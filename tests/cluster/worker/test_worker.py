@@ -429,6 +429,22 @@ def test_heartbeat_reregister_sends_full_registration(
     assert len(fake_controller.servicer.state.registrations) == registrations + 1
 
 
+def test_heartbeats_follow_the_longer_interval_the_controller_asks_for(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    """A big fleet is asked to heartbeat less often (DESIGN §3): the worker waits that long (spread
+    by up to 10 %), not its own --heartbeat-interval."""
+    fake_controller.servicer.heartbeat_interval_ms = 60_000
+    clock = FakeClock()
+    make_worker(run_loops=True, runtime=FakeRuntime(), clock=clock, heartbeat_interval_s=0.05)
+    wait_until(lambda: any(w >= 54 for w in clock.pending_waits()), 30,
+               message=f"no heartbeat wait of about a minute: {clock.pending_waits()}")
+    assert max(clock.pending_waits()) <= 66
+    beats = len(fake_controller.servicer.state.heartbeats)
+    clock.advance(67)
+    wait_until(lambda: len(fake_controller.servicer.state.heartbeats) > beats, 30)
+
+
 def test_a_stopping_worker_never_registers_again(
     make_worker: WorkerFactory, fake_controller: RunningFakeController
 ) -> None:

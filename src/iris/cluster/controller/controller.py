@@ -127,7 +127,13 @@ short, with a token to go on), so a filter that matches little still costs O(pag
 @dataclass(frozen=True, slots=True)
 class ControllerConfig:
     worker_timeout_s: float = 10.0
-    """A worker not heard from for this long is declared dead (DESIGN §3)."""
+    """A worker not heard from for this long is declared dead (DESIGN §3); a fleet whose heartbeat
+    interval grows past a third of it gets three intervals (``max_heartbeat_rate``)."""
+    max_heartbeat_rate: float = 250.0
+    """Heartbeats per second the whole fleet may send (``--max-heartbeat-rate``). Each worker is asked
+    to heartbeat no more often than every ``workers / rate`` seconds (its own interval when that is
+    longer), as Nomad sizes its heartbeat TTLs: the controller's cost stays flat as the fleet grows,
+    and failure detection slows instead (10,000 workers: every 40 s, declared dead after 120 s)."""
     schedule_interval_s: float = 0.5
     """Fallback scheduling timer; scheduling is otherwise woken by events."""
     health_interval_s: float = 0.5
@@ -279,6 +285,8 @@ class Controller:
         """The controller's copy of every attempt's log (``logstore``), when it has a state dir."""
         self._retired: set[WorkerId] = set()
         """Provisioned workers given back to their platform: they may not register again."""
+        self._heartbeat_interval_ms = 0
+        self._size_heartbeats(self._state.healthy_worker_count())  # workers reloaded after a restart
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -1006,19 +1014,32 @@ class Controller:
 
     # ------------------------------------------------------------------ workers
 
+    def heartbeat_interval_ms(self) -> int:
+        """How often each worker is asked to heartbeat at most: the fleet's share of
+        ``max_heartbeat_rate`` (0 while the fleet is small enough for the workers' own intervals)."""
+        return self._heartbeat_interval_ms
+
+    def _size_heartbeats(self, healthy: int) -> None:
+        rate = self.config.max_heartbeat_rate
+        self._heartbeat_interval_ms = int(healthy * 1000 / rate) if rate > 0 else 0
+
     def tick_health(self) -> list[WorkerId]:
-        """Declare workers dead that were not heard from within ``worker_timeout_s``; fail attempts
-        that ran past their job's ``timeout_seconds``."""
+        """Declare workers dead that were not heard from within ``worker_timeout_s`` (or three of the
+        heartbeat intervals they were asked for, when longer); fail attempts that ran past their
+        job's ``timeout_seconds``; size the fleet's heartbeat interval."""
         with self._lock:
             now = self._clock.now_ms()
             self._state.expire_timeouts(now)
-            dead = self._state.find_dead_workers(now, int(self.config.worker_timeout_s * 1000))
+            self._size_heartbeats(self._state.healthy_worker_count())
+            timeout_ms = int(self.config.worker_timeout_s * 1000)
+            dead = self._state.find_dead_workers(now, timeout_ms, self._heartbeat_interval_ms)
             for worker_id in dead:
-                logger.warning("worker %s not heard from for %.1fs: declared dead", worker_id,
-                               self.config.worker_timeout_s)
-                self._state.mark_worker_dead(
-                    worker_id, now, reason=f"not heard from for {self.config.worker_timeout_s:g}s"
-                )
+                worker = self._state.get_worker(worker_id)
+                silent_s = (now - worker.last_heartbeat_ms) / 1000 if worker is not None else 0.0
+                logger.warning("worker %s not heard from for %.1fs: declared dead", worker_id, silent_s)
+                self._state.mark_worker_dead(worker_id, now, reason=f"not heard from for {silent_s:.0f}s")
+            if dead:
+                self._size_heartbeats(self._state.healthy_worker_count())
             effects = self._commit()
         self._after_commit(effects)
         return dead
@@ -1071,6 +1092,7 @@ class Controller:
         return cluster_pb2.Controller.RegisterWorkerResponse(
             accepted=True, kill=[_status(a) for a in kill], credential=credential,
             controller_token=self.controller_token(worker_id) if self.config.auth else "",
+            heartbeat_interval_ms=self._heartbeat_interval_ms,
         )
 
     def _issue_worker_credential(self, worker_id: WorkerId) -> str:
@@ -1083,8 +1105,8 @@ class Controller:
                 raise PermissionDenied(f"worker_id: worker {worker_id!r} is registered and alive; its id cannot be "
                                        "taken over with the join token")
             now = self._clock.now_ms()
-            for old in self._state.list_tokens():
-                if old.role is Role.WORKER and old.name == worker_id and not old.revoked:
+            for old in self._state.tokens_named(worker_id):
+                if old.role is Role.WORKER and not old.revoked:
                     self._state.revoke_token(old.token_id, now)
             self._state.add_token(TokenRecord(new_token_id(), hash_token(token), worker_id, Role.WORKER, now))
             self._commit()
@@ -1105,6 +1127,7 @@ class Controller:
                 incarnation=location.incarnation,
             )
             self._state.add_worker(worker)
+            self._state.heartbeat(worker.worker_id, now, self._heartbeat_interval_ms)
             self._state.log_action("worker_registered", now_ms=now, worker_id=location.worker_id,
                                    details=location.address)
             result = self._state.reconcile_worker(worker.worker_id, location.attempts, location.incarnation,
@@ -1119,10 +1142,12 @@ class Controller:
         check_id(request.worker_id, "worker_id", self.config.limits)
         observation = Observation(WorkerId(request.worker_id), _observed(request.tasks), request.incarnation,
                                   request.sequence)
-        kill = self.apply_observation(observation)
+        interval_ms = self._heartbeat_interval_ms
+        kill = self.apply_observation(observation, interval_ms)
         if kill is None:
             return cluster_pb2.Controller.HeartbeatResponse(reregister=True)
-        response = cluster_pb2.Controller.HeartbeatResponse(kill=[_status(a) for a in kill])
+        response = cluster_pb2.Controller.HeartbeatResponse(kill=[_status(a) for a in kill],
+                                                            heartbeat_interval_ms=interval_ms)
         if self._forget:
             with self._lock:
                 forget = self._forget.pop(WorkerId(request.worker_id), None)
@@ -1131,13 +1156,14 @@ class Controller:
                 response.forget_bundles.extend(sorted(forget[1]))
         return response
 
-    def apply_observation(self, observation: Observation) -> list[ObservedAttempt] | None:
-        """Reconcile one location's complete observed set (a heartbeat, or a backend's poll).
-        Returns the attempts to kill there, or None when the location is unknown or was declared
-        dead (it must register again)."""
+    def apply_observation(self, observation: Observation, interval_ms: int = 0) -> list[ObservedAttempt] | None:
+        """Reconcile one location's complete observed set (a heartbeat, or a backend's poll; a
+        heartbeat's reply asks for the next one ``interval_ms`` later at the earliest). Returns the
+        attempts to kill there, or None when the location is unknown or was declared dead (it must
+        register again)."""
         with self._lock:
             now = self._clock.now_ms()
-            if not self._state.heartbeat(observation.worker_id, now):
+            if not self._state.heartbeat(observation.worker_id, now, interval_ms):
                 return None
             result = self._state.reconcile_worker(observation.worker_id, observation.attempts,
                                                   observation.incarnation, observation.sequence, now)

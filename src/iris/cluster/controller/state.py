@@ -76,6 +76,9 @@ class ControllerWorker:
     running_tasks: set[TaskId] = field(default_factory=set)
     """Tasks whose current attempt is bound to this worker and has not ended."""
     incarnation: str = ""
+    heartbeat_interval_ms: int = 0
+    """The heartbeat interval this worker was last asked for (0: its own); it is declared dead after
+    three of them when that is longer than the controller's worker timeout."""
     committed_cpu: int = 0
     """Millicores."""
     committed_memory: int = 0
@@ -237,6 +240,8 @@ class ControllerState:
         self._tokens: dict[str, TokenRecord] = {}
         """By token id. Only hashes are held (``auth.hash_token``)."""
         self._token_ids_by_hash: dict[str, str] = {}
+        self._token_ids_by_name: dict[str, list[str]] = {}
+        """Token ids per holder name (a worker's credentials: found at its registration in O(its own))."""
         self.quarantine_after = quarantine_after
         """Attempts failing quickly in a row on one worker before it is quarantined (0: never)."""
         self._deadlines: list[tuple[int, TaskId, int]] = []
@@ -512,22 +517,31 @@ class ControllerState:
             meta.device_kind, meta.device_variant,
         )
 
-    def heartbeat(self, worker_id: WorkerId, now_ms: int) -> bool:
-        """Record that the worker was heard from. False when the worker is unknown or was declared dead
-        (it must register again)."""
+    def heartbeat(self, worker_id: WorkerId, now_ms: int, interval_ms: int | None = None) -> bool:
+        """Record that the worker was heard from (and, when given, the heartbeat interval it was just
+        asked for). False when the worker is unknown or was declared dead (it must register again)."""
         worker = self._workers.get(worker_id)
         if worker is None or not worker.healthy:
             return False
         worker.last_heartbeat_ms = now_ms
+        if interval_ms is not None:
+            worker.heartbeat_interval_ms = interval_ms
         return True
 
-    def find_dead_workers(self, now_ms: int, timeout_ms: int) -> list[WorkerId]:
-        """Healthy workers not heard from for longer than ``timeout_ms``."""
+    def healthy_worker_count(self) -> int:
         with self._lock:
+            return sum(1 for w in self._workers.values() if w.healthy)
+
+    def find_dead_workers(self, now_ms: int, timeout_ms: int, interval_ms: int = 0) -> list[WorkerId]:
+        """Healthy workers not heard from for longer than ``timeout_ms``, or than three heartbeat
+        intervals when that is longer: the one each was last asked for, or ``interval_ms`` (the
+        fleet's now) if that is longer, so a worker never dies of an interval it was not told yet."""
+        with self._lock:
+            base = max(timeout_ms, 3 * interval_ms)
             return [
                 w.worker_id
                 for w in self._workers.values()
-                if w.healthy and now_ms - w.last_heartbeat_ms > timeout_ms
+                if w.healthy and now_ms - w.last_heartbeat_ms > max(base, 3 * w.heartbeat_interval_ms)
             ]
 
     def mark_worker_dead(self, worker_id: WorkerId, now_ms: int, reason: str = "worker timed out") -> list[TaskId]:
@@ -1240,6 +1254,8 @@ class ControllerState:
 
     def restore_token(self, record: TokenRecord) -> None:
         with self._lock:
+            if record.token_id not in self._tokens:
+                self._token_ids_by_name.setdefault(record.name, []).append(record.token_id)
             self._tokens[record.token_id] = record
             self._token_ids_by_hash[record.token_hash] = record.token_id
 
@@ -1249,6 +1265,11 @@ class ControllerState:
 
     def get_token(self, token_id: str) -> TokenRecord | None:
         return self._tokens.get(token_id)
+
+    def tokens_named(self, name: str) -> list[TokenRecord]:
+        """The tokens issued to ``name`` (e.g. a worker id), oldest first."""
+        with self._lock:
+            return [self._tokens[token_id] for token_id in self._token_ids_by_name.get(name, ())]
 
     def list_tokens(self) -> list[TokenRecord]:
         with self._lock:

@@ -25,6 +25,7 @@ order is read from that tail in O(batch) (see ``ControllerState.queue_tail``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -203,6 +204,14 @@ class Table:
 
     @property
     def insert_sql(self) -> str:
+        return _insert_sql(self)
+
+    @property
+    def update_sql(self) -> str:
+        """Update the mutable columns of an existing row: parameters are ``updated`` then ``key``."""
+        return _update_sql(self)
+
+    def _build_insert_sql(self) -> str:
         cols = ", ".join(self.columns)
         marks = ", ".join("?" for _ in self.columns)
         if self.insert_only:
@@ -213,9 +222,7 @@ class Table:
         )
         return f"INSERT INTO {self.name} ({cols}) VALUES ({marks}) ON CONFLICT({', '.join(self.key)}) DO UPDATE SET {sets}"
 
-    @property
-    def update_sql(self) -> str:
-        """Update the mutable columns of an existing row: parameters are ``updated`` then ``key``."""
+    def _build_update_sql(self) -> str:
         sets = ", ".join(f"{c} = ?" for c in self.updated)
         where = " AND ".join(f"{c} = ?" for c in self.key)
         return f"UPDATE {self.name} SET {sets} WHERE {where}"
@@ -226,6 +233,17 @@ class Table:
 
     def delete_sql(self, by: str) -> str:
         return f"DELETE FROM {self.name} WHERE {by} = ?"
+
+
+@functools.cache
+def _insert_sql(table: Table) -> str:
+    """Built once per table: every store write runs these statements."""
+    return table._build_insert_sql()  # noqa: SLF001
+
+
+@functools.cache
+def _update_sql(table: Table) -> str:
+    return table._build_update_sql()  # noqa: SLF001
 
 
 JOBS = Table(

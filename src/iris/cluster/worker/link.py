@@ -16,6 +16,7 @@ one lock; no lock is held across an RPC. Every loop body is a public single-pass
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -125,6 +126,8 @@ class ControllerLink:
         self._inflight: dict[AttemptKey, AttemptStatus] = {}
         self._idle = threading.Condition(self._lock)
         self._registered = False
+        self.asked_interval_s = 0.0
+        """The heartbeat interval the controller last asked for (it grows with the fleet: DESIGN §3)."""
         self._reachable = True
         self._failures = 0
         """Failed controller calls so far; a success that started before a failure is stale."""
@@ -158,6 +161,7 @@ class ControllerLink:
         return (("authorization", f"Bearer {token}"),) if token else None
 
     def _adopt(self, response: cluster_pb2.Controller.RegisterWorkerResponse) -> None:
+        self.asked_interval_s = response.heartbeat_interval_ms / 1000
         if response.controller_token:
             self.controller_token = response.controller_token
         if response.credential:
@@ -240,6 +244,7 @@ class ControllerLink:
         except grpc.RpcError as e:
             self._failed(e)
             return False
+        self.asked_interval_s = response.heartbeat_interval_ms / 1000
         self._apply_kills(response.kill)
         if (response.forget_bundles or response.forget_job_uids) and self._on_forget is not None:
             self._on_forget(list(response.forget_job_uids), list(response.forget_bundles))
@@ -366,12 +371,15 @@ class ControllerLink:
     # -- loops --------------------------------------------------------------------------------
 
     def heartbeat_loop(self, stop: threading.Event, interval_s: float) -> None:
+        """Heartbeat every ``interval_s``, or the longer interval the controller asks for; spread by
+        up to 10 % either way so a fleet that (re)started together does not stay in step."""
         while not stop.is_set():
             try:
                 self.heartbeat_once()
             except Exception:
                 logger.exception("heartbeat failed worker=%s", self.worker_id)
-            if self._clock.wait(stop, interval_s):
+            wait = max(interval_s, self.asked_interval_s)
+            if self._clock.wait(stop, wait * random.uniform(0.9, 1.1) if wait > interval_s else wait):
                 return
 
     def outbox_loop(self, stop: threading.Event) -> None:
