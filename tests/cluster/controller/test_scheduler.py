@@ -110,3 +110,49 @@ def test_scheduler_timeout_counts_from_when_task_last_became_pending(state: Cont
     tx = Scheduler(state).find_assignments(state.peek_pending_tasks(), [], NOW + 65_001)
     assert [t.task_id for t in tx.timed_out_tasks] == ["t/task-0"]
     state.get_worker("w1").healthy = True  # type: ignore[union-attr]
+
+
+class _CountingQueue(list):  # type: ignore[type-arg]
+    """The pending queue, counting how many tasks a pass looked at."""
+
+    seen = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for task in super().__iter__():
+            self.seen += 1
+            yield task
+
+
+def test_a_bounded_pass_stops_when_no_worker_has_room_and_leaves_timeouts_to_the_full_pass(
+    state: ControllerState,
+) -> None:
+    """The passes woken by events cost what changed, not the queue's depth: they place exactly what
+    a full pass places, then stop; timing out and explaining the rest is the full pass's job."""
+    add_worker(state, "w1", cpu=2)
+    add_worker(state, "w2", cpu=1)
+    for i in range(5):
+        submit(state, f"deep-{i}", replicas=200)
+    submit(state, "late", scheduling_timeout_seconds=1)
+    scheduler = Scheduler(state)
+    full_queue = _CountingQueue(state.peek_pending_tasks())
+    full = scheduler.find_assignments(full_queue, state.get_available_workers(), NOW + 2_000)
+    bounded_queue = _CountingQueue(state.peek_pending_tasks())
+    bounded = scheduler.find_assignments(bounded_queue, state.get_available_workers(), NOW + 2_000, bounded=True)
+    placed = [("deep-0/task-0", "w1"), ("deep-0/task-1", "w1"), ("deep-0/task-2", "w2")]
+    assert [(t.task_id, w.worker_id) for t, w in full.assignments] == placed
+    assert [(t.task_id, w.worker_id) for t, w in bounded.assignments] == placed
+    assert [t.task_id for t in full.timed_out_tasks] == ["late/task-0"] and bounded.timed_out_tasks == []
+    assert full_queue.seen == 1001 and bounded_queue.seen == 4
+    assert "late" not in bounded.pending_reasons and "deep-4" in full.pending_reasons
+
+
+def test_a_bounded_pass_with_room_left_is_a_full_pass(state: ControllerState) -> None:
+    add_worker(state, "w1", cpu=4)
+    submit(state, "a", replicas=2)
+    submit(state, "huge", cpu=64)
+    submit(state, "late", scheduling_timeout_seconds=1)
+    tx = Scheduler(state).find_assignments(state.peek_pending_tasks(), state.get_available_workers(), NOW + 2_000,
+                                           bounded=True)
+    assert [t.task_id for t, _ in tx.assignments] == ["a/task-0", "a/task-1"]
+    assert [t.task_id for t in tx.timed_out_tasks] == ["late/task-0"]
+    assert tx.pending_reasons["huge"] == "no worker has 64 cpus (largest: 4)"

@@ -19,6 +19,10 @@ not be placed. Committing the assignments is the shell's job.
 - A failure retry is not placed before its ``not_before_ms`` (``--retry-backoff``); a gang waits for
   its latest member.
 - Deterministic: the same inputs give the same result.
+- ``bounded=True`` (the passes woken by events): the pass ends as soon as no worker has a free
+  millicore left (every task needs one), so its cost follows what changed (the capacity freed, the
+  tasks placed), not the depth of the queue; such a pass neither times tasks out nor explains the
+  jobs it did not reach. The periodic full pass does both.
 """
 
 from __future__ import annotations
@@ -96,6 +100,8 @@ class Scheduler:
         pending_tasks: Sequence[Task],
         workers: Sequence[ControllerWorker],
         now_ms: int,
+        *,
+        bounded: bool = False,
     ) -> SchedulingTransaction:
         transaction = SchedulingTransaction(self._state)
         snapshots = [(w, w.snapshot()) for w in workers]
@@ -105,6 +111,8 @@ class Scheduler:
             for w, s in snapshots
             if s.healthy
         ]
+        room = sum(1 for cap in working if cap.cpu > 0)
+        """Workers with a free millicore: none left, and nothing more can be placed in this pass."""
         cursors: dict[_Shape, int] = {}
         exhausted: set[JobId] = set()
         reqs: dict[JobId, JobRequirements | None] = {}
@@ -120,6 +128,8 @@ class Scheduler:
             job_id = task.job_id
             if job_id == skip:
                 continue
+            if bounded and room == 0:
+                break
             if job_id in reqs:
                 req = reqs[job_id]
             else:
@@ -148,6 +158,8 @@ class Scheduler:
                     if not _place_gang(gang, req, working, transaction):
                         exhausted.add(job_id)
                         transaction.pending_reasons[job_id] = _explain(req, working, gang=len(gang))
+                    else:
+                        room = sum(1 for cap in working if cap.cpu > 0)
                 continue
 
             if task.not_before_ms > now_ms:  # a failure retry backing off (--retry-backoff)
@@ -160,6 +172,8 @@ class Scheduler:
                 cap = working[idx]
                 if fits_in(req, cap.cpu, cap.memory, cap.disk, cap.devices, cap.device_kind, cap.device_variant):
                     cap.deduct(req)
+                    if cap.cpu <= 0:
+                        room -= 1
                     transaction.tentatively_assign(task, cap.worker)
                     cursors[shape] = idx
                     placed = True
