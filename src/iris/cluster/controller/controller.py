@@ -2,10 +2,13 @@
 
 Decisions are made in the pure core (``state.py``, ``scheduler.py``); this module applies them:
 
-- One lock covers "apply a change to the state, drain its effects, write them to the store". No RPC
-  and no process call runs under it. Nothing outside this class holds it: readers go through the
-  read methods below, which copy a bounded number of objects per lock hold into frozen views
-  (``views.py``) and build their replies after releasing it.
+- One lock covers "apply a change to the state, drain its effects, prepare their store rows". The
+  rows are written after the lock is released, in the order they were prepared, several callers'
+  in one transaction (``commits.py``); a caller leaving the lock waits until its rows are durable
+  before it replies, kills or launches anything. No RPC and no process call runs under the lock.
+  Nothing outside this class holds it: readers go through the read methods below, which copy a
+  bounded number of objects per lock hold into frozen views (``views.py``) and build their replies
+  after releasing it.
 - Requests are checked by ``iris.cluster.validation`` (the rules the workers apply too) before
   anything changes.
 - Scheduling runs when woken (a submit, a report, a worker registering, a task ending) and on a
@@ -66,6 +69,7 @@ from iris.cluster.controller.backend import (
     WorkerDaemonTimeouts,
 )
 from iris.cluster.controller.capacity import WorkerSnapshot
+from iris.cluster.controller.commits import DurableLock, GroupCommit
 from iris.cluster.controller.job import Job, expand_job_to_tasks
 from iris.cluster.controller.logstore import LogStore, job_key
 from iris.cluster.controller.metrics import ControllerMetrics
@@ -106,6 +110,7 @@ from iris.rpc import cluster_pb2
 
 if TYPE_CHECKING:
     from iris.cluster.controller.provisioner import Provisioner
+    from iris.cluster.controller.store import PreparedWrite
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +176,10 @@ class StateStore(Protocol):
     """Durable storage for the state (``store.ControllerStore``)."""
 
     def write(self, state: ControllerState, effects: Effects) -> None: ...
+
+    def prepare(self, state: ControllerState, effects: Effects) -> PreparedWrite | None: ...
+
+    def apply(self, writes: Sequence[PreparedWrite]) -> None: ...
 
     def put_bundle(self, blob: bytes) -> str: ...
 
@@ -265,7 +274,11 @@ class Controller:
         self._scheduler = Scheduler(self._state)
         self._launch_bytes: dict[JobId, int] = {}
         """Per job (recent ones), the request bytes one of its launches takes (for batching)."""
-        self._lock = threading.RLock()
+        self._commits: GroupCommit[PreparedWrite] | None = (
+            GroupCommit(store.apply, self._store_failed) if store is not None else None)
+        """Store writes, prepared under the lock and applied after it (several per transaction)."""
+        self._lock = DurableLock(self._commits)
+        """Leaving a block that committed waits until its writes are durable."""
         self._wake_event = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -325,6 +338,11 @@ class Controller:
         self._threads.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._backend.close()
+        if self._commits is not None:
+            try:
+                self._commits.flush()
+            except Exception:  # already reported (and fatal) where it failed
+                logger.debug("store writes failed before stop", exc_info=True)
         with self._lock:
             if self._store is not None:
                 self._store.close()
@@ -334,13 +352,20 @@ class Controller:
         self._wake_event.set()
 
     def _run_scheduling(self, stop: threading.Event) -> None:
+        last_full = self._clock.monotonic()
         while not stop.is_set():
-            self._wake_event.wait(self.config.schedule_interval_s)
+            woken = self._wake_event.wait(self.config.schedule_interval_s)
             self._wake_event.clear()
             if stop.is_set():
                 return
             try:
-                self.tick_schedule()
+                # A pass woken by an event stops once no worker has room; every schedule_interval_s
+                # a full pass also times tasks out and explains every job still waiting.
+                now = self._clock.monotonic()
+                full = not woken or now - last_full >= self.config.schedule_interval_s
+                if full:
+                    last_full = now
+                self.tick_schedule(bounded=not full)
             except Exception:
                 logger.exception("scheduling pass failed")
                 self._clock.wait(stop, 0.5)
@@ -366,18 +391,25 @@ class Controller:
     # ------------------------------------------------------------------ the lock and effects
 
     def _commit(self) -> Effects:
-        """Drain the core's effects and persist them. Call with the lock held."""
+        """Drain the core's effects and queue their store write. Call with the lock held; leaving
+        the lock waits until the write is durable."""
         effects = self._state.drain_effects()
-        if self._store is not None and not effects.is_empty():
+        if self._store is not None and self._commits is not None and not effects.is_empty():
             try:
-                self._store.write(self._state, effects)
-            except Exception:
-                # Memory is now ahead of disk and the change was not acknowledged durably: serving on
-                # would break "acknowledged means durable". Stop; a restart reloads the last good state.
-                logger.critical("could not persist state; the controller stops", exc_info=True)
-                self._on_fatal()
+                prepared = self._store.prepare(self._state, effects)
+            except Exception as e:
+                self._store_failed(e)
                 raise
+            if prepared is not None:
+                # Written after the lock is released, before the caller goes on (DurableLock).
+                self._lock.owe(self._commits.submit(prepared))
         return effects
+
+    def _store_failed(self, error: BaseException) -> None:
+        # Memory is now ahead of disk and the change was not acknowledged durably: serving on would
+        # break "acknowledged means durable". Stop; a restart reloads the last good state.
+        logger.critical("could not persist state; the controller stops", exc_info=error)
+        self._on_fatal()
 
     def _after_commit(self, effects: Effects) -> None:
         """Act on effects outside the lock: kill processes, wake the scheduler."""
@@ -573,7 +605,7 @@ class Controller:
             job = Job(job_id, spec, now, owner=owner, uid=secrets.token_hex(8))
             self._state.add_job(job, expand_job_to_tasks(job, now))
             effects = self._commit()
-        logger.info("job submitted job=%s tasks=%d", job_id, job.num_tasks)
+        logger.debug("job submitted job=%s tasks=%d", job_id, job.num_tasks)  # and in the action log
         self._after_commit(effects)
         return job_id
 
@@ -890,10 +922,11 @@ class Controller:
 
     # ------------------------------------------------------------------ scheduling
 
-    def tick_schedule(self) -> ScheduleSummary:
-        """One scheduling pass: time out, assign, commit; then launch outside the lock."""
+    def tick_schedule(self, bounded: bool = False) -> ScheduleSummary:
+        """One scheduling pass: time out, assign, commit; then launch outside the lock. ``bounded``:
+        end the pass once no worker has room (``Scheduler.find_assignments``)."""
         with self._lock:
-            launches, summary = self._schedule_locked()
+            launches, summary = self._schedule_locked(bounded)
             if summary is None:
                 return ScheduleSummary(0, 0, 0)
             effects = self._commit()
@@ -902,7 +935,7 @@ class Controller:
             self._send_kills(effects.kills)
         return summary
 
-    def _schedule_locked(self) -> tuple[list[AttemptLaunch], ScheduleSummary | None]:
+    def _schedule_locked(self, bounded: bool = False) -> tuple[list[AttemptLaunch], ScheduleSummary | None]:
         """The scheduling pass without its commit. Call with the lock held. ``None``: nothing was
         pending."""
         launches: list[AttemptLaunch] = []
@@ -910,7 +943,7 @@ class Controller:
         if not pending:
             return launches, None
         now = self._clock.now_ms()
-        tx = self._scheduler.find_assignments(pending, self._state.get_available_workers(now), now)
+        tx = self._scheduler.find_assignments(pending, self._state.get_available_workers(now), now, bounded=bounded)
         for task in tx.timed_out_tasks:
             job = self._state.get_job(task.job_id)
             reason = job.pending_reason if job is not None else ""

@@ -352,6 +352,13 @@ def _refuse(path: Path, why: str) -> StoreError:
     return StoreError(f"state file {path} {why}; refusing to start (the file was not modified)")
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedWrite:
+    """One batch of effects as SQL statements and their rows (``ControllerStore.prepare``)."""
+
+    statements: list[tuple[str, Sequence[tuple[object, ...]]]]
+
+
 class ControllerStore:
     """The controller's SQLite mirror of ``ControllerState``. Thread-safe (one internal lock)."""
 
@@ -438,11 +445,19 @@ class ControllerStore:
     # ------------------------------------------------------------------ write path
 
     def write(self, state: ControllerState, effects: Effects) -> None:
-        """Persist one batch: upsert the dirty jobs, tasks (and their ended attempts), workers and
-        endpoints, drop removed endpoints and deleted jobs, append the actions. One transaction;
-        O(dirty rows).
+        """Persist one batch: ``prepare`` then ``apply`` it (one transaction)."""
+        prepared = self.prepare(state, effects)
+        if prepared is not None:
+            self.apply([prepared])
 
-        Call it with the state's lock (or the shell's) held, right after ``drain_effects``.
+    def prepare(self, state: ControllerState, effects: Effects) -> PreparedWrite | None:
+        """The rows one batch of effects changes: upserts of the dirty jobs, tasks (and their ended
+        attempts), workers and endpoints, deletes of removed endpoints and deleted jobs, the
+        actions. O(dirty rows); None when nothing changed.
+
+        Call it with the state's lock (or the shell's) held, right after ``drain_effects``, and
+        ``apply`` the results in the order they were prepared: the store's counters (queue and
+        action sequence numbers, which jobs have rows) advance here.
         """
         if not (
             effects.dirty_jobs
@@ -454,7 +469,7 @@ class ControllerStore:
             or effects.deleted_jobs
             or effects.dirty_tokens
         ):
-            return
+            return None
         new_jobs: list[Job] = []
         job_updates: list[tuple[object, ...]] = []
         for job_id in effects.dirty_jobs:
@@ -479,12 +494,12 @@ class ControllerStore:
             if task.state == PENDING:
                 queued.add(task_id)
         seqs: dict[TaskId, int] = {}
-        if queued:
-            next_seq = self._next_queue_seq
-            for task_id in state.queue_tail(queued):
-                seqs[task_id] = next_seq
-                next_seq += 1
+        tail = state.queue_tail(queued) if queued else []
         tasks.sort(key=_task_key)  # key order: the upserts walk the B-tree sequentially
+        with self._lock:
+            for task_id in tail:
+                seqs[task_id] = self._next_queue_seq
+                self._next_queue_seq += 1
         task_rows = [_task_row(t, seqs.get(t.task_id)) for t in tasks]
         # Attempts never change once recorded: INSERT OR IGNORE adds only the new ones.
         attempt_rows = [_attempt_row(t, a) for t in tasks for a in t.attempts]
@@ -517,28 +532,39 @@ class ControllerStore:
                                     entry.worker_id, entry.details))
                 action_seq += 1
             trim = self._actions_since_trim + len(action_rows) >= _ACTION_TRIM_EVERY
+            self._next_action_seq = action_seq
+            self._actions_since_trim = 0 if trim else self._actions_since_trim + len(action_rows)
+            self._known_jobs.update(j.job_id for j in new_jobs)
+            self._known_jobs.difference_update(effects.deleted_jobs)
+        candidates: list[tuple[str, Sequence[tuple[object, ...]]]] = [
+            (JOBS.insert_sql, job_rows),
+            (JOBS.update_sql, job_updates),
+            (TASKS.insert_sql, task_rows),
+            (ATTEMPTS.insert_sql, attempt_rows),
+            (WORKERS.insert_sql, worker_rows),
+            (WORKERS.delete_sql("worker_id"), worker_deletes),
+            (ENDPOINTS.insert_sql, endpoint_rows),
+            (ENDPOINTS.delete_sql("endpoint_id"), endpoint_deletes),
+            *((statement, deleted) for statement in _DELETE_JOB),
+            (ACTIONS.insert_sql, action_rows),
+            (TOKENS.insert_sql, token_rows),
+        ]
+        statements = [(sql, rows) for sql, rows in candidates if rows]
+        if trim:
+            statements.append(("DELETE FROM actions WHERE seq < ?", [(action_seq - ACTION_LOG_KEEP,)]))
+        return PreparedWrite(statements)
+
+    def apply(self, writes: Sequence[PreparedWrite]) -> None:
+        """Write prepared batches, in order, in one transaction (a group commit: the writes of
+        several callers share one BEGIN/COMMIT). Raises StoreError; then nothing of them is written."""
+        with self._lock:
             conn = self._conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    batches: list[tuple[str, Sequence[tuple[object, ...]]]] = [
-                        (JOBS.insert_sql, job_rows),
-                        (JOBS.update_sql, job_updates),
-                        (TASKS.insert_sql, task_rows),
-                        (ATTEMPTS.insert_sql, attempt_rows),
-                        (WORKERS.insert_sql, worker_rows),
-                        (WORKERS.delete_sql("worker_id"), worker_deletes),
-                        (ENDPOINTS.insert_sql, endpoint_rows),
-                        (ENDPOINTS.delete_sql("endpoint_id"), endpoint_deletes),
-                        *((statement, deleted) for statement in _DELETE_JOB),
-                        (ACTIONS.insert_sql, action_rows),
-                        (TOKENS.insert_sql, token_rows),
-                    ]
-                    for sql, rows in batches:
-                        if rows:
+                    for write in writes:
+                        for sql, rows in write.statements:
                             conn.executemany(sql, rows)
-                    if trim:
-                        conn.execute("DELETE FROM actions WHERE seq < ?", (action_seq - ACTION_LOG_KEEP,))
                     conn.execute("COMMIT")
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error):
@@ -546,13 +572,6 @@ class ControllerStore:
                     raise
             except sqlite3.Error as exc:
                 raise StoreError(f"failed to write controller state to {self.path}: {exc}") from exc
-            # Committed: advance the in-memory counters.
-            if seqs:
-                self._next_queue_seq += len(seqs)
-            self._next_action_seq = action_seq
-            self._actions_since_trim = 0 if trim else self._actions_since_trim + len(action_rows)
-            self._known_jobs.update(j.job_id for j in new_jobs)
-            self._known_jobs.difference_update(effects.deleted_jobs)
 
     # ------------------------------------------------------------------ recovery
 

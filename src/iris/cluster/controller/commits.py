@@ -1,0 +1,109 @@
+"""Group commit: the controller's store writes leave its lock.
+
+A change is applied to the state and its rows are prepared under the controller's lock (so batches
+are numbered in the order the state changed); the SQL runs after the lock is released, and
+whoever waits first writes every batch queued so far in one transaction (one BEGIN/COMMIT for the
+batches of several concurrent callers). A caller does not go on (reply, kill, launch) until its
+batch is durable: ``DurableLock`` makes that wait part of leaving the lock, so no call site can
+forget it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+_W = TypeVar("_W")
+
+
+class StoreFailed(Exception):
+    """An earlier group commit failed: nothing after it is durable (the controller stops)."""
+
+
+class GroupCommit(Generic[_W]):
+    """Batches applied in the order they were submitted, several per ``apply`` call."""
+
+    def __init__(self, apply: Callable[[Sequence[_W]], None], on_failure: Callable[[BaseException], None]) -> None:
+        self._apply = apply
+        self._on_failure = on_failure
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: list[_W] = []
+        self._submitted = 0
+        self._durable = 0
+        self._writing = False
+        self._failure: BaseException | None = None
+        self.groups = 0
+        """How many ``apply`` calls (transactions) were made: a benchmark's view of the grouping."""
+
+    def submit(self, write: _W) -> int:
+        """Queue a batch; returns its ticket for ``wait``. Call it in the order the state changed."""
+        with self._cond:
+            self._queue.append(write)
+            self._submitted += 1
+            return self._submitted
+
+    def wait(self, ticket: int) -> None:
+        """Return once the batch of ``ticket`` (and every one before it) is durable; write them if
+        no one else is. Raises StoreFailed (or the store's error) when that write failed."""
+        with self._cond:
+            while self._durable < ticket:
+                if self._failure is not None:
+                    raise StoreFailed("the controller's state could not be written") from self._failure
+                if self._writing:
+                    self._cond.wait()
+                    continue
+                batch, self._queue = self._queue, []
+                upto = self._submitted
+                self._writing = True
+                self._cond.release()
+                try:
+                    self._apply(batch)
+                except BaseException as e:
+                    self._cond.acquire()
+                    self._writing = False
+                    self._failure = e
+                    self._cond.notify_all()
+                    self._on_failure(e)
+                    raise
+                self._cond.acquire()
+                self._writing = False
+                self._durable = upto
+                self.groups += 1
+                self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Wait for everything submitted so far."""
+        with self._cond:
+            ticket = self._submitted
+        self.wait(ticket)
+
+
+class DurableLock:
+    """A re-entrant lock; a thread that ``owe``-d a commit ticket while holding it waits for that
+    commit, after the outermost release, before it goes on."""
+
+    def __init__(self, commits: GroupCommit[Any] | None) -> None:
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._commits = commits
+
+    def owe(self, ticket: int) -> None:
+        """Call with the lock held: the current outermost block waits for ``ticket`` on leaving."""
+        self._local.ticket = ticket
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self._local.depth = getattr(self._local, "depth", 0) + 1
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._local.depth -= 1
+        ticket = 0
+        if self._local.depth == 0:
+            ticket = getattr(self._local, "ticket", 0)
+            self._local.ticket = 0
+        self._lock.release()
+        if ticket and self._commits is not None:
+            self._commits.wait(ticket)
