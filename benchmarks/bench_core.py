@@ -127,13 +127,14 @@ class CoreRun:
         return self.total_s / self.num_tasks * 1e6
 
 
-def add_and_register(state: ControllerState, num_tasks: int) -> tuple[float, float]:
+def add_and_register(state: ControllerState, num_tasks: int, workers: int | None = None) -> tuple[float, float]:
     t0 = time.perf_counter()
-    request = make_request("bench", num_tasks, cpu=1, memory_bytes=GiB)
-    job = Job(JobId("bench"), request, NOW_MS)
-    state.add_job(job, expand_job_to_tasks(job, NOW_MS))
+    if num_tasks:
+        request = make_request("bench", num_tasks, cpu=1, memory_bytes=GiB)
+        job = Job(JobId("bench"), request, NOW_MS)
+        state.add_job(job, expand_job_to_tasks(job, NOW_MS))
     t1 = time.perf_counter()
-    for i in range(worker_count(num_tasks)):
+    for i in range(worker_count(num_tasks) if workers is None else workers):
         wid = f"w{i}"
         state.add_worker(
             ControllerWorker(
@@ -302,6 +303,8 @@ class MemoryResult:
     num_tasks: int
     after_schedule_bytes: int
     after_complete_bytes: int
+    workers_bytes: int = 0
+    """The same workers registered, without the job: what is not the job's."""
 
 
 def run_memory(num_tasks: int) -> MemoryResult:
@@ -321,7 +324,58 @@ def run_memory(num_tasks: int) -> MemoryResult:
     after_complete = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
     del state
-    return MemoryResult(num_tasks, after_schedule - own, after_complete - own)
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    idle = ControllerState()
+    add_and_register(idle, 0, workers=worker_count(num_tasks))
+    gc.collect()
+    workers_bytes = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    del idle
+    return MemoryResult(num_tasks, after_schedule - own, after_complete - own, workers_bytes)
+
+
+FINISHED_JOBS = 10_000
+
+
+def run_finished_jobs_memory(num_jobs: int = FINISHED_JOBS) -> float:
+    """Bytes per ended job the state holds: ``num_jobs`` one-task jobs (a command, as a CLI submits
+    them) run to SUCCEEDED on 100 workers, measured against the same workers with no job."""
+    entry = cluster_pb2.Entrypoint(command=cluster_pb2.CommandEntrypoint(argv=["python", "train.py", "--epochs", "3"]))
+
+    def workers(state: ControllerState) -> None:
+        for i in range(100):
+            state.add_worker(ControllerWorker(worker_id=WorkerId(f"w{i}"), address=f"10.0.0.{i}:10001",
+                                              metadata=make_metadata(f"w{i}", cpu=64, memory_bytes=256 * GiB),
+                                              last_heartbeat_ms=NOW_MS, registered_at_ms=NOW_MS, incarnation="i0"))
+        state.drain_effects()
+
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    idle = ControllerState()
+    workers(idle)
+    gc.collect()
+    idle_bytes = tracemalloc.get_traced_memory()[0] - base
+    del idle
+    gc.collect()
+    base = tracemalloc.get_traced_memory()[0]
+    state = ControllerState()
+    workers(state)
+    for n in range(num_jobs):
+        request = make_request(f"job-{n:05d}", 1)
+        request.serialized_entrypoint = entry.SerializeToString()
+        job = Job(JobId(f"job-{n:05d}"), request, NOW_MS + n, owner="alice", uid=f"{n:016x}")
+        state.add_job(job, expand_job_to_tasks(job, NOW_MS + n))
+        if n % 500 == 499 or n == num_jobs - 1:
+            committed, _ = schedule_all(state, NOW_MS + n)
+            complete_all(state, committed, NOW_MS + n + 1)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - base - idle_bytes
+    tracemalloc.stop()
+    assert all(j.state == cluster_pb2.JOB_STATE_SUCCEEDED for j in state.list_jobs())
+    return held / num_jobs
 
 
 # ---------------------------------------------------------------------------------------- naive
@@ -469,6 +523,12 @@ def main() -> None:
         f"(target <= 2 KiB)  {verdict(per_task_sched <= TARGET_BYTES_PER_TASK)}")
     log(f"after all SUCCEEDED:  {mem.after_complete_bytes / 2**20:.1f} MiB = {fmt_bytes(per_task_done)}/task  "
         f"(attempt records kept)  {verdict(per_task_done <= TARGET_BYTES_PER_TASK)}")
+    job_only = (mem.after_complete_bytes - mem.workers_bytes) / mem.num_tasks
+    log(f"of which the {worker_count(largest):,} workers without the job: {mem.workers_bytes / 2**20:.1f} MiB; the job "
+        f"alone after all SUCCEEDED: {fmt_bytes(job_only)}/task  (issue 14: <= 700 B)  {verdict(job_only <= 700)}")
+    per_job = run_finished_jobs_memory()
+    log(f"ended jobs held: {FINISHED_JOBS:,} one-task jobs SUCCEEDED = {fmt_bytes(per_job)}/job  "
+        f"(issue 14: <= 1.5 KB)  {verdict(per_job <= 1536)}")
     log("")
 
     # 4. naive seed

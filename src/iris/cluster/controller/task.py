@@ -131,9 +131,10 @@ class Task:
 
     error: str | None = None
     exit_code: int | None = None
-    ports: dict[str, int] = field(default_factory=dict)
-    """The current (or last) attempt's named ports, as its worker reports them. Not durable: the
-    next heartbeat after a controller restart brings them back."""
+    ports: dict[str, int] | None = None
+    """The current (or last) attempt's named ports, as its worker reports them (None: none; most
+    tasks have none, and an empty dict per task is 64 bytes of a 100k-task job's). Not durable:
+    the next heartbeat after a controller restart brings them back."""
     not_before_ms: int = 0
     """A failure retry is not placed before this (``retry_backoff_seconds``)."""
     fail_job: str = ""
@@ -304,6 +305,6 @@ class Task:
         self.finished_at_ms = None
         self.error = None
         self.exit_code = None
-        self.ports = {}
+        self.ports = None
         self.not_before_ms = 0
         self.pending_since_ms = now_ms
