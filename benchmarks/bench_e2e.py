@@ -1,7 +1,7 @@
 """End-to-end throughput: a job of N tasks running ``/bin/true`` on a local cluster.
 
     uv run python benchmarks/bench_e2e.py [--tasks 1000] [--runs 3] [--workers 2] [--slots 8]
-                                          [--base-dir DIR] [--cpu]
+                                          [--base-dir DIR] [--cpu] [--ray PYTHON]
 
 Starts a LocalCluster of ``--workers`` worker processes that each run ``--slots`` tasks at once
 (cpu_per_worker=slots, 1 cpu per task), submits a job of ``--tasks`` replicas of ``/bin/true``,
@@ -15,13 +15,24 @@ a minute or so of thousands of deletions in the same block group pays a scan ove
 (``recently_deleted`` in the kernel), so deleting run k's ~5,000 files just before run k+1 would
 charge that teardown to run k+1. ``--cpu`` prints the CPU each process spent per task (psutil):
 the controller, each worker (its own threads) and the task processes the workers reaped.
+
+``--ray PYTHON``: side by side with Ray, in the same run. PYTHON is an interpreter that has Ray
+installed (Ray is not one of Iris's dependencies: ``uv venv /tmp/ray && VIRTUAL_ENV=/tmp/ray uv pip
+install ray psutil``); each run of Iris is followed by one of Ray: ``ray.init(num_cpus=workers x slots)``,
+a warm-up round of one no-op task per cpu (Ray starts its worker processes lazily; Iris's workers
+are already up when its clock starts), then ``--tasks`` remote functions of ``num_cpus=1`` that each
+run ``/bin/true`` as a child process, timed from the first submission to the last result. Ray's
+CPU per task counts the driver and every process under it (GCS, raylet, workers, and the
+``/bin/true`` processes they reaped). Prints each run's pair and the ratio of the medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -93,6 +104,60 @@ def threading_event_wait(stub: cluster_pb2_grpc.ControllerServiceStub, md: Any =
     return False
 
 
+RAY_SCRIPT = r"""
+import json, os, subprocess, sys, time
+import psutil, ray
+
+tasks, cpus = int(sys.argv[1]), int(sys.argv[2])
+ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+
+
+@ray.remote(num_cpus=1)
+def true_once():
+    return subprocess.run(["/bin/true"]).returncode
+
+
+@ray.remote(num_cpus=1)
+def noop():
+    return 0
+
+
+ray.get([noop.remote() for _ in range(cpus)])
+me = psutil.Process(os.getpid())
+
+
+def cpu():
+    total = 0.0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+before = cpu()
+start = time.perf_counter()
+codes = ray.get([true_once.remote() for _ in range(tasks)])
+elapsed = time.perf_counter() - start
+used = cpu() - before
+assert codes == [0] * tasks, "a /bin/true failed under Ray"
+print(json.dumps({"elapsed": elapsed, "cpu_ms_per_task": used * 1000 / tasks, "version": ray.__version__}))
+ray.shutdown()
+"""
+
+
+def run_ray(python: str, tasks: int, cpus: int) -> tuple[float, float, str]:
+    """One Ray run in a fresh ``ray.init``: (seconds, CPU ms per task, Ray's version)."""
+    out = subprocess.run([python, "-c", RAY_SCRIPT, str(tasks), str(cpus)], capture_output=True, text=True,
+                         timeout=900)
+    if out.returncode != 0:
+        sys.exit(f"the Ray run failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(result["elapsed"]), float(result["cpu_ms_per_task"]), str(result["version"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=1000)
@@ -102,8 +167,13 @@ def main() -> None:
     parser.add_argument("--base-dir", type=Path, default=None, help="where the run directories go (default: temp)")
     parser.add_argument("--cpu", action="store_true", help="print CPU per task of each process")
     parser.add_argument("--no-cgroups", action="store_true", help="workers do not put tasks in cgroups")
+    parser.add_argument("--ray", metavar="PYTHON", default=None,
+                        help="also run Ray side by side: an interpreter with Ray installed")
     args = parser.parse_args()
     rates = []
+    ray_rates: list[float] = []
+    ray_cpu: list[float] = []
+    ray_version = ""
     root = Path(tempfile.mkdtemp(prefix="iris-bench-", dir=args.base_dir))
     try:
         for i in range(args.runs):
@@ -111,12 +181,24 @@ def main() -> None:
             rate = args.tasks / elapsed
             rates.append(rate)
             print(f"run {i + 1}: {args.tasks} tasks in {elapsed:.2f}s = {rate:.0f} tasks/s", flush=True)
+            if args.ray:
+                ray_elapsed, cpu_ms, ray_version = run_ray(args.ray, args.tasks, args.workers * args.slots)
+                ray_rates.append(args.tasks / ray_elapsed)
+                ray_cpu.append(cpu_ms)
+                print(f"run {i + 1}: Ray {ray_version}: {args.tasks} tasks in {ray_elapsed:.2f}s = "
+                      f"{args.tasks / ray_elapsed:.0f} tasks/s, {cpu_ms:.2f} ms CPU per task", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(
         f"\n{args.tasks} x /bin/true on {args.workers} workers x {args.slots} slots, {args.runs} runs: "
         f"min {min(rates):.0f}  median {statistics.median(rates):.0f}  max {max(rates):.0f} tasks/s"
     )
+    if ray_rates:
+        print(f"Ray {ray_version}, {args.workers * args.slots} cpus, same runs: min {min(ray_rates):.0f}  median "
+              f"{statistics.median(ray_rates):.0f}  max {max(ray_rates):.0f} tasks/s, median "
+              f"{statistics.median(ray_cpu):.2f} ms CPU per task; Iris / Ray (medians) = "
+              f"{statistics.median(rates) / statistics.median(ray_rates):.2f}x  load average "
+              f"{psutil.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

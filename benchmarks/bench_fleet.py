@@ -212,6 +212,44 @@ def sim_process(controller: str, join_token: str, worker_ids: list[str], mode: s
     out.put((sim.latencies, sim.failed, sim.reregistered, sim.asked_s))
 
 
+def submit_process(address: str, admin: str, threads: int, prefix: str, seconds: float, go: Event,
+                   out: Any) -> None:
+    """``threads`` clients, each with its own channel, submitting one-task jobs back to back for
+    ``seconds``; puts (latencies, failures)."""
+    entry = T.Entrypoint(command=T.CommandEntrypoint(argv=["/bin/true"])).SerializeToString()
+    md = (("authorization", f"Bearer {admin}"),)
+    latencies: list[float] = []
+    failures = [0]
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        stub = cluster_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(address, options=_OPTIONS))
+        go.wait()
+        end = time.monotonic() + seconds
+        n = 0
+        mine: list[float] = []
+        while time.monotonic() < end:
+            started = time.monotonic()
+            try:
+                stub.LaunchJob(C.LaunchJobRequest(name=f"{prefix}-{index}-{n}", serialized_entrypoint=entry,
+                                                  resources=T.ResourceSpecProto(cpu_millicores=1000, replicas=1)),
+                               metadata=md, timeout=30)
+                mine.append(time.monotonic() - started)
+            except grpc.RpcError:
+                with lock:
+                    failures[0] += 1
+            n += 1
+        with lock:
+            latencies.extend(mine)
+
+    pool = [threading.Thread(target=client, args=(i,)) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    out.put((latencies, failures[0]))
+
+
 def start_controller(tmp: Path, worker_timeout: float, *extra: str) -> tuple[subprocess.Popen[str], str, str, str]:
     state = tmp / "state"
     proc = subprocess.Popen(
@@ -234,12 +272,15 @@ def start_controller(tmp: Path, worker_timeout: float, *extra: str) -> tuple[sub
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["heartbeats", "throughput"])
+    parser.add_argument("scenario", choices=["heartbeats", "throughput", "submit"])
+    parser.add_argument("--clients", type=int, default=20, help="submit: concurrent clients (threads over --processes)")
     parser.add_argument("--workers", type=int, default=1000)
     parser.add_argument("--processes", type=int, default=4, help="processes hosting the simulated workers")
     parser.add_argument("--attempts", type=int, default=8, help="heartbeats: attempts each worker holds")
     parser.add_argument("--slots", type=int, default=8, help="cores (tasks of 1 cpu) per worker")
-    parser.add_argument("--tasks", type=int, default=20_000, help="throughput: tasks of the one job")
+    parser.add_argument("--tasks", type=int, default=20_000, help="throughput: tasks in all")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="throughput: jobs the tasks are split over, all queued at once (a deep queue: 10)")
     parser.add_argument("--interval", type=float, default=1.0, help="heartbeat interval (the workers' default)")
     parser.add_argument("--seconds", type=float, default=20.0, help="heartbeats: measuring window")
     parser.add_argument("--worker-timeout", type=float, default=10.0)
@@ -314,20 +355,56 @@ def main() -> None:
                   f"controller {cpu / args.seconds:.0%} of a core, heartbeat p50 {statistics.median(ms):.1f} ms p90 {percentile(ms, 0.9):.1f} ms "
                   f"p99 {percentile(ms, 0.99):.1f} ms, failed {failed:,} of {len(ms) + failed:,}, "
                   f"declared dead {dead}, re-registered {reregistered}   load average {os.getloadavg()[0]:.2f}")
+        elif args.scenario == "submit":
+            go = ctx.Event()
+            per = [args.clients // args.processes + (1 if i < args.clients % args.processes else 0)
+                   for i in range(args.processes)]
+            subs = [ctx.Process(target=submit_process, args=(address, admin, n, f"s{i}", args.seconds, go, out))
+                    for i, n in enumerate(per) if n]
+            for sub in subs:
+                sub.start()
+            time.sleep(3)  # the clients' processes import grpc and connect before the window opens
+            cpu0 = sum(controller.cpu_times()[:2])
+            go.set()
+            latencies = []
+            failed = 0
+            for _ in subs:
+                lat, f = out.get(timeout=args.seconds + 120)
+                latencies += lat
+                failed += f
+            cpu = sum(controller.cpu_times()[:2]) - cpu0
+            for sub in subs:
+                sub.join(timeout=30)
+            ms = [x * 1000 for x in latencies]
+            print(f"submit: {args.clients} clients for {args.seconds:g} s ({args.workers} workers): "
+                  f"{len(ms) / args.seconds:,.0f} LaunchJob/s, p50 {statistics.median(ms):.1f} ms "
+                  f"p99 {percentile(ms, 0.99):.1f} ms, failed {failed}; controller {cpu / args.seconds:.0%} of a core, "
+                  f"{cpu / max(1, len(ms)) * 1000:.2f} ms CPU per job   load average {os.getloadavg()[0]:.2f}")
+            stop.set()
+            for _ in sims:
+                out.get(timeout=120)
         else:
             cpu0 = sum(controller.cpu_times()[:2])
             t0 = time.monotonic()
-            stub.LaunchJob(C.LaunchJobRequest(name="burst", serialized_entrypoint=entry, resources=T.ResourceSpecProto(
-                cpu_millicores=1000, replicas=args.tasks)), metadata=md, timeout=120)
-            while True:
-                job = stub.GetJobStatus(C.GetJobStatusRequest(job_id="burst"), metadata=md, timeout=60).job
-                if job.state in (T.JOB_STATE_SUCCEEDED, T.JOB_STATE_FAILED, T.JOB_STATE_KILLED):
-                    break
-                time.sleep(0.2)  # polling the job's state, not synchronising threads
+            names = [f"burst-{i}" for i in range(args.jobs)]
+            for i, name in enumerate(names):  # --jobs N: the tasks split over N jobs queued at once
+                replicas = args.tasks // args.jobs + (1 if i < args.tasks % args.jobs else 0)
+                stub.LaunchJob(C.LaunchJobRequest(name=name, serialized_entrypoint=entry,
+                                                  resources=T.ResourceSpecProto(cpu_millicores=1000, replicas=replicas)),
+                               metadata=md, timeout=120)
+            states: list[int] = []
+            for name in names:
+                while True:
+                    job = stub.GetJobStatus(C.GetJobStatusRequest(job_id=name), metadata=md, timeout=60).job
+                    if job.state in (T.JOB_STATE_SUCCEEDED, T.JOB_STATE_FAILED, T.JOB_STATE_KILLED):
+                        states.append(job.state)
+                        break
+                    time.sleep(0.2)  # polling the job's state, not synchronising threads
             wall = time.monotonic() - t0
             cpu = sum(controller.cpu_times()[:2]) - cpu0
-            print(f"throughput: {args.tasks:,} tasks on {args.workers} workers x {args.slots} slots: "
-                  f"{T.JobState.Name(job.state)} in {wall:.2f} s = {args.tasks / wall:,.0f} tasks/s; controller "
+            outcome = ", ".join(sorted({T.JobState.Name(state) for state in states}))
+            print(f"throughput: {args.tasks:,} tasks in {args.jobs} job(s) on {args.workers} workers x {args.slots} slots: "
+                  f"{outcome} in {wall:.2f} s = {args.tasks / wall:,.0f} tasks/s; controller "
                   f"{cpu / wall:.0%} of a core, {cpu / args.tasks * 1000:.3f} ms CPU per task   "
                   f"load average {os.getloadavg()[0]:.2f}")
             stop.set()
