@@ -10,6 +10,7 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -75,8 +76,12 @@ class Entrypoint:
     @classmethod
     def from_proto(cls, proto: cluster_pb2.Entrypoint) -> Entrypoint:
         if proto.WhichOneof("kind") == "command":
-            return cls(argv=tuple(proto.command.argv))
+            # Interned: the jobs a controller holds mostly share their programs and flags.
+            return cls(argv=tuple(sys.intern(arg) if len(arg) <= _INTERN_MAX else arg for arg in proto.command.argv))
         return cls(pickled=proto.callable.pickled)
+
+
+_INTERN_MAX = 256
 
 
 def _frozen_env(env: Mapping[str, str] | None) -> Mapping[str, str]:

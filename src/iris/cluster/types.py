@@ -252,13 +252,17 @@ def device_to_proto(device: Device) -> cluster_pb2.DeviceConfig:
     return cluster_pb2.DeviceConfig(cpu=cluster_pb2.CpuDevice(variant=device.variant))
 
 
+_ANY_CPU = CpuDevice()
+
+
 def device_from_proto(proto: cluster_pb2.DeviceConfig) -> Device:
     kind = proto.WhichOneof("device")
     if kind == "gpu":  # a count of 0 on the wire means one (see ``device_count``)
         return GpuDevice(variant=proto.gpu.variant, count=proto.gpu.count or 1)
     if kind == "tpu":
         return TpuDevice(variant=proto.tpu.variant, count=proto.tpu.count or 1)
-    return CpuDevice(variant=proto.cpu.variant if kind == "cpu" else "")
+    variant = proto.cpu.variant if kind == "cpu" else ""
+    return CpuDevice(variant=variant) if variant else _ANY_CPU  # one shared value: most jobs ask for it
 
 
 def device_kind(proto: cluster_pb2.DeviceConfig) -> str:

@@ -135,12 +135,28 @@ class Job:
         """Attempt running time by how the attempts ended (``state.TIME_CAUSES``)."""
         self.pending_ms = 0
         """Time the job's tasks waited before attempts that started (ongoing waits not included)."""
-        self.success_workers: set[str] = set()
-        """Workers on which a task of this job succeeded (worker quarantine)."""
+        self.success_workers: tuple[str, ...] = ()
+        """Two workers (the smallest ids) on which a task of this job succeeded: enough to tell whether it
+        succeeded on a worker other than a given one (worker quarantine), in 64 bytes, not a set's 216."""
         self.charges: dict[str, int] = {"failure": 0, "preemption": 0}
         """Retries spent by all of its tasks, per budget."""
-        self.similar_failures: dict[str, set[int]] = {}
-        """Failure signature -> indexes of tasks that failed with it (``max_similar_failures``)."""
+        self.similar_failures: dict[str, set[int]] | None = None
+        """Failure signature -> indexes of tasks that failed with it (``max_similar_failures``);
+        made on first use, so only jobs with that rule keep one."""
+
+    def note_success(self, worker_id: str) -> None:
+        if worker_id not in self.success_workers:  # the two smallest ids: the same whatever the order of events
+            self.success_workers = tuple(sorted((*self.success_workers, worker_id)))[:2]
+
+    def succeeded_elsewhere(self, worker_id: str) -> bool:
+        """Whether a task of this job succeeded on a worker other than ``worker_id``."""
+        return any(w != worker_id for w in self.success_workers)
+
+    def similar_tasks(self, signature: str) -> set[int]:
+        """The indexes of tasks that failed with ``signature`` (``max_similar_failures``)."""
+        if self.similar_failures is None:
+            self.similar_failures = {}
+        return self.similar_failures.setdefault(signature, set())
 
     @property
     def name(self) -> str:

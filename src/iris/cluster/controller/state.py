@@ -305,11 +305,11 @@ class ControllerState:
                     if attempt.decided_by == GANG_RESTART:
                         gang_restarts.add(attempt.finished_at_ms or 0)
                     elif attempt.state == SUCCEEDED and attempt.worker_id is not None:
-                        job.success_workers.add(attempt.worker_id)
+                        job.note_success(attempt.worker_id)
                     elif attempt.charged_to == "failure" and attempt.state == cluster_pb2.TASK_STATE_FAILED \
                             and job.spec.max_similar_failures:
                         signature = failure_signature(attempt.error) or f"exit code {attempt.exit_code}"
-                        job.similar_failures.setdefault(signature, set()).add(task.task_index)
+                        job.similar_tasks(signature).add(task.task_index)
                 if timeout_ms and task.is_active() and task.started_at_ms is not None:
                     heapq.heappush(self._deadlines, (task.started_at_ms + timeout_ms, task.task_id,
                                                      task.current_attempt_id))
@@ -834,7 +834,7 @@ class ControllerState:
         worker = self._workers.get(attempt.worker_id) if attempt.worker_id is not None else None
         if attempt.state == SUCCEEDED:
             if attempt.worker_id is not None:
-                job.success_workers.add(attempt.worker_id)
+                job.note_success(attempt.worker_id)
             if worker is not None:
                 worker.streak.clear()
             return
@@ -859,7 +859,7 @@ class ControllerState:
         vindicated = set()
         for _, _, job_id, owner in streak:
             job = self._jobs.get(job_id)
-            if job is not None and job.success_workers - {worker.worker_id}:
+            if job is not None and job.succeeded_elsewhere(worker.worker_id):
                 vindicated.add(owner)
         if len(vindicated) < 2:
             return  # the same jobs must succeed elsewhere, for two owners
@@ -906,7 +906,7 @@ class ControllerState:
         if k and last is not None and last.charged_to == "failure" and last.state == cluster_pb2.TASK_STATE_FAILED \
                 and not job.counts[SUCCEEDED]:
             signature = failure_signature(last.error) or f"exit code {last.exit_code}"
-            tasks = job.similar_failures.setdefault(signature, set())
+            tasks = job.similar_tasks(signature)
             tasks.add(task.task_index)
             if len(tasks) >= k:
                 job.finish(cluster_pb2.JOB_STATE_FAILED, now_ms,
