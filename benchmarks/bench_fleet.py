@@ -25,6 +25,7 @@ import multiprocessing as mp
 import os
 import re
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -416,6 +417,7 @@ def main() -> None:
             sim.join(timeout=30)
         proc.terminate()
         proc.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
