@@ -4,7 +4,7 @@ caller goes on only once its writes are durable (DESIGN §5)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,6 @@ from iris.cluster.clock import FakeClock, wait_until
 from iris.cluster.controller.commits import GroupCommit, StoreFailed
 from iris.cluster.controller.controller import Controller, ControllerConfig
 from iris.cluster.controller.store import ControllerStore, PreparedWrite, StoreError
-from iris.cluster.types import JobId
 from iris.rpc import cluster_pb2
 
 from .fakes import FakeWorkerClients
@@ -64,7 +63,8 @@ def test_a_failed_write_is_reported_once_and_fails_everyone_waiting_for_it_or_la
 
 
 class _GatedStore:
-    """A real store whose transactions wait for ``gate`` (a slow disk), or fail when ``fail`` is set."""
+    """A real store whose transactions wait for ``gate`` (a slow disk), or fail when ``fail`` is set;
+    it counts what was prepared and the size of each transaction."""
 
     def __init__(self, path: Path) -> None:
         self.store = ControllerStore.open(path)
@@ -72,15 +72,22 @@ class _GatedStore:
         self.gate.set()
         self.writing = threading.Event()
         self.fail = False
+        self.prepared = 0
+        self.groups: list[int] = []
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.store, name)
+
+    def prepare(self, state: object, effects: object) -> PreparedWrite | None:
+        self.prepared += 1
+        return self.store.prepare(state, effects)  # type: ignore[arg-type]
 
     def apply(self, writes: Sequence[PreparedWrite]) -> None:
         self.writing.set()
         if self.fail:
             raise StoreError("failed to write controller state: disk I/O error")
         self.gate.wait(30)
+        self.groups.append(len(writes))
         self.store.apply(writes)
 
 
@@ -102,23 +109,38 @@ def _launch(controller: Controller, name: str) -> None:
                                                         resources=T.ResourceSpecProto(replicas=1)))
 
 
-def test_a_submit_returns_only_once_durable_and_the_write_does_not_hold_the_lock(
+def test_writes_run_outside_the_lock_and_nothing_is_answered_before_it_is_durable(
     gated: tuple[Controller, _GatedStore, list[str]], tmp_path: Path
 ) -> None:
+    """While one submit's transaction is on a slow disk, two more submits get through the lock
+    (and are then written together, in one transaction); neither they nor a reader answer until
+    what they saw is durable."""
     controller, store, _ = gated
     store.gate.clear()
     store.writing.clear()
-    submit = threading.Thread(target=_launch, args=(controller, "slow-disk"))
-    submit.start()
+    answered: dict[str, bool] = {}
+
+    def run(name: str, call: Callable[[], object]) -> threading.Thread:
+        def body() -> None:
+            call()
+            answered[name] = store.gate.is_set()  # True: it answered only after the disk did
+        thread = threading.Thread(target=body)
+        thread.start()
+        return thread
+
+    threads = [run("a", lambda: _launch(controller, "a"))]
     assert store.writing.wait(30)
-    # The write is in flight outside the lock: readers (and other writers' state changes) go on.
-    assert [j.job_id for j in controller.list_jobs().jobs] == ["slow-disk"]
-    assert submit.is_alive()  # not acknowledged before it is durable
+    threads += [run(n, lambda n=n: _launch(controller, n)) for n in ("b", "c")]  # type: ignore[misc]
+    wait_until(lambda: store.prepared == 3, 30, message="the lock was held during the write")
+    threads.append(run("reader", lambda: controller.list_jobs()))
+    assert not any(answered.values())
     store.gate.set()
-    submit.join(30)
-    assert not submit.is_alive()
+    for thread in threads:
+        thread.join(30)
+    assert answered == {"a": True, "b": True, "c": True, "reader": True}
+    assert store.groups == [1, 2]
     reloaded = ControllerStore.open(tmp_path / "state").load(now_ms=0)
-    assert reloaded.get_job(JobId("slow-disk")) is not None
+    assert [j.job_id for j in reloaded.list_jobs()] == ["a", "b", "c"]
 
 
 def test_a_write_that_fails_is_never_acknowledged_and_stops_the_controller(

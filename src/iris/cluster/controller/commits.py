@@ -4,8 +4,8 @@ A change is applied to the state and its rows are prepared under the controller'
 are numbered in the order the state changed); the SQL runs after the lock is released, and
 whoever waits first writes every batch queued so far in one transaction (one BEGIN/COMMIT for the
 batches of several concurrent callers). A caller does not go on (reply, kill, launch) until its
-batch is durable: ``DurableLock`` makes that wait part of leaving the lock, so no call site can
-forget it.
+batch is durable, and a reader does not answer from state newer than the disk: ``DurableLock``
+makes that wait part of leaving the lock, so no call site can forget it.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ class GroupCommit(Generic[_W]):
     def wait(self, ticket: int) -> None:
         """Return once the batch of ``ticket`` (and every one before it) is durable; write them if
         no one else is. Raises StoreFailed (or the store's error) when that write failed."""
+        if self._durable >= ticket:  # the common case for readers: nothing in flight
+            return
         with self._cond:
             while self._durable < ticket:
                 if self._failure is not None:
@@ -73,6 +75,11 @@ class GroupCommit(Generic[_W]):
                 self.groups += 1
                 self._cond.notify_all()
 
+    @property
+    def submitted(self) -> int:
+        """The ticket of the newest batch submitted."""
+        return self._submitted
+
     def flush(self) -> None:
         """Wait for everything submitted so far."""
         with self._cond:
@@ -81,8 +88,10 @@ class GroupCommit(Generic[_W]):
 
 
 class DurableLock:
-    """A re-entrant lock; a thread that ``owe``-d a commit ticket while holding it waits for that
-    commit, after the outermost release, before it goes on."""
+    """A re-entrant lock. Leaving the outermost block waits, after the release, until every batch
+    submitted before it is durable: a writer's own, and any other whose state a reader may have
+    seen. So nothing leaves the controller (a reply, a kill, a launch, a page of the job list)
+    before what it was decided from is on disk, and the writes themselves happen outside the lock."""
 
     def __init__(self, commits: GroupCommit[Any] | None) -> None:
         self._lock = threading.RLock()
@@ -90,7 +99,8 @@ class DurableLock:
         self._commits = commits
 
     def owe(self, ticket: int) -> None:
-        """Call with the lock held: the current outermost block waits for ``ticket`` on leaving."""
+        """Call with the lock held: the current outermost block waits for ``ticket`` on leaving
+        (it would anyway: kept so the write path says what it relies on)."""
         self._local.ticket = ticket
 
     def __enter__(self) -> None:
@@ -101,8 +111,9 @@ class DurableLock:
                  tb: TracebackType | None) -> None:
         self._local.depth -= 1
         ticket = 0
-        if self._local.depth == 0:
-            ticket = getattr(self._local, "ticket", 0)
+        if self._local.depth == 0 and self._commits is not None:
+            # Batches are submitted under this lock, so this is every one this block could have seen.
+            ticket = max(self._commits.submitted, getattr(self._local, "ticket", 0))
             self._local.ticket = 0
         self._lock.release()
         if ticket and self._commits is not None:

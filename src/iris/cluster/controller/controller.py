@@ -69,7 +69,7 @@ from iris.cluster.controller.backend import (
     WorkerDaemonTimeouts,
 )
 from iris.cluster.controller.capacity import WorkerSnapshot
-from iris.cluster.controller.commits import DurableLock, GroupCommit
+from iris.cluster.controller.commits import DurableLock, GroupCommit, StoreFailed
 from iris.cluster.controller.job import Job, expand_job_to_tasks
 from iris.cluster.controller.logstore import LogStore, job_key
 from iris.cluster.controller.metrics import ControllerMetrics
@@ -338,14 +338,14 @@ class Controller:
         self._threads.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._backend.close()
-        if self._commits is not None:
-            try:
+        try:
+            if self._commits is not None:
                 self._commits.flush()
-            except Exception:  # already reported (and fatal) where it failed
-                logger.debug("store writes failed before stop", exc_info=True)
-        with self._lock:
-            if self._store is not None:
-                self._store.close()
+            with self._lock:
+                if self._store is not None:
+                    self._store.close()
+        except StoreFailed:  # already reported (and fatal) where it failed
+            logger.debug("store writes failed before stop", exc_info=True)
 
     def wake(self) -> None:
         """Ask the scheduling loop for a pass now."""
