@@ -822,6 +822,7 @@ class WorkerTaskStatus(_message.Message):
     PID_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     JOB_UID_FIELD_NUMBER: _builtins.int
+    LOG_SIZE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt_id: _builtins.int
     state: Global___TaskState.ValueType
@@ -834,6 +835,10 @@ class WorkerTaskStatus(_message.Message):
     """only in a SUCCEEDED report: a callable's pickled return value"""
     job_uid: _builtins.str
     """the job incarnation it belongs to (RunTaskRequest.job_uid); "" from older workers"""
+    log_size: _builtins.int
+    """Only in an ended attempt's report: the size of its whole log, all of which the controller
+    already holds (shipped by PushTaskLogs). The report then completes the log: no separate call.
+    """
     @_builtins.property
     def ports(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     def __init__(
@@ -850,12 +855,15 @@ class WorkerTaskStatus(_message.Message):
         pid: _builtins.int = ...,
         result: _builtins.bytes = ...,
         job_uid: _builtins.str = ...,
+        log_size: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_log_size", b"_log_size", "log_size", b"log_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "error", b"error", "exit_code", b"exit_code", "finished_at_ms", b"finished_at_ms", "job_uid", b"job_uid", "pid", b"pid", "ports", b"ports", "result", b"result", "started_at_ms", b"started_at_ms", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_log_size", b"_log_size", "attempt_id", b"attempt_id", "error", b"error", "exit_code", b"exit_code", "finished_at_ms", b"finished_at_ms", "job_uid", b"job_uid", "log_size", b"log_size", "pid", b"pid", "ports", b"ports", "result", b"result", "started_at_ms", b"started_at_ms", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__log_size: _TypeAlias = _typing.Literal["log_size"]  # noqa: Y015
+    _WhichOneofArgType__log_size: _TypeAlias = _typing.Literal["_log_size", b"_log_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__log_size) -> _WhichOneofReturnType__log_size | None: ...
 
 Global___WorkerTaskStatus: _TypeAlias = WorkerTaskStatus  # noqa: Y015
 

@@ -4,6 +4,7 @@ liveness, reconcile, timeouts (seed criteria 4, 5; DESIGN §3)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -476,3 +477,37 @@ def test_job_status_pages_its_tasks_in_index_order(controller: Controller) -> No
     for offset, limit, field in ((-1, 10, "task_offset"), (0, 5001, "task_limit"), (0, -1, "task_limit")):
         with pytest.raises(InvalidArgument, match=field):
             controller.job_status(JobId("wide"), include_tasks=True, task_offset=offset, task_limit=limit)
+
+
+def test_an_end_report_with_the_log_size_completes_the_shipped_log(clock: FakeClock, fake: FakeWorkerClients,
+                                                                   tmp_path: Path) -> None:
+    """A worker that already shipped an ended attempt's whole log says its size in the end report,
+    which completes the log there (no separate PushTaskLogs call); a size that does not match what
+    the controller holds completes nothing, and a negative one is refused naming the field."""
+    from iris.cluster.controller.logstore import LogStore
+
+    controller = Controller(ControllerConfig(), clock=clock, worker_clients=fake, log_store=LogStore(tmp_path / "logs"))
+    try:
+        register(controller)
+        launch(controller, replicas=2)
+        schedule(controller, fake, 2)
+        uid = controller.get_job(JobId("job")).uid
+        data = b"1700000000000 o hello\n"
+        for i in range(2):
+            report(controller, "w1", f"job/task-{i}", T.TASK_STATE_RUNNING, job_uid=uid)
+            controller.push_task_logs(WorkerId("w1"), T.Controller.PushTaskLogsRequest(worker_id="w1", chunks=[
+                T.LogChunk(task_id=f"job/task-{i}", attempt_id=0, job_uid=uid, start_offset=0, data=data)]))
+
+        def finished(i: int) -> bool:
+            return controller.fetch_task_logs(T.Controller.FetchTaskLogsRequest(task_id=f"job/task-{i}")).attempt_finished
+
+        with pytest.raises(InvalidArgument, match=r"updates\[0\]\.log_size: must be >= 0"):
+            report(controller, "w1", "job/task-0", T.TASK_STATE_SUCCEEDED, job_uid=uid, log_size=-1)
+        assert controller.task_status(JobId("job"), 0).state == T.TASK_STATE_RUNNING  # nothing changed
+        report(controller, "w1", "job/task-0", T.TASK_STATE_SUCCEEDED, job_uid=uid, log_size=len(data))
+        report(controller, "w1", "job/task-1", T.TASK_STATE_SUCCEEDED, job_uid=uid, log_size=len(data) + 5)
+        assert finished(0) and not finished(1)
+        lines = controller.fetch_task_logs(T.Controller.FetchTaskLogsRequest(task_id="job/task-0")).lines
+        assert [line.data for line in lines] == ["hello"]
+    finally:
+        controller.stop()

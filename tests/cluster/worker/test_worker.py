@@ -527,6 +527,36 @@ def test_stop_kills_running_tasks_and_reports_them(
 # -- queries -------------------------------------------------------------------------------------
 
 
+def test_an_ended_attempt_whose_log_was_shipped_reports_its_size_instead_of_another_log_call(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    """The whole log reaches the controller before the end report; when nothing is left to ship,
+    the report says the log's size (completing it there) and no PushTaskLogs call is made; when
+    output is left, it goes in one call whose last chunk is complete, before the report."""
+    runtime = FakeRuntime()
+    worker = make_worker(run_loops=False, runtime=runtime, clock=FakeClock())
+    state = fake_controller.servicer.state
+    for i in range(2):
+        worker.run_task(command_request(["/bin/true"], task_id=f"job/task-{i}"))
+        runtime.spec((f"job/task-{i}", 0))
+    wait_until(lambda: all(worker.task_status(f"job/task-{i}").state == RUNNING for i in range(2)), 30)
+    worker.ship_logs_once(only={("job/task-0", 0)})  # task 0's output is at the controller already
+    worker.flush_outbox_once()
+    shipped = sum(len(c.data) for c in state.log_chunks if c.task_id == "job/task-0")
+    calls = len(state.log_chunks)
+    runtime.exit(("job/task-0", 0), 0)
+    runtime.exit(("job/task-1", 0), 0)
+    wait_until(lambda: worker.pending_reports() >= 2, 30)
+    assert worker.flush_outbox_once()
+    ended = {u.task_id: u for r in state.reports for u in r.updates if u.state == SUCCEEDED}
+    assert ended["job/task-0"].HasField("log_size") and ended["job/task-0"].log_size == shipped > 0
+    assert not ended["job/task-1"].HasField("log_size")
+    later = state.log_chunks[calls:]
+    assert [c.task_id for c in later] == ["job/task-1"] and later[0].complete and later[0].data
+    worker.ship_logs_once()  # both logs are complete at the controller: nothing more to send
+    assert len(state.log_chunks) == calls + 1
+
+
 def test_fetch_logs_by_line_and_newest_attempt(make_worker: WorkerFactory) -> None:
     runtime = FakeRuntime()
     worker = make_worker(runtime=runtime)

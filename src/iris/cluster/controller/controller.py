@@ -1214,8 +1214,11 @@ class Controller:
             check_id(update.task_id, f"updates[{i}].task_id", self.config.limits)
             if update.state not in _TASK_STATES:
                 raise InvalidArgument(f"updates[{i}].state: unknown task state {update.state}")
+            if update.HasField("log_size") and update.log_size < 0:
+                raise InvalidArgument(f"updates[{i}].log_size: must be >= 0, got {update.log_size}")
         kill: list[cluster_pb2.WorkerTaskStatus] = []
         worker_id = WorkerId(request.worker_id)
+        self._complete_logs(worker_id, request.updates)
         with self._lock:
             now = self._clock.now_ms()
             self._state.heartbeat(worker_id, now)
@@ -1404,24 +1407,45 @@ class Controller:
             if chunk.start_offset < 0:
                 raise InvalidArgument(f"chunks[{i}].start_offset: must be >= 0")
         for chunk in request.chunks:
-            with self._lock:
-                task = self._state.get_task(TaskId(chunk.task_id))
-                job = self._state.get_job(task.job_id) if task is not None else None
-                ran_here = task is not None and job is not None and self._state.job_uid_matches(
-                    task.task_id, chunk.job_uid) and (
-                    (task.current_attempt_id == chunk.attempt_id and task.worker_id == worker_id)
-                    or any(a.attempt_id == chunk.attempt_id and a.worker_id == worker_id for a in task.attempts))
-                key = job_key(job.job_id, job.uid) if job is not None else ""
-                index = task.task_index if task is not None else 0
-            if not ran_here or self._logs is None:
+            target = self._log_target(worker_id, chunk.task_id, chunk.attempt_id, chunk.job_uid)
+            if target is None or self._logs is None:
                 offsets.append(-1)
                 continue
+            key, index = target
             log = self._logs.attempt_log(key, index, chunk.attempt_id)
             end = log.append_at(chunk.start_offset, chunk.data) if chunk.data else log.end_offset()
             if chunk.complete and end >= chunk.start_offset + len(chunk.data):
                 self._logs.mark_complete(key, index, chunk.attempt_id)
             offsets.append(end)
         return cluster_pb2.Controller.PushTaskLogsResponse(next_offsets=offsets)
+
+    def _log_target(self, worker_id: WorkerId, task_id: str, attempt_id: int, job_uid: str) -> tuple[str, int] | None:
+        """Where the log of an attempt that ran on ``worker_id`` is kept (job key, task index); None
+        when no such attempt ran there (a deleted job, another worker's attempt)."""
+        with self._lock:
+            task = self._state.get_task(TaskId(task_id))
+            job = self._state.get_job(task.job_id) if task is not None else None
+            if task is None or job is None or not self._state.job_uid_matches(task.task_id, job_uid):
+                return None
+            if not ((task.current_attempt_id == attempt_id and task.worker_id == worker_id)
+                    or any(a.attempt_id == attempt_id and a.worker_id == worker_id for a in task.attempts)):
+                return None
+            return job_key(job.job_id, job.uid), task.task_index
+
+    def _complete_logs(self, worker_id: WorkerId, updates: Sequence[cluster_pb2.WorkerTaskStatus]) -> None:
+        """Ended attempts reported with ``log_size``: their whole log was shipped; complete it here
+        when the controller holds exactly that much (before their end is applied and seen)."""
+        if self._logs is None:
+            return
+        for update in updates:
+            if not update.HasField("log_size") or update.state not in TERMINAL_TASK_STATES:
+                continue
+            target = self._log_target(worker_id, update.task_id, update.attempt_id, update.job_uid)
+            if target is None:
+                continue
+            log = self._logs.attempt_log(target[0], target[1], update.attempt_id)
+            if log.end_offset() == update.log_size:
+                self._logs.mark_complete(target[0], target[1], update.attempt_id)
 
     def attach_log_store(self, logs: LogStore) -> None:
         self._logs = logs

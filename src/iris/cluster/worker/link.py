@@ -105,7 +105,7 @@ class ControllerLink:
         on_acknowledged: Callable[[list[AttemptStatus]], None],
         result_of: Callable[[tuple[str, int]], bytes] | None = None,
         on_forget: Callable[[list[str], list[str]], None] | None = None,
-        before_end_reports: Callable[[list[AttemptKey]], None] | None = None,
+        before_end_reports: Callable[[list[AttemptKey]], dict[AttemptKey, int]] | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
@@ -330,11 +330,17 @@ class ControllerLink:
         ended = [key for key, status in batch.items() if status.finished]
         if ended and self._before_end_reports is not None:
             # The whole log of an attempt reaches the controller before its end does: whoever sees
-            # the attempt ended can read all of its output.
+            # the attempt ended can read all of its output. The report says how big that log is, and
+            # so completes it there (an attempt with no output costs no log call at all).
             try:
-                self._before_end_reports(ended)
+                sizes = self._before_end_reports(ended)
             except Exception:
                 logger.exception("shipping the logs of ended attempts failed")
+                sizes = {}
+            if sizes:
+                for key, proto in zip(batch, updates, strict=True):
+                    if key in sizes:
+                        proto.log_size = sizes[key]
         request = cluster_pb2.Controller.ReportTaskStateRequest(worker_id=self.worker_id, updates=updates)
         try:
             response = self.stub.ReportTaskState(request, timeout=self._config.rpc_timeout_s, metadata=self.metadata())

@@ -221,6 +221,8 @@ class Worker:
         self._logs_shipped: dict[AttemptKey, int] = {}
         """Per attempt: the log offset the controller holds up to."""
         self._logs_done: set[AttemptKey] = set()
+        self._log_claims: dict[AttemptKey, int] = {}
+        """Ended attempts whose report carries their log's size: done once it is acknowledged."""
         """Attempts whose whole log the controller has (or keeps none of)."""
 
         self._link = ControllerLink(
@@ -318,6 +320,7 @@ class Worker:
                     self._held.pop(instruction.key, None)
                     self._logs_shipped.pop(instruction.key, None)
                     self._logs_done.discard(instruction.key)
+                    self._log_claims.pop(instruction.key, None)
                 self._preparer.discard(instruction.key)
             elif isinstance(instruction, am.Prepare):
                 self._submit_launch([instruction.key])
@@ -419,6 +422,10 @@ class Worker:
         return [status_proto(s) for s in statuses], sequence
 
     def _acknowledged(self, statuses: list[AttemptStatus]) -> None:
+        with self._lock:
+            for status in statuses:
+                if self._log_claims.pop(status.key, None) is not None:
+                    self._logs_done.add(status.key)  # the report completed its log at the controller
         instructions = self._handle(am.ReportsAcknowledged(tuple((s.key, s.state) for s in statuses)))
         self._carry_out(instructions)
 
@@ -498,6 +505,7 @@ class Worker:
                 self._held.pop(key, None)
                 self._logs_shipped.pop(key, None)
                 self._logs_done.discard(key)
+                self._log_claims.pop(key, None)
                 # Under the lock (a rare path): nothing may read the old attempt's files as the new one's.
                 self._preparer.discard(key)
                 existing = None
@@ -758,8 +766,25 @@ class Worker:
                     left = True
         return sum(len(c.data) for c in chunks), left or budget <= 0
 
-    def _ship_ended_logs(self, keys: list[AttemptKey]) -> None:
-        self.ship_logs_once(only=set(keys), until_done=True)
+    def _ship_ended_logs(self, keys: list[AttemptKey]) -> dict[AttemptKey, int]:
+        """Before these attempts' ends are reported: ship what the controller lacks of their logs
+        (those go complete in their last chunk). Returns the size of each log the controller
+        already holds whole; the report carries it and so completes the log without a call."""
+        sizes: dict[AttemptKey, int] = {}
+        lacking: set[AttemptKey] = set()
+        for key in keys:
+            end = self._preparer.attempt_log(key).end_offset()
+            with self._lock:
+                if key in self._logs_done:
+                    continue
+                if self._logs_shipped.get(key, 0) >= end:
+                    sizes[key] = end
+                    self._log_claims[key] = end
+                else:
+                    lacking.add(key)
+        if lacking:
+            self.ship_logs_once(only=lacking, until_done=True)
+        return sizes
 
     def _forget_deleted(self, job_uids: list[str], hashes: list[str]) -> None:
         """The controller deleted jobs: drop their ended attempts here (directories and logs) and
@@ -772,6 +797,7 @@ class Worker:
                     self._held.pop(key, None)
                     self._logs_shipped.pop(key, None)
                     self._logs_done.discard(key)
+                    self._log_claims.pop(key, None)
                     self._preparer.discard(key)
         self._forget_bundles(hashes)
 
