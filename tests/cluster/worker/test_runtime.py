@@ -284,3 +284,35 @@ def test_runtime_with_platform_limits_fails_a_memory_hog_with_a_memory_error(tmp
         runtime.close()
     if limits is not None:  # the runtime removed the cgroups it made
         assert limits.memory_base is not None and not limits.memory_base.exists()
+
+
+def test_runtime_many_short_tasks_started_from_several_threads_all_exit_cleanly(
+    runtime: ProcessRuntime, tmp_path: Path
+) -> None:
+    """Tasks with log pipes started from several threads while others end: every one starts and
+    exits 0. (The reaper once closed descriptors mid-batch; a number reused at once by a starting
+    task was then taken for the old one's: the new task SIGKILLed as if it had exited, or its pipe
+    closed before the spawn, EBADF.)"""
+    from iris.cluster.logfile import AttemptLog
+
+    exits = Exits()
+    errors: list[BaseException] = []
+    per_thread, threads = 120, 4
+
+    def starter(t: int) -> None:
+        for i in range(per_thread):
+            name = f"s{t}-{i}"
+            spec = _spec(tmp_path, ["/bin/true"], name, log=AttemptLog(tmp_path / name / "log"))
+            try:
+                runtime.start(spec, exits)
+            except BaseException as e:  # noqa: BLE001 -- collected and asserted below
+                errors.append(e)
+
+    workers = [threading.Thread(target=starter, args=(t,)) for t in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(120)
+    assert errors == []
+    wait_until(lambda: len(exits.exits) == per_thread * threads, 120, message="not every task exited")
+    assert sorted({e.returncode for e in exits.exits.values()}) == [0]

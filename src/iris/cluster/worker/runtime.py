@@ -179,11 +179,15 @@ class _Pipe:
         if out:
             self.log.append(b"".join(out))
 
-    def close(self) -> None:
-        """Flush an unterminated last line and close the read end."""
+    def flush(self) -> None:
+        """Write an unterminated last line to the log."""
         if self.partial:
             self.log.append(encode_record(_now_ms(), self.source, self.partial.rstrip(b"\r")))
             self.partial = b""
+
+    def close(self) -> None:
+        """Flush an unterminated last line and close the read end."""
+        self.flush()
         with contextlib.suppress(OSError):
             os.close(self.fd)
 
@@ -347,6 +351,8 @@ class ProcessRuntime:
         self._by_fd: dict[int, _Running] = {}
         self._pipes: dict[int, _Pipe] = {}
         """Read ends of the tasks' stdout and stderr, by fd (read on the reaper thread)."""
+        self._closing: list[int] | None = None
+        """While the reaper handles a batch of events: the descriptors to close after it."""
         self._stop = threading.Event()
         self._use_pidfd = hasattr(os, "pidfd_open") and hasattr(select, "epoll")
         self._epoll: select.epoll | None = None
@@ -535,34 +541,51 @@ class ProcessRuntime:
                 events = self._epoll.poll()
             except InterruptedError:
                 continue
-            for fd, _ in events:
-                if fd == self._wake_r:
-                    continue
-                pipe = self._pipes.get(fd)
-                if pipe is not None:
-                    if not pipe.drain():
-                        self._close_pipe(pipe)
-                    continue
-                with self._lock:
-                    running = self._by_fd.pop(fd, None)
-                if running is None:
-                    continue
-                self._epoll.unregister(fd)
-                os.close(fd)
-                self._finish(running)
+            # The descriptors this batch is done with are closed only after the whole batch: a number
+            # closed mid-batch can be reused at once by a task starting on another thread, and a
+            # later event of the same batch, still carrying the old number, would then be taken for
+            # the new task's (SIGKILLing it as if it had exited, or closing its pipe before spawn).
+            closing: list[int] = []
+            self._closing = closing
+            try:
+                for fd, _ in events:
+                    if fd == self._wake_r:
+                        continue
+                    pipe = self._pipes.get(fd)
+                    if pipe is not None:
+                        if not pipe.drain():
+                            self._close_pipe(pipe)
+                        continue
+                    with self._lock:
+                        running = self._by_fd.pop(fd, None)
+                    if running is None:
+                        continue
+                    self._epoll.unregister(fd)
+                    closing.append(fd)
+                    self._finish(running)
+            finally:
+                self._closing = None
+                for fd in closing:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
 
     def _wait_one(self, running: _Running) -> None:
         running.wait()
         self._finish(running)
 
     def _close_pipe(self, pipe: _Pipe) -> None:
-        """Called on the reaper thread only (which owns the pipes registered with epoll)."""
+        """Called on the reaper thread only (which owns the pipes registered with epoll); the
+        descriptor itself is closed at the end of the reaper's batch (``_reap_loop``)."""
         if self._pipes.pop(pipe.fd, None) is None:
             return
         if self._epoll is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._epoll.unregister(pipe.fd)
-        pipe.close()
+        if self._closing is not None:
+            pipe.flush()
+            self._closing.append(pipe.fd)
+        else:
+            pipe.close()
 
     def _finish(self, running: _Running) -> None:
         pid = running.pid
