@@ -511,3 +511,23 @@ def test_an_end_report_with_the_log_size_completes_the_shipped_log(clock: FakeCl
         assert [line.data for line in lines] == ["hello"]
     finally:
         controller.stop()
+
+
+def test_a_callable_success_seen_in_a_heartbeat_waits_for_the_report_with_its_result(
+    controller: Controller, fake: FakeWorkerClients
+) -> None:
+    """An observed set carries no return value: a callable task's SUCCEEDED is taken from its
+    report only (retried until acknowledged), so whoever sees it succeeded can read its result."""
+    register(controller)
+    pickled = T.Entrypoint(callable=T.CallableEntrypoint(pickled=b"fn")).SerializeToString()
+    controller.launch_job(T.Controller.LaunchJobRequest(
+        name="fn", serialized_entrypoint=pickled, resources=ResourceSpec(cpu=1, memory="1GiB").to_proto()))
+    schedule(controller, fake, 1)
+    uid = controller.get_job(JobId("fn")).uid
+    done = T.WorkerTaskStatus(task_id="fn/task-0", attempt_id=0, state=T.TASK_STATE_SUCCEEDED, job_uid=uid)
+    controller.heartbeat(T.Controller.HeartbeatRequest(worker_id="w1", tasks=[done], incarnation="inc-127.0.0.1:1001",
+                                                       sequence=99))
+    assert controller.task_status(JobId("fn"), 0).state != T.TASK_STATE_SUCCEEDED
+    report(controller, "w1", "fn/task-0", T.TASK_STATE_SUCCEEDED, job_uid=uid, result=b"pickled-42")
+    assert controller.task_status(JobId("fn"), 0).state == T.TASK_STATE_SUCCEEDED
+    assert controller.task_result(JobId("fn"), 0) == (0, b"pickled-42")

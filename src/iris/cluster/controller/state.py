@@ -1137,7 +1137,11 @@ class ControllerState:
                     # Only an end is taken from an observed set: a live state (BUILDING, RUNNING) comes
                     # through the worker's ordered reports, and a set taken before the newest report may
                     # arrive after it (it must not move RUNNING back to BUILDING).
-                    if attempt.state in TERMINAL_TASK_STATES and attempt.state != task.state:  # type: ignore[union-attr]
+                    # A callable's success is taken from its report only, which carries its return value
+                    # (retried until acknowledged): taken from a set, the task would be SUCCEEDED
+                    # without a result, and the report bringing it would then be stale.
+                    ended = attempt.state in TERMINAL_TASK_STATES and attempt.state != task.state  # type: ignore[union-attr]
+                    if ended and not (attempt.state == SUCCEEDED and self._returns_result(task)):  # type: ignore[arg-type]
                         self.apply_report(
                             worker_id, attempt.task_id, attempt.attempt_id, attempt.state, now_ms,
                             exit_code=attempt.exit_code, error=attempt.error, job_uid=attempt.job_uid,
@@ -1173,6 +1177,10 @@ class ControllerState:
         under that task id (unknown task: True; nothing of it is held)."""
         task = self._tasks.get(task_id)
         return task is None or self._same_incarnation(task, job_uid)
+
+    def _returns_result(self, task: Task) -> bool:
+        job = self._jobs.get(task.job_id)
+        return job is not None and bool(job.spec.entrypoint.pickled)
 
     def _same_incarnation(self, task: Task, job_uid: str) -> bool:
         """Whether a worker's word about ``task`` is about this incarnation of its job ("" on either
