@@ -251,6 +251,13 @@ def submit_process(address: str, admin: str, threads: int, prefix: str, seconds:
     out.put((latencies, failures[0]))
 
 
+def _collect(stop: Event, sims: list[Any], out: Any) -> None:
+    """Stop the simulated workers and take (and drop) what each process reports back."""
+    stop.set()
+    for _ in sims:
+        out.get(timeout=120)
+
+
 def start_controller(tmp: Path, worker_timeout: float, *extra: str) -> tuple[subprocess.Popen[str], str, str, str]:
     state = tmp / "state"
     proc = subprocess.Popen(
@@ -381,9 +388,7 @@ def main() -> None:
                   f"{len(ms) / args.seconds:,.0f} LaunchJob/s, p50 {statistics.median(ms):.1f} ms "
                   f"p99 {percentile(ms, 0.99):.1f} ms, failed {failed}; controller {cpu / args.seconds:.0%} of a core, "
                   f"{cpu / max(1, len(ms)) * 1000:.2f} ms CPU per job   load average {os.getloadavg()[0]:.2f}")
-            stop.set()
-            for _ in sims:
-                out.get(timeout=120)
+            _collect(stop, sims, out)
         else:
             cpu0 = sum(controller.cpu_times()[:2])
             t0 = time.monotonic()
@@ -408,9 +413,7 @@ def main() -> None:
                   f"{outcome} in {wall:.2f} s = {args.tasks / wall:,.0f} tasks/s; controller "
                   f"{cpu / wall:.0%} of a core, {cpu / args.tasks * 1000:.3f} ms CPU per task   "
                   f"load average {os.getloadavg()[0]:.2f}")
-            stop.set()
-            for _ in sims:
-                out.get(timeout=120)
+            _collect(stop, sims, out)
     finally:
         stop.set()
         for sim in sims:

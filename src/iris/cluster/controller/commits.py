@@ -98,11 +98,6 @@ class DurableLock:
         self._local = threading.local()
         self._commits = commits
 
-    def owe(self, ticket: int) -> None:
-        """Call with the lock held: the current outermost block waits for ``ticket`` on leaving
-        (it would anyway: kept so the write path says what it relies on)."""
-        self._local.ticket = ticket
-
     def __enter__(self) -> None:
         self._lock.acquire()
         self._local.depth = getattr(self._local, "depth", 0) + 1
@@ -112,9 +107,9 @@ class DurableLock:
         self._local.depth -= 1
         ticket = 0
         if self._local.depth == 0 and self._commits is not None:
-            # Batches are submitted under this lock, so this is every one this block could have seen.
-            ticket = max(self._commits.submitted, getattr(self._local, "ticket", 0))
-            self._local.ticket = 0
+            # Batches are submitted under this lock, so this is every one this block could have seen
+            # (its own included).
+            ticket = self._commits.submitted
         self._lock.release()
         if ticket and self._commits is not None:
             self._commits.wait(ticket)

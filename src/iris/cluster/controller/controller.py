@@ -402,7 +402,7 @@ class Controller:
                 raise
             if prepared is not None:
                 # Written after the lock is released, before the caller goes on (DurableLock).
-                self._lock.owe(self._commits.submit(prepared))
+                self._commits.submit(prepared)
         return effects
 
     def _store_failed(self, error: BaseException) -> None:
