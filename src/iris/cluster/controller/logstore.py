@@ -9,6 +9,7 @@ stored before uids), so deleting a job is removing one directory.
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from collections import OrderedDict
@@ -50,9 +51,14 @@ class LogStore:
             return log
 
     def mark_complete(self, key: str, task_index: int, attempt_id: int) -> None:
-        directory = self._dir(key, task_index, attempt_id)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / COMPLETE).touch()
+        directory = os.path.join(self.root, key, f"{task_index}.{attempt_id}")
+        try:  # os calls, not pathlib's: once per ended attempt on the report path
+            os.mkdir(directory)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            os.makedirs(directory, exist_ok=True)
+        os.close(os.open(os.path.join(directory, COMPLETE), os.O_WRONLY | os.O_CREAT, 0o644))
 
     def is_complete(self, key: str, task_index: int, attempt_id: int) -> bool:
         return (self._dir(key, task_index, attempt_id) / COMPLETE).exists()

@@ -380,17 +380,26 @@ class ProcessRuntime:
         if self._stop.is_set():
             raise OSError("runtime is closed")
         proc: subprocess.Popen[bytes] | None = None
+        record_fd, record_size = -1, _RECORD_SIZE
         if spec.record_path is not None:
             # Recorded before the process exists, so that a worker killed between the start and
             # the pid record still leaves something to find its orphan by (see kill_orphans).
-            record_size = _write_pending_record(spec.record_path, spec.env)
+            record_fd, record_size = _write_pending_record(spec.record_path, spec.env)
         cgroup = None
-        if self._limits is not None and (spec.memory_limit_bytes > 0 or spec.cpu_limit > 0):
-            cgroup = self._limits.create(f"{spec.key[0]}.{spec.key[1]}", spec.cpu_limit, spec.memory_limit_bytes)
         pipes: list[_Pipe] = []
         writers: list[int] = []
-        if spec.log is not None:
-            pipes, writers = _task_pipes(spec.log)
+        try:
+            if self._limits is not None and (spec.memory_limit_bytes > 0 or spec.cpu_limit > 0):
+                cgroup = self._limits.create(f"{spec.key[0]}.{spec.key[1]}", spec.cpu_limit,
+                                             spec.memory_limit_bytes)
+            if spec.log is not None:
+                pipes, writers = _task_pipes(spec.log)
+        except BaseException:
+            if cgroup is not None and self._limits is not None:
+                self._limits.release(cgroup)
+            if record_fd >= 0:
+                os.close(record_fd)
+            raise
         try:
             try:
                 if self._spawner is not None and spec.user is None:
@@ -406,6 +415,8 @@ class ProcessRuntime:
                 pipe.close()
             if cgroup is not None and self._limits is not None:
                 self._limits.release(cgroup)
+            if record_fd >= 0:
+                os.close(record_fd)
             raise
         if cgroup is not None and self._limits is not None:
             try:
@@ -416,7 +427,7 @@ class ProcessRuntime:
                 cgroup = None
         running = _Running(spec=spec, pid=pid, proc=proc, on_exit=on_exit, cgroup=cgroup, pipes=pipes)
         if spec.record_path is not None:
-            _write_record(spec.record_path, pid, record_size, attempt_marker(spec.env))
+            _write_record(spec.record_path, pid, record_size, attempt_marker(spec.env), record_fd)
         pidfd = -1
         if self._use_pidfd:
             try:
@@ -695,30 +706,33 @@ _RECORD_SIZE = 256
 """Process records are padded to at least this many bytes (JSON ignores the trailing spaces)."""
 
 
-def _write_record(path: Path, pid: int, size: int = _RECORD_SIZE, marker: Mapping[str, str] | None = None) -> None:
-    """Overwrite the pending record with the started process's pid and start time.
+def _write_record(path: Path, pid: int, size: int = _RECORD_SIZE, marker: Mapping[str, str] | None = None,
+                  fd: int = -1) -> None:
+    """Overwrite the pending record with the started process's pid and start time, through ``fd``
+    (the pending record's, left open for this; closed here) or, when -1, by opening ``path``.
 
     One ``pwrite`` at offset 0 of at least the pending record's length, with no truncation: a worker
     killed at any point leaves either the whole pending record or the whole final one, never an
     empty or half-written file (which would hide the orphan from the next incarnation).
     """
-    start = process_start_time(pid)
-    if start is None:
-        return
-    fields: dict[str, object] = {"pid": pid, "start_time": start}
-    if marker:
-        fields["env"] = dict(marker)  # so a restarted worker also finds the attempt's escaped daemons
-    record = json.dumps(fields).encode()
-    if len(record) > size:  # cannot happen with the pending record's size; never truncate the pid
-        size = len(record)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            os.pwrite(fd, record.ljust(size), 0)
-        finally:
-            os.close(fd)
+        start = process_start_time(pid)
+        if start is None:
+            return
+        fields: dict[str, object] = {"pid": pid, "start_time": start}
+        if marker:
+            fields["env"] = dict(marker)  # so a restarted worker also finds the attempt's escaped daemons
+        record = json.dumps(fields).encode()
+        if len(record) > size:  # cannot happen with the pending record's size; never truncate the pid
+            size = len(record)
+        if fd < 0:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.pwrite(fd, record.ljust(size), 0)
     except OSError:
         logger.warning("could not write process record path=%s", path)
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 _MARKER_VARS = ("IRIS_WORKER_ID", "IRIS_TASK_ID", "IRIS_ATTEMPT_ID")
@@ -764,18 +778,21 @@ def _signal_marked(marker: Mapping[str, str], sig: int) -> None:
             pass
 
 
-def _write_pending_record(path: Path, env: Mapping[str, str]) -> int:
+def _write_pending_record(path: Path, env: Mapping[str, str]) -> tuple[int, int]:
     """The record of a process about to start: the attempt's marker variables instead of a pid
-    (only when the environment has them all). Returns its length (the final record covers it)."""
+    (only when the environment has them all). Returns its descriptor, left open for the final
+    record (-1 when none was written), and its length (the final record covers it)."""
     marker = {name: env[name] for name in _MARKER_VARS if name in env}
     if len(marker) != len(_MARKER_VARS):
-        return _RECORD_SIZE
+        return -1, _RECORD_SIZE
     record = json.dumps({"pid": 0, "env": marker}).encode().ljust(_RECORD_SIZE)
+    fd = -1
     try:
-        path.write_bytes(record)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, record)
     except OSError:
         logger.warning("could not write process record path=%s", path)
-    return len(record)
+    return fd, len(record)
 
 
 def _pending_groups(markers: list[dict[str, str]]) -> set[int]:
