@@ -366,8 +366,9 @@ def run_finished_jobs_memory(num_jobs: int = FINISHED_JOBS) -> float:
     for n in range(num_jobs):
         request = make_request(f"job-{n:05d}", 1)
         request.serialized_entrypoint = entry.SerializeToString()
-        job = Job(JobId(f"job-{n:05d}"), request, NOW_MS + n, owner="alice", uid=f"{n:016x}")
-        state.add_job(job, expand_job_to_tasks(job, NOW_MS + n))
+        now = NOW_MS + n  # one time for the job and its tasks, as Controller.launch_job has
+        job = Job(JobId(f"job-{n:05d}"), request, now, owner="alice", uid=f"{n:016x}")
+        state.add_job(job, expand_job_to_tasks(job, now))
         if n % 500 == 499 or n == num_jobs - 1:
             committed, _ = schedule_all(state, NOW_MS + n)
             complete_all(state, committed, NOW_MS + n + 1)

@@ -76,16 +76,30 @@ class Entrypoint:
     @classmethod
     def from_proto(cls, proto: cluster_pb2.Entrypoint) -> Entrypoint:
         if proto.WhichOneof("kind") == "command":
-            # Interned: the jobs a controller holds mostly share their programs and flags.
-            return cls(argv=tuple(sys.intern(arg) if len(arg) <= _INTERN_MAX else arg for arg in proto.command.argv))
+            # Shared: the jobs a controller holds mostly share their programs and flags (its strings
+            # interned), and many are the same command run again (one frozen entrypoint for those).
+            entrypoint = cls(argv=tuple(sys.intern(arg) if len(arg) <= _INTERN_MAX else arg
+                                        for arg in proto.command.argv))
+            if sum(map(len, entrypoint.argv)) > _INTERN_MAX:
+                return entrypoint
+            if len(_SHARED_COMMANDS) >= _SHARED_MAX:
+                _SHARED_COMMANDS.clear()
+            return _SHARED_COMMANDS.setdefault(entrypoint.argv, entrypoint)
         return cls(pickled=proto.callable.pickled)
 
 
 _INTERN_MAX = 256
+_SHARED_MAX = 4096
+_SHARED_COMMANDS: dict[tuple[str, ...], Entrypoint] = {}
+
+
+_NO_ENV: Mapping[str, str] = MappingProxyType({})
 
 
 def _frozen_env(env: Mapping[str, str] | None) -> Mapping[str, str]:
-    return MappingProxyType(dict(env or {}))
+    if not env:
+        return _NO_ENV  # most jobs set none: one shared read-only empty mapping
+    return MappingProxyType(dict(env))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -200,18 +214,18 @@ class JobSpec:
                 if request.HasField("max_retries_preemption")
                 else DEFAULT_MAX_RETRIES_PREEMPTION
             ),
-            scheduling_timeout_seconds=request.scheduling_timeout_seconds,
+            scheduling_timeout_seconds=request.scheduling_timeout_seconds or 0.0,  # 0.0: one shared float
             env=dict(request.environment.env_vars),
             ports=tuple(request.ports),
             coscheduled=request.coscheduled,
             parent_job_id=request.parent_job_id,
             bundle_hash=request.bundle_hash,
             exit_rules=tuple(ExitRule(r.low, r.high, r.action) for r in request.exit_rules),
-            retry_backoff_seconds=request.retry_backoff_seconds,
+            retry_backoff_seconds=request.retry_backoff_seconds or 0.0,
             termination_grace_seconds=(
                 request.termination_grace_seconds if request.HasField("termination_grace_seconds") else None
             ),
-            timeout_seconds=request.timeout_seconds,
+            timeout_seconds=request.timeout_seconds or 0.0,
             max_similar_failures=request.max_similar_failures,
             with_packages=tuple(request.with_packages),
         )
@@ -222,9 +236,16 @@ _FIELDS = tuple(JobSpec.__dataclass_fields__)
 
 def resources_from_proto(proto: cluster_pb2.ResourceSpecProto) -> ResourceSpec:
     try:
-        return ResourceSpec.from_proto(proto)
+        resources = ResourceSpec.from_proto(proto)
     except ValueError as e:
         raise InvalidArgument(f"resources.{e}") from None
+    # Jobs ask for a few shapes: the jobs a controller holds share one frozen spec per shape.
+    if len(_SHARED_RESOURCES) >= _SHARED_MAX:
+        _SHARED_RESOURCES.clear()
+    return _SHARED_RESOURCES.setdefault(resources, resources)
+
+
+_SHARED_RESOURCES: dict[ResourceSpec, ResourceSpec] = {}
 
 
 def parse_entrypoint(data: bytes) -> Entrypoint:

@@ -96,3 +96,41 @@ def test_job_counts_are_updated_per_transition(state: ControllerState) -> None:
     assert job.counts[T.TASK_STATE_PENDING] == 3 and job.num_tasks == 3
     dispatch(state, tasks[0])
     assert job.counts[T.TASK_STATE_PENDING] == 2 and job.counts[T.TASK_STATE_RUNNING] == 1
+
+
+def test_success_workers_are_the_two_smallest_ids_whatever_the_order() -> None:
+    for order in (["w3", "w1", "w2", "w1"], ["w1", "w2", "w3"], ["w2", "w3", "w1"]):
+        job = Job(JobId("a"), make_request(), 0)
+        assert not job.succeeded_elsewhere("w1")
+        for worker in order:
+            job.note_success(worker)
+        assert job.success_workers == ("w1", "w2")
+        assert job.succeeded_elsewhere("w1") and job.succeeded_elsewhere("w9")
+    only = Job(JobId("b"), make_request(), 0)
+    only.note_success("w5")
+    assert only.success_workers == ("w5",)
+    assert not only.succeeded_elsewhere("w5") and only.succeeded_elsewhere("w1")
+
+
+def test_an_ended_job_keeps_what_views_read_and_derives_its_requirements_again(state: ControllerState) -> None:
+    add_worker(state)
+    job, tasks = submit(state, replicas=1)
+    before = job.requirements
+    dispatch(state, tasks[0])
+    state.transition_task(tasks[0].task_id, T.TASK_STATE_SUCCEEDED, now_ms=2_000_000)
+    assert job.state == T.JOB_STATE_SUCCEEDED
+    after = job.requirements
+    assert after == before and after is not before  # rebuilt on demand, not held by an ended job
+    assert (job.cpu, job.memory_bytes, job.device_kind) == (before.cpu, before.memory_bytes, before.device_kind)
+    assert job.time_ms["useful"] > 0 and job.charges == {"failure": 0, "preemption": 0}
+
+
+def test_jobs_of_one_shape_and_command_share_their_frozen_parts() -> None:
+    entry = T.Entrypoint(command=T.CommandEntrypoint(argv=["python", "train.py"])).SerializeToString()
+    first_request, second_request = make_request("a"), make_request("b")
+    first_request.serialized_entrypoint = second_request.serialized_entrypoint = entry
+    first, second = Job(JobId("a"), first_request, 0), Job(JobId("b"), second_request, 0)
+    assert first.spec.entrypoint.argv == ("python", "train.py")
+    assert first.spec.resources is second.spec.resources and first.shape is second.shape
+    assert first.spec.entrypoint is second.spec.entrypoint
+    assert first.spec.env is second.spec.env and dict(first.spec.env) == {}

@@ -17,6 +17,8 @@ task transition (see ``Job.on_task_transition``):
 
 from __future__ import annotations
 
+import sys
+
 from iris.cluster.controller.capacity import JobRequirements
 from iris.cluster.controller.task import TIME_CAUSES, Task
 from iris.cluster.spec import DEFAULT_MAX_RETRIES_PREEMPTION, JobSpec
@@ -54,28 +56,22 @@ class Job:
         "num_tasks",
         "counts",
         "pending_reason",
-        "max_task_failures",
-        "max_retries_failure",
-        "max_retries_preemption",
-        "coscheduled",
-        "scheduling_timeout_ms",
-        "cpu",
-        "memory_bytes",
-        "disk_bytes",
-        "device_kind",
-        "device_variant",
-        "device_count",
-        "bundle_hash",
         "first_failure",
-        "requirements",
+        "_requirements",
+        "shape",
+        "_success_a",
+        "_success_b",
         "submit_seq",
         "owner",
         "gang_restarts",
-        "time_ms",
+        "_useful_ms",
+        "_failure_ms",
+        "_preemption_ms",
+        "_gang_ms",
         "pending_ms",
-        "success_workers",
         "similar_failures",
-        "charges",
+        "_failure_charges",
+        "_preemption_charges",
         "uid",
     )
 
@@ -89,7 +85,7 @@ class Job:
         uid: str = "",
     ) -> None:
         spec = request if isinstance(request, JobSpec) else JobSpec.from_proto(request)
-        self.job_id = job_id
+        self.job_id = JobId(spec.name) if spec.name == job_id else job_id  # one string, not two equal ones
         self.spec = spec
         self.submitted_at_ms = submitted_at_ms
         self.parent_job_id = parent_job_id or (JobId(spec.parent_job_id) if spec.parent_job_id else None)
@@ -101,29 +97,24 @@ class Job:
         self.counts: list[int] = [0] * _NUM_STATES
         """Number of this job's tasks in each TaskState (indexed by the enum value)."""
         self.pending_reason = ""
-        self.max_task_failures = spec.max_task_failures
-        self.max_retries_failure = spec.max_retries_failure
-        self.max_retries_preemption = spec.max_retries_preemption
-        self.coscheduled = spec.coscheduled
-        self.scheduling_timeout_ms = int(spec.scheduling_timeout_seconds * 1000)
         resources = spec.resources
-        # Plain ints and strings, read on the scheduler's hot path.
-        self.cpu = resources.cpu_millicores
-        self.memory_bytes = resources.memory_bytes
-        self.disk_bytes = resources.disk_bytes
         device = resources.device
-        self.device_kind = "cpu" if isinstance(device, CpuDevice) else "gpu" if isinstance(device, GpuDevice) else "tpu"
-        self.device_variant = "" if isinstance(device, CpuDevice) else device.variant
-        self.device_count = 0 if isinstance(device, CpuDevice) else device.count
-        self.bundle_hash = spec.bundle_hash
-        self.requirements = JobRequirements.from_resources(
-            job_id, resources, coscheduled=spec.coscheduled, scheduling_timeout_ms=self.scheduling_timeout_ms
+        shape = (
+            resources.cpu_millicores, resources.memory_bytes, resources.disk_bytes,
+            "cpu" if isinstance(device, CpuDevice) else "gpu" if isinstance(device, GpuDevice) else "tpu",
+            "" if isinstance(device, CpuDevice) else device.variant,
+            0 if isinstance(device, CpuDevice) else device.count,
         )
-        """What one task needs: the scheduler's frozen input, derived once from the frozen spec."""
+        if len(_SHAPES) >= _SHAPES_MAX:
+            _SHAPES.clear()
+        self.shape: tuple[int, int, int, str, str, int] = _SHAPES.setdefault(shape, shape)
+        """What one task takes of a worker (cpu millicores, memory, disk, device kind, variant and
+        count): one tuple shared by every job of that shape, read on the scheduler's hot path."""
+        self._requirements: JobRequirements | None = None
         self.uid = uid
         """This incarnation of ``job_id``, unique across deletions (the shell makes it): attempts,
         reports and task tokens carry it, so nothing of a deleted job matches one reusing its name."""
-        self.owner = owner
+        self.owner = sys.intern(owner)  # a few users own many jobs
         """Who submitted it (a user's name); only they or an admin may stop it or read its secrets."""
         self.submit_seq = 0
         """Position in submission order, set by ``ControllerState`` (list pages are keyed by it)."""
@@ -131,26 +122,131 @@ class Job:
         """Error of the first task that ended FAILED, tolerated or not: the job's error if it fails."""
         self.gang_restarts = 0
         """Times a coscheduled job's running tasks were stopped so the gang restarts together."""
-        self.time_ms: dict[str, int] = dict.fromkeys(TIME_CAUSES, 0)
-        """Attempt running time by how the attempts ended (``state.TIME_CAUSES``)."""
+        # Attempt running time by how the attempts ended (``time_ms``), and retries spent by all of
+        # its tasks, per budget (``charges``): plain slots, not two dicts (368 bytes of every job held).
+        self._useful_ms = self._failure_ms = self._preemption_ms = self._gang_ms = 0
+        self._failure_charges = self._preemption_charges = 0
         self.pending_ms = 0
         """Time the job's tasks waited before attempts that started (ongoing waits not included)."""
-        self.success_workers: tuple[str, ...] = ()
-        """Two workers (the smallest ids) on which a task of this job succeeded: enough to tell whether it
-        succeeded on a worker other than a given one (worker quarantine), in 64 bytes, not a set's 216."""
-        self.charges: dict[str, int] = {"failure": 0, "preemption": 0}
-        """Retries spent by all of its tasks, per budget."""
+        self._success_a: str | None = None
+        self._success_b: str | None = None
         self.similar_failures: dict[str, set[int]] | None = None
         """Failure signature -> indexes of tasks that failed with it (``max_similar_failures``);
         made on first use, so only jobs with that rule keep one."""
 
+    @property
+    def requirements(self) -> JobRequirements:
+        """What one task needs: the scheduler's frozen input, derived from the frozen spec once
+        while the job can still place tasks (an ended job keeps none: ~200 bytes of every job held)."""
+        requirements = self._requirements
+        if requirements is None:
+            requirements = JobRequirements.from_resources(
+                self.job_id, self.spec.resources, coscheduled=self.coscheduled,
+                scheduling_timeout_ms=self.scheduling_timeout_ms,
+            )
+            if not self.is_finished():
+                self._requirements = requirements
+        return requirements
+
+    @property
+    def time_ms(self) -> dict[str, int]:
+        """Attempt running time by how the attempts ended (``state.TIME_CAUSES``; a copy)."""
+        return {"useful": self._useful_ms, "failure": self._failure_ms, "preemption": self._preemption_ms,
+                "gang": self._gang_ms}
+
+    def add_time(self, cause: str, ms: int) -> None:
+        """Count ``ms`` of attempt running time as ``cause`` (one of ``state.TIME_CAUSES``)."""
+        slot = _TIME_SLOTS[cause]
+        setattr(self, slot, getattr(self, slot) + ms)
+
+    @property
+    def charges(self) -> dict[str, int]:
+        """Retries spent by all of its tasks, per budget ("failure", "preemption"; a copy)."""
+        return {"failure": self._failure_charges, "preemption": self._preemption_charges}
+
+    def charge(self, budget: str, count: int = 1) -> None:
+        """Count ``count`` more retries spent from ``budget`` ("failure" or "preemption"; -1 gives one back)."""
+        if budget == "failure":
+            self._failure_charges += count
+        elif budget == "preemption":
+            self._preemption_charges += count
+
+    def _ended(self, now_ms: int) -> None:
+        self.finished_at_ms = now_ms
+        self._requirements = None
+
+    # -- derived from the frozen spec (not held twice) -------------------------------------------
+
+    @property
+    def max_task_failures(self) -> int:
+        return self.spec.max_task_failures
+
+    @property
+    def max_retries_failure(self) -> int:
+        return self.spec.max_retries_failure
+
+    @property
+    def max_retries_preemption(self) -> int:
+        return self.spec.max_retries_preemption
+
+    @property
+    def coscheduled(self) -> bool:
+        return self.spec.coscheduled
+
+    @property
+    def bundle_hash(self) -> str:
+        return self.spec.bundle_hash
+
+    @property
+    def scheduling_timeout_ms(self) -> int:
+        return int(self.spec.scheduling_timeout_seconds * 1000)
+
+    @property
+    def cpu(self) -> int:
+        """Millicores one task takes."""
+        return self.shape[0]
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.shape[1]
+
+    @property
+    def disk_bytes(self) -> int:
+        return self.shape[2]
+
+    @property
+    def device_kind(self) -> str:
+        """"cpu", "gpu" or "tpu"."""
+        return self.shape[3]
+
+    @property
+    def device_variant(self) -> str:
+        return self.shape[4]
+
+    @property
+    def device_count(self) -> int:
+        return self.shape[5]
+
+    @property
+    def success_workers(self) -> tuple[str, ...]:
+        """Two workers (the smallest ids) on which a task of this job succeeded: enough to tell whether it
+        succeeded on a worker other than a given one (worker quarantine), in two slots, not a set's 216 bytes."""
+        return tuple(w for w in (self._success_a, self._success_b) if w is not None)
+
     def note_success(self, worker_id: str) -> None:
-        if worker_id not in self.success_workers:  # the two smallest ids: the same whatever the order of events
-            self.success_workers = tuple(sorted((*self.success_workers, worker_id)))[:2]
+        a, b = self._success_a, self._success_b
+        if worker_id in (a, b):
+            return
+        # The two smallest ids: the same whatever the order of events.
+        if a is None or worker_id < a:
+            self._success_a, self._success_b = worker_id, a
+        elif b is None or worker_id < b:
+            self._success_b = worker_id
 
     def succeeded_elsewhere(self, worker_id: str) -> bool:
         """Whether a task of this job succeeded on a worker other than ``worker_id``."""
-        return any(w != worker_id for w in self.success_workers)
+        a, b = self._success_a, self._success_b
+        return (a is not None and a != worker_id) or (b is not None and b != worker_id)
 
     def similar_tasks(self, signature: str) -> set[int]:
         """The indexes of tasks that failed with ``signature`` (``max_similar_failures``)."""
@@ -208,7 +304,7 @@ class Job:
             return None
         self.state = new_job_state
         if new_job_state in TERMINAL_JOB_STATES:
-            self.finished_at_ms = now_ms
+            self._ended(now_ms)
         return new_job_state
 
     def _derive_state(self, new_task_state: int, task: Task) -> int:
@@ -236,9 +332,14 @@ class Job:
     def finish(self, state: int, now_ms: int, error: str | None) -> None:
         """End the job from outside the task counts (terminate, parent ended)."""
         self.state = state
-        self.finished_at_ms = now_ms
+        self._ended(now_ms)
         if error and not self.error:
             self.error = error
+
+
+_SHAPES: dict[tuple[int, int, int, str, str, int], tuple[int, int, int, str, str, int]] = {}
+_SHAPES_MAX = 4096
+_TIME_SLOTS = {cause: f"_{cause}_ms" for cause in TIME_CAUSES}
 
 
 def _task_error(task: Task, what: str) -> str:

@@ -223,7 +223,7 @@ class ControllerState:
         self._lock = RLock()
         self._jobs: dict[JobId, Job] = {}
         self._tasks: dict[TaskId, Task] = {}
-        self._tasks_by_job: dict[JobId, list[Task]] = {}
+        self._tasks_by_job: dict[JobId, tuple[Task, ...]] = {}
         self._children: dict[JobId, list[JobId]] = {}
         self._workers: dict[WorkerId, ControllerWorker] = {}
         self._task_queue: dict[TaskId, Task] = {}
@@ -273,7 +273,7 @@ class ControllerState:
                 raise ValueError(f"job {job.job_id} already exists")
             self._jobs[job.job_id] = job
             self._index_job(job)
-            self._tasks_by_job[job.job_id] = list(tasks)
+            self._tasks_by_job[job.job_id] = tuple(tasks)
             job.add_tasks(len(tasks))
             queue = self._task_queue
             for task in tasks:
@@ -293,7 +293,7 @@ class ControllerState:
         with self._lock:
             self._jobs[job.job_id] = job
             self._index_job(job)
-            self._tasks_by_job[job.job_id] = list(tasks)
+            self._tasks_by_job[job.job_id] = tuple(tasks)
             timeout_ms = int(job.spec.timeout_seconds * 1000)
             gang_restarts: set[int] = set()
             """When the gang restarts happened: each stopped the others' attempts at that moment."""
@@ -442,7 +442,7 @@ class ControllerState:
     def job_tasks_slice(self, job_id: JobId, start: int, stop: int) -> list[Task]:
         """Tasks ``[start, stop)`` of a job in index order: O(stop - start), not O(tasks)."""
         with self._lock:
-            return self._tasks_by_job.get(job_id, [])[start:stop]
+            return list(self._tasks_by_job.get(job_id, ())[start:stop])
 
     def peek_pending_tasks(self) -> list[Task]:
         """All PENDING tasks in queue order."""
@@ -822,10 +822,9 @@ class ControllerState:
         cause = attempt.time_cause()
         if cause is None or attempt.started_at_ms is None:
             return
-        if cause in job.charges:
-            job.charges[cause] += 1
+        job.charge(cause)
         ms = attempt.running_ms()
-        job.time_ms[cause] += ms
+        job.add_time(cause, ms)
         self.lost_ms[cause] += ms
 
     def _on_attempt_ended(self, job: Job, task: Task, attempt: TaskAttempt, now_ms: int) -> None:
@@ -885,7 +884,7 @@ class ControllerState:
                     attempt.charged_to = "none"
                     job_of = self._jobs.get(task.job_id)
                     if job_of is not None:
-                        job_of.charges["failure"] -= 1
+                        job_of.charge("failure", -1)
                     attempt.decided_by = f"quarantined worker {worker.worker_id}"
                     if not task.is_finished() and task.failure_count > 0:
                         task.failure_count -= 1

@@ -276,7 +276,8 @@ class Task:
             return
         if not charged_to and state != SUCCEEDED:
             charged_to = "none"  # a stop (KILLED) or a timeout before start spends no budget
-        self.attempts.append(
+        # A list of exactly the ended attempts (append would leave room for three more in each task held).
+        self.attempts = self.attempts + [
             TaskAttempt(
                 attempt_id=self.current_attempt_id,
                 worker_id=self.worker_id,
@@ -288,8 +289,8 @@ class Task:
                 is_worker_failure=is_worker_failure,
                 charged_to=charged_to,
                 decided_by=decided_by,
-            )
-        )
+            ),
+        ]
 
     def _finish(self, state: int, now_ms: int, error: str | None, exit_code: int | None) -> None:
         self.state = state
