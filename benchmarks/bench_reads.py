@@ -140,6 +140,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=25_000)
     parser.add_argument("--readers", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--read-share", type=float, default=None,
+                        help="the controller's read_share (default: ControllerConfig's; needs a tree that has it)")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="the controller process's sys.setswitchinterval (default: what `iris controller serve` "
                              "sets when the tree has CONTROLLER_SWITCH_INTERVAL_S, else Python's 5 ms)")
@@ -161,7 +163,10 @@ def main() -> None:
     store = ControllerStore.open(tmp / "state")
     # Hold every job (retention would delete ended jobs beyond its default 10,000 during the run).
     known = getattr(ControllerConfig, "__dataclass_fields__", {})
-    config = ControllerConfig(worker_timeout_s=3600, **({"max_finished_jobs": 0} if "max_finished_jobs" in known else {}))
+    extra: dict[str, Any] = {"max_finished_jobs": 0} if "max_finished_jobs" in known else {}
+    if args.read_share is not None:
+        extra["read_share"] = args.read_share
+    config = ControllerConfig(worker_timeout_s=3600, **extra)
     controller = Controller(config, state=store.load(), store=store)
     started = time.perf_counter()
     # Submitted before the controller's loops start, and ended at once: the controller *holds*

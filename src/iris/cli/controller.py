@@ -52,6 +52,9 @@ def controller() -> None:
 @click.option("--max-heartbeat-rate", default=250.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Heartbeats per second the whole fleet may send: past RATE workers, each is asked to "
                    "heartbeat every WORKERS/RATE seconds (10,000 workers: every 40 s, declared dead after 120 s).")
+@click.option("--read-share", default=0.25, show_default=True, type=click.FloatRange(min=0, max=64, min_open=True),
+              help="Of one core, what reads (job lists and statuses, logs, the dashboard) may use over time, one "
+                   "at a time: readers hammering the controller are slowed to it, heartbeats and dispatch never.")
 @click.option("--max-replicas", default=100_000, show_default=True, type=int, help="Largest replicas accepted.")
 @click.option("--max-termination-grace", default=600.0, show_default=True, type=click.FloatRange(min=0),
               help="The most SIGTERM-to-SIGKILL grace a job may ask for (--termination-grace), seconds.")
@@ -94,6 +97,7 @@ def serve(
     dashboard_port: int,
     worker_timeout: float,
     max_heartbeat_rate: float,
+    read_share: float,
     max_replicas: int,
     max_termination_grace: float,
     quarantine_after: int,
@@ -171,7 +175,7 @@ def serve(
     config = ControllerConfig(worker_timeout_s=worker_timeout, max_heartbeat_rate=max_heartbeat_rate, limits=Limits(max_replicas=max_replicas),
                               auth=auth_mode == "token", max_termination_grace_s=max_termination_grace,
                               quarantine_after=quarantine_after, finished_job_ttl_s=finished_job_ttl,
-                              max_finished_jobs=max_finished_jobs)
+                              max_finished_jobs=max_finished_jobs, read_share=read_share)
     from iris.cluster.controller.logstore import LogStore
 
     ctrl = Controller(config, state=state, store=store, secret=_secret(state_dir),

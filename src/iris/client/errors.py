@@ -136,6 +136,8 @@ def error_from_rpc(error: grpc.RpcError, address: str, what: str = "") -> IrisEr
             f"cannot reach the Iris controller at {address} ({reason}); is it running? "
             "Set --controller or IRIS_CONTROLLER, or start one with `iris cluster start --local`"
         )
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return UnavailableError(details or f"{what or 'request'}: the controller is busy; retry in a moment")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidRequestError(details or f"invalid request{f' for {what}' if what else ''}")
     if code == grpc.StatusCode.NOT_FOUND:

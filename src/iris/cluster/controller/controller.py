@@ -73,6 +73,7 @@ from iris.cluster.controller.commits import DurableLock, GroupCommit, StoreFaile
 from iris.cluster.controller.job import Job, expand_job_to_tasks
 from iris.cluster.controller.logstore import LogStore, job_key
 from iris.cluster.controller.metrics import ControllerMetrics
+from iris.cluster.controller.reads import DEFAULT_SHARE, ReadGate
 from iris.cluster.controller.scheduler import Scheduler
 from iris.cluster.controller.state import (
     ActionLogEntry,
@@ -170,6 +171,10 @@ class ControllerConfig:
     max_finished_jobs: int = 10_000
     """At most this many ended jobs (without a parent) are kept; the oldest go first
     (``--max-finished-jobs``; 0: no limit)."""
+    read_share: float = DEFAULT_SHARE
+    """Of one core, what reads (job lists and statuses, logs, the dashboard) may use over time, one
+    read at a time, so that no reader stalls heartbeats and dispatch (``--read-share``;
+    ``iris.cluster.controller.reads``)."""
 
 
 class StateStore(Protocol):
@@ -268,9 +273,13 @@ class Controller:
                                  self.config.log_fetch_timeout_s),
         )
         self._state.quarantine_after = self.config.quarantine_after
+        self.reads = ReadGate(share=self.config.read_share, clock=self._clock)
+        """Admission of reads (``iris.cluster.controller.reads``): the service's read RPCs and the
+        dashboard pass through it; heartbeats, reports and dispatch never do."""
         self.metrics = ControllerMetrics()
         """Prometheus metrics (``/metrics``): latencies observed here and by the service, counts at scrape."""
         self.metrics.observe_state(self.counts, self.lost_seconds)
+        self.metrics.observe_reads(self.reads)
         self._scheduler = Scheduler(self._state)
         self._launch_bytes: dict[JobId, int] = {}
         """Per job (recent ones), the request bytes one of its launches takes (for batching)."""

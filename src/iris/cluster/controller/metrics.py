@@ -18,6 +18,7 @@ from iris.cluster.types import job_state_name, task_state_name
 from iris.rpc import cluster_pb2
 
 if TYPE_CHECKING:
+    from iris.cluster.controller.reads import ReadGate
     from iris.cluster.controller.views import ClusterCounts
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
@@ -33,6 +34,10 @@ class ControllerMetrics:
         self.rpc_latency = Histogram(
             "iris_rpc_duration_seconds", "Controller RPC handling time, by method.", ["method"],
             buckets=RPC_BUCKETS, registry=self.registry)
+
+    def observe_reads(self, gate: ReadGate) -> None:
+        """Export the read gate's counters (``iris.cluster.controller.reads``), read at each scrape."""
+        self.registry.register(_ReadsCollector(gate))
 
     def observe_state(self, counts: Callable[[], ClusterCounts], lost_seconds: Callable[[], dict[str, float]]) -> None:
         """Export the controller's counts, read at each scrape."""
@@ -70,3 +75,18 @@ class _StateCollector(Collector):
         for cause, seconds in self._lost_seconds().items():
             attempt.add_metric([cause], seconds)
         yield attempt
+
+
+class _ReadsCollector(Collector):
+    def __init__(self, gate: ReadGate) -> None:
+        self._gate = gate
+
+    def collect(self) -> Iterator[Metric]:
+        gate = self._gate
+        yield CounterMetricFamily("iris_reads", "Reads admitted through the read gate (job lists and "
+                                  "statuses, logs, the dashboard).", value=gate.reads)
+        yield CounterMetricFamily("iris_reads_refused", "Reads refused because too many were waiting.",
+                                  value=gate.refused)
+        yield CounterMetricFamily("iris_read_wait_seconds", "Time reads waited for the reads' share of the CPU.",
+                                  value=gate.waited_s)
+        yield GaugeMetricFamily("iris_reads_waiting", "Reads waiting for their turn.", value=gate.waiting)

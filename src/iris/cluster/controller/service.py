@@ -52,11 +52,13 @@ _HUMANS = (Role.ADMIN, Role.USER)
 _READERS = (Role.ADMIN, Role.USER, Role.TASK)
 
 
-def _rpc(*roles: Role) -> Callable[[Callable[..., _R]], Callable[..., _R]]:
+def _rpc(*roles: Role, read: bool = False, exclusive: bool = True) -> Callable[[Callable[..., _R]], Callable[..., _R]]:
     """Authenticate the caller, admit only ``roles`` (there is no default: every RPC names them),
     hand the method the ``Principal``; map IrisError to its status code and any other exception to
     INTERNAL with a log line. Either way the server keeps serving and a rejected request changes
-    nothing."""
+    nothing. A ``read`` runs through the controller's read gate (``iris.cluster.controller.reads``):
+    within the reads' share of the CPU and, when ``exclusive``, one at a time (a read that may wait
+    on a worker, as a log fetch does, is only paced)."""
     if not roles:
         raise ValueError("an RPC must name the roles it admits")
 
@@ -79,6 +81,9 @@ def _rpc(*roles: Role) -> Callable[[Callable[..., _R]], Callable[..., _R]]:
                 principal = self._controller.authenticate(bearer(context.invocation_metadata()))
                 if principal.role not in roles:
                     require_role(principal, *roles, what=method.__name__)
+                if read:
+                    with self._controller.reads.admit(name, exclusive=exclusive):
+                        return method(self, request, context, principal)
                 return method(self, request, context, principal)
             except IrisError as e:
                 context.abort(grpc_status(e), str(e))
@@ -112,7 +117,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
             owner = who.name
         return cluster_pb2.Controller.LaunchJobResponse(job_id=self._controller.launch_job(request, owner=owner))
 
-    @_rpc(*_READERS)
+    @_rpc(*_READERS, read=True)
     def GetJobStatus(
         self, request: cluster_pb2.Controller.GetJobStatusRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.GetJobStatusResponse:
@@ -145,7 +150,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         removed = self._controller.delete_job(JobId(request.job_id))
         return cluster_pb2.Controller.DeleteJobResponse(deleted_job_ids=list(removed))
 
-    @_rpc(*_READERS)
+    @_rpc(*_READERS, read=True)
     def ListJobs(
         self, request: cluster_pb2.Controller.ListJobsRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.ListJobsResponse:
@@ -164,7 +169,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
             jobs=[job_proto(j) for j in jobs], next_page_token=page.next_page_token
         )
 
-    @_rpc(*_READERS)
+    @_rpc(*_READERS, read=True)
     def GetTaskStatus(
         self, request: cluster_pb2.Controller.GetTaskStatusRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.GetTaskStatusResponse:
@@ -173,7 +178,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         task = self._controller.task_status(JobId(request.job_id), request.task_index)
         return cluster_pb2.Controller.GetTaskStatusResponse(task=task_proto(task))
 
-    @_rpc(*_READERS)
+    @_rpc(*_READERS, read=True)
     def ListTasks(
         self, request: cluster_pb2.Controller.ListTasksRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.ListTasksResponse:
@@ -182,7 +187,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         tasks = self._controller.list_tasks(JobId(request.job_id))
         return cluster_pb2.Controller.ListTasksResponse(tasks=[task_proto(t) for t in tasks])
 
-    @_rpc(*_READERS)
+    @_rpc(*_READERS, read=True, exclusive=False)
     def FetchTaskLogs(
         self, request: cluster_pb2.Controller.FetchTaskLogsRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.FetchTaskLogsResponse:
@@ -192,7 +197,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
             raise PermissionDenied(f"FetchTaskLogs: the logs of {job_id!r} are readable only by its owner and admins")
         return self._controller.fetch_task_logs(request)
 
-    @_rpc(*_READERS)
+    @_rpc(*_READERS, read=True)
     def GetTaskResult(
         self, request: cluster_pb2.Controller.GetTaskResultRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.GetTaskResultResponse:
@@ -248,7 +253,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         _require(request.worker_id, "worker_id")
         return self._controller.push_task_logs(WorkerId(request.worker_id), request)
 
-    @_rpc(*_HUMANS)
+    @_rpc(*_HUMANS, read=True)
     def ListWorkers(
         self, request: cluster_pb2.Controller.ListWorkersRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.ListWorkersResponse:
@@ -305,7 +310,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
             endpoint=endpoint_proto(self._controller.lookup_endpoint(request.name))
         )
 
-    @_rpc(*_READERS)
+    @_rpc(*_READERS, read=True)
     def ListEndpoints(
         self, request: cluster_pb2.Controller.ListEndpointsRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.ListEndpointsResponse:
@@ -325,7 +330,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         record, token = self._controller.create_token(request.name, Role(role))
         return cluster_pb2.Controller.CreateTokenResponse(info=token_proto(record), token=token)
 
-    @_rpc(Role.ADMIN)
+    @_rpc(Role.ADMIN, read=True)
     def ListTokens(
         self, request: cluster_pb2.Controller.ListTokensRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.ListTokensResponse:
