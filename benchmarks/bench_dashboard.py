@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--pollers", type=int, default=4)
     parser.add_argument("--renders", type=int, default=10)
+    parser.add_argument("--read-share", type=float, default=None,
+                        help="the controller's read_share (default: ControllerConfig's, as `iris controller serve`)")
     args = parser.parse_args()
     from iris.cli.controller import CONTROLLER_SWITCH_INTERVAL_S
     from iris.cluster.auth import Role
@@ -74,8 +76,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="iris-bench-dashboard-"))
     store = ControllerStore.open(tmp / "state")
     # max_finished_jobs=0: hold every job (retention would delete those beyond 10,000 during the run).
-    controller = Controller(ControllerConfig(worker_timeout_s=3600, max_finished_jobs=0), state=store.load(),
-                            store=store)
+    shares = {"read_share": args.read_share} if args.read_share is not None else {}
+    controller = Controller(ControllerConfig(worker_timeout_s=3600, max_finished_jobs=0, **shares),
+                            state=store.load(), store=store)
     started = time.perf_counter()
     hold_ended_jobs(controller, args.jobs, owner="bench")
     print(f"{args.jobs:,} jobs held in {time.perf_counter() - started:.1f} s", flush=True)

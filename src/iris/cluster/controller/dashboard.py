@@ -26,6 +26,7 @@ import logging
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from pathlib import Path
@@ -47,7 +48,7 @@ from starlette.responses import (
 )
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from iris.client.models import EndpointInfo, JobStatus, LogLine, WorkerInfo
 from iris.cluster.addresses import advertise_host, host_port, is_wildcard
@@ -103,6 +104,8 @@ class Dashboard:
         token ends its sessions)."""
         self._sessions_lock = threading.Lock()
         self._cache: dict[str, tuple[float, bytes]] = {}
+        self._loop_cpu = -1.0
+        """The event loop thread's CPU time when it was last charged to the controller's reads."""
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.socket(family, socket.SOCK_STREAM)
@@ -118,7 +121,7 @@ class Dashboard:
         if is_loopback(host):
             names |= {"127.0.0.1", "localhost", "[::1]"}
         self._hosts = {f"{name}:{self.port}" for name in names} | {name for name in names if not is_loopback(name)}
-        protocol = type("DeadlineH11Protocol", (_DeadlineH11Protocol,), {"deadline_s": request_timeout_s})
+        protocol = type("DeadlineHttpProtocol", (_DeadlineHttpProtocol,), {"deadline_s": request_timeout_s})
         config = uvicorn.Config(
             self.app(), log_level="warning", access_log=False, lifespan="off", http=protocol,
             timeout_keep_alive=5, ssl_certfile=str(tls_cert) if scheme == "https" else None,
@@ -231,9 +234,29 @@ class Dashboard:
     def app(self) -> Starlette:
         dashboard = self
 
+        reads = dashboard._controller.reads
+
         async def call(fn: Callable[[], Any]) -> Any:
             """Run a blocking read on a worker thread, at most ``max_concurrency`` at once."""
             return await anyio.to_thread.run_sync(fn, limiter=dashboard._limiter)
+
+        def as_read(fn: Callable[[], Any], exclusive: bool = True) -> Callable[[], Any]:
+            """``fn`` through the controller's read gate: within the reads' share of the CPU and, when
+            ``exclusive``, one read at a time (a log, which may come from a worker, is only paced)."""
+            def gated() -> Any:
+                with reads.admit("dashboard", exclusive=exclusive):
+                    return fn()
+            return gated
+
+        async def paced() -> None:
+            """Before serving an API request: charge the reads' bucket with the CPU this event loop
+            spent since the last request (HTTP parsing, routing, answers), then wait while it is
+            empty. Pollers hammering the dashboard are slowed to the reads' share of the CPU."""
+            now = time.thread_time()
+            if dashboard._loop_cpu >= 0:
+                reads.charge(now - dashboard._loop_cpu)
+            dashboard._loop_cpu = now
+            await reads.pace()
 
         def who(request: Request) -> Principal:
             principal = dashboard.principal(request.headers.get("authorization"), request.cookies.get(SESSION_COOKIE))
@@ -272,6 +295,7 @@ class Dashboard:
                 if refused is not None:
                     return refused
                 try:
+                    await paced()
                     principal = who(request)
                     if cache:  # after the credential check: the copy is only what any reader may see
                         key = f"{request.url.path}?{request.url.query}"
@@ -347,34 +371,34 @@ class Dashboard:
         async def api_jobs(request: Request, principal: Principal) -> Any:
             q = request.query_params
             states = [s for part in q.getlist("state") for s in part.split(",") if s.strip()]
-            return await call(lambda: dashboard.jobs(
+            return await call(as_read(lambda: dashboard.jobs(
                 states=states, prefix=q.get("prefix", ""), page_size=_int(q, "page_size", 0) or 0,
-                page_token=q.get("page_token", ""), newest_first=q.get("newest_first", "1") not in ("0", "false")))
+                page_token=q.get("page_token", ""), newest_first=q.get("newest_first", "1") not in ("0", "false"))))
 
         async def api_job(request: Request, principal: Principal) -> Any:
             job_id = _required(request.query_params, "id")
-            return await call(lambda: dashboard.job(job_id))
+            return await call(as_read(lambda: dashboard.job(job_id)))
 
         async def api_logs(request: Request, principal: Principal) -> Any:
             q = request.query_params
             task = _required(q, "task", " (JOB/task-INDEX)")
             attempt = _int(q, "attempt", None)
             offset = _int(q, "offset", None)
-            return await call(lambda: dashboard.logs(principal, task, attempt, offset, _int(q, "tail", 0) or 0,
-                                                     _int(q, "max_lines", 1000) or 1000))
+            return await call(as_read(lambda: dashboard.logs(principal, task, attempt, offset, _int(q, "tail", 0) or 0,
+                                                             _int(q, "max_lines", 1000) or 1000), exclusive=False))
 
         async def api_workers(request: Request, principal: Principal) -> Any:
-            return await call(dashboard.workers)
+            return await call(as_read(dashboard.workers))
 
         async def api_worker(request: Request, principal: Principal) -> Any:
             worker_id = _required(request.query_params, "id")
-            return await call(lambda: dashboard.worker(worker_id))
+            return await call(as_read(lambda: dashboard.worker(worker_id)))
 
         async def api_endpoints(request: Request, principal: Principal) -> Any:
-            return await call(dashboard.endpoints)
+            return await call(as_read(dashboard.endpoints))
 
         async def api_actions(request: Request, principal: Principal) -> Any:
-            return await call(dashboard.actions)
+            return await call(as_read(dashboard.actions))
 
         async def api_missing(request: Request, principal: Principal) -> Any:
             raise NotFound(f"no route {request.url.path}")
@@ -406,7 +430,7 @@ class Dashboard:
         return Starlette(routes=routes, exception_handlers={404: not_found})
 
 
-class _DeadlineH11Protocol(H11Protocol):
+class _DeadlineHttpProtocol(HttpToolsProtocol):
     """Closes a connection that has not sent a whole request within ``deadline_s`` of connecting
     (a slow-loris flood holds sockets, never threads)."""
 
