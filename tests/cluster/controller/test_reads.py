@@ -184,3 +184,23 @@ def test_the_dashboard_api_waits_for_the_reads_share_and_its_health_check_does_n
     finally:
         site.stop()
         controller.stop()
+
+
+def test_reads_waiting_for_the_bucket_count_against_the_limit_paced_ones_too() -> None:
+    clock = FakeClock()
+    gate = ReadGate(max_waiting=2, clock=clock)
+    gate.charge(10)  # empty for 40 s of the fake clock
+    def paced_read() -> None:
+        with gate.admit("FetchTaskLogs", exclusive=False):
+            pass
+
+    waiters = [threading.Thread(target=paced_read) for _ in range(2)]
+    for t in waiters:
+        t.start()
+    wait_until(lambda: gate.waiting == 2, 10, message="two paced reads wait for the bucket")
+    with pytest.raises(ResourceExhausted, match="at most 2"), gate.admit("FetchTaskLogs", exclusive=False):
+        pass
+    clock.advance(60)
+    for t in waiters:
+        t.join(10)
+    assert gate.waiting == 0 and gate.reads == 2 and gate.refused == 1

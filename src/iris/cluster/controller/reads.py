@@ -85,9 +85,10 @@ class ReadGate:
 
     # -- admission ----------------------------------------------------------------------------
 
-    def _enter(self, what: str, exclusive: bool) -> None:
-        if not exclusive:
-            return
+    def _wait_admission(self, what: str, exclusive: bool) -> None:
+        """Wait for the turn (when ``exclusive``) and for the bucket; counted as waiting meanwhile,
+        and refused when ``max_waiting`` reads already wait (so waiting reads, paced ones included,
+        can never take all of the RPC threads). On return an exclusive read holds the turn."""
         with self._lock:
             if self._waiting >= self.max_waiting:
                 self.refused += 1
@@ -95,11 +96,24 @@ class ReadGate:
                     f"{what}: the controller already has {self._waiting} reads waiting (at most "
                     f"{self.max_waiting}); retry in a moment")
             self._waiting += 1
+        waited = 0.0
         try:
-            self._turn.acquire()
+            if exclusive:
+                self._turn.acquire()
+            try:
+                while (pause := self.delay()) > 0:
+                    self._clock.wait(self._never, pause)
+                    waited += pause
+            except BaseException:
+                if exclusive:
+                    self._turn.release()
+                raise
         finally:
             with self._lock:
                 self._waiting -= 1
+                self.waited_s += waited
+        with self._lock:
+            self.reads += 1
 
     @contextmanager
     def admit(self, what: str, *, exclusive: bool = True) -> Iterator[None]:
@@ -107,15 +121,8 @@ class ReadGate:
         in it, and, when ``exclusive``, after the reads before it (a read that may wait on something
         else, a worker's log, is only paced, so it never holds the others up). Raises
         ResourceExhausted when too many reads wait."""
-        self._enter(what, exclusive)
+        self._wait_admission(what, exclusive)
         try:
-            waited = 0.0
-            while (pause := self.delay()) > 0:
-                self._clock.wait(self._never, pause)
-                waited += pause
-            with self._lock:
-                self.reads += 1
-                self.waited_s += waited
             start = time.thread_time()
             try:
                 yield
@@ -127,7 +134,7 @@ class ReadGate:
 
     @property
     def waiting(self) -> int:
-        """Reads waiting for their turn now."""
+        """Reads waiting for their turn or for the bucket now."""
         with self._lock:
             return self._waiting
 
