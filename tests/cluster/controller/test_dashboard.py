@@ -122,6 +122,10 @@ def test_dashboard_workers_actions_and_metrics(dashboard: Dashboard) -> None:
         assert f'iris_attempt_seconds_total{{cause="{cause}"}} ' in metrics
     assert "# TYPE iris_scheduling_latency_seconds histogram" in metrics
     assert "# TYPE iris_rpc_duration_seconds histogram" in metrics
+    # The API reads above went through the read gate (workers, one worker twice, actions).
+    reads = next(line for line in metrics.splitlines() if line.startswith("iris_reads_total "))
+    assert float(reads.split()[1]) >= 4
+    assert "iris_reads_refused_total 0.0" in metrics and "iris_reads_waiting 0.0" in metrics
 
 
 def test_dashboard_needs_a_credential_everywhere_but_healthz(dashboard: Dashboard) -> None:
