@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--pollers", type=int, default=4)
     parser.add_argument("--renders", type=int, default=10)
+    parser.add_argument("--read-burst", type=float, default=None,
+                        help="the controller's read_burst_s (default: ControllerConfig's)")
     parser.add_argument("--read-share", type=float, default=None,
                         help="the controller's read_share (default: ControllerConfig's, as `iris controller serve`)")
     args = parser.parse_args()
@@ -77,6 +79,8 @@ def main() -> None:
     store = ControllerStore.open(tmp / "state")
     # max_finished_jobs=0: hold every job (retention would delete those beyond 10,000 during the run).
     shares = {"read_share": args.read_share} if args.read_share is not None else {}
+    if args.read_burst is not None:
+        shares["read_burst_s"] = args.read_burst
     controller = Controller(ControllerConfig(worker_timeout_s=3600, max_finished_jobs=0, **shares),
                             state=store.load(), store=store)
     started = time.perf_counter()

@@ -140,6 +140,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=25_000)
     parser.add_argument("--readers", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--read-burst", type=float, default=None,
+                        help="the controller's read_burst_s (default: ControllerConfig's)")
     parser.add_argument("--read-share", type=float, default=None,
                         help="the controller's read_share (default: ControllerConfig's; needs a tree that has it)")
     parser.add_argument("--switch-interval", type=float, default=None,
@@ -166,6 +168,8 @@ def main() -> None:
     extra: dict[str, Any] = {"max_finished_jobs": 0} if "max_finished_jobs" in known else {}
     if args.read_share is not None:
         extra["read_share"] = args.read_share
+    if args.read_burst is not None:
+        extra["read_burst_s"] = args.read_burst
     config = ControllerConfig(worker_timeout_s=3600, **extra)
     controller = Controller(config, state=store.load(), store=store)
     started = time.perf_counter()

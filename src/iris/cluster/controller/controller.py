@@ -73,7 +73,7 @@ from iris.cluster.controller.commits import DurableLock, GroupCommit, StoreFaile
 from iris.cluster.controller.job import Job, expand_job_to_tasks
 from iris.cluster.controller.logstore import LogStore, job_key
 from iris.cluster.controller.metrics import ControllerMetrics
-from iris.cluster.controller.reads import DEFAULT_SHARE, ReadGate
+from iris.cluster.controller.reads import DEFAULT_BURST_S, DEFAULT_SHARE, ReadGate
 from iris.cluster.controller.scheduler import Scheduler
 from iris.cluster.controller.state import (
     ActionLogEntry,
@@ -175,6 +175,9 @@ class ControllerConfig:
     """Of one core, what reads (job lists and statuses, logs, the dashboard) may use over time, one
     read at a time, so that no reader stalls heartbeats and dispatch (``--read-share``;
     ``iris.cluster.controller.reads``)."""
+    read_burst_s: float = DEFAULT_BURST_S
+    """CPU-seconds of reading that run at once from a full bucket (a lone user listing every job
+    is not slowed); beyond it reads run at ``read_share``."""
 
 
 class StateStore(Protocol):
@@ -273,7 +276,7 @@ class Controller:
                                  self.config.log_fetch_timeout_s),
         )
         self._state.quarantine_after = self.config.quarantine_after
-        self.reads = ReadGate(share=self.config.read_share, clock=self._clock)
+        self.reads = ReadGate(share=self.config.read_share, burst_s=self.config.read_burst_s, clock=self._clock)
         """Admission of reads (``iris.cluster.controller.reads``): the service's read RPCs and the
         dashboard pass through it; heartbeats, reports and dispatch never do."""
         self.metrics = ControllerMetrics()

@@ -31,7 +31,7 @@ from iris.cluster.errors import IrisError
 
 DEFAULT_SHARE = 0.25
 """Of one core, what reads may use over time."""
-DEFAULT_BURST_S = 0.25
+DEFAULT_BURST_S = 1.0
 """CPU-seconds a read may use at once before the next one waits."""
 DEFAULT_MAX_WAITING = 16
 """Reads waiting for their turn; more are refused (the RPC server has 32 threads)."""
