@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -150,8 +151,12 @@ ray.shutdown()
 
 def run_ray(python: str, tasks: int, cpus: int) -> tuple[float, float, str]:
     """One Ray run in a fresh ``ray.init``: (seconds, CPU ms per task, Ray's version)."""
+    # Under `uv run` Ray (>= 2.43) starts its workers with `uv run` in *this* project, which they
+    # cannot (its interpreter is another venv's): they die at start and the run hangs. Ray's own
+    # interpreter is what is measured, so that integration is off.
+    env = dict(os.environ, RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
     out = subprocess.run([python, "-c", RAY_SCRIPT, str(tasks), str(cpus)], capture_output=True, text=True,
-                         timeout=900)
+                         timeout=900, env=env)
     if out.returncode != 0:
         sys.exit(f"the Ray run failed:\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
