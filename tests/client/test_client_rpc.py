@@ -33,8 +33,18 @@ class FakeController(cluster_pb2_grpc.ControllerServiceServicer):
     def __init__(self) -> None:
         self.launched: list[C.LaunchJobRequest] = []
         self.fail_with: tuple[grpc.StatusCode, str] | None = None
+        self.busy_answers = 0
+        """Calls answered RESOURCE_EXHAUSTED (as the controller's read gate does) before the next succeeds."""
+        self.calls: list[str] = []
+
+    def _busy(self, method: str, context: grpc.ServicerContext) -> None:
+        self.calls.append(method)
+        if self.busy_answers > 0:
+            self.busy_answers -= 1
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{method}: 16 reads waiting (at most 16); retry")
 
     def LaunchJob(self, request: C.LaunchJobRequest, context: grpc.ServicerContext) -> C.LaunchJobResponse:
+        self._busy("LaunchJob", context)
         if self.fail_with:
             context.abort(*self.fail_with)
         self.launched.append(request)
@@ -42,6 +52,7 @@ class FakeController(cluster_pb2_grpc.ControllerServiceServicer):
         return C.LaunchJobResponse(job_id=job_id)
 
     def GetJobStatus(self, request: C.GetJobStatusRequest, context: grpc.ServicerContext) -> C.GetJobStatusResponse:
+        self._busy("GetJobStatus", context)
         if self.fail_with:
             context.abort(*self.fail_with)
         return C.GetJobStatusResponse(job=cluster_pb2.JobStatus(job_id=request.job_id))
@@ -169,3 +180,18 @@ def test_unreachable_controller_raises_one_clear_error() -> None:
         with IrisClient.remote(f"127.0.0.1:{port}", timeout=5) as client:
             with pytest.raises(ControllerUnavailableError, match=f"cannot reach the Iris controller at 127.0.0.1:{port}"):
                 client.list_jobs()
+
+
+def test_a_read_the_controller_is_too_busy_for_is_retried_and_a_write_is_not(
+    fake: tuple[FakeController, str],
+) -> None:
+    servicer, address = fake
+    servicer.busy_answers = 2
+    with IrisClient.remote(address) as client:
+        assert client.job_status("x").job_id == "x"
+        assert servicer.calls == ["GetJobStatus"] * 3  # two refusals, retried after a backoff
+        servicer.calls.clear()
+        servicer.busy_answers = 1
+        with pytest.raises(UnavailableError, match="retry"):
+            client.submit(Entrypoint.from_command("true"), "job")
+        assert servicer.calls == ["LaunchJob"]  # a write is never sent twice by the transport

@@ -7,6 +7,7 @@ exceptions with one-line messages, and replies become the dataclasses of ``iris.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sys
@@ -126,6 +127,17 @@ class LogChunk:
     """Byte offset of ``next_line``: pass it back with it so the next page costs O(page)."""
 
 
+_READ_METHODS = ("GetJobStatus", "ListJobs", "GetTaskStatus", "ListTasks", "GetTaskResult", "FetchTaskLogs",
+                 "ListWorkers", "ListEndpoints", "ListTokens")
+_READ_RETRY_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{"service": "iris.cluster.ControllerService", "method": m} for m in _READ_METHODS],
+    # The controller refuses a read with RESOURCE_EXHAUSTED when too many wait for their turn (its
+    # read gate); gRPC retries it after a jittered backoff, as clients of Kubernetes retry a 429.
+    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "2s", "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["RESOURCE_EXHAUSTED"]},
+}]})
+
+
 class IrisClient:
     """A connection to an Iris controller.
 
@@ -160,6 +172,8 @@ class IrisClient:
             ("grpc.enable_http_proxy", 0),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", _READ_RETRY_CONFIG),
         ]
         ca = tls_ca if tls_ca is not None else os.environ.get(TLS_CA_ENV, "").strip() or None
         if ca:
