@@ -20,7 +20,7 @@ import cloudpickle
 
 from iris.cluster.errors import InvalidArgument
 from iris.cluster.failures import ExitRule
-from iris.cluster.types import ResourceSpec
+from iris.cluster.types import ResourceSpec, shared
 from iris.rpc import cluster_pb2
 
 DEFAULT_MAX_RETRIES_PREEMPTION = 100
@@ -82,14 +82,11 @@ class Entrypoint:
                                         for arg in proto.command.argv))
             if sum(map(len, entrypoint.argv)) > _INTERN_MAX:
                 return entrypoint
-            if len(_SHARED_COMMANDS) >= _SHARED_MAX:
-                _SHARED_COMMANDS.clear()
-            return _SHARED_COMMANDS.setdefault(entrypoint.argv, entrypoint)
+            return shared(_SHARED_COMMANDS, entrypoint.argv, entrypoint)
         return cls(pickled=proto.callable.pickled)
 
 
 _INTERN_MAX = 256
-_SHARED_MAX = 4096
 _SHARED_COMMANDS: dict[tuple[str, ...], Entrypoint] = {}
 
 
@@ -240,9 +237,7 @@ def resources_from_proto(proto: cluster_pb2.ResourceSpecProto) -> ResourceSpec:
     except ValueError as e:
         raise InvalidArgument(f"resources.{e}") from None
     # Jobs ask for a few shapes: the jobs a controller holds share one frozen spec per shape.
-    if len(_SHARED_RESOURCES) >= _SHARED_MAX:
-        _SHARED_RESOURCES.clear()
-    return _SHARED_RESOURCES.setdefault(resources, resources)
+    return shared(_SHARED_RESOURCES, resources, resources)
 
 
 _SHARED_RESOURCES: dict[ResourceSpec, ResourceSpec] = {}

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import NewType
+from typing import NewType, TypeVar
 
 from iris.rpc import cluster_pb2
 
@@ -431,6 +432,21 @@ class WorkerMetadata:
 
 
 # ---------------------------------------------------------------------------- addresses
+
+
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+SHARED_MAX = 4096
+"""Entries a sharing cache (``shared``) holds before it starts over."""
+
+
+def shared(cache: dict[_K, _V], key: _K, value: _V) -> _V:
+    """The value already held under ``key`` in ``cache``, else ``value`` (now held): so that the many
+    equal frozen values a controller keeps (jobs' shapes, resource specs, commands) are one object.
+    The cache is emptied when it reaches ``SHARED_MAX`` entries, which only costs sharing."""
+    if len(cache) >= SHARED_MAX:
+        cache.clear()
+    return cache.setdefault(key, value)
 
 
 def host_port(host: str, port: int) -> str:

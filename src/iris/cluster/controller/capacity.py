@@ -13,7 +13,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from iris.cluster.types import CpuDevice, GpuDevice, JobId, ResourceSpec, WorkerId, format_cpu, format_size
+from iris.cluster.types import (
+    CpuDevice,
+    GpuDevice,
+    JobId,
+    ResourceSpec,
+    WorkerId,
+    format_cpu,
+    format_size,
+    shared,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +40,7 @@ class JobRequirements:
     device_count: int
     coscheduled: bool = False
     scheduling_timeout_ms: int = 0
-    shape: tuple[int, int, int, str, str, int] = ()  # type: ignore[assignment]
+    shape: TaskShape = ()  # type: ignore[assignment]
     """Jobs of one shape fit exactly the same workers (computed once, on construction)."""
 
     def __post_init__(self) -> None:
@@ -42,14 +51,25 @@ class JobRequirements:
     def from_resources(
         cls, job_id: JobId, resources: ResourceSpec, *, coscheduled: bool = False, scheduling_timeout_ms: int = 0
     ) -> JobRequirements:
-        device = resources.device
-        if isinstance(device, CpuDevice):
-            kind, variant, count = "cpu", "", 0
-        else:
-            kind = "gpu" if isinstance(device, GpuDevice) else "tpu"
-            variant, count = device.variant, device.count
-        return cls(job_id, resources.cpu_millicores, resources.memory_bytes, resources.disk_bytes, kind, variant, count,
-                   coscheduled, scheduling_timeout_ms)
+        return cls(job_id, *task_shape(resources), coscheduled, scheduling_timeout_ms)
+
+
+TaskShape = tuple[int, int, int, str, str, int]
+"""What one task takes of a worker: cpu millicores, memory bytes, disk bytes, device kind ("cpu",
+"gpu", "tpu"), variant and count."""
+_SHAPES: dict[TaskShape, TaskShape] = {}
+
+
+def task_shape(resources: ResourceSpec) -> TaskShape:
+    """The shape of a task asking for ``resources``; equal shapes are one shared tuple."""
+    device = resources.device
+    if isinstance(device, CpuDevice):
+        kind, variant, count = "cpu", "", 0
+    else:
+        kind = "gpu" if isinstance(device, GpuDevice) else "tpu"
+        variant, count = device.variant, device.count
+    shape = (resources.cpu_millicores, resources.memory_bytes, resources.disk_bytes, kind, variant, count)
+    return shared(_SHAPES, shape, shape)
 
 
 class Capacity(Protocol):

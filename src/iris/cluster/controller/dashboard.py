@@ -240,13 +240,13 @@ class Dashboard:
             """Run a blocking read on a worker thread, at most ``max_concurrency`` at once."""
             return await anyio.to_thread.run_sync(fn, limiter=dashboard._limiter)
 
-        def as_read(fn: Callable[[], Any], exclusive: bool = True) -> Callable[[], Any]:
-            """``fn`` through the controller's read gate: within the reads' share of the CPU and, when
-            ``exclusive``, one read at a time (a log, which may come from a worker, is only paced)."""
+        async def read(fn: Callable[[], Any], exclusive: bool = True) -> Any:
+            """``call(fn)`` through the controller's read gate: within the reads' share of the CPU and,
+            when ``exclusive``, one read at a time (a log, which may come from a worker, is only paced)."""
             def gated() -> Any:
                 with reads.admit("dashboard", exclusive=exclusive):
                     return fn()
-            return gated
+            return await call(gated)
 
         async def paced() -> None:
             """Before serving an API request: charge the reads' bucket with the CPU this event loop
@@ -371,34 +371,34 @@ class Dashboard:
         async def api_jobs(request: Request, principal: Principal) -> Any:
             q = request.query_params
             states = [s for part in q.getlist("state") for s in part.split(",") if s.strip()]
-            return await call(as_read(lambda: dashboard.jobs(
+            return await read(lambda: dashboard.jobs(
                 states=states, prefix=q.get("prefix", ""), page_size=_int(q, "page_size", 0) or 0,
-                page_token=q.get("page_token", ""), newest_first=q.get("newest_first", "1") not in ("0", "false"))))
+                page_token=q.get("page_token", ""), newest_first=q.get("newest_first", "1") not in ("0", "false")))
 
         async def api_job(request: Request, principal: Principal) -> Any:
             job_id = _required(request.query_params, "id")
-            return await call(as_read(lambda: dashboard.job(job_id)))
+            return await read(lambda: dashboard.job(job_id))
 
         async def api_logs(request: Request, principal: Principal) -> Any:
             q = request.query_params
             task = _required(q, "task", " (JOB/task-INDEX)")
             attempt = _int(q, "attempt", None)
             offset = _int(q, "offset", None)
-            return await call(as_read(lambda: dashboard.logs(principal, task, attempt, offset, _int(q, "tail", 0) or 0,
-                                                             _int(q, "max_lines", 1000) or 1000), exclusive=False))
+            return await read(lambda: dashboard.logs(principal, task, attempt, offset, _int(q, "tail", 0) or 0,
+                                                     _int(q, "max_lines", 1000) or 1000), exclusive=False)
 
         async def api_workers(request: Request, principal: Principal) -> Any:
-            return await call(as_read(dashboard.workers))
+            return await read(dashboard.workers)
 
         async def api_worker(request: Request, principal: Principal) -> Any:
             worker_id = _required(request.query_params, "id")
-            return await call(as_read(lambda: dashboard.worker(worker_id)))
+            return await read(lambda: dashboard.worker(worker_id))
 
         async def api_endpoints(request: Request, principal: Principal) -> Any:
-            return await call(as_read(dashboard.endpoints))
+            return await read(dashboard.endpoints)
 
         async def api_actions(request: Request, principal: Principal) -> Any:
-            return await call(as_read(dashboard.actions))
+            return await read(dashboard.actions)
 
         async def api_missing(request: Request, principal: Principal) -> Any:
             raise NotFound(f"no route {request.url.path}")

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import sys
 
-from iris.cluster.controller.capacity import JobRequirements
+from iris.cluster.controller.capacity import JobRequirements, TaskShape, task_shape
 from iris.cluster.controller.task import TIME_CAUSES, Task
 from iris.cluster.spec import DEFAULT_MAX_RETRIES_PREEMPTION, JobSpec
 from iris.cluster.types import (
     TERMINAL_JOB_STATES,
-    CpuDevice,
-    GpuDevice,
     JobId,
     task_id_for,
 )
@@ -97,19 +95,9 @@ class Job:
         self.counts: list[int] = [0] * _NUM_STATES
         """Number of this job's tasks in each TaskState (indexed by the enum value)."""
         self.pending_reason = ""
-        resources = spec.resources
-        device = resources.device
-        shape = (
-            resources.cpu_millicores, resources.memory_bytes, resources.disk_bytes,
-            "cpu" if isinstance(device, CpuDevice) else "gpu" if isinstance(device, GpuDevice) else "tpu",
-            "" if isinstance(device, CpuDevice) else device.variant,
-            0 if isinstance(device, CpuDevice) else device.count,
-        )
-        if len(_SHAPES) >= _SHAPES_MAX:
-            _SHAPES.clear()
-        self.shape: tuple[int, int, int, str, str, int] = _SHAPES.setdefault(shape, shape)
-        """What one task takes of a worker (cpu millicores, memory, disk, device kind, variant and
-        count): one tuple shared by every job of that shape, read on the scheduler's hot path."""
+        self.shape: TaskShape = task_shape(spec.resources)
+        """What one task takes of a worker (one tuple shared by every job of that shape), read on
+        the scheduler's hot path."""
         self._requirements: JobRequirements | None = None
         self.uid = uid
         """This incarnation of ``job_id``, unique across deletions (the shell makes it): attempts,
@@ -337,8 +325,6 @@ class Job:
             self.error = error
 
 
-_SHAPES: dict[tuple[int, int, int, str, str, int], tuple[int, int, int, str, str, int]] = {}
-_SHAPES_MAX = 4096
 _TIME_SLOTS = {cause: f"_{cause}_ms" for cause in TIME_CAUSES}
 
 

@@ -388,19 +388,12 @@ class ProcessRuntime:
         cgroup = None
         pipes: list[_Pipe] = []
         writers: list[int] = []
-        try:
+        try:  # whatever fails from here on undoes all of it
             if self._limits is not None and (spec.memory_limit_bytes > 0 or spec.cpu_limit > 0):
                 cgroup = self._limits.create(f"{spec.key[0]}.{spec.key[1]}", spec.cpu_limit,
                                              spec.memory_limit_bytes)
             if spec.log is not None:
                 pipes, writers = _task_pipes(spec.log)
-        except BaseException:
-            if cgroup is not None and self._limits is not None:
-                self._limits.release(cgroup)
-            if record_fd >= 0:
-                os.close(record_fd)
-            raise
-        try:
             try:
                 if self._spawner is not None and spec.user is None:
                     pid = self._spawner.spawn(spec, (writers[0], writers[1]) if writers else None)
@@ -782,8 +775,8 @@ def _write_pending_record(path: Path, env: Mapping[str, str]) -> tuple[int, int]
     """The record of a process about to start: the attempt's marker variables instead of a pid
     (only when the environment has them all). Returns its descriptor, left open for the final
     record (-1 when none was written), and its length (the final record covers it)."""
-    marker = {name: env[name] for name in _MARKER_VARS if name in env}
-    if len(marker) != len(_MARKER_VARS):
+    marker = attempt_marker(env)
+    if not marker:
         return -1, _RECORD_SIZE
     record = json.dumps({"pid": 0, "env": marker}).encode().ljust(_RECORD_SIZE)
     fd = -1
