@@ -16,14 +16,16 @@ heartbeats back to back over gRPC and records each call's latency, while, in yet
 3. ``--readers`` list readers at once, plus a hostile one sending a 1 MiB id prefix;
 4. the list readers plus one reading job after job's status with its tasks (``GetJobStatus``).
 
-It prints p50 / p99 / max heartbeat latency of each phase, the p99 ratios to quiet and the load
-average. It speaks only the public protocol, so the same script measures an older tree too
+It prints p50 / p99 / max heartbeat latency of each phase, the p99 ratios to quiet, the load
+average, and how many full garbage-collection passes ran during the phases and the longest (the
+heap is frozen as ``iris controller serve`` freezes it; ``--no-heap-freeze``: Python's defaults). It speaks only the public protocol, so the same script measures an older tree too
 (``cd OLD && uv run python NEW/benchmarks/bench_reads.py``). Nothing asserts on time.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import multiprocessing as mp
 import os
 import shutil
@@ -130,6 +132,21 @@ def register_fake_worker(address: str) -> None:
         metadata=T.WorkerMetadata(cpu_count=8, memory_bytes=1 << 34)), timeout=30)
 
 
+def _time_full_collections(into: list[float]) -> None:
+    """Append the duration (ms) of every full (generation 2) garbage-collection pass to ``into``."""
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            into.append((time.perf_counter() - started[0]) * 1000)
+
+    gc.callbacks.append(callback)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -144,6 +161,9 @@ def main() -> None:
                         help="the controller's read_burst_s (default: ControllerConfig's)")
     parser.add_argument("--read-share", type=float, default=None,
                         help="the controller's read_share (default: ControllerConfig's; needs a tree that has it)")
+    parser.add_argument("--no-heap-freeze", action="store_true",
+                        help="leave the garbage collector at Python's defaults (`iris controller serve` freezes "
+                             "the heap it holds: iris.cluster.controller.heap)")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="the controller process's sys.setswitchinterval (default: what `iris controller serve` "
                              "sets when the tree has CONTROLLER_SWITCH_INTERVAL_S, else Python's 5 ms)")
@@ -185,6 +205,18 @@ def main() -> None:
     server = ControllerServer(controller, "127.0.0.1", 0)
     server.start()
     register_fake_worker(server.address)
+    pauses: list[float] = []  # full garbage-collection passes during the phases, in ms
+    _time_full_collections(pauses)
+    if not args.no_heap_freeze:
+        try:
+            from iris.cluster.clock import SystemClock
+            from iris.cluster.controller.heap import HeapFreezer
+        except ImportError:  # an older tree
+            print("no heap policy in this tree: Python's default garbage collection")
+        else:
+            HeapFreezer(SystemClock()).tick()  # as `iris controller serve` once its state is loaded
+            pauses.clear()
+            print(f"heap frozen as `iris controller serve` does ({gc.get_freeze_count():,} objects)", flush=True)
 
     ctx = mp.get_context("spawn")
     notes: list[Any] = []
@@ -220,6 +252,8 @@ def main() -> None:
     q = percentile(quiet, 0.99)
     print(f"p99 / quiet p99: 1 reader {percentile(one, 0.99) / q:.1f}x; {args.readers} readers + hostile "
           f"{percentile(many, 0.99) / q:.1f}x; readers + statuses {percentile(mixed, 0.99) / q:.1f}x")
+    print(f"full garbage-collection passes during the phases: {len(pauses)}, longest "
+          f"{max(pauses, default=0):.1f} ms")
     server.stop(grace=0)
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -123,6 +123,7 @@ def serve(
     On a fresh state dir it writes an admin token to STATE_DIR/admin.token and a worker join token
     to STATE_DIR/join.token (mode 0600)."""
     from iris.cluster.controller.controller import Controller, ControllerConfig
+    from iris.cluster.controller.heap import HeapFreezer
     from iris.cluster.controller.service import ControllerServer
     from iris.cluster.controller.store import ControllerStore, StoreError
     from iris.cluster.validation import Limits
@@ -218,8 +219,12 @@ def serve(
     click.echo(f"controller serving on {server.address} (state: {state_dir}, {jobs} jobs loaded)", nl=True)
     if dashboard is not None:
         click.echo(f"dashboard on {dashboard.url}")
+    # The state is loaded and served: from here on, what the process holds is kept out of full
+    # garbage-collection passes (iris.cluster.controller.heap).
+    heap = HeapFreezer(SystemClock())
+    heap.tick()
     while not stop.wait(1.0):
-        pass
+        heap.tick()
     click.echo("controller shutting down", err=True)
     if dashboard is not None:
         dashboard.stop()
