@@ -3,6 +3,7 @@ liveness, reconcile, timeouts (seed criteria 4, 5; DESIGN §3)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -509,6 +510,40 @@ def test_an_end_report_with_the_log_size_completes_the_shipped_log(clock: FakeCl
         assert finished(0) and not finished(1)
         lines = controller.fetch_task_logs(T.Controller.FetchTaskLogsRequest(task_id="job/task-0")).lines
         assert [line.data for line in lines] == ["hello"]
+    finally:
+        controller.stop()
+
+
+def test_an_attempt_that_printed_nothing_is_complete_without_a_directory_of_its_own(
+        clock: FakeClock, fake: FakeWorkerClients, tmp_path: Path) -> None:
+    """Most short tasks print nothing: their logs' completeness is one line in the job's
+    ``complete.empty``, not a directory and a file per attempt, and it outlives the controller."""
+    from iris.cluster.controller.logstore import EMPTY_COMPLETE, LogStore
+
+    controller = Controller(ControllerConfig(), clock=clock, worker_clients=fake, log_store=LogStore(tmp_path / "logs"))
+    try:
+        register(controller)
+        launch(controller, replicas=3)
+        schedule(controller, fake, 3)
+        uid = controller.get_job(JobId("job")).uid
+        data = b"1700000000000 o hello\n"
+        for i in range(3):
+            report(controller, "w1", f"job/task-{i}", T.TASK_STATE_RUNNING, job_uid=uid)
+        controller.push_task_logs(WorkerId("w1"), T.Controller.PushTaskLogsRequest(worker_id="w1", chunks=[
+            T.LogChunk(task_id="job/task-1", attempt_id=0, job_uid=uid, start_offset=0, data=data)]))
+        report(controller, "w1", "job/task-0", T.TASK_STATE_SUCCEEDED, job_uid=uid, log_size=0)
+        report(controller, "w1", "job/task-1", T.TASK_STATE_SUCCEEDED, job_uid=uid, log_size=len(data))
+
+        def finished(i: int) -> bool:
+            return controller.fetch_task_logs(T.Controller.FetchTaskLogsRequest(task_id=f"job/task-{i}")).attempt_finished
+
+        assert finished(0) and finished(1) and not finished(2)
+        assert controller.fetch_task_logs(T.Controller.FetchTaskLogsRequest(task_id="job/task-0")).lines == []
+        assert sorted(os.listdir(tmp_path / "logs" / uid)) == ["1.0", EMPTY_COMPLETE]
+        again = LogStore(tmp_path / "logs")  # a restarted controller's
+        assert again.is_complete(uid, 0, 0) and again.is_complete(uid, 1, 0) and not again.is_complete(uid, 2, 0)
+        report(controller, "w1", "job/task-2", T.TASK_STATE_FAILED, job_uid=uid, log_size=0, exit_code=1)
+        assert finished(2)
     finally:
         controller.stop()
 
