@@ -281,8 +281,19 @@ class AttemptPreparer:
             shutil.rmtree(work_dir, ignore_errors=True)
 
     def discard(self, key: AttemptKey) -> None:
-        """Remove one attempt's directory (never the tasks directory itself)."""
-        shutil.rmtree(self.attempt_dir(key), ignore_errors=True)
+        """Remove one attempt's directory (never the tasks directory itself). Most attempts leave
+        only their process record there: an unlink and an rmdir, not rmtree's walk."""
+        directory = str(self.attempt_dir(key))
+        try:
+            os.unlink(os.path.join(directory, PROCESS_RECORD))
+        except OSError:
+            pass
+        try:
+            os.rmdir(directory)
+        except FileNotFoundError:
+            pass
+        except OSError:  # a log, a result, a work directory left behind
+            shutil.rmtree(directory, ignore_errors=True)
         self._dirs.pop(key, None)
         with self._lock:
             self._logs.pop(key, None)
