@@ -18,7 +18,8 @@ heartbeats back to back over gRPC and records each call's latency, while, in yet
 
 It prints p50 / p99 / max heartbeat latency of each phase, the p99 ratios to quiet, the load
 average, and how many full garbage-collection passes ran during the phases and the longest (the
-heap is frozen as ``iris controller serve`` freezes it; ``--no-heap-freeze``: Python's defaults). It speaks only the public protocol, so the same script measures an older tree too
+heap is frozen as ``iris controller serve`` freezes it; ``--no-heap-freeze``: Python's defaults).
+It speaks only the public protocol, so the same script measures an older tree too
 (``cd OLD && uv run python NEW/benchmarks/bench_reads.py``). Nothing asserts on time.
 """
 

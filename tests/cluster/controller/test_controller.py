@@ -45,6 +45,22 @@ def controller(clock: FakeClock, fake: FakeWorkerClients, core: ControllerState)
     core.check_invariants()
 
 
+@pytest.fixture
+def logged(clock: FakeClock, fake: FakeWorkerClients, tmp_path: Path) -> Iterator[Controller]:
+    """A controller keeping the workers' shipped logs under ``tmp_path/logs``."""
+    from iris.cluster.controller.logstore import LogStore
+
+    c = Controller(ControllerConfig(), clock=clock, worker_clients=fake, log_store=LogStore(tmp_path / "logs"))
+    yield c
+    c.stop()
+
+
+def log_finished(controller: Controller, task_index: int) -> bool:
+    """Whether ``iris job logs`` would say the attempt's whole log is there."""
+    request = T.Controller.FetchTaskLogsRequest(task_id=f"job/task-{task_index}")
+    return controller.fetch_task_logs(request).attempt_finished
+
+
 def command(*argv: str) -> bytes:
     return T.Entrypoint(command=T.CommandEntrypoint(argv=list(argv))).SerializeToString()
 
@@ -480,72 +496,56 @@ def test_job_status_pages_its_tasks_in_index_order(controller: Controller) -> No
             controller.job_status(JobId("wide"), include_tasks=True, task_offset=offset, task_limit=limit)
 
 
-def test_an_end_report_with_the_log_size_completes_the_shipped_log(clock: FakeClock, fake: FakeWorkerClients,
-                                                                   tmp_path: Path) -> None:
+def test_an_end_report_with_the_log_size_completes_the_shipped_log(logged: Controller, fake: FakeWorkerClients
+                                                                   ) -> None:
     """A worker that already shipped an ended attempt's whole log says its size in the end report,
     which completes the log there (no separate PushTaskLogs call); a size that does not match what
     the controller holds completes nothing, and a negative one is refused naming the field."""
-    from iris.cluster.controller.logstore import LogStore
+    register(logged)
+    launch(logged, replicas=2)
+    schedule(logged, fake, 2)
+    uid = logged.get_job(JobId("job")).uid
+    data = b"1700000000000 o hello\n"
+    for i in range(2):
+        report(logged, "w1", f"job/task-{i}", T.TASK_STATE_RUNNING, job_uid=uid)
+        logged.push_task_logs(WorkerId("w1"), T.Controller.PushTaskLogsRequest(worker_id="w1", chunks=[
+            T.LogChunk(task_id=f"job/task-{i}", attempt_id=0, job_uid=uid, start_offset=0, data=data)]))
 
-    controller = Controller(ControllerConfig(), clock=clock, worker_clients=fake, log_store=LogStore(tmp_path / "logs"))
-    try:
-        register(controller)
-        launch(controller, replicas=2)
-        schedule(controller, fake, 2)
-        uid = controller.get_job(JobId("job")).uid
-        data = b"1700000000000 o hello\n"
-        for i in range(2):
-            report(controller, "w1", f"job/task-{i}", T.TASK_STATE_RUNNING, job_uid=uid)
-            controller.push_task_logs(WorkerId("w1"), T.Controller.PushTaskLogsRequest(worker_id="w1", chunks=[
-                T.LogChunk(task_id=f"job/task-{i}", attempt_id=0, job_uid=uid, start_offset=0, data=data)]))
-
-        def finished(i: int) -> bool:
-            return controller.fetch_task_logs(T.Controller.FetchTaskLogsRequest(task_id=f"job/task-{i}")).attempt_finished
-
-        with pytest.raises(InvalidArgument, match=r"updates\[0\]\.log_size: must be >= 0"):
-            report(controller, "w1", "job/task-0", T.TASK_STATE_SUCCEEDED, job_uid=uid, log_size=-1)
-        assert controller.task_status(JobId("job"), 0).state == T.TASK_STATE_RUNNING  # nothing changed
-        report(controller, "w1", "job/task-0", T.TASK_STATE_SUCCEEDED, job_uid=uid, log_size=len(data))
-        report(controller, "w1", "job/task-1", T.TASK_STATE_SUCCEEDED, job_uid=uid, log_size=len(data) + 5)
-        assert finished(0) and not finished(1)
-        lines = controller.fetch_task_logs(T.Controller.FetchTaskLogsRequest(task_id="job/task-0")).lines
-        assert [line.data for line in lines] == ["hello"]
-    finally:
-        controller.stop()
+    with pytest.raises(InvalidArgument, match=r"updates\[0\]\.log_size: must be >= 0"):
+        report(logged, "w1", "job/task-0", T.TASK_STATE_SUCCEEDED, job_uid=uid, log_size=-1)
+    assert logged.task_status(JobId("job"), 0).state == T.TASK_STATE_RUNNING  # nothing changed
+    report(logged, "w1", "job/task-0", T.TASK_STATE_SUCCEEDED, job_uid=uid, log_size=len(data))
+    report(logged, "w1", "job/task-1", T.TASK_STATE_SUCCEEDED, job_uid=uid, log_size=len(data) + 5)
+    assert log_finished(logged, 0) and not log_finished(logged, 1)
+    lines = logged.fetch_task_logs(T.Controller.FetchTaskLogsRequest(task_id="job/task-0")).lines
+    assert [line.data for line in lines] == ["hello"]
 
 
 def test_an_attempt_that_printed_nothing_is_complete_without_a_directory_of_its_own(
-        clock: FakeClock, fake: FakeWorkerClients, tmp_path: Path) -> None:
+        logged: Controller, fake: FakeWorkerClients, tmp_path: Path) -> None:
     """Most short tasks print nothing: their logs' completeness is one line in the job's
     ``complete.empty``, not a directory and a file per attempt, and it outlives the controller."""
     from iris.cluster.controller.logstore import EMPTY_COMPLETE, LogStore
 
-    controller = Controller(ControllerConfig(), clock=clock, worker_clients=fake, log_store=LogStore(tmp_path / "logs"))
-    try:
-        register(controller)
-        launch(controller, replicas=3)
-        schedule(controller, fake, 3)
-        uid = controller.get_job(JobId("job")).uid
-        data = b"1700000000000 o hello\n"
-        for i in range(3):
-            report(controller, "w1", f"job/task-{i}", T.TASK_STATE_RUNNING, job_uid=uid)
-        controller.push_task_logs(WorkerId("w1"), T.Controller.PushTaskLogsRequest(worker_id="w1", chunks=[
-            T.LogChunk(task_id="job/task-1", attempt_id=0, job_uid=uid, start_offset=0, data=data)]))
-        report(controller, "w1", "job/task-0", T.TASK_STATE_SUCCEEDED, job_uid=uid, log_size=0)
-        report(controller, "w1", "job/task-1", T.TASK_STATE_SUCCEEDED, job_uid=uid, log_size=len(data))
+    register(logged)
+    launch(logged, replicas=3)
+    schedule(logged, fake, 3)
+    uid = logged.get_job(JobId("job")).uid
+    data = b"1700000000000 o hello\n"
+    for i in range(3):
+        report(logged, "w1", f"job/task-{i}", T.TASK_STATE_RUNNING, job_uid=uid)
+    logged.push_task_logs(WorkerId("w1"), T.Controller.PushTaskLogsRequest(worker_id="w1", chunks=[
+        T.LogChunk(task_id="job/task-1", attempt_id=0, job_uid=uid, start_offset=0, data=data)]))
+    report(logged, "w1", "job/task-0", T.TASK_STATE_SUCCEEDED, job_uid=uid, log_size=0)
+    report(logged, "w1", "job/task-1", T.TASK_STATE_SUCCEEDED, job_uid=uid, log_size=len(data))
 
-        def finished(i: int) -> bool:
-            return controller.fetch_task_logs(T.Controller.FetchTaskLogsRequest(task_id=f"job/task-{i}")).attempt_finished
-
-        assert finished(0) and finished(1) and not finished(2)
-        assert controller.fetch_task_logs(T.Controller.FetchTaskLogsRequest(task_id="job/task-0")).lines == []
-        assert sorted(os.listdir(tmp_path / "logs" / uid)) == ["1.0", EMPTY_COMPLETE]
-        again = LogStore(tmp_path / "logs")  # a restarted controller's
-        assert again.is_complete(uid, 0, 0) and again.is_complete(uid, 1, 0) and not again.is_complete(uid, 2, 0)
-        report(controller, "w1", "job/task-2", T.TASK_STATE_FAILED, job_uid=uid, log_size=0, exit_code=1)
-        assert finished(2)
-    finally:
-        controller.stop()
+    assert log_finished(logged, 0) and log_finished(logged, 1) and not log_finished(logged, 2)
+    assert logged.fetch_task_logs(T.Controller.FetchTaskLogsRequest(task_id="job/task-0")).lines == []
+    assert sorted(os.listdir(tmp_path / "logs" / uid)) == ["1.0", EMPTY_COMPLETE]
+    again = LogStore(tmp_path / "logs")  # a restarted controller's
+    assert again.is_complete(uid, 0, 0) and again.is_complete(uid, 1, 0) and not again.is_complete(uid, 2, 0)
+    report(logged, "w1", "job/task-2", T.TASK_STATE_FAILED, job_uid=uid, log_size=0, exit_code=1)
+    assert log_finished(logged, 2)
 
 
 def test_a_callable_success_seen_in_a_heartbeat_waits_for_the_report_with_its_result(

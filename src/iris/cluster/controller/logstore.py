@@ -70,12 +70,13 @@ class LogStore:
         except FileNotFoundError:  # no log held: the common case of a task that printed nothing
             pass
         entry = f"{task_index}.{attempt_id}"
-        path = os.path.join(self.root, key, EMPTY_COMPLETE)
+        job_dir = os.path.join(self.root, key)
+        path, flags = os.path.join(job_dir, EMPTY_COMPLETE), os.O_WRONLY | os.O_CREAT | os.O_APPEND
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            fd = os.open(path, flags, 0o644)
         except FileNotFoundError:  # the job's first
-            os.makedirs(os.path.join(self.root, key), exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.makedirs(job_dir, exist_ok=True)
+            fd = os.open(path, flags, 0o644)
         with self._lock:  # one line per write(2), whole: appends of concurrent reports never interleave
             try:
                 os.write(fd, (entry + "\n").encode())
