@@ -90,6 +90,8 @@ def test_browser_jobs_list_filter_search_and_a_failed_jobs_error(page: object, c
     assert "state=FAILED" in p.url  # type: ignore[attr-defined]
 
     p.select_option("#state-filter", "")  # type: ignore[attr-defined]
+    # The filter change re-renders the page (a new search box): wait for it before typing.
+    p.wait_for_function("document.querySelectorAll('#jobs tbody tr[data-job]').length > 1")  # type: ignore[attr-defined]
     p.fill("#prefix", "web-o")  # type: ignore[attr-defined]
     p.click("#search")  # type: ignore[attr-defined]
     p.wait_for_function("[...document.querySelectorAll('#jobs tbody tr[data-job]')].map(r => r.dataset.job).join() === 'web-ok'")  # type: ignore[attr-defined]

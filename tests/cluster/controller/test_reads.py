@@ -153,7 +153,9 @@ def test_with_the_reads_share_spent_reads_wait_and_the_control_plane_does_not(
         with authed_channel(server.address, reply.credential) as worker_channel:
             cluster_pb2_grpc.ControllerServiceStub(worker_channel).Heartbeat(
                 C.HeartbeatRequest(worker_id="w1", incarnation="i"), timeout=10)
-        assert reader.is_alive() and not listed  # still waiting for the reads' share
+        # The read has reached the gate and waits there for the reads' share.
+        wait_until(lambda: server.controller.reads.waiting == 1, 30, message="the list waits at the read gate")
+        assert not listed
         clock.advance(400)
         reader.join(30)
         assert not reader.is_alive()
@@ -175,12 +177,13 @@ def test_the_dashboard_api_waits_for_the_reads_share_and_its_health_check_does_n
         assert fetch("/api/jobs") == 200
         controller.reads.charge(100)
         poller, answered = _in_thread(lambda: fetch("/api/jobs?page_size=7"))
-        assert fetch("/healthz") == 200
-        assert poller.is_alive() and not answered
+        assert fetch("/healthz") == 200  # answered while the API read waits
+        # The API read is paced on the event loop (``ReadGate.pace``): it has begun waiting for the bucket.
+        wait_until(lambda: controller.reads.waited_s > 0, 30, message="the API read waits for the reads' share")
+        assert not answered
         clock.advance(400)
         poller.join(30)
         assert answered == [200]
-        assert controller.reads.waited_s > 0
     finally:
         site.stop()
         controller.stop()
