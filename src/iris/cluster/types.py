@@ -19,6 +19,17 @@ TaskId = NewType("TaskId", str)
 WorkerId = NewType("WorkerId", str)
 EndpointId = NewType("EndpointId", str)
 
+
+@dataclass(frozen=True, slots=True)
+class AttemptRef:
+    """One attempt of one task of one incarnation of its job: the value every "is this the task's
+    current attempt?" question is asked about (``ControllerState.live_attempt``). ``job_uid`` ""
+    comes from an older peer and is not checked."""
+
+    task_id: TaskId
+    attempt_id: int
+    job_uid: str = ""
+
 # Match these with ``fullmatch`` (never ``match``: "$" lets a trailing newline through).
 # A job name is one path segment: letters, digits, '.', '_' and '-', starting with a letter or digit.
 JOB_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -51,6 +62,19 @@ def parse_task_id(task_id: str) -> tuple[JobId, int]:
 # ---------------------------------------------------------------------------
 # States
 # ---------------------------------------------------------------------------
+
+TASK_STATES: tuple[int, ...] = tuple(cluster_pb2.TaskState.values())
+"""Every task state value, UNSPECIFIED included."""
+JOB_STATES: tuple[int, ...] = tuple(cluster_pb2.JobState.values())
+PENDING = cluster_pb2.TASK_STATE_PENDING
+BUILDING = cluster_pb2.TASK_STATE_BUILDING
+RUNNING = cluster_pb2.TASK_STATE_RUNNING
+SUCCEEDED = cluster_pb2.TASK_STATE_SUCCEEDED
+FAILED = cluster_pb2.TASK_STATE_FAILED
+KILLED = cluster_pb2.TASK_STATE_KILLED
+WORKER_FAILED = cluster_pb2.TASK_STATE_WORKER_FAILED
+UNSCHEDULABLE = cluster_pb2.TASK_STATE_UNSCHEDULABLE
+"""Task states by name, for code that needs no protobuf module (the seed keeps them as ints)."""
 
 TERMINAL_TASK_STATES: frozenset[int] = frozenset(
     {

@@ -39,6 +39,7 @@ from iris.cluster.controller.task import (
 from iris.cluster.failures import failure_signature, last_line
 from iris.cluster.types import (
     TERMINAL_TASK_STATES,
+    AttemptRef,
     EndpointId,
     JobId,
     TaskId,
@@ -205,6 +206,10 @@ class ObservedAttempt:
     """The attempt's named ports (name, port)."""
     job_uid: str = ""
     """The job incarnation the worker ran it for ("" from an older worker: not checked)."""
+
+    @property
+    def ref(self) -> AttemptRef:
+        return AttemptRef(self.task_id, self.attempt_id, self.job_uid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -628,8 +633,8 @@ class ControllerState:
     def ack_dispatch(self, task_id: TaskId, attempt_id: int, incarnation: str, sequence: int) -> None:
         """The worker accepted RunTask for this attempt under (incarnation, sequence)."""
         with self._lock:
-            task = self._tasks.get(task_id)
-            if task is None or task.current_attempt_id != attempt_id or task.worker_id is None:
+            task = self.live_attempt(AttemptRef(task_id, attempt_id))
+            if task is None or task.worker_id is None:
                 return
             worker = self._workers.get(task.worker_id)
             if worker is not None:
@@ -658,8 +663,8 @@ class ControllerState:
         and only one of them counts toward ``max_consecutive_failures``.
         """
         with self._lock:
-            task = self._tasks.get(task_id)
-            if task is None or task.current_attempt_id != attempt_id or not task.is_active():
+            task = self.live_attempt(AttemptRef(task_id, attempt_id))
+            if task is None:
                 return TaskTransitionResult.IGNORED
             worker_id = task.worker_id
             result, _ = self.transition_task(task_id, WORKER_FAILED, now_ms, is_worker_failure=True, error=error)
@@ -676,8 +681,8 @@ class ControllerState:
         run): a real failure of the task, charged to ``max_retries_failure``; the worker answered
         and stays healthy (DESIGN §3)."""
         with self._lock:
-            task = self._tasks.get(task_id)
-            if task is None or task.current_attempt_id != attempt_id or not task.is_active():
+            task = self.live_attempt(AttemptRef(task_id, attempt_id))
+            if task is None:
                 return TaskTransitionResult.IGNORED
             worker = self._workers.get(task.worker_id) if task.worker_id is not None else None
             if worker is not None:
@@ -951,8 +956,8 @@ class ControllerState:
             heap = self._deadlines
             while heap and heap[0][0] <= now_ms:
                 _, task_id, attempt_id = heapq.heappop(heap)
-                task = self._tasks.get(task_id)
-                if task is None or task.current_attempt_id != attempt_id or not task.is_active():
+                task = self.live_attempt(AttemptRef(task_id, attempt_id))
+                if task is None:
                     continue
                 job = self._jobs[task.job_id]
                 seconds = job.spec.timeout_seconds
@@ -1067,14 +1072,8 @@ class ControllerState:
                 worker = self._workers.get(worker_id)
                 if worker is not None and worker.stopping and self.job_uid_matches(task_id, job_uid):
                     self._confirm_stopped(worker, (task_id, attempt_id))  # a stopped attempt is gone
-            task = self._tasks.get(task_id)
-            if (
-                task is None
-                or task.current_attempt_id != attempt_id
-                or task.worker_id != worker_id
-                or not task.is_active()
-                or not self._same_incarnation(task, job_uid)
-            ):
+            task = self.live_attempt(AttemptRef(task_id, attempt_id, job_uid), worker_id)
+            if task is None:
                 return False
             if ports:
                 task.ports = dict(ports)
@@ -1121,26 +1120,19 @@ class ControllerState:
             kill: list[ObservedAttempt] = []
             seen: set[TaskId] = set()
             for attempt in observed:
-                task = self._tasks.get(attempt.task_id)
-                expected = (
-                    task is not None
-                    and task.current_attempt_id == attempt.attempt_id
-                    and task.worker_id == worker_id
-                    and task.is_active()
-                    and self._same_incarnation(task, attempt.job_uid)
-                )
-                if expected:
+                task = self.live_attempt(attempt.ref, worker_id)
+                if task is not None:
                     seen.add(attempt.task_id)
-                    if attempt.ports and task.ports != dict(attempt.ports):  # type: ignore[union-attr]
-                        task.ports = dict(attempt.ports)  # type: ignore[union-attr]
+                    if attempt.ports and task.ports != dict(attempt.ports):
+                        task.ports = dict(attempt.ports)
                     # Only an end is taken from an observed set: a live state (BUILDING, RUNNING) comes
                     # through the worker's ordered reports, and a set taken before the newest report may
                     # arrive after it (it must not move RUNNING back to BUILDING).
                     # A callable's success is taken from its report only, which carries its return value
                     # (retried until acknowledged): taken from a set, the task would be SUCCEEDED
                     # without a result, and the report bringing it would then be stale.
-                    ended = attempt.state in TERMINAL_TASK_STATES and attempt.state != task.state  # type: ignore[union-attr]
-                    if ended and not (attempt.state == SUCCEEDED and self._returns_result(task)):  # type: ignore[arg-type]
+                    ended = attempt.state in TERMINAL_TASK_STATES and attempt.state != task.state
+                    if ended and not (attempt.state == SUCCEEDED and self._returns_result(task)):
                         self.apply_report(
                             worker_id, attempt.task_id, attempt.attempt_id, attempt.state, now_ms,
                             exit_code=attempt.exit_code, error=attempt.error, job_uid=attempt.job_uid,
@@ -1171,6 +1163,29 @@ class ControllerState:
                     self._confirm_stopped(worker, key)
             return ReconcileResult(kill=kill, missing=missing)
 
+    def live_attempt(self, ref: AttemptRef, worker_id: WorkerId | None = None) -> Task | None:
+        """The task whose current attempt ``ref`` names, while that attempt is live (the task not
+        ended), of the same job incarnation, and bound to ``worker_id`` when one is given; else None.
+        The one "is this the task's current attempt?" check of the controller."""
+        task = self._tasks.get(ref.task_id)
+        if task is None or task.current_attempt_id != ref.attempt_id or not task.is_active():
+            return None
+        if worker_id is not None and task.worker_id != worker_id:
+            return None
+        return task if self._same_incarnation(task, ref.job_uid) else None
+
+    def ran_attempt(self, ref: AttemptRef, worker_id: WorkerId) -> Task | None:
+        """The task of ``ref`` when that attempt (current or ended) ran on ``worker_id`` for this
+        incarnation of its job; else None (a deleted job, another worker's attempt)."""
+        task = self._tasks.get(ref.task_id)
+        if task is None or not self._same_incarnation(task, ref.job_uid):
+            return None
+        if task.current_attempt_id == ref.attempt_id and task.worker_id == worker_id:
+            return task
+        if any(a.attempt_id == ref.attempt_id and a.worker_id == worker_id for a in task.attempts):
+            return task
+        return None
+
     def job_uid_matches(self, task_id: TaskId, job_uid: str) -> bool:
         """Whether an attempt of ``task_id`` reported with ``job_uid`` may belong to the job held
         under that task id (unknown task: True; nothing of it is held)."""
@@ -1195,8 +1210,8 @@ class ControllerState:
         """Register an endpoint for a running task attempt. Refused (False) when the task is not
         running or ``endpoint.attempt_id`` is not its current attempt."""
         with self._lock:
-            task = self._tasks.get(task_id)
-            if task is None or not task.is_active() or task.current_attempt_id != endpoint.attempt_id:
+            task = self.live_attempt(AttemptRef(task_id, endpoint.attempt_id))
+            if task is None:
                 return False
             endpoint.task_id = task_id
             self._endpoints[endpoint.endpoint_id] = endpoint
