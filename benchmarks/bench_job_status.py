@@ -18,7 +18,7 @@ import time
 import grpc
 
 from iris.cluster.controller.controller import Controller, ControllerConfig
-from iris.cluster.controller.service import ControllerServer
+from iris.cluster.controller.service import ControllerServer, launch_request
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
 
 C = cluster_pb2.Controller
@@ -32,8 +32,10 @@ def main() -> None:
     args = parser.parse_args()
     controller = Controller(ControllerConfig(auth=False))
     entry = T.Entrypoint(command=T.CommandEntrypoint(argv=["/bin/true"])).SerializeToString()
-    controller.launch_job(C.LaunchJobRequest(name="wide", serialized_entrypoint=entry,
-                                             resources=T.ResourceSpecProto(cpu=1, replicas=args.tasks)))
+    spec, _ = launch_request(C.LaunchJobRequest(name="wide", serialized_entrypoint=entry,
+                                                resources=T.ResourceSpecProto(cpu=1, replicas=args.tasks)),
+                             controller.config.limits)
+    controller.launch_job(spec)
     server = ControllerServer(controller, "127.0.0.1", 0)
     server.start()
     channel = grpc.insecure_channel(server.address, options=[("grpc.max_receive_message_length", 512 << 20)])

@@ -41,6 +41,7 @@ from typing import Any
 
 import grpc
 
+from iris.cluster.controller.service import launch_request
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
 
 C = cluster_pb2.Controller
@@ -122,7 +123,8 @@ def hold_ended_jobs(controller: Any, count: int, owner: str = "") -> None:
     for i in range(count):
         request = C.LaunchJobRequest(name=f"job-{i:06d}", serialized_entrypoint=entry,
                                      resources=T.ResourceSpecProto(cpu=1, memory_bytes=1 << 20, replicas=1))
-        job_id = controller.launch_job(request, owner=owner) if owner else controller.launch_job(request)
+        spec, _ = launch_request(request, controller.config.limits)
+        job_id = controller.launch_job(spec, owner=owner)
         controller.terminate_job(job_id)
 
 

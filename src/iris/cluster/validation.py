@@ -288,6 +288,14 @@ def validate_launch_request(
     return validate_job_spec(JobSpec.from_proto(request), limits, WIRE_FIELDS)
 
 
+def check_log_window(start_line: int, max_lines: int, start_offset: int | None) -> None:
+    """A page of a task's log (``FetchTaskLogs``, ``/api/logs``): counts and offsets are >= 0."""
+    if start_line < 0 or max_lines < 0:
+        raise _fail("start_line and max_lines", "must be >= 0")
+    if start_offset is not None and start_offset < 0:
+        raise _fail("start_offset", f"must be >= 0, got {start_offset}")
+
+
 MAX_WITH_PACKAGES = 64
 MAX_PACKAGE_CHARS = 1024
 

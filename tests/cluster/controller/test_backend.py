@@ -34,6 +34,7 @@ from iris.cluster.spec import Entrypoint, JobSpec
 from iris.cluster.types import JobId, ResourceSpec, TaskId, WorkerId, WorkerMetadata
 from iris.rpc import cluster_pb2
 
+from . import wire
 from .fakes import FakeRpcError, FakeWorkerClients
 
 T = cluster_pb2
@@ -42,6 +43,8 @@ T = cluster_pb2
 @dataclass
 class PolledBackend:
     """An in-memory execution engine: its nodes and what runs on them are polled, never pushed."""
+
+    ships_logs = False
 
     nodes: dict[WorkerId, int] = field(default_factory=dict)
     """node -> cpus."""
@@ -109,7 +112,7 @@ def make(backend: PolledBackend) -> tuple[Controller, ControllerState, FakeClock
 def launch(controller: Controller, name: str = "job", replicas: int = 1, **fields: object) -> JobId:
     spec = JobSpec(name=name, entrypoint=Entrypoint(argv=("true",)), resources=ResourceSpec(cpu=1),
                    replicas=replicas).replace(**fields)
-    return controller.launch_job(spec.to_proto())
+    return controller.launch_job(spec)
 
 
 def test_backend_polled_capacity_and_observations_drive_a_job_to_success() -> None:
@@ -117,7 +120,7 @@ def test_backend_polled_capacity_and_observations_drive_a_job_to_success() -> No
     controller, state, _ = make(backend)
     try:
         controller.tick_observe()  # the backend's capacity registers like workers
-        assert sorted(w.worker_id for w in controller.list_workers()) == ["n1", "n2"]
+        assert sorted(w.worker_id for w in controller.queries.list_workers()) == ["n1", "n2"]
         job_id = launch(controller, replicas=3)
         controller.tick_schedule()
         wait_until(lambda: len(backend.launched) == 3, 10)
@@ -125,7 +128,7 @@ def test_backend_polled_capacity_and_observations_drive_a_job_to_success() -> No
         for i in range(3):
             backend.finish(f"job/task-{i}", 0, T.TASK_STATE_SUCCEEDED)
         controller.tick_observe()  # the observed sets carry the ends
-        assert controller.get_job(job_id).state == T.JOB_STATE_SUCCEEDED
+        assert controller.queries.get_job(job_id).state == T.JOB_STATE_SUCCEEDED
     finally:
         controller.stop()
         state.check_invariants()
@@ -163,7 +166,7 @@ def test_backend_polled_terminate_kills_through_the_backend_and_logs_come_from_i
         job_id = launch(controller)
         controller.tick_schedule()
         wait_until(lambda: len(backend.launched) == 1, 10)
-        reply = controller.fetch_task_logs(T.Controller.FetchTaskLogsRequest(task_id="job/task-0"))
+        reply = wire.fetch_task_logs(controller, T.Controller.FetchTaskLogsRequest(task_id="job/task-0"))
         assert [line.data for line in reply.lines] == ["log of job/task-0"] and reply.next_offset == 10
         controller.terminate_job(job_id)
         wait_until(lambda: len(backend.killed) == 1, 10)

@@ -24,6 +24,7 @@ from iris.cluster.controller.state import ControllerState
 from iris.cluster.types import JobId, ResourceSpec, WorkerId
 from iris.rpc import cluster_pb2
 
+from . import wire
 from .fakes import FakeWorkerClients
 
 T = cluster_pb2
@@ -54,7 +55,7 @@ class WorkerDaemonDriver:
 
     def _register(self) -> None:
         self._incarnation += 1
-        self.controller.register_worker(T.Controller.RegisterWorkerRequest(
+        wire.register_worker(self.controller, T.Controller.RegisterWorkerRequest(
             worker_id="w1", address="10.0.0.2:7000", incarnation=f"inc-{self._incarnation}",
             metadata=T.WorkerMetadata(cpu_count=8, memory_bytes=32 * 1024**3)))
 
@@ -62,7 +63,7 @@ class WorkerDaemonDriver:
         return set(self.fake.ran())
 
     def _report(self, task_id: str, attempt: int, state: int, **fields: object) -> None:
-        self.controller.report_task_state(T.Controller.ReportTaskStateRequest(
+        wire.report_task_state(self.controller, T.Controller.ReportTaskStateRequest(
             worker_id="w1", updates=[T.WorkerTaskStatus(task_id=task_id, attempt_id=attempt, state=state, **fields)]))  # type: ignore[arg-type]
 
     def run(self, task_id: str, attempt: int, output: str) -> None:
@@ -141,7 +142,7 @@ def driver(request: pytest.FixtureRequest) -> Iterator[Driver]:
 
 def launch(d: Driver, name: str, replicas: int = 1, **fields: object) -> JobId:
     entry = T.Entrypoint(command=T.CommandEntrypoint(argv=["python", "train.py"])).SerializeToString()
-    return d.controller.launch_job(T.Controller.LaunchJobRequest(
+    return wire.launch_job(d.controller, T.Controller.LaunchJobRequest(
         name=name, serialized_entrypoint=entry,
         resources=ResourceSpec(cpu=1, memory="1GiB", replicas=replicas).to_proto(), **fields))  # type: ignore[arg-type]
 
@@ -153,63 +154,63 @@ def schedule(d: Driver, expected: set[tuple[str, int]]) -> None:
 
 def test_attempts_that_exit_zero_succeed(driver: Driver) -> None:
     job_id = launch(driver, "ok", replicas=2)
-    tasks = [t.task_id for t in driver.controller.list_tasks(job_id)]
+    tasks = [t.task_id for t in driver.controller.queries.list_tasks(job_id)]
     schedule(driver, {(t, 0) for t in tasks})
     for t in tasks:
         driver.run(t, 0, "step 1\n")
         driver.succeed(t, 0)
-    job, _ = driver.controller.job_status(job_id)
+    job, _ = driver.controller.queries.job_status(job_id)
     assert job.state == T.JOB_STATE_SUCCEEDED
 
 
 def test_non_zero_exit_is_a_failure_charged_to_the_failure_budget(driver: Driver) -> None:
     job_id = launch(driver, "flaky", max_retries_failure=1)
-    (task,) = driver.controller.list_tasks(job_id)
+    (task,) = driver.controller.queries.list_tasks(job_id)
     schedule(driver, {(task.task_id, 0)})
     driver.run(task.task_id, 0, "")
     driver.fail(task.task_id, 0, 3)
-    (task,) = driver.controller.list_tasks(job_id)
+    (task,) = driver.controller.queries.list_tasks(job_id)
     assert task.state == T.TASK_STATE_PENDING and (task.failure_count, task.preemption_count) == (1, 0)
     assert task.attempts[0].exit_code == 3 and not task.attempts[0].is_worker_failure
     schedule(driver, {(task.task_id, 1)})
     driver.run(task.task_id, 1, "")
     driver.succeed(task.task_id, 1)
-    assert driver.controller.job_status(job_id)[0].state == T.JOB_STATE_SUCCEEDED
+    assert driver.controller.queries.job_status(job_id)[0].state == T.JOB_STATE_SUCCEEDED
 
 
 def test_a_lost_location_is_a_preemption_charged_to_the_preemption_budget(driver: Driver) -> None:
     job_id = launch(driver, "preempted", max_retries_preemption=1)
-    (task,) = driver.controller.list_tasks(job_id)
+    (task,) = driver.controller.queries.list_tasks(job_id)
     schedule(driver, {(task.task_id, 0)})
     driver.run(task.task_id, 0, "")
     driver.preempt(task.task_id, 0)
-    (task,) = driver.controller.list_tasks(job_id)
+    (task,) = driver.controller.queries.list_tasks(job_id)
     assert task.state == T.TASK_STATE_PENDING and (task.failure_count, task.preemption_count) == (0, 1)
     assert task.attempts[0].is_worker_failure
     schedule(driver, {(task.task_id, 1)})
     driver.run(task.task_id, 1, "")
     driver.succeed(task.task_id, 1)
-    assert driver.controller.job_status(job_id)[0].state == T.JOB_STATE_SUCCEEDED
+    assert driver.controller.queries.job_status(job_id)[0].state == T.JOB_STATE_SUCCEEDED
 
 
 def test_stopping_a_job_stops_its_attempts_in_the_engine(driver: Driver) -> None:
     job_id = launch(driver, "stopped", replicas=2)
-    tasks = [t.task_id for t in driver.controller.list_tasks(job_id)]
+    tasks = [t.task_id for t in driver.controller.queries.list_tasks(job_id)]
     schedule(driver, {(t, 0) for t in tasks})
     for t in tasks:
         driver.run(t, 0, "")
     driver.controller.terminate_job(job_id)
     wait_until(lambda: all(driver.stopped(t, 0) for t in tasks), 10, message="attempts still running")
-    assert driver.controller.job_status(job_id)[0].state == T.JOB_STATE_KILLED
+    assert driver.controller.queries.job_status(job_id)[0].state == T.JOB_STATE_KILLED
 
 
 def test_output_is_readable_through_the_controller_after_the_attempt_ended(driver: Driver) -> None:
     job_id = launch(driver, "logged")
-    (task,) = driver.controller.list_tasks(job_id)
+    (task,) = driver.controller.queries.list_tasks(job_id)
     schedule(driver, {(task.task_id, 0)})
     driver.run(task.task_id, 0, "hello\nworld\n")
     driver.succeed(task.task_id, 0)
-    reply = driver.controller.fetch_task_logs(T.Controller.FetchTaskLogsRequest(task_id=task.task_id))
+    reply = wire.fetch_task_logs(driver.controller, T.Controller.FetchTaskLogsRequest(task_id=task.task_id))
     assert [line.data for line in reply.lines] == ["hello", "world"]
 
 

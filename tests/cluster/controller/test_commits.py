@@ -15,6 +15,7 @@ from iris.cluster.controller.controller import Controller, ControllerConfig
 from iris.cluster.controller.store import ControllerStore, PreparedWrite, StoreError
 from iris.rpc import cluster_pb2
 
+from . import wire
 from .fakes import FakeWorkerClients
 
 T = cluster_pb2
@@ -105,7 +106,7 @@ def gated(tmp_path: Path) -> Iterator[tuple[Controller, _GatedStore, list[str]]]
 
 def _launch(controller: Controller, name: str) -> None:
     entry = T.Entrypoint(command=T.CommandEntrypoint(argv=["true"])).SerializeToString()
-    controller.launch_job(T.Controller.LaunchJobRequest(name=name, serialized_entrypoint=entry,
+    wire.launch_job(controller, T.Controller.LaunchJobRequest(name=name, serialized_entrypoint=entry,
                                                         resources=T.ResourceSpecProto(replicas=1)))
 
 
@@ -132,7 +133,7 @@ def test_writes_run_outside_the_lock_and_nothing_is_answered_before_it_is_durabl
     assert store.writing.wait(30)
     threads += [run(n, lambda n=n: _launch(controller, n)) for n in ("b", "c")]  # type: ignore[misc]
     wait_until(lambda: store.prepared == 3, 30, message="the lock was held during the write")
-    threads.append(run("reader", lambda: controller.list_jobs()))
+    threads.append(run("reader", lambda: controller.queries.list_jobs()))
     assert not any(answered.values())
     store.gate.set()
     for thread in threads:

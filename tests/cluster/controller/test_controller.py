@@ -11,11 +11,13 @@ import pytest
 
 from iris.cluster.clock import FakeClock, wait_until
 from iris.cluster.controller.controller import Controller, ControllerConfig
+from iris.cluster.controller.requests import RegisterReply
 from iris.cluster.controller.state import ControllerState
 from iris.cluster.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from iris.cluster.types import JobId, ResourceSpec, TaskId, WorkerId
+from iris.cluster.types import AttemptRef, JobId, ResourceSpec, TaskId, WorkerId
 from iris.rpc import cluster_pb2
 
+from . import wire
 from .fakes import FakeWorkerClients
 
 T = cluster_pb2
@@ -58,7 +60,7 @@ def logged(clock: FakeClock, fake: FakeWorkerClients, tmp_path: Path) -> Iterato
 def log_finished(controller: Controller, task_index: int) -> bool:
     """Whether ``iris job logs`` would say the attempt's whole log is there."""
     request = T.Controller.FetchTaskLogsRequest(task_id=f"job/task-{task_index}")
-    return controller.fetch_task_logs(request).attempt_finished
+    return wire.fetch_task_logs(controller, request).attempt_finished
 
 
 def command(*argv: str) -> bytes:
@@ -70,13 +72,13 @@ def launch(controller: Controller, name: str = "job", **fields: object) -> JobId
     request = T.Controller.LaunchJobRequest(
         name=name, serialized_entrypoint=command("true"), resources=resources.to_proto(), **fields  # type: ignore[union-attr,arg-type]
     )
-    return controller.launch_job(request)
+    return wire.launch_job(controller, request)
 
 
 def register(controller: Controller, worker_id: str = "w1", cpu: int = 4, tasks: list[T.WorkerTaskStatus] | None = None,
-             incarnation: str | None = None) -> T.Controller.RegisterWorkerResponse:
+             incarnation: str | None = None) -> RegisterReply:
     address = f"127.0.0.1:{1000 + int(worker_id[1:])}"
-    return controller.register_worker(
+    return wire.register_worker(controller,
         T.Controller.RegisterWorkerRequest(
             worker_id=worker_id,
             address=address,
@@ -88,8 +90,8 @@ def register(controller: Controller, worker_id: str = "w1", cpu: int = 4, tasks:
 
 
 def report(controller: Controller, worker_id: str, task_id: str, state: int, attempt: int = 0, **kw: object
-           ) -> T.Controller.ReportTaskStateResponse:
-    return controller.report_task_state(
+           ) -> list[AttemptRef]:
+    return wire.report_task_state(controller,
         T.Controller.ReportTaskStateRequest(
             worker_id=worker_id, updates=[T.WorkerTaskStatus(task_id=task_id, attempt_id=attempt, state=state, **kw)]  # type: ignore[arg-type]
         )
@@ -111,7 +113,7 @@ def test_controller_submit_dispatch_report_success(controller: Controller, fake:
     for i in range(2):
         report(controller, "w1", f"job/task-{i}", T.TASK_STATE_RUNNING)
         report(controller, "w1", f"job/task-{i}", T.TASK_STATE_SUCCEEDED)
-    assert controller.get_job(job_id).state == T.JOB_STATE_SUCCEEDED
+    assert controller.queries.get_job(job_id).state == T.JOB_STATE_SUCCEEDED
 
 
 def test_controller_dispatch_refused_is_preemption_retried_elsewhere(
@@ -141,7 +143,7 @@ def test_controller_failure_domain_sends_kill_to_running_siblings(
     job_id = launch(controller, replicas=3)
     schedule(controller, fake, 3)
     report(controller, "w1", "job/task-1", T.TASK_STATE_FAILED, exit_code=2, error="exit code 2")
-    assert controller.get_job(job_id).state == T.JOB_STATE_FAILED
+    assert controller.queries.get_job(job_id).state == T.JOB_STATE_FAILED
     wait_until(lambda: sorted(fake.killed()) == [("job/task-0", 0), ("job/task-2", 0)], 10)
     # No termination grace on the job: 0 tells the worker to use its own --kill-grace.
     assert all(req.grace_period_seconds == 0 for _, req in fake.kill_calls)
@@ -152,7 +154,7 @@ def test_controller_terminate_kills_running_tasks(controller: Controller, fake: 
     job_id = launch(controller)
     schedule(controller, fake, 1)
     assert controller.terminate_job(job_id)
-    assert controller.get_job(job_id).state == T.JOB_STATE_KILLED
+    assert controller.queries.get_job(job_id).state == T.JOB_STATE_KILLED
     wait_until(lambda: fake.killed() == [("job/task-0", 0)], 10)
     with pytest.raises(NotFound):
         controller.terminate_job(JobId("nope"))
@@ -169,7 +171,7 @@ def test_controller_dead_worker_after_timeout_retries_tasks(
     task = core.get_task(TaskId("job/task-0"))
     assert task is not None and task.worker_id == "w1"
     clock.advance(5)
-    controller.heartbeat(T.Controller.HeartbeatRequest(worker_id="w2", incarnation="inc-127.0.0.1:1002",
+    wire.heartbeat(controller, T.Controller.HeartbeatRequest(worker_id="w2", incarnation="inc-127.0.0.1:1002",
                                                        sequence=0))
     assert controller.tick_health() == []
     clock.advance(6)
@@ -178,7 +180,7 @@ def test_controller_dead_worker_after_timeout_retries_tasks(
     schedule(controller, fake, 2)
     assert task.worker_id == "w2"
     # The dead worker must register again.
-    assert controller.heartbeat(T.Controller.HeartbeatRequest(worker_id="w1")).reregister
+    assert wire.heartbeat(controller, T.Controller.HeartbeatRequest(worker_id="w1")).reregister
 
 
 def test_heartbeat_interval_grows_with_the_fleet_and_liveness_follows(clock: FakeClock, fake: FakeWorkerClients) -> None:
@@ -187,7 +189,7 @@ def test_heartbeat_interval_grows_with_the_fleet_and_liveness_follows(clock: Fak
     controller = Controller(ControllerConfig(worker_timeout_s=5, max_heartbeat_rate=2.0), clock=clock,
                             worker_clients=fake)
     try:
-        beat = lambda w: controller.heartbeat(T.Controller.HeartbeatRequest(  # noqa: E731
+        beat = lambda w: wire.heartbeat(controller, T.Controller.HeartbeatRequest(  # noqa: E731
             worker_id=w, incarnation=f"inc-127.0.0.1:{1000 + int(w[1:])}"))
         assert register(controller, "w1").heartbeat_interval_ms == 0  # one worker: its own interval
         assert beat("w1").heartbeat_interval_ms == 0
@@ -211,7 +213,7 @@ def test_heartbeat_interval_grows_with_the_fleet_and_liveness_follows(clock: Fak
         beat("w1")
         clock.advance(0.2)
         assert sorted(controller.tick_health()) == ["w2", "w3", "w4"]
-        assert not controller.heartbeat(T.Controller.HeartbeatRequest(worker_id="w5")).heartbeat_interval_ms
+        assert not wire.heartbeat(controller, T.Controller.HeartbeatRequest(worker_id="w5")).heartbeat_interval_ms
     finally:
         controller.stop()
 
@@ -226,7 +228,7 @@ def test_controller_heartbeat_reconcile_kills_stale_and_fails_missing(
     wait_until(lambda: all(
         core.get_worker("w1").dispatch_acks.get(TaskId(f"job/task-{i}")) is not None  # type: ignore[union-attr]
         for i in range(2)), 10)
-    response = controller.heartbeat(
+    response = wire.heartbeat(controller,
         T.Controller.HeartbeatRequest(
             worker_id="w1",
             incarnation="inc-127.0.0.1:1001",
@@ -264,7 +266,7 @@ def test_controller_finished_report_held_back_counts_as_finished(
     schedule(controller, fake, 1)
     done = T.WorkerTaskStatus(task_id="job/task-0", attempt_id=0, state=T.TASK_STATE_SUCCEEDED)
     register(controller, "w1", tasks=[done], incarnation="inc-127.0.0.1:1001")
-    assert controller.get_job(job_id).state == T.JOB_STATE_SUCCEEDED
+    assert controller.queries.get_job(job_id).state == T.JOB_STATE_SUCCEEDED
 
 
 def test_controller_stale_report_ignored_and_live_stale_attempt_killed(
@@ -277,7 +279,7 @@ def test_controller_stale_report_ignored_and_live_stale_attempt_killed(
     report(controller, "w1", "job/task-0", T.TASK_STATE_FAILED, error="boom")
     schedule(controller, fake, 2)
     response = report(controller, "w1", "job/task-0", T.TASK_STATE_RUNNING, attempt=0)
-    assert [(k.task_id, k.attempt_id) for k in response.kill] == [("job/task-0", 0)]
+    assert [(k.task_id, k.attempt_id) for k in response] == [("job/task-0", 0)]
     report(controller, "w1", "job/task-0", T.TASK_STATE_SUCCEEDED, attempt=0)
     task = core.get_task(TaskId("job/task-0"))
     assert task is not None and task.state == T.TASK_STATE_RUNNING and task.current_attempt_id == 1
@@ -289,11 +291,11 @@ def test_controller_unschedulable_after_timeout_with_pending_reason(
     register(controller, "w1", cpu=2)
     job_id = launch(controller, resources=ResourceSpec(cpu=64), scheduling_timeout_seconds=3)
     controller.tick_schedule()
-    job = controller.get_job(job_id)
+    job = controller.queries.get_job(job_id)
     assert job.state == T.JOB_STATE_PENDING and job.pending_reason == "no worker has 64 cpus (largest: 2)"
     clock.advance(3.5)
     controller.tick_schedule()
-    job = controller.get_job(job_id)  # a view is a snapshot: read it again
+    job = controller.queries.get_job(job_id)  # a view is a snapshot: read it again
     assert job.state == T.JOB_STATE_UNSCHEDULABLE
     assert job.error is not None and "no worker has 64 cpus" in job.error
 
@@ -322,16 +324,16 @@ def test_controller_endpoints_live_with_the_attempt(controller: Controller, fake
     register(controller)
     launch(controller)
     with pytest.raises(FailedPrecondition):
-        controller.register_endpoint(T.Controller.RegisterEndpointRequest(name="svc", address="h:1",
+        wire.register_endpoint(controller, T.Controller.RegisterEndpointRequest(name="svc", address="h:1",
                                                                           task_id="job/task-0"))
     schedule(controller, fake, 1)
-    endpoint_id = controller.register_endpoint(
+    endpoint_id = wire.register_endpoint(controller,
         T.Controller.RegisterEndpointRequest(name="svc", address="h:1", task_id="job/task-0", attempt_id=0)
     )
-    assert controller.lookup_endpoint("svc").endpoint_id == endpoint_id
+    assert controller.queries.lookup_endpoint("svc").endpoint_id == endpoint_id
     report(controller, "w1", "job/task-0", T.TASK_STATE_SUCCEEDED)
     with pytest.raises(NotFound):
-        controller.lookup_endpoint("svc")
+        controller.queries.lookup_endpoint("svc")
 
 
 def test_controller_fetch_logs_proxies_to_the_attempts_worker(controller: Controller, fake: FakeWorkerClients) -> None:
@@ -339,10 +341,10 @@ def test_controller_fetch_logs_proxies_to_the_attempts_worker(controller: Contro
     launch(controller)
     schedule(controller, fake, 1)
     fake.logs[("job/task-0", 0)] = ["hello", "world"]
-    reply = controller.fetch_task_logs(T.Controller.FetchTaskLogsRequest(task_id="job/task-0", start_line=1))
+    reply = wire.fetch_task_logs(controller, T.Controller.FetchTaskLogsRequest(task_id="job/task-0", start_line=1))
     assert [line.data for line in reply.lines] == ["world"] and reply.next_line == 2
     with pytest.raises(NotFound):
-        controller.fetch_task_logs(T.Controller.FetchTaskLogsRequest(task_id="job/task-9"))
+        wire.fetch_task_logs(controller, T.Controller.FetchTaskLogsRequest(task_id="job/task-9"))
 
 
 def test_controller_scheduling_loop_wakes_on_submit(clock: FakeClock, fake: FakeWorkerClients) -> None:
@@ -422,7 +424,7 @@ def test_controller_list_jobs_pages_in_submission_order(controller: Controller) 
     token = ""
     pages = 0
     while True:
-        page = controller.list_jobs(page_size=10, page_token=token)
+        page = controller.queries.list_jobs(page_size=10, page_token=token)
         assert len(page.jobs) <= 10
         seen.extend(j.job_id for j in page.jobs)
         pages += 1
@@ -430,7 +432,7 @@ def test_controller_list_jobs_pages_in_submission_order(controller: Controller) 
         if not token:
             break
     assert seen == [f"j{i:02d}" for i in range(25)] and pages == 3
-    assert [j.job_id for j in controller.list_jobs(prefix="j1").jobs] == [f"j1{i}" for i in range(10)]
+    assert [j.job_id for j in controller.queries.list_jobs(prefix="j1").jobs] == [f"j1{i}" for i in range(10)]
 
 
 def test_controller_list_jobs_pages_newest_first(controller: Controller) -> None:
@@ -439,13 +441,13 @@ def test_controller_list_jobs_pages_newest_first(controller: Controller) -> None
     seen: list[str] = []
     token = ""
     while True:
-        page = controller.list_jobs(page_size=10, page_token=token, newest_first=True)
+        page = controller.queries.list_jobs(page_size=10, page_token=token, newest_first=True)
         seen.extend(j.job_id for j in page.jobs)
         token = page.next_page_token
         if not token:
             break
     assert seen == [f"j{i:02d}" for i in reversed(range(25))]
-    newest = controller.list_jobs(page_size=3, newest_first=True, prefix="j1")
+    newest = controller.queries.list_jobs(page_size=3, newest_first=True, prefix="j1")
     assert [j.job_id for j in newest.jobs] == ["j19", "j18", "j17"] and newest.next_page_token
 
 
@@ -455,12 +457,12 @@ def test_controller_list_jobs_bounds_the_scan_behind_a_page(controller: Controll
     for i in range(300):
         launch(controller, f"j{i:03d}")
     controller.terminate_job(JobId("j299"))
-    first = controller.list_jobs(states=[T.JOB_STATE_KILLED], page_size=1)
+    first = controller.queries.list_jobs(states=[T.JOB_STATE_KILLED], page_size=1)
     assert first.jobs == [] and first.next_page_token  # 20 examined, none matched yet
     found: list[str] = []
     token = first.next_page_token
     while token:
-        page = controller.list_jobs(states=[T.JOB_STATE_KILLED], page_size=1, page_token=token)
+        page = controller.queries.list_jobs(states=[T.JOB_STATE_KILLED], page_size=1, page_token=token)
         found.extend(j.job_id for j in page.jobs)
         token = page.next_page_token
     assert found == ["j299"]
@@ -478,22 +480,22 @@ def test_controller_list_jobs_bounds_the_scan_behind_a_page(controller: Controll
 def test_controller_list_jobs_refuses_oversized_filters(controller: Controller, kwargs: dict[str, object],
                                                         field: str) -> None:
     with pytest.raises(InvalidArgument, match=f"^{field}:"):
-        controller.list_jobs(**kwargs)  # type: ignore[arg-type]
+        controller.queries.list_jobs(**kwargs)  # type: ignore[arg-type]
 
 
 def test_job_status_pages_its_tasks_in_index_order(controller: Controller) -> None:
     launch(controller, "wide", replicas=250)
-    _, everything = controller.job_status(JobId("wide"), include_tasks=True)
+    _, everything = controller.queries.job_status(JobId("wide"), include_tasks=True)
     assert everything is not None and [t.task_index for t in everything] == list(range(250))
-    _, page = controller.job_status(JobId("wide"), include_tasks=True, task_offset=100, task_limit=100)
+    _, page = controller.queries.job_status(JobId("wide"), include_tasks=True, task_offset=100, task_limit=100)
     assert page is not None and [t.task_index for t in page] == list(range(100, 200))
-    _, tail = controller.job_status(JobId("wide"), include_tasks=True, task_offset=200, task_limit=100)
+    _, tail = controller.queries.job_status(JobId("wide"), include_tasks=True, task_offset=200, task_limit=100)
     assert tail is not None and [t.task_index for t in tail] == list(range(200, 250))
-    _, past = controller.job_status(JobId("wide"), include_tasks=True, task_offset=900, task_limit=100)
+    _, past = controller.queries.job_status(JobId("wide"), include_tasks=True, task_offset=900, task_limit=100)
     assert past == []
     for offset, limit, field in ((-1, 10, "task_offset"), (0, 5001, "task_limit"), (0, -1, "task_limit")):
         with pytest.raises(InvalidArgument, match=field):
-            controller.job_status(JobId("wide"), include_tasks=True, task_offset=offset, task_limit=limit)
+            controller.queries.job_status(JobId("wide"), include_tasks=True, task_offset=offset, task_limit=limit)
 
 
 def test_an_end_report_with_the_log_size_completes_the_shipped_log(logged: Controller, fake: FakeWorkerClients
@@ -504,20 +506,20 @@ def test_an_end_report_with_the_log_size_completes_the_shipped_log(logged: Contr
     register(logged)
     launch(logged, replicas=2)
     schedule(logged, fake, 2)
-    uid = logged.get_job(JobId("job")).uid
+    uid = logged.queries.get_job(JobId("job")).uid
     data = b"1700000000000 o hello\n"
     for i in range(2):
         report(logged, "w1", f"job/task-{i}", T.TASK_STATE_RUNNING, job_uid=uid)
-        logged.push_task_logs(WorkerId("w1"), T.Controller.PushTaskLogsRequest(worker_id="w1", chunks=[
+        wire.push_task_logs(logged, WorkerId("w1"), T.Controller.PushTaskLogsRequest(worker_id="w1", chunks=[
             T.LogChunk(task_id=f"job/task-{i}", attempt_id=0, job_uid=uid, start_offset=0, data=data)]))
 
     with pytest.raises(InvalidArgument, match=r"updates\[0\]\.log_size: must be >= 0"):
         report(logged, "w1", "job/task-0", T.TASK_STATE_SUCCEEDED, job_uid=uid, log_size=-1)
-    assert logged.task_status(JobId("job"), 0).state == T.TASK_STATE_RUNNING  # nothing changed
+    assert logged.queries.task_status(JobId("job"), 0).state == T.TASK_STATE_RUNNING  # nothing changed
     report(logged, "w1", "job/task-0", T.TASK_STATE_SUCCEEDED, job_uid=uid, log_size=len(data))
     report(logged, "w1", "job/task-1", T.TASK_STATE_SUCCEEDED, job_uid=uid, log_size=len(data) + 5)
     assert log_finished(logged, 0) and not log_finished(logged, 1)
-    lines = logged.fetch_task_logs(T.Controller.FetchTaskLogsRequest(task_id="job/task-0")).lines
+    lines = wire.fetch_task_logs(logged, T.Controller.FetchTaskLogsRequest(task_id="job/task-0")).lines
     assert [line.data for line in lines] == ["hello"]
 
 
@@ -530,17 +532,17 @@ def test_an_attempt_that_printed_nothing_is_complete_without_a_directory_of_its_
     register(logged)
     launch(logged, replicas=3)
     schedule(logged, fake, 3)
-    uid = logged.get_job(JobId("job")).uid
+    uid = logged.queries.get_job(JobId("job")).uid
     data = b"1700000000000 o hello\n"
     for i in range(3):
         report(logged, "w1", f"job/task-{i}", T.TASK_STATE_RUNNING, job_uid=uid)
-    logged.push_task_logs(WorkerId("w1"), T.Controller.PushTaskLogsRequest(worker_id="w1", chunks=[
+    wire.push_task_logs(logged, WorkerId("w1"), T.Controller.PushTaskLogsRequest(worker_id="w1", chunks=[
         T.LogChunk(task_id="job/task-1", attempt_id=0, job_uid=uid, start_offset=0, data=data)]))
     report(logged, "w1", "job/task-0", T.TASK_STATE_SUCCEEDED, job_uid=uid, log_size=0)
     report(logged, "w1", "job/task-1", T.TASK_STATE_SUCCEEDED, job_uid=uid, log_size=len(data))
 
     assert log_finished(logged, 0) and log_finished(logged, 1) and not log_finished(logged, 2)
-    assert logged.fetch_task_logs(T.Controller.FetchTaskLogsRequest(task_id="job/task-0")).lines == []
+    assert wire.fetch_task_logs(logged, T.Controller.FetchTaskLogsRequest(task_id="job/task-0")).lines == []
     assert sorted(os.listdir(tmp_path / "logs" / uid)) == ["1.0", EMPTY_COMPLETE]
     again = LogStore(tmp_path / "logs")  # a restarted controller's
     assert again.is_complete(uid, 0, 0) and again.is_complete(uid, 1, 0) and not again.is_complete(uid, 2, 0)
@@ -555,14 +557,14 @@ def test_a_callable_success_seen_in_a_heartbeat_waits_for_the_report_with_its_re
     report only (retried until acknowledged), so whoever sees it succeeded can read its result."""
     register(controller)
     pickled = T.Entrypoint(callable=T.CallableEntrypoint(pickled=b"fn")).SerializeToString()
-    controller.launch_job(T.Controller.LaunchJobRequest(
+    wire.launch_job(controller, T.Controller.LaunchJobRequest(
         name="fn", serialized_entrypoint=pickled, resources=ResourceSpec(cpu=1, memory="1GiB").to_proto()))
     schedule(controller, fake, 1)
-    uid = controller.get_job(JobId("fn")).uid
+    uid = controller.queries.get_job(JobId("fn")).uid
     done = T.WorkerTaskStatus(task_id="fn/task-0", attempt_id=0, state=T.TASK_STATE_SUCCEEDED, job_uid=uid)
-    controller.heartbeat(T.Controller.HeartbeatRequest(worker_id="w1", tasks=[done], incarnation="inc-127.0.0.1:1001",
+    wire.heartbeat(controller, T.Controller.HeartbeatRequest(worker_id="w1", tasks=[done], incarnation="inc-127.0.0.1:1001",
                                                        sequence=99))
-    assert controller.task_status(JobId("fn"), 0).state != T.TASK_STATE_SUCCEEDED
+    assert controller.queries.task_status(JobId("fn"), 0).state != T.TASK_STATE_SUCCEEDED
     report(controller, "w1", "fn/task-0", T.TASK_STATE_SUCCEEDED, job_uid=uid, result=b"pickled-42")
-    assert controller.task_status(JobId("fn"), 0).state == T.TASK_STATE_SUCCEEDED
-    assert controller.task_result(JobId("fn"), 0) == (0, b"pickled-42")
+    assert controller.queries.task_status(JobId("fn"), 0).state == T.TASK_STATE_SUCCEEDED
+    assert controller.queries.task_result(JobId("fn"), 0) == (0, b"pickled-42")

@@ -16,6 +16,7 @@ from iris.cluster.controller.dashboard import Dashboard
 from iris.cluster.types import ResourceSpec
 from iris.rpc import cluster_pb2
 
+from . import wire
 from .fakes import FakeWorkerClients
 
 T = cluster_pb2
@@ -24,15 +25,15 @@ T = cluster_pb2
 @pytest.fixture
 def dashboard() -> Iterator[Dashboard]:
     controller = Controller(ControllerConfig(), clock=FakeClock(), worker_clients=FakeWorkerClients())
-    controller.register_worker(T.Controller.RegisterWorkerRequest(
+    wire.register_worker(controller, T.Controller.RegisterWorkerRequest(
         worker_id="w1", address="127.0.0.1:1", metadata=T.WorkerMetadata(cpu_count=4, memory_bytes=1 << 30)))
     entry = T.Entrypoint(command=T.CommandEntrypoint(argv=["true"])).SerializeToString()
     for name in ("train", "parent"):
-        controller.launch_job(T.Controller.LaunchJobRequest(
+        wire.launch_job(controller, T.Controller.LaunchJobRequest(
             name=name, serialized_entrypoint=entry, resources=ResourceSpec(cpu=1, replicas=3).to_proto()))
-    controller.launch_job(T.Controller.LaunchJobRequest(
+    wire.launch_job(controller, T.Controller.LaunchJobRequest(
         name="child", parent_job_id="parent", serialized_entrypoint=entry, resources=ResourceSpec().to_proto()))
-    controller.terminate_job(controller.get_job("train").job_id)  # type: ignore[arg-type]
+    controller.terminate_job(controller.queries.get_job("train").job_id)  # type: ignore[arg-type]
     _, TOKENS["admin"] = controller.create_token("admin", Role.ADMIN)
     d = Dashboard(controller, "127.0.0.1", 0)
     d.start()

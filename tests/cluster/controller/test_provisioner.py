@@ -20,6 +20,7 @@ from iris.cluster.errors import FailedPrecondition
 from iris.cluster.types import ResourceSpec, WorkerId
 from iris.rpc import cluster_pb2
 
+from . import wire
 from .fakes import FakeWorkerClients
 
 T = cluster_pb2
@@ -75,7 +76,7 @@ class Rig:
     provisioner: Provisioner
 
     def register(self, worker_id: str, cpu: int = 2) -> None:
-        self.controller.register_worker(T.Controller.RegisterWorkerRequest(
+        wire.register_worker(self.controller, T.Controller.RegisterWorkerRequest(
             worker_id=worker_id, address=f"10.0.0.9:{1000 + len(worker_id)}",
             metadata=T.WorkerMetadata(cpu_count=cpu, memory_bytes=4 * GiB), incarnation=f"inc-{worker_id}",
         ))
@@ -85,7 +86,7 @@ class Rig:
             name=name, serialized_entrypoint=T.Entrypoint(command=T.CommandEntrypoint(argv=["true"])).SerializeToString(),
             resources=ResourceSpec(cpu=cpu, memory="1GiB", replicas=replicas).to_proto(),
         )
-        return self.controller.launch_job(request)
+        return wire.launch_job(self.controller, request)
 
     def allocation_of(self, worker_id: str) -> str:
         return self.provisioner.allocations()[WorkerId(worker_id)].engine_id
@@ -131,12 +132,12 @@ def test_pending_tasks_that_fit_nowhere_are_provisioned_with_sbatch(rig: Rig) ->
     rig.provisioner.tick()
     assert len(rig.slurm.sbatches()) == 2, "starting allocations count: no second request"
     # Pending allocations are listed (no worker registered yet), with Slurm's id, state and reason.
-    views = {v.worker_id: v for v in rig.controller.list_workers()}
+    views = {v.worker_id: v for v in rig.controller.queries.list_workers()}
     assert len(views) == 2
     for view in views.values():
         assert not view.healthy and view.allocation is not None
         assert view.allocation.engine_state == "PENDING" and view.allocation.reason == "Resources"
-    assert "2 of at most 3 workers (2 pending)" in rig.controller.provisioning_summary()
+    assert "2 of at most 3 workers (2 pending)" in rig.controller.queries.provisioning_summary()
 
 
 def test_an_allocation_that_ends_under_a_worker_makes_its_tasks_preemptions(rig: Rig) -> None:
@@ -147,13 +148,13 @@ def test_an_allocation_that_ends_under_a_worker_makes_its_tasks_preemptions(rig:
     rig.slurm.start(engine_id)
     rig.register(worker_id)
     rig.controller.tick_schedule()
-    tasks = rig.controller.list_tasks(job_id)
+    tasks = rig.controller.queries.list_tasks(job_id)
     assert all(t.state == T.TASK_STATE_RUNNING and t.worker_id == worker_id for t in tasks)
     rig.provisioner.tick()
     assert rig.provisioner.allocations()[worker_id].engine_state == "RUNNING"
     rig.slurm.jobs[engine_id][1:] = ["NODE_FAIL", "None"]  # the node died under the worker
     rig.provisioner.tick()
-    tasks = rig.controller.list_tasks(job_id)
+    tasks = rig.controller.queries.list_tasks(job_id)
     assert all(t.state == T.TASK_STATE_PENDING and t.preemption_count == 1 and t.failure_count == 0 for t in tasks)
     assert "allocation" in tasks[0].attempts[0].error and "NODE_FAIL" in tasks[0].attempts[0].error
     assert worker_id not in rig.provisioner.allocations()
@@ -164,18 +165,18 @@ def test_sbatch_failures_back_off_and_are_reported_never_raised(rig: Rig) -> Non
     rig.slurm.sbatch_error = "invalid partition specified: batch"
     rig.launch("train")
     rig.provisioner.tick()
-    assert "sbatch failed" in rig.controller.provisioning_summary()
-    assert "invalid partition" in rig.controller.provisioning_summary()
-    assert "next try in 2s" in rig.controller.provisioning_summary()
+    assert "sbatch failed" in rig.controller.queries.provisioning_summary()
+    assert "invalid partition" in rig.controller.queries.provisioning_summary()
+    assert "next try in 2s" in rig.controller.queries.provisioning_summary()
     rig.provisioner.tick()
     assert len(rig.slurm.sbatches()) == 1, "within the back-off: no new sbatch"
     rig.clock.advance(2)
     rig.provisioner.tick()
-    assert len(rig.slurm.sbatches()) == 2 and "next try in 4s" in rig.controller.provisioning_summary()
+    assert len(rig.slurm.sbatches()) == 2 and "next try in 4s" in rig.controller.queries.provisioning_summary()
     rig.slurm.sbatch_error = ""
     rig.clock.advance(4)
     rig.provisioner.tick()
-    assert len(rig.provisioner.allocations()) == 1 and "error" not in rig.controller.provisioning_summary()
+    assert len(rig.provisioner.allocations()) == 1 and "error" not in rig.controller.queries.provisioning_summary()
 
 
 def test_squeue_failure_changes_nothing(rig: Rig) -> None:
@@ -186,7 +187,7 @@ def test_squeue_failure_changes_nothing(rig: Rig) -> None:
     for _ in range(5):
         rig.provisioner.tick()
     assert list(rig.provisioner.allocations()) == [worker_id] and len(rig.slurm.sbatches()) == 1
-    assert "Unable to contact slurm controller" in rig.controller.provisioning_summary()
+    assert "Unable to contact slurm controller" in rig.controller.queries.provisioning_summary()
 
 
 def test_idle_worker_is_released_with_scancel_and_may_not_register_again(rig: Rig) -> None:
@@ -197,8 +198,8 @@ def test_idle_worker_is_released_with_scancel_and_may_not_register_again(rig: Ri
     rig.slurm.start(engine_id)
     rig.register(worker_id)
     rig.controller.tick_schedule()
-    (task,) = rig.controller.list_tasks(job_id)
-    rig.controller.report_task_state(T.Controller.ReportTaskStateRequest(
+    (task,) = rig.controller.queries.list_tasks(job_id)
+    wire.report_task_state(rig.controller, T.Controller.ReportTaskStateRequest(
         worker_id=worker_id, updates=[T.WorkerTaskStatus(task_id=task.task_id, attempt_id=0,
                                                          state=T.TASK_STATE_SUCCEEDED)]))
     rig.provisioner.tick()  # idle from now

@@ -13,7 +13,8 @@ from iris.cluster.auth import Principal, Role
 from iris.cluster.errors import PermissionDenied, Unauthenticated
 
 __all__ = ["ANONYMOUS_LOCAL", "PermissionDenied", "Unauthenticated", "in_task_scope", "may_read_secrets",
-           "require_owner", "require_reader", "require_role"]
+           "require_attempt", "require_own_worker", "require_owner", "require_reader", "require_role",
+           "registration_gets_credential", "task_list_prefix", "task_parent"]
 
 
 def require_role(principal: Principal, *roles: Role, what: str) -> None:
@@ -50,6 +51,49 @@ def may_read_secrets(principal: Principal, job_id: str, owner: str) -> bool:
     if principal.role is Role.USER:
         return bool(owner) and principal.name == owner
     return in_task_scope(principal, job_id)
+
+
+def task_parent(principal: Principal, parent_job_id: str) -> str:
+    """A task submits only children of its own job (they belong to that job's owner): the parent
+    its submission gets."""
+    if parent_job_id and parent_job_id != principal.job_id:
+        raise PermissionDenied(f"parent_job_id: a task of {principal.job_id!r} may submit only its own children")
+    return principal.job_id
+
+
+def task_list_prefix(principal: Principal, prefix: str) -> str:
+    """A task lists its own job and the jobs under it: the prefix its list is narrowed to."""
+    if prefix and not (prefix.startswith(principal.job_id) or principal.job_id.startswith(prefix)):
+        raise PermissionDenied(f"prefix: a task of {principal.job_id!r} may list only its own jobs")
+    return prefix if len(prefix) >= len(principal.job_id) else principal.job_id
+
+
+def require_own_worker(principal: Principal, worker_id: str) -> None:
+    """A worker credential speaks only for its own worker id."""
+    if principal.role is Role.WORKER and principal.name != worker_id:
+        raise PermissionDenied(f"worker_id: this credential belongs to worker {principal.name!r}, not "
+                               f"{worker_id[:64]!r}")
+
+
+def registration_gets_credential(principal: Principal, worker_id: str) -> bool:
+    """Who may register a worker: its own credential (re-registering), the join token (which earns
+    the worker a credential of its own: True), or an admin (or ``--auth none``; no credential)."""
+    if principal.role is Role.WORKER:
+        require_own_worker(principal, worker_id)
+        return False
+    if principal.role is Role.JOIN:
+        return True
+    if principal.role is not Role.ADMIN:
+        raise PermissionDenied(f"RegisterWorker: needs the join token or a worker credential, not a "
+                               f"{principal.role.value} token")
+    return False
+
+
+def require_attempt(principal: Principal, task_id: str, attempt_id: int, what: str) -> None:
+    """A task token acts (endpoints) only for its own attempt."""
+    if principal.role is Role.TASK and (task_id != principal.name or attempt_id != principal.attempt_id):
+        raise PermissionDenied(f"task_id: a task token {what} only for its own attempt "
+                               f"({principal.name} attempt {principal.attempt_id})")
 
 
 ANONYMOUS_LOCAL = Principal(Role.ADMIN, "local")

@@ -156,6 +156,11 @@ class BackendUnavailable(Exception):
 
 
 class TaskBackend(Protocol):
+    ships_logs: bool
+    """Whether its locations push every attempt's log to the controller as it is written
+    (``PushTaskLogs``): then the controller serves logs from its own copy only; else a page is
+    fetched from the backend while the controller holds no copy."""
+
     def submit(self, launches: Sequence[AttemptLaunch]) -> list[LaunchResult]:
         """Start attempts that all go to one location; results[i] answers launches[i]."""
         ...

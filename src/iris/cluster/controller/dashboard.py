@@ -50,15 +50,17 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from iris.client.models import EndpointInfo, JobStatus, LogLine, WorkerInfo
 from iris.cluster.addresses import advertise_host, host_port, is_wildcard
 from iris.cluster.auth import Principal, Role
 from iris.cluster.controller.access import require_owner, require_role
 from iris.cluster.controller.controller import Controller
+from iris.cluster.controller.requests import LogQuery
 from iris.cluster.controller.views import endpoint_proto, job_proto, worker_proto
 from iris.cluster.errors import InvalidArgument, IrisError, NotFound
 from iris.cluster.files import is_loopback
-from iris.cluster.types import JobId, parse_task_id
+from iris.cluster.models import EndpointInfo, JobStatus, LogLine, WorkerInfo
+from iris.cluster.types import JobId, TaskId, parse_task_id
+from iris.cluster.validation import check_log_window
 from iris.rpc import cluster_pb2
 
 logger = logging.getLogger(__name__)
@@ -151,13 +153,13 @@ class Dashboard:
             if key not in cluster_pb2.JobState.keys():
                 raise InvalidArgument(f"state: unknown job state {name!r}")
             codes.append(cluster_pb2.JobState.Value(key))
-        page = self._controller.list_jobs(states=codes, prefix=prefix, page_size=page_size, page_token=page_token,
+        page = self._controller.queries.list_jobs(states=codes, prefix=prefix, page_size=page_size, page_token=page_token,
                                           newest_first=newest_first)
         return {"jobs": [JobStatus.from_proto(job_proto(j)).to_dict() for j in page.jobs],
                 "next_page_token": page.next_page_token}
 
     def job(self, job_id: str) -> dict[str, Any]:
-        job, tasks = self._controller.job_status(JobId(job_id), include_tasks=True, task_limit=MAX_TASKS_SHOWN)
+        job, tasks = self._controller.queries.job_status(JobId(job_id), include_tasks=True, task_limit=MAX_TASKS_SHOWN)
         shown = list(tasks or [])
         data = JobStatus.from_proto(job_proto(job, shown)).to_dict()
         return {"job": data, "tasks_shown": len(shown)}
@@ -168,36 +170,32 @@ class Dashboard:
             job_id, _ = parse_task_id(task_id)
         except ValueError as e:
             raise InvalidArgument(f"task: {e}") from None
-        require_owner(principal, job_id, self._controller.job_owner(job_id), "logs")
-        request = cluster_pb2.Controller.FetchTaskLogsRequest(task_id=task_id, max_lines=max_lines,
-                                                              tail_lines=max(tail, 0))
-        if attempt is not None:
-            request.attempt_id = attempt
-        if offset is not None:
-            request.start_offset = offset
-        reply = self._controller.fetch_task_logs(request)
-        return {"lines": [LogLine.from_proto(line).to_dict() for line in reply.lines],
+        require_owner(principal, job_id, self._controller.queries.job_owner(job_id), "logs")
+        check_log_window(0, max_lines, offset)
+        reply = self._controller.fetch_task_logs(LogQuery(TaskId(task_id), attempt, start_offset=offset,
+                                                          max_lines=max_lines, tail_lines=max(tail, 0)))
+        return {"lines": [LogLine(line.timestamp_ms, line.source, line.data).to_dict() for line in reply.lines],
                 "next_offset": reply.next_offset, "attempt_finished": reply.attempt_finished,
                 "attempt_id": reply.attempt_id}
 
     def workers(self) -> dict[str, Any]:
-        return {"workers": [WorkerInfo.from_proto(worker_proto(w)).to_dict() for w in self._controller.list_workers()]}
+        return {"workers": [WorkerInfo.from_proto(worker_proto(w)).to_dict() for w in self._controller.queries.list_workers()]}
 
     def worker(self, worker_id: str) -> dict[str, Any]:
-        for w in self._controller.list_workers():
+        for w in self._controller.queries.list_workers():
             if w.worker_id == worker_id:
                 return {"worker": WorkerInfo.from_proto(worker_proto(w)).to_dict()}
         raise NotFound(f"id: no worker {worker_id[:128]!r}")
 
     def endpoints(self) -> dict[str, Any]:
         return {"endpoints": [EndpointInfo.from_proto(endpoint_proto(e)).to_dict()
-                              for e in self._controller.list_endpoints()]}
+                              for e in self._controller.queries.list_endpoints()]}
 
     def actions(self) -> dict[str, Any]:
         return {"actions": [
             {"timestamp_ms": a.timestamp_ms, "action": a.action, "job_id": a.job_id, "task_id": a.task_id,
              "worker_id": a.worker_id, "details": a.details}
-            for a in self._controller.recent_actions(200)
+            for a in self._controller.queries.recent_actions(200)
         ]}
 
     def metrics(self) -> bytes:

@@ -284,6 +284,9 @@ class PodBackend:
     taken is not reported missing. An attempt's log is copied to the archive when its pod ends,
     before Iris deletes the pod, so it outlives the pod."""
 
+    ships_logs = False
+    """Logs are read from the pods (and their archive), never pushed to the controller."""
+
     def __init__(self, api: PodApi, config: PodBackendConfig) -> None:
         self._api = api
         self.config = config

@@ -25,7 +25,23 @@ from iris.cluster.controller.views import AllocationInfo
 from iris.cluster.types import WorkerId
 
 if TYPE_CHECKING:
-    from iris.cluster.controller.controller import Controller
+    from iris.cluster.controller.autoscaler import Demand
+    from iris.cluster.controller.capacity import WorkerSnapshot
+
+
+class ProvisioningHost(Protocol):
+    """What the provisioner needs of the controller (``Controller`` is one): the inputs of a
+    scaling decision, and the calls that carry out what it saw."""
+
+    def provisioning_inputs(self) -> tuple[list[Demand], list[WorkerSnapshot], set[WorkerId]]: ...
+
+    def worker_lost(self, worker_id: WorkerId, reason: str) -> None: ...
+
+    def forget_worker(self, worker_id: WorkerId) -> None: ...
+
+    def retire_worker(self, worker_id: WorkerId, reason: str) -> bool: ...
+
+    def note_provisioned(self, worker_id: WorkerId, details: str) -> None: ...
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +114,7 @@ class _Held:
 
 
 class Provisioner:
-    def __init__(self, controller: Controller, platform: Platform, config: ProvisionerConfig, clock: Clock) -> None:
+    def __init__(self, controller: ProvisioningHost, platform: Platform, config: ProvisionerConfig, clock: Clock) -> None:
         self._controller = controller
         self.platform = platform
         self.config = config

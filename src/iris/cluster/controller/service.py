@@ -1,14 +1,17 @@
-"""gRPC ``ControllerService``: validate, call the Controller, map errors to status codes.
+"""gRPC ``ControllerService``: the controller's one typed edge.
 
-Reads go through the controller's read methods, which hand back frozen views; the protobuf is built
-from them here (``views.py``), after the controller's lock was released.
+Every protobuf is turned into a typed value here (``requests.py``, ``JobSpec``, ``Observation``),
+with every request field checked (``iris.cluster.validation`` and the helpers below), and every
+reply is built here from what the ``Controller`` returns; the controller never sees the wire. Reads
+go through the controller's ``queries``, which hand back frozen views; the protobuf is built from
+them after the controller's lock was released. Who may call what is ``access.py``'s.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,15 +24,29 @@ from iris.cluster.controller.access import (
     PermissionDenied,
     in_task_scope,
     may_read_secrets,
+    require_attempt,
+    require_own_worker,
     require_owner,
     require_reader,
     require_role,
+    task_list_prefix,
+    task_parent,
 )
+from iris.cluster.controller.backend import LocationCapacity, Observation
 from iris.cluster.controller.controller import Controller
+from iris.cluster.controller.requests import EndpointRequest, LogChunk, LogQuery, TaskLogPage, TaskReport
+from iris.cluster.controller.state import ObservedAttempt
 from iris.cluster.controller.views import endpoint_proto, job_proto, task_proto, worker_proto
 from iris.cluster.errors import InvalidArgument, IrisError
-from iris.cluster.types import JobId, WorkerId
-from iris.cluster.validation import MAX_MESSAGE_BYTES, check_id
+from iris.cluster.spec import JobSpec
+from iris.cluster.types import TASK_STATES, AttemptRef, JobId, TaskId, WorkerId, WorkerMetadata
+from iris.cluster.validation import (
+    MAX_MESSAGE_BYTES,
+    Limits,
+    check_id,
+    check_log_window,
+    validate_launch_request,
+)
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
 from iris.rpc.status import grpc_status
 from iris.rpc.tls import server_credentials
@@ -100,6 +117,7 @@ def _rpc(*roles: Role, read: bool = False, exclusive: bool = True) -> Callable[[
 class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     def __init__(self, controller: Controller) -> None:
         self._controller = controller
+        self._queries = controller.queries
 
     # -- jobs ---------------------------------------------------------------------------------
 
@@ -107,15 +125,13 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     def LaunchJob(
         self, request: cluster_pb2.Controller.LaunchJobRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.LaunchJobResponse:
-        if who.role is Role.TASK:
-            # A task submits only children of its own job; they belong to that job's owner.
-            if request.parent_job_id and request.parent_job_id != who.job_id:
-                raise PermissionDenied(f"parent_job_id: a task of {who.job_id!r} may submit only its own children")
-            request.parent_job_id = who.job_id
-            owner = self._controller.job_owner(JobId(who.job_id))
-        else:
-            owner = who.name
-        return cluster_pb2.Controller.LaunchJobResponse(job_id=self._controller.launch_job(request, owner=owner))
+        owner = who.name
+        if who.role is Role.TASK:  # a task's children belong to its job's owner
+            request.parent_job_id = task_parent(who, request.parent_job_id)
+            owner = self._queries.job_owner(JobId(who.job_id))
+        spec, blob = launch_request(request, self._controller.config.limits)
+        job_id = self._controller.launch_job(spec, owner=owner, bundle_blob=blob)
+        return cluster_pb2.Controller.LaunchJobResponse(job_id=job_id)
 
     @_rpc(*_READERS, read=True)
     def GetJobStatus(
@@ -123,7 +139,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     ) -> cluster_pb2.Controller.GetJobStatusResponse:
         _require(request.job_id, "job_id")
         require_reader(who, request.job_id, "GetJobStatus")
-        job, tasks = self._controller.job_status(JobId(request.job_id), include_tasks=request.include_tasks,
+        job, tasks = self._queries.job_status(JobId(request.job_id), include_tasks=request.include_tasks,
                                                  task_offset=request.task_offset, task_limit=request.task_limit)
         reply = cluster_pb2.Controller.GetJobStatusResponse(job=job_proto(job, tasks))
         if request.include_tasks and request.task_limit and tasks:
@@ -137,7 +153,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         self, request: cluster_pb2.Controller.TerminateJobRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Empty:
         _require(request.job_id, "job_id")
-        require_owner(who, request.job_id, self._controller.job_owner(JobId(request.job_id)), "TerminateJob")
+        require_owner(who, request.job_id, self._queries.job_owner(JobId(request.job_id)), "TerminateJob")
         self._controller.terminate_job(JobId(request.job_id))
         return cluster_pb2.Empty()
 
@@ -146,7 +162,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         self, request: cluster_pb2.Controller.DeleteJobRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.DeleteJobResponse:
         _require(request.job_id, "job_id")
-        require_owner(who, request.job_id, self._controller.job_owner(JobId(request.job_id)), "DeleteJob")
+        require_owner(who, request.job_id, self._queries.job_owner(JobId(request.job_id)), "DeleteJob")
         removed = self._controller.delete_job(JobId(request.job_id))
         return cluster_pb2.Controller.DeleteJobResponse(deleted_job_ids=list(removed))
 
@@ -154,13 +170,8 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     def ListJobs(
         self, request: cluster_pb2.Controller.ListJobsRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.ListJobsResponse:
-        prefix = request.prefix
-        if who.role is Role.TASK:  # a task lists its own job and the jobs under it
-            if prefix and not (prefix.startswith(who.job_id) or who.job_id.startswith(prefix)):
-                raise PermissionDenied(f"prefix: a task of {who.job_id!r} may list only its own jobs")
-            if len(prefix) < len(who.job_id):
-                prefix = who.job_id
-        page = self._controller.list_jobs(
+        prefix = request.prefix if who.role is not Role.TASK else task_list_prefix(who, request.prefix)
+        page = self._queries.list_jobs(
             states=list(request.states), prefix=prefix, page_size=request.page_size, page_token=request.page_token,
             newest_first=request.newest_first,
         )
@@ -175,7 +186,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     ) -> cluster_pb2.Controller.GetTaskStatusResponse:
         _require(request.job_id, "job_id")
         require_reader(who, request.job_id, "GetTaskStatus")
-        task = self._controller.task_status(JobId(request.job_id), request.task_index)
+        task = self._queries.task_status(JobId(request.job_id), request.task_index)
         return cluster_pb2.Controller.GetTaskStatusResponse(task=task_proto(task))
 
     @_rpc(*_READERS, read=True)
@@ -184,7 +195,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     ) -> cluster_pb2.Controller.ListTasksResponse:
         _require(request.job_id, "job_id")
         require_reader(who, request.job_id, "ListTasks")
-        tasks = self._controller.list_tasks(JobId(request.job_id))
+        tasks = self._queries.list_tasks(JobId(request.job_id))
         return cluster_pb2.Controller.ListTasksResponse(tasks=[task_proto(t) for t in tasks])
 
     @_rpc(*_READERS, read=True, exclusive=False)
@@ -193,19 +204,19 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     ) -> cluster_pb2.Controller.FetchTaskLogsResponse:
         _require(request.task_id, "task_id")
         job_id = request.task_id.rpartition("/task-")[0]
-        if not may_read_secrets(who, job_id, self._controller.job_owner(JobId(job_id)) if job_id else ""):
+        if not may_read_secrets(who, job_id, self._queries.job_owner(JobId(job_id)) if job_id else ""):
             raise PermissionDenied(f"FetchTaskLogs: the logs of {job_id!r} are readable only by its owner and admins")
-        return self._controller.fetch_task_logs(request)
+        return log_page_proto(self._controller.fetch_task_logs(log_query(request)))
 
     @_rpc(*_READERS, read=True)
     def GetTaskResult(
         self, request: cluster_pb2.Controller.GetTaskResultRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.GetTaskResultResponse:
         _require(request.job_id, "job_id")
-        if not may_read_secrets(who, request.job_id, self._controller.job_owner(JobId(request.job_id))):
+        if not may_read_secrets(who, request.job_id, self._queries.job_owner(JobId(request.job_id))):
             raise PermissionDenied(f"GetTaskResult: the results of {request.job_id!r} are readable only by its owner "
                                    "and admins")
-        kept = self._controller.task_result(JobId(request.job_id), request.task_index)
+        kept = self._queries.task_result(JobId(request.job_id), request.task_index)
         if kept is None:
             return cluster_pb2.Controller.GetTaskResultResponse(ready=False)
         return cluster_pb2.Controller.GetTaskResultResponse(ready=True, attempt_id=kept[0], result=kept[1])
@@ -215,9 +226,9 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         self, request: cluster_pb2.Controller.FetchBundleRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.FetchBundleResponse:
         _require(request.bundle_hash, "bundle_hash")
-        if who.role is Role.WORKER and not self._controller.worker_runs_bundle(who.name, request.bundle_hash):
+        if who.role is Role.WORKER and not self._queries.worker_runs_bundle(who.name, request.bundle_hash):
             raise PermissionDenied("bundle_hash: no attempt on this worker needs that bundle")
-        if who.role is Role.USER and not self._controller.user_owns_bundle(who.name, request.bundle_hash):
+        if who.role is Role.USER and not self._queries.user_owns_bundle(who.name, request.bundle_hash):
             raise PermissionDenied("bundle_hash: only the owners of the jobs that use a bundle may read it")
         return cluster_pb2.Controller.FetchBundleResponse(blob=self._controller.get_bundle(request.bundle_hash))
 
@@ -227,39 +238,53 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     def RegisterWorker(
         self, request: cluster_pb2.Controller.RegisterWorkerRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.RegisterWorkerResponse:
-        return self._controller.register_worker(request, who)
+        reply = self._controller.register_worker(registration(request, self._controller.config.limits), who)
+        return cluster_pb2.Controller.RegisterWorkerResponse(
+            accepted=True, kill=[_status(a) for a in reply.kill], credential=reply.credential,
+            controller_token=reply.controller_token, heartbeat_interval_ms=reply.heartbeat_interval_ms)
 
     @_rpc(Role.WORKER, Role.ADMIN)
     def Heartbeat(
         self, request: cluster_pb2.Controller.HeartbeatRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.HeartbeatResponse:
-        _own_worker(who, request.worker_id)
-        return self._controller.heartbeat(request)
+        require_own_worker(who, request.worker_id)
+        reply = self._controller.heartbeat(heartbeat_observation(request, self._controller.config.limits))
+        if reply.reregister:
+            return cluster_pb2.Controller.HeartbeatResponse(reregister=True)
+        return cluster_pb2.Controller.HeartbeatResponse(
+            kill=[_status(a) for a in reply.kill], heartbeat_interval_ms=reply.heartbeat_interval_ms,
+            forget_job_uids=reply.forget_job_uids, forget_bundles=reply.forget_bundles)
 
     @_rpc(Role.WORKER, Role.ADMIN)
     def ReportTaskState(
         self, request: cluster_pb2.Controller.ReportTaskStateRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.ReportTaskStateResponse:
         # Bound to its worker id: the core ignores reports of attempts not bound to that worker.
-        _own_worker(who, request.worker_id)
-        return self._controller.report_task_state(request)
+        require_own_worker(who, request.worker_id)
+        kill = self._controller.report_task_state(WorkerId(request.worker_id),
+                                                  task_reports(request, self._controller.config.limits))
+        return cluster_pb2.Controller.ReportTaskStateResponse(kill=[
+            cluster_pb2.WorkerTaskStatus(task_id=ref.task_id, attempt_id=ref.attempt_id, job_uid=ref.job_uid)
+            for ref in kill])
 
     @_rpc(Role.WORKER, Role.ADMIN)
     def PushTaskLogs(
         self, request: cluster_pb2.Controller.PushTaskLogsRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.PushTaskLogsResponse:
         # Bound to its worker id: only attempts that ran on that worker are kept.
-        _own_worker(who, request.worker_id)
+        require_own_worker(who, request.worker_id)
         _require(request.worker_id, "worker_id")
-        return self._controller.push_task_logs(WorkerId(request.worker_id), request)
+        offsets = self._controller.push_task_logs(WorkerId(request.worker_id),
+                                                  log_chunks(request, self._controller.config.limits))
+        return cluster_pb2.Controller.PushTaskLogsResponse(next_offsets=offsets)
 
     @_rpc(*_HUMANS, read=True)
     def ListWorkers(
         self, request: cluster_pb2.Controller.ListWorkersRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.ListWorkersResponse:
         return cluster_pb2.Controller.ListWorkersResponse(
-            workers=[worker_proto(w) for w in self._controller.list_workers()],
-            provisioning=self._controller.provisioning_summary(),
+            workers=[worker_proto(w) for w in self._queries.list_workers()],
+            provisioning=self._queries.provisioning_summary(),
         )
 
     @_rpc(Role.ADMIN)
@@ -284,10 +309,9 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     def RegisterEndpoint(
         self, request: cluster_pb2.Controller.RegisterEndpointRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.RegisterEndpointResponse:
-        if who.role is Role.TASK and (request.task_id != who.name or request.attempt_id != who.attempt_id):
-            raise PermissionDenied(f"task_id: a task token registers endpoints only for its own attempt "
-                                   f"({who.name} attempt {who.attempt_id})")
-        return cluster_pb2.Controller.RegisterEndpointResponse(endpoint_id=self._controller.register_endpoint(request))
+        require_attempt(who, request.task_id, request.attempt_id, "registers endpoints")
+        endpoint_id = self._controller.register_endpoint(endpoint_request(request))
+        return cluster_pb2.Controller.RegisterEndpointResponse(endpoint_id=endpoint_id)
 
     @_rpc(Role.TASK, Role.ADMIN)
     def UnregisterEndpoint(
@@ -295,7 +319,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     ) -> cluster_pb2.Empty:
         _require(request.endpoint_id, "endpoint_id")
         if who.role is Role.TASK:
-            endpoint = self._controller.get_endpoint(request.endpoint_id)
+            endpoint = self._queries.get_endpoint(request.endpoint_id)
             if endpoint.task_id != who.name:
                 raise PermissionDenied("endpoint_id: a task token removes only its own endpoints")
         self._controller.unregister_endpoint(request.endpoint_id)
@@ -307,7 +331,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     ) -> cluster_pb2.Controller.LookupEndpointResponse:
         _require(request.name, "name")
         return cluster_pb2.Controller.LookupEndpointResponse(
-            endpoint=endpoint_proto(self._controller.lookup_endpoint(request.name))
+            endpoint=endpoint_proto(self._queries.lookup_endpoint(request.name))
         )
 
     @_rpc(*_READERS, read=True)
@@ -315,7 +339,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         self, request: cluster_pb2.Controller.ListEndpointsRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.ListEndpointsResponse:
         return cluster_pb2.Controller.ListEndpointsResponse(
-            endpoints=[endpoint_proto(e) for e in self._controller.list_endpoints(request.prefix)]
+            endpoints=[endpoint_proto(e) for e in self._queries.list_endpoints(request.prefix)]
         )
 
     # -- tokens -------------------------------------------------------------------------------
@@ -327,21 +351,21 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         role = request.role or "user"
         if role not in ("user", "admin"):
             raise InvalidArgument(f"role: must be 'user' or 'admin', got {role[:20]!r}")
-        record, token = self._controller.create_token(request.name, Role(role))
+        record, token = self._controller.credentials.create_token(request.name, Role(role))
         return cluster_pb2.Controller.CreateTokenResponse(info=token_proto(record), token=token)
 
     @_rpc(Role.ADMIN, read=True)
     def ListTokens(
         self, request: cluster_pb2.Controller.ListTokensRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.ListTokensResponse:
-        return cluster_pb2.Controller.ListTokensResponse(tokens=[token_proto(t) for t in self._controller.list_tokens()])
+        return cluster_pb2.Controller.ListTokensResponse(tokens=[token_proto(t) for t in self._controller.credentials.list_tokens()])
 
     @_rpc(Role.ADMIN)
     def RevokeToken(
         self, request: cluster_pb2.Controller.RevokeTokenRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Empty:
         _require(request.token_id, "token_id")
-        self._controller.revoke_token(request.token_id)
+        self._controller.credentials.revoke_token(request.token_id)
         return cluster_pb2.Empty()
 
     @_rpc(Role.ADMIN, Role.USER, Role.WORKER, Role.JOIN, Role.TASK)
@@ -358,9 +382,91 @@ def token_proto(record: TokenRecord) -> cluster_pb2.Controller.TokenInfo:
     )
 
 
-def _own_worker(who: Principal, worker_id: str) -> None:
-    if who.role is Role.WORKER and who.name != worker_id:
-        raise PermissionDenied(f"worker_id: this credential belongs to worker {who.name!r}, not {worker_id[:64]!r}")
+# ---------------------------------------------------------------------- wire -> typed
+
+
+def registration(request: cluster_pb2.Controller.RegisterWorkerRequest, limits: Limits) -> LocationCapacity:
+    check_id(request.worker_id, "worker_id", limits)
+    if not request.address or ":" not in request.address or len(request.address) > 1024:
+        raise InvalidArgument(f"address: expected HOST:PORT, got {request.address[:64]!r}")
+    if request.metadata.cpu_count < 0 or request.metadata.memory_bytes < 0:
+        raise InvalidArgument("metadata: cpu_count and memory_bytes must be >= 0")
+    try:
+        metadata = WorkerMetadata.from_proto(request.metadata)
+    except ValueError as e:
+        raise InvalidArgument(f"metadata.{e}") from None
+    return LocationCapacity(WorkerId(request.worker_id), request.address, metadata, request.incarnation,
+                            observed(request.tasks), request.sequence)
+
+
+def launch_request(request: cluster_pb2.Controller.LaunchJobRequest, limits: Limits) -> tuple[JobSpec, bytes]:
+    """A LaunchJob's checked spec and its workspace bundle."""
+    return validate_launch_request(request, limits), request.bundle_blob
+
+
+def heartbeat_observation(request: cluster_pb2.Controller.HeartbeatRequest, limits: Limits) -> Observation:
+    check_id(request.worker_id, "worker_id", limits)
+    return Observation(WorkerId(request.worker_id), observed(request.tasks), request.incarnation, request.sequence)
+
+
+def endpoint_request(request: cluster_pb2.Controller.RegisterEndpointRequest) -> EndpointRequest:
+    return EndpointRequest(request.name, request.address, TaskId(request.task_id), request.attempt_id,
+                           dict(request.metadata))
+
+
+def observed(tasks: Sequence[cluster_pb2.WorkerTaskStatus]) -> list[ObservedAttempt]:
+    return [
+        ObservedAttempt(TaskId(t.task_id), t.attempt_id, t.state, exit_code=t.exit_code, error=t.error or None,
+                        ports=tuple(t.ports.items()) if t.ports else (), job_uid=t.job_uid)
+        for t in tasks
+    ]
+
+
+def task_reports(request: cluster_pb2.Controller.ReportTaskStateRequest, limits: Limits) -> list[TaskReport]:
+    check_id(request.worker_id, "worker_id", limits)
+    reports = []
+    for i, u in enumerate(request.updates):
+        check_id(u.task_id, f"updates[{i}].task_id", limits)
+        if u.state not in TASK_STATES:
+            raise InvalidArgument(f"updates[{i}].state: unknown task state {u.state}")
+        if u.HasField("log_size") and u.log_size < 0:
+            raise InvalidArgument(f"updates[{i}].log_size: must be >= 0, got {u.log_size}")
+        reports.append(TaskReport(AttemptRef(TaskId(u.task_id), u.attempt_id, u.job_uid), u.state,
+                                  exit_code=u.exit_code, error=u.error or None, ports=dict(u.ports), result=u.result,
+                                  log_size=u.log_size if u.HasField("log_size") else None))
+    return reports
+
+
+def log_query(request: cluster_pb2.Controller.FetchTaskLogsRequest) -> LogQuery:
+    offset = request.start_offset if request.HasField("start_offset") else None
+    check_log_window(request.start_line, request.max_lines, offset)
+    return LogQuery(TaskId(request.task_id), request.attempt_id if request.HasField("attempt_id") else None,
+                    request.start_line, offset, request.max_lines, request.tail_lines)
+
+
+def log_chunks(request: cluster_pb2.Controller.PushTaskLogsRequest, limits: Limits) -> list[LogChunk]:
+    for i, chunk in enumerate(request.chunks):
+        check_id(chunk.task_id, f"chunks[{i}].task_id", limits)
+        if chunk.start_offset < 0:
+            raise InvalidArgument(f"chunks[{i}].start_offset: must be >= 0")
+    return [LogChunk(AttemptRef(TaskId(c.task_id), c.attempt_id, c.job_uid), c.start_offset, c.data, c.complete)
+            for c in request.chunks]
+
+
+# ---------------------------------------------------------------------- typed -> wire
+
+
+def log_page_proto(page: TaskLogPage) -> cluster_pb2.Controller.FetchTaskLogsResponse:
+    return cluster_pb2.Controller.FetchTaskLogsResponse(
+        lines=[cluster_pb2.LogLine(data=line.data, source=line.source, timestamp_ms=line.timestamp_ms)
+               for line in page.lines],
+        next_line=page.next_line, next_offset=page.next_offset, attempt_finished=page.attempt_finished,
+        attempt_id=page.attempt_id)
+
+
+def _status(attempt: ObservedAttempt) -> cluster_pb2.WorkerTaskStatus:
+    return cluster_pb2.WorkerTaskStatus(task_id=attempt.task_id, attempt_id=attempt.attempt_id,
+                                        state=attempt.state, job_uid=attempt.job_uid)  # type: ignore[arg-type]
 
 
 def _require(value: str, field_name: str) -> None:

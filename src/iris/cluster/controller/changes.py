@@ -1,0 +1,124 @@
+"""The controller's one transaction: lock, change the core, drain its effects, queue their write, act.
+
+Every change to the state goes through ``Changes.change()``::
+
+    with changes.change() as tx:
+        tx.state.terminate_job(job_id, tx.now_ms)
+
+Entering takes the controller's lock. Leaving drains the core's effects and queues their store
+rows (``commits.GroupCommit``) under the lock, releases it, waits until those rows are durable
+(``DurableLock``), then runs what the block asked for with ``tx.then(...)`` (launches) and acts on
+the effects (kills sent, the scheduler woken) through the controller's ``on_effects``. A block that
+raises changes nothing durable and acts on nothing: validation happens before the core is touched.
+
+Reads take the same lock without a commit (``with changes.read() as state``); they still wait on
+leaving for any write they may have seen, so no reply is built from state newer than the disk.
+Nothing else in the controller holds the lock: this is the one place that knows the order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Protocol
+
+from iris.cluster.clock import Clock
+from iris.cluster.controller.commits import DurableLock, GroupCommit
+from iris.cluster.controller.state import ControllerState, Effects
+
+if TYPE_CHECKING:
+    from iris.cluster.controller.store import PreparedWrite
+
+logger = logging.getLogger(__name__)
+
+
+class StateStore(Protocol):
+    """The durable part of the state (``store.ControllerStore``) the transaction writes through."""
+
+    def prepare(self, state: ControllerState, effects: Effects) -> PreparedWrite | None: ...
+
+    def apply(self, writes: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Change:
+    """One open transaction: the state to change, the time it happens at, and what to do after."""
+
+    __slots__ = ("state", "now_ms", "_changes", "_effects", "_then")
+
+    def __init__(self, changes: Changes, now_ms: int) -> None:
+        self.state = changes.state
+        self.now_ms = now_ms
+        self._changes = changes
+        self._effects: list[Effects] = []
+        self._then: list[Callable[[], None]] = []
+
+    def commit(self) -> Effects:
+        """Drain the effects so far now (still under the lock) and queue their write; they are acted
+        on when the block ends, with any later ones."""
+        effects = self._changes._drain()
+        self._effects.append(effects)
+        return effects
+
+    def then(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once the lock is released and the change is durable, before its effects
+        are acted on (a scheduling pass's launches go before its kills)."""
+        self._then.append(action)
+
+
+class Changes:
+    """Owns the controller's lock, the effects drain and the group commit (module docstring)."""
+
+    def __init__(self, state: ControllerState, store: StateStore | None, clock: Clock,
+                 on_store_failed: Callable[[BaseException], None]) -> None:
+        self.state = state
+        self.store = store
+        self.clock = clock
+        self._on_store_failed = on_store_failed
+        self.commits: GroupCommit[PreparedWrite] | None = (
+            GroupCommit(store.apply, on_store_failed) if store is not None else None)
+        """Store writes, prepared under the lock and applied after it (several per transaction)."""
+        self._lock = DurableLock(self.commits)
+        self.on_effects: Callable[[Effects], None] = lambda effects: None
+        """What the controller does with a change's effects once it is durable (kills, wake)."""
+
+    @contextmanager
+    def change(self) -> Iterator[Change]:
+        with self._lock:
+            tx = Change(self, self.clock.now_ms())
+            yield tx
+            tx.commit()
+        for action in tx._then:
+            action()
+        for effects in tx._effects:
+            if not effects.is_empty():
+                self.on_effects(effects)
+
+    @contextmanager
+    def read(self) -> Iterator[ControllerState]:
+        """The state under the lock, for a bounded copy; no commit."""
+        with self._lock:
+            yield self.state
+
+    def flush_and_close(self) -> None:
+        """Wait for every queued write, then close the store (the controller is stopping)."""
+        if self.commits is not None:
+            self.commits.flush()
+        with self._lock:
+            if self.store is not None:
+                self.store.close()
+
+    def _drain(self) -> Effects:
+        effects = self.state.drain_effects()
+        if self.store is not None and self.commits is not None and not effects.is_empty():
+            try:
+                prepared = self.store.prepare(self.state, effects)
+            except Exception as e:
+                self._on_store_failed(e)
+                raise
+            if prepared is not None:
+                # Written after the lock is released, before the caller goes on (DurableLock).
+                self.commits.submit(prepared)
+        return effects

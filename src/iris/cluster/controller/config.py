@@ -1,0 +1,58 @@
+"""The controller's settings (``iris controller serve`` flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from iris.cluster.controller.reads import DEFAULT_BURST_S, DEFAULT_SHARE
+from iris.cluster.validation import DEFAULT_LIMITS, Limits
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerConfig:
+    worker_timeout_s: float = 10.0
+    """A worker not heard from for this long is declared dead (DESIGN §3); a fleet whose heartbeat
+    interval grows past a third of it gets three intervals (``max_heartbeat_rate``)."""
+    max_heartbeat_rate: float = 250.0
+    """Heartbeats per second the whole fleet may send (``--max-heartbeat-rate``). Each worker is asked
+    to heartbeat no more often than every ``workers / rate`` seconds (its own interval when that is
+    longer), as Nomad sizes its heartbeat TTLs: the controller's cost stays flat as the fleet grows,
+    and failure detection slows instead (10,000 workers: every 40 s, declared dead after 120 s)."""
+    schedule_interval_s: float = 0.5
+    """Fallback scheduling timer; scheduling is otherwise woken by events."""
+    health_interval_s: float = 0.5
+    dispatch_timeout_s: float = 10.0
+    """Deadline of one RunTasks call."""
+    kill_timeout_s: float = 5.0
+    kill_grace_period_s: float = 0.0
+    """SIGTERM, then SIGKILL after this long, for jobs that set no ``termination_grace_seconds``
+    (0: the worker's ``--kill-grace``)."""
+    max_termination_grace_s: float = 600.0
+    """The most grace a job may ask for (``--max-termination-grace``)."""
+    quarantine_after: int = 5
+    """Attempts failing quickly in a row on one worker, of two owners' jobs that succeed
+    elsewhere, before it is quarantined (``--quarantine-after``; 0: never)."""
+    log_fetch_timeout_s: float = 10.0
+    dispatch_threads: int = 16
+    dispatch_batch_max_tasks: int = 128
+    dispatch_batch_max_bytes: int = 1024 * 1024
+    """A scheduling pass sends each worker its tasks in calls of at most this many tasks and
+    request bytes (a task bigger than that goes alone)."""
+    max_dispatch_failures: int = 3
+    """Failed launch calls in a row after which a worker is declared dead."""
+    limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
+    """Size limits of a job; the workers apply the same (``iris.cluster.validation``)."""
+    auth: bool = True
+    """Every call needs a credential (DESIGN §7). False only for ``--auth none`` on loopback."""
+    finished_job_ttl_s: float = 7 * 24 * 3600.0
+    """Ended jobs are deleted this long after they ended (``--finished-job-ttl``; 0: never by age)."""
+    max_finished_jobs: int = 10_000
+    """At most this many ended jobs (without a parent) are kept; the oldest go first
+    (``--max-finished-jobs``; 0: no limit)."""
+    read_share: float = DEFAULT_SHARE
+    """Of one core, what reads (job lists and statuses, logs, the dashboard) may use over time, one
+    read at a time, so that no reader stalls heartbeats and dispatch (``--read-share``;
+    ``iris.cluster.controller.reads``)."""
+    read_burst_s: float = DEFAULT_BURST_S
+    """CPU-seconds of reading that run at once from a full bucket (a lone user listing every job
+    is not slowed); beyond it reads run at ``read_share``."""
