@@ -58,11 +58,9 @@ from iris.client.bundle import BUNDLE_MAX_SIZE_ENV, default_bundle_max_bytes
 from iris.client.client import LogFollower, generate_job_name
 from iris.client.models import parse_job_state
 from iris.cluster.clock import SystemClock
-from iris.cluster.failures import parse_exit_rules
-from iris.cluster.spec import DEFAULT_MAX_RETRIES_PREEMPTION, JobSpec
-from iris.cluster.types import GpuDevice, ResourceSpec, format_cpu, job_state_name, parse_size
+from iris.cluster.spec import CLI_FIELDS, LIST_FILTERS, JobSpec
+from iris.cluster.types import JOB_STATES, GpuDevice, ResourceSpec, format_cpu, job_state_name, parse_size
 from iris.cluster.validation import validate_job_spec
-from iris.rpc import cluster_pb2
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -71,7 +69,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def job_options(fn: F) -> F:
-    """The flags that describe a job, shared by ``iris job run`` and ``iris run``."""
+    """The flags that describe a job, shared by ``iris job run`` and ``iris run``: the job's shape
+    (name, tasks, resources), its workspace, and one flag per job field that declares one
+    (``iris.cluster.spec.FIELDS``: the flag, its help and parser come from the declaration)."""
     options = [
         click.option("--name", default=None, help="Job name (default: job-<time>-<random>)."),
         click.option("--replicas", "-n", default="1", show_default=True, help="Number of tasks."),
@@ -79,49 +79,19 @@ def job_options(fn: F) -> F:
         click.option("--memory", default=None, help="Memory per task, e.g. 512MiB or 2GiB."),
         click.option("--disk", default=None, help="Disk per task, e.g. 10GiB."),
         click.option("--gpu", default=None, help="GPUs per task: a count, or VARIANT:COUNT (H100:2)."),
-        click.option(
-            "--max-task-failures",
-            default="0",
-            show_default=True,
-            help="Tasks that may fail while the job still succeeds.",
-        ),
-        click.option(
-            "--max-retries", default="0", show_default=True, help="Retries per task after a failure (non-zero exit)."
-        ),
-        click.option(
-            "--max-preemptions",
-            default=str(DEFAULT_MAX_RETRIES_PREEMPTION),
-            show_default=True,
-            help="Retries per task after its worker died.",
-        ),
-        click.option(
-            "--scheduling-timeout",
-            default="0",
-            show_default=True,
-            help="Seconds a task may wait for a worker before the job is UNSCHEDULABLE (0: forever).",
-        ),
-        click.option("--env", "-e", "env", multiple=True, help="Environment variable K=V (repeatable)."),
-        click.option("--port", "ports", multiple=True, help="Named port to allocate per task (repeatable)."),
-        click.option("--coscheduled", is_flag=True,
-                     help="Start all tasks at once or none; when one task will be retried, the others are "
-                          "stopped and the whole gang is placed again together (a gang restart)."),
-        click.option("--on-exit", "on_exit", multiple=True, metavar="CODES=ACTION",
-                     help="What an exit code means (repeatable; CODES a comma list or ranges, a death by signal "
-                          "N is 128+N): fail-job (the job fails now), failure (the default: --max-retries), "
-                          "preemption (--max-preemptions). E.g. --on-exit 2=fail-job --on-exit 75,143=preemption."),
-        click.option("--retry-backoff", default="0", show_default=True, metavar="SECONDS",
-                     help="The k-th failure retry of a task waits SECONDS*2^(k-1) (capped at 10 min, jittered); "
-                          "preemption retries are not delayed."),
-        click.option("--termination-grace", default=None, metavar="SECONDS",
-                     help="SIGTERM to SIGKILL when Iris stops a task (job stop, gang restart, drain, preemption), "
-                          "so it can checkpoint (default: the worker's --kill-grace)."),
-        click.option("--timeout", "attempt_timeout", default="0", show_default=True, metavar="SECONDS",
-                     help="Each attempt's running time; over it the attempt fails \"timed out\" (0: unbounded)."),
-        click.option("--max-similar-failures", default="0", show_default=True, metavar="K",
-                     help="Fail the job once K tasks failed with the same error and none succeeded (0: off)."),
-        click.option("--with", "with_packages", multiple=True, metavar="PKG",
-                     help="Add a package to the task's Python environment, built with uv (repeatable; "
-                          "with the workspace's uv.lock when it has one)."),
+    ]
+    for f in CLI_FIELDS:
+        cli = f.cli
+        assert cli is not None
+        names = [cli.flag, *([cli.short] if cli.short else []), f.name]
+        if cli.is_flag:
+            options.append(click.option(*names, is_flag=True, help=f.help))
+        elif cli.multiple:
+            options.append(click.option(*names, multiple=True, metavar=cli.metavar or None, help=f.help))
+        else:
+            options.append(click.option(*names, default=cli.default, show_default=cli.default is not None,
+                                        metavar=cli.metavar or None, help=f.help))
+    options += [
         click.option(
             "--workspace",
             type=click.Path(file_okay=False, path_type=Path),
@@ -158,18 +128,9 @@ class JobRequest:
         spec = self.spec
         if self.generate_name:
             spec = spec.replace(name=generate_job_name())
-        # The client fills in the parent job (inside a task) the same way submit() does.
-        spec = client.build_spec(
-            spec.entrypoint, name=spec.name, resources=spec.resources, replicas=spec.replicas,
-            max_task_failures=spec.max_task_failures, max_retries_failure=spec.max_retries_failure,
-            max_retries_preemption=spec.max_retries_preemption,
-            scheduling_timeout_seconds=spec.scheduling_timeout_seconds, ports=spec.ports, env=spec.env,
-            coscheduled=spec.coscheduled, on_exit=[f"{r.codes_text()}={r.action}" for r in spec.exit_rules],
-            retry_backoff_seconds=spec.retry_backoff_seconds, termination_grace_seconds=spec.termination_grace_seconds,
-            timeout_seconds=spec.timeout_seconds, max_similar_failures=spec.max_similar_failures,
-            with_packages=spec.with_packages,
-        )
-        return client.submit_spec(spec, workspace=self.workspace, bundle_max_bytes=self.bundle_max_bytes)
+        # Inside a task, the job becomes a child of the task's job, as submit() makes it.
+        return client.submit_spec(client.in_task(spec), workspace=self.workspace,
+                                  bundle_max_bytes=self.bundle_max_bytes)
 
 
 def _usage(message: str) -> CliError:
@@ -183,16 +144,6 @@ def _whole(value: str, flag: str, minimum: int) -> int:
         raise _usage(f"{flag}: expected a whole number, got {value!r}") from None
     if number < minimum:
         raise _usage(f"{flag}: must be >= {minimum}, got {number}")
-    return number
-
-
-def _seconds(value: str, flag: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise _usage(f"{flag}: expected seconds, got {value!r}") from None
-    if not number >= 0:
-        raise _usage(f"{flag}: must be >= 0, got {value}")
     return number
 
 
@@ -223,25 +174,16 @@ def parse_job_request(command: Sequence[str], **flags: Any) -> JobRequest:
         )
     except ValueError as e:
         raise _usage(str(e)) from None
-    try:
-        scheduling_timeout = float(flags["scheduling_timeout"])
-    except ValueError:
-        raise _usage(f"--scheduling-timeout: expected seconds, got {flags['scheduling_timeout']!r}") from None
-    if scheduling_timeout < 0:
-        raise _usage(f"--scheduling-timeout: must be >= 0, got {flags['scheduling_timeout']}")
-    try:
-        exit_rules = parse_exit_rules(flags.get("on_exit") or ())
-    except ValueError as e:
-        raise _usage(str(e)) from None
-    retry_backoff = _seconds(flags.get("retry_backoff") or "0", "--retry-backoff")
-    attempt_timeout = _seconds(flags.get("attempt_timeout") or "0", "--timeout")
-    grace = _seconds(flags["termination_grace"], "--termination-grace") if flags.get("termination_grace") else None
-    env: dict[str, str] = {}
-    for item in flags.get("env") or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise _usage(f"--env: expected KEY=VALUE, got {item!r}")
-        env[key] = value
+    fields: dict[str, Any] = {}
+    for f in CLI_FIELDS:
+        assert f.cli is not None
+        text = flags.get(f.name)
+        if text is None or (f.cli.multiple and not text):
+            continue
+        try:
+            fields[f.name] = f.cli.parse(text)
+        except ValueError as e:
+            raise _usage(str(e)) from None
     bundle_max_bytes: int | None = None
     if flags.get("bundle_max_size"):
         try:
@@ -259,19 +201,7 @@ def parse_job_request(command: Sequence[str], **flags: Any) -> JobRequest:
             entrypoint=Entrypoint.from_command(*command),
             resources=resources,
             replicas=replicas,
-            max_task_failures=_whole(flags["max_task_failures"], "--max-task-failures", 0),
-            max_retries_failure=_whole(flags["max_retries"], "--max-retries", 0),
-            max_retries_preemption=_whole(flags["max_preemptions"], "--max-preemptions", 0),
-            scheduling_timeout_seconds=scheduling_timeout,
-            ports=tuple(flags.get("ports") or ()),
-            env=env,
-            coscheduled=bool(flags.get("coscheduled")),
-            exit_rules=exit_rules,
-            retry_backoff_seconds=retry_backoff,
-            termination_grace_seconds=grace,
-            timeout_seconds=attempt_timeout,
-            max_similar_failures=_whole(flags.get("max_similar_failures") or "0", "--max-similar-failures", 0),
-            with_packages=tuple(flags.get("with_packages") or ()),
+            **fields,
         ))
     except InvalidRequestError as e:
         raise _usage(str(e)) from None
@@ -472,17 +402,27 @@ def run_cmd(controller: str, command: tuple[str, ...], no_wait: bool, verbose: b
     sys.exit(code)
 
 
+def list_filter_options(fn: F) -> F:
+    """One repeatable flag per job field declared filterable (``iris.cluster.spec.LIST_FILTERS``)."""
+    for f in reversed(LIST_FILTERS.values()):
+        assert f.list_filter is not None
+        fn = click.option(f.list_filter.flag, f.name, multiple=True, metavar=f.list_filter.metavar,
+                          help=f.list_filter.help)(fn)
+    return fn
+
+
 @job.command("list")
 @controller_option
 @click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable), e.g. running.")
 @click.option("--prefix", default="", help="Only jobs whose id starts with this.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Show the newest N jobs.")
 @click.option("--all", "show_all", is_flag=True, help="Show every job (overrides --limit).")
+@list_filter_options
 @json_option
 @verbose_option
 @handle_errors
 def list_cmd(controller: str, states: tuple[str, ...], prefix: str, limit: int, show_all: bool, as_json: bool,
-             verbose: bool) -> None:
+             verbose: bool, **where: tuple[str, ...]) -> None:
     """List jobs, newest first (the newest 50 unless --limit or --all)."""
     try:
         wanted = [parse_job_state(s) for s in states]
@@ -492,7 +432,7 @@ def list_cmd(controller: str, states: tuple[str, ...], prefix: str, limit: int, 
         # One more than shown tells whether there are more.
         # The wire's messages: a 25,000-job table converts none of them to models.
         protos = client.list_job_protos(wanted or None, prefix=prefix, limit=None if show_all else limit + 1,
-                                        newest_first=True)
+                                        newest_first=True, where={k: v for k, v in where.items() if v})
     more = not show_all and len(protos) > limit
     protos = protos if show_all else protos[:limit]
     if as_json:
@@ -502,7 +442,7 @@ def list_cmd(controller: str, states: tuple[str, ...], prefix: str, limit: int, 
         stderr_console().print("No jobs.")
         return
     plain = len(protos) > PLAIN_TABLE_ROWS or not sys.stdout.isatty()  # no rich Text per row for long lists
-    names = {value: job_state_name(value) for value in cluster_pb2.JobState.values()}
+    names = {value: job_state_name(value) for value in JOB_STATES}
     now = now_ms()
     rows = [
         (
@@ -561,6 +501,11 @@ def task_rows(tasks: Sequence[TaskStatus]) -> list[tuple[str | Text, ...]]:
 TASK_COLUMNS = ["TASK", "STATE", "WORKER", "ADDRESS", "ATTEMPTS", "EXIT", "DURATION", "PORTS", "ERROR"]
 
 
+_SHOWN_ABOVE = frozenset({"name", "resources", "replicas", "max_task_failures", "max_retries_failure",
+                          "max_retries_preemption", "parent_job_id"})
+"""Spec fields the status summary rows already show."""
+
+
 @job.command("status")
 @controller_option
 @click.argument("job_id")
@@ -604,6 +549,8 @@ def status_cmd(controller: str, job_id: str, show_tasks: bool, as_json: bool, ve
         fields.append(("Pending", status.pending_reason))
     if status.error:
         fields.append(("Error", Text(one_line(status.error, 300), style="red")))
+    # What the job asked for beyond the defaults, every field as its declaration shows it.
+    fields += [(name, text) for name, text in status.spec_shown() if name not in _SHOWN_ABOVE]
     grid = make_table(["", ""], [(Text(k, style="bold"), v) for k, v in fields])
     grid.show_header = False
     out.print(grid)

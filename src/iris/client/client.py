@@ -46,8 +46,7 @@ from iris.client.models import (
     parse_job_state,
 )
 from iris.cluster.clock import SystemClock
-from iris.cluster.failures import parse_exit_rules
-from iris.cluster.spec import DEFAULT_MAX_RETRIES_PREEMPTION, Entrypoint, JobSpec
+from iris.cluster.spec import Entrypoint, JobSpec, parse_list_filters, spec_fields
 from iris.cluster.types import JobId, ResourceSpec, parse_size, task_id_for
 from iris.cluster.validation import MAX_MESSAGE_BYTES, validate_job_spec
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
@@ -79,14 +78,6 @@ def normalize_address(address: str) -> str:
     if ":" not in text:
         text += ":10000"
     return text
-
-
-def _env_dict(env: Mapping[str, str] | None) -> dict[str, str]:
-    if env is None:
-        return {}
-    if not isinstance(env, Mapping):
-        raise InvalidRequestError(f"env: expected a mapping of names to strings, got {type(env).__name__}")
-    return dict(env)
 
 
 def generate_job_name(prefix: str = "job") -> str:
@@ -276,23 +267,10 @@ class IrisClient:
         name: str | None = None,
         resources: ResourceSpec | None = None,
         replicas: int | None = None,
-        max_task_failures: int = 0,
-        max_retries_failure: int = 0,
-        max_retries_preemption: int = DEFAULT_MAX_RETRIES_PREEMPTION,
-        scheduling_timeout_seconds: float = 0,
-        ports: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
-        coscheduled: bool = False,
         *,
         workspace: Path | str | None = None,
         bundle_max_bytes: int | str | None = None,
-        parent_job_id: str | None = None,
-        on_exit: Mapping[str, str] | Sequence[str] | None = None,
-        retry_backoff_seconds: float = 0,
-        termination_grace_seconds: float | None = None,
-        timeout_seconds: float = 0,
-        max_similar_failures: int = 0,
-        with_packages: Sequence[str] = (),
+        **fields: Any,
     ) -> Job:
         """Submit a job of ``replicas`` tasks and return its handle at once.
 
@@ -303,33 +281,15 @@ class IrisClient:
                 job's id is ``"{parent}/{name}"``.
             resources: what each task needs (cpu, memory, disk, device).
             replicas: number of tasks; overrides ``resources.replicas``; must be >= 1.
-            max_task_failures: tasks that may end FAILED while the job still SUCCEEDS.
-            max_retries_failure: retries per task after a real failure (non-zero exit).
-            max_retries_preemption: retries per task after its worker failed.
-            scheduling_timeout_seconds: a task that cannot be placed this long makes the job
-                UNSCHEDULABLE (0: wait forever).
-            ports: names of ports to allocate per task (``IRIS_PORT_<NAME>`` in the task).
-            env: extra environment variables for every task.
-            coscheduled: place all tasks at once or none.
             workspace: a directory to zip and ship as every attempt's working directory (on
                 ``PYTHONPATH``). Inside a task, omitted means "reuse the parent's bundle".
             bundle_max_bytes: size cap for the workspace ("100MiB"); default ``$IRIS_BUNDLE_MAX_SIZE``
                 or 25 MiB.
-            parent_job_id: submit as a child of this job (default: the task's job under
-                ``from_env()``).
-            on_exit: which exit codes mean what, as the CLI's ``--on-exit`` (``["2=fail-job",
-                "75,143=preemption"]`` or ``{"2": "fail-job", "75,143": "preemption"}``): ``fail-job``
-                fails the job now, ``failure`` spends ``max_retries_failure`` (the default),
-                ``preemption`` spends ``max_retries_preemption``. A death by signal N is 128+N.
-            retry_backoff_seconds: the k-th failure retry of a task waits this * 2^(k-1) (capped at
-                10 minutes, jittered); preemption retries are not delayed.
-            termination_grace_seconds: SIGTERM to SIGKILL when Iris stops a task (job stop, gang
-                restart, drain, preemption); default: the worker's ``--kill-grace``.
-            timeout_seconds: each attempt's running time; over it the attempt fails "timed out".
-            max_similar_failures: fail the job once this many tasks failed with the same error and
-                none succeeded (0: off).
-            with_packages: packages ("numpy==2.1", a wheel path, a URL) added with uv to the
-                task's Python environment (built from the workspace's ``uv.lock`` when it has one).
+            **fields: any other job field by its ``JobSpec`` name, e.g. ``max_retries_failure=3``,
+                ``env={"K": "V"}``, ``ports=["http"]``, ``coscheduled=True``, ``timeout_seconds=60``,
+                ``on_exit=["2=fail-job"]`` (for ``exit_rules``); each field's declaration in
+                ``iris.cluster.spec`` says what it means (``iris job run --help`` shows the same).
+                Inside a task, ``parent_job_id`` defaults to the task's own job.
 
         Raises:
             InvalidRequestError: a bad argument (the message names it), also from the controller.
@@ -337,26 +297,7 @@ class IrisClient:
             BundleTooLargeError: the workspace exceeds the size cap.
             ControllerUnavailableError: the controller cannot be reached.
         """
-        spec = self.build_spec(
-            entrypoint,
-            name=name,
-            resources=resources,
-            replicas=replicas,
-            max_task_failures=max_task_failures,
-            max_retries_failure=max_retries_failure,
-            max_retries_preemption=max_retries_preemption,
-            scheduling_timeout_seconds=scheduling_timeout_seconds,
-            ports=ports,
-            env=env,
-            coscheduled=coscheduled,
-            parent_job_id=parent_job_id,
-            on_exit=on_exit,
-            retry_backoff_seconds=retry_backoff_seconds,
-            termination_grace_seconds=termination_grace_seconds,
-            timeout_seconds=timeout_seconds,
-            max_similar_failures=max_similar_failures,
-            with_packages=with_packages,
-        )
+        spec = self.build_spec(entrypoint, name=name, resources=resources, replicas=replicas, **fields)
         return self.submit_spec(spec, workspace=workspace, bundle_max_bytes=bundle_max_bytes)
 
     def submit_spec(
@@ -374,20 +315,7 @@ class IrisClient:
         name: str | None = None,
         resources: ResourceSpec | None = None,
         replicas: int | None = None,
-        max_task_failures: int = 0,
-        max_retries_failure: int = 0,
-        max_retries_preemption: int = DEFAULT_MAX_RETRIES_PREEMPTION,
-        scheduling_timeout_seconds: float = 0,
-        ports: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
-        coscheduled: bool = False,
-        parent_job_id: str | None = None,
-        on_exit: Mapping[str, str] | Sequence[str] | None = None,
-        retry_backoff_seconds: float = 0,
-        termination_grace_seconds: float | None = None,
-        timeout_seconds: float = 0,
-        max_similar_failures: int = 0,
-        with_packages: Sequence[str] = (),
+        **fields: Any,
     ) -> JobSpec:
         """The ``JobSpec`` of ``submit``'s arguments, checked by the shared validator (no RPC).
         Inside a task, the parent job and its workspace bundle are filled in."""
@@ -400,34 +328,29 @@ class IrisClient:
         spec_resources = resources if resources is not None else ResourceSpec()
         if not isinstance(spec_resources, ResourceSpec):
             raise InvalidRequestError(f"resources: expected a ResourceSpec, got {type(spec_resources).__name__}")
-        parent = self._parent_job_id if parent_job_id is None else parent_job_id
-        rule_texts = [f"{k}={v}" for k, v in on_exit.items()] if isinstance(on_exit, Mapping) else list(on_exit or ())
-        try:
-            exit_rules = parse_exit_rules(rule_texts)
-        except ValueError as e:
-            raise InvalidRequestError(f"on_exit: {e}") from None
+        values = spec_fields({k: v for k, v in fields.items() if v is not None})  # None: the field's default
+        for structural in ("entrypoint", "resources", "replicas", "name"):
+            if structural in values:
+                raise InvalidRequestError(f"{structural}: pass it as submit's own argument")
         spec = JobSpec(
             name=generate_job_name() if name is None else name,
             entrypoint=entrypoint,
             resources=spec_resources,
             replicas=spec_resources.replicas if replicas is None else replicas,
-            max_task_failures=max_task_failures,
-            max_retries_failure=max_retries_failure,
-            max_retries_preemption=max_retries_preemption,
-            scheduling_timeout_seconds=scheduling_timeout_seconds,
-            env=_env_dict(env),
-            ports=tuple(ports),
-            coscheduled=coscheduled,
-            parent_job_id=parent,
-            bundle_hash=self._parent_bundle_hash if self._parent_bundle_hash and parent == self._parent_job_id else "",
-            exit_rules=exit_rules,
-            retry_backoff_seconds=retry_backoff_seconds,
-            termination_grace_seconds=termination_grace_seconds,
-            timeout_seconds=timeout_seconds,
-            max_similar_failures=max_similar_failures,
-            with_packages=tuple([with_packages] if isinstance(with_packages, str) else with_packages),
+            **values,
         )
-        return validate_job_spec(spec)
+        return validate_job_spec(self.in_task(spec, adopt="parent_job_id" not in values))
+
+    def in_task(self, spec: JobSpec, *, adopt: bool = True) -> JobSpec:
+        """Inside a task (``from_env()``): a spec with no parent job becomes a child of the task's
+        own job (``adopt``), and a child of it reuses its workspace bundle. Elsewhere, the spec as it is."""
+        if not self._parent_job_id:
+            return spec
+        if adopt and not spec.parent_job_id:
+            spec = spec.replace(parent_job_id=self._parent_job_id)
+        if spec.parent_job_id == self._parent_job_id and not spec.bundle_hash and self._parent_bundle_hash:
+            spec = spec.replace(bundle_hash=self._parent_bundle_hash)
+        return spec
 
     def launch_request(
         self, spec: JobSpec, *, workspace: Path | str | None = None, bundle_max_bytes: int | str | None = None
@@ -503,21 +426,24 @@ class IrisClient:
 
     def list_jobs(
         self, state: JobState | str | Iterable[JobState | str] | None = None, prefix: str = "", *,
-        limit: int | None = None, newest_first: bool = False,
+        limit: int | None = None, newest_first: bool = False, where: Mapping[str, Iterable[str]] | None = None,
     ) -> list[JobStatus]:
-        """Jobs, optionally only those in ``state`` (one or several) and whose id starts with
-        ``prefix``; in submission order, or ``newest_first``; at most ``limit`` of them (None: all),
-        fetched page by page."""
+        """Jobs, optionally only those in ``state`` (one or several), whose id starts with
+        ``prefix`` and whose spec passes ``where`` (a filterable job field and the texts it must
+        match, e.g. ``{"labels": ["team=ml"]}``); in submission order, or ``newest_first``; at most
+        ``limit`` of them (None: all), fetched page by page."""
         return [JobStatus.from_proto(j) for j in self.list_job_protos(state, prefix, limit=limit,
-                                                                       newest_first=newest_first)]
+                                                                       newest_first=newest_first, where=where)]
 
     def list_job_protos(
         self, state: JobState | str | Iterable[JobState | str] | None = None, prefix: str = "", *,
-        limit: int | None = None, newest_first: bool = False,
+        limit: int | None = None, newest_first: bool = False, where: Mapping[str, Iterable[str]] | None = None,
     ) -> list[cluster_pb2.JobStatus]:
         """``list_jobs`` as the wire's ``JobStatus`` messages (no conversion: for a long table)."""
         if limit is not None and limit < 0:
             raise InvalidRequestError(f"limit: must be >= 0, got {limit}")
+        filters = [cluster_pb2.Controller.SpecFilter(field=name, value=value)
+                   for name, value in parse_list_filters({k: list(v) for k, v in (where or {}).items()})]
         if state is None:
             states: list[JobState] = []
         elif isinstance(state, str):
@@ -532,7 +458,7 @@ class IrisClient:
                 return jobs
             request = cluster_pb2.Controller.ListJobsRequest(
                 states=[s.to_proto() for s in states], prefix=prefix, page_token=token, page_size=page_size,
-                newest_first=newest_first,
+                newest_first=newest_first, filters=filters,
             )
             response = self._call(self._stub.ListJobs, request, "jobs")
             jobs.extend(response.jobs)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from iris.cluster.spec import JobSpec
 from iris.cluster.types import (
     ResourceSpec,
     cores,
@@ -263,13 +264,23 @@ class JobStatus(_Jsonable):
     time: TimeSpent = field(default_factory=TimeSpent)
     job_uid: str = ""
     """This incarnation of the job id (a deleted job's name may be used again by a new job)."""
+    spec: JobSpec | None = None
+    """What the job asked for, every field (a job's own status: ``job_status``; not in lists). For a
+    reader other than its owner or an admin the fields not declared public are absent (``redacted``)."""
+    redacted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        data = _Jsonable.to_dict(self)
+        data = _Jsonable.to_dict(dataclasses.replace(self, spec=None, tasks=()))
         data["num_tasks"] = self.num_tasks
         if self.tasks:
             data["tasks"] = [t.to_dict() for t in self.tasks]
+        data["spec"] = self.spec.to_json(public_only=self.redacted) if self.spec is not None else None
+        data["spec_shown"] = [list(item) for item in self.spec_shown()]
         return data
+
+    def spec_shown(self) -> list[tuple[str, str]]:
+        """(field, text) of what the job asked for beyond the defaults, as ``iris job status`` shows it."""
+        return self.spec.shown(public_only=self.redacted) if self.spec is not None else []
 
     @property
     def num_tasks(self) -> int:
@@ -311,6 +322,8 @@ class JobStatus(_Jsonable):
             failures_used=proto.failures_used,
             preemptions_used=proto.preemptions_used,
             time=TimeSpent.from_proto(proto.time),
+            spec=JobSpec.from_proto(proto.spec) if proto.HasField("spec") else None,
+            redacted=proto.HasField("spec") and not proto.spec.serialized_entrypoint,
         )
 
 

@@ -269,6 +269,15 @@ def tpu(variant: str = "", count: int = 1) -> TpuDevice:
     return TpuDevice(variant=variant, count=count)
 
 
+def device_text(device: Device) -> str:
+    """``"cpu"``, ``"gpu:2"``, ``"H100:2"`` (a variant stands for its kind), ``"tpu:v5e:4"``."""
+    if isinstance(device, GpuDevice):
+        return f"{device.variant or 'gpu'}:{device.count}"
+    if isinstance(device, TpuDevice):
+        return f"tpu:{device.variant + ':' if device.variant else ''}{device.count}"
+    return device.variant or "cpu"
+
+
 def device_to_proto(device: Device) -> cluster_pb2.DeviceConfig:
     if isinstance(device, GpuDevice):
         return cluster_pb2.DeviceConfig(gpu=cluster_pb2.GpuDevice(variant=device.variant, count=device.count))

@@ -636,6 +636,7 @@ class JobStatus(_message.Message):
     MAX_RETRIES_PREEMPTION_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     JOB_UID_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     error: _builtins.str
@@ -672,6 +673,13 @@ class JobStatus(_message.Message):
     def resources(self) -> Global___ResourceSpecProto: ...
     @_builtins.property
     def time(self) -> Global___TimeSpent: ...
+    @_builtins.property
+    def spec(self) -> Global___Controller.LaunchJobRequest:
+        """GetJobStatus only: what the job asked for, every field (iris.cluster.spec declares them), with
+        the fields not declared public (command, environment) left out for readers other than its owner
+        and admins; a callable's pickled bytes never come back.
+        """
+
     def __init__(
         self,
         *,
@@ -702,10 +710,11 @@ class JobStatus(_message.Message):
         max_retries_preemption: _builtins.int = ...,
         owner: _builtins.str = ...,
         job_uid: _builtins.str = ...,
+        spec: Global___Controller.LaunchJobRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "spec", b"spec", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "failures_used", b"failures_used", "finished_at_ms", b"finished_at_ms", "gang_restarts", b"gang_restarts", "job_id", b"job_id", "job_uid", b"job_uid", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_task_failures", b"max_task_failures", "num_tasks", b"num_tasks", "owner", b"owner", "parent_job_id", b"parent_job_id", "pending_reason", b"pending_reason", "preemptions_used", b"preemptions_used", "resources", b"resources", "started_at_ms", b"started_at_ms", "state", b"state", "submitted_at_ms", b"submitted_at_ms", "tasks", b"tasks", "tasks_failed", b"tasks_failed", "tasks_killed", b"tasks_killed", "tasks_pending", b"tasks_pending", "tasks_running", b"tasks_running", "tasks_succeeded", b"tasks_succeeded", "tasks_unschedulable", b"tasks_unschedulable", "tasks_worker_failed", b"tasks_worker_failed", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "failures_used", b"failures_used", "finished_at_ms", b"finished_at_ms", "gang_restarts", b"gang_restarts", "job_id", b"job_id", "job_uid", b"job_uid", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_task_failures", b"max_task_failures", "num_tasks", b"num_tasks", "owner", b"owner", "parent_job_id", b"parent_job_id", "pending_reason", b"pending_reason", "preemptions_used", b"preemptions_used", "resources", b"resources", "spec", b"spec", "started_at_ms", b"started_at_ms", "state", b"state", "submitted_at_ms", b"submitted_at_ms", "tasks", b"tasks", "tasks_failed", b"tasks_failed", "tasks_killed", b"tasks_killed", "tasks_pending", b"tasks_pending", "tasks_running", b"tasks_running", "tasks_succeeded", b"tasks_succeeded", "tasks_unschedulable", b"tasks_unschedulable", "tasks_worker_failed", b"tasks_worker_failed", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1346,6 +1355,7 @@ class Controller(_message.Message):
         PAGE_SIZE_FIELD_NUMBER: _builtins.int
         PAGE_TOKEN_FIELD_NUMBER: _builtins.int
         NEWEST_FIRST_FIELD_NUMBER: _builtins.int
+        FILTERS_FIELD_NUMBER: _builtins.int
         prefix: _builtins.str
         """job id prefix (at most 1024 characters)"""
         page_size: _builtins.int
@@ -1358,6 +1368,12 @@ class Controller(_message.Message):
         def states(self) -> _containers.RepeatedScalarFieldContainer[Global___JobState.ValueType]:
             """empty: all states (at most 16)"""
 
+        @_builtins.property
+        def filters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Controller.SpecFilter]:
+            """Only jobs whose spec passes every filter (a job field declared filterable, e.g. labels:
+            `iris job list --label K=V`); at most 16.
+            """
+
         def __init__(
             self,
             *,
@@ -1366,10 +1382,33 @@ class Controller(_message.Message):
             page_size: _builtins.int = ...,
             page_token: _builtins.str = ...,
             newest_first: _builtins.bool = ...,
+            filters: _abc.Iterable[Global___Controller.SpecFilter] | None = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["newest_first", b"newest_first", "page_size", b"page_size", "page_token", b"page_token", "prefix", b"prefix", "states", b"states"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["filters", b"filters", "newest_first", b"newest_first", "page_size", b"page_size", "page_token", b"page_token", "prefix", b"prefix", "states", b"states"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class SpecFilter(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        FIELD_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        field: _builtins.str
+        """the job field (JobSpec name)"""
+        value: _builtins.str
+        """what the field's declaration matches, e.g. "team=ml" """
+        def __init__(
+            self,
+            *,
+            field: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "value", b"value"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

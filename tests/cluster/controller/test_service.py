@@ -220,3 +220,31 @@ def test_service_job_status_pages_tasks_and_says_where_the_next_page_starts(
     code, details = code_and_details(stub.GetJobStatus, C.GetJobStatusRequest(job_id="wide", include_tasks=True,
                                                                              task_limit=100_000))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("task_limit")
+
+
+def test_service_job_status_carries_its_spec_redacted_for_other_users(
+        server: ControllerServer, stub: cluster_pb2_grpc.ControllerServiceStub) -> None:
+    _, alice = server.controller.create_token("alice", Role.USER)
+    _, bob = server.controller.create_token("bob", Role.USER)
+    request = good_request("secretive", environment=T.EnvironmentConfig(env_vars={"API_KEY": "s3cret"}),
+                           max_retries_failure=2, ports=["http"])
+    with authed_channel(server.address, alice) as channel:
+        as_alice = cluster_pb2_grpc.ControllerServiceStub(channel)
+        as_alice.LaunchJob(request)
+        own = as_alice.GetJobStatus(C.GetJobStatusRequest(job_id="secretive")).job.spec
+    assert dict(own.environment.env_vars) == {"API_KEY": "s3cret"} and own.serialized_entrypoint
+    with authed_channel(server.address, bob) as channel:
+        other = cluster_pb2_grpc.ControllerServiceStub(channel).GetJobStatus(
+            C.GetJobStatusRequest(job_id="secretive")).job.spec
+    assert not other.environment.env_vars and not other.serialized_entrypoint
+    assert (other.max_retries_failure, list(other.ports)) == (2, ["http"])
+    # Lists stay lean: no spec per job.
+    assert not stub.ListJobs(C.ListJobsRequest()).jobs[0].HasField("spec")
+
+
+def test_service_list_filters_name_the_field_and_the_rule(stub: cluster_pb2_grpc.ControllerServiceStub) -> None:
+    code, details = code_and_details(stub.ListJobs, C.ListJobsRequest(filters=[C.SpecFilter(field="env", value="A")]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("filters: jobs cannot be filtered by 'env'")
+    code, details = code_and_details(stub.ListJobs, C.ListJobsRequest(
+        filters=[C.SpecFilter(field="x", value="y")] * 17))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "at most 16" in details

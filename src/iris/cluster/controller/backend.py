@@ -334,18 +334,9 @@ class WorkerDaemonBackend:
         with self._templates_lock:
             template = self._templates.get((launch.job_id, launch.job_uid))
             if template is None:
-                spec = launch.spec
-                template = cluster_pb2.Worker.RunTaskRequest(
-                    job_id=launch.job_id,
-                    num_tasks=launch.num_tasks,
-                    serialized_entrypoint=spec.entrypoint.serialize(),
-                    environment=cluster_pb2.EnvironmentConfig(env_vars=dict(spec.env)),
-                    bundle_hash=spec.bundle_hash,
-                    resources=spec.resources.to_proto(),
-                    ports=list(spec.ports),
-                    with_packages=list(spec.with_packages),
-                )
-                template.resources.replicas = spec.replicas
+                template = cluster_pb2.Worker.RunTaskRequest(job_id=launch.job_id, num_tasks=launch.num_tasks)
+                launch.spec.to_run_task(template)  # the fields declared worker-visible, by their declarations
+                template.resources.replicas = launch.spec.replicas
                 self._templates[(launch.job_id, launch.job_uid)] = template
                 if len(self._templates) > self._TEMPLATE_CACHE:
                     self._templates.popitem(last=False)

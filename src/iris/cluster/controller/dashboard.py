@@ -52,13 +52,14 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from iris.cluster.addresses import advertise_host, host_port, is_wildcard
 from iris.cluster.auth import Principal, Role
-from iris.cluster.controller.access import require_owner, require_role
+from iris.cluster.controller.access import may_read_secrets, require_owner, require_role
 from iris.cluster.controller.controller import Controller
 from iris.cluster.controller.requests import LogQuery
-from iris.cluster.controller.views import endpoint_proto, job_proto, worker_proto
+from iris.cluster.controller.service import endpoint_proto, job_proto, worker_proto
 from iris.cluster.errors import InvalidArgument, IrisError, NotFound
 from iris.cluster.files import is_loopback
 from iris.cluster.models import EndpointInfo, JobStatus, LogLine, WorkerInfo
+from iris.cluster.spec import LIST_FILTERS, parse_list_filters
 from iris.cluster.types import JobId, TaskId, parse_task_id
 from iris.cluster.validation import check_log_window
 from iris.rpc import cluster_pb2
@@ -146,22 +147,24 @@ class Dashboard:
     # ------------------------------------------------------------------ the JSON views
 
     def jobs(self, *, states: list[str] | None = None, prefix: str = "", page_size: int = 0, page_token: str = "",
-             newest_first: bool = True) -> dict[str, Any]:
+             newest_first: bool = True, where: dict[str, list[str]] | None = None) -> dict[str, Any]:
         codes = []
         for name in states or []:
             key = "JOB_STATE_" + name.strip().upper()
             if key not in cluster_pb2.JobState.keys():
                 raise InvalidArgument(f"state: unknown job state {name!r}")
             codes.append(cluster_pb2.JobState.Value(key))
-        page = self._controller.queries.list_jobs(states=codes, prefix=prefix, page_size=page_size, page_token=page_token,
-                                          newest_first=newest_first)
+        page = self._controller.queries.list_jobs(states=codes, prefix=prefix, page_size=page_size,
+                                                  page_token=page_token, newest_first=newest_first,
+                                                  filters=parse_list_filters(where or {}))
         return {"jobs": [JobStatus.from_proto(job_proto(j)).to_dict() for j in page.jobs],
                 "next_page_token": page.next_page_token}
 
-    def job(self, job_id: str) -> dict[str, Any]:
+    def job(self, job_id: str, principal: Principal) -> dict[str, Any]:
         job, tasks = self._controller.queries.job_status(JobId(job_id), include_tasks=True, task_limit=MAX_TASKS_SHOWN)
         shown = list(tasks or [])
-        data = JobStatus.from_proto(job_proto(job, shown)).to_dict()
+        spec_for = may_read_secrets(principal, job.job_id, job.owner)
+        data = JobStatus.from_proto(job_proto(job, shown, spec_for=spec_for)).to_dict()
         return {"job": data, "tasks_shown": len(shown)}
 
     def logs(self, principal: Principal, task_id: str, attempt: int | None, offset: int | None, tail: int,
@@ -371,11 +374,12 @@ class Dashboard:
             states = [s for part in q.getlist("state") for s in part.split(",") if s.strip()]
             return await read(lambda: dashboard.jobs(
                 states=states, prefix=q.get("prefix", ""), page_size=_int(q, "page_size", 0) or 0,
-                page_token=q.get("page_token", ""), newest_first=q.get("newest_first", "1") not in ("0", "false")))
+                page_token=q.get("page_token", ""), newest_first=q.get("newest_first", "1") not in ("0", "false"),
+                where=_list_filters(q)))
 
         async def api_job(request: Request, principal: Principal) -> Any:
             job_id = _required(request.query_params, "id")
-            return await read(lambda: dashboard.job(job_id))
+            return await read(lambda: dashboard.job(job_id, principal))
 
         async def api_logs(request: Request, principal: Principal) -> Any:
             q = request.query_params
@@ -452,6 +456,17 @@ def _required(query: Any, name: str, form: str = "") -> str:
     if not value:
         raise InvalidArgument(f"{name}: query parameter is required{form}")
     return str(value)
+
+
+def _list_filters(q: Any) -> dict[str, list[str]]:
+    """``/api/jobs?label=team=ml``: a filterable job field by its ``iris job list`` flag's name."""
+    out: dict[str, list[str]] = {}
+    for name, f in LIST_FILTERS.items():
+        assert f.list_filter is not None
+        values = q.getlist(f.list_filter.flag.lstrip("-"))
+        if values:
+            out[name] = list(values)
+    return out
 
 
 def _int(query: Any, name: str, default: int | None) -> int | None:

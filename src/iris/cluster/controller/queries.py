@@ -33,6 +33,7 @@ from iris.cluster.controller.views import (
     worker_view,
 )
 from iris.cluster.errors import InvalidArgument, NotFound
+from iris.cluster.spec import matches_filters
 from iris.cluster.types import JOB_STATES, SUCCEEDED, TASK_STATES, JobId, WorkerId
 
 DEFAULT_PAGE_SIZE = 500
@@ -117,7 +118,7 @@ class Queries:
 
     def list_jobs(
         self, *, states: Sequence[int] = (), prefix: str = "", page_size: int = 0, page_token: str = "",
-        newest_first: bool = False,
+        newest_first: bool = False, filters: Sequence[tuple[str, str]] = (),
     ) -> JobPage:
         """One page of jobs in submission order (``newest_first``: the reverse). Each lock hold copies
         at most ``READ_CHUNK`` jobs, and a page examines at most ``SCAN_PER_PAGE`` x its size, so no
@@ -139,7 +140,8 @@ class Queries:
                 for job in chunk:
                     after = job.submit_seq
                     budget -= 1
-                    if (not wanted or job.state in wanted) and job.job_id.startswith(prefix):
+                    if (not wanted or job.state in wanted) and job.job_id.startswith(prefix) and (
+                            not filters or matches_filters(job.spec, filters)):
                         out.append(job_view(job))
                         if len(out) >= size:
                             break

@@ -35,10 +35,10 @@ from iris.cluster.controller.access import (
 from iris.cluster.controller.backend import LocationCapacity, Observation
 from iris.cluster.controller.controller import Controller
 from iris.cluster.controller.requests import EndpointRequest, LogChunk, LogQuery, TaskLogPage, TaskReport
-from iris.cluster.controller.state import ObservedAttempt
-from iris.cluster.controller.views import endpoint_proto, job_proto, task_proto, worker_proto
+from iris.cluster.controller.state import ControllerEndpoint, ObservedAttempt
+from iris.cluster.controller.views import JobView, TaskView, WorkerView
 from iris.cluster.errors import InvalidArgument, IrisError
-from iris.cluster.spec import JobSpec
+from iris.cluster.spec import JobSpec, parse_list_filters
 from iris.cluster.types import TASK_STATES, AttemptRef, JobId, TaskId, WorkerId, WorkerMetadata
 from iris.cluster.validation import (
     MAX_MESSAGE_BYTES,
@@ -141,7 +141,8 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         require_reader(who, request.job_id, "GetJobStatus")
         job, tasks = self._queries.job_status(JobId(request.job_id), include_tasks=request.include_tasks,
                                                  task_offset=request.task_offset, task_limit=request.task_limit)
-        reply = cluster_pb2.Controller.GetJobStatusResponse(job=job_proto(job, tasks))
+        reply = cluster_pb2.Controller.GetJobStatusResponse(
+            job=job_proto(job, tasks, spec_for=may_read_secrets(who, job.job_id, job.owner)))
         if request.include_tasks and request.task_limit and tasks:
             end = request.task_offset + len(tasks)
             if end < job.num_tasks:
@@ -173,7 +174,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         prefix = request.prefix if who.role is not Role.TASK else task_list_prefix(who, request.prefix)
         page = self._queries.list_jobs(
             states=list(request.states), prefix=prefix, page_size=request.page_size, page_token=request.page_token,
-            newest_first=request.newest_first,
+            newest_first=request.newest_first, filters=spec_filters(request.filters),
         )
         jobs = page.jobs if who.role is not Role.TASK else [j for j in page.jobs if in_task_scope(who, j.job_id)]
         return cluster_pb2.Controller.ListJobsResponse(
@@ -385,6 +386,19 @@ def token_proto(record: TokenRecord) -> cluster_pb2.Controller.TokenInfo:
 # ---------------------------------------------------------------------- wire -> typed
 
 
+def spec_filters(filters: Sequence[cluster_pb2.Controller.SpecFilter]) -> list[tuple[str, str]]:
+    """ListJobs' filters, checked by the fields' declarations (``spec.parse_list_filters``)."""
+    if len(filters) > MAX_SPEC_FILTERS:
+        raise InvalidArgument(f"filters: at most {MAX_SPEC_FILTERS}, got {len(filters)}")
+    grouped: dict[str, list[str]] = {}
+    for f in filters:
+        grouped.setdefault(f.field, []).append(f.value)
+    return parse_list_filters(grouped)
+
+
+MAX_SPEC_FILTERS = 16
+
+
 def registration(request: cluster_pb2.Controller.RegisterWorkerRequest, limits: Limits) -> LocationCapacity:
     check_id(request.worker_id, "worker_id", limits)
     if not request.address or ":" not in request.address or len(request.address) > 1024:
@@ -462,6 +476,138 @@ def log_page_proto(page: TaskLogPage) -> cluster_pb2.Controller.FetchTaskLogsRes
                for line in page.lines],
         next_line=page.next_line, next_offset=page.next_offset, attempt_finished=page.attempt_finished,
         attempt_id=page.attempt_id)
+
+
+def job_proto(view: JobView, tasks: list[TaskView] | None = None, *, spec_for: bool | None = None
+              ) -> cluster_pb2.JobStatus:
+    """A job's status; with ``spec_for`` its spec too, whole (True: the reader may read its secrets)
+    or redacted (False) as the fields' declarations say (``JobSpec.for_status``)."""
+    c = view.counts
+    resources = view.resources.to_proto()
+    resources.replicas = view.replicas
+    status = cluster_pb2.JobStatus(
+        job_id=view.job_id,
+        state=view.state,  # type: ignore[arg-type]
+        error=view.error,
+        submitted_at_ms=view.submitted_at_ms,
+        started_at_ms=view.started_at_ms,
+        finished_at_ms=view.finished_at_ms,
+        parent_job_id=view.parent_job_id,
+        num_tasks=view.num_tasks,
+        tasks_pending=c[cluster_pb2.TASK_STATE_PENDING],
+        tasks_running=c[cluster_pb2.TASK_STATE_RUNNING] + c[cluster_pb2.TASK_STATE_BUILDING],
+        tasks_succeeded=c[cluster_pb2.TASK_STATE_SUCCEEDED],
+        tasks_failed=c[cluster_pb2.TASK_STATE_FAILED] + c[cluster_pb2.TASK_STATE_WORKER_FAILED],
+        tasks_killed=c[cluster_pb2.TASK_STATE_KILLED],
+        tasks_worker_failed=c[cluster_pb2.TASK_STATE_WORKER_FAILED],
+        tasks_unschedulable=c[cluster_pb2.TASK_STATE_UNSCHEDULABLE],
+        resources=resources,
+        pending_reason=view.pending_reason,
+        max_task_failures=view.max_task_failures,
+        max_retries_failure=view.max_retries_failure,
+        max_retries_preemption=view.max_retries_preemption,
+        owner=view.owner,
+        job_uid=view.uid,
+        gang_restarts=view.gang_restarts,
+        failures_used=view.failures_used,
+        preemptions_used=view.preemptions_used,
+        time=_time_proto(view.time_ms),
+    )
+    if tasks is not None:
+        status.tasks.extend(task_proto(t) for t in tasks)
+    if spec_for is not None and view.spec is not None:
+        status.spec.CopyFrom(view.spec.for_status(spec_for))
+    return status
+
+
+def _time_proto(spent: tuple[tuple[str, int], ...]) -> cluster_pb2.TimeSpent:
+    d = dict(spent)
+    return cluster_pb2.TimeSpent(pending_ms=d.get("pending", 0), useful_ms=d.get("useful", 0),
+                                 lost_failure_ms=d.get("failure", 0), lost_preemption_ms=d.get("preemption", 0),
+                                 lost_gang_ms=d.get("gang", 0))
+
+
+def task_proto(view: TaskView) -> cluster_pb2.TaskStatus:
+    status = cluster_pb2.TaskStatus(
+        task_id=view.task_id,
+        job_id=view.job_id,
+        task_index=view.task_index,
+        state=view.state,  # type: ignore[arg-type]
+        worker_id=view.worker_id,
+        exit_code=view.exit_code,
+        error=view.error,
+        started_at_ms=view.started_at_ms,
+        finished_at_ms=view.finished_at_ms,
+        current_attempt_id=view.current_attempt_id,
+        failure_count=view.failure_count,
+        preemption_count=view.preemption_count,
+        pending_since_ms=view.pending_since_ms,
+        pending_reason=view.pending_reason,
+        attempts=[
+            cluster_pb2.TaskAttempt(
+                attempt_id=a.attempt_id,
+                worker_id=a.worker_id or "",
+                state=a.state,  # type: ignore[arg-type]
+                exit_code=a.exit_code or 0,
+                error=a.error or "",
+                started_at_ms=a.started_at_ms or 0,
+                finished_at_ms=a.finished_at_ms or 0,
+                is_worker_failure=a.is_worker_failure,
+                charged_to=a.charged_to,
+                decided_by=a.decided_by,
+            )
+            for a in view.attempts
+        ],
+    )
+    if view.worker_address:
+        status.worker_address = view.worker_address
+    status.max_retries_failure = view.max_retries_failure
+    status.max_retries_preemption = view.max_retries_preemption
+    status.retry_at_ms = view.retry_at_ms
+    status.time.CopyFrom(_time_proto(view.time_ms))
+    if view.ports:
+        status.ports.update(dict(view.ports))
+        status.port_addresses.update(view.port_addresses())
+    return status
+
+
+def worker_proto(view: WorkerView) -> cluster_pb2.WorkerInfo:
+    info = cluster_pb2.WorkerInfo(
+        worker_id=view.worker_id,
+        address=view.address,
+        metadata=view.metadata.to_proto(),
+        healthy=view.healthy,
+        last_heartbeat_ms=view.last_heartbeat_ms,
+        running_tasks=list(view.running_tasks),
+        committed_cpu=-(-view.committed_cpu // 1000),
+        committed_cpu_millicores=view.committed_cpu,
+        committed_memory_bytes=view.committed_memory,
+        committed_disk_bytes=view.committed_disk,
+        committed_gpus=view.committed_devices,
+        registered_at_ms=view.registered_at_ms,
+        draining=view.draining,
+        quarantined_until_ms=view.quarantined_until_ms,
+        quarantine_reason=view.quarantine_reason,
+    )
+    if view.allocation is not None:
+        a = view.allocation
+        info.provisioning.CopyFrom(cluster_pb2.WorkerAllocation(
+            platform=a.platform, id=a.engine_id, state=a.engine_state, reason=a.reason, node=a.node,
+            submitted_at_ms=a.submitted_at_ms,
+        ))
+    return info
+
+
+def endpoint_proto(endpoint: ControllerEndpoint) -> cluster_pb2.Endpoint:
+    return cluster_pb2.Endpoint(
+        endpoint_id=endpoint.endpoint_id,
+        name=endpoint.name,
+        address=endpoint.address,
+        job_id=endpoint.job_id,
+        task_id=endpoint.task_id or "",
+        attempt_id=endpoint.attempt_id,
+        metadata=endpoint.metadata,
+    )
 
 
 def _status(attempt: ObservedAttempt) -> cluster_pb2.WorkerTaskStatus:

@@ -12,12 +12,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from iris.cluster.controller.job import Job
-from iris.cluster.controller.state import ActionLogEntry, ControllerEndpoint, ControllerWorker
+from iris.cluster.controller.state import ActionLogEntry, ControllerWorker
 from iris.cluster.controller.task import Task, TaskAttempt
-from iris.cluster.types import JobId, ResourceSpec, TaskId, WorkerId, WorkerMetadata, host_port, split_host
-from iris.rpc import cluster_pb2
-
-T = cluster_pb2
+from iris.cluster.spec import JobSpec
+from iris.cluster.types import (
+    PENDING,
+    JobId,
+    ResourceSpec,
+    TaskId,
+    WorkerId,
+    WorkerMetadata,
+    host_port,
+    split_host,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +52,8 @@ class JobView:
     time_ms: tuple[tuple[str, int], ...] = ()
     """("pending", ms), ("useful", ms), ("failure", ms), ("preemption", ms), ("gang", ms)."""
     uid: str = ""
+    spec: JobSpec | None = None
+    """What the job asked for (frozen, shared with the job: no copy)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,26 +127,26 @@ class AllocationInfo:
 
 def job_view(job: Job) -> JobView:
     c = job.counts
-    pending_reason = job.pending_reason if c[T.TASK_STATE_PENDING] and not job.is_finished() else ""
+    pending_reason = job.pending_reason if c[PENDING] and not job.is_finished() else ""
     spec = job.spec
     return JobView(
         job.job_id, job.state, job.error or "", job.submitted_at_ms, job.started_at_ms or 0,
         job.finished_at_ms or 0, job.parent_job_id or "", job.num_tasks, tuple(c), spec.resources, spec.replicas,
         pending_reason, job.max_task_failures, job.max_retries_failure, job.max_retries_preemption, job.submit_seq,
         job.owner, job.gang_restarts, job.charges["failure"], job.charges["preemption"],
-        (("pending", job.pending_ms), *job.time_ms.items()), job.uid,
+        (("pending", job.pending_ms), *job.time_ms.items()), job.uid, spec,
     )
 
 
 def task_view(task: Task, job: Job | None, worker_address: str) -> TaskView:
-    pending_reason = job.pending_reason if job is not None and task.state == T.TASK_STATE_PENDING else ""
+    pending_reason = job.pending_reason if job is not None and task.state == PENDING else ""
     return TaskView(
         task.task_id, task.job_id, task.task_index, task.state, task.worker_id or "", worker_address,
         task.exit_code or 0, task.error or "", task.started_at_ms or 0, task.finished_at_ms or 0,
         task.current_attempt_id, task.failure_count, task.preemption_count, task.pending_since_ms, pending_reason,
         tuple(task.attempts), tuple(task.ports.items()) if task.ports else (),
         task.max_retries_failure, task.max_retries_preemption,
-        task.not_before_ms if task.state == T.TASK_STATE_PENDING else 0, task_time(task),
+        task.not_before_ms if task.state == PENDING else 0, task_time(task),
     )
 
 
@@ -163,133 +172,6 @@ def allocation_view(allocation: AllocationInfo) -> WorkerView:
 # ---------------------------------------------------------------------------- protobuf (outside the lock)
 
 
-def job_proto(view: JobView, tasks: list[TaskView] | None = None) -> cluster_pb2.JobStatus:
-    c = view.counts
-    resources = view.resources.to_proto()
-    resources.replicas = view.replicas
-    status = cluster_pb2.JobStatus(
-        job_id=view.job_id,
-        state=view.state,  # type: ignore[arg-type]
-        error=view.error,
-        submitted_at_ms=view.submitted_at_ms,
-        started_at_ms=view.started_at_ms,
-        finished_at_ms=view.finished_at_ms,
-        parent_job_id=view.parent_job_id,
-        num_tasks=view.num_tasks,
-        tasks_pending=c[T.TASK_STATE_PENDING],
-        tasks_running=c[T.TASK_STATE_RUNNING] + c[T.TASK_STATE_BUILDING],
-        tasks_succeeded=c[T.TASK_STATE_SUCCEEDED],
-        tasks_failed=c[T.TASK_STATE_FAILED] + c[T.TASK_STATE_WORKER_FAILED],
-        tasks_killed=c[T.TASK_STATE_KILLED],
-        tasks_worker_failed=c[T.TASK_STATE_WORKER_FAILED],
-        tasks_unschedulable=c[T.TASK_STATE_UNSCHEDULABLE],
-        resources=resources,
-        pending_reason=view.pending_reason,
-        max_task_failures=view.max_task_failures,
-        max_retries_failure=view.max_retries_failure,
-        max_retries_preemption=view.max_retries_preemption,
-        owner=view.owner,
-        job_uid=view.uid,
-        gang_restarts=view.gang_restarts,
-        failures_used=view.failures_used,
-        preemptions_used=view.preemptions_used,
-        time=_time_proto(view.time_ms),
-    )
-    if tasks is not None:
-        status.tasks.extend(task_proto(t) for t in tasks)
-    return status
-
-
-def _time_proto(spent: tuple[tuple[str, int], ...]) -> cluster_pb2.TimeSpent:
-    d = dict(spent)
-    return cluster_pb2.TimeSpent(pending_ms=d.get("pending", 0), useful_ms=d.get("useful", 0),
-                                 lost_failure_ms=d.get("failure", 0), lost_preemption_ms=d.get("preemption", 0),
-                                 lost_gang_ms=d.get("gang", 0))
-
-
-def task_proto(view: TaskView) -> cluster_pb2.TaskStatus:
-    status = cluster_pb2.TaskStatus(
-        task_id=view.task_id,
-        job_id=view.job_id,
-        task_index=view.task_index,
-        state=view.state,  # type: ignore[arg-type]
-        worker_id=view.worker_id,
-        exit_code=view.exit_code,
-        error=view.error,
-        started_at_ms=view.started_at_ms,
-        finished_at_ms=view.finished_at_ms,
-        current_attempt_id=view.current_attempt_id,
-        failure_count=view.failure_count,
-        preemption_count=view.preemption_count,
-        pending_since_ms=view.pending_since_ms,
-        pending_reason=view.pending_reason,
-        attempts=[
-            cluster_pb2.TaskAttempt(
-                attempt_id=a.attempt_id,
-                worker_id=a.worker_id or "",
-                state=a.state,  # type: ignore[arg-type]
-                exit_code=a.exit_code or 0,
-                error=a.error or "",
-                started_at_ms=a.started_at_ms or 0,
-                finished_at_ms=a.finished_at_ms or 0,
-                is_worker_failure=a.is_worker_failure,
-                charged_to=a.charged_to,
-                decided_by=a.decided_by,
-            )
-            for a in view.attempts
-        ],
-    )
-    if view.worker_address:
-        status.worker_address = view.worker_address
-    status.max_retries_failure = view.max_retries_failure
-    status.max_retries_preemption = view.max_retries_preemption
-    status.retry_at_ms = view.retry_at_ms
-    status.time.CopyFrom(_time_proto(view.time_ms))
-    if view.ports:
-        status.ports.update(dict(view.ports))
-        status.port_addresses.update(view.port_addresses())
-    return status
-
-
-def worker_proto(view: WorkerView) -> cluster_pb2.WorkerInfo:
-    info = cluster_pb2.WorkerInfo(
-        worker_id=view.worker_id,
-        address=view.address,
-        metadata=view.metadata.to_proto(),
-        healthy=view.healthy,
-        last_heartbeat_ms=view.last_heartbeat_ms,
-        running_tasks=list(view.running_tasks),
-        committed_cpu=-(-view.committed_cpu // 1000),
-        committed_cpu_millicores=view.committed_cpu,
-        committed_memory_bytes=view.committed_memory,
-        committed_disk_bytes=view.committed_disk,
-        committed_gpus=view.committed_devices,
-        registered_at_ms=view.registered_at_ms,
-        draining=view.draining,
-        quarantined_until_ms=view.quarantined_until_ms,
-        quarantine_reason=view.quarantine_reason,
-    )
-    if view.allocation is not None:
-        a = view.allocation
-        info.provisioning.CopyFrom(cluster_pb2.WorkerAllocation(
-            platform=a.platform, id=a.engine_id, state=a.engine_state, reason=a.reason, node=a.node,
-            submitted_at_ms=a.submitted_at_ms,
-        ))
-    return info
-
-
-def endpoint_proto(endpoint: ControllerEndpoint) -> cluster_pb2.Endpoint:
-    return cluster_pb2.Endpoint(
-        endpoint_id=endpoint.endpoint_id,
-        name=endpoint.name,
-        address=endpoint.address,
-        job_id=endpoint.job_id,
-        task_id=endpoint.task_id or "",
-        attempt_id=endpoint.attempt_id,
-        metadata=endpoint.metadata,
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class ClusterCounts:
     """What ``/metrics`` exports, counted in chunks (never all jobs under one lock hold)."""
@@ -307,11 +189,7 @@ __all__ = [
     "JobView",
     "TaskView",
     "WorkerView",
-    "endpoint_proto",
-    "job_proto",
     "job_view",
-    "task_proto",
     "task_view",
-    "worker_proto",
     "worker_view",
 ]

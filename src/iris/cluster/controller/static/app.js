@@ -159,6 +159,8 @@ const views = {
       </dl>
       ${j.pending_reason ? `<p><b>Pending:</b> ${esc(j.pending_reason)}</p>` : ""}
       ${j.error ? `<h2>Error</h2><div class="error" id="job-error">${esc(j.error)}</div>` : ""}
+      ${(j.spec_shown || []).length ? `<h2>Spec</h2><dl class="grid" id="job-spec">${j.spec_shown.map(([k, v]) =>
+        `<dt>${esc(k)}</dt><dd data-field="${esc(k)}">${esc(v)}</dd>`).join("")}</dl>` : ""}
       ${children.length ? `<h2>Child jobs</h2><ul>${children.map((c) => `<li>${jobLink(c.job_id)} ${state(c.state)}</li>`).join("")}</ul>` : ""}
       <h2>Tasks</h2>
       <table id="tasks"><thead><tr><th>Task</th><th>State</th><th>Worker</th><th>Attempts</th><th>Failures</th>
