@@ -4,12 +4,13 @@ bad input: one clear line, non-zero exit, no traceback."""
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from iris.client import IrisClient, JobState
+from iris.client import Entrypoint, IrisClient, JobState
 from iris.client.credentials import store_login
 from iris.cluster.clock import wait_until
 from iris.cluster.local import LocalCluster
@@ -208,3 +209,52 @@ def test_version() -> None:
 
     result = iris("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"iris {version('iris')}"
+
+
+def test_labels_end_to_end_run_status_json_list_client_and_api(cluster: LocalCluster, address: str) -> None:
+    """A job field added by one declaration (spec.py) and one proto line: ``--label`` on run,
+    shown by status (text and --json) and the API, filtered by in ``iris job list`` and the client."""
+    for name, team in (("lab-ml", "ml"), ("lab-infra", "infra")):
+        result = iris("job", "run", "--no-bundle", "--name", name, "--label", f"team={team}", "--label", "tier=gold",
+                      "--", "true", controller=address)
+        assert result.returncode == 0, result.stderr
+    text = iris("job", "status", "lab-ml", controller=address).stdout
+    assert "labels" in text and "team=ml, tier=gold" in text
+    status = json.loads(iris("job", "status", "lab-ml", "--json", controller=address).stdout)
+    assert status["spec"]["labels"] == {"team": "ml", "tier": "gold"}
+
+    def listed(*selectors: str) -> list[str]:
+        args = [a for s in selectors for a in ("--label", s)]
+        out = iris("job", "list", "--prefix", "lab-", "--json", *args, controller=address)
+        assert out.returncode == 0, out.stderr
+        return sorted(j["job_id"] for j in json.loads(out.stdout))
+
+    assert listed("team=ml") == ["lab-ml"]
+    assert listed("team!=ml") == ["lab-infra"]
+    assert listed("tier=gold") == ["lab-infra", "lab-ml"]
+    assert listed("tier", "team=infra") == ["lab-infra"]
+    assert listed("nope") == []
+    assert_one_line_error(iris("job", "list", "--label", "bad key=x", controller=address), "label", "bad key")
+    assert_one_line_error(iris("job", "run", "--label", "=x", "--", "true", controller=address), "--label")
+    assert_one_line_error(iris("job", "run", "--no-bundle", "--label", "k=v v", "--", "true", controller=address),
+                          "labels")
+
+    client = IrisClient.remote(address)
+    try:
+        job = client.submit(Entrypoint.from_command("true"), "lab-py", labels={"team": "ml"})
+        job.wait(timeout=60)
+        assert sorted(j.job_id for j in client.list_jobs(prefix="lab-", where={"labels": ["team=ml"]})) == [
+            "lab-ml", "lab-py"]
+        assert client.job_status("lab-py").spec.labels == {"team": "ml"}  # type: ignore[union-attr]
+    finally:
+        client.close()
+
+    def api(path: str) -> object:
+        request = urllib.request.Request(cluster.dashboard_url + path,  # type: ignore[operator]
+                                         headers={"Authorization": f"Bearer {cluster.admin_token}"})
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return json.loads(reply.read())
+
+    assert api("/api/job?id=lab-infra")["job"]["spec"]["labels"] == {"team": "infra", "tier": "gold"}  # type: ignore[index]
+    jobs = api("/api/jobs?prefix=lab-&label=team=infra")["jobs"]  # type: ignore[index]
+    assert [j["job_id"] for j in jobs] == ["lab-infra"]

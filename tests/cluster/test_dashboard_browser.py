@@ -41,7 +41,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
                           ).wait(timeout=120)
             failed = client.submit(Entrypoint.from_command(
                 sys.executable, "-c", "import sys; sys.exit('bad config\\nline two of the error')"), "web-broken",
-                max_retries_failure=1)
+                max_retries_failure=1, labels={"team": "web"})
             failed.wait(timeout=120, raise_on_failure=False)
             client.submit(Entrypoint.from_command(sys.executable, "-u", "-c", TICKER), "web-ticker")
             wait_until(lambda: client.job_status("web-ticker").state is JobState.RUNNING, 60)
@@ -102,6 +102,9 @@ def test_browser_jobs_list_filter_search_and_a_failed_jobs_error(page: object, c
     error = p.inner_text("#job-error")  # type: ignore[attr-defined]
     assert "bad config\nline two of the error" in error  # line breaks kept
     assert re.search(r"/job/web-broken$", p.url)  # type: ignore[attr-defined]
+    # What the job asked for, every field as its declaration shows it.
+    assert p.inner_text("#job-spec dd[data-field='labels']") == "team=web"  # type: ignore[attr-defined]
+    assert p.inner_text("#job-spec dd[data-field='max_retries_failure']") == "1"  # type: ignore[attr-defined]
     # Expand the task: both attempts with their errors, charged to the failure budget.
     p.click("tr.task[data-task='0']")  # type: ignore[attr-defined]
     p.wait_for_selector("tr.attempts[data-attempts='0'] tr[data-attempt='1']")  # type: ignore[attr-defined]

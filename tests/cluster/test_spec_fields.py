@@ -15,7 +15,16 @@ from iris.cli.job import parse_job_request
 from iris.cli.main import cli
 from iris.cluster.errors import InvalidArgument
 from iris.cluster.failures import ExitRule
-from iris.cluster.spec import CLI_FIELDS, FIELDS, WORKER_FIELDS, Entrypoint, JobSpec, spec_fields
+from iris.cluster.spec import (
+    CLI_FIELDS,
+    FIELDS,
+    WORKER_FIELDS,
+    Entrypoint,
+    JobSpec,
+    matches_filters,
+    parse_list_filters,
+    spec_fields,
+)
 from iris.cluster.types import ResourceSpec
 from iris.cluster.validation import validate_job_spec, validate_launch_request, validate_run_task
 from iris.rpc import cluster_pb2
@@ -51,6 +60,8 @@ specs = st.builds(
     timeout_seconds=st.floats(0, 1e6),
     max_similar_failures=st.integers(0, 10),
     with_packages=st.lists(st.from_regex(r"[a-z]{1,8}(==[0-9]\.[0-9])?", fullmatch=True), max_size=3).map(tuple),
+    labels=st.dictionaries(st.from_regex(r"[a-z]([a-z0-9./-]{0,8}[a-z0-9])?", fullmatch=True),
+                           st.from_regex(r"([a-z0-9]([a-z0-9._-]{0,8}[a-z0-9])?)?", fullmatch=True), max_size=4),
 )
 
 
@@ -119,3 +130,15 @@ def test_a_callables_pickle_never_travels_back_in_a_status() -> None:
     status_spec = spec.for_status(True)
     assert len(status_spec.SerializeToString()) < 1000
     assert dict(JobSpec.from_proto(status_spec).shown())["entrypoint"] == "a Python callable"
+
+
+def test_label_selectors_match_as_kubernetes_equality_selectors_do() -> None:
+    spec = JobSpec(name="j", entrypoint=Entrypoint(argv=("true",)), labels={"team": "ml", "tier": ""})
+    assert matches_filters(spec, parse_list_filters({"labels": ["team=ml", "tier", "team!=infra", "tier="]}))
+    assert not matches_filters(spec, parse_list_filters({"labels": ["team=infra"]}))
+    assert not matches_filters(spec, parse_list_filters({"labels": ["owner"]}))
+    for bad in ("", "a b=c", "k=v v", "-k=v"):
+        with pytest.raises(InvalidArgument, match="label"):
+            parse_list_filters({"labels": [bad]})
+    with pytest.raises(InvalidArgument, match="labels: 'k'='bad value'"):
+        validate_job_spec(spec.replace(labels={"k": "bad value"}))

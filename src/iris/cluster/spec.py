@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -488,6 +489,49 @@ def _list_text(value: Sequence[str]) -> str:
     return ", ".join(value)
 
 
+MAX_LABELS = 64
+_LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,126}[A-Za-z0-9])?)?")
+_LABEL_RULE = ("keys are 1-128 letters, digits, '.', '_', '-' or '/', values up to 128 letters, digits, '.', '_' "
+               "or '-', each starting and ending with a letter or digit")
+
+
+def _check_labels(value: Any, limits: Limits, name: str) -> None:
+    if not isinstance(value, Mapping):
+        raise rules.fail(name, f"must be a mapping of keys to values, got {type(value).__name__}")
+    if len(value) > MAX_LABELS:
+        raise rules.fail(name, f"at most {MAX_LABELS} labels, got {len(value)}")
+    for key, label in value.items():
+        if not isinstance(key, str) or not _LABEL_KEY.fullmatch(key) or not isinstance(label, str) \
+                or not _LABEL_VALUE.fullmatch(label):
+            raise rules.fail(name, f"{rules.show(key)}={rules.show(label)}: {_LABEL_RULE}")
+
+
+def _check_label_selector(text: str) -> None:
+    key, op, value = _parse_label_selector(text)
+    if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
+        raise ValueError(f"{rules.show(text)}: expected K=V, K!=V or K ({_LABEL_RULE})")
+
+
+def _parse_label_selector(text: str) -> tuple[str, str, str]:
+    if "!=" in text:
+        key, _, value = text.partition("!=")
+        return key, "!=", value
+    if "=" in text:
+        key, _, value = text.partition("=")
+        return key, "=", value
+    return text, "", ""
+
+
+def _label_matches(labels: Mapping[str, str], text: str) -> bool:
+    key, op, value = _parse_label_selector(text)
+    if op == "=":
+        return labels.get(key) == value
+    if op == "!=":
+        return labels.get(key) != value
+    return key in labels
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class JobSpec:
     """What a job asks for. Frozen; ``iris.cluster.validation.validate_job_spec`` checks it.
@@ -571,7 +615,17 @@ class JobSpec:
         "uv.lock when it has one).", *_repeated("with_packages"), check=_check_with_packages, worker=True,
         show=_list_text, to_json=list, coerce=_strings, cli=CliOption("--with", tuple, "PKG", multiple=True)))
 
+    labels: Mapping[str, str] = declare(None, JobField(
+        "A label K=V to tag the job with (repeatable): shown in its status, filtered by in "
+        "`iris job list --label K=V`.", *_map("labels"), check=_check_labels, show=_show_pairs, to_json=dict,
+        coerce=lambda v: dict(v or {}), key=_sorted_items,
+        cli=CliOption("--label", _pairs_text("--label"), "K=V", multiple=True),
+        list_filter=ListFilter("--label", "Only jobs with this label (repeatable; all must hold): K=V, K!=V, or K "
+                               "(has the label).", _label_matches, _check_label_selector, "K=V")),
+        factory=dict)
+
     def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", _frozen_env(self.labels))
         object.__setattr__(self, "with_packages", tuple(self.with_packages))
         object.__setattr__(self, "env", _frozen_env(self.env))
         object.__setattr__(self, "ports", tuple(self.ports))

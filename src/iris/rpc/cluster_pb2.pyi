@@ -1124,6 +1124,26 @@ class Controller(_message.Message):
     class LaunchJobRequest(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
+        @_typing.final
+        class LabelsEntry(_message.Message):
+            DESCRIPTOR: _descriptor.Descriptor
+
+            KEY_FIELD_NUMBER: _builtins.int
+            VALUE_FIELD_NUMBER: _builtins.int
+            key: _builtins.str
+            value: _builtins.str
+            def __init__(
+                self,
+                *,
+                key: _builtins.str = ...,
+                value: _builtins.str = ...,
+            ) -> None: ...
+            _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+            def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+            _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+            def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+            def WhichOneof(self, oneof_group: _Never) -> None: ...
+
         NAME_FIELD_NUMBER: _builtins.int
         SERIALIZED_ENTRYPOINT_FIELD_NUMBER: _builtins.int
         RESOURCES_FIELD_NUMBER: _builtins.int
@@ -1143,6 +1163,7 @@ class Controller(_message.Message):
         TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
         MAX_SIMILAR_FAILURES_FIELD_NUMBER: _builtins.int
         WITH_PACKAGES_FIELD_NUMBER: _builtins.int
+        LABELS_FIELD_NUMBER: _builtins.int
         name: _builtins.str
         serialized_entrypoint: _builtins.bytes
         scheduling_timeout_seconds: _builtins.float
@@ -1181,6 +1202,10 @@ class Controller(_message.Message):
         def with_packages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
             """added to the task's Python environment (uv pip install)"""
 
+        @_builtins.property
+        def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+            """the user's own K=V tags: shown in status, filtered by in lists"""
+
         def __init__(
             self,
             *,
@@ -1203,10 +1228,11 @@ class Controller(_message.Message):
             timeout_seconds: _builtins.float = ...,
             max_similar_failures: _builtins.int = ...,
             with_packages: _abc.Iterable[_builtins.str] | None = ...,
+            labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption", "_termination_grace_seconds", b"_termination_grace_seconds", "environment", b"environment", "max_retries_preemption", b"max_retries_preemption", "resources", b"resources", "termination_grace_seconds", b"termination_grace_seconds"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption", "_termination_grace_seconds", b"_termination_grace_seconds", "bundle_blob", b"bundle_blob", "bundle_hash", b"bundle_hash", "coscheduled", b"coscheduled", "environment", b"environment", "exit_rules", b"exit_rules", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_similar_failures", b"max_similar_failures", "max_task_failures", b"max_task_failures", "name", b"name", "parent_job_id", b"parent_job_id", "ports", b"ports", "resources", b"resources", "retry_backoff_seconds", b"retry_backoff_seconds", "scheduling_timeout_seconds", b"scheduling_timeout_seconds", "serialized_entrypoint", b"serialized_entrypoint", "termination_grace_seconds", b"termination_grace_seconds", "timeout_seconds", b"timeout_seconds", "with_packages", b"with_packages"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption", "_termination_grace_seconds", b"_termination_grace_seconds", "bundle_blob", b"bundle_blob", "bundle_hash", b"bundle_hash", "coscheduled", b"coscheduled", "environment", b"environment", "exit_rules", b"exit_rules", "labels", b"labels", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_similar_failures", b"max_similar_failures", "max_task_failures", b"max_task_failures", "name", b"name", "parent_job_id", b"parent_job_id", "ports", b"ports", "resources", b"resources", "retry_backoff_seconds", b"retry_backoff_seconds", "scheduling_timeout_seconds", b"scheduling_timeout_seconds", "serialized_entrypoint", b"serialized_entrypoint", "termination_grace_seconds", b"termination_grace_seconds", "timeout_seconds", b"timeout_seconds", "with_packages", b"with_packages"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         _WhichOneofReturnType__max_retries_preemption: _TypeAlias = _typing.Literal["max_retries_preemption"]  # noqa: Y015
         _WhichOneofArgType__max_retries_preemption: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption"]  # noqa: Y015
