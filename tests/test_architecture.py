@@ -287,3 +287,148 @@ def test_clock_reads_bad_source_flagged(source: str) -> None:
 )
 def test_clock_reads_clean_source_passes(source: str) -> None:
     assert not clock_reads(source, Path("x.py"))
+
+
+# ------------------------------------------------------------------------- the import map
+
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("iris.rpc.cluster_pb2", "iris.rpc.cluster_pb2_grpc", "iris.rpc"),
+    ("iris.cluster",),
+    ("iris.rpc.status", "iris.rpc.tls", "iris.cluster.models"),
+    ("iris.cluster.controller", "iris.cluster.worker"),
+    ("iris.cluster.local",),
+    ("iris.client",),
+    ("iris.cli",),
+)
+"""From the bottom up: the wire (generated code); the shared domain (ids, specs, rules, the pure
+core's values); the RPC helpers and the JSON shapes (client models, the dashboard's API); the two
+servers, side by side; the local cluster; the client; the CLI. A module imports only its own layer
+and those below (the longest prefix that names a module decides its layer)."""
+APART: tuple[tuple[str, str], ...] = (
+    ("iris.cluster.controller", "iris.cluster.worker"),
+    ("iris.cluster.worker", "iris.cluster.controller"),
+    ("iris.cli", "iris.rpc"),
+)
+"""Never (importer, imported): the servers reach each other only over RPC, and the CLI speaks
+through the client, never the wire's messages."""
+
+
+def _layer(module: str) -> int:
+    best, layer = -1, 0
+    for i, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if _matches(module, prefix) and len(prefix) > best:
+                best, layer = len(prefix), i
+    return layer
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every ``iris`` module and the ``iris`` modules it imports, anywhere in it (functions and
+    ``if TYPE_CHECKING:`` blocks included: a cycle there is a cycle of the design too)."""
+    modules = {_module_name(p): p for p in _source_files()}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        if module.startswith("iris.rpc.cluster_pb2"):
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve(node, module, path.name == "__init__.py")
+                names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            graph[module].update(n for n in names if n in modules and n != module)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_import_map_has_no_cycles() -> None:
+    found = cycles(import_graph())
+    assert not found, "modules that import each other (TYPE_CHECKING imports count): give the lower one a " \
+                      "Protocol of what it needs instead:\n  " + "\n  ".join(" <-> ".join(c) for c in found)
+
+
+def test_imports_run_only_down_the_layers() -> None:
+    problems = []
+    for module, imported in sorted(import_graph().items()):
+        for target in sorted(imported):
+            if _layer(target) > _layer(module):
+                problems.append(f"{module} -> {target} (layer {_layer(module)} imports layer {_layer(target)})")
+            for importer, forbidden in APART:
+                if _matches(module, importer) and _matches(target, forbidden):
+                    problems.append(f"{module} -> {target} ({importer} never imports {forbidden})")
+    assert not problems, "imports that run up a layer (LAYERS, APART):\n  " + "\n  ".join(problems)
+
+
+def test_the_import_checks_catch_a_cycle_and_a_layer_violation() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _layer("iris.cluster.controller.dashboard") > _layer("iris.cluster.models") > _layer("iris.cluster.spec")
+    assert _layer("iris.client.models") > _layer("iris.cluster.controller.dashboard")
+
+
+CONTROLLER_MODULES = tuple(sorted(
+    p.relative_to(SRC).as_posix() for p in (SRC / "iris/cluster/controller").glob("*.py")
+    if p.stem not in ("service", "dashboard", "backend", "pods", "store", "slurm", "provisioner", "__init__")))
+"""The controller's core and shell: everything but the edge (service.py, the dashboard), the wire to
+workers and pods (backend.py, pods.py), and storage."""
+SEED_PROTOBUF_SIGNATURES = {("iris/cluster/controller/job.py", "Job.__init__"), ("iris/cluster/controller/job.py", "Job.request")}
+"""The seed's own signatures (``Job(job_id, request, ...)``, ``Job.request``): kept as the seed wrote them."""
+
+
+def public_protobuf_signatures(source: str, path: str) -> list[str]:
+    """Public functions and methods whose parameters or return mention a protobuf module."""
+    found = []
+    tree = ast.parse(source)
+    for cls in [None, *[n for n in tree.body if isinstance(n, ast.ClassDef)]]:
+        body = tree.body if cls is None else cls.body
+        for node in body:
+            if not isinstance(node, ast.FunctionDef) or (node.name.startswith("_") and node.name != "__init__"):
+                continue
+            if cls is not None and cls.name.startswith("_"):
+                continue
+            name = node.name if cls is None else f"{cls.name}.{node.name}"
+            text = ast.unparse(node.args) + (ast.unparse(node.returns) if node.returns else "")
+            if "pb2" in text and (path, name) not in SEED_PROTOBUF_SIGNATURES:
+                found.append(f"{path}: {name}")
+    return found
+
+
+def test_no_protobuf_in_a_public_signature_of_the_controller() -> None:
+    found = [hit for module in CONTROLLER_MODULES for hit in public_protobuf_signatures((SRC / module).read_text(), module)]
+    assert not found, "service.py is the one edge: take and return typed values (requests.py):\n  " + "\n  ".join(found)
+    assert public_protobuf_signatures("def launch(r: cluster_pb2.LaunchJobRequest) -> None: ...\n", "x.py")
