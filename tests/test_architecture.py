@@ -36,6 +36,10 @@ PURE_MODULES = (
     "iris/cluster/controller/scheduler.py",
     "iris/cluster/controller/views.py",
     "iris/cluster/controller/access.py",
+    "iris/cluster/controller/policies.py",
+    "iris/cluster/controller/requests.py",
+    "iris/cluster/rules.py",
+    "iris/cluster/models.py",
     "iris/cluster/worker/attempts.py",
 )
 

@@ -9,7 +9,7 @@ call it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -70,6 +70,45 @@ def task_shape(resources: ResourceSpec) -> TaskShape:
         variant, count = device.variant, device.count
     shape = (resources.cpu_millicores, resources.memory_bytes, resources.disk_bytes, kind, variant, count)
     return shared(_SHAPES, shape, shape)
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """Amounts of the four counted resources: cpu (millicores), memory and disk (bytes), devices.
+    What one task takes and what a worker has committed are this one value, so the arithmetic of
+    binding, releasing and holding a stopping attempt is written once."""
+
+    cpu: int = 0
+    memory: int = 0
+    disk: int = 0
+    devices: int = 0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(self.cpu + other.cpu, self.memory + other.memory, self.disk + other.disk,
+                         self.devices + other.devices)
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(self.cpu - other.cpu, self.memory - other.memory, self.disk - other.disk,
+                         self.devices - other.devices)
+
+    @staticmethod
+    def of_task(shape: TaskShape) -> Resources:
+        """What one task of this shape takes (one shared value per shape)."""
+        found = _TASK_RESOURCES.get(shape)
+        if found is None:
+            found = shared(_TASK_RESOURCES, shape, Resources(shape[0], shape[1], shape[2], shape[5]))
+        return found
+
+    @staticmethod
+    def total(items: Iterable[Resources]) -> Resources:
+        out = NO_RESOURCES
+        for item in items:
+            out = out + item
+        return out
+
+
+NO_RESOURCES = Resources()
+_TASK_RESOURCES: dict[TaskShape, Resources] = {}
 
 
 class Capacity(Protocol):

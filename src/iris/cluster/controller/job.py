@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-from iris.cluster.controller.capacity import JobRequirements, TaskShape, task_shape
+from iris.cluster.controller.capacity import JobRequirements, Resources, TaskShape, task_shape
 from iris.cluster.controller.task import TIME_CAUSES, Task
 from iris.cluster.spec import DEFAULT_MAX_RETRIES_PREEMPTION, JobSpec
 from iris.cluster.types import (
@@ -188,6 +188,11 @@ class Job:
     @property
     def scheduling_timeout_ms(self) -> int:
         return int(self.spec.scheduling_timeout_seconds * 1000)
+
+    @property
+    def task_resources(self) -> Resources:
+        """What one task takes of a worker (one shared value per shape)."""
+        return Resources.of_task(self.shape)
 
     @property
     def cpu(self) -> int:

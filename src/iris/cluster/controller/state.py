@@ -21,8 +21,10 @@ from dataclasses import dataclass, field, replace
 from threading import RLock
 
 from iris.cluster.auth import TokenRecord
-from iris.cluster.controller.capacity import Room, WorkerSnapshot, fits_in
+from iris.cluster.controller import policies
+from iris.cluster.controller.capacity import NO_RESOURCES, Resources, Room, WorkerSnapshot, fits_in
 from iris.cluster.controller.job import Job
+from iris.cluster.controller.policies import StreakEntry
 from iris.cluster.controller.task import (
     BUILDING,
     GANG_RESTART,
@@ -36,7 +38,7 @@ from iris.cluster.controller.task import (
     TaskAttempt,
     TaskTransitionResult,
 )
-from iris.cluster.failures import failure_signature, last_line
+from iris.cluster.failures import failure_signature
 from iris.cluster.types import (
     TERMINAL_TASK_STATES,
     AttemptRef,
@@ -53,11 +55,6 @@ logger = logging.getLogger(__name__)
 
 ACTION_LOG_SIZE = 1000
 DEFAULT_QUARANTINE_AFTER = 5
-QUICK_FAILURE_MS = 60_000
-"""An attempt that fails within this long of its dispatch "failed quickly" (worker quarantine)."""
-QUARANTINE_COOLDOWN_MS = 5 * 60_000
-STREAK_CAP = 1000
-"""The first quarantine of a worker; each next one doubles."""
 
 
 @dataclass(slots=True)
@@ -80,22 +77,19 @@ class ControllerWorker:
     heartbeat_interval_ms: int = 0
     """The heartbeat interval this worker was last asked for (0: its own); it is declared dead after
     three of them when that is longer than the controller's worker timeout."""
-    committed_cpu: int = 0
-    """Millicores."""
-    committed_memory: int = 0
-    committed_disk: int = 0
-    committed_devices: int = 0
-    stopping: dict[tuple[TaskId, int], tuple[int, int, int, int]] = field(default_factory=dict)
-    """Attempts Iris stopped whose processes may still run: their (cpu, memory, disk, devices) stay
-    committed until the worker confirms they are gone (a report or an observed set without them)
-    or the worker is declared dead, so nothing new lands on resources a dying attempt holds."""
+    committed: Resources = NO_RESOURCES
+    """What its running tasks and stopping attempts hold."""
+    stopping: dict[tuple[TaskId, int], Resources] = field(default_factory=dict)
+    """Attempts Iris stopped whose processes may still run: their resources stay committed until
+    the worker confirms they are gone (a report or an observed set without them) or the worker is
+    declared dead, so nothing new lands on resources a dying attempt holds."""
     draining: bool = False
     """``iris worker drain``: no new tasks."""
     quarantined_until_ms: int = 0
     quarantine_reason: str = ""
     quarantines: int = 0
     """How many times it was quarantined (the cool-down doubles each time)."""
-    streak: list[tuple[TaskId, int, JobId, str]] = field(default_factory=list)
+    streak: list[StreakEntry] = field(default_factory=list)
     """Attempts that failed to start or failed quickly here, in a row (task, attempt, job, owner)."""
     dispatch_acks: dict[TaskId, tuple[str, int] | None] = field(default_factory=dict)
     """Per running task: None while RunTask is in flight, then (incarnation, sequence) the worker
@@ -106,6 +100,27 @@ class ControllerWorker:
         if isinstance(self.metadata, cluster_pb2.WorkerMetadata):
             self.metadata = WorkerMetadata.from_proto(self.metadata)
 
+    @property
+    def committed_cpu(self) -> int:
+        """Millicores committed."""
+        return self.committed.cpu
+
+    @property
+    def committed_memory(self) -> int:
+        return self.committed.memory
+
+    @property
+    def committed_disk(self) -> int:
+        return self.committed.disk
+
+    @property
+    def committed_devices(self) -> int:
+        return self.committed.devices
+
+    def free(self) -> Resources:
+        meta = self.metadata
+        return Resources(meta.cpu_millicores, meta.memory_bytes, meta.disk_bytes, meta.device_count) - self.committed
+
     def schedulable(self, now_ms: int) -> bool:
         """Healthy, not draining and not quarantined: new tasks may be placed here."""
         return self.healthy and not self.draining and self.quarantined_until_ms <= now_ms
@@ -115,14 +130,8 @@ class ControllerWorker:
         meta = self.metadata
         kind, variant = meta.device_kind, meta.device_variant
         total = Room(meta.cpu_millicores, meta.memory_bytes, meta.disk_bytes, meta.device_count, kind, variant)
-        free = Room(
-            meta.cpu_millicores - self.committed_cpu,
-            meta.memory_bytes - self.committed_memory,
-            meta.disk_bytes - self.committed_disk,
-            meta.device_count - self.committed_devices,
-            kind,
-            variant,
-        )
+        room = self.free()
+        free = Room(room.cpu, room.memory, room.disk, room.devices, kind, variant)
         return WorkerSnapshot(self.worker_id, self.healthy, free, total)
 
 
@@ -516,11 +525,9 @@ class ControllerState:
     def can_fit(self, worker: ControllerWorker, job: Job) -> bool:
         """Whether ``worker`` is healthy and its free resources cover one task of ``job``."""
         meta = worker.metadata
+        room = worker.free()
         return worker.healthy and not worker.draining and fits_in(
-            job.requirements, meta.cpu_millicores - worker.committed_cpu, meta.memory_bytes - worker.committed_memory,
-            meta.disk_bytes - worker.committed_disk, meta.device_count - worker.committed_devices,
-            meta.device_kind, meta.device_variant,
-        )
+            job.requirements, room.cpu, room.memory, room.disk, room.devices, meta.device_kind, meta.device_variant)
 
     def heartbeat(self, worker_id: WorkerId, now_ms: int, interval_ms: int | None = None) -> bool:
         """Record that the worker was heard from (and, when given, the heartbeat interval it was just
@@ -692,10 +699,7 @@ class ControllerState:
 
     def _bind(self, worker: ControllerWorker, task: Task, job: Job) -> None:
         worker.running_tasks.add(task.task_id)
-        worker.committed_cpu += job.cpu
-        worker.committed_memory += job.memory_bytes
-        worker.committed_disk += job.disk_bytes
-        worker.committed_devices += job.device_count
+        worker.committed += job.task_resources
 
     def _release(self, worker_id: WorkerId | None, task: Task, job: Job, hold_attempt: int | None = None) -> None:
         """Unbind a task from its worker. ``hold_attempt``: Iris is stopping that attempt, whose
@@ -708,24 +712,16 @@ class ControllerState:
         worker.running_tasks.discard(task.task_id)
         worker.dispatch_acks.pop(task.task_id, None)
         if hold_attempt is not None and worker.healthy:
-            worker.stopping[(task.task_id, hold_attempt)] = (job.cpu, job.memory_bytes, job.disk_bytes,
-                                                             job.device_count)
+            worker.stopping[(task.task_id, hold_attempt)] = job.task_resources
             return
-        worker.committed_cpu -= job.cpu
-        worker.committed_memory -= job.memory_bytes
-        worker.committed_disk -= job.disk_bytes
-        worker.committed_devices -= job.device_count
+        worker.committed -= job.task_resources
 
     def _confirm_stopped(self, worker: ControllerWorker, key: tuple[TaskId, int]) -> bool:
         """A stopped attempt's processes are gone: give its resources back."""
         held = worker.stopping.pop(key, None)
         if held is None:
             return False
-        cpu, memory, disk, devices = held
-        worker.committed_cpu -= cpu
-        worker.committed_memory -= memory
-        worker.committed_disk -= disk
-        worker.committed_devices -= devices
+        worker.committed -= held
         self._effects.dirty_workers.add(worker.worker_id)
         return True
 
@@ -833,59 +829,44 @@ class ControllerState:
         self.lost_ms[cause] += ms
 
     def _on_attempt_ended(self, job: Job, task: Task, attempt: TaskAttempt, now_ms: int) -> None:
-        """Worker quarantine bookkeeping: a success clears the worker's streak; an attempt that
-        failed to start or failed quickly extends it (and may quarantine the worker)."""
+        """Worker quarantine bookkeeping (``policies.extends_streak``, ``policies.quarantine``)."""
+        if attempt.state == SUCCEEDED and attempt.worker_id is not None:
+            job.note_success(attempt.worker_id)
         worker = self._workers.get(attempt.worker_id) if attempt.worker_id is not None else None
-        if attempt.state == SUCCEEDED:
-            if attempt.worker_id is not None:
-                job.note_success(attempt.worker_id)
-            if worker is not None:
-                worker.streak.clear()
+        if worker is None:
             return
-        if worker is None or attempt.charged_to != "failure" or not self.quarantine_after:
+        extends = policies.extends_streak(attempt, now_ms)
+        if extends is False:
+            worker.streak.clear()
+        if not extends or not self.quarantine_after:
             return
-        started = attempt.started_at_ms or now_ms
-        if (attempt.finished_at_ms or now_ms) - started > QUICK_FAILURE_MS:
-            worker.streak.clear()  # it ran a while: the task's own fault, not the worker's
-            return
-        worker.streak.append((task.task_id, attempt.attempt_id, job.job_id, job.owner))
-        if len(worker.streak) > max(STREAK_CAP, 4 * self.quarantine_after):
+        worker.streak.append(policies.StreakEntry(task.task_id, attempt.attempt_id, job.job_id, job.owner))
+        if len(worker.streak) > max(policies.STREAK_CAP, 4 * self.quarantine_after):
             del worker.streak[0]  # bounded memory; the oldest entries matter least
-        self._maybe_quarantine(worker, now_ms)
+        if worker.quarantined_until_ms <= now_ms:
+            self._apply_quarantine(worker, now_ms)
 
-    def _maybe_quarantine(self, worker: ControllerWorker, now_ms: int) -> None:
-        streak = worker.streak
-        if len(streak) < self.quarantine_after or worker.quarantined_until_ms > now_ms:
-            return
-        owners = {owner for _, _, _, owner in streak}
-        if len(owners) < 2:
-            return  # one user's jobs failing is that user's problem, not the worker's
+    def _apply_quarantine(self, worker: ControllerWorker, now_ms: int) -> None:
         vindicated = set()
-        for _, _, job_id, owner in streak:
-            job = self._jobs.get(job_id)
+        for entry in worker.streak:
+            job = self._jobs.get(entry.job_id)
             if job is not None and job.succeeded_elsewhere(worker.worker_id):
-                vindicated.add(owner)
-        if len(vindicated) < 2:
-            return  # the same jobs must succeed elsewhere, for two owners
+                vindicated.add(entry.owner)
         fleet = [w for w in self._workers.values() if w.healthy and not w.draining]
-        quarantined = sum(1 for w in fleet if w.quarantined_until_ms > now_ms)
-        if (quarantined + 1) * 10 > len(fleet):
-            return  # never more than a tenth of the healthy fleet at once
+        decision = policies.quarantine(worker.streak, vindicated, self.quarantine_after, worker.quarantines,
+                                       len(fleet), sum(1 for w in fleet if w.quarantined_until_ms > now_ms), now_ms)
+        if decision is None:
+            return
         worker.quarantines += 1
-        cooldown = QUARANTINE_COOLDOWN_MS * 2 ** min(worker.quarantines - 1, 10)
-        worker.quarantined_until_ms = now_ms + cooldown
-        worker.quarantine_reason = (f"{len(streak)} attempts of {len(owners)} owners' jobs failed quickly here in a "
-                                    f"row while they succeed elsewhere (cool-down {cooldown // 1000}s)")
+        worker.quarantined_until_ms = decision.until_ms
+        worker.quarantine_reason = decision.message
         self._effects.dirty_workers.add(worker.worker_id)
-        self.log_action("worker_quarantined", now_ms=now_ms, worker_id=worker.worker_id,
-                        details=worker.quarantine_reason)
-        # The worker is blamed: those failures are charged to no budget.
-        for task_id, attempt_id, _, _ in streak:
-            task = self._tasks.get(task_id)
-            if task is None:
-                continue
-            for attempt in task.attempts:
-                if attempt.attempt_id == attempt_id and attempt.charged_to == "failure":
+        self.log_action("worker_quarantined", now_ms=now_ms, worker_id=worker.worker_id, details=decision.message)
+        for entry in decision.forgiven:  # the worker is blamed: those failures are charged to no budget
+            task = self._tasks.get(entry.task_id)
+            for attempt in task.attempts if task is not None else ():
+                if attempt.attempt_id == entry.attempt_id and attempt.charged_to == "failure":
+                    assert task is not None
                     attempt.charged_to = "none"
                     job_of = self._jobs.get(task.job_id)
                     if job_of is not None:
@@ -894,31 +875,27 @@ class ControllerState:
                     if not task.is_finished() and task.failure_count > 0:
                         task.failure_count -= 1
                         task.not_before_ms = 0
-                        self._effects.dirty_tasks.add(task_id)
-        streak.clear()
+                        self._effects.dirty_tasks.add(entry.task_id)
+        worker.streak.clear()
 
     def _apply_job_rules(self, job: Job, task: Task, result: TaskTransitionResult, ended: list[TaskAttempt],
                          now_ms: int) -> None:
         """After a task's move in a job that is still running: an exit rule's fail-job, the
-        correlated-failure fail-fast, and a coscheduled job's gang restart."""
-        if task.fail_job:
-            job.finish(cluster_pb2.JOB_STATE_FAILED, now_ms, f"{task.fail_job}: {task.error or 'failed'}")
-            self._on_job_finished(job, now_ms)
-            return
+        correlated-failure fail-fast, and a coscheduled job's gang restart (``policies``)."""
         last = ended[-1] if ended else None
+        decision: policies.FailJob | policies.RestartGang | None = policies.exit_rule(task.fail_job, task.error)
         k = job.spec.max_similar_failures
-        if k and last is not None and last.charged_to == "failure" and last.state == cluster_pb2.TASK_STATE_FAILED \
-                and not job.counts[SUCCEEDED]:
-            signature = failure_signature(last.error) or f"exit code {last.exit_code}"
-            tasks = job.similar_tasks(signature)
-            tasks.add(task.task_index)
-            if len(tasks) >= k:
-                job.finish(cluster_pb2.JOB_STATE_FAILED, now_ms,
-                           f"{len(tasks)} of {job.num_tasks} tasks failed with: "
-                           f"{last_line(last.error) or f'exit code {last.exit_code}'}")
-                self._on_job_finished(job, now_ms)
-                return
-        if result is TaskTransitionResult.SHOULD_RETRY and job.coscheduled:
+        if decision is None and k and policies.counts_as_similar(last, bool(job.counts[SUCCEEDED])):
+            assert last is not None
+            seen = job.similar_tasks(policies.failure_key(last))
+            decision = policies.similar_failures(k, last, task.task_index, seen, job.num_tasks, False)
+            seen.add(task.task_index)
+        if decision is None:
+            decision = policies.gang_restart(job.coscheduled, result is TaskTransitionResult.SHOULD_RETRY, task.task_id)
+        if isinstance(decision, policies.FailJob):
+            job.finish(cluster_pb2.JOB_STATE_FAILED, now_ms, decision.error)
+            self._on_job_finished(job, now_ms)
+        elif isinstance(decision, policies.RestartGang):
             self._gang_restart(job, task, now_ms)
 
     def _gang_restart(self, job: Job, trigger: Task, now_ms: int) -> None:
@@ -1370,19 +1347,9 @@ class ControllerState:
                     bound.setdefault(t.worker_id, set()).add(tid)
             for wid, w in self._workers.items():
                 assert w.running_tasks == bound.get(wid, set()), f"worker {wid} running_tasks mismatch"
-                cpu = sum(held[0] for held in w.stopping.values())
-                mem = sum(held[1] for held in w.stopping.values())
-                disk = sum(held[2] for held in w.stopping.values())
-                dev = sum(held[3] for held in w.stopping.values())
-                for tid in w.running_tasks:
-                    job = self._jobs[self._tasks[tid].job_id]
-                    cpu += job.cpu
-                    mem += job.memory_bytes
-                    disk += job.disk_bytes
-                    dev += job.device_count
-                assert (w.committed_cpu, w.committed_memory, w.committed_disk, w.committed_devices) == (
-                    cpu, mem, disk, dev,
-                ), f"worker {wid} committed resources drifted"
+                held = Resources.total(w.stopping.values()) + Resources.total(
+                    self._jobs[self._tasks[tid].job_id].task_resources for tid in w.running_tasks)
+                assert w.committed == held, f"worker {wid} committed resources drifted"
             unknown_workers = set(bound) - set(self._workers)
             assert not unknown_workers, f"tasks bound to unknown workers {unknown_workers}"
             for eid, e in self._endpoints.items():

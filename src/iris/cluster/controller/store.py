@@ -687,10 +687,7 @@ class ControllerStore:
                                  f"{task.worker_id}; refusing to start (the file was not modified)")
             job = jobs[task.job_id]
             bound.running_tasks.add(task.task_id)
-            bound.committed_cpu += job.cpu
-            bound.committed_memory += job.memory_bytes
-            bound.committed_disk += job.disk_bytes
-            bound.committed_devices += job.device_count
+            bound.committed += job.task_resources
         for worker in workers.values():
             state.add_worker(worker)
 
