@@ -580,8 +580,9 @@ class ProcessRuntime:
     def _close_pipe(self, pipe: _Pipe) -> None:
         """Called on the reaper thread only (which owns the pipes registered with epoll); the
         descriptor itself is closed at the end of the reaper's batch (``_reap_loop``)."""
-        if self._pipes.pop(pipe.fd, None) is None:
-            return
+        if self._pipes.get(pipe.fd) is not pipe:
+            return  # closed already: its number may be a newer task's pipe now
+        del self._pipes[pipe.fd]
         if self._epoll is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._epoll.unregister(pipe.fd)
@@ -595,7 +596,7 @@ class ProcessRuntime:
         pid = running.pid
         # Everything the task printed is in its log before its end is reported.
         for pipe in running.pipes:
-            if pipe.fd in self._pipes:
+            if self._pipes.get(pipe.fd) is pipe:  # by identity: a closed pipe's number may be reused
                 pipe.drain()
                 self._close_pipe(pipe)
         with self._lock:
