@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
+from iris.cluster.errors import InvalidArgument
+from iris.cluster.validation import DEFAULT_LIMITS
+from iris.cluster.worker.attempts import TaskLaunch
+from iris.cluster.worker.service import task_launch
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
 
 
@@ -161,3 +165,19 @@ def command_request(
         serialized_entrypoint=entrypoint.SerializeToString(),
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+def launch(request: cluster_pb2.Worker.RunTaskRequest) -> TaskLaunch:
+    """A RunTaskRequest through the worker's edge (``service.task_launch``), as a RunTask call gets it."""
+    return task_launch(request, DEFAULT_LIMITS)
+
+
+def launches(requests: Sequence[cluster_pb2.Worker.RunTaskRequest]) -> list[TaskLaunch | InvalidArgument]:
+    """RunTasks' requests through the worker's edge: a bad one becomes its refusal."""
+    out: list[TaskLaunch | InvalidArgument] = []
+    for request in requests:
+        try:
+            out.append(launch(request))
+        except InvalidArgument as e:
+            out.append(e)
+    return out

@@ -18,10 +18,15 @@ from iris.cluster.worker.attempts import (
     AttemptMachine,
     AttemptStatus,
     Discard,
+    DropBundle,
     Instruction,
+    JobsDeleted,
     Kill,
     KillRequested,
     LaunchAbandoned,
+    LogPhase,
+    LogRefused,
+    LogShipped,
     Phase,
     PreparationFailed,
     PreparationStarted,
@@ -32,6 +37,7 @@ from iris.cluster.worker.attempts import (
     Release,
     Report,
     ReportsAcknowledged,
+    ShipLog,
     Start,
     StartFailed,
     WorkerStopping,
@@ -224,3 +230,68 @@ def test_attempt_newest_attempt_of_a_task_is_found_without_its_id() -> None:
     found = m.get("job/task-0")
     assert found is not None and found.key == ("job/task-0", 1)
     assert Release(K) != Prepare(K) and Start(K) == Start(K)
+
+
+# -- log shipping: the record holds how far each log got -------------------------------------------
+
+
+def test_log_shipping_resumes_from_what_the_controller_holds_and_ends_when_it_has_all() -> None:
+    m = AttemptMachine()
+    run_to_running(m)
+    assert m.ship_logs() == [ShipLog(K, 0, False)]
+    assert m.handle(LogShipped(K, 120)) == []
+    assert m.ship_logs() == [ShipLog(K, 120, False)]  # the next call starts where the controller is
+    m.handle(LogShipped(K, 80))  # a late, shorter answer never moves it back
+    assert m.attempts[K].log_shipped == 120
+    m.handle(ProcessExited(K, 0, NOW + 5))
+    assert m.ship_logs() == [ShipLog(K, 120, True)]  # ended: the next chunk may say complete
+    m.handle(LogShipped(K, 200, complete=True))
+    assert m.ship_logs() == [] and m.attempts[K].log_phase is LogPhase.DONE
+
+
+def test_log_of_an_ended_attempt_is_claimed_by_its_report_and_done_once_that_is_acknowledged() -> None:
+    m = AttemptMachine()
+    run_to_running(m)
+    m.handle(LogShipped(K, 300))
+    m.handle(ProcessExited(K, 0, NOW + 5))
+    other = ("job/task-1", 0)
+    run_to_running(m, other)
+    m.handle(ProcessExited(other, 1, NOW + 5))
+    sizes, lacking = m.claim_logs({K: 300, other: 50})
+    assert sizes == {K: 300} and lacking == {other}  # task 1's log must be shipped before its report
+    assert m.ship_logs() == [ShipLog(other, 0, True)]  # a claimed log is not shipped again
+    m.handle(ReportsAcknowledged(((K, SUCCEEDED),)))
+    assert m.attempts[K].log_phase is LogPhase.DONE
+
+
+def test_log_refused_by_the_controller_is_not_shipped_again() -> None:
+    m = AttemptMachine()
+    run_to_running(m)
+    m.handle(LogRefused(K))
+    assert m.ship_logs() == [] and m.claim_logs({K: 10}) == ({}, set())
+
+
+def test_deleted_jobs_discard_their_ended_attempts_and_unused_bundles_in_one_place() -> None:
+    from iris.cluster.spec import Entrypoint, JobSpec
+    from iris.cluster.worker.attempts import TaskLaunch
+
+    m = AttemptMachine()
+    old = ("gone/task-0", 0)
+    live = ("kept/task-0", 0)
+    spec = JobSpec(name="kept", entrypoint=Entrypoint(argv=("x",)), bundle_hash="b" * 64)
+    m.handle(Accepted(old, job_uid="u-gone"))
+    m.handle(PreparationFailed(old, "boom", NOW))
+    m.handle(Accepted(live, job_uid="u-kept", launch=TaskLaunch("kept", live[0], 0, 1, 0, spec, job_uid="u-kept")))
+    out = m.handle(JobsDeleted(("u-gone", "u-kept"), ("a" * 64, "b" * 64)))
+    assert out == [Discard(old), DropBundle("a" * 64)]  # the live attempt and its bundle stay
+    assert old not in m.attempts and live in m.attempts
+
+
+def test_a_kill_for_another_job_incarnation_is_ignored() -> None:
+    m = AttemptMachine()
+    m.handle(Accepted(K, job_uid="new"))
+    m.handle(PreparationStarted(K, building=False))
+    m.handle(Prepared(K, NOW))
+    m.handle(ProcessStarted(K, 1))
+    assert m.handle(KillRequested(K, 1.0, job_uid="old")) == []
+    assert kinds(m.handle(KillRequested(K, 1.0, job_uid="new"))) == ["Kill(1.0)"]

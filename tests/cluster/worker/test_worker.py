@@ -26,7 +26,7 @@ from iris.cluster.worker.gpu import GpuInfo
 from iris.cluster.worker.runtime import AttemptKey, ExitCallback, ProcessExit, ProcessSpec
 from iris.cluster.worker.worker import Worker, WorkerConfig
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
-from tests.cluster.worker.conftest import RunningFakeController, command_request
+from tests.cluster.worker.conftest import RunningFakeController, command_request, launch, launches
 
 RUNNING = cluster_pb2.TASK_STATE_RUNNING
 SUCCEEDED = cluster_pb2.TASK_STATE_SUCCEEDED
@@ -122,8 +122,8 @@ def _terminal(
 
 def test_run_task_accepts_with_incarnation_and_increasing_sequence(make_worker: WorkerFactory) -> None:
     worker = make_worker(runtime=FakeRuntime())
-    first = worker.run_task(command_request(["/bin/true"], "job/task-0"))
-    second = worker.run_task(command_request(["/bin/true"], "job/task-1"))
+    first = worker.run_task(launch(command_request(["/bin/true"], "job/task-0")))
+    second = worker.run_task(launch(command_request(["/bin/true"], "job/task-1")))
     assert first.accepted and second.accepted
     assert first.incarnation == worker.incarnation == second.incarnation
     assert (first.sequence, second.sequence) == (1, 2)
@@ -132,8 +132,8 @@ def test_run_task_accepts_with_incarnation_and_increasing_sequence(make_worker: 
 def test_run_task_duplicate_attempt_is_idempotent(make_worker: WorkerFactory) -> None:
     runtime = FakeRuntime()
     worker = make_worker(runtime=runtime)
-    first = worker.run_task(command_request(["/bin/true"]))
-    again = worker.run_task(command_request(["/bin/true"]))
+    first = worker.run_task(launch(command_request(["/bin/true"])))
+    again = worker.run_task(launch(command_request(["/bin/true"])))
     assert again.accepted and again.sequence == first.sequence
     runtime.spec(("job/task-0", 0))
     assert len(worker.list_tasks()) == 1
@@ -182,7 +182,7 @@ def _bad(field: str) -> cluster_pb2.Worker.RunTaskRequest:
 def test_run_task_malformed_request_names_the_field(make_worker: WorkerFactory, field: str) -> None:
     worker = make_worker(runtime=FakeRuntime())
     with pytest.raises(InvalidArgument, match=field):
-        worker.run_task(_bad(field))
+        worker.run_task(launch(_bad(field)))
     assert worker.list_tasks() == []
 
 
@@ -204,9 +204,9 @@ def test_run_task_environment_ports_and_gpus(make_worker: WorkerFactory) -> None
     request.num_tasks = 8
     request.environment.env_vars["USER_VAR"] = "value"
     request.resources.device.gpu.count = 2
-    worker.run_task(request)
+    worker.run_task(launch(request))
     other = command_request(["/bin/true"], "job/task-4", ports=["http"])
-    worker.run_task(other)
+    worker.run_task(launch(other))
 
     env = runtime.spec(("job/task-3", 2)).env
     assert env["IRIS_JOB_ID"] == "job"
@@ -232,7 +232,7 @@ def test_run_task_after_stop_is_refused(make_worker: WorkerFactory) -> None:
     worker = make_worker(runtime=FakeRuntime())
     worker.stop()
     with pytest.raises(FailedPrecondition):
-        worker.run_task(command_request(["/bin/true"]))
+        worker.run_task(launch(command_request(["/bin/true"])))
 
 
 # -- reports and the outbox ----------------------------------------------------------------------
@@ -244,7 +244,7 @@ def test_task_lifecycle_is_reported_running_then_succeeded(
     runtime = FakeRuntime()
     worker_task = ("job/task-0", 0)
     worker = make_worker(runtime=runtime)
-    worker.run_task(command_request(["/bin/true"]))
+    worker.run_task(launch(command_request(["/bin/true"])))
     runtime.spec(worker_task)
     wait_until(lambda: RUNNING in fake_controller.servicer.states_of("job/task-0"), 30)
     runtime.exit(worker_task, 0)
@@ -258,7 +258,7 @@ def test_nonzero_exit_reports_failed_with_exit_code_and_output(
     make_worker: WorkerFactory, fake_controller: RunningFakeController
 ) -> None:
     runtime = FakeRuntime()
-    make_worker(runtime=runtime).run_task(command_request(["prog"]))
+    make_worker(runtime=runtime).run_task(launch(command_request(["prog"])))
     runtime.spec(("job/task-0", 0))
     runtime.exit(("job/task-0", 0), 3)
     update = _terminal(fake_controller, "job/task-0")
@@ -271,7 +271,7 @@ def test_memory_limit_kill_is_a_task_failure_with_its_reason(
     make_worker: WorkerFactory, fake_controller: RunningFakeController
 ) -> None:
     runtime = FakeRuntime()
-    make_worker(runtime=runtime).run_task(command_request(["prog"]))
+    make_worker(runtime=runtime).run_task(launch(command_request(["prog"])))
     runtime.spec(("job/task-0", 0))
     reason = "killed: memory 612MiB exceeded the task's limit of 512MiB"
     runtime.exit(("job/task-0", 0), -9, limit_error=reason)
@@ -284,7 +284,7 @@ def test_start_failure_reports_failed(
 ) -> None:
     runtime = FakeRuntime()
     runtime.fail_start = FileNotFoundError(2, "No such file or directory")
-    make_worker(runtime=runtime).run_task(command_request(["/no/such/program"]))
+    make_worker(runtime=runtime).run_task(launch(command_request(["/no/such/program"])))
     update = _terminal(fake_controller, "job/task-0")
     assert update.state == FAILED
     assert "/no/such/program" in update.error
@@ -296,7 +296,7 @@ def test_outbox_coalesces_to_latest_state_in_one_batch(
     runtime = FakeRuntime()
     worker = make_worker(run_loops=False, runtime=runtime)
     for i in range(3):
-        worker.run_task(command_request(["/bin/true"], f"job/task-{i}"))
+        worker.run_task(launch(command_request(["/bin/true"], f"job/task-{i}")))
         runtime.spec((f"job/task-{i}", 0))
         runtime.exit((f"job/task-{i}", 0), 0)
     wait_until(lambda: all(s.state == SUCCEEDED for s in worker.list_tasks()), 30)
@@ -317,14 +317,14 @@ def test_outbox_retries_until_controller_is_back_and_never_loses_terminal_report
     runtime = FakeRuntime()
     worker = make_worker(runtime=runtime)
     fake_controller.servicer.unavailable = True
-    worker.run_task(command_request(["/bin/true"]))
+    worker.run_task(launch(command_request(["/bin/true"])))
     runtime.spec(("job/task-0", 0))
     runtime.exit(("job/task-0", 0), 0)
     wait_until(lambda: worker.task_status("job/task-0").state == SUCCEEDED, 30)
     # The worker has tried to deliver the report and seen the controller down.
     wait_until(lambda: "ReportTaskState" in fake_controller.servicer.rejected, 30)
     # While undelivered, the finished attempt stays in the observed set.
-    tasks, _ = worker.observed_set()
+    tasks, _ = worker.observed()
     assert [(t.task_id, t.state) for t in tasks] == [("job/task-0", SUCCEEDED)]
     assert worker.pending_reports() == 1
     registrations_before = len(fake_controller.servicer.state.registrations)
@@ -333,7 +333,7 @@ def test_outbox_retries_until_controller_is_back_and_never_loses_terminal_report
     update = _terminal(fake_controller, "job/task-0")
     assert update.state == SUCCEEDED
     wait_until(lambda: worker.pending_reports() == 0, 30)
-    assert worker.observed_set()[0] == []
+    assert worker.observed()[0] == []
     # Coming back after being unreachable, the worker registers again with its full set.
     wait_until(lambda: len(fake_controller.servicer.state.registrations) > registrations_before, 30)
 
@@ -347,7 +347,7 @@ def test_outbox_retries_past_a_slow_controller_and_delivers(
     runtime = FakeRuntime()
     worker = make_worker(runtime=runtime, rpc_timeout_s=0.2)
     fake_controller.servicer.reports_released.clear()
-    worker.run_task(command_request(["/bin/true"]))
+    worker.run_task(launch(command_request(["/bin/true"])))
     runtime.spec(("job/task-0", 0))
     runtime.exit(("job/task-0", 0), 0)
     wait_until(lambda: fake_controller.servicer.blocked_reports >= 2, 30)  # timed out and retried
@@ -364,7 +364,7 @@ def test_flush_failure_keeps_batch_and_newer_state_wins(
 ) -> None:
     runtime = FakeRuntime()
     worker = make_worker(run_loops=False, runtime=runtime)
-    worker.run_task(command_request(["/bin/true"]))
+    worker.run_task(launch(command_request(["/bin/true"])))
     runtime.spec(("job/task-0", 0))
     wait_until(lambda: worker.task_status("job/task-0").state == RUNNING, 30)
     fake_controller.servicer.unavailable = True
@@ -384,7 +384,7 @@ def test_register_carries_metadata_incarnation_and_observed_set(
 ) -> None:
     runtime = FakeRuntime()
     worker = make_worker(run_loops=False, runtime=runtime, cpu=3, memory_bytes=2 * 1024**3)
-    worker.run_task(command_request(["/bin/true"]))
+    worker.run_task(launch(command_request(["/bin/true"])))
     runtime.spec(("job/task-0", 0))
     assert worker.register_once()
     registration = fake_controller.servicer.state.registrations[-1]
@@ -475,7 +475,7 @@ def test_heartbeat_kill_list_kills_attempt(
 ) -> None:
     runtime = FakeRuntime()
     worker = make_worker(run_loops=False, runtime=runtime)
-    worker.run_task(command_request(["/bin/true"]))
+    worker.run_task(launch(command_request(["/bin/true"])))
     runtime.spec(("job/task-0", 0))
     wait_until(lambda: worker.task_status("job/task-0").state == RUNNING, 30)
     fake_controller.servicer.kills = [("job/task-0", 0), ("other/task-9", 4)]
@@ -488,8 +488,8 @@ def test_heartbeat_sequence_covers_accepted_tasks(
     make_worker: WorkerFactory, fake_controller: RunningFakeController
 ) -> None:
     worker = make_worker(run_loops=False, runtime=FakeRuntime())
-    worker.run_task(command_request(["/bin/true"], "job/task-0"))
-    worker.run_task(command_request(["/bin/true"], "job/task-1"))
+    worker.run_task(launch(command_request(["/bin/true"], "job/task-0")))
+    worker.run_task(launch(command_request(["/bin/true"], "job/task-1")))
     worker.heartbeat_once()
     heartbeat = fake_controller.servicer.state.heartbeats[-1]
     assert heartbeat.sequence == 2 and heartbeat.incarnation == worker.incarnation
@@ -503,7 +503,7 @@ def test_kill_task_unknown_or_repeated_is_harmless(make_worker: WorkerFactory) -
     runtime = FakeRuntime()
     worker = make_worker(runtime=runtime)
     worker.kill_task("nope/task-0", 3)
-    worker.run_task(command_request(["/bin/true"]))
+    worker.run_task(launch(command_request(["/bin/true"])))
     runtime.spec(("job/task-0", 0))
     wait_until(lambda: worker.task_status("job/task-0").state == RUNNING, 30)
     worker.kill_task("job/task-0", 0, 1.5)
@@ -517,7 +517,7 @@ def test_stop_kills_running_tasks_and_reports_them(
 ) -> None:
     runtime = FakeRuntime()
     worker = make_worker(runtime=runtime)
-    worker.run_task(command_request(["/bin/true"]))
+    worker.run_task(launch(command_request(["/bin/true"])))
     runtime.spec(("job/task-0", 0))
     worker.stop()
     update = fake_controller.servicer.terminal_update("job/task-0")
@@ -537,7 +537,7 @@ def test_an_ended_attempt_whose_log_was_shipped_reports_its_size_instead_of_anot
     worker = make_worker(run_loops=False, runtime=runtime, clock=FakeClock())
     state = fake_controller.servicer.state
     for i in range(2):
-        worker.run_task(command_request(["/bin/true"], task_id=f"job/task-{i}"))
+        worker.run_task(launch(command_request(["/bin/true"], task_id=f"job/task-{i}")))
         runtime.spec((f"job/task-{i}", 0))
     wait_until(lambda: all(worker.task_status(f"job/task-{i}").state == RUNNING for i in range(2)), 30)
     worker.ship_logs_once(only={("job/task-0", 0)})  # task 0's output is at the controller already
@@ -560,8 +560,8 @@ def test_an_ended_attempt_whose_log_was_shipped_reports_its_size_instead_of_anot
 def test_fetch_logs_by_line_and_newest_attempt(make_worker: WorkerFactory) -> None:
     runtime = FakeRuntime()
     worker = make_worker(runtime=runtime)
-    worker.run_task(command_request(["/bin/true"], attempt_id=0))
-    worker.run_task(command_request(["/bin/true"], attempt_id=1))
+    worker.run_task(launch(command_request(["/bin/true"], attempt_id=0)))
+    worker.run_task(launch(command_request(["/bin/true"], attempt_id=1)))
     runtime.spec(("job/task-0", 1))
     runtime.exit(("job/task-0", 1), 0)
     chunk = worker.fetch_logs("job/task-0")
@@ -580,7 +580,7 @@ def test_finished_history_is_bounded(make_worker: WorkerFactory) -> None:
     runtime = FakeRuntime()
     worker = make_worker(runtime=runtime, max_finished_attempts=2)
     for i in range(4):
-        worker.run_task(command_request(["/bin/true"], f"job/task-{i}"))
+        worker.run_task(launch(command_request(["/bin/true"], f"job/task-{i}")))
         runtime.spec((f"job/task-{i}", 0))
         runtime.exit((f"job/task-{i}", 0), 0)
     wait_until(lambda: len(worker.list_tasks()) == 2, 30)
@@ -614,8 +614,8 @@ def test_callable_success_and_exception(
         raise RuntimeError(text)
 
     worker = make_worker()
-    worker.run_task(_callable_request(_say, "hi from callable", task_id="job/task-0"))
-    worker.run_task(_callable_request(_boom, "kaboom", task_id="job/task-1"))
+    worker.run_task(launch(_callable_request(_say, "hi from callable", task_id="job/task-0")))
+    worker.run_task(launch(_callable_request(_boom, "kaboom", task_id="job/task-1")))
     ok = _terminal(fake_controller, "job/task-0")
     assert ok.state == SUCCEEDED
     assert [r.text for r in worker.fetch_logs("job/task-0").lines] == ["hi from callable"]
@@ -629,9 +629,9 @@ def test_command_task_env_and_exit_code_with_real_process(
     make_worker: WorkerFactory, fake_controller: RunningFakeController
 ) -> None:
     worker = make_worker()
-    worker.run_task(
+    worker.run_task(launch(
         command_request(["/bin/sh", "-c", 'echo "$IRIS_TASK_ID $IRIS_PORT_WEB"; exit 4'], ports=["web"])
-    )
+    ))
     update = _terminal(fake_controller, "job/task-0")
     assert update.state == FAILED and update.exit_code == 4
     line = worker.fetch_logs("job/task-0").lines[0].text
@@ -643,7 +643,7 @@ def test_kill_real_task_leaves_no_grandchild(
     make_worker: WorkerFactory, fake_controller: RunningFakeController
 ) -> None:
     worker = make_worker()
-    worker.run_task(command_request(["/bin/sh", "-c", "sleep 1000 & echo $!; wait"]))
+    worker.run_task(launch(command_request(["/bin/sh", "-c", "sleep 1000 & echo $!; wait"])))
     wait_until(lambda: worker.fetch_logs("job/task-0").lines, 30)
     grandchild = int(worker.fetch_logs("job/task-0").lines[0].text)
     worker.kill_task("job/task-0", 0, 5)
@@ -673,9 +673,9 @@ def test_bundle_fetched_once_unpacked_and_importable(
     worker = make_worker()
     code = "import mypkg; print(mypkg.GREETING); print(open('data.txt').read().strip())"
     for i in range(3):
-        worker.run_task(
+        worker.run_task(launch(
             command_request([sys.executable, "-c", code], f"job/task-{i}", bundle_hash=bundle_hash)
-        )
+        ))
     for i in range(3):
         update = _terminal(fake_controller, f"job/task-{i}")
         assert update.state == SUCCEEDED, update.error
@@ -687,7 +687,7 @@ def test_unknown_bundle_fails_the_task(
     make_worker: WorkerFactory, fake_controller: RunningFakeController
 ) -> None:
     worker = make_worker()
-    worker.run_task(command_request(["/bin/true"], bundle_hash="ab" * 32))
+    worker.run_task(launch(command_request(["/bin/true"], bundle_hash="ab" * 32)))
     update = _terminal(fake_controller, "job/task-0")
     assert update.state == FAILED and "bundle" in update.error
 
@@ -784,11 +784,11 @@ def test_run_tasks_accepts_each_on_its_own_and_starts_them_in_order(make_worker:
     worker = make_worker(runtime=runtime)
     bad = command_request(["/bin/true"], "job/task-1")
     bad.ClearField("serialized_entrypoint")
-    already = worker.run_task(command_request(["/bin/true"], "job/task-3"))
-    results = worker.run_tasks(
+    already = worker.run_task(launch(command_request(["/bin/true"], "job/task-3")))
+    results = worker.run_tasks(launches(
         [command_request(["/bin/true"], "job/task-0"), bad, command_request(["/bin/true"], "job/task-2"),
          command_request(["/bin/true"], "job/task-3")]
-    )
+    ))
     assert [r.accepted for r in results] == [True, False, True, True]
     assert "serialized_entrypoint" in results[1].error and not results[1].worker_stopping
     assert results[3].sequence == already.sequence  # idempotent, as RunTask
@@ -804,14 +804,14 @@ def test_run_tasks_accepts_each_on_its_own_and_starts_them_in_order(make_worker:
 def test_run_tasks_while_stopping_refuses_with_worker_stopping(make_worker: WorkerFactory) -> None:
     worker = make_worker(runtime=FakeRuntime())
     worker.stop()
-    results = worker.run_tasks([command_request(["/bin/true"], "job/task-0")])
+    results = worker.run_tasks(launches([command_request(["/bin/true"], "job/task-0")]))
     assert not results[0].accepted and results[0].worker_stopping and "shutting down" in results[0].error
 
 
 def test_tasks_bind_every_interface_and_advertise_the_worker_address(make_worker: WorkerFactory) -> None:
     runtime = FakeRuntime()
     worker = make_worker(runtime=runtime, host="0.0.0.0", advertise_host="10.20.30.40")
-    worker.run_task(command_request(["/bin/true"], "job/task-0", ports=["coord"]))
+    worker.run_task(launch(command_request(["/bin/true"], "job/task-0", ports=["coord"])))
     env = runtime.spec(("job/task-0", 0)).env
     assert env["IRIS_BIND_HOST"] == "0.0.0.0" and env["IRIS_ADVERTISE_HOST"] == "10.20.30.40"
 
@@ -823,11 +823,11 @@ def test_a_retry_is_told_how_the_previous_attempt_ended(make_worker: WorkerFacto
     request.previous_state = cluster_pb2.TASK_STATE_FAILED
     request.previous_exit_code = 3
     request.previous_error = "ValueError: bad batch"
-    worker.run_task(request)
+    worker.run_task(launch(request))
     env = runtime.spec(("job/task-0", 1)).env
     assert (env["IRIS_PREVIOUS_ATTEMPT_STATE"], env["IRIS_PREVIOUS_EXIT_CODE"], env["IRIS_PREVIOUS_ERROR"]) == (
         "FAILED", "3", "ValueError: bad batch")
-    worker.run_task(command_request(["/bin/true"], "job/task-1"))
+    worker.run_task(launch(command_request(["/bin/true"], "job/task-1")))
     assert "IRIS_PREVIOUS_ATTEMPT_STATE" not in runtime.spec(("job/task-1", 0)).env
 
 
@@ -838,7 +838,7 @@ def test_a_task_killed_by_the_signal_that_stops_its_worker_is_reported_stopped_n
     is its worker's going away (a preemption at the controller), not the task's own failure."""
     runtime = FakeRuntime()
     worker = make_worker(runtime=runtime)
-    worker.run_task(command_request(["/bin/sleep", "100"], "job/task-0"))
+    worker.run_task(launch(command_request(["/bin/sleep", "100"], "job/task-0")))
     runtime.spec(("job/task-0", 0))
     worker.begin_stop()  # the worker's SIGTERM handler
     dying = threading.Thread(target=runtime.exit, args=(("job/task-0", 0), -15))
@@ -854,7 +854,7 @@ def test_a_task_killed_by_a_stray_signal_while_its_worker_stays_is_a_failure(
 ) -> None:
     runtime = FakeRuntime()
     worker = make_worker(runtime=runtime)
-    worker.run_task(command_request(["/bin/sleep", "100"], "job/task-0"))
+    worker.run_task(launch(command_request(["/bin/sleep", "100"], "job/task-0")))
     runtime.spec(("job/task-0", 0))
     runtime.exit(("job/task-0", 0), -15)  # waits (bounded) to see whether the worker is going too
     wait_until(lambda: cluster_pb2.TASK_STATE_FAILED in fake_controller.servicer.states_of("job/task-0"), 10)
@@ -870,7 +870,7 @@ def test_reports_over_the_batch_size_go_out_in_several_calls(
     worker = make_worker(runtime=runtime)
     keys = [(f"job/task-{i}", 0) for i in range(3)]
     for task_id, _ in keys:
-        worker.run_task(command_request(["/bin/true"], task_id))
+        worker.run_task(launch(command_request(["/bin/true"], task_id)))
     for key in keys:
         runtime.spec(key)
         runtime.exit(key, 0)

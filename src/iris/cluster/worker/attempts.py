@@ -15,6 +15,15 @@ Phases of an attempt::
         \\--LaunchAbandoned--> ENDED (KILLED)
     ENDED --ReportsAcknowledged--> ACKED   (kept for queries, the oldest discarded past the cap)
 
+Beside its phase, each attempt's record holds what was sent to run it (``launch``: its entrypoint
+dropped once the process is prepared) and how far its log has reached the controller
+(``log_shipped``, ``log_phase``): ``ship_logs`` hands out ``ShipLog(key, from_offset)``
+instructions, and the replies come back as ``LogShipped`` / ``LogRefused`` events. An ended
+attempt's log may instead be claimed complete by its end report (``claim_logs``: the report
+carries the log's size), which is done once that report is acknowledged. Forgetting an attempt
+(history cap, a deleted job, an id reused by a new job) is one ``Discard``: nothing about it is kept
+anywhere else.
+
 The protocol state a phase reports: ACCEPTED, PREPARING and STARTING are BUILDING; RUNNING is
 RUNNING; ENDED and ACKED hold the terminal state (SUCCEEDED, FAILED, KILLED). An attempt's
 terminal report is queued the moment it ends, and the attempt stays in the observed set (live or
@@ -25,11 +34,14 @@ preparation ends (no process is started) or as soon as the process exists.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
+from iris.cluster.spec import Entrypoint, JobSpec
+from iris.cluster.types import GpuDevice
 from iris.rpc import cluster_pb2
 
 AttemptKey = tuple[str, int]
@@ -53,6 +65,67 @@ class Phase(Enum):
 
 
 LIVE_PHASES = frozenset({Phase.ACCEPTED, Phase.PREPARING, Phase.STARTING, Phase.RUNNING})
+
+
+class LogPhase(Enum):
+    SHIPPING = "shipping"
+    """The controller lacks some of the log, or does not know it is complete."""
+    CLAIMED = "claimed"
+    """The controller holds all of it; the end report (carrying its size) completes it there."""
+    DONE = "done"
+    """The controller has the whole log and knows it (or keeps none of it: a deleted job)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskLaunch:
+    """One attempt to run, as the controller sent it (``RunTaskRequest``, typed by ``service.py``):
+    the task's place in its job and the job fields a worker sees (``spec``)."""
+
+    job_id: str
+    task_id: str
+    task_index: int
+    num_tasks: int
+    attempt_id: int
+    spec: JobSpec
+    task_token: str = ""
+    previous_state: int = 0
+    previous_exit_code: int = 0
+    previous_error: str = ""
+    rendezvous_env: Mapping[str, str] = field(default_factory=dict)
+    job_uid: str = ""
+    worker_id: str = ""
+
+    @property
+    def key(self) -> AttemptKey:
+        return (self.task_id, self.attempt_id)
+
+    @property
+    def gpus_wanted(self) -> int:
+        device = self.spec.resources.device
+        return device.count if isinstance(device, GpuDevice) else 0
+
+    @property
+    def building(self) -> bool:
+        """Slow preparation ahead (a workspace to fetch, an environment to build)."""
+        return bool(self.spec.bundle_hash or self.spec.with_packages)
+
+    def without_entrypoint(self) -> TaskLaunch:
+        """What the record keeps once the process is prepared (a pickled callable can be large)."""
+        return dataclasses.replace(self, spec=self.spec.replace(entrypoint=_NO_ENTRYPOINT))
+
+
+_NO_ENTRYPOINT = Entrypoint()
+
+
+@dataclass(frozen=True, slots=True)
+class Acceptance:
+    """The worker's answer to one launch."""
+
+    accepted: bool
+    incarnation: str = ""
+    sequence: int = 0
+    error: str = ""
+    worker_stopping: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +171,13 @@ class Attempt:
     kill_requested: bool = False
     kill_grace_s: float = 0.0
     job_uid: str = ""
+    launch: TaskLaunch | None = None
+    """What was sent to run it (without its entrypoint once prepared)."""
+    log_shipped: int = 0
+    """The log offset the controller holds up to."""
+    log_phase: LogPhase = LogPhase.SHIPPING
+    log_claim: int = 0
+    """With ``LogPhase.CLAIMED``: the size its end report says."""
 
     @property
     def finished(self) -> bool:
@@ -117,6 +197,7 @@ class Accepted:
     gpus_wanted: int = 0
     ports: Mapping[str, int] = field(default_factory=dict)
     job_uid: str = ""
+    launch: TaskLaunch | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +249,8 @@ class ProcessExited:
 class KillRequested:
     key: AttemptKey
     grace_s: float
+    job_uid: str = ""
+    """When given, only an attempt of that job incarnation is killed (another's is not ours to stop)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +267,35 @@ class ReportsAcknowledged:
     reports: tuple[tuple[AttemptKey, int], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class LogShipped:
+    """The controller now holds the attempt's log up to ``offset``; ``complete``: all of an ended
+    attempt's log, and it was told so."""
+
+    key: AttemptKey
+    offset: int
+    complete: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LogRefused:
+    """The controller keeps none of this attempt's log (its job was deleted)."""
+
+    key: AttemptKey
+
+
+@dataclass(frozen=True, slots=True)
+class JobsDeleted:
+    """The controller deleted these job incarnations and bundles: their ended attempts go, and
+    cached bundles no live attempt needs."""
+
+    job_uids: tuple[str, ...]
+    bundle_hashes: tuple[str, ...] = ()
+
+
 Event = (
     Accepted | PreparationStarted | Prepared | PreparationFailed | ProcessStarted | StartFailed | ProcessExited
-    | KillRequested | LaunchAbandoned | ReportsAcknowledged
+    | KillRequested | LaunchAbandoned | ReportsAcknowledged | LogShipped | LogRefused | JobsDeleted
 )
 
 
@@ -232,12 +341,31 @@ class Release:
 
 @dataclass(frozen=True, slots=True)
 class Discard:
-    """The attempt left the history: remove its directory and the shell's record."""
+    """The attempt left the machine (history cap, deleted job, reused id): remove its directory.
+    Nothing else about it is held anywhere."""
 
     key: AttemptKey
 
 
-Instruction = Prepare | Start | Kill | Report | Release | Discard
+@dataclass(frozen=True, slots=True)
+class ShipLog:
+    """Send the controller the attempt's log from ``from_offset`` (``complete`` once an ended
+    attempt's last byte is in the chunk)."""
+
+    key: AttemptKey
+    from_offset: int
+    finished: bool
+    job_uid: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DropBundle:
+    """Remove a cached workspace bundle no attempt here needs any more."""
+
+    bundle_hash: str
+
+
+Instruction = Prepare | Start | Kill | Report | Release | Discard | ShipLog | DropBundle
 
 
 class WorkerStopping(Exception):
@@ -270,9 +398,15 @@ class AttemptMachine:
             return self._accept(event)
         if isinstance(event, ReportsAcknowledged):
             return self._acknowledge(event)
+        if isinstance(event, JobsDeleted):
+            return self._jobs_deleted(event)
         attempt = self.attempts.get(event.key)
         if attempt is None:
             return []
+        if isinstance(event, LogShipped | LogRefused):
+            return self._log_progress(attempt, event)
+        if isinstance(event, KillRequested) and event.job_uid and attempt.job_uid and event.job_uid != attempt.job_uid:
+            return []  # an attempt of another job incarnation under the same id
         handler = _TRANSITIONS.get((attempt.phase, type(event)))
         if handler is None:
             return []  # stale or duplicate: nothing changes
@@ -290,13 +424,17 @@ class AttemptMachine:
         return out
 
     def forget(self, key: AttemptKey) -> list[Instruction]:
-        """Drop an ended attempt from the history now (its job was deleted and the id is used by a
-        new job): its directory goes. A live attempt is not forgotten (returns [])."""
+        """Drop an ended attempt now (its job was deleted, or the id is used by a new job): its
+        directory goes. A live attempt is not forgotten (returns [])."""
         attempt = self.attempts.get(key)
         if attempt is None or attempt.phase in LIVE_PHASES:
             return []
-        del self.attempts[key]
         self._history.pop(key, None)
+        return self._discard(key)
+
+    def _discard(self, key: AttemptKey) -> list[Instruction]:
+        """The one way an attempt leaves the machine (the history's cap, a deleted job, a reused id)."""
+        del self.attempts[key]
         if self._newest.get(key[0]) == key[1]:
             older = [a for (t, a) in self.attempts if t == key[0]]
             if older:
@@ -304,6 +442,48 @@ class AttemptMachine:
             else:
                 del self._newest[key[0]]
         return [Discard(key)]
+
+    def _jobs_deleted(self, event: JobsDeleted) -> list[Instruction]:
+        uids = set(event.job_uids)
+        out: list[Instruction] = []
+        for key in [a.key for a in self.attempts.values() if a.job_uid in uids and a.finished]:
+            out += self.forget(key)
+        in_use = {a.launch.spec.bundle_hash for a in self.attempts.values()
+                  if a.launch is not None and not a.finished}
+        return out + [DropBundle(h) for h in event.bundle_hashes if h not in in_use]
+
+    # -- logs ---------------------------------------------------------------------------------
+
+    def ship_logs(self, only: Collection[AttemptKey] | None = None) -> list[ShipLog]:
+        """What to send the controller of each attempt's log (``only`` those attempts)."""
+        return [ShipLog(a.key, a.log_shipped, a.finished, a.job_uid) for a in self.attempts.values()
+                if a.log_phase is LogPhase.SHIPPING and (only is None or a.key in only)]
+
+    def claim_logs(self, ends: Mapping[AttemptKey, int]) -> tuple[dict[AttemptKey, int], set[AttemptKey]]:
+        """Before ended attempts' reports go: ``ends`` is each one's log size now. Returns the sizes
+        the reports may carry (the controller already holds all of those logs: the acknowledged
+        report completes them) and the attempts whose logs must be shipped first."""
+        sizes: dict[AttemptKey, int] = {}
+        lacking: set[AttemptKey] = set()
+        for key, end in ends.items():
+            attempt = self.attempts.get(key)
+            if attempt is None or attempt.log_phase is LogPhase.DONE:
+                continue
+            if attempt.log_shipped >= end:
+                attempt.log_phase, attempt.log_claim = LogPhase.CLAIMED, end
+                sizes[key] = end
+            else:
+                lacking.add(key)
+        return sizes, lacking
+
+    def _log_progress(self, attempt: Attempt, event: LogShipped | LogRefused) -> list[Instruction]:
+        if isinstance(event, LogRefused):
+            attempt.log_phase = LogPhase.DONE  # the controller keeps none of it
+        else:
+            attempt.log_shipped = max(attempt.log_shipped, event.offset)
+            if event.complete:
+                attempt.log_phase = LogPhase.DONE
+        return []
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -334,7 +514,8 @@ class AttemptMachine:
         if self.stopping:
             raise WorkerStopping("worker is shutting down and accepts no new tasks")
         self.sequence += 1
-        attempt = Attempt(event.key, self.sequence, ports=dict(event.ports), job_uid=event.job_uid)
+        attempt = Attempt(event.key, self.sequence, ports=dict(event.ports), job_uid=event.job_uid,
+                          launch=event.launch)
         if event.gpus_wanted:
             attempt.gpus = self._free_gpus[: event.gpus_wanted]
             del self._free_gpus[: len(attempt.gpus)]
@@ -346,6 +527,8 @@ class AttemptMachine:
 
     def _preparing(self, attempt: Attempt, event: PreparationStarted) -> list[Instruction]:
         attempt.phase = Phase.PREPARING
+        if attempt.launch is not None:  # the shell took the entrypoint to prepare it: the record keeps the rest
+            attempt.launch = attempt.launch.without_entrypoint()
         return [Report(attempt.status())] if event.building else []
 
     def _prepared(self, attempt: Attempt, event: Prepared) -> list[Instruction]:
@@ -412,13 +595,13 @@ class AttemptMachine:
             if attempt is None or attempt.phase is not Phase.ENDED or state not in TERMINAL:
                 continue
             attempt.phase = Phase.ACKED
+            if attempt.log_phase is LogPhase.CLAIMED:
+                attempt.log_phase = LogPhase.DONE  # the acknowledged report completed its log there
             self._history[key] = None
         while len(self._history) > self._max_finished:
             old_key, _ = self._history.popitem(last=False)
-            self.attempts.pop(old_key, None)
-            if self._newest.get(old_key[0]) == old_key[1]:
-                del self._newest[old_key[0]]
-            out.append(Discard(old_key))
+            if old_key in self.attempts:
+                out += self._discard(old_key)
         return out
 
 

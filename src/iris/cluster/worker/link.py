@@ -7,10 +7,15 @@
   until the controller acknowledges it; then ``on_acknowledged`` is told which reports landed.
 - While the controller is unreachable the link says so; the first success after that registers
   again with the set as it is then (the controller may have restarted and forgotten us).
-- Kills the controller sends back (in any reply) go to ``on_kill``.
+- What the controller says comes back to the worker as the attempt machine's events (``LinkSide.
+  on_event``): kills in any reply (``KillRequested``), acknowledged reports (``ReportsAcknowledged``),
+  deleted jobs (``JobsDeleted``). The link asks the worker only for what it sends: the observed
+  set, the metadata, a result, the log sizes of ended attempts (``LinkSide``).
 
 The link's shared flags (registered, reachable, the failure count) and the outbox are guarded by
-one lock; no lock is held across an RPC. Every loop body is a public single-pass method.
+one lock; no lock is held across an RPC. Every loop body is a public single-pass method. This is
+the worker's client edge: protobufs are built and read here (and in ``service.py``), not in
+``worker.py``.
 """
 
 from __future__ import annotations
@@ -18,16 +23,25 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 
 from iris.cluster.clock import Clock
 from iris.cluster.files import write_private
+from iris.cluster.types import WorkerMetadata
 from iris.cluster.validation import MAX_MESSAGE_BYTES
-from iris.cluster.worker.attempts import AttemptKey, AttemptStatus
+from iris.cluster.worker.attempts import (
+    AttemptKey,
+    AttemptStatus,
+    Event,
+    JobsDeleted,
+    KillRequested,
+    ReportsAcknowledged,
+)
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -91,36 +105,49 @@ class LinkConfig:
     """TLS to the controller (None: plaintext)."""
 
 
+@dataclass(frozen=True, slots=True)
+class OutgoingLog:
+    """Bytes of one attempt's log from ``start_offset``; ``complete``: its last ones."""
+
+    key: AttemptKey
+    job_uid: str
+    start_offset: int
+    data: bytes
+    complete: bool
+
+
+class LinkSide(Protocol):
+    """What the link needs of its worker: what to send, and where the controller's word goes."""
+
+    def observed(self) -> tuple[list[AttemptStatus], int]:
+        """The observed set and the RunTask sequence it covers."""
+        ...
+
+    def metadata(self) -> WorkerMetadata: ...
+
+    def result_of(self, key: AttemptKey) -> bytes:
+        """A succeeded callable attempt's pickled return value (b"": none), sent with its report."""
+        ...
+
+    def before_end_reports(self, keys: list[AttemptKey]) -> dict[AttemptKey, int]:
+        """Ship these ended attempts' logs; the sizes their reports may carry (completing them)."""
+        ...
+
+    def on_event(self, event: Event) -> None:
+        """What the controller said, as the attempt machine's event."""
+        ...
+
+
 class ControllerLink:
-    def __init__(
-        self,
-        config: LinkConfig,
-        clock: Clock,
-        *,
-        worker_id: str,
-        incarnation: str,
-        observed: Callable[[], tuple[list[AttemptStatus], int]],
-        metadata: Callable[[], cluster_pb2.WorkerMetadata],
-        on_kill: Callable[[AttemptKey, str], None],
-        on_acknowledged: Callable[[list[AttemptStatus]], None],
-        result_of: Callable[[tuple[str, int]], bytes] | None = None,
-        on_forget: Callable[[list[str], list[str]], None] | None = None,
-        before_end_reports: Callable[[list[AttemptKey]], dict[AttemptKey, int]] | None = None,
-    ) -> None:
+    def __init__(self, config: LinkConfig, clock: Clock, *, worker_id: str, incarnation: str,
+                 worker: LinkSide) -> None:
         self._config = config
         self._clock = clock
         self.worker_id = worker_id
         self.incarnation = incarnation
         self.address = ""
         self._leaving = False
-        self._observed = observed
-        self._metadata = metadata
-        self._on_kill = on_kill
-        self._on_forget = on_forget
-        self._before_end_reports = before_end_reports
-        self._on_acknowledged = on_acknowledged
-        self._result_of = result_of
-        """A succeeded attempt's result (a callable's pickled return value), sent with its final report."""
+        self._worker = worker
         self._lock = threading.Lock()
         self._outbox: dict[AttemptKey, AttemptStatus] = {}
         self._inflight: dict[AttemptKey, AttemptStatus] = {}
@@ -173,6 +200,12 @@ class ControllerLink:
     def close(self) -> None:
         self._channel.close()
 
+    def fetch_bundle(self, bundle_hash: str) -> bytes:
+        """A workspace bundle from the controller (only those an attempt here needs)."""
+        response = self.stub.FetchBundle(cluster_pb2.Controller.FetchBundleRequest(bundle_hash=bundle_hash),
+                                         metadata=self.metadata(), timeout=max(self._config.rpc_timeout_s, 60.0))
+        return bytes(response.blob)
+
     # -- reachability -------------------------------------------------------------------------
 
     def _failed(self, error: grpc.RpcError) -> None:
@@ -192,11 +225,11 @@ class ControllerLink:
     def register_once(self) -> bool:
         """Register with the complete observed set. True when the controller accepted."""
         failures_before = self._failures_now()
-        statuses, sequence = self._observed()
+        statuses, sequence = self._worker.observed()
         request = cluster_pb2.Controller.RegisterWorkerRequest(
             worker_id=self.worker_id,
             address=self.address,
-            metadata=self._metadata(),
+            metadata=self._worker.metadata().to_proto(),
             tasks=[status_proto(s) for s in statuses],
             incarnation=self.incarnation,
             sequence=sequence,
@@ -234,7 +267,7 @@ class ControllerLink:
             leaving = self._leaving
         if must_register:
             return False if leaving else self.register_once()
-        statuses, sequence = self._observed()
+        statuses, sequence = self._worker.observed()
         request = cluster_pb2.Controller.HeartbeatRequest(
             worker_id=self.worker_id, tasks=[status_proto(s) for s in statuses], incarnation=self.incarnation,
             sequence=sequence,
@@ -246,8 +279,8 @@ class ControllerLink:
             return False
         self.asked_interval_s = response.heartbeat_interval_ms / 1000
         self._apply_kills(response.kill)
-        if (response.forget_bundles or response.forget_job_uids) and self._on_forget is not None:
-            self._on_forget(list(response.forget_job_uids), list(response.forget_bundles))
+        if response.forget_bundles or response.forget_job_uids:
+            self._worker.on_event(JobsDeleted(tuple(response.forget_job_uids), tuple(response.forget_bundles)))
         if response.reregister:
             with self._lock:
                 self._registered = False
@@ -260,17 +293,19 @@ class ControllerLink:
     def _apply_kills(self, kills: Iterable[cluster_pb2.WorkerTaskStatus]) -> None:
         for entry in kills:
             logger.info("controller asked to kill task=%s attempt=%d", entry.task_id, entry.attempt_id)
-            self._on_kill((entry.task_id, entry.attempt_id), entry.job_uid)
+            self._worker.on_event(KillRequested((entry.task_id, entry.attempt_id), 0.0, entry.job_uid))
 
-    def push_logs(self, chunks: list[cluster_pb2.LogChunk]) -> list[int] | None:
+    def push_logs(self, chunks: list[OutgoingLog]) -> list[int] | None:
         """Ship log chunks to the controller; per chunk the offset it now holds up to (-1: it keeps
         none of that attempt). None when the controller could not be reached (try again later)."""
         with self._lock:
             if not self._registered or not self._reachable:
                 return None
+        protos = [cluster_pb2.LogChunk(task_id=c.key[0], attempt_id=c.key[1], job_uid=c.job_uid,
+                                       start_offset=c.start_offset, data=c.data, complete=c.complete) for c in chunks]
         try:
             response = self.stub.PushTaskLogs(
-                cluster_pb2.Controller.PushTaskLogsRequest(worker_id=self.worker_id, chunks=chunks),
+                cluster_pb2.Controller.PushTaskLogsRequest(worker_id=self.worker_id, chunks=protos),
                 timeout=self._config.rpc_timeout_s, metadata=self.metadata(),
             )
         except grpc.RpcError as e:
@@ -311,8 +346,8 @@ class ControllerLink:
         size = 0
         for key, status in pending.items():
             proto = status_proto(status)
-            if status.state == cluster_pb2.TASK_STATE_SUCCEEDED and self._result_of is not None:
-                proto.result = self._result_of(key)
+            if status.state == cluster_pb2.TASK_STATE_SUCCEEDED:
+                proto.result = self._worker.result_of(key)
             weight = proto.ByteSize()
             if updates and size + weight > REPORT_BATCH_BYTES:
                 overflow[key] = status  # the next call takes it (results are big)
@@ -328,12 +363,12 @@ class ControllerLink:
                 self._outbox = merged
             self.outbox_event.set()
         ended = [key for key, status in batch.items() if status.finished]
-        if ended and self._before_end_reports is not None:
+        if ended:
             # The whole log of an attempt reaches the controller before its end does: whoever sees
             # the attempt ended can read all of its output. The report says how big that log is, and
             # so completes it there (an attempt with no output costs no log call at all).
             try:
-                sizes = self._before_end_reports(ended)
+                sizes = self._worker.before_end_reports(ended)
             except Exception:
                 logger.exception("shipping the logs of ended attempts failed")
                 sizes = {}
@@ -352,7 +387,7 @@ class ControllerLink:
                 self._inflight = {}
             self._failed(e)
             return False
-        self._on_acknowledged(list(batch.values()))
+        self._worker.on_event(ReportsAcknowledged(tuple((s.key, s.state) for s in batch.values())))
         with self._lock:
             self._inflight = {}
             self._idle.notify_all()

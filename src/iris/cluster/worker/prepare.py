@@ -9,10 +9,12 @@ atomically), and the named ports handed out to live attempts.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -24,12 +26,13 @@ from pathlib import Path
 
 from iris.cluster.clock import SystemClock
 from iris.cluster.logfile import DEFAULT_LOG_CAP_BYTES, AttemptLog
-from iris.cluster.spec import Entrypoint, resources_from_proto
-from iris.cluster.types import format_size
-from iris.cluster.worker.attempts import AttemptKey
+from iris.cluster.types import format_size, task_state_name
+from iris.cluster.worker.attempts import AttemptKey, TaskLaunch
 from iris.cluster.worker.pyenv import EnvBuildError, ensure_env, wants_env
-from iris.cluster.worker.runtime import PROCESS_RECORD, ProcessSpec
-from iris.rpc import cluster_pb2
+from iris.cluster.worker.runtime import PROCESS_RECORD, ProcessSpec, kill_orphans
+
+logger = logging.getLogger(__name__)
+_LOG_TAIL_LINES = 5
 
 
 def escape_task_id(task_id: str) -> str:
@@ -141,33 +144,64 @@ class AttemptPreparer:
         with self._lock:
             self._ports_in_use.difference_update(ports)
 
+    def failure_error(self, key: AttemptKey, code: int) -> str:
+        """Why an attempt that exited with ``code`` failed: its error file (a callable's traceback),
+        else the code or signal and its last lines of output."""
+        error_file = self.error_path(key)
+        if error_file.exists():
+            try:
+                return error_file.read_text(errors="replace")
+            except OSError:
+                pass
+        if code < 0:
+            try:
+                head = f"killed by signal {-code} ({signal.Signals(-code).name})"
+            except ValueError:
+                head = f"killed by signal {-code}"
+        else:
+            head = f"exit code {code}"
+        log = self.attempt_log(key)
+        records = log.read(log.tail_offset(_LOG_TAIL_LINES), _LOG_TAIL_LINES).records
+        tail = "\n".join(r.text for r in records if r.source != "iris")[-4096:]
+        return f"{head}; last output:\n{tail}" if tail else head
+
+    def clear_previous_incarnation(self, incarnation: str) -> None:
+        """Kill what a crashed earlier worker left running (its process records) and remove its
+        attempt directories."""
+        tasks_dir = self.tasks_dir
+        if not tasks_dir.exists():
+            return
+        kill_orphans(process_records(tasks_dir))
+        trash = self._config.workdir / f"tasks.old-{incarnation}"
+        try:
+            tasks_dir.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        except OSError:
+            logger.warning("could not clear old task directories in %s", tasks_dir)
+
     # -- preparing ----------------------------------------------------------------------------
 
-    def prepare(
-        self,
-        request: cluster_pb2.Worker.RunTaskRequest,
-        entrypoint: Entrypoint,
-        ports: Mapping[str, int],
-        gpus: list[int],
-    ) -> ProcessSpec:
+    def prepare(self, launch: TaskLaunch, ports: Mapping[str, int], gpus: list[int]) -> ProcessSpec:
         """Directories, workspace, environment and argv of one attempt. Raises PreparationError."""
-        key: AttemptKey = (request.task_id, request.attempt_id)
+        key: AttemptKey = launch.key
+        spec = launch.spec
+        entrypoint = spec.entrypoint
         attempt_dir = self.attempt_dir(key)
         work_dir = attempt_dir / "work"
         _make_attempt_dirs(str(attempt_dir), str(work_dir))
-        env = self._task_env(request, ports, gpus)
-        if request.bundle_hash:
+        env = self._task_env(launch, ports, gpus)
+        if spec.bundle_hash:
             try:
-                self._install_bundle(request.bundle_hash, work_dir)
+                self._install_bundle(spec.bundle_hash, work_dir)
             except Exception as e:
-                raise PreparationError(f"bundle {request.bundle_hash[:12]}: {e}") from e
+                raise PreparationError(f"bundle {spec.bundle_hash[:12]}: {e}") from e
             existing = env.get("PYTHONPATH")
             env["PYTHONPATH"] = f"{work_dir}{os.pathsep}{existing}" if existing else str(work_dir)
         python = sys.executable
-        if wants_env(work_dir, request.with_packages):
+        if wants_env(work_dir, spec.with_packages):
             log = self.attempt_log(key)
             try:
-                pyenv = ensure_env(self.envs_dir, work_dir, list(request.with_packages), uv=self._config.uv,
+                pyenv = ensure_env(self.envs_dir, work_dir, list(spec.with_packages), uv=self._config.uv,
                                    offline=self._config.uv_offline,
                                    log=lambda line: log.append_line(_CLOCK.now_ms(), "iris", line.encode()))
             except EnvBuildError as e:
@@ -191,17 +225,16 @@ class AttemptPreparer:
             env=env,
             log_path=self.log_path(key),
             log=self.attempt_log(key),
-            memory_limit_bytes=request.resources.memory_bytes,
-            cpu_limit=resources_from_proto(request.resources).cpu_millicores,
+            memory_limit_bytes=spec.resources.memory_bytes,
+            cpu_limit=spec.resources.cpu_millicores,
             record_path=attempt_dir / PROCESS_RECORD,
             user=self._config.task_user,
         )
 
-    def _task_env(self, request: cluster_pb2.Worker.RunTaskRequest, ports: Mapping[str, int], gpus: list[int]
-                  ) -> dict[str, str]:
+    def _task_env(self, request: TaskLaunch, ports: Mapping[str, int], gpus: list[int]) -> dict[str, str]:
         env = dict(self._config.base_env)
         env.update(request.rendezvous_env)  # the controller left out the names the job sets itself
-        env.update(request.environment.env_vars)
+        env.update(request.spec.env)
         env.update(
             {
                 "IRIS_JOB_ID": request.job_id,
@@ -213,15 +246,14 @@ class AttemptPreparer:
                 "IRIS_CONTROLLER_ADDRESS": self._config.controller_address,
                 "IRIS_BIND_HOST": self._config.bind_host,
                 "IRIS_ADVERTISE_HOST": self._config.advertise_host,
-                "IRIS_BUNDLE_HASH": request.bundle_hash,
+                "IRIS_BUNDLE_HASH": request.spec.bundle_hash,
             }
         )
         if request.task_token:
             env["IRIS_TOKEN"] = request.task_token  # this attempt's own, scoped token
         if request.attempt_id > 0 and request.previous_state:
             # Why the last attempt ended, so this one can resume or change course.
-            env["IRIS_PREVIOUS_ATTEMPT_STATE"] = cluster_pb2.TaskState.Name(request.previous_state).removeprefix(
-                "TASK_STATE_")
+            env["IRIS_PREVIOUS_ATTEMPT_STATE"] = task_state_name(request.previous_state)
             env["IRIS_PREVIOUS_EXIT_CODE"] = str(request.previous_exit_code)
             env["IRIS_PREVIOUS_ERROR"] = request.previous_error
         for name, port in ports.items():

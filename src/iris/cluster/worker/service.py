@@ -1,8 +1,10 @@
 """gRPC edge of the worker: ``WorkerService`` over a ``Worker``, plus ``serve_worker`` which
 binds the server and starts the worker.
 
-Validation errors become INVALID_ARGUMENT / NOT_FOUND / FAILED_PRECONDITION naming the field;
-nothing a caller sends can crash the server.
+Every protobuf the worker receives is checked and typed here (``task_launch``: the worker-visible
+job fields' rules, ``iris.cluster.validation.validate_run_task``) and every reply is built here
+(``Worker`` takes and returns typed values). Validation errors become INVALID_ARGUMENT /
+NOT_FOUND / FAILED_PRECONDITION naming the field; nothing a caller sends can crash the server.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ import grpc
 from iris.cluster.addresses import host_port
 from iris.cluster.auth import bearer
 from iris.cluster.clock import Clock
-from iris.cluster.errors import IrisError
-from iris.cluster.validation import MAX_MESSAGE_BYTES
+from iris.cluster.errors import InvalidArgument, IrisError
+from iris.cluster.spec import WORKER_FIELDS, JobSpec
+from iris.cluster.validation import MAX_MESSAGE_BYTES, Limits, validate_run_task
+from iris.cluster.worker.attempts import Acceptance, TaskLaunch
 from iris.cluster.worker.gpu import GpuInfo
+from iris.cluster.worker.link import status_proto
 from iris.cluster.worker.runtime import Runtime
 from iris.cluster.worker.worker import Worker, WorkerConfig
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
@@ -49,6 +54,30 @@ def _call(context: grpc.ServicerContext, fn: Callable[[], _T], worker: Worker | 
         _abort(context, e)
 
 
+def task_launch(request: cluster_pb2.Worker.RunTaskRequest, limits: Limits) -> TaskLaunch:
+    """A RunTaskRequest, checked by the rules of the job fields a worker sees, as a ``TaskLaunch``."""
+    entrypoint = validate_run_task(request, limits)
+    fields = {f.name: f.get(request) for f in WORKER_FIELDS if f.name != "entrypoint"}
+    spec = JobSpec(name=request.job_id.rpartition("/")[2], entrypoint=entrypoint, replicas=request.num_tasks or 1,
+                   **fields)
+    return TaskLaunch(request.job_id, request.task_id, request.task_index, request.num_tasks, request.attempt_id,
+                      spec, request.task_token, request.previous_state, request.previous_exit_code,
+                      request.previous_error, dict(request.rendezvous_env), request.job_uid, request.worker_id)
+
+
+def _launch_or_refusal(request: cluster_pb2.Worker.RunTaskRequest, limits: Limits) -> TaskLaunch | InvalidArgument:
+    try:
+        return task_launch(request, limits)
+    except InvalidArgument as e:
+        return e
+
+
+def acceptance_proto(acceptance: Acceptance) -> cluster_pb2.Worker.RunTaskResponse:
+    return cluster_pb2.Worker.RunTaskResponse(
+        accepted=acceptance.accepted, incarnation=acceptance.incarnation, sequence=acceptance.sequence,
+        error=acceptance.error, worker_stopping=acceptance.worker_stopping)
+
+
 class WorkerServiceImpl(cluster_pb2_grpc.WorkerServiceServicer):
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
@@ -57,26 +86,29 @@ class WorkerServiceImpl(cluster_pb2_grpc.WorkerServiceServicer):
         self, request: cluster_pb2.Worker.RunTaskRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Worker.RunTaskResponse:
         _call(context, lambda: self._worker.check_addressee(request.worker_id))
-        return _call(context, lambda: self._worker.run_task(request), self._worker)
+        return acceptance_proto(_call(context, lambda: self._worker.run_task(task_launch(request, self._worker.limits)),
+                                      self._worker))
 
     def RunTasks(
         self, request: cluster_pb2.Worker.RunTasksRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Worker.RunTasksResponse:
         _call(context, lambda: self._worker.check_addressee(request.worker_id))
-        results = _call(context, lambda: self._worker.run_tasks(request.tasks), self._worker)
-        return cluster_pb2.Worker.RunTasksResponse(results=results)
+        results = _call(context, lambda: self._worker.run_tasks(
+            [_launch_or_refusal(t, self._worker.limits) for t in request.tasks]), self._worker)
+        return cluster_pb2.Worker.RunTasksResponse(results=[acceptance_proto(r) for r in results])
 
     def GetTaskStatus(
         self, request: cluster_pb2.Worker.GetTaskStatusRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Worker.GetTaskStatusResponse:
         attempt_id = request.attempt_id if request.HasField("attempt_id") else None
         status = _call(context, lambda: self._worker.task_status(request.task_id, attempt_id), self._worker)
-        return cluster_pb2.Worker.GetTaskStatusResponse(task=status)
+        return cluster_pb2.Worker.GetTaskStatusResponse(task=status_proto(status))
 
     def ListTasks(
         self, request: cluster_pb2.Worker.ListTasksRequest, context: grpc.ServicerContext
     ) -> cluster_pb2.Worker.ListTasksResponse:
-        return cluster_pb2.Worker.ListTasksResponse(tasks=_call(context, self._worker.list_tasks, self._worker))
+        statuses = _call(context, self._worker.list_tasks, self._worker)
+        return cluster_pb2.Worker.ListTasksResponse(tasks=[status_proto(s) for s in statuses])
 
     def FetchTaskLogs(
         self, request: cluster_pb2.Worker.FetchTaskLogsRequest, context: grpc.ServicerContext
