@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -113,6 +114,29 @@ FIELD_KEY = "iris"
 """The key of a ``JobSpec`` field's ``JobField`` in its dataclass metadata."""
 
 
+def _scalar(wire: str) -> tuple[Callable[[Request, Any], None], Callable[[Any], Any]]:
+    def put(request: Request, value: Any) -> None:
+        setattr(request, wire, value)
+
+    put.scalar_wire = wire  # type: ignore[attr-defined]  # to_proto passes these to the constructor at once
+
+    def get(request: Any) -> Any:
+        return getattr(request, wire)
+
+    return put, get
+
+
+def _seconds_scalar(wire: str) -> tuple[Callable[[Request, Any], None], Callable[[Any], Any]]:
+    """A float field: a zero from the wire is the one shared 0.0 (a controller holds many jobs)."""
+    def put(request: Request, value: Any) -> None:
+        setattr(request, wire, float(value))
+
+    def get(request: Any) -> Any:
+        return getattr(request, wire) or 0.0
+
+    return put, get
+
+
 @dataclass(frozen=True, slots=True)
 class CliOption:
     """How ``iris job run`` / ``iris run`` take a field: ``parse`` turns the flag's text (a tuple of
@@ -170,6 +194,8 @@ class JobField:
     list_filter: ListFilter | None = None
     aliases: tuple[str, ...] = ()
     """Other keyword names ``IrisClient.submit`` accepts for it (e.g. ``on_exit``)."""
+    scalar: Callable[[str], tuple[Callable[[Request, Any], None], Callable[[Any], Any]]] = _scalar
+    """How a field that gives no ``put``/``get`` is carried: a scalar wire field of its wire name."""
     name: str = ""
     """Filled in from the ``JobSpec`` attribute it declares."""
     default: Any = None
@@ -188,16 +214,6 @@ def declare(default: Any, job_field: JobField, *, factory: Callable[[], Any] | N
 
 
 # -- building blocks of declarations ---------------------------------------------------------------
-
-
-def _scalar(wire: str) -> tuple[Callable[[Request, Any], None], Callable[[Any], Any]]:
-    def put(request: Request, value: Any) -> None:
-        setattr(request, wire, value)
-
-    def get(request: Any) -> Any:
-        return getattr(request, wire)
-
-    return put, get
 
 
 def _repeated(wire: str) -> tuple[Callable[[Request, Any], None], Callable[[Any], Any]]:
@@ -276,7 +292,7 @@ def seconds(help: str, flag: str, *, maximum: float, zero: str) -> JobField:
     def check(value: Any, limits: Limits, name: str) -> None:
         rules.seconds(value, name, zero, maximum)
 
-    return JobField(help, check=check, show=_seconds_text_show,
+    return JobField(help, check=check, show=_seconds_text_show, scalar=_seconds_scalar,
                     cli=CliOption(flag, _seconds_text(flag), "SECONDS", default="0"))
 
 
@@ -291,7 +307,7 @@ def _complete(job_field: JobField, spec_field: dataclasses.Field[Any]) -> JobFie
         else spec_field.default
     changes: dict[str, Any] = {"name": name, "default": default}
     if job_field.put is _NO_PUT:
-        changes["put"], changes["get"] = _scalar(job_field.wire or name)
+        changes["put"], changes["get"] = job_field.scalar(job_field.wire or name)
     return dataclasses.replace(job_field, **changes)
 
 
@@ -567,7 +583,7 @@ class JobSpec:
                                                        default=str(DEFAULT_MAX_RETRIES_PREEMPTION))))
     scheduling_timeout_seconds: float = declare(0.0, JobField(
         "Seconds a task may wait for a worker before the job is UNSCHEDULABLE (0: forever).",
-        *_scalar("scheduling_timeout_seconds"), check=_check_scheduling_timeout, show=_seconds_text_show,
+        *_seconds_scalar("scheduling_timeout_seconds"), check=_check_scheduling_timeout, show=_seconds_text_show,
         cli=CliOption("--scheduling-timeout", _seconds_text("--scheduling-timeout"), "SECONDS", default="0")))
     env: Mapping[str, str] = declare(None, JobField(
         "Environment variable K=V for every task (repeatable).", _put_env, _get_env, check=_check_env,
@@ -640,7 +656,7 @@ class JobSpec:
         return hash(self._key())
 
     def _key(self) -> tuple[object, ...]:
-        return tuple(f.key(getattr(self, f.name)) for f in FIELDS)
+        return (_PLAIN_KEY(self), *[key(getattr(self, name)) for name, key in _KEYED])
 
     def replace(self, **changes: Any) -> JobSpec:
         """A copy with some fields changed (``dataclasses.replace`` for this slotted class)."""
@@ -652,11 +668,11 @@ class JobSpec:
 
     def to_proto(self, bundle_blob: bytes = b"") -> Request:
         """The ``LaunchJobRequest`` for this spec (the one place a spec becomes wire bytes)."""
-        request = Request()
-        for f in FIELDS:
-            f.put(request, getattr(self, f.name))
-        if bundle_blob:
-            request.bundle_blob = bundle_blob
+        request = Request(**{wire: getattr(self, name) for name, wire in _SCALARS}, bundle_blob=bundle_blob)
+        for name, put in _PUTS:
+            value = getattr(self, name)
+            if value is not None and (value or isinstance(value, int | float)):  # unset or empty: the wire's default
+                put(request, value)
         return request
 
     @classmethod
@@ -664,7 +680,7 @@ class JobSpec:
         """The spec of a ``LaunchJobRequest`` (the blob is not part of it). Converts, never judges
         (an absent entrypoint becomes an empty one; raises InvalidArgument only for bytes that do
         not parse): ``validate_launch_request`` is what servers call."""
-        return cls(**{f.name: f.get(request) for f in FIELDS})
+        return cls(*[get(request) for get in _GETTERS])  # positional, in declaration order
 
     def to_run_task(self, request: cluster_pb2.Worker.RunTaskRequest) -> None:
         """Write the fields a worker sees into its RunTaskRequest (the same wire names)."""
@@ -712,6 +728,12 @@ FIELDS: tuple[JobField, ...] = tuple(
     _complete(f.metadata[FIELD_KEY], f) for f in dataclasses.fields(JobSpec))
 """Every job field's declaration, in declaration order."""
 FIELDS_BY_NAME: dict[str, JobField] = {f.name: f for f in FIELDS}
+_GETTERS = tuple(f.get for f in FIELDS)
+_SCALARS = tuple((f.name, f.put.scalar_wire) for f in FIELDS if hasattr(f.put, "scalar_wire"))
+_PUTS = tuple((f.name, f.put) for f in FIELDS if not hasattr(f.put, "scalar_wire"))
+_IDENTITY = JobField.__dataclass_fields__["key"].default
+_PLAIN_KEY = operator.attrgetter(*[f.name for f in FIELDS if f.key is _IDENTITY])
+_KEYED = tuple((f.name, f.key) for f in FIELDS if f.key is not _IDENTITY)
 WORKER_FIELDS: tuple[JobField, ...] = tuple(f for f in FIELDS if f.worker)
 """What a worker sees of a job (RunTaskRequest carries these under the same names)."""
 LIST_FILTERS: dict[str, JobField] = {f.name: f for f in FIELDS if f.list_filter is not None}

@@ -10,7 +10,7 @@ import ipaddress
 import re
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import NewType, TypeVar
+from typing import NamedTuple, NewType, TypeVar
 
 from iris.rpc import cluster_pb2
 
@@ -20,11 +20,10 @@ WorkerId = NewType("WorkerId", str)
 EndpointId = NewType("EndpointId", str)
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptRef:
+class AttemptRef(NamedTuple):
     """One attempt of one task of one incarnation of its job: the value every "is this the task's
     current attempt?" question is asked about (``ControllerState.live_attempt``). ``job_uid`` ""
-    comes from an older peer and is not checked."""
+    comes from an older peer and is not checked. (A named tuple: made on every report and ack.)"""
 
     task_id: TaskId
     attempt_id: int

@@ -43,6 +43,7 @@ class Job:
     back for the seed's callers."""
 
     __slots__ = (
+        "_task_resources",
         "job_id",
         "spec",
         "submitted_at_ms",
@@ -99,6 +100,7 @@ class Job:
         """What one task takes of a worker (one tuple shared by every job of that shape), read on
         the scheduler's hot path."""
         self._requirements: JobRequirements | None = None
+        self._task_resources: Resources = Resources.of_task(self.shape)
         self.uid = uid
         """This incarnation of ``job_id``, unique across deletions (the shell makes it): attempts,
         reports and task tokens carry it, so nothing of a deleted job matches one reusing its name."""
@@ -191,8 +193,8 @@ class Job:
 
     @property
     def task_resources(self) -> Resources:
-        """What one task takes of a worker (one shared value per shape)."""
-        return Resources.of_task(self.shape)
+        """What one task takes of a worker (one value shared by every job of its shape)."""
+        return self._task_resources
 
     @property
     def cpu(self) -> int:

@@ -22,7 +22,7 @@ from threading import RLock
 
 from iris.cluster.auth import TokenRecord
 from iris.cluster.controller import policies
-from iris.cluster.controller.capacity import NO_RESOURCES, Resources, Room, WorkerSnapshot, fits_in
+from iris.cluster.controller.capacity import Resources, Room, WorkerSnapshot, fits_in
 from iris.cluster.controller.job import Job
 from iris.cluster.controller.policies import StreakEntry
 from iris.cluster.controller.task import (
@@ -40,6 +40,7 @@ from iris.cluster.controller.task import (
 )
 from iris.cluster.failures import failure_signature
 from iris.cluster.types import (
+    ACTIVE_TASK_STATES,
     TERMINAL_TASK_STATES,
     AttemptRef,
     EndpointId,
@@ -77,8 +78,11 @@ class ControllerWorker:
     heartbeat_interval_ms: int = 0
     """The heartbeat interval this worker was last asked for (0: its own); it is declared dead after
     three of them when that is longer than the controller's worker timeout."""
-    committed: Resources = NO_RESOURCES
-    """What its running tasks and stopping attempts hold."""
+    committed_cpu: int = 0
+    """Millicores its running tasks and stopping attempts hold (``hold`` / ``give_back``)."""
+    committed_memory: int = 0
+    committed_disk: int = 0
+    committed_devices: int = 0
     stopping: dict[tuple[TaskId, int], Resources] = field(default_factory=dict)
     """Attempts Iris stopped whose processes may still run: their resources stay committed until
     the worker confirms they are gone (a report or an observed set without them) or the worker is
@@ -101,25 +105,23 @@ class ControllerWorker:
             self.metadata = WorkerMetadata.from_proto(self.metadata)
 
     @property
-    def committed_cpu(self) -> int:
-        """Millicores committed."""
-        return self.committed.cpu
+    def committed(self) -> Resources:
+        """What its running tasks and stopping attempts hold."""
+        return Resources(self.committed_cpu, self.committed_memory, self.committed_disk, self.committed_devices)
 
-    @property
-    def committed_memory(self) -> int:
-        return self.committed.memory
+    def hold(self, r: Resources) -> None:
+        """Commit ``r`` (a task bound here). The one place the counters grow (no value is made)."""
+        self.committed_cpu += r.cpu
+        self.committed_memory += r.memory
+        self.committed_disk += r.disk
+        self.committed_devices += r.devices
 
-    @property
-    def committed_disk(self) -> int:
-        return self.committed.disk
-
-    @property
-    def committed_devices(self) -> int:
-        return self.committed.devices
-
-    def free(self) -> Resources:
-        meta = self.metadata
-        return Resources(meta.cpu_millicores, meta.memory_bytes, meta.disk_bytes, meta.device_count) - self.committed
+    def give_back(self, r: Resources) -> None:
+        """Release ``r`` (a task unbound, or a stopped attempt confirmed gone)."""
+        self.committed_cpu -= r.cpu
+        self.committed_memory -= r.memory
+        self.committed_disk -= r.disk
+        self.committed_devices -= r.devices
 
     def schedulable(self, now_ms: int) -> bool:
         """Healthy, not draining and not quarantined: new tasks may be placed here."""
@@ -130,8 +132,8 @@ class ControllerWorker:
         meta = self.metadata
         kind, variant = meta.device_kind, meta.device_variant
         total = Room(meta.cpu_millicores, meta.memory_bytes, meta.disk_bytes, meta.device_count, kind, variant)
-        room = self.free()
-        free = Room(room.cpu, room.memory, room.disk, room.devices, kind, variant)
+        free = Room(meta.cpu_millicores - self.committed_cpu, meta.memory_bytes - self.committed_memory,
+                    meta.disk_bytes - self.committed_disk, meta.device_count - self.committed_devices, kind, variant)
         return WorkerSnapshot(self.worker_id, self.healthy, free, total)
 
 
@@ -525,9 +527,10 @@ class ControllerState:
     def can_fit(self, worker: ControllerWorker, job: Job) -> bool:
         """Whether ``worker`` is healthy and its free resources cover one task of ``job``."""
         meta = worker.metadata
-        room = worker.free()
         return worker.healthy and not worker.draining and fits_in(
-            job.requirements, room.cpu, room.memory, room.disk, room.devices, meta.device_kind, meta.device_variant)
+            job.requirements, meta.cpu_millicores - worker.committed_cpu, meta.memory_bytes - worker.committed_memory,
+            meta.disk_bytes - worker.committed_disk, meta.device_count - worker.committed_devices,
+            meta.device_kind, meta.device_variant)
 
     def heartbeat(self, worker_id: WorkerId, now_ms: int, interval_ms: int | None = None) -> bool:
         """Record that the worker was heard from (and, when given, the heartbeat interval it was just
@@ -640,7 +643,7 @@ class ControllerState:
     def ack_dispatch(self, task_id: TaskId, attempt_id: int, incarnation: str, sequence: int) -> None:
         """The worker accepted RunTask for this attempt under (incarnation, sequence)."""
         with self._lock:
-            task = self.live_attempt(AttemptRef(task_id, attempt_id))
+            task = self._live(task_id, attempt_id)
             if task is None or task.worker_id is None:
                 return
             worker = self._workers.get(task.worker_id)
@@ -670,7 +673,7 @@ class ControllerState:
         and only one of them counts toward ``max_consecutive_failures``.
         """
         with self._lock:
-            task = self.live_attempt(AttemptRef(task_id, attempt_id))
+            task = self._live(task_id, attempt_id)
             if task is None:
                 return TaskTransitionResult.IGNORED
             worker_id = task.worker_id
@@ -688,7 +691,7 @@ class ControllerState:
         run): a real failure of the task, charged to ``max_retries_failure``; the worker answered
         and stays healthy (DESIGN §3)."""
         with self._lock:
-            task = self.live_attempt(AttemptRef(task_id, attempt_id))
+            task = self._live(task_id, attempt_id)
             if task is None:
                 return TaskTransitionResult.IGNORED
             worker = self._workers.get(task.worker_id) if task.worker_id is not None else None
@@ -699,7 +702,7 @@ class ControllerState:
 
     def _bind(self, worker: ControllerWorker, task: Task, job: Job) -> None:
         worker.running_tasks.add(task.task_id)
-        worker.committed += job.task_resources
+        worker.hold(job.task_resources)
 
     def _release(self, worker_id: WorkerId | None, task: Task, job: Job, hold_attempt: int | None = None) -> None:
         """Unbind a task from its worker. ``hold_attempt``: Iris is stopping that attempt, whose
@@ -714,14 +717,14 @@ class ControllerState:
         if hold_attempt is not None and worker.healthy:
             worker.stopping[(task.task_id, hold_attempt)] = job.task_resources
             return
-        worker.committed -= job.task_resources
+        worker.give_back(job.task_resources)
 
     def _confirm_stopped(self, worker: ControllerWorker, key: tuple[TaskId, int]) -> bool:
         """A stopped attempt's processes are gone: give its resources back."""
         held = worker.stopping.pop(key, None)
         if held is None:
             return False
-        worker.committed -= held
+        worker.give_back(held)
         self._effects.dirty_workers.add(worker.worker_id)
         return True
 
@@ -933,7 +936,7 @@ class ControllerState:
             heap = self._deadlines
             while heap and heap[0][0] <= now_ms:
                 _, task_id, attempt_id = heapq.heappop(heap)
-                task = self.live_attempt(AttemptRef(task_id, attempt_id))
+                task = self._live(task_id, attempt_id)
                 if task is None:
                     continue
                 job = self._jobs[task.job_id]
@@ -1049,7 +1052,7 @@ class ControllerState:
                 worker = self._workers.get(worker_id)
                 if worker is not None and worker.stopping and self.job_uid_matches(task_id, job_uid):
                     self._confirm_stopped(worker, (task_id, attempt_id))  # a stopped attempt is gone
-            task = self.live_attempt(AttemptRef(task_id, attempt_id, job_uid), worker_id)
+            task = self._live(task_id, attempt_id, job_uid, worker_id)
             if task is None:
                 return False
             if ports:
@@ -1144,12 +1147,17 @@ class ControllerState:
         """The task whose current attempt ``ref`` names, while that attempt is live (the task not
         ended), of the same job incarnation, and bound to ``worker_id`` when one is given; else None.
         The one "is this the task's current attempt?" check of the controller."""
-        task = self._tasks.get(ref.task_id)
-        if task is None or task.current_attempt_id != ref.attempt_id or not task.is_active():
+        return self._live(ref[0], ref[1], ref[2], worker_id)
+
+    def _live(self, task_id: TaskId, attempt_id: int, job_uid: str = "", worker_id: WorkerId | None = None
+              ) -> Task | None:
+        """``live_attempt`` over the ref's fields (hot callers make no ref)."""
+        task = self._tasks.get(task_id)
+        if task is None or task.current_attempt_id != attempt_id or task.state not in ACTIVE_TASK_STATES:
             return None
         if worker_id is not None and task.worker_id != worker_id:
             return None
-        return task if self._same_incarnation(task, ref.job_uid) else None
+        return task if not job_uid or self._same_incarnation(task, job_uid) else None
 
     def ran_attempt(self, ref: AttemptRef, worker_id: WorkerId) -> Task | None:
         """The task of ``ref`` when that attempt (current or ended) ran on ``worker_id`` for this
@@ -1187,7 +1195,7 @@ class ControllerState:
         """Register an endpoint for a running task attempt. Refused (False) when the task is not
         running or ``endpoint.attempt_id`` is not its current attempt."""
         with self._lock:
-            task = self.live_attempt(AttemptRef(task_id, endpoint.attempt_id))
+            task = self._live(task_id, endpoint.attempt_id)
             if task is None:
                 return False
             endpoint.task_id = task_id

@@ -687,7 +687,7 @@ class ControllerStore:
                                  f"{task.worker_id}; refusing to start (the file was not modified)")
             job = jobs[task.job_id]
             bound.running_tasks.add(task.task_id)
-            bound.committed += job.task_resources
+            bound.hold(job.task_resources)
         for worker in workers.values():
             state.add_worker(worker)
 
