@@ -19,13 +19,12 @@ Nothing else in the controller holds the lock: this is the one place that knows 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from iris.cluster.clock import Clock
 from iris.cluster.controller.commits import DurableLock, GroupCommit
-from iris.cluster.controller.state import ControllerState, Effects
+from iris.cluster.controller.state import NO_EFFECTS, ControllerState, Effects
 
 if TYPE_CHECKING:
     from iris.cluster.controller.store import PreparedWrite
@@ -44,13 +43,15 @@ class StateStore(Protocol):
 
 
 class Change:
-    """One open transaction: the state to change, the time it happens at, and what to do after."""
+    """One open transaction: the state to change, the time it happens at, and what to do after.
+    A context manager: ``with changes.change() as tx`` (a plain class, not a generator: every
+    report, heartbeat and launch result opens one)."""
 
     __slots__ = ("state", "now_ms", "_changes", "_effects", "_then")
 
-    def __init__(self, changes: Changes, now_ms: int) -> None:
+    def __init__(self, changes: Changes) -> None:
         self.state = changes.state
-        self.now_ms = now_ms
+        self.now_ms = 0
         self._changes = changes
         self._effects: list[Effects] = []
         self._then: list[Callable[[], None]] = []
@@ -59,13 +60,51 @@ class Change:
         """Drain the effects so far now (still under the lock) and queue their write; they are acted
         on when the block ends, with any later ones."""
         effects = self._changes._drain()
-        self._effects.append(effects)
+        if effects is not NO_EFFECTS:
+            self._effects.append(effects)
         return effects
 
     def then(self, action: Callable[[], None]) -> None:
         """Run ``action`` once the lock is released and the change is durable, before its effects
         are acted on (a scheduling pass's launches go before its kills)."""
         self._then.append(action)
+
+    def __enter__(self) -> Change:
+        changes = self._changes
+        changes._lock.__enter__()
+        self.now_ms = changes.clock.now_ms()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: Any) -> None:
+        lock = self._changes._lock
+        try:
+            if kind is None:
+                self.commit()
+        finally:
+            lock.__exit__(kind, value, tb)  # waits until the writes are durable
+        if kind is not None:
+            return
+        for action in self._then:
+            action()
+        for effects in self._effects:
+            self._changes.on_effects(effects)
+
+
+class _Reading:
+    """``with changes.read() as state``: the lock, and the state it guards (one shared instance)."""
+
+    __slots__ = ("_lock", "_state")
+
+    def __init__(self, lock: DurableLock, state: ControllerState) -> None:
+        self._lock = lock
+        self._state = state
+
+    def __enter__(self) -> ControllerState:
+        self._lock.__enter__()
+        return self._state
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: Any) -> None:
+        self._lock.__exit__(kind, value, tb)
 
 
 class Changes:
@@ -81,26 +120,18 @@ class Changes:
             GroupCommit(store.apply, on_store_failed) if store is not None else None)
         """Store writes, prepared under the lock and applied after it (several per transaction)."""
         self._lock = DurableLock(self.commits)
+        self._reading = _Reading(self._lock, state)
         self.on_effects: Callable[[Effects], None] = lambda effects: None
         """What the controller does with a change's effects once it is durable (kills, wake)."""
 
-    @contextmanager
-    def change(self) -> Iterator[Change]:
-        with self._lock:
-            tx = Change(self, self.clock.now_ms())
-            yield tx
-            tx.commit()
-        for action in tx._then:
-            action()
-        for effects in tx._effects:
-            if not effects.is_empty():
-                self.on_effects(effects)
+    def change(self) -> Change:
+        """A new transaction, opened by ``with``."""
+        return Change(self)
 
-    @contextmanager
-    def read(self) -> Iterator[ControllerState]:
-        """The state under the lock, for a bounded copy; no commit."""
-        with self._lock:
-            yield self.state
+    def read(self) -> _Reading:
+        """The state under the lock, for a bounded copy (``with changes.read() as state``); no
+        commit. Leaving it still waits for any write it may have seen."""
+        return self._reading
 
     def flush_and_close(self) -> None:
         """Wait for every queued write, then close the store (the controller is stopping)."""
@@ -112,7 +143,7 @@ class Changes:
 
     def _drain(self) -> Effects:
         effects = self.state.drain_effects()
-        if self.store is not None and self.commits is not None and not effects.is_empty():
+        if self.store is not None and self.commits is not None and effects is not NO_EFFECTS:
             try:
                 prepared = self.store.prepare(self.state, effects)
             except Exception as e:

@@ -9,21 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple
 
 from iris.cluster.controller.backend import LogLine
 from iris.cluster.controller.state import ObservedAttempt
 from iris.cluster.types import AttemptRef, TaskId
 
+NO_PORTS: Mapping[str, int] = MappingProxyType({})
 
-@dataclass(frozen=True, slots=True)
-class TaskReport:
-    """One attempt's state as its worker reports it (``ReportTaskState``)."""
+
+class TaskReport(NamedTuple):
+    """One attempt's state as its worker reports it (``ReportTaskState``; a named tuple: two per
+    task run)."""
 
     ref: AttemptRef
     state: int
     exit_code: int | None = None
     error: str | None = None
-    ports: Mapping[str, int] = field(default_factory=dict)
+    ports: Mapping[str, int] = NO_PORTS
     result: bytes = b""
     """A callable's pickled return value, with its SUCCEEDED report."""
     log_size: int | None = None
@@ -82,8 +86,7 @@ class TaskLogPage:
     attempt_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class LogChunk:
+class LogChunk(NamedTuple):
     """Bytes of one attempt's log a worker ships, at ``start_offset``; ``complete``: its last chunk."""
 
     ref: AttemptRef

@@ -34,7 +34,14 @@ from iris.cluster.controller.access import (
 )
 from iris.cluster.controller.backend import LocationCapacity, Observation
 from iris.cluster.controller.controller import Controller
-from iris.cluster.controller.requests import EndpointRequest, LogChunk, LogQuery, TaskLogPage, TaskReport
+from iris.cluster.controller.requests import (
+    NO_PORTS,
+    EndpointRequest,
+    LogChunk,
+    LogQuery,
+    TaskLogPage,
+    TaskReport,
+)
 from iris.cluster.controller.state import ControllerEndpoint, ObservedAttempt
 from iris.cluster.controller.views import JobView, TaskView, WorkerView
 from iris.cluster.errors import InvalidArgument, IrisError
@@ -445,9 +452,9 @@ def task_reports(request: cluster_pb2.Controller.ReportTaskStateRequest, limits:
             raise InvalidArgument(f"updates[{i}].state: unknown task state {u.state}")
         if u.HasField("log_size") and u.log_size < 0:
             raise InvalidArgument(f"updates[{i}].log_size: must be >= 0, got {u.log_size}")
-        reports.append(TaskReport(AttemptRef(TaskId(u.task_id), u.attempt_id, u.job_uid), u.state,
-                                  exit_code=u.exit_code, error=u.error or None, ports=dict(u.ports), result=u.result,
-                                  log_size=u.log_size if u.HasField("log_size") else None))
+        reports.append(TaskReport(AttemptRef(TaskId(u.task_id), u.attempt_id, u.job_uid), u.state, u.exit_code,
+                                  u.error or None, dict(u.ports) if u.ports else NO_PORTS, u.result,
+                                  u.log_size if u.HasField("log_size") else None))
     return reports
 
 

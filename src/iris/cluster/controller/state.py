@@ -204,6 +204,10 @@ class Effects:
         )
 
 
+NO_EFFECTS = Effects()
+"""What ``drain_effects`` hands back when nothing happened (shared: read it, never change it)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ObservedAttempt:
     """One attempt as a worker reports holding it (heartbeat / registration)."""
@@ -1298,8 +1302,11 @@ class ControllerState:
     # ------------------------------------------------------------------ effects and action log
 
     def drain_effects(self) -> Effects:
-        """Hand the accumulated effects to the shell and start a new batch."""
+        """Hand the accumulated effects to the shell and start a new batch (nothing happened: the
+        one shared empty batch, nothing allocated; it is never changed)."""
         with self._lock:
+            if self._effects.is_empty():
+                return NO_EFFECTS
             effects, self._effects = self._effects, Effects()
             return effects
 
