@@ -79,6 +79,42 @@ def check_entrypoint(entrypoint: Entrypoint, limits: Limits = DEFAULT_LIMITS, fi
     return total
 
 
+MAX_PAGE_SIZE = 5000
+MAX_FILTER_CHARS = 1024
+MAX_FILTER_STATES = 16
+
+
+def check_filter(name: str, value: str) -> None:
+    """A prefix, name or address a read or an endpoint carries: bounded (a read stays O(page))."""
+    if len(value) > MAX_FILTER_CHARS:
+        raise fail(name, f"longer than {MAX_FILTER_CHARS} characters ({len(value)})")
+
+
+def check_job_list(prefix: str, states: int, page_size: int) -> None:
+    """A page of the job list (ListJobs, ``/api/jobs``)."""
+    check_filter("prefix", prefix)
+    if states > MAX_FILTER_STATES:
+        raise fail("states", f"at most {MAX_FILTER_STATES} states, got {states}")
+    if page_size < 0 or page_size > MAX_PAGE_SIZE:
+        raise fail("page_size", f"must be between 0 and {MAX_PAGE_SIZE}, got {page_size}")
+
+
+def check_task_page(task_offset: int, task_limit: int) -> None:
+    """A page of a job's tasks (GetJobStatus, ``/api/job``)."""
+    if task_offset < 0:
+        raise fail("task_offset", f"must be >= 0, got {task_offset}")
+    if not 0 <= task_limit <= MAX_PAGE_SIZE:
+        raise fail("task_limit", f"must be 0 (all) to {MAX_PAGE_SIZE}, got {task_limit}")
+
+
+def check_endpoint(name: str, address: str) -> None:
+    """An endpoint a task registers: a name and an address, both bounded."""
+    for field_name, value in (("name", name), ("address", address)):
+        if not value:
+            raise fail(field_name, "must not be empty")
+        check_filter(field_name, value)
+
+
 def validate_job_spec(spec: JobSpec, limits: Limits = DEFAULT_LIMITS, *, wire: bool = False) -> JobSpec:
     """Check every field's rule, then the rules that span fields. Returns the spec; raises
     InvalidArgument naming the field (as the caller wrote it: the wire's name when ``wire``)."""
@@ -146,5 +182,6 @@ def validate_run_task(
     return entrypoint
 
 
-__all__ = ["DEFAULT_LIMITS", "MAX_ARG_STRLEN", "MAX_MESSAGE_BYTES", "Limits", "check_entrypoint", "check_id",
-           "check_log_window", "check_resources", "validate_job_spec", "validate_launch_request", "validate_run_task"]
+__all__ = ["DEFAULT_LIMITS", "MAX_ARG_STRLEN", "MAX_MESSAGE_BYTES", "Limits", "check_endpoint", "check_entrypoint",
+           "check_filter", "check_id", "check_job_list", "check_log_window", "check_resources", "check_task_page",
+           "validate_job_spec", "validate_launch_request", "validate_run_task"]

@@ -57,7 +57,7 @@ from iris.cluster.controller.dispatch import DispatchConfig, Dispatcher
 from iris.cluster.controller.job import Job, expand_job_to_tasks
 from iris.cluster.controller.logstore import LogStore, job_key
 from iris.cluster.controller.metrics import ControllerMetrics
-from iris.cluster.controller.queries import ProvisionerHandle, Queries, check_filter, job_of, worker_of
+from iris.cluster.controller.queries import ProvisionerHandle, Queries, job_of, worker_of
 from iris.cluster.controller.reads import ReadGate
 from iris.cluster.controller.requests import (
     EndpointRequest,
@@ -628,10 +628,6 @@ class Controller:
     # ------------------------------------------------------------------ endpoints
 
     def register_endpoint(self, request: EndpointRequest) -> str:
-        for name, value in (("name", request.name), ("address", request.address)):
-            if not value:
-                raise InvalidArgument(f"{name}: must not be empty")
-            check_filter(name, value)
         endpoint = ControllerEndpoint(endpoint_id=uuid.uuid4().hex[:16], name=request.name, address=request.address,
                                       job_id=JobId(""), metadata=dict(request.metadata), attempt_id=request.attempt_id)
         with self._change() as tx:

@@ -35,11 +35,9 @@ from iris.cluster.controller.views import (
 from iris.cluster.errors import InvalidArgument, NotFound
 from iris.cluster.spec import matches_filters
 from iris.cluster.types import JOB_STATES, SUCCEEDED, TASK_STATES, JobId, WorkerId
+from iris.cluster.validation import check_filter, check_job_list, check_task_page
 
 DEFAULT_PAGE_SIZE = 500
-MAX_PAGE_SIZE = 5000
-MAX_FILTER_CHARS = 1024
-MAX_FILTER_STATES = 16
 READ_CHUNK = 1000
 """Objects copied per lock hold by a reader; between chunks the lock is free for writers."""
 SCAN_PER_PAGE = 20
@@ -123,11 +121,7 @@ class Queries:
         """One page of jobs in submission order (``newest_first``: the reverse). Each lock hold copies
         at most ``READ_CHUNK`` jobs, and a page examines at most ``SCAN_PER_PAGE`` x its size, so no
         filter can make a read hold up the control plane."""
-        check_filter("prefix", prefix)
-        if len(states) > MAX_FILTER_STATES:
-            raise InvalidArgument(f"states: at most {MAX_FILTER_STATES} states, got {len(states)}")
-        if page_size < 0 or page_size > MAX_PAGE_SIZE:
-            raise InvalidArgument(f"page_size: must be between 0 and {MAX_PAGE_SIZE}, got {page_size}")
+        check_job_list(prefix, len(states), page_size)  # the rule is validation.py's; every reader gets it
         after = parse_page_token(page_token)
         size = page_size or DEFAULT_PAGE_SIZE
         wanted = set(states)
@@ -155,10 +149,7 @@ class Queries:
                    task_limit: int = 0) -> tuple[JobView, list[TaskView] | None]:
         """A job's snapshot and, when asked, its tasks (copied ``READ_CHUNK`` at a time): those from
         index ``task_offset``, at most ``task_limit`` of them (0: all). O(page)."""
-        if task_offset < 0:
-            raise InvalidArgument(f"task_offset: must be >= 0, got {task_offset}")
-        if not 0 <= task_limit <= MAX_PAGE_SIZE:
-            raise InvalidArgument(f"task_limit: must be 0 (all) to {MAX_PAGE_SIZE}, got {task_limit}")
+        check_task_page(task_offset, task_limit)
         with self._changes.read() as state:
             job = job_of(state, job_id)
             view = job_view(job)
@@ -277,11 +268,6 @@ def worker_of(state: ControllerState, worker_id: WorkerId) -> ControllerWorker:
     if worker is None:
         raise NotFound(f"worker_id: no worker {worker_id[:128]!r}")
     return worker
-
-
-def check_filter(name: str, value: str) -> None:
-    if len(value) > MAX_FILTER_CHARS:
-        raise InvalidArgument(f"{name}: longer than {MAX_FILTER_CHARS} characters ({len(value)})")
 
 
 def parse_page_token(token: str) -> int:

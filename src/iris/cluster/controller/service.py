@@ -48,8 +48,10 @@ from iris.cluster.errors import InvalidArgument, IrisError
 from iris.cluster.spec import JobSpec, parse_list_filters
 from iris.cluster.types import TASK_STATES, AttemptRef, JobId, TaskId, WorkerId, WorkerMetadata
 from iris.cluster.validation import (
+    MAX_FILTER_CHARS,
     MAX_MESSAGE_BYTES,
     Limits,
+    check_endpoint,
     check_id,
     check_log_window,
     validate_launch_request,
@@ -408,7 +410,7 @@ MAX_SPEC_FILTERS = 16
 
 def registration(request: cluster_pb2.Controller.RegisterWorkerRequest, limits: Limits) -> LocationCapacity:
     check_id(request.worker_id, "worker_id", limits)
-    if not request.address or ":" not in request.address or len(request.address) > 1024:
+    if not request.address or ":" not in request.address or len(request.address) > MAX_FILTER_CHARS:
         raise InvalidArgument(f"address: expected HOST:PORT, got {request.address[:64]!r}")
     if request.metadata.cpu_count < 0 or request.metadata.memory_bytes < 0:
         raise InvalidArgument("metadata: cpu_count and memory_bytes must be >= 0")
@@ -431,6 +433,7 @@ def heartbeat_observation(request: cluster_pb2.Controller.HeartbeatRequest, limi
 
 
 def endpoint_request(request: cluster_pb2.Controller.RegisterEndpointRequest) -> EndpointRequest:
+    check_endpoint(request.name, request.address)
     return EndpointRequest(request.name, request.address, TaskId(request.task_id), request.attempt_id,
                            dict(request.metadata))
 
