@@ -28,7 +28,9 @@ def py(code: str) -> Entrypoint:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with LocalCluster(workers=2, cpu_per_worker=2, worker_timeout=3, heartbeat_interval=0.3, kill_grace=1,
                       base_dir=tmp_path_factory.mktemp("lifecycle"),
-                      worker_args=("--max-log-size", "64KiB")) as c:
+                      # The controller keeps its own copy under its own cap: the same one here, or a copy
+                      # shipped while the task still wrote (under load) keeps the middle the worker dropped.
+                      worker_args=("--max-log-size", "64KiB"), controller_args=("--max-log-size", "64KiB")) as c:
         store_login(c.controller_address, c.admin_token)
         yield c
 
