@@ -21,17 +21,21 @@ from enum import Enum
 
 from iris.cluster.failures import FAIL_JOB, PREEMPTION, ExitRule, is_memory_kill, retry_delay_ms, rule_for
 from iris.cluster.spec import DEFAULT_MAX_RETRIES_PREEMPTION
-from iris.cluster.types import ACTIVE_TASK_STATES, TERMINAL_TASK_STATES, JobId, TaskId, WorkerId
-from iris.rpc import cluster_pb2
-
-PENDING = cluster_pb2.TASK_STATE_PENDING
-BUILDING = cluster_pb2.TASK_STATE_BUILDING
-RUNNING = cluster_pb2.TASK_STATE_RUNNING
-SUCCEEDED = cluster_pb2.TASK_STATE_SUCCEEDED
-FAILED = cluster_pb2.TASK_STATE_FAILED
-KILLED = cluster_pb2.TASK_STATE_KILLED
-WORKER_FAILED = cluster_pb2.TASK_STATE_WORKER_FAILED
-UNSCHEDULABLE = cluster_pb2.TASK_STATE_UNSCHEDULABLE
+from iris.cluster.types import (
+    ACTIVE_TASK_STATES,
+    TERMINAL_TASK_STATES,
+    JobId,
+    TaskId,
+    WorkerId,
+)
+from iris.cluster.types import BUILDING as BUILDING
+from iris.cluster.types import FAILED as FAILED
+from iris.cluster.types import KILLED as KILLED
+from iris.cluster.types import PENDING as PENDING
+from iris.cluster.types import RUNNING as RUNNING
+from iris.cluster.types import SUCCEEDED as SUCCEEDED
+from iris.cluster.types import UNSCHEDULABLE as UNSCHEDULABLE
+from iris.cluster.types import WORKER_FAILED as WORKER_FAILED
 
 _ALLOWED: dict[int, frozenset[int]] = {
     PENDING: frozenset({BUILDING, RUNNING, KILLED, UNSCHEDULABLE}),

@@ -41,18 +41,18 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from iris.cluster.spec import Entrypoint, JobSpec
+from iris.cluster.types import BUILDING as BUILDING
+from iris.cluster.types import FAILED as FAILED
+from iris.cluster.types import KILLED as KILLED
+from iris.cluster.types import RUNNING as RUNNING
+from iris.cluster.types import SUCCEEDED as SUCCEEDED
 from iris.cluster.types import GpuDevice
-from iris.rpc import cluster_pb2
 
 AttemptKey = tuple[str, int]
 """(task id, attempt id)."""
 
-BUILDING = cluster_pb2.TASK_STATE_BUILDING
-RUNNING = cluster_pb2.TASK_STATE_RUNNING
-SUCCEEDED = cluster_pb2.TASK_STATE_SUCCEEDED
-FAILED = cluster_pb2.TASK_STATE_FAILED
-KILLED = cluster_pb2.TASK_STATE_KILLED
 TERMINAL = frozenset({SUCCEEDED, FAILED, KILLED})
+"""The ends an attempt can reach on a worker."""
 
 
 class Phase(Enum):
