@@ -219,7 +219,7 @@ def test_labels_end_to_end_run_status_json_list_client_and_api(cluster: LocalClu
                       "--", "true", controller=address)
         assert result.returncode == 0, result.stderr
     text = iris("job", "status", "lab-ml", controller=address).stdout
-    assert "labels" in text and "team=ml, tier=gold" in text
+    assert "Labels" in text and "team=ml, tier=gold" in text
     status = json.loads(iris("job", "status", "lab-ml", "--json", controller=address).stdout)
     assert status["spec"]["labels"] == {"team": "ml", "tier": "gold"}
 

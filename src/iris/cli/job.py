@@ -58,7 +58,7 @@ from iris.client.bundle import BUNDLE_MAX_SIZE_ENV, default_bundle_max_bytes
 from iris.client.client import LogFollower, generate_job_name
 from iris.client.models import parse_job_state
 from iris.cluster.clock import SystemClock
-from iris.cluster.spec import CLI_FIELDS, LIST_FILTERS, JobSpec
+from iris.cluster.spec import CLI_FIELDS, FIELDS_BY_NAME, LIST_FILTERS, JobSpec
 from iris.cluster.types import JOB_STATES, GpuDevice, ResourceSpec, format_cpu, job_state_name, parse_size
 from iris.cluster.validation import validate_job_spec
 
@@ -550,7 +550,7 @@ def status_cmd(controller: str, job_id: str, show_tasks: bool, as_json: bool, ve
     if status.error:
         fields.append(("Error", Text(one_line(status.error, 300), style="red")))
     # What the job asked for beyond the defaults, every field as its declaration shows it.
-    fields += [(name, text) for name, text in status.spec_shown() if name not in _SHOWN_ABOVE]
+    fields += [(FIELDS_BY_NAME[name].title, text) for name, text in status.spec_shown() if name not in _SHOWN_ABOVE]
     grid = make_table(["", ""], [(Text(k, style="bold"), v) for k, v in fields])
     grid.show_header = False
     out.print(grid)

@@ -205,6 +205,11 @@ class JobField:
     def wire_name(self) -> str:
         return self.wire or self.name
 
+    @property
+    def title(self) -> str:
+        """How a human table labels it: ``max_retries_failure`` -> "Max retries failure"."""
+        return self.name.replace("_", " ").capitalize()
+
 
 def declare(default: Any, job_field: JobField, *, factory: Callable[[], Any] | None = None) -> Any:
     """A ``JobSpec`` attribute with its declaration (``dataclasses.field`` with the metadata)."""
