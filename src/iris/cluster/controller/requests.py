@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple
 
-from iris.cluster.controller.backend import LogLine
+from iris.cluster.controller.backend import LogPage
 from iris.cluster.controller.state import ObservedAttempt
 from iris.cluster.types import AttemptRef, TaskId
 
@@ -78,12 +78,10 @@ class LogQuery:
 
 
 @dataclass(frozen=True, slots=True)
-class TaskLogPage:
-    lines: list[LogLine]
-    next_line: int
-    next_offset: int
-    attempt_finished: bool
-    attempt_id: int
+class TaskLogPage(LogPage):
+    """A backend's page of an attempt's log, and which attempt it is (the current one unless asked)."""
+
+    attempt_id: int = 0
 
 
 class LogChunk(NamedTuple):
