@@ -8,12 +8,15 @@ the README shows: ``IRIS_SCREENSHOTS=docs/screenshots uv run pytest tests/cluste
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,6 +105,12 @@ def test_browser_jobs_list_filter_search_and_a_failed_jobs_error(page: object, c
     error = p.inner_text("#job-error")  # type: ignore[attr-defined]
     assert "bad config\nline two of the error" in error  # line breaks kept
     assert re.search(r"/job/web-broken$", p.url)  # type: ignore[attr-defined]
+    # Where its time went, as the API says it (seconds; the row once read fields the API never sent).
+    t = api_job(cluster, "web-broken")["time"]
+    shown = p.inner_text("#job-time")  # type: ignore[attr-defined]
+    for label, key in (("pending", "pending"), ("useful", "useful"), ("failures", "lost_failure")):
+        assert f"{label} {_seconds(t[key])}" in shown, (shown, t)
+    assert t["lost_failure"] > 0  # two attempts ran and failed: their time shows
     # What the job asked for, every field as its declaration shows it.
     assert p.inner_text("#job-spec dd[data-field='labels']") == "team=web"  # type: ignore[attr-defined]
     assert p.inner_text("#job-spec dd[data-field='max_retries_failure']") == "1"  # type: ignore[attr-defined]
@@ -173,3 +182,16 @@ def test_browser_pages_through_a_thousand_jobs(page: object, cluster: LocalClust
     p.goto(cluster.dashboard_url + "/?prefix=bulk-0999")  # type: ignore[attr-defined, operator]
     p.wait_for_selector("#jobs tbody tr[data-job]")  # type: ignore[attr-defined]
     assert "no worker has 64 cpus" in p.inner_text("#jobs")  # type: ignore[attr-defined]  # the pending reason
+
+
+def _seconds(value: float) -> str:
+    """The page's formatting of a number of seconds (``seconds()`` in app.js, under a minute)."""
+    return "0s" if not value else f"{value:.1f}s"
+
+
+def api_job(cluster: LocalCluster, job_id: str) -> dict[str, Any]:
+    request = urllib.request.Request(f"{cluster.dashboard_url}/api/job?id={job_id}",
+                                     headers={"Authorization": f"Bearer {cluster.admin_token}"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        data: dict[str, Any] = json.loads(reply.read())["job"]
+    return data

@@ -34,7 +34,7 @@ function span(start, end) {
   if (m < 60) return `${m}m ${s}s`;
   return `${Math.floor(m / 60)}h ${m % 60}m`;
 }
-function seconds(ms) { return ms ? span(1, 1 + ms) : "0s"; }
+function seconds(ms) { return !ms ? "0s" : ms < 60000 ? `${(ms / 1000).toFixed(1)}s` : span(1, 1 + ms); }
 function size(bytes) {
   if (!bytes) return "0B";
   const units = [["TiB", 2 ** 40], ["GiB", 2 ** 30], ["MiB", 2 ** 20], ["KiB", 1024]];
@@ -153,8 +153,8 @@ const views = {
         <dt>Resources</dt><dd>cpu ${j.resources.cpu}, memory ${+j.resources.memory ? size(+j.resources.memory) : "-"}</dd>
         <dt>Failures</dt><dd>${j.failures_used} used; ${j.max_retries_failure} retries per task, ${j.max_task_failures} tasks may fail</dd>
         <dt>Preemptions</dt><dd>${j.preemptions_used} used; ${j.max_retries_preemption} per task</dd>
-        <dt>Time</dt><dd>pending ${seconds(t.pending_ms)}, useful ${seconds(t.useful_ms)}, lost: failures ${seconds(t.lost_failure_ms)},
-          preemptions ${seconds(t.lost_preemption_ms)}, gang ${seconds(t.lost_gang_ms)}</dd>
+        <dt>Time</dt><dd id="job-time">pending ${seconds(1000 * t.pending)}, useful ${seconds(1000 * t.useful)}, lost: failures ${seconds(1000 * t.lost_failure)},
+          preemptions ${seconds(1000 * t.lost_preemption)}, gang ${seconds(1000 * t.lost_gang)}</dd>
         <dt>Gang restarts</dt><dd>${j.gang_restarts}</dd>
       </dl>
       ${j.pending_reason ? `<p><b>Pending:</b> ${esc(j.pending_reason)}</p>` : ""}
