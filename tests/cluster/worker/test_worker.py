@@ -23,6 +23,7 @@ import pytest
 from iris.cluster.clock import FakeClock, wait_until
 from iris.cluster.errors import FailedPrecondition, InvalidArgument, NotFound
 from iris.cluster.worker.gpu import GpuInfo
+from iris.cluster.worker.prepare import THREAD_VARS
 from iris.cluster.worker.runtime import AttemptKey, ExitCallback, ProcessExit, ProcessSpec
 from iris.cluster.worker.worker import Worker, WorkerConfig
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
@@ -184,6 +185,22 @@ def test_run_task_malformed_request_names_the_field(make_worker: WorkerFactory, 
     with pytest.raises(InvalidArgument, match=field):
         worker.run_task(launch(_bad(field)))
     assert worker.list_tasks() == []
+
+
+def test_task_thread_pools_are_sized_to_its_cpu_request_unless_the_job_sets_them(make_worker: WorkerFactory) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(runtime=runtime)
+    fractional = command_request(["/bin/true"], "job/task-0")
+    fractional.resources.cpu_millicores = 1500
+    worker.run_task(launch(fractional))
+    env = runtime.spec(("job/task-0", 0)).env
+    assert {env[v] for v in THREAD_VARS} == {"2"}  # 1.5 cores: rounded up
+    small = command_request(["/bin/true"], "job/task-1")
+    small.resources.cpu_millicores = 100
+    small.environment.env_vars["OMP_NUM_THREADS"] = "8"  # the job's own choice wins
+    worker.run_task(launch(small))
+    env = runtime.spec(("job/task-1", 0)).env
+    assert env["OMP_NUM_THREADS"] == "8" and env["MKL_NUM_THREADS"] == "1"  # at least one
 
 
 def test_run_task_environment_ports_and_gpus(make_worker: WorkerFactory) -> None:
