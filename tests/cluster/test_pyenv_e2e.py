@@ -47,12 +47,15 @@ def make_wheel(directory: Path, name: str, version: str, module_source: str) -> 
     return wheel
 
 
-def locked_workspace(directory: Path, name: str) -> Path:
+def locked_workspace(directory: Path, name: str, groups: dict[str, Path] | None = None) -> Path:
+    """A project with a ``uv.lock``; ``groups``: a dependency group per name, each holding one wheel."""
     directory.mkdir(parents=True, exist_ok=True)
     major, minor = sys.version_info[:2]
-    (directory / "pyproject.toml").write_text(
-        f'[project]\nname = "{name}"\nversion = "0.1.0"\nrequires-python = ">={major}.{minor}"\ndependencies = []\n'
-    )
+    text = f'[project]\nname = "{name}"\nversion = "0.1.0"\nrequires-python = ">={major}.{minor}"\ndependencies = []\n'
+    if groups:
+        text += "[dependency-groups]\n" + "".join(
+            f'{group} = ["{wheel.name.split("-")[0]} @ {wheel.as_uri()}"]\n' for group, wheel in groups.items())
+    (directory / "pyproject.toml").write_text(text)
     (directory / "main.py").write_text("import sys, iris\nprint('prefix', sys.prefix)\nprint('iris', iris.__name__)\n")
     uv = find_uv()
     assert uv is not None
@@ -100,6 +103,24 @@ def test_a_workspace_with_uv_lock_runs_in_its_own_environment_built_once(
         assert not any("building" in text for source, text in again if source == "iris")
 
 
+def test_an_environment_leaves_out_the_dev_group_unless_the_job_names_its_groups(
+        client: IrisClient, tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    groups = {"dev": make_wheel(wheels, "devonly_pkg", "1.0", "WHERE = 'dev'\n"),
+              "train": make_wheel(wheels, "trainonly_pkg", "1.0", "WHERE = 'train'\n")}
+    workspace = locked_workspace(tmp_path / "ws-groups", "grouped-demo", groups)
+    code = ("import importlib.util as u; print('dev', bool(u.find_spec('devonly_pkg')), "
+            "'train', bool(u.find_spec('trainonly_pkg')))")
+    command = Entrypoint.from_command("python", "-c", code)
+    client.submit(command, "env-nodev", workspace=workspace).wait(timeout=300)
+    plain = lines_of(client, "env-nodev")
+    assert ("stdout", "dev False train False") in plain  # uv sync --no-dev: what the project needs to run
+    assert any(source == "iris" and "the Python environment is ready" in text for source, text in plain)
+    client.submit(command, "env-groups", workspace=workspace, env_groups=["train", "dev"]).wait(timeout=300)
+    assert ("stdout", "dev True train True") in lines_of(client, "env-groups")  # --env-group, repeatable
+
+
 def test_with_adds_packages_and_the_jobs_pins_win_over_iris_own(client: IrisClient, tmp_path: Path) -> None:
     demo = make_wheel(tmp_path, "irisdemo_pkg", "1.0", "VALUE = 42\n")
     # A package Iris itself depends on (rich), pinned by the job to its own build: the job's wins.
@@ -125,3 +146,24 @@ def test_an_environment_that_cannot_be_built_fails_the_task_with_uvs_error(
     assert task.state is TaskState.FAILED
     assert "python environment: uv pip install failed" in task.error and "missing-1.0" in task.error
     assert all(w.healthy for w in client.workers())  # the task's fault, not the worker's
+
+
+def test_the_cli_shows_an_environment_build_as_a_summary_not_installer_output(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    from iris.client.credentials import store_login
+    from tests.cli.conftest import iris
+
+    store_login(cluster.controller_address, cluster.admin_token)
+    workspace = locked_workspace(tmp_path / "ws-cli", "cli-demo")
+    result = iris("job", "run", "--name", "env-cli", "--workspace", str(workspace), "--", "python", "main.py",
+                  controller=cluster.controller_address)
+    assert result.returncode == 0, result.stderr
+    assert "[uv]" not in result.stderr + result.stdout  # uv's own lines stay in the task's log
+    assert "building the Python environment" in result.stderr and "environment is ready" in result.stderr
+    assert "[0] iris iris" in result.stdout
+    client = IrisClient.remote(cluster.controller_address, token=cluster.admin_token)
+    try:
+        logged = lines_of(client, "env-cli")
+    finally:
+        client.close()
+    assert any(text.startswith("[uv] ") for source, text in logged if source == "iris")  # kept whole there

@@ -282,11 +282,22 @@ def follow_job(job: Job, *, show_logs: bool = True, task_indices: frozenset[int]
     follower = LogFollower(job.client, job.job_id, task_indices)
     live: Live | None = None
     last_counts = [""]
+    building: dict[int, int] = {}
+    """Tasks whose Python environment is being built: the installer lines seen so far (folded into
+    the live line; the whole output stays in the task's log: ``iris job logs``)."""
 
     def emit_line(line: TaskLogLine) -> None:
         prefix = Text(f"[{line.task_index}] ", style=_PREFIX_COLORS[line.task_index % len(_PREFIX_COLORS)])
         if line.line.source == "iris":  # Iris's own notes (building the environment): beside the output
-            _print(live.console if live is not None else err, prefix + Text(line.line.data, style="dim"))
+            data = line.line.data
+            if data.startswith("[uv] "):
+                building[line.task_index] = building.get(line.task_index, 0) + 1
+                return
+            if "the Python environment is ready" in data or "using the" in data:
+                building.pop(line.task_index, None)
+            elif "building the Python environment" in data:
+                building.setdefault(line.task_index, 0)
+            _print(live.console if live is not None else err, prefix + Text(data, style="dim"))
             return
         text = prefix + Text(line.line.data)
         # On a terminal the lines go above the live status line; redirected, they go to stdout.
@@ -299,6 +310,10 @@ def follow_job(job: Job, *, show_logs: bool = True, task_indices: frozenset[int]
             for line in follower.poll(status.tasks, final=status.is_finished):
                 emit_line(line)
         summary = counts_text(status)
+        if building and not status.is_finished:
+            lines = sum(building.values())
+            summary.append(f"  building the Python environment of {len(building)} task"
+                           f"{'s' if len(building) != 1 else ''} ({lines} installer lines)", style="dim")
         if live is not None:
             live.update(summary)
         elif summary.plain != last_counts[0] and not status.is_finished:

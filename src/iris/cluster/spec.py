@@ -510,6 +510,20 @@ def _list_text(value: Sequence[str]) -> str:
     return ", ".join(value)
 
 
+MAX_ENV_GROUPS = 16
+_GROUP_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9])?")
+
+
+def _check_env_groups(value: Any, limits: Limits, name: str) -> None:
+    _check_strings(value, name)
+    if len(value) > MAX_ENV_GROUPS:
+        raise rules.fail(name, f"at most {MAX_ENV_GROUPS} groups, got {len(value)}")
+    for group in value:
+        if not _GROUP_NAME.fullmatch(group):
+            raise rules.fail(name, f"{rules.show(group)} is not a dependency group name (letters, digits, '.', '_', "
+                                   "'-', starting and ending with a letter or digit)")
+
+
 MAX_LABELS = 64
 _LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,126}[A-Za-z0-9])?)?")
@@ -645,7 +659,14 @@ class JobSpec:
                                "(has the label).", _label_matches, _check_label_selector, "K=V")),
         factory=dict)
 
+    env_groups: tuple[str, ...] = declare((), JobField(
+        "Include this dependency group of the workspace's uv.lock in the task's Python environment (repeatable; "
+        "by default only what the project needs to run, not its dev group).", *_repeated("env_groups"),
+        check=_check_env_groups, worker=True, show=_list_text, to_json=list, coerce=_strings,
+        cli=CliOption("--env-group", tuple, "NAME", multiple=True)))
+
     def __post_init__(self) -> None:
+        object.__setattr__(self, "env_groups", tuple(self.env_groups))
         object.__setattr__(self, "labels", _frozen_env(self.labels))
         object.__setattr__(self, "with_packages", tuple(self.with_packages))
         object.__setattr__(self, "env", _frozen_env(self.env))

@@ -1164,6 +1164,7 @@ class Controller(_message.Message):
         MAX_SIMILAR_FAILURES_FIELD_NUMBER: _builtins.int
         WITH_PACKAGES_FIELD_NUMBER: _builtins.int
         LABELS_FIELD_NUMBER: _builtins.int
+        ENV_GROUPS_FIELD_NUMBER: _builtins.int
         name: _builtins.str
         serialized_entrypoint: _builtins.bytes
         scheduling_timeout_seconds: _builtins.float
@@ -1206,6 +1207,10 @@ class Controller(_message.Message):
         def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
             """the user's own K=V tags: shown in status, filtered by in lists"""
 
+        @_builtins.property
+        def env_groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+            """uv.lock dependency groups added to the task's environment (--env-group)"""
+
         def __init__(
             self,
             *,
@@ -1229,10 +1234,11 @@ class Controller(_message.Message):
             max_similar_failures: _builtins.int = ...,
             with_packages: _abc.Iterable[_builtins.str] | None = ...,
             labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+            env_groups: _abc.Iterable[_builtins.str] | None = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption", "_termination_grace_seconds", b"_termination_grace_seconds", "environment", b"environment", "max_retries_preemption", b"max_retries_preemption", "resources", b"resources", "termination_grace_seconds", b"termination_grace_seconds"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption", "_termination_grace_seconds", b"_termination_grace_seconds", "bundle_blob", b"bundle_blob", "bundle_hash", b"bundle_hash", "coscheduled", b"coscheduled", "environment", b"environment", "exit_rules", b"exit_rules", "labels", b"labels", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_similar_failures", b"max_similar_failures", "max_task_failures", b"max_task_failures", "name", b"name", "parent_job_id", b"parent_job_id", "ports", b"ports", "resources", b"resources", "retry_backoff_seconds", b"retry_backoff_seconds", "scheduling_timeout_seconds", b"scheduling_timeout_seconds", "serialized_entrypoint", b"serialized_entrypoint", "termination_grace_seconds", b"termination_grace_seconds", "timeout_seconds", b"timeout_seconds", "with_packages", b"with_packages"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption", "_termination_grace_seconds", b"_termination_grace_seconds", "bundle_blob", b"bundle_blob", "bundle_hash", b"bundle_hash", "coscheduled", b"coscheduled", "env_groups", b"env_groups", "environment", b"environment", "exit_rules", b"exit_rules", "labels", b"labels", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_similar_failures", b"max_similar_failures", "max_task_failures", b"max_task_failures", "name", b"name", "parent_job_id", b"parent_job_id", "ports", b"ports", "resources", b"resources", "retry_backoff_seconds", b"retry_backoff_seconds", "scheduling_timeout_seconds", b"scheduling_timeout_seconds", "serialized_entrypoint", b"serialized_entrypoint", "termination_grace_seconds", b"termination_grace_seconds", "timeout_seconds", b"timeout_seconds", "with_packages", b"with_packages"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         _WhichOneofReturnType__max_retries_preemption: _TypeAlias = _typing.Literal["max_retries_preemption"]  # noqa: Y015
         _WhichOneofArgType__max_retries_preemption: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption"]  # noqa: Y015
@@ -2385,6 +2391,7 @@ class Worker(_message.Message):
         JOB_UID_FIELD_NUMBER: _builtins.int
         WITH_PACKAGES_FIELD_NUMBER: _builtins.int
         WORKER_ID_FIELD_NUMBER: _builtins.int
+        ENV_GROUPS_FIELD_NUMBER: _builtins.int
         job_id: _builtins.str
         task_id: _builtins.str
         task_index: _builtins.int
@@ -2419,6 +2426,10 @@ class Worker(_message.Message):
         def with_packages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
             """--with: packages added to the task's Python environment"""
 
+        @_builtins.property
+        def env_groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+            """--env-group: uv.lock dependency groups the environment includes"""
+
         def __init__(
             self,
             *,
@@ -2440,10 +2451,11 @@ class Worker(_message.Message):
             job_uid: _builtins.str = ...,
             with_packages: _abc.Iterable[_builtins.str] | None = ...,
             worker_id: _builtins.str = ...,
+            env_groups: _abc.Iterable[_builtins.str] | None = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "resources", b"resources"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "bundle_hash", b"bundle_hash", "environment", b"environment", "job_id", b"job_id", "job_uid", b"job_uid", "num_tasks", b"num_tasks", "ports", b"ports", "previous_error", b"previous_error", "previous_exit_code", b"previous_exit_code", "previous_state", b"previous_state", "rendezvous_env", b"rendezvous_env", "resources", b"resources", "serialized_entrypoint", b"serialized_entrypoint", "task_id", b"task_id", "task_index", b"task_index", "task_token", b"task_token", "with_packages", b"with_packages", "worker_id", b"worker_id"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "bundle_hash", b"bundle_hash", "env_groups", b"env_groups", "environment", b"environment", "job_id", b"job_id", "job_uid", b"job_uid", "num_tasks", b"num_tasks", "ports", b"ports", "previous_error", b"previous_error", "previous_exit_code", b"previous_exit_code", "previous_state", b"previous_state", "rendezvous_env", b"rendezvous_env", "resources", b"resources", "serialized_entrypoint", b"serialized_entrypoint", "task_id", b"task_id", "task_index", b"task_index", "task_token", b"task_token", "with_packages", b"with_packages", "worker_id", b"worker_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -213,7 +213,8 @@ class AttemptPreparer:
         if wants_env(work_dir, spec.with_packages):
             log = self.attempt_log(key)
             try:
-                pyenv = ensure_env(self.envs_dir, work_dir, list(spec.with_packages), uv=self._config.uv,
+                pyenv = ensure_env(self.envs_dir, work_dir, list(spec.with_packages), groups=spec.env_groups,
+                                   uv=self._config.uv,
                                    offline=self._config.uv_offline,
                                    log=lambda line: log.append_line(_CLOCK.now_ms(), "iris", line.encode()))
             except EnvBuildError as e:

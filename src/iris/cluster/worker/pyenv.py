@@ -5,11 +5,13 @@ How a task's interpreter is chosen:
 
 1. The workspace has ``pyproject.toml`` and ``uv.lock``, or the job asks for packages with
    ``--with``: the task runs in a virtual environment built by ``uv sync --frozen
-   --no-install-project`` (the project's own code runs from the workspace) plus ``uv pip install``
-   of the ``--with`` packages, with the worker's Python. It is built once per (lock, packages,
+   --no-install-project --no-dev`` (what the project needs to run: not its dev group, unless the
+   job names groups with ``--env-group``; the project's own code runs from the workspace) plus
+   ``uv pip install`` of the ``--with`` packages, with the worker's Python. It is built once per (lock, packages,
    Python) and kept under ``WORKDIR/envs/<hash>``; concurrent attempts (threads or other workers
    sharing the workdir) wait for the one build (a file lock). The build's output goes to the
-   attempt's log; a failed build fails the task with uv's error.
+   attempt's log (``[uv] ...`` lines, which the CLI folds into one progress line), ending with one
+   ``[iris] ... ready`` summary; a failed build fails the task with uv's error.
 2. Otherwise the worker's own interpreter.
 
 Either way ``import iris`` works: a built environment gets a ``.pth`` file that appends the
@@ -70,9 +72,12 @@ def wants_env(work_dir: Path, with_packages: Sequence[str]) -> bool:
     return bool(with_packages) or ((work_dir / LOCK_FILE).is_file() and (work_dir / PROJECT_FILE).is_file())
 
 
-def env_key(work_dir: Path, with_packages: Sequence[str]) -> str:
-    """What identifies an environment: the lock (and project file), the packages, the Python."""
-    digest = hashlib.sha256()
+def env_key(work_dir: Path, with_packages: Sequence[str], groups: Sequence[str] = ()) -> str:
+    """What identifies an environment: the lock (and project file), the packages, the dependency
+    groups, the Python."""
+    digest = hashlib.sha256(b"no-dev\0")  # environments built before --no-dev are not reused
+    for group in sorted(groups):
+        digest.update(b"group\0" + group.encode() + b"\0")
     for name in (LOCK_FILE, PROJECT_FILE):
         path = work_dir / name
         digest.update(name.encode() + b"\0")
@@ -91,6 +96,7 @@ def ensure_env(
     with_packages: Sequence[str],
     *,
     uv: str | None,
+    groups: Sequence[str] = (),
     offline: bool = False,
     log: Callable[[str], None] = lambda line: None,
 ) -> PythonEnv:
@@ -99,7 +105,7 @@ def ensure_env(
     if uv is None:
         raise EnvBuildError("the job needs a Python environment (uv.lock or --with) but this worker has no uv "
                                 "(install it, or give the worker --uv PATH)")
-    key = env_key(work_dir, with_packages)
+    key = env_key(work_dir, with_packages, groups)
     envs_dir.mkdir(parents=True, exist_ok=True)
     env = PythonEnv(envs_dir / key)
     if (env.root / READY).exists():
@@ -112,7 +118,7 @@ def ensure_env(
             return env
         shutil.rmtree(env.root, ignore_errors=True)  # a build that died half-way
         try:
-            _build(env, work_dir, with_packages, uv, offline, log)
+            _build(env, work_dir, with_packages, groups, uv, offline, log)
         except BaseException:
             shutil.rmtree(env.root, ignore_errors=True)
             raise
@@ -120,27 +126,31 @@ def ensure_env(
     return env
 
 
-def _build(env: PythonEnv, work_dir: Path, with_packages: Sequence[str], uv: str, offline: bool,
-           log: Callable[[str], None]) -> None:
+def _build(env: PythonEnv, work_dir: Path, with_packages: Sequence[str], groups: Sequence[str], uv: str,
+           offline: bool, log: Callable[[str], None]) -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
     base["UV_PYTHON_DOWNLOADS"] = "never"
     if offline:
         base["UV_OFFLINE"] = "1"
     python = sys.executable
     if (work_dir / LOCK_FILE).is_file() and (work_dir / PROJECT_FILE).is_file():
-        log(f"[iris] building the Python environment from {LOCK_FILE} (uv sync --frozen)")
-        _run([uv, "sync", "--frozen", "--no-install-project", "--python", python],
-             work_dir, {**base, "UV_PROJECT_ENVIRONMENT": str(env.root)}, log, "uv sync --frozen")
+        # The dev group only when the job names it (uv's --no-dev would override --group dev).
+        named = ([] if "dev" in groups else ["--no-dev"]) + [arg for group in groups for arg in ("--group", group)]
+        log(f"[iris] building the Python environment from {LOCK_FILE} (uv sync --frozen {' '.join(named)})")
+        installed = _run([uv, "sync", "--frozen", "--no-install-project", *named, "--python", python],
+                         work_dir, {**base, "UV_PROJECT_ENVIRONMENT": str(env.root)}, log, "uv sync --frozen")
     else:
-        _run([uv, "venv", "--python", python, str(env.root)], work_dir, base, log, "uv venv")
+        installed = _run([uv, "venv", "--python", python, str(env.root)], work_dir, base, log, "uv venv")
     if with_packages:
         log(f"[iris] adding {', '.join(with_packages)} (--with)")
-        _run([uv, "pip", "install", "--python", str(env.python), *with_packages], work_dir, base, log,
-             "uv pip install")
+        installed += _run([uv, "pip", "install", "--python", str(env.python), *with_packages], work_dir, base, log,
+                          "uv pip install")
     _link_iris(env)
+    log(f"[iris] the Python environment is ready ({installed} packages installed)")
 
 
-def _run(argv: list[str], cwd: Path, env: dict[str, str], log: Callable[[str], None], what: str) -> None:
+def _run(argv: list[str], cwd: Path, env: dict[str, str], log: Callable[[str], None], what: str) -> int:
+    """Run one uv command, its output to ``log``; returns how many packages it installed."""
     try:
         proc = subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT_S, check=False)
@@ -154,6 +164,7 @@ def _run(argv: list[str], cwd: Path, env: dict[str, str], log: Callable[[str], N
     if proc.returncode != 0:
         tail = "\n".join(line for line in output.splitlines() if line.strip())[-2000:]
         raise EnvBuildError(f"{what} failed (exit {proc.returncode}): {tail}")
+    return sum(1 for line in output.splitlines() if line.startswith(" + "))
 
 
 def _link_iris(env: PythonEnv) -> None:
