@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from iris.cli.output import CPU
+
+if TYPE_CHECKING:
+    from iris.cluster.local import LocalCluster
 
 
 @click.group()
@@ -31,9 +36,12 @@ def cluster() -> None:
               help="token: the cluster requires tokens, and this command logs you in to it (the admin token is "
                    "stored for its address). none: authentication off (loopback only), with a warning.")
 @click.option("--tls", is_flag=True, help="Make a CA and certificates; every process of the cluster speaks TLS.")
+@click.option("--restart-workers/--no-restart-workers", default=True, show_default=True,
+              help="When a worker dies, start a new one in its place after a few seconds (its tasks are retried "
+                   "elsewhere meanwhile, as preemptions). Off: the cluster goes on without it.")
 @click.option("--verbose", "-v", is_flag=True, help="Show a traceback when the cluster cannot start.")
 def start(local: bool, workers: int, cpu_per_worker: float | None, memory_per_worker: str | None, port: int,
-          state_dir: Path | None, auth_mode: str, tls: bool, verbose: bool) -> None:
+          state_dir: Path | None, auth_mode: str, tls: bool, restart_workers: bool, verbose: bool) -> None:
     """Start a local cluster, print its addresses, and stop everything it started on Ctrl+C / SIGTERM.
 
     With authentication on (the default) it stores the cluster's admin token as your login for the
@@ -83,13 +91,43 @@ def start(local: bool, workers: int, cpu_per_worker: float | None, memory_per_wo
         if local_cluster.tls_ca is not None:
             click.echo(f"export IRIS_TLS_CA={local_cluster.tls_ca}")
         click.echo("Press Ctrl+C to stop.")
-        while not stop.wait(1.0):
-            dead = [w.worker_id for w in local_cluster.workers if not w.is_running()]
-            if dead:
-                click.echo(f"worker(s) exited: {', '.join(dead)}", err=True)
-                break
+        supervise(local_cluster, stop, restart_workers)
     finally:
         click.echo("stopping the local cluster...", err=True)
         local_cluster.stop()
         if logged_in:
             forget_login(local_cluster.controller_address)  # the cluster and its tokens are gone
+
+
+RESTART_DELAY_S = 3.0
+"""How long a dead worker of a local cluster stays dead before a new one takes its place (its tasks
+are retried elsewhere meanwhile, as on a real fleet)."""
+
+
+def supervise(local_cluster: LocalCluster, stop: threading.Event, restart: bool) -> None:
+    """Until ``stop``: a worker that dies is a preemption of its tasks, as on a real fleet; the
+    cluster says so and, with ``restart``, starts a new worker (same id and directory, a new
+    incarnation) after ``RESTART_DELAY_S``. The controller and the other workers go on."""
+    from iris.cluster.local import LocalClusterError
+
+    due: dict[int, float] = {}
+    while not stop.wait(0.5):
+        now = time.monotonic()
+        for worker in local_cluster.workers:
+            if worker.is_running():
+                continue
+            if worker.index not in due:
+                code = worker.process.returncode if worker.process is not None else None
+                then = f"; starting a new one in {RESTART_DELAY_S:g}s" if restart else "; not restarted"
+                click.echo(f"worker {worker.worker_id} died (exit code {code}): its tasks are retried elsewhere "
+                           f"as preemptions{then}", err=True)
+                due[worker.index] = now + RESTART_DELAY_S if restart else float("inf")
+            elif now >= due[worker.index]:
+                try:
+                    local_cluster.start_worker(worker.index)
+                except LocalClusterError as e:
+                    click.echo(f"worker {worker.worker_id} could not be restarted: {e}; trying again", err=True)
+                    due[worker.index] = now + RESTART_DELAY_S
+                    continue
+                del due[worker.index]
+                click.echo(f"worker {worker.worker_id} restarted at {worker.address}", err=True)
