@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -66,3 +67,31 @@ def test_a_dead_worker_is_a_preemption_and_is_replaced_while_the_cluster_goes_on
                 proc.kill()
                 proc.wait(timeout=30)
     assert proc.returncode == 0
+
+
+def test_a_second_local_cluster_stopping_leaves_the_firsts_cgroups_alone(tmp_path: Path) -> None:
+    """Cgroups are named per worker incarnation: two clusters' ``worker-0`` share nothing, so one
+    stopping (and cleaning up after itself) never lifts the other's memory limit."""
+    from iris.cluster.local import LocalCluster
+    from iris.cluster.worker.cgroups import CgroupLimits
+
+    probe = CgroupLimits.detect(f"probe-{os.getpid()}")
+    if probe is None:
+        pytest.skip("needs a writable memory cgroup (root on a cgroup v1 or v2 host; CI has one)")
+    code = "x = []\nfor _ in range(60):\n    x.append(bytearray(8 << 20))\nprint('survived', flush=True)\n"
+    hog = Entrypoint.from_command(sys.executable, "-c", code)
+    limited = ResourceSpec(cpu=1, memory="64MiB")
+    with LocalCluster(workers=1, cpu_per_worker=1, base_dir=tmp_path / "a", dashboard=False) as first:
+        client = IrisClient.remote(first.controller_address, token=first.admin_token)
+        try:
+            # A first task leaves an empty cgroup of its shape for the next one to reuse.
+            client.submit(Entrypoint.from_command("true"), "warm", resources=limited).wait(timeout=120)
+            with LocalCluster(workers=1, cpu_per_worker=1, base_dir=tmp_path / "b", dashboard=False):
+                pass  # started and stopped beside the first: its worker-0 cleans up its own cgroups
+            job = client.submit(hog, "hog", resources=limited)
+            status = job.wait(timeout=120, raise_on_failure=False)
+            task = job.task(0)
+        finally:
+            client.close()
+    assert status.state.value == "FAILED", status
+    assert "out of memory, the task exceeded its limit" in task.error, task.error  # the cgroup's, not the watchdog's

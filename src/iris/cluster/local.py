@@ -343,7 +343,7 @@ class LocalCluster:
 
     def _kill_orphan_tasks(self) -> None:
         """Kill task processes left by workers that died without stopping them (e.g. SIGKILL)."""
-        from iris.cluster.worker.cgroups import remove_worker_cgroups
+        from iris.cluster.worker.cgroups import remove_cgroups_named_in
         from iris.cluster.worker.runtime import kill_orphans
         from iris.cluster.worker.worker import process_records
 
@@ -352,4 +352,4 @@ class LocalCluster:
             if tasks_dir.exists():
                 kill_orphans(process_records(tasks_dir))
             if self.cgroups:
-                remove_worker_cgroups(worker.worker_id)
+                remove_cgroups_named_in(worker.workdir)  # its own incarnation's, no other cluster's

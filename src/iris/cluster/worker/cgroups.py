@@ -214,8 +214,9 @@ class CgroupLimits:
             reused = free.pop() if free else None
             self._next_leaf += 1
             leaf = f"{_SAFE.sub('_', key)}-{self._next_leaf}"
-        if reused is not None:
+        if reused is not None and all(d.exists() for d in reused.dirs()):
             return TaskCgroup(reused.version, reused.memory_dir, reused.cpu_dir, shape, reused.oom_count())
+        # (a reused group whose directories vanished, removed by someone else, is made again below)
         memory_dir = cpu_dir = None
         try:
             self._ensure_bases()
@@ -316,11 +317,26 @@ def _mount_types(text: str) -> dict[str, str]:
     return out
 
 
+CGROUP_NAME_FILE = "cgroup-name"
+"""In a worker's workdir: the name of its incarnation's cgroups (``iris-<name>``), so whoever cleans up
+after it (its next incarnation, the local cluster) removes those and no other worker's."""
+
+
 def remove_worker_cgroups(worker_name: str) -> None:
     """Remove the (empty) cgroups a worker that died without cleaning up left behind."""
     limits = CgroupLimits.detect(worker_name)  # finds the hierarchy and removes what is empty
     if limits is not None:
         limits.close()
+
+
+def remove_cgroups_named_in(workdir: Path) -> None:
+    """Remove the cgroups of the worker incarnation whose name ``workdir`` records (if any)."""
+    try:
+        name = (workdir / CGROUP_NAME_FILE).read_text().strip()
+    except OSError:
+        return
+    if name:
+        remove_worker_cgroups(name)
 
 
 def _quota_us(cpu_millicores: int) -> int:

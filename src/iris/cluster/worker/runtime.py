@@ -415,9 +415,20 @@ class ProcessRuntime:
             try:
                 cgroup.add(pid)
             except OSError as e:
-                logger.warning("could not move pid %d into its cgroup: %s; using the watchdog", pid, e)
-                self._limits.release(cgroup)
-                cgroup = None
+                # Its directory vanished (removed from outside): make the group again, once.
+                cgroup.remove()
+                cgroup = self._limits.create(f"{spec.key[0]}.{spec.key[1]}", spec.cpu_limit, spec.memory_limit_bytes)
+                try:
+                    if cgroup is None:
+                        raise OSError(f"the group could not be made again after {e}")
+                    cgroup.add(pid)
+                    logger.warning("pid %d: its cgroup had vanished (%s); made it again", pid, e)
+                except OSError as again:
+                    logger.error("could not put pid %d in a cgroup (%s): its limits fall to the memory watchdog",
+                                 pid, again)
+                    if cgroup is not None:
+                        self._limits.release(cgroup)
+                    cgroup = None
         running = _Running(spec=spec, pid=pid, proc=proc, on_exit=on_exit, cgroup=cgroup, pipes=pipes)
         if spec.record_path is not None:
             _write_record(spec.record_path, pid, record_size, attempt_marker(spec.env), record_fd)

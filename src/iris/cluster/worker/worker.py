@@ -48,7 +48,7 @@ from iris.cluster.worker.attempts import (
     TaskLaunch,
     WorkerStopping,
 )
-from iris.cluster.worker.cgroups import CgroupLimits
+from iris.cluster.worker.cgroups import CGROUP_NAME_FILE, CgroupLimits, remove_cgroups_named_in
 from iris.cluster.worker.config import (
     CREDENTIAL_FILE,
     SHUTDOWN_SIGNALS,
@@ -101,12 +101,15 @@ class Worker:
         self._owns_runtime = runtime is None
         self.worker_id = config.worker_id or f"w-{secrets.token_hex(4)}"
         self.advertise_host = advertise_host(config.host, config.advertise_host)
+        self.incarnation = secrets.token_hex(8)
+        self.cgroup_name = f"{self.worker_id}-{self.incarnation[:8]}"
+        """Its cgroups are ``iris-<cgroup_name>``: unique per worker process on the host, so no other
+        worker (another local cluster's ``worker-0``) removes them when it cleans up."""
         if runtime is None:
-            limits = CgroupLimits.detect(self.worker_id) if config.use_cgroups else None
+            limits = CgroupLimits.detect(self.cgroup_name) if config.use_cgroups else None
             logger.info("task limits: %s", limits or "memory watchdog (no writable cgroup)")
             runtime = ProcessRuntime(limits=limits)
         self._runtime: Runtime = runtime
-        self.incarnation = secrets.token_hex(8)
         self._workdir = Path(config.workdir)
         self._gpus: list[GpuInfo] = gpus if gpus is not None else (detect_gpus() if config.detect_gpus else [])
         self._started_at = self._clock.monotonic()
@@ -222,6 +225,10 @@ class Worker:
         threads (``run_loops=False`` leaves driving them to the caller, e.g. tests)."""
         self._link.address = address
         self._preparer.clear_previous_incarnation(self.incarnation)
+        if self._config.use_cgroups:
+            remove_cgroups_named_in(self._workdir)  # the previous incarnation's, once its tasks are gone
+            self._workdir.mkdir(parents=True, exist_ok=True)
+            (self._workdir / CGROUP_NAME_FILE).write_text(self.cgroup_name + "\n")
         self._preparer.tasks_dir.mkdir(parents=True, exist_ok=True)
         self._preparer.bundles_dir.mkdir(parents=True, exist_ok=True)
         self.register_once()
