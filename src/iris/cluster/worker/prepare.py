@@ -34,6 +34,10 @@ from iris.cluster.worker.runtime import PROCESS_RECORD, ProcessSpec, kill_orphan
 logger = logging.getLogger(__name__)
 _LOG_TAIL_LINES = 5
 
+TASK_SITE = str(Path(__file__).resolve().parent / "task_site")
+"""On a coscheduled task's PYTHONPATH (last): its ``sitecustomize`` teaches JAX's cluster detection
+about Iris gangs (``task_site/sitecustomize.py``)."""
+
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS")
 """The thread pools of OpenMP (PyTorch, ...), MKL, OpenBLAS, numexpr, Accelerate and BLIS: sized to
@@ -270,6 +274,9 @@ class AttemptPreparer:
             env["IRIS_PREVIOUS_ATTEMPT_STATE"] = task_state_name(request.previous_state)
             env["IRIS_PREVIOUS_EXIT_CODE"] = str(request.previous_exit_code)
             env["IRIS_PREVIOUS_ERROR"] = request.previous_error
+        if "IRIS_COORDINATOR_ADDRESS" in env:  # a gang: jax.distributed.initialize() needs no arguments
+            existing = env.get("PYTHONPATH")
+            env["PYTHONPATH"] = f"{existing}{os.pathsep}{TASK_SITE}" if existing else TASK_SITE
         for name, port in ports.items():
             env[f"IRIS_PORT_{name.upper()}"] = str(port)
         if self._config.has_gpus:
