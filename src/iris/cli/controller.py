@@ -87,6 +87,9 @@ def controller() -> None:
               help="Most ended jobs kept; beyond it the oldest are deleted first (children with their parent); 0: no limit.")
 @click.option("--max-log-size", default="100MiB", show_default=True,
               help="The controller's copy of one attempt's log keeps at most this much (its first and last halves).")
+@click.option("--shared-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A directory mounted at the same path here and on every worker (NFS, say): each job gets "
+                   "IRIS_CHECKPOINT_DIR under it, kept across attempts and workers, deleted with the job.")
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 @click.option("--verbose", "-v", is_flag=True, help="Log at DEBUG level (same as --log-level DEBUG).")
 def serve(
@@ -115,6 +118,7 @@ def serve(
     finished_job_ttl: float,
     max_finished_jobs: int,
     max_log_size: str,
+    shared_dir: Path | None,
     log_level: str,
     verbose: bool,
 ) -> None:
@@ -176,7 +180,8 @@ def serve(
     config = ControllerConfig(worker_timeout_s=worker_timeout, max_heartbeat_rate=max_heartbeat_rate, limits=Limits(max_replicas=max_replicas),
                               auth=auth_mode == "token", max_termination_grace_s=max_termination_grace,
                               quarantine_after=quarantine_after, finished_job_ttl_s=finished_job_ttl,
-                              max_finished_jobs=max_finished_jobs, read_share=read_share)
+                              max_finished_jobs=max_finished_jobs, read_share=read_share,
+                              shared_dir=shared_dir.resolve() if shared_dir is not None else None)
     from iris.cluster.controller.logstore import LogStore
 
     ctrl = Controller(config, state=state, store=store, secret=_secret(state_dir),

@@ -562,6 +562,8 @@ def status_cmd(controller: str, job_id: str, show_tasks: bool, as_json: bool, ve
         fields.append(("Parent", status.parent_job_id))
     if status.pending_reason:
         fields.append(("Pending", status.pending_reason))
+    if status.checkpoint_dir:
+        fields.append(("Checkpoints", status.checkpoint_dir))
     if status.error:
         fields.append(("Error", Text(one_line(status.error, 300), style="red")))
     # What the job asked for beyond the defaults, every field as its declaration shows it.

@@ -75,6 +75,8 @@ def worker() -> None:
               help="The uv binary that builds task environments (jobs with uv.lock or --with); default: $UV, PATH.")
 @click.option("--offline-envs", is_flag=True,
               help="Build task environments from uv's cache only (a worker without registry access).")
+@click.option("--shared-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The controller's --shared-dir, mounted here at the same path: tasks get IRIS_CHECKPOINT_DIR.")
 @click.option("--max-log-size", default="100MiB", show_default=True,
               help="Most of one attempt's output kept: its first and last halves, with a line saying what was dropped.")
 @click.option("--task-user", default=None,
@@ -105,6 +107,7 @@ def serve(
     uv_path: str | None,
     offline_envs: bool,
     max_log_size: str,
+    shared_dir: Path | None,
     task_user: str | None,
     log_level: str,
     verbose: bool,
@@ -173,6 +176,7 @@ def serve(
         uv=uv_path,
         uv_offline=offline_envs,
         task_user=task_user,
+        shared_dir=shared_dir.resolve() if shared_dir is not None else None,
     )
     stop = threading.Event()
 

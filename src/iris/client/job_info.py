@@ -42,6 +42,9 @@ class JobInfo:
         advertise_host: the address other tasks reach this one at (``IRIS_ADVERTISE_HOST``).
         bind_host: where to bind servers (``IRIS_BIND_HOST``).
         previous_attempt: how the previous attempt ended (None for the first attempt).
+        checkpoint_dir: the job's directory on the cluster's shared dir (``IRIS_CHECKPOINT_DIR``): the
+            same for every task and attempt on every worker, kept until the job is deleted; "" when
+            the cluster has no shared dir.
     """
 
     job_id: str
@@ -56,6 +59,7 @@ class JobInfo:
     advertise_host: str = ""
     bind_host: str = ""
     previous_attempt: PreviousAttempt | None = None
+    checkpoint_dir: str = ""
 
 
 def get_job_info(environ: Mapping[str, str] | None = None) -> JobInfo | None:
@@ -80,6 +84,7 @@ def get_job_info(environ: Mapping[str, str] | None = None) -> JobInfo | None:
         bundle_hash=env.get("IRIS_BUNDLE_HASH", ""),
         advertise_host=env.get("IRIS_ADVERTISE_HOST", ""),
         bind_host=env.get("IRIS_BIND_HOST", ""),
+        checkpoint_dir=env.get("IRIS_CHECKPOINT_DIR", ""),
         previous_attempt=(
             PreviousAttempt(env["IRIS_PREVIOUS_ATTEMPT_STATE"], _int(env.get("IRIS_PREVIOUS_EXIT_CODE"), 0),
                             env.get("IRIS_PREVIOUS_ERROR", ""))

@@ -118,6 +118,9 @@ class LocalCluster:
         self.base_dir = Path(base_dir) if base_dir is not None else Path(tempfile.mkdtemp(prefix="iris-local-"))
         self.state_dir = Path(state_dir) if state_dir is not None else self.base_dir / "state"
         self.log_dir = self.base_dir / "logs"
+        self.shared_dir = self.base_dir / "shared"
+        """The cluster's shared dir (``--shared-dir`` of the controller and every worker): beside the
+        state dir, not in it; the jobs' ``IRIS_CHECKPOINT_DIR`` are under it."""
         self._controller_port = controller_port
         self._env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         if tls:
@@ -143,6 +146,7 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         """Start the controller and the workers; return once every worker has registered."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.shared_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.start_controller()
             for _ in range(self.num_workers):
@@ -183,6 +187,7 @@ class LocalCluster:
             "--worker-timeout", str(self.worker_timeout),
             "--dashboard-port", "0" if self.dashboard else "-1",
             "--auth", "token" if self.auth else "none",
+            "--shared-dir", str(self.shared_dir),
             *self.controller_args,
         ]
         if self._tls is not None:
@@ -248,6 +253,7 @@ class LocalCluster:
             "--heartbeat-interval", str(self.heartbeat_interval),
             "--kill-grace", str(self.kill_grace),
             "--cgroups" if self.cgroups else "--no-cgroups",
+            "--shared-dir", str(self.shared_dir),
         ]
         if self.auth:
             argv += ["--join-token-file", str(self.join_token_file)]

@@ -264,6 +264,8 @@ class JobStatus(_Jsonable):
     time: TimeSpent = field(default_factory=TimeSpent)
     job_uid: str = ""
     """This incarnation of the job id (a deleted job's name may be used again by a new job)."""
+    checkpoint_dir: str = ""
+    """With a shared dir: the job's directory there (``IRIS_CHECKPOINT_DIR`` of its tasks); job status only."""
     spec: JobSpec | None = None
     """What the job asked for, every field (a job's own status: ``job_status``; not in lists). For a
     reader other than its owner or an admin the fields not declared public are absent (``redacted``)."""
@@ -322,6 +324,7 @@ class JobStatus(_Jsonable):
             failures_used=proto.failures_used,
             preemptions_used=proto.preemptions_used,
             time=TimeSpent.from_proto(proto.time),
+            checkpoint_dir=proto.checkpoint_dir,
             spec=JobSpec.from_proto(proto.spec) if proto.HasField("spec") else None,
             redacted=proto.HasField("spec") and not proto.spec.serialized_entrypoint,
         )

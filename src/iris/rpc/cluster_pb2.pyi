@@ -637,6 +637,7 @@ class JobStatus(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     JOB_UID_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_DIR_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     error: _builtins.str
@@ -665,6 +666,10 @@ class JobStatus(_message.Message):
     """the user who submitted it"""
     job_uid: _builtins.str
     """this incarnation of the job id (a deleted job's name may be used again)"""
+    checkpoint_dir: _builtins.str
+    """With `iris controller serve --shared-dir`: the job's directory there, the same for every task and
+    attempt on every worker (IRIS_CHECKPOINT_DIR), deleted with the job. GetJobStatus only.
+    """
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskStatus]:
         """filled only when asked for"""
@@ -711,10 +716,11 @@ class JobStatus(_message.Message):
         owner: _builtins.str = ...,
         job_uid: _builtins.str = ...,
         spec: Global___Controller.LaunchJobRequest | None = ...,
+        checkpoint_dir: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "spec", b"spec", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "failures_used", b"failures_used", "finished_at_ms", b"finished_at_ms", "gang_restarts", b"gang_restarts", "job_id", b"job_id", "job_uid", b"job_uid", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_task_failures", b"max_task_failures", "num_tasks", b"num_tasks", "owner", b"owner", "parent_job_id", b"parent_job_id", "pending_reason", b"pending_reason", "preemptions_used", b"preemptions_used", "resources", b"resources", "spec", b"spec", "started_at_ms", b"started_at_ms", "state", b"state", "submitted_at_ms", b"submitted_at_ms", "tasks", b"tasks", "tasks_failed", b"tasks_failed", "tasks_killed", b"tasks_killed", "tasks_pending", b"tasks_pending", "tasks_running", b"tasks_running", "tasks_succeeded", b"tasks_succeeded", "tasks_unschedulable", b"tasks_unschedulable", "tasks_worker_failed", b"tasks_worker_failed", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "error", b"error", "failures_used", b"failures_used", "finished_at_ms", b"finished_at_ms", "gang_restarts", b"gang_restarts", "job_id", b"job_id", "job_uid", b"job_uid", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_task_failures", b"max_task_failures", "num_tasks", b"num_tasks", "owner", b"owner", "parent_job_id", b"parent_job_id", "pending_reason", b"pending_reason", "preemptions_used", b"preemptions_used", "resources", b"resources", "spec", b"spec", "started_at_ms", b"started_at_ms", "state", b"state", "submitted_at_ms", b"submitted_at_ms", "tasks", b"tasks", "tasks_failed", b"tasks_failed", "tasks_killed", b"tasks_killed", "tasks_pending", b"tasks_pending", "tasks_running", b"tasks_running", "tasks_succeeded", b"tasks_succeeded", "tasks_unschedulable", b"tasks_unschedulable", "tasks_worker_failed", b"tasks_worker_failed", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2392,6 +2398,7 @@ class Worker(_message.Message):
         WITH_PACKAGES_FIELD_NUMBER: _builtins.int
         WORKER_ID_FIELD_NUMBER: _builtins.int
         ENV_GROUPS_FIELD_NUMBER: _builtins.int
+        CHECKPOINT_DIR_FIELD_NUMBER: _builtins.int
         job_id: _builtins.str
         task_id: _builtins.str
         task_index: _builtins.int
@@ -2410,6 +2417,8 @@ class Worker(_message.Message):
         """the job incarnation: echoed in every report of this attempt"""
         worker_id: _builtins.str
         """the worker it is for: another worker refuses it (FAILED_PRECONDITION)"""
+        checkpoint_dir: _builtins.str
+        """the job's directory on the shared dir (IRIS_CHECKPOINT_DIR); "": none"""
         @_builtins.property
         def environment(self) -> Global___EnvironmentConfig: ...
         @_builtins.property
@@ -2452,10 +2461,11 @@ class Worker(_message.Message):
             with_packages: _abc.Iterable[_builtins.str] | None = ...,
             worker_id: _builtins.str = ...,
             env_groups: _abc.Iterable[_builtins.str] | None = ...,
+            checkpoint_dir: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "resources", b"resources"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "bundle_hash", b"bundle_hash", "env_groups", b"env_groups", "environment", b"environment", "job_id", b"job_id", "job_uid", b"job_uid", "num_tasks", b"num_tasks", "ports", b"ports", "previous_error", b"previous_error", "previous_exit_code", b"previous_exit_code", "previous_state", b"previous_state", "rendezvous_env", b"rendezvous_env", "resources", b"resources", "serialized_entrypoint", b"serialized_entrypoint", "task_id", b"task_id", "task_index", b"task_index", "task_token", b"task_token", "with_packages", b"with_packages", "worker_id", b"worker_id"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "bundle_hash", b"bundle_hash", "checkpoint_dir", b"checkpoint_dir", "env_groups", b"env_groups", "environment", b"environment", "job_id", b"job_id", "job_uid", b"job_uid", "num_tasks", b"num_tasks", "ports", b"ports", "previous_error", b"previous_error", "previous_exit_code", b"previous_exit_code", "previous_state", b"previous_state", "rendezvous_env", b"rendezvous_env", "resources", b"resources", "serialized_entrypoint", b"serialized_entrypoint", "task_id", b"task_id", "task_index", b"task_index", "task_token", b"task_token", "with_packages", b"with_packages", "worker_id", b"worker_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -70,6 +70,8 @@ class AttemptLaunch:
     """A coscheduled task's rendezvous variables (``iris.cluster.rendezvous``)."""
     job_uid: str = ""
     """The job incarnation (echoed in the attempt's reports)."""
+    checkpoint_dir: str = ""
+    """The job's directory on the shared dir (``IRIS_CHECKPOINT_DIR``); "": none."""
 
 
 class LaunchOutcome(Enum):
@@ -334,7 +336,8 @@ class WorkerDaemonBackend:
         with self._templates_lock:
             template = self._templates.get((launch.job_id, launch.job_uid))
             if template is None:
-                template = cluster_pb2.Worker.RunTaskRequest(job_id=launch.job_id, num_tasks=launch.num_tasks)
+                template = cluster_pb2.Worker.RunTaskRequest(job_id=launch.job_id, num_tasks=launch.num_tasks,
+                                                             checkpoint_dir=launch.checkpoint_dir)
                 launch.spec.to_run_task(template)  # the fields declared worker-visible, by their declarations
                 template.resources.replicas = launch.spec.replicas
                 self._templates[(launch.job_id, launch.job_uid)] = template

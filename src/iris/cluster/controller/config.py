@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from iris.cluster.controller.reads import DEFAULT_BURST_S, DEFAULT_SHARE
 from iris.cluster.validation import DEFAULT_LIMITS, Limits
@@ -56,3 +57,13 @@ class ControllerConfig:
     read_burst_s: float = DEFAULT_BURST_S
     """CPU-seconds of reading that run at once from a full bucket (a lone user listing every job
     is not slowed); beyond it reads run at ``read_share``."""
+    shared_dir: Path | None = None
+    """A directory mounted at the same path on the controller and every worker (``--shared-dir``): each
+    job gets one under it (``checkpoint_dir``), made before its first attempt, deleted with it."""
+
+    def checkpoint_dir(self, owner: str, job_id: str, uid: str) -> Path | None:
+        """The job's directory on the shared dir: ``SHARED/checkpoints/<owner>/<job id>.<uid>`` (a child
+        job's ``/`` kept as ``__``; one incarnation's never another's). None without a shared dir."""
+        if self.shared_dir is None:
+            return None
+        return self.shared_dir / "checkpoints" / (owner or "_") / f"{job_id.replace('/', '__')}.{uid}"

@@ -28,10 +28,12 @@ import hashlib
 import logging
 import os
 import secrets
+import shutil
 import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from iris.cluster.auth import Principal, Role, TokenRecord
 from iris.cluster.clock import Clock, SystemClock
@@ -311,6 +313,13 @@ class Controller:
             job = Job(job_id, spec, tx.now_ms, owner=owner, uid=secrets.token_hex(8))
             tx.state.add_job(job, expand_job_to_tasks(job, tx.now_ms))
         logger.debug("job submitted job=%s tasks=%d", job_id, job.num_tasks)  # and in the action log
+        checkpoints = self.config.checkpoint_dir(job.owner, job_id, job.uid)
+        if checkpoints is not None:  # before its first attempt can start (launches leave a pass later)
+            try:
+                checkpoints.mkdir(parents=True, exist_ok=True)
+                checkpoints.chmod(0o777)  # the tasks' user writes it (issue 23 gives each user a uid)
+            except OSError as e:
+                logger.warning("job %s: could not make its checkpoint dir %s: %s", job_id, checkpoints, e)
         return job_id
 
     def delete_job(self, job_id: JobId) -> list[JobId]:
@@ -357,6 +366,9 @@ class Controller:
                 pending_uids.update(uids)
                 pending_bundles.update(gone_bundles)
         self.dispatch.forget_jobs(removed)
+        gone = [d for d in (self.config.checkpoint_dir(job.owner, job.job_id, job.uid) for job in tree) if d is not None]
+        if gone:
+            tx.then(lambda: _remove_dirs(gone))  # after the lock: a job's checkpoints may be large
         if self.logs.store is not None:
             for job in tree:
                 self.logs.store.delete_job(job_key(job.job_id, job.uid))
@@ -494,8 +506,10 @@ class Controller:
         job = state.get_job(task.job_id) if task is not None else None
         assert task is not None and job is not None
         previous = task.attempts[-1] if task.attempts else None
+        checkpoints = self.config.checkpoint_dir(job.owner, job.job_id, job.uid)
         return AttemptLaunch(job.job_id, task.task_id, task.task_index, job.num_tasks, task.current_attempt_id,
-                             job.spec, worker.worker_id, worker.address, previous=previous, job_uid=job.uid)
+                             job.spec, worker.worker_id, worker.address, previous=previous, job_uid=job.uid,
+                             checkpoint_dir=str(checkpoints) if checkpoints is not None else "")
 
     def apply_launch_results(self, batch: Sequence[AttemptLaunch], results: Sequence[LaunchResult]) -> None:
         """Apply what the backend said about each launch of one call (``Dispatcher.apply_results``)."""
@@ -656,6 +670,11 @@ class Controller:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _remove_dirs(paths: list[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _exit_process() -> None:

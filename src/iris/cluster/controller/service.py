@@ -152,6 +152,9 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
                                                  task_offset=request.task_offset, task_limit=request.task_limit)
         reply = cluster_pb2.Controller.GetJobStatusResponse(
             job=job_proto(job, tasks, spec_for=may_read_secrets(who, job.job_id, job.owner)))
+        checkpoints = self._controller.config.checkpoint_dir(job.owner, job.job_id, job.uid)
+        if checkpoints is not None:
+            reply.job.checkpoint_dir = str(checkpoints)
         if request.include_tasks and request.task_limit and tasks:
             end = request.task_offset + len(tasks)
             if end < job.num_tasks:

@@ -94,6 +94,8 @@ class TaskLaunch:
     rendezvous_env: Mapping[str, str] = field(default_factory=dict)
     job_uid: str = ""
     worker_id: str = ""
+    checkpoint_dir: str = ""
+    """The job's directory on the shared dir, the same on every worker ("": none)."""
 
     @property
     def key(self) -> AttemptKey:

@@ -113,6 +113,9 @@ class WorkerConfig:
     """The uv binary for jobs with ``uv.lock`` or ``--with`` (None: ``$UV``, PATH, beside Python)."""
     uv_offline: bool = False
     """Build task environments from uv's cache only (``--offline-envs``)."""
+    shared_dir: Path | None = None
+    """The directory mounted here at the same path as on the controller (``--shared-dir``): a task
+    gets ``IRIS_CHECKPOINT_DIR`` only when its job's directory is under it."""
 
 
 @dataclass(frozen=True, slots=True)

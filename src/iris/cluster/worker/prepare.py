@@ -100,6 +100,8 @@ class PreparerConfig:
     """The uv binary that builds Python environments (``pyenv.find_uv``); None: none found."""
     uv_offline: bool = False
     """Build environments from uv's cache only (a worker without registry access)."""
+    shared_dir: Path | None = None
+    """Mounted here as on the controller: a job's checkpoint dir under it is passed on to its tasks."""
 
 
 class AttemptPreparer:
@@ -274,6 +276,10 @@ class AttemptPreparer:
             env["IRIS_PREVIOUS_ATTEMPT_STATE"] = task_state_name(request.previous_state)
             env["IRIS_PREVIOUS_EXIT_CODE"] = str(request.previous_exit_code)
             env["IRIS_PREVIOUS_ERROR"] = request.previous_error
+        checkpoints = request.checkpoint_dir
+        shared = self._config.shared_dir
+        if checkpoints and shared is not None and Path(checkpoints).is_relative_to(shared):
+            env["IRIS_CHECKPOINT_DIR"] = checkpoints  # the same path on every worker, kept across attempts
         if "IRIS_COORDINATOR_ADDRESS" in env:  # a gang: jax.distributed.initialize() needs no arguments
             existing = env.get("PYTHONPATH")
             env["PYTHONPATH"] = f"{existing}{os.pathsep}{TASK_SITE}" if existing else TASK_SITE

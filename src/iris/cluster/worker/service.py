@@ -62,7 +62,8 @@ def task_launch(request: cluster_pb2.Worker.RunTaskRequest, limits: Limits) -> T
                    **fields)
     return TaskLaunch(request.job_id, request.task_id, request.task_index, request.num_tasks, request.attempt_id,
                       spec, request.task_token, request.previous_state, request.previous_exit_code,
-                      request.previous_error, dict(request.rendezvous_env), request.job_uid, request.worker_id)
+                      request.previous_error, dict(request.rendezvous_env), request.job_uid, request.worker_id,
+                      request.checkpoint_dir)
 
 
 def _launch_or_refusal(request: cluster_pb2.Worker.RunTaskRequest, limits: Limits) -> TaskLaunch | InvalidArgument:

@@ -132,7 +132,7 @@ class Worker:
                            max_bundle_unpacked_bytes=config.max_bundle_unpacked_bytes,
                            max_bundle_files=config.max_bundle_files, task_user=config.task_user,
                            max_result_bytes=config.max_result_bytes, max_log_bytes=config.max_log_bytes,
-                           uv=find_uv(config.uv), uv_offline=config.uv_offline),
+                           uv=find_uv(config.uv), uv_offline=config.uv_offline, shared_dir=config.shared_dir),
             self._link.fetch_bundle,
         )
         self.logs = LogShipper(self._ship_log_instructions, self.on_event, self._preparer, self._link, self._clock)
