@@ -126,6 +126,8 @@ def check_resources(resources: ResourceSpec, field_name: str = "resources") -> N
 
 def check_env(env: Mapping[str, str], limits: Limits = DEFAULT_LIMITS, field_name: str = "env") -> int:
     """Returns the bytes the variables take in execve terms."""
+    if not isinstance(env, Mapping):
+        raise fail(field_name, f"must be a mapping of names to strings, got {type(env).__name__}")
     if len(env) > limits.max_env_vars:
         raise fail(field_name, f"{len(env)} variables exceeds the limit of {limits.max_env_vars}")
     total = 0

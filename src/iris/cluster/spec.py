@@ -458,8 +458,6 @@ def _check_name(value: Any, limits: Limits, name: str) -> None:
 
 
 def _check_env(value: Any, limits: Limits, name: str) -> None:
-    if not isinstance(value, Mapping):
-        raise rules.fail(name, f"must be a mapping of names to strings, got {type(value).__name__}")
     rules.check_env(value, limits, name)
 
 

@@ -119,7 +119,8 @@ def validate_job_spec(spec: JobSpec, limits: Limits = DEFAULT_LIMITS, *, wire: b
     """Check every field's rule, then the rules that span fields. Returns the spec; raises
     InvalidArgument naming the field (as the caller wrote it: the wire's name when ``wire``)."""
     for f in FIELDS:
-        f.check(getattr(spec, f.name), limits, f.wire_name if wire else f.name)
+        if f.name != "env":  # checked below, once, where its size counts with the command's
+            f.check(getattr(spec, f.name), limits, f.wire_name if wire else f.name)
     names = _WIRE if wire else _SPEC
     argv_bytes = check_entrypoint(spec.entrypoint, limits, names["entrypoint"])
     check_exec_size(argv_bytes, check_env(spec.env, limits, names["env"]), limits, names["env"])
@@ -175,7 +176,8 @@ def validate_run_task(
     _check_wire_resources(request.resources)
     resources_from_proto(request.resources)  # raises for values no ResourceSpec holds
     for f in WORKER_FIELDS:
-        f.check(f.get(request), limits, f.wire_name)
+        if f.name != "env":  # checked below, once, where its size counts with the command's
+            f.check(f.get(request), limits, f.wire_name)
     argv_bytes = check_entrypoint(entrypoint, limits, "serialized_entrypoint")
     env_bytes = check_env(request.environment.env_vars, limits, "environment.env_vars")
     check_exec_size(argv_bytes, env_bytes, limits, "environment.env_vars")

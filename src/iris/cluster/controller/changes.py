@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from iris.cluster.clock import Clock
+from iris.cluster.controller.bundles import StateStore
 from iris.cluster.controller.commits import DurableLock, GroupCommit
 from iris.cluster.controller.state import NO_EFFECTS, ControllerState, Effects
 
@@ -30,16 +31,6 @@ if TYPE_CHECKING:
     from iris.cluster.controller.store import PreparedWrite
 
 logger = logging.getLogger(__name__)
-
-
-class StateStore(Protocol):
-    """The durable part of the state (``store.ControllerStore``) the transaction writes through."""
-
-    def prepare(self, state: ControllerState, effects: Effects) -> PreparedWrite | None: ...
-
-    def apply(self, writes: Any) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class Change:

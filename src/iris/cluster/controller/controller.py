@@ -41,7 +41,6 @@ from iris.cluster.controller.access import ANONYMOUS_LOCAL, registration_gets_cr
 from iris.cluster.controller.autoscaler import Demand
 from iris.cluster.controller.backend import (
     AttemptLaunch,
-    LaunchResult,
     LocationCapacity,
     Observation,
     TaskBackend,
@@ -510,10 +509,6 @@ class Controller:
         return AttemptLaunch(job.job_id, task.task_id, task.task_index, job.num_tasks, task.current_attempt_id,
                              job.spec, worker.worker_id, worker.address, previous=previous, job_uid=job.uid,
                              checkpoint_dir=str(checkpoints) if checkpoints is not None else "")
-
-    def apply_launch_results(self, batch: Sequence[AttemptLaunch], results: Sequence[LaunchResult]) -> None:
-        """Apply what the backend said about each launch of one call (``Dispatcher.apply_results``)."""
-        self.dispatch.apply_results(batch, results)
 
     # ------------------------------------------------------------------ workers
 
