@@ -77,6 +77,9 @@ def worker() -> None:
               help="Build task environments from uv's cache only (a worker without registry access).")
 @click.option("--shared-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The controller's --shared-dir, mounted here at the same path: tasks get IRIS_CHECKPOINT_DIR.")
+@click.option("--port-range", default=None, metavar="FIRST-LAST",
+              help="Ports the controller may give tasks here (named ports, a gang's rendezvous port); "
+                   "default: up to 8192 just below the host's ephemeral range (ip_local_port_range).")
 @click.option("--max-log-size", default="100MiB", show_default=True,
               help="Most of one attempt's output kept: its first and last halves, with a line saying what was dropped.")
 @click.option("--task-user", default=None,
@@ -108,6 +111,7 @@ def serve(
     offline_envs: bool,
     max_log_size: str,
     shared_dir: Path | None,
+    port_range: str | None,
     task_user: str | None,
     log_level: str,
     verbose: bool,
@@ -154,6 +158,14 @@ def serve(
             pwd.getpwnam(task_user)
         except KeyError:
             raise click.BadParameter(f"no such user {task_user!r}", param_hint="--task-user") from None
+    from iris.cluster.errors import InvalidArgument
+    from iris.cluster.ports import default_port_range, ephemeral_range, parse_port_range
+
+    try:
+        ports = parse_port_range(port_range, "--port-range") if port_range is not None else default_port_range(
+            ephemeral_range())
+    except (InvalidArgument, ValueError) as e:
+        raise click.BadParameter(str(e), param_hint="--port-range") from None
     worker_id = worker_id or f"w-{secrets.token_hex(4)}"
     config = WorkerConfig(
         controller_address=controller_address,
@@ -177,6 +189,7 @@ def serve(
         uv_offline=offline_envs,
         task_user=task_user,
         shared_dir=shared_dir.resolve() if shared_dir is not None else None,
+        port_range=ports,
     )
     stop = threading.Event()
 

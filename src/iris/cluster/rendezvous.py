@@ -2,21 +2,18 @@
 meets and its own rank, in the variables torch.distributed and JAX read.
 
 The coordinator is the placed task with the lowest index (task 0 unless it already succeeded), on
-its worker's advertised host, at a port chosen from the job id and the attempt round in
-``COORDINATOR_PORTS`` (so every task can be told it before any starts). A job's own env wins for
-the non-``IRIS_*`` names.
+its worker's advertised host, at the rendezvous port the controller allocated to that task from its
+worker's range at placement (``iris.cluster.ports``), so every task is told it before any starts
+and no other live attempt on that host has it. A job's own env wins for the non-``IRIS_*`` names.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from iris.cluster.ports import DEFAULT_COORDINATOR_PORT
 from iris.cluster.types import host_port, split_host
-
-COORDINATOR_PORTS = range(41000, 49000)
-"""Below the usual ephemeral range (Linux: 32768-60999 overlaps; most hosts hand out from the top)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,21 +22,23 @@ class Member:
     attempt_id: int
     worker_address: str
     """The worker's advertised HOST:PORT."""
+    coordinator_port: int = 0
+    """The rendezvous port allocated to this task (used if it leads); 0: its location declares no
+    port range (``DEFAULT_COORDINATOR_PORT``)."""
 
 
-def coordinator_port(job_id: str, attempt_id: int) -> int:
-    digest = hashlib.blake2b(f"{job_id}#{attempt_id}".encode(), digest_size=4).digest()
-    return COORDINATOR_PORTS.start + int.from_bytes(digest, "big") % len(COORDINATOR_PORTS)
+def lead_of(members: Sequence[Member]) -> Member:
+    """The gang's coordinator: the placed task with the lowest index."""
+    return min(members, key=lambda m: m.task_index)
 
 
-def gang_env(job_id: str, num_tasks: int, members: Sequence[Member], job_env: Mapping[str, str]
-             ) -> dict[int, dict[str, str]]:
+def gang_env(num_tasks: int, members: Sequence[Member], job_env: Mapping[str, str]) -> dict[int, dict[str, str]]:
     """Per task index, the rendezvous variables of one placed gang."""
     if not members:
         return {}
-    lead = min(members, key=lambda m: m.task_index)
+    lead = lead_of(members)
     host = split_host(lead.worker_address)
-    port = coordinator_port(job_id, lead.attempt_id)
+    port = lead.coordinator_port or DEFAULT_COORDINATOR_PORT
     address = host_port(host, port)
     local_ranks: dict[str, int] = {}
     out: dict[int, dict[str, str]] = {}
@@ -58,4 +57,4 @@ def gang_env(job_id: str, num_tasks: int, members: Sequence[Member], job_env: Ma
     return out
 
 
-__all__ = ["COORDINATOR_PORTS", "Member", "coordinator_port", "gang_env"]
+__all__ = ["Member", "gang_env", "lead_of"]

@@ -415,6 +415,9 @@ class WorkerMetadata:
     attributes: tuple[tuple[str, str], ...] = ()
     cpu_millicores: int = 0
     """The cpu it offers, in millicores (0: ``cpu_count`` whole cores)."""
+    port_range: tuple[int, int] | None = None
+    """The ports (first, last; inclusive) the controller may give tasks here (``--port-range``);
+    None: none declared, the worker picks a task's named ports itself."""
     device_kind: str = field(init=False, default="cpu")
     """"cpu", "gpu" or "tpu" (derived from ``device``, as are the next two)."""
     device_variant: str = field(init=False, default="")
@@ -445,6 +448,7 @@ class WorkerMetadata:
             gpu_memory_mb=proto.gpu_memory_mb,
             attributes=tuple(sorted(proto.attributes.items())),
             cpu_millicores=proto.cpu_millicores,
+            port_range=(proto.port_range_start, proto.port_range_end) if proto.port_range_end else None,
         )
 
     def to_proto(self) -> cluster_pb2.WorkerMetadata:
@@ -460,6 +464,8 @@ class WorkerMetadata:
             gpu_memory_mb=self.gpu_memory_mb,
             attributes=dict(self.attributes),
             cpu_millicores=self.cpu_millicores,
+            port_range_start=self.port_range[0] if self.port_range else 0,
+            port_range_end=self.port_range[1] if self.port_range else 0,
         )
 
 

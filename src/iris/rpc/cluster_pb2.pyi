@@ -761,6 +761,8 @@ class WorkerMetadata(_message.Message):
     GPU_MEMORY_MB_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     CPU_MILLICORES_FIELD_NUMBER: _builtins.int
+    PORT_RANGE_START_FIELD_NUMBER: _builtins.int
+    PORT_RANGE_END_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     ip_address: _builtins.str
     cpu_count: _builtins.int
@@ -771,6 +773,11 @@ class WorkerMetadata(_message.Message):
     gpu_memory_mb: _builtins.int
     cpu_millicores: _builtins.int
     """what it offers (may be a fraction of a core); 0: cpu_count cores"""
+    port_range_start: _builtins.int
+    """The ports the controller may hand to tasks here (--port-range, inclusive); 0, 0: none declared
+    (the worker picks a task's named ports itself).
+    """
+    port_range_end: _builtins.int
     @_builtins.property
     def device(self) -> Global___DeviceConfig:
         """the worker's accelerators (gpu variant + count), cpu when none"""
@@ -791,10 +798,12 @@ class WorkerMetadata(_message.Message):
         gpu_memory_mb: _builtins.int = ...,
         attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         cpu_millicores: _builtins.int = ...,
+        port_range_start: _builtins.int = ...,
+        port_range_end: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "cpu_count", b"cpu_count", "cpu_millicores", b"cpu_millicores", "device", b"device", "disk_bytes", b"disk_bytes", "gpu_count", b"gpu_count", "gpu_memory_mb", b"gpu_memory_mb", "gpu_name", b"gpu_name", "hostname", b"hostname", "ip_address", b"ip_address", "memory_bytes", b"memory_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "cpu_count", b"cpu_count", "cpu_millicores", b"cpu_millicores", "device", b"device", "disk_bytes", b"disk_bytes", "gpu_count", b"gpu_count", "gpu_memory_mb", b"gpu_memory_mb", "gpu_name", b"gpu_name", "hostname", b"hostname", "ip_address", b"ip_address", "memory_bytes", b"memory_bytes", "port_range_end", b"port_range_end", "port_range_start", b"port_range_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -838,6 +847,7 @@ class WorkerTaskStatus(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     JOB_UID_FIELD_NUMBER: _builtins.int
     LOG_SIZE_FIELD_NUMBER: _builtins.int
+    BUSY_PORTS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt_id: _builtins.int
     state: Global___TaskState.ValueType
@@ -856,6 +866,13 @@ class WorkerTaskStatus(_message.Message):
     """
     @_builtins.property
     def ports(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def busy_ports(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Only in an ended attempt's report: ports it was given that something outside Iris holds on the
+        host (checked just before the start). The controller places it again with other ports, charged
+        to no budget.
+        """
+
     def __init__(
         self,
         *,
@@ -871,10 +888,11 @@ class WorkerTaskStatus(_message.Message):
         result: _builtins.bytes = ...,
         job_uid: _builtins.str = ...,
         log_size: _builtins.int | None = ...,
+        busy_ports: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_log_size", b"_log_size", "log_size", b"log_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_log_size", b"_log_size", "attempt_id", b"attempt_id", "error", b"error", "exit_code", b"exit_code", "finished_at_ms", b"finished_at_ms", "job_uid", b"job_uid", "log_size", b"log_size", "pid", b"pid", "ports", b"ports", "result", b"result", "started_at_ms", b"started_at_ms", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_log_size", b"_log_size", "attempt_id", b"attempt_id", "busy_ports", b"busy_ports", "error", b"error", "exit_code", b"exit_code", "finished_at_ms", b"finished_at_ms", "job_uid", b"job_uid", "log_size", b"log_size", "pid", b"pid", "ports", b"ports", "result", b"result", "started_at_ms", b"started_at_ms", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__log_size: _TypeAlias = _typing.Literal["log_size"]  # noqa: Y015
     _WhichOneofArgType__log_size: _TypeAlias = _typing.Literal["_log_size", b"_log_size"]  # noqa: Y015
@@ -2379,6 +2397,26 @@ class Worker(_message.Message):
             def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
             def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+        @_typing.final
+        class AllocatedPortsEntry(_message.Message):
+            DESCRIPTOR: _descriptor.Descriptor
+
+            KEY_FIELD_NUMBER: _builtins.int
+            VALUE_FIELD_NUMBER: _builtins.int
+            key: _builtins.str
+            value: _builtins.int
+            def __init__(
+                self,
+                *,
+                key: _builtins.str = ...,
+                value: _builtins.int = ...,
+            ) -> None: ...
+            _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+            def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+            _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+            def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+            def WhichOneof(self, oneof_group: _Never) -> None: ...
+
         JOB_ID_FIELD_NUMBER: _builtins.int
         TASK_ID_FIELD_NUMBER: _builtins.int
         TASK_INDEX_FIELD_NUMBER: _builtins.int
@@ -2399,6 +2437,8 @@ class Worker(_message.Message):
         WORKER_ID_FIELD_NUMBER: _builtins.int
         ENV_GROUPS_FIELD_NUMBER: _builtins.int
         CHECKPOINT_DIR_FIELD_NUMBER: _builtins.int
+        ALLOCATED_PORTS_FIELD_NUMBER: _builtins.int
+        COORDINATOR_PORT_FIELD_NUMBER: _builtins.int
         job_id: _builtins.str
         task_id: _builtins.str
         task_index: _builtins.int
@@ -2419,6 +2459,8 @@ class Worker(_message.Message):
         """the worker it is for: another worker refuses it (FAILED_PRECONDITION)"""
         checkpoint_dir: _builtins.str
         """the job's directory on the shared dir (IRIS_CHECKPOINT_DIR); "": none"""
+        coordinator_port: _builtins.int
+        """the gang's rendezvous port, on the gang's lead task only (MASTER_PORT)"""
         @_builtins.property
         def environment(self) -> Global___EnvironmentConfig: ...
         @_builtins.property
@@ -2438,6 +2480,12 @@ class Worker(_message.Message):
         @_builtins.property
         def env_groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
             """--env-group: uv.lock dependency groups the environment includes"""
+
+        @_builtins.property
+        def allocated_ports(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+            """Named ports the controller allocated from this worker's --port-range (IRIS_PORT_<NAME>);
+            empty with ports set: the worker picks them (a location that declares no range).
+            """
 
         def __init__(
             self,
@@ -2462,10 +2510,12 @@ class Worker(_message.Message):
             worker_id: _builtins.str = ...,
             env_groups: _abc.Iterable[_builtins.str] | None = ...,
             checkpoint_dir: _builtins.str = ...,
+            allocated_ports: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+            coordinator_port: _builtins.int = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "resources", b"resources"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "bundle_hash", b"bundle_hash", "checkpoint_dir", b"checkpoint_dir", "env_groups", b"env_groups", "environment", b"environment", "job_id", b"job_id", "job_uid", b"job_uid", "num_tasks", b"num_tasks", "ports", b"ports", "previous_error", b"previous_error", "previous_exit_code", b"previous_exit_code", "previous_state", b"previous_state", "rendezvous_env", b"rendezvous_env", "resources", b"resources", "serialized_entrypoint", b"serialized_entrypoint", "task_id", b"task_id", "task_index", b"task_index", "task_token", b"task_token", "with_packages", b"with_packages", "worker_id", b"worker_id"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated_ports", b"allocated_ports", "attempt_id", b"attempt_id", "bundle_hash", b"bundle_hash", "checkpoint_dir", b"checkpoint_dir", "coordinator_port", b"coordinator_port", "env_groups", b"env_groups", "environment", b"environment", "job_id", b"job_id", "job_uid", b"job_uid", "num_tasks", b"num_tasks", "ports", b"ports", "previous_error", b"previous_error", "previous_exit_code", b"previous_exit_code", "previous_state", b"previous_state", "rendezvous_env", b"rendezvous_env", "resources", b"resources", "serialized_entrypoint", b"serialized_entrypoint", "task_id", b"task_id", "task_index", b"task_index", "task_token", b"task_token", "with_packages", b"with_packages", "worker_id", b"worker_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -31,6 +31,7 @@ def make_request(
     timeout_seconds: float = 0,
     max_similar_failures: int = 0,
     termination_grace_seconds: float | None = None,
+    ports: tuple[str, ...] = (),
 ) -> cluster_pb2.Controller.LaunchJobRequest:
     spec = ResourceSpec(
         cpu=cpu, memory=memory, replicas=replicas, device=gpu(gpu_variant, gpus) if gpus else ResourceSpec().device
@@ -43,6 +44,7 @@ def make_request(
         scheduling_timeout_seconds=scheduling_timeout_seconds,
         coscheduled=coscheduled,
         parent_job_id=parent_job_id,
+        ports=list(ports),
     )
     if max_retries_preemption is not None:
         request.max_retries_preemption = max_retries_preemption
@@ -67,7 +69,8 @@ def submit(state: ControllerState, name: str = "job", now_ms: int = NOW, owner: 
 
 
 def make_worker(
-    worker_id: str = "w1", *, cpu: int = 8, memory: str | int = "32GiB", gpus: int = 0, gpu_name: str = "H100"
+    worker_id: str = "w1", *, cpu: int = 8, memory: str | int = "32GiB", gpus: int = 0, gpu_name: str = "H100",
+    port_range: tuple[int, int] | None = None, host: str = "127.0.0.1",
 ) -> ControllerWorker:
     from iris.cluster.types import device_to_proto, parse_size
 
@@ -79,8 +82,10 @@ def make_worker(
         device=device_to_proto(gpu(gpu_name, gpus)) if gpus else cluster_pb2.DeviceConfig(),
         gpu_count=gpus,
         gpu_name=gpu_name if gpus else "",
+        port_range_start=port_range[0] if port_range else 0,
+        port_range_end=port_range[1] if port_range else 0,
     )
-    return ControllerWorker(worker_id=WorkerId(worker_id), address=f"127.0.0.1:{9000 + hash(worker_id) % 1000}",
+    return ControllerWorker(worker_id=WorkerId(worker_id), address=f"{host}:{9000 + hash(worker_id) % 1000}",
                             metadata=metadata)
 
 

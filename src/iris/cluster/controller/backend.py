@@ -72,6 +72,10 @@ class AttemptLaunch:
     """The job incarnation (echoed in the attempt's reports)."""
     checkpoint_dir: str = ""
     """The job's directory on the shared dir (``IRIS_CHECKPOINT_DIR``); "": none."""
+    ports: tuple[tuple[str, int], ...] = ()
+    """Named ports allocated from the location's range (empty: it declares none; it picks them)."""
+    coordinator_port: int = 0
+    """The gang's rendezvous port, on the gang's lead only (the location checks it is free)."""
 
 
 class LaunchOutcome(Enum):
@@ -356,6 +360,10 @@ class WorkerDaemonBackend:
             run.task_token = launch.task_token
         if launch.rendezvous:
             run.rendezvous_env.update(dict(launch.rendezvous))
+        if launch.ports:
+            run.allocated_ports.update(dict(launch.ports))
+        if launch.coordinator_port:
+            run.coordinator_port = launch.coordinator_port
         previous = launch.previous
         if previous is not None:
             run.previous_state = previous.state  # type: ignore[assignment]

@@ -508,7 +508,9 @@ class Controller:
         checkpoints = self.config.checkpoint_dir(job.owner, job.job_id, job.uid)
         return AttemptLaunch(job.job_id, task.task_id, task.task_index, job.num_tasks, task.current_attempt_id,
                              job.spec, worker.worker_id, worker.address, previous=previous, job_uid=job.uid,
-                             checkpoint_dir=str(checkpoints) if checkpoints is not None else "")
+                             checkpoint_dir=str(checkpoints) if checkpoints is not None else "",
+                             ports=tuple(task.ports.items()) if task.ports else (),
+                             coordinator_port=task.coordinator_port)
 
     # ------------------------------------------------------------------ workers
 
@@ -624,7 +626,7 @@ class Controller:
                     self._bundles.put_result(ref.task_id, ref.attempt_id, report.result)
                 changed = state.apply_report(worker_id, ref.task_id, ref.attempt_id, report.state, now,
                                              exit_code=report.exit_code, error=report.error, ports=report.ports,
-                                             job_uid=ref.job_uid)
+                                             job_uid=ref.job_uid, busy_ports=report.busy_ports)
                 task = state.get_task(ref.task_id)
                 if changed and report.state == RUNNING and task is not None and task.started_at_ms is not None:
                     self.metrics.scheduling_latency.observe(max(0, task.started_at_ms - task.pending_since_ms) / 1000)

@@ -26,7 +26,7 @@ from iris.cluster.controller.backend import (
 from iris.cluster.controller.changes import Changes
 from iris.cluster.controller.credentials import Credentials
 from iris.cluster.controller.state import KillInstruction
-from iris.cluster.rendezvous import Member, gang_env
+from iris.cluster.rendezvous import Member, gang_env, lead_of
 from iris.cluster.types import JobId, WorkerId
 
 logger = logging.getLogger(__name__)
@@ -184,13 +184,17 @@ def with_rendezvous(launches: list[AttemptLaunch]) -> list[AttemptLaunch]:
     if not gangs:
         return launches
     envs: dict[tuple[JobId, int], dict[str, str]] = {}
+    leads: set[tuple[JobId, int]] = set()
     for job_id, members in gangs.items():
         spec = members[0].spec
-        per_task = gang_env(job_id, members[0].num_tasks,
-                            [Member(m.task_index, m.attempt_id, m.address) for m in members], spec.env)
-        for index, env in per_task.items():
+        placed = [Member(m.task_index, m.attempt_id, m.address, m.coordinator_port) for m in members]
+        leads.add((job_id, lead_of(placed).task_index))
+        for index, env in gang_env(members[0].num_tasks, placed, spec.env).items():
             envs[(job_id, index)] = env
-    return [dataclasses.replace(launch, rendezvous=tuple(sorted(envs[(launch.job_id, launch.task_index)].items())))
+    # Only the lead keeps its rendezvous port (its worker checks it is free): the others' go unused.
+    return [dataclasses.replace(launch, rendezvous=tuple(sorted(envs[(launch.job_id, launch.task_index)].items())),
+                                coordinator_port=launch.coordinator_port
+                                if (launch.job_id, launch.task_index) in leads else 0)
             if (launch.job_id, launch.task_index) in envs else launch for launch in launches]
 
 

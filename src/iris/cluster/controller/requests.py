@@ -32,6 +32,8 @@ class TaskReport(NamedTuple):
     """A callable's pickled return value, with its SUCCEEDED report."""
     log_size: int | None = None
     """With an end: the bytes of log the worker shipped for the attempt (its whole log)."""
+    busy_ports: tuple[int, ...] = ()
+    """With an end: ports something outside Iris held, so the attempt never started."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ from iris.cluster.controller.requests import (
 from iris.cluster.controller.state import ControllerEndpoint, ObservedAttempt
 from iris.cluster.controller.views import JobView, TaskView, WorkerView
 from iris.cluster.errors import InvalidArgument, IrisError
+from iris.cluster.ports import check_port_range
 from iris.cluster.spec import JobSpec, parse_list_filters
 from iris.cluster.types import TASK_STATES, AttemptRef, JobId, TaskId, WorkerId, WorkerMetadata
 from iris.cluster.validation import (
@@ -417,6 +418,8 @@ def registration(request: cluster_pb2.Controller.RegisterWorkerRequest, limits: 
         raise InvalidArgument(f"address: expected HOST:PORT, got {request.address[:64]!r}")
     if request.metadata.cpu_count < 0 or request.metadata.memory_bytes < 0:
         raise InvalidArgument("metadata: cpu_count and memory_bytes must be >= 0")
+    if request.metadata.port_range_start or request.metadata.port_range_end:
+        check_port_range(request.metadata.port_range_start, request.metadata.port_range_end, "metadata.port_range")
     try:
         metadata = WorkerMetadata.from_proto(request.metadata)
     except ValueError as e:
@@ -444,9 +447,23 @@ def endpoint_request(request: cluster_pb2.Controller.RegisterEndpointRequest) ->
 def observed(tasks: Sequence[cluster_pb2.WorkerTaskStatus]) -> list[ObservedAttempt]:
     return [
         ObservedAttempt(TaskId(t.task_id), t.attempt_id, t.state, exit_code=t.exit_code, error=t.error or None,
-                        ports=tuple(t.ports.items()) if t.ports else (), job_uid=t.job_uid)
-        for t in tasks
+                        ports=tuple(t.ports.items()) if t.ports else (), job_uid=t.job_uid,
+                        busy_ports=busy_ports(t.busy_ports, f"tasks[{i}].busy_ports") if t.busy_ports else ())
+        for i, t in enumerate(tasks)
     ]
+
+
+MAX_BUSY_PORTS = 64
+
+
+def busy_ports(ports: Sequence[int], field_name: str) -> tuple[int, ...]:
+    """An end report's ports held outside Iris: at most ``MAX_BUSY_PORTS``, each 1..65535."""
+    if len(ports) > MAX_BUSY_PORTS:
+        raise InvalidArgument(f"{field_name}: at most {MAX_BUSY_PORTS} ports, got {len(ports)}")
+    for port in ports:
+        if not 1 <= port <= 65535:
+            raise InvalidArgument(f"{field_name}: a port is 1..65535, got {port}")
+    return tuple(ports)
 
 
 def task_reports(request: cluster_pb2.Controller.ReportTaskStateRequest, limits: Limits) -> list[TaskReport]:
@@ -460,7 +477,8 @@ def task_reports(request: cluster_pb2.Controller.ReportTaskStateRequest, limits:
             raise InvalidArgument(f"updates[{i}].log_size: must be >= 0, got {u.log_size}")
         reports.append(TaskReport(AttemptRef(TaskId(u.task_id), u.attempt_id, u.job_uid), u.state, u.exit_code,
                                   u.error or None, dict(u.ports) if u.ports else NO_PORTS, u.result,
-                                  u.log_size if u.HasField("log_size") else None))
+                                  u.log_size if u.HasField("log_size") else None,
+                                  busy_ports(u.busy_ports, f"updates[{i}].busy_ports") if u.busy_ports else ()))
     return reports
 
 

@@ -39,6 +39,7 @@ from iris.cluster.controller.task import (
     TaskTransitionResult,
 )
 from iris.cluster.failures import failure_signature
+from iris.cluster.ports import PortBook
 from iris.cluster.types import (
     ACTIVE_TASK_STATES,
     TERMINAL_TASK_STATES,
@@ -49,6 +50,7 @@ from iris.cluster.types import (
     WorkerId,
     WorkerMetadata,
     cores,
+    split_host,
 )
 from iris.rpc import cluster_pb2
 
@@ -99,6 +101,17 @@ class ControllerWorker:
     """Per running task: None while RunTask is in flight, then (incarnation, sequence) the worker
     accepted it under. Tasks missing here (e.g. reloaded after a controller restart) count as
     accepted long ago."""
+    port_holds: dict[TaskId, tuple[int, ...]] = field(default_factory=dict)
+    """Per running task with ports: the ports its attempt holds on this host (``ControllerState.ports``)."""
+    stopping_ports: dict[tuple[TaskId, int], tuple[int, ...]] = field(default_factory=dict)
+    """The ports of ``stopping`` attempts, held until they are confirmed gone."""
+    port_cursor: int = 0
+    """Where the next port search in its range starts (next-fit)."""
+
+    @property
+    def host(self) -> str:
+        """The host part of its advertised address: workers sharing one share its ports."""
+        return split_host(self.address)
 
     def __post_init__(self) -> None:
         if isinstance(self.metadata, cluster_pb2.WorkerMetadata):
@@ -221,6 +234,8 @@ class ObservedAttempt:
     """The attempt's named ports (name, port)."""
     job_uid: str = ""
     """The job incarnation the worker ran it for ("" from an older worker: not checked)."""
+    busy_ports: tuple[int, ...] = ()
+    """An ended attempt's ports that something outside Iris held (it never started)."""
 
     @property
     def ref(self) -> AttemptRef:
@@ -273,6 +288,8 @@ class ControllerState:
         self._finished_roots: dict[JobId, int] = {}
         """Ended jobs without a parent, in the order they ended (-> finished_at_ms): retention
         prunes from the front (``prunable_jobs``)."""
+        self.ports = PortBook()
+        """Ports handed to attempts, per host (``iris.cluster.ports``)."""
 
     def _index_job(self, job: Job) -> None:
         job.submit_seq = self._next_submit_seq
@@ -636,7 +653,11 @@ class ControllerState:
             job = self._jobs[task.job_id]
             if job.is_finished() or not self.can_fit(worker, job):
                 return False
+            if not self._take_ports(worker, task, job, now_ms):
+                return False
             ok = self.assign_task_to_worker(worker_id, task_id, now_ms)
+            if not ok:
+                self._give_back_ports(worker, task_id)
             if ok:
                 worker.dispatch_acks[task_id] = None
                 if job.spec.timeout_seconds > 0:
@@ -704,6 +725,41 @@ class ControllerState:
             result, _ = self.transition_task(task_id, cluster_pb2.TASK_STATE_FAILED, now_ms, error=error)
             return result
 
+    def _take_ports(self, worker: ControllerWorker, task: Task, job: Job, now_ms: int) -> bool:
+        """Allocate the attempt's named ports, and a coscheduled task's rendezvous port (used if it
+        leads the gang), from the worker's range; False (nothing taken) when the range has too few
+        free. A location that declares no range gets none: it picks named ports itself."""
+        names = job.spec.ports
+        count = len(names) + (1 if job.coscheduled else 0)
+        task.ports = None
+        task.coordinator_port = 0
+        port_range = worker.metadata.port_range
+        if not count or port_range is None:
+            return True
+        taken = self.ports.take(worker.host, port_range[0], port_range[1], count, worker.port_cursor, now_ms)
+        if taken is None:
+            logger.warning("worker %s has fewer than %d free ports in %d-%d: task %s waits", worker.worker_id,
+                           count, port_range[0], port_range[1], task.task_id)
+            return False
+        ports, worker.port_cursor = taken
+        worker.port_holds[task.task_id] = tuple(ports)
+        if names:
+            task.ports = dict(zip(names, ports, strict=False))
+        if job.coscheduled:
+            task.coordinator_port = ports[-1]
+        return True
+
+    def _give_back_ports(self, worker: ControllerWorker, task_id: TaskId, hold_attempt: int | None = None) -> None:
+        """The task's attempt left this worker: its ports are free again, or with ``hold_attempt``
+        held until the stopped attempt is confirmed gone."""
+        ports = worker.port_holds.pop(task_id, None)
+        if ports is None:
+            return
+        if hold_attempt is not None:
+            worker.stopping_ports[(task_id, hold_attempt)] = ports
+        else:
+            self.ports.give_back(worker.host, ports)
+
     def _bind(self, worker: ControllerWorker, task: Task, job: Job) -> None:
         worker.running_tasks.add(task.task_id)
         worker.hold(job.task_resources)
@@ -720,11 +776,19 @@ class ControllerState:
         worker.dispatch_acks.pop(task.task_id, None)
         if hold_attempt is not None and worker.healthy:
             worker.stopping[(task.task_id, hold_attempt)] = job.task_resources
+            if worker.port_holds:
+                self._give_back_ports(worker, task.task_id, hold_attempt)
             return
         worker.give_back(job.task_resources)
+        if worker.port_holds:
+            self._give_back_ports(worker, task.task_id)
 
     def _confirm_stopped(self, worker: ControllerWorker, key: tuple[TaskId, int]) -> bool:
-        """A stopped attempt's processes are gone: give its resources back."""
+        """A stopped attempt's processes are gone: give its resources (and ports) back."""
+        if worker.stopping_ports:
+            ports = worker.stopping_ports.pop(key, None)
+            if ports is not None:
+                self.ports.give_back(worker.host, ports)
         held = worker.stopping.pop(key, None)
         if held is None:
             return False
@@ -910,27 +974,50 @@ class ControllerState:
         "gang restart", no budget charged) so the whole gang is placed again together."""
         restarted = 0
         for other in self._tasks_by_job[job.job_id]:
-            if other is trigger or not other.is_active():
-                continue
-            worker_id, attempt_id, old_state = other.worker_id, other.current_attempt_id, other.state
-            ended_before = len(other.attempts)
-            if not other.restart_attempt(now_ms, GANG_RESTART):
-                continue
-            restarted += 1
-            self._release(worker_id, other, job, hold_attempt=attempt_id)
-            self._remove_endpoints_for_task(other.task_id)
-            if worker_id is not None:
-                self._effects.kills.append(KillInstruction(worker_id, other.task_id, attempt_id))
-                self._effects.dirty_workers.add(worker_id)
-            self._task_queue[other.task_id] = other
-            self._effects.dirty_tasks.add(other.task_id)
-            job.on_task_transition(old_state, PENDING, now_ms, other)
-            for attempt in other.attempts[ended_before:]:
-                self._account(job, attempt)
+            if other is not trigger and other.is_active() and self._restart_uncharged(job, other, now_ms, GANG_RESTART):
+                restarted += 1
         if restarted:
             job.gang_restarts += 1
             self.log_action("gang_restart", now_ms=now_ms, job_id=job.job_id, task_id=trigger.task_id,
                             details=f"stopped {restarted} running tasks")
+
+    def _restart_uncharged(self, job: Job, task: Task, now_ms: int, reason: str, *, kill: bool = True) -> bool:
+        """End the task's live attempt KILLED with ``reason``, charged to no budget, and queue it
+        again. ``kill``: its process may still run (stop it; its resources stay held until it is
+        confirmed gone). False when the task is not active."""
+        worker_id, attempt_id, old_state = task.worker_id, task.current_attempt_id, task.state
+        ended_before = len(task.attempts)
+        if not task.restart_attempt(now_ms, reason):
+            return False
+        self._release(worker_id, task, job, hold_attempt=attempt_id if kill else None)
+        self._remove_endpoints_for_task(task.task_id)
+        if worker_id is not None:
+            if kill:
+                self._effects.kills.append(KillInstruction(worker_id, task.task_id, attempt_id))
+            self._effects.dirty_workers.add(worker_id)
+        self._task_queue[task.task_id] = task
+        self._effects.dirty_tasks.add(task.task_id)
+        self._effects.dirty_jobs.add(job.job_id)
+        job.on_task_transition(old_state, PENDING, now_ms, task)
+        for attempt in task.attempts[ended_before:]:
+            self._account(job, attempt)
+        return True
+
+    def _ports_held_outside(self, worker: ControllerWorker, task: Task, busy: tuple[int, ...], now_ms: int) -> bool:
+        """The worker found ports it was to give this attempt held by something outside Iris: avoid
+        them on that host for a while and place the task again with others, charged to no budget
+        (its gang with it)."""
+        job = self._jobs[task.job_id]
+        self.ports.held_outside(worker.host, busy, now_ms)
+        listed = ", ".join(str(p) for p in busy[:8])
+        reason = f"port {listed} in use on {worker.host} by a process outside Iris: placed again with other ports"
+        if not self._restart_uncharged(job, task, now_ms, reason, kill=False):
+            return False
+        self.log_action("ports_busy", now_ms=now_ms, job_id=job.job_id, task_id=task.task_id,
+                        worker_id=worker.worker_id, details=reason)
+        if job.coscheduled:
+            self._gang_restart(job, task, now_ms)
+        return True
 
     def expire_timeouts(self, now_ms: int) -> list[TaskId]:
         """Attempts running past their job's ``timeout_seconds``: FAILED "timed out" (a failure),
@@ -1041,6 +1128,7 @@ class ControllerState:
         error: str | None = None,
         ports: Mapping[str, int] | None = None,
         job_uid: str = "",
+        busy_ports: tuple[int, ...] = (),
     ) -> bool:
         """Apply one state report from a worker. Stale attempts, reports for ended tasks, reports
         from a worker the attempt is not bound to, reports of another incarnation of the job (one
@@ -1048,7 +1136,8 @@ class ControllerState:
 
         A KILLED report for an attempt the controller did not kill means the worker stopped it
         because it is shutting down: a worker failure, retried as a preemption, and the worker is
-        taken out of scheduling.
+        taken out of scheduling. An end with ``busy_ports`` (its ports were held by something
+        outside Iris, so it never started) is placed again, charged to no budget.
         Returns whether anything changed.
         """
         with self._lock:
@@ -1061,6 +1150,10 @@ class ControllerState:
                 return False
             if ports:
                 task.ports = dict(ports)
+            if busy_ports and state in TERMINAL_TASK_STATES:
+                worker = self._workers.get(worker_id)
+                if worker is not None:
+                    return self._ports_held_outside(worker, task, busy_ports, now_ms)
             if state == KILLED:
                 # Only a departing worker stops a task the controller did not kill: take the worker out
                 # of scheduling too, so the retry is not sent straight back to it. If it stays, its next
@@ -1109,6 +1202,11 @@ class ControllerState:
                     seen.add(attempt.task_id)
                     if attempt.ports and task.ports != dict(attempt.ports):
                         task.ports = dict(attempt.ports)
+                    if attempt.ports and attempt.task_id not in worker.port_holds:
+                        # Known again after a controller restart: nothing else gets them on this host.
+                        held = tuple(port for _, port in attempt.ports)
+                        worker.port_holds[attempt.task_id] = held
+                        self.ports.hold(worker.host, held)
                     # Only an end is taken from an observed set: a live state (BUILDING, RUNNING) comes
                     # through the worker's ordered reports, and a set taken before the newest report may
                     # arrive after it (it must not move RUNNING back to BUILDING).
@@ -1120,6 +1218,7 @@ class ControllerState:
                         self.apply_report(
                             worker_id, attempt.task_id, attempt.attempt_id, attempt.state, now_ms,
                             exit_code=attempt.exit_code, error=attempt.error, job_uid=attempt.job_uid,
+                            busy_ports=attempt.busy_ports,
                         )
                 elif attempt.state not in TERMINAL_TASK_STATES:
                     kill.append(attempt)

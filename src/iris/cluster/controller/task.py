@@ -136,9 +136,11 @@ class Task:
     error: str | None = None
     exit_code: int | None = None
     ports: dict[str, int] | None = None
-    """The current (or last) attempt's named ports, as its worker reports them (None: none; most
-    tasks have none, and an empty dict per task is 64 bytes of a 100k-task job's). Not durable:
-    the next heartbeat after a controller restart brings them back."""
+    """The current (or last) attempt's named ports, allocated at placement from its worker's range
+    (None: none; most tasks have none, and an empty dict per task is 64 bytes of a 100k-task job's).
+    Not durable: the next heartbeat after a controller restart brings them back."""
+    coordinator_port: int = 0
+    """A coscheduled task's rendezvous port, allocated with its ports: the gang's if it leads it."""
     not_before_ms: int = 0
     """A failure retry is not placed before this (``retry_backoff_seconds``)."""
     fail_job: str = ""
@@ -311,5 +313,6 @@ class Task:
         self.error = None
         self.exit_code = None
         self.ports = None
+        self.coordinator_port = 0
         self.not_before_ms = 0
         self.pending_since_ms = now_ms

@@ -96,6 +96,10 @@ class TaskLaunch:
     worker_id: str = ""
     checkpoint_dir: str = ""
     """The job's directory on the shared dir, the same on every worker ("": none)."""
+    ports: Mapping[str, int] = field(default_factory=dict)
+    """Named ports the controller allocated from this worker's range (empty: the worker picks them)."""
+    coordinator_port: int = 0
+    """On a gang's lead: its rendezvous port (checked free just before the start, with ``ports``)."""
 
     @property
     def key(self) -> AttemptKey:
@@ -145,6 +149,8 @@ class AttemptStatus:
     ports: Mapping[str, int] = field(default_factory=dict)
     job_uid: str = ""
     """The job incarnation it was sent for (echoed to the controller)."""
+    busy_ports: tuple[int, ...] = ()
+    """It never started: these of its ports were held by something outside Iris."""
 
     @property
     def key(self) -> AttemptKey:
@@ -180,6 +186,7 @@ class Attempt:
     log_phase: LogPhase = LogPhase.SHIPPING
     log_claim: int = 0
     """With ``LogPhase.CLAIMED``: the size its end report says."""
+    busy_ports: tuple[int, ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -187,7 +194,7 @@ class Attempt:
 
     def status(self) -> AttemptStatus:
         return AttemptStatus(self.key[0], self.key[1], self.state, self.exit_code, self.error, self.started_at_ms,
-                             self.finished_at_ms, self.pid, dict(self.ports), self.job_uid)
+                             self.finished_at_ms, self.pid, dict(self.ports), self.job_uid, self.busy_ports)
 
 
 # ---------------------------------------------------------------------------- events
@@ -234,6 +241,8 @@ class StartFailed:
     exit_code: int
     error: str
     now_ms: int
+    busy_ports: tuple[int, ...] = ()
+    """Not started because something outside Iris holds these of its ports."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -555,6 +564,7 @@ class AttemptMachine:
         return out
 
     def _start_failed(self, attempt: Attempt, event: StartFailed) -> list[Instruction]:
+        attempt.busy_ports = event.busy_ports
         return self._end(attempt, FAILED, event.now_ms, exit_code=event.exit_code, error=event.error)
 
     def _exited(self, attempt: Attempt, event: ProcessExited) -> list[Instruction]:

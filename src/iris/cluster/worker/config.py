@@ -116,6 +116,10 @@ class WorkerConfig:
     shared_dir: Path | None = None
     """The directory mounted here at the same path as on the controller (``--shared-dir``): a task
     gets ``IRIS_CHECKPOINT_DIR`` only when its job's directory is under it."""
+    port_range: tuple[int, int] | None = None
+    """The ports (first, last; inclusive) the controller may give this worker's tasks (named ports,
+    a gang's rendezvous port) (``--port-range``); None: chosen outside the host's ephemeral range
+    (``iris.cluster.ports.default_port_range``)."""
 
 
 @dataclass(frozen=True, slots=True)

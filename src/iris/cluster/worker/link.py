@@ -69,6 +69,8 @@ def status_proto(status: AttemptStatus) -> cluster_pb2.WorkerTaskStatus:
         proto.ports.update(status.ports)
     if status.job_uid:
         proto.job_uid = status.job_uid
+    if status.busy_ports:
+        proto.busy_ports.extend(status.busy_ports)
     return proto
 
 

@@ -8,6 +8,7 @@ atomically), and the named ports handed out to live attempts.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -157,6 +158,23 @@ class AttemptPreparer:
             if port not in self._ports_in_use:
                 self._ports_in_use.add(port)
                 return port
+
+    def ports_held(self, ports: Iterable[int]) -> list[int]:
+        """Which of ``ports`` something already holds where tasks bind (IRIS_BIND_HOST): a socket
+        listening or bound without SO_REUSEADDR. Checked as a task's own bind would be, with
+        SO_REUSEADDR, so a port merely in TIME_WAIT is free."""
+        host = self._config.bind_host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        held = []
+        for port in ports:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((host, port))
+                except OSError as e:
+                    if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                        held.append(port)
+        return held
 
     def release_ports(self, ports: Iterable[int]) -> None:
         with self._lock:

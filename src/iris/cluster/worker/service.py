@@ -63,7 +63,22 @@ def task_launch(request: cluster_pb2.Worker.RunTaskRequest, limits: Limits) -> T
     return TaskLaunch(request.job_id, request.task_id, request.task_index, request.num_tasks, request.attempt_id,
                       spec, request.task_token, request.previous_state, request.previous_exit_code,
                       request.previous_error, dict(request.rendezvous_env), request.job_uid, request.worker_id,
-                      request.checkpoint_dir)
+                      request.checkpoint_dir, allocated_ports(request), request.coordinator_port)
+
+
+def allocated_ports(request: cluster_pb2.Worker.RunTaskRequest) -> dict[str, int]:
+    """The named ports the controller allocated: each one of the job's ``ports``, each 1..65535."""
+    if request.coordinator_port and not 1 <= request.coordinator_port <= 65535:
+        raise InvalidArgument(f"coordinator_port: a port is 1..65535, got {request.coordinator_port}")
+    if not request.allocated_ports:
+        return {}
+    names = set(request.ports)
+    for name, port in request.allocated_ports.items():
+        if name not in names:
+            raise InvalidArgument(f"allocated_ports: {name[:64]!r} is not one of the job's ports")
+        if not 1 <= port <= 65535:
+            raise InvalidArgument(f"allocated_ports[{name!r}]: a port is 1..65535, got {port}")
+    return dict(request.allocated_ports)
 
 
 def _launch_or_refusal(request: cluster_pb2.Worker.RunTaskRequest, limits: Limits) -> TaskLaunch | InvalidArgument:

@@ -26,6 +26,7 @@ Every loop body is a public single-pass method (``register_once``, ``heartbeat_o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import logging
 import secrets
@@ -37,6 +38,7 @@ from pathlib import Path
 from iris.cluster.addresses import advertise_host, is_wildcard
 from iris.cluster.clock import Clock, SystemClock
 from iris.cluster.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from iris.cluster.ports import default_port_range, ephemeral_range
 from iris.cluster.types import BUNDLE_HASH_RE, WorkerMetadata
 from iris.cluster.validation import Limits, check_log_window
 from iris.cluster.worker import attempts as am
@@ -112,6 +114,8 @@ class Worker:
         self._runtime: Runtime = runtime
         self._workdir = Path(config.workdir)
         self._gpus: list[GpuInfo] = gpus if gpus is not None else (detect_gpus() if config.detect_gpus else [])
+        self.port_range = config.port_range or default_port_range(ephemeral_range())
+        """The ports the controller may give tasks here (declared at registration)."""
         self._started_at = self._clock.monotonic()
 
         self._lock = threading.Lock()
@@ -277,10 +281,11 @@ class Worker:
     # -- what the link sends (``link.LinkSide``) ----------------------------------------------
 
     def metadata(self) -> WorkerMetadata:
-        return WorkerMetadata.from_proto(probe_metadata(
+        probed = WorkerMetadata.from_proto(probe_metadata(
             address=self.address, host=self.advertise_host, workdir=self._workdir, cpu=self._config.cpu,
             memory_bytes=self._config.memory_bytes, gpus=self._gpus, attributes=self._config.attributes,
         ))
+        return dataclasses.replace(probed, port_range=self.port_range)
 
     def observed(self) -> tuple[list[AttemptStatus], int]:
         """Every attempt held and not finished, plus finished ones whose report is not yet
@@ -381,7 +386,10 @@ class Worker:
                 return self._accepted(existing.sequence), None
             if self._machine.stopping:
                 raise FailedPrecondition("worker is shutting down and accepts no new tasks")
-            ports = self._preparer.allocate_ports(launch.spec.ports) if launch.spec.ports else {}
+            # The controller allocates ports from our range; a controller that did not (an older
+            # one) leaves them to us.
+            ports = dict(launch.ports) if launch.ports else (
+                self._preparer.allocate_ports(launch.spec.ports) if launch.spec.ports else {})
             try:
                 self._handle_locked(am.Accepted(key, launch.gpus_wanted, ports, launch.job_uid, launch))
             except WorkerStopping as e:
@@ -440,6 +448,13 @@ class Worker:
             self._carry_out(instructions)
             return
         self._carry_out(i for i in instructions if not isinstance(i, am.Start))
+        wanted = [*launch.ports.values(), *([launch.coordinator_port] if launch.coordinator_port else [])]
+        busy = self._preparer.ports_held(wanted) if wanted else []
+        if busy:
+            error = (f"port {', '.join(map(str, busy))} in use on this host by a process outside Iris: "
+                     "placed again with other ports")
+            self._carry_out(self._handle(am.StartFailed(key, 0, error, self._clock.now_ms(), busy_ports=tuple(busy))))
+            return
         try:
             pid = self._runtime.start(spec, lambda exit_info: self._on_exit(key, exit_info))
         except OSError as e:
