@@ -77,10 +77,12 @@ def start(local: bool, workers: int, cpu_per_worker: float | None, memory_per_wo
         raise click.ClickException(str(e)) from e
     logged_in = False
     try:
+        # Logged in before the address is shown: whoever reads it can use it at once.
+        path = store_login(local_cluster.controller_address, local_cluster.admin_token) if (
+            local_cluster.admin_token) else None
+        logged_in = path is not None
         click.echo(f"controller: {local_cluster.controller_address}")
-        if local_cluster.admin_token:
-            path = store_login(local_cluster.controller_address, local_cluster.admin_token)
-            logged_in = True
+        if path is not None:
             click.echo(f"login:      admin token for {local_cluster.controller_address} stored in {path} "
                        f"(also in {local_cluster.state_dir / 'admin.token'})")
         if local_cluster.dashboard_url:
