@@ -36,6 +36,25 @@ _DASHBOARD_RE = re.compile(r"dashboard on (\S+)")
 _WORKER_RE = re.compile(r"worker (\S+) serving on (\S+)")
 
 
+LOCAL_PORT_SLICE = 512
+"""Ports one local cluster's workers give tasks: a slice of the host's default range at random, so
+two local clusters on one host (each its own controller, neither knowing the other's ports) hardly
+ever hand out the same port; when they do, the worker's check before the start sends it back."""
+
+
+def cluster_port_range() -> str:
+    """``--port-range`` for this local cluster's workers (all share it: the controller keeps their
+    ports apart, as workers of one host)."""
+    import random
+
+    from iris.cluster.ports import default_port_range, ephemeral_range
+
+    first, last = default_port_range(ephemeral_range())
+    slices = max(1, (last - first + 1) // LOCAL_PORT_SLICE)
+    start = first + random.randrange(slices) * LOCAL_PORT_SLICE
+    return f"{start}-{min(last, start + LOCAL_PORT_SLICE - 1)}"
+
+
 class LocalClusterError(RuntimeError):
     pass
 
@@ -108,6 +127,8 @@ class LocalCluster:
         self.dashboard = dashboard
         self.start_timeout = start_timeout
         self.worker_args = list(worker_args)
+        if "--port-range" not in self.worker_args:
+            self.worker_args += ["--port-range", cluster_port_range()]
         self.controller_args = list(controller_args)
         self.auth = auth
         self.admin_token = ""

@@ -515,6 +515,11 @@ class ControllerState:
                 self._workers[worker.worker_id] = worker
                 existing = worker
             else:
+                if split_host(worker.address) != existing.host:  # its attempts' ports move with it
+                    held = [p for ports in (*existing.port_holds.values(), *existing.stopping_ports.values())
+                            for p in ports]
+                    self.ports.give_back(existing.host, held)
+                    self.ports.hold(split_host(worker.address), held)
                 existing.address = worker.address
                 existing.metadata = worker.metadata
                 existing.healthy = True
