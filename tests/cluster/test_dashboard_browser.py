@@ -31,6 +31,9 @@ pytestmark = [
 ]
 playwright = pytest.importorskip("playwright.sync_api")
 
+GANG = ("import os, sys, time\n"
+        "if os.environ['IRIS_ATTEMPT_ID'] == '0':\n"
+        "    sys.exit('rank 1 broke') if os.environ['IRIS_TASK_INDEX'] == '1' else time.sleep(60)\n")
 TICKER = "import time\nfor i in range(100000):\n    print('tick', i, flush=True)\n    time.sleep(0.3)\n"
 
 
@@ -40,6 +43,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
                       base_dir=tmp_path_factory.mktemp("browser")) as c:
         client = IrisClient.remote(c.controller_address, token=c.admin_token)
         try:
+            client.submit(Entrypoint.from_command(sys.executable, "-c", GANG), "web-gang", replicas=2,
+                          coscheduled=True, max_retries_failure=1).wait(timeout=120)
             client.submit(Entrypoint.from_command(sys.executable, "-c", "print('fine')"), "web-ok", replicas=2
                           ).wait(timeout=120)
             failed = client.submit(Entrypoint.from_command(
@@ -120,6 +125,17 @@ def test_browser_jobs_list_filter_search_and_a_failed_jobs_error(page: object, c
     attempts = p.inner_text("tr.attempts[data-attempts='0']")  # type: ignore[attr-defined]
     assert "failure" in attempts and "line two of the error" in attempts
     p.screenshot(path=str(shots / "job.png"), full_page=True)  # type: ignore[attr-defined]
+
+
+def test_browser_a_gang_s_page_says_which_rank_started_its_restart(page: object, cluster: LocalCluster) -> None:
+    p = page
+    p.goto(cluster.dashboard_url + "/job/web-gang")  # type: ignore[attr-defined, operator]
+    p.wait_for_selector("#job-gang-restarts")  # type: ignore[attr-defined]
+    assert p.inner_text("#job-gang-restarts") == "1 (the last started by task 1: rank 1 broke)"  # type: ignore[attr-defined]
+    p.click("tr.task[data-task='0']")  # type: ignore[attr-defined]
+    p.wait_for_selector("tr.attempts[data-attempts='0'] tr[data-attempt='1']")  # type: ignore[attr-defined]
+    assert "gang restart: started by task 1: rank 1 broke" in p.inner_text(  # type: ignore[attr-defined]
+        "tr.attempts[data-attempts='0']")
 
 
 def test_browser_follows_a_running_tasks_log(page: object, cluster: LocalCluster, shots: Path) -> None:

@@ -82,7 +82,8 @@ def test_a_coscheduled_gang_restarts_together_and_the_next_attempt_knows_why(api
     lines = {i: (seen / f"task-{i}").read_text().splitlines() for i in range(4)}
     assert lines[2] == ["0 none none none", "1 FAILED 1 broken"]  # the error's last line: the task's stderr
     for i in (0, 1, 3):
-        assert lines[i] == ["0 none none none", "1 KILLED 0 gang restart"]
+        assert lines[i] == ["0 none none none", "1 KILLED 0 gang restart: started by task 2: broken"]
+    assert job.gang_restart_cause == "task 2: broken"
 
 
 def test_retry_backoff_delays_the_second_retry_longer(api: Api, tmp_path: Path) -> None:
@@ -215,3 +216,66 @@ def test_rendezvous_variables_and_the_job_s_own_values_win(api: Api, tmp_path: P
     job_id = api.launch("rdv-none", ["/bin/sh", "-c", script], replicas=1)
     assert api.wait(job_id).state == T.JOB_STATE_SUCCEEDED
     assert "MASTER_ADDR=unset" in (out / "0").read_text()
+
+
+BLAME_PROGRAM = """
+import os, socket, sys, time
+rank, world, attempt = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["IRIS_ATTEMPT_ID"])
+out = sys.argv[1]
+if attempt == world:  # every rank was killed once: this round succeeds
+    sys.exit(0)
+host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+if rank == 0:
+    server = socket.create_server((os.environ["IRIS_BIND_HOST"], port))
+    peers = [server.accept()[0] for _ in range(world - 1)]
+else:
+    while True:
+        try:
+            peers = [socket.create_connection((host, port), timeout=5)]
+            break
+        except OSError:
+            time.sleep(0.05)
+    peers[0].settimeout(None)
+with open(os.path.join(out, f"{attempt}-{rank}.tmp"), "w") as f:
+    f.write(str(os.getpid()))
+os.rename(os.path.join(out, f"{attempt}-{rank}.tmp"), os.path.join(out, f"{attempt}-{rank}"))
+import select
+select.select(peers, [], [])  # a peer went away (its process died): so do we, as torch's ranks would
+print(f"rank {rank}: lost a peer (connection reset)", file=sys.stderr, flush=True)
+sys.exit(1)
+"""
+
+
+def test_the_rank_killed_with_kill_9_is_blamed_whichever_rank_it_is(api: Api, tmp_path: Path) -> None:
+    """Ranks 0..3 killed in turn (one per gang attempt): each time the killed rank is charged and
+    the others, which ended of the loss ("connection reset") a moment later, are not (issue 26 item 4)."""
+    import os
+    import signal
+    import sys
+
+    from iris.cluster.clock import wait_until
+
+    out = tmp_path / "pids"
+    out.mkdir()
+    (tmp_path / "blame.py").write_text(BLAME_PROGRAM)
+    job_id = api.launch("blame", [sys.executable, str(tmp_path / "blame.py"), str(out)], replicas=4,
+                        coscheduled=True, cpu=1, max_retries_failure=4)
+    for killed in range(4):
+        wait_until(lambda k=killed: all((out / f"{k}-{r}").exists() for r in range(4)), 60,  # type: ignore[misc]
+                   message=f"gang attempt {killed} never met")
+        os.kill(int((out / f"{killed}-{killed}").read_text()), signal.SIGKILL)  # a task this test started
+    job = api.wait(job_id, timeout=90)
+    assert job.state == T.JOB_STATE_SUCCEEDED, job.error
+    assert job.gang_restarts == 4 and job.gang_restart_cause == "task 3: killed by signal 9 (SIGKILL)"
+    for task in job.tasks:
+        assert task.failure_count == 1 and task.preemption_count == 0  # each charged once: for its own death
+        for killed, attempt in enumerate(task.attempts[:4]):
+            if killed == task.task_index:
+                assert (attempt.state, attempt.charged_to) == (T.TASK_STATE_FAILED, "failure"), attempt
+                assert "killed by signal 9" in attempt.error
+            else:
+                assert (attempt.state, attempt.charged_to, attempt.decided_by) == (
+                    T.TASK_STATE_KILLED, "none", "gang restart"), attempt
+                assert attempt.error == f"gang restart: started by task {killed}: killed by signal 9 (SIGKILL)"
+    status = api.task(job_id, 1)  # what `iris task status` shows: which rank started each restart
+    assert status.attempts[0].error.startswith("gang restart: started by task 0")

@@ -64,8 +64,9 @@ def test_two_gangs_on_one_host_meet_on_allocated_ports_and_a_port_held_outside_i
                 assert len(ports) == 2  # the two gangs met on different ports of one host
                 # gang-a's lead went first and was given the port held outside: sent back, uncharged
                 bounced = [a for job in done for t in job.tasks for a in t.attempts
-                           if f"port {first} in use" in a.error]
-                assert len(bounced) == 1 and bounced[0].charged_to == "none", [
+                           if a.decided_by == "port in use"]
+                assert len(bounced) == 1 and bounced[0].charged_to == "none" and f"port {first} in use" in bounced[
+                    0].error, [
                     (a.error, a.charged_to) for job in done for t in job.tasks for a in t.attempts]
             finally:
                 api.close()

@@ -553,7 +553,8 @@ def status_cmd(controller: str, job_id: str, show_tasks: bool, as_json: bool, ve
             f"{status.max_retries_failure} failure retries, {status.max_retries_preemption} preemption retries",
         ),
         ("Retries used", f"{status.failures_used} after failures · {status.preemptions_used} after preemptions"
-                         + (f" · {status.gang_restarts} gang restarts" if status.gang_restarts else "")),
+                         + (f" · {status.gang_restarts} gang restarts" if status.gang_restarts else "")
+                         + (f" (the last started by {status.gang_restart_cause})" if status.gang_restart_cause else "")),
         ("Time", time_text(status.time)),
     ]
     if status.owner:

@@ -258,6 +258,8 @@ class JobStatus(_Jsonable):
     """The user who submitted it (a child job belongs to its parent's owner)."""
     gang_restarts: int = 0
     """Times a coscheduled job's tasks were all stopped and placed again together."""
+    gang_restart_cause: str = ""
+    """Which member started the last gang restart and how it ended ("task 2: killed by signal 9 (SIGKILL)")."""
     failures_used: int = 0
     """Failure retries its tasks spent (each task may spend ``max_retries_failure``)."""
     preemptions_used: int = 0
@@ -321,6 +323,7 @@ class JobStatus(_Jsonable):
             job_uid=proto.job_uid,
             tasks=tuple(TaskStatus.from_proto(t) for t in proto.tasks),
             gang_restarts=proto.gang_restarts,
+            gang_restart_cause=proto.gang_restart_cause,
             failures_used=proto.failures_used,
             preemptions_used=proto.preemptions_used,
             time=TimeSpent.from_proto(proto.time),

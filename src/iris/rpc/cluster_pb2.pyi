@@ -638,6 +638,7 @@ class JobStatus(_message.Message):
     JOB_UID_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     CHECKPOINT_DIR_FIELD_NUMBER: _builtins.int
+    GANG_RESTART_CAUSE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     error: _builtins.str
@@ -670,6 +671,8 @@ class JobStatus(_message.Message):
     """With `iris controller serve --shared-dir`: the job's directory there, the same for every task and
     attempt on every worker (IRIS_CHECKPOINT_DIR), deleted with the job. GetJobStatus only.
     """
+    gang_restart_cause: _builtins.str
+    """which member started the last gang restart, and how it ended"""
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskStatus]:
         """filled only when asked for"""
@@ -717,10 +720,11 @@ class JobStatus(_message.Message):
         job_uid: _builtins.str = ...,
         spec: Global___Controller.LaunchJobRequest | None = ...,
         checkpoint_dir: _builtins.str = ...,
+        gang_restart_cause: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "spec", b"spec", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "error", b"error", "failures_used", b"failures_used", "finished_at_ms", b"finished_at_ms", "gang_restarts", b"gang_restarts", "job_id", b"job_id", "job_uid", b"job_uid", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_task_failures", b"max_task_failures", "num_tasks", b"num_tasks", "owner", b"owner", "parent_job_id", b"parent_job_id", "pending_reason", b"pending_reason", "preemptions_used", b"preemptions_used", "resources", b"resources", "spec", b"spec", "started_at_ms", b"started_at_ms", "state", b"state", "submitted_at_ms", b"submitted_at_ms", "tasks", b"tasks", "tasks_failed", b"tasks_failed", "tasks_killed", b"tasks_killed", "tasks_pending", b"tasks_pending", "tasks_running", b"tasks_running", "tasks_succeeded", b"tasks_succeeded", "tasks_unschedulable", b"tasks_unschedulable", "tasks_worker_failed", b"tasks_worker_failed", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "error", b"error", "failures_used", b"failures_used", "finished_at_ms", b"finished_at_ms", "gang_restart_cause", b"gang_restart_cause", "gang_restarts", b"gang_restarts", "job_id", b"job_id", "job_uid", b"job_uid", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_task_failures", b"max_task_failures", "num_tasks", b"num_tasks", "owner", b"owner", "parent_job_id", b"parent_job_id", "pending_reason", b"pending_reason", "preemptions_used", b"preemptions_used", "resources", b"resources", "spec", b"spec", "started_at_ms", b"started_at_ms", "state", b"state", "submitted_at_ms", b"submitted_at_ms", "tasks", b"tasks", "tasks_failed", b"tasks_failed", "tasks_killed", b"tasks_killed", "tasks_pending", b"tasks_pending", "tasks_running", b"tasks_running", "tasks_succeeded", b"tasks_succeeded", "tasks_unschedulable", b"tasks_unschedulable", "tasks_worker_failed", b"tasks_worker_failed", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from iris.cluster.controller.policies import GANG_BLAME_WINDOW_MS
 from iris.cluster.controller.scheduler import Scheduler
 from iris.cluster.controller.state import ControllerState
 from iris.cluster.controller.task import TaskTransitionResult
@@ -138,6 +139,7 @@ def test_unmatched_codes_are_failures(state: ControllerState) -> None:
 
 
 def test_gang_restart_stops_the_others_charges_only_the_trigger_and_holds_resources(state: ControllerState) -> None:
+    state.gang_blame_window_ms = 0  # decided at the first end (the blame window is tested below)
     worker = add_worker(state, cpu=4)
     job, tasks = submit(state, replicas=4, coscheduled=True, max_retries_failure=1)
     for t in tasks:
@@ -165,7 +167,85 @@ def test_gang_restart_stops_the_others_charges_only_the_trigger_and_holds_resour
     assert len(tx.assignments) == 4
 
 
+# -- blame by cause (issue 26 item 4) ----------------------------------------------------------------
+
+WINDOW = GANG_BLAME_WINDOW_MS
+
+
+def gang(state: ControllerState, replicas: int = 4) -> list:  # type: ignore[type-arg]
+    add_worker(state, cpu=replicas)
+    _, tasks = submit(state, replicas=replicas, coscheduled=True, max_retries_failure=2)
+    for t in tasks:
+        dispatch(state, t)
+    state.drain_effects()
+    return tasks
+
+
+@pytest.mark.parametrize("killed", [0, 1, 2, 3])
+def test_the_rank_killed_by_a_signal_is_blamed_though_a_peer_s_end_came_first(state: ControllerState,
+                                                                             killed: int) -> None:
+    tasks = gang(state)
+    peer = (killed + 1) % 4  # lost its connection to the killed rank: its end arrives first
+    fail(state, tasks[peer].task_id, 1, NOW + 100, error="ConnectionResetError: [Errno 104] Connection reset by peer")
+    fail(state, tasks[killed].task_id, -9, NOW + 150, error="killed by signal 9 (SIGKILL)")
+    assert all(t.state == RUNNING for t in tasks)  # held: the decision waits for the window
+    assert state.settle_gangs(NOW + 100 + WINDOW - 1) == 0
+    assert state.settle_gangs(NOW + 100 + WINDOW) == 1
+    assert all(t.state == PENDING and t.current_attempt_id == 1 for t in tasks)
+    for t in tasks:
+        attempt = t.attempts[0]
+        if t is tasks[killed]:
+            assert (t.failure_count, attempt.state, attempt.charged_to) == (1, FAILED, "failure")
+        else:
+            assert (t.failure_count, attempt.state, attempt.charged_to) == (0, KILLED, "none")
+            assert attempt.decided_by == "gang restart"
+            assert attempt.error == f"gang restart: started by task {killed}: killed by signal 9 (SIGKILL)"
+    job = state.get_job(tasks[0].job_id)
+    assert job is not None and job.gang_restart_cause == f"task {killed}: killed by signal 9 (SIGKILL)"
+    # Only the ranks still running are sent kills; the two that ended hold nothing.
+    assert {k.task_id for k in state.drain_effects().kills} == {
+        t.task_id for i, t in enumerate(tasks) if i not in (killed, peer)}
+
+
+def test_without_a_signal_death_the_first_end_received_is_blamed(state: ControllerState) -> None:
+    tasks = gang(state)
+    fail(state, tasks[3].task_id, 1, NOW + 100)
+    fail(state, tasks[0].task_id, 2, NOW + 120)
+    state.settle_gangs(NOW + 100 + WINDOW)
+    assert [t.failure_count for t in tasks] == [0, 0, 0, 1]
+
+
+def test_a_gang_whose_every_member_ended_is_decided_at_once(state: ControllerState) -> None:
+    tasks = gang(state, replicas=2)
+    fail(state, tasks[0].task_id, 1, NOW + 100)
+    assert tasks[0].state == RUNNING
+    fail(state, tasks[1].task_id, -11, NOW + 110)  # the last live member: no need to wait
+    assert [t.failure_count for t in tasks] == [0, 1] and all(t.state == PENDING for t in tasks)
+
+
+def test_a_held_end_is_not_lost_by_a_heartbeat_that_no_longer_lists_it(state: ControllerState) -> None:
+    from iris.cluster.controller.state import ObservedAttempt
+
+    tasks = gang(state, replicas=2)
+    fail(state, tasks[0].task_id, 1, NOW + 100)
+    # Its report was acknowledged, so the worker's next set lists only the running rank.
+    result = state.reconcile_worker(WorkerId("w1"), [ObservedAttempt(tasks[1].task_id, 0, RUNNING)], "inc", 9,
+                                    NOW + 200)
+    assert result.missing == [] and tasks[0].preemption_count == 0
+    state.settle_gangs(NOW + 100 + WINDOW)
+    assert (tasks[0].failure_count, tasks[0].preemption_count) == (1, 0) and tasks[1].attempts[0].state == KILLED
+
+
+def test_a_worker_death_in_the_window_is_the_cause_and_nobody_is_charged_a_failure(state: ControllerState) -> None:
+    tasks = gang(state, replicas=2)
+    fail(state, tasks[0].task_id, 1, NOW + 100)
+    state.mark_worker_dead(WorkerId("w1"), NOW + 200)
+    assert state.settle_gangs(NOW + 100 + WINDOW) == 0  # decided by the death: nothing held any more
+    assert [(t.failure_count, t.preemption_count) for t in tasks] in ([(0, 1), (0, 0)], [(0, 0), (0, 1)])
+
+
 def test_observed_set_without_a_stopped_attempt_releases_its_resources(state: ControllerState) -> None:
+    state.gang_blame_window_ms = 0  # decided at the first end (the blame window is tested below)
     worker = add_worker(state, cpu=2)
     _, tasks = submit(state, replicas=2, coscheduled=True, max_retries_failure=1)
     for t in tasks:

@@ -33,6 +33,9 @@ class ControllerConfig:
     quarantine_after: int = 5
     """Attempts failing quickly in a row on one worker, of two owners' jobs that succeed
     elsewhere, before it is quarantined (``--quarantine-after``; 0: never)."""
+    gang_blame_window_s: float = 5.0
+    """How long a coscheduled job's first failure waits for its other members' ends before the gang
+    restart is decided and one member is charged (``policies.gang_cause``; 0: the first end, at once)."""
     log_fetch_timeout_s: float = 10.0
     dispatch_threads: int = 16
     dispatch_batch_max_tasks: int = 128

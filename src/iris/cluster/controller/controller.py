@@ -130,6 +130,7 @@ class Controller:
         self.config = cfg = config or ControllerConfig()
         self._state = state if state is not None else ControllerState()
         self._state.quarantine_after = cfg.quarantine_after
+        self._state.gang_blame_window_ms = int(cfg.gang_blame_window_s * 1000)
         self._store = store
         self._bundles: MemoryBundles | StateStore = store if store is not None else MemoryBundles()
         self._clock: Clock = clock or SystemClock()
@@ -530,6 +531,7 @@ class Controller:
         with self._change() as tx:
             state, now = tx.state, tx.now_ms
             state.expire_timeouts(now)
+            state.settle_gangs(now)
             self._size_heartbeats(state.healthy_worker_count())
             dead = state.find_dead_workers(now, int(self.config.worker_timeout_s * 1000), self._heartbeat_interval_ms)
             for worker_id in dead:

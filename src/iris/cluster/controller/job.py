@@ -63,6 +63,7 @@ class Job:
         "submit_seq",
         "owner",
         "gang_restarts",
+        "gang_restart_cause",
         "_useful_ms",
         "_failure_ms",
         "_preemption_ms",
@@ -112,6 +113,8 @@ class Job:
         """Error of the first task that ended FAILED, tolerated or not: the job's error if it fails."""
         self.gang_restarts = 0
         """Times a coscheduled job's running tasks were stopped so the gang restarts together."""
+        self.gang_restart_cause = ""
+        """Which member started the last gang restart and how it ended ("task 2: killed by signal 9 ...")."""
         # Attempt running time by how the attempts ended (``time_ms``), and retries spent by all of
         # its tasks, per budget (``charges``): plain slots, not two dicts (368 bytes of every job held).
         self._useful_ms = self._failure_ms = self._preemption_ms = self._gang_ms = 0

@@ -7,6 +7,9 @@ decision carries a ``Reason`` code, so logs, actions and tests name the same thi
 1. ``exit_rule``: an exit rule said ``fail-job`` for the code a task ended with.
 2. ``similar_failures``: ``max_similar_failures`` tasks failed with the same error and none succeeded.
 3. ``gang_restart``: a task of a coscheduled job will be retried: the whole gang goes again together.
+   Blame by cause (``gang_cause``): no common clock across hosts, so the controller holds a gang's
+   first failure for ``GANG_BLAME_WINDOW_MS`` and collects the other members' ends; a member killed
+   by a signal Iris did not send is the cause, else the first end received. Only that one is charged.
 4. ``quarantine``: attempts of two owners' jobs failed quickly on one worker in a row while they
    succeed elsewhere: the worker is taken out for a cool-down (never more than a tenth of the
    fleet), and those failures are charged to no budget.
@@ -32,6 +35,12 @@ STREAK_CAP = 1000
 """A worker's streak keeps at most max(this, 4 x quarantine_after) entries."""
 MAX_QUARANTINED_SHARE = 10
 """At most one worker in this many of the healthy fleet is quarantined at once."""
+GANG_BLAME_WINDOW_MS = 5000
+"""How long a coscheduled job's first failure waits for its other members' ends before the gang
+restart is decided. A peer's "connection reset" comes within milliseconds of the real death, but
+the worker holds back the report of a death by signal for up to 2 s (``SIGNAL_SETTLE_S``: was its
+worker being stopped by the same signal?), so the window is longer than that plus a report's trip.
+It is decided at once when every live member has ended (the usual case: the others die of the loss)."""
 
 
 class Reason(StrEnum):
@@ -117,6 +126,34 @@ def failure_key(attempt: TaskAttempt) -> str:
 def gang_restart(coscheduled: bool, will_retry: bool, trigger: TaskId) -> RestartGang | None:
     """A task of a coscheduled job will be retried: the others go with it (DESIGN §4)."""
     return RestartGang(trigger) if coscheduled and will_retry else None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberEnd:
+    """A gang member's failure, as its worker reported it, held for the blame window."""
+
+    task_id: TaskId
+    task_index: int
+    attempt_id: int
+    exit_code: int | None
+    error: str | None
+
+
+def killed_by_signal(exit_code: int | None) -> bool:
+    """Ended by a signal (-N as the worker reports a process's death, or 128+N as a shell reports
+    its child's). A FAILED report never stands for a kill Iris sent: those end KILLED."""
+    return exit_code is not None and (exit_code < 0 or 128 < exit_code <= 128 + 64)
+
+
+def gang_cause(ends: Sequence[MemberEnd]) -> MemberEnd:
+    """Which member's end started the gang restart: the first killed by a signal Iris did not send
+    (the others died of losing it: "connection reset by peer"), else the first received."""
+    return next((end for end in ends if killed_by_signal(end.exit_code)), ends[0])
+
+
+def describe_end(exit_code: int | None, error: str | None) -> str:
+    """One line for how an attempt ended: its error's last line, else its exit code."""
+    return last_line(error) or (f"exit code {exit_code}" if exit_code is not None else "failed")
 
 
 # -- 4: workers ----------------------------------------------------------------------------------

@@ -540,6 +540,7 @@ def job_proto(view: JobView, tasks: list[TaskView] | None = None, *, spec_for: b
         owner=view.owner,
         job_uid=view.uid,
         gang_restarts=view.gang_restarts,
+        gang_restart_cause=view.gang_restart_cause,
         failures_used=view.failures_used,
         preemptions_used=view.preemptions_used,
         time=_time_proto(view.time_ms),

@@ -56,6 +56,8 @@ from iris.rpc import cluster_pb2
 
 logger = logging.getLogger(__name__)
 
+PORT_IN_USE = "port in use"
+"""``decided_by`` of an attempt sent back because a port it was given was held outside Iris."""
 ACTION_LOG_SIZE = 1000
 DEFAULT_QUARANTINE_AFTER = 5
 
@@ -242,6 +244,17 @@ class ObservedAttempt:
         return AttemptRef(self.task_id, self.attempt_id, self.job_uid)
 
 
+@dataclass(slots=True)
+class GangHold:
+    """A coscheduled job's members' failures, collected until ``until_ms`` (the blame window)."""
+
+    until_ms: int
+    ends: list[policies.MemberEnd] = field(default_factory=list)
+
+    def holds(self, task_id: TaskId) -> bool:
+        return any(end.task_id == task_id for end in self.ends)
+
+
 @dataclass(frozen=True, slots=True)
 class ReconcileResult:
     kill: list[ObservedAttempt]
@@ -254,7 +267,8 @@ class ControllerState:
     """Authoritative in-memory state. Thread-safe through one re-entrant lock, but the shell
     holds its own lock across "apply, drain effects, persist"; pure tests call it directly."""
 
-    def __init__(self, quarantine_after: int = DEFAULT_QUARANTINE_AFTER) -> None:
+    def __init__(self, quarantine_after: int = DEFAULT_QUARANTINE_AFTER,
+                 gang_blame_window_ms: int = policies.GANG_BLAME_WINDOW_MS) -> None:
         self._lock = RLock()
         self._jobs: dict[JobId, Job] = {}
         self._tasks: dict[TaskId, Task] = {}
@@ -290,6 +304,12 @@ class ControllerState:
         prunes from the front (``prunable_jobs``)."""
         self.ports = PortBook()
         """Ports handed to attempts, per host (``iris.cluster.ports``)."""
+        self.gang_blame_window_ms = gang_blame_window_ms
+        """How long a gang's first failure waits for the others' ends (``policies.gang_cause``; 0: none)."""
+        self._gang_holds: dict[JobId, GangHold] = {}
+        """Coscheduled jobs whose members' failures are being collected before the restart is decided."""
+        self._ended_in_hold: frozenset[TaskId] = frozenset()
+        """While a held gang is settled: its members whose processes already ended (no kill needed)."""
 
     def _index_job(self, job: Job) -> None:
         job.submit_seq = self._next_submit_seq
@@ -341,6 +361,10 @@ class ControllerState:
                     self._account(job, attempt)
                     if attempt.decided_by == GANG_RESTART:
                         gang_restarts.add(attempt.finished_at_ms or 0)
+                        prefix = f"{GANG_RESTART}: started by "
+                        if (attempt.finished_at_ms or 0) >= max(gang_restarts) and (attempt.error or "").startswith(
+                                prefix):
+                            job.gang_restart_cause = (attempt.error or "").removeprefix(prefix)
                     elif attempt.state == SUCCEEDED and attempt.worker_id is not None:
                         job.note_success(attempt.worker_id)
                     elif attempt.charged_to == "failure" and attempt.state == cluster_pb2.TASK_STATE_FAILED \
@@ -977,22 +1001,29 @@ class ControllerState:
     def _gang_restart(self, job: Job, trigger: Task, now_ms: int) -> None:
         """One task of a gang will be retried: stop the gang's other running attempts (KILLED,
         "gang restart", no budget charged) so the whole gang is placed again together."""
+        self._gang_holds.pop(job.job_id, None)  # decided: ends held in the blame window go with the rest
+        last = trigger.attempts[-1] if trigger.attempts else None
+        cause = f"task {trigger.task_index}: " + (policies.describe_end(last.exit_code, last.error) if last else "ended")
+        error = f"{GANG_RESTART}: started by {cause}"
         restarted = 0
         for other in self._tasks_by_job[job.job_id]:
-            if other is not trigger and other.is_active() and self._restart_uncharged(job, other, now_ms, GANG_RESTART):
+            if other is not trigger and other.is_active() and self._restart_uncharged(
+                    job, other, now_ms, GANG_RESTART, error=error, kill=other.task_id not in self._ended_in_hold):
                 restarted += 1
         if restarted:
+            job.gang_restart_cause = cause
             job.gang_restarts += 1
             self.log_action("gang_restart", now_ms=now_ms, job_id=job.job_id, task_id=trigger.task_id,
                             details=f"stopped {restarted} running tasks")
 
-    def _restart_uncharged(self, job: Job, task: Task, now_ms: int, reason: str, *, kill: bool = True) -> bool:
+    def _restart_uncharged(self, job: Job, task: Task, now_ms: int, reason: str, *, kill: bool = True,
+                           error: str | None = None) -> bool:
         """End the task's live attempt KILLED with ``reason``, charged to no budget, and queue it
         again. ``kill``: its process may still run (stop it; its resources stay held until it is
         confirmed gone). False when the task is not active."""
         worker_id, attempt_id, old_state = task.worker_id, task.current_attempt_id, task.state
         ended_before = len(task.attempts)
-        if not task.restart_attempt(now_ms, reason):
+        if not task.restart_attempt(now_ms, reason, error):
             return False
         self._release(worker_id, task, job, hold_attempt=attempt_id if kill else None)
         self._remove_endpoints_for_task(task.task_id)
@@ -1016,7 +1047,7 @@ class ControllerState:
         self.ports.held_outside(worker.host, busy, now_ms)
         listed = ", ".join(str(p) for p in busy[:8])
         reason = f"port {listed} in use on {worker.host} by a process outside Iris: placed again with other ports"
-        if not self._restart_uncharged(job, task, now_ms, reason, kill=False):
+        if not self._restart_uncharged(job, task, now_ms, PORT_IN_USE, error=reason, kill=False):
             return False
         self.log_action("ports_busy", now_ms=now_ms, job_id=job.job_id, task_id=task.task_id,
                         worker_id=worker.worker_id, details=reason)
@@ -1087,6 +1118,7 @@ class ControllerState:
     def _on_job_finished(self, job: Job, now_ms: int) -> None:
         """Failure domain: kill every task of the job that has not ended, then end its children."""
         self._effects.dirty_jobs.add(job.job_id)
+        self._gang_holds.pop(job.job_id, None)
         if job.parent_job_id is None:
             self._finished_roots[job.job_id] = job.finished_at_ms or now_ms
         self.log_action(
@@ -1172,10 +1204,70 @@ class ControllerState:
             if state not in (BUILDING, RUNNING, SUCCEEDED, cluster_pb2.TASK_STATE_FAILED, WORKER_FAILED):
                 logger.warning("ignoring report task=%s attempt=%s with state %s", task_id, attempt_id, state)
                 return False
+            if state == cluster_pb2.TASK_STATE_FAILED and self._hold_gang_end(task, exit_code, error, now_ms):
+                return True
             result, _ = self.transition_task(
                 task_id, state, now_ms, is_worker_failure=state == WORKER_FAILED, error=error, exit_code=exit_code
             )
             return result is not TaskTransitionResult.IGNORED
+
+    # ------------------------------------------------------------------ gang blame (DESIGN §4)
+
+    def _hold_gang_end(self, task: Task, exit_code: int | None, error: str | None, now_ms: int) -> bool:
+        """A member of a coscheduled job failed while others run: hold the end for the blame window
+        (``policies.gang_cause``) instead of deciding the gang restart now. False: decide now (not
+        a gang, no window, or no other member left to hear from)."""
+        job = self._jobs[task.job_id]
+        if not job.coscheduled or not self.gang_blame_window_ms or job.is_finished():
+            return False
+        hold = self._gang_holds.get(job.job_id)
+        members = self._tasks_by_job[job.job_id]
+        if hold is None:
+            if not any(other is not task and other.is_active() for other in members):
+                return False
+            hold = self._gang_holds[job.job_id] = GangHold(now_ms + self.gang_blame_window_ms)
+        if not hold.holds(task.task_id):
+            hold.ends.append(policies.MemberEnd(task.task_id, task.task_index, task.current_attempt_id,
+                                                exit_code, error))
+        if all(hold.holds(other.task_id) for other in members if other.is_active()):
+            self._settle_gang(job, now_ms)  # every live member has ended: nothing more to wait for
+        return True
+
+    def holds_end(self, task_id: TaskId) -> bool:
+        """Whether this task's failure is held in its gang's blame window (it ended on its worker)."""
+        task = self._tasks.get(task_id)
+        hold = self._gang_holds.get(task.job_id) if task is not None else None
+        return hold is not None and hold.holds(task_id)
+
+    def settle_gangs(self, now_ms: int) -> int:
+        """Decide the gang restarts whose blame window has passed. Returns how many."""
+        with self._lock:
+            due = [job_id for job_id, hold in self._gang_holds.items() if hold.until_ms <= now_ms]
+            for job_id in due:
+                job = self._jobs.get(job_id)
+                if job is None:
+                    self._gang_holds.pop(job_id, None)
+                else:
+                    self._settle_gang(job, now_ms)
+            return len(due)
+
+    def _settle_gang(self, job: Job, now_ms: int) -> None:
+        """Charge the cause's failure (``policies.gang_cause``): the gang restart it starts stops the
+        others, their held ends included, KILLED with the cause and charged to nobody."""
+        hold = self._gang_holds.pop(job.job_id, None)
+        if hold is None:
+            return
+        ends = [end for end in hold.ends if (t := self._tasks.get(end.task_id)) is not None and t.is_active()
+                and t.current_attempt_id == end.attempt_id]
+        if not ends:
+            return
+        cause = policies.gang_cause(ends)
+        self._ended_in_hold = frozenset(end.task_id for end in ends)
+        try:
+            self.transition_task(cause.task_id, cluster_pb2.TASK_STATE_FAILED, now_ms, exit_code=cause.exit_code,
+                                 error=cause.error)
+        finally:
+            self._ended_in_hold = frozenset()
 
     def reconcile_worker(
         self,
@@ -1232,6 +1324,8 @@ class ControllerState:
                 ack = worker.dispatch_acks.get(task_id, ("", -1))
                 if ack is None:
                     continue  # RunTask still in flight
+                if self._gang_holds and self.holds_end(task_id):
+                    continue  # it ended (its report was taken): its gang's restart is being decided
                 ack_incarnation, ack_sequence = ack
                 if ack_incarnation == incarnation and ack_sequence > sequence:
                     continue  # accepted after this set was taken

@@ -262,13 +262,14 @@ class Task:
         self._finish(WORKER_FAILED if is_worker_failure else FAILED, now_ms, error, exit_code)
         return TaskTransitionResult.EXCEEDED_RETRY_LIMIT
 
-    def restart_attempt(self, now_ms: int, reason: str) -> bool:
+    def restart_attempt(self, now_ms: int, reason: str, error: str | None = None) -> bool:
         """Stop the current attempt without charging any budget (a gang restart, a drain of a
-        quarantined worker): it ends KILLED with ``reason`` and the task is PENDING again as a new
-        attempt. False (nothing changed) when the task is not active."""
+        quarantined worker): it ends KILLED, decided by ``reason`` (its error: ``error``, else the
+        reason), and the task is PENDING again as a new attempt. False (nothing changed) when the
+        task is not active."""
         if self.state not in (BUILDING, RUNNING):
             return False
-        self._end_attempt(KILLED, now_ms, reason, None, is_worker_failure=False, charged_to="none",
+        self._end_attempt(KILLED, now_ms, error or reason, None, is_worker_failure=False, charged_to="none",
                           decided_by=reason)
         self._reset_for_retry(now_ms)
         return True

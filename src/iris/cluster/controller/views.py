@@ -54,6 +54,7 @@ class JobView:
     uid: str = ""
     spec: JobSpec | None = None
     """What the job asked for (frozen, shared with the job: no copy)."""
+    gang_restart_cause: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +135,7 @@ def job_view(job: Job) -> JobView:
         job.finished_at_ms or 0, job.parent_job_id or "", job.num_tasks, tuple(c), spec.resources, spec.replicas,
         pending_reason, job.max_task_failures, job.max_retries_failure, job.max_retries_preemption, job.submit_seq,
         job.owner, job.gang_restarts, job.charges["failure"], job.charges["preemption"],
-        (("pending", job.pending_ms), *job.time_ms.items()), job.uid, spec,
+        (("pending", job.pending_ms), *job.time_ms.items()), job.uid, spec, job.gang_restart_cause,
     )
 
 

@@ -155,7 +155,7 @@ const views = {
         <dt>Preemptions</dt><dd>${j.preemptions_used} used; ${j.max_retries_preemption} per task</dd>
         <dt>Time</dt><dd id="job-time">pending ${seconds(1000 * t.pending)}, useful ${seconds(1000 * t.useful)}, lost: failures ${seconds(1000 * t.lost_failure)},
           preemptions ${seconds(1000 * t.lost_preemption)}, gang ${seconds(1000 * t.lost_gang)}</dd>
-        <dt>Gang restarts</dt><dd>${j.gang_restarts}</dd>
+        <dt>Gang restarts</dt><dd id="job-gang-restarts">${j.gang_restarts}${j.gang_restart_cause ? ` (the last started by ${esc(j.gang_restart_cause)})` : ""}</dd>
       </dl>
       ${j.pending_reason ? `<p><b>Pending:</b> ${esc(j.pending_reason)}</p>` : ""}
       ${j.error ? `<h2>Error</h2><div class="error" id="job-error">${esc(j.error)}</div>` : ""}
