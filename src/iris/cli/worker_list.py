@@ -67,6 +67,8 @@ def worker_list(controller: str, as_json: bool, verbose: bool) -> None:
         columns += ["ALLOCATION", "ALLOC STATE"]
     stdout_console().print(make_table(columns, rows))
     for w in workers:
+        if w.unfit:
+            stderr_console().print(f"{w.worker_id} takes no tasks: {w.unfit}")
         if w.quarantined_until_ms > now_ms():
             stderr_console().print(f"{w.worker_id} quarantined ({human_until(w.quarantined_until_ms)}): "
                                    f"{w.quarantine_reason}; `iris worker release {w.worker_id}` ends it")
@@ -75,6 +77,8 @@ def worker_list(controller: str, as_json: bool, verbose: bool) -> None:
 def _health(w: WorkerInfo) -> Text:
     if not w.healthy:
         return Text("unhealthy", style="red")
+    if w.unfit:
+        return Text("unfit", style="red")
     if w.draining:
         return Text("draining", style="yellow")
     if w.quarantined_until_ms > now_ms():

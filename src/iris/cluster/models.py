@@ -390,6 +390,8 @@ class WorkerInfo(_Jsonable):
     quarantined_until_ms: int = 0
     """It takes no new tasks until then (0: not quarantined)."""
     quarantine_reason: str = ""
+    unfit: str = ""
+    """Why the worker said it cannot run tasks as promised (e.g. its cgroups vanished); nothing is placed there."""
     cpu: float | int = 0
     """Cores offered (may be a fraction: a local cluster's workers split the machine)."""
 
@@ -426,6 +428,7 @@ class WorkerInfo(_Jsonable):
             draining=proto.draining,
             quarantined_until_ms=proto.quarantined_until_ms,
             quarantine_reason=proto.quarantine_reason,
+            unfit=proto.unfit,
         )
 
 

@@ -924,6 +924,7 @@ class WorkerInfo(_message.Message):
     QUARANTINED_UNTIL_MS_FIELD_NUMBER: _builtins.int
     QUARANTINE_REASON_FIELD_NUMBER: _builtins.int
     COMMITTED_CPU_MILLICORES_FIELD_NUMBER: _builtins.int
+    UNFIT_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     address: _builtins.str
     healthy: _builtins.bool
@@ -940,6 +941,8 @@ class WorkerInfo(_message.Message):
     quarantine_reason: _builtins.str
     committed_cpu_millicores: _builtins.int
     """committed_cpu is this rounded up to whole cores"""
+    unfit: _builtins.str
+    """the worker said it cannot run tasks as promised (why): nothing is placed there"""
     @_builtins.property
     def metadata(self) -> Global___WorkerMetadata: ...
     @_builtins.property
@@ -967,10 +970,11 @@ class WorkerInfo(_message.Message):
         quarantined_until_ms: _builtins.int = ...,
         quarantine_reason: _builtins.str = ...,
         committed_cpu_millicores: _builtins.int = ...,
+        unfit: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "provisioning", b"provisioning"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "committed_cpu", b"committed_cpu", "committed_cpu_millicores", b"committed_cpu_millicores", "committed_disk_bytes", b"committed_disk_bytes", "committed_gpus", b"committed_gpus", "committed_memory_bytes", b"committed_memory_bytes", "draining", b"draining", "healthy", b"healthy", "last_heartbeat_ms", b"last_heartbeat_ms", "metadata", b"metadata", "provisioning", b"provisioning", "quarantine_reason", b"quarantine_reason", "quarantined_until_ms", b"quarantined_until_ms", "registered_at_ms", b"registered_at_ms", "running_tasks", b"running_tasks", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "committed_cpu", b"committed_cpu", "committed_cpu_millicores", b"committed_cpu_millicores", "committed_disk_bytes", b"committed_disk_bytes", "committed_gpus", b"committed_gpus", "committed_memory_bytes", b"committed_memory_bytes", "draining", b"draining", "healthy", b"healthy", "last_heartbeat_ms", b"last_heartbeat_ms", "metadata", b"metadata", "provisioning", b"provisioning", "quarantine_reason", b"quarantine_reason", "quarantined_until_ms", b"quarantined_until_ms", "registered_at_ms", b"registered_at_ms", "running_tasks", b"running_tasks", "unfit", b"unfit", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1577,12 +1581,15 @@ class Controller(_message.Message):
         TASKS_FIELD_NUMBER: _builtins.int
         INCARNATION_FIELD_NUMBER: _builtins.int
         SEQUENCE_FIELD_NUMBER: _builtins.int
+        UNFIT_FIELD_NUMBER: _builtins.int
         worker_id: _builtins.str
         address: _builtins.str
         incarnation: _builtins.str
         """random per worker process start"""
         sequence: _builtins.int
         """RunTask sequence number the observed set covers"""
+        unfit: _builtins.str
+        """non-empty: it cannot run tasks as promised (why): place none here"""
         @_builtins.property
         def metadata(self) -> Global___WorkerMetadata: ...
         @_builtins.property
@@ -1598,10 +1605,11 @@ class Controller(_message.Message):
             tasks: _abc.Iterable[Global___WorkerTaskStatus] | None = ...,
             incarnation: _builtins.str = ...,
             sequence: _builtins.int = ...,
+            unfit: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "incarnation", b"incarnation", "metadata", b"metadata", "sequence", b"sequence", "tasks", b"tasks", "worker_id", b"worker_id"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "incarnation", b"incarnation", "metadata", b"metadata", "sequence", b"sequence", "tasks", b"tasks", "unfit", b"unfit", "worker_id", b"worker_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1653,9 +1661,12 @@ class Controller(_message.Message):
         TASKS_FIELD_NUMBER: _builtins.int
         INCARNATION_FIELD_NUMBER: _builtins.int
         SEQUENCE_FIELD_NUMBER: _builtins.int
+        UNFIT_FIELD_NUMBER: _builtins.int
         worker_id: _builtins.str
         incarnation: _builtins.str
         sequence: _builtins.int
+        unfit: _builtins.str
+        """as in RegisterWorkerRequest"""
         @_builtins.property
         def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerTaskStatus]:
             """running attempts plus finished ones not yet acknowledged"""
@@ -1667,10 +1678,11 @@ class Controller(_message.Message):
             tasks: _abc.Iterable[Global___WorkerTaskStatus] | None = ...,
             incarnation: _builtins.str = ...,
             sequence: _builtins.int = ...,
+            unfit: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["incarnation", b"incarnation", "sequence", b"sequence", "tasks", b"tasks", "worker_id", b"worker_id"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["incarnation", b"incarnation", "sequence", b"sequence", "tasks", b"tasks", "unfit", b"unfit", "worker_id", b"worker_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1857,7 +1869,10 @@ class Controller(_message.Message):
 
         WORKER_ID_FIELD_NUMBER: _builtins.int
         UPDATES_FIELD_NUMBER: _builtins.int
+        UNFIT_FIELD_NUMBER: _builtins.int
         worker_id: _builtins.str
+        unfit: _builtins.str
+        """as in RegisterWorkerRequest (taken before the updates: a retry is not placed back here)"""
         @_builtins.property
         def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerTaskStatus]: ...
         def __init__(
@@ -1865,10 +1880,11 @@ class Controller(_message.Message):
             *,
             worker_id: _builtins.str = ...,
             updates: _abc.Iterable[Global___WorkerTaskStatus] | None = ...,
+            unfit: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["updates", b"updates", "worker_id", b"worker_id"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["unfit", b"unfit", "updates", b"updates", "worker_id", b"worker_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

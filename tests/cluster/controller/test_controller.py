@@ -568,3 +568,26 @@ def test_a_callable_success_seen_in_a_heartbeat_waits_for_the_report_with_its_re
     report(controller, "w1", "fn/task-0", T.TASK_STATE_SUCCEEDED, job_uid=uid, result=b"pickled-42")
     assert controller.queries.task_status(JobId("fn"), 0).state == T.TASK_STATE_SUCCEEDED
     assert controller.queries.task_result(JobId("fn"), 0) == (0, b"pickled-42")
+
+
+def test_an_unfit_worker_gets_no_tasks_and_its_task_is_retried_elsewhere_as_a_preemption(
+        controller: Controller, fake: FakeWorkerClients, core: ControllerState) -> None:
+    """A worker whose cgroups vanished says so in its report (before the report's updates are taken):
+    its task is a preemption, placed on another worker, and nothing more goes to it (issue 26 item 7)."""
+    register(controller, "w1", cpu=1)
+    launch(controller, "job", max_retries_preemption=2)
+    schedule(controller, fake, 1)
+    register(controller, "w2", cpu=1)
+    reason = "cgroups: could not make a cgroup: read-only file system"
+    wire.report_task_state(controller, T.Controller.ReportTaskStateRequest(
+        worker_id="w1", unfit=reason, updates=[T.WorkerTaskStatus(
+            task_id="job/task-0", attempt_id=0, state=T.TASK_STATE_WORKER_FAILED, error="cannot enforce")]))
+    task = core.get_task(TaskId("job/task-0"))
+    assert task is not None and (task.preemption_count, task.failure_count) == (1, 0)
+    schedule(controller, fake, 2)
+    assert fake.run_calls[-1][0].endswith(":1002")  # w2, not the unfit w1
+    w1 = core.get_worker(WorkerId("w1"))
+    assert w1 is not None and w1.unfit == reason and not w1.schedulable(0)
+    # A heartbeat without it (the worker restarted, fixed) makes it fit again.
+    wire.heartbeat(controller, T.Controller.HeartbeatRequest(worker_id="w1", incarnation="inc-127.0.0.1:1001"))
+    assert w1.unfit == "" and w1.schedulable(0)

@@ -32,7 +32,7 @@ def heartbeat(controller: Controller, request: C.HeartbeatRequest) -> HeartbeatR
 def report_task_state(controller: Controller, request: C.ReportTaskStateRequest) -> list[AttemptRef]:
     """The attempts the controller wants killed."""
     return controller.report_task_state(WorkerId(request.worker_id),
-                                        edge.task_reports(request, controller.config.limits))
+                                        edge.task_reports(request, controller.config.limits), request.unfit)
 
 
 def fetch_task_logs(controller: Controller, request: C.FetchTaskLogsRequest) -> TaskLogPage:

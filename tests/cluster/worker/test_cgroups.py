@@ -96,3 +96,19 @@ def test_cgroups_released_empty_cgroup_is_reused_for_the_same_shape(tmp_path: Pa
     assert again.oom_killed()
     other = limits.create("c.0", cpu_millicores=2000, memory_bytes=1024**3)
     assert other is not None and other.memory_dir != first.memory_dir
+
+
+def test_a_cgroup_that_cannot_be_made_is_an_error_never_a_silent_none(tmp_path: Path) -> None:
+    """The worker's groups were taken away and cannot be made again: ``create`` says so (the worker
+    then runs no more tasks) instead of letting the task run without its limits."""
+    import pytest
+
+    from iris.cluster.worker.cgroups import CgroupUnavailable
+
+    root, proc, mounts = fake_v2(tmp_path)
+    limits = CgroupLimits.detect("w1", root=root, proc_self_cgroup=proc, mounts=mounts)
+    assert limits is not None
+    (root / "worker.slice").rename(tmp_path / "moved")
+    (root / "worker.slice").write_text("")  # in its place something that holds no directories
+    with pytest.raises(CgroupUnavailable, match="could not make a cgroup"):
+        limits.create("job/task-0/attempt-0", cpu_millicores=1000, memory_bytes=1024**2)

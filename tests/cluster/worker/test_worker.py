@@ -307,6 +307,25 @@ def test_start_failure_reports_failed(
     assert "/no/such/program" in update.error
 
 
+def test_a_task_whose_cgroup_cannot_be_made_is_a_preemption_and_the_worker_says_it_takes_no_more(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    from iris.cluster.worker.cgroups import CgroupUnavailable
+
+    runtime = FakeRuntime()
+    runtime.fail_start = CgroupUnavailable("could not make a cgroup under /sys/fs/cgroup/iris-w: read-only")
+    worker = make_worker(runtime=runtime)
+    worker.run_task(launch(command_request(["/bin/true"])))
+    update = _terminal(fake_controller, "job/task-0")
+    assert update.state == cluster_pb2.TASK_STATE_WORKER_FAILED  # the worker's fault, not the task's
+    assert "cannot enforce the task's limits" in update.error
+    assert worker.unfit().startswith("cgroups: could not make a cgroup")
+    # Every message it sends says so: the report itself and each heartbeat after it.
+    report = next(r for r in fake_controller.servicer.state.reports if any(u.task_id == "job/task-0" for u in r.updates))
+    assert report.unfit == worker.unfit()
+    wait_until(lambda: any(h.unfit for h in fake_controller.servicer.state.heartbeats), 30)
+
+
 def test_outbox_coalesces_to_latest_state_in_one_batch(
     make_worker: WorkerFactory, fake_controller: RunningFakeController
 ) -> None:

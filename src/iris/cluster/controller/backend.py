@@ -143,6 +143,8 @@ class Observation:
     attempts: list[ObservedAttempt]
     incarnation: str
     sequence: int
+    unfit: str = ""
+    """Non-empty: the location cannot run tasks as it promised (why); nothing is placed there."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +157,8 @@ class LocationCapacity:
     incarnation: str = ""
     attempts: list[ObservedAttempt] = field(default_factory=list)
     sequence: int = 0
+    unfit: str = ""
+    """As ``Observation.unfit``."""
 
 
 class BackendUnavailable(Exception):

@@ -580,6 +580,7 @@ class Controller:
                 last_heartbeat_ms=now, registered_at_ms=now, incarnation=location.incarnation,
             ))
             tx.state.heartbeat(worker.worker_id, now, self._heartbeat_interval_ms)
+            tx.state.set_unfit(worker.worker_id, location.unfit, now)
             tx.state.log_action("worker_registered", now_ms=now, worker_id=location.worker_id, details=location.address)
             result = tx.state.reconcile_worker(worker.worker_id, location.attempts, location.incarnation,
                                                location.sequence, now)
@@ -609,18 +610,22 @@ class Controller:
         with self._change() as tx:
             if not tx.state.heartbeat(observation.worker_id, tx.now_ms, interval_ms):
                 return None
+            tx.state.set_unfit(observation.worker_id, observation.unfit, tx.now_ms)
             result = tx.state.reconcile_worker(observation.worker_id, observation.attempts,
                                                observation.incarnation, observation.sequence, tx.now_ms)
         return result.kill
 
-    def report_task_state(self, worker_id: WorkerId, reports: Sequence[TaskReport]) -> list[AttemptRef]:
+    def report_task_state(self, worker_id: WorkerId, reports: Sequence[TaskReport], unfit: str = ""
+                          ) -> list[AttemptRef]:
         """Apply a batch of reports from one worker. Stale or duplicate reports are no-ops; a live
-        attempt the controller no longer expects is returned, to be killed there."""
+        attempt the controller no longer expects is returned, to be killed there. ``unfit``: what
+        the worker says of its fitness, taken first (a retry is not placed back on an unfit worker)."""
         kill: list[AttemptRef] = []
         self.logs.complete(worker_id, reports)
         with self._change() as tx:
             state, now = tx.state, tx.now_ms
             state.heartbeat(worker_id, now)
+            state.set_unfit(worker_id, unfit, now)
             for report in reports:
                 ref = report.ref
                 if report.result and report.state == SUCCEEDED and state.live_attempt(ref, worker_id) is not None:

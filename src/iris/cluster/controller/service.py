@@ -276,7 +276,8 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         # Bound to its worker id: the core ignores reports of attempts not bound to that worker.
         require_own_worker(who, request.worker_id)
         kill = self._controller.report_task_state(WorkerId(request.worker_id),
-                                                  task_reports(request, self._controller.config.limits))
+                                                  task_reports(request, self._controller.config.limits),
+                                                  request.unfit[:MAX_UNFIT_CHARS])
         return cluster_pb2.Controller.ReportTaskStateResponse(kill=[
             cluster_pb2.WorkerTaskStatus(task_id=ref.task_id, attempt_id=ref.attempt_id, job_uid=ref.job_uid)
             for ref in kill])
@@ -425,7 +426,7 @@ def registration(request: cluster_pb2.Controller.RegisterWorkerRequest, limits: 
     except ValueError as e:
         raise InvalidArgument(f"metadata.{e}") from None
     return LocationCapacity(WorkerId(request.worker_id), request.address, metadata, request.incarnation,
-                            observed(request.tasks), request.sequence)
+                            observed(request.tasks), request.sequence, request.unfit[:MAX_UNFIT_CHARS])
 
 
 def launch_request(request: cluster_pb2.Controller.LaunchJobRequest, limits: Limits) -> tuple[JobSpec, bytes]:
@@ -435,7 +436,12 @@ def launch_request(request: cluster_pb2.Controller.LaunchJobRequest, limits: Lim
 
 def heartbeat_observation(request: cluster_pb2.Controller.HeartbeatRequest, limits: Limits) -> Observation:
     check_id(request.worker_id, "worker_id", limits)
-    return Observation(WorkerId(request.worker_id), observed(request.tasks), request.incarnation, request.sequence)
+    return Observation(WorkerId(request.worker_id), observed(request.tasks), request.incarnation, request.sequence,
+                       request.unfit[:MAX_UNFIT_CHARS])
+
+
+MAX_UNFIT_CHARS = 1024
+"""A worker's "unfit" reason is cut to this (it is shown, never parsed)."""
 
 
 def endpoint_request(request: cluster_pb2.Controller.RegisterEndpointRequest) -> EndpointRequest:
@@ -620,6 +626,7 @@ def worker_proto(view: WorkerView) -> cluster_pb2.WorkerInfo:
         draining=view.draining,
         quarantined_until_ms=view.quarantined_until_ms,
         quarantine_reason=view.quarantine_reason,
+        unfit=view.unfit,
     )
     if view.allocation is not None:
         a = view.allocation

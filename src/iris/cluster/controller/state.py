@@ -109,6 +109,8 @@ class ControllerWorker:
     """The ports of ``stopping`` attempts, held until they are confirmed gone."""
     port_cursor: int = 0
     """Where the next port search in its range starts (next-fit)."""
+    unfit: str = ""
+    """The worker said it cannot run tasks as promised (why, e.g. its cgroups vanished): none are placed here."""
 
     @property
     def host(self) -> str:
@@ -140,7 +142,7 @@ class ControllerWorker:
 
     def schedulable(self, now_ms: int) -> bool:
         """Healthy, not draining and not quarantined: new tasks may be placed here."""
-        return self.healthy and not self.draining and self.quarantined_until_ms <= now_ms
+        return self.healthy and not self.draining and not self.unfit and self.quarantined_until_ms <= now_ms
 
     def snapshot(self) -> WorkerSnapshot:
         """The worker's capacity as a frozen value (the scheduler's input). O(1): counters."""
@@ -632,6 +634,19 @@ class ControllerState:
                     error=f"worker {worker_id} failed: {reason}",
                 )
             return lost
+
+    def set_unfit(self, worker_id: WorkerId, reason: str, now_ms: int) -> None:
+        """What the worker says of its own fitness ("": fit); a change is logged."""
+        with self._lock:
+            worker = self._workers.get(worker_id)
+            if worker is None or worker.unfit == reason:
+                return
+            worker.unfit = reason
+            self._effects.dirty_workers.add(worker_id)
+            if reason:
+                logger.error("worker %s takes no tasks: %s", worker_id, reason)
+            self.log_action("worker_unfit" if reason else "worker_fit", now_ms=now_ms, worker_id=worker_id,
+                            details=reason)
 
     def remove_worker(self, worker_id: WorkerId) -> bool:
         """Forget a dead worker that holds no task (its allocation is gone for good: a released or

@@ -111,6 +111,7 @@ class WorkerView:
     draining: bool = False
     quarantined_until_ms: int = 0
     quarantine_reason: str = ""
+    unfit: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +162,7 @@ def worker_view(worker: ControllerWorker, allocation: AllocationInfo | None = No
         worker.worker_id, worker.address, worker.metadata, worker.healthy, worker.last_heartbeat_ms,
         worker.registered_at_ms, tuple(sorted(worker.running_tasks)), worker.committed_cpu, worker.committed_memory,
         worker.committed_disk, worker.committed_devices, allocation, worker.draining,
-        worker.quarantined_until_ms, worker.quarantine_reason,
+        worker.quarantined_until_ms, worker.quarantine_reason, worker.unfit,
     )
 
 

@@ -46,13 +46,15 @@ from iris.cluster.types import FAILED as FAILED
 from iris.cluster.types import KILLED as KILLED
 from iris.cluster.types import RUNNING as RUNNING
 from iris.cluster.types import SUCCEEDED as SUCCEEDED
+from iris.cluster.types import WORKER_FAILED as WORKER_FAILED
 from iris.cluster.types import GpuDevice
 
 AttemptKey = tuple[str, int]
 """(task id, attempt id)."""
 
-TERMINAL = frozenset({SUCCEEDED, FAILED, KILLED})
-"""The ends an attempt can reach on a worker."""
+TERMINAL = frozenset({SUCCEEDED, FAILED, KILLED, WORKER_FAILED})
+"""The ends an attempt can reach on a worker (WORKER_FAILED: the worker could not run it as it must,
+e.g. its cgroup could not be made: a preemption, not the task's failure)."""
 
 
 class Phase(Enum):
@@ -104,6 +106,11 @@ class TaskLaunch:
     @property
     def key(self) -> AttemptKey:
         return (self.task_id, self.attempt_id)
+
+    @property
+    def checked_ports(self) -> list[int]:
+        """The controller's ports for it, checked free just before the start."""
+        return [*self.ports.values(), *([self.coordinator_port] if self.coordinator_port else [])]
 
     @property
     def gpus_wanted(self) -> int:
@@ -243,6 +250,24 @@ class StartFailed:
     now_ms: int
     busy_ports: tuple[int, ...] = ()
     """Not started because something outside Iris holds these of its ports."""
+    worker_fault: bool = False
+    """Not started because of the worker, not the task (ends WORKER_FAILED)."""
+
+
+def ports_held_outside(key: AttemptKey, busy: list[int], now_ms: int) -> StartFailed:
+    """Not started: something outside Iris holds these of its ports (the controller places it again)."""
+    listed = ", ".join(map(str, busy))
+    return StartFailed(key, 0, f"port {listed} in use on this host by a process outside Iris: placed again with "
+                               "other ports", now_ms, busy_ports=tuple(busy))
+
+
+def start_failed(key: AttemptKey, error: OSError, program: str, worker_fault: bool, now_ms: int) -> StartFailed:
+    """Its process could not be started: 127 for a program not found, else 126 (as a shell says);
+    ``worker_fault`` (its limits could not be set up) ends it WORKER_FAILED, a preemption."""
+    if worker_fault:
+        return StartFailed(key, 0, f"the worker cannot enforce the task's limits: {error}", now_ms, worker_fault=True)
+    code = 127 if isinstance(error, FileNotFoundError) else 126
+    return StartFailed(key, code, f"failed to start {program!r}: {error}", now_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,7 +590,7 @@ class AttemptMachine:
 
     def _start_failed(self, attempt: Attempt, event: StartFailed) -> list[Instruction]:
         attempt.busy_ports = event.busy_ports
-        return self._end(attempt, FAILED, event.now_ms, exit_code=event.exit_code, error=event.error)
+        return self._end(attempt, WORKER_FAILED if event.worker_fault else FAILED, event.now_ms, exit_code=event.exit_code, error=event.error)
 
     def _exited(self, attempt: Attempt, event: ProcessExited) -> list[Instruction]:
         code = event.exit_code

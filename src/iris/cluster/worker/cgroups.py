@@ -56,6 +56,12 @@ def _events(text: str) -> dict[str, int]:
     return out
 
 
+class CgroupUnavailable(OSError):
+    """A task's cgroup could not be made (its parent removed, the hierarchy read-only): its limits
+    cannot be enforced as the worker promised, so the worker runs no more tasks (never silently
+    falls back to the memory watchdog)."""
+
+
 @dataclass(frozen=True, slots=True)
 class TaskCgroup:
     """The cgroup directories of one attempt (one per hierarchy that limits it)."""
@@ -200,7 +206,8 @@ class CgroupLimits:
                     _write(base / "cgroup.subtree_control", " ".join("+" + c for c in self._controllers))
 
     def create(self, key: str, cpu_millicores: int, memory_bytes: int) -> TaskCgroup | None:
-        """A cgroup for one attempt with its limits; None if it cannot be made or nothing is limited.
+        """A cgroup for one attempt with its limits; None if nothing it enforces is limited. Raises
+        ``CgroupUnavailable`` when it cannot be made (the worker then takes no more tasks).
 
         Creating a cgroup and writing its quota costs the kernel about half a millisecond, so an
         empty cgroup released by an ended attempt is reused by the next attempt of the same shape
@@ -240,9 +247,8 @@ class CgroupLimits:
                     _write(cpu_dir / "cpu.cfs_period_us", str(CFS_PERIOD_US))
                     _write(cpu_dir / "cpu.cfs_quota_us", str(_quota_us(cpu_millicores)))
         except OSError as e:
-            logger.warning("could not create cgroup for %s: %s", key, e)
             TaskCgroup(self.version, memory_dir, cpu_dir).remove()
-            return None
+            raise CgroupUnavailable(f"could not make a cgroup under {self.memory_base or self.cpu_base}: {e}") from e
         if memory_dir is None and cpu_dir is None:
             return None
         return TaskCgroup(self.version, memory_dir, cpu_dir, shape, 0)

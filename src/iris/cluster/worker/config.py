@@ -17,6 +17,7 @@ from iris.cluster.worker.prepare import (
     DEFAULT_MAX_BUNDLE_FILES,
     DEFAULT_MAX_BUNDLE_UNPACKED_BYTES,
     DEFAULT_MAX_RESULT_BYTES,
+    PreparerConfig,
 )
 
 logger = logging.getLogger("iris.cluster.worker.worker")
@@ -116,6 +117,18 @@ class WorkerConfig:
     shared_dir: Path | None = None
     """The directory mounted here at the same path as on the controller (``--shared-dir``): a task
     gets ``IRIS_CHECKPOINT_DIR`` only when its job's directory is under it."""
+    def preparer(self, worker_id: str, advertise: str, has_gpus: bool) -> PreparerConfig:
+        """What the attempt preparer needs of these settings."""
+        from iris.cluster.addresses import is_wildcard
+        from iris.cluster.worker.pyenv import find_uv
+
+        return PreparerConfig(self.workdir, worker_id, self.controller_address, task_base_env(self.tls_ca),
+                              has_gpus=has_gpus, bind_host="0.0.0.0" if is_wildcard(self.host) else self.host,
+                              advertise_host=advertise, max_bundle_unpacked_bytes=self.max_bundle_unpacked_bytes,
+                              max_bundle_files=self.max_bundle_files, task_user=self.task_user,
+                              max_result_bytes=self.max_result_bytes, max_log_bytes=self.max_log_bytes,
+                              uv=find_uv(self.uv), uv_offline=self.uv_offline, shared_dir=self.shared_dir)
+
     port_range: tuple[int, int] | None = None
     """The ports (first, last; inclusive) the controller may give this worker's tasks (named ports,
     a gang's rendezvous port) (``--port-range``); None: chosen outside the host's ephemeral range

@@ -127,6 +127,10 @@ class LinkSide(Protocol):
 
     def metadata(self) -> WorkerMetadata: ...
 
+    def unfit(self) -> str:
+        """Why the worker cannot run tasks as promised ("": it can); sent with every beat."""
+        ...
+
     def result_of(self, key: AttemptKey) -> bytes:
         """A succeeded callable attempt's pickled return value (b"": none), sent with its report."""
         ...
@@ -235,6 +239,7 @@ class ControllerLink:
             tasks=[status_proto(s) for s in statuses],
             incarnation=self.incarnation,
             sequence=sequence,
+            unfit=self._worker.unfit(),
         )
         try:
             response = self.stub.RegisterWorker(request, timeout=self._config.rpc_timeout_s, metadata=self.metadata())
@@ -272,7 +277,7 @@ class ControllerLink:
         statuses, sequence = self._worker.observed()
         request = cluster_pb2.Controller.HeartbeatRequest(
             worker_id=self.worker_id, tasks=[status_proto(s) for s in statuses], incarnation=self.incarnation,
-            sequence=sequence,
+            sequence=sequence, unfit=self._worker.unfit(),
         )
         try:
             response = self.stub.Heartbeat(request, timeout=self._config.rpc_timeout_s, metadata=self.metadata())
@@ -378,7 +383,8 @@ class ControllerLink:
                 for key, proto in zip(batch, updates, strict=True):
                     if key in sizes:
                         proto.log_size = sizes[key]
-        request = cluster_pb2.Controller.ReportTaskStateRequest(worker_id=self.worker_id, updates=updates)
+        request = cluster_pb2.Controller.ReportTaskStateRequest(worker_id=self.worker_id, updates=updates,
+                                                                unfit=self._worker.unfit())
         try:
             response = self.stub.ReportTaskState(request, timeout=self._config.rpc_timeout_s, metadata=self.metadata())
         except grpc.RpcError as e:

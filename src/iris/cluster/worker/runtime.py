@@ -39,7 +39,7 @@ from iris.cluster.clock import SystemClock, wait_until
 from iris.cluster.logfile import MAX_LINE_BYTES, AttemptLog
 from iris.cluster.logfile import encode as encode_record
 from iris.cluster.types import format_size
-from iris.cluster.worker.cgroups import CgroupLimits, TaskCgroup
+from iris.cluster.worker.cgroups import CgroupLimits, CgroupUnavailable, TaskCgroup
 
 logger = logging.getLogger(__name__)
 
@@ -417,18 +417,24 @@ class ProcessRuntime:
             except OSError as e:
                 # Its directory vanished (removed from outside): make the group again, once.
                 cgroup.remove()
-                cgroup = self._limits.create(f"{spec.key[0]}.{spec.key[1]}", spec.cpu_limit, spec.memory_limit_bytes)
                 try:
+                    cgroup = self._limits.create(f"{spec.key[0]}.{spec.key[1]}", spec.cpu_limit,
+                                                 spec.memory_limit_bytes)
                     if cgroup is None:
-                        raise OSError(f"the group could not be made again after {e}")
+                        raise CgroupUnavailable(f"the group could not be made again after {e}")
                     cgroup.add(pid)
                     logger.warning("pid %d: its cgroup had vanished (%s); made it again", pid, e)
                 except OSError as again:
-                    logger.error("could not put pid %d in a cgroup (%s): its limits fall to the memory watchdog",
-                                 pid, again)
+                    # Never run a task without the limits it was promised: stop it, say why.
+                    _killpg(pid, signal.SIGKILL)  # its own process group (setsid); nothing ran yet
+                    _Running(spec=spec, pid=pid, proc=proc, on_exit=on_exit).wait()  # reaped, no zombie
+                    for pipe in pipes:
+                        pipe.close()
                     if cgroup is not None:
                         self._limits.release(cgroup)
-                    cgroup = None
+                    if record_fd >= 0:
+                        os.close(record_fd)
+                    raise CgroupUnavailable(f"could not put the task in a cgroup: {again}") from again
         running = _Running(spec=spec, pid=pid, proc=proc, on_exit=on_exit, cgroup=cgroup, pipes=pipes)
         if spec.record_path is not None:
             _write_record(spec.record_path, pid, record_size, attempt_marker(spec.env), record_fd)

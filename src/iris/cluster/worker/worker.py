@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from iris.cluster.addresses import advertise_host, is_wildcard
+from iris.cluster.addresses import advertise_host
 from iris.cluster.clock import Clock, SystemClock
 from iris.cluster.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from iris.cluster.ports import default_port_range, ephemeral_range
@@ -50,14 +50,18 @@ from iris.cluster.worker.attempts import (
     TaskLaunch,
     WorkerStopping,
 )
-from iris.cluster.worker.cgroups import CGROUP_NAME_FILE, CgroupLimits, remove_cgroups_named_in
+from iris.cluster.worker.cgroups import (
+    CGROUP_NAME_FILE,
+    CgroupLimits,
+    CgroupUnavailable,
+    remove_cgroups_named_in,
+)
 from iris.cluster.worker.config import (
     CREDENTIAL_FILE,
     SHUTDOWN_SIGNALS,
     SIGNAL_SETTLE_S,
     LogChunk,
     log_failure,
-    task_base_env,
 )
 from iris.cluster.worker.config import WorkerConfig as WorkerConfig
 from iris.cluster.worker.gpu import GpuInfo, detect_gpus
@@ -67,12 +71,10 @@ from iris.cluster.worker.logship import LogShipper
 from iris.cluster.worker.prepare import (
     AttemptPreparer,
     PreparationError,
-    PreparerConfig,
     attempt_dir_name,
     escape_task_id,
     process_records,
 )
-from iris.cluster.worker.pyenv import find_uv
 from iris.cluster.worker.runtime import ProcessExit, ProcessRuntime, Runtime
 from iris.rpc.tls import channel_credentials
 
@@ -116,6 +118,9 @@ class Worker:
         self._gpus: list[GpuInfo] = gpus if gpus is not None else (detect_gpus() if config.detect_gpus else [])
         self.port_range = config.port_range or default_port_range(ephemeral_range())
         """The ports the controller may give tasks here (declared at registration)."""
+        self._unfit = ""
+        """Why this worker cannot run tasks as it promised ("": it can): told to the controller, which
+        then places nothing here (its cgroups could not be made: limits would go unenforced)."""
         self._started_at = self._clock.monotonic()
 
         self._lock = threading.Lock()
@@ -128,17 +133,8 @@ class Worker:
                        channel_credentials=channel_credentials(config.tls_ca) if config.tls_ca else None),
             self._clock, worker_id=self.worker_id, incarnation=self.incarnation, worker=self,
         )
-        self._preparer = AttemptPreparer(
-            PreparerConfig(self._workdir, self.worker_id, config.controller_address, task_base_env(config.tls_ca),
-                           has_gpus=bool(self._gpus),
-                           bind_host="0.0.0.0" if is_wildcard(config.host) else config.host,
-                           advertise_host=self.advertise_host,
-                           max_bundle_unpacked_bytes=config.max_bundle_unpacked_bytes,
-                           max_bundle_files=config.max_bundle_files, task_user=config.task_user,
-                           max_result_bytes=config.max_result_bytes, max_log_bytes=config.max_log_bytes,
-                           uv=find_uv(config.uv), uv_offline=config.uv_offline, shared_dir=config.shared_dir),
-            self._link.fetch_bundle,
-        )
+        self._preparer = AttemptPreparer(config.preparer(self.worker_id, self.advertise_host, bool(self._gpus)),
+                                         self._link.fetch_bundle)
         self.logs = LogShipper(self._ship_log_instructions, self.on_event, self._preparer, self._link, self._clock)
         """Ships every attempt's log to the controller as the machine's ShipLog instructions say."""
         self._stop_event = threading.Event()
@@ -286,6 +282,9 @@ class Worker:
             memory_bytes=self._config.memory_bytes, gpus=self._gpus, attributes=self._config.attributes,
         ))
         return dataclasses.replace(probed, port_range=self.port_range)
+
+    def unfit(self) -> str:
+        return self._unfit
 
     def observed(self) -> tuple[list[AttemptStatus], int]:
         """Every attempt held and not finished, plus finished ones whose report is not yet
@@ -448,19 +447,18 @@ class Worker:
             self._carry_out(instructions)
             return
         self._carry_out(i for i in instructions if not isinstance(i, am.Start))
-        wanted = [*launch.ports.values(), *([launch.coordinator_port] if launch.coordinator_port else [])]
-        busy = self._preparer.ports_held(wanted) if wanted else []
+        busy = self._preparer.ports_held(launch.checked_ports)  # just before the start (issue 26 item 1)
         if busy:
-            error = (f"port {', '.join(map(str, busy))} in use on this host by a process outside Iris: "
-                     "placed again with other ports")
-            self._carry_out(self._handle(am.StartFailed(key, 0, error, self._clock.now_ms(), busy_ports=tuple(busy))))
+            self._carry_out(self._handle(am.ports_held_outside(key, busy, self._clock.now_ms())))
             return
         try:
             pid = self._runtime.start(spec, lambda exit_info: self._on_exit(key, exit_info))
         except OSError as e:
-            code = 127 if isinstance(e, FileNotFoundError) else 126
-            self._carry_out(self._handle(am.StartFailed(key, code, f"failed to start {spec.argv[0]!r}: {e}",
-                                                        self._clock.now_ms())))
+            if isinstance(e, CgroupUnavailable):  # no task may run here without its limits: say so, take none
+                self._unfit = f"cgroups: {e}; restart the worker once the cgroup hierarchy is writable again"
+                logger.error("task=%s attempt=%d not started: %s", key[0], key[1], self._unfit)
+            self._carry_out(self._handle(am.start_failed(key, e, spec.argv[0], isinstance(e, CgroupUnavailable),
+                                                         self._clock.now_ms())))
             return
         self._carry_out(self._handle(am.ProcessStarted(key, pid)))
         logger.debug("started task=%s attempt=%d pid=%d", key[0], key[1], pid)
