@@ -35,6 +35,10 @@ with open(os.path.join(info.checkpoint_dir, f"steps-{info.task_index}.log"), "a"
         if info.task_index == 1 and info.attempt_id == 0 and step == 4:
             os.kill(os.getpid(), signal.SIGKILL)  # a rank killed mid-run
         time.sleep(0.1)
+done = os.path.join(info.checkpoint_dir, f"done-{info.task_index}")
+open(done, "w").close()
+while not all(os.path.exists(os.path.join(info.checkpoint_dir, f"done-{i}")) for i in range(info.num_tasks)):
+    time.sleep(0.05)  # the final barrier, as a DDP job's last collective: nobody ends before all are done
 """
 
 

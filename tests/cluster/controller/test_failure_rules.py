@@ -223,6 +223,14 @@ def test_a_gang_whose_every_member_ended_is_decided_at_once(state: ControllerSta
     assert [t.failure_count for t in tasks] == [0, 1] and all(t.state == PENDING for t in tasks)
 
 
+def test_the_last_running_member_ending_otherwise_decides_a_held_gang_at_once(state: ControllerState) -> None:
+    tasks = gang(state, replicas=2)
+    fail(state, tasks[1].task_id, -9, NOW + 100, error="killed by signal 9 (SIGKILL)")
+    assert state.apply_report(WorkerId("w1"), tasks[0].task_id, 0, SUCCEEDED, NOW + 200)
+    assert tasks[0].state == SUCCEEDED and tasks[1].state == PENDING and tasks[1].failure_count == 1
+    assert state.settle_gangs(NOW + 100 + WINDOW) == 0  # nothing left held
+
+
 def test_a_held_end_is_not_lost_by_a_heartbeat_that_no_longer_lists_it(state: ControllerState) -> None:
     from iris.cluster.controller.state import ObservedAttempt
 

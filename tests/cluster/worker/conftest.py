@@ -44,6 +44,8 @@ class FakeController(cluster_pb2_grpc.ControllerServiceServicer):
         self.heartbeat_interval_ms = 0
         self.kills: list[tuple[str, int]] = []
         self.bundles: dict[str, bytes] = {}
+        self.controller_token = ""
+        """What registration tells workers the controller presents on its calls ("": none)."""
 
     # -- scripting ----------------------------------------------------------------------------
 
@@ -84,7 +86,8 @@ class FakeController(cluster_pb2_grpc.ControllerServiceServicer):
         with self.lock:
             self._maybe_fail(context, "RegisterWorker")
             self.state.registrations.append(request)
-            return cluster_pb2.Controller.RegisterWorkerResponse(accepted=True, kill=self._take_kills())
+            return cluster_pb2.Controller.RegisterWorkerResponse(accepted=True, kill=self._take_kills(),
+                                                                 controller_token=self.controller_token)
 
     def Heartbeat(
         self, request: cluster_pb2.Controller.HeartbeatRequest, context: grpc.ServicerContext

@@ -913,3 +913,22 @@ def test_reports_over_the_batch_size_go_out_in_several_calls(
     for task_id, _ in keys:
         wait_until(lambda t=task_id: cluster_pb2.TASK_STATE_SUCCEEDED in fake_controller.servicer.states_of(t), 10)
     assert all(len(r.updates) == 1 for r in fake_controller.servicer.state.reports)
+
+
+def test_a_call_from_the_controller_that_overtakes_its_registration_reply_is_not_refused(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    """The controller may dispatch the moment it registered a worker, before the reply carrying its
+    token reached the worker: the worker waits for that reply instead of refusing the call."""
+    fake_controller.servicer.controller_token = "controller-secret"
+    worker = make_worker(run_loops=False, join_token="join-secret")
+    outcome: list[object] = []
+    caller = threading.Thread(target=lambda: outcome.append(worker.check_caller("controller-secret") or "ok"))
+    caller.start()
+    assert worker.register_once()
+    caller.join(10)
+    assert outcome == ["ok"]
+    from iris.cluster.errors import Unauthenticated
+
+    with pytest.raises(Unauthenticated):
+        worker.check_caller("someone-else")

@@ -1224,6 +1224,8 @@ class ControllerState:
             result, _ = self.transition_task(
                 task_id, state, now_ms, is_worker_failure=state == WORKER_FAILED, error=error, exit_code=exit_code
             )
+            if self._gang_holds and task.job_id in self._gang_holds and not task.is_active():
+                self._settle_if_all_ended(self._jobs[task.job_id], now_ms)  # one fewer member to hear from
             return result is not TaskTransitionResult.IGNORED
 
     # ------------------------------------------------------------------ gang blame (DESIGN §4)
@@ -1244,9 +1246,13 @@ class ControllerState:
         if not hold.holds(task.task_id):
             hold.ends.append(policies.MemberEnd(task.task_id, task.task_index, task.current_attempt_id,
                                                 exit_code, error))
-        if all(hold.holds(other.task_id) for other in members if other.is_active()):
-            self._settle_gang(job, now_ms)  # every live member has ended: nothing more to wait for
+        self._settle_if_all_ended(job, now_ms)
         return True
+
+    def _settle_if_all_ended(self, job: Job, now_ms: int) -> None:
+        hold = self._gang_holds.get(job.job_id)
+        if hold is not None and all(hold.holds(t.task_id) for t in self._tasks_by_job[job.job_id] if t.is_active()):
+            self._settle_gang(job, now_ms)  # every live member has ended: nothing more to wait for
 
     def holds_end(self, task_id: TaskId) -> bool:
         """Whether this task's failure is held in its gang's blame window (it ended on its worker)."""

@@ -182,6 +182,13 @@ class ControllerLink:
         self._credential = _read_credential(config.credential_path)
         self.controller_token = ""
         """What the controller presents on its calls to us (learnt at registration)."""
+        self._token_known = threading.Event()
+
+    def await_controller_token(self, timeout_s: float) -> str:
+        """The controller's token, waiting up to ``timeout_s`` for a registration in flight: the
+        controller may dispatch to us the moment it has registered us, before its reply reaches us."""
+        self._token_known.wait(timeout_s)
+        return self.controller_token
 
     @property
     def auth(self) -> bool:
@@ -197,6 +204,7 @@ class ControllerLink:
         self.asked_interval_s = response.heartbeat_interval_ms / 1000
         if response.controller_token:
             self.controller_token = response.controller_token
+            self._token_known.set()
         if response.credential:
             self._credential = response.credential
             path = self._config.credential_path

@@ -167,7 +167,7 @@ class Worker:
         the credential it gave us at registration. Raises Unauthenticated otherwise."""
         if not self._link.auth:
             return
-        expected = self._link.controller_token
+        expected = self._link.controller_token or self._link.await_controller_token(5.0)
         if not token or not expected or not hmac.compare_digest(token.encode(), expected.encode()):
             raise Unauthenticated("this worker runs only what its controller sends (missing or wrong credential)")
 
