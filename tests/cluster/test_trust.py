@@ -411,3 +411,44 @@ def test_trust_a_restarted_worker_kills_the_daemons_its_crashed_incarnation_left
             wait_until(lambda: not _alive(daemon), 30, message=f"daemon {daemon} outlived its crashed worker")
         finally:
             api.close()
+
+
+def test_trust_max_priority_is_enforced_from_the_cli(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Priority bands (issue 24 item 1): a user's token allows interactive unless created with
+    --max-priority; the band shows in status, --json and list filters."""
+    import json
+
+    env = {**os.environ, "IRIS_CONTROLLER": cluster.controller_address, "IRIS_CONFIG_DIR": str(tmp_path / "cfg")}
+    admin_file = str(cluster.state_dir / "admin.token")
+
+    def iris(*args: str, token: str = "") -> subprocess.CompletedProcess[str]:
+        extra = {"IRIS_TOKEN": token} if token else {}
+        return subprocess.run([sys.executable, "-m", "iris.cli.main", *args], env={**env, **extra},
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    plain = iris("token", "create", "--user", "pat", "--token-file", admin_file).stdout.strip()
+    made = iris("token", "create", "--user", "pat", "--max-priority", "production", "--json",
+                "--token-file", admin_file)
+    assert made.returncode == 0, made.stderr
+    allowed = json.loads(made.stdout)
+    assert allowed["max_priority"] == "production"
+    refused = iris("job", "run", "--priority", "production", "--name", "urgent", "--no-wait", "--", "true", token=plain)
+    assert refused.returncode == 1, refused.stderr
+    assert "priority: production is above what this token allows (interactive)" in refused.stderr
+    assert "iris token create NAME --max-priority production" in refused.stderr
+    api = Api(cluster.controller_address, plain)
+    try:  # over the API: PERMISSION_DENIED
+        assert code_of(lambda: api.launch("urgent2", ["true"], priority="production")) \
+            is grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        api.close()
+    ran = iris("job", "run", "--priority", "production", "--name", "urgent", "--", "true", token=allowed["token"])
+    assert ran.returncode == 0, ran.stderr
+    batch = iris("job", "run", "--priority", "batch", "--name", "later", "--", "true", token=plain)
+    assert batch.returncode == 0, batch.stderr
+    status = json.loads(iris("job", "status", "urgent", "--json", token=plain).stdout)
+    assert status["priority"] == "production" and status["spec"]["priority"] == "production"
+    listed = json.loads(iris("job", "list", "--priority", "batch", "--json", token=plain).stdout)
+    assert [j["job_id"] for j in listed] == ["later"]
+    tasks = json.loads(iris("job", "status", "later", "--tasks", "--json", token=plain).stdout)["tasks"]
+    assert [a["band"] for a in tasks[0]["attempts"]] == ["batch"]

@@ -28,19 +28,23 @@ def token() -> None:
 @token.command("create")
 @click.option("--user", "user", required=True, help="Who the token is for (owns the jobs it submits).")
 @click.option("--role", type=click.Choice(["user", "admin"]), default="user", show_default=True)
+@click.option("--max-priority", type=click.Choice(["production", "interactive", "batch"]), default=None,
+              help="The highest priority band its jobs may ask for (default: interactive for a user, production "
+                   "for an admin).")
 @controller_option
 @json_option
 @verbose_option
 @handle_errors
-def create_cmd(user: str, role: str, controller: str, as_json: bool, verbose: bool) -> None:
+def create_cmd(user: str, role: str, max_priority: str | None, controller: str, as_json: bool, verbose: bool) -> None:
     """Create a token and print it (it is shown once; the controller keeps only its hash)."""
     with connect(controller) as client:
-        created = client.create_token(user, role)
+        created = client.create_token(user, role, max_priority or "")
     if as_json:
-        print_json({"token_id": created.token_id, "user": created.name, "role": created.role, "token": created.token})
+        print_json({"token_id": created.token_id, "user": created.name, "role": created.role,
+                    "max_priority": created.max_priority, "token": created.token})
     else:
         click.echo(created.token)
-        click.echo(f"token {created.token_id} for {created.name} ({created.role}); "
+        click.echo(f"token {created.token_id} for {created.name} ({created.role}, up to {created.max_priority}); "
                    f"use it with `iris login --token-file FILE` or IRIS_TOKEN", err=True)
 
 
@@ -54,12 +58,12 @@ def list_cmd(controller: str, as_json: bool, verbose: bool) -> None:
     with connect(controller) as client:
         tokens = client.list_tokens()
     if as_json:
-        print_json([{"token_id": t.token_id, "user": t.name, "role": t.role, "created_at_ms": t.created_at_ms,
-                     "revoked": t.revoked} for t in tokens])
+        print_json([{"token_id": t.token_id, "user": t.name, "role": t.role, "max_priority": t.max_priority,
+                     "created_at_ms": t.created_at_ms, "revoked": t.revoked} for t in tokens])
         return
-    rows = [(t.token_id, t.name, t.role, human_ago(t.created_at_ms), "revoked" if t.revoked else "active")
-            for t in tokens]
-    stdout_console().print(make_table(("ID", "USER", "ROLE", "CREATED", "STATE"), rows))
+    rows = [(t.token_id, t.name, t.role, t.max_priority, human_ago(t.created_at_ms),
+             "revoked" if t.revoked else "active") for t in tokens]
+    stdout_console().print(make_table(("ID", "USER", "ROLE", "MAX PRIORITY", "CREATED", "STATE"), rows))
 
 
 @token.command("revoke")

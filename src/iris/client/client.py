@@ -99,6 +99,8 @@ class TokenInfo:
     role: str
     created_at_ms: int
     revoked: bool
+    max_priority: str
+    """The highest priority band its jobs may ask for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,17 +384,19 @@ class IrisClient:
         reply = self._call(self._stub.WhoAmI, cluster_pb2.Controller.WhoAmIRequest(), "whoami")
         return TokenIdentity(name=reply.name, role=reply.role, job_id=reply.job_id)
 
-    def create_token(self, name: str, role: str = "user") -> CreatedToken:
-        """Admin only: a new token for ``name`` (shown once)."""
-        reply = self._call(self._stub.CreateToken, cluster_pb2.Controller.CreateTokenRequest(name=name, role=role),
-                           "token")
+    def create_token(self, name: str, role: str = "user", max_priority: str = "") -> CreatedToken:
+        """Admin only: a new token for ``name`` (shown once). ``max_priority``: the highest band its
+        jobs may ask for ("": interactive for a user, production for an admin)."""
+        reply = self._call(self._stub.CreateToken, cluster_pb2.Controller.CreateTokenRequest(
+            name=name, role=role, max_priority=max_priority), "token")
         return CreatedToken(reply.info.token_id, reply.info.name, reply.info.role, reply.info.created_at_ms, False,
-                            reply.token)
+                            reply.info.max_priority, reply.token)
 
     def list_tokens(self) -> list[TokenInfo]:
         """Admin only: every token (never their values)."""
         reply = self._call(self._stub.ListTokens, cluster_pb2.Controller.ListTokensRequest(), "tokens")
-        return [TokenInfo(t.token_id, t.name, t.role, t.created_at_ms, bool(t.revoked_at_ms)) for t in reply.tokens]
+        return [TokenInfo(t.token_id, t.name, t.role, t.created_at_ms, bool(t.revoked_at_ms), t.max_priority)
+                for t in reply.tokens]
 
     def revoke_token(self, token_id: str) -> None:
         """Admin only: revoke a token by id."""

@@ -69,6 +69,9 @@ class TokenRecord:
     role: Role
     created_at_ms: int
     revoked_at_ms: int | None = None
+    max_priority: str = ""
+    """The highest priority band its jobs may ask for ("": the role's default: users interactive,
+    admins production)."""
 
     @property
     def revoked(self) -> bool:

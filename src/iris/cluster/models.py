@@ -111,6 +111,8 @@ class TaskAttempt(_Jsonable):
     worker's fault) or "" (it succeeded)."""
     decided_by: str = ""
     """What decided that, e.g. "exit 75: --on-exit 75=preemption", "gang restart", "timed out"."""
+    band: str = ""
+    """The priority band it was placed under."""
 
     @classmethod
     def from_proto(cls, proto: cluster_pb2.TaskAttempt) -> TaskAttempt:
@@ -125,6 +127,7 @@ class TaskAttempt(_Jsonable):
             is_worker_failure=proto.is_worker_failure,
             charged_to=proto.charged_to,
             decided_by=proto.decided_by,
+            band=proto.band,
         )
 
 
@@ -260,6 +263,8 @@ class JobStatus(_Jsonable):
     """Times a coscheduled job's tasks were all stopped and placed again together."""
     gang_restart_cause: str = ""
     """Which member started the last gang restart and how it ended ("task 2: killed by signal 9 (SIGKILL)")."""
+    priority: str = ""
+    """The priority band it runs in (production, interactive, batch)."""
     failures_used: int = 0
     """Failure retries its tasks spent (each task may spend ``max_retries_failure``)."""
     preemptions_used: int = 0
@@ -324,6 +329,7 @@ class JobStatus(_Jsonable):
             tasks=tuple(TaskStatus.from_proto(t) for t in proto.tasks),
             gang_restarts=proto.gang_restarts,
             gang_restart_cause=proto.gang_restart_cause,
+            priority=proto.priority,
             failures_used=proto.failures_used,
             preemptions_used=proto.preemptions_used,
             time=TimeSpent.from_proto(proto.time),

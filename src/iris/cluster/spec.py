@@ -27,6 +27,7 @@ from typing import Any
 import cloudpickle
 
 from iris.cluster import rules
+from iris.cluster.bands import BANDS, check_band
 from iris.cluster.errors import InvalidArgument
 from iris.cluster.failures import ExitRule, check_exit_rules, parse_exit_rules
 from iris.cluster.rules import MAX_ATTEMPT_TIMEOUT_S, MAX_RETRY_BACKOFF_S, Limits
@@ -540,6 +541,17 @@ def _check_labels(value: Any, limits: Limits, name: str) -> None:
             raise rules.fail(name, f"{rules.show(key)}={rules.show(label)}: {_LABEL_RULE}")
 
 
+def _check_priority(value: Any, limits: Limits, name: str) -> None:
+    if not isinstance(value, str):
+        raise rules.fail(name, f"must be a band name, got {rules.show(value)}")
+    check_band(value, name)
+
+
+def _check_band_text(text: str) -> None:
+    if text not in BANDS:
+        raise ValueError(f"{rules.show(text)}: expected one of {', '.join(BANDS)}")
+
+
 def _check_label_selector(text: str) -> None:
     key, op, value = _parse_label_selector(text)
     if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
@@ -656,6 +668,14 @@ class JobSpec:
         list_filter=ListFilter("--label", "Only jobs with this label (repeatable; all must hold): K=V, K!=V, or K "
                                "(has the label).", _label_matches, _check_label_selector, "K=V")),
         factory=dict)
+
+    priority: str = declare("", JobField(
+        "Priority band: production, interactive or batch. Bands come first in the queue order. Unset: a root job "
+        "is interactive, a child takes its parent's band (it may ask for a lower one). production needs a token "
+        "allowed it (iris token create --max-priority).", *_scalar("priority"), check=_check_priority,
+        show=lambda v: v or "(default)", cli=CliOption("--priority", lambda t: t or "", "BAND"),
+        list_filter=ListFilter("--priority", "Only jobs in this band (production, interactive, batch).",
+                               lambda value, text: value == text, _check_band_text, "BAND")))
 
     env_groups: tuple[str, ...] = declare((), JobField(
         "Include this dependency group of the workspace's uv.lock in the task's Python environment (repeatable; "

@@ -400,6 +400,7 @@ class TaskAttempt(_message.Message):
     IS_WORKER_FAILURE_FIELD_NUMBER: _builtins.int
     CHARGED_TO_FIELD_NUMBER: _builtins.int
     DECIDED_BY_FIELD_NUMBER: _builtins.int
+    BAND_FIELD_NUMBER: _builtins.int
     attempt_id: _builtins.int
     worker_id: _builtins.str
     state: Global___TaskState.ValueType
@@ -412,6 +413,8 @@ class TaskAttempt(_message.Message):
     """"failure", "preemption", "none" (gang restart, stop, quarantine), "" (success)"""
     decided_by: _builtins.str
     """what decided it, e.g. "--on-exit 75=preemption", "gang restart", "timed out" """
+    band: _builtins.str
+    """the priority band it was placed under"""
     def __init__(
         self,
         *,
@@ -425,10 +428,11 @@ class TaskAttempt(_message.Message):
         is_worker_failure: _builtins.bool = ...,
         charged_to: _builtins.str = ...,
         decided_by: _builtins.str = ...,
+        band: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "charged_to", b"charged_to", "decided_by", b"decided_by", "error", b"error", "exit_code", b"exit_code", "finished_at_ms", b"finished_at_ms", "is_worker_failure", b"is_worker_failure", "started_at_ms", b"started_at_ms", "state", b"state", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "band", b"band", "charged_to", b"charged_to", "decided_by", b"decided_by", "error", b"error", "exit_code", b"exit_code", "finished_at_ms", b"finished_at_ms", "is_worker_failure", b"is_worker_failure", "started_at_ms", b"started_at_ms", "state", b"state", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -639,6 +643,7 @@ class JobStatus(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     CHECKPOINT_DIR_FIELD_NUMBER: _builtins.int
     GANG_RESTART_CAUSE_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     error: _builtins.str
@@ -672,7 +677,8 @@ class JobStatus(_message.Message):
     attempt on every worker (IRIS_CHECKPOINT_DIR), deleted with the job. GetJobStatus only.
     """
     gang_restart_cause: _builtins.str
-    """which member started the last gang restart, and how it ended"""
+    priority: _builtins.str
+    """the band it runs in (production, interactive, batch)  // which member started the last gang restart, and how it ended"""
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskStatus]:
         """filled only when asked for"""
@@ -721,10 +727,11 @@ class JobStatus(_message.Message):
         spec: Global___Controller.LaunchJobRequest | None = ...,
         checkpoint_dir: _builtins.str = ...,
         gang_restart_cause: _builtins.str = ...,
+        priority: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "spec", b"spec", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "error", b"error", "failures_used", b"failures_used", "finished_at_ms", b"finished_at_ms", "gang_restart_cause", b"gang_restart_cause", "gang_restarts", b"gang_restarts", "job_id", b"job_id", "job_uid", b"job_uid", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_task_failures", b"max_task_failures", "num_tasks", b"num_tasks", "owner", b"owner", "parent_job_id", b"parent_job_id", "pending_reason", b"pending_reason", "preemptions_used", b"preemptions_used", "resources", b"resources", "spec", b"spec", "started_at_ms", b"started_at_ms", "state", b"state", "submitted_at_ms", b"submitted_at_ms", "tasks", b"tasks", "tasks_failed", b"tasks_failed", "tasks_killed", b"tasks_killed", "tasks_pending", b"tasks_pending", "tasks_running", b"tasks_running", "tasks_succeeded", b"tasks_succeeded", "tasks_unschedulable", b"tasks_unschedulable", "tasks_worker_failed", b"tasks_worker_failed", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "error", b"error", "failures_used", b"failures_used", "finished_at_ms", b"finished_at_ms", "gang_restart_cause", b"gang_restart_cause", "gang_restarts", b"gang_restarts", "job_id", b"job_id", "job_uid", b"job_uid", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_task_failures", b"max_task_failures", "num_tasks", b"num_tasks", "owner", b"owner", "parent_job_id", b"parent_job_id", "pending_reason", b"pending_reason", "preemptions_used", b"preemptions_used", "priority", b"priority", "resources", b"resources", "spec", b"spec", "started_at_ms", b"started_at_ms", "state", b"state", "submitted_at_ms", b"submitted_at_ms", "tasks", b"tasks", "tasks_failed", b"tasks_failed", "tasks_killed", b"tasks_killed", "tasks_pending", b"tasks_pending", "tasks_running", b"tasks_running", "tasks_succeeded", b"tasks_succeeded", "tasks_unschedulable", b"tasks_unschedulable", "tasks_worker_failed", b"tasks_worker_failed", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1197,6 +1204,7 @@ class Controller(_message.Message):
         WITH_PACKAGES_FIELD_NUMBER: _builtins.int
         LABELS_FIELD_NUMBER: _builtins.int
         ENV_GROUPS_FIELD_NUMBER: _builtins.int
+        PRIORITY_FIELD_NUMBER: _builtins.int
         name: _builtins.str
         serialized_entrypoint: _builtins.bytes
         scheduling_timeout_seconds: _builtins.float
@@ -1219,6 +1227,8 @@ class Controller(_message.Message):
         """each attempt's running time; 0: unbounded"""
         max_similar_failures: _builtins.int
         """fail the job when this many tasks failed alike; 0: off"""
+        priority: _builtins.str
+        """production | interactive | batch; "": the parent's band, else interactive"""
         @_builtins.property
         def resources(self) -> Global___ResourceSpecProto: ...
         @_builtins.property
@@ -1267,10 +1277,11 @@ class Controller(_message.Message):
             with_packages: _abc.Iterable[_builtins.str] | None = ...,
             labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
             env_groups: _abc.Iterable[_builtins.str] | None = ...,
+            priority: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption", "_termination_grace_seconds", b"_termination_grace_seconds", "environment", b"environment", "max_retries_preemption", b"max_retries_preemption", "resources", b"resources", "termination_grace_seconds", b"termination_grace_seconds"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption", "_termination_grace_seconds", b"_termination_grace_seconds", "bundle_blob", b"bundle_blob", "bundle_hash", b"bundle_hash", "coscheduled", b"coscheduled", "env_groups", b"env_groups", "environment", b"environment", "exit_rules", b"exit_rules", "labels", b"labels", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_similar_failures", b"max_similar_failures", "max_task_failures", b"max_task_failures", "name", b"name", "parent_job_id", b"parent_job_id", "ports", b"ports", "resources", b"resources", "retry_backoff_seconds", b"retry_backoff_seconds", "scheduling_timeout_seconds", b"scheduling_timeout_seconds", "serialized_entrypoint", b"serialized_entrypoint", "termination_grace_seconds", b"termination_grace_seconds", "timeout_seconds", b"timeout_seconds", "with_packages", b"with_packages"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption", "_termination_grace_seconds", b"_termination_grace_seconds", "bundle_blob", b"bundle_blob", "bundle_hash", b"bundle_hash", "coscheduled", b"coscheduled", "env_groups", b"env_groups", "environment", b"environment", "exit_rules", b"exit_rules", "labels", b"labels", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_similar_failures", b"max_similar_failures", "max_task_failures", b"max_task_failures", "name", b"name", "parent_job_id", b"parent_job_id", "ports", b"ports", "priority", b"priority", "resources", b"resources", "retry_backoff_seconds", b"retry_backoff_seconds", "scheduling_timeout_seconds", b"scheduling_timeout_seconds", "serialized_entrypoint", b"serialized_entrypoint", "termination_grace_seconds", b"termination_grace_seconds", "timeout_seconds", b"timeout_seconds", "with_packages", b"with_packages"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         _WhichOneofReturnType__max_retries_preemption: _TypeAlias = _typing.Literal["max_retries_preemption"]  # noqa: Y015
         _WhichOneofArgType__max_retries_preemption: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption"]  # noqa: Y015
@@ -2221,19 +2232,23 @@ class Controller(_message.Message):
 
         NAME_FIELD_NUMBER: _builtins.int
         ROLE_FIELD_NUMBER: _builtins.int
+        MAX_PRIORITY_FIELD_NUMBER: _builtins.int
         name: _builtins.str
         """the user it is for"""
         role: _builtins.str
         """"user" (default) or "admin" """
+        max_priority: _builtins.str
+        """the highest band its jobs may ask for; "": interactive for users, production for admins"""
         def __init__(
             self,
             *,
             name: _builtins.str = ...,
             role: _builtins.str = ...,
+            max_priority: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "role", b"role"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["max_priority", b"max_priority", "name", b"name", "role", b"role"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2246,12 +2261,15 @@ class Controller(_message.Message):
         ROLE_FIELD_NUMBER: _builtins.int
         CREATED_AT_MS_FIELD_NUMBER: _builtins.int
         REVOKED_AT_MS_FIELD_NUMBER: _builtins.int
+        MAX_PRIORITY_FIELD_NUMBER: _builtins.int
         token_id: _builtins.str
         name: _builtins.str
         role: _builtins.str
         created_at_ms: _builtins.int
         revoked_at_ms: _builtins.int
         """0: active"""
+        max_priority: _builtins.str
+        """the highest band its jobs may ask for"""
         def __init__(
             self,
             *,
@@ -2260,10 +2278,11 @@ class Controller(_message.Message):
             role: _builtins.str = ...,
             created_at_ms: _builtins.int = ...,
             revoked_at_ms: _builtins.int = ...,
+            max_priority: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "name", b"name", "revoked_at_ms", b"revoked_at_ms", "role", b"role", "token_id", b"token_id"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "max_priority", b"max_priority", "name", b"name", "revoked_at_ms", b"revoked_at_ms", "role", b"role", "token_id", b"token_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -278,12 +278,13 @@ def test_newer_schema_version_is_refused_and_the_file_is_untouched(tmp_path: Pat
         persist(state, store)
     db = tmp_path / DB_FILENAME
     conn = sqlite3.connect(db)
-    conn.execute("PRAGMA user_version = 7")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.commit()
     conn.close()
     before = _snapshot(db)
     files = sorted(os.listdir(tmp_path))
-    with pytest.raises(StoreError, match=rf"schema version 7 but this controller supports up to {SCHEMA_VERSION}"):
+    with pytest.raises(StoreError, match=rf"schema version {SCHEMA_VERSION + 1} but this controller supports up to "
+                                         rf"{SCHEMA_VERSION}"):
         ControllerStore.open(tmp_path)
     assert _snapshot(db) == before
     assert sorted(os.listdir(tmp_path)) == files  # no -wal/-shm left behind either

@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from iris.cluster import bands
 from iris.cluster.auth import Principal, Role, TokenRecord
 from iris.cluster.clock import Clock, SystemClock
 from iris.cluster.controller.access import ANONYMOUS_LOCAL, registration_gets_credential
@@ -275,17 +276,21 @@ class Controller:
     def controller_token(self, worker_id: str) -> str:
         return self.credentials.controller_token(worker_id)
 
-    def create_token(self, name: str, role: Role) -> tuple[TokenRecord, str]:
-        return self.credentials.create_token(name, role)
+    def create_token(self, name: str, role: Role, max_priority: str = "") -> tuple[TokenRecord, str]:
+        return self.credentials.create_token(name, role, max_priority)
 
     def bootstrap_tokens(self) -> dict[Role, str]:
         return self.credentials.bootstrap_tokens()
 
     # ------------------------------------------------------------------ jobs
 
-    def launch_job(self, spec: JobSpec, owner: str = "", bundle_blob: bytes = b"") -> JobId:
+    def launch_job(self, spec: JobSpec, owner: str = "", bundle_blob: bytes = b"",
+                   max_priority: str = bands.ADMIN_ALLOWANCE) -> JobId:
         """Accept a validated job for ``owner`` (``service.py`` checked every field), with its
-        workspace bundle when it brings one. Raises IrisError subclasses; a refusal changes nothing."""
+        workspace bundle when it brings one. Its band (``spec.priority``) is resolved here: unset, a
+        child's parent's, else interactive; above ``max_priority`` (the caller's token's allowance)
+        or above a child's parent's, PermissionDenied. Raises IrisError subclasses; a refusal
+        changes nothing."""
         if bundle_blob:
             digest = hashlib.sha256(bundle_blob).hexdigest()
             if spec.bundle_hash and spec.bundle_hash != digest:
@@ -300,10 +305,14 @@ class Controller:
                 job_id = child_job_id(parent.job_id, spec.name)
                 check_id(job_id, "name", self.config.limits)
                 owner = parent.owner or owner  # a child job belongs to its parent's owner
+                band = bands.effective_band(spec.priority, parent.spec.priority or bands.DEFAULT_BAND, max_priority)
                 if not spec.bundle_hash and not bundle_blob and parent.bundle_hash:
                     spec = spec.replace(bundle_hash=parent.bundle_hash)  # child jobs reuse the parent's workspace
             else:
                 job_id = JobId(spec.name)
+                band = bands.effective_band(spec.priority, None, max_priority)
+            if band != spec.priority:
+                spec = spec.replace(priority=band)  # stored resolved: status and the queue read it
             if tx.state.get_job(job_id) is not None:
                 raise AlreadyExists(f"name: job {job_id!r} already exists")
             if bundle_blob:

@@ -8,6 +8,7 @@ transaction (``changes.Changes``).
 
 from __future__ import annotations
 
+from iris.cluster import bands
 from iris.cluster.auth import (
     TASK_TOKEN_PREFIX,
     Principal,
@@ -63,6 +64,18 @@ class Credentials:
             raise Unauthenticated(f"token {record.token_id} was revoked")
         return Principal(record.role, record.name, token_id=record.token_id)
 
+    def allowance(self, who: Principal) -> str:
+        """The highest band ``who`` may ask for: its token's ``max_priority``, else the role's default
+        (users interactive, admins production). A task's is production: its child is bounded by the
+        parent job's band instead."""
+        if who.role is Role.TASK or not who.token_id:
+            return bands.ADMIN_ALLOWANCE if who.role in (Role.ADMIN, Role.TASK) else bands.USER_ALLOWANCE
+        with self._changes.read() as state:
+            record = state.get_token(who.token_id)
+        if record is not None and record.max_priority:
+            return record.max_priority
+        return bands.ADMIN_ALLOWANCE if who.role is Role.ADMIN else bands.USER_ALLOWANCE
+
     def task_token(self, task_id: str, attempt_id: int, job_uid: str = "") -> str:
         return task_token(self._secret, task_id, attempt_id, job_uid)
 
@@ -77,14 +90,16 @@ class Credentials:
             self._worker_credentials[worker_id] = token
         return token
 
-    def create_token(self, name: str, role: Role) -> tuple[TokenRecord, str]:
-        """A new token (returned once, in clear) for ``name``; only its hash is kept."""
+    def create_token(self, name: str, role: Role, max_priority: str = "") -> tuple[TokenRecord, str]:
+        """A new token (returned once, in clear) for ``name``; only its hash is kept. ``max_priority``:
+        the highest band its jobs may ask for ("": the role's default)."""
         if not name or len(name) > 128 or not name.isprintable() or name.strip() != name:
             raise InvalidArgument(f"name: must be 1-128 printable characters without surrounding spaces, got "
                                   f"{name[:40]!r}")
+        bands.check_band(max_priority, "max_priority")
         token = generate_token()
         with self._changes.change() as tx:
-            record = TokenRecord(new_token_id(), hash_token(token), name, role, tx.now_ms)
+            record = TokenRecord(new_token_id(), hash_token(token), name, role, tx.now_ms, max_priority=max_priority)
             tx.state.add_token(record)
         return record, token
 

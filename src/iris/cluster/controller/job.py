@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sys
 
+from iris.cluster import bands
 from iris.cluster.controller.capacity import JobRequirements, Resources, TaskShape, task_shape
 from iris.cluster.controller.task import TIME_CAUSES, Task
 from iris.cluster.spec import DEFAULT_MAX_RETRIES_PREEMPTION, JobSpec
@@ -64,6 +65,7 @@ class Job:
         "owner",
         "gang_restarts",
         "gang_restart_cause",
+        "band",
         "_useful_ms",
         "_failure_ms",
         "_preemption_ms",
@@ -113,6 +115,8 @@ class Job:
         """Error of the first task that ended FAILED, tolerated or not: the job's error if it fails."""
         self.gang_restarts = 0
         """Times a coscheduled job's running tasks were stopped so the gang restarts together."""
+        self.band = bands.rank(spec.priority or bands.DEFAULT_BAND)
+        """Its priority band's rank (0: production): its tasks' place in the queue (``BandQueue``)."""
         self.gang_restart_cause = ""
         """Which member started the last gang restart and how it ended ("task 2: killed by signal 9 ...")."""
         # Attempt running time by how the attempts ended (``time_ms``), and retries spent by all of

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from iris.cluster import bands
 from iris.cluster.addresses import advertise_host, host_port
 from iris.cluster.auth import Principal, Role, TokenRecord, bearer
 from iris.cluster.controller.access import (
@@ -140,7 +141,8 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
             request.parent_job_id = task_parent(who, request.parent_job_id)
             owner = self._queries.job_owner(JobId(who.job_id))
         spec, blob = launch_request(request, self._controller.config.limits)
-        job_id = self._controller.launch_job(spec, owner=owner, bundle_blob=blob)
+        job_id = self._controller.launch_job(spec, owner=owner, bundle_blob=blob,
+                                             max_priority=self._controller.credentials.allowance(who))
         return cluster_pb2.Controller.LaunchJobResponse(job_id=job_id)
 
     @_rpc(*_READERS, read=True)
@@ -366,7 +368,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         role = request.role or "user"
         if role not in ("user", "admin"):
             raise InvalidArgument(f"role: must be 'user' or 'admin', got {role[:20]!r}")
-        record, token = self._controller.credentials.create_token(request.name, Role(role))
+        record, token = self._controller.credentials.create_token(request.name, Role(role), request.max_priority)
         return cluster_pb2.Controller.CreateTokenResponse(info=token_proto(record), token=token)
 
     @_rpc(Role.ADMIN, read=True)
@@ -393,7 +395,8 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
 def token_proto(record: TokenRecord) -> cluster_pb2.Controller.TokenInfo:
     return cluster_pb2.Controller.TokenInfo(
         token_id=record.token_id, name=record.name, role=record.role.value, created_at_ms=record.created_at_ms,
-        revoked_at_ms=record.revoked_at_ms or 0,
+        revoked_at_ms=record.revoked_at_ms or 0, max_priority=record.max_priority or (
+            bands.ADMIN_ALLOWANCE if record.role is Role.ADMIN else bands.USER_ALLOWANCE),
     )
 
 
@@ -547,6 +550,7 @@ def job_proto(view: JobView, tasks: list[TaskView] | None = None, *, spec_for: b
         job_uid=view.uid,
         gang_restarts=view.gang_restarts,
         gang_restart_cause=view.gang_restart_cause,
+        priority=view.spec.priority if view.spec is not None else "",
         failures_used=view.failures_used,
         preemptions_used=view.preemptions_used,
         time=_time_proto(view.time_ms),
@@ -593,6 +597,7 @@ def task_proto(view: TaskView) -> cluster_pb2.TaskStatus:
                 is_worker_failure=a.is_worker_failure,
                 charged_to=a.charged_to,
                 decided_by=a.decided_by,
+                band=a.band,
             )
             for a in view.attempts
         ],

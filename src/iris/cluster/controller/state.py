@@ -21,10 +21,12 @@ from dataclasses import dataclass, field, replace
 from threading import RLock
 
 from iris.cluster.auth import TokenRecord
+from iris.cluster.bands import DEFAULT_BAND
 from iris.cluster.controller import policies
 from iris.cluster.controller.capacity import Resources, Room, WorkerSnapshot, fits_in
 from iris.cluster.controller.job import Job
 from iris.cluster.controller.policies import StreakEntry
+from iris.cluster.controller.queue import BandQueue
 from iris.cluster.controller.task import (
     BUILDING,
     GANG_RESTART,
@@ -277,9 +279,9 @@ class ControllerState:
         self._tasks_by_job: dict[JobId, tuple[Task, ...]] = {}
         self._children: dict[JobId, list[JobId]] = {}
         self._workers: dict[WorkerId, ControllerWorker] = {}
-        self._task_queue: dict[TaskId, Task] = {}
-        """PENDING tasks in queue order. A dict: O(1) append, removal and membership; its values
-        are the tasks, so ``peek_pending_tasks`` is one C-level copy."""
+        self._task_queue = BandQueue(lambda task: self._jobs[task.job_id].band)
+        """PENDING tasks in queue order: by priority band, then as they entered. O(1) append, removal
+        and membership; ``peek_pending_tasks`` is one C-level copy per band."""
         self._endpoints: dict[str, ControllerEndpoint] = {}
         self._endpoints_by_task: dict[TaskId, set[str]] = {}
         self._actions: deque[ActionLogEntry] = deque(maxlen=ACTION_LOG_SIZE)
@@ -334,10 +336,9 @@ class ControllerState:
             self._index_job(job)
             self._tasks_by_job[job.job_id] = tuple(tasks)
             job.add_tasks(len(tasks))
-            queue = self._task_queue
             for task in tasks:
                 self._tasks[task.task_id] = task
-                queue[task.task_id] = task
+            self._task_queue.extend(tasks, job.band)
             self._effects.dirty_tasks.update(t.task_id for t in tasks)
             self._effects.dirty_jobs.add(job.job_id)
             if job.bundle_hash:
@@ -358,6 +359,8 @@ class ControllerState:
             """When the gang restarts happened: each stopped the others' attempts at that moment."""
             for task in tasks:
                 self._tasks[task.task_id] = task
+                if task.is_active():
+                    task.band = job.spec.priority or DEFAULT_BAND  # a job's band never changes
                 job.pending_ms += task.time_spent()["pending"]
                 for attempt in task.attempts:
                     self._account(job, attempt)
@@ -513,19 +516,15 @@ class ControllerState:
             return list(self._task_queue.values())
 
     def queue_tail(self, members: set[TaskId]) -> list[TaskId]:
-        """The longest tail of the queue made only of ``members``, in queue order.
+        """Per priority band, the longest tail of the band's queue made only of ``members``, in queue
+        order (the bands one after the other).
 
-        Tasks that (re)entered the queue in a batch were appended to it, so they form its tail;
-        walking it backwards costs O(batch), not O(queue). The store numbers them with it.
+        Tasks that (re)entered the queue in a batch were appended to their band, so they form its
+        tail; walking it backwards costs O(batch), not O(queue). The store numbers them with it
+        (restored, each goes back to its band in that order).
         """
         with self._lock:
-            tail: list[TaskId] = []
-            for task_id in reversed(self._task_queue):
-                if task_id not in members:
-                    break
-                tail.append(task_id)
-            tail.reverse()
-            return tail
+            return self._task_queue.tails(members)
 
     def queue_order(self) -> list[TaskId]:
         with self._lock:
@@ -680,6 +679,7 @@ class ControllerState:
             del self._task_queue[task_id]
             job = self._jobs[task.job_id]
             job.pending_ms += max(0, (task.started_at_ms or task.pending_since_ms) - task.pending_since_ms)
+            task.band = job.spec.priority or DEFAULT_BAND  # the band this attempt is placed under
             self._bind(worker, task, job)
             job.on_task_transition(PENDING, task.state, task.started_at_ms or 0, task)
             self._effects.dirty_tasks.add(task_id)

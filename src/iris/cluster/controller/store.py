@@ -176,6 +176,12 @@ MIGRATIONS: list[Migration] = [
     # v5 -> v6: deletion and retention: each job incarnation's unique id, so a deleted job's name can
     # be used again without its late reports, tokens or logs matching the new job.
     ("ALTER TABLE jobs ADD COLUMN uid TEXT NOT NULL DEFAULT ''",),
+    # v6 -> v7: priority bands: the highest band a token's jobs may ask for, and the band each
+    # attempt was placed under.
+    (
+        "ALTER TABLE tokens ADD COLUMN max_priority TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE attempts ADD COLUMN band TEXT NOT NULL DEFAULT ''",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -266,7 +272,7 @@ TASKS = Table(
 ATTEMPTS = Table(
     "attempts",
     ("task_id", "attempt_id", "worker_id", "state", "started_at_ms", "finished_at_ms", "exit_code", "error",
-     "is_worker_failure", "charged_to", "decided_by"),
+     "is_worker_failure", "charged_to", "decided_by", "band"),
     key=("task_id", "attempt_id"),
     insert_only=True,
     order_by="task_id, attempt_id",
@@ -291,7 +297,7 @@ ACTIONS = Table(
 )
 TOKENS = Table(
     "tokens",
-    ("token_id", "token_hash", "name", "role", "created_at_ms", "revoked_at_ms"),
+    ("token_id", "token_hash", "name", "role", "created_at_ms", "revoked_at_ms", "max_priority"),
     key=("token_id",),
     mutable=("revoked_at_ms",),
 )
@@ -312,7 +318,7 @@ def _job_row(j: Job) -> tuple[object, ...]:
 
 
 def _token_row(t: TokenRecord) -> tuple[object, ...]:
-    return (t.token_id, t.token_hash, t.name, t.role.value, t.created_at_ms, t.revoked_at_ms)
+    return (t.token_id, t.token_hash, t.name, t.role.value, t.created_at_ms, t.revoked_at_ms, t.max_priority)
 
 
 def _job_update(j: Job) -> tuple[object, ...]:
@@ -327,7 +333,7 @@ def _task_row(t: Task, queue_seq: int | None) -> tuple[object, ...]:
 
 def _attempt_row(t: Task, a: TaskAttempt) -> tuple[object, ...]:
     return (t.task_id, a.attempt_id, a.worker_id, a.state, a.started_at_ms, a.finished_at_ms, a.exit_code, a.error,
-            int(a.is_worker_failure), a.charged_to, a.decided_by)
+            int(a.is_worker_failure), a.charged_to, a.decided_by, a.band)
 
 
 def _worker_row(w: ControllerWorker) -> tuple[object, ...]:
@@ -638,7 +644,7 @@ class ControllerStore:
                     queue.append((queue_seq, task_id))
 
         for (task_id, attempt_id, worker_id, astate, started_at_ms, finished_at_ms, exit_code, error,
-             is_worker_failure, charged_to, decided_by) in conn.execute(ATTEMPTS.select_sql):
+             is_worker_failure, charged_to, decided_by, band) in conn.execute(ATTEMPTS.select_sql):
             owner = tasks.get(task_id)
             if owner is None:
                 continue
@@ -648,7 +654,7 @@ class ControllerStore:
                     else "none"
             owner.attempts.append(
                 TaskAttempt(attempt_id, worker_id, astate, started_at_ms, finished_at_ms, exit_code, error,
-                            bool(is_worker_failure), charged_to, decided_by)
+                            bool(is_worker_failure), charged_to, decided_by, band)
             )
 
         for job_id, job in jobs.items():
@@ -702,8 +708,10 @@ class ControllerStore:
                                    TaskId(task_id) if task_id is not None else None, attempt_id)
             )
 
-        for (token_id, token_hash, name, role, created_at_ms, revoked_at_ms) in conn.execute(TOKENS.select_sql):
-            state.restore_token(TokenRecord(token_id, token_hash, name, Role(role), created_at_ms, revoked_at_ms))
+        for (token_id, token_hash, name, role, created_at_ms, revoked_at_ms, max_priority) in conn.execute(
+                TOKENS.select_sql):
+            state.restore_token(TokenRecord(token_id, token_hash, name, Role(role), created_at_ms, revoked_at_ms,
+                                            max_priority))
 
         rows = conn.execute(f"{ACTIONS.select_sql} DESC LIMIT ?", (ACTION_LOG_SIZE,)).fetchall()
         state.restore_actions(ActionLogEntry(*row[1:]) for row in reversed(rows))

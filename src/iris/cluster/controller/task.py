@@ -90,6 +90,8 @@ class TaskAttempt:
     worker's fault), "" (it succeeded)."""
     decided_by: str = ""
     """What decided that: an exit rule ("--on-exit 75=preemption"), "gang restart", "timed out"..."""
+    band: str = ""
+    """The priority band it was placed under ("": before bands existed)."""
 
     def time_cause(self) -> str | None:
         """Which of ``TIME_CAUSES`` this attempt's running time counts as (None: a stop, no cause)."""
@@ -141,6 +143,8 @@ class Task:
     Not durable: the next heartbeat after a controller restart brings them back."""
     coordinator_port: int = 0
     """A coscheduled task's rendezvous port, allocated with its ports: the gang's if it leads it."""
+    band: str = ""
+    """The priority band its current attempt was placed under (stamped on the attempt when it ends)."""
     not_before_ms: int = 0
     """A failure retry is not placed before this (``retry_backoff_seconds``)."""
     fail_job: str = ""
@@ -296,10 +300,12 @@ class Task:
                 is_worker_failure=is_worker_failure,
                 charged_to=charged_to,
                 decided_by=decided_by,
+                band=self.band,
             ),
         ]
 
     def _finish(self, state: int, now_ms: int, error: str | None, exit_code: int | None) -> None:
+        self.band = ""  # stamped on its last attempt
         self.state = state
         self.finished_at_ms = now_ms
         self.error = error
@@ -315,5 +321,6 @@ class Task:
         self.exit_code = None
         self.ports = None
         self.coordinator_port = 0
+        self.band = ""
         self.not_before_ms = 0
         self.pending_since_ms = now_ms
