@@ -452,3 +452,26 @@ def test_trust_max_priority_is_enforced_from_the_cli(cluster: LocalCluster, tmp_
     assert [j["job_id"] for j in listed] == ["later"]
     tasks = json.loads(iris("job", "status", "later", "--tasks", "--json", token=plain).stdout)["tasks"]
     assert [a["band"] for a in tasks[0]["attempts"]] == ["batch"]
+
+
+def test_trust_a_task_s_files_cannot_leak_block_or_poison_its_worker(cluster: LocalCluster, admin: Api) -> None:
+    """Issue 23 item 4: error.txt made a link to a root-only file, a FIFO, or 100 MiB: each job fails
+    alone, with a small error that leaks nothing; the workers stay healthy and run the next job."""
+    secret = cluster.state_dir / "admin.token"  # root-only, and the worker can read it
+    probes = {
+        "link": f"ln -s {secret} ../error.txt; exit 3",
+        "fifo": "mkfifo ../error.txt; exit 3",
+        "huge": "head -c 104857600 /dev/zero | tr '\\\\0' x > ../error.txt; exit 3",
+    }
+    jobs = {name: admin.launch(f"files-{name}", ["sh", "-c", script]) for name, script in probes.items()}
+    for name, job_id in jobs.items():
+        job = admin.wait(job_id, timeout=120)
+        assert job.state == T.JOB_STATE_FAILED, (name, job.error)
+        assert secret.read_text().strip() not in job.error
+        assert len(job.error) <= 20 * 1024, (name, len(job.error))
+    assert "is a symbolic link" in admin.wait(jobs["link"]).error
+    assert "is not a regular file" in admin.wait(jobs["fifo"]).error
+    after = admin.launch("files-after", ["true"], replicas=4)
+    assert admin.wait(after, timeout=60).state == T.JOB_STATE_SUCCEEDED
+    workers = admin.stub.ListWorkers(C.ListWorkersRequest(), timeout=10).workers
+    assert len(workers) == 2 and all(w.healthy for w in workers)

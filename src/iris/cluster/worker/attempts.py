@@ -194,6 +194,8 @@ class Attempt:
     log_claim: int = 0
     """With ``LogPhase.CLAIMED``: the size its end report says."""
     busy_ports: tuple[int, ...] = ()
+    returns_result: bool = False
+    """A callable: its success carries the pickled return value it left in its directory."""
 
     @property
     def finished(self) -> bool:
@@ -531,6 +533,11 @@ class AttemptMachine:
             attempt_id = newest
         return self.attempts.get((task_id, attempt_id))
 
+    def returns_result(self, key: AttemptKey) -> bool:
+        """Whether the attempt is a callable's (its success carries a result). A dict read: no lock needed."""
+        attempt = self.attempts.get(key)
+        return attempt is not None and attempt.returns_result
+
     def observed(self) -> list[AttemptStatus]:
         """Every attempt not yet acknowledged as ended: live ones and ended ones whose terminal
         report the controller has not acknowledged (DESIGN §3's observed set)."""
@@ -551,7 +558,8 @@ class AttemptMachine:
             raise WorkerStopping("worker is shutting down and accepts no new tasks")
         self.sequence += 1
         attempt = Attempt(event.key, self.sequence, ports=dict(event.ports), job_uid=event.job_uid,
-                          launch=event.launch)
+                          launch=event.launch,
+                          returns_result=event.launch is not None and bool(event.launch.spec.entrypoint.pickled))
         if event.gpus_wanted:
             attempt.gpus = self._free_gpus[: event.gpus_wanted]
             del self._free_gpus[: len(attempt.gpus)]

@@ -53,6 +53,10 @@ REPORT_BATCH_BYTES = 16 * 1024 * 1024
 """One ReportTaskState carries at most about this much (a report with a result may be 10 MiB)."""
 
 
+MAX_REPORT_ERROR_CHARS = 64 * 1024
+"""An attempt's error in a report keeps at most its last this many characters."""
+
+
 def status_proto(status: AttemptStatus) -> cluster_pb2.WorkerTaskStatus:
     proto = cluster_pb2.WorkerTaskStatus(
         task_id=status.task_id,
@@ -64,7 +68,10 @@ def status_proto(status: AttemptStatus) -> cluster_pb2.WorkerTaskStatus:
         pid=status.pid,
     )
     if status.error:
-        proto.error = status.error
+        # Whatever a task wrote, a report stays small (the controller refuses huge messages, and an
+        # attempt whose report never lands would keep its worker's heartbeats from landing too).
+        proto.error = status.error if len(status.error) <= MAX_REPORT_ERROR_CHARS else (
+            "...(cut)\n" + status.error[-MAX_REPORT_ERROR_CHARS:])
     if status.ports:
         proto.ports.update(status.ports)
     if status.job_uid:

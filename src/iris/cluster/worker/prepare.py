@@ -17,6 +17,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import sys
 import threading
 import urllib.parse
@@ -180,15 +181,47 @@ class AttemptPreparer:
         with self._lock:
             self._ports_in_use.difference_update(ports)
 
+    def task_uid(self) -> int:
+        """The uid a task's files must belong to (its user's, else the worker's own)."""
+        user = self._config.task_user
+        return pwd.getpwnam(user).pw_uid if user is not None else os.geteuid()
+
+    def read_result(self, key: AttemptKey) -> bytes:
+        """A callable attempt's pickled return value, read as a task's file is (``read_task_file``);
+        raises TaskFileError saying what is wrong with it."""
+        return read_task_file(self.result_path(key), self._config.max_result_bytes, self.task_uid(),
+                              what="result.pkl (the callable's return value)")
+
+    def result_problem(self, key: AttemptKey) -> str:
+        """Why a callable attempt that exited 0 did not succeed ("": its result is fine)."""
+        try:
+            self.read_result(key)
+        except FileNotFoundError:
+            return "result.pkl (the callable's return value): missing; the task removed it"
+        except TaskFileError as e:
+            return str(e)
+        return ""
+
+    def result_or_nothing(self, key: AttemptKey) -> bytes:
+        """A succeeded callable's result for its report (b"" if it cannot be read safely any more)."""
+        try:
+            return self.read_result(key)
+        except (OSError, TaskFileError) as e:
+            logger.warning("task=%s attempt=%d: its result cannot be sent: %s", key[0], key[1], e)
+            return b""
+
     def failure_error(self, key: AttemptKey, code: int) -> str:
-        """Why an attempt that exited with ``code`` failed: its error file (a callable's traceback),
-        else the code or signal and its last lines of output."""
+        """Why an attempt that exited with ``code`` failed: its error file (a callable's traceback;
+        its last ``MAX_ERROR_BYTES``), else the code or signal and its last lines of output."""
         error_file = self.error_path(key)
-        if error_file.exists():
-            try:
-                return error_file.read_text(errors="replace")
-            except OSError:
-                pass
+        problem = ""
+        try:
+            text = read_task_file(error_file, MAX_ERROR_BYTES, self.task_uid(), what="error.txt", tail=True)
+            return text.decode(errors="replace")
+        except FileNotFoundError:
+            pass
+        except TaskFileError as e:
+            problem = f" ({e})"
         if code < 0:
             try:
                 head = f"killed by signal {-code} ({signal.Signals(-code).name})"
@@ -196,6 +229,7 @@ class AttemptPreparer:
                 head = f"killed by signal {-code}"
         else:
             head = f"exit code {code}"
+        head += problem
         log = self.attempt_log(key)
         records = log.read(log.tail_offset(_LOG_TAIL_LINES), _LOG_TAIL_LINES).records
         tail = "\n".join(r.text for r in records if r.source != "iris")[-4096:]
@@ -392,6 +426,52 @@ def _make_attempt_dirs(attempt_dir: str, work_dir: str) -> None:
         os.mkdir(work_dir)
     except FileExistsError:
         pass
+
+
+MAX_ERROR_BYTES = 16 * 1024
+"""An attempt's error text keeps at most this much (the end of a callable's traceback): reports
+stay small whatever a task writes."""
+
+
+class TaskFileError(Exception):
+    """A file a task left for the worker is not one it may read (not a regular file of the task's
+    user, a link, a FIFO, too large)."""
+
+
+def read_task_file(path: Path, cap: int, owner_uid: int, *, what: str, tail: bool = False) -> bytes:
+    """Read a file from a task's directory without trusting it: opened without following links and
+    without blocking (a FIFO cannot hold the worker), it must be a regular file owned by
+    ``owner_uid``; at most ``cap`` bytes (``tail``: the last ``cap``; otherwise over it is an
+    error). Raises FileNotFoundError when it is absent, TaskFileError when it may not be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise TaskFileError(f"{what}: is a symbolic link; the worker does not follow a task's links") from None
+        raise TaskFileError(f"{what}: cannot be read: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise TaskFileError(f"{what}: is not a regular file")
+        if st.st_uid != owner_uid:
+            raise TaskFileError(f"{what}: belongs to uid {st.st_uid}, not the task's ({owner_uid})")
+        if st.st_size > cap and not tail:
+            raise TaskFileError(f"{what}: {st.st_size} bytes, over the worker's cap of {cap}")
+        if tail and st.st_size > cap:
+            os.lseek(fd, st.st_size - cap, os.SEEK_SET)
+        chunks: list[bytes] = []
+        left = cap
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _give_to(user: str, directory: Path) -> None:

@@ -293,11 +293,7 @@ class Worker:
             return self._machine.observed(), self._machine.sequence
 
     def result_of(self, key: AttemptKey) -> bytes:
-        """A succeeded callable attempt's pickled return value (b"": none)."""
-        try:
-            return self._preparer.result_path(key).read_bytes()
-        except OSError:
-            return b""
+        return self._preparer.result_or_nothing(key) if self._machine.returns_result(key) else b""
 
     def before_end_reports(self, keys: list[AttemptKey]) -> dict[AttemptKey, int]:
         """Before these attempts' ends are reported: ship what the controller lacks of their logs
@@ -482,17 +478,18 @@ class Worker:
             self._stopping_recorded.wait(SIGNAL_SETTLE_S)
 
     def _on_exit(self, key: AttemptKey, exit_info: ProcessExit) -> None:
-        code = exit_info.returncode
+        code, limit_error = exit_info.returncode, exit_info.limit_error
         self._settle_signal_death(key, code)
-        error = "" if code == 0 or exit_info.limit_error else self._preparer.failure_error(key, code)
-        instructions = self._handle(am.ProcessExited(key, code, self._clock.now_ms(), error=error,
-                                                     limit_error=exit_info.limit_error))
-        self._carry_out(instructions)
+        if code == 0 and not limit_error and self._machine.returns_result(key):
+            limit_error = self._preparer.result_problem(key)  # its return value, checked as a task's file
+        error = "" if code == 0 or limit_error else self._preparer.failure_error(key, code)
+        self._carry_out(self._handle(am.ProcessExited(key, code, self._clock.now_ms(), error=error,
+                                                      limit_error=limit_error)))
         # Clean exits are the hot path (hundreds per second): INFO only for the ones worth reading.
-        level = logging.DEBUG if code == 0 and not exit_info.limit_error else logging.INFO
+        level = logging.DEBUG if code == 0 and not limit_error else logging.INFO
         if logger.isEnabledFor(level):
             logger.log(level, "task=%s attempt=%d exited with code %d%s", key[0], key[1], code,
-                       f" ({exit_info.limit_error})" if exit_info.limit_error else "")
+                       f" ({limit_error})" if limit_error else "")
 
     def kill_task(self, task_id: str, attempt_id: int, grace_period_s: float = 0.0, job_uid: str = "") -> None:
         """Kill one attempt (SIGTERM, SIGKILL after the grace; 0: the worker's default).
