@@ -475,3 +475,37 @@ def test_trust_a_task_s_files_cannot_leak_block_or_poison_its_worker(cluster: Lo
     assert admin.wait(after, timeout=60).state == T.JOB_STATE_SUCCEEDED
     workers = admin.stub.ListWorkers(C.ListWorkersRequest(), timeout=10).workers
     assert len(workers) == 2 and all(w.healthy for w in workers)
+
+
+def test_trust_a_user_can_neither_adopt_another_s_job_nor_use_another_s_workspace(
+        cluster: LocalCluster, admin: Api) -> None:
+    """Issue 23 item 9: bob's LaunchJob under alice's running job, or naming the bundle_hash her
+    tasks see in IRIS_BUNDLE_HASH, is refused; alice herself may reuse her bundle by hash; a user
+    token may not take a name an admin holds."""
+    import hashlib
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("secret_model.py", "WEIGHTS = 'alice-only'\n")
+    bundle = buffer.getvalue()
+    digest = hashlib.sha256(bundle).hexdigest()
+    alice, _ = user_api(admin, cluster, "alice-ws")
+    bob, _ = user_api(admin, cluster, "bob-ws")
+    try:
+        parent = alice.launch("alice-train", ["sleep", "60"], bundle_blob=bundle)
+        wait_until(lambda: alice.job(parent).state == T.JOB_STATE_RUNNING, 60)
+        assert code_of(lambda: bob.launch("adopted", ["true"], parent_job_id=parent)) \
+            is grpc.StatusCode.PERMISSION_DENIED
+        assert code_of(lambda: bob.launch("stolen", ["true"], bundle_hash=digest)) is grpc.StatusCode.INVALID_ARGUMENT
+        assert [j.job_id for j in admin.stub.ListJobs(C.ListJobsRequest(), timeout=10).jobs
+                if j.job_id in ("adopted", "stolen", f"{parent}/adopted")] == []
+        again = alice.launch("alice-again", ["sh", "-c", "test -f secret_model.py"], bundle_hash=digest)
+        assert alice.wait(again, timeout=60).state == T.JOB_STATE_SUCCEEDED
+        assert code_of(lambda: admin.stub.CreateToken(C.CreateTokenRequest(name="admin", role="user"), timeout=10)) \
+            is grpc.StatusCode.ALREADY_EXISTS
+        admin.stub.TerminateJob(C.TerminateJobRequest(job_id=parent), timeout=10)
+    finally:
+        alice.close()
+        bob.close()

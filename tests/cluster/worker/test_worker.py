@@ -921,10 +921,12 @@ def test_a_call_from_the_controller_that_overtakes_its_registration_reply_is_not
     """The controller may dispatch the moment it registered a worker, before the reply carrying its
     token reached the worker: the worker waits for that reply instead of refusing the call."""
     fake_controller.servicer.controller_token = "controller-secret"
+    fake_controller.servicer.unavailable = True  # its first registration fails: it is not registered yet
     worker = make_worker(run_loops=False, join_token="join-secret")
     outcome: list[object] = []
     caller = threading.Thread(target=lambda: outcome.append(worker.check_caller("controller-secret") or "ok"))
     caller.start()
+    fake_controller.servicer.unavailable = False
     assert worker.register_once()
     caller.join(10)
     assert outcome == ["ok"]
@@ -932,3 +934,18 @@ def test_a_call_from_the_controller_that_overtakes_its_registration_reply_is_not
 
     with pytest.raises(Unauthenticated):
         worker.check_caller("someone-else")
+
+
+def test_a_worker_that_never_registered_serves_nothing(make_worker: WorkerFactory,
+                                                       fake_controller: RunningFakeController) -> None:
+    """A worker started without a join token (or refused) never got its controller's word: it runs
+    nothing, even a call that brings no token at all to a worker that expects none (issue 23 item 9)."""
+    from iris.cluster.errors import Unauthenticated
+
+    fake_controller.servicer.unavailable = True  # its registration fails
+    worker = make_worker(run_loops=False, rpc_timeout_s=0.2)
+    with pytest.raises(Unauthenticated, match="has not registered"):
+        worker.check_caller(None)
+    fake_controller.servicer.unavailable = False
+    assert worker.register_once()
+    worker.check_caller(None)  # registered with a controller that runs without authentication

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,19 @@ class ControllerConfig:
     shared_dir: Path | None = None
     """A directory mounted at the same path on the controller and every worker (``--shared-dir``): each
     job gets one under it (``checkpoint_dir``), made before its first attempt, deleted with it."""
+
+    def make_checkpoint_dir(self, owner: str, job_id: str, job_uid: str) -> None:
+        """Make a new job's checkpoint directory (with a shared dir), writable by its tasks' user
+        (mode 0777 until issue 23 gives each user a uid); a failure is logged, not fatal."""
+        path = self.checkpoint_dir(owner, job_id, job_uid)
+        if path is None:
+            return
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            path.chmod(0o777)
+        except OSError as e:
+            logging.getLogger("iris.cluster.controller.controller").warning(
+                "job %s: could not make its checkpoint dir %s: %s", job_id, path, e)
 
     def checkpoint_dir(self, owner: str, job_id: str, uid: str) -> Path | None:
         """The job's directory on the shared dir: ``SHARED/checkpoints/<owner>/<job id>.<uid>`` (a child

@@ -80,7 +80,7 @@ from iris.cluster.controller.state import (
     ObservedAttempt,
 )
 from iris.cluster.controller.tasklogs import TaskLogs
-from iris.cluster.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from iris.cluster.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from iris.cluster.spec import JobSpec
 from iris.cluster.types import (
     RUNNING,
@@ -285,12 +285,13 @@ class Controller:
     # ------------------------------------------------------------------ jobs
 
     def launch_job(self, spec: JobSpec, owner: str = "", bundle_blob: bytes = b"",
-                   max_priority: str = bands.ADMIN_ALLOWANCE) -> JobId:
+                   max_priority: str = bands.ADMIN_ALLOWANCE, trusted: bool = True) -> JobId:
         """Accept a validated job for ``owner`` (``service.py`` checked every field), with its
         workspace bundle when it brings one. Its band (``spec.priority``) is resolved here: unset, a
         child's parent's, else interactive; above ``max_priority`` (the caller's token's allowance)
-        or above a child's parent's, PermissionDenied. Raises IrisError subclasses; a refusal
-        changes nothing."""
+        or above a child's parent's, PermissionDenied. Not ``trusted`` (a user, not an admin): the
+        parent must be one of ``owner``'s jobs, and a ``bundle_hash`` sent without its bundle one
+        that a job of ``owner`` uses. Raises IrisError subclasses; a refusal changes nothing."""
         if bundle_blob:
             digest = hashlib.sha256(bundle_blob).hexdigest()
             if spec.bundle_hash and spec.bundle_hash != digest:
@@ -302,6 +303,9 @@ class Controller:
                     raise NotFound(f"parent_job_id: job {spec.parent_job_id!r} not found")
                 if parent.is_finished():
                     raise FailedPrecondition(f"parent_job_id: job {spec.parent_job_id!r} has already ended")
+                if not trusted and parent.owner != owner:
+                    raise PermissionDenied(f"parent_job_id: job {spec.parent_job_id!r} is not yours; a child job "
+                                           "may be submitted only under one's own job")
                 job_id = child_job_id(parent.job_id, spec.name)
                 check_id(job_id, "name", self.config.limits)
                 owner = parent.owner or owner  # a child job belongs to its parent's owner
@@ -317,18 +321,15 @@ class Controller:
                 raise AlreadyExists(f"name: job {job_id!r} already exists")
             if bundle_blob:
                 spec = spec.replace(bundle_hash=self._bundles.put_bundle(bundle_blob))  # content-addressed
-            elif spec.bundle_hash and self._bundles.get_bundle(spec.bundle_hash) is None:
-                raise InvalidArgument(f"bundle_hash: no bundle {spec.bundle_hash} is stored; send bundle_blob")
+            elif spec.bundle_hash and (self._bundles.get_bundle(spec.bundle_hash) is None or not trusted and (
+                    not tx.state.bundle_used_by(spec.bundle_hash, owner))):
+                # Another user's workspace is theirs: naming its hash is not enough (the same answer
+                # as for an unknown one, so a hash seen in IRIS_BUNDLE_HASH proves nothing).
+                raise InvalidArgument(f"bundle_hash: no bundle {spec.bundle_hash} of yours is stored; send bundle_blob")
             job = Job(job_id, spec, tx.now_ms, owner=owner, uid=secrets.token_hex(8))
             tx.state.add_job(job, expand_job_to_tasks(job, tx.now_ms))
         logger.debug("job submitted job=%s tasks=%d", job_id, job.num_tasks)  # and in the action log
-        checkpoints = self.config.checkpoint_dir(job.owner, job_id, job.uid)
-        if checkpoints is not None:  # before its first attempt can start (launches leave a pass later)
-            try:
-                checkpoints.mkdir(parents=True, exist_ok=True)
-                checkpoints.chmod(0o777)  # the tasks' user writes it (issue 23 gives each user a uid)
-            except OSError as e:
-                logger.warning("job %s: could not make its checkpoint dir %s: %s", job_id, checkpoints, e)
+        self.config.make_checkpoint_dir(job.owner, job_id, job.uid)  # before its first attempt can start
         return job_id
 
     def delete_job(self, job_id: JobId) -> list[JobId]:

@@ -24,7 +24,7 @@ from iris.cluster.auth import (
 )
 from iris.cluster.controller.access import ANONYMOUS_LOCAL, PermissionDenied, Unauthenticated
 from iris.cluster.controller.changes import Changes
-from iris.cluster.errors import InvalidArgument, NotFound
+from iris.cluster.errors import AlreadyExists, InvalidArgument, NotFound
 from iris.cluster.types import AttemptRef, TaskId, WorkerId
 
 
@@ -99,6 +99,12 @@ class Credentials:
         bands.check_band(max_priority, "max_priority")
         token = generate_token()
         with self._changes.change() as tx:
+            # A name is one principal: ownership goes by name, so a user token named like the
+            # bootstrap admin (or a worker) would act as it.
+            held = {t.role for t in tx.state.tokens_named(name) if not t.revoked}
+            if held - {role}:
+                raise AlreadyExists(f"name: {name!r} is held by a token of role {sorted(r.value for r in held)[0]}; "
+                                    "a name belongs to one principal (revoke that token first, or choose another name)")
             record = TokenRecord(new_token_id(), hash_token(token), name, role, tx.now_ms, max_priority=max_priority)
             tx.state.add_token(record)
         return record, token

@@ -142,7 +142,8 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
             owner = self._queries.job_owner(JobId(who.job_id))
         spec, blob = launch_request(request, self._controller.config.limits)
         job_id = self._controller.launch_job(spec, owner=owner, bundle_blob=blob,
-                                             max_priority=self._controller.credentials.allowance(who))
+                                             max_priority=self._controller.credentials.allowance(who),
+                                             trusted=who.is_admin)
         return cluster_pb2.Controller.LaunchJobResponse(job_id=job_id)
 
     @_rpc(*_READERS, read=True)

@@ -302,6 +302,8 @@ class ControllerState:
         self.lost_ms: dict[str, int] = {cause: 0 for cause in TIME_CAUSES}
         """Milliseconds of attempts by how they ended (``/metrics``), all jobs."""
         self._bundle_refs: dict[str, int] = {}
+        self._bundle_users: dict[str, dict[str, int]] = {}
+        """Bundle hash -> owner -> that owner's jobs using it (a bundle is reused only by its users)."""
         """Workspace bundle hash -> jobs using it; a bundle whose count drops to 0 is deleted."""
         self._finished_roots: dict[JobId, int] = {}
         """Ended jobs without a parent, in the order they ended (-> finished_at_ms): retention
@@ -342,7 +344,7 @@ class ControllerState:
             self._effects.dirty_tasks.update(t.task_id for t in tasks)
             self._effects.dirty_jobs.add(job.job_id)
             if job.bundle_hash:
-                self._bundle_refs[job.bundle_hash] = self._bundle_refs.get(job.bundle_hash, 0) + 1
+                self._hold_bundle(job)
             if job.parent_job_id is not None:
                 self._children.setdefault(job.parent_job_id, []).append(job.job_id)
             self.log_action("job_submitted", now_ms=job.submitted_at_ms, job_id=job.job_id,
@@ -381,7 +383,7 @@ class ControllerState:
                                                      task.current_attempt_id))
             job.gang_restarts = len(gang_restarts)
             if job.bundle_hash:
-                self._bundle_refs[job.bundle_hash] = self._bundle_refs.get(job.bundle_hash, 0) + 1
+                self._hold_bundle(job)
             if job.parent_job_id is not None:
                 self._children.setdefault(job.parent_job_id, []).append(job.job_id)
             elif job.is_finished():
@@ -442,11 +444,17 @@ class ControllerState:
             del self._jobs[job_id]
             self._finished_roots.pop(job_id, None)
             if job.bundle_hash:
+                users = self._bundle_users.get(job.bundle_hash, {})
+                if users.get(job.owner, 0) > 1:
+                    users[job.owner] -= 1
+                else:
+                    users.pop(job.owner, None)
                 left = self._bundle_refs.get(job.bundle_hash, 1) - 1
                 if left > 0:
                     self._bundle_refs[job.bundle_hash] = left
                 else:
                     self._bundle_refs.pop(job.bundle_hash, None)
+                    self._bundle_users.pop(job.bundle_hash, None)
                     self._effects.deleted_bundles.append(job.bundle_hash)
             index = bisect.bisect_left(self._order_seqs, job.submit_seq)
             if index < len(self._order_seqs) and self._order_ids[index] == job_id:
@@ -494,6 +502,15 @@ class ControllerState:
 
     def bundle_in_use(self, bundle_hash: str) -> bool:
         return bundle_hash in self._bundle_refs
+
+    def bundle_used_by(self, bundle_hash: str, owner: str) -> bool:
+        """Whether a job of ``owner`` uses this workspace bundle (so ``owner`` may name it again)."""
+        return owner in self._bundle_users.get(bundle_hash, ())
+
+    def _hold_bundle(self, job: Job) -> None:
+        self._bundle_refs[job.bundle_hash] = self._bundle_refs.get(job.bundle_hash, 0) + 1
+        users = self._bundle_users.setdefault(job.bundle_hash, {})
+        users[job.owner] = users.get(job.owner, 0) + 1
 
     def get_child_jobs(self, job_id: JobId) -> list[JobId]:
         return list(self._children.get(job_id, ()))

@@ -189,13 +189,13 @@ class ControllerLink:
         self._credential = _read_credential(config.credential_path)
         self.controller_token = ""
         """What the controller presents on its calls to us (learnt at registration)."""
-        self._token_known = threading.Event()
+        self._registered_event = threading.Event()
+        """Set once a registration was accepted (with the controller's token, when it sends one)."""
 
-    def await_controller_token(self, timeout_s: float) -> str:
-        """The controller's token, waiting up to ``timeout_s`` for a registration in flight: the
-        controller may dispatch to us the moment it has registered us, before its reply reaches us."""
-        self._token_known.wait(timeout_s)
-        return self.controller_token
+    def await_registered(self, timeout_s: float) -> bool:
+        """Whether a registration was accepted, waiting up to ``timeout_s`` for one in flight: the
+        controller may call us the moment it has registered us, before its reply reaches us."""
+        return self._registered_event.wait(timeout_s)
 
     @property
     def auth(self) -> bool:
@@ -211,7 +211,6 @@ class ControllerLink:
         self.asked_interval_s = response.heartbeat_interval_ms / 1000
         if response.controller_token:
             self.controller_token = response.controller_token
-            self._token_known.set()
         if response.credential:
             self._credential = response.credential
             path = self._config.credential_path
@@ -266,6 +265,8 @@ class ControllerLink:
             self._failed(e)
             return False
         self._adopt(response)
+        if response.accepted:
+            self._registered_event.set()
         with self._lock:
             if self._failures == failures_before:
                 # A call that failed while this one was in flight is newer news: stay "unreachable",

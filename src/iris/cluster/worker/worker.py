@@ -163,11 +163,14 @@ class Worker:
                                      f"{self.worker_id!r}")
 
     def check_caller(self, token: str | None) -> None:
-        """Only the controller may call a worker that takes part in authentication: its calls carry
-        the credential it gave us at registration. Raises Unauthenticated otherwise."""
+        """Only the controller may call a worker: until its registration was accepted (waited for up
+        to ``rpc_timeout_s``) it serves nothing; with authentication, calls carry the credential the
+        controller gave at registration. Raises Unauthenticated otherwise."""
+        if not self._link.await_registered(self._config.rpc_timeout_s):
+            raise Unauthenticated("this worker has not registered with its controller: it runs nothing yet")
         if not self._link.auth:
             return
-        expected = self._link.controller_token or self._link.await_controller_token(5.0)
+        expected = self._link.controller_token
         if not token or not expected or not hmac.compare_digest(token.encode(), expected.encode()):
             raise Unauthenticated("this worker runs only what its controller sends (missing or wrong credential)")
 
