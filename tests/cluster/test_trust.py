@@ -509,3 +509,14 @@ def test_trust_a_user_can_neither_adopt_another_s_job_nor_use_another_s_workspac
     finally:
         alice.close()
         bob.close()
+
+
+def test_trust_nothing_in_the_state_directory_is_readable_by_others(cluster: LocalCluster, admin: Api) -> None:
+    """Issue 23 item 8: the controller's state (the database with every job's environment, logs,
+    bundles, tokens) is private to it: no path under the state directory is open to group or others."""
+    job = admin.launch("private-env", ["sh", "-c", "echo hello"], env={"API_KEY": "s3cret"})
+    admin.wait(job, timeout=60)
+    wait_until(lambda: any((cluster.state_dir / "logs").rglob("*")), 30, message="no log was kept")
+    open_to_others = [str(p) for p in [cluster.state_dir, *cluster.state_dir.rglob("*")]
+                      if stat.S_IMODE(p.lstat().st_mode) & 0o077 and not p.is_symlink()]
+    assert open_to_others == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -170,6 +171,7 @@ def serve(
         max_log_bytes = parse_size(max_log_size, "--max-log-size")
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--max-log-size") from None
+    os.umask(0o077)  # everything the controller writes is its own (job environments, logs, tokens)
     lock = _lock_state_dir(state_dir)
     try:
         store = ControllerStore.open(state_dir)

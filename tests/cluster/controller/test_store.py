@@ -555,3 +555,26 @@ def test_store_tokens_and_owners_survive_a_restart_hashed_only(tmp_path: Path) -
     assert root is not None and not root.revoked and root.role is Role.ADMIN
     owned = loaded.get_job(JobId("owned"))
     assert owned is not None and owned.owner == "alice"
+
+
+def test_the_state_directory_is_private_and_a_lost_database_is_refused(tmp_path: Path) -> None:
+    """Issue 23 items 8 and 9: the state directory is 0700 and the database 0600 (it holds every
+    job's environment); a directory that kept its other files but lost its database is refused,
+    never started afresh with 0 jobs and a new admin token."""
+    import stat as st
+
+    state_dir = tmp_path / "state"
+    with ControllerStore.open(state_dir) as store:
+        state = ControllerState()
+        submit(state, "a")
+        persist(state, store)
+        for path in (state_dir, state_dir / DB_FILENAME, state_dir / (DB_FILENAME + "-wal"), state_dir / "bundles"):
+            assert st.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+    (state_dir / "admin.token").write_text("x")
+    (state_dir / DB_FILENAME).unlink()
+    with pytest.raises(StoreError, match=r"has no controller.sqlite3 but holds a controller's state \(admin.token, "
+                                         r"bundles\)"):
+        ControllerStore.open(state_dir)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    ControllerStore.open(fresh).close()  # an empty directory is a fresh start

@@ -73,6 +73,8 @@ class ControllerConfig:
             return
         try:
             path.mkdir(parents=True, exist_ok=True)
+            for parent in (path.parent, path.parent.parent):  # SHARED/checkpoints/<owner>: passable
+                parent.chmod(0o755)
             path.chmod(0o777)
         except OSError as e:
             logging.getLogger("iris.cluster.controller.controller").warning(

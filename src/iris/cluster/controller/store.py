@@ -55,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 DB_FILENAME = "controller.sqlite3"
 BUNDLES_DIRNAME = "bundles"
+LEFTOVERS = ("admin.token", "join.token", BUNDLES_DIRNAME, "logs")
+"""What a state directory holds once a controller ran in it (written after its database was made)."""
 DEFAULT_STATE_DIR = Path("./iris-state")
 
 APPLICATION_ID = 0x49524953  # "IRIS": marks the file as ours (PRAGMA application_id)
@@ -405,9 +407,16 @@ class ControllerStore:
         steps = list(MIGRATIONS if migrations is None else migrations)
         state_dir = Path(state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.chmod(0o700)  # every job's environment, token hashes and logs are in here: private
         path = state_dir / DB_FILENAME
         if path.exists():
             _validate_existing(path, len(steps))
+        else:
+            leftovers = sorted(name for name in LEFTOVERS if (state_dir / name).exists())
+            if leftovers:  # a database lost beside the rest: never a silent fresh start
+                raise StoreError(f"state directory {state_dir} has no {DB_FILENAME} but holds a controller's state "
+                                 f"({', '.join(leftovers)}): restore the database, or move the directory away to "
+                                 "start afresh")
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -430,7 +439,10 @@ class ControllerStore:
         except BaseException:
             conn.close()
             raise
-        store.bundles_dir.mkdir(exist_ok=True)
+        store.bundles_dir.mkdir(mode=0o700, exist_ok=True)
+        for private in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                private.chmod(0o600)
         return store
 
     def close(self) -> None:
