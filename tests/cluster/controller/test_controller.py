@@ -591,3 +591,8 @@ def test_an_unfit_worker_gets_no_tasks_and_its_task_is_retried_elsewhere_as_a_pr
     # A heartbeat without it (the worker restarted, fixed) makes it fit again.
     wire.heartbeat(controller, T.Controller.HeartbeatRequest(worker_id="w1", incarnation="inc-127.0.0.1:1001"))
     assert w1.unfit == "" and w1.schedulable(0)
+
+
+def test_a_negative_log_tail_is_refused_not_ignored(controller: Controller) -> None:
+    with pytest.raises(InvalidArgument, match="tail_lines: must be >= 0, got -3"):
+        wire.fetch_task_logs(controller, T.Controller.FetchTaskLogsRequest(task_id="job/task-0", tail_lines=-3))

@@ -94,7 +94,9 @@ def test_dashboard_jobs_api_filters_and_pages(dashboard: Dashboard) -> None:
     oldest = json.loads(get(dashboard, "/api/jobs?newest_first=0")[1])["jobs"]
     assert [j["job_id"] for j in oldest] == ["train", "parent", "parent/child"]
     for bad, needle in (("/api/jobs?state=nope", "state"), ("/api/jobs?page_size=-1", "page_size"),
-                        ("/api/jobs?page_token=zzz", "page_token"), ("/api/logs", "task")):
+                        ("/api/jobs?page_token=zzz", "page_token"), ("/api/logs", "task"),
+                        ("/api/logs?task=train/task-0&tail=99999999999999999999", "tail"),
+                        ("/api/logs?task=train/task-0&offset=-3", "offset")):
         status, body = get(dashboard, bad)
         assert status == 400 and json.loads(body)["error"].startswith(needle), bad
 

@@ -578,3 +578,16 @@ def test_the_state_directory_is_private_and_a_lost_database_is_refused(tmp_path:
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     ControllerStore.open(fresh).close()  # an empty directory is a fresh start
+
+
+def test_a_damaged_row_is_an_error_naming_its_table_never_a_traceback(tmp_path: Path) -> None:
+    with ControllerStore.open(tmp_path) as store:
+        state = ControllerState()
+        submit(state, "a")
+        persist(state, store)
+    conn = sqlite3.connect(tmp_path / DB_FILENAME)
+    conn.execute("UPDATE jobs SET request = ?", (b"\xff\xfe not a protobuf",))
+    conn.commit()
+    conn.close()
+    with ControllerStore.open(tmp_path) as store, pytest.raises(StoreError, match="a damaged row in table jobs"):
+        store.load()

@@ -479,7 +479,13 @@ def _int(query: Any, name: str, default: int | None) -> int | None:
         raise InvalidArgument(f"{name}: expected a whole number, got {value[:32]!r}") from None
     if number < 0:
         raise InvalidArgument(f"{name}: must be >= 0, got {number}")
+    if number > MAX_QUERY_NUMBER:
+        raise InvalidArgument(f"{name}: at most {MAX_QUERY_NUMBER}, got {value[:32]}")
     return number
+
+
+MAX_QUERY_NUMBER = 2**31 - 1
+"""The largest count or offset a query string may carry (the wire's int32 counts)."""
 
 
 def _http_status(error: IrisError) -> int:

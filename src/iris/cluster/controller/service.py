@@ -495,6 +495,8 @@ def task_reports(request: cluster_pb2.Controller.ReportTaskStateRequest, limits:
 def log_query(request: cluster_pb2.Controller.FetchTaskLogsRequest) -> LogQuery:
     offset = request.start_offset if request.HasField("start_offset") else None
     check_log_window(request.start_line, request.max_lines, offset)
+    if request.tail_lines < 0:
+        raise InvalidArgument(f"tail_lines: must be >= 0, got {request.tail_lines}")
     return LogQuery(TaskId(request.task_id), request.attempt_id if request.HasField("attempt_id") else None,
                     request.start_line, offset, request.max_lines, request.tail_lines)
 

@@ -377,6 +377,8 @@ class ControllerStore:
         self.bundles_dir = state_dir / BUNDLES_DIRNAME
         self._conn = conn
         self._lock = threading.Lock()
+        self._loading = ""
+        """The table ``load`` is reading (named in the error a damaged row gives)."""
         self._known_jobs: set[JobId] = set()
         """Jobs whose row (with its request blob) exists: later writes update only mutable columns."""
         row = conn.execute("SELECT COALESCE(MAX(queue_seq), 0), (SELECT COALESCE(MAX(seq), 0) FROM actions)"
@@ -604,6 +606,7 @@ class ControllerStore:
         ``now_ms`` (the timeout then counts from the restart, not from before the outage).
         """
         with self._lock:
+            self._loading = ""
             try:
                 return self._load(now_ms)
             except sqlite3.DatabaseError as exc:
@@ -611,12 +614,20 @@ class ControllerStore:
                     f"state file {self.path} could not be read: {exc}; refusing to start "
                     "(the file was not modified)"
                 ) from exc
+            except StoreError:
+                raise
+            except Exception as exc:  # a row that decodes to nonsense: name where, never a traceback
+                raise StoreError(
+                    f"state file {self.path}: a damaged row in table {self._loading or '?'} "
+                    f"({type(exc).__name__}: {str(exc)[:200]}); refusing to start (the file was not modified)"
+                ) from exc
 
     def _load(self, now_ms: int | None) -> ControllerState:
         conn = self._conn
         state = ControllerState()
 
         jobs: dict[JobId, Job] = {}
+        self._loading = "jobs"
         for (job_id, parent_job_id, request_bytes, submitted_at_ms, jstate, error, started_at_ms,
              finished_at_ms, pending_reason, first_failure, owner, uid) in conn.execute(JOBS.select_sql):
             request = cluster_pb2.Controller.LaunchJobRequest.FromString(request_bytes)
@@ -634,6 +645,7 @@ class ControllerStore:
         tasks_by_job: dict[str, list[Task]] = {job_id: [] for job_id in jobs}
         queue: list[tuple[int, TaskId]] = []
         unordered_pending: list[Task] = []
+        self._loading = "tasks"
         for (task_id, job_id, task_index, tstate, worker_id, failure_count, preemption_count,
              max_retries_failure, max_retries_preemption, current_attempt_id, submitted_at_ms,
              pending_since_ms, started_at_ms, finished_at_ms, error, exit_code, queue_seq, not_before_ms) in conn.execute(
@@ -655,6 +667,7 @@ class ControllerStore:
                 else:
                     queue.append((queue_seq, task_id))
 
+        self._loading = "attempts"
         for (task_id, attempt_id, worker_id, astate, started_at_ms, finished_at_ms, exit_code, error,
              is_worker_failure, charged_to, decided_by, band) in conn.execute(ATTEMPTS.select_sql):
             owner = tasks.get(task_id)
@@ -680,6 +693,7 @@ class ControllerStore:
         state.order_finished_roots()
 
         workers: dict[str, ControllerWorker] = {}
+        self._loading = "workers"
         for (worker_id, address, metadata, healthy, consecutive_failures, last_heartbeat_ms,
              registered_at_ms, incarnation, draining) in conn.execute(WORKERS.select_sql):
             worker = ControllerWorker(
@@ -713,6 +727,7 @@ class ControllerStore:
         unordered_pending.sort(key=lambda t: (t.pending_since_ms, t.job_id, t.task_index))
         state.restore_queue([task_id for _, task_id in queue] + [t.task_id for t in unordered_pending])
 
+        self._loading = "endpoints"
         for (endpoint_id, name, address, job_id, metadata, task_id, attempt_id) in conn.execute(
                 ENDPOINTS.select_sql):
             state.restore_endpoint(
@@ -720,11 +735,13 @@ class ControllerStore:
                                    TaskId(task_id) if task_id is not None else None, attempt_id)
             )
 
+        self._loading = "tokens"
         for (token_id, token_hash, name, role, created_at_ms, revoked_at_ms, max_priority) in conn.execute(
                 TOKENS.select_sql):
             state.restore_token(TokenRecord(token_id, token_hash, name, Role(role), created_at_ms, revoked_at_ms,
                                             max_priority))
 
+        self._loading = "actions"
         rows = conn.execute(f"{ACTIONS.select_sql} DESC LIMIT ?", (ACTION_LOG_SIZE,)).fetchall()
         state.restore_actions(ActionLogEntry(*row[1:]) for row in reversed(rows))
 
