@@ -40,6 +40,7 @@ from iris.cluster.logfile import MAX_LINE_BYTES, AttemptLog
 from iris.cluster.logfile import encode as encode_record
 from iris.cluster.types import format_size
 from iris.cluster.worker.cgroups import CgroupLimits, CgroupUnavailable, TaskCgroup
+from iris.cluster.worker.deathwatch import DeathWatch
 
 logger = logging.getLogger(__name__)
 
@@ -341,9 +342,12 @@ class ProcessRuntime:
         memory_check_interval_s: float = 0.5,
         use_posix_spawn: bool = True,
         limits: CgroupLimits | None = None,
+        deathwatch: DeathWatch | None = None,
     ) -> None:
         self._memory_check_interval_s = memory_check_interval_s
         self._limits = limits
+        self._deathwatch = deathwatch
+        """Told of each task's process group, to stop them if this worker dies (``deathwatch``)."""
         spawner = _PosixSpawn() if use_posix_spawn else None
         self._spawner = spawner if spawner is not None and spawner.available() else None
         self._lock = threading.Lock()
@@ -411,6 +415,9 @@ class ProcessRuntime:
             if record_fd >= 0:
                 os.close(record_fd)
             raise
+        if self._deathwatch is not None:  # at once: a worker killed from here on must not leave it behind
+            group = cgroup.memory_dir or cgroup.cpu_dir if cgroup is not None else None
+            self._deathwatch.track(pid, str(group) if group is not None else "")
         if cgroup is not None and self._limits is not None:
             try:
                 cgroup.add(pid)
@@ -428,6 +435,8 @@ class ProcessRuntime:
                     # Never run a task without the limits it was promised: stop it, say why.
                     _killpg(pid, signal.SIGKILL)  # its own process group (setsid); nothing ran yet
                     _Running(spec=spec, pid=pid, proc=proc, on_exit=on_exit).wait()  # reaped, no zombie
+                    if self._deathwatch is not None:
+                        self._deathwatch.untrack(pid)
                     for pipe in pipes:
                         pipe.close()
                     if cgroup is not None:
@@ -536,6 +545,8 @@ class ProcessRuntime:
             os.write(self._wake_w, b"x")
         for thread in self._threads:
             thread.join(timeout=timeout_s)
+        if self._deathwatch is not None:
+            self._deathwatch.close()
         if self._limits is not None:
             self._limits.close()
         if self._epoll is not None:
@@ -621,6 +632,8 @@ class ProcessRuntime:
             # whatever it left behind (grandchildren must not outlive their task).
             _killpg(pid, signal.SIGKILL)
             self._by_key.pop(running.spec.key, None)
+        if self._deathwatch is not None:
+            self._deathwatch.untrack(pid)
             # A pending kill timer is left to fire: the leader is gone, but processes that left its
             # group (daemons ignoring SIGTERM) still get their SIGKILL when the grace ends.
         returncode = running.wait()

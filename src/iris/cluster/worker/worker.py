@@ -64,6 +64,7 @@ from iris.cluster.worker.config import (
     log_failure,
 )
 from iris.cluster.worker.config import WorkerConfig as WorkerConfig
+from iris.cluster.worker.deathwatch import DeathWatch
 from iris.cluster.worker.gpu import GpuInfo, detect_gpus
 from iris.cluster.worker.hardware import probe_metadata
 from iris.cluster.worker.link import ControllerLink, LinkConfig
@@ -112,7 +113,7 @@ class Worker:
         if runtime is None:
             limits = CgroupLimits.detect(self.cgroup_name) if config.use_cgroups else None
             logger.info("task limits: %s", limits or "memory watchdog (no writable cgroup)")
-            runtime = ProcessRuntime(limits=limits)
+            runtime = ProcessRuntime(limits=limits, deathwatch=DeathWatch(config.kill_grace_period_s))
         self._runtime: Runtime = runtime
         self._workdir = Path(config.workdir)
         self._gpus: list[GpuInfo] = gpus if gpus is not None else (detect_gpus() if config.detect_gpus else [])
