@@ -77,6 +77,9 @@ def worker() -> None:
               help="Build task environments from uv's cache only (a worker without registry access).")
 @click.option("--shared-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The controller's --shared-dir, mounted here at the same path: tasks get IRIS_CHECKPOINT_DIR.")
+@click.option("--fence-after", type=click.FloatRange(min=1.0), default=None, metavar="SECONDS",
+              help="Cut off from the controller this long, stop every task here (its retry runs elsewhere by "
+                   "then). Default: the controller's liveness timeout for this worker x1.5, at least +10 s.")
 @click.option("--port-range", default=None, metavar="FIRST-LAST",
               help="Ports the controller may give tasks here (named ports, a gang's rendezvous port); "
                    "default: up to 8192 just below the host's ephemeral range (ip_local_port_range).")
@@ -111,6 +114,7 @@ def serve(
     offline_envs: bool,
     max_log_size: str,
     shared_dir: Path | None,
+    fence_after: float | None,
     port_range: str | None,
     task_user: str | None,
     log_level: str,
@@ -190,6 +194,7 @@ def serve(
         task_user=task_user,
         shared_dir=shared_dir.resolve() if shared_dir is not None else None,
         port_range=ports,
+        fence_after_s=fence_after,
     )
     stop = threading.Event()
 

@@ -1633,6 +1633,7 @@ class Controller(_message.Message):
         CREDENTIAL_FIELD_NUMBER: _builtins.int
         CONTROLLER_TOKEN_FIELD_NUMBER: _builtins.int
         HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+        LIVENESS_TIMEOUT_MS_FIELD_NUMBER: _builtins.int
         accepted: _builtins.bool
         credential: _builtins.str
         """set when registering with the join token: this worker's own token from now on"""
@@ -1640,6 +1641,8 @@ class Controller(_message.Message):
         """what the controller presents on every call to this worker"""
         heartbeat_interval_ms: _builtins.int
         """heartbeat no more often than this (the fleet's share of --max-heartbeat-rate)"""
+        liveness_timeout_ms: _builtins.int
+        """silent this long, the worker is declared dead (its fence goes beyond it)"""
         @_builtins.property
         def kill(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerTaskStatus]:
             """attempts the worker holds that the controller does not expect"""
@@ -1652,10 +1655,11 @@ class Controller(_message.Message):
             credential: _builtins.str = ...,
             controller_token: _builtins.str = ...,
             heartbeat_interval_ms: _builtins.int = ...,
+            liveness_timeout_ms: _builtins.int = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "controller_token", b"controller_token", "credential", b"credential", "heartbeat_interval_ms", b"heartbeat_interval_ms", "kill", b"kill"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "controller_token", b"controller_token", "credential", b"credential", "heartbeat_interval_ms", b"heartbeat_interval_ms", "kill", b"kill", "liveness_timeout_ms", b"liveness_timeout_ms"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1706,10 +1710,13 @@ class Controller(_message.Message):
         FORGET_BUNDLES_FIELD_NUMBER: _builtins.int
         FORGET_JOB_UIDS_FIELD_NUMBER: _builtins.int
         HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+        LIVENESS_TIMEOUT_MS_FIELD_NUMBER: _builtins.int
         reregister: _builtins.bool
         """the controller does not know this worker: register again"""
         heartbeat_interval_ms: _builtins.int
         """heartbeat no more often than this (grows with the fleet)"""
+        liveness_timeout_ms: _builtins.int
+        """as in RegisterWorkerResponse"""
         @_builtins.property
         def kill(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerTaskStatus]:
             """attempts to stop"""
@@ -1730,10 +1737,11 @@ class Controller(_message.Message):
             forget_bundles: _abc.Iterable[_builtins.str] | None = ...,
             forget_job_uids: _abc.Iterable[_builtins.str] | None = ...,
             heartbeat_interval_ms: _builtins.int = ...,
+            liveness_timeout_ms: _builtins.int = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["forget_bundles", b"forget_bundles", "forget_job_uids", b"forget_job_uids", "heartbeat_interval_ms", b"heartbeat_interval_ms", "kill", b"kill", "reregister", b"reregister"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["forget_bundles", b"forget_bundles", "forget_job_uids", b"forget_job_uids", "heartbeat_interval_ms", b"heartbeat_interval_ms", "kill", b"kill", "liveness_timeout_ms", b"liveness_timeout_ms", "reregister", b"reregister"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -949,3 +949,26 @@ def test_a_worker_that_never_registered_serves_nothing(make_worker: WorkerFactor
     fake_controller.servicer.unavailable = False
     assert worker.register_once()
     worker.check_caller(None)  # registered with a controller that runs without authentication
+
+
+def test_a_worker_cut_off_from_its_controller_stops_its_tasks_after_the_fence(
+    make_worker: WorkerFactory, fake_controller: RunningFakeController
+) -> None:
+    """Issue 23 item 5: the controller has declared a silent worker dead and retried its tasks
+    elsewhere; past the fence the worker stops them too, so two copies never run for long."""
+    runtime = FakeRuntime()
+    worker = make_worker(runtime=runtime, fence_after_s=0.5)
+    worker.run_task(launch(command_request(["/bin/sleep", "100"])))
+    runtime.spec(("job/task-0", 0))
+    fake_controller.servicer.unavailable = True  # a partition: nothing gets through
+    wait_until(lambda: runtime.kills, 30, message="the fence never stopped the task")
+    assert [key for key, _ in runtime.kills] == [("job/task-0", 0)]
+    status = worker.task_status("job/task-0", 0)
+    assert status.state == KILLED
+
+
+def test_the_default_fence_lies_beyond_the_controller_s_timeout() -> None:
+    from iris.cluster.worker.link import fence_after
+
+    assert fence_after(10.0) == 20.0  # +10 s at least: a controller restart of a few seconds kills nothing
+    assert fence_after(60.0) == 90.0  # and half again for the long timeouts of big fleets

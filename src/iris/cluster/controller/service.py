@@ -258,7 +258,8 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         reply = self._controller.register_worker(registration(request, self._controller.config.limits), who)
         return cluster_pb2.Controller.RegisterWorkerResponse(
             accepted=True, kill=[_status(a) for a in reply.kill], credential=reply.credential,
-            controller_token=reply.controller_token, heartbeat_interval_ms=reply.heartbeat_interval_ms)
+            controller_token=reply.controller_token, heartbeat_interval_ms=reply.heartbeat_interval_ms,
+            liveness_timeout_ms=self._liveness_timeout_ms(reply.heartbeat_interval_ms))
 
     @_rpc(Role.WORKER, Role.ADMIN)
     def Heartbeat(
@@ -270,7 +271,13 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
             return cluster_pb2.Controller.HeartbeatResponse(reregister=True)
         return cluster_pb2.Controller.HeartbeatResponse(
             kill=[_status(a) for a in reply.kill], heartbeat_interval_ms=reply.heartbeat_interval_ms,
-            forget_job_uids=reply.forget_job_uids, forget_bundles=reply.forget_bundles)
+            forget_job_uids=reply.forget_job_uids, forget_bundles=reply.forget_bundles,
+            liveness_timeout_ms=self._liveness_timeout_ms(reply.heartbeat_interval_ms))
+
+    def _liveness_timeout_ms(self, interval_ms: int) -> int:
+        """How long a worker may be silent before it is declared dead (as ``find_dead_workers``
+        judges it): told to the worker, whose fence goes beyond it."""
+        return int(max(self._controller.config.worker_timeout_s * 1000, 3 * interval_ms))
 
     @_rpc(Role.WORKER, Role.ADMIN)
     def ReportTaskState(

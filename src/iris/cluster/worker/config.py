@@ -129,6 +129,9 @@ class WorkerConfig:
                               max_result_bytes=self.max_result_bytes, max_log_bytes=self.max_log_bytes,
                               uv=find_uv(self.uv), uv_offline=self.uv_offline, shared_dir=self.shared_dir)
 
+    fence_after_s: float | None = None
+    """Cut off from the controller this long, the worker stops its tasks (``--fence-after``); None:
+    beyond the controller's liveness timeout for it (``link.fence_after``)."""
     port_range: tuple[int, int] | None = None
     """The ports (first, last; inclusive) the controller may give this worker's tasks (named ports,
     a gang's rendezvous port) (``--port-range``); None: chosen outside the host's ephemeral range

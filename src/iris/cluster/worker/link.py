@@ -112,6 +112,16 @@ class LinkConfig:
     """Where that credential is kept (mode 0600), so a restarted worker keeps its identity."""
     channel_credentials: grpc.ChannelCredentials | None = None
     """TLS to the controller (None: plaintext)."""
+    fence_after_s: float | None = None
+    """Cut off from the controller this long, stop every task (``--fence-after``); None:
+    ``fence_after(the controller's liveness timeout)``."""
+
+
+def fence_after(liveness_timeout_s: float) -> float:
+    """The default fence: beyond the controller's liveness timeout for this worker (it has retried
+    the tasks elsewhere by then), by half of it and at least 10 s, so a controller restart of a few
+    seconds or a slow stretch kills nothing."""
+    return max(1.5 * liveness_timeout_s, liveness_timeout_s + 10.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +199,10 @@ class ControllerLink:
         self._credential = _read_credential(config.credential_path)
         self.controller_token = ""
         """What the controller presents on its calls to us (learnt at registration)."""
+        self.liveness_timeout_s = 0.0
+        """How long the controller lets us be silent before declaring us dead (from its replies)."""
+        self._last_heard = clock.monotonic()
+        self._fenced = False
         self._registered_event = threading.Event()
         """Set once a registration was accepted (with the controller's token, when it sends one)."""
 
@@ -209,6 +223,9 @@ class ControllerLink:
 
     def _adopt(self, response: cluster_pb2.Controller.RegisterWorkerResponse) -> None:
         self.asked_interval_s = response.heartbeat_interval_ms / 1000
+        self._heard()
+        if response.liveness_timeout_ms:
+            self.liveness_timeout_s = response.liveness_timeout_ms / 1000
         if response.controller_token:
             self.controller_token = response.controller_token
         if response.credential:
@@ -301,6 +318,9 @@ class ControllerLink:
             self._failed(e)
             return False
         self.asked_interval_s = response.heartbeat_interval_ms / 1000
+        self._heard()
+        if response.liveness_timeout_ms:
+            self.liveness_timeout_s = response.liveness_timeout_ms / 1000
         self._apply_kills(response.kill)
         if response.forget_bundles or response.forget_job_uids:
             self._worker.on_event(JobsDeleted(tuple(response.forget_job_uids), tuple(response.forget_bundles)))
@@ -411,6 +431,7 @@ class ControllerLink:
                 self._inflight = {}
             self._failed(e)
             return False
+        self._heard()
         self._worker.on_event(ReportsAcknowledged(tuple((s.key, s.state) for s in batch.values())))
         with self._lock:
             self._inflight = {}
@@ -435,12 +456,40 @@ class ControllerLink:
 
     # -- loops --------------------------------------------------------------------------------
 
+    # -- the fence ----------------------------------------------------------------------------
+
+    def _heard(self) -> None:
+        """The controller answered: the fence starts over."""
+        self._last_heard = self._clock.monotonic()
+        self._fenced = False
+
+    def fence_once(self) -> bool:
+        """Cut off from the controller for longer than the fence: stop every live task (its retry
+        runs elsewhere by now; two copies of a rank must not write one checkpoint). True when it
+        fenced now. Once per silence: a kill already asked for is not asked again."""
+        if self._fenced or (not self._config.fence_after_s and self.liveness_timeout_s <= 0):
+            return False  # no fence given, and no timeout heard yet to derive one from
+        fence = self._config.fence_after_s or fence_after(self.liveness_timeout_s)
+        silent = self._clock.monotonic() - self._last_heard
+        if silent <= fence:
+            return False
+        self._fenced = True
+        live = [s for s in self._worker.observed()[0] if not s.finished]
+        if live:
+            logger.error("no word from the controller for %.0fs (fence %.0fs): stopping %d task(s) worker=%s",
+                         silent, fence, len(live), self.worker_id)
+        for status in live:
+            self._worker.on_event(KillRequested(status.key, 0.0, status.job_uid))
+        return True
+
     def heartbeat_loop(self, stop: threading.Event, interval_s: float) -> None:
         """Heartbeat every ``interval_s``, or the longer interval the controller asks for; spread by
-        up to 10 % either way so a fleet that (re)started together does not stay in step."""
+        up to 10 % either way so a fleet that (re)started together does not stay in step. Between
+        beats, the fence (``fence_once``)."""
         while not stop.is_set():
             try:
                 self.heartbeat_once()
+                self.fence_once()
             except Exception:
                 logger.exception("heartbeat failed worker=%s", self.worker_id)
             wait = max(interval_s, self.asked_interval_s)

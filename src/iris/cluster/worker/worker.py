@@ -131,7 +131,8 @@ class Worker:
             LinkConfig(config.controller_address, config.rpc_timeout_s, config.backoff_initial_s,
                        config.backoff_max_s, join_token=config.join_token,
                        credential_path=self._workdir / CREDENTIAL_FILE,
-                       channel_credentials=channel_credentials(config.tls_ca) if config.tls_ca else None),
+                       channel_credentials=channel_credentials(config.tls_ca) if config.tls_ca else None,
+                       fence_after_s=config.fence_after_s),
             self._clock, worker_id=self.worker_id, incarnation=self.incarnation, worker=self,
         )
         self._preparer = AttemptPreparer(config.preparer(self.worker_id, self.advertise_host, bool(self._gpus)),
