@@ -26,8 +26,9 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
+
+from iris.cluster.clock import SystemClock
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +71,10 @@ def main(argv: list[str]) -> int:
             live.pop(int(line[1:]), None)
     # The worker is gone without saying goodbye: stop what it left running.
     if _signal_all(live, signal.SIGTERM):
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and _signal_all(live, 0):
-            time.sleep(0.05)  # a helper waiting out the tasks' grace, not a test
+        clock, pause = SystemClock(), threading.Event()
+        deadline = clock.monotonic() + grace
+        while clock.monotonic() < deadline and _signal_all(live, 0):
+            pause.wait(0.05)  # the helper waiting out the tasks' grace
     _signal_all(live, signal.SIGKILL)
     return 0
 
