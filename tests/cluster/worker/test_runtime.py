@@ -286,6 +286,29 @@ def test_runtime_with_platform_limits_fails_a_memory_hog_with_a_memory_error(tmp
         assert limits.memory_base is not None and not limits.memory_base.exists()
 
 
+def test_a_task_s_children_are_in_its_cgroup_from_their_first_instruction(tmp_path: Path) -> None:
+    """Issue 23 item 9: a task that forks at once (``sh -c "python ..."``) used to run the child
+    outside its cgroup (placed after the start: 10 of 10 escaped, a 64 MiB task used 256 MiB). The
+    task's first process now enters its cgroup before it execs the task."""
+    from iris.cluster.worker.cgroups import CgroupLimits
+
+    limits = CgroupLimits.detect(f"test-early-{os.getpid()}")
+    if limits is None:
+        pytest.skip("needs a writable memory cgroup (root on a cgroup v1 or v2 host; CI has one)")
+    runtime = ProcessRuntime(limits=limits)
+    try:
+        exits = Exits()
+        hog = f"{sys.executable} -c \"import time; data = 'x' * (256 * 1024 * 1024); time.sleep(1000)\""
+        for i in range(5):
+            spec = _spec(tmp_path, ["/bin/sh", "-c", f"{hog}; exit 0"], name=f"fork-{i}",
+                         memory_limit_bytes=64 * 1024 * 1024)
+            runtime.start(spec, exits)
+            result = exits.wait(spec.key)
+            assert "memory" in result.limit_error, result  # the kernel killed the child inside the cgroup
+    finally:
+        runtime.close()
+
+
 def test_runtime_many_short_tasks_started_from_several_threads_all_exit_cleanly(
     runtime: ProcessRuntime, tmp_path: Path
 ) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import json
 import logging
@@ -310,6 +311,21 @@ class _PosixSpawn:
 _FS_ENCODING = sys.getfilesystemencoding()
 
 
+_ENTER_CGROUP = 'for f; do shift; [ "$f" = -- ] && break; echo $$ > "$f" 2>/dev/null; done; exec "$@"'
+"""Put this shell (the task's first process) in the task's cgroup(s), then exec the task: it and
+everything it forks are inside from their first instruction. Best effort: the runtime places the
+pid again after the start (and makes a vanished group again)."""
+
+
+def _entering(spec: ProcessSpec, cgroup: TaskCgroup) -> ProcessSpec:
+    """``spec`` started through ``_ENTER_CGROUP`` (its program resolved first, so a missing one is
+    still a start failure, not the shell's exit 127)."""
+    program = _resolve_program(str(spec.argv[0]), spec.env.get("PATH"), str(spec.cwd))
+    procs = [str(d / "cgroup.procs") for d in cgroup.dirs()]
+    return dataclasses.replace(spec, argv=["/bin/sh", "-c", _ENTER_CGROUP, "iris-cgroup", *procs, "--", program,
+                                           *spec.argv[1:]])
+
+
 def _resolve_program(program: str, path_var: str | None, cwd: str) -> str:
     """The file ``execvpe`` would run for ``program`` with the task's PATH (a name with a '/' is
     used as given: exec resolves it after the chdir, as with ``subprocess``)."""
@@ -400,7 +416,8 @@ class ProcessRuntime:
                 pipes, writers = _task_pipes(spec.log)
             try:
                 if self._spawner is not None and spec.user is None:
-                    pid = self._spawner.spawn(spec, (writers[0], writers[1]) if writers else None)
+                    started = spec if cgroup is None else _entering(spec, cgroup)
+                    pid = self._spawner.spawn(started, (writers[0], writers[1]) if writers else None)
                 else:
                     proc = self._popen(spec, (writers[0], writers[1]) if writers else None)
                     pid = proc.pid
