@@ -62,6 +62,8 @@ def controller() -> None:
 @click.option("--quarantine-after", default=5, show_default=True, type=click.IntRange(min=0),
               help="Quarantine a worker after this many attempts in a row of two owners' jobs fail quickly on it "
                    "while they succeed elsewhere (0: never; at most a tenth of the fleet at once).")
+@click.option("--max-endpoints-per-task", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Endpoints one task attempt may hold at once.")
 @click.option("--auth", "auth_mode", type=click.Choice(["token", "none"]), default="token", show_default=True,
               help="token: every call needs a token (DESIGN §7). none: anyone who can reach the port is admin "
                    "(refused unless bound to a loopback address).")
@@ -105,6 +107,7 @@ def serve(
     max_replicas: int,
     max_termination_grace: float,
     quarantine_after: int,
+    max_endpoints_per_task: int,
     auth_mode: str,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -182,6 +185,7 @@ def serve(
     config = ControllerConfig(worker_timeout_s=worker_timeout, max_heartbeat_rate=max_heartbeat_rate, limits=Limits(max_replicas=max_replicas),
                               auth=auth_mode == "token", max_termination_grace_s=max_termination_grace,
                               quarantine_after=quarantine_after, finished_job_ttl_s=finished_job_ttl,
+                              max_endpoints_per_task=max_endpoints_per_task,
                               max_finished_jobs=max_finished_jobs, read_share=read_share,
                               shared_dir=shared_dir.resolve() if shared_dir is not None else None)
     from iris.cluster.controller.logstore import LogStore

@@ -47,3 +47,9 @@ class PermissionDenied(IrisError):
     """A known caller that may not do this: wrong role, not the owner, outside its scope."""
 
     code = "PERMISSION_DENIED"
+
+
+class ResourceExhausted(IrisError):
+    """A quota of the caller's is used up (e.g. endpoints per task)."""
+
+    code = "RESOURCE_EXHAUSTED"

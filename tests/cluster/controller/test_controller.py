@@ -596,3 +596,35 @@ def test_an_unfit_worker_gets_no_tasks_and_its_task_is_retried_elsewhere_as_a_pr
 def test_a_negative_log_tail_is_refused_not_ignored(controller: Controller) -> None:
     with pytest.raises(InvalidArgument, match="tail_lines: must be >= 0, got -3"):
         wire.fetch_task_logs(controller, T.Controller.FetchTaskLogsRequest(task_id="job/task-0", tail_lines=-3))
+
+
+def test_endpoint_names_are_not_shared_between_users_and_a_task_holds_a_bounded_number(
+        clock: FakeClock, fake: FakeWorkerClients) -> None:
+    """Issue 23 item 6, in part: bob's task cannot register (or overwrite) a name alice's live task
+    holds; alice's other tasks may share it; past --max-endpoints-per-task, RESOURCE_EXHAUSTED."""
+    from iris.cluster.errors import PermissionDenied, ResourceExhausted
+
+    c = Controller(ControllerConfig(worker_timeout_s=10, max_endpoints_per_task=3), clock=clock, worker_clients=fake)
+    try:
+        register(c, cpu=8)
+        entry = T.Entrypoint(command=T.CommandEntrypoint(argv=["true"])).SerializeToString()
+        for name, owner in (("alice-job", "alice"), ("alice-other", "alice"), ("bob-job", "bob")):
+            wire.launch_job(c, T.Controller.LaunchJobRequest(
+                name=name, serialized_entrypoint=entry, resources=ResourceSpec(cpu=1).to_proto()), owner=owner)
+        schedule(c, fake, 3)
+
+        def add(task: str, name: str) -> str:
+            return wire.register_endpoint(c, T.Controller.RegisterEndpointRequest(
+                name=name, address="h:1", task_id=f"{task}/task-0", attempt_id=0))
+
+        add("alice-job", "svc/api")
+        add("alice-other", "svc/api")  # the same user's tasks may serve one name together
+        with pytest.raises(PermissionDenied, match="registered by another user's task"):
+            add("bob-job", "svc/api")
+        assert sorted(e.job_id for e in c.queries.list_endpoints("svc/")) == ["alice-job", "alice-other"]
+        add("alice-job", "a")
+        add("alice-job", "b")
+        with pytest.raises(ResourceExhausted, match="at most 3 endpoints"):
+            add("alice-job", "c")
+    finally:
+        c.stop()

@@ -32,6 +32,8 @@ class ControllerConfig:
     max_termination_grace_s: float = 600.0
     """The most grace a job may ask for (``--max-termination-grace``)."""
     quarantine_after: int = 5
+    max_endpoints_per_task: int = 16
+    """Endpoints one task attempt may hold at once (``--max-endpoints-per-task``)."""
     """Attempts failing quickly in a row on one worker, of two owners' jobs that succeed
     elsewhere, before it is quarantined (``--quarantine-after``; 0: never)."""
     gang_blame_window_s: float = 5.0

@@ -132,6 +132,7 @@ class Controller:
         self._state = state if state is not None else ControllerState()
         self._state.quarantine_after = cfg.quarantine_after
         self._state.gang_blame_window_ms = int(cfg.gang_blame_window_s * 1000)
+        self._state.max_endpoints_per_task = cfg.max_endpoints_per_task
         self._store = store
         self._bundles: MemoryBundles | StateStore = store if store is not None else MemoryBundles()
         self._clock: Clock = clock or SystemClock()

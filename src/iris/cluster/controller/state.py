@@ -40,6 +40,7 @@ from iris.cluster.controller.task import (
     TaskAttempt,
     TaskTransitionResult,
 )
+from iris.cluster.errors import PermissionDenied, ResourceExhausted
 from iris.cluster.failures import failure_signature
 from iris.cluster.ports import PortBook
 from iris.cluster.types import (
@@ -60,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 PORT_IN_USE = "port in use"
 """``decided_by`` of an attempt sent back because a port it was given was held outside Iris."""
+DEFAULT_MAX_ENDPOINTS_PER_TASK = 16
 ACTION_LOG_SIZE = 1000
 DEFAULT_QUARANTINE_AFTER = 5
 
@@ -310,6 +312,8 @@ class ControllerState:
         prunes from the front (``prunable_jobs``)."""
         self.ports = PortBook()
         """Ports handed to attempts, per host (``iris.cluster.ports``)."""
+        self.max_endpoints_per_task = DEFAULT_MAX_ENDPOINTS_PER_TASK
+        """Endpoints one task attempt may hold at once (``--max-endpoints-per-task``)."""
         self.gang_blame_window_ms = gang_blame_window_ms
         """How long a gang's first failure waits for the others' ends (``policies.gang_cause``; 0: none)."""
         self._gang_holds: dict[JobId, GangHold] = {}
@@ -1433,11 +1437,22 @@ class ControllerState:
 
     def add_endpoint(self, endpoint: ControllerEndpoint, task_id: TaskId) -> bool:
         """Register an endpoint for a running task attempt. Refused (False) when the task is not
-        running or ``endpoint.attempt_id`` is not its current attempt."""
+        running or ``endpoint.attempt_id`` is not its current attempt. A name another user's live
+        endpoint holds is PermissionDenied (nobody registers over another user's name); past
+        ``max_endpoints_per_task``, ResourceExhausted."""
         with self._lock:
             task = self._live(task_id, endpoint.attempt_id)
             if task is None:
                 return False
+            owner = self._jobs[task.job_id].owner
+            for other in self._endpoints.values():
+                holder = self._jobs.get(other.job_id) if other.name == endpoint.name else None
+                if holder is not None and holder.owner != owner:
+                    raise PermissionDenied(f"name: {endpoint.name[:128]!r} is registered by another user's task; "
+                                           "choose another name (endpoint names are not shared between users)")
+            if len(self._endpoints_by_task.get(task_id, ())) >= self.max_endpoints_per_task:
+                raise ResourceExhausted(f"name: a task may hold at most {self.max_endpoints_per_task} endpoints "
+                                        "(--max-endpoints-per-task)")
             endpoint.task_id = task_id
             self._endpoints[endpoint.endpoint_id] = endpoint
             self._endpoints_by_task.setdefault(task_id, set()).add(endpoint.endpoint_id)
