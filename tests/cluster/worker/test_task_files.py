@@ -107,3 +107,19 @@ def test_whatever_a_task_leaves_behind_the_worker_answers_at_once_and_small(
     result = preparer.result_or_nothing(key)
     assert len(result) <= 1024 and b"SECRET" not in result
     assert (problem == "") == (result_kind in ("small", "empty"))
+
+
+def test_a_task_whose_port_another_process_holds_is_told_so(tmp_path: Path) -> None:
+    """Issue 23 item 6: a named port can still be bound first by another task on a shared host;
+    the victim's error says so instead of leaving its owner to guess."""
+    import socket
+
+    preparer = _preparer(tmp_path)
+    key = ("job/task-0", 0)
+    preparer.attempt_dir(key).mkdir(parents=True)
+    with socket.create_server(("127.0.0.1", 0)) as thief:
+        port = thief.getsockname()[1]
+        error = preparer.failure_error(key, 1, {"http": port})
+    assert error.startswith("exit code 1") and f"its port http={port} was in use by another process" in error
+    assert "another task on this host may have bound it first" in error
+    assert "was in use" not in preparer.failure_error(key, 1, {"http": port})  # free again: no note

@@ -533,6 +533,11 @@ class AttemptMachine:
             attempt_id = newest
         return self.attempts.get((task_id, attempt_id))
 
+    def ports(self, key: AttemptKey) -> dict[str, int]:
+        """The named ports the attempt was given ({} when unknown)."""
+        attempt = self.attempts.get(key)
+        return dict(attempt.ports) if attempt is not None else {}
+
     def returns_result(self, key: AttemptKey) -> bool:
         """Whether the attempt is a callable's (its success carries a result). A dict read: no lock needed."""
         attempt = self.attempts.get(key)

@@ -210,9 +210,19 @@ class AttemptPreparer:
             logger.warning("task=%s attempt=%d: its result cannot be sent: %s", key[0], key[1], e)
             return b""
 
-    def failure_error(self, key: AttemptKey, code: int) -> str:
+    def failure_error(self, key: AttemptKey, code: int, ports: Mapping[str, int] | None = None) -> str:
         """Why an attempt that exited with ``code`` failed: its error file (a callable's traceback;
-        its last ``MAX_ERROR_BYTES``), else the code or signal and its last lines of output."""
+        its last ``MAX_ERROR_BYTES``), else the code or signal and its last lines of output; and when
+        one of its named ``ports`` is held by another process now that it ended, that another task
+        on this host may have bound it first."""
+        ports = ports or {}
+        taken = self.ports_held(ports.values()) if ports else []
+        note = "" if not taken else (
+            f" [its port {', '.join(f'{name}={port}' for name, port in ports.items() if port in taken)} "
+            "was in use by another process when it ended: another task on this host may have bound it first]")
+        return self._failure_error(key, code) + note
+
+    def _failure_error(self, key: AttemptKey, code: int) -> str:
         error_file = self.error_path(key)
         problem = ""
         try:

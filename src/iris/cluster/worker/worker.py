@@ -487,7 +487,7 @@ class Worker:
         self._settle_signal_death(key, code)
         if code == 0 and not limit_error and self._machine.returns_result(key):
             limit_error = self._preparer.result_problem(key)  # its return value, checked as a task's file
-        error = "" if code == 0 or limit_error else self._preparer.failure_error(key, code)
+        error = "" if code == 0 or limit_error else self._preparer.failure_error(key, code, self._machine.ports(key))
         self._carry_out(self._handle(am.ProcessExited(key, code, self._clock.now_ms(), error=error,
                                                       limit_error=limit_error)))
         # Clean exits are the hot path (hundreds per second): INFO only for the ones worth reading.
