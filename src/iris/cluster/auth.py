@@ -47,6 +47,8 @@ class Principal:
     """For a task: the job it belongs to (its scope)."""
     attempt_id: int = -1
     """For a task: the attempt its token was issued to."""
+    max_priority: str = ""
+    """Its token's ``--max-priority`` ("": the role's default; see ``access.band_allowance``)."""
 
     @property
     def is_admin(self) -> bool:

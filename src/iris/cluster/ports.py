@@ -125,10 +125,6 @@ class PortBook:
         for port in ports:
             entry.outside[port] = now_ms + self._outside_hold_ms
 
-    def held_on(self, host: str) -> frozenset[int]:
-        entry = self._hosts.get(host)
-        return frozenset(entry.held) if entry is not None else frozenset()
-
 
 __all__ = [
     "DEFAULT_COORDINATOR_PORT",

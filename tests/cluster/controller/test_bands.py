@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from iris.cluster import bands
-from iris.cluster.auth import Principal, Role
+from iris.cluster.auth import Role
 from iris.cluster.clock import FakeClock, wait_until
+from iris.cluster.controller.access import band_allowance
 from iris.cluster.controller.controller import Controller, ControllerConfig
 from iris.cluster.controller.state import ControllerState
 from iris.cluster.errors import InvalidArgument, PermissionDenied
@@ -101,14 +102,19 @@ def test_a_child_takes_its_parent_s_band_and_may_only_go_lower(controller: Contr
     assert low is not None and low.spec.priority == "batch"
 
 
-def test_a_token_s_allowance_and_a_bad_band(controller: Controller) -> None:
-    record, _ = controller.create_token("carol", Role.USER, "production")
-    who = Principal(Role.USER, "carol", token_id=record.token_id)
-    assert controller.credentials.allowance(who) == "production"
-    plain, _ = controller.create_token("dave", Role.USER)
-    assert controller.credentials.allowance(Principal(Role.USER, "dave", token_id=plain.token_id)) == "interactive"
-    admin, _ = controller.create_token("root", Role.ADMIN)
-    assert controller.credentials.allowance(Principal(Role.ADMIN, "root", token_id=admin.token_id)) == "production"
+def test_a_token_s_allowance_and_a_bad_band(controller: Controller, fake: FakeWorkerClients) -> None:
+    secured = Controller(ControllerConfig(), clock=FakeClock(), worker_clients=fake)  # authentication on
+    try:
+        def allowance(name: str, role: Role, max_priority: str = "") -> str:
+            _, token = secured.create_token(name, role, max_priority)
+            return band_allowance(secured.authenticate(token))
+
+        assert allowance("carol", Role.USER, "production") == "production"
+        assert allowance("dave", Role.USER) == "interactive"
+        assert allowance("root", Role.ADMIN) == "production"
+        assert allowance("intern", Role.ADMIN, "batch") == "batch"
+    finally:
+        secured.stop()
     with pytest.raises(InvalidArgument, match="max_priority: must be one of production, interactive, batch"):
         controller.create_token("eve", Role.USER, "urgent")
     with pytest.raises(InvalidArgument, match="priority: must be one of"):

@@ -9,6 +9,7 @@ Pure: plain values in, a decision (or an exception) out.
 
 from __future__ import annotations
 
+from iris.cluster import bands
 from iris.cluster.auth import Principal, Role
 from iris.cluster.errors import PermissionDenied, Unauthenticated
 
@@ -51,6 +52,15 @@ def may_read_secrets(principal: Principal, job_id: str, owner: str) -> bool:
     if principal.role is Role.USER:
         return bool(owner) and principal.name == owner
     return in_task_scope(principal, job_id)
+
+
+def band_allowance(principal: Principal) -> str:
+    """The highest priority band ``principal`` may ask for: its token's ``max_priority``, else its
+    role's default (users interactive, admins production). A task's is production: its child is
+    bounded by the parent job's band instead."""
+    if principal.max_priority:
+        return principal.max_priority
+    return bands.USER_ALLOWANCE if principal.role is Role.USER else bands.ADMIN_ALLOWANCE
 
 
 def task_parent(principal: Principal, parent_job_id: str) -> str:

@@ -62,19 +62,7 @@ class Credentials:
             raise Unauthenticated("unknown token")
         if record.revoked:
             raise Unauthenticated(f"token {record.token_id} was revoked")
-        return Principal(record.role, record.name, token_id=record.token_id)
-
-    def allowance(self, who: Principal) -> str:
-        """The highest band ``who`` may ask for: its token's ``max_priority``, else the role's default
-        (users interactive, admins production). A task's is production: its child is bounded by the
-        parent job's band instead."""
-        if who.role is Role.TASK or not who.token_id:
-            return bands.ADMIN_ALLOWANCE if who.role in (Role.ADMIN, Role.TASK) else bands.USER_ALLOWANCE
-        with self._changes.read() as state:
-            record = state.get_token(who.token_id)
-        if record is not None and record.max_priority:
-            return record.max_priority
-        return bands.ADMIN_ALLOWANCE if who.role is Role.ADMIN else bands.USER_ALLOWANCE
+        return Principal(record.role, record.name, token_id=record.token_id, max_priority=record.max_priority)
 
     def task_token(self, task_id: str, attempt_id: int, job_uid: str = "") -> str:
         return task_token(self._secret, task_id, attempt_id, job_uid)

@@ -23,6 +23,7 @@ from iris.cluster.addresses import advertise_host, host_port
 from iris.cluster.auth import Principal, Role, TokenRecord, bearer
 from iris.cluster.controller.access import (
     PermissionDenied,
+    band_allowance,
     in_task_scope,
     may_read_secrets,
     require_attempt,
@@ -43,7 +44,7 @@ from iris.cluster.controller.requests import (
     TaskLogPage,
     TaskReport,
 )
-from iris.cluster.controller.state import ControllerEndpoint, ObservedAttempt
+from iris.cluster.controller.state import ControllerEndpoint, ObservedAttempt, liveness_timeout_ms
 from iris.cluster.controller.views import JobView, TaskView, WorkerView
 from iris.cluster.errors import InvalidArgument, IrisError
 from iris.cluster.ports import check_port_range
@@ -142,7 +143,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
             owner = self._queries.job_owner(JobId(who.job_id))
         spec, blob = launch_request(request, self._controller.config.limits)
         job_id = self._controller.launch_job(spec, owner=owner, bundle_blob=blob,
-                                             max_priority=self._controller.credentials.allowance(who),
+                                             max_priority=band_allowance(who),
                                              trusted=who.is_admin)
         return cluster_pb2.Controller.LaunchJobResponse(job_id=job_id)
 
@@ -275,9 +276,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
             liveness_timeout_ms=self._liveness_timeout_ms(reply.heartbeat_interval_ms))
 
     def _liveness_timeout_ms(self, interval_ms: int) -> int:
-        """How long a worker may be silent before it is declared dead (as ``find_dead_workers``
-        judges it): told to the worker, whose fence goes beyond it."""
-        return int(max(self._controller.config.worker_timeout_s * 1000, 3 * interval_ms))
+        return liveness_timeout_ms(int(self._controller.config.worker_timeout_s * 1000), interval_ms)
 
     @_rpc(Role.WORKER, Role.ADMIN)
     def ReportTaskState(

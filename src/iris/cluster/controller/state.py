@@ -269,6 +269,12 @@ class ReconcileResult:
     """Attempts the controller expected that the worker lost: each became a worker failure."""
 
 
+def liveness_timeout_ms(timeout_ms: int, interval_ms: int) -> int:
+    """How long a worker may be silent before it is declared dead: the controller's timeout, or
+    three heartbeat intervals when that is longer (also told to the worker, whose fence lies beyond)."""
+    return max(timeout_ms, 3 * interval_ms)
+
+
 class ControllerState:
     """Authoritative in-memory state. Thread-safe through one re-entrant lock, but the shell
     holds its own lock across "apply, drain effects, persist"; pure tests call it directly."""
@@ -624,7 +630,7 @@ class ControllerState:
         intervals when that is longer: the one each was last asked for, or ``interval_ms`` (the
         fleet's now) if that is longer, so a worker never dies of an interval it was not told yet."""
         with self._lock:
-            base = max(timeout_ms, 3 * interval_ms)
+            base = liveness_timeout_ms(timeout_ms, interval_ms)
             return [
                 w.worker_id
                 for w in self._workers.values()

@@ -88,10 +88,6 @@ class DeathWatch:
             [sys.executable, "-m", "iris.cluster.worker.deathwatch", str(grace_s)],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
 
-    @property
-    def pid(self) -> int:
-        return self._proc.pid if self._proc is not None else 0
-
     def _send(self, line: str) -> None:
         with self._lock:
             proc = self._proc

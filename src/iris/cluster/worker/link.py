@@ -222,10 +222,7 @@ class ControllerLink:
         return (("authorization", f"Bearer {token}"),) if token else None
 
     def _adopt(self, response: cluster_pb2.Controller.RegisterWorkerResponse) -> None:
-        self.asked_interval_s = response.heartbeat_interval_ms / 1000
-        self._heard()
-        if response.liveness_timeout_ms:
-            self.liveness_timeout_s = response.liveness_timeout_ms / 1000
+        self._heard(response.heartbeat_interval_ms, response.liveness_timeout_ms)
         if response.controller_token:
             self.controller_token = response.controller_token
         if response.credential:
@@ -317,10 +314,7 @@ class ControllerLink:
         except grpc.RpcError as e:
             self._failed(e)
             return False
-        self.asked_interval_s = response.heartbeat_interval_ms / 1000
-        self._heard()
-        if response.liveness_timeout_ms:
-            self.liveness_timeout_s = response.liveness_timeout_ms / 1000
+        self._heard(response.heartbeat_interval_ms, response.liveness_timeout_ms)
         self._apply_kills(response.kill)
         if response.forget_bundles or response.forget_job_uids:
             self._worker.on_event(JobsDeleted(tuple(response.forget_job_uids), tuple(response.forget_bundles)))
@@ -458,10 +452,15 @@ class ControllerLink:
 
     # -- the fence ----------------------------------------------------------------------------
 
-    def _heard(self) -> None:
-        """The controller answered: the fence starts over."""
+    def _heard(self, interval_ms: int | None = None, liveness_timeout_ms: int = 0) -> None:
+        """The controller answered: the fence starts over. A registration or heartbeat reply also
+        says how often to beat and how long we may be silent."""
         self._last_heard = self._clock.monotonic()
         self._fenced = False
+        if interval_ms is not None:
+            self.asked_interval_s = interval_ms / 1000
+        if liveness_timeout_ms:
+            self.liveness_timeout_s = liveness_timeout_ms / 1000
 
     def fence_once(self) -> bool:
         """Cut off from the controller for longer than the fence: stop every live task (its retry
