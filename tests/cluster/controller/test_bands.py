@@ -26,16 +26,6 @@ T = cluster_pb2
 
 
 @pytest.fixture
-def fake() -> FakeWorkerClients:
-    return FakeWorkerClients()
-
-
-@pytest.fixture
-def core() -> ControllerState:
-    return ControllerState()
-
-
-@pytest.fixture
 def controller(fake: FakeWorkerClients, core: ControllerState) -> Iterator[Controller]:
     c = Controller(ControllerConfig(worker_timeout_s=10, auth=False), state=core, clock=FakeClock(),
                    worker_clients=fake)

@@ -24,22 +24,6 @@ T = cluster_pb2
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def fake() -> FakeWorkerClients:
-    return FakeWorkerClients()
-
-
-@pytest.fixture
-def core() -> ControllerState:
-    """The pure state the controller under test drives (the test's own reference to it)."""
-    return ControllerState()
-
-
-@pytest.fixture
 def controller(clock: FakeClock, fake: FakeWorkerClients, core: ControllerState) -> Iterator[Controller]:
     c = Controller(ControllerConfig(worker_timeout_s=10), state=core, clock=clock, worker_clients=fake)
     yield c

@@ -65,16 +65,6 @@ def test_the_book_hands_out_next_fit_per_host_and_avoids_ports_held_outside() ->
 
 
 @pytest.fixture
-def fake() -> FakeWorkerClients:
-    return FakeWorkerClients()
-
-
-@pytest.fixture
-def core() -> ControllerState:
-    return ControllerState()
-
-
-@pytest.fixture
 def controller(fake: FakeWorkerClients, core: ControllerState) -> Iterator[Controller]:
     c = Controller(ControllerConfig(worker_timeout_s=10), state=core, clock=FakeClock(), worker_clients=fake)
     yield c

@@ -802,8 +802,6 @@ class ControllerState:
         free. A location that declares no range gets none: it picks named ports itself."""
         names = job.spec.ports
         count = len(names) + (1 if job.coscheduled else 0)
-        task.ports = None
-        task.coordinator_port = 0
         port_range = worker.metadata.port_range
         if not count or port_range is None:
             return True

@@ -186,16 +186,16 @@ class AttemptPreparer:
         user = self._config.task_user
         return pwd.getpwnam(user).pw_uid if user is not None else os.geteuid()
 
-    def read_result(self, key: AttemptKey) -> bytes:
+    def read_result(self, key: AttemptKey, check_only: bool = False) -> bytes:
         """A callable attempt's pickled return value, read as a task's file is (``read_task_file``);
         raises TaskFileError saying what is wrong with it."""
         return read_task_file(self.result_path(key), self._config.max_result_bytes, self.task_uid(),
-                              what="result.pkl (the callable's return value)")
+                              what="result.pkl (the callable's return value)", check_only=check_only)
 
     def result_problem(self, key: AttemptKey) -> str:
         """Why a callable attempt that exited 0 did not succeed ("": its result is fine)."""
         try:
-            self.read_result(key)
+            self.read_result(key, check_only=True)  # read once, for the report
         except FileNotFoundError:
             return "result.pkl (the callable's return value): missing; the task removed it"
         except TaskFileError as e:
@@ -448,11 +448,13 @@ class TaskFileError(Exception):
     user, a link, a FIFO, too large)."""
 
 
-def read_task_file(path: Path, cap: int, owner_uid: int, *, what: str, tail: bool = False) -> bytes:
+def read_task_file(path: Path, cap: int, owner_uid: int, *, what: str, tail: bool = False,
+                   check_only: bool = False) -> bytes:
     """Read a file from a task's directory without trusting it: opened without following links and
     without blocking (a FIFO cannot hold the worker), it must be a regular file owned by
     ``owner_uid``; at most ``cap`` bytes (``tail``: the last ``cap``; otherwise over it is an
-    error). Raises FileNotFoundError when it is absent, TaskFileError when it may not be read."""
+    error; ``check_only``: only that, reading nothing). Raises FileNotFoundError when it is absent,
+    TaskFileError when it may not be read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -469,6 +471,8 @@ def read_task_file(path: Path, cap: int, owner_uid: int, *, what: str, tail: boo
             raise TaskFileError(f"{what}: belongs to uid {st.st_uid}, not the task's ({owner_uid})")
         if st.st_size > cap and not tail:
             raise TaskFileError(f"{what}: {st.st_size} bytes, over the worker's cap of {cap}")
+        if check_only:
+            return b""
         if tail and st.st_size > cap:
             os.lseek(fd, st.st_size - cap, os.SEEK_SET)
         chunks: list[bytes] = []
