@@ -19,6 +19,7 @@ from rich.text import Text
 from iris.client import IrisClient, IrisError, JobState, TaskState
 from iris.client.client import CONTROLLER_ENV, DEFAULT_CONTROLLER_ADDRESS
 from iris.cluster.types import format_size, parse_cpu
+from iris.cluster.types import parse_duration as parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,6 +36,7 @@ STATE_STYLES = {
     "KILLED": "magenta",
     "WORKER_FAILED": "red",
     "UNSCHEDULABLE": "red",
+    "PREEMPTED": "magenta",
     "UNSPECIFIED": "dim",
 }
 
@@ -201,28 +203,6 @@ def human_duration(seconds: float) -> str:
         return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
     days, hours = divmod(hours, 24)
     return f"{days}d{hours}h" if hours else f"{days}d"
-
-
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in "30s", "10m", "2h", "1d", "1h30m" or a bare number of seconds. Raises ValueError."""
-    value = text.strip().lower()
-    if not value:
-        raise ValueError("expected a duration such as 30s, 10m, 2h or 1d")
-    try:
-        seconds = float(value)
-    except ValueError:
-        import re
-
-        parts = re.fullmatch(r"((?:\d+(?:\.\d+)?[smhd])+)", value)
-        if parts is None:
-            raise ValueError(f"expected a duration such as 30s, 10m, 2h or 1d, got {text!r}") from None
-        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smhd])", value))
-    if seconds < 0 or seconds != seconds:
-        raise ValueError(f"must be >= 0, got {text!r}")
-    return seconds
 
 
 def format_timestamp(timestamp_ms: int) -> str:

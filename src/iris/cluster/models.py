@@ -58,6 +58,8 @@ class TaskState(StrEnum):
     KILLED = "KILLED"
     WORKER_FAILED = "WORKER_FAILED"
     UNSCHEDULABLE = "UNSCHEDULABLE"
+    PREEMPTED = "PREEMPTED"
+    """An attempt's state only: stopped by the sharing policy, charged to no budget."""
 
     @classmethod
     def from_proto(cls, value: int) -> TaskState:

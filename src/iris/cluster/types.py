@@ -74,6 +74,8 @@ KILLED = cluster_pb2.TASK_STATE_KILLED
 WORKER_FAILED = cluster_pb2.TASK_STATE_WORKER_FAILED
 UNSCHEDULABLE = cluster_pb2.TASK_STATE_UNSCHEDULABLE
 """Task states by name, for code that needs no protobuf module (the seed keeps them as ints)."""
+PREEMPTED = cluster_pb2.TASK_STATE_PREEMPTED
+"""An attempt stopped by the sharing policy (issue 24); a task is never in it (it is PENDING again)."""
 
 TERMINAL_TASK_STATES: frozenset[int] = frozenset(
     {
@@ -189,6 +191,26 @@ def format_size(num_bytes: int) -> str:
             return f"{text}{unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "30s", "10m", "2h", "1d", "1h30m" or a bare number of seconds. Raises ValueError."""
+    value = text.strip().lower()
+    if not value:
+        raise ValueError("expected a duration such as 30s, 10m, 2h or 1d")
+    try:
+        seconds = float(value)
+    except ValueError:
+        parts = re.fullmatch(r"((?:\d+(?:\.\d+)?[smhd])+)", value)
+        if parts is None:
+            raise ValueError(f"expected a duration such as 30s, 10m, 2h or 1d, got {text!r}") from None
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smhd])", value))
+    if seconds < 0 or seconds != seconds:
+        raise ValueError(f"must be >= 0, got {text!r}")
+    return seconds
 
 
 MILLICORES_PER_CORE = 1000

@@ -73,6 +73,10 @@ class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.V
     TASK_STATE_KILLED: _TaskState.ValueType  # 6
     TASK_STATE_WORKER_FAILED: _TaskState.ValueType  # 7
     TASK_STATE_UNSCHEDULABLE: _TaskState.ValueType  # 8
+    TASK_STATE_PREEMPTED: _TaskState.ValueType  # 9
+    """An attempt stopped by the scheduler's sharing policy (a higher band, or a team reclaiming its
+    guarantee): charged to no budget; the task is PENDING again. An attempt's state, never a task's.
+    """
 
 class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper): ...
 
@@ -85,6 +89,10 @@ TASK_STATE_FAILED: TaskState.ValueType  # 5
 TASK_STATE_KILLED: TaskState.ValueType  # 6
 TASK_STATE_WORKER_FAILED: TaskState.ValueType  # 7
 TASK_STATE_UNSCHEDULABLE: TaskState.ValueType  # 8
+TASK_STATE_PREEMPTED: TaskState.ValueType  # 9
+"""An attempt stopped by the scheduler's sharing policy (a higher band, or a team reclaiming its
+guarantee): charged to no budget; the task is PENDING again. An attempt's state, never a task's.
+"""
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
 @_typing.final
@@ -541,6 +549,7 @@ class TaskStatus(_message.Message):
     MAX_RETRIES_PREEMPTION_FIELD_NUMBER: _builtins.int
     RETRY_AT_MS_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    POLICY_PREEMPTIONS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     job_id: _builtins.str
     task_index: _builtins.int
@@ -561,6 +570,8 @@ class TaskStatus(_message.Message):
     max_retries_preemption: _builtins.int
     retry_at_ms: _builtins.int
     """a failure retry waits until then (--retry-backoff)"""
+    policy_preemptions: _builtins.int
+    """attempts ended TASK_STATE_PREEMPTED (charged to no budget)"""
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskAttempt]:
         """ended attempts, oldest first"""
@@ -600,10 +611,11 @@ class TaskStatus(_message.Message):
         max_retries_preemption: _builtins.int = ...,
         retry_at_ms: _builtins.int = ...,
         time: Global___TimeSpent | None = ...,
+        policy_preemptions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "current_attempt_id", b"current_attempt_id", "error", b"error", "exit_code", b"exit_code", "failure_count", b"failure_count", "finished_at_ms", b"finished_at_ms", "job_id", b"job_id", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "pending_reason", b"pending_reason", "pending_since_ms", b"pending_since_ms", "port_addresses", b"port_addresses", "ports", b"ports", "preemption_count", b"preemption_count", "retry_at_ms", b"retry_at_ms", "started_at_ms", b"started_at_ms", "state", b"state", "task_id", b"task_id", "task_index", b"task_index", "time", b"time", "worker_address", b"worker_address", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "current_attempt_id", b"current_attempt_id", "error", b"error", "exit_code", b"exit_code", "failure_count", b"failure_count", "finished_at_ms", b"finished_at_ms", "job_id", b"job_id", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "pending_reason", b"pending_reason", "pending_since_ms", b"pending_since_ms", "policy_preemptions", b"policy_preemptions", "port_addresses", b"port_addresses", "ports", b"ports", "preemption_count", b"preemption_count", "retry_at_ms", b"retry_at_ms", "started_at_ms", b"started_at_ms", "state", b"state", "task_id", b"task_id", "task_index", b"task_index", "time", b"time", "worker_address", b"worker_address", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -644,6 +656,8 @@ class JobStatus(_message.Message):
     CHECKPOINT_DIR_FIELD_NUMBER: _builtins.int
     GANG_RESTART_CAUSE_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    POLICY_PREEMPTIONS_FIELD_NUMBER: _builtins.int
+    TEAM_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     error: _builtins.str
@@ -677,8 +691,13 @@ class JobStatus(_message.Message):
     attempt on every worker (IRIS_CHECKPOINT_DIR), deleted with the job. GetJobStatus only.
     """
     gang_restart_cause: _builtins.str
+    """which member started the last gang restart, and how it ended"""
     priority: _builtins.str
-    """the band it runs in (production, interactive, batch)  // which member started the last gang restart, and how it ended"""
+    """the band it runs in (production, interactive, batch)"""
+    policy_preemptions: _builtins.int
+    """its tasks' attempts ended TASK_STATE_PREEMPTED (charged to no budget)"""
+    team: _builtins.str
+    """the team its owner's work is counted to (iris share)"""
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskStatus]:
         """filled only when asked for"""
@@ -728,10 +747,12 @@ class JobStatus(_message.Message):
         checkpoint_dir: _builtins.str = ...,
         gang_restart_cause: _builtins.str = ...,
         priority: _builtins.str = ...,
+        policy_preemptions: _builtins.int = ...,
+        team: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "spec", b"spec", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "error", b"error", "failures_used", b"failures_used", "finished_at_ms", b"finished_at_ms", "gang_restart_cause", b"gang_restart_cause", "gang_restarts", b"gang_restarts", "job_id", b"job_id", "job_uid", b"job_uid", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_task_failures", b"max_task_failures", "num_tasks", b"num_tasks", "owner", b"owner", "parent_job_id", b"parent_job_id", "pending_reason", b"pending_reason", "preemptions_used", b"preemptions_used", "priority", b"priority", "resources", b"resources", "spec", b"spec", "started_at_ms", b"started_at_ms", "state", b"state", "submitted_at_ms", b"submitted_at_ms", "tasks", b"tasks", "tasks_failed", b"tasks_failed", "tasks_killed", b"tasks_killed", "tasks_pending", b"tasks_pending", "tasks_running", b"tasks_running", "tasks_succeeded", b"tasks_succeeded", "tasks_unschedulable", b"tasks_unschedulable", "tasks_worker_failed", b"tasks_worker_failed", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "error", b"error", "failures_used", b"failures_used", "finished_at_ms", b"finished_at_ms", "gang_restart_cause", b"gang_restart_cause", "gang_restarts", b"gang_restarts", "job_id", b"job_id", "job_uid", b"job_uid", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_task_failures", b"max_task_failures", "num_tasks", b"num_tasks", "owner", b"owner", "parent_job_id", b"parent_job_id", "pending_reason", b"pending_reason", "policy_preemptions", b"policy_preemptions", "preemptions_used", b"preemptions_used", "priority", b"priority", "resources", b"resources", "spec", b"spec", "started_at_ms", b"started_at_ms", "state", b"state", "submitted_at_ms", b"submitted_at_ms", "tasks", b"tasks", "tasks_failed", b"tasks_failed", "tasks_killed", b"tasks_killed", "tasks_pending", b"tasks_pending", "tasks_running", b"tasks_running", "tasks_succeeded", b"tasks_succeeded", "tasks_unschedulable", b"tasks_unschedulable", "tasks_worker_failed", b"tasks_worker_failed", "team", b"team", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

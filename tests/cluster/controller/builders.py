@@ -32,6 +32,7 @@ def make_request(
     max_similar_failures: int = 0,
     termination_grace_seconds: float | None = None,
     ports: tuple[str, ...] = (),
+    priority: str = "",
 ) -> cluster_pb2.Controller.LaunchJobRequest:
     spec = ResourceSpec(
         cpu=cpu, memory=memory, replicas=replicas, device=gpu(gpu_variant, gpus) if gpus else ResourceSpec().device
@@ -45,6 +46,7 @@ def make_request(
         coscheduled=coscheduled,
         parent_job_id=parent_job_id,
         ports=list(ports),
+        priority=priority,
     )
     if max_retries_preemption is not None:
         request.max_retries_preemption = max_retries_preemption

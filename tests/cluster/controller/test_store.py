@@ -51,7 +51,8 @@ def reload(state_dir: Path, **kwargs: object) -> ControllerState:
 
 
 def job_fields(job: Job) -> dict[str, object]:
-    return {name: getattr(job, name) for name in Job.__slots__}
+    """Every field but caches derived from the spec on first use (``requirements``)."""
+    return {name: getattr(job, name) for name in Job.__slots__ if name != "_requirements"}
 
 
 def worker_fields(w: ControllerWorker) -> tuple[object, ...]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iris.cluster.controller.reads import DEFAULT_BURST_S, DEFAULT_SHARE
+from iris.cluster.sharing import DEFAULT_SHARING, SharingConfig
 from iris.cluster.validation import DEFAULT_LIMITS, Limits
 
 
@@ -63,6 +64,11 @@ class ControllerConfig:
     read_burst_s: float = DEFAULT_BURST_S
     """CPU-seconds of reading that run at once from a full bucket (a lone user listing every job
     is not slowed); beyond it reads run at ``read_share``."""
+    sharing: SharingConfig = DEFAULT_SHARING
+    """Teams, shares and preemption (``--sharing FILE``, ``iris.cluster.sharing``); the default: every
+    user a team of one, equal weights."""
+    sharing_file: Path | None = None
+    """Where ``sharing`` was read from: ``iris share reload`` and SIGHUP read it again."""
     shared_dir: Path | None = None
     """A directory mounted at the same path on the controller and every worker (``--shared-dir``): each
     job gets one under it (``checkpoint_dir``), made before its first attempt, deleted with it."""

@@ -81,6 +81,7 @@ from iris.cluster.controller.state import (
 )
 from iris.cluster.controller.tasklogs import TaskLogs
 from iris.cluster.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from iris.cluster.sharing import SharingConfig, SharingConfigError, load_sharing
 from iris.cluster.spec import JobSpec
 from iris.cluster.types import (
     RUNNING,
@@ -175,6 +176,7 @@ class Controller:
         """Provisioned workers given back to their platform: they may not register again."""
         self._heartbeat_interval_ms = 0
         self._size_heartbeats(self._state.healthy_worker_count())  # workers reloaded after a restart
+        self._state.configure_sharing(cfg.sharing, self._clock.now_ms())
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -354,7 +356,7 @@ class Controller:
         """Delete one ended job (and children) from memory, the store, the log store and the bundle
         store, inside ``tx``."""
         state = tx.state
-        tree = [job for job in (state.get_job(j) for j in self._job_tree(job_id)) if job is not None]
+        tree = [job for job in (state.get_job(j) for j in state.job_tree(job_id)) if job is not None]
         tasks = [t for job in tree for t in state.get_job_tasks(job.job_id)]
         uid_of = {job.job_id: job.uid for job in tree}
         ran_on: dict[WorkerId, set[str]] = {}  # worker -> uids of the deleted jobs it ran attempts of
@@ -385,14 +387,6 @@ class Controller:
                 self.logs.store.delete_job(job_key(job.job_id, job.uid))
         return removed
 
-    def _job_tree(self, job_id: JobId) -> list[JobId]:
-        out, pending = [], [job_id]
-        while pending:
-            current = pending.pop()
-            out.append(current)
-            pending.extend(self._state.get_child_jobs(current))
-        return out
-
     def tick_retention(self) -> int:
         """Delete ended jobs past ``finished_job_ttl_s`` or beyond ``max_finished_jobs`` (oldest
         first, children with their parent; a job whose stopped attempts may still run waits).
@@ -409,6 +403,19 @@ class Controller:
             logger.info("retention deleted %d ended jobs", deleted)
         return deleted
 
+    def reload_sharing(self) -> SharingConfig:
+        """``iris share reload`` or SIGHUP: read ``--sharing`` again and apply it; running work is
+        counted again under it, never stopped by the reload. A bad file changes nothing."""
+        if self.config.sharing_file is None:
+            raise FailedPrecondition("the controller was started without --sharing FILE: nothing to reload")
+        try:
+            config = load_sharing(self.config.sharing_file)
+        except SharingConfigError as e:
+            raise InvalidArgument(str(e)) from None
+        with self._change() as tx:
+            tx.state.configure_sharing(config, tx.now_ms)
+        return config
+
     def terminate_job(self, job_id: JobId) -> bool:
         with self._change() as tx:
             job_of(tx.state, job_id)
@@ -423,15 +430,7 @@ class Controller:
     # ------------------------------------------------------------------ provisioning (``provisioner.py``)
 
     def provisioning_inputs(self) -> tuple[list[Demand], list[WorkerSnapshot], set[WorkerId]]:
-        """Pending tasks grouped by job, the healthy workers' room, and which of them run tasks."""
-        with self._changes.read() as state:
-            counts: dict[JobId, int] = {}
-            for task in state.peek_pending_tasks():
-                counts[task.job_id] = counts.get(task.job_id, 0) + 1
-            jobs = [(state.get_job(job_id), count) for job_id, count in counts.items()]
-            demand = [Demand(job.requirements, count) for job, count in jobs if job is not None]
-            workers = state.get_available_workers(self._clock.now_ms())  # quarantined ones hold nothing
-            return demand, [w.snapshot() for w in workers], {w.worker_id for w in workers if w.running_tasks}
+        return self.queries.provisioning_inputs(self._clock.now_ms())
 
     def worker_lost(self, worker_id: WorkerId, reason: str) -> None:
         """The platform says the worker's allocation ended: its tasks are preemptions now, without
@@ -491,7 +490,11 @@ class Controller:
         pending = state.peek_pending_tasks()
         if not pending:
             return [], ScheduleSummary(0, 0, 0)
-        result = self._scheduler.find_assignments(pending, state.get_available_workers(now), now, bounded=bounded)
+        result = self._scheduler.find_assignments(pending, state.get_available_workers(now), now, bounded=bounded,
+                                                  sharing=state.fair_inputs(now))
+        state.shares.fleet = result.fleet or state.shares.fleet
+        for p in result.preemptions:  # the sharing policy's (``fairness``): SIGTERM, grace, requeued
+            state.preempt(p.victim.task_id, p.by.task_id, p.why, now)
         for task in result.timed_out_tasks:
             job = state.get_job(task.job_id)
             reason = job.pending_reason if job is not None else ""

@@ -11,7 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from iris.cluster.controller.autoscaler import Demand
 from iris.cluster.controller.bundles import MemoryBundles, StateStore
+from iris.cluster.controller.capacity import WorkerSnapshot
 from iris.cluster.controller.changes import Changes
 from iris.cluster.controller.job import Job
 from iris.cluster.controller.state import (
@@ -70,6 +72,17 @@ class Queries:
         self._changes = changes
         self._bundles = bundles
         self._provisioner = provisioner
+
+    def provisioning_inputs(self, now_ms: int) -> tuple[list[Demand], list[WorkerSnapshot], set[WorkerId]]:
+        """Pending tasks grouped by job, the healthy workers' room, and which of them run tasks."""
+        with self._changes.read() as state:
+            counts: dict[JobId, int] = {}
+            for task in state.peek_pending_tasks():
+                counts[task.job_id] = counts.get(task.job_id, 0) + 1
+            jobs = [(state.get_job(job_id), count) for job_id, count in counts.items()]
+            demand = [Demand(job.requirements, count) for job, count in jobs if job is not None]
+            workers = state.get_available_workers(now_ms)  # quarantined ones hold nothing
+            return demand, [w.snapshot() for w in workers], {w.worker_id for w in workers if w.running_tasks}
 
     def job_owner(self, job_id: JobId) -> str:
         """Who owns a job (its root's submitter). Raises NotFound."""

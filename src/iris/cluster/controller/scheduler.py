@@ -27,13 +27,25 @@ not be placed. Committing the assignments is the shell's job.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from iris.cluster.controller.capacity import JobRequirements, Room, WorkerSnapshot, fits_in, unmet_everywhere
+from iris.cluster.controller.fairness import (
+    Candidate,
+    FairInputs,
+    FairOrder,
+    Owner,
+    Preemption,
+    ShareBook,
+    find_preemptions,
+    task_amounts,
+)
+from iris.cluster.controller.fairness import Room as FairRoom
 from iris.cluster.controller.job import Job
 from iris.cluster.controller.state import ControllerState, ControllerWorker
 from iris.cluster.controller.task import Task
+from iris.cluster.sharing import SharingConfig
 from iris.cluster.types import JobId
 
 _Shape = tuple[int, int, int, str, str, int]
@@ -74,6 +86,10 @@ class SchedulingTransaction:
     timed_out_tasks: list[Task] = field(default_factory=list)
     pending_reasons: dict[JobId, str] = field(default_factory=dict)
     """Why a job's tasks are still waiting, e.g. "no worker has 64 cpus"."""
+    preemptions: list[Preemption] = field(default_factory=list)
+    """Running attempts to stop so that waiting work can run (``fairness.find_preemptions``)."""
+    fleet: dict[str, float] = field(default_factory=dict)
+    """The healthy fleet's totals as shares count them (with sharing on)."""
 
     def tentatively_assign(self, task: Task, worker: ControllerWorker) -> None:
         self.assignments.append((task, worker))
@@ -102,6 +118,7 @@ class Scheduler:
         now_ms: int,
         *,
         bounded: bool = False,
+        sharing: FairInputs | None = None,
     ) -> SchedulingTransaction:
         transaction = SchedulingTransaction(self._state)
         snapshots = [(w, w.snapshot()) for w in workers]
@@ -118,16 +135,28 @@ class Scheduler:
         reqs: dict[JobId, JobRequirements | None] = {}
         coscheduled_done: set[JobId] = set()
         get_job = self._get_job
-        skip: JobId | None = None
-        """A job none of whose remaining tasks can change anything in this pass (ended, or placed
-        no more and without a scheduling timeout): its run of tasks in the queue costs one
-        comparison each. A big job's tasks are consecutive, so a pass over a long queue that can
-        place nothing stays cheap."""
+        book: ShareBook | None = None
+        config = None
+        if sharing is not None:
+            config = sharing.config
+            book = ShareBook(config, _fleet(config, working), dict(sharing.team_held), dict(sharing.user_held),
+                             sharing.team_usage, sharing.user_usage)
+            transaction.fleet = dict(book.fleet)
+        owners: dict[JobId, Owner | None] = {}
 
-        for i, task in enumerate(pending_tasks):
+        def owner_of(job_id: JobId) -> Owner | None:
+            if job_id not in owners:
+                job = get_job(job_id)
+                owners[job_id] = None if job is None else Owner(
+                    job.band, config.team_of(job.owner) if config is not None else "", job.owner)
+            return owners[job_id]
+
+        order = FairOrder(pending_tasks, owner_of if book is not None else (lambda job_id: None), book)
+        candidates: list[Candidate] = []
+        """Work that found no room in this pass, in order: what preemption may make room for."""
+
+        for task, owner in order:
             job_id = task.job_id
-            if job_id == skip:
-                continue
             if bounded and room == 0:
                 break
             if job_id in reqs:
@@ -136,7 +165,7 @@ class Scheduler:
                 job = get_job(job_id)
                 req = reqs[job_id] = None if job is None or job.is_finished() else job.requirements
             if req is None:
-                skip = job_id
+                order.drop()
                 continue
             timeout_ms = req.scheduling_timeout_ms
             if timeout_ms > 0 and now_ms - task.pending_since_ms > timeout_ms:
@@ -144,22 +173,29 @@ class Scheduler:
                 continue
             if job_id in exhausted:
                 if timeout_ms <= 0:
-                    skip = job_id
+                    order.drop()
                 continue
             if req.coscheduled:
                 if job_id not in coscheduled_done:
                     coscheduled_done.add(job_id)
-                    gang = [t for t in pending_tasks[i:] if t.job_id == job_id]
+                    gang = order.gang()
                     waiting = max(gang, key=lambda t: t.not_before_ms)
                     if waiting.not_before_ms > now_ms:  # a retry backs off: the whole gang waits for it
                         transaction.pending_reasons[job_id] = _backoff_reason(waiting, now_ms)
                         exhausted.add(job_id)
-                        continue
-                    if not _place_gang(gang, req, working, transaction):
+                    elif book is not None and owner is not None and (
+                            limit := book.over_limit(owner.team, _times(task_amounts(book.config, req, ""), len(gang)))):
+                        exhausted.add(job_id)
+                        transaction.pending_reasons[job_id] = limit
+                    elif not _place_gang(gang, req, working, transaction, book, owner):
                         exhausted.add(job_id)
                         transaction.pending_reasons[job_id] = _explain(req, working, gang=len(gang))
+                        if owner is not None and not bounded and not unmet_everywhere(req, [w.snapshot.total for w in working]):
+                            candidates.append(Candidate(gang, req, owner))
                     else:
                         room = sum(1 for cap in working if cap.cpu > 0)
+                if timeout_ms <= 0:
+                    order.drop()
                 continue
 
             if task.not_before_ms > now_ms:  # a failure retry backing off (--retry-backoff)
@@ -168,9 +204,16 @@ class Scheduler:
             shape = req.shape
             start = cursors.get(shape, 0)
             placed = False
+            limited = ""
             for idx in range(start, len(working)):
                 cap = working[idx]
                 if fits_in(req, cap.cpu, cap.memory, cap.disk, cap.devices, cap.device_kind, cap.device_variant):
+                    if book is not None and owner is not None:
+                        amounts = task_amounts(book.config, req, cap.device_variant)
+                        limited = book.over_limit(owner.team, amounts)
+                        if limited:
+                            break
+                        book.take(owner.team, owner.user, amounts)
                     cap.deduct(req)
                     if cap.cpu <= 0:
                         room -= 1
@@ -179,12 +222,58 @@ class Scheduler:
                     placed = True
                     break
             if not placed:
-                cursors[shape] = len(working)
                 exhausted.add(job_id)
-                transaction.pending_reasons[job_id] = _explain(req, working)
+                if limited:
+                    transaction.pending_reasons[job_id] = limited
+                else:
+                    cursors[shape] = len(working)
+                    reason = transaction.pending_reasons[job_id] = _explain(req, working)
+                    if owner is not None and not bounded and reason.startswith("waiting for free") and sharing:
+                        # Each of its waiting tasks may preempt (as many as the rate limit allows).
+                        candidates.extend(Candidate([t], req, owner) for t in order.gang()[:sharing.budget])
                 if timeout_ms <= 0:
-                    skip = job_id
+                    order.drop()
+        if candidates and sharing is not None and book is not None and sharing.budget > 0:
+            self._preempt(transaction, candidates, working, sharing, book, now_ms)
         return transaction
+
+    def _preempt(self, transaction: SchedulingTransaction, candidates: list[Candidate], working: list[_Working],
+                 sharing: FairInputs, book: ShareBook, now_ms: int) -> None:
+        """Ask for the preemptions that let waiting work run (``fairness.find_preemptions``)."""
+        waiting = [c for c in candidates if c.tasks[0].task_id not in sharing.nominated]
+        if not waiting:
+            return
+        holders = sharing.holders()
+        if not holders:
+            return
+        rooms = {cap.worker.worker_id: FairRoom(cap.worker.worker_id, cap.cpu, cap.memory, cap.disk, cap.devices,
+                                                cap.device_kind, cap.device_variant)
+                 for cap in working if cap.worker.schedulable(now_ms)}
+        preemptions = find_preemptions(waiting, rooms, holders, book, now_ms, sharing.budget)
+        transaction.preemptions = preemptions
+        by_job: dict[JobId, list[Preemption]] = {}
+        for p in preemptions:
+            by_job.setdefault(p.by.job_id, []).append(p)
+        for job_id, items in by_job.items():
+            transaction.pending_reasons[job_id] = (f"preempting {len(items)} task{'s' if len(items) != 1 else ''} "
+                                                   f"({items[0].why}); placed once they stop")
+
+
+def _fleet(config: SharingConfig, working: list[_Working]) -> dict[str, float]:
+    """The healthy fleet's totals, as shares count them."""
+    fleet: dict[str, float] = {"cpu": 0, "memory": 0}
+    for cap in working:
+        total = cap.snapshot.total
+        fleet["cpu"] += total.cpu
+        fleet["memory"] += total.memory
+        if total.device_kind != "cpu" and total.devices:
+            key = config.charge_key(total.device_kind, total.device_variant)
+            fleet[key] = fleet.get(key, 0) + total.devices
+    return fleet
+
+
+def _times(amounts: Mapping[str, float], n: int) -> dict[str, float]:
+    return {key: value * n for key, value in amounts.items()}
 
 
 def _backoff_reason(task: Task, now_ms: int) -> str:
@@ -193,7 +282,7 @@ def _backoff_reason(task: Task, now_ms: int) -> str:
 
 
 def _place_gang(gang: list[Task], req: JobRequirements, working: list[_Working],
-                transaction: SchedulingTransaction) -> bool:
+                transaction: SchedulingTransaction, book: ShareBook | None = None, owner: Owner | None = None) -> bool:
     placed: list[tuple[Task, _Working]] = []
     start = 0  # capacities only shrink within the gang, so each search resumes where the last one stopped
     for task in gang:
@@ -210,6 +299,8 @@ def _place_gang(gang: list[Task], req: JobRequirements, working: list[_Working],
             return False
     for task, cap in placed:
         transaction.tentatively_assign(task, cap.worker)
+        if book is not None and owner is not None:
+            book.take(owner.team, owner.user, task_amounts(book.config, req, cap.device_variant))
     return True
 
 

@@ -21,17 +21,20 @@ from dataclasses import dataclass, field, replace
 from threading import RLock
 
 from iris.cluster.auth import TokenRecord
-from iris.cluster.bands import DEFAULT_BAND
+from iris.cluster.bands import BANDS, DEFAULT_BAND
 from iris.cluster.controller import policies
 from iris.cluster.controller.capacity import Resources, Room, WorkerSnapshot, fits_in
+from iris.cluster.controller.fairness import FairInputs, Holder, task_amounts
 from iris.cluster.controller.job import Job
 from iris.cluster.controller.policies import StreakEntry
 from iris.cluster.controller.queue import BandQueue
+from iris.cluster.controller.shares import NOMINATION_SLACK_MS, Shares
 from iris.cluster.controller.task import (
     BUILDING,
     GANG_RESTART,
     KILLED,
     PENDING,
+    PREEMPTED,
     RUNNING,
     SUCCEEDED,
     TIME_CAUSES,
@@ -43,6 +46,7 @@ from iris.cluster.controller.task import (
 from iris.cluster.errors import PermissionDenied, ResourceExhausted
 from iris.cluster.failures import failure_signature
 from iris.cluster.ports import PortBook
+from iris.cluster.sharing import SharingConfig
 from iris.cluster.types import (
     ACTIVE_TASK_STATES,
     TERMINAL_TASK_STATES,
@@ -61,6 +65,8 @@ logger = logging.getLogger(__name__)
 
 PORT_IN_USE = "port in use"
 """``decided_by`` of an attempt sent back because a port it was given was held outside Iris."""
+POLICY_PREEMPTION = "preempted"
+"""``decided_by`` of an attempt the sharing policy stopped (it ended PREEMPTED)."""
 DEFAULT_MAX_ENDPOINTS_PER_TASK = 16
 ACTION_LOG_SIZE = 1000
 DEFAULT_QUARANTINE_AFTER = 5
@@ -207,6 +213,8 @@ class Effects:
     """Jobs removed from the state with their tasks, attempts and endpoints (children listed too)."""
     dirty_tokens: set[str] = field(default_factory=set)
     """Token ids created or revoked."""
+    dirty_usage: set[str] = field(default_factory=set)
+    """Users whose decayed usage was charged (``Shares``)."""
     deleted_bundles: list[str] = field(default_factory=list)
     """Workspace bundles no job uses any more (their last job was deleted): remove the files."""
 
@@ -215,6 +223,7 @@ class Effects:
             self.deleted_jobs
             or self.deleted_bundles
             or self.dirty_tokens
+            or self.dirty_usage
             or self.kills
             or self.dirty_jobs
             or self.dirty_tasks
@@ -326,6 +335,8 @@ class ControllerState:
         """Coscheduled jobs whose members' failures are being collected before the restart is decided."""
         self._ended_in_hold: frozenset[TaskId] = frozenset()
         """While a held gang is settled: its members whose processes already ended (no kill needed)."""
+        self.shares = Shares()
+        """Teams, what they hold and have used, policy preemptions (issue 24, ``shares.py``)."""
 
     def _index_job(self, job: Job) -> None:
         job.submit_seq = self._next_submit_seq
@@ -474,6 +485,16 @@ class ControllerState:
             self._effects.deleted_jobs.append(job_id)
             removed.append(job_id)
             return removed
+
+    def job_tree(self, job_id: JobId) -> list[JobId]:
+        """The job and its descendants, parents before children."""
+        with self._lock:
+            out, pending = [], [job_id]
+            while pending:
+                current = pending.pop()
+                out.append(current)
+                pending.extend(self._children.get(current, ()))
+            return out
 
     def still_stopping(self, job_id: JobId) -> str:
         """A worker on which an attempt of this job (or a child job) that Iris stopped may still
@@ -731,6 +752,7 @@ class ControllerState:
                 self._give_back_ports(worker, task_id)
             if ok:
                 worker.dispatch_acks[task_id] = None
+                self.shares.nominated.pop(task_id, None)  # a preemptor placed: its claim is done
                 if job.spec.timeout_seconds > 0:
                     heapq.heappush(self._deadlines, (now_ms + int(job.spec.timeout_seconds * 1000), task_id,
                                                      task.current_attempt_id))
@@ -832,6 +854,7 @@ class ControllerState:
     def _bind(self, worker: ControllerWorker, task: Task, job: Job) -> None:
         worker.running_tasks.add(task.task_id)
         worker.hold(job.task_resources)
+        self.shares.bind(task.task_id, job.owner, job.requirements, worker.metadata.device_variant)
 
     def _release(self, worker_id: WorkerId | None, task: Task, job: Job, hold_attempt: int | None = None) -> None:
         """Unbind a task from its worker. ``hold_attempt``: Iris is stopping that attempt, whose
@@ -843,6 +866,7 @@ class ControllerState:
             return
         worker.running_tasks.discard(task.task_id)
         worker.dispatch_acks.pop(task.task_id, None)
+        self.shares.release(task.task_id)
         if hold_attempt is not None and worker.healthy:
             worker.stopping[(task.task_id, hold_attempt)] = job.task_resources
             if worker.port_holds:
@@ -939,7 +963,7 @@ class ControllerState:
             new_job_state = job.on_task_transition(old_state, task.state, now_ms, task)
             ended: list[TaskAttempt] = task.attempts[ended_before:] if len(task.attempts) > ended_before else []
             for attempt in ended:
-                self._account(job, attempt)
+                self._account(job, attempt, charge_usage=True)
                 self._on_attempt_ended(job, task, attempt, now_ms)
             if task.state in TERMINAL_TASK_STATES and task.state not in (SUCCEEDED, KILLED):
                 self.log_action(
@@ -958,8 +982,14 @@ class ControllerState:
 
     # ------------------------------------------------------------------ failure rules (DESIGN §4)
 
-    def _account(self, job: Job, attempt: TaskAttempt) -> None:
-        """Add an ended attempt's running time to its job's and the cluster's lost/useful time."""
+    def _account(self, job: Job, attempt: TaskAttempt, charge_usage: bool = False) -> None:
+        """Add an ended attempt's running time to its job's and the cluster's lost/useful time, and
+        (``charge_usage``: it just ended) its resources x time to its owner's usage."""
+        if charge_usage and attempt.started_at_ms is not None and attempt.finished_at_ms is not None:
+            worker = self._workers.get(attempt.worker_id) if attempt.worker_id is not None else None
+            variant = worker.metadata.device_variant if worker is not None else ""
+            self.shares.charge(job.owner, task_amounts(self.shares.config, job.requirements, variant),
+                               attempt.started_at_ms, attempt.finished_at_ms)
         cause = attempt.time_cause()
         if cause is None or attempt.started_at_ms is None:
             return
@@ -1057,13 +1087,13 @@ class ControllerState:
                             details=f"stopped {restarted} running tasks")
 
     def _restart_uncharged(self, job: Job, task: Task, now_ms: int, reason: str, *, kill: bool = True,
-                           error: str | None = None) -> bool:
+                           error: str | None = None, end_state: int = KILLED) -> bool:
         """End the task's live attempt KILLED with ``reason``, charged to no budget, and queue it
         again. ``kill``: its process may still run (stop it; its resources stay held until it is
         confirmed gone). False when the task is not active."""
         worker_id, attempt_id, old_state = task.worker_id, task.current_attempt_id, task.state
         ended_before = len(task.attempts)
-        if not task.restart_attempt(now_ms, reason, error):
+        if not task.restart_attempt(now_ms, reason, error, end_state):
             return False
         self._release(worker_id, task, job, hold_attempt=attempt_id if kill else None)
         self._remove_endpoints_for_task(task.task_id)
@@ -1076,8 +1106,67 @@ class ControllerState:
         self._effects.dirty_jobs.add(job.job_id)
         job.on_task_transition(old_state, PENDING, now_ms, task)
         for attempt in task.attempts[ended_before:]:
-            self._account(job, attempt)
+            self._account(job, attempt, charge_usage=True)
         return True
+
+    # ------------------------------------------------------------------ sharing (issue 24, ``shares.py``)
+
+    def configure_sharing(self, config: SharingConfig, now_ms: int) -> None:
+        """Use a (new) sharing policy: running attempts are counted again under it, none stopped."""
+        with self._lock:
+            running = []
+            for worker in self._workers.values():
+                for task_id in worker.running_tasks:
+                    job = self._jobs.get(self._tasks[task_id].job_id)
+                    if job is not None:
+                        running.append((task_id, job.owner, job.requirements, worker.metadata.device_variant))
+            self.shares.reconfigure(config, running, now_ms)
+            self.shares.set_fleet(w.snapshot() for w in self._workers.values())
+            self.log_action("sharing_configured", now_ms=now_ms, details=config.source or "built-in default")
+
+    def fair_inputs(self, now_ms: int) -> FairInputs:
+        """What a scheduling pass needs to share the fleet (running attempts only if asked for)."""
+        return self.shares.inputs(now_ms, lambda: self._holders(now_ms))
+
+    def _holders(self, now_ms: int) -> list[Holder]:
+        out: list[Holder] = []
+        for worker in self._workers.values():
+            if not worker.healthy:
+                continue
+            for task_id in worker.running_tasks:
+                task = self._tasks[task_id]
+                job = self._jobs[task.job_id]
+                holding = self.shares.holding(task_id)
+                if holding is None:
+                    continue
+                started = task.started_at_ms or now_ms
+                out.append(Holder(task, job.job_id, worker.worker_id, job.band, holding.team, holding.user, started,
+                                  holding.amounts, job.requirements, job.coscheduled))
+        return out
+
+    def preempt(self, victim_id: TaskId, by_task_id: TaskId, why: str, now_ms: int) -> bool:
+        """Stop a running attempt for the sharing policy: it ends PREEMPTED (SIGTERM, its job's grace,
+        SIGKILL), charged to no budget, and its task is queued again; its next attempt is told by
+        whom and why (IRIS_PREVIOUS_*). ``by_task_id`` waits for it without preempting again."""
+        with self._lock:
+            task = self._tasks.get(victim_id)
+            by = self._tasks.get(by_task_id)
+            if task is None or by is None or not task.is_active():
+                return False
+            job = self._jobs[task.job_id]
+            team = self.shares.config.team_of(job.owner)
+            error = f"preempted by {by.job_id} ({why})"
+            if not self._restart_uncharged(job, task, now_ms, POLICY_PREEMPTION, error=error, end_state=PREEMPTED):
+                return False
+            self.shares.preempted(now_ms, team, BANDS[job.band])
+            grace_ms = int((job.spec.termination_grace_seconds or 0) * 1000)
+            self.shares.nominate(by_task_id, now_ms + grace_ms + NOMINATION_SLACK_MS)
+            self.log_action("task_preempted", now_ms=now_ms, job_id=job.job_id, task_id=victim_id,
+                            details=error)
+            return True
+
+    def restore_usage(self, user: str, value: float, as_of_ms: int) -> None:
+        self.shares.ledger.restore(user, value, as_of_ms)
 
     def _ports_held_outside(self, worker: ControllerWorker, task: Task, busy: tuple[int, ...], now_ms: int) -> bool:
         """The worker found ports it was to give this attempt held by something outside Iris: avoid
@@ -1560,6 +1649,9 @@ class ControllerState:
         """Hand the accumulated effects to the shell and start a new batch (nothing happened: the
         one shared empty batch, nothing allocated; it is never changed)."""
         with self._lock:
+            if self.shares.dirty_users:
+                self._effects.dirty_usage |= self.shares.dirty_users
+                self.shares.dirty_users.clear()
             if self._effects.is_empty():
                 return NO_EFFECTS
             effects, self._effects = self._effects, Effects()

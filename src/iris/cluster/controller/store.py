@@ -184,6 +184,14 @@ MIGRATIONS: list[Migration] = [
         "ALTER TABLE tokens ADD COLUMN max_priority TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE attempts ADD COLUMN band TEXT NOT NULL DEFAULT ''",
     ),
+    # v7 -> v8: fair share: each user's decayed usage (share-seconds) as of when it was last charged.
+    (
+        """CREATE TABLE usage (
+            user     TEXT PRIMARY KEY,
+            value    REAL NOT NULL,
+            as_of_ms INTEGER NOT NULL
+        )""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -303,7 +311,8 @@ TOKENS = Table(
     key=("token_id",),
     mutable=("revoked_at_ms",),
 )
-TABLES = (JOBS, TASKS, ATTEMPTS, WORKERS, ENDPOINTS, ACTIONS, TOKENS)
+USAGE = Table("usage", ("user", "value", "as_of_ms"), key=("user",), mutable=("value", "as_of_ms"))
+TABLES = (JOBS, TASKS, ATTEMPTS, WORKERS, ENDPOINTS, ACTIONS, TOKENS, USAGE)
 
 _DELETE_JOB = (
     f"DELETE FROM {ATTEMPTS.name} WHERE task_id IN (SELECT task_id FROM {TASKS.name} WHERE job_id = ?)",
@@ -488,6 +497,7 @@ class ControllerStore:
             or effects.actions
             or effects.deleted_jobs
             or effects.dirty_tokens
+            or effects.dirty_usage
         ):
             return None
         new_jobs: list[Job] = []
@@ -543,6 +553,8 @@ class ControllerStore:
                 endpoint_rows.append(_endpoint_row(e))
         deleted = [(job_id,) for job_id in effects.deleted_jobs]
         token_rows = [_token_row(t) for t in (state.get_token(i) for i in sorted(effects.dirty_tokens)) if t is not None]
+        usage_rows = [(user, *record) for user in sorted(effects.dirty_usage)
+                      if (record := state.shares.ledger.record(user)) is not None]
 
         with self._lock:
             action_seq = self._next_action_seq
@@ -568,6 +580,7 @@ class ControllerStore:
             *((statement, deleted) for statement in _DELETE_JOB),
             (ACTIONS.insert_sql, action_rows),
             (TOKENS.insert_sql, token_rows),
+            (USAGE.insert_sql, usage_rows),
         ]
         statements = [(sql, rows) for sql, rows in candidates if rows]
         if trim:
@@ -740,6 +753,10 @@ class ControllerStore:
                 TOKENS.select_sql):
             state.restore_token(TokenRecord(token_id, token_hash, name, Role(role), created_at_ms, revoked_at_ms,
                                             max_priority))
+
+        self._loading = "usage"
+        for (user, value, as_of_ms) in conn.execute(USAGE.select_sql):
+            state.restore_usage(str(user), float(value), int(as_of_ms))
 
         self._loading = "actions"
         rows = conn.execute(f"{ACTIONS.select_sql} DESC LIMIT ?", (ACTION_LOG_SIZE,)).fetchall()

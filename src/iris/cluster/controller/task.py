@@ -32,6 +32,7 @@ from iris.cluster.types import BUILDING as BUILDING
 from iris.cluster.types import FAILED as FAILED
 from iris.cluster.types import KILLED as KILLED
 from iris.cluster.types import PENDING as PENDING
+from iris.cluster.types import PREEMPTED as PREEMPTED
 from iris.cluster.types import RUNNING as RUNNING
 from iris.cluster.types import SUCCEEDED as SUCCEEDED
 from iris.cluster.types import UNSCHEDULABLE as UNSCHEDULABLE
@@ -174,6 +175,10 @@ class Task:
     def is_finished(self) -> bool:
         return self.state in TERMINAL_TASK_STATES
 
+    def policy_preemptions(self) -> int:
+        """Its attempts the sharing policy stopped (ended PREEMPTED; charged to no budget)."""
+        return sum(1 for a in self.attempts if a.state == PREEMPTED)
+
     def is_active(self) -> bool:
         """Bound to a worker with a process that may be alive."""
         return self.state in ACTIVE_TASK_STATES
@@ -266,14 +271,14 @@ class Task:
         self._finish(WORKER_FAILED if is_worker_failure else FAILED, now_ms, error, exit_code)
         return TaskTransitionResult.EXCEEDED_RETRY_LIMIT
 
-    def restart_attempt(self, now_ms: int, reason: str, error: str | None = None) -> bool:
+    def restart_attempt(self, now_ms: int, reason: str, error: str | None = None, end_state: int = KILLED) -> bool:
         """Stop the current attempt without charging any budget (a gang restart, a drain of a
-        quarantined worker): it ends KILLED, decided by ``reason`` (its error: ``error``, else the
-        reason), and the task is PENDING again as a new attempt. False (nothing changed) when the
-        task is not active."""
+        quarantined worker, a policy preemption): it ends ``end_state`` (KILLED, or PREEMPTED),
+        decided by ``reason`` (its error: ``error``, else the reason), and the task is PENDING again
+        as a new attempt. False (nothing changed) when the task is not active."""
         if self.state not in (BUILDING, RUNNING):
             return False
-        self._end_attempt(KILLED, now_ms, error or reason, None, is_worker_failure=False, charged_to="none",
+        self._end_attempt(end_state, now_ms, error or reason, None, is_worker_failure=False, charged_to="none",
                           decided_by=reason)
         self._reset_for_retry(now_ms)
         return True
