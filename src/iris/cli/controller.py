@@ -93,6 +93,9 @@ def controller() -> None:
 @click.option("--shared-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A directory mounted at the same path here and on every worker (NFS, say): each job gets "
                    "IRIS_CHECKPOINT_DIR under it, kept across attempts and workers, deleted with the job.")
+@click.option("--sharing", "sharing_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Teams, shares and preemption (TOML; see the README). Without it every user is a team of one "
+                   "with equal weight. `iris share reload` or SIGHUP applies a changed file.")
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 @click.option("--verbose", "-v", is_flag=True, help="Log at DEBUG level (same as --log-level DEBUG).")
 def serve(
@@ -123,6 +126,7 @@ def serve(
     max_finished_jobs: int,
     max_log_size: str,
     shared_dir: Path | None,
+    sharing_file: Path | None,
     log_level: str,
     verbose: bool,
 ) -> None:
@@ -174,6 +178,12 @@ def serve(
         max_log_bytes = parse_size(max_log_size, "--max-log-size")
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--max-log-size") from None
+    from iris.cluster.sharing import DEFAULT_SHARING, SharingConfigError, load_sharing
+
+    try:
+        sharing = load_sharing(sharing_file.resolve()) if sharing_file is not None else DEFAULT_SHARING
+    except SharingConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--sharing") from None
     os.umask(0o077)  # everything the controller writes is its own (job environments, logs, tokens)
     lock = _lock_state_dir(state_dir)
     try:
@@ -187,7 +197,8 @@ def serve(
                               quarantine_after=quarantine_after, finished_job_ttl_s=finished_job_ttl,
                               max_endpoints_per_task=max_endpoints_per_task,
                               max_finished_jobs=max_finished_jobs, read_share=read_share,
-                              shared_dir=shared_dir.resolve() if shared_dir is not None else None)
+                              shared_dir=shared_dir.resolve() if shared_dir is not None else None,
+                              sharing=sharing, sharing_file=sharing_file.resolve() if sharing_file is not None else None)
     from iris.cluster.controller.logstore import LogStore
 
     ctrl = Controller(config, state=state, store=store, secret=_secret(state_dir),
@@ -221,8 +232,14 @@ def serve(
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    reload = threading.Event()
+
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        reload.set()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     server.start()
     if dashboard is not None:
         dashboard.start()
@@ -236,11 +253,26 @@ def serve(
     heap.tick()
     while not stop.wait(1.0):
         heap.tick()
+        if reload.is_set():
+            reload.clear()
+            _reload_sharing(ctrl)
     click.echo("controller shutting down", err=True)
     if dashboard is not None:
         dashboard.stop()
     server.stop()
     lock.close()
+
+
+def _reload_sharing(ctrl: Controller) -> None:
+    """SIGHUP: apply a changed --sharing file (a bad one is logged and changes nothing)."""
+    from iris.cluster.errors import IrisError
+
+    try:
+        config = ctrl.reload_sharing()
+    except IrisError as e:
+        logging.getLogger("iris.controller").error("sharing not reloaded: %s", e)
+        return
+    logging.getLogger("iris.controller").info("sharing reloaded from %s: %d teams", config.source, len(config.teams))
 
 
 def _slurm_provisioner(ctrl: Controller, state_dir: Path, address: str, host: str, *, max_workers: int,

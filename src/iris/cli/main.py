@@ -10,6 +10,7 @@ from iris.cli.controller import controller
 from iris.cli.endpoint import endpoint
 from iris.cli.job import job
 from iris.cli.run import run
+from iris.cli.share import queue, share
 from iris.cli.task import task
 from iris.cli.token import login, logout, token
 from iris.cli.worker import worker
@@ -30,6 +31,8 @@ cli.add_command(task)
 cli.add_command(endpoint)
 cli.add_command(run)
 cli.add_command(token)
+cli.add_command(share)
+cli.add_command(queue)
 cli.add_command(login)
 cli.add_command(logout)
 worker.add_command(worker_list)

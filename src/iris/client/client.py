@@ -7,6 +7,7 @@ exceptions with one-line messages, and replies become the dataclasses of ``iris.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -101,6 +102,63 @@ class TokenInfo:
     revoked: bool
     max_priority: str
     """The highest priority band its jobs may ask for."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemberShare:
+    """One user within a team (``iris share``). Amounts: cpu in cores, memory in bytes, devices by
+    ``kind:variant``."""
+
+    user: str
+    running: dict[str, float]
+    usage: float
+    """Share of the fleet its running attempts hold now (dominant resource, 0..1)."""
+    decayed_usage: float
+    """Share-seconds, decayed with the half-life."""
+    standing: float
+    running_tasks: int
+    pending_tasks: int
+
+
+@dataclass(frozen=True, slots=True)
+class TeamShare:
+    """One team (a user no team lists is a team of one: ``own``)."""
+
+    team: str
+    weight: float
+    guarantee: dict[str, float]
+    limit: dict[str, float]
+    """Empty: the whole fleet."""
+    running: dict[str, float]
+    usage: float
+    decayed_usage: float
+    standing: float
+    """(usage + share of all decayed usage) / weight: lower goes first."""
+    members: list[MemberShare]
+    own: bool
+    under_guarantee: bool
+    running_tasks: int
+    pending_tasks: int
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """A pending job, where the scheduler will consider it (``iris queue``)."""
+
+    job_id: str
+    band: str
+    team: str
+    user: str
+    position: int
+    reason: str
+    pending_tasks: int
+    pending_since_ms: int
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,6 +460,31 @@ class IrisClient:
         """Admin only: revoke a token by id."""
         self._call(self._stub.RevokeToken, cluster_pb2.Controller.RevokeTokenRequest(token_id=token_id),
                    f"token {token_id}")
+
+    def shares(self) -> tuple[list[TeamShare], dict[str, object]]:
+        """Every team and user with guarantee, limit, weight, running use, decayed usage and
+        standing; and the policy (its file, half-life, minimum lease, preemption rate, the fleet)."""
+        reply = self._call(self._stub.GetShares, cluster_pb2.Controller.GetSharesRequest(), "shares")
+        teams = [TeamShare(t.team, t.weight, dict(t.guarantee), dict(t.limit), dict(t.running), t.usage,
+                           t.decayed_usage, t.standing,
+                           [MemberShare(m.user, dict(m.running), m.usage, m.decayed_usage, m.standing, m.running_tasks,
+                                        m.pending_tasks) for m in t.members],
+                           t.own, t.under_guarantee, t.running_tasks, t.pending_tasks) for t in reply.teams]
+        return teams, {"source": reply.source, "half_life_ms": reply.half_life_ms, "min_lease_ms": reply.min_lease_ms,
+                       "max_preemptions_per_minute": reply.max_preemptions_per_minute, "fleet": dict(reply.fleet)}
+
+    def reload_sharing(self) -> tuple[str, int]:
+        """Admin only: the controller reads its --sharing file again (a bad file changes nothing).
+        Returns the file and how many teams it names."""
+        reply = self._call(self._stub.ReloadSharing, cluster_pb2.Controller.ReloadSharingRequest(), "sharing")
+        return reply.source, reply.teams
+
+    def queue(self, limit: int = 0) -> tuple[list[QueueEntry], int]:
+        """Pending jobs in the order the scheduler will consider them (at most ``limit``; 0: 1000),
+        and how many wait in all."""
+        reply = self._call(self._stub.GetQueue, cluster_pb2.Controller.GetQueueRequest(limit=limit), "queue")
+        return [QueueEntry(e.job_id, e.band, e.team, e.user, e.position, e.reason, e.pending_tasks,
+                           e.pending_since_ms) for e in reply.entries], reply.total
 
     def job(self, job_id: str) -> Job:
         """A handle on an existing job (no RPC; ``status()`` raises when it does not exist)."""

@@ -2421,6 +2421,371 @@ class Controller(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ShareMember(_message.Message):
+        """Sharing (issue 24). Amounts are keyed "cpu" (cores), "memory" (bytes), "gpu:<variant>", "tpu:<variant>"."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        @_typing.final
+        class RunningEntry(_message.Message):
+            DESCRIPTOR: _descriptor.Descriptor
+
+            KEY_FIELD_NUMBER: _builtins.int
+            VALUE_FIELD_NUMBER: _builtins.int
+            key: _builtins.str
+            value: _builtins.float
+            def __init__(
+                self,
+                *,
+                key: _builtins.str = ...,
+                value: _builtins.float = ...,
+            ) -> None: ...
+            _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+            def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+            _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+            def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+            def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+        USER_FIELD_NUMBER: _builtins.int
+        RUNNING_FIELD_NUMBER: _builtins.int
+        USAGE_FIELD_NUMBER: _builtins.int
+        DECAYED_USAGE_FIELD_NUMBER: _builtins.int
+        STANDING_FIELD_NUMBER: _builtins.int
+        RUNNING_TASKS_FIELD_NUMBER: _builtins.int
+        PENDING_TASKS_FIELD_NUMBER: _builtins.int
+        user: _builtins.str
+        usage: _builtins.float
+        """running share of the fleet now (dominant resource, 0..1)"""
+        decayed_usage: _builtins.float
+        """share-seconds, decayed with the half-life"""
+        standing: _builtins.float
+        """within its team: lower goes first"""
+        running_tasks: _builtins.int
+        pending_tasks: _builtins.int
+        @_builtins.property
+        def running(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+            """what its running attempts hold now"""
+
+        def __init__(
+            self,
+            *,
+            user: _builtins.str = ...,
+            running: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+            usage: _builtins.float = ...,
+            decayed_usage: _builtins.float = ...,
+            standing: _builtins.float = ...,
+            running_tasks: _builtins.int = ...,
+            pending_tasks: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["decayed_usage", b"decayed_usage", "pending_tasks", b"pending_tasks", "running", b"running", "running_tasks", b"running_tasks", "standing", b"standing", "usage", b"usage", "user", b"user"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class TeamShare(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        @_typing.final
+        class GuaranteeEntry(_message.Message):
+            DESCRIPTOR: _descriptor.Descriptor
+
+            KEY_FIELD_NUMBER: _builtins.int
+            VALUE_FIELD_NUMBER: _builtins.int
+            key: _builtins.str
+            value: _builtins.float
+            def __init__(
+                self,
+                *,
+                key: _builtins.str = ...,
+                value: _builtins.float = ...,
+            ) -> None: ...
+            _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+            def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+            _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+            def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+            def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+        @_typing.final
+        class LimitEntry(_message.Message):
+            DESCRIPTOR: _descriptor.Descriptor
+
+            KEY_FIELD_NUMBER: _builtins.int
+            VALUE_FIELD_NUMBER: _builtins.int
+            key: _builtins.str
+            value: _builtins.float
+            def __init__(
+                self,
+                *,
+                key: _builtins.str = ...,
+                value: _builtins.float = ...,
+            ) -> None: ...
+            _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+            def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+            _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+            def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+            def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+        @_typing.final
+        class RunningEntry(_message.Message):
+            DESCRIPTOR: _descriptor.Descriptor
+
+            KEY_FIELD_NUMBER: _builtins.int
+            VALUE_FIELD_NUMBER: _builtins.int
+            key: _builtins.str
+            value: _builtins.float
+            def __init__(
+                self,
+                *,
+                key: _builtins.str = ...,
+                value: _builtins.float = ...,
+            ) -> None: ...
+            _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+            def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+            _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+            def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+            def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+        TEAM_FIELD_NUMBER: _builtins.int
+        WEIGHT_FIELD_NUMBER: _builtins.int
+        GUARANTEE_FIELD_NUMBER: _builtins.int
+        LIMIT_FIELD_NUMBER: _builtins.int
+        RUNNING_FIELD_NUMBER: _builtins.int
+        USAGE_FIELD_NUMBER: _builtins.int
+        DECAYED_USAGE_FIELD_NUMBER: _builtins.int
+        STANDING_FIELD_NUMBER: _builtins.int
+        MEMBERS_FIELD_NUMBER: _builtins.int
+        OWN_FIELD_NUMBER: _builtins.int
+        UNDER_GUARANTEE_FIELD_NUMBER: _builtins.int
+        RUNNING_TASKS_FIELD_NUMBER: _builtins.int
+        PENDING_TASKS_FIELD_NUMBER: _builtins.int
+        team: _builtins.str
+        weight: _builtins.float
+        usage: _builtins.float
+        decayed_usage: _builtins.float
+        standing: _builtins.float
+        """(usage + share of all decayed usage) / weight: lower goes first"""
+        own: _builtins.bool
+        """a team of one (a user no team lists; the [default] settings)"""
+        under_guarantee: _builtins.bool
+        running_tasks: _builtins.int
+        pending_tasks: _builtins.int
+        @_builtins.property
+        def guarantee(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+        @_builtins.property
+        def limit(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+            """empty: the whole fleet"""
+
+        @_builtins.property
+        def running(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+        @_builtins.property
+        def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Controller.ShareMember]: ...
+        def __init__(
+            self,
+            *,
+            team: _builtins.str = ...,
+            weight: _builtins.float = ...,
+            guarantee: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+            limit: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+            running: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+            usage: _builtins.float = ...,
+            decayed_usage: _builtins.float = ...,
+            standing: _builtins.float = ...,
+            members: _abc.Iterable[Global___Controller.ShareMember] | None = ...,
+            own: _builtins.bool = ...,
+            under_guarantee: _builtins.bool = ...,
+            running_tasks: _builtins.int = ...,
+            pending_tasks: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["decayed_usage", b"decayed_usage", "guarantee", b"guarantee", "limit", b"limit", "members", b"members", "own", b"own", "pending_tasks", b"pending_tasks", "running", b"running", "running_tasks", b"running_tasks", "standing", b"standing", "team", b"team", "under_guarantee", b"under_guarantee", "usage", b"usage", "weight", b"weight"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class GetSharesRequest(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        def __init__(
+            self,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class GetSharesResponse(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        @_typing.final
+        class FleetEntry(_message.Message):
+            DESCRIPTOR: _descriptor.Descriptor
+
+            KEY_FIELD_NUMBER: _builtins.int
+            VALUE_FIELD_NUMBER: _builtins.int
+            key: _builtins.str
+            value: _builtins.float
+            def __init__(
+                self,
+                *,
+                key: _builtins.str = ...,
+                value: _builtins.float = ...,
+            ) -> None: ...
+            _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+            def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+            _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+            def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+            def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+        TEAMS_FIELD_NUMBER: _builtins.int
+        SOURCE_FIELD_NUMBER: _builtins.int
+        HALF_LIFE_MS_FIELD_NUMBER: _builtins.int
+        MIN_LEASE_MS_FIELD_NUMBER: _builtins.int
+        MAX_PREEMPTIONS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+        FLEET_FIELD_NUMBER: _builtins.int
+        source: _builtins.str
+        """the sharing file ("": the built-in default, every user a team of one)"""
+        half_life_ms: _builtins.int
+        min_lease_ms: _builtins.int
+        max_preemptions_per_minute: _builtins.int
+        @_builtins.property
+        def teams(self) -> _containers.RepeatedCompositeFieldContainer[Global___Controller.TeamShare]: ...
+        @_builtins.property
+        def fleet(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+        def __init__(
+            self,
+            *,
+            teams: _abc.Iterable[Global___Controller.TeamShare] | None = ...,
+            source: _builtins.str = ...,
+            half_life_ms: _builtins.int = ...,
+            min_lease_ms: _builtins.int = ...,
+            max_preemptions_per_minute: _builtins.int = ...,
+            fleet: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["fleet", b"fleet", "half_life_ms", b"half_life_ms", "max_preemptions_per_minute", b"max_preemptions_per_minute", "min_lease_ms", b"min_lease_ms", "source", b"source", "teams", b"teams"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ReloadSharingRequest(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        def __init__(
+            self,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ReloadSharingResponse(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        SOURCE_FIELD_NUMBER: _builtins.int
+        TEAMS_FIELD_NUMBER: _builtins.int
+        source: _builtins.str
+        teams: _builtins.int
+        def __init__(
+            self,
+            *,
+            source: _builtins.str = ...,
+            teams: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "teams", b"teams"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class QueueEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        JOB_ID_FIELD_NUMBER: _builtins.int
+        BAND_FIELD_NUMBER: _builtins.int
+        TEAM_FIELD_NUMBER: _builtins.int
+        USER_FIELD_NUMBER: _builtins.int
+        POSITION_FIELD_NUMBER: _builtins.int
+        REASON_FIELD_NUMBER: _builtins.int
+        PENDING_TASKS_FIELD_NUMBER: _builtins.int
+        PENDING_SINCE_MS_FIELD_NUMBER: _builtins.int
+        job_id: _builtins.str
+        band: _builtins.str
+        team: _builtins.str
+        user: _builtins.str
+        position: _builtins.int
+        """1: considered first"""
+        reason: _builtins.str
+        """why it waits (the scheduler's last word)"""
+        pending_tasks: _builtins.int
+        pending_since_ms: _builtins.int
+        def __init__(
+            self,
+            *,
+            job_id: _builtins.str = ...,
+            band: _builtins.str = ...,
+            team: _builtins.str = ...,
+            user: _builtins.str = ...,
+            position: _builtins.int = ...,
+            reason: _builtins.str = ...,
+            pending_tasks: _builtins.int = ...,
+            pending_since_ms: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["band", b"band", "job_id", b"job_id", "pending_since_ms", b"pending_since_ms", "pending_tasks", b"pending_tasks", "position", b"position", "reason", b"reason", "team", b"team", "user", b"user"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class GetQueueRequest(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        LIMIT_FIELD_NUMBER: _builtins.int
+        limit: _builtins.int
+        """0: the default (1000)"""
+        def __init__(
+            self,
+            *,
+            limit: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class GetQueueResponse(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        ENTRIES_FIELD_NUMBER: _builtins.int
+        TOTAL_FIELD_NUMBER: _builtins.int
+        total: _builtins.int
+        """pending jobs in all"""
+        @_builtins.property
+        def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Controller.QueueEntry]: ...
+        def __init__(
+            self,
+            *,
+            entries: _abc.Iterable[Global___Controller.QueueEntry] | None = ...,
+            total: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "total", b"total"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     def __init__(
         self,
     ) -> None: ...

@@ -159,6 +159,21 @@ class ControllerServiceStub:
                 request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.WhoAmIRequest.SerializeToString,
                 response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.WhoAmIResponse.FromString,
                 _registered_method=True)
+        self.GetShares = channel.unary_unary(
+                '/iris.cluster.ControllerService/GetShares',
+                request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetSharesRequest.SerializeToString,
+                response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetSharesResponse.FromString,
+                _registered_method=True)
+        self.ReloadSharing = channel.unary_unary(
+                '/iris.cluster.ControllerService/ReloadSharing',
+                request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.ReloadSharingRequest.SerializeToString,
+                response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.ReloadSharingResponse.FromString,
+                _registered_method=True)
+        self.GetQueue = channel.unary_unary(
+                '/iris.cluster.ControllerService/GetQueue',
+                request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetQueueRequest.SerializeToString,
+                response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetQueueResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -314,6 +329,24 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetShares(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadSharing(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQueue(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -441,6 +474,21 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.WhoAmIRequest.FromString,
                     response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.WhoAmIResponse.SerializeToString,
+            ),
+            'GetShares': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetShares,
+                    request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetSharesRequest.FromString,
+                    response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetSharesResponse.SerializeToString,
+            ),
+            'ReloadSharing': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadSharing,
+                    request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.ReloadSharingRequest.FromString,
+                    response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.ReloadSharingResponse.SerializeToString,
+            ),
+            'GetQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueue,
+                    request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetQueueRequest.FromString,
+                    response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetQueueResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1118,6 +1166,87 @@ class ControllerService:
             '/iris.cluster.ControllerService/WhoAmI',
             iris_dot_rpc_dot_cluster__pb2.Controller.WhoAmIRequest.SerializeToString,
             iris_dot_rpc_dot_cluster__pb2.Controller.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetShares(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/iris.cluster.ControllerService/GetShares',
+            iris_dot_rpc_dot_cluster__pb2.Controller.GetSharesRequest.SerializeToString,
+            iris_dot_rpc_dot_cluster__pb2.Controller.GetSharesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadSharing(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/iris.cluster.ControllerService/ReloadSharing',
+            iris_dot_rpc_dot_cluster__pb2.Controller.ReloadSharingRequest.SerializeToString,
+            iris_dot_rpc_dot_cluster__pb2.Controller.ReloadSharingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/iris.cluster.ControllerService/GetQueue',
+            iris_dot_rpc_dot_cluster__pb2.Controller.GetQueueRequest.SerializeToString,
+            iris_dot_rpc_dot_cluster__pb2.Controller.GetQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,

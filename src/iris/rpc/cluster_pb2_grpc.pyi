@@ -62,6 +62,9 @@ class ControllerServiceStub:
     ListTokens: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ListTokensRequest, _cluster_pb2.Controller.ListTokensResponse]
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.RevokeTokenRequest, _cluster_pb2.Empty]
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.WhoAmIRequest, _cluster_pb2.Controller.WhoAmIResponse]
+    GetShares: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetSharesRequest, _cluster_pb2.Controller.GetSharesResponse]
+    ReloadSharing: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ReloadSharingRequest, _cluster_pb2.Controller.ReloadSharingResponse]
+    GetQueue: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetQueueRequest, _cluster_pb2.Controller.GetQueueResponse]
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -91,6 +94,9 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     ListTokens: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ListTokensRequest, _cluster_pb2.Controller.ListTokensResponse]  # type: ignore[assignment]
     RevokeToken: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.RevokeTokenRequest, _cluster_pb2.Empty]  # type: ignore[assignment]
     WhoAmI: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.WhoAmIRequest, _cluster_pb2.Controller.WhoAmIResponse]  # type: ignore[assignment]
+    GetShares: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetSharesRequest, _cluster_pb2.Controller.GetSharesResponse]  # type: ignore[assignment]
+    ReloadSharing: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ReloadSharingRequest, _cluster_pb2.Controller.ReloadSharingResponse]  # type: ignore[assignment]
+    GetQueue: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetQueueRequest, _cluster_pb2.Controller.GetQueueResponse]  # type: ignore[assignment]
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -267,6 +273,27 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cluster_pb2.Controller.WhoAmIRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cluster_pb2.Controller.WhoAmIResponse, _abc.Awaitable[_cluster_pb2.Controller.WhoAmIResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetShares(
+        self,
+        request: _cluster_pb2.Controller.GetSharesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.Controller.GetSharesResponse, _abc.Awaitable[_cluster_pb2.Controller.GetSharesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReloadSharing(
+        self,
+        request: _cluster_pb2.Controller.ReloadSharingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.Controller.ReloadSharingResponse, _abc.Awaitable[_cluster_pb2.Controller.ReloadSharingResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetQueue(
+        self,
+        request: _cluster_pb2.Controller.GetQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.Controller.GetQueueResponse, _abc.Awaitable[_cluster_pb2.Controller.GetQueueResponse]]: ...
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -63,6 +63,7 @@ class Job:
         "_success_b",
         "submit_seq",
         "owner",
+        "policy_preemptions",
         "gang_restarts",
         "gang_restart_cause",
         "band",
@@ -108,6 +109,8 @@ class Job:
         """This incarnation of ``job_id``, unique across deletions (the shell makes it): attempts,
         reports and task tokens carry it, so nothing of a deleted job matches one reusing its name."""
         self.owner = sys.intern(owner)  # a few users own many jobs
+        self.policy_preemptions = 0
+        """Its tasks' attempts the sharing policy preempted (ended PREEMPTED; charged to no budget)."""
         """Who submitted it (a user's name); only they or an admin may stop it or read its secrets."""
         self.submit_seq = 0
         """Position in submission order, set by ``ControllerState`` (list pages are keyed by it)."""

@@ -16,6 +16,13 @@ from iris.cluster.controller.bundles import MemoryBundles, StateStore
 from iris.cluster.controller.capacity import WorkerSnapshot
 from iris.cluster.controller.changes import Changes
 from iris.cluster.controller.job import Job
+from iris.cluster.controller.shareviews import (
+    DEFAULT_QUEUE_LIMIT,
+    QueueEntryView,
+    SharesView,
+    queue_view,
+    shares_view,
+)
 from iris.cluster.controller.state import (
     ActionLogEntry,
     ControllerEndpoint,
@@ -84,6 +91,16 @@ class Queries:
             workers = state.get_available_workers(now_ms)  # quarantined ones hold nothing
             return demand, [w.snapshot() for w in workers], {w.worker_id for w in workers if w.running_tasks}
 
+    def shares(self, now_ms: int) -> SharesView:
+        """``iris share``: every team and user with guarantee, limit, weight, use and standing."""
+        with self._changes.read() as state:
+            return shares_view(state, now_ms)
+
+    def queue(self, now_ms: int, limit: int) -> tuple[list[QueueEntryView], int]:
+        """``iris queue``: pending jobs in the order the scheduler will consider them, and their count."""
+        with self._changes.read() as state:
+            return queue_view(state, now_ms, limit or DEFAULT_QUEUE_LIMIT)
+
     def job_owner(self, job_id: JobId) -> str:
         """Who owns a job (its root's submitter). Raises NotFound."""
         with self._changes.read() as state:
@@ -116,7 +133,7 @@ class Queries:
     def get_job(self, job_id: JobId) -> JobView:
         """A snapshot of one job. Raises NotFound."""
         with self._changes.read() as state:
-            return job_view(job_of(state, job_id))
+            return job_view(job := job_of(state, job_id), state.shares.config.team_of(job.owner))
 
     def task_result(self, job_id: JobId, task_index: int) -> tuple[int, bytes] | None:
         """A succeeded task's result: (attempt, cloudpickle bytes), or None when it has none (yet)."""
@@ -149,7 +166,7 @@ class Queries:
                     budget -= 1
                     if (not wanted or job.state in wanted) and job.job_id.startswith(prefix) and (
                             not filters or matches_filters(job.spec, filters)):
-                        out.append(job_view(job))
+                        out.append(job_view(job, self._changes.state.shares.config.team_of(job.owner)))
                         if len(out) >= size:
                             break
             if len(chunk) == 0:
@@ -165,7 +182,7 @@ class Queries:
         check_task_page(task_offset, task_limit)
         with self._changes.read() as state:
             job = job_of(state, job_id)
-            view = job_view(job)
+            view = job_view(job, state.shares.config.team_of(job.owner))
         if not include_tasks:
             return view, None
         stop = task_offset + task_limit if task_limit else job.num_tasks

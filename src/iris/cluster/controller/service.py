@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +44,7 @@ from iris.cluster.controller.requests import (
     TaskLogPage,
     TaskReport,
 )
+from iris.cluster.controller.shareviews import TeamView
 from iris.cluster.controller.state import ControllerEndpoint, ObservedAttempt, liveness_timeout_ms
 from iris.cluster.controller.views import JobView, TaskView, WorkerView
 from iris.cluster.errors import InvalidArgument, IrisError
@@ -392,11 +393,60 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         self._controller.credentials.revoke_token(request.token_id)
         return cluster_pb2.Empty()
 
+    # -- sharing (issue 24) ------------------------------------------------------------------------
+
+    @_rpc(*_READERS, read=True)
+    def GetShares(
+        self, request: cluster_pb2.Controller.GetSharesRequest, context: grpc.ServicerContext, who: Principal
+    ) -> cluster_pb2.Controller.GetSharesResponse:
+        view = self._queries.shares(self._controller.now_ms())
+        return cluster_pb2.Controller.GetSharesResponse(
+            teams=[team_share_proto(t) for t in view.teams], source=view.source, half_life_ms=view.half_life_ms,
+            min_lease_ms=view.min_lease_ms, max_preemptions_per_minute=view.max_preemptions_per_minute,
+            fleet=amounts_wire(view.fleet))
+
+    @_rpc(Role.ADMIN)
+    def ReloadSharing(
+        self, request: cluster_pb2.Controller.ReloadSharingRequest, context: grpc.ServicerContext, who: Principal
+    ) -> cluster_pb2.Controller.ReloadSharingResponse:
+        config = self._controller.reload_sharing()
+        return cluster_pb2.Controller.ReloadSharingResponse(source=config.source, teams=len(config.teams))
+
+    @_rpc(*_READERS, read=True)
+    def GetQueue(
+        self, request: cluster_pb2.Controller.GetQueueRequest, context: grpc.ServicerContext, who: Principal
+    ) -> cluster_pb2.Controller.GetQueueResponse:
+        if not 0 <= request.limit <= MAX_QUEUE_PAGE:
+            raise InvalidArgument(f"limit: must be between 0 and {MAX_QUEUE_PAGE}, got {request.limit}")
+        entries, total = self._queries.queue(self._controller.now_ms(), request.limit)
+        return cluster_pb2.Controller.GetQueueResponse(entries=[
+            cluster_pb2.Controller.QueueEntry(job_id=e.job_id, band=e.band, team=e.team, user=e.user, position=e.position,
+                                              reason=e.reason, pending_tasks=e.pending_tasks,
+                                              pending_since_ms=e.pending_since_ms) for e in entries], total=total)
+
     @_rpc(Role.ADMIN, Role.USER, Role.WORKER, Role.JOIN, Role.TASK)
     def WhoAmI(
         self, request: cluster_pb2.Controller.WhoAmIRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.WhoAmIResponse:
         return cluster_pb2.Controller.WhoAmIResponse(name=who.name, role=who.role.value, job_id=who.job_id)
+
+
+MAX_QUEUE_PAGE = 10_000
+
+
+def amounts_wire(amounts: Mapping[str, float]) -> dict[str, float]:
+    """Share amounts on the wire: cpu in cores (held in millicores), the rest as they are."""
+    return {key: value / 1000 if key == "cpu" else float(value) for key, value in amounts.items()}
+
+
+def team_share_proto(t: TeamView) -> cluster_pb2.Controller.TeamShare:
+    return cluster_pb2.Controller.TeamShare(
+        team=t.team, weight=t.weight, guarantee=amounts_wire(t.guarantee), limit=amounts_wire(t.limit),
+        running=amounts_wire(t.running), usage=t.usage, decayed_usage=t.decayed_usage, standing=t.standing,
+        own=t.own, under_guarantee=t.under_guarantee, running_tasks=t.running_tasks, pending_tasks=t.pending_tasks,
+        members=[cluster_pb2.Controller.ShareMember(
+            user=m.user, running=amounts_wire(m.running), usage=m.usage, decayed_usage=m.decayed_usage,
+            standing=m.standing, running_tasks=m.running_tasks, pending_tasks=m.pending_tasks) for m in t.members])
 
 
 def token_proto(record: TokenRecord) -> cluster_pb2.Controller.TokenInfo:
@@ -560,6 +610,8 @@ def job_proto(view: JobView, tasks: list[TaskView] | None = None, *, spec_for: b
         gang_restarts=view.gang_restarts,
         gang_restart_cause=view.gang_restart_cause,
         priority=view.spec.priority if view.spec is not None else "",
+        team=view.team,
+        policy_preemptions=view.policy_preemptions,
         failures_used=view.failures_used,
         preemptions_used=view.preemptions_used,
         time=_time_proto(view.time_ms),
@@ -592,6 +644,7 @@ def task_proto(view: TaskView) -> cluster_pb2.TaskStatus:
         current_attempt_id=view.current_attempt_id,
         failure_count=view.failure_count,
         preemption_count=view.preemption_count,
+        policy_preemptions=view.policy_preemptions,
         pending_since_ms=view.pending_since_ms,
         pending_reason=view.pending_reason,
         attempts=[

@@ -387,6 +387,7 @@ class ControllerState:
                 job.pending_ms += task.time_spent()["pending"]
                 for attempt in task.attempts:
                     self._account(job, attempt)
+                    job.policy_preemptions += attempt.state == PREEMPTED
                     if attempt.decided_by == GANG_RESTART:
                         gang_restarts.add(attempt.finished_at_ms or 0)
                         prefix = f"{GANG_RESTART}: started by "
@@ -1159,6 +1160,7 @@ class ControllerState:
             if not self._restart_uncharged(job, task, now_ms, POLICY_PREEMPTION, error=error, end_state=PREEMPTED):
                 return False
             self.shares.preempted(now_ms, team, BANDS[job.band])
+            job.policy_preemptions += 1
             grace_ms = int((job.spec.termination_grace_seconds or 0) * 1000)
             self.shares.nominate(by_task_id, now_ms + grace_ms + NOMINATION_SLACK_MS)
             self.log_action("task_preempted", now_ms=now_ms, job_id=job.job_id, task_id=victim_id,

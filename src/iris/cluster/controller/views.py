@@ -55,6 +55,10 @@ class JobView:
     spec: JobSpec | None = None
     """What the job asked for (frozen, shared with the job: no copy)."""
     gang_restart_cause: str = ""
+    team: str = ""
+    """The team its owner's work is counted to (``iris share``)."""
+    policy_preemptions: int = 0
+    """Its attempts the sharing policy preempted (charged to no budget)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,7 @@ class TaskView:
     max_retries_preemption: int = 0
     retry_at_ms: int = 0
     time_ms: tuple[tuple[str, int], ...] = ()
+    policy_preemptions: int = 0
 
     def port_addresses(self) -> dict[str, str]:
         """Each named port as ``HOST:PORT``, HOST the worker's advertised address (reachable from
@@ -127,7 +132,7 @@ class AllocationInfo:
     submitted_at_ms: int
 
 
-def job_view(job: Job) -> JobView:
+def job_view(job: Job, team: str = "") -> JobView:
     c = job.counts
     pending_reason = job.pending_reason if c[PENDING] and not job.is_finished() else ""
     spec = job.spec
@@ -136,7 +141,8 @@ def job_view(job: Job) -> JobView:
         job.finished_at_ms or 0, job.parent_job_id or "", job.num_tasks, tuple(c), spec.resources, spec.replicas,
         pending_reason, job.max_task_failures, job.max_retries_failure, job.max_retries_preemption, job.submit_seq,
         job.owner, job.gang_restarts, job.charges["failure"], job.charges["preemption"],
-        (("pending", job.pending_ms), *job.time_ms.items()), job.uid, spec, job.gang_restart_cause,
+        (("pending", job.pending_ms), *job.time_ms.items()), job.uid, spec, job.gang_restart_cause, team,
+        job.policy_preemptions,
     )
 
 
@@ -148,7 +154,7 @@ def task_view(task: Task, job: Job | None, worker_address: str) -> TaskView:
         task.current_attempt_id, task.failure_count, task.preemption_count, task.pending_since_ms, pending_reason,
         tuple(task.attempts), tuple(task.ports.items()) if task.ports else (),
         task.max_retries_failure, task.max_retries_preemption,
-        task.not_before_ms if task.state == PENDING else 0, task_time(task),
+        task.not_before_ms if task.state == PENDING else 0, task_time(task), task.policy_preemptions(),
     )
 
 
