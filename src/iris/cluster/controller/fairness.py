@@ -78,6 +78,8 @@ class ShareBook:
     team_usage: Mapping[str, float] = field(default_factory=dict)
     user_usage: Mapping[str, float] = field(default_factory=dict)
     total_usage: float = 0.0
+    _unlimited: bool | None = None
+    """No team has a limit (known on first use): ``over_limit`` is one comparison."""
 
     def __post_init__(self) -> None:
         self.team_held = {team: dict(held) for team, held in self.team_held.items()}
@@ -102,12 +104,53 @@ class ShareBook:
         usage = self.user_usage.get(user, 0.0) / self.total_usage if self.total_usage > 0 else 0.0
         return dominant_share(self.user_held.get(user) or {}, self.fleet) + usage
 
+    def team_room(self, team: str, amounts: Mapping[str, float], next_key: tuple[int, float] | None) -> int:
+        """How many more tasks of ``amounts`` the team may take before its key passes ``next_key``
+        (the next team's) or it crosses its guarantee: the pass checks the key again only then
+        (keys only grow as a team is given work, so this is exact up to one task)."""
+        if next_key is None:
+            return _UNBOUNDED
+        held = self.held(team)
+        policy = self.config.policy(team)
+        room = _UNBOUNDED
+        tier = 0 if guarantee_ratio(held, policy.guarantee) < 1 else 1
+        if tier == 0:
+            for key, guaranteed in policy.guarantee.items():
+                amount = amounts.get(key, 0)
+                if amount > 0:
+                    room = min(room, int((guaranteed - held.get(key, 0)) // amount) + 1)
+            if next_key[0] == 1:
+                return max(1, room)
+        usage = self.team_usage.get(team, 0.0) / self.total_usage if self.total_usage > 0 else 0.0
+        allowed = next_key[1] * policy.weight - usage
+        return max(1, min(room, _share_room(held, amounts, self.fleet, allowed)))
+
+    def user_room(self, user: str, amounts: Mapping[str, float], next_user_key: float) -> int:
+        """Like ``team_room``, for a user within a team against the next user's standing."""
+        usage = self.user_usage.get(user, 0.0) / self.total_usage if self.total_usage > 0 else 0.0
+        return max(1, _share_room(self.user_held.get(user) or {}, amounts, self.fleet, next_user_key - usage))
+
     def take(self, team: str, user: str, amounts: Mapping[str, float], sign: int = 1) -> None:
-        add_amounts(self.team_held.setdefault(team, {}), amounts, sign)
-        add_amounts(self.user_held.setdefault(user, {}), amounts, sign)
+        if sign < 0:
+            add_amounts(self.team_held.setdefault(team, {}), amounts, sign)
+            add_amounts(self.user_held.setdefault(user, {}), amounts, sign)
+            return
+        team_held = self.team_held.get(team)
+        if team_held is None:
+            team_held = self.team_held[team] = {}
+        user_held = self.user_held.get(user)
+        if user_held is None:
+            user_held = self.user_held[user] = {}
+        for key, amount in amounts.items():  # the hot path of a pass: one placement
+            team_held[key] = team_held.get(key, 0) + amount
+            user_held[key] = user_held.get(key, 0) + amount
 
     def over_limit(self, team: str, amounts: Mapping[str, float]) -> str:
         """"" when the team may hold ``amounts`` more, else a reason naming the limit."""
+        if self._unlimited is None:
+            self._unlimited = not self.config.default.limit and not any(t.limit for t in self.config.teams.values())
+        if self._unlimited:
+            return ""
         limit = self.config.policy(team).limit
         if not limit:
             return ""
@@ -119,6 +162,24 @@ class ShareBook:
         amount = limit[key]
         shown = f"{amount / 1000:g}" if key == "cpu" else f"{amount / 2**30:g}GiB" if key == "memory" else f"{amount:g}"
         return f"team {team} is at its limit ({key} {shown})"
+
+
+_UNBOUNDED = 1 << 30
+SLACK = 0.002
+"""How far (in standing: a share of the fleet, over weight) a team may get ahead of the next one
+before the pass turns to it: 0.2 % of the fleet, so a big fleet is shared in runs of tasks, not one
+task per team in turn (a heap operation per task), and a small one still task by task."""
+
+
+def _share_room(held: Mapping[str, float], amounts: Mapping[str, float], fleet: Mapping[str, float],
+                allowed: float) -> int:
+    """Tasks of ``amounts`` that fit before the dominant share of ``held`` passes ``allowed``, plus one."""
+    room = _UNBOUNDED
+    for key, amount in amounts.items():
+        total = fleet.get(key, 0)
+        if amount > 0 and total > 0:
+            room = min(room, int((allowed * total - held.get(key, 0)) // amount) + 1)
+    return room
 
 
 @dataclass(slots=True)
@@ -153,12 +214,16 @@ class FairOrder:
     that stops early reads no further. Placements are told to the book by the scheduler;
     standings are re-read after each."""
 
-    __slots__ = ("_book", "_dropped", "_gang", "_owner", "_pending")
+    __slots__ = ("_amounts", "_book", "_dropped", "_gang", "_owner", "_pending")
 
-    def __init__(self, pending: Sequence[Task], owner: Callable[[JobId], Owner | None], book: ShareBook | None) -> None:
+    def __init__(self, pending: Sequence[Task], owner: Callable[[JobId], Owner | None], book: ShareBook | None,
+                 amounts: Callable[[JobId], Mapping[str, float]] | None = None) -> None:
+        """``amounts``: what one task of a job holds (for checking standings only as often as they
+        can change the order)."""
         self._pending = pending
         self._owner = owner
         self._book = book
+        self._amounts = amounts
         self._dropped = False
         self._gang: Callable[[], list[Task]] = list
 
@@ -200,14 +265,20 @@ class FairOrder:
                     heapq.heappush(heap, (now_key, team))
                     continue
                 users = teams[team]
-                user = min(users, key=book.user_key) if len(users) > 1 else next(iter(users))
+                if len(users) > 1:
+                    ranked = sorted(users, key=book.user_key)
+                    user, next_user = ranked[0], book.user_key(ranked[1]) + SLACK
+                else:
+                    user, next_user = next(iter(users)), None
                 queue = users[user]
                 run = queue[0]
                 owner = Owner(band, team, user)
                 self._gang = lambda run=run: list(run)  # type: ignore[misc]
                 # Take this team's tasks while it stays the best team (a heap operation per switch,
-                # not per task).
-                next_key = heap[0][0] if heap else None
+                # not per task), reading standings again only when they may have passed the next.
+                next_key = (heap[0][0][0], heap[0][0][1] + SLACK) if heap else None
+                amounts = self._amounts(run[0].job_id) if self._amounts is not None else {}
+                checks = 1
                 taken = 0
                 while taken < len(run):
                     self._dropped = False
@@ -216,10 +287,16 @@ class FairOrder:
                         taken = len(run)
                         break
                     taken += 1
+                    checks -= 1
+                    if checks > 0:
+                        continue
                     if next_key is not None and book.team_key(team) > next_key:
                         break
-                    if len(users) > 1 and min(users, key=book.user_key) != user:
+                    if next_user is not None and book.user_key(user) > next_user:
                         break
+                    checks = book.team_room(team, amounts, next_key) if amounts else 1
+                    if next_user is not None and amounts:
+                        checks = min(checks, book.user_room(user, amounts, next_user))
                 del run[:taken]
                 if not run:
                     queue.pop(0)

@@ -151,7 +151,13 @@ class Scheduler:
                     job.band, config.team_of(job.owner) if config is not None else "", job.owner)
             return owners[job_id]
 
-        order = FairOrder(pending_tasks, owner_of if book is not None else (lambda job_id: None), book)
+        def amounts_of(job_id: JobId) -> Mapping[str, float]:
+            job = get_job(job_id)
+            return task_amounts(config, job.requirements, "") if job is not None and config is not None else {}
+
+        order = FairOrder(pending_tasks, owner_of if book is not None else (lambda job_id: None), book, amounts_of)
+        per_job: dict[JobId, Mapping[str, float]] = {}
+        """What one task of a job holds on a worker without devices (the same on every one)."""
         candidates: list[Candidate] = []
         """Work that found no room in this pass, in order: what preemption may make room for."""
 
@@ -209,7 +215,11 @@ class Scheduler:
                 cap = working[idx]
                 if fits_in(req, cap.cpu, cap.memory, cap.disk, cap.devices, cap.device_kind, cap.device_variant):
                     if book is not None and owner is not None:
-                        amounts = task_amounts(book.config, req, cap.device_variant)
+                        amounts = per_job.get(job_id) if cap.device_kind == "cpu" else None
+                        if amounts is None:
+                            amounts = task_amounts(book.config, req, cap.device_variant)
+                            if cap.device_kind == "cpu":
+                                per_job[job_id] = amounts
                         limited = book.over_limit(owner.team, amounts)
                         if limited:
                             break
