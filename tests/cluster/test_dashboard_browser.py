@@ -211,3 +211,20 @@ def api_job(cluster: LocalCluster, job_id: str) -> dict[str, Any]:
     with urllib.request.urlopen(request, timeout=30) as reply:
         data: dict[str, Any] = json.loads(reply.read())["job"]
     return data
+
+
+def test_browser_queue_and_share_pages(page: object, cluster: LocalCluster, shots: Path) -> None:
+    """Issue 24 item 6: the queue page (pending work in the scheduler's order) and the share page
+    (each team with its weight, use and standing)."""
+    p = page
+    p.click("#nav-share")  # type: ignore[attr-defined]
+    p.wait_for_selector("#share tbody tr[data-team='admin']")  # type: ignore[attr-defined]
+    row = p.inner_text("#share tbody tr[data-team='admin']")  # type: ignore[attr-defined]
+    assert "admin" in row and "(own)" in row  # the ticker runs: a team of one with its use
+    assert "built-in default" in p.inner_text("main")  # type: ignore[attr-defined]
+    p.screenshot(path=str(shots / "share.png"), full_page=True)  # type: ignore[attr-defined]
+    p.click("#nav-queue")  # type: ignore[attr-defined]
+    p.wait_for_selector("#queue")  # type: ignore[attr-defined]
+    assert "/queue" in p.url  # type: ignore[attr-defined]
+    assert "Band" in p.inner_text("#queue thead")  # type: ignore[attr-defined]
+    p.screenshot(path=str(shots / "queue.png"), full_page=True)  # type: ignore[attr-defined]

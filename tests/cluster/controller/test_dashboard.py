@@ -197,3 +197,22 @@ def test_dashboard_half_sent_requests_are_dropped_and_cost_no_thread_each(dashbo
         for s in flood:
             s.close()
         site.stop()
+
+
+def test_dashboard_share_and_queue_json_and_sharing_metrics(dashboard: Dashboard) -> None:
+    """Issue 24 item 6: the share and queue pages' data, in the shapes of `iris share --json` and
+    `iris queue --json`, and usage, running share and queue wait in /metrics."""
+    shares = json.loads(get(dashboard, "/api/shares")[1])
+    assert shares["source"] == "" and shares["max_preemptions_per_minute"] == 30
+    teams = {t["team"]: t for t in shares["teams"]}
+    assert {"team", "weight", "guarantee", "limit", "usage", "decayed_usage", "standing", "members"} <= set(teams[""])
+    queue = json.loads(get(dashboard, "/api/queue")[1])
+    assert queue["total"] == 2 and [e["job_id"] for e in queue["queue"]] == ["parent", "parent/child"]
+    assert [e["position"] for e in queue["queue"]] == [1, 2] and queue["queue"][0]["band"] == "interactive"
+    assert get(dashboard, "/api/queue?limit=0")[0] == 400
+    metrics = get(dashboard, "/metrics")[1]
+    assert "# TYPE iris_queue_wait_seconds histogram" in metrics
+    assert "# TYPE iris_team_usage_share_seconds gauge" in metrics
+    assert "# TYPE iris_team_running_share gauge" in metrics and "# TYPE iris_policy_preemptions_total counter" in metrics
+    for page in ("/queue", "/share"):
+        assert get(dashboard, page)[0] == 200

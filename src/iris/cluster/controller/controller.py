@@ -162,6 +162,7 @@ class Controller:
         """Prometheus metrics (``/metrics``): latencies observed here and by the service, counts at scrape."""
         self.metrics.observe_state(self.queries.counts, self.queries.lost_seconds)
         self.metrics.observe_reads(self.reads)
+        self.metrics.observe_sharing(self.queries.sharing_counts)
         self._scheduler = Scheduler(self._state)
         self._wake_event = threading.Event()
         self._stop = threading.Event()
@@ -650,7 +651,7 @@ class Controller:
                                              job_uid=ref.job_uid, busy_ports=report.busy_ports)
                 task = state.get_task(ref.task_id)
                 if changed and report.state == RUNNING and task is not None and task.started_at_ms is not None:
-                    self.metrics.scheduling_latency.observe(max(0, task.started_at_ms - task.pending_since_ms) / 1000)
+                    self.metrics.observe_wait(task.band, max(0, task.started_at_ms - task.pending_since_ms) / 1000)
                 if not changed and report.state not in TERMINAL_TASK_STATES and state.live_attempt(ref, worker_id) is None:
                     kill.append(ref)
         # The scheduling loop coalesces the wakes of several report batches into one pass (running

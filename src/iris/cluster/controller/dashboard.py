@@ -7,7 +7,8 @@ running attempt), ``/workers``, ``/worker/<id>``, ``/endpoints``.
 
 JSON API under ``/api/``, in the shapes of the CLI's ``--json`` (the client's models: snake_case,
 plain state names, numbers as numbers): ``/api/jobs`` (paged), ``/api/job?id=``, ``/api/logs``,
-``/api/workers``, ``/api/worker?id=``, ``/api/endpoints``, ``/api/actions``.
+``/api/workers``, ``/api/worker?id=``, ``/api/endpoints``, ``/api/actions``, ``/api/shares``,
+``/api/queue``.
 
 Trust: every route but ``/healthz`` and the login form needs a credential: ``Authorization:
 Bearer <token>`` or the HttpOnly, SameSite=Strict session cookie ``POST /login`` sets (the token
@@ -55,7 +56,7 @@ from iris.cluster.auth import Principal, Role
 from iris.cluster.controller.access import may_read_secrets, require_owner, require_role
 from iris.cluster.controller.controller import Controller
 from iris.cluster.controller.requests import LogQuery
-from iris.cluster.controller.service import endpoint_proto, job_proto, worker_proto
+from iris.cluster.controller.service import amounts_wire, endpoint_proto, job_proto, worker_proto
 from iris.cluster.errors import InvalidArgument, IrisError, NotFound
 from iris.cluster.files import is_loopback
 from iris.cluster.models import EndpointInfo, JobStatus, LogLine, WorkerInfo
@@ -78,7 +79,7 @@ page, the controller builds it at most once a second (reads never crowd out hear
 CACHE_ENTRIES = 256
 MAX_TASKS_SHOWN = 2000
 """A job page lists at most this many tasks (a 100k-task job's page stays small)."""
-PAGES = ("/", "/jobs", "/logs", "/workers", "/endpoints")
+PAGES = ("/", "/jobs", "/logs", "/workers", "/endpoints", "/queue", "/share")
 
 _LOGIN_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Iris: sign in</title>
@@ -200,6 +201,31 @@ class Dashboard:
              "worker_id": a.worker_id, "details": a.details}
             for a in self._controller.queries.recent_actions(200)
         ]}
+
+    def shares(self) -> dict[str, Any]:
+        """``iris share --json``'s teams, and the policy."""
+        view = self._controller.queries.shares(self._controller.now_ms())
+        teams = []
+        for t in view.teams:
+            teams.append({
+                "team": t.team, "weight": t.weight, "guarantee": amounts_wire(t.guarantee),
+                "limit": amounts_wire(t.limit), "running": amounts_wire(t.running), "usage": t.usage,
+                "decayed_usage": t.decayed_usage, "standing": t.standing, "own": t.own,
+                "under_guarantee": t.under_guarantee, "running_tasks": t.running_tasks,
+                "pending_tasks": t.pending_tasks,
+                "members": [{"user": m.user, "running": amounts_wire(m.running), "usage": m.usage,
+                             "decayed_usage": m.decayed_usage, "standing": m.standing,
+                             "running_tasks": m.running_tasks, "pending_tasks": m.pending_tasks} for m in t.members]})
+        return {"teams": teams, "source": view.source, "half_life_ms": view.half_life_ms,
+                "min_lease_ms": view.min_lease_ms, "max_preemptions_per_minute": view.max_preemptions_per_minute,
+                "fleet": amounts_wire(view.fleet)}
+
+    def queue(self, limit: int) -> dict[str, Any]:
+        """``iris queue --json``: pending jobs in the order the scheduler will consider them."""
+        entries, total = self._controller.queries.queue(self._controller.now_ms(), limit)
+        return {"queue": [{"job_id": e.job_id, "band": e.band, "team": e.team, "user": e.user, "position": e.position,
+                           "reason": e.reason, "pending_tasks": e.pending_tasks, "pending_since_ms": e.pending_since_ms}
+                          for e in entries], "total": total}
 
     def metrics(self) -> bytes:
         return generate_latest(self._controller.metrics.registry)
@@ -402,6 +428,15 @@ class Dashboard:
         async def api_actions(request: Request, principal: Principal) -> Any:
             return await read(dashboard.actions)
 
+        async def api_shares(request: Request, principal: Principal) -> Any:
+            return await read(dashboard.shares)
+
+        async def api_queue(request: Request, principal: Principal) -> Any:
+            limit = _int(request.query_params, "limit", 1000)
+            if limit is None or not 1 <= limit <= 10_000:
+                raise InvalidArgument(f"limit: must be between 1 and 10000, got {limit}")
+            return await read(lambda: dashboard.queue(limit))
+
         async def api_missing(request: Request, principal: Principal) -> Any:
             raise NotFound(f"no route {request.url.path}")
 
@@ -418,6 +453,8 @@ class Dashboard:
             Route("/api/worker", api(api_worker, cache=True)),
             Route("/api/endpoints", api(api_endpoints, cache=True)),
             Route("/api/actions", api(api_actions, cache=True)),
+            Route("/api/shares", api(api_shares, cache=True)),
+            Route("/api/queue", api(api_queue, cache=True)),
             Route("/api/{rest:path}", api(api_missing)),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
             *(Route(path, page) for path in PAGES),

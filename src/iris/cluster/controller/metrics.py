@@ -8,6 +8,7 @@ state, queue depth (pending tasks), workers by health, committed cpu, attempt ti
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -34,6 +35,18 @@ class ControllerMetrics:
         self.rpc_latency = Histogram(
             "iris_rpc_duration_seconds", "Controller RPC handling time, by method.", ["method"],
             buckets=RPC_BUCKETS, registry=self.registry)
+        self.queue_wait = Histogram(
+            "iris_queue_wait_seconds", "Time a task waited from PENDING until it was RUNNING, by priority band.",
+            ["band"], buckets=LATENCY_BUCKETS, registry=self.registry)
+
+    def observe_wait(self, band: str, seconds: float) -> None:
+        """A task started ``seconds`` after it last became PENDING, placed under ``band``."""
+        self.scheduling_latency.observe(seconds)
+        self.queue_wait.labels(band or "interactive").observe(seconds)
+
+    def observe_sharing(self, counts: Callable[[], SharingCounts]) -> None:
+        """Export usage and policy preemptions by team and band (issue 24), read at each scrape."""
+        self.registry.register(_SharingCollector(counts))
 
     def observe_reads(self, gate: ReadGate) -> None:
         """Export the read gate's counters (``iris.cluster.controller.reads``), read at each scrape."""
@@ -75,6 +88,39 @@ class _StateCollector(Collector):
         for cause, seconds in self._lost_seconds().items():
             attempt.add_metric([cause], seconds)
         yield attempt
+
+
+@dataclass(frozen=True, slots=True)
+class SharingCounts:
+    """Per team: decayed usage (share-seconds) and the share of the fleet held now; policy
+    preemptions by (team, band) of the victim."""
+
+    usage: dict[str, float]
+    running_share: dict[str, float]
+    preemptions: dict[tuple[str, str], int]
+
+
+class _SharingCollector(Collector):
+    def __init__(self, counts: Callable[[], SharingCounts]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._counts()
+        usage = GaugeMetricFamily("iris_team_usage_share_seconds", "Decayed usage of each team: its attempts' "
+                                  "dominant share of the fleet x seconds, halved every half-life.", labels=["team"])
+        for team, value in sorted(counts.usage.items()):
+            usage.add_metric([team], value)
+        yield usage
+        running = GaugeMetricFamily("iris_team_running_share", "Dominant share of the fleet each team's running "
+                                    "attempts hold now (0..1).", labels=["team"])
+        for team, value in sorted(counts.running_share.items()):
+            running.add_metric([team], value)
+        yield running
+        preempted = CounterMetricFamily("iris_policy_preemptions", "Attempts preempted by the sharing policy, by "
+                                        "the victim's team and band.", labels=["team", "band"])
+        for (team, band), n in sorted(counts.preemptions.items()):
+            preempted.add_metric([team, band], n)
+        yield preempted
 
 
 class _ReadsCollector(Collector):

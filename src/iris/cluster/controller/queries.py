@@ -16,6 +16,7 @@ from iris.cluster.controller.bundles import MemoryBundles, StateStore
 from iris.cluster.controller.capacity import WorkerSnapshot
 from iris.cluster.controller.changes import Changes
 from iris.cluster.controller.job import Job
+from iris.cluster.controller.metrics import SharingCounts
 from iris.cluster.controller.shareviews import (
     DEFAULT_QUEUE_LIMIT,
     QueueEntryView,
@@ -42,6 +43,7 @@ from iris.cluster.controller.views import (
     worker_view,
 )
 from iris.cluster.errors import InvalidArgument, NotFound
+from iris.cluster.sharing import dominant_share
 from iris.cluster.spec import matches_filters
 from iris.cluster.types import JOB_STATES, SUCCEEDED, TASK_STATES, JobId, WorkerId
 from iris.cluster.validation import check_filter, check_job_list, check_task_page
@@ -227,6 +229,14 @@ class Queries:
     def provisioning_summary(self) -> str:
         provisioner = self._provisioner()
         return provisioner.summary() if provisioner is not None else ""
+
+    def sharing_counts(self) -> SharingCounts:
+        """Usage and running share by team, policy preemptions by team and band (``/metrics``)."""
+        with self._changes.read() as state:
+            shares = state.shares
+            now = self._changes.clock.now_ms()
+            running = {team: dominant_share(held, shares.fleet) for team, held in shares.team_held.items()}
+            return SharingCounts(shares.team_usage(now), running, dict(shares.policy_preemptions))
 
     def lost_seconds(self) -> dict[str, float]:
         """Attempt time by how attempts ended, all jobs (``/metrics``)."""

@@ -1,6 +1,6 @@
 // Iris dashboard: a small single-page app over the JSON API under /api/ (the shapes of the
 // CLI's --json). Pages have URLs: /, /job/<id>, /logs?job=&task=&attempt=, /workers,
-// /worker/<id>, /endpoints. No framework, no CDN: the cluster may have no internet.
+// /worker/<id>, /endpoints, /queue, /share. No framework, no CDN: the cluster may have no internet.
 "use strict";
 
 const STATES = ["PENDING", "BUILDING", "RUNNING", "SUCCEEDED", "FAILED", "KILLED", "WORKER_FAILED", "UNSCHEDULABLE"];
@@ -212,6 +212,36 @@ const views = {
       }).join("") || `<li class="muted">None.</li>`}</ul>`;
   },
 
+  async queue() {
+    const data = await api("/api/queue");
+    const rows = data.queue.map((e) => `<tr><td>${e.position}</td><td>${jobLink(e.job_id)}</td><td>${esc(e.band)}</td>
+      <td>${esc(e.team)}</td><td>${esc(e.user)}</td><td>${e.pending_tasks}</td><td>${when(e.pending_since_ms)}</td>
+      <td>${esc(e.reason || "-")}</td></tr>`).join("");
+    const more = data.total > data.queue.length ? `<p class="muted">and ${data.total - data.queue.length} more</p>` : "";
+    return `<h1>Queue</h1><p class="muted">Pending jobs in the order the scheduler considers them: by priority band,
+      then team and user standing (fair share), then submission.</p><table id="queue"><thead><tr><th>#</th><th>Job</th>
+      <th>Band</th><th>Team</th><th>User</th><th>Tasks</th><th>Waiting since</th><th>Reason</th></tr></thead>
+      <tbody>${rows || `<tr><td colspan="8" class="muted">Nothing is waiting.</td></tr>`}</tbody></table>${more}`;
+  },
+
+  async share() {
+    const data = await api("/api/shares");
+    const amounts = (a, empty) => Object.entries(a).map(([k, v]) => k === "memory" ? `mem ${size(v)}` : `${esc(k)} ${+v.toFixed(3)}`).join(", ") || empty;
+    const rows = data.teams.map((t) => `<tr data-team="${esc(t.team)}"><td><b>${esc(t.team)}</b>${t.own ? ` <span class="muted">(own)</span>` : ""}</td>
+      <td>${t.weight}</td><td>${amounts(t.guarantee, "-")}</td><td>${amounts(t.limit, "fleet")}</td>
+      <td>${amounts(t.running, "-")}</td><td>${(t.usage * 100).toFixed(1)}%</td><td>${t.decayed_usage.toFixed(0)}</td>
+      <td>${t.standing.toFixed(3)}${t.under_guarantee ? ` <span class="pill good" title="under its guarantee: served first, may reclaim">under guarantee</span>` : ""}</td>
+      <td>${t.running_tasks}</td><td>${t.pending_tasks}</td></tr>` + (t.own ? "" : t.members.map((m) => `<tr class="member"><td>&nbsp;&nbsp;${esc(m.user)}</td>
+      <td></td><td></td><td></td><td>${amounts(m.running, "-")}</td><td>${(m.usage * 100).toFixed(1)}%</td>
+      <td>${m.decayed_usage.toFixed(0)}</td><td>${m.standing.toFixed(3)}</td><td>${m.running_tasks}</td><td>${m.pending_tasks}</td></tr>`).join(""))).join("");
+    return `<h1>Share</h1><p class="muted">Sharing: ${esc(data.source || "built-in default (every user a team of one, equal weights)")};
+      usage halves every ${seconds(data.half_life_ms)}; attempts younger than ${seconds(data.min_lease_ms)} are not preempted
+      (but by production work); at most ${data.max_preemptions_per_minute} preemptions a minute. Lower standing goes first within a band.</p>
+      <table id="share"><thead><tr><th>Team / user</th><th>Weight</th><th>Guarantee</th><th>Limit</th><th>Running</th>
+      <th>Use</th><th>Usage (share-s)</th><th>Standing</th><th>Tasks</th><th>Pending</th></tr></thead>
+      <tbody>${rows || `<tr><td colspan="10" class="muted">No teams yet.</td></tr>`}</tbody></table>`;
+  },
+
   async endpoints() {
     const data = await api("/api/endpoints");
     const rows = data.endpoints.map((e) => `<tr><td>${esc(e.name)}</td><td>${esc(e.address)}</td>
@@ -284,6 +314,8 @@ function route() {
   if (path === "/workers") return ["workers", params, null];
   if (path.startsWith("/worker/")) return ["worker", params, path.slice(8)];
   if (path === "/endpoints") return ["endpoints", params, null];
+  if (path === "/queue") return ["queue", params, null];
+  if (path === "/share") return ["share", params, null];
   return ["missing", params, null];
 }
 
@@ -292,7 +324,7 @@ async function render() {
   const [name, params, arg] = route();
   view = name;
   for (const a of document.querySelectorAll("header nav a")) a.classList.remove("active");
-  const nav = {jobs: "nav-jobs", job: "nav-jobs", logs: "nav-jobs", workers: "nav-workers", worker: "nav-workers", endpoints: "nav-endpoints"}[name];
+  const nav = {jobs: "nav-jobs", job: "nav-jobs", logs: "nav-jobs", workers: "nav-workers", worker: "nav-workers", endpoints: "nav-endpoints", queue: "nav-queue", share: "nav-share"}[name];
   if (nav) document.getElementById(nav).classList.add("active");
   try {
     if (name === "logs") { await logs.render(params); return; }
