@@ -546,3 +546,56 @@ def test_trust_tasks_die_with_their_worker(tmp_path: Path) -> None:
             assert time.monotonic() - killed_at < 10  # the grace (1 s, ignored here), then SIGKILL
         finally:
             api.close()
+
+
+def test_trust_users_jobs_are_theirs(cluster: LocalCluster, admin: Api, tmp_path: Path) -> None:
+    """Issue 24 item 5: job names are unique per owner (alice and bob both have a `train`); each
+    user lists their own jobs by default and sees another's job (owner, state, band) but not its
+    error text, logs or command; bare names are one's own; ids are whole in status and IRIS_JOB_ID."""
+    import json
+
+    alice, _ = user_api(admin, cluster, "alice")
+    bob, bob_token = user_api(admin, cluster, "bob")
+    try:
+        secret_line = "WANDB_API_KEY=alice-secret-123"
+        a = alice.launch("train", ["sh", "-c", f"echo $IRIS_JOB_ID; echo {secret_line} >&2; exit 3"])
+        b = bob.launch("train", ["sh", "-c", "echo bob"])
+        assert (a, b) == ("alice:train", "bob:train")
+        done = alice.wait("train", timeout=60)  # a bare name: her own
+        assert done.job_id == "alice:train" and done.state == T.JOB_STATE_FAILED and secret_line in done.error
+        assert alice.logs("train/task-0")[0] == "alice:train"
+        assert bob.wait("train", timeout=60).state == T.JOB_STATE_SUCCEEDED  # his own, the same name
+        seen = bob.job("alice:train", tasks=True)
+        assert seen.owner == "alice" and seen.state == T.JOB_STATE_FAILED and seen.priority == "interactive"
+        assert secret_line not in str(seen) and seen.error == "(hidden: another user's job)"
+        assert all(a.error in ("", "(hidden: another user's job)") for t in seen.tasks for a in t.attempts)
+        task = bob.stub.GetTaskStatus(C.GetTaskStatusRequest(job_id="alice:train", task_index=0), timeout=10).task
+        assert secret_line not in str(task)
+        assert code_of(lambda: bob.logs("alice:train/task-0")) is grpc.StatusCode.PERMISSION_DENIED
+        own = bob.stub.ListJobs(C.ListJobsRequest(), timeout=10).jobs
+        assert [j.job_id for j in own] == ["bob:train"]
+        everyone = bob.stub.ListJobs(C.ListJobsRequest(all_users=True, prefix="alice:"), timeout=10).jobs
+        assert [j.job_id for j in everyone] == ["alice:train"] and secret_line not in str(everyone)
+        theirs = bob.stub.ListJobs(C.ListJobsRequest(user="alice"), timeout=10).jobs
+        assert [j.job_id for j in theirs] == ["alice:train"] and theirs[0].error == "(hidden: another user's job)"
+        assert secret_line in admin.job("alice:train").error  # admins see all
+        # The CLI: your own by default, --all-users for everyone's, without their error text.
+        env = {**os.environ, "IRIS_CONTROLLER": cluster.controller_address, "IRIS_TOKEN": bob_token,
+               "IRIS_CONFIG_DIR": str(tmp_path / "cfg")}
+        listed = subprocess.run([sys.executable, "-m", "iris.cli.main", "job", "list", "--all-users", "--json"],
+                                env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+        jobs = {j["job_id"]: j for j in json.loads(listed)}
+        assert {"alice:train", "bob:train"} <= set(jobs) and secret_line not in listed
+        mine = subprocess.run([sys.executable, "-m", "iris.cli.main", "job", "list"], env=env, capture_output=True,
+                              text=True, timeout=60, check=True).stdout
+        assert "bob:train" in mine and "alice:train" not in mine
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_trust_a_token_name_must_be_a_user_name(admin: Api) -> None:
+    """User names prefix job ids ('<user>:<name>'): a name with other characters is refused."""
+    for bad in ("alice smith", "a:b", "../x", ""):
+        assert code_of(lambda bad=bad: admin.stub.CreateToken(C.CreateTokenRequest(name=bad, role="user"), timeout=10)) \
+            is grpc.StatusCode.INVALID_ARGUMENT

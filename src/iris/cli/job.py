@@ -432,13 +432,16 @@ def list_filter_options(fn: F) -> F:
 @click.option("--prefix", default="", help="Only jobs whose id starts with this.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Show the newest N jobs.")
 @click.option("--all", "show_all", is_flag=True, help="Show every job (overrides --limit).")
+@click.option("--user", "user", default="", help="Another user's jobs (without their error text unless yours).")
+@click.option("--all-users", is_flag=True, help="Everyone's jobs (others' without their error text).")
 @list_filter_options
 @json_option
 @verbose_option
 @handle_errors
-def list_cmd(controller: str, states: tuple[str, ...], prefix: str, limit: int, show_all: bool, as_json: bool,
-             verbose: bool, **where: tuple[str, ...]) -> None:
-    """List jobs, newest first (the newest 50 unless --limit or --all)."""
+def list_cmd(controller: str, states: tuple[str, ...], prefix: str, limit: int, show_all: bool, user: str,
+             all_users: bool, as_json: bool, verbose: bool, **where: tuple[str, ...]) -> None:
+    """List your jobs, newest first (the newest 50 unless --limit or --all); --user U or
+    --all-users for others'."""
     try:
         wanted = [parse_job_state(s) for s in states]
     except ValueError as e:
@@ -447,7 +450,8 @@ def list_cmd(controller: str, states: tuple[str, ...], prefix: str, limit: int, 
         # One more than shown tells whether there are more.
         # The wire's messages: a 25,000-job table converts none of them to models.
         protos = client.list_job_protos(wanted or None, prefix=prefix, limit=None if show_all else limit + 1,
-                                        newest_first=True, where={k: v for k, v in where.items() if v})
+                                        newest_first=True, where={k: v for k, v in where.items() if v},
+                                        user=user, all_users=all_users)
     more = not show_all and len(protos) > limit
     protos = protos if show_all else protos[:limit]
     if as_json:

@@ -514,17 +514,22 @@ class IrisClient:
     def list_jobs(
         self, state: JobState | str | Iterable[JobState | str] | None = None, prefix: str = "", *,
         limit: int | None = None, newest_first: bool = False, where: Mapping[str, Iterable[str]] | None = None,
+        user: str = "", all_users: bool = False,
     ) -> list[JobStatus]:
-        """Jobs, optionally only those in ``state`` (one or several), whose id starts with
-        ``prefix`` and whose spec passes ``where`` (a filterable job field and the texts it must
-        match, e.g. ``{"labels": ["team=ml"]}``); in submission order, or ``newest_first``; at most
-        ``limit`` of them (None: all), fetched page by page."""
+        """Your jobs (``user``: another user's; ``all_users``: everyone's, others' without their
+        error text), optionally only those in ``state`` (one or several), whose id starts with
+        ``prefix`` (a bare name is one of yours: ``train`` means ``<you>:train``) and whose spec
+        passes ``where`` (a filterable job field and the texts it must match, e.g.
+        ``{"labels": ["team=ml"]}``); in submission order, or ``newest_first``; at most ``limit``
+        of them (None: all), fetched page by page."""
         return [JobStatus.from_proto(j) for j in self.list_job_protos(state, prefix, limit=limit,
-                                                                       newest_first=newest_first, where=where)]
+                                                                       newest_first=newest_first, where=where,
+                                                                       user=user, all_users=all_users)]
 
     def list_job_protos(
         self, state: JobState | str | Iterable[JobState | str] | None = None, prefix: str = "", *,
         limit: int | None = None, newest_first: bool = False, where: Mapping[str, Iterable[str]] | None = None,
+        user: str = "", all_users: bool = False,
     ) -> list[cluster_pb2.JobStatus]:
         """``list_jobs`` as the wire's ``JobStatus`` messages (no conversion: for a long table)."""
         if limit is not None and limit < 0:
@@ -545,7 +550,7 @@ class IrisClient:
                 return jobs
             request = cluster_pb2.Controller.ListJobsRequest(
                 states=[s.to_proto() for s in states], prefix=prefix, page_token=token, page_size=page_size,
-                newest_first=newest_first, filters=filters,
+                newest_first=newest_first, filters=filters, user=user, all_users=all_users,
             )
             response = self._call(self._stub.ListJobs, request, "jobs")
             jobs.extend(response.jobs)

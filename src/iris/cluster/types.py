@@ -45,6 +45,30 @@ def task_id_for(job_id: JobId, index: int) -> TaskId:
     return TaskId(f"{job_id}{_TASK_SUFFIX}{index}")
 
 
+OWNER_SEP = ":"
+"""Between a root job's owner and its name: ``alice:train`` (``:`` is in no job or user name)."""
+
+
+def root_job_id(owner: str, name: str) -> JobId:
+    """A root job's id: ``"{owner}:{name}"``; job names are unique per owner (``name`` alone for a
+    job without an owner)."""
+    return JobId(f"{owner}{OWNER_SEP}{name}" if owner else name)
+
+
+def owner_of_job_id(job_id: str) -> str:
+    """The owner named in a job, child job or task id ("" for an id without one)."""
+    owner, sep, _ = job_id.split("/", 1)[0].partition(OWNER_SEP)
+    return owner if sep else ""
+
+
+def qualify_job_id(job_id: str, user: str) -> str:
+    """An id as a user typed it: a bare name (``train``, ``train/child``, ``train/task-0``) means one
+    of ``user``'s own jobs; an id with an owner (``bob:train``) is taken whole."""
+    if not job_id or not user or OWNER_SEP in job_id.split("/", 1)[0]:
+        return job_id
+    return f"{user}{OWNER_SEP}{job_id}"
+
+
 def child_job_id(parent_id: JobId, name: str) -> JobId:
     """Id of a child job: ``"{parent_id}/{name}"``."""
     return JobId(f"{parent_id}/{name}")

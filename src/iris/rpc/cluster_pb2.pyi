@@ -1452,6 +1452,8 @@ class Controller(_message.Message):
         PAGE_TOKEN_FIELD_NUMBER: _builtins.int
         NEWEST_FIRST_FIELD_NUMBER: _builtins.int
         FILTERS_FIELD_NUMBER: _builtins.int
+        USER_FIELD_NUMBER: _builtins.int
+        ALL_USERS_FIELD_NUMBER: _builtins.int
         prefix: _builtins.str
         """job id prefix (at most 1024 characters)"""
         page_size: _builtins.int
@@ -1460,6 +1462,11 @@ class Controller(_message.Message):
         """next_page_token of the previous page; empty: from the start"""
         newest_first: _builtins.bool
         """pages from the newest job back (`iris job list`)"""
+        user: _builtins.str
+        """Whose jobs (issue 24): by default the caller's own ("<user>:..."); `user` names another
+        user's, `all_users` everyone's. Other users' jobs come without error text or command.
+        """
+        all_users: _builtins.bool
         @_builtins.property
         def states(self) -> _containers.RepeatedScalarFieldContainer[Global___JobState.ValueType]:
             """empty: all states (at most 16)"""
@@ -1479,10 +1486,12 @@ class Controller(_message.Message):
             page_token: _builtins.str = ...,
             newest_first: _builtins.bool = ...,
             filters: _abc.Iterable[Global___Controller.SpecFilter] | None = ...,
+            user: _builtins.str = ...,
+            all_users: _builtins.bool = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["filters", b"filters", "newest_first", b"newest_first", "page_size", b"page_size", "page_token", b"page_token", "prefix", b"prefix", "states", b"states"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["all_users", b"all_users", "filters", b"filters", "newest_first", b"newest_first", "page_size", b"page_size", "page_token", b"page_token", "prefix", b"prefix", "states", b"states", "user", b"user"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

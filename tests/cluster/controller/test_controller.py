@@ -598,14 +598,17 @@ def test_endpoint_names_are_not_shared_between_users_and_a_task_holds_a_bounded_
         schedule(c, fake, 3)
 
         def add(task: str, name: str) -> str:
+            owner = "bob" if task.startswith("bob") else "alice"
             return wire.register_endpoint(c, T.Controller.RegisterEndpointRequest(
-                name=name, address="h:1", task_id=f"{task}/task-0", attempt_id=0))
+                name=name, address="h:1", task_id=f"{owner}:{task}/task-0", attempt_id=0))
 
+        # Through the service a name is in its owner's namespace (``service.endpoint_name``: bob's
+        # "svc/api" is "bob:svc/api"); the state refuses a name held by another user's task anyway.
         add("alice-job", "svc/api")
         add("alice-other", "svc/api")  # the same user's tasks may serve one name together
         with pytest.raises(PermissionDenied, match="registered by another user's task"):
             add("bob-job", "svc/api")
-        assert sorted(e.job_id for e in c.queries.list_endpoints("svc/")) == ["alice-job", "alice-other"]
+        assert sorted(e.job_id for e in c.queries.list_endpoints("svc/")) == ["alice:alice-job", "alice:alice-other"]
         add("alice-job", "a")
         add("alice-job", "b")
         with pytest.raises(ResourceExhausted, match="at most 3 endpoints"):

@@ -30,10 +30,11 @@ def dashboard() -> Iterator[Dashboard]:
     entry = T.Entrypoint(command=T.CommandEntrypoint(argv=["true"])).SerializeToString()
     for name in ("train", "parent"):
         wire.launch_job(controller, T.Controller.LaunchJobRequest(
-            name=name, serialized_entrypoint=entry, resources=ResourceSpec(cpu=1, replicas=3).to_proto()))
+            name=name, serialized_entrypoint=entry, resources=ResourceSpec(cpu=1, replicas=3).to_proto()), owner="admin")
     wire.launch_job(controller, T.Controller.LaunchJobRequest(
-        name="child", parent_job_id="parent", serialized_entrypoint=entry, resources=ResourceSpec().to_proto()))
-    controller.terminate_job(controller.queries.get_job("train").job_id)  # type: ignore[arg-type]
+        name="child", parent_job_id="admin:parent", serialized_entrypoint=entry, resources=ResourceSpec().to_proto()),
+        owner="admin")
+    controller.terminate_job(controller.queries.get_job("admin:train").job_id)  # type: ignore[arg-type]
     _, TOKENS["admin"] = controller.create_token("admin", Role.ADMIN)
     d = Dashboard(controller, "127.0.0.1", 0)
     d.start()
@@ -71,28 +72,28 @@ def test_dashboard_jobs_and_job_detail_json(dashboard: Dashboard) -> None:
     status, body = get(dashboard, "/api/jobs")
     listed = json.loads(body)["jobs"]
     jobs = {j["job_id"]: j for j in listed}
-    assert status == 200 and [j["job_id"] for j in listed] == ["parent/child", "parent", "train"]  # newest first
+    assert status == 200 and [j["job_id"] for j in listed] == ["admin:parent/child", "admin:parent", "admin:train"]  # newest first
     # The CLI's --json shapes: snake_case, plain state names, numbers as numbers.
-    assert jobs["train"]["state"] == "KILLED" and jobs["parent"]["num_tasks"] == 3
-    assert jobs["parent"]["counts"]["pending"] == 3 and isinstance(jobs["parent"]["submitted_at_ms"], int)
+    assert jobs["admin:train"]["state"] == "KILLED" and jobs["admin:parent"]["num_tasks"] == 3
+    assert jobs["admin:parent"]["counts"]["pending"] == 3 and isinstance(jobs["admin:parent"]["submitted_at_ms"], int)
     status, body = get(dashboard, "/api/job?id=parent/child")
     job = json.loads(body)["job"]
-    assert status == 200 and job["parent_job_id"] == "parent" and [t["task_id"] for t in job["tasks"]] == [
-        "parent/child/task-0"
+    assert status == 200 and job["parent_job_id"] == "admin:parent" and [t["task_id"] for t in job["tasks"]] == [
+        "admin:parent/child/task-0"
     ]
 
 
 def test_dashboard_jobs_api_filters_and_pages(dashboard: Dashboard) -> None:
     killed = json.loads(get(dashboard, "/api/jobs?state=killed")[1])["jobs"]
-    assert [j["job_id"] for j in killed] == ["train"]
+    assert [j["job_id"] for j in killed] == ["admin:train"]
     by_prefix = json.loads(get(dashboard, "/api/jobs?prefix=parent")[1])["jobs"]
-    assert {j["job_id"] for j in by_prefix} == {"parent", "parent/child"}
+    assert {j["job_id"] for j in by_prefix} == {"admin:parent", "admin:parent/child"}
     first = json.loads(get(dashboard, "/api/jobs?page_size=2")[1])
     assert len(first["jobs"]) == 2 and first["next_page_token"]
     rest = json.loads(get(dashboard, f"/api/jobs?page_size=2&page_token={first['next_page_token']}")[1])
-    assert [j["job_id"] for j in first["jobs"] + rest["jobs"]] == ["parent/child", "parent", "train"]
+    assert [j["job_id"] for j in first["jobs"] + rest["jobs"]] == ["admin:parent/child", "admin:parent", "admin:train"]
     oldest = json.loads(get(dashboard, "/api/jobs?newest_first=0")[1])["jobs"]
-    assert [j["job_id"] for j in oldest] == ["train", "parent", "parent/child"]
+    assert [j["job_id"] for j in oldest] == ["admin:train", "admin:parent", "admin:parent/child"]
     for bad, needle in (("/api/jobs?state=nope", "state"), ("/api/jobs?page_size=-1", "page_size"),
                         ("/api/jobs?page_token=zzz", "page_token"), ("/api/logs", "task"),
                         ("/api/logs?task=train/task-0&tail=99999999999999999999", "tail"),
@@ -205,9 +206,10 @@ def test_dashboard_share_and_queue_json_and_sharing_metrics(dashboard: Dashboard
     shares = json.loads(get(dashboard, "/api/shares")[1])
     assert shares["source"] == "" and shares["max_preemptions_per_minute"] == 30
     teams = {t["team"]: t for t in shares["teams"]}
-    assert {"team", "weight", "guarantee", "limit", "usage", "decayed_usage", "standing", "members"} <= set(teams[""])
+    assert {"team", "weight", "guarantee", "limit", "usage", "decayed_usage", "standing", "members"} <= set(teams["admin"])
+    assert teams["admin"]["pending_tasks"] == 4 and teams["admin"]["own"]
     queue = json.loads(get(dashboard, "/api/queue")[1])
-    assert queue["total"] == 2 and [e["job_id"] for e in queue["queue"]] == ["parent", "parent/child"]
+    assert queue["total"] == 2 and [e["job_id"] for e in queue["queue"]] == ["admin:parent", "admin:parent/child"]
     assert [e["position"] for e in queue["queue"]] == [1, 2] and queue["queue"][0]["band"] == "interactive"
     assert get(dashboard, "/api/queue?limit=0")[0] == 400
     metrics = get(dashboard, "/metrics")[1]

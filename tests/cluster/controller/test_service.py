@@ -63,10 +63,10 @@ def code_and_details(fn: object, request: object) -> tuple[grpc.StatusCode, str]
 
 
 def test_service_launch_and_status_counts(stub: cluster_pb2_grpc.ControllerServiceStub) -> None:
-    assert stub.LaunchJob(good_request("train")).job_id == "train"
-    job = stub.GetJobStatus(C.GetJobStatusRequest(job_id="train", include_tasks=True)).job
-    assert (job.state, job.num_tasks, job.tasks_pending) == (T.JOB_STATE_PENDING, 2, 2)
-    assert [t.task_id for t in job.tasks] == ["train/task-0", "train/task-1"]
+    assert stub.LaunchJob(good_request("train")).job_id == "admin:train"  # names are unique per owner
+    job = stub.GetJobStatus(C.GetJobStatusRequest(job_id="train", include_tasks=True)).job  # a bare name: mine
+    assert (job.job_id, job.state, job.num_tasks, job.tasks_pending) == ("admin:train", T.JOB_STATE_PENDING, 2, 2)
+    assert [t.task_id for t in job.tasks] == ["admin:train/task-0", "admin:train/task-1"]
     assert stub.GetTaskStatus(C.GetTaskStatusRequest(job_id="train", task_index=1)).task.task_index == 1
     assert len(stub.ListTasks(C.ListTasksRequest(job_id="train")).tasks) == 2
 
@@ -150,7 +150,7 @@ def test_service_duplicate_and_unknown(stub: cluster_pb2_grpc.ControllerServiceS
     assert code_and_details(stub.FetchBundle, C.FetchBundleRequest(bundle_hash="ab"))[0] == grpc.StatusCode.NOT_FOUND
     assert code_and_details(stub.LookupEndpoint, C.LookupEndpointRequest(name="x"))[0] == grpc.StatusCode.NOT_FOUND
     assert code_and_details(stub.ListTasks, C.ListTasksRequest(job_id=""))[0] == grpc.StatusCode.INVALID_ARGUMENT
-    assert [j.job_id for j in stub.ListJobs(C.ListJobsRequest()).jobs] == ["dup"]
+    assert [j.job_id for j in stub.ListJobs(C.ListJobsRequest()).jobs] == ["admin:dup"]
 
 
 def test_service_list_jobs_filters_by_state_and_prefix(stub: cluster_pb2_grpc.ControllerServiceStub) -> None:
@@ -158,9 +158,9 @@ def test_service_list_jobs_filters_by_state_and_prefix(stub: cluster_pb2_grpc.Co
         stub.LaunchJob(good_request(name))
     stub.TerminateJob(C.TerminateJobRequest(job_id="train-b"))
     jobs = stub.ListJobs(C.ListJobsRequest(prefix="train")).jobs
-    assert sorted(j.job_id for j in jobs) == ["train-a", "train-b"]
+    assert sorted(j.job_id for j in jobs) == ["admin:train-a", "admin:train-b"]
     jobs = stub.ListJobs(C.ListJobsRequest(states=[T.JOB_STATE_KILLED])).jobs
-    assert [j.job_id for j in jobs] == ["train-b"]
+    assert [j.job_id for j in jobs] == ["admin:train-b"]
 
 
 def test_service_bundle_roundtrip_and_child_reuses_parent_bundle(stub: cluster_pb2_grpc.ControllerServiceStub) -> None:
@@ -172,7 +172,7 @@ def test_service_bundle_roundtrip_and_child_reuses_parent_bundle(stub: cluster_p
     assert stub.FetchBundle(C.FetchBundleRequest(bundle_hash=digest)).blob == blob
     wrong = good_request("other", bundle_blob=blob, bundle_hash="0" * 64)
     assert code_and_details(stub.LaunchJob, wrong)[0] == grpc.StatusCode.INVALID_ARGUMENT
-    assert stub.LaunchJob(good_request("child", parent_job_id="parent")).job_id == "parent/child"
+    assert stub.LaunchJob(good_request("child", parent_job_id="parent")).job_id == "admin:parent/child"
 
 
 def test_service_survives_malformed_bytes_on_every_rpc(
@@ -186,7 +186,7 @@ def test_service_survives_malformed_bytes_on_every_rpc(
                                        request_serializer=lambda b: b, response_deserializer=lambda b: b)
             with pytest.raises(grpc.RpcError):
                 call(b"\x0a\xff\xff\xff\xff\xff", timeout=10)
-    assert [j.job_id for j in stub.ListJobs(C.ListJobsRequest()).jobs] == ["keep"]
+    assert [j.job_id for j in stub.ListJobs(C.ListJobsRequest()).jobs] == ["admin:keep"]
 
 
 def test_service_report_and_register_validation(stub: cluster_pb2_grpc.ControllerServiceStub) -> None:
@@ -235,11 +235,11 @@ def test_service_job_status_carries_its_spec_redacted_for_other_users(
     assert dict(own.environment.env_vars) == {"API_KEY": "s3cret"} and own.serialized_entrypoint
     with authed_channel(server.address, bob) as channel:
         other = cluster_pb2_grpc.ControllerServiceStub(channel).GetJobStatus(
-            C.GetJobStatusRequest(job_id="secretive")).job.spec
+            C.GetJobStatusRequest(job_id="alice:secretive")).job.spec
     assert not other.environment.env_vars and not other.serialized_entrypoint
     assert (other.max_retries_failure, list(other.ports)) == (2, ["http"])
     # Lists stay lean: no spec per job.
-    assert not stub.ListJobs(C.ListJobsRequest()).jobs[0].HasField("spec")
+    assert not stub.ListJobs(C.ListJobsRequest(all_users=True)).jobs[0].HasField("spec")
 
 
 def test_service_list_filters_name_the_field_and_the_rule(stub: cluster_pb2_grpc.ControllerServiceStub) -> None:
@@ -248,3 +248,31 @@ def test_service_list_filters_name_the_field_and_the_rule(stub: cluster_pb2_grpc
     code, details = code_and_details(stub.ListJobs, C.ListJobsRequest(
         filters=[C.SpecFilter(field="x", value="y")] * 17))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "at most 16" in details
+
+
+def test_bare_names_are_the_callers_own_and_an_owner_prefix_is_taken_whole() -> None:
+    """Issue 24 item 5: '<user>:<name>' ids; a bare name (a job, child, task or endpoint) is the
+    caller's own; a list shows one's own jobs unless it names a user or asks for all users; a task
+    registers endpoint names in its owner's namespace only."""
+    from iris.cluster.auth import Principal
+    from iris.cluster.controller.access import qualify
+    from iris.cluster.controller.service import endpoint_name, list_prefix
+    from iris.cluster.errors import InvalidArgument, PermissionDenied
+    from iris.cluster.types import owner_of_job_id, qualify_job_id, root_job_id
+
+    alice = Principal(Role.USER, "alice")
+    task = Principal(Role.TASK, "alice:train/task-0", job_id="alice:train", attempt_id=0)
+    assert root_job_id("alice", "train") == "alice:train" and root_job_id("", "train") == "train"
+    assert owner_of_job_id("alice:train/child/task-3") == "alice" and owner_of_job_id("train/task-0") == ""
+    assert qualify_job_id("train/task-0", "bob") == "bob:train/task-0"
+    assert qualify(alice, "train") == "alice:train" and qualify(alice, "bob:train") == "bob:train"
+    assert qualify(task, "train/child") == "alice:train/child"  # a task's bare names are its owner's
+    assert list_prefix(alice, "", "", False) == "alice:" and list_prefix(alice, "tr", "", False) == "alice:tr"
+    assert list_prefix(alice, "", "bob", False) == "bob:" and list_prefix(alice, "", "", True) == ""
+    assert list_prefix(alice, "bob:x", "", False) == "bob:x"
+    with pytest.raises(InvalidArgument, match="prefix: names jobs of 'bob', not of user 'carol'"):
+        list_prefix(alice, "bob:x", "carol", False)
+    assert endpoint_name("alice:train/task-0", "svc") == "alice:svc"
+    assert endpoint_name("alice:train/task-0", "alice:svc") == "alice:svc"
+    with pytest.raises(PermissionDenied, match="in the namespace of user 'bob'"):
+        endpoint_name("alice:train/task-0", "bob:svc")

@@ -592,3 +592,32 @@ def test_a_damaged_row_is_an_error_naming_its_table_never_a_traceback(tmp_path: 
     conn.close()
     with ControllerStore.open(tmp_path) as store, pytest.raises(StoreError, match="a damaged row in table jobs"):
         store.load()
+
+
+def test_migration_gives_owned_jobs_their_owners_prefix(tmp_path: Path) -> None:
+    """Issue 24 item 5: a v8 file's job names were one namespace; from v9 a root job's id is
+    '<owner>:<name>', and its children's, tasks', attempts', results' and endpoints' ids follow."""
+    with ControllerStore.open(tmp_path, migrations=MIGRATIONS[:8]) as store:
+        state = ControllerState()
+        add_worker(state, "w1", cpu=4)
+        submit(state, "train", owner="alice", replicas=2)
+        submit(state, "child", owner="alice", parent_job_id="train")
+        submit(state, "old", owner="")  # from before owners: stays as it was
+        dispatch(state, TaskId("train/task-0"), "w1")
+        state.add_endpoint(ControllerEndpoint("e1", "svc", "10.0.0.1:80", JobId("train"), task_id=TaskId("train/task-0")),
+                           TaskId("train/task-0"))
+        store.write(state, state.drain_effects())
+        store.put_result("train/task-1", 0, b"r")
+    with ControllerStore.open(tmp_path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        loaded = store.load()
+        loaded.check_invariants()
+    assert sorted(j.job_id for j in loaded.list_jobs()) == ["alice:train", "alice:train/child", "old"]
+    child = loaded.get_job(JobId("alice:train/child"))
+    assert child is not None and child.parent_job_id == "alice:train" and child.spec.parent_job_id == "alice:train"
+    assert loaded.get_child_jobs(JobId("alice:train")) == ["alice:train/child"]
+    running = loaded.get_task(TaskId("alice:train/task-0"))
+    assert running is not None and running.worker_id == "w1"
+    assert [e.task_id for e in loaded.lookup_endpoints("alice:svc")] == ["alice:train/task-0"]
+    with ControllerStore.open(tmp_path) as store:
+        assert store.get_result("alice:train/task-1") == (0, b"r")

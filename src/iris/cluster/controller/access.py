@@ -12,10 +12,25 @@ from __future__ import annotations
 from iris.cluster import bands
 from iris.cluster.auth import Principal, Role
 from iris.cluster.errors import PermissionDenied, Unauthenticated
+from iris.cluster.types import owner_of_job_id, qualify_job_id
 
 __all__ = ["ANONYMOUS_LOCAL", "PermissionDenied", "Unauthenticated", "in_task_scope", "may_read_secrets",
            "require_attempt", "require_own_worker", "require_owner", "require_reader", "require_role",
-           "registration_gets_credential", "task_list_prefix", "task_parent"]
+           "qualify", "registration_gets_credential", "task_list_prefix", "task_parent", "user_of"]
+
+
+def user_of(principal: Principal) -> str:
+    """Whose jobs a caller's bare job names mean: a user's or admin's own, a task's job owner's."""
+    if principal.role in (Role.USER, Role.ADMIN):
+        return principal.name
+    if principal.role is Role.TASK:
+        return owner_of_job_id(principal.job_id)
+    return ""
+
+
+def qualify(principal: Principal, job_id: str) -> str:
+    """A job or task id from ``principal``: a bare name is one of its user's jobs (``qualify_job_id``)."""
+    return qualify_job_id(job_id, user_of(principal))
 
 
 def require_role(principal: Principal, *roles: Role, what: str) -> None:

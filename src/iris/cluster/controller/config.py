@@ -93,4 +93,5 @@ class ControllerConfig:
         job's ``/`` kept as ``__``; one incarnation's never another's). None without a shared dir."""
         if self.shared_dir is None:
             return None
-        return self.shared_dir / "checkpoints" / (owner or "_") / f"{job_id.replace('/', '__')}.{uid}"
+        name = job_id.removeprefix(f"{owner}:") if owner else job_id  # under its owner's dir already
+        return self.shared_dir / "checkpoints" / (owner or "_") / f"{name.replace('/', '__')}.{uid}"

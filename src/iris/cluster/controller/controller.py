@@ -94,6 +94,7 @@ from iris.cluster.types import (
     WorkerId,
     child_job_id,
     job_state_name,
+    root_job_id,
     task_state_name,
 )
 from iris.cluster.validation import check_id
@@ -317,7 +318,7 @@ class Controller:
                 if not spec.bundle_hash and not bundle_blob and parent.bundle_hash:
                     spec = spec.replace(bundle_hash=parent.bundle_hash)  # child jobs reuse the parent's workspace
             else:
-                job_id = JobId(spec.name)
+                job_id = root_job_id(owner, spec.name)  # names are unique per owner: "alice:train"
                 band = bands.effective_band(spec.priority, None, max_priority)
             if band != spec.priority:
                 spec = spec.replace(priority=band)  # stored resolved: status and the queue read it

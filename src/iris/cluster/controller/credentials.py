@@ -25,7 +25,10 @@ from iris.cluster.auth import (
 from iris.cluster.controller.access import ANONYMOUS_LOCAL, PermissionDenied, Unauthenticated
 from iris.cluster.controller.changes import Changes
 from iris.cluster.errors import AlreadyExists, InvalidArgument, NotFound
-from iris.cluster.types import AttemptRef, TaskId, WorkerId
+from iris.cluster.types import JOB_NAME_RE, AttemptRef, TaskId, WorkerId
+
+USER_NAME_RULE = ("a user name is 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit "
+                  "(it prefixes the user's job ids: '<user>:<job name>')")
 
 
 class Credentials:
@@ -62,6 +65,12 @@ class Credentials:
             raise Unauthenticated("unknown token")
         if record.revoked:
             raise Unauthenticated(f"token {record.token_id} was revoked")
+        if record.role in (Role.USER, Role.ADMIN) and not JOB_NAME_RE.fullmatch(record.name):
+            # Made before user names prefixed job ids ("<user>:<name>"): it cannot own jobs.
+            raise Unauthenticated(
+                f"token {record.token_id} is for {record.name[:40]!r}, which is no longer a valid user name "
+                f"({USER_NAME_RULE}); an admin can re-create it: `iris token revoke {record.token_id}` and "
+                "`iris token create --user NEW_NAME`")
         return Principal(record.role, record.name, token_id=record.token_id, max_priority=record.max_priority)
 
     def task_token(self, task_id: str, attempt_id: int, job_uid: str = "") -> str:
@@ -81,9 +90,8 @@ class Credentials:
     def create_token(self, name: str, role: Role, max_priority: str = "") -> tuple[TokenRecord, str]:
         """A new token (returned once, in clear) for ``name``; only its hash is kept. ``max_priority``:
         the highest band its jobs may ask for ("": the role's default)."""
-        if not name or len(name) > 128 or not name.isprintable() or name.strip() != name:
-            raise InvalidArgument(f"name: must be 1-128 printable characters without surrounding spaces, got "
-                                  f"{name[:40]!r}")
+        if not JOB_NAME_RE.fullmatch(name or ""):
+            raise InvalidArgument(f"name: {USER_NAME_RULE}, got {name[:40]!r}")
         bands.check_band(max_priority, "max_priority")
         token = generate_token()
         with self._changes.change() as tx:

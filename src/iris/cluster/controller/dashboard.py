@@ -53,10 +53,23 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from iris.cluster.addresses import advertise_host, host_port, is_wildcard
 from iris.cluster.auth import Principal, Role
-from iris.cluster.controller.access import may_read_secrets, require_owner, require_role
+from iris.cluster.controller.access import (
+    ANONYMOUS_LOCAL,
+    may_read_secrets,
+    qualify,
+    require_owner,
+    require_role,
+)
 from iris.cluster.controller.controller import Controller
 from iris.cluster.controller.requests import LogQuery
-from iris.cluster.controller.service import amounts_wire, endpoint_proto, job_proto, worker_proto
+from iris.cluster.controller.service import (
+    amounts_wire,
+    endpoint_proto,
+    job_proto,
+    list_prefix,
+    private,
+    worker_proto,
+)
 from iris.cluster.errors import InvalidArgument, IrisError, NotFound
 from iris.cluster.files import is_loopback
 from iris.cluster.models import EndpointInfo, JobStatus, LogLine, WorkerInfo
@@ -147,29 +160,34 @@ class Dashboard:
 
     # ------------------------------------------------------------------ the JSON views
 
-    def jobs(self, *, states: list[str] | None = None, prefix: str = "", page_size: int = 0, page_token: str = "",
-             newest_first: bool = True, where: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    def jobs(self, principal: Principal = ANONYMOUS_LOCAL, *, states: list[str] | None = None, prefix: str = "",
+             page_size: int = 0, page_token: str = "", newest_first: bool = True,
+             where: dict[str, list[str]] | None = None, user: str = "", all_users: bool = False) -> dict[str, Any]:
+        """A page of jobs as ``iris job list --json`` shows them: the caller's own unless ``user`` or
+        ``all_users`` (others' without their error text)."""
         codes = []
         for name in states or []:
             key = "JOB_STATE_" + name.strip().upper()
             if key not in cluster_pb2.JobState.keys():
                 raise InvalidArgument(f"state: unknown job state {name!r}")
             codes.append(cluster_pb2.JobState.Value(key))
-        page = self._controller.queries.list_jobs(states=codes, prefix=prefix, page_size=page_size,
-                                                  page_token=page_token, newest_first=newest_first,
-                                                  filters=parse_list_filters(where or {}))
-        return {"jobs": [JobStatus.from_proto(job_proto(j)).to_dict() for j in page.jobs],
+        page = self._controller.queries.list_jobs(states=codes, prefix=list_prefix(principal, prefix, user, all_users),
+                                                  page_size=page_size, page_token=page_token,
+                                                  newest_first=newest_first, filters=parse_list_filters(where or {}))
+        return {"jobs": [JobStatus.from_proto(private(job_proto(j), principal, j.owner)).to_dict() for j in page.jobs],
                 "next_page_token": page.next_page_token}
 
     def job(self, job_id: str, principal: Principal) -> dict[str, Any]:
+        job_id = qualify(principal, job_id)
         job, tasks = self._controller.queries.job_status(JobId(job_id), include_tasks=True, task_limit=MAX_TASKS_SHOWN)
         shown = list(tasks or [])
         spec_for = may_read_secrets(principal, job.job_id, job.owner)
-        data = JobStatus.from_proto(job_proto(job, shown, spec_for=spec_for)).to_dict()
+        data = JobStatus.from_proto(private(job_proto(job, shown, spec_for=spec_for), principal, job.owner)).to_dict()
         return {"job": data, "tasks_shown": len(shown)}
 
     def logs(self, principal: Principal, task_id: str, attempt: int | None, offset: int | None, tail: int,
              max_lines: int) -> dict[str, Any]:
+        task_id = qualify(principal, task_id)
         try:
             job_id, _ = parse_task_id(task_id)
         except ValueError as e:
@@ -324,8 +342,9 @@ class Dashboard:
                 try:
                     await paced()
                     principal = who(request)
-                    if cache:  # after the credential check: the copy is only what any reader may see
-                        key = f"{request.url.path}?{request.url.query}"
+                    if cache:  # after the credential check; keyed per reader below
+                        # Per reader: what a page shows depends on whose jobs they are (issue 24).
+                        key = f"{principal.role.value}:{principal.name}:{request.url.path}?{request.url.query}"
                         body = await asyncio.wait_for(cached(key, lambda: handler(request, principal)),
                                                       dashboard._request_timeout_s)
                         return Response(body, media_type="application/json")
@@ -399,9 +418,9 @@ class Dashboard:
             q = request.query_params
             states = [s for part in q.getlist("state") for s in part.split(",") if s.strip()]
             return await read(lambda: dashboard.jobs(
-                states=states, prefix=q.get("prefix", ""), page_size=_int(q, "page_size", 0) or 0,
+                principal, states=states, prefix=q.get("prefix", ""), page_size=_int(q, "page_size", 0) or 0,
                 page_token=q.get("page_token", ""), newest_first=q.get("newest_first", "1") not in ("0", "false"),
-                where=_list_filters(q)))
+                where=_list_filters(q), user=q.get("user", ""), all_users=q.get("all_users", "") in ("1", "true")))
 
         async def api_job(request: Request, principal: Principal) -> Any:
             job_id = _required(request.query_params, "id")

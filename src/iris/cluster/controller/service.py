@@ -26,6 +26,7 @@ from iris.cluster.controller.access import (
     band_allowance,
     in_task_scope,
     may_read_secrets,
+    qualify,
     require_attempt,
     require_own_worker,
     require_owner,
@@ -33,6 +34,7 @@ from iris.cluster.controller.access import (
     require_role,
     task_list_prefix,
     task_parent,
+    user_of,
 )
 from iris.cluster.controller.backend import LocationCapacity, Observation
 from iris.cluster.controller.controller import Controller
@@ -50,7 +52,17 @@ from iris.cluster.controller.views import JobView, TaskView, WorkerView
 from iris.cluster.errors import InvalidArgument, IrisError
 from iris.cluster.ports import check_port_range
 from iris.cluster.spec import JobSpec, parse_list_filters
-from iris.cluster.types import TASK_STATES, AttemptRef, JobId, TaskId, WorkerId, WorkerMetadata
+from iris.cluster.types import (
+    OWNER_SEP,
+    TASK_STATES,
+    AttemptRef,
+    JobId,
+    TaskId,
+    WorkerId,
+    WorkerMetadata,
+    owner_of_job_id,
+    qualify_job_id,
+)
 from iris.cluster.validation import (
     MAX_FILTER_CHARS,
     MAX_MESSAGE_BYTES,
@@ -140,8 +152,10 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     ) -> cluster_pb2.Controller.LaunchJobResponse:
         owner = who.name
         if who.role is Role.TASK:  # a task's children belong to its job's owner
-            request.parent_job_id = task_parent(who, request.parent_job_id)
+            request.parent_job_id = task_parent(who, qualify(who, request.parent_job_id))
             owner = self._queries.job_owner(JobId(who.job_id))
+        else:
+            request.parent_job_id = qualify(who, request.parent_job_id)
         spec, blob = launch_request(request, self._controller.config.limits)
         job_id = self._controller.launch_job(spec, owner=owner, bundle_blob=blob,
                                              max_priority=band_allowance(who),
@@ -153,11 +167,12 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         self, request: cluster_pb2.Controller.GetJobStatusRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.GetJobStatusResponse:
         _require(request.job_id, "job_id")
+        request.job_id = qualify(who, request.job_id)  # a bare name is one of the caller's own jobs
         require_reader(who, request.job_id, "GetJobStatus")
         job, tasks = self._queries.job_status(JobId(request.job_id), include_tasks=request.include_tasks,
                                                  task_offset=request.task_offset, task_limit=request.task_limit)
         reply = cluster_pb2.Controller.GetJobStatusResponse(
-            job=job_proto(job, tasks, spec_for=may_read_secrets(who, job.job_id, job.owner)))
+            job=private(job_proto(job, tasks, spec_for=may_read_secrets(who, job.job_id, job.owner)), who, job.owner))
         checkpoints = self._controller.config.checkpoint_dir(job.owner, job.job_id, job.uid)
         if checkpoints is not None:
             reply.job.checkpoint_dir = str(checkpoints)
@@ -172,6 +187,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         self, request: cluster_pb2.Controller.TerminateJobRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Empty:
         _require(request.job_id, "job_id")
+        request.job_id = qualify(who, request.job_id)  # a bare name is one of the caller's own jobs
         require_owner(who, request.job_id, self._queries.job_owner(JobId(request.job_id)), "TerminateJob")
         self._controller.terminate_job(JobId(request.job_id))
         return cluster_pb2.Empty()
@@ -181,6 +197,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         self, request: cluster_pb2.Controller.DeleteJobRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.DeleteJobResponse:
         _require(request.job_id, "job_id")
+        request.job_id = qualify(who, request.job_id)  # a bare name is one of the caller's own jobs
         require_owner(who, request.job_id, self._queries.job_owner(JobId(request.job_id)), "DeleteJob")
         removed = self._controller.delete_job(JobId(request.job_id))
         return cluster_pb2.Controller.DeleteJobResponse(deleted_job_ids=list(removed))
@@ -189,14 +206,17 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     def ListJobs(
         self, request: cluster_pb2.Controller.ListJobsRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.ListJobsResponse:
-        prefix = request.prefix if who.role is not Role.TASK else task_list_prefix(who, request.prefix)
+        if who.role is Role.TASK:
+            prefix = task_list_prefix(who, qualify(who, request.prefix) if request.prefix else "")
+        else:
+            prefix = list_prefix(who, request.prefix, request.user, request.all_users)
         page = self._queries.list_jobs(
             states=list(request.states), prefix=prefix, page_size=request.page_size, page_token=request.page_token,
             newest_first=request.newest_first, filters=spec_filters(request.filters),
         )
         jobs = page.jobs if who.role is not Role.TASK else [j for j in page.jobs if in_task_scope(who, j.job_id)]
         return cluster_pb2.Controller.ListJobsResponse(
-            jobs=[job_proto(j) for j in jobs], next_page_token=page.next_page_token
+            jobs=[private(job_proto(j), who, j.owner) for j in jobs], next_page_token=page.next_page_token
         )
 
     @_rpc(*_READERS, read=True)
@@ -204,24 +224,30 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         self, request: cluster_pb2.Controller.GetTaskStatusRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.GetTaskStatusResponse:
         _require(request.job_id, "job_id")
+        request.job_id = qualify(who, request.job_id)  # a bare name is one of the caller's own jobs
         require_reader(who, request.job_id, "GetTaskStatus")
         task = self._queries.task_status(JobId(request.job_id), request.task_index)
-        return cluster_pb2.Controller.GetTaskStatusResponse(task=task_proto(task))
+        owner = self._queries.job_owner(JobId(request.job_id))
+        return cluster_pb2.Controller.GetTaskStatusResponse(task=private_task(task_proto(task), who, task.job_id, owner))
 
     @_rpc(*_READERS, read=True)
     def ListTasks(
         self, request: cluster_pb2.Controller.ListTasksRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.ListTasksResponse:
         _require(request.job_id, "job_id")
+        request.job_id = qualify(who, request.job_id)  # a bare name is one of the caller's own jobs
         require_reader(who, request.job_id, "ListTasks")
         tasks = self._queries.list_tasks(JobId(request.job_id))
-        return cluster_pb2.Controller.ListTasksResponse(tasks=[task_proto(t) for t in tasks])
+        owner = self._queries.job_owner(JobId(request.job_id))
+        return cluster_pb2.Controller.ListTasksResponse(
+            tasks=[private_task(task_proto(t), who, t.job_id, owner) for t in tasks])
 
     @_rpc(*_READERS, read=True, exclusive=False)
     def FetchTaskLogs(
         self, request: cluster_pb2.Controller.FetchTaskLogsRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.FetchTaskLogsResponse:
         _require(request.task_id, "task_id")
+        request.task_id = qualify(who, request.task_id)
         job_id = request.task_id.rpartition("/task-")[0]
         if not may_read_secrets(who, job_id, self._queries.job_owner(JobId(job_id)) if job_id else ""):
             raise PermissionDenied(f"FetchTaskLogs: the logs of {job_id!r} are readable only by its owner and admins")
@@ -232,6 +258,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         self, request: cluster_pb2.Controller.GetTaskResultRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.GetTaskResultResponse:
         _require(request.job_id, "job_id")
+        request.job_id = qualify(who, request.job_id)  # a bare name is one of the caller's own jobs
         if not may_read_secrets(who, request.job_id, self._queries.job_owner(JobId(request.job_id))):
             raise PermissionDenied(f"GetTaskResult: the results of {request.job_id!r} are readable only by its owner "
                                    "and admins")
@@ -335,6 +362,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         self, request: cluster_pb2.Controller.RegisterEndpointRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.RegisterEndpointResponse:
         require_attempt(who, request.task_id, request.attempt_id, "registers endpoints")
+        request.name = endpoint_name(request.task_id, request.name)
         endpoint_id = self._controller.register_endpoint(endpoint_request(request))
         return cluster_pb2.Controller.RegisterEndpointResponse(endpoint_id=endpoint_id)
 
@@ -356,7 +384,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     ) -> cluster_pb2.Controller.LookupEndpointResponse:
         _require(request.name, "name")
         return cluster_pb2.Controller.LookupEndpointResponse(
-            endpoint=endpoint_proto(self._queries.lookup_endpoint(request.name))
+            endpoint=endpoint_proto(self._queries.lookup_endpoint(qualify(who, request.name)))
         )
 
     @_rpc(*_READERS, read=True)
@@ -364,7 +392,8 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         self, request: cluster_pb2.Controller.ListEndpointsRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.ListEndpointsResponse:
         return cluster_pb2.Controller.ListEndpointsResponse(
-            endpoints=[endpoint_proto(e) for e in self._queries.list_endpoints(request.prefix)]
+            endpoints=[endpoint_proto(e) for e in self._queries.list_endpoints(
+                qualify(who, request.prefix) if request.prefix else f"{user_of(who)}{OWNER_SEP}" if user_of(who) else "")]
         )
 
     # -- tokens -------------------------------------------------------------------------------
@@ -432,6 +461,60 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
 
 
 MAX_QUEUE_PAGE = 10_000
+HIDDEN = "(hidden: another user's job)"
+"""What stands for the error text of another user's job or task (Slurm's PrivateData)."""
+
+
+def endpoint_name(task_id: str, name: str) -> str:
+    """The name an endpoint is registered under: in its task's owner's namespace (``alice:svc``);
+    a name in another user's namespace is refused."""
+    owner = owner_of_job_id(task_id)
+    if not owner:
+        return name
+    named = owner_of_job_id(name)
+    if named and named != owner:
+        raise PermissionDenied(f"name: {name[:64]!r} is in the namespace of user {named!r}; a task of {owner!r} registers "
+                               "names of its own (a bare name)")
+    return qualify_job_id(name, owner)
+
+
+def list_prefix(who: Principal, prefix: str, user: str, all_users: bool) -> str:
+    """Whose jobs a list shows: the caller's own by default, ``user``'s, or everyone's. A prefix
+    with an owner (``bob:train``) is taken whole."""
+    if prefix and OWNER_SEP in prefix.split("/", 1)[0]:
+        owner = prefix.split(OWNER_SEP, 1)[0]
+        if user and owner != user:
+            raise InvalidArgument(f"prefix: names jobs of {owner!r}, not of user {user!r}")
+        return prefix
+    if all_users and not user:
+        return prefix
+    return qualify_job_id(prefix, user or user_of(who)) if prefix else f"{user or user_of(who)}{OWNER_SEP}"
+
+
+def private(status: cluster_pb2.JobStatus, who: Principal, owner: str) -> cluster_pb2.JobStatus:
+    """A job's status as ``who`` may see it: another user's job shows its existence, owner, state,
+    band, team, resources and counts, not its error text (which carries the task's last output
+    lines), nor its tasks' (the command, environment, logs and results are withheld elsewhere)."""
+    if may_read_secrets(who, status.job_id, owner):
+        return status
+    if status.error:
+        status.error = HIDDEN
+    if status.gang_restart_cause:
+        status.gang_restart_cause = HIDDEN
+    for task in status.tasks:
+        private_task(task, who, status.job_id, owner)
+    return status
+
+
+def private_task(task: cluster_pb2.TaskStatus, who: Principal, job_id: str, owner: str) -> cluster_pb2.TaskStatus:
+    if may_read_secrets(who, job_id, owner):
+        return task
+    if task.error:
+        task.error = HIDDEN
+    for attempt in task.attempts:
+        if attempt.error:
+            attempt.error = HIDDEN
+    return task
 
 
 def amounts_wire(amounts: Mapping[str, float]) -> dict[str, float]:

@@ -70,6 +70,31 @@ _ACTION_TRIM_EVERY = 1024
 Migration = Sequence[str]
 """One schema step: SQL statements applied in one transaction together with the version bump."""
 
+
+def _root(column: str) -> str:
+    """SQL for the root job of an id (the part before the first '/')."""
+    return f"(CASE WHEN instr({column}, '/') > 0 THEN substr({column}, 1, instr({column}, '/') - 1) ELSE {column} END)"
+
+
+def _owner_prefix_migration() -> tuple[str, ...]:
+    """Statements giving every id of an owned job its owner's prefix (v8 -> v9)."""
+    statements = [
+        "CREATE TEMP TABLE owned_roots AS SELECT job_id AS root, owner FROM jobs "
+        "WHERE (parent_job_id IS NULL OR parent_job_id = '') AND owner != '' AND instr(job_id, ':') = 0",
+    ]
+    statements.append(  # an endpoint's name is in its owner's namespace too (before its job id changes)
+        f"UPDATE endpoints SET name = (SELECT owner FROM owned_roots WHERE root = {_root('job_id')}) || ':' || name "
+        f"WHERE {_root('job_id')} IN (SELECT root FROM owned_roots)")
+    for table, column in (("jobs", "job_id"), ("jobs", "parent_job_id"), ("tasks", "task_id"), ("tasks", "job_id"),
+                          ("attempts", "task_id"), ("endpoints", "job_id"), ("endpoints", "task_id"),
+                          ("results", "task_id"), ("actions", "job_id"), ("actions", "task_id")):
+        statements.append(
+            f"UPDATE {table} SET {column} = (SELECT owner FROM owned_roots WHERE root = {_root(column)}) || ':' || "
+            f"{column} WHERE {column} != '' AND {_root(column)} IN (SELECT root FROM owned_roots)")
+    statements.append("DROP TABLE owned_roots")
+    return tuple(statements)
+
+
 MIGRATIONS: list[Migration] = [
     # v0 -> v1: the initial schema.
     (
@@ -192,6 +217,9 @@ MIGRATIONS: list[Migration] = [
             as_of_ms INTEGER NOT NULL
         )""",
     ),
+    # v8 -> v9: job names are unique per owner: a root job's id is "<owner>:<name>". Every id of a
+    # job with an owner (its children's and tasks' too) gets its owner's prefix.
+    _owner_prefix_migration(),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -644,6 +672,8 @@ class ControllerStore:
         for (job_id, parent_job_id, request_bytes, submitted_at_ms, jstate, error, started_at_ms,
              finished_at_ms, pending_reason, first_failure, owner, uid) in conn.execute(JOBS.select_sql):
             request = cluster_pb2.Controller.LaunchJobRequest.FromString(request_bytes)
+            if parent_job_id and request.parent_job_id != parent_job_id:
+                request.parent_job_id = parent_job_id  # renamed with its owner's prefix (v9)
             job = Job(JobId(job_id), request, submitted_at_ms, JobId(parent_job_id) if parent_job_id else None,
                       owner=owner, uid=uid)
             job.state = jstate

@@ -72,8 +72,10 @@ const views = {
   async jobs(params) {
     const filter = params.get("state") || "";
     const prefix = params.get("prefix") || "";
+    const everyone = params.get("all_users") === "1";
     const tokens = (params.get("pages") || "").split(",").filter(Boolean);
     const q = new URLSearchParams({page_size: PAGE_SIZE, newest_first: "1"});
+    if (everyone) q.set("all_users", "1");
     if (filter) q.set("state", filter);
     if (prefix) q.set("prefix", prefix);
     if (tokens.length) q.set("page_token", tokens[tokens.length - 1]);
@@ -89,6 +91,7 @@ const views = {
         <select id="state-filter" aria-label="state">${options}</select>
         <input id="prefix" placeholder="job id prefix" value="${esc(prefix)}" aria-label="job id prefix">
         <button id="search">Search</button>
+        <label title="your jobs, or everyone's (others' without their error text)"><input type="checkbox" id="all-users" ${everyone ? "checked" : ""}> all users</label>
         <span class="muted" id="page-number">page ${tokens.length + 1}</span>
         <button id="newer" ${tokens.length ? "" : "disabled"}>← Newer</button>
         <button id="older" ${data.next_page_token ? "" : "disabled"} data-token="${esc(data.next_page_token)}">Older →</button>
@@ -107,6 +110,7 @@ const views = {
     document.getElementById("search").onclick = () => go({prefix: document.getElementById("prefix").value.trim(), pages: ""});
     document.getElementById("prefix").onkeydown = (e) => { if (e.key === "Enter") document.getElementById("search").click(); };
     document.getElementById("state-filter").onchange = (e) => go({state: e.target.value, pages: ""});
+    document.getElementById("all-users").onchange = (e) => go({all_users: e.target.checked ? "1" : "", pages: ""});
     const tokens = (params.get("pages") || "").split(",").filter(Boolean);
     document.getElementById("older").onclick = (e) => go({pages: [...tokens, e.target.dataset.token].join(",")});
     document.getElementById("newer").onclick = () => go({pages: tokens.slice(0, -1).join(",")});
