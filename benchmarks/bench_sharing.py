@@ -13,7 +13,7 @@ Large-Scale Multi-Tenant GPU Clusters for DNN Training Workloads", USENIX ATC '1
 one GPU, a few take 8 or a multi-host gang of 16-32 (two to four 8-GPU workers, coscheduled);
 run times are heavy-tailed (log-normal, median ~20 min, capped at 3 days); arrivals follow a
 daily cycle with bursts. Three teams (weights 3:2:1, guarantees 3:2:1 of 75 % of the fleet); each
-job is production (3 %), interactive (25 %: short, small) or batch. Offered load is ~1.3x the
+job is production (3 %), interactive (25 %: short, small) or batch. Offered load is ~1.1x the
 fleet's GPUs, so the queue is rarely empty.
 
 Both runs use ``ControllerState`` and ``Scheduler.find_assignments`` as the controller does (a full
@@ -84,7 +84,7 @@ T = cluster_pb2
 SUCCEEDED = T.TASK_STATE_SUCCEEDED
 KILLED = T.TASK_STATE_KILLED
 
-LOAD = 1.3
+LOAD = 1.1
 """Offered GPU-hours per hour, as a multiple of the fleet's GPUs."""
 TARGET_INTERACTIVE_RATIO = 10.0
 TARGET_UTILIZATION_GAP = 0.02

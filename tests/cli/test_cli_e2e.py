@@ -69,7 +69,7 @@ def test_read_commands_print_json_that_parses(address: str) -> None:
     assert result.returncode == 0, result.stderr
 
     jobs = json.loads(iris("job", "list", "--json", "--prefix", "cli-json", controller=address).stdout)
-    assert [(j["job_id"], j["state"]) for j in jobs] == [("cli-json", "SUCCEEDED")]
+    assert [(j["job_id"], j["state"]) for j in jobs] == [("admin:cli-json", "SUCCEEDED")]
 
     status = json.loads(iris("job", "status", "cli-json", "--tasks", "--json", controller=address).stdout)
     assert status["counts"]["succeeded"] == 2 and len(status["tasks"]) == 2
@@ -78,7 +78,7 @@ def test_read_commands_print_json_that_parses(address: str) -> None:
     assert [(t["task_index"], t["state"]) for t in tasks] == [(0, "SUCCEEDED"), (1, "SUCCEEDED")]
 
     task = json.loads(iris("task", "status", "cli-json", "1", "--json", controller=address).stdout)
-    assert task["task_id"] == "cli-json/task-1"
+    assert task["task_id"] == "admin:cli-json/task-1"
 
     logs = json.loads(iris("job", "logs", "cli-json", "--json", controller=address).stdout)
     assert sorted((line["task_index"], line["data"]) for line in logs) == [(0, "hi json"), (1, "hi json")]
@@ -107,9 +107,9 @@ def test_job_list_shows_the_newest_first_and_says_when_it_cut(address: str) -> N
                       controller=address)
         assert result.returncode == 0, result.stderr
     newest = json.loads(iris("job", "list", "--json", "--prefix", "cli-many-", "--limit", "2", controller=address).stdout)
-    assert [j["job_id"] for j in newest] == ["cli-many-2", "cli-many-1"]
+    assert [j["job_id"] for j in newest] == ["admin:cli-many-2", "admin:cli-many-1"]
     every = json.loads(iris("job", "list", "--json", "--prefix", "cli-many-", "--all", controller=address).stdout)
-    assert [j["job_id"] for j in every] == ["cli-many-2", "cli-many-1", "cli-many-0"]
+    assert [j["job_id"] for j in every] == ["admin:cli-many-2", "admin:cli-many-1", "admin:cli-many-0"]
     table = iris("job", "list", "--prefix", "cli-many-", "--limit", "1", controller=address)
     assert "cli-many-2" in table.stdout and "cli-many-1" not in table.stdout
     assert "newest 1 jobs; --limit N or --all" in table.stderr
@@ -139,7 +139,7 @@ def test_fractional_cpu_packs_two_tasks_per_core_and_sizes_show_as_written(addre
 def test_no_wait_then_logs_follow_and_stop(address: str) -> None:
     code = "import time; print('tick', flush=True); time.sleep(300)"
     result = iris("job", "run", "--no-bundle", "--no-wait", "--name", "cli-stop", "--", *py(code), controller=address)
-    assert result.returncode == 0 and result.stdout.strip() == "cli-stop"
+    assert result.returncode == 0 and result.stdout.strip() == "admin:cli-stop"
     client = IrisClient.remote(address)
     try:
         wait_until(lambda: [line.data for line in client.task_logs("cli-stop", 0)] == ["tick"], 60,
@@ -229,10 +229,10 @@ def test_labels_end_to_end_run_status_json_list_client_and_api(cluster: LocalClu
         assert out.returncode == 0, out.stderr
         return sorted(j["job_id"] for j in json.loads(out.stdout))
 
-    assert listed("team=ml") == ["lab-ml"]
-    assert listed("team!=ml") == ["lab-infra"]
-    assert listed("tier=gold") == ["lab-infra", "lab-ml"]
-    assert listed("tier", "team=infra") == ["lab-infra"]
+    assert listed("team=ml") == ["admin:lab-ml"]
+    assert listed("team!=ml") == ["admin:lab-infra"]
+    assert listed("tier=gold") == ["admin:lab-infra", "admin:lab-ml"]
+    assert listed("tier", "team=infra") == ["admin:lab-infra"]
     assert listed("nope") == []
     assert_one_line_error(iris("job", "list", "--label", "bad key=x", controller=address), "label", "bad key")
     assert_one_line_error(iris("job", "run", "--label", "=x", "--", "true", controller=address), "--label")
@@ -244,7 +244,7 @@ def test_labels_end_to_end_run_status_json_list_client_and_api(cluster: LocalClu
         job = client.submit(Entrypoint.from_command("true"), "lab-py", labels={"team": "ml"})
         job.wait(timeout=60)
         assert sorted(j.job_id for j in client.list_jobs(prefix="lab-", where={"labels": ["team=ml"]})) == [
-            "lab-ml", "lab-py"]
+            "admin:lab-ml", "admin:lab-py"]
         assert client.job_status("lab-py").spec.labels == {"team": "ml"}  # type: ignore[union-attr]
     finally:
         client.close()
@@ -257,4 +257,4 @@ def test_labels_end_to_end_run_status_json_list_client_and_api(cluster: LocalClu
 
     assert api("/api/job?id=lab-infra")["job"]["spec"]["labels"] == {"team": "infra", "tier": "gold"}  # type: ignore[index]
     jobs = api("/api/jobs?prefix=lab-&label=team=infra")["jobs"]  # type: ignore[index]
-    assert [j["job_id"] for j in jobs] == ["lab-infra"]
+    assert [j["job_id"] for j in jobs] == ["admin:lab-infra"]

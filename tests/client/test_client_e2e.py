@@ -48,7 +48,7 @@ def py(code: str) -> Entrypoint:
 
 def test_submit_wait_and_logs_of_every_replica(client: IrisClient) -> None:
     job = client.submit(py("import os; print('hello', os.environ['IRIS_TASK_INDEX'])"), "hello", replicas=3)
-    assert job.job_id == "hello"
+    assert job.job_id == "admin:hello"  # names are unique per owner: '<user>:<name>'
     status = job.wait(timeout=60)
     assert status.state is JobState.SUCCEEDED
     assert (status.counts.total, status.counts.succeeded) == (3, 3)
@@ -57,7 +57,7 @@ def test_submit_wait_and_logs_of_every_replica(client: IrisClient) -> None:
     tasks = job.tasks()
     assert [t.task_index for t in tasks] == [0, 1, 2]
     assert all(t.state is TaskState.SUCCEEDED and t.worker_id for t in tasks)
-    assert client.task_status("hello", 1).task_id == "hello/task-1"
+    assert client.task_status("hello", 1).task_id == "admin:hello/task-1"
     assert job.state is JobState.SUCCEEDED
 
 
@@ -131,8 +131,8 @@ def test_get_job_info_inside_a_task(client: IrisClient, tmp_path: Path) -> None:
     job.wait(timeout=60)
     infos = [json.loads((tmp_path / f"{i}.json").read_text()) for i in range(2)]
     for i, info in enumerate(infos):
-        assert info["job_id"] == "info"
-        assert info["task_id"] == f"info/task-{i}"
+        assert info["job_id"] == "admin:info"
+        assert info["task_id"] == f"admin:info/task-{i}"
         assert (info["task_index"], info["num_tasks"], info["attempt_id"]) == (i, 2, 0)
         assert info["worker_id"] == job.task(i).worker_id
         assert info["controller_address"] == client.address
@@ -158,10 +158,10 @@ def test_child_job_is_named_under_parent_and_dies_with_it(client: IrisClient, tm
     marker = tmp_path / "child_id"
     wait_until(lambda: marker.exists() or parent.status().is_finished, 60, message="parent never submitted")
     assert marker.exists(), parent.status().error
-    assert marker.read_text() == "parent/child"
-    child = client.job("parent/child")
-    assert child.status().parent_job_id == "parent"
-    assert [j.job_id for j in client.list_jobs(prefix="parent/")] == ["parent/child"]
+    assert marker.read_text() == "admin:parent/child"
+    child = client.job("parent/child")  # a bare name: one of mine
+    assert child.status().parent_job_id == "admin:parent"
+    assert [j.job_id for j in client.list_jobs(prefix="parent/")] == ["admin:parent/child"]
     wait_until(lambda: child.status().counts.running == 1, 60, message="child never ran")
     parent.terminate()
     assert child.wait(timeout=60, raise_on_failure=False).state is JobState.KILLED
@@ -206,7 +206,7 @@ def test_child_job_reuses_the_parents_workspace_bundle(client: IrisClient, tmp_p
 def test_list_jobs_by_state_and_prefix(client: IrisClient) -> None:
     client.submit(py("pass"), "listme-a").wait(timeout=60)
     jobs = client.list_jobs(state=JobState.SUCCEEDED, prefix="listme-")
-    assert [j.job_id for j in jobs] == ["listme-a"]
+    assert [j.job_id for j in jobs] == ["admin:listme-a"]
     assert client.list_jobs(state="failed", prefix="listme-") == []
 
 
@@ -236,9 +236,9 @@ def test_endpoint_registered_by_a_task_is_looked_up_and_listed(client: IrisClien
     assert marker.exists(), job.status().error
     endpoint = client.lookup_endpoint("svc/api")
     assert endpoint is not None
-    assert endpoint.job_id == "server" and endpoint.task_id == "server/task-0"
-    assert endpoint.metadata == {"role": "api"}
-    assert [e.name for e in client.list_endpoints("svc/")] == ["svc/api"]
+    assert endpoint.job_id == "admin:server" and endpoint.task_id == "admin:server/task-0"
+    assert endpoint.metadata == {"role": "api"} and endpoint.name == "admin:svc/api"  # its owner's namespace
+    assert [e.name for e in client.list_endpoints("svc/")] == ["admin:svc/api"]
     job.terminate()
     job.wait(timeout=60, raise_on_failure=False)
     wait_until(lambda: client.lookup_endpoint("svc/api") is None, 30, message="endpoint outlived its task")

@@ -67,7 +67,7 @@ def test_a_gang_resumes_from_its_checkpoint_dir_after_a_rank_dies_and_the_dir_go
         assert len(rank0) == len(set(rank0)) and rank0[-1] == 10  # the gang restart redid none of rank 0's steps
         assert job.task(0).current_attempt_id == 1  # rank 0 was restarted with the gang
 
-        assert client.delete_job("resume") == ["resume"]
+        assert client.delete_job("resume") == ["admin:resume"]
         wait_until(lambda: not checkpoints.exists(), 30, message="the checkpoint dir outlived its job")
     finally:
         client.close()

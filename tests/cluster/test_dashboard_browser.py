@@ -89,12 +89,12 @@ def test_browser_jobs_list_filter_search_and_a_failed_jobs_error(page: object, c
     p = page
     rows = p.locator("#jobs tbody tr")  # type: ignore[attr-defined]
     ids = [r.get_attribute("data-job") for r in rows.all()]
-    assert ids[:3] == ["web-ticker", "web-broken", "web-ok"]  # newest first
+    assert ids[:3] == ["admin:web-ticker", "admin:web-broken", "admin:web-ok"]  # newest first, ids whole
     p.screenshot(path=str(shots / "jobs.png"), full_page=True)  # type: ignore[attr-defined]
 
     p.select_option("#state-filter", "FAILED")  # type: ignore[attr-defined]
     p.wait_for_function("document.querySelectorAll('#jobs tbody tr[data-job]').length === 1")  # type: ignore[attr-defined]
-    assert p.locator("#jobs tbody tr").first.get_attribute("data-job") == "web-broken"  # type: ignore[attr-defined]
+    assert p.locator("#jobs tbody tr").first.get_attribute("data-job") == "admin:web-broken"  # type: ignore[attr-defined]
     assert "state=FAILED" in p.url  # type: ignore[attr-defined]
 
     p.select_option("#state-filter", "")  # type: ignore[attr-defined]
@@ -102,14 +102,14 @@ def test_browser_jobs_list_filter_search_and_a_failed_jobs_error(page: object, c
     p.wait_for_function("document.querySelectorAll('#jobs tbody tr[data-job]').length > 1")  # type: ignore[attr-defined]
     p.fill("#prefix", "web-o")  # type: ignore[attr-defined]
     p.click("#search")  # type: ignore[attr-defined]
-    p.wait_for_function("[...document.querySelectorAll('#jobs tbody tr[data-job]')].map(r => r.dataset.job).join() === 'web-ok'")  # type: ignore[attr-defined]
+    p.wait_for_function("[...document.querySelectorAll('#jobs tbody tr[data-job]')].map(r => r.dataset.job).join() === 'admin:web-ok'")  # type: ignore[attr-defined]
 
     p.goto(cluster.dashboard_url + "/?prefix=web-broken")  # type: ignore[attr-defined, operator]
     p.click("text=web-broken")  # type: ignore[attr-defined]
     p.wait_for_selector("#job-error")  # type: ignore[attr-defined]
     error = p.inner_text("#job-error")  # type: ignore[attr-defined]
     assert "bad config\nline two of the error" in error  # line breaks kept
-    assert re.search(r"/job/web-broken$", p.url)  # type: ignore[attr-defined]
+    assert re.search(r"/job/admin:web-broken$", p.url)  # type: ignore[attr-defined]
     # Where its time went, as the API says it (seconds; the row once read fields the API never sent).
     t = api_job(cluster, "web-broken")["time"]
     shown = p.inner_text("#job-time")  # type: ignore[attr-defined]
@@ -194,7 +194,7 @@ def test_browser_pages_through_a_thousand_jobs(page: object, cluster: LocalClust
         p.wait_for_function(  # type: ignore[attr-defined]
             f"(document.querySelector('#page-number')?.textContent ?? '{page_number}') !== '{page_number}'")
     assert len(seen) == 1000 and len(set(seen)) == 1000
-    assert seen[0] == "bulk-0999" and seen[-1] == "bulk-0000"  # newest first, server-side pages
+    assert seen[0] == "admin:bulk-0999" and seen[-1] == "admin:bulk-0000"  # newest first, server-side pages
     p.goto(cluster.dashboard_url + "/?prefix=bulk-0999")  # type: ignore[attr-defined, operator]
     p.wait_for_selector("#jobs tbody tr[data-job]")  # type: ignore[attr-defined]
     assert "no worker has 64 cpus" in p.inner_text("#jobs")  # type: ignore[attr-defined]  # the pending reason

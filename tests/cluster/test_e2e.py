@@ -60,7 +60,7 @@ def test_e2e_task_environment_and_job_env_vars(api: Api) -> None:
     assert job.state == T.JOB_STATE_SUCCEEDED, job.error
     (line,) = api.logs("envs/task-0")
     job_env, task_env, attempt, worker, controller, greeting = line.split()
-    assert (job_env, task_env, attempt, greeting) == ("envs", "envs/task-0", "0", "hi")
+    assert (job_env, task_env, attempt, greeting) == ("admin:envs", "admin:envs/task-0", "0", "hi")
     assert worker == job.tasks[0].worker_id and controller
 
 
@@ -158,7 +158,7 @@ while not pathlib.Path({str(release)!r}).exists():
     job_id = api.launch("served", py(code), ports=["http"])
     wait_until(lambda: len(api.endpoints("svc/")) == 1, 30)
     (endpoint,) = api.endpoints("svc/")
-    assert endpoint.name == "svc/0" and endpoint.task_id == "served/task-0" and endpoint.job_id == job_id
+    assert endpoint.name == "admin:svc/0" and endpoint.task_id == "admin:served/task-0" and endpoint.job_id == job_id
     looked_up = api.stub.LookupEndpoint(C.LookupEndpointRequest(name="svc/0"), timeout=10).endpoint
     assert looked_up.address == endpoint.address
     release.touch()

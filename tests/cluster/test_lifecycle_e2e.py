@@ -175,7 +175,7 @@ def test_a_user_cannot_delete_another_users_job(cluster: LocalCluster, client: I
     try:
         stub: cluster_pb2_grpc.ControllerServiceStub = mallory.stub
         with pytest.raises(grpc.RpcError) as error:
-            stub.DeleteJob(cluster_pb2.Controller.DeleteJobRequest(job_id="admins-job"), timeout=10)
+            stub.DeleteJob(cluster_pb2.Controller.DeleteJobRequest(job_id="admin:admins-job"), timeout=10)
         assert error.value.code() is grpc.StatusCode.PERMISSION_DENIED
     finally:
         mallory.close()
@@ -200,7 +200,7 @@ def test_retention_keeps_memory_and_the_state_file_bounded(tmp_path: Path) -> No
                 assert state_dir_jobs(cluster) <= 5
                 sizes.append((cluster.state_dir / "controller.sqlite3").stat().st_size)  # type: ignore[operator]
             kept = [j.job_id for j in client.list_jobs()]
-            assert all(job_id.startswith("stream-2-") for job_id in kept), kept  # the oldest went first
+            assert all(job_id.startswith("admin:stream-2-") for job_id in kept), kept  # the oldest went first
             assert sizes[2] <= sizes[0] * 1.5 + 65536, sizes
         finally:
             client.close()

@@ -69,14 +69,14 @@ def test_an_interactive_job_preempts_a_batch_job_that_checkpoints_and_resumes(tm
             task = done.tasks[0]
             first = task.attempts[0]
             assert first.state == T.TASK_STATE_PREEMPTED and first.charged_to == "none"
-            assert first.error == "preempted by urgent (interactive work over batch)"
+            assert first.error == "preempted by admin:urgent (interactive work over batch)"
             assert task.policy_preemptions == 1 and done.policy_preemptions == 1
             assert task.failure_count == 0 and task.preemption_count == 0  # no budget spent
             resumed = api.logs(task.task_id)
             saved = int(ckpt.read_text())
             assert saved > 0
             assert resumed[0] == f"start step={saved} previous=PREEMPTED", resumed
-            assert resumed[1] == "why=preempted by urgent (interactive work over batch)", resumed
+            assert resumed[1] == "why=preempted by admin:urgent (interactive work over batch)", resumed
             assert resumed[-1] == "done at 150"
             first_lines = api.logs(task.task_id, attempt=0)
             assert first_lines[-1] == f"checkpointed at {saved}", first_lines
@@ -153,8 +153,8 @@ def test_share_and_queue_from_the_command_line_and_a_reload_by_sighup(two_teams:
         queued = iris("queue", "--json", token=alice)
         assert queued.returncode == 0, queued.stderr
         entries = json.loads(queued.stdout)
-        assert [(e["job_id"], e["band"], e["position"]) for e in entries] == [("next", "interactive", 1),
-                                                                              ("later", "batch", 2)]
+        assert [(e["job_id"], e["band"], e["position"]) for e in entries] == [("alice:next", "interactive", 1),
+                                                                              ("alice:later", "batch", 2)]
         assert entries[0]["team"] == "big" and entries[0]["user"] == "alice" and "reason" in entries[0]
         table = iris("share")
         assert table.returncode == 0 and "big" in table.stdout and "alice" in table.stdout, table.stderr

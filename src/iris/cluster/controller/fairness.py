@@ -401,12 +401,18 @@ def find_preemptions(candidates: Sequence[Candidate], rooms: Mapping[WorkerId, R
         by_worker.setdefault(holder.worker_id, []).append(holder)
     taken: set[TaskId] = set()
     lowest_running = max(h.band for h in holders)
+    hopeless: set[tuple[object, ...]] = set()
+    """(shape, gang size, band, team) of candidates no preemption could place in this pass: the
+    candidates after them alike are not searched again (a pass may see hundreds of each)."""
     for cand in candidates:
         if budget <= 0:
             break
         band, team = cand.owner.band, cand.owner.team
         if band >= lowest_running and not book.under_guarantee(team):
             continue  # no band below it runs anything, and it may not reclaim
+        alike = (cand.req.shape, len(cand.tasks), band, team)
+        if alike in hopeless:
+            continue
 
         def victims_of(holder: Holder, lost: Mapping[str, Amounts], band: int = band, team: str = team
                        ) -> tuple[list[Holder], str] | None:
@@ -437,6 +443,7 @@ def find_preemptions(candidates: Sequence[Candidate], rooms: Mapping[WorkerId, R
 
         plan = _plan(cand, rooms, by_worker, victims_of, book, budget)
         if plan is None:
+            hopeless.add(alike)
             continue
         placements, units = plan
         for unit, why in units:
