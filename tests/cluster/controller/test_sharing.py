@@ -362,3 +362,15 @@ def test_repeated_passes_reach_a_fixed_point_without_loops(case: tuple[str, list
             break
     assert quiet >= 2, "the passes did not settle"
     state.check_invariants()
+
+
+def test_a_gpu_request_without_a_variant_is_charged_to_the_variant_it_runs_on(state: ControllerState) -> None:
+    configure(state, '[teams.t]\nmembers = ["alice"]\nguarantee = { gpu = { H100 = 4 } }\n')
+    add_worker(state, "g1", cpu=8, gpus=4, gpu_name="NVIDIA H100 80GB HBM3")
+    add_worker(state, "g2", cpu=8, gpus=4, gpu_name="NVIDIA A100-SXM4-40GB")
+    submit(state, "any", owner="alice", gpus=2)  # no variant: goes where it fits first
+    submit(state, "bob", owner="bob", gpus=4, gpu_variant="A100")
+    one_pass(state)
+    assert state.shares.team_held["t"]["gpu:H100"] == 2  # the configured variant its worker matches
+    assert state.shares.team_held["bob"]["gpu:NVIDIA A100-SXM4-40GB"] == 4  # a variant no team names: its own
+    assert state.shares.fleet["gpu:H100"] == 4 and state.shares.fleet["gpu:NVIDIA A100-SXM4-40GB"] == 4

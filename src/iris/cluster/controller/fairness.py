@@ -52,6 +52,11 @@ Amounts = dict[str, float]
 _AMOUNTS: dict[tuple[tuple[int, int, int, str, str, int], str, str], Amounts] = {}
 
 
+def forget_amounts() -> None:
+    """A new sharing policy may count devices under other keys: compute amounts afresh."""
+    _AMOUNTS.clear()
+
+
 def task_amounts(config: SharingConfig, req: JobRequirements, worker_variant: str) -> Amounts:
     """What one task of ``req`` holds on a worker of ``worker_variant``, as shares count it."""
     key = (req.shape, worker_variant, config.source)
@@ -59,7 +64,7 @@ def task_amounts(config: SharingConfig, req: JobRequirements, worker_variant: st
     if found is None:
         found = {"cpu": req.cpu, "memory": req.memory_bytes}
         if req.device_kind != "cpu" and req.device_count:
-            found[config.charge_key(req.device_kind, req.device_variant or worker_variant)] = req.device_count
+            found[config.charge_key(req.device_kind, worker_variant or req.device_variant)] = req.device_count
         if len(_AMOUNTS) > 4096:
             _AMOUNTS.clear()
         _AMOUNTS[key] = found
@@ -558,4 +563,4 @@ def now_age(unit: list[Holder]) -> int:
 
 
 __all__ = ["Candidate", "FairInputs", "FairOrder", "Holder", "Owner", "Preemption", "Room", "ShareBook", "find_preemptions",
-           "task_amounts"]
+           "forget_amounts", "task_amounts"]

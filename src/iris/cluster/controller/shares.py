@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from iris.cluster.controller.capacity import JobRequirements, WorkerSnapshot
-from iris.cluster.controller.fairness import Amounts, FairInputs, Holder, task_amounts
+from iris.cluster.controller.fairness import Amounts, FairInputs, Holder, forget_amounts, task_amounts
 from iris.cluster.sharing import (
     DEFAULT_SHARING,
     SharingConfig,
@@ -37,7 +37,7 @@ class Holding:
 
 
 class Shares:
-    __slots__ = ("_held", "_preempted_at", "config", "dirty_users", "fleet", "ledger", "nominated",
+    __slots__ = ("_held", "_holdings", "_preempted_at", "config", "dirty_users", "fleet", "ledger", "nominated",
                  "policy_preemptions", "team_held", "user_held")
 
     def __init__(self, config: SharingConfig = DEFAULT_SHARING) -> None:
@@ -46,6 +46,7 @@ class Shares:
         self.team_held: dict[str, Amounts] = {}
         self.user_held: dict[str, Amounts] = {}
         self._held: dict[TaskId, Holding] = {}
+        self._holdings: dict[tuple[str, tuple[int, int, int, str, str, int], str], Holding] = {}
         self.fleet: dict[str, float] = {}
         """The healthy fleet's totals as shares count them (the last scheduling pass's)."""
         self.nominated: dict[TaskId, int] = {}
@@ -58,7 +59,13 @@ class Shares:
     # ------------------------------------------------------------------ holdings
 
     def bind(self, task_id: TaskId, user: str, req: JobRequirements, worker_variant: str) -> None:
-        holding = Holding(user, self.config.team_of(user), task_amounts(self.config, req, worker_variant))
+        key = (user, req.shape, worker_variant)
+        holding = self._holdings.get(key)
+        if holding is None:  # one shared value per user and shape: a running task costs a dict entry
+            holding = Holding(user, self.config.team_of(user), task_amounts(self.config, req, worker_variant))
+            if len(self._holdings) > 65536:
+                self._holdings.clear()
+            self._holdings[key] = holding
         self._held[task_id] = holding
         add_amounts(self.team_held.setdefault(holding.team, {}), holding.amounts)
         add_amounts(self.user_held.setdefault(user, {}), holding.amounts)
@@ -82,6 +89,8 @@ class Shares:
             self.dirty_users.update(self.ledger.users())
         self.config = config
         self._held.clear()
+        self._holdings.clear()
+        forget_amounts()
         self.team_held.clear()
         self.user_held.clear()
         for task_id, user, req, variant in running:
