@@ -135,8 +135,8 @@ def test_e2e_terminate_job_kills_running_processes(api: Api, tmp_path: Path) -> 
 def test_e2e_too_big_task_is_unschedulable_with_reason(api: Api) -> None:
     job_id = api.launch("huge", ["/bin/true"], cpu=64, scheduling_timeout_seconds=2)
     wait_until(lambda: api.job(job_id).pending_reason != "", 10)
-    assert api.job(job_id).pending_reason == "no worker has 64 cpus (largest: 4)"
-    assert api.task(job_id, 0).pending_reason == "no worker has 64 cpus (largest: 4)"
+    assert api.job(job_id).pending_reason == "never fits: no worker has 64 cpus (largest: 4)"
+    assert api.task(job_id, 0).pending_reason == "never fits: no worker has 64 cpus (largest: 4)"
     job = api.wait(job_id, timeout=30)
     assert job.state == T.JOB_STATE_UNSCHEDULABLE
     assert "no worker has 64 cpus" in job.error

@@ -359,6 +359,9 @@ def run_and_follow(client: IrisClient, request: JobRequest, *, wait: bool = True
     """Submit, stream until done and print the outcome. Returns the process exit code."""
     err = stderr_console()
     job = request.submit(client)
+    if job.warning:
+        _print(err, Text(f"Warning: {job.job_id}: {job.warning}; it waits until such a worker joins "
+                         "(--scheduling-timeout ends it sooner)", style="yellow"))
     if not wait:
         click.echo(job.job_id)
         return 0

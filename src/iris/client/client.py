@@ -366,7 +366,7 @@ class IrisClient:
         """Submit a ready ``JobSpec`` (what ``submit`` and the CLI build), with an optional workspace."""
         request = self.launch_request(spec, workspace=workspace, bundle_max_bytes=bundle_max_bytes)
         response = self._call(self._stub.LaunchJob, request, f"job {request.name}", timeout=max(self._timeout, 120))
-        return Job(self, response.job_id)
+        return Job(self, response.job_id, response.warning)
 
     def build_spec(
         self,
@@ -826,9 +826,12 @@ def _failed_tasks(tasks: Sequence[TaskStatus]) -> list[TaskStatus]:
 class Job:
     """A handle on a submitted job. Cheap to create; every method asks the controller."""
 
-    def __init__(self, client: IrisClient, job_id: str) -> None:
+    def __init__(self, client: IrisClient, job_id: str, warning: str = "") -> None:
         self._client = client
         self._job_id = job_id
+        self.warning = warning
+        """What the controller said at submission, e.g. that no worker can hold one task ("never
+        fits: ..."): the job waits until such a worker joins."""
 
     @property
     def job_id(self) -> str:

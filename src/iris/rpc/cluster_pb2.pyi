@@ -1318,15 +1318,22 @@ class Controller(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
         JOB_ID_FIELD_NUMBER: _builtins.int
+        WARNING_FIELD_NUMBER: _builtins.int
         job_id: _builtins.str
+        warning: _builtins.str
+        """Set when no worker the fleet has (nor one a provisioner could add) can hold one task: it will
+        wait until such a worker joins (or its --scheduling-timeout ends it), e.g. "never fits: no
+        worker has a gpu H100".
+        """
         def __init__(
             self,
             *,
             job_id: _builtins.str = ...,
+            warning: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "warning", b"warning"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -276,7 +276,7 @@ def test_controller_unschedulable_after_timeout_with_pending_reason(
     job_id = launch(controller, resources=ResourceSpec(cpu=64), scheduling_timeout_seconds=3)
     controller.tick_schedule()
     job = controller.queries.get_job(job_id)
-    assert job.state == T.JOB_STATE_PENDING and job.pending_reason == "no worker has 64 cpus (largest: 2)"
+    assert job.state == T.JOB_STATE_PENDING and job.pending_reason == "never fits: no worker has 64 cpus (largest: 2)"
     clock.advance(3.5)
     controller.tick_schedule()
     job = controller.queries.get_job(job_id)  # a view is a snapshot: read it again

@@ -52,7 +52,7 @@ def test_scheduler_job_that_does_not_fit_does_not_block_jobs_behind_it(state: Co
     submit(state, "small", replicas=2)
     tx = Scheduler(state).find_assignments(state.peek_pending_tasks(), state.get_available_workers(), NOW)
     assert [t.task_id for t, _ in tx.assignments] == ["small/task-0", "small/task-1"]
-    assert tx.pending_reasons["huge"] == "no worker has 64 cpus (largest: 4)"
+    assert tx.pending_reasons["huge"] == "never fits: no worker has 64 cpus (largest: 4)"
 
 
 def test_scheduler_pending_reason_when_busy_vs_impossible(state: ControllerState) -> None:
@@ -62,8 +62,8 @@ def test_scheduler_pending_reason_when_busy_vs_impossible(state: ControllerState
     submit(state, "mem", memory="1TiB")
     tx = Scheduler(state).find_assignments(state.peek_pending_tasks(), state.get_available_workers(), NOW)
     assert tx.pending_reasons["a"].startswith("waiting for free resources")
-    assert tx.pending_reasons["gpu"] == "no worker has a gpu"
-    assert tx.pending_reasons["mem"].startswith("no worker has 1TiB memory")
+    assert tx.pending_reasons["gpu"] == "never fits: no worker has a gpu"
+    assert tx.pending_reasons["mem"].startswith("never fits: no worker has 1TiB memory")
 
 
 def test_scheduler_skips_unhealthy_workers(state: ControllerState) -> None:
@@ -155,4 +155,4 @@ def test_a_bounded_pass_with_room_left_is_a_full_pass(state: ControllerState) ->
                                            bounded=True)
     assert [t.task_id for t, _ in tx.assignments] == ["a/task-0", "a/task-1"]
     assert [t.task_id for t in tx.timed_out_tasks] == ["late/task-0"]
-    assert tx.pending_reasons["huge"] == "no worker has 64 cpus (largest: 4)"
+    assert tx.pending_reasons["huge"] == "never fits: no worker has 64 cpus (largest: 4)"

@@ -87,7 +87,6 @@ from iris.cluster.types import (
     RUNNING,
     SUCCEEDED,
     TERMINAL_TASK_STATES,
-    UNSCHEDULABLE,
     AttemptRef,
     JobId,
     TaskId,
@@ -489,20 +488,14 @@ class Controller:
 
     def _apply_schedule_result(self, tx: Change, bounded: bool) -> tuple[list[AttemptLaunch], ScheduleSummary]:
         state, now = tx.state, tx.now_ms
-        pending = state.peek_pending_tasks()
-        if not pending:
+        possible = [self._provisioner.worker_room()] if self._provisioner is not None else []
+        pending = state.before_pass(now, bounded, possible)  # work that fits nowhere is parked (``queue.py``)
+        timed_out = state.parked_timeouts(now) if not bounded else []
+        if not pending and not timed_out:
             return [], ScheduleSummary(0, 0, 0)
         result = self._scheduler.find_assignments(pending, state.get_available_workers(now), now, bounded=bounded,
-                                                  sharing=state.fair_inputs(now))
-        state.shares.fleet = result.fleet or state.shares.fleet
-        for p in result.preemptions:  # the sharing policy's (``fairness``): SIGTERM, grace, requeued
-            state.preempt(p.victim.task_id, p.by.task_id, p.why, now)
-        for task in result.timed_out_tasks:
-            job = state.get_job(task.job_id)
-            reason = job.pending_reason if job is not None else ""
-            timeout_s = job.scheduling_timeout_ms / 1000 if job is not None else 0
-            state.transition_task(task.task_id, UNSCHEDULABLE, now,
-                                  error=f"not scheduled within {timeout_s:g}s" + (f": {reason}" if reason else ""))
+                                                  sharing=state.fair_inputs(now), possible=possible)
+        state.after_pass(now, timed_out + result.timed_out_tasks, result.preemptions, result.never_fit, result.fleet)
         reasons = dict(result.pending_reasons)
         launches: list[AttemptLaunch] = []
         for task, worker in result.assignments:

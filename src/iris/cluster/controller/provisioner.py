@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from iris.cluster.clock import Clock
 from iris.cluster.controller.autoscaler import ProvisionedWorker, WorkerShape, idle_since, plan_scaling
+from iris.cluster.controller.capacity import Room
 from iris.cluster.controller.views import AllocationInfo
 from iris.cluster.types import WorkerId
 
@@ -130,6 +131,10 @@ class Provisioner:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
+
+    def worker_room(self) -> Room:
+        """What one worker it could add offers."""
+        return self.config.shape.room()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="controller-provisioner", daemon=True)

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from iris.cluster.controller.autoscaler import Demand
 from iris.cluster.controller.bundles import MemoryBundles, StateStore
-from iris.cluster.controller.capacity import WorkerSnapshot
+from iris.cluster.controller.capacity import Room, WorkerSnapshot
 from iris.cluster.controller.changes import Changes
 from iris.cluster.controller.job import Job
 from iris.cluster.controller.metrics import SharingCounts
@@ -74,6 +74,10 @@ class ProvisionerHandle(Protocol):
 
     def summary(self) -> str: ...
 
+    def worker_room(self) -> Room:
+        """What one worker it could add offers (work that fits it is not "never fits")."""
+        ...
+
 
 class Queries:
     def __init__(self, changes: Changes, bundles: MemoryBundles | StateStore,
@@ -102,6 +106,11 @@ class Queries:
         """``iris queue``: pending jobs in the order the scheduler will consider them, and their count."""
         with self._changes.read() as state:
             return queue_view(state, now_ms, limit or DEFAULT_QUEUE_LIMIT)
+
+    def fit_warning(self, job_id: JobId) -> str:
+        """What LaunchJob warns of: no kind of worker can hold one task (``ControllerState.fit_warning``)."""
+        with self._changes.read() as state:
+            return state.fit_warning(job_id)
 
     def job_owner(self, job_id: JobId) -> str:
         """Who owns a job (its root's submitter). Raises NotFound."""

@@ -43,7 +43,7 @@ from iris.cluster.controller.fairness import (
 )
 from iris.cluster.controller.fairness import Room as FairRoom
 from iris.cluster.controller.job import Job
-from iris.cluster.controller.state import ControllerState, ControllerWorker
+from iris.cluster.controller.state import NEVER_FITS, ControllerState, ControllerWorker
 from iris.cluster.controller.task import Task
 from iris.cluster.sharing import SharingConfig
 from iris.cluster.types import JobId
@@ -86,6 +86,9 @@ class SchedulingTransaction:
     timed_out_tasks: list[Task] = field(default_factory=list)
     pending_reasons: dict[JobId, str] = field(default_factory=dict)
     """Why a job's tasks are still waiting, e.g. "no worker has 64 cpus"."""
+    never_fit: dict[JobId, str] = field(default_factory=dict)
+    """Jobs no worker the fleet has (nor one a provisioner could add) can hold, and why: the shell
+    parks them (``BandQueue.park``) until capacity of their kind appears."""
     preemptions: list[Preemption] = field(default_factory=list)
     """Running attempts to stop so that waiting work can run (``fairness.find_preemptions``)."""
     fleet: dict[str, float] = field(default_factory=dict)
@@ -119,7 +122,9 @@ class Scheduler:
         *,
         bounded: bool = False,
         sharing: FairInputs | None = None,
+        possible: Sequence[Room] = (),
     ) -> SchedulingTransaction:
+        """``possible``: workers a provisioner could add (work that would fit one is not "never fits")."""
         transaction = SchedulingTransaction(self._state)
         snapshots = [(w, w.snapshot()) for w in workers]
         working = [
@@ -156,6 +161,16 @@ class Scheduler:
             return task_amounts(config, job.requirements, "") if job is not None and config is not None else {}
 
         order = FairOrder(pending_tasks, owner_of if book is not None else (lambda job_id: None), book, amounts_of)
+        totals = [cap.snapshot.total for cap in working] + list(possible)
+        never_cache: dict[_Shape, str] = {}
+
+        def never_fits(req: JobRequirements) -> str:
+            """Why no worker the fleet has or could add holds one task of ``req`` ("" if one does)."""
+            found = never_cache.get(req.shape)
+            if found is None:
+                found = never_cache[req.shape] = unmet_everywhere(req, totals)
+            return found
+
         per_job: dict[JobId, Mapping[str, float]] = {}
         """What one task of a job holds on a worker without devices (the same on every one)."""
         candidates: list[Candidate] = []
@@ -196,6 +211,9 @@ class Scheduler:
                     elif not _place_gang(gang, req, working, transaction, book, owner):
                         exhausted.add(job_id)
                         transaction.pending_reasons[job_id] = _explain(req, working, gang=len(gang))
+                        if never := never_fits(req):
+                            transaction.never_fit[job_id] = never
+                            transaction.pending_reasons[job_id] = f"{NEVER_FITS}: {never}"
                         if owner is not None and not bounded and not unmet_everywhere(req, [w.snapshot.total for w in working]):
                             candidates.append(Candidate(gang, req, owner))
                     else:
@@ -238,6 +256,9 @@ class Scheduler:
                 else:
                     cursors[shape] = len(working)
                     reason = transaction.pending_reasons[job_id] = _explain(req, working)
+                    if never := never_fits(req):
+                        transaction.never_fit[job_id] = never
+                        reason = transaction.pending_reasons[job_id] = f"{NEVER_FITS}: {never}"
                     if owner is not None and not bounded and reason.startswith("waiting for free") and sharing:
                         # Each of its waiting tasks may preempt (as many as the rate limit allows).
                         candidates.extend(Candidate([t], req, owner) for t in order.gang()[:sharing.budget])

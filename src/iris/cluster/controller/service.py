@@ -160,7 +160,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         job_id = self._controller.launch_job(spec, owner=owner, bundle_blob=blob,
                                              max_priority=band_allowance(who),
                                              trusted=who.is_admin)
-        return cluster_pb2.Controller.LaunchJobResponse(job_id=job_id)
+        return cluster_pb2.Controller.LaunchJobResponse(job_id=job_id, warning=self._queries.fit_warning(job_id))
 
     @_rpc(*_READERS, read=True)
     def GetJobStatus(

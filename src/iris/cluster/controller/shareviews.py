@@ -134,6 +134,15 @@ def queue_view(state: ControllerState, now_ms: int, limit: int = DEFAULT_QUEUE_L
         if len(entries) < limit:
             entries.append(QueueEntryView(job.job_id, BANDS[job.band], who.team, who.user, len(seen), job.pending_reason,
                                           count, task.pending_since_ms))
+    for job_id, reason in state.parked_jobs().items():  # they wait for a kind of worker: last
+        job = state.get_job(job_id)
+        if job is None or job_id in seen:
+            continue
+        seen.add(job_id)
+        waiting = [t for t in state.get_job_tasks(job_id) if t.state == PENDING]
+        if len(entries) < limit and waiting:
+            entries.append(QueueEntryView(job.job_id, BANDS[job.band], config.team_of(job.owner), job.owner, len(seen),
+                                          job.pending_reason or reason, len(waiting), waiting[0].pending_since_ms))
     return entries, len(seen)
 
 

@@ -16,15 +16,23 @@ import bisect
 import heapq
 import logging
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from threading import RLock
 
 from iris.cluster.auth import TokenRecord
 from iris.cluster.bands import BANDS, DEFAULT_BAND
 from iris.cluster.controller import policies
-from iris.cluster.controller.capacity import Resources, Room, WorkerSnapshot, fits_in
-from iris.cluster.controller.fairness import FairInputs, Holder, task_amounts
+from iris.cluster.controller.capacity import (
+    JobRequirements,
+    Resources,
+    Room,
+    TaskShape,
+    WorkerSnapshot,
+    fits_in,
+    unmet_everywhere,
+)
+from iris.cluster.controller.fairness import FairInputs, Holder, Preemption, task_amounts
 from iris.cluster.controller.job import Job
 from iris.cluster.controller.policies import StreakEntry
 from iris.cluster.controller.queue import BandQueue
@@ -50,6 +58,7 @@ from iris.cluster.sharing import SharingConfig
 from iris.cluster.types import (
     ACTIVE_TASK_STATES,
     TERMINAL_TASK_STATES,
+    UNSCHEDULABLE,
     AttemptRef,
     EndpointId,
     JobId,
@@ -65,6 +74,8 @@ logger = logging.getLogger(__name__)
 
 PORT_IN_USE = "port in use"
 """``decided_by`` of an attempt sent back because a port it was given was held outside Iris."""
+NEVER_FITS = "never fits"
+"""The start of a parked job's pending reason: no worker the fleet has (or could add) holds one task."""
 POLICY_PREEMPTION = "preempted"
 """``decided_by`` of an attempt the sharing policy stopped (it ended PREEMPTED)."""
 DEFAULT_MAX_ENDPOINTS_PER_TASK = 16
@@ -337,6 +348,13 @@ class ControllerState:
         """While a held gang is settled: its members whose processes already ended (no kill needed)."""
         self.shares = Shares()
         """Teams, what they hold and have used, policy preemptions (issue 24, ``shares.py``)."""
+        self.fleet_kinds: frozenset[Room] = frozenset()
+        """The distinct total capacities of the healthy workers, as of the last full pass."""
+        self.possible_kinds: tuple[Room, ...] = ()
+        """What a worker a provisioner could add offers (as of the last full pass)."""
+        self._parked: dict[TaskShape, tuple[JobRequirements, dict[JobId, str]]] = {}
+        """Jobs whose tasks are parked because they fit no worker (``BandQueue.park``), by shape:
+        checked once per shape and pass, and back in their bands as soon as one fits."""
 
     def _index_job(self, job: Job) -> None:
         job.submit_seq = self._next_submit_seq
@@ -1109,6 +1127,80 @@ class ControllerState:
         for attempt in task.attempts[ended_before:]:
             self._account(job, attempt, charge_usage=True)
         return True
+
+    # ------------------------------------------------------------------ a scheduling pass's bookkeeping
+
+    def before_pass(self, now_ms: int, bounded: bool, possible: Sequence[Room] = ()) -> list[Task]:
+        """The tasks a pass reads. A full pass first puts back parked work that now fits a worker
+        (or one a provisioner could add: ``possible``). O(parked shapes x workers), not O(parked)."""
+        with self._lock:
+            if not bounded:
+                self.fleet_kinds = frozenset(w.snapshot().total for w in self._workers.values() if w.healthy)
+                self.possible_kinds = tuple(possible)
+            if self._parked and not bounded:
+                totals = [*self.fleet_kinds, *possible]
+                for shape, (req, jobs) in list(self._parked.items()):
+                    if not unmet_everywhere(req, totals):
+                        del self._parked[shape]
+                        back = [t.task_id for t in self._task_queue.parked() if t.job_id in jobs]
+                        self._task_queue.unpark(back)
+                        for job_id in jobs:
+                            self.log_action("job_unparked", now_ms=now_ms, job_id=job_id,
+                                            details="capacity of its kind appeared")
+            return self._task_queue.values()
+
+    def after_pass(self, now_ms: int, timed_out: Sequence[Task], preemptions: Sequence[Preemption],
+                   never_fit: Mapping[JobId, str], fleet: Mapping[str, float]) -> None:
+        """Carry out a pass's decisions but placements: tasks past their scheduling timeout end
+        UNSCHEDULABLE, policy preemptions are made, jobs that fit no worker are parked."""
+        with self._lock:
+            if fleet:
+                self.shares.fleet = dict(fleet)
+            for p in preemptions:  # the sharing policy's (``fairness``): SIGTERM, grace, requeued
+                self.preempt(p.victim.task_id, p.by.task_id, p.why, now_ms)
+            for task in timed_out:
+                job = self._jobs.get(task.job_id)
+                reason = job.pending_reason if job is not None else ""
+                timeout_s = job.scheduling_timeout_ms / 1000 if job is not None else 0
+                self.transition_task(task.task_id, UNSCHEDULABLE, now_ms,
+                                     error=f"not scheduled within {timeout_s:g}s" + (f": {reason}" if reason else ""))
+            for job_id, reason in never_fit.items():
+                job = self._jobs.get(job_id)
+                if job is None or job.is_finished():
+                    continue
+                req = job.requirements
+                self._parked.setdefault(req.shape, (req, {}))[1][job_id] = reason
+                self._task_queue.park([t.task_id for t in self._tasks_by_job[job_id] if t.state == PENDING])
+                job.pending_reason = f"{NEVER_FITS}: {reason}"
+
+    def parked_timeouts(self, now_ms: int) -> list[Task]:
+        """Parked tasks past their job's scheduling timeout (a pass does not read parked tasks)."""
+        with self._lock:
+            out: list[Task] = []
+            for _, jobs in self._parked.values():
+                for job_id in jobs:
+                    job = self._jobs.get(job_id)
+                    timeout = job.scheduling_timeout_ms if job is not None else 0
+                    if timeout > 0:
+                        out.extend(t for t in self._tasks_by_job[job_id]
+                                   if t.state == PENDING and now_ms - t.pending_since_ms > timeout)
+            return out
+
+    def fit_warning(self, job_id: JobId) -> str:
+        """"never fits: ..." when no kind of worker the fleet has (or a provisioner could add) can
+        hold one task of the job, as of the last full pass; else "". O(kinds of worker)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or not (self.fleet_kinds or self.possible_kinds):
+                return ""  # no worker yet: one may register any moment (a cluster starting)
+            missing = unmet_everywhere(job.requirements, [*self.fleet_kinds, *self.possible_kinds])
+            return f"{NEVER_FITS}: {missing}" if missing else ""
+
+    def parked_jobs(self) -> dict[JobId, str]:
+        """Jobs waiting for a kind of worker the fleet does not have, and why."""
+        with self._lock:
+            return {job_id: reason for _, jobs in self._parked.values() for job_id, reason in jobs.items()
+                    if (job := self._jobs.get(job_id)) is not None and not job.is_finished()}
 
     # ------------------------------------------------------------------ sharing (issue 24, ``shares.py``)
 
