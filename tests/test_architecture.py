@@ -41,6 +41,7 @@ PURE_MODULES = (
     "iris/cluster/controller/fairness.py",
     "iris/cluster/controller/shares.py",
     "iris/cluster/controller/queue.py",
+    "iris/cluster/controller/reservations.py",
     "iris/cluster/sharing.py",
     "iris/cluster/bands.py",
     "iris/cluster/rules.py",

@@ -93,6 +93,9 @@ def controller() -> None:
 @click.option("--shared-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A directory mounted at the same path here and on every worker (NFS, say): each job gets "
                    "IRIS_CHECKPOINT_DIR under it, kept across attempts and workers, deleted with the job.")
+@click.option("--max-reservations", type=click.IntRange(min=0), default=4, show_default=True,
+              help="How many of the highest-ranked jobs that do not fit now hold room on the workers where they "
+                   "can start earliest (so a big gang never starves behind small jobs); 0: none.")
 @click.option("--sharing", "sharing_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Teams, shares and preemption (TOML; see the README). Without it every user is a team of one "
                    "with equal weight. `iris share reload` or SIGHUP applies a changed file.")
@@ -126,6 +129,7 @@ def serve(
     max_finished_jobs: int,
     max_log_size: str,
     shared_dir: Path | None,
+    max_reservations: int,
     sharing_file: Path | None,
     log_level: str,
     verbose: bool,
@@ -198,7 +202,7 @@ def serve(
                               max_endpoints_per_task=max_endpoints_per_task,
                               max_finished_jobs=max_finished_jobs, read_share=read_share,
                               shared_dir=shared_dir.resolve() if shared_dir is not None else None,
-                              sharing=sharing, sharing_file=sharing_file.resolve() if sharing_file is not None else None)
+                              max_reservations=max_reservations, sharing=sharing, sharing_file=sharing_file.resolve() if sharing_file is not None else None)
     from iris.cluster.controller.logstore import LogStore
 
     ctrl = Controller(config, state=state, store=store, secret=_secret(state_dir),

@@ -31,18 +31,20 @@ LATER = NOW + 60 * MIN
 
 
 def one_pass(state: ControllerState, now_ms: int = NOW) -> SchedulingTransaction:
-    """A full scheduling pass applied as the shell applies it: assignments committed, preemptions
-    made, and every stop confirmed by the worker at once."""
-    tx = Scheduler(state).find_assignments(state.peek_pending_tasks(), state.get_available_workers(now_ms), now_ms,
+    """A full scheduling pass applied as the shell applies it (``before_pass``, the scheduler,
+    ``after_pass``, assignments committed), every stop confirmed by the worker at once."""
+    pending = state.before_pass(now_ms, False)
+    tx = Scheduler(state).find_assignments(pending, state.get_available_workers(now_ms), now_ms,
                                            sharing=state.fair_inputs(now_ms))
-    state.shares.fleet = tx.fleet or state.shares.fleet
+    stopping = []
     for p in tx.preemptions:
         victim = state.get_task(p.victim.task_id)
-        assert victim is not None
-        worker, attempt = victim.worker_id, victim.current_attempt_id
-        assert state.preempt(p.victim.task_id, p.by.task_id, p.why, now_ms)
-        assert worker is not None
-        state.apply_report(worker, victim.task_id, attempt, KILLED, now_ms)  # the process is gone
+        assert victim is not None and victim.worker_id is not None
+        stopping.append((victim.worker_id, victim.task_id, victim.current_attempt_id))
+    state.after_pass(now_ms, tx.timed_out_tasks, tx.preemptions, tx.never_fit, tx.fleet, tx.reservations)
+    for worker, task_id, attempt in stopping:
+        assert state.get_task(task_id).current_attempt_id == attempt + 1  # type: ignore[union-attr]
+        state.apply_report(worker, task_id, attempt, KILLED, now_ms)  # the process is gone
     for task, worker in tx.assignments:
         assert state.commit_assignment(task.task_id, worker.worker_id, now_ms)
     state.drain_effects()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iris.cluster.controller.reads import DEFAULT_BURST_S, DEFAULT_SHARE
+from iris.cluster.controller.reservations import DEFAULT_MAX_RESERVATIONS
 from iris.cluster.sharing import DEFAULT_SHARING, SharingConfig
 from iris.cluster.validation import DEFAULT_LIMITS, Limits
 
@@ -64,6 +65,9 @@ class ControllerConfig:
     read_burst_s: float = DEFAULT_BURST_S
     """CPU-seconds of reading that run at once from a full bucket (a lone user listing every job
     is not slowed); beyond it reads run at ``read_share``."""
+    max_reservations: int = DEFAULT_MAX_RESERVATIONS
+    """How many of the highest-ranked jobs that do not fit now hold reservations (``--max-reservations``;
+    0: none, and big gangs may starve behind small work)."""
     sharing: SharingConfig = DEFAULT_SHARING
     """Teams, shares and preemption (``--sharing FILE``, ``iris.cluster.sharing``); the default: every
     user a team of one, equal weights."""

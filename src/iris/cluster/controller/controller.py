@@ -134,6 +134,7 @@ class Controller:
         self._state.quarantine_after = cfg.quarantine_after
         self._state.gang_blame_window_ms = int(cfg.gang_blame_window_s * 1000)
         self._state.max_endpoints_per_task = cfg.max_endpoints_per_task
+        self._state.max_reservations = cfg.max_reservations
         self._store = store
         self._bundles: MemoryBundles | StateStore = store if store is not None else MemoryBundles()
         self._clock: Clock = clock or SystemClock()
@@ -495,7 +496,8 @@ class Controller:
             return [], ScheduleSummary(0, 0, 0)
         result = self._scheduler.find_assignments(pending, state.get_available_workers(now), now, bounded=bounded,
                                                   sharing=state.fair_inputs(now), possible=possible)
-        state.after_pass(now, timed_out + result.timed_out_tasks, result.preemptions, result.never_fit, result.fleet)
+        state.after_pass(now, timed_out + result.timed_out_tasks, result.preemptions, result.never_fit, result.fleet,
+                         result.reservations)
         reasons = dict(result.pending_reasons)
         launches: list[AttemptLaunch] = []
         for task, worker in result.assignments:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from operator import attrgetter
+from typing import Any
 
 from iris.cluster.bands import BANDS
 from iris.cluster.controller.capacity import JobRequirements, fits_in
@@ -201,6 +202,9 @@ class FairInputs:
     holders: Callable[[], list[Holder]] = list
     budget: int = 0
     nominated: frozenset[TaskId] | set[TaskId] = frozenset()
+    reservations: Sequence[Any] = ()
+    """The reservations the last full pass made (``reservations.Reservation``): every pass keeps them whole."""
+    max_reservations: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +351,8 @@ class Holder:
     amounts: Amounts
     req: JobRequirements
     coscheduled: bool
+    ends_ms: int = 1 << 62
+    """When it must end: its start plus its job's ``--timeout`` (else never: ``reservations.NEVER``)."""
 
 
 @dataclass(frozen=True, slots=True)

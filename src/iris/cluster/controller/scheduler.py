@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from iris.cluster.bands import BANDS
 from iris.cluster.controller.capacity import JobRequirements, Room, WorkerSnapshot, fits_in, unmet_everywhere
 from iris.cluster.controller.fairness import (
     Candidate,
@@ -43,12 +44,15 @@ from iris.cluster.controller.fairness import (
 )
 from iris.cluster.controller.fairness import Room as FairRoom
 from iris.cluster.controller.job import Job
+from iris.cluster.controller.reservations import NEVER, Free, Reservation, Running, may_use, plan
 from iris.cluster.controller.state import NEVER_FITS, ControllerState, ControllerWorker
 from iris.cluster.controller.task import Task
 from iris.cluster.sharing import SharingConfig
-from iris.cluster.types import JobId
+from iris.cluster.types import JobId, WorkerId
 
 _Shape = tuple[int, int, int, str, str, int]
+RESERVED_FOR_OTHER = "reserved for another job"
+"""The start of the pending reason of work kept off room a reservation holds."""
 
 
 @dataclass(slots=True)
@@ -86,6 +90,9 @@ class SchedulingTransaction:
     timed_out_tasks: list[Task] = field(default_factory=list)
     pending_reasons: dict[JobId, str] = field(default_factory=dict)
     """Why a job's tasks are still waiting, e.g. "no worker has 64 cpus"."""
+    reservations: list[Reservation] | None = None
+    """A full pass's reservations for the highest-ranked jobs held back by room (None: a bounded
+    pass, which keeps the ones it was given)."""
     never_fit: dict[JobId, str] = field(default_factory=dict)
     """Jobs no worker the fleet has (nor one a provisioner could add) can hold, and why: the shell
     parks them (``BandQueue.park``) until capacity of their kind appears."""
@@ -161,6 +168,7 @@ class Scheduler:
             return task_amounts(config, job.requirements, "") if job is not None and config is not None else {}
 
         order = FairOrder(pending_tasks, owner_of if book is not None else (lambda job_id: None), book, amounts_of)
+        guard = Guard(sharing, working, get_job) if sharing is not None else None
         totals = [cap.snapshot.total for cap in working] + list(possible)
         never_cache: dict[_Shape, str] = {}
 
@@ -208,7 +216,8 @@ class Scheduler:
                             limit := book.over_limit(owner.team, _times(task_amounts(book.config, req, ""), len(gang)))):
                         exhausted.add(job_id)
                         transaction.pending_reasons[job_id] = limit
-                    elif not _place_gang(gang, req, working, transaction, book, owner):
+                    elif not _place_gang(gang, req, working, transaction, book, owner,
+                                         guard.for_job(job_id, req, owner, now_ms) if guard else None):
                         exhausted.add(job_id)
                         transaction.pending_reasons[job_id] = _explain(req, working, gang=len(gang))
                         if never := never_fits(req):
@@ -216,6 +225,8 @@ class Scheduler:
                             transaction.pending_reasons[job_id] = f"{NEVER_FITS}: {never}"
                         if owner is not None and not bounded and not unmet_everywhere(req, [w.snapshot.total for w in working]):
                             candidates.append(Candidate(gang, req, owner))
+                            if guard is not None:
+                                guard.reserve(job_id, req, len(gang), owner.band, now_ms)
                     else:
                         room = sum(1 for cap in working if cap.cpu > 0)
                 if timeout_ms <= 0:
@@ -229,9 +240,16 @@ class Scheduler:
             start = cursors.get(shape, 0)
             placed = False
             limited = ""
+            held_for: Reservation | None = None
+            """A reservation that kept it off a worker it fits (then the shape's cursor stays there)."""
+            guarded = len(working)
             for idx in range(start, len(working)):
                 cap = working[idx]
                 if fits_in(req, cap.cpu, cap.memory, cap.disk, cap.devices, cap.device_kind, cap.device_variant):
+                    if guard and not guard.allows(cap.worker.worker_id, job_id, req, owner, now_ms):
+                        held_for = held_for or guard.holder_of(cap.worker.worker_id)
+                        guarded = min(guarded, idx)
+                        continue  # reserved for a higher-ranked job (``reservations``)
                     if book is not None and owner is not None:
                         amounts = per_job.get(job_id) if cap.device_kind == "cpu" else None
                         if amounts is None:
@@ -246,13 +264,20 @@ class Scheduler:
                     if cap.cpu <= 0:
                         room -= 1
                     transaction.tentatively_assign(task, cap.worker)
-                    cursors[shape] = idx
+                    if guard is not None and not bounded:
+                        guard.placed(cap.worker.worker_id, job_id, req, now_ms)
+                    cursors[shape] = min(idx, guarded)
                     placed = True
                     break
             if not placed:
                 exhausted.add(job_id)
                 if limited:
                     transaction.pending_reasons[job_id] = limited
+                elif held_for is not None:
+                    cursors[shape] = min(cursors.get(shape, guarded), guarded)
+                    start_at = "" if held_for.start_ms is None else f", from {max(0, held_for.start_ms - now_ms) // 1000}s on"
+                    transaction.pending_reasons[job_id] = (f"{RESERVED_FOR_OTHER}: the room it fits is reserved for "
+                                                           f"{held_for.job_id}{start_at}")
                 else:
                     cursors[shape] = len(working)
                     reason = transaction.pending_reasons[job_id] = _explain(req, working)
@@ -262,10 +287,14 @@ class Scheduler:
                     if owner is not None and not bounded and reason.startswith("waiting for free") and sharing:
                         # Each of its waiting tasks may preempt (as many as the rate limit allows).
                         candidates.extend(Candidate([t], req, owner) for t in order.gang()[:sharing.budget])
+                        if guard is not None:
+                            guard.reserve(job_id, req, 1, owner.band, now_ms)
                 if timeout_ms <= 0:
                     order.drop()
         if candidates and sharing is not None and book is not None and sharing.budget > 0:
             self._preempt(transaction, candidates, working, sharing, book, now_ms)
+        if guard is not None and not bounded:
+            transaction.reservations = guard.made
         return transaction
 
     def _preempt(self, transaction: SchedulingTransaction, candidates: list[Candidate], working: list[_Working],
@@ -288,6 +317,110 @@ class Scheduler:
         for job_id, items in by_job.items():
             transaction.pending_reasons[job_id] = (f"preempting {len(items)} task{'s' if len(items) != 1 else ''} "
                                                    f"({items[0].why}); placed once they stop")
+
+
+class Guard:
+    """The reservations a pass keeps whole (``reservations.may_use``): the last full pass's, and on
+    a full pass the ones it makes as it meets the highest-ranked jobs held back by room (so the
+    work after them in the same pass already leaves their room). Each reserved worker's room at its
+    reservation's start is kept up to date as the pass places work."""
+
+    __slots__ = ("_at_start", "_by_worker", "_get_job", "_holders", "_placed", "_sharing", "_timeouts", "_working",
+                 "made")
+
+    def __init__(self, sharing: FairInputs, working: list[_Working], get_job: Callable[[JobId], Job | None]) -> None:
+        self._sharing = sharing
+        self._working = working
+        self._get_job = get_job
+        self._by_worker: dict[WorkerId, Reservation] = {}
+        self._at_start: dict[WorkerId, Free] = {}
+        self._holders: dict[WorkerId, list[Running]] | None = None
+        self._timeouts: dict[JobId, int] = {}
+        self._placed: list[tuple[WorkerId, JobId, JobRequirements, int]] = []
+        self.made: list[Reservation] = []
+        for reservation in sharing.reservations:
+            self._install(reservation)
+
+    def __bool__(self) -> bool:
+        return bool(self._by_worker)
+
+    def _running(self) -> dict[WorkerId, list[Running]]:
+        if self._holders is None:
+            self._holders = {}
+            for h in self._sharing.holders():
+                self._holders.setdefault(h.worker_id, []).append(Running(h.worker_id, h.req, h.ends_ms))
+            for worker_id, job_id, req, now_ms in self._placed:
+                job = self._get_job(job_id)
+                timeout = int(job.spec.timeout_seconds * 1000) if job is not None else 0
+                self._holders.setdefault(worker_id, []).append(
+                    Running(worker_id, req, now_ms + timeout if timeout > 0 else NEVER))
+        return self._holders
+
+    def _install(self, reservation: Reservation) -> None:
+        running = self._running()
+        for cap in self._working:
+            worker_id = cap.worker.worker_id
+            if worker_id not in reservation.workers or worker_id in self._by_worker:
+                continue
+            room = Free(worker_id, cap.cpu, cap.memory, cap.disk, cap.devices, cap.device_kind, cap.device_variant)
+            for r in running.get(worker_id, ()):
+                if reservation.start_ms is not None and r.ends_ms <= reservation.start_ms:
+                    room.cpu += r.req.cpu
+                    room.memory += r.req.memory_bytes
+                    room.disk += r.req.disk_bytes
+                    room.devices += r.req.device_count
+            self._by_worker[worker_id] = reservation
+            self._at_start[worker_id] = room
+
+    def reserve(self, job_id: JobId, req: JobRequirements, members: int, band: int, now_ms: int) -> None:
+        """A reservation for a job held back by room, on workers no other reservation holds."""
+        if len(self.made) >= self._sharing.max_reservations or any(r.job_id == job_id for r in self.made):
+            return
+        free = [Free(cap.worker.worker_id, cap.cpu, cap.memory, cap.disk, cap.devices, cap.device_kind,
+                     cap.device_variant) for cap in self._working
+                if cap.worker.worker_id not in self._by_worker or self._by_worker[cap.worker.worker_id].job_id == job_id]
+        reservation = plan(job_id, band, req, members, free, self._running(), now_ms)
+        if reservation is not None:
+            self.made.append(reservation)
+            for worker_id in reservation.workers:
+                if self._by_worker.get(worker_id) is not None and self._by_worker[worker_id].job_id == job_id:
+                    del self._by_worker[worker_id]  # last pass's reservation of this job: this one replaces it
+            self._install(reservation)
+
+    def placed(self, worker_id: WorkerId, job_id: JobId, req: JobRequirements, now_ms: int) -> None:
+        """A task placed in this pass runs from now on: a later reservation counts it."""
+        if self._holders is None:
+            self._placed.append((worker_id, job_id, req, now_ms))
+            return
+        job = self._get_job(job_id)
+        timeout = int(job.spec.timeout_seconds * 1000) if job is not None else 0
+        self._holders.setdefault(worker_id, []).append(Running(worker_id, req, now_ms + timeout if timeout > 0 else NEVER))
+
+    def holder_of(self, worker_id: WorkerId) -> Reservation | None:
+        return self._by_worker.get(worker_id)
+
+    def for_job(self, job_id: JobId, req: JobRequirements, owner: Owner | None,
+                now_ms: int) -> Callable[[WorkerId], bool]:
+        return lambda worker_id: self.allows(worker_id, job_id, req, owner, now_ms)
+
+    def allows(self, worker_id: WorkerId, job_id: JobId, req: JobRequirements, owner: Owner | None,
+               now_ms: int) -> bool:
+        res = self._by_worker.get(worker_id)
+        if res is None or res.job_id == job_id:
+            return True
+        timeout = self._timeouts.get(job_id)
+        if timeout is None:
+            job = self._get_job(job_id)
+            timeout = self._timeouts[job_id] = int(job.spec.timeout_seconds * 1000) if job is not None else 0
+        room = self._at_start[worker_id]
+        if not may_use(res, room, req, owner.band if owner is not None else len(BANDS), timeout, now_ms):
+            return False
+        if not (timeout > 0 and res.start_ms is not None and now_ms + timeout <= res.start_ms):
+            room.cpu -= req.cpu  # it still runs at the start: it takes room the reservation counted on
+            room.memory -= req.memory_bytes
+            room.disk -= req.disk_bytes
+            room.devices -= req.device_count
+        return True
 
 
 def _fleet(config: SharingConfig, working: list[_Working]) -> dict[str, float]:
@@ -313,13 +446,15 @@ def _backoff_reason(task: Task, now_ms: int) -> str:
 
 
 def _place_gang(gang: list[Task], req: JobRequirements, working: list[_Working],
-                transaction: SchedulingTransaction, book: ShareBook | None = None, owner: Owner | None = None) -> bool:
+                transaction: SchedulingTransaction, book: ShareBook | None = None, owner: Owner | None = None,
+                allowed: Callable[[WorkerId], bool] | None = None) -> bool:
     placed: list[tuple[Task, _Working]] = []
     start = 0  # capacities only shrink within the gang, so each search resumes where the last one stopped
     for task in gang:
         for idx in range(start, len(working)):
             cap = working[idx]
-            if fits_in(req, cap.cpu, cap.memory, cap.disk, cap.devices, cap.device_kind, cap.device_variant):
+            if fits_in(req, cap.cpu, cap.memory, cap.disk, cap.devices, cap.device_kind, cap.device_variant) and (
+                    allowed is None or allowed(cap.worker.worker_id)):
                 cap.deduct(req)
                 placed.append((task, cap))
                 start = idx

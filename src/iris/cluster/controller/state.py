@@ -36,6 +36,7 @@ from iris.cluster.controller.fairness import FairInputs, Holder, Preemption, tas
 from iris.cluster.controller.job import Job
 from iris.cluster.controller.policies import StreakEntry
 from iris.cluster.controller.queue import BandQueue
+from iris.cluster.controller.reservations import DEFAULT_MAX_RESERVATIONS, NEVER, Reservation
 from iris.cluster.controller.shares import NOMINATION_SLACK_MS, Shares
 from iris.cluster.controller.task import (
     BUILDING,
@@ -348,6 +349,10 @@ class ControllerState:
         """While a held gang is settled: its members whose processes already ended (no kill needed)."""
         self.shares = Shares()
         """Teams, what they hold and have used, policy preemptions (issue 24, ``shares.py``)."""
+        self.reservations: list[Reservation] = []
+        """Room held for the highest-ranked jobs that do not fit now (``reservations.py``), made by
+        the last full pass and kept whole by every pass."""
+        self.max_reservations = DEFAULT_MAX_RESERVATIONS
         self.fleet_kinds: frozenset[Room] = frozenset()
         """The distinct total capacities of the healthy workers, as of the last full pass."""
         self.possible_kinds: tuple[Room, ...] = ()
@@ -1150,10 +1155,14 @@ class ControllerState:
             return self._task_queue.values()
 
     def after_pass(self, now_ms: int, timed_out: Sequence[Task], preemptions: Sequence[Preemption],
-                   never_fit: Mapping[JobId, str], fleet: Mapping[str, float]) -> None:
+                   never_fit: Mapping[JobId, str], fleet: Mapping[str, float],
+                   reservations: list[Reservation] | None = None) -> None:
         """Carry out a pass's decisions but placements: tasks past their scheduling timeout end
-        UNSCHEDULABLE, policy preemptions are made, jobs that fit no worker are parked."""
+        UNSCHEDULABLE, policy preemptions are made, jobs that fit no worker are parked, a full
+        pass's reservations replace the last ones."""
         with self._lock:
+            if reservations is not None:
+                self.reservations = reservations
             if fleet:
                 self.shares.fleet = dict(fleet)
             for p in preemptions:  # the sharing policy's (``fairness``): SIGTERM, grace, requeued
@@ -1218,8 +1227,15 @@ class ControllerState:
             self.log_action("sharing_configured", now_ms=now_ms, details=config.source or "built-in default")
 
     def fair_inputs(self, now_ms: int) -> FairInputs:
-        """What a scheduling pass needs to share the fleet (running attempts only if asked for)."""
-        return self.shares.inputs(now_ms, lambda: self._holders(now_ms))
+        """What a scheduling pass needs to share the fleet (running attempts only if asked for), and
+        the reservations still standing (a job that started or ended has none)."""
+        inputs = self.shares.inputs(now_ms, lambda: self._holders(now_ms))
+        self.reservations = [r for r in self.reservations
+                             if (job := self._jobs.get(r.job_id)) is not None and not job.is_finished()
+                             and job.counts[PENDING] > 0]
+        inputs.reservations = self.reservations
+        inputs.max_reservations = self.max_reservations
+        return inputs
 
     def _holders(self, now_ms: int) -> list[Holder]:
         out: list[Holder] = []
@@ -1233,8 +1249,10 @@ class ControllerState:
                 if holding is None:
                     continue
                 started = task.started_at_ms or now_ms
+                timeout = int(job.spec.timeout_seconds * 1000)
                 out.append(Holder(task, job.job_id, worker.worker_id, job.band, holding.team, holding.user, started,
-                                  holding.amounts, job.requirements, job.coscheduled))
+                                  holding.amounts, job.requirements, job.coscheduled,
+                                  started + timeout if timeout > 0 else NEVER))
         return out
 
     def preempt(self, victim_id: TaskId, by_task_id: TaskId, why: str, now_ms: int) -> bool:

@@ -1,0 +1,133 @@
+"""Reservations and backfill (issue 25 item 1): a gang never starves behind a stream of small
+work; lower-ranked work takes reserved room only if its --timeout ends it before the reservation
+starts, or if it leaves the reservation whole."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from iris.cluster.controller.state import ControllerState
+from iris.cluster.types import RUNNING, SUCCEEDED, WorkerId
+
+from .builders import NOW, add_worker, submit
+from .test_sharing import one_pass
+
+SEC = 1000
+
+
+def finish_all_running(state: ControllerState, now_ms: int, job_prefix: str = "") -> int:
+    done = 0
+    for job in state.list_jobs():
+        if not job.job_id.startswith(job_prefix):
+            continue
+        for task in state.get_job_tasks(job.job_id):
+            if task.state == RUNNING and task.worker_id is not None:
+                state.apply_report(WorkerId(task.worker_id), task.task_id, task.current_attempt_id, SUCCEEDED, now_ms)
+                done += 1
+    state.drain_effects()
+    return done
+
+
+def test_a_gang_is_placed_while_a_stream_of_small_jobs_keeps_arriving(state: ControllerState) -> None:
+    for i in range(4):
+        add_worker(state, f"w{i}", cpu=2)
+    for i in range(8):
+        submit(state, f"small-{i}", owner="bob")
+    one_pass(state)  # the fleet is full of small work
+    submit(state, "gang", owner="alice", replicas=4, cpu=2, coscheduled=True)
+    now = NOW
+    for step in range(20):  # small tasks end one by one; new ones keep arriving
+        now += SEC
+        running = [t for j in state.list_jobs() if j.job_id.startswith("small") for t in state.get_job_tasks(j.job_id)
+                   if t.state == RUNNING]
+        if running:
+            t = running[0]
+            state.apply_report(WorkerId(t.worker_id or ""), t.task_id, t.current_attempt_id, SUCCEEDED, now)
+        submit(state, f"more-{step}", owner="bob", now_ms=now)
+        one_pass(state, now)
+        if all(t.state == RUNNING for t in state.get_job_tasks(state.get_job("gang").job_id)):  # type: ignore[union-attr]
+            break
+    gang = state.get_job_tasks(state.get_job("gang").job_id)  # type: ignore[union-attr]
+    assert all(t.state == RUNNING for t in gang), "the gang starved behind small jobs"
+    assert state.reservations == []  # dropped once its job started
+
+
+def test_without_reservations_the_same_gang_starves(state: ControllerState) -> None:
+    state.max_reservations = 0
+    for i in range(4):
+        add_worker(state, f"w{i}", cpu=2)
+    for i in range(8):
+        submit(state, f"small-{i}", owner="bob")
+    one_pass(state)
+    submit(state, "gang", owner="alice", replicas=4, cpu=2, coscheduled=True)
+    now = NOW
+    for step in range(20):
+        now += SEC
+        running = [t for j in state.list_jobs() if j.job_id.startswith("small") for t in state.get_job_tasks(j.job_id)
+                   if t.state == RUNNING]
+        if running:
+            t = running[0]
+            state.apply_report(WorkerId(t.worker_id or ""), t.task_id, t.current_attempt_id, SUCCEEDED, now)
+        submit(state, f"more-{step}", owner="bob", now_ms=now)
+        one_pass(state, now)
+    assert not any(t.state == RUNNING for t in state.get_job_tasks("gang"))  # type: ignore[arg-type]
+
+
+def test_backfill_that_ends_before_the_reservation_starts_is_placed_and_longer_work_is_not(
+        state: ControllerState) -> None:
+    add_worker(state, "w1", cpu=4)
+    submit(state, "long", owner="bob", cpu=3, timeout_seconds=600)  # must end within 10 minutes
+    one_pass(state)
+    submit(state, "big", owner="alice", cpu=4)  # needs the whole worker: reserved for when "long" ends
+    tx = one_pass(state, NOW + SEC)
+    assert tx.reservations is not None and [r.job_id for r in tx.reservations] == ["big"]
+    (reservation,) = state.reservations
+    assert reservation.start_ms == NOW + 600 * SEC and dict(reservation.workers) == {"w1": 1}
+    submit(state, "slow", owner="carol", cpu=1)  # no timeout: would still run at the start
+    submit(state, "quick", owner="carol", cpu=1, timeout_seconds=60)  # ends well before
+    tx = one_pass(state, NOW + 2 * SEC)
+    assert [t.job_id for t, _ in tx.assignments] == ["quick"]
+    assert tx.pending_reasons["slow"] == "reserved for another job: the room it fits is reserved for big, from 598s on"
+
+
+def test_room_beyond_what_the_reservation_needs_is_still_used(state: ControllerState) -> None:
+    add_worker(state, "w1", cpu=8)
+    submit(state, "long", owner="bob", cpu=6, timeout_seconds=600)
+    one_pass(state)
+    submit(state, "half", owner="alice", cpu=4)  # reserved: 2 free now + 6 at the start
+    one_pass(state, NOW + SEC)
+    assert [r.job_id for r in state.reservations] == ["half"]
+    submit(state, "extra", owner="carol", cpu=2)  # 8 at the start - 2 still holds 4
+    tx = one_pass(state, NOW + 2 * SEC)
+    assert [t.job_id for t, _ in tx.assignments] == ["extra"]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(1, 2), st.sampled_from([0, 30, 120, 900])), min_size=1, max_size=12),
+       st.integers(200, 900))
+def test_backfilled_work_ends_before_the_reservation_starts_and_arrivals_never_delay_it(
+        arrivals: list[tuple[int, int]], long_timeout_s: int) -> None:
+    """Properties: a reservation's start never moves later because lower-ranked work arrives, and
+    whatever takes a reserved worker's room either ends (by its --timeout) before the start or
+    leaves the reservation whole."""
+    state = ControllerState()
+    add_worker(state, "w1", cpu=4)
+    submit(state, "long", owner="bob", cpu=4, timeout_seconds=long_timeout_s)
+    one_pass(state)
+    submit(state, "big", owner="alice", cpu=4)
+    one_pass(state, NOW + SEC)
+    (reservation,) = state.reservations
+    start = reservation.start_ms
+    assert start == NOW + long_timeout_s * SEC
+    now = NOW + SEC
+    for i, (cpu, timeout_s) in enumerate(arrivals):
+        now += SEC
+        submit(state, f"a{i}", owner="carol", cpu=cpu, timeout_seconds=timeout_s, priority="batch", now_ms=now)
+        tx = one_pass(state, now)
+        for task, _ in tx.assignments:
+            job = state.get_job(task.job_id)
+            assert job is not None and job.spec.timeout_seconds > 0
+            assert now + job.spec.timeout_seconds * SEC <= start  # backfill ends in time
+        if state.reservations:
+            assert state.reservations[0].start_ms is not None and state.reservations[0].start_ms <= start
