@@ -105,6 +105,8 @@ class TraceJob:
     gpus: int
     """GPUs in all: a multiple of 8 above 8 is a gang of gpus / 8 workers."""
     duration_ms: int
+    timeout_ms: int = 0
+    """Its --timeout (0: none): most jobs state a limit, as Slurm users must, a loose one."""
 
 
 def make_trace(seed: int, days: float) -> list[TraceJob]:
@@ -144,8 +146,10 @@ def make_trace(seed: int, days: float) -> list[TraceJob]:
             band = "batch"
             size = rng.choices([s for s, _ in sizes], weights=[p for _, p in sizes])[0]
             duration = rng.lognormvariate(math.log(median_min), sigma)
-        duration_ms = int(min(duration, 3 * 24 * 60) * MIN_MS)
-        jobs.append(TraceJob(f"j{len(jobs)}", int(t_ms), team, user, band, size, max(MIN_MS // 2, duration_ms)))
+        duration_ms = max(MIN_MS // 2, int(min(duration, 3 * 24 * 60) * MIN_MS))
+        # 70 % state a time limit, 1.2-3x what they will need (users' estimates are loose).
+        timeout_ms = int(duration_ms * rng.uniform(1.2, 3.0)) if rng.random() < 0.7 else 0
+        jobs.append(TraceJob(f"j{len(jobs)}", int(t_ms), team, user, band, size, duration_ms, timeout_ms))
     return jobs
 
 
@@ -166,7 +170,8 @@ def job_request(job: TraceJob) -> T.Controller.LaunchJobRequest:
     replicas = max(1, job.gpus // GPUS_PER_WORKER)
     spec = ResourceSpec(cpu=per_task * 4, memory=per_task * 32 * GiB, replicas=replicas, device=gpu("H100", per_task))
     return T.Controller.LaunchJobRequest(name=job.name, resources=spec.to_proto(), coscheduled=replicas > 1,
-                                         priority=job.band, max_retries_preemption=1000)
+                                         priority=job.band, max_retries_preemption=1000,
+                                         timeout_seconds=job.timeout_ms / 1000)
 
 
 @dataclass
@@ -189,9 +194,10 @@ class Outcome:
     passes: int = 0
 
 
-def simulate(trace: list[TraceJob], sharing: bool) -> Outcome:
+def simulate(trace: list[TraceJob], sharing: bool, reservations: int = 0) -> Outcome:
     wall = time.perf_counter()
     state = ControllerState()
+    state.max_reservations = reservations
     state.configure_sharing(parse_sharing(SHARING, "bench"), START_MS)
     for i in range(WORKERS):
         state.add_worker(make_worker(i))
@@ -263,6 +269,8 @@ def simulate(trace: list[TraceJob], sharing: bool) -> Outcome:
                 if sharing:
                     tx = scheduler.find_assignments(pending, workers, now, sharing=state.fair_inputs(now))
                     state.shares.fleet = tx.fleet or state.shares.fleet
+                    if tx.reservations is not None:
+                        state.reservations = tx.reservations
                 else:
                     fifo = sorted(pending, key=lambda t: (t.submitted_at_ms, t.job_id, t.task_index))
                     tx = scheduler.find_assignments(fifo, workers, now)
@@ -378,8 +386,9 @@ def main() -> None:
               f"{WORKERS} workers x {GPUS_PER_WORKER} GPUs, teams {TEAMS}")
         fair = simulate(trace, sharing=True)
         fifo = simulate(trace, sharing=False)
+        reserved = simulate(trace, sharing=True, reservations=4)
         print(f"simulated {fair.sim_ms / HOUR_MS:.0f} h: sharing {fair.wall_s:.0f}s wall ({fair.passes} passes), "
-              f"FIFO {fifo.wall_s:.0f}s wall ({fifo.passes} passes)")
+              f"FIFO {fifo.wall_s:.0f}s wall ({fifo.passes} passes), sharing with reservations {reserved.wall_s:.0f}s")
         bands = {job.name: job.band for job in trace}
         print("\nqueue wait (submission to first start)        sharing            FIFO")
         interactive_ratio = math.nan
@@ -413,6 +422,15 @@ def main() -> None:
         print(f"jobs waiting > 2x their FIFO wait (and > 10 min): {len(slower)} of {len(fair.waits)}; "
               f"{len(caused)} behind a higher band's work or with their team over its weighted share; "
               f"without a stated cause: {len(slower) - len(caused)}")
+        util_reserved = sum(sum(reserved.hours[h].values()) for h in range(span_hours)) / (
+            capacity_ms * span_hours * HOUR_MS)
+        longest_gang_reserved = max((w for n, w in reserved.waits.items() if n in gang_names), default=0)
+        gang_waits = sorted(w for n, w in reserved.waits.items() if n in gang_names)
+        gang_waits_fair = sorted(w for n, w in fair.waits.items() if n in gang_names)
+        print("\nreservations (issue 25), sharing with --max-reservations 4 vs sharing without:")
+        print(f"  longest gang wait {minutes(longest_gang_reserved)} vs {minutes(longest_gang)}; gang p99 wait "
+              f"{minutes(pct(gang_waits, 0.99))} vs {minutes(pct(gang_waits_fair, 0.99))}")
+        print(f"  utilization while jobs arrive {util_reserved:.1%} vs {util_fair:.1%} (target: within 3%)")
     sharing_s, fifo_s, placed = pass_cost()
     ratio = sharing_s / fifo_s
     print(f"\npass cost, 100,000 pending tasks x 10,000 workers ({placed} placed): sharing {sharing_s * 1e6:.1f} us, "

@@ -179,3 +179,48 @@ def test_share_and_queue_from_the_command_line_and_a_reload_by_sighup(two_teams:
         hold.close()
     finally:
         admin.close()
+
+
+def test_a_gang_starts_while_a_stream_of_small_jobs_keeps_arriving_and_why_says_why(tmp_path: Path) -> None:
+    """Issue 25: a 4-task coscheduled job on a 4-worker cluster starts although 1-cpu jobs keep
+    arriving (a reservation keeps its room); `iris job why --json` for what waits."""
+    import threading
+
+    with LocalCluster(workers=4, cpu_per_worker=2, memory_per_worker="2GiB", heartbeat_interval=0.2, kill_grace=1,
+                      base_dir=tmp_path / "cluster") as cluster:
+        api = Api(cluster.controller_address, cluster.admin_token)
+        stop = threading.Event()
+        submitted: list[str] = []
+
+        def stream() -> None:
+            feeder = Api(cluster.controller_address, cluster.admin_token)
+            try:
+                i = 0
+                while not stop.is_set():
+                    submitted.append(feeder.launch(f"small-{i}", ["sleep", "1"], cpu=1))
+                    i += 1
+                    stop.wait(0.15)  # the stream's pace, not a synchronisation
+            finally:
+                feeder.close()
+
+        feeder = threading.Thread(target=stream)
+        feeder.start()
+        try:
+            wait_until(lambda: len(submitted) >= 12, 60)
+            gang = api.launch("gang", ["true"], replicas=4, cpu=2, coscheduled=True)
+            never = api.launch("huge", ["true"], cpu=64)
+            env = {**os.environ, "IRIS_CONTROLLER": cluster.controller_address, "IRIS_TOKEN": cluster.admin_token,
+                   "IRIS_CONFIG_DIR": str(tmp_path / "cfg")}
+            run = subprocess.run([sys.executable, "-m", "iris.cli.main", "job", "why", "huge", "--json"], env=env,
+                                 capture_output=True, text=True, timeout=60, check=False)
+            assert run.returncode == 0, run.stderr
+            why = json.loads(run.stdout)
+            assert {"position", "reasons", "reservation", "estimate"} <= set(why) and why["job_id"] == never
+            assert why["reasons"][0]["code"] == "never_fits" and "64 cpus" in why["reasons"][0]["message"]
+            assert why["estimate"] is None and why["unknown_reason"]
+            done = api.wait(gang, timeout=120)
+            assert done.state == T.JOB_STATE_SUCCEEDED, done.error
+        finally:
+            stop.set()
+            feeder.join(timeout=30)
+            api.close()

@@ -528,6 +528,48 @@ _SHOWN_ABOVE = frozenset({"name", "resources", "replicas", "max_task_failures", 
 """Spec fields the status summary rows already show."""
 
 
+@job.command("why")
+@controller_option
+@click.argument("job_id")
+@json_option
+@verbose_option
+@handle_errors
+def why_cmd(controller: str, job_id: str, as_json: bool, verbose: bool) -> None:
+    """Why a job is pending: its place in the queue, every reason with numbers, the reservation it
+    holds or waits behind, what it could preempt, its team's guarantee, limit and use."""
+    with connect(controller) as client:
+        why = client.why(job_id)
+    if as_json:
+        print_json(why)
+        return
+    out = stdout_console()
+    if why["position"] < 0:
+        out.print(f"{why['job_id']} is {why['state']}: not pending")
+        return
+    out.print(f"{why['job_id']}: pending, position {why['position']} (0 = next) in band {why['band']}; "
+              f"team {why['team']} (standing {why['team_standing']:.3f}), user {why['user']}")
+    for reason in why["reasons"]:
+        out.print(f"  [{reason['code']}] {reason['message']}")
+    if why["reservation"]:
+        start = why["reservation"]["start_ms"]
+        out.print(f"  holds a reservation on {', '.join(sorted(why['reservation']['workers']))}"
+                  + (f", from {format_timestamp(start)}" if start else " (start not known: what runs there has no "
+                     "--timeout)"))
+    if why["waits_behind"]:
+        out.print(f"  waits behind the reservation of {why['waits_behind']}")
+    if why["preemptible_tasks"]:
+        out.print(f"  could preempt {why['preemptible_tasks']} running task(s) of lower bands"
+                  + (f"; the first minimum lease ends {format_timestamp(why['next_lease_end_ms'])}"
+                     if why["next_lease_end_ms"] else ""))
+    out.print(f"  team: guarantee {why['team_guarantee'] or '-'}, limit {why['team_limit'] or 'the fleet'}, "
+              f"running {why['team_running'] or '-'}")
+    if why["estimate"]:
+        out.print(f"  starts between {format_timestamp(why['estimate']['start_p50_ms'])} and "
+                  f"{format_timestamp(why['estimate']['start_p90_ms'])}")
+    else:
+        out.print(f"  start: unknown ({why['unknown_reason']})")
+
+
 @job.command("status")
 @controller_option
 @click.argument("job_id")

@@ -96,7 +96,8 @@ def queue(limit: int, controller: str, as_json: bool, verbose: bool) -> None:
         print_json([e.to_dict() for e in entries])
         return
     rows = [(str(e.position), e.job_id, e.band, e.team, e.user, str(e.pending_tasks), human_ago(e.pending_since_ms),
-             e.reason or "-") for e in entries]
+             (e.reason or "-") + (f" [reserved: {', '.join(e.reserved_workers)}]" if e.reserved_workers else ""))
+            for e in entries]
     stdout_console().print(make_table(("#", "JOB", "BAND", "TEAM", "USER", "TASKS", "WAITING SINCE", "REASON"), rows))
     if total > len(entries):
         click.echo(f"... and {total - len(entries)} more pending jobs (--limit)", err=True)

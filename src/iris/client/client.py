@@ -156,6 +156,9 @@ class QueueEntry:
     reason: str
     pending_tasks: int
     pending_since_ms: int
+    reserved_workers: list[str] = dataclasses.field(default_factory=list)
+    """The workers a reservation holds for it (the highest-ranked jobs that do not fit now)."""
+    reservation_start_ms: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -484,7 +487,29 @@ class IrisClient:
         and how many wait in all."""
         reply = self._call(self._stub.GetQueue, cluster_pb2.Controller.GetQueueRequest(limit=limit), "queue")
         return [QueueEntry(e.job_id, e.band, e.team, e.user, e.position, e.reason, e.pending_tasks,
-                           e.pending_since_ms) for e in reply.entries], reply.total
+                           e.pending_since_ms, list(e.reserved_workers), e.reservation_start_ms)
+                for e in reply.entries], reply.total
+
+    def why(self, job_id: str) -> dict[str, Any]:
+        """Why a pending job waits, structured (``iris job why --json``): ``position`` (its rank among
+        pending jobs, 0 = next; -1 when not pending), ``reasons`` (``code`` and ``message`` each),
+        ``reservation`` (or None), ``estimate`` (``start_p50_ms``/``start_p90_ms``, or None with
+        ``unknown_reason``), its band, team and the team's guarantee, limit and use."""
+        r = self._call(self._stub.GetJobWhy, cluster_pb2.Controller.GetJobWhyRequest(job_id=job_id), f"job {job_id}")
+        estimate: dict[str, Any] | None = None
+        if r.estimate.start_p50_ms:
+            estimate = {"start_p50_ms": r.estimate.start_p50_ms, "start_p90_ms": r.estimate.start_p90_ms}
+        return {
+            "job_id": r.job_id, "state": r.state, "position": r.position, "band": r.band, "team": r.team,
+            "user": r.user, "reasons": [{"code": x.code, "message": x.message} for x in r.reasons],
+            "reservation": {"start_ms": r.reservation.start_ms or None, "workers": dict(r.reservation.workers)}
+            if r.has_reservation else None,
+            "waits_behind": r.waits_behind or None,
+            "estimate": estimate, "unknown_reason": r.estimate.unknown_reason if estimate is None else None,
+            "team_guarantee": dict(r.team_guarantee), "team_limit": dict(r.team_limit),
+            "team_running": dict(r.team_running), "team_standing": r.team_standing,
+            "preemptible_tasks": r.preemptible_tasks, "next_lease_end_ms": r.next_lease_end_ms or None,
+        }
 
     def job(self, job_id: str) -> Job:
         """A handle on an existing job (no RPC; ``status()`` raises when it does not exist)."""

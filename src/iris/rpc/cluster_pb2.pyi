@@ -2734,6 +2734,8 @@ class Controller(_message.Message):
         REASON_FIELD_NUMBER: _builtins.int
         PENDING_TASKS_FIELD_NUMBER: _builtins.int
         PENDING_SINCE_MS_FIELD_NUMBER: _builtins.int
+        RESERVED_WORKERS_FIELD_NUMBER: _builtins.int
+        RESERVATION_START_MS_FIELD_NUMBER: _builtins.int
         job_id: _builtins.str
         band: _builtins.str
         team: _builtins.str
@@ -2744,6 +2746,12 @@ class Controller(_message.Message):
         """why it waits (the scheduler's last word)"""
         pending_tasks: _builtins.int
         pending_since_ms: _builtins.int
+        reservation_start_ms: _builtins.int
+        """0: no reservation, or its start is not known"""
+        @_builtins.property
+        def reserved_workers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+            """the workers a reservation holds for it"""
+
         def __init__(
             self,
             *,
@@ -2755,10 +2763,262 @@ class Controller(_message.Message):
             reason: _builtins.str = ...,
             pending_tasks: _builtins.int = ...,
             pending_since_ms: _builtins.int = ...,
+            reserved_workers: _abc.Iterable[_builtins.str] | None = ...,
+            reservation_start_ms: _builtins.int = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["band", b"band", "job_id", b"job_id", "pending_since_ms", b"pending_since_ms", "pending_tasks", b"pending_tasks", "position", b"position", "reason", b"reason", "team", b"team", "user", b"user"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["band", b"band", "job_id", b"job_id", "pending_since_ms", b"pending_since_ms", "pending_tasks", b"pending_tasks", "position", b"position", "reason", b"reason", "reservation_start_ms", b"reservation_start_ms", "reserved_workers", b"reserved_workers", "team", b"team", "user", b"user"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class WhyReason(_message.Message):
+        """`iris job why` (issue 25): why a pending job waits, structured."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        CODE_FIELD_NUMBER: _builtins.int
+        MESSAGE_FIELD_NUMBER: _builtins.int
+        code: _builtins.str
+        """insufficient_resources, never_fits, reserved_for_other, over_team_limit, behind_in_queue,
+        gang_incomplete, backoff
+        """
+        message: _builtins.str
+        def __init__(
+            self,
+            *,
+            code: _builtins.str = ...,
+            message: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class WhyReservation(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        @_typing.final
+        class WorkersEntry(_message.Message):
+            DESCRIPTOR: _descriptor.Descriptor
+
+            KEY_FIELD_NUMBER: _builtins.int
+            VALUE_FIELD_NUMBER: _builtins.int
+            key: _builtins.str
+            value: _builtins.int
+            def __init__(
+                self,
+                *,
+                key: _builtins.str = ...,
+                value: _builtins.int = ...,
+            ) -> None: ...
+            _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+            def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+            _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+            def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+            def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+        JOB_ID_FIELD_NUMBER: _builtins.int
+        START_MS_FIELD_NUMBER: _builtins.int
+        WORKERS_FIELD_NUMBER: _builtins.int
+        job_id: _builtins.str
+        start_ms: _builtins.int
+        """0: not known (what runs there has no --timeout)"""
+        @_builtins.property
+        def workers(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+            """worker -> tasks it is to hold"""
+
+        def __init__(
+            self,
+            *,
+            job_id: _builtins.str = ...,
+            start_ms: _builtins.int = ...,
+            workers: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "start_ms", b"start_ms", "workers", b"workers"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class WhyEstimate(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        START_P50_MS_FIELD_NUMBER: _builtins.int
+        START_P90_MS_FIELD_NUMBER: _builtins.int
+        UNKNOWN_REASON_FIELD_NUMBER: _builtins.int
+        start_p50_ms: _builtins.int
+        """0 with unknown_reason"""
+        start_p90_ms: _builtins.int
+        unknown_reason: _builtins.str
+        def __init__(
+            self,
+            *,
+            start_p50_ms: _builtins.int = ...,
+            start_p90_ms: _builtins.int = ...,
+            unknown_reason: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["start_p50_ms", b"start_p50_ms", "start_p90_ms", b"start_p90_ms", "unknown_reason", b"unknown_reason"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class GetJobWhyRequest(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        JOB_ID_FIELD_NUMBER: _builtins.int
+        job_id: _builtins.str
+        def __init__(
+            self,
+            *,
+            job_id: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class GetJobWhyResponse(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        @_typing.final
+        class TeamGuaranteeEntry(_message.Message):
+            DESCRIPTOR: _descriptor.Descriptor
+
+            KEY_FIELD_NUMBER: _builtins.int
+            VALUE_FIELD_NUMBER: _builtins.int
+            key: _builtins.str
+            value: _builtins.float
+            def __init__(
+                self,
+                *,
+                key: _builtins.str = ...,
+                value: _builtins.float = ...,
+            ) -> None: ...
+            _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+            def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+            _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+            def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+            def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+        @_typing.final
+        class TeamLimitEntry(_message.Message):
+            DESCRIPTOR: _descriptor.Descriptor
+
+            KEY_FIELD_NUMBER: _builtins.int
+            VALUE_FIELD_NUMBER: _builtins.int
+            key: _builtins.str
+            value: _builtins.float
+            def __init__(
+                self,
+                *,
+                key: _builtins.str = ...,
+                value: _builtins.float = ...,
+            ) -> None: ...
+            _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+            def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+            _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+            def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+            def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+        @_typing.final
+        class TeamRunningEntry(_message.Message):
+            DESCRIPTOR: _descriptor.Descriptor
+
+            KEY_FIELD_NUMBER: _builtins.int
+            VALUE_FIELD_NUMBER: _builtins.int
+            key: _builtins.str
+            value: _builtins.float
+            def __init__(
+                self,
+                *,
+                key: _builtins.str = ...,
+                value: _builtins.float = ...,
+            ) -> None: ...
+            _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+            def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+            _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+            def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+            def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+        JOB_ID_FIELD_NUMBER: _builtins.int
+        STATE_FIELD_NUMBER: _builtins.int
+        POSITION_FIELD_NUMBER: _builtins.int
+        BAND_FIELD_NUMBER: _builtins.int
+        TEAM_FIELD_NUMBER: _builtins.int
+        USER_FIELD_NUMBER: _builtins.int
+        REASONS_FIELD_NUMBER: _builtins.int
+        RESERVATION_FIELD_NUMBER: _builtins.int
+        WAITS_BEHIND_FIELD_NUMBER: _builtins.int
+        ESTIMATE_FIELD_NUMBER: _builtins.int
+        TEAM_GUARANTEE_FIELD_NUMBER: _builtins.int
+        TEAM_LIMIT_FIELD_NUMBER: _builtins.int
+        TEAM_RUNNING_FIELD_NUMBER: _builtins.int
+        TEAM_STANDING_FIELD_NUMBER: _builtins.int
+        PREEMPTIBLE_TASKS_FIELD_NUMBER: _builtins.int
+        NEXT_LEASE_END_MS_FIELD_NUMBER: _builtins.int
+        HAS_RESERVATION_FIELD_NUMBER: _builtins.int
+        job_id: _builtins.str
+        state: _builtins.str
+        position: _builtins.int
+        """rank among pending jobs (0 = next); -1 when it is not pending"""
+        band: _builtins.str
+        team: _builtins.str
+        user: _builtins.str
+        waits_behind: _builtins.str
+        """the job whose reservation holds the room it fits"""
+        team_standing: _builtins.float
+        preemptible_tasks: _builtins.int
+        """running attempts of lower bands it may evict"""
+        next_lease_end_ms: _builtins.int
+        """when the first of them passes its minimum lease (0: none)"""
+        has_reservation: _builtins.bool
+        @_builtins.property
+        def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___Controller.WhyReason]: ...
+        @_builtins.property
+        def reservation(self) -> Global___Controller.WhyReservation:
+            """the one it holds (unset: none)"""
+
+        @_builtins.property
+        def estimate(self) -> Global___Controller.WhyEstimate: ...
+        @_builtins.property
+        def team_guarantee(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+        @_builtins.property
+        def team_limit(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+        @_builtins.property
+        def team_running(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+        def __init__(
+            self,
+            *,
+            job_id: _builtins.str = ...,
+            state: _builtins.str = ...,
+            position: _builtins.int = ...,
+            band: _builtins.str = ...,
+            team: _builtins.str = ...,
+            user: _builtins.str = ...,
+            reasons: _abc.Iterable[Global___Controller.WhyReason] | None = ...,
+            reservation: Global___Controller.WhyReservation | None = ...,
+            waits_behind: _builtins.str = ...,
+            estimate: Global___Controller.WhyEstimate | None = ...,
+            team_guarantee: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+            team_limit: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+            team_running: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+            team_standing: _builtins.float = ...,
+            preemptible_tasks: _builtins.int = ...,
+            next_lease_end_ms: _builtins.int = ...,
+            has_reservation: _builtins.bool = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "reservation", b"reservation"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["band", b"band", "estimate", b"estimate", "has_reservation", b"has_reservation", "job_id", b"job_id", "next_lease_end_ms", b"next_lease_end_ms", "position", b"position", "preemptible_tasks", b"preemptible_tasks", "reasons", b"reasons", "reservation", b"reservation", "state", b"state", "team", b"team", "team_guarantee", b"team_guarantee", "team_limit", b"team_limit", "team_running", b"team_running", "team_standing", b"team_standing", "user", b"user", "waits_behind", b"waits_behind"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

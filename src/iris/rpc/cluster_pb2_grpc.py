@@ -174,6 +174,11 @@ class ControllerServiceStub:
                 request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetQueueRequest.SerializeToString,
                 response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetQueueResponse.FromString,
                 _registered_method=True)
+        self.GetJobWhy = channel.unary_unary(
+                '/iris.cluster.ControllerService/GetJobWhy',
+                request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetJobWhyRequest.SerializeToString,
+                response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetJobWhyResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -347,6 +352,12 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJobWhy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -489,6 +500,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.GetQueue,
                     request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetQueueRequest.FromString,
                     response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetQueueResponse.SerializeToString,
+            ),
+            'GetJobWhy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobWhy,
+                    request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetJobWhyRequest.FromString,
+                    response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetJobWhyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1247,6 +1263,33 @@ class ControllerService:
             '/iris.cluster.ControllerService/GetQueue',
             iris_dot_rpc_dot_cluster__pb2.Controller.GetQueueRequest.SerializeToString,
             iris_dot_rpc_dot_cluster__pb2.Controller.GetQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobWhy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/iris.cluster.ControllerService/GetJobWhy',
+            iris_dot_rpc_dot_cluster__pb2.Controller.GetJobWhyRequest.SerializeToString,
+            iris_dot_rpc_dot_cluster__pb2.Controller.GetJobWhyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,7 @@ class ControllerServiceStub:
     GetShares: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetSharesRequest, _cluster_pb2.Controller.GetSharesResponse]
     ReloadSharing: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ReloadSharingRequest, _cluster_pb2.Controller.ReloadSharingResponse]
     GetQueue: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetQueueRequest, _cluster_pb2.Controller.GetQueueResponse]
+    GetJobWhy: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetJobWhyRequest, _cluster_pb2.Controller.GetJobWhyResponse]
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -97,6 +98,7 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     GetShares: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetSharesRequest, _cluster_pb2.Controller.GetSharesResponse]  # type: ignore[assignment]
     ReloadSharing: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ReloadSharingRequest, _cluster_pb2.Controller.ReloadSharingResponse]  # type: ignore[assignment]
     GetQueue: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetQueueRequest, _cluster_pb2.Controller.GetQueueResponse]  # type: ignore[assignment]
+    GetJobWhy: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetJobWhyRequest, _cluster_pb2.Controller.GetJobWhyResponse]  # type: ignore[assignment]
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -294,6 +296,13 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cluster_pb2.Controller.GetQueueRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cluster_pb2.Controller.GetQueueResponse, _abc.Awaitable[_cluster_pb2.Controller.GetQueueResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetJobWhy(
+        self,
+        request: _cluster_pb2.Controller.GetJobWhyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.Controller.GetJobWhyResponse, _abc.Awaitable[_cluster_pb2.Controller.GetJobWhyResponse]]: ...
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -131,3 +131,29 @@ def test_backfilled_work_ends_before_the_reservation_starts_and_arrivals_never_d
             assert now + job.spec.timeout_seconds * SEC <= start  # backfill ends in time
         if state.reservations:
             assert state.reservations[0].start_ms is not None and state.reservations[0].start_ms <= start
+
+
+def test_why_says_where_a_job_stands_with_codes_and_numbers(state: ControllerState) -> None:
+    """Issue 25 item 3: position (0 = next), reasons by code with numbers, the reservation held or
+    waited behind, and the start estimate stated unknown with why."""
+    from iris.cluster.controller.shareviews import REASON_CODES, why_view
+
+    add_worker(state, "w1", cpu=4)
+    submit(state, "long", owner="bob", cpu=3, timeout_seconds=600)
+    one_pass(state)
+    submit(state, "big", owner="alice", cpu=4)
+    submit(state, "slow", owner="carol", cpu=1)
+    submit(state, "huge", owner="dan", cpu=64)
+    one_pass(state, NOW + SEC)
+    big = why_view(state, state.get_job("big").job_id, NOW + 2 * SEC)  # type: ignore[union-attr]
+    assert big.position == 0 and big.reservation is not None and big.reservation.start_ms == NOW + 600 * SEC
+    assert [code for code, _ in big.reasons] == ["insufficient_resources"]
+    assert big.reasons[0][1] == "0 of 1 workers have room for one task now (cpu 4, memory 1GiB); 1 could hold one"
+    slow = why_view(state, state.get_job("slow").job_id, NOW + 2 * SEC)  # type: ignore[union-attr]
+    assert slow.position == 1 and slow.waits_behind == "big"
+    assert [code for code, _ in slow.reasons] == ["reserved_for_other", "behind_in_queue"]
+    huge = why_view(state, state.get_job("huge").job_id, NOW + 2 * SEC)  # type: ignore[union-attr]
+    assert huge.reasons[0] == ("never_fits", "never fits: no worker has 64 cpus (largest: 4)")
+    assert huge.estimate_unknown and all(code in REASON_CODES for v in (big, slow, huge) for code, _ in v.reasons)
+    running = why_view(state, state.get_job("long").job_id, NOW + 2 * SEC)  # type: ignore[union-attr]
+    assert running.position == -1 and running.reasons == ()

@@ -45,8 +45,11 @@ def one_pass(state: ControllerState, now_ms: int = NOW) -> SchedulingTransaction
     for worker, task_id, attempt in stopping:
         assert state.get_task(task_id).current_attempt_id == attempt + 1  # type: ignore[union-attr]
         state.apply_report(worker, task_id, attempt, KILLED, now_ms)  # the process is gone
+    reasons = dict(tx.pending_reasons)
     for task, worker in tx.assignments:
+        reasons.setdefault(task.job_id, "")
         assert state.commit_assignment(task.task_id, worker.worker_id, now_ms)
+    state.set_pending_reasons(reasons)
     state.drain_effects()
     return tx
 

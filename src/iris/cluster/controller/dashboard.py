@@ -242,7 +242,9 @@ class Dashboard:
         """``iris queue --json``: pending jobs in the order the scheduler will consider them."""
         entries, total = self._controller.queries.queue(self._controller.now_ms(), limit)
         return {"queue": [{"job_id": e.job_id, "band": e.band, "team": e.team, "user": e.user, "position": e.position,
-                           "reason": e.reason, "pending_tasks": e.pending_tasks, "pending_since_ms": e.pending_since_ms}
+                           "reason": e.reason, "pending_tasks": e.pending_tasks, "pending_since_ms": e.pending_since_ms,
+                           "reserved_workers": list(e.reserved_workers),
+                           "reservation_start_ms": e.reservation_start_ms}
                           for e in entries], "total": total}
 
     def metrics(self) -> bytes:

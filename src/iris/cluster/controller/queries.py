@@ -21,8 +21,10 @@ from iris.cluster.controller.shareviews import (
     DEFAULT_QUEUE_LIMIT,
     QueueEntryView,
     SharesView,
+    WhyView,
     queue_view,
     shares_view,
+    why_view,
 )
 from iris.cluster.controller.state import (
     ActionLogEntry,
@@ -106,6 +108,11 @@ class Queries:
         """``iris queue``: pending jobs in the order the scheduler will consider them, and their count."""
         with self._changes.read() as state:
             return queue_view(state, now_ms, limit or DEFAULT_QUEUE_LIMIT)
+
+    def why(self, job_id: JobId, now_ms: int) -> WhyView:
+        """``iris job why``: why a job waits, structured (``shareviews.why_view``). Raises NotFound."""
+        with self._changes.read() as state:
+            return why_view(state, job_id, now_ms)
 
     def fit_warning(self, job_id: JobId) -> str:
         """What LaunchJob warns of: no kind of worker can hold one task (``ControllerState.fit_warning``)."""

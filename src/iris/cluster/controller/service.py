@@ -46,7 +46,7 @@ from iris.cluster.controller.requests import (
     TaskLogPage,
     TaskReport,
 )
-from iris.cluster.controller.shareviews import TeamView
+from iris.cluster.controller.shareviews import TeamView, WhyView
 from iris.cluster.controller.state import ControllerEndpoint, ObservedAttempt, liveness_timeout_ms
 from iris.cluster.controller.views import JobView, TaskView, WorkerView
 from iris.cluster.errors import InvalidArgument, IrisError
@@ -60,6 +60,7 @@ from iris.cluster.types import (
     TaskId,
     WorkerId,
     WorkerMetadata,
+    job_state_name,
     owner_of_job_id,
     qualify_job_id,
 )
@@ -451,7 +452,18 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         return cluster_pb2.Controller.GetQueueResponse(entries=[
             cluster_pb2.Controller.QueueEntry(job_id=e.job_id, band=e.band, team=e.team, user=e.user, position=e.position,
                                               reason=e.reason, pending_tasks=e.pending_tasks,
-                                              pending_since_ms=e.pending_since_ms) for e in entries], total=total)
+                                              pending_since_ms=e.pending_since_ms, reserved_workers=e.reserved_workers,
+                                              reservation_start_ms=e.reservation_start_ms) for e in entries],
+            total=total)
+
+    @_rpc(*_READERS, read=True)
+    def GetJobWhy(
+        self, request: cluster_pb2.Controller.GetJobWhyRequest, context: grpc.ServicerContext, who: Principal
+    ) -> cluster_pb2.Controller.GetJobWhyResponse:
+        _require(request.job_id, "job_id")
+        request.job_id = qualify(who, request.job_id)
+        require_reader(who, request.job_id, "GetJobWhy")
+        return why_proto(self._queries.why(JobId(request.job_id), self._controller.now_ms()))
 
     @_rpc(Role.ADMIN, Role.USER, Role.WORKER, Role.JOIN, Role.TASK)
     def WhoAmI(
@@ -520,6 +532,22 @@ def private_task(task: cluster_pb2.TaskStatus, who: Principal, job_id: str, owne
 def amounts_wire(amounts: Mapping[str, float]) -> dict[str, float]:
     """Share amounts on the wire: cpu in cores (held in millicores), the rest as they are."""
     return {key: value / 1000 if key == "cpu" else float(value) for key, value in amounts.items()}
+
+
+def why_proto(v: WhyView) -> cluster_pb2.Controller.GetJobWhyResponse:
+    reply = cluster_pb2.Controller.GetJobWhyResponse(
+        job_id=v.job_id, state=job_state_name(v.state), position=v.position, band=v.band, team=v.team, user=v.user,
+        reasons=[cluster_pb2.Controller.WhyReason(code=code, message=message) for code, message in v.reasons],
+        waits_behind=v.waits_behind, estimate=cluster_pb2.Controller.WhyEstimate(unknown_reason=v.estimate_unknown),
+        team_guarantee=amounts_wire(v.team_guarantee), team_limit=amounts_wire(v.team_limit),
+        team_running=amounts_wire(v.team_running), team_standing=v.team_standing,
+        preemptible_tasks=v.preemptible_tasks, next_lease_end_ms=v.next_lease_end_ms,
+        has_reservation=v.reservation is not None)
+    if v.reservation is not None:
+        reply.reservation.CopyFrom(cluster_pb2.Controller.WhyReservation(
+            job_id=v.reservation.job_id, start_ms=v.reservation.start_ms or 0,
+            workers={str(w): n for w, n in v.reservation.workers.items()}))
+    return reply
 
 
 def team_share_proto(t: TeamView) -> cluster_pb2.Controller.TeamShare:

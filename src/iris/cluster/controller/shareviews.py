@@ -12,10 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from iris.cluster.bands import BANDS
+from iris.cluster.controller.capacity import JobRequirements, fits
 from iris.cluster.controller.fairness import FairOrder, Owner, ShareBook, task_amounts
-from iris.cluster.controller.state import ControllerState
+from iris.cluster.controller.reservations import Reservation
+from iris.cluster.controller.scheduler import RESERVED_FOR_OTHER
+from iris.cluster.controller.state import NEVER_FITS, ControllerState
+from iris.cluster.errors import NotFound
 from iris.cluster.sharing import dominant_share, guarantee_ratio, team_rows
-from iris.cluster.types import PENDING, JobId
+from iris.cluster.types import PENDING, JobId, format_cpu, format_size
 
 DEFAULT_QUEUE_LIMIT = 1000
 
@@ -68,6 +72,10 @@ class QueueEntryView:
     reason: str
     pending_tasks: int
     pending_since_ms: int
+    reserved_workers: tuple[str, ...] = ()
+    """The workers a reservation holds for it (``reservations.py``)."""
+    reservation_start_ms: int = 0
+    """When its reservation starts (0: none, or not known)."""
 
 
 def shares_view(state: ControllerState, now_ms: int) -> SharesView:
@@ -121,6 +129,7 @@ def queue_view(state: ControllerState, now_ms: int, limit: int = DEFAULT_QUEUE_L
 
     entries: list[QueueEntryView] = []
     seen: set[JobId] = set()
+    reserved = {r.job_id: r for r in state.reservations}
     order = FairOrder(queued, owner, book)
     for task, who in order:
         order.drop()
@@ -132,8 +141,11 @@ def queue_view(state: ControllerState, now_ms: int, limit: int = DEFAULT_QUEUE_L
         amounts = task_amounts(config, job.requirements, "")
         book.take(who.team, who.user, {key: value * count for key, value in amounts.items()})
         if len(entries) < limit:
+            held = reserved.get(job.job_id)
             entries.append(QueueEntryView(job.job_id, BANDS[job.band], who.team, who.user, len(seen), job.pending_reason,
-                                          count, task.pending_since_ms))
+                                          count, task.pending_since_ms,
+                                          tuple(sorted(held.workers)) if held is not None else (),
+                                          (held.start_ms or 0) if held is not None else 0))
     for job_id, reason in state.parked_jobs().items():  # they wait for a kind of worker: last
         job = state.get_job(job_id)
         if job is None or job_id in seen:
@@ -146,4 +158,106 @@ def queue_view(state: ControllerState, now_ms: int, limit: int = DEFAULT_QUEUE_L
     return entries, len(seen)
 
 
-__all__ = ["DEFAULT_QUEUE_LIMIT", "MemberView", "QueueEntryView", "SharesView", "TeamView", "queue_view", "shares_view"]
+
+
+
+# ---------------------------------------------------------------------------------------- why (issue 25)
+
+REASON_CODES = ("insufficient_resources", "never_fits", "reserved_for_other", "over_team_limit", "behind_in_queue",
+                "gang_incomplete", "backoff")
+
+
+@dataclass(frozen=True, slots=True)
+class WhyView:
+    job_id: JobId
+    state: int
+    position: int
+    """Rank among pending jobs in the scheduler's order (0 = next); -1 when it is not pending."""
+    band: str
+    team: str
+    user: str
+    reasons: tuple[tuple[str, str], ...]
+    """(code, message), codes from ``REASON_CODES``."""
+    reservation: Reservation | None
+    waits_behind: str
+    team_guarantee: Mapping[str, float]
+    team_limit: Mapping[str, float]
+    team_running: Mapping[str, float]
+    team_standing: float
+    preemptible_tasks: int
+    next_lease_end_ms: int
+    estimate_unknown: str
+
+
+def why_view(state: ControllerState, job_id: JobId, now_ms: int) -> WhyView:
+    """Why a job waits, with numbers. Raises NotFound. O(pending + running + workers)."""
+    job = state.get_job(job_id)
+    if job is None:
+        raise NotFound(f"job_id: job {job_id!r} not found")
+    shares = state.shares
+    config = shares.config
+    team = config.team_of(job.owner)
+    policy = config.policy(team)
+    held = shares.team_held.get(team) or {}
+    book = ShareBook(config, shares.fleet, dict(shares.team_held), dict(shares.user_held), shares.team_usage(now_ms),
+                     shares.user_usage(now_ms))
+    pending = [t for t in state.get_job_tasks(job_id) if t.state == PENDING]
+    reservation = next((r for r in state.reservations if r.job_id == job_id), None)
+    if not pending:
+        return WhyView(job.job_id, job.state, -1, BANDS[job.band], team, job.owner, (), None, "", dict(policy.guarantee),
+                       dict(policy.limit), dict(held), book.standing(team), 0, 0, "it is not pending")
+    entries, _ = queue_view(state, now_ms, limit=1 << 30)
+    position = next((e.position - 1 for e in entries if e.job_id == job_id), -1)
+    reason_text = job.pending_reason
+    reasons: list[tuple[str, str]] = []
+    waits_behind = ""
+    req = job.requirements
+    workers = [w for w in state.list_workers() if w.healthy]
+    room_now = sum(1 for w in workers if fits(req, w.snapshot().free))
+    could = sum(1 for w in workers if fits(req, w.snapshot().total))
+    need = _describe_req(req)
+    if reason_text.startswith(NEVER_FITS):
+        reasons.append(("never_fits", reason_text))
+    elif reason_text.startswith(RESERVED_FOR_OTHER):
+        reasons.append(("reserved_for_other", reason_text))
+        waits_behind = next((r.job_id for r in state.reservations if f"reserved for {r.job_id}" in reason_text), "")
+    elif reason_text.startswith("team ") and "limit" in reason_text:
+        reasons.append(("over_team_limit", reason_text))
+    elif reason_text.startswith("retrying in"):
+        reasons.append(("backoff", reason_text))
+    if job.coscheduled and not reason_text.startswith((NEVER_FITS, "retrying in")):
+        reasons.append(("gang_incomplete", f"all {len(pending)} tasks must start at once; {room_now} of {len(workers)} "
+                                           f"workers have room for one now ({need})"))
+    if not reasons or reasons[0][0] not in ("never_fits", "backoff"):
+        if room_now < len(pending):
+            reasons.append(("insufficient_resources", f"{room_now} of {len(workers)} workers have room for one task "
+                                                      f"now ({need}); {could} could hold one"))
+    if position > 0:
+        reasons.append(("behind_in_queue", f"{position} pending job{'s' if position != 1 else ''} ahead of it in the "
+                                           "scheduler's order (band, then fair share, then submission)"))
+    preemptible, lease_end = 0, 0
+    for worker in workers:
+        for task_id in worker.running_tasks:
+            task = state.get_task(task_id)
+            other = state.get_job(task.job_id) if task is not None else None
+            if task is None or other is None or other.band <= job.band:
+                continue
+            preemptible += 1
+            end = (task.started_at_ms or now_ms) + config.min_lease_ms
+            if end > now_ms and (not lease_end or end < lease_end):
+                lease_end = end
+    return WhyView(job.job_id, job.state, position, BANDS[job.band], team, job.owner, tuple(reasons), reservation,
+                   waits_behind, dict(policy.guarantee), dict(policy.limit), dict(held), book.standing(team),
+                   preemptible, lease_end,
+                   "start-time estimates are not computed yet: Iris does not predict runtimes (issue 25 items 2 and 4)")
+
+
+def _describe_req(req: JobRequirements) -> str:
+    parts = [f"cpu {format_cpu(req.cpu)}", f"memory {format_size(req.memory_bytes)}"]
+    if req.device_kind != "cpu":
+        parts.append(f"{req.device_count} {req.device_kind} {req.device_variant}".strip())
+    return ", ".join(parts)
+
+
+__all__ = ["DEFAULT_QUEUE_LIMIT", "REASON_CODES", "MemberView", "QueueEntryView", "SharesView", "TeamView", "WhyView",
+           "queue_view", "shares_view", "why_view"]

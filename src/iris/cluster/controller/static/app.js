@@ -220,7 +220,7 @@ const views = {
     const data = await api("/api/queue");
     const rows = data.queue.map((e) => `<tr><td>${e.position}</td><td>${jobLink(e.job_id)}</td><td>${esc(e.band)}</td>
       <td>${esc(e.team)}</td><td>${esc(e.user)}</td><td>${e.pending_tasks}</td><td>${when(e.pending_since_ms)}</td>
-      <td>${esc(e.reason || "-")}</td></tr>`).join("");
+      <td>${esc(e.reason || "-")}${e.reserved_workers.length ? ` <span class="pill good" title="room held for it">reserved: ${esc(e.reserved_workers.join(", "))}${e.reservation_start_ms ? ` from ${esc(new Date(e.reservation_start_ms).toISOString())}` : ""}</span>` : ""}</td></tr>`).join("");
     const more = data.total > data.queue.length ? `<p class="muted">and ${data.total - data.queue.length} more</p>` : "";
     return `<h1>Queue</h1><p class="muted">Pending jobs in the order the scheduler considers them: by priority band,
       then team and user standing (fair share), then submission.</p><table id="queue"><thead><tr><th>#</th><th>Job</th>
