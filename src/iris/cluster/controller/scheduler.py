@@ -191,6 +191,8 @@ class Scheduler:
             if job_id in reqs:
                 req = reqs[job_id]
             else:
+                if guard:
+                    guard.reach(job_id)  # the jobs met so far rank above it: its reservation binds from here on
                 job = get_job(job_id)
                 req = reqs[job_id] = None if job is None or job.is_finished() else job.requirements
             if req is None:
@@ -325,8 +327,8 @@ class Guard:
     work after them in the same pass already leaves their room). Each reserved worker's room at its
     reservation's start is kept up to date as the pass places work."""
 
-    __slots__ = ("_at_start", "_by_worker", "_get_job", "_holders", "_placed", "_sharing", "_timeouts", "_working",
-                 "made")
+    __slots__ = ("_at_start", "_by_worker", "_get_job", "_holders", "_placed", "_reached", "_sharing", "_timeouts",
+                 "_working", "made")
 
     def __init__(self, sharing: FairInputs, working: list[_Working], get_job: Callable[[JobId], Job | None]) -> None:
         self._sharing = sharing
@@ -337,6 +339,8 @@ class Guard:
         self._holders: dict[WorkerId, list[Running]] | None = None
         self._timeouts: dict[JobId, int] = {}
         self._placed: list[tuple[WorkerId, JobId, JobRequirements, int]] = []
+        self._reached: set[JobId] = set()
+        """Reserved jobs the pass has met: work met before them ranks above them and is not held back."""
         self.made: list[Reservation] = []
         for reservation in sharing.reservations:
             self._install(reservation)
@@ -381,6 +385,7 @@ class Guard:
                 if cap.worker.worker_id not in self._by_worker or self._by_worker[cap.worker.worker_id].job_id == job_id]
         reservation = plan(job_id, band, req, members, free, self._running(), now_ms)
         if reservation is not None:
+            self._reached.add(job_id)
             self.made.append(reservation)
             for worker_id in reservation.workers:
                 if self._by_worker.get(worker_id) is not None and self._by_worker[worker_id].job_id == job_id:
@@ -396,6 +401,9 @@ class Guard:
         timeout = int(job.spec.timeout_seconds * 1000) if job is not None else 0
         self._holders.setdefault(worker_id, []).append(Running(worker_id, req, now_ms + timeout if timeout > 0 else NEVER))
 
+    def reach(self, job_id: JobId) -> None:
+        self._reached.add(job_id)
+
     def holder_of(self, worker_id: WorkerId) -> Reservation | None:
         return self._by_worker.get(worker_id)
 
@@ -406,8 +414,8 @@ class Guard:
     def allows(self, worker_id: WorkerId, job_id: JobId, req: JobRequirements, owner: Owner | None,
                now_ms: int) -> bool:
         res = self._by_worker.get(worker_id)
-        if res is None or res.job_id == job_id:
-            return True
+        if res is None or res.job_id == job_id or res.job_id not in self._reached:
+            return True  # not reserved, its own, or it ranks above the reserved job in this pass
         timeout = self._timeouts.get(job_id)
         if timeout is None:
             job = self._get_job(job_id)
