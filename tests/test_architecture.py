@@ -42,6 +42,8 @@ PURE_MODULES = (
     "iris/cluster/controller/shares.py",
     "iris/cluster/controller/queue.py",
     "iris/cluster/controller/reservations.py",
+    "iris/cluster/controller/estimate.py",
+    "iris/cluster/controller/runtimes.py",
     "iris/cluster/sharing.py",
     "iris/cluster/bands.py",
     "iris/cluster/rules.py",

@@ -14,6 +14,8 @@ from iris.cli.output import (
     human_duration,
     json_option,
     make_table,
+    now_ms,
+    parse_duration,
     print_json,
     stdout_console,
     verbose_option,
@@ -80,16 +82,19 @@ def reload_cmd(controller: str, verbose: bool) -> None:
     click.echo(f"sharing reloaded from {source}: {teams} team{'s' if teams != 1 else ''}")
 
 
-@click.command("queue")
+@click.group("queue", invoke_without_command=True)
 @click.option("--limit", type=click.IntRange(min=1, max=10_000), default=1000, show_default=True,
               help="Show at most this many jobs.")
 @controller_option
 @json_option
 @verbose_option
+@click.pass_context
 @handle_errors
-def queue(limit: int, controller: str, as_json: bool, verbose: bool) -> None:
+def queue(ctx: click.Context, limit: int, controller: str, as_json: bool, verbose: bool) -> None:
     """Pending jobs in the order the scheduler will consider them: by priority band, then team and
     user standing (fair share), then submission."""
+    if ctx.invoked_subcommand is not None:
+        return
     with connect(controller) as client:
         entries, total = client.queue(limit)
     if as_json:
@@ -101,3 +106,30 @@ def queue(limit: int, controller: str, as_json: bool, verbose: bool) -> None:
     stdout_console().print(make_table(("#", "JOB", "BAND", "TEAM", "USER", "TASKS", "WAITING SINCE", "REASON"), rows))
     if total > len(entries):
         click.echo(f"... and {total - len(entries)} more pending jobs (--limit)", err=True)
+
+
+@queue.command("accuracy")
+@click.option("--since", default="", help="Only jobs that started in the last DURATION (e.g. 1d, 6h).")
+@controller_option
+@json_option
+@verbose_option
+@handle_errors
+def accuracy_cmd(since: str, controller: str, as_json: bool, verbose: bool) -> None:
+    """How wrong the start-time estimates of `iris job why` were, once their jobs started: the
+    median absolute error of the p50 start and how often the start fell inside the stated range."""
+    since_ms = 0
+    if since:
+        try:
+            since_ms = now_ms() - int(parse_duration(since) * 1000)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--since") from None
+    with connect(controller) as client:
+        figures = client.estimate_accuracy(since_ms)
+    if as_json:
+        print_json(figures)
+        return
+    if not figures["started"]:
+        click.echo("No estimated job has started yet (estimates are given by `iris job why`).")
+        return
+    click.echo(f"{figures['started']} estimated jobs started: median absolute error "
+               f"{human_duration(figures['median_abs_error_s'])}, {figures['in_range_ratio']:.0%} inside the stated range")

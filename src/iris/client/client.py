@@ -511,6 +511,14 @@ class IrisClient:
             "preemptible_tasks": r.preemptible_tasks, "next_lease_end_ms": r.next_lease_end_ms or None,
         }
 
+    def estimate_accuracy(self, since_ms: int = 0) -> dict[str, Any]:
+        """How good the start-time estimates were (``iris queue accuracy``): ``started`` (estimated
+        jobs that started since ``since_ms``), ``median_abs_error_s``, ``in_range_ratio``."""
+        r = self._call(self._stub.GetEstimateAccuracy,
+                       cluster_pb2.Controller.GetEstimateAccuracyRequest(since_ms=since_ms), "estimates")
+        return {"started": r.started, "median_abs_error_s": r.median_abs_error_s if r.started else None,
+                "in_range_ratio": r.in_range_ratio if r.started else None}
+
     def job(self, job_id: str) -> Job:
         """A handle on an existing job (no RPC; ``status()`` raises when it does not exist)."""
         return Job(self, job_id)

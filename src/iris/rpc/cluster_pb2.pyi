@@ -3023,6 +3023,50 @@ class Controller(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     @_typing.final
+    class GetEstimateAccuracyRequest(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        SINCE_MS_FIELD_NUMBER: _builtins.int
+        since_ms: _builtins.int
+        """only estimates of jobs that started since then (0: all kept)"""
+        def __init__(
+            self,
+            *,
+            since_ms: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["since_ms", b"since_ms"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class GetEstimateAccuracyResponse(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        STARTED_FIELD_NUMBER: _builtins.int
+        MEDIAN_ABS_ERROR_S_FIELD_NUMBER: _builtins.int
+        IN_RANGE_RATIO_FIELD_NUMBER: _builtins.int
+        started: _builtins.int
+        """estimated jobs that have started"""
+        median_abs_error_s: _builtins.float
+        """of the p50 start"""
+        in_range_ratio: _builtins.float
+        """started inside the stated p50-p90 range"""
+        def __init__(
+            self,
+            *,
+            started: _builtins.int = ...,
+            median_abs_error_s: _builtins.float = ...,
+            in_range_ratio: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["in_range_ratio", b"in_range_ratio", "median_abs_error_s", b"median_abs_error_s", "started", b"started"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
     class GetQueueRequest(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 

@@ -179,6 +179,11 @@ class ControllerServiceStub:
                 request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetJobWhyRequest.SerializeToString,
                 response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetJobWhyResponse.FromString,
                 _registered_method=True)
+        self.GetEstimateAccuracy = channel.unary_unary(
+                '/iris.cluster.ControllerService/GetEstimateAccuracy',
+                request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetEstimateAccuracyRequest.SerializeToString,
+                response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetEstimateAccuracyResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -358,6 +363,12 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEstimateAccuracy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -505,6 +516,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.GetJobWhy,
                     request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetJobWhyRequest.FromString,
                     response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetJobWhyResponse.SerializeToString,
+            ),
+            'GetEstimateAccuracy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEstimateAccuracy,
+                    request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetEstimateAccuracyRequest.FromString,
+                    response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.GetEstimateAccuracyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1290,6 +1306,33 @@ class ControllerService:
             '/iris.cluster.ControllerService/GetJobWhy',
             iris_dot_rpc_dot_cluster__pb2.Controller.GetJobWhyRequest.SerializeToString,
             iris_dot_rpc_dot_cluster__pb2.Controller.GetJobWhyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEstimateAccuracy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/iris.cluster.ControllerService/GetEstimateAccuracy',
+            iris_dot_rpc_dot_cluster__pb2.Controller.GetEstimateAccuracyRequest.SerializeToString,
+            iris_dot_rpc_dot_cluster__pb2.Controller.GetEstimateAccuracyResponse.FromString,
             options,
             channel_credentials,
             insecure,

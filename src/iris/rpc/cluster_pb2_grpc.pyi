@@ -66,6 +66,7 @@ class ControllerServiceStub:
     ReloadSharing: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ReloadSharingRequest, _cluster_pb2.Controller.ReloadSharingResponse]
     GetQueue: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetQueueRequest, _cluster_pb2.Controller.GetQueueResponse]
     GetJobWhy: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetJobWhyRequest, _cluster_pb2.Controller.GetJobWhyResponse]
+    GetEstimateAccuracy: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetEstimateAccuracyRequest, _cluster_pb2.Controller.GetEstimateAccuracyResponse]
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -99,6 +100,7 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     ReloadSharing: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ReloadSharingRequest, _cluster_pb2.Controller.ReloadSharingResponse]  # type: ignore[assignment]
     GetQueue: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetQueueRequest, _cluster_pb2.Controller.GetQueueResponse]  # type: ignore[assignment]
     GetJobWhy: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetJobWhyRequest, _cluster_pb2.Controller.GetJobWhyResponse]  # type: ignore[assignment]
+    GetEstimateAccuracy: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.GetEstimateAccuracyRequest, _cluster_pb2.Controller.GetEstimateAccuracyResponse]  # type: ignore[assignment]
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -303,6 +305,13 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cluster_pb2.Controller.GetJobWhyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cluster_pb2.Controller.GetJobWhyResponse, _abc.Awaitable[_cluster_pb2.Controller.GetJobWhyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetEstimateAccuracy(
+        self,
+        request: _cluster_pb2.Controller.GetEstimateAccuracyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.Controller.GetEstimateAccuracyResponse, _abc.Awaitable[_cluster_pb2.Controller.GetEstimateAccuracyResponse]]: ...
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

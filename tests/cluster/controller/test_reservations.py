@@ -154,6 +154,11 @@ def test_why_says_where_a_job_stands_with_codes_and_numbers(state: ControllerSta
     assert [code for code, _ in slow.reasons] == ["reserved_for_other", "behind_in_queue"]
     huge = why_view(state, state.get_job("huge").job_id, NOW + 2 * SEC)  # type: ignore[union-attr]
     assert huge.reasons[0] == ("never_fits", "never fits: no worker has 64 cpus (largest: 4)")
-    assert huge.estimate_unknown and all(code in REASON_CODES for v in (big, slow, huge) for code, _ in v.reasons)
+    assert huge.estimate.start_p50_ms is None and huge.estimate.unknown_reason == "no worker the fleet has can hold it"
+    assert all(code in REASON_CODES for v in (big, slow, huge) for code, _ in v.reasons)
+    # "long" must end within 600 s (its --timeout): big starts then; slow (1 cpu) fits beside big? No:
+    # big takes the whole worker, so slow starts when big ends, which nothing predicts (no timeout).
+    assert big.estimate.start_p50_ms == big.estimate.start_p90_ms == NOW + 600 * SEC
+    assert slow.estimate.start_p50_ms is None and "no predicted end" in slow.estimate.unknown_reason
     running = why_view(state, state.get_job("long").job_id, NOW + 2 * SEC)  # type: ignore[union-attr]
     assert running.position == -1 and running.reasons == ()

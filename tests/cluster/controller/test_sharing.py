@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from iris.cluster.controller.scheduler import Scheduler, SchedulingTransaction
@@ -333,6 +333,9 @@ def _fleets(draw: st.DrawFn) -> tuple[str, list[int], list[tuple[str, str, int, 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_fleets())
+@example(('min_lease = "0s"\nmax_preemptions_per_minute = 1000\n[teams.t1]\nmembers = ["alice"]\n'
+          'guarantee = { cpu = 2 }\n[teams.t2]\nmembers = ["bob"]\nguarantee = { cpu = 1 }\n',
+          [2], [("bob", "production", 2, 1, False)], [("alice", "production", 1, 2, False)]))  # two victims of one team
 def test_repeated_passes_reach_a_fixed_point_without_loops(case: tuple[str, list[int], list[tuple[str, str, int, int, bool]], list[tuple[str, str, int, int, bool]]]) -> None:
     """From any fleet, queue and configuration, repeated passes with no new arrivals reach a fixed
     point; no attempt is preempted by work it would in turn preempt; a reclaim never takes a team

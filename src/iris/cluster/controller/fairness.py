@@ -506,9 +506,14 @@ def _plan(cand: Candidate, rooms: Mapping[WorkerId, Room], by_worker: Mapping[Wo
             add = list(extra)
             picked: list[tuple[list[Holder], str]] = []
             count = 0
-            for (unit, why), _holder in options:
+            so_far: dict[str, Amounts] = {team: dict(amounts) for team, amounts in lost.items()}
+            for (unit, why), holder in options:
                 if any(h.task.task_id in chosen for h in unit) or any(u is unit for u, _ in picked):
                     continue
+                if why.startswith("team ") and victims_of(holder, so_far) is None:
+                    continue  # with the victims already picked here, this one would take its team below
+                for h in unit:
+                    add_amounts(so_far.setdefault(h.team, {}), h.amounts)
                 picked.append((unit, why))
                 count += len(unit)
                 for h in unit:

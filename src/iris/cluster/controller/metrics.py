@@ -98,6 +98,9 @@ class SharingCounts:
     usage: dict[str, float]
     running_share: dict[str, float]
     preemptions: dict[tuple[str, str], int]
+    estimate_error_s: float | None = None
+    """Median absolute error of the start-time estimates of jobs that started (seconds)."""
+    estimate_in_range: float | None = None
 
 
 class _SharingCollector(Collector):
@@ -121,6 +124,13 @@ class _SharingCollector(Collector):
         for (team, band), n in sorted(counts.preemptions.items()):
             preempted.add_metric([team, band], n)
         yield preempted
+        if counts.estimate_error_s is not None:
+            yield GaugeMetricFamily("iris_estimate_abs_error_seconds", "Median absolute error of the p50 start "
+                                    "estimates (iris job why) of the jobs that have started.",
+                                    value=counts.estimate_error_s)
+        if counts.estimate_in_range is not None:
+            yield GaugeMetricFamily("iris_estimate_in_range_ratio", "Share of estimated jobs that started inside "
+                                    "the stated p50-p90 range.", value=counts.estimate_in_range)
 
 
 class _ReadsCollector(Collector):

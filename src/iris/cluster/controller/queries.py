@@ -24,7 +24,8 @@ from iris.cluster.controller.shareviews import (
     WhyView,
     queue_view,
     shares_view,
-    why_view,
+    why_facts,
+    with_estimate,
 )
 from iris.cluster.controller.state import (
     ActionLogEntry,
@@ -112,7 +113,14 @@ class Queries:
     def why(self, job_id: JobId, now_ms: int) -> WhyView:
         """``iris job why``: why a job waits, structured (``shareviews.why_view``). Raises NotFound."""
         with self._changes.read() as state:
-            return why_view(state, job_id, now_ms)
+            view, inputs = why_facts(state, job_id, now_ms)
+        return with_estimate(self._changes.state, view, inputs, now_ms)  # the simulation runs outside the lock
+
+    def estimate_accuracy(self, since_ms: int = 0) -> tuple[int, float | None, float | None]:
+        """``iris queue accuracy``: how many estimated jobs started, the median absolute error of
+        the p50 start (seconds), and the share inside the stated range."""
+        with self._changes.read() as state:
+            return state.estimates.accuracy(since_ms)
 
     def fit_warning(self, job_id: JobId) -> str:
         """What LaunchJob warns of: no kind of worker can hold one task (``ControllerState.fit_warning``)."""
@@ -252,7 +260,8 @@ class Queries:
             shares = state.shares
             now = self._changes.clock.now_ms()
             running = {team: dominant_share(held, shares.fleet) for team, held in shares.team_held.items()}
-            return SharingCounts(shares.team_usage(now), running, dict(shares.policy_preemptions))
+            _, error_s, in_range = state.estimates.accuracy()
+            return SharingCounts(shares.team_usage(now), running, dict(shares.policy_preemptions), error_s, in_range)
 
     def lost_seconds(self) -> dict[str, float]:
         """Attempt time by how attempts ended, all jobs (``/metrics``)."""

@@ -465,6 +465,17 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         require_reader(who, request.job_id, "GetJobWhy")
         return why_proto(self._queries.why(JobId(request.job_id), self._controller.now_ms()))
 
+    @_rpc(*_READERS, read=True)
+    def GetEstimateAccuracy(
+        self, request: cluster_pb2.Controller.GetEstimateAccuracyRequest, context: grpc.ServicerContext,
+        who: Principal
+    ) -> cluster_pb2.Controller.GetEstimateAccuracyResponse:
+        if request.since_ms < 0:
+            raise InvalidArgument(f"since_ms: must be >= 0, got {request.since_ms}")
+        started, error_s, in_range = self._queries.estimate_accuracy(request.since_ms)
+        return cluster_pb2.Controller.GetEstimateAccuracyResponse(
+            started=started, median_abs_error_s=error_s or 0.0, in_range_ratio=in_range or 0.0)
+
     @_rpc(Role.ADMIN, Role.USER, Role.WORKER, Role.JOIN, Role.TASK)
     def WhoAmI(
         self, request: cluster_pb2.Controller.WhoAmIRequest, context: grpc.ServicerContext, who: Principal
@@ -538,7 +549,9 @@ def why_proto(v: WhyView) -> cluster_pb2.Controller.GetJobWhyResponse:
     reply = cluster_pb2.Controller.GetJobWhyResponse(
         job_id=v.job_id, state=job_state_name(v.state), position=v.position, band=v.band, team=v.team, user=v.user,
         reasons=[cluster_pb2.Controller.WhyReason(code=code, message=message) for code, message in v.reasons],
-        waits_behind=v.waits_behind, estimate=cluster_pb2.Controller.WhyEstimate(unknown_reason=v.estimate_unknown),
+        waits_behind=v.waits_behind, estimate=cluster_pb2.Controller.WhyEstimate(
+            start_p50_ms=v.estimate.start_p50_ms or 0, start_p90_ms=v.estimate.start_p90_ms or 0,
+            unknown_reason=v.estimate.unknown_reason),
         team_guarantee=amounts_wire(v.team_guarantee), team_limit=amounts_wire(v.team_limit),
         team_running=amounts_wire(v.team_running), team_standing=v.team_standing,
         preemptible_tasks=v.preemptible_tasks, next_lease_end_ms=v.next_lease_end_ms,

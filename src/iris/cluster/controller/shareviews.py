@@ -9,12 +9,15 @@ Amounts are in the shares' units: cpu in millicores, memory in bytes, devices by
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from iris.cluster.bands import BANDS
 from iris.cluster.controller.capacity import JobRequirements, fits
+from iris.cluster.controller.estimate import Estimate, Pending, RunningNow, WorkerRoom, estimate_start
 from iris.cluster.controller.fairness import FairOrder, Owner, ShareBook, task_amounts
+from iris.cluster.controller.job import Job
 from iris.cluster.controller.reservations import Reservation
+from iris.cluster.controller.runtimes import remaining
 from iris.cluster.controller.scheduler import RESERVED_FOR_OTHER
 from iris.cluster.controller.state import NEVER_FITS, ControllerState
 from iris.cluster.errors import NotFound
@@ -186,11 +189,31 @@ class WhyView:
     team_standing: float
     preemptible_tasks: int
     next_lease_end_ms: int
-    estimate_unknown: str
+    estimate: Estimate
 
 
 def why_view(state: ControllerState, job_id: JobId, now_ms: int) -> WhyView:
-    """Why a job waits, with numbers. Raises NotFound. O(pending + running + workers)."""
+    """Why a job waits, with numbers, and when it will start. Raises NotFound."""
+    view, inputs = why_facts(state, job_id, now_ms)
+    return with_estimate(state, view, inputs, now_ms)
+
+
+def with_estimate(state: ControllerState, view: WhyView, inputs: EstimateInputs | None, now_ms: int) -> WhyView:
+    """``view`` with its start-time estimate, run from ``inputs`` (copied values: no lock needed),
+    and the estimate recorded to be scored when the job starts."""
+    if inputs is None:
+        return view
+    estimate = estimate_start(*inputs, now_ms)
+    state.estimates.given(view.job_id, estimate, now_ms)
+    return replace(view, estimate=estimate)
+
+
+EstimateInputs = tuple[list[Pending], Pending, list[WorkerRoom], list[RunningNow]]
+
+
+def why_facts(state: ControllerState, job_id: JobId, now_ms: int) -> tuple[WhyView, EstimateInputs | None]:
+    """Everything ``why`` says but the estimate, and the copied inputs of the estimate (None when
+    it needs none). Under the read lock: O(pending + running + workers)."""
     job = state.get_job(job_id)
     if job is None:
         raise NotFound(f"job_id: job {job_id!r} not found")
@@ -205,9 +228,12 @@ def why_view(state: ControllerState, job_id: JobId, now_ms: int) -> WhyView:
     reservation = next((r for r in state.reservations if r.job_id == job_id), None)
     if not pending:
         return WhyView(job.job_id, job.state, -1, BANDS[job.band], team, job.owner, (), None, "", dict(policy.guarantee),
-                       dict(policy.limit), dict(held), book.standing(team), 0, 0, "it is not pending")
+                       dict(policy.limit), dict(held), book.standing(team), 0, 0,
+                       Estimate(None, None, "it is not pending")), None
     entries, _ = queue_view(state, now_ms, limit=1 << 30)
     position = next((e.position - 1 for e in entries if e.job_id == job_id), -1)
+    inputs = _estimate_inputs(state, entries, job, len(pending), now_ms)
+    unknown = Estimate(None, None, "no worker the fleet has can hold it") if inputs is None else Estimate(None, None)
     reason_text = job.pending_reason
     reasons: list[tuple[str, str]] = []
     waits_behind = ""
@@ -248,8 +274,42 @@ def why_view(state: ControllerState, job_id: JobId, now_ms: int) -> WhyView:
                 lease_end = end
     return WhyView(job.job_id, job.state, position, BANDS[job.band], team, job.owner, tuple(reasons), reservation,
                    waits_behind, dict(policy.guarantee), dict(policy.limit), dict(held), book.standing(team),
-                   preemptible, lease_end,
-                   "start-time estimates are not computed yet: Iris does not predict runtimes (issue 25 items 2 and 4)")
+                   preemptible, lease_end, unknown), inputs
+
+
+def _estimate_inputs(state: ControllerState, entries: list[QueueEntryView], job: Job, tasks: int,
+                     now_ms: int) -> EstimateInputs | None:
+    """Copies of what the estimate runs forward (``estimate.estimate_start``): the jobs ahead of
+    ``job``, the workers' free room, the running attempts' predicted ends."""
+    if job.pending_reason.startswith(NEVER_FITS):
+        return None
+
+    def pending_of(j: Job, count: int) -> Pending:
+        runtime, source = state.predicted_runtime(j)
+        return Pending(j.job_id, j.requirements, count, j.coscheduled, runtime, source == "timeout")
+
+    ahead: list[Pending] = []
+    for e in entries:
+        if e.job_id == job.job_id:
+            break
+        other = state.get_job(e.job_id)
+        if other is not None:
+            ahead.append(pending_of(other, e.pending_tasks))
+    workers: list[WorkerRoom] = []
+    running: list[RunningNow] = []
+    for w in state.get_available_workers(now_ms):
+        free = w.snapshot().free
+        workers.append(WorkerRoom(w.worker_id, free.cpu, free.memory, free.disk, free.devices, free.device_kind,
+                                  free.device_variant))
+        for task_id in w.running_tasks:
+            task = state.get_task(task_id)
+            other = state.get_job(task.job_id) if task is not None else None
+            if task is None or other is None:
+                continue
+            runtime, source = state.predicted_runtime(other)
+            running.append(RunningNow(w.worker_id, other.requirements,
+                                      remaining(runtime, now_ms - (task.started_at_ms or now_ms)), source == "timeout"))
+    return ahead, pending_of(job, tasks), workers, running
 
 
 def _describe_req(req: JobRequirements) -> str:

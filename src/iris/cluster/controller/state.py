@@ -32,11 +32,13 @@ from iris.cluster.controller.capacity import (
     fits_in,
     unmet_everywhere,
 )
+from iris.cluster.controller.estimate import EstimateLog
 from iris.cluster.controller.fairness import FairInputs, Holder, Preemption, task_amounts
 from iris.cluster.controller.job import Job
 from iris.cluster.controller.policies import StreakEntry
 from iris.cluster.controller.queue import BandQueue
 from iris.cluster.controller.reservations import DEFAULT_MAX_RESERVATIONS, NEVER, Reservation
+from iris.cluster.controller.runtimes import RuntimeHistory, name_of, predict
 from iris.cluster.controller.shares import NOMINATION_SLACK_MS, Shares
 from iris.cluster.controller.task import (
     BUILDING,
@@ -227,6 +229,9 @@ class Effects:
     """Token ids created or revoked."""
     dirty_usage: set[str] = field(default_factory=set)
     """Users whose decayed usage was charged (``Shares``)."""
+    dirty_runtimes: set[tuple[str, str]] = field(default_factory=set)
+    """(owner, job name) whose runtime history changed (``runtimes.RuntimeHistory``); and those dropped:"""
+    forgotten_runtimes: set[tuple[str, str]] = field(default_factory=set)
     deleted_bundles: list[str] = field(default_factory=list)
     """Workspace bundles no job uses any more (their last job was deleted): remove the files."""
 
@@ -236,6 +241,8 @@ class Effects:
             or self.deleted_bundles
             or self.dirty_tokens
             or self.dirty_usage
+            or self.dirty_runtimes
+            or self.forgotten_runtimes
             or self.kills
             or self.dirty_jobs
             or self.dirty_tasks
@@ -349,6 +356,10 @@ class ControllerState:
         """While a held gang is settled: its members whose processes already ended (no kill needed)."""
         self.shares = Shares()
         """Teams, what they hold and have used, policy preemptions (issue 24, ``shares.py``)."""
+        self.estimates = EstimateLog()
+        """Start-time estimates given (``iris job why``) and, once their jobs started, how wrong they were."""
+        self.runtimes = RuntimeHistory()
+        """The last successful task runtimes per (owner, job name), for start-time estimates (``runtimes.py``)."""
         self.reservations: list[Reservation] = []
         """Room held for the highest-ranked jobs that do not fit now (``reservations.py``), made by
         the last full pass and kept whole by every pass."""
@@ -418,6 +429,8 @@ class ControllerState:
                                 prefix):
                             job.gang_restart_cause = (attempt.error or "").removeprefix(prefix)
                     elif attempt.state == SUCCEEDED and attempt.worker_id is not None:
+                        job.ok_runtime_ms += attempt.running_ms()
+                        job.ok_runtimes += 1
                         job.note_success(attempt.worker_id)
                     elif attempt.charged_to == "failure" and attempt.state == cluster_pb2.TASK_STATE_FAILED \
                             and job.spec.max_similar_failures:
@@ -776,6 +789,7 @@ class ControllerState:
                 self._give_back_ports(worker, task_id)
             if ok:
                 worker.dispatch_acks[task_id] = None
+                self.estimates.started(task.job_id, now_ms)
                 self.shares.nominated.pop(task_id, None)  # a preemptor placed: its claim is done
                 if job.spec.timeout_seconds > 0:
                     heapq.heappush(self._deadlines, (now_ms + int(job.spec.timeout_seconds * 1000), task_id,
@@ -1026,6 +1040,10 @@ class ControllerState:
         """Worker quarantine bookkeeping (``policies.extends_streak``, ``policies.quarantine``)."""
         if attempt.state == SUCCEEDED and attempt.worker_id is not None:
             job.note_success(attempt.worker_id)
+            ran = attempt.running_ms()
+            self.runtimes.record(job.owner, name_of(job.job_id, job.owner), ran)
+            job.ok_runtime_ms += ran
+            job.ok_runtimes += 1
         worker = self._workers.get(attempt.worker_id) if attempt.worker_id is not None else None
         if worker is None:
             return
@@ -1194,6 +1212,13 @@ class ControllerState:
                         out.extend(t for t in self._tasks_by_job[job_id]
                                    if t.state == PENDING and now_ms - t.pending_since_ms > timeout)
             return out
+
+    def predicted_runtime(self, job: Job) -> tuple[int | None, str]:
+        """A task's predicted runtime and its source (``runtimes.predict``): the job's --timeout, the
+        owner's last runs of this name, the job's own finished tasks, or unknown."""
+        own = job.ok_runtime_ms // job.ok_runtimes if job.ok_runtimes else None
+        return predict(int(job.spec.timeout_seconds * 1000), self.runtimes.predict(job.owner, name_of(job.job_id, job.owner)),
+                       own)
 
     def fit_warning(self, job_id: JobId) -> str:
         """"never fits: ..." when no kind of worker the fleet has (or a provisioner could add) can
@@ -1764,6 +1789,11 @@ class ControllerState:
             if self.shares.dirty_users:
                 self._effects.dirty_usage |= self.shares.dirty_users
                 self.shares.dirty_users.clear()
+            if self.runtimes.dirty or self.runtimes.forgotten:
+                self._effects.dirty_runtimes |= self.runtimes.dirty
+                self._effects.forgotten_runtimes |= self.runtimes.forgotten
+                self.runtimes.dirty.clear()
+                self.runtimes.forgotten.clear()
             if self._effects.is_empty():
                 return NO_EFFECTS
             effects, self._effects = self._effects, Effects()

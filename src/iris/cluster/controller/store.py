@@ -220,6 +220,16 @@ MIGRATIONS: list[Migration] = [
     # v8 -> v9: job names are unique per owner: a root job's id is "<owner>:<name>". Every id of a
     # job with an owner (its children's and tasks' too) gets its owner's prefix.
     _owner_prefix_migration(),
+    # v9 -> v10: runtime history for start-time estimates: the last successful task runtimes (ms,
+    # JSON list) of each owner's jobs of each name; outlives job deletion and retention.
+    (
+        """CREATE TABLE runtimes (
+            owner TEXT NOT NULL,
+            name  TEXT NOT NULL,
+            runs  TEXT NOT NULL,
+            PRIMARY KEY (owner, name)
+        )""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -340,7 +350,8 @@ TOKENS = Table(
     mutable=("revoked_at_ms",),
 )
 USAGE = Table("usage", ("user", "value", "as_of_ms"), key=("user",), mutable=("value", "as_of_ms"))
-TABLES = (JOBS, TASKS, ATTEMPTS, WORKERS, ENDPOINTS, ACTIONS, TOKENS, USAGE)
+RUNTIMES = Table("runtimes", ("owner", "name", "runs"), key=("owner", "name"), mutable=("runs",))
+TABLES = (JOBS, TASKS, ATTEMPTS, WORKERS, ENDPOINTS, ACTIONS, TOKENS, USAGE, RUNTIMES)
 
 _DELETE_JOB = (
     f"DELETE FROM {ATTEMPTS.name} WHERE task_id IN (SELECT task_id FROM {TASKS.name} WHERE job_id = ?)",
@@ -526,6 +537,8 @@ class ControllerStore:
             or effects.deleted_jobs
             or effects.dirty_tokens
             or effects.dirty_usage
+            or effects.dirty_runtimes
+            or effects.forgotten_runtimes
         ):
             return None
         new_jobs: list[Job] = []
@@ -583,6 +596,9 @@ class ControllerStore:
         token_rows = [_token_row(t) for t in (state.get_token(i) for i in sorted(effects.dirty_tokens)) if t is not None]
         usage_rows = [(user, *record) for user in sorted(effects.dirty_usage)
                       if (record := state.shares.ledger.record(user)) is not None]
+        runtime_rows = [(owner, name, json.dumps(list(state.runtimes.runs(owner, name))))
+                        for owner, name in sorted(effects.dirty_runtimes)]
+        runtime_deletes = sorted(effects.forgotten_runtimes)
 
         with self._lock:
             action_seq = self._next_action_seq
@@ -609,6 +625,8 @@ class ControllerStore:
             (ACTIONS.insert_sql, action_rows),
             (TOKENS.insert_sql, token_rows),
             (USAGE.insert_sql, usage_rows),
+            (RUNTIMES.insert_sql, runtime_rows),
+            ("DELETE FROM runtimes WHERE owner = ? AND name = ?", runtime_deletes),
         ]
         statements = [(sql, rows) for sql, rows in candidates if rows]
         if trim:
@@ -787,6 +805,10 @@ class ControllerStore:
         self._loading = "usage"
         for (user, value, as_of_ms) in conn.execute(USAGE.select_sql):
             state.restore_usage(str(user), float(value), int(as_of_ms))
+
+        self._loading = "runtimes"
+        for (owner, name, runs) in conn.execute(RUNTIMES.select_sql):
+            state.runtimes.restore(str(owner), str(name), tuple(int(r) for r in json.loads(runs)))
 
         self._loading = "actions"
         rows = conn.execute(f"{ACTIONS.select_sql} DESC LIMIT ?", (ACTION_LOG_SIZE,)).fetchall()

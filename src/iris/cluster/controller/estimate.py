@@ -1,0 +1,223 @@
+"""When a pending job will start (issue 25 item 4): the scheduler's placement rules run forward in
+simulated time on predicted runtimes, arrivals frozen, and the error of every estimate given,
+measured when the job starts. Pure.
+
+The simulation: every healthy worker's free room now; the running attempts end at their predicted
+ends (``runtimes.remaining``: an attempt past its prediction has as long again to go); the jobs
+ahead of the target in the scheduler's order and then the target are placed in order as room
+frees, each task on the first worker it fits (``capacity.fits_in``), a gang all at once; a job
+that does not fit holds back everything after it (as its reservation would: backfill that ends in
+time is not counted, so the estimate errs late), and the work behind the target is left out (the
+target's reservation keeps it from delaying the target). The start is when the last of the target's
+tasks is placed. It is run twice: on the predictions (p50), and on runs twice as long where the
+prediction came from history rather than a hard ``--timeout`` (p90). "Unknown", with the reason,
+when the start depends on an attempt with no prediction, or lies beyond ``MAX_EVENTS`` ends.
+"""
+
+from __future__ import annotations
+
+import heapq
+import statistics
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from iris.cluster.controller.capacity import JobRequirements, fits_in
+from iris.cluster.types import JobId, WorkerId
+
+MAX_EVENTS = 1000
+"""Attempt ends simulated at most per estimate (its cost is bounded, not the queue's depth)."""
+NEVER = 1 << 62
+SLOW = 2
+"""The p90 run: predictions from history (not hard timeouts) taken as this many times longer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    start_p50_ms: int | None
+    start_p90_ms: int | None
+    unknown_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A job ahead of the target (or the target), in the scheduler's order."""
+
+    job_id: JobId
+    req: JobRequirements
+    tasks: int
+    coscheduled: bool
+    runtime_ms: int | None
+    """Predicted runtime of one task (None: unknown)."""
+    hard: bool
+    """The prediction is a hard --timeout (not stretched in the p90 run)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunningNow:
+    worker_id: WorkerId
+    req: JobRequirements
+    remaining_ms: int | None
+    hard: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRoom:
+    worker_id: WorkerId
+    cpu: int
+    memory: int
+    disk: int
+    devices: int
+    device_kind: str
+    device_variant: str
+
+
+def estimate_start(ahead: Sequence[Pending], target: Pending, workers: Sequence[WorkerRoom],
+                   running: Sequence[RunningNow], now_ms: int) -> Estimate:
+    p50, why50 = _simulate(ahead, target, workers, running, now_ms, 1)
+    if p50 is None:
+        return Estimate(None, None, why50)
+    p90, _ = _simulate(ahead, target, workers, running, now_ms, SLOW)
+    return Estimate(p50, max(p50, p90 if p90 is not None else p50), "")
+
+
+def _simulate(ahead: Sequence[Pending], target: Pending, workers: Sequence[WorkerRoom],
+              running: Sequence[RunningNow], now_ms: int, slow: int) -> tuple[int | None, str]:
+    index = {w.worker_id: i for i, w in enumerate(workers)}
+    free = [[w.cpu, w.memory, w.disk, w.devices] for w in workers]
+    kinds = [(w.device_kind, w.device_variant) for w in workers]
+    ends: list[tuple[int, int, int, int, int, int]] = []  # (time, worker index, cpu, memory, disk, devices)
+    unknown_ends = 0
+    for r in running:
+        i = index.get(r.worker_id)
+        if i is None:
+            continue
+        if r.remaining_ms is None:
+            unknown_ends += 1
+            continue
+        span = r.remaining_ms if r.hard else r.remaining_ms * slow
+        heapq.heappush(ends, (now_ms + span, i, r.req.cpu, r.req.memory_bytes, r.req.disk_bytes, r.req.device_count))
+    queue: deque[list[object]] = deque([[p, p.tasks] for p in ahead if p.tasks > 0])
+    queue.append([target, target.tasks])
+    roomy = {i for i, room in enumerate(free) if room[0] > 0}
+    """Workers with a free millicore: the only ones a task can go to (every task needs cpu)."""
+    t = now_ms
+    for _ in range(MAX_EVENTS):
+        started = _place(queue, free, kinds, ends, t, slow, roomy)
+        if started:
+            return t, ""
+        if not ends:
+            if unknown_ends:
+                return None, (f"it waits for room that {unknown_ends} running attempt(s) hold with no predicted end "
+                              "(no --timeout, and no earlier run of their job to go by)")
+            return None, "no worker can hold it even when everything running has ended"
+        t = ends[0][0]
+        if t >= NEVER:
+            return None, "it waits for work with no predicted end"
+        while ends and ends[0][0] == t:
+            _, i, cpu, memory, disk, devices = heapq.heappop(ends)
+            room = free[i]
+            room[0] += cpu
+            room[1] += memory
+            room[2] += disk
+            room[3] += devices
+            if room[0] > 0:
+                roomy.add(i)
+    return None, f"more than {MAX_EVENTS} attempts end before it could start"
+
+
+def _place(queue: deque[list[object]], free: list[list[int]], kinds: list[tuple[str, str]],
+           ends: list[tuple[int, int, int, int, int, int]], t: int, slow: int, roomy: set[int]) -> bool:
+    """Place what fits now, in order; True once the target (the last entry) has all its tasks.
+    A shape that found no room is not tried again in this event (room only shrinks within it)."""
+    full: set[tuple[object, ...]] = set()
+    target = queue[-1]
+    done: list[int] = []
+    for position, entry in enumerate(queue):
+        p: Pending = entry[0]  # type: ignore[assignment]
+        left: int = entry[1]  # type: ignore[assignment]
+        req = p.req
+        if req.shape in full:
+            continue
+        span = NEVER if p.runtime_ms is None else (p.runtime_ms if p.hard else p.runtime_ms * slow)
+        if p.coscheduled:
+            placed = _fit_many(req, left, free, kinds, roomy) or []
+        else:
+            placed = _fit_many(req, left, free, kinds, roomy, partial=True) or []
+        if len(placed) < left and not p.coscheduled or not placed:
+            full.add(req.shape)
+        for i in placed:
+            room = free[i]
+            room[0] -= req.cpu
+            room[1] -= req.memory_bytes
+            room[2] -= req.disk_bytes
+            room[3] -= req.device_count
+            if room[0] <= 0:
+                roomy.discard(i)
+            heapq.heappush(ends, (min(NEVER, t + span), i, req.cpu, req.memory_bytes, req.disk_bytes, req.device_count))
+        still = left - len(placed)
+        entry[1] = still
+        if still <= 0:
+            if entry is target:
+                return True
+            done.append(position)
+        else:
+            break  # it holds a reservation: nothing ranked below it takes room before it starts
+    for position in reversed(done):
+        del queue[position]
+    return False
+
+
+def _fit_many(req: JobRequirements, n: int, free: list[list[int]], kinds: list[tuple[str, str]], roomy: set[int],
+              partial: bool = False) -> list[int] | None:
+    """Workers (first fit, several tasks on one when they fit) for ``n`` tasks; None if not all fit
+    (a gang), or as many as fit (``partial``)."""
+    out: list[int] = []
+    for i in sorted(roomy):
+        room = free[i]
+        kind, variant = kinds[i]
+        cpu, memory, disk, devices = room
+        while len(out) < n and fits_in(req, cpu, memory, disk, devices, kind, variant):
+            out.append(i)
+            cpu, memory, disk, devices = cpu - req.cpu, memory - req.memory_bytes, disk - req.disk_bytes, devices - req.device_count
+        if len(out) >= n:
+            break
+    if len(out) < n and not partial:
+        return None
+    return out
+
+
+class EstimateLog:
+    """Every estimate given (the latest per job), and how wrong each was once its job started."""
+
+    __slots__ = ("_given", "_outcomes")
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self._given: dict[JobId, tuple[int, int, int]] = {}  # job -> (given at, p50, p90)
+        self._outcomes: deque[tuple[int, float, bool]] = deque(maxlen=keep)  # (started at, |error| s, in range)
+
+    def given(self, job_id: JobId, estimate: Estimate, now_ms: int) -> None:
+        if estimate.start_p50_ms is None or estimate.start_p90_ms is None:
+            return
+        if len(self._given) >= 100_000:
+            self._given.pop(next(iter(self._given)))
+        self._given[job_id] = (now_ms, estimate.start_p50_ms, estimate.start_p90_ms)
+
+    def started(self, job_id: JobId, now_ms: int) -> None:
+        found = self._given.pop(job_id, None)
+        if found is None:
+            return
+        _, p50, p90 = found
+        self._outcomes.append((now_ms, abs(now_ms - p50) / 1000, p50 <= now_ms <= p90 or abs(now_ms - p50) <= 1000))
+
+    def accuracy(self, since_ms: int = 0) -> tuple[int, float | None, float | None]:
+        """How many estimated jobs started since ``since_ms``, the median absolute error of their
+        p50 (seconds) and the share that started inside the stated range."""
+        outcomes = [o for o in self._outcomes if o[0] >= since_ms]
+        if not outcomes:
+            return 0, None, None
+        return (len(outcomes), statistics.median(o[1] for o in outcomes),
+                sum(1 for o in outcomes if o[2]) / len(outcomes))
+
+
+__all__ = ["MAX_EVENTS", "Estimate", "EstimateLog", "Pending", "RunningNow", "WorkerRoom", "estimate_start"]

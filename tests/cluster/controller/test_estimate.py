@@ -1,0 +1,105 @@
+"""Predicted runtimes and start-time estimates (issue 25 items 2 and 4): the prediction's order
+(--timeout, the owner's last two runs of the name, the job's own tasks, unknown), a task past its
+prediction re-predicted, the history durable and bounded, and each estimate's error measured when
+its job starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from iris.cluster.controller.estimate import (
+    Estimate,
+    EstimateLog,
+    Pending,
+    RunningNow,
+    WorkerRoom,
+    estimate_start,
+)
+from iris.cluster.controller.runtimes import MAX_HISTORY, RuntimeHistory, name_of, predict, remaining
+from iris.cluster.controller.shareviews import why_view
+from iris.cluster.controller.state import ControllerState
+from iris.cluster.controller.store import ControllerStore
+from iris.cluster.types import SUCCEEDED, JobId, WorkerId
+
+from .builders import NOW, add_worker, submit
+from .test_sharing import one_pass
+
+SEC = 1000
+
+
+def test_the_prediction_prefers_a_timeout_then_history_then_the_jobs_own_tasks() -> None:
+    assert predict(600 * SEC, 50 * SEC, 70 * SEC) == (600 * SEC, "timeout")
+    assert predict(0, 50 * SEC, 70 * SEC) == (50 * SEC, "history")
+    assert predict(0, None, 70 * SEC) == (70 * SEC, "job")
+    assert predict(0, None, None) == (None, "unknown")
+    history = RuntimeHistory()
+    for ms in (10 * SEC, 20 * SEC, 40 * SEC):
+        history.record("alice", "train", ms)
+    assert history.predict("alice", "train") == 30 * SEC  # the mean of the last two
+    assert history.predict("bob", "train") is None  # another owner's runs say nothing
+    assert name_of("alice:train/eval", "alice") == "train/eval"
+
+
+def test_a_task_past_its_prediction_is_re_predicted_never_assumed_finished() -> None:
+    assert remaining(60 * SEC, 20 * SEC) == 40 * SEC
+    assert remaining(60 * SEC, 90 * SEC) == 90 * SEC  # as long again as it has run
+    assert remaining(None, 5 * SEC) is None
+
+
+def test_the_history_is_bounded_and_outlives_the_job_and_a_restart(tmp_path: Path) -> None:
+    history = RuntimeHistory()
+    for i in range(MAX_HISTORY + 5):
+        history.record("u", f"job-{i}", SEC)
+    assert history.predict("u", "job-0") is None and history.predict("u", f"job-{MAX_HISTORY + 4}") == SEC
+    assert len(history.forgotten) == 5
+    store = ControllerStore.open(tmp_path)
+    state = ControllerState()
+    add_worker(state, "w1", cpu=2)
+    _, tasks = submit(state, "train", owner="alice")
+    one_pass(state)
+    state.apply_report(WorkerId("w1"), tasks[0].task_id, 0, SUCCEEDED, NOW + 42 * SEC)
+    store.write(state, state.drain_effects())
+    state.delete_job(JobId("train"))
+    store.write(state, state.drain_effects())
+    store.close()
+    with ControllerStore.open(tmp_path) as again:
+        loaded = again.load()
+    assert loaded.runtimes.predict("alice", "train") == 42 * SEC  # outlived its deleted job
+
+
+def _worker(worker_id: str, cpu: int) -> WorkerRoom:
+    return WorkerRoom(WorkerId(worker_id), cpu * 1000, 8 << 30, 1 << 40, 0, "cpu", "")
+
+
+def test_the_start_is_when_what_runs_ahead_ends_and_p90_stretches_what_history_predicted() -> None:
+    from iris.cluster.controller.job import Job
+
+    from .builders import make_request
+
+    req = Job(JobId("x"), make_request("x", cpu=2), NOW).requirements
+    running = [RunningNow(WorkerId("w1"), req, 100 * SEC, hard=True), RunningNow(WorkerId("w2"), req, 50 * SEC, hard=False)]
+    target = Pending(JobId("t"), req, 1, False, 30 * SEC, hard=False)
+    est = estimate_start([], target, [_worker("w1", 0), _worker("w2", 0)], running, NOW)
+    assert est == Estimate(NOW + 50 * SEC, NOW + 100 * SEC)  # p90: w2's run twice as long, w1's hard end first
+    ahead = [Pending(JobId("a"), req, 1, False, None, hard=False)]  # ahead of it, and never predicted to end
+    est = estimate_start(ahead, target, [_worker("w1", 0), _worker("w2", 0)], running, NOW)
+    assert est.start_p50_ms == NOW + 100 * SEC  # "a" takes w2 at 50 s; the target gets w1 at 100 s
+    unknown = estimate_start([], target, [_worker("w1", 0)], [RunningNow(WorkerId("w1"), req, None, False)], NOW)
+    assert unknown.start_p50_ms is None and "no predicted end" in unknown.unknown_reason
+
+
+def test_each_estimate_given_is_scored_when_its_job_starts(state: ControllerState) -> None:
+    add_worker(state, "w1", cpu=2)
+    submit(state, "long", owner="bob", cpu=2, timeout_seconds=100)
+    one_pass(state)
+    submit(state, "next", owner="alice", cpu=2)
+    one_pass(state, NOW + SEC)
+    why = why_view(state, JobId("next"), NOW + 2 * SEC)
+    assert why.estimate.start_p50_ms == NOW + 100 * SEC
+    log: EstimateLog = state.estimates
+    assert log.accuracy() == (0, None, None)
+    long_task = state.get_job_tasks(JobId("long"))[0]
+    state.apply_report(WorkerId("w1"), long_task.task_id, 0, SUCCEEDED, NOW + 90 * SEC)  # ended early
+    one_pass(state, NOW + 90 * SEC)
+    started, error_s, in_range = log.accuracy()
+    assert (started, error_s, in_range) == (1, 10.0, False)
