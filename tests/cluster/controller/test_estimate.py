@@ -14,6 +14,7 @@ from iris.cluster.controller.estimate import (
     RunningNow,
     WorkerRoom,
     estimate_start,
+    running_times,
 )
 from iris.cluster.controller.runtimes import MAX_HISTORY, RuntimeHistory, name_of, predict, remaining
 from iris.cluster.controller.shareviews import why_view
@@ -77,14 +78,19 @@ def test_the_start_is_when_what_runs_ahead_ends_and_p90_stretches_what_history_p
     from .builders import make_request
 
     req = Job(JobId("x"), make_request("x", cpu=2), NOW).requirements
-    running = [RunningNow(WorkerId("w1"), req, 100 * SEC, hard=True), RunningNow(WorkerId("w2"), req, 50 * SEC, hard=False)]
+    # w1 runs to a hard 200 s limit (p50: half of it), w2 was predicted 50 s by history (p90: twice).
+    assert running_times(200 * SEC, True, 0) == (100 * SEC, 200 * SEC)
+    assert running_times(50 * SEC, False, 0) == (50 * SEC, 100 * SEC)
+    assert running_times(50 * SEC, False, 80 * SEC) == (80 * SEC, 80 * SEC)  # overrun: as long again
+    running = [RunningNow(WorkerId("w1"), req, *running_times(200 * SEC, True, 0)),
+               RunningNow(WorkerId("w2"), req, *running_times(50 * SEC, False, 0))]
     target = Pending(JobId("t"), req, 1, False, 30 * SEC, hard=False)
     est = estimate_start([], target, [_worker("w1", 0), _worker("w2", 0)], running, NOW)
-    assert est == Estimate(NOW + 50 * SEC, NOW + 100 * SEC)  # p90: w2's run twice as long, w1's hard end first
+    assert est == Estimate(NOW + 50 * SEC, NOW + 100 * SEC)  # the first worker to free
     ahead = [Pending(JobId("a"), req, 1, False, None, hard=False)]  # ahead of it, and never predicted to end
     est = estimate_start(ahead, target, [_worker("w1", 0), _worker("w2", 0)], running, NOW)
-    assert est.start_p50_ms == NOW + 100 * SEC  # "a" takes w2 at 50 s; the target gets w1 at 100 s
-    unknown = estimate_start([], target, [_worker("w1", 0)], [RunningNow(WorkerId("w1"), req, None, False)], NOW)
+    assert est == Estimate(NOW + 100 * SEC, NOW + 200 * SEC)  # "a" takes the first freed worker, it the second
+    unknown = estimate_start([], target, [_worker("w1", 0)], [RunningNow(WorkerId("w1"), req, None, None)], NOW)
     assert unknown.start_p50_ms is None and "no predicted end" in unknown.unknown_reason
 
 
@@ -95,11 +101,11 @@ def test_each_estimate_given_is_scored_when_its_job_starts(state: ControllerStat
     submit(state, "next", owner="alice", cpu=2)
     one_pass(state, NOW + SEC)
     why = why_view(state, JobId("next"), NOW + 2 * SEC)
-    assert why.estimate.start_p50_ms == NOW + 100 * SEC
+    assert (why.estimate.start_p50_ms, why.estimate.start_p90_ms) == (NOW + 50 * SEC, NOW + 100 * SEC)  # a hard 100 s
     log: EstimateLog = state.estimates
     assert log.accuracy() == (0, None, None)
     long_task = state.get_job_tasks(JobId("long"))[0]
     state.apply_report(WorkerId("w1"), long_task.task_id, 0, SUCCEEDED, NOW + 90 * SEC)  # ended early
     one_pass(state, NOW + 90 * SEC)
     started, error_s, in_range = log.accuracy()
-    assert (started, error_s, in_range) == (1, 10.0, False)
+    assert (started, error_s, in_range) == (1, 40.0, True)  # 40 s after the p50, before the p90

@@ -23,13 +23,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from iris.cluster.controller.capacity import JobRequirements, fits_in
+from iris.cluster.controller.runtimes import remaining
 from iris.cluster.types import JobId, WorkerId
 
 MAX_EVENTS = 1000
 """Attempt ends simulated at most per estimate (its cost is bounded, not the queue's depth)."""
 NEVER = 1 << 62
 SLOW = 2
-"""The p90 run: predictions from history (not hard timeouts) taken as this many times longer."""
+"""The p90 run: predictions from history taken as this many times longer."""
+LOOSE = 0.5
+"""The p50 run: a hard --timeout taken as this share of itself (limits are loose: jobs end well
+before them; the p90 run takes the whole limit, which nothing passes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +59,25 @@ class Pending:
 
 @dataclass(frozen=True, slots=True)
 class RunningNow:
+    """A running attempt: how much longer it is predicted to run in the p50 and the p90 run (None:
+    no prediction). ``running_times`` makes both from its prediction and how long it has run."""
+
     worker_id: WorkerId
     req: JobRequirements
-    remaining_ms: int | None
-    hard: bool
+    remaining_p50_ms: int | None
+    remaining_p90_ms: int | None
+
+
+def running_times(runtime_ms: int | None, hard: bool, elapsed_ms: int) -> tuple[int | None, int | None]:
+    """(p50, p90) remaining time of an attempt predicted to run ``runtime_ms`` in all (a hard
+    --timeout, or a prediction), ``elapsed_ms`` into it; past a prediction, re-predicted."""
+    if runtime_ms is None:
+        return None, None
+    p50 = int(runtime_ms * (LOOSE if hard else 1.0))
+    p90 = int(runtime_ms * (1.0 if hard else SLOW))
+    left50, left90 = remaining(p50, elapsed_ms), remaining(p90, elapsed_ms)
+    assert left50 is not None and left90 is not None
+    return left50, max(left50, left90)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +93,15 @@ class WorkerRoom:
 
 def estimate_start(ahead: Sequence[Pending], target: Pending, workers: Sequence[WorkerRoom],
                    running: Sequence[RunningNow], now_ms: int) -> Estimate:
-    p50, why50 = _simulate(ahead, target, workers, running, now_ms, 1)
+    p50, why50 = _simulate(ahead, target, workers, running, now_ms, soft=1.0, hard=LOOSE, p90=False)
     if p50 is None:
         return Estimate(None, None, why50)
-    p90, _ = _simulate(ahead, target, workers, running, now_ms, SLOW)
+    p90, _ = _simulate(ahead, target, workers, running, now_ms, soft=SLOW, hard=1.0, p90=True)
     return Estimate(p50, max(p50, p90 if p90 is not None else p50), "")
 
 
 def _simulate(ahead: Sequence[Pending], target: Pending, workers: Sequence[WorkerRoom],
-              running: Sequence[RunningNow], now_ms: int, slow: int) -> tuple[int | None, str]:
+              running: Sequence[RunningNow], now_ms: int, soft: float, hard: float, p90: bool) -> tuple[int | None, str]:
     index = {w.worker_id: i for i, w in enumerate(workers)}
     free = [[w.cpu, w.memory, w.disk, w.devices] for w in workers]
     kinds = [(w.device_kind, w.device_variant) for w in workers]
@@ -92,10 +111,11 @@ def _simulate(ahead: Sequence[Pending], target: Pending, workers: Sequence[Worke
         i = index.get(r.worker_id)
         if i is None:
             continue
-        if r.remaining_ms is None:
+        left = r.remaining_p90_ms if p90 else r.remaining_p50_ms
+        if left is None:
             unknown_ends += 1
             continue
-        span = r.remaining_ms if r.hard else r.remaining_ms * slow
+        span = left
         heapq.heappush(ends, (now_ms + span, i, r.req.cpu, r.req.memory_bytes, r.req.disk_bytes, r.req.device_count))
     queue: deque[list[object]] = deque([[p, p.tasks] for p in ahead if p.tasks > 0])
     queue.append([target, target.tasks])
@@ -103,7 +123,7 @@ def _simulate(ahead: Sequence[Pending], target: Pending, workers: Sequence[Worke
     """Workers with a free millicore: the only ones a task can go to (every task needs cpu)."""
     t = now_ms
     for _ in range(MAX_EVENTS):
-        started = _place(queue, free, kinds, ends, t, slow, roomy)
+        started = _place(queue, free, kinds, ends, t, soft, hard, roomy)
         if started:
             return t, ""
         if not ends:
@@ -127,7 +147,7 @@ def _simulate(ahead: Sequence[Pending], target: Pending, workers: Sequence[Worke
 
 
 def _place(queue: deque[list[object]], free: list[list[int]], kinds: list[tuple[str, str]],
-           ends: list[tuple[int, int, int, int, int, int]], t: int, slow: int, roomy: set[int]) -> bool:
+           ends: list[tuple[int, int, int, int, int, int]], t: int, soft: float, hard: float, roomy: set[int]) -> bool:
     """Place what fits now, in order; True once the target (the last entry) has all its tasks.
     A shape that found no room is not tried again in this event (room only shrinks within it)."""
     full: set[tuple[object, ...]] = set()
@@ -139,7 +159,7 @@ def _place(queue: deque[list[object]], free: list[list[int]], kinds: list[tuple[
         req = p.req
         if req.shape in full:
             continue
-        span = NEVER if p.runtime_ms is None else (p.runtime_ms if p.hard else p.runtime_ms * slow)
+        span = NEVER if p.runtime_ms is None else int(p.runtime_ms * (hard if p.hard else soft))
         if p.coscheduled:
             placed = _fit_many(req, left, free, kinds, roomy) or []
         else:
@@ -190,9 +210,12 @@ def _fit_many(req: JobRequirements, n: int, free: list[list[int]], kinds: list[t
 class EstimateLog:
     """Every estimate given (the latest per job), and how wrong each was once its job started."""
 
-    __slots__ = ("_given", "_outcomes")
+    __slots__ = ("_given", "_outcomes", "tolerance_ms")
 
-    def __init__(self, keep: int = 10_000) -> None:
+    def __init__(self, keep: int = 10_000, tolerance_ms: int = 1000) -> None:
+        self.tolerance_ms = tolerance_ms
+        """How late a start still counts as inside its range: the scheduler places work in passes,
+        not the instant room frees (a second in the controller; the simulation's pass step there)."""
         self._given: dict[JobId, tuple[int, int, int]] = {}  # job -> (given at, p50, p90)
         self._outcomes: deque[tuple[int, float, bool]] = deque(maxlen=keep)  # (started at, |error| s, in range)
 
@@ -208,7 +231,8 @@ class EstimateLog:
         if found is None:
             return
         _, p50, p90 = found
-        self._outcomes.append((now_ms, abs(now_ms - p50) / 1000, p50 <= now_ms <= p90 or abs(now_ms - p50) <= 1000))
+        tol = self.tolerance_ms
+        self._outcomes.append((now_ms, abs(now_ms - p50) / 1000, p50 - tol <= now_ms <= p90 + tol))
 
     def accuracy(self, since_ms: int = 0) -> tuple[int, float | None, float | None]:
         """How many estimated jobs started since ``since_ms``, the median absolute error of their

@@ -168,7 +168,7 @@ class Scheduler:
             return task_amounts(config, job.requirements, "") if job is not None and config is not None else {}
 
         order = FairOrder(pending_tasks, owner_of if book is not None else (lambda job_id: None), book, amounts_of)
-        guard = Guard(sharing, working, get_job) if sharing is not None else None
+        guard = Guard(sharing, working, get_job, transaction, now_ms) if sharing is not None else None
         totals = [cap.snapshot.total for cap in working] + list(possible)
         never_cache: dict[_Shape, str] = {}
 
@@ -266,8 +266,6 @@ class Scheduler:
                     if cap.cpu <= 0:
                         room -= 1
                     transaction.tentatively_assign(task, cap.worker)
-                    if guard is not None and not bounded:
-                        guard.placed(cap.worker.worker_id, job_id, req, now_ms)
                     cursors[shape] = min(idx, guarded)
                     placed = True
                     break
@@ -327,10 +325,11 @@ class Guard:
     work after them in the same pass already leaves their room). Each reserved worker's room at its
     reservation's start is kept up to date as the pass places work."""
 
-    __slots__ = ("_at_start", "_by_worker", "_get_job", "_holders", "_placed", "_reached", "_sharing", "_timeouts",
-                 "_working", "made")
+    __slots__ = ("_at_start", "_by_worker", "_get_job", "_holders", "_now_ms", "_reached", "_seen", "_sharing",
+                 "_timeouts", "_transaction", "_working", "made")
 
-    def __init__(self, sharing: FairInputs, working: list[_Working], get_job: Callable[[JobId], Job | None]) -> None:
+    def __init__(self, sharing: FairInputs, working: list[_Working], get_job: Callable[[JobId], Job | None],
+                 transaction: SchedulingTransaction, now_ms: int) -> None:
         self._sharing = sharing
         self._working = working
         self._get_job = get_job
@@ -338,7 +337,10 @@ class Guard:
         self._at_start: dict[WorkerId, Free] = {}
         self._holders: dict[WorkerId, list[Running]] | None = None
         self._timeouts: dict[JobId, int] = {}
-        self._placed: list[tuple[WorkerId, JobId, JobRequirements, int]] = []
+        self._transaction = transaction
+        self._seen = 0
+        """Assignments of this pass already counted as running (they are read when a reservation is planned)."""
+        self._now_ms = now_ms
         self._reached: set[JobId] = set()
         """Reserved jobs the pass has met: work met before them ranks above them and is not held back."""
         self.made: list[Reservation] = []
@@ -349,15 +351,20 @@ class Guard:
         return bool(self._by_worker)
 
     def _running(self) -> dict[WorkerId, list[Running]]:
+        """What runs where and until when, this pass's placements included (read lazily: only a
+        pass that plans a reservation pays for it)."""
         if self._holders is None:
             self._holders = {}
             for h in self._sharing.holders():
                 self._holders.setdefault(h.worker_id, []).append(Running(h.worker_id, h.req, h.ends_ms))
-            for worker_id, job_id, req, now_ms in self._placed:
-                job = self._get_job(job_id)
-                timeout = int(job.spec.timeout_seconds * 1000) if job is not None else 0
-                self._holders.setdefault(worker_id, []).append(
-                    Running(worker_id, req, now_ms + timeout if timeout > 0 else NEVER))
+        assignments = self._transaction.assignments
+        for task, worker in assignments[self._seen:]:
+            job = self._get_job(task.job_id)
+            if job is not None:
+                timeout = int(job.spec.timeout_seconds * 1000)
+                self._holders.setdefault(worker.worker_id, []).append(
+                    Running(worker.worker_id, job.requirements, self._now_ms + timeout if timeout > 0 else NEVER))
+        self._seen = len(assignments)
         return self._holders
 
     def _install(self, reservation: Reservation) -> None:
@@ -391,15 +398,6 @@ class Guard:
                 if self._by_worker.get(worker_id) is not None and self._by_worker[worker_id].job_id == job_id:
                     del self._by_worker[worker_id]  # last pass's reservation of this job: this one replaces it
             self._install(reservation)
-
-    def placed(self, worker_id: WorkerId, job_id: JobId, req: JobRequirements, now_ms: int) -> None:
-        """A task placed in this pass runs from now on: a later reservation counts it."""
-        if self._holders is None:
-            self._placed.append((worker_id, job_id, req, now_ms))
-            return
-        job = self._get_job(job_id)
-        timeout = int(job.spec.timeout_seconds * 1000) if job is not None else 0
-        self._holders.setdefault(worker_id, []).append(Running(worker_id, req, now_ms + timeout if timeout > 0 else NEVER))
 
     def reach(self, job_id: JobId) -> None:
         self._reached.add(job_id)

@@ -13,11 +13,17 @@ from dataclasses import dataclass, replace
 
 from iris.cluster.bands import BANDS
 from iris.cluster.controller.capacity import JobRequirements, fits
-from iris.cluster.controller.estimate import Estimate, Pending, RunningNow, WorkerRoom, estimate_start
+from iris.cluster.controller.estimate import (
+    Estimate,
+    Pending,
+    RunningNow,
+    WorkerRoom,
+    estimate_start,
+    running_times,
+)
 from iris.cluster.controller.fairness import FairOrder, Owner, ShareBook, task_amounts
 from iris.cluster.controller.job import Job
 from iris.cluster.controller.reservations import Reservation
-from iris.cluster.controller.runtimes import remaining
 from iris.cluster.controller.scheduler import RESERVED_FOR_OTHER
 from iris.cluster.controller.state import NEVER_FITS, ControllerState
 from iris.cluster.errors import NotFound
@@ -308,7 +314,7 @@ def _estimate_inputs(state: ControllerState, entries: list[QueueEntryView], job:
                 continue
             runtime, source = state.predicted_runtime(other)
             running.append(RunningNow(w.worker_id, other.requirements,
-                                      remaining(runtime, now_ms - (task.started_at_ms or now_ms)), source == "timeout"))
+                                      *running_times(runtime, source == "timeout", now_ms - (task.started_at_ms or now_ms))))
     return ahead, pending_of(job, tasks), workers, running
 
 
