@@ -66,7 +66,7 @@ def test_trust_every_controller_rpc_needs_a_valid_token(cluster: LocalCluster) -
         "ReleaseWorker": C.ReleaseWorkerRequest(worker_id="x"), "GetTaskResult": C.GetTaskResultRequest(job_id="x"),
         "DeleteJob": C.DeleteJobRequest(job_id="x"), "PushTaskLogs": C.PushTaskLogsRequest(worker_id="x"),
         "GetShares": C.GetSharesRequest(), "GetQueue": C.GetQueueRequest(), "ReloadSharing": C.ReloadSharingRequest(),
-        "GetJobWhy": C.GetJobWhyRequest(job_id="x"),
+        "GetJobWhy": C.GetJobWhyRequest(job_id="x"), "GetEstimateAccuracy": C.GetEstimateAccuracyRequest(),
     }
     assert set(calls) == set(cluster_pb2.DESCRIPTOR.services_by_name["ControllerService"].methods_by_name)
     for token in ("", "iris_forged-token", "Bearer", "iris-task.0.deadbeef.x/task-0", "iris-task.0.ab.deadbeef.x/task-0"):
