@@ -16,7 +16,7 @@ from iris.cluster.controller.estimate import (
     estimate_start,
     running_times,
 )
-from iris.cluster.controller.runtimes import MAX_HISTORY, RuntimeHistory, name_of, predict, remaining
+from iris.cluster.controller.runtimes import MAX_HISTORY, RuntimeHistory, predict, remaining
 from iris.cluster.controller.shareviews import why_view
 from iris.cluster.controller.state import ControllerState
 from iris.cluster.controller.store import ControllerStore
@@ -35,10 +35,10 @@ def test_the_prediction_prefers_a_timeout_then_history_then_the_jobs_own_tasks()
     assert predict(0, None, None) == (None, "unknown")
     history = RuntimeHistory()
     for ms in (10 * SEC, 20 * SEC, 40 * SEC):
-        history.record("alice", "train", ms)
-    assert history.predict("alice", "train") == 30 * SEC  # the mean of the last two
-    assert history.predict("bob", "train") is None  # another owner's runs say nothing
-    assert name_of("alice:train/eval", "alice") == "train/eval"
+        history.record("alice:train", ms)
+    assert history.predict("alice:train") == 30 * SEC  # the mean of the last two
+    assert history.runs("alice:train") == (20 * SEC, 40 * SEC)
+    assert history.predict("bob:train") is None  # another owner's runs say nothing
 
 
 def test_a_task_past_its_prediction_is_re_predicted_never_assumed_finished() -> None:
@@ -50,22 +50,22 @@ def test_a_task_past_its_prediction_is_re_predicted_never_assumed_finished() -> 
 def test_the_history_is_bounded_and_outlives_the_job_and_a_restart(tmp_path: Path) -> None:
     history = RuntimeHistory()
     for i in range(MAX_HISTORY + 5):
-        history.record("u", f"job-{i}", SEC)
-    assert history.predict("u", "job-0") is None and history.predict("u", f"job-{MAX_HISTORY + 4}") == SEC
+        history.record(f"u:job-{i}", SEC)
+    assert history.predict("u:job-0") is None and history.predict(f"u:job-{MAX_HISTORY + 4}") == SEC
     assert len(history.forgotten) == 5
     store = ControllerStore.open(tmp_path)
     state = ControllerState()
     add_worker(state, "w1", cpu=2)
-    _, tasks = submit(state, "train", owner="alice")
+    job, tasks = submit(state, "train", owner="alice")
     one_pass(state)
     state.apply_report(WorkerId("w1"), tasks[0].task_id, 0, SUCCEEDED, NOW + 42 * SEC)
     store.write(state, state.drain_effects())
-    state.delete_job(JobId("train"))
+    state.delete_job(job.job_id)
     store.write(state, state.drain_effects())
     store.close()
     with ControllerStore.open(tmp_path) as again:
         loaded = again.load()
-    assert loaded.runtimes.predict("alice", "train") == 42 * SEC  # outlived its deleted job
+    assert loaded.runtimes.predict("train") == 42 * SEC  # outlived its deleted job (builders give bare ids)
 
 
 def _worker(worker_id: str, cpu: int) -> WorkerRoom:

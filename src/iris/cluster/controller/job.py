@@ -64,8 +64,6 @@ class Job:
         "submit_seq",
         "owner",
         "policy_preemptions",
-        "ok_runtime_ms",
-        "ok_runtimes",
         "gang_restarts",
         "gang_restart_cause",
         "band",
@@ -112,9 +110,6 @@ class Job:
         reports and task tokens carry it, so nothing of a deleted job matches one reusing its name."""
         self.owner = sys.intern(owner)  # a few users own many jobs
         self.policy_preemptions = 0
-        self.ok_runtime_ms = 0
-        self.ok_runtimes = 0
-        """Running time and count of its tasks' successful attempts (their mean predicts the rest)."""
         """Its tasks' attempts the sharing policy preempted (ended PREEMPTED; charged to no budget)."""
         """Who submitted it (a user's name); only they or an admin may stop it or read its secrets."""
         self.submit_seq = 0

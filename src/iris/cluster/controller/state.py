@@ -38,7 +38,7 @@ from iris.cluster.controller.job import Job
 from iris.cluster.controller.policies import StreakEntry
 from iris.cluster.controller.queue import BandQueue
 from iris.cluster.controller.reservations import DEFAULT_MAX_RESERVATIONS, NEVER, Reservation
-from iris.cluster.controller.runtimes import RuntimeHistory, name_of, predict
+from iris.cluster.controller.runtimes import RuntimeHistory, predict
 from iris.cluster.controller.shares import NOMINATION_SLACK_MS, Shares
 from iris.cluster.controller.task import (
     BUILDING,
@@ -229,9 +229,9 @@ class Effects:
     """Token ids created or revoked."""
     dirty_usage: set[str] = field(default_factory=set)
     """Users whose decayed usage was charged (``Shares``)."""
-    dirty_runtimes: set[tuple[str, str]] = field(default_factory=set)
-    """(owner, job name) whose runtime history changed (``runtimes.RuntimeHistory``); and those dropped:"""
-    forgotten_runtimes: set[tuple[str, str]] = field(default_factory=set)
+    dirty_runtimes: set[str] = field(default_factory=set)
+    """Job ids (owner and name) whose runtime history changed (``runtimes.RuntimeHistory``); and those dropped:"""
+    forgotten_runtimes: set[str] = field(default_factory=set)
     deleted_bundles: list[str] = field(default_factory=list)
     """Workspace bundles no job uses any more (their last job was deleted): remove the files."""
 
@@ -429,8 +429,6 @@ class ControllerState:
                                 prefix):
                             job.gang_restart_cause = (attempt.error or "").removeprefix(prefix)
                     elif attempt.state == SUCCEEDED and attempt.worker_id is not None:
-                        job.ok_runtime_ms += attempt.running_ms()
-                        job.ok_runtimes += 1
                         job.note_success(attempt.worker_id)
                     elif attempt.charged_to == "failure" and attempt.state == cluster_pb2.TASK_STATE_FAILED \
                             and job.spec.max_similar_failures:
@@ -1040,10 +1038,7 @@ class ControllerState:
         """Worker quarantine bookkeeping (``policies.extends_streak``, ``policies.quarantine``)."""
         if attempt.state == SUCCEEDED and attempt.worker_id is not None:
             job.note_success(attempt.worker_id)
-            ran = attempt.running_ms()
-            self.runtimes.record(job.owner, name_of(job.job_id, job.owner), ran)
-            job.ok_runtime_ms += ran
-            job.ok_runtimes += 1
+            self.runtimes.record(job.job_id, attempt.running_ms())
         worker = self._workers.get(attempt.worker_id) if attempt.worker_id is not None else None
         if worker is None:
             return
@@ -1215,10 +1210,8 @@ class ControllerState:
 
     def predicted_runtime(self, job: Job) -> tuple[int | None, str]:
         """A task's predicted runtime and its source (``runtimes.predict``): the job's --timeout, the
-        owner's last runs of this name, the job's own finished tasks, or unknown."""
-        own = job.ok_runtime_ms // job.ok_runtimes if job.ok_runtimes else None
-        return predict(int(job.spec.timeout_seconds * 1000), self.runtimes.predict(job.owner, name_of(job.job_id, job.owner)),
-                       own)
+        owner's last runs of this name (its own finished tasks among them), or unknown."""
+        return predict(int(job.spec.timeout_seconds * 1000), self.runtimes.predict(job.job_id), None)
 
     def fit_warning(self, job_id: JobId) -> str:
         """"never fits: ..." when no kind of worker the fleet has (or a provisioner could add) can

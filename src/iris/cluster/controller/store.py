@@ -48,7 +48,16 @@ from iris.cluster.controller.state import (
     Effects,
 )
 from iris.cluster.controller.task import PENDING, Task, TaskAttempt
-from iris.cluster.types import ACTIVE_TASK_STATES, BUNDLE_HASH_RE, JobId, TaskId, WorkerId, WorkerMetadata
+from iris.cluster.types import (
+    ACTIVE_TASK_STATES,
+    BUNDLE_HASH_RE,
+    JobId,
+    TaskId,
+    WorkerId,
+    WorkerMetadata,
+    owner_of_job_id,
+    root_job_id,
+)
 from iris.rpc import cluster_pb2
 
 logger = logging.getLogger(__name__)
@@ -74,6 +83,12 @@ Migration = Sequence[str]
 def _root(column: str) -> str:
     """SQL for the root job of an id (the part before the first '/')."""
     return f"(CASE WHEN instr({column}, '/') > 0 THEN substr({column}, 1, instr({column}, '/') - 1) ELSE {column} END)"
+
+
+def _owner_and_name(job_id: str) -> tuple[str, str]:
+    """A runtime history key (a job id) as its row's (owner, name)."""
+    owner = owner_of_job_id(job_id)
+    return owner, job_id.removeprefix(f"{owner}:") if owner else job_id
 
 
 def _owner_prefix_migration() -> tuple[str, ...]:
@@ -596,9 +611,9 @@ class ControllerStore:
         token_rows = [_token_row(t) for t in (state.get_token(i) for i in sorted(effects.dirty_tokens)) if t is not None]
         usage_rows = [(user, *record) for user in sorted(effects.dirty_usage)
                       if (record := state.shares.ledger.record(user)) is not None]
-        runtime_rows = [(owner, name, json.dumps(list(state.runtimes.runs(owner, name))))
-                        for owner, name in sorted(effects.dirty_runtimes)]
-        runtime_deletes = sorted(effects.forgotten_runtimes)
+        runtime_rows = [(*_owner_and_name(key), json.dumps(list(state.runtimes.runs(key))))
+                        for key in sorted(effects.dirty_runtimes)]
+        runtime_deletes = [_owner_and_name(key) for key in sorted(effects.forgotten_runtimes)]
 
         with self._lock:
             action_seq = self._next_action_seq
@@ -808,7 +823,7 @@ class ControllerStore:
 
         self._loading = "runtimes"
         for (owner, name, runs) in conn.execute(RUNTIMES.select_sql):
-            state.runtimes.restore(str(owner), str(name), tuple(int(r) for r in json.loads(runs)))
+            state.runtimes.restore(root_job_id(str(owner), str(name)), tuple(int(r) for r in json.loads(runs)))
 
         self._loading = "actions"
         rows = conn.execute(f"{ACTIONS.select_sql} DESC LIMIT ?", (ACTION_LOG_SIZE,)).fetchall()
