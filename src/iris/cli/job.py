@@ -581,8 +581,11 @@ def status_cmd(controller: str, job_id: str, show_tasks: bool, as_json: bool, ve
     """Show a job's state, task counts and error (--tasks: every task)."""
     with connect(controller) as client:
         status = client.job_status(job_id, include_tasks=show_tasks)
+        why = client.why(status.job_id) if status.state.value == "PENDING" else None  # `iris job why`'s data
     if as_json:
         data = status.to_dict()
+        if why is not None:
+            data["why"] = why
         if not show_tasks:
             data.pop("tasks", None)
         print_json(data)
@@ -612,6 +615,13 @@ def status_cmd(controller: str, job_id: str, show_tasks: bool, as_json: bool, ve
         fields.append(("Parent", status.parent_job_id))
     if status.pending_reason:
         fields.append(("Pending", status.pending_reason))
+    if why is not None:
+        fields.append(("Queue", f"position {why['position']} (0 = next) in band {why['band']}, team {why['team']}"))
+        fields += [("Why", f"[{r['code']}] {r['message']}") for r in why["reasons"]]
+        estimate = why["estimate"]
+        fields.append(("Starts", f"between {format_timestamp(estimate['start_p50_ms'])} and "
+                                 f"{format_timestamp(estimate['start_p90_ms'])}" if estimate
+                       else f"unknown ({why['unknown_reason']})"))
     if status.checkpoint_dir:
         fields.append(("Checkpoints", status.checkpoint_dir))
     if status.error:

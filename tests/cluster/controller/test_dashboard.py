@@ -218,3 +218,6 @@ def test_dashboard_share_and_queue_json_and_sharing_metrics(dashboard: Dashboard
     assert "# TYPE iris_team_running_share gauge" in metrics and "# TYPE iris_policy_preemptions_total counter" in metrics
     for page in ("/queue", "/share"):
         assert get(dashboard, page)[0] == 200
+    why = json.loads(get(dashboard, "/api/why?id=parent")[1])  # a bare name: the admin's own
+    assert why["job_id"] == "admin:parent" and why["position"] == 0 and {"reasons", "estimate"} <= set(why)
+    assert get(dashboard, "/api/why?id=nope")[0] == 404

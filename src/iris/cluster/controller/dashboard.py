@@ -238,6 +238,20 @@ class Dashboard:
                 "min_lease_ms": view.min_lease_ms, "max_preemptions_per_minute": view.max_preemptions_per_minute,
                 "fleet": amounts_wire(view.fleet)}
 
+    def why(self, job_id: str, principal: Principal) -> dict[str, Any]:
+        """``iris job why --json``'s data (the job page shows it for a pending job)."""
+        job_id = qualify(principal, job_id)
+        view = self._controller.queries.why(JobId(job_id), self._controller.now_ms())
+        est = view.estimate
+        return {"job_id": view.job_id, "position": view.position, "band": view.band, "team": view.team,
+                "reasons": [{"code": c, "message": m} for c, m in view.reasons],
+                "reservation": None if view.reservation is None else {
+                    "start_ms": view.reservation.start_ms, "workers": dict(view.reservation.workers)},
+                "waits_behind": view.waits_behind or None,
+                "estimate": None if est.start_p50_ms is None else {"start_p50_ms": est.start_p50_ms,
+                                                                   "start_p90_ms": est.start_p90_ms},
+                "unknown_reason": est.unknown_reason or None}
+
     def queue(self, limit: int) -> dict[str, Any]:
         """``iris queue --json``: pending jobs in the order the scheduler will consider them."""
         entries, total = self._controller.queries.queue(self._controller.now_ms(), limit)
@@ -449,6 +463,10 @@ class Dashboard:
         async def api_actions(request: Request, principal: Principal) -> Any:
             return await read(dashboard.actions)
 
+        async def api_why(request: Request, principal: Principal) -> Any:
+            job_id = _required(request.query_params, "id")
+            return await read(lambda: dashboard.why(job_id, principal))
+
         async def api_shares(request: Request, principal: Principal) -> Any:
             return await read(dashboard.shares)
 
@@ -476,6 +494,7 @@ class Dashboard:
             Route("/api/actions", api(api_actions, cache=True)),
             Route("/api/shares", api(api_shares, cache=True)),
             Route("/api/queue", api(api_queue, cache=True)),
+            Route("/api/why", api(api_why, cache=True)),
             Route("/api/{rest:path}", api(api_missing)),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
             *(Route(path, page) for path in PAGES),

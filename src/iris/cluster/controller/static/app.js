@@ -121,6 +121,7 @@ const views = {
     const j = data.job;
     const children = (await api(`/api/jobs?prefix=${encodeURIComponent(jobId + "/")}&page_size=200`)).jobs
       .filter((c) => c.parent_job_id === jobId);
+    const why = j.state === "PENDING" ? await api(`/api/why?id=${encodeURIComponent(jobId)}`) : null;
     const t = j.time || {};
     const expanded = new Set((params.get("open") || "").split(",").filter(Boolean).map(Number));
     const tasks = (j.tasks || []).map((task) => {
@@ -162,6 +163,9 @@ const views = {
         <dt>Gang restarts</dt><dd id="job-gang-restarts">${j.gang_restarts}${j.gang_restart_cause ? ` (the last started by ${esc(j.gang_restart_cause)})` : ""}</dd>
       </dl>
       ${j.pending_reason ? `<p><b>Pending:</b> ${esc(j.pending_reason)}</p>` : ""}
+      ${why ? `<div id="job-why"><p><b>Queue position</b> ${why.position} (0 = next)${why.reservation ? `; holds a reservation on ${esc(Object.keys(why.reservation.workers).join(", "))}` : ""}${why.waits_behind ? `; waits behind ${jobLink(why.waits_behind)}` : ""}.
+        <b>Starts:</b> ${why.estimate ? `between ${esc(new Date(why.estimate.start_p50_ms).toISOString())} and ${esc(new Date(why.estimate.start_p90_ms).toISOString())}` : `unknown (${esc(why.unknown_reason)})`}</p>
+        <ul>${why.reasons.map((r) => `<li data-code="${esc(r.code)}"><code>${esc(r.code)}</code> ${esc(r.message)}</li>`).join("")}</ul></div>` : ""}
       ${j.error ? `<h2>Error</h2><div class="error" id="job-error">${esc(j.error)}</div>` : ""}
       ${(j.spec_shown || []).length ? `<h2>Spec</h2><dl class="grid" id="job-spec">${j.spec_shown.map(([k, v]) =>
         `<dt>${esc(k)}</dt><dd data-field="${esc(k)}">${esc(v)}</dd>`).join("")}</dl>` : ""}
