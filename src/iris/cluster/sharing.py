@@ -30,8 +30,6 @@ from typing import Any
 from iris.cluster.types import (
     JOB_NAME_RE,
     cpu_to_millicores,
-    format_cpu,
-    format_size,
     parse_duration,
     parse_size,
 )
@@ -64,9 +62,6 @@ class TeamPolicy:
     limit: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
     own: bool = False
     """A team of one for a user no team lists (``[default]`` settings)."""
-
-    def describe(self, amounts: Mapping[str, int]) -> str:
-        return describe_amounts(amounts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,34 +155,6 @@ def add_amounts(into: dict[str, float], amounts: Mapping[str, float], sign: int 
             into.pop(key, None)
         else:
             into[key] = value
-
-
-def describe_amounts(amounts: Mapping[str, float]) -> str:
-    """"cpu 8, memory 32GiB, gpu:H100 8" ("-" for none)."""
-    parts = []
-    for key in sorted(amounts, key=lambda k: (k != "cpu", k != "memory", k)):
-        amount = amounts[key]
-        if key == "cpu":
-            parts.append(f"cpu {format_cpu(int(amount))}")
-        elif key == "memory":
-            parts.append(f"memory {format_size(int(amount))}")
-        else:
-            parts.append(f"{key} {amount:g}")
-    return ", ".join(parts) or "-"
-
-
-def amounts_json(amounts: Mapping[str, float]) -> dict[str, Any]:
-    """A guarantee or limit as JSON: cpu in cores, memory in bytes, devices by kind and variant."""
-    out: dict[str, Any] = {}
-    for key, amount in amounts.items():
-        if key == "cpu":
-            out["cpu"] = amount / 1000
-        elif key == "memory":
-            out["memory_bytes"] = int(amount)
-        else:
-            kind, _, variant = key.partition(":")
-            out.setdefault(kind, {})[variant] = amount
-    return out
 
 
 # ---------------------------------------------------------------------------------------- usage
@@ -424,9 +391,7 @@ __all__ = [
     "TeamPolicy",
     "UsageLedger",
     "add_amounts",
-    "amounts_json",
     "decayed",
-    "describe_amounts",
     "dominant_share",
     "guarantee_ratio",
     "load_sharing",

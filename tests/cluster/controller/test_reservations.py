@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iris.cluster.controller.state import ControllerState
-from iris.cluster.types import RUNNING, SUCCEEDED, WorkerId
+from iris.cluster.types import RUNNING, SUCCEEDED, JobId, WorkerId
 
 from .builders import NOW, add_worker, submit
 from .test_sharing import one_pass
@@ -16,20 +16,9 @@ from .test_sharing import one_pass
 SEC = 1000
 
 
-def finish_all_running(state: ControllerState, now_ms: int, job_prefix: str = "") -> int:
-    done = 0
-    for job in state.list_jobs():
-        if not job.job_id.startswith(job_prefix):
-            continue
-        for task in state.get_job_tasks(job.job_id):
-            if task.state == RUNNING and task.worker_id is not None:
-                state.apply_report(WorkerId(task.worker_id), task.task_id, task.current_attempt_id, SUCCEEDED, now_ms)
-                done += 1
-    state.drain_effects()
-    return done
-
-
-def test_a_gang_is_placed_while_a_stream_of_small_jobs_keeps_arriving(state: ControllerState) -> None:
+def gang_behind_a_stream_of_small_jobs(state: ControllerState, steps: int = 20) -> bool:
+    """4 workers of 2 cpus full of 1-cpu jobs; a 4 x 2-cpu gang arrives; each step one small task
+    ends and another arrives. Whether the gang got to run."""
     for i in range(4):
         add_worker(state, f"w{i}", cpu=2)
     for i in range(8):
@@ -37,7 +26,7 @@ def test_a_gang_is_placed_while_a_stream_of_small_jobs_keeps_arriving(state: Con
     one_pass(state)  # the fleet is full of small work
     submit(state, "gang", owner="alice", replicas=4, cpu=2, coscheduled=True)
     now = NOW
-    for step in range(20):  # small tasks end one by one; new ones keep arriving
+    for step in range(steps):
         now += SEC
         running = [t for j in state.list_jobs() if j.job_id.startswith("small") for t in state.get_job_tasks(j.job_id)
                    if t.state == RUNNING]
@@ -46,32 +35,19 @@ def test_a_gang_is_placed_while_a_stream_of_small_jobs_keeps_arriving(state: Con
             state.apply_report(WorkerId(t.worker_id or ""), t.task_id, t.current_attempt_id, SUCCEEDED, now)
         submit(state, f"more-{step}", owner="bob", now_ms=now)
         one_pass(state, now)
-        if all(t.state == RUNNING for t in state.get_job_tasks(state.get_job("gang").job_id)):  # type: ignore[union-attr]
-            break
-    gang = state.get_job_tasks(state.get_job("gang").job_id)  # type: ignore[union-attr]
-    assert all(t.state == RUNNING for t in gang), "the gang starved behind small jobs"
+        if all(t.state == RUNNING for t in state.get_job_tasks(JobId("gang"))):
+            return True
+    return False
+
+
+def test_a_gang_is_placed_while_a_stream_of_small_jobs_keeps_arriving(state: ControllerState) -> None:
+    assert gang_behind_a_stream_of_small_jobs(state), "the gang starved behind small jobs"
     assert state.reservations == []  # dropped once its job started
 
 
 def test_without_reservations_the_same_gang_starves(state: ControllerState) -> None:
     state.max_reservations = 0
-    for i in range(4):
-        add_worker(state, f"w{i}", cpu=2)
-    for i in range(8):
-        submit(state, f"small-{i}", owner="bob")
-    one_pass(state)
-    submit(state, "gang", owner="alice", replicas=4, cpu=2, coscheduled=True)
-    now = NOW
-    for step in range(20):
-        now += SEC
-        running = [t for j in state.list_jobs() if j.job_id.startswith("small") for t in state.get_job_tasks(j.job_id)
-                   if t.state == RUNNING]
-        if running:
-            t = running[0]
-            state.apply_report(WorkerId(t.worker_id or ""), t.task_id, t.current_attempt_id, SUCCEEDED, now)
-        submit(state, f"more-{step}", owner="bob", now_ms=now)
-        one_pass(state, now)
-    assert not any(t.state == RUNNING for t in state.get_job_tasks("gang"))  # type: ignore[arg-type]
+    assert not gang_behind_a_stream_of_small_jobs(state)
 
 
 def test_backfill_that_ends_before_the_reservation_starts_is_placed_and_longer_work_is_not(

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from iris.cluster.controller.capacity import JobRequirements, fits_in
+from iris.cluster.controller.reservations import Free
 from iris.cluster.controller.runtimes import remaining
 from iris.cluster.types import JobId, WorkerId
 
@@ -80,15 +81,8 @@ def running_times(runtime_ms: int | None, hard: bool, elapsed_ms: int) -> tuple[
     return left50, max(left50, left90)
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerRoom:
-    worker_id: WorkerId
-    cpu: int
-    memory: int
-    disk: int
-    devices: int
-    device_kind: str
-    device_variant: str
+WorkerRoom = Free
+"""A worker's free room now (``reservations.Free``: the same value reservations plan with)."""
 
 
 def estimate_start(ahead: Sequence[Pending], target: Pending, workers: Sequence[WorkerRoom],

@@ -169,13 +169,16 @@ class Scheduler:
 
         order = FairOrder(pending_tasks, owner_of if book is not None else (lambda job_id: None), book, amounts_of)
         guard = Guard(sharing, working, get_job, transaction, now_ms) if sharing is not None else None
-        totals = [cap.snapshot.total for cap in working] + list(possible)
         never_cache: dict[_Shape, str] = {}
+        totals: list[Room] = []
 
         def never_fits(req: JobRequirements) -> str:
-            """Why no worker the fleet has or could add holds one task of ``req`` ("" if one does)."""
+            """Why no worker the fleet has or could add holds one task of ``req`` ("" if one does);
+            once per shape and pass, and only for work that did not fit."""
             found = never_cache.get(req.shape)
             if found is None:
+                if not totals:
+                    totals.extend([cap.snapshot.total for cap in working] + list(possible))
                 found = never_cache[req.shape] = unmet_everywhere(req, totals)
             return found
 
@@ -225,7 +228,7 @@ class Scheduler:
                         if never := never_fits(req):
                             transaction.never_fit[job_id] = never
                             transaction.pending_reasons[job_id] = f"{NEVER_FITS}: {never}"
-                        if owner is not None and not bounded and not unmet_everywhere(req, [w.snapshot.total for w in working]):
+                        if owner is not None and not bounded and not never_fits(req):
                             candidates.append(Candidate(gang, req, owner))
                             if guard is not None:
                                 guard.reserve(job_id, req, len(gang), owner.band, now_ms)

@@ -155,8 +155,5 @@ class Shares:
         return FairInputs(self.config, self.team_held, self.user_held, self.team_usage(now_ms),
                           self.user_usage(now_ms), holders, self.budget(now_ms), self.waiting(now_ms))
 
-    def running_by_team(self) -> Mapping[str, Amounts]:
-        return self.team_held
-
 
 __all__ = ["Holding", "Shares"]
