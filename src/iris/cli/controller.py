@@ -99,6 +99,11 @@ def controller() -> None:
 @click.option("--sharing", "sharing_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Teams, shares and preemption (TOML; see the README). Without it every user is a team of one "
                    "with equal weight. `iris share reload` or SIGHUP applies a changed file.")
+@click.option("--task-uid-range", default="200000-299999", show_default=True, metavar="FIRST-LAST",
+              help="The uids tasks run as on root workers: each user gets one of their own at their first job, "
+                   "the same on every worker, kept in the state dir.")
+@click.option("--task-users", "task_users_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML map of Iris user = \"unix user\": their tasks run as that existing Unix user instead.")
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 @click.option("--verbose", "-v", is_flag=True, help="Log at DEBUG level (same as --log-level DEBUG).")
 def serve(
@@ -131,6 +136,8 @@ def serve(
     shared_dir: Path | None,
     max_reservations: int,
     sharing_file: Path | None,
+    task_uid_range: str,
+    task_users_file: Path | None,
     log_level: str,
     verbose: bool,
 ) -> None:
@@ -188,6 +195,20 @@ def serve(
         sharing = load_sharing(sharing_file.resolve()) if sharing_file is not None else DEFAULT_SHARING
     except SharingConfigError as e:
         raise click.BadParameter(str(e), param_hint="--sharing") from None
+    from iris.cluster.controller.uids import parse_task_users, parse_uid_range
+    from iris.cluster.errors import InvalidArgument
+
+    try:
+        uid_range = parse_uid_range(task_uid_range)
+    except InvalidArgument as e:
+        raise click.BadParameter(str(e), param_hint="--task-uid-range") from None
+    try:
+        task_users = (parse_task_users(task_users_file.read_text(), str(task_users_file))
+                      if task_users_file is not None else {})
+    except OSError as e:
+        raise click.BadParameter(f"{task_users_file}: cannot be read: {e.strerror}", param_hint="--task-users") from None
+    except InvalidArgument as e:
+        raise click.BadParameter(str(e), param_hint="--task-users") from None
     os.umask(0o077)  # everything the controller writes is its own (job environments, logs, tokens)
     lock = _lock_state_dir(state_dir)
     try:
@@ -202,7 +223,9 @@ def serve(
                               max_endpoints_per_task=max_endpoints_per_task,
                               max_finished_jobs=max_finished_jobs, read_share=read_share,
                               shared_dir=shared_dir.resolve() if shared_dir is not None else None,
-                              max_reservations=max_reservations, sharing=sharing, sharing_file=sharing_file.resolve() if sharing_file is not None else None)
+                              max_reservations=max_reservations, sharing=sharing,
+                              sharing_file=sharing_file.resolve() if sharing_file is not None else None,
+                              task_uid_range=uid_range, task_users=task_users)
     from iris.cluster.controller.logstore import LogStore
 
     ctrl = Controller(config, state=state, store=store, secret=_secret(state_dir),

@@ -3192,6 +3192,8 @@ class Worker(_message.Message):
         CHECKPOINT_DIR_FIELD_NUMBER: _builtins.int
         ALLOCATED_PORTS_FIELD_NUMBER: _builtins.int
         COORDINATOR_PORT_FIELD_NUMBER: _builtins.int
+        RUN_AS_UID_FIELD_NUMBER: _builtins.int
+        RUN_AS_USER_FIELD_NUMBER: _builtins.int
         job_id: _builtins.str
         task_id: _builtins.str
         task_index: _builtins.int
@@ -3214,6 +3216,11 @@ class Worker(_message.Message):
         """the job's directory on the shared dir (IRIS_CHECKPOINT_DIR); "": none"""
         coordinator_port: _builtins.int
         """the gang's rendezvous port, on the gang's lead task only (MASTER_PORT)"""
+        run_as_uid: _builtins.int
+        """Who the task runs as on a root worker (issue 23): its job owner's uid from the controller's
+        --task-uid-range (the same on every worker), or the Unix user --task-users maps the owner to.
+        """
+        run_as_user: _builtins.str
         @_builtins.property
         def environment(self) -> Global___EnvironmentConfig: ...
         @_builtins.property
@@ -3265,10 +3272,12 @@ class Worker(_message.Message):
             checkpoint_dir: _builtins.str = ...,
             allocated_ports: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
             coordinator_port: _builtins.int = ...,
+            run_as_uid: _builtins.int = ...,
+            run_as_user: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "resources", b"resources"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated_ports", b"allocated_ports", "attempt_id", b"attempt_id", "bundle_hash", b"bundle_hash", "checkpoint_dir", b"checkpoint_dir", "coordinator_port", b"coordinator_port", "env_groups", b"env_groups", "environment", b"environment", "job_id", b"job_id", "job_uid", b"job_uid", "num_tasks", b"num_tasks", "ports", b"ports", "previous_error", b"previous_error", "previous_exit_code", b"previous_exit_code", "previous_state", b"previous_state", "rendezvous_env", b"rendezvous_env", "resources", b"resources", "serialized_entrypoint", b"serialized_entrypoint", "task_id", b"task_id", "task_index", b"task_index", "task_token", b"task_token", "with_packages", b"with_packages", "worker_id", b"worker_id"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated_ports", b"allocated_ports", "attempt_id", b"attempt_id", "bundle_hash", b"bundle_hash", "checkpoint_dir", b"checkpoint_dir", "coordinator_port", b"coordinator_port", "env_groups", b"env_groups", "environment", b"environment", "job_id", b"job_id", "job_uid", b"job_uid", "num_tasks", b"num_tasks", "ports", b"ports", "previous_error", b"previous_error", "previous_exit_code", b"previous_exit_code", "previous_state", b"previous_state", "rendezvous_env", b"rendezvous_env", "resources", b"resources", "run_as_uid", b"run_as_uid", "run_as_user", b"run_as_user", "serialized_entrypoint", b"serialized_entrypoint", "task_id", b"task_id", "task_index", b"task_index", "task_token", b"task_token", "with_packages", b"with_packages", "worker_id", b"worker_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -76,6 +76,8 @@ class AttemptLaunch:
     """Named ports allocated from the location's range (empty: it declares none; it picks them)."""
     coordinator_port: int = 0
     """The gang's rendezvous port, on the gang's lead only (the location checks it is free)."""
+    run_as: tuple[int, str] = (0, "")
+    """Its owner's task uid and mapped Unix user (``uids.TaskUids.run_as``)."""
 
 
 class LaunchOutcome(Enum):
@@ -347,6 +349,7 @@ class WorkerDaemonBackend:
                 template = cluster_pb2.Worker.RunTaskRequest(job_id=launch.job_id, num_tasks=launch.num_tasks,
                                                              checkpoint_dir=launch.checkpoint_dir)
                 launch.spec.to_run_task(template)  # the fields declared worker-visible, by their declarations
+                template.run_as_uid, template.run_as_user = launch.run_as
                 template.resources.replicas = launch.spec.replicas
                 self._templates[(launch.job_id, launch.job_uid)] = template
                 if len(self._templates) > self._TEMPLATE_CACHE:

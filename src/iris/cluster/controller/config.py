@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from iris.cluster.controller.reads import DEFAULT_BURST_S, DEFAULT_SHARE
 from iris.cluster.controller.reservations import DEFAULT_MAX_RESERVATIONS
+from iris.cluster.controller.uids import DEFAULT_TASK_UID_RANGE
 from iris.cluster.sharing import DEFAULT_SHARING, SharingConfig
 from iris.cluster.validation import DEFAULT_LIMITS, Limits
 
@@ -73,6 +75,10 @@ class ControllerConfig:
     user a team of one, equal weights."""
     sharing_file: Path | None = None
     """Where ``sharing`` was read from: ``iris share reload`` and SIGHUP read it again."""
+    task_uid_range: tuple[int, int] = DEFAULT_TASK_UID_RANGE
+    """The uids users' tasks run as on root workers, one per user (``--task-uid-range``; ``uids``)."""
+    task_users: Mapping[str, str] = field(default_factory=dict)
+    """Users whose tasks run as an existing Unix user instead (``--task-users FILE``)."""
     shared_dir: Path | None = None
     """A directory mounted at the same path on the controller and every worker (``--shared-dir``): each
     job gets one under it (``checkpoint_dir``), made before its first attempt, deleted with it."""

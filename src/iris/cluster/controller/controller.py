@@ -179,6 +179,7 @@ class Controller:
         self._heartbeat_interval_ms = 0
         self._size_heartbeats(self._state.healthy_worker_count())  # workers reloaded after a restart
         self._state.configure_sharing(cfg.sharing, self._clock.now_ms())
+        self._state.uids.configure(cfg.task_uid_range, cfg.task_users)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -522,7 +523,7 @@ class Controller:
                              job.spec, worker.worker_id, worker.address, previous=previous, job_uid=job.uid,
                              checkpoint_dir=str(checkpoints) if checkpoints is not None else "",
                              ports=tuple(task.ports.items()) if task.ports else (),
-                             coordinator_port=task.coordinator_port)
+                             coordinator_port=task.coordinator_port, run_as=state.uids.run_as(job.owner))
 
     # ------------------------------------------------------------------ workers
 

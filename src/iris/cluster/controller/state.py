@@ -54,6 +54,7 @@ from iris.cluster.controller.task import (
     TaskAttempt,
     TaskTransitionResult,
 )
+from iris.cluster.controller.uids import TaskUids
 from iris.cluster.errors import PermissionDenied, ResourceExhausted
 from iris.cluster.failures import failure_signature
 from iris.cluster.ports import PortBook
@@ -232,6 +233,8 @@ class Effects:
     dirty_runtimes: set[str] = field(default_factory=set)
     """Job ids (owner and name) whose runtime history changed (``runtimes.RuntimeHistory``); and those dropped:"""
     forgotten_runtimes: set[str] = field(default_factory=set)
+    dirty_uids: set[str] = field(default_factory=set)
+    """Users given a task uid (``uids.TaskUids``)."""
     deleted_bundles: list[str] = field(default_factory=list)
     """Workspace bundles no job uses any more (their last job was deleted): remove the files."""
 
@@ -243,6 +246,7 @@ class Effects:
             or self.dirty_usage
             or self.dirty_runtimes
             or self.forgotten_runtimes
+            or self.dirty_uids
             or self.kills
             or self.dirty_jobs
             or self.dirty_tasks
@@ -326,6 +330,8 @@ class ControllerState:
         """``submit_seq`` of every job, ascending (submission order); parallel to ``_order_ids``."""
         self._order_ids: list[JobId] = []
         self._next_submit_seq = 1
+        self.uids = TaskUids()
+        """Each user's task uid (``uids``), given at their first job."""
         self._tokens: dict[str, TokenRecord] = {}
         """By token id. Only hashes are held (``auth.hash_token``)."""
         self._token_ids_by_hash: dict[str, str] = {}
@@ -389,6 +395,9 @@ class ControllerState:
         with self._lock:
             if job.job_id in self._jobs:
                 raise ValueError(f"job {job.job_id} already exists")
+            if job.owner and not self.uids.uid_of(job.owner):
+                self.uids.ensure(job.owner)  # ResourceExhausted before anything changed
+                self._effects.dirty_uids.add(job.owner)
             self._jobs[job.job_id] = job
             self._index_job(job)
             self._tasks_by_job[job.job_id] = tuple(tasks)

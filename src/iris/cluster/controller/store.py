@@ -245,6 +245,14 @@ MIGRATIONS: list[Migration] = [
             PRIMARY KEY (owner, name)
         )""",
     ),
+    # v10 -> v11: the Unix uid each user's tasks run as on a root worker (``uids.TaskUids``),
+    # given once from --task-uid-range and never reused.
+    (
+        """CREATE TABLE task_uids (
+            user TEXT PRIMARY KEY,
+            uid  INTEGER NOT NULL UNIQUE
+        )""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -366,7 +374,8 @@ TOKENS = Table(
 )
 USAGE = Table("usage", ("user", "value", "as_of_ms"), key=("user",), mutable=("value", "as_of_ms"))
 RUNTIMES = Table("runtimes", ("owner", "name", "runs"), key=("owner", "name"), mutable=("runs",))
-TABLES = (JOBS, TASKS, ATTEMPTS, WORKERS, ENDPOINTS, ACTIONS, TOKENS, USAGE, RUNTIMES)
+TASK_UIDS = Table("task_uids", ("user", "uid"), key=("user",), insert_only=True)
+TABLES = (JOBS, TASKS, ATTEMPTS, WORKERS, ENDPOINTS, ACTIONS, TOKENS, USAGE, RUNTIMES, TASK_UIDS)
 
 _DELETE_JOB = (
     f"DELETE FROM {ATTEMPTS.name} WHERE task_id IN (SELECT task_id FROM {TASKS.name} WHERE job_id = ?)",
@@ -554,6 +563,7 @@ class ControllerStore:
             or effects.dirty_usage
             or effects.dirty_runtimes
             or effects.forgotten_runtimes
+            or effects.dirty_uids
         ):
             return None
         new_jobs: list[Job] = []
@@ -614,6 +624,7 @@ class ControllerStore:
         runtime_rows = [(*_owner_and_name(key), json.dumps(list(state.runtimes.runs(key))))
                         for key in sorted(effects.dirty_runtimes)]
         runtime_deletes = [_owner_and_name(key) for key in sorted(effects.forgotten_runtimes)]
+        uid_rows = [(user, state.uids.uid_of(user)) for user in sorted(effects.dirty_uids)]
 
         with self._lock:
             action_seq = self._next_action_seq
@@ -642,6 +653,7 @@ class ControllerStore:
             (USAGE.insert_sql, usage_rows),
             (RUNTIMES.insert_sql, runtime_rows),
             ("DELETE FROM runtimes WHERE owner = ? AND name = ?", runtime_deletes),
+            (TASK_UIDS.insert_sql, uid_rows),
         ]
         statements = [(sql, rows) for sql, rows in candidates if rows]
         if trim:
@@ -824,6 +836,10 @@ class ControllerStore:
         self._loading = "runtimes"
         for (owner, name, runs) in conn.execute(RUNTIMES.select_sql):
             state.runtimes.restore(root_job_id(str(owner), str(name)), tuple(int(r) for r in json.loads(runs)))
+
+        self._loading = "task_uids"
+        for (user, uid) in conn.execute(TASK_UIDS.select_sql):
+            state.uids.restore(str(user), int(uid))
 
         self._loading = "actions"
         rows = conn.execute(f"{ACTIONS.select_sql} DESC LIMIT ?", (ACTION_LOG_SIZE,)).fetchall()
