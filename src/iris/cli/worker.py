@@ -8,11 +8,15 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from iris.cli.output import CPU
 from iris.cluster.types import parse_size
+
+if TYPE_CHECKING:
+    from iris.cluster.worker.sandbox import Sandbox
 
 
 @click.group()
@@ -86,8 +90,25 @@ def worker() -> None:
 @click.option("--max-log-size", default="100MiB", show_default=True,
               help="Most of one attempt's output kept: its first and last halves, with a line saying what was dropped.")
 @click.option("--task-user", default=None,
-              help="Run tasks as this user (the worker must run as root): their attempt directories are "
-                   "theirs, the worker's credential and files are not readable by them.")
+              help="Run every task as this one user (the worker must run as root) instead of each job "
+                   "owner's uid from the controller (--task-uid-range).")
+@click.option("--run-tasks-as-root", is_flag=True,
+              help="A root worker runs tasks as root (unsafe: a task can then read the worker's credential "
+                   "and other users' tasks). Default: each as its job owner's uid.")
+@click.option("--max-task-pids", default=4096, show_default=True, type=click.IntRange(min=0),
+              help="Most processes and threads one task may have at once (cgroup pids controller; 0: no limit). "
+                   "Over it, fork and thread creation fail inside the task.")
+@click.option("--builder-uid", default=199999, show_default=True, type=click.IntRange(min=1000),
+              help="The uid that builds jobs' Python environments on a root worker (outside the controller's "
+                   "--task-uid-range: no task runs as it); tasks can read the environments and not change them.")
+@click.option("--unconfined", is_flag=True,
+              help="Run tasks without the sandbox (bubblewrap: their own PID and mount namespaces, the "
+                   "system read-only). Without this flag a worker refuses to start where it cannot make one.")
+@click.option("--task-mount", "task_mounts", multiple=True, type=click.Path(exists=True, path_type=Path),
+              metavar="PATH", envvar="IRIS_TASK_MOUNTS", show_envvar=True,
+              help="A host path every task sees read-write at the same path (a dataset, a network file system); "
+                   "repeatable (the variable: paths separated by ':'). Its permissions still apply: tasks run as "
+                   "their owner's uid.")
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 @click.option("--verbose", "-v", is_flag=True, help="Log at DEBUG level (same as --log-level DEBUG).")
 def serve(
@@ -117,6 +138,11 @@ def serve(
     fence_after: float | None,
     port_range: str | None,
     task_user: str | None,
+    run_tasks_as_root: bool,
+    max_task_pids: int,
+    builder_uid: int,
+    unconfined: bool,
+    task_mounts: tuple[Path, ...],
     log_level: str,
     verbose: bool,
 ) -> None:
@@ -152,16 +178,9 @@ def serve(
         except OSError as e:
             raise click.BadParameter(f"cannot read {join_token_file}: {e.strerror}",
                                      param_hint="--join-token-file") from None
-    if task_user is not None:
-        import pwd
+    from iris.cluster.worker.prepare import RUN_AS_WORKER
 
-        if os.geteuid() != 0:
-            raise click.BadParameter("needs a worker running as root (it switches each task to that user)",
-                                     param_hint="--task-user")
-        try:
-            pwd.getpwnam(task_user)
-        except KeyError:
-            raise click.BadParameter(f"no such user {task_user!r}", param_hint="--task-user") from None
+    run_tasks_as, sandbox = _containment(task_user, run_tasks_as_root, unconfined, task_mounts)
     from iris.cluster.errors import InvalidArgument
     from iris.cluster.ports import default_port_range, ephemeral_range, parse_port_range
 
@@ -192,6 +211,10 @@ def serve(
         uv=uv_path,
         uv_offline=offline_envs,
         task_user=task_user,
+        run_tasks_as=run_tasks_as,
+        sandbox=sandbox,
+        max_task_pids=max_task_pids,
+        builder_uid=builder_uid if run_tasks_as != RUN_AS_WORKER else 0,
         shared_dir=shared_dir.resolve() if shared_dir is not None else None,
         port_range=ports,
         fence_after_s=fence_after,
@@ -216,6 +239,49 @@ def serve(
         pass
     click.echo(f"worker {serving.worker.worker_id} shutting down", err=True)
     serving.stop()
+
+
+def _containment(task_user: str | None, as_root: bool, unconfined: bool,
+                 mounts: tuple[Path, ...]) -> tuple[str, Sandbox | None]:
+    """Who tasks run as and their sandbox, from the flags (see ``iris.cluster.worker.sandbox``)."""
+    import pwd
+
+    from iris.cluster.worker.prepare import RUN_AS_OWNER, RUN_AS_TASK_USER, RUN_AS_WORKER
+    from iris.cluster.worker.sandbox import SETPRIV, Sandbox, SandboxUnavailable
+
+    log = logging.getLogger("iris.cluster.worker.worker")
+    if task_user is not None and as_root:
+        raise click.BadParameter("give --task-user or --run-tasks-as-root, not both", param_hint="--task-user")
+    if os.geteuid() != 0:
+        if task_user is not None:
+            raise click.BadParameter("needs a worker running as root (it switches each task to that user)",
+                                     param_hint="--task-user")
+        run_as = RUN_AS_WORKER
+        log.info("this worker is not root: tasks run as its own user (uid %d), apart from it only by the sandbox",
+                 os.geteuid())
+    elif as_root:
+        run_as = RUN_AS_WORKER
+        log.warning("--run-tasks-as-root: tasks run as root; a task can read this worker's credential and "
+                    "other users' tasks")
+    elif task_user is not None:
+        try:
+            pwd.getpwnam(task_user)
+        except KeyError:
+            raise click.BadParameter(f"no such user {task_user!r}", param_hint="--task-user") from None
+        run_as = RUN_AS_TASK_USER
+    else:
+        run_as = RUN_AS_OWNER
+    if run_as != RUN_AS_WORKER and not os.access(SETPRIV, os.X_OK):
+        raise click.ClickException("setpriv (util-linux) is not installed: this worker cannot switch tasks to "
+                                   "their users (install util-linux, or give --run-tasks-as-root)")
+    if unconfined:
+        log.warning("--unconfined: tasks run without a sandbox; they see this host's files and processes")
+        return run_as, None
+    try:
+        return run_as, Sandbox.detect(mounts=[str(m) for m in mounts])
+    except SandboxUnavailable as e:
+        raise click.ClickException(f"cannot sandbox tasks here: {e}. Start the worker with --unconfined to run "
+                                   "them without one") from None
 
 
 def _size(value: str, flag: str) -> int:

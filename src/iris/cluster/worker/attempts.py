@@ -102,6 +102,8 @@ class TaskLaunch:
     """Named ports the controller allocated from this worker's range (empty: the worker picks them)."""
     coordinator_port: int = 0
     """On a gang's lead: its rendezvous port (checked free just before the start, with ``ports``)."""
+    run_as: tuple[int, str] = (0, "")
+    """Who the controller says it runs as: its owner's uid (0: none sent), or a Unix user's name."""
 
     @property
     def key(self) -> AttemptKey:

@@ -73,10 +73,12 @@ class TaskCgroup:
     """(cpu, memory_bytes) the limits were written for."""
     oom_baseline: int = 0
     """OOM kills already counted when this attempt got the cgroup (cgroups are reused)."""
+    pids_dir: Path | None = None
+    """Where ``pids.max`` caps its processes and threads (``--max-task-pids``)."""
 
     def dirs(self) -> list[Path]:
         seen: list[Path] = []
-        for d in (self.memory_dir, self.cpu_dir):
+        for d in (self.memory_dir, self.cpu_dir, self.pids_dir):
             if d is not None and d not in seen:
                 seen.append(d)
         return seen
@@ -120,17 +122,22 @@ class TaskCgroup:
 class CgroupLimits:
     """Creates a cgroup per attempt under the worker's own cgroup(s)."""
 
-    def __init__(self, version: int, memory_base: Path | None, cpu_base: Path | None) -> None:
+    def __init__(self, version: int, memory_base: Path | None, cpu_base: Path | None,
+                 pids_base: Path | None = None, max_pids: int = 0) -> None:
         self.version = version
         self.memory_base = memory_base
         self.cpu_base = cpu_base
-        self._controllers: list[str] = ["memory", "cpu"]
+        self.pids_base = pids_base if max_pids > 0 else None
+        self.max_pids = max_pids if pids_base is not None else 0
+        """Each task's cap on processes and threads (0: none, or no pids controller here)."""
+        self._controllers: list[str] = ["memory", "cpu", "pids"]
         self._free: dict[tuple[int, int], list[TaskCgroup]] = {}
         self._next_leaf = 0
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"CgroupLimits(v{self.version}, memory={self.memory_base}, cpu={self.cpu_base})"
+        return (f"CgroupLimits(v{self.version}, memory={self.memory_base}, cpu={self.cpu_base}, "
+                f"pids={self.pids_base} max {self.max_pids})")
 
     @classmethod
     def detect(
@@ -140,6 +147,7 @@ class CgroupLimits:
         root: Path = Path("/sys/fs/cgroup"),
         proc_self_cgroup: Path = Path("/proc/self/cgroup"),
         mounts: Path = Path("/proc/self/mounts"),
+        max_pids: int = 0,
     ) -> CgroupLimits | None:
         """Find a writable hierarchy and create ``iris-<worker_name>`` in it; None when there is none."""
         name = "iris-" + _SAFE.sub("_", worker_name)
@@ -149,7 +157,7 @@ class CgroupLimits:
         except ValueError:
             return None
         if fs_types.get(str(root)) == "cgroup2" and "" in memberships:
-            limits = cls._detect_v2(root / memberships[""].lstrip("/"), name)
+            limits = cls._detect_v2(root / memberships[""].lstrip("/"), name, max_pids)
             if limits is not None:
                 limits.close()  # probed; made again on the first task that needs it
                 return limits
@@ -164,7 +172,14 @@ class CgroupLimits:
                     if cpu_base is not None and not (cpu_base / "cpu.cfs_quota_us").exists():
                         _remove_dir(cpu_base)
                         cpu_base = None
-                limits = cls(1, memory_base, cpu_base)
+                pids_rel = memberships.get("pids")
+                pids_base = None
+                if pids_rel is not None and max_pids > 0:
+                    pids_base = _make_dir(root / "pids" / pids_rel.lstrip("/") / name)
+                    if pids_base is not None and not (pids_base / "pids.max").exists():
+                        _remove_dir(pids_base)
+                        pids_base = None
+                limits = cls(1, memory_base, cpu_base, pids_base, max_pids)
                 limits.close()
                 return limits
             if memory_base is not None:
@@ -172,14 +187,14 @@ class CgroupLimits:
         return None
 
     @classmethod
-    def _detect_v2(cls, own: Path, name: str) -> CgroupLimits | None:
+    def _detect_v2(cls, own: Path, name: str, max_pids: int = 0) -> CgroupLimits | None:
         controllers = _read(own / "cgroup.controllers").split()
         if "memory" not in controllers:
             return None
         base = _make_dir(own / name)
         if base is None:
             return None
-        wanted = [c for c in ("memory", "cpu") if c in controllers]
+        wanted = [c for c in ("memory", "cpu", "pids") if c in controllers and (c != "pids" or max_pids > 0)]
         try:
             # A v2 cgroup with controllers enabled for children must hold no processes itself: the
             # tasks live in children of iris-<worker>, which holds none.
@@ -194,12 +209,12 @@ class CgroupLimits:
         if "memory" not in enabled:
             _remove_dir(base)
             return None
-        limits = cls(2, base, base if "cpu" in enabled else None)
+        limits = cls(2, base, base if "cpu" in enabled else None, base if "pids" in enabled else None, max_pids)
         limits._controllers = [c for c in wanted if c in enabled]
         return limits
 
     def _ensure_bases(self) -> None:
-        for base in {p for p in (self.memory_base, self.cpu_base) if p is not None}:
+        for base in {p for p in (self.memory_base, self.cpu_base, self.pids_base) if p is not None}:
             if not base.exists():
                 base.mkdir(exist_ok=True)
                 if self.version == 2:
@@ -214,7 +229,7 @@ class CgroupLimits:
         (its limits are already right). ``key`` names new cgroups (for people reading the tree).
         """
         shape = (cpu_millicores if self.cpu_base is not None else 0, memory_bytes if self.memory_base is not None else 0)
-        if shape == (0, 0):
+        if shape == (0, 0) and not self.max_pids:
             return None
         with self._lock:
             free = self._free.get(shape)
@@ -222,9 +237,10 @@ class CgroupLimits:
             self._next_leaf += 1
             leaf = f"{_SAFE.sub('_', key)}-{self._next_leaf}"
         if reused is not None and all(d.exists() for d in reused.dirs()):
-            return TaskCgroup(reused.version, reused.memory_dir, reused.cpu_dir, shape, reused.oom_count())
+            return TaskCgroup(reused.version, reused.memory_dir, reused.cpu_dir, shape, reused.oom_count(),
+                              reused.pids_dir)
         # (a reused group whose directories vanished, removed by someone else, is made again below)
-        memory_dir = cpu_dir = None
+        memory_dir = cpu_dir = pids_dir = None
         try:
             self._ensure_bases()
             if self.memory_base is not None and memory_bytes > 0:
@@ -246,12 +262,16 @@ class CgroupLimits:
                 else:
                     _write(cpu_dir / "cpu.cfs_period_us", str(CFS_PERIOD_US))
                     _write(cpu_dir / "cpu.cfs_quota_us", str(_quota_us(cpu_millicores)))
+            if self.pids_base is not None:
+                pids_dir = self.pids_base / leaf
+                pids_dir.mkdir(exist_ok=True)
+                _write(pids_dir / "pids.max", str(self.max_pids))
         except OSError as e:
-            TaskCgroup(self.version, memory_dir, cpu_dir).remove()
+            TaskCgroup(self.version, memory_dir, cpu_dir, pids_dir=pids_dir).remove()
             raise CgroupUnavailable(f"could not make a cgroup under {self.memory_base or self.cpu_base}: {e}") from e
-        if memory_dir is None and cpu_dir is None:
+        if memory_dir is None and cpu_dir is None and pids_dir is None:
             return None
-        return TaskCgroup(self.version, memory_dir, cpu_dir, shape, 0)
+        return TaskCgroup(self.version, memory_dir, cpu_dir, shape, 0, pids_dir)
 
     def release(self, cgroup: TaskCgroup, max_free_per_shape: int = 64) -> None:
         """An attempt ended: keep its cgroup for the next attempt of the same shape, or remove it."""
@@ -270,7 +290,7 @@ class CgroupLimits:
             self._free.clear()
         for cg in pooled:
             cg.remove()
-        for d in {p for p in (self.memory_base, self.cpu_base) if p is not None}:
+        for d in {p for p in (self.memory_base, self.cpu_base, self.pids_base) if p is not None}:
             for child in d.iterdir() if d.exists() else ():
                 if child.is_dir():
                     try:
@@ -330,7 +350,7 @@ after it (its next incarnation, the local cluster) removes those and no other wo
 
 def remove_worker_cgroups(worker_name: str) -> None:
     """Remove the (empty) cgroups a worker that died without cleaning up left behind."""
-    limits = CgroupLimits.detect(worker_name)  # finds the hierarchy and removes what is empty
+    limits = CgroupLimits.detect(worker_name, max_pids=1)  # finds the hierarchies, removes what is empty
     if limits is not None:
         limits.close()
 

@@ -17,8 +17,11 @@ from iris.cluster.worker.prepare import (
     DEFAULT_MAX_BUNDLE_FILES,
     DEFAULT_MAX_BUNDLE_UNPACKED_BYTES,
     DEFAULT_MAX_RESULT_BYTES,
+    RUN_AS_TASK_USER,
+    RUN_AS_WORKER,
     PreparerConfig,
 )
+from iris.cluster.worker.sandbox import GPU_CONTROL_DEVICES, Sandbox
 
 logger = logging.getLogger("iris.cluster.worker.worker")
 
@@ -104,6 +107,16 @@ class WorkerConfig:
     max_bundle_files: int = DEFAULT_MAX_BUNDLE_FILES
     task_user: str | None = None
     """Run tasks as this user (the worker must be root), so a task cannot read the worker's files."""
+    run_tasks_as: str = RUN_AS_WORKER
+    """``prepare.RUN_AS_OWNER`` / ``RUN_AS_TASK_USER`` / ``RUN_AS_WORKER`` (``iris worker serve``
+    picks the owner's uid on a root worker)."""
+    sandbox: Sandbox | None = None
+    """Each task's sandbox (``Sandbox.detect``); None: unconfined."""
+    builder_uid: int = 0
+    """The uid that builds task environments (``--builder-uid``; 0: the worker itself)."""
+    max_task_pids: int = 0
+    """Each task's cap on processes and threads, through the cgroup ``pids`` controller
+    (``--max-task-pids``; 0: none)."""
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     """The largest pickled return value of a callable task (``--max-result-size``)."""
     max_log_bytes: int = DEFAULT_LOG_CAP_BYTES
@@ -127,7 +140,10 @@ class WorkerConfig:
                               advertise_host=advertise, max_bundle_unpacked_bytes=self.max_bundle_unpacked_bytes,
                               max_bundle_files=self.max_bundle_files, task_user=self.task_user,
                               max_result_bytes=self.max_result_bytes, max_log_bytes=self.max_log_bytes,
-                              uv=find_uv(self.uv), uv_offline=self.uv_offline, shared_dir=self.shared_dir)
+                              uv=find_uv(self.uv), uv_offline=self.uv_offline, shared_dir=self.shared_dir,
+                              run_tasks_as=self.run_tasks_as if self.task_user is None else RUN_AS_TASK_USER,
+                              sandbox=self.sandbox, gpu_devices=GPU_CONTROL_DEVICES if has_gpus else (),
+                              builder_uid=self.builder_uid)
 
     fence_after_s: float | None = None
     """Cut off from the controller this long, the worker stops its tasks (``--fence-after``); None:

@@ -30,8 +30,9 @@ from iris.cluster.clock import SystemClock
 from iris.cluster.logfile import DEFAULT_LOG_CAP_BYTES, AttemptLog
 from iris.cluster.types import format_size, task_state_name
 from iris.cluster.worker.attempts import AttemptKey, TaskLaunch
-from iris.cluster.worker.pyenv import EnvBuildError, ensure_env, wants_env
+from iris.cluster.worker.pyenv import Builder, EnvBuildError, ensure_env, wants_env
 from iris.cluster.worker.runtime import PROCESS_RECORD, ProcessSpec, kill_orphans
+from iris.cluster.worker.sandbox import Sandbox, TaskView, run_as_prefix
 
 logger = logging.getLogger(__name__)
 _LOG_TAIL_LINES = 5
@@ -66,6 +67,11 @@ def attempt_dir_name(task_id: str, attempt_id: int) -> str:
 def process_records(tasks_dir: Path) -> Iterator[Path]:
     """The process records of every attempt directory under ``tasks_dir`` (to find orphans)."""
     return tasks_dir.glob(f"*.attempt-*/{PROCESS_RECORD}")
+
+
+RUN_AS_OWNER = "owner"
+RUN_AS_TASK_USER = "task-user"
+RUN_AS_WORKER = "worker"
 
 
 class PreparationError(Exception):
@@ -104,6 +110,15 @@ class PreparerConfig:
     """Build environments from uv's cache only (a worker without registry access)."""
     shared_dir: Path | None = None
     """Mounted here as on the controller: a job's checkpoint dir under it is passed on to its tasks."""
+    run_tasks_as: str = RUN_AS_WORKER
+    """Who tasks run as: ``RUN_AS_OWNER`` (the uid the controller gave the job's owner),
+    ``RUN_AS_TASK_USER`` (``task_user``) or ``RUN_AS_WORKER`` (the worker's own uid)."""
+    sandbox: Sandbox | None = None
+    """Each task in its own sandbox (``sandbox``); None: unconfined (``--unconfined``)."""
+    gpu_devices: tuple[str, ...] = ()
+    """Device nodes a task given GPUs also needs (NVIDIA's control devices)."""
+    builder_uid: int = 0
+    """The uid that builds Python environments when tasks run as other users (0: the worker)."""
 
 
 class AttemptPreparer:
@@ -118,6 +133,12 @@ class AttemptPreparer:
         self._ports_in_use: set[int] = set()
         self._bundle_locks: dict[str, threading.Lock] = {}
         self._dirs: dict[AttemptKey, Path] = {}
+        self._uids: dict[AttemptKey, int] = {}
+        """The uid of each attempt whose task runs as another user than the worker."""
+        self._shm: dict[str, set[AttemptKey]] = {}
+        """A job's /dev/shm on this host: the attempts that use it (removed with the last)."""
+        self.shm_root = config.workdir / "shm"
+        self._shm_of: dict[AttemptKey, str] = {}
 
     def attempt_dir(self, key: AttemptKey) -> Path:
         path = self._dirs.get(key)
@@ -137,12 +158,23 @@ class AttemptPreparer:
                 log = self._logs[key] = AttemptLog(self.attempt_dir(key) / "logs", self._config.max_log_bytes)
             return log
 
+    def own_dir(self, key: AttemptKey) -> Path:
+        """Where the task leaves files for the worker (``callable.pkl``, ``error.txt``,
+        ``result.pkl``): the attempt directory itself when the task runs as the worker, unconfined;
+        else a directory of the task's own in it, so that the task can write nothing the worker
+        keeps for itself (its process record, its log)."""
+        return self.attempt_dir(key) / "task" if self._contained else self.attempt_dir(key)
+
+    @property
+    def _contained(self) -> bool:
+        return self._config.sandbox is not None or self._config.run_tasks_as != RUN_AS_WORKER
+
     def error_path(self, key: AttemptKey) -> Path:
-        return self.attempt_dir(key) / "error.txt"
+        return self.own_dir(key) / "error.txt"
 
     def result_path(self, key: AttemptKey) -> Path:
         """Where a callable's pickled return value is written (``callable_runner``)."""
-        return self.attempt_dir(key) / "result.pkl"
+        return self.own_dir(key) / "result.pkl"
 
     # -- ports --------------------------------------------------------------------------------
 
@@ -181,15 +213,35 @@ class AttemptPreparer:
         with self._lock:
             self._ports_in_use.difference_update(ports)
 
-    def task_uid(self) -> int:
-        """The uid a task's files must belong to (its user's, else the worker's own)."""
-        user = self._config.task_user
-        return pwd.getpwnam(user).pw_uid if user is not None else os.geteuid()
+    def task_uid(self, key: AttemptKey) -> int:
+        """The uid an attempt's files must belong to (its user's, else the worker's own)."""
+        return self._uids.get(key, os.geteuid())
+
+    def run_as(self, launch: TaskLaunch) -> tuple[int, int] | None:
+        """The (uid, gid) an attempt runs as; None: as the worker. Raises PreparationError when the
+        controller named a Unix user this host lacks, or sent no uid where one is needed."""
+        mode = self._config.run_tasks_as
+        if mode == RUN_AS_WORKER:
+            return None
+        name = self._config.task_user if mode == RUN_AS_TASK_USER else launch.run_as[1]
+        if name:
+            try:
+                entry = pwd.getpwnam(name)
+            except KeyError:
+                raise PreparationError(f"no Unix user {name!r} on this worker (the controller's --task-users "
+                                       "maps the job's owner to it)") from None
+            return entry.pw_uid, entry.pw_gid
+        uid = launch.run_as[0]
+        if uid <= 0:
+            raise PreparationError("the controller sent no uid for this task, and this worker runs no task as "
+                                   "root (a controller older than the worker? or start the worker with "
+                                   "--run-tasks-as-root)")
+        return uid, uid
 
     def read_result(self, key: AttemptKey, check_only: bool = False) -> bytes:
         """A callable attempt's pickled return value, read as a task's file is (``read_task_file``);
         raises TaskFileError saying what is wrong with it."""
-        return read_task_file(self.result_path(key), self._config.max_result_bytes, self.task_uid(),
+        return read_task_file(self.result_path(key), self._config.max_result_bytes, self.task_uid(key),
                               what="result.pkl (the callable's return value)", check_only=check_only)
 
     def result_problem(self, key: AttemptKey) -> str:
@@ -226,7 +278,7 @@ class AttemptPreparer:
         error_file = self.error_path(key)
         problem = ""
         try:
-            text = read_task_file(error_file, MAX_ERROR_BYTES, self.task_uid(), what="error.txt", tail=True)
+            text = read_task_file(error_file, MAX_ERROR_BYTES, self.task_uid(key), what="error.txt", tail=True)
             return text.decode(errors="replace")
         except FileNotFoundError:
             pass
@@ -268,7 +320,11 @@ class AttemptPreparer:
         entrypoint = spec.entrypoint
         attempt_dir = self.attempt_dir(key)
         work_dir = attempt_dir / "work"
+        run_as = self.run_as(launch)
         _make_attempt_dirs(str(attempt_dir), str(work_dir))
+        own_dir = self.own_dir(key)
+        if own_dir != attempt_dir:
+            own_dir.mkdir(mode=0o700, exist_ok=True)
         env = self._task_env(launch, ports, gpus)
         if spec.bundle_hash:
             try:
@@ -278,22 +334,41 @@ class AttemptPreparer:
             existing = env.get("PYTHONPATH")
             env["PYTHONPATH"] = f"{work_dir}{os.pathsep}{existing}" if existing else str(work_dir)
         python = sys.executable
+        readable: list[str] = []
         if wants_env(work_dir, spec.with_packages):
             log = self.attempt_log(key)
             try:
                 pyenv = ensure_env(self.envs_dir, work_dir, list(spec.with_packages), groups=spec.env_groups,
                                    uv=self._config.uv,
-                                   offline=self._config.uv_offline,
+                                   offline=self._config.uv_offline, builder=self._builder(),
                                    log=lambda line: log.append_line(_CLOCK.now_ms(), "iris", line.encode()))
             except EnvBuildError as e:
                 raise PreparationError(f"python environment: {e}") from e
             env["PATH"] = f"{pyenv.bin_dir}{os.pathsep}{env.get('PATH', os.defpath)}"
             env["VIRTUAL_ENV"] = str(pyenv.root)
             python = str(pyenv.python)
-        if self._config.task_user is not None:
-            _give_to(self._config.task_user, attempt_dir)
+            readable += [str(pyenv.root), os.path.dirname(os.path.dirname(os.path.realpath(pyenv.python)))]
+        writable: list[str] = []
+        if run_as is not None:
+            self._uids[key] = run_as[0]
+            _give_to(run_as, work_dir, own_dir)
+            checkpoints = env.get("IRIS_CHECKPOINT_DIR")
+            if checkpoints:
+                _give_checkpoints(run_as, Path(checkpoints))
+        if self._config.sandbox is not None and env.get("IRIS_CHECKPOINT_DIR"):
+            writable.append(env["IRIS_CHECKPOINT_DIR"])
+        sandbox: tuple[str, ...] = ()
+        if self._config.sandbox is not None:
+            env["HOME"] = "/tmp"  # the task's private /tmp: the worker's home is not in its view
+            ca = env.get("IRIS_TLS_CA")
+            if ca:
+                readable.append(ca)
+            devices = tuple(f"/dev/nvidia{i}" for i in gpus) + (self._config.gpu_devices if gpus else ())
+            view = TaskView(work_dir, own_dir, self._job_shm(launch, run_as), tuple(writable), tuple(readable),
+                            devices)
+            sandbox = tuple(self._config.sandbox.prefix(view))
         if entrypoint.pickled:
-            pickle_path = attempt_dir / "callable.pkl"
+            pickle_path = own_dir / "callable.pkl"
             pickle_path.write_bytes(entrypoint.pickled)
             argv = [python, "-m", "iris.cluster.worker.callable_runner", str(pickle_path),
                     str(self.error_path(key)), str(self.result_path(key)), str(self._config.max_result_bytes)]
@@ -309,8 +384,48 @@ class AttemptPreparer:
             memory_limit_bytes=spec.resources.memory_bytes,
             cpu_limit=spec.resources.cpu_millicores,
             record_path=attempt_dir / PROCESS_RECORD,
-            user=self._config.task_user,
+            run_as=run_as,
+            sandbox=sandbox,
+            disk_limit_bytes=spec.resources.disk_bytes,
+            disk_paths=(str(work_dir), str(own_dir)) if own_dir != attempt_dir else (str(work_dir),),
         )
+
+    def _builder(self) -> Builder | None:
+        """Who builds environments here (``pyenv.Builder``); None: the worker itself."""
+        uid = self._config.builder_uid
+        if not uid:
+            return None
+        cache = self._config.workdir / "uv-cache"
+        for directory in (self.envs_dir, cache):
+            directory.mkdir(mode=0o755, exist_ok=True)
+            if directory.stat().st_uid != uid:
+                os.chown(directory, uid, uid)
+        sandbox = self._config.sandbox
+
+        def prefix(work_dir: Path) -> list[str]:
+            uv = (self._config.uv,) if self._config.uv else ()
+            head = [] if sandbox is None else sandbox.prefix(TaskView(work_dir, self.envs_dir, writable=(str(cache),),
+                                                                      readable=uv))
+            return [*head, *run_as_prefix(uid, uid)]
+
+        return Builder(uid, cache, prefix)
+
+    def _job_shm(self, launch: TaskLaunch, run_as: tuple[int, int] | None) -> Path:
+        """The job's /dev/shm on this host (made by its first attempt here, owned by its user)."""
+        name = escape_task_id(f"{launch.job_id}.{launch.job_uid}")
+        path = self.shm_root / name
+        with self._lock:
+            self._shm.setdefault(name, set()).add(launch.key)
+            self._shm_of[launch.key] = name
+        self.shm_root.mkdir(mode=0o711, exist_ok=True)
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        else:
+            if run_as is not None:
+                os.chown(path, *run_as)
+        return path
 
     def _task_env(self, request: TaskLaunch, ports: Mapping[str, int], gpus: list[int]) -> dict[str, str]:
         env = dict(self._config.base_env)
@@ -400,6 +515,15 @@ class AttemptPreparer:
             os.rmdir(work_dir)  # most tasks leave nothing there: one syscall, not rmtree's walk
         except OSError:
             shutil.rmtree(work_dir, ignore_errors=True)
+        with self._lock:
+            name = self._shm_of.pop(key, None)
+            users = self._shm.get(name, set()) if name is not None else set()
+            users.discard(key)
+            last = name is not None and not users
+            if last:
+                self._shm.pop(name, None)  # type: ignore[arg-type]
+        if last:
+            shutil.rmtree(self.shm_root / str(name), ignore_errors=True)
 
     def discard(self, key: AttemptKey) -> None:
         """Remove one attempt's directory (never the tasks directory itself). Most attempts leave
@@ -416,6 +540,7 @@ class AttemptPreparer:
         except OSError:  # a log, a result, a work directory left behind
             shutil.rmtree(directory, ignore_errors=True)
         self._dirs.pop(key, None)
+        self._uids.pop(key, None)
         with self._lock:
             self._logs.pop(key, None)
 
@@ -488,10 +613,26 @@ def read_task_file(path: Path, cap: int, owner_uid: int, *, what: str, tail: boo
         os.close(fd)
 
 
-def _give_to(user: str, directory: Path) -> None:
-    """Hand an attempt directory (and the unpacked workspace in it) to the task's user."""
-    entry = pwd.getpwnam(user)
-    for root, _dirs, files in os.walk(directory):
-        os.chown(root, entry.pw_uid, entry.pw_gid)
-        for name in files:
-            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+def _give_to(run_as: tuple[int, int], *directories: Path) -> None:
+    """Hand an attempt's work directory (and the workspace unpacked in it) and its own directory to
+    the task's user, private to it (the attempt directory itself stays the worker's)."""
+    uid, gid = run_as
+    for directory in directories:
+        os.chmod(directory, 0o700)
+        for root, dirs, files in os.walk(directory):
+            os.chown(root, uid, gid)
+            for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+                os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+
+
+def _give_checkpoints(run_as: tuple[int, int], directory: Path) -> None:
+    """A job's checkpoint directory, made if missing and handed to its user (only the directory
+    itself: what is in it is the job's already)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        st = directory.stat()
+        if st.st_uid != run_as[0]:
+            os.chown(directory, *run_as)
+            os.chmod(directory, 0o700)
+    except OSError as e:
+        raise PreparationError(f"checkpoint directory {directory}: {e.strerror}") from None

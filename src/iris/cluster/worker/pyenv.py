@@ -41,6 +41,28 @@ READY = ".iris-ready"
 BUILD_TIMEOUT_S = 1800.0
 
 
+_SECRETS = ("IRIS_JOIN_TOKEN", "IRIS_TOKEN")
+"""The worker's credentials: never in a build's environment."""
+
+
+@dataclass(frozen=True, slots=True)
+class Builder:
+    """Who builds environments on a worker whose tasks run as other users (issue 23, item 3): an
+    unprivileged uid that no task runs as, in a sandbox that sees the workspace, the environments
+    directory (the only place it writes, with its own uv cache) and what the tasks see read-only.
+    The environments are its files: tasks read them and cannot change them."""
+
+    uid: int
+    cache_dir: Path
+    """Its uv cache (``UV_CACHE_DIR``)."""
+    prefix: Callable[[Path], list[str]]
+    """The argv prefix (sandbox, then the switch to ``uid``) for a build of that work directory."""
+
+    def wrap(self, work_dir: Path) -> Callable[[list[str]], list[str]]:
+        head = self.prefix(work_dir)
+        return lambda argv: [*head, *argv]
+
+
 class EnvBuildError(Exception):
     """The environment could not be built (the message holds uv's error)."""
 
@@ -99,9 +121,11 @@ def ensure_env(
     groups: Sequence[str] = (),
     offline: bool = False,
     log: Callable[[str], None] = lambda line: None,
+    builder: Builder | None = None,
 ) -> PythonEnv:
     """The environment for this workspace and packages, built now if it is not cached. Raises
-    ``EnvBuildError`` with uv's error when it cannot be built."""
+    ``EnvBuildError`` with uv's error when it cannot be built. With ``builder``, uv runs as the
+    builder's uid in its sandbox (a job's build code never runs as the worker)."""
     if uv is None:
         raise EnvBuildError("the job needs a Python environment (uv.lock or --with) but this worker has no uv "
                                 "(install it, or give the worker --uv PATH)")
@@ -118,7 +142,7 @@ def ensure_env(
             return env
         shutil.rmtree(env.root, ignore_errors=True)  # a build that died half-way
         try:
-            _build(env, work_dir, with_packages, groups, uv, offline, log)
+            _build(env, work_dir, with_packages, groups, uv, offline, log, builder)
         except BaseException:
             shutil.rmtree(env.root, ignore_errors=True)
             raise
@@ -127,9 +151,13 @@ def ensure_env(
 
 
 def _build(env: PythonEnv, work_dir: Path, with_packages: Sequence[str], groups: Sequence[str], uv: str,
-           offline: bool, log: Callable[[str], None]) -> None:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
+           offline: bool, log: Callable[[str], None], builder: Builder | None = None) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV") and k not in _SECRETS}
     base["UV_PYTHON_DOWNLOADS"] = "never"
+    wrap: Callable[[list[str]], list[str]] = lambda argv: argv  # noqa: E731
+    if builder is not None:
+        base.update({"UV_CACHE_DIR": str(builder.cache_dir), "HOME": "/tmp"})
+        wrap = builder.wrap(work_dir)
     if offline:
         base["UV_OFFLINE"] = "1"
     python = sys.executable
@@ -137,14 +165,14 @@ def _build(env: PythonEnv, work_dir: Path, with_packages: Sequence[str], groups:
         # The dev group only when the job names it (uv's --no-dev would override --group dev).
         named = ([] if "dev" in groups else ["--no-dev"]) + [arg for group in groups for arg in ("--group", group)]
         log(f"[iris] building the Python environment from {LOCK_FILE} (uv sync --frozen {' '.join(named)})")
-        installed = _run([uv, "sync", "--frozen", "--no-install-project", *named, "--python", python],
+        installed = _run(wrap([uv, "sync", "--frozen", "--no-install-project", *named, "--python", python]),
                          work_dir, {**base, "UV_PROJECT_ENVIRONMENT": str(env.root)}, log, "uv sync --frozen")
     else:
-        installed = _run([uv, "venv", "--python", python, str(env.root)], work_dir, base, log, "uv venv")
+        installed = _run(wrap([uv, "venv", "--python", python, str(env.root)]), work_dir, base, log, "uv venv")
     if with_packages:
         log(f"[iris] adding {', '.join(with_packages)} (--with)")
-        installed += _run([uv, "pip", "install", "--python", str(env.python), *with_packages], work_dir, base, log,
-                          "uv pip install")
+        installed += _run(wrap([uv, "pip", "install", "--python", str(env.python), *with_packages]), work_dir, base,
+                          log, "uv pip install")
     _link_iris(env)
     log(f"[iris] the Python environment is ready ({installed} packages installed)")
 

@@ -22,7 +22,6 @@ import errno
 import json
 import logging
 import os
-import pwd
 import select
 import signal
 import stat
@@ -42,6 +41,7 @@ from iris.cluster.logfile import encode as encode_record
 from iris.cluster.types import format_size
 from iris.cluster.worker.cgroups import CgroupLimits, CgroupUnavailable, TaskCgroup
 from iris.cluster.worker.deathwatch import DeathWatch
+from iris.cluster.worker.sandbox import inner_group, run_as_prefix, signal_from_status
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +67,14 @@ class ProcessSpec:
     """Millicores (0: no limit). Enforced only through a cgroup (cpu quota)."""
     record_path: Path | None = None
     """Where to write the pid record used to find orphans after a worker restart."""
-    user: str | None = None
-    """Run as this user (its uid, primary gid, no supplementary groups); needs a root worker."""
+    run_as: tuple[int, int] | None = None
+    """Run as this (uid, gid), with no groups and no capabilities (``sandbox.run_as_prefix``);
+    None: as the worker. Needs a root worker."""
+    sandbox: tuple[str, ...] = ()
+    """The argv prefix that runs it in its sandbox (``sandbox.Sandbox.prefix``); empty: none."""
+    disk_limit_bytes: int = 0
+    """Its ``--disk`` request: over it in ``disk_paths``, the disk watchdog stops it (0: no limit)."""
+    disk_paths: tuple[str, ...] = ()
     log: AttemptLog | None = None
     """When set, stdout and stderr go through pipes into this log, each line with its time and
     stream (``iris.cluster.logfile``); else both are appended to ``log_path`` as they are."""
@@ -317,6 +323,18 @@ everything it forks are inside from their first instruction. Best effort: the ru
 pid again after the start (and makes a vanished group again)."""
 
 
+def _wrapped(spec: ProcessSpec) -> ProcessSpec:
+    """``spec`` run as its user and in its sandbox (the task's program resolved first, so a missing
+    one is still a start failure, not the sandbox's exit 1)."""
+    if spec.run_as is None and not spec.sandbox:
+        return spec
+    program = _resolve_program(str(spec.argv[0]), spec.env.get("PATH"), str(spec.cwd))
+    prefix = list(spec.sandbox)
+    if spec.run_as is not None:
+        prefix += run_as_prefix(*spec.run_as)
+    return dataclasses.replace(spec, argv=[*prefix, program, *spec.argv[1:]])
+
+
 def _entering(spec: ProcessSpec, cgroup: TaskCgroup) -> ProcessSpec:
     """``spec`` started through ``_ENTER_CGROUP`` (its program resolved first, so a missing one is
     still a start failure, not the shell's exit 127)."""
@@ -409,17 +427,19 @@ class ProcessRuntime:
         pipes: list[_Pipe] = []
         writers: list[int] = []
         try:  # whatever fails from here on undoes all of it
-            if self._limits is not None and (spec.memory_limit_bytes > 0 or spec.cpu_limit > 0):
+            if self._limits is not None and (spec.memory_limit_bytes > 0 or spec.cpu_limit > 0
+                                             or self._limits.max_pids > 0):
                 cgroup = self._limits.create(f"{spec.key[0]}.{spec.key[1]}", spec.cpu_limit,
                                              spec.memory_limit_bytes)
             if spec.log is not None:
                 pipes, writers = _task_pipes(spec.log)
             try:
-                if self._spawner is not None and spec.user is None:
-                    started = spec if cgroup is None else _entering(spec, cgroup)
+                started = _wrapped(spec)
+                if self._spawner is not None:
+                    started = started if cgroup is None else _entering(started, cgroup)
                     pid = self._spawner.spawn(started, (writers[0], writers[1]) if writers else None)
                 else:
-                    proc = self._popen(spec, (writers[0], writers[1]) if writers else None)
+                    proc = self._popen(started, (writers[0], writers[1]) if writers else None)
                     pid = proc.pid
             finally:
                 for w in writers:
@@ -433,7 +453,7 @@ class ProcessRuntime:
                 os.close(record_fd)
             raise
         if self._deathwatch is not None:  # at once: a worker killed from here on must not leave it behind
-            group = cgroup.memory_dir or cgroup.cpu_dir if cgroup is not None else None
+            group = cgroup.memory_dir or cgroup.cpu_dir or cgroup.pids_dir if cgroup is not None else None
             self._deathwatch.track(pid, str(group) if group is not None else "")
         if cgroup is not None and self._limits is not None:
             try:
@@ -497,11 +517,6 @@ class ProcessRuntime:
         try:
             # start_new_session gives the attempt its own process group (setsid) without a
             # preexec_fn, so CPython can keep using its fast vfork/posix_spawn path.
-            uid = gid = None
-            groups: list[int] | None = None
-            if spec.user is not None:  # its own uid and primary group, and none of the worker's groups
-                entry = pwd.getpwnam(spec.user)
-                uid, gid, groups = entry.pw_uid, entry.pw_gid, []
             return subprocess.Popen(
                 list(spec.argv),
                 cwd=spec.cwd,
@@ -511,9 +526,6 @@ class ProcessRuntime:
                 stderr=subprocess.STDOUT if out_fds is None else out_fds[1],
                 start_new_session=True,
                 close_fds=True,
-                user=uid,
-                group=gid,
-                extra_groups=groups,
             )
         finally:
             if log_fd >= 0:
@@ -533,8 +545,15 @@ class ProcessRuntime:
                 _killpg(pid, signal.SIGKILL)
                 _signal_marked(marker, signal.SIGKILL)
                 return
-            _killpg(pid, signal.SIGTERM)
-            _signal_marked(marker, signal.SIGTERM)
+            if running.spec.sandbox:
+                # The task's group inside the sandbox (see ``sandbox``): SIGTERM to the outer bwrap
+                # would end the namespace at once, without the grace.
+                inner = inner_group(pid)
+                _killpg(inner or pid, signal.SIGTERM)
+                _signal_marked(marker, signal.SIGTERM, spare=pid)
+            else:
+                _killpg(pid, signal.SIGTERM)
+                _signal_marked(marker, signal.SIGTERM)
             if running.kill_timer is None:
                 timer = threading.Timer(grace_period_s, self._force_kill, args=(key, pid, marker))
                 timer.name = f"iris-kill-{pid}"
@@ -654,6 +673,8 @@ class ProcessRuntime:
             # A pending kill timer is left to fire: the leader is gone, but processes that left its
             # group (daemons ignoring SIGTERM) still get their SIGKILL when the grace ends.
         returncode = running.wait()
+        if running.spec.sandbox:
+            returncode = signal_from_status(returncode)
         cgroup = running.cgroup
         if cgroup is not None:
             if not running.limit_error and cgroup.oom_killed():
@@ -672,8 +693,30 @@ class ProcessRuntime:
         except Exception:
             logger.exception("exit callback failed key=%s pid=%d", running.spec.key, pid)
 
+    def _check_disk(self) -> None:
+        """The disk watchdog: a task over its ``--disk`` request in its directories is killed."""
+        with self._lock:
+            limited = [r for r in self._by_key.values() if r.spec.disk_limit_bytes > 0 and not r.limit_error]
+        for running in limited:
+            used = disk_use(running.spec.disk_paths)
+            limit = running.spec.disk_limit_bytes
+            if used > limit:
+                with self._lock:
+                    if running.spec.key not in self._by_key:
+                        continue
+                    running.limit_error = (f"killed: disk use {format_size(used)} exceeded the task's --disk "
+                                           f"request of {format_size(limit)} (its work directory)")
+                    _killpg(running.pid, signal.SIGKILL)
+                logger.warning("disk limit exceeded task=%s attempt=%d used=%d limit=%d", running.spec.key[0],
+                               running.spec.key[1], used, limit)
+
     def _memory_loop(self) -> None:
+        rounds = 0
+        disk_every = max(1, round(DISK_CHECK_INTERVAL_S / self._memory_check_interval_s))
         while not self._stop.wait(self._memory_check_interval_s):
+            rounds += 1
+            if rounds % disk_every == 0:
+                self._check_disk()
             with self._lock:
                 limited = [
                     r
@@ -705,6 +748,27 @@ def _read_until_eof(pipe: _Pipe) -> None:
     while pipe.drain():
         pass
     pipe.close()
+
+
+DISK_CHECK_INTERVAL_S = 5.0
+"""How often the disk watchdog measures the directories of tasks with a ``--disk`` request."""
+
+
+def disk_use(paths: Iterable[str]) -> int:
+    """Bytes allocated to the files under ``paths`` (links not followed, each inode once)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for top in paths:
+        for root, dirs, files in os.walk(top):
+            for name in files + dirs:
+                try:
+                    st = os.lstat(os.path.join(root, name))
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
+    return total
 
 
 def _tree_rss(pid: int) -> int:
@@ -811,8 +875,10 @@ def marked_processes(marker: Mapping[str, str]) -> list[int]:
     return found
 
 
-def _signal_marked(marker: Mapping[str, str], sig: int) -> None:
+def _signal_marked(marker: Mapping[str, str], sig: int, spare: int = 0) -> None:
     for pid in marked_processes(marker):
+        if pid == spare:
+            continue
         try:
             os.kill(pid, sig)
         except OSError:

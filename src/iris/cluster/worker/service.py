@@ -63,7 +63,18 @@ def task_launch(request: cluster_pb2.Worker.RunTaskRequest, limits: Limits) -> T
     return TaskLaunch(request.job_id, request.task_id, request.task_index, request.num_tasks, request.attempt_id,
                       spec, request.task_token, request.previous_state, request.previous_exit_code,
                       request.previous_error, dict(request.rendezvous_env), request.job_uid, request.worker_id,
-                      request.checkpoint_dir, allocated_ports(request), request.coordinator_port)
+                      request.checkpoint_dir, allocated_ports(request), request.coordinator_port,
+                      run_as(request))
+
+
+def run_as(request: cluster_pb2.Worker.RunTaskRequest) -> tuple[int, str]:
+    """Who the controller says the task runs as: (its owner's uid, or 0; a Unix user's name, or "")."""
+    uid = request.run_as_uid
+    if uid and not 1 <= uid <= 2**32 - 2:
+        raise InvalidArgument(f"run_as_uid: a uid is 1..{2**32 - 2}, got {uid}")
+    if len(request.run_as_user) > 64:
+        raise InvalidArgument("run_as_user: at most 64 characters")
+    return uid, request.run_as_user
 
 
 def allocated_ports(request: cluster_pb2.Worker.RunTaskRequest) -> dict[str, int]:

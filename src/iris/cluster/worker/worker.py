@@ -111,7 +111,7 @@ class Worker:
         """Its cgroups are ``iris-<cgroup_name>``: unique per worker process on the host, so no other
         worker (another local cluster's ``worker-0``) removes them when it cleans up."""
         if runtime is None:
-            limits = CgroupLimits.detect(self.cgroup_name) if config.use_cgroups else None
+            limits = CgroupLimits.detect(self.cgroup_name, max_pids=config.max_task_pids) if config.use_cgroups else None
             logger.info("task limits: %s", limits or "memory watchdog (no writable cgroup)")
             runtime = ProcessRuntime(limits=limits, deathwatch=DeathWatch(config.kill_grace_period_s))
         self._runtime: Runtime = runtime
