@@ -1,7 +1,7 @@
 """End-to-end throughput: a job of N tasks running ``/bin/true`` on a local cluster.
 
     uv run python benchmarks/bench_e2e.py [--tasks 1000] [--runs 3] [--workers 2] [--slots 8]
-                                          [--base-dir DIR] [--cpu] [--ray PYTHON]
+                                          [--base-dir DIR] [--cpu] [--sandbox-ab] [--ray PYTHON]
 
 Starts a LocalCluster of ``--workers`` worker processes that each run ``--slots`` tasks at once
 (cpu_per_worker=slots, 1 cpu per task), submits a job of ``--tasks`` replicas of ``/bin/true``,
@@ -59,9 +59,14 @@ def _cpu(process: psutil.Process) -> CpuTimes:
     return t.user, t.system, t.children_user, t.children_system
 
 
-def run_once(tasks: int, workers: int, slots: int, base: Path, cpu: bool, cgroups: bool = True) -> float:
+UNCONFINED = ("--unconfined", "--run-tasks-as-root")
+"""Worker flags that run tasks as before the contained task (issue 23): as the worker, no sandbox."""
+
+
+def run_once(tasks: int, workers: int, slots: int, base: Path, cpu: bool, cgroups: bool = True,
+             worker_args: tuple[str, ...] = ()) -> float:
     with LocalCluster(workers=workers, cpu_per_worker=slots, base_dir=base, dashboard=False,
-                      cgroups=cgroups) as cluster:
+                      cgroups=cgroups, worker_args=worker_args) as cluster:
         procs = {"controller": psutil.Process(cluster.controller_pid)}
         procs.update({w.worker_id: psutil.Process(w.pid) for w in cluster.workers})
         channel = grpc.insecure_channel(cluster.controller_address)
@@ -172,10 +177,14 @@ def main() -> None:
     parser.add_argument("--base-dir", type=Path, default=None, help="where the run directories go (default: temp)")
     parser.add_argument("--cpu", action="store_true", help="print CPU per task of each process")
     parser.add_argument("--no-cgroups", action="store_true", help="workers do not put tasks in cgroups")
+    parser.add_argument("--sandbox-ab", action="store_true",
+                        help="each run twice, back to back: the default (tasks sandboxed, as their owner's uid) "
+                             "and --unconfined --run-tasks-as-root; prints both and the ratio")
     parser.add_argument("--ray", metavar="PYTHON", default=None,
                         help="also run Ray side by side: an interpreter with Ray installed")
     args = parser.parse_args()
     rates = []
+    unconfined_rates: list[float] = []
     ray_rates: list[float] = []
     ray_cpu: list[float] = []
     ray_version = ""
@@ -186,6 +195,12 @@ def main() -> None:
             rate = args.tasks / elapsed
             rates.append(rate)
             print(f"run {i + 1}: {args.tasks} tasks in {elapsed:.2f}s = {rate:.0f} tasks/s", flush=True)
+            if args.sandbox_ab:
+                elapsed = run_once(args.tasks, args.workers, args.slots, root / f"run-{i}-unconfined", args.cpu,
+                                   not args.no_cgroups, UNCONFINED)
+                unconfined_rates.append(args.tasks / elapsed)
+                print(f"run {i + 1}: unconfined, as root: {args.tasks} tasks in {elapsed:.2f}s = "
+                      f"{args.tasks / elapsed:.0f} tasks/s", flush=True)
             if args.ray:
                 ray_elapsed, cpu_ms, ray_version = run_ray(args.ray, args.tasks, args.workers * args.slots)
                 ray_rates.append(args.tasks / ray_elapsed)
@@ -198,6 +213,11 @@ def main() -> None:
         f"\n{args.tasks} x /bin/true on {args.workers} workers x {args.slots} slots, {args.runs} runs: "
         f"min {min(rates):.0f}  median {statistics.median(rates):.0f}  max {max(rates):.0f} tasks/s"
     )
+    if unconfined_rates:
+        print(f"unconfined, as root, same runs: min {min(unconfined_rates):.0f}  median "
+              f"{statistics.median(unconfined_rates):.0f}  max {max(unconfined_rates):.0f} tasks/s; sandboxed / "
+              f"unconfined (medians) = {statistics.median(rates) / statistics.median(unconfined_rates):.2f}  "
+              f"load average {psutil.getloadavg()[0]:.2f}")
     if ray_rates:
         print(f"Ray {ray_version}, {args.workers * args.slots} cpus, same runs: min {min(ray_rates):.0f}  median "
               f"{statistics.median(ray_rates):.0f}  max {max(ray_rates):.0f} tasks/s, median "

@@ -117,7 +117,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "ddp.py"
         script.write_text(SCRIPT)
-        with LocalCluster(workers=1, cpu_per_worker=args.ranks, base_dir=Path(tmp) / "cluster", dashboard=False) as c:
+        # The ranks run sandboxed: the torch venv and the script's directory are mounted into them.
+        venv_root = str(Path(python).parent.parent)
+        os.chmod(tmp, 0o755)
+        with LocalCluster(workers=1, cpu_per_worker=args.ranks, base_dir=Path(tmp) / "cluster", dashboard=False,
+                          env={"IRIS_TASK_MOUNTS": os.pathsep.join([venv_root, tmp])}) as c:
             client = IrisClient.remote(c.controller_address, token=c.admin_token)
             try:
                 iris, torchrun = [], []

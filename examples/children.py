@@ -3,7 +3,6 @@
     iris job run --name pipeline -- python examples/children.py
 """
 
-import sys
 
 from iris.client import Entrypoint, IrisClient, get_job_info
 
@@ -11,6 +10,8 @@ info = get_job_info()
 assert info is not None, "run me with `iris job run`"
 with IrisClient.from_env() as client:
     # Child job ids are "<parent>/<name>"; they are killed if this job ends first.
-    step = client.submit(Entrypoint.from_command(sys.executable, "-c", "print('child step')"), "step", replicas=2)
+    # "python", not sys.executable: that is this task's worker's environment, which a child running
+    # on another worker (each task in its own sandbox) does not see; "python" is the child's own.
+    step = client.submit(Entrypoint.from_command("python", "-c", "print('child step')"), "step", replicas=2)
     status = step.wait(timeout=300)
     print(f"{step.job_id} {status.state.value}: {status.counts.succeeded}/{status.num_tasks} tasks")

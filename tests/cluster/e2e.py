@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import cloudpickle
 import grpc
@@ -52,6 +53,7 @@ class Api:
         replicas: int = 1,
         cpu: int = 1,
         memory: str = "0",
+        disk: str = "0",
         env: dict[str, str] | None = None,
         ports: Sequence[str] = (),
         **fields: object,
@@ -63,7 +65,7 @@ class Api:
         request = C.LaunchJobRequest(
             name=name,
             serialized_entrypoint=entry.SerializeToString(),
-            resources=ResourceSpec(cpu=cpu, memory=memory, replicas=replicas).to_proto(),
+            resources=ResourceSpec(cpu=cpu, memory=memory, disk=disk, replicas=replicas).to_proto(),
             environment=T.EnvironmentConfig(env_vars=env or {}),
             ports=list(ports),
             **fields,  # type: ignore[arg-type]
@@ -94,6 +96,49 @@ class Api:
 def py(code: str) -> list[str]:
     """argv running ``code`` in this interpreter (which has iris installed)."""
     return [sys.executable, "-c", code]
+
+
+def open_dir(path: Path) -> Path:
+    """Make a directory a task may write (tasks run as their owner's uid, not as the test's root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o777)
+    return path
+
+
+def processes_with(token: str) -> list[int]:
+    """Host pids of the processes one of whose arguments is ``token`` (``sleep 1101`` for "1101"):
+    how a test finds a task's processes from outside (inside its sandbox they have other pids)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if token in cmdline[1:]:
+            found.append(proc.pid)
+    return found
+
+
+def host_pid(ns_pid: int, **env: str) -> int:
+    """The host pid of a task's process that calls itself ``ns_pid`` (its ``$$`` or ``os.getpid()``:
+    inside its sandbox's PID namespace), among the processes whose environment has ``env`` (e.g.
+    ``IRIS_JOB_ID=...``): how a test that reads a pid a task wrote finds that process from outside."""
+    import os
+
+    needles = {f"{k}={v}".encode() for k, v in env.items()}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status") as f:
+                status = f.read()
+            with open(f"/proc/{name}/environ", "rb") as f:
+                environ = set(f.read().split(b"\0"))
+        except OSError:
+            continue
+        nspid = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
+        if nspid and int(nspid[-1]) == ns_pid and needles <= environ:
+            return int(name)
+    raise LookupError(f"no process calls itself {ns_pid} with {env}")
 
 
 def pid_alive(pid: int) -> bool:

@@ -16,7 +16,7 @@ import pytest
 from iris.cluster.clock import wait_until
 from iris.cluster.local import LocalCluster
 
-from .e2e import Api, T, pid_alive
+from .e2e import Api, T, host_pid, open_dir, pid_alive
 
 pytestmark = pytest.mark.e2e
 
@@ -67,8 +67,7 @@ def test_chaos_controller_kill9_after_launch_before_dispatch_keeps_job(tmp_path:
 
 
 def test_chaos_worker_kill9_and_restart_same_id_retries_as_preemption(tmp_path: Path) -> None:
-    pids = tmp_path / "pids"
-    pids.mkdir()
+    pids = open_dir(tmp_path / "pids")
     with LocalCluster(workers=1, cpu_per_worker=2, worker_timeout=30, heartbeat_interval=0.2,
                       base_dir=tmp_path / "c") as cluster:
         api = Api(cluster.controller_address, cluster.admin_token)
@@ -76,7 +75,7 @@ def test_chaos_worker_kill9_and_restart_same_id_retries_as_preemption(tmp_path: 
             script = f'if [ "$IRIS_ATTEMPT_ID" = 0 ]; then echo $$ > {pids}/0; exec sleep 1000; fi'
             job_id = api.launch("lost", ["/bin/sh", "-c", script])
             wait_until(lambda: (pids / "0").exists() and (pids / "0").read_text().strip() != "", 30)
-            orphan = int((pids / "0").read_text())
+            orphan = host_pid(int((pids / "0").read_text()), IRIS_JOB_ID=job_id)
             cluster.kill_worker(0, signal.SIGKILL)
             cluster.start_worker(0)
             job = api.wait(job_id, timeout=60)
@@ -91,8 +90,7 @@ def test_chaos_worker_kill9_and_restart_same_id_retries_as_preemption(tmp_path: 
 
 
 def test_chaos_partitioned_worker_is_replaced_and_its_old_attempts_killed(tmp_path: Path) -> None:
-    pids = tmp_path / "pids"
-    pids.mkdir()
+    pids = open_dir(tmp_path / "pids")
     with LocalCluster(workers=2, cpu_per_worker=1, worker_timeout=2, heartbeat_interval=0.2, kill_grace=1,
                       base_dir=tmp_path / "c") as cluster:
         api = Api(cluster.controller_address, cluster.admin_token)
@@ -101,7 +99,7 @@ def test_chaos_partitioned_worker_is_replaced_and_its_old_attempts_killed(tmp_pa
                       f'if [ "$IRIS_ATTEMPT_ID" = 0 ]; then exec sleep 1000; fi')
             job_id = api.launch("part", ["/bin/sh", "-c", script])
             wait_until(lambda: (pids / "attempt-0").exists() and (pids / "attempt-0").read_text().strip(), 30)
-            old_pid = int((pids / "attempt-0").read_text())
+            old_pid = host_pid(int((pids / "attempt-0").read_text()), IRIS_JOB_ID=job_id, IRIS_ATTEMPT_ID="0")
             victim = next(w for w in cluster.workers if w.worker_id == api.task(job_id, 0).worker_id)
             # Freeze the worker daemon (its task keeps running): no heartbeat or report gets through.
             os.kill(victim.pid, signal.SIGSTOP)
@@ -123,8 +121,7 @@ def test_chaos_partitioned_worker_is_replaced_and_its_old_attempts_killed(tmp_pa
 
 
 def test_chaos_worker_sigterm_kills_its_tasks_and_they_are_retried(tmp_path: Path) -> None:
-    pids = tmp_path / "pids"
-    pids.mkdir()
+    pids = open_dir(tmp_path / "pids")
     with LocalCluster(workers=2, cpu_per_worker=1, worker_timeout=10, heartbeat_interval=0.2, kill_grace=1,
                       base_dir=tmp_path / "c") as cluster:
         api = Api(cluster.controller_address, cluster.admin_token)
@@ -132,7 +129,7 @@ def test_chaos_worker_sigterm_kills_its_tasks_and_they_are_retried(tmp_path: Pat
             script = f'if [ "$IRIS_ATTEMPT_ID" = 0 ]; then echo $$ > {pids}/0; exec sleep 1000; fi'
             job_id = api.launch("drain", ["/bin/sh", "-c", script])
             wait_until(lambda: (pids / "0").exists() and (pids / "0").read_text().strip(), 30)
-            pid = int((pids / "0").read_text())
+            pid = host_pid(int((pids / "0").read_text()), IRIS_JOB_ID=job_id)
             victim = next(w for w in cluster.workers if w.worker_id == api.task(job_id, 0).worker_id)
             victim.process.terminate()  # type: ignore[union-attr]
             assert victim.process.wait(timeout=30) == 0  # type: ignore[union-attr]

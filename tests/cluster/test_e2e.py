@@ -17,7 +17,7 @@ from iris.cluster.clock import wait_until
 from iris.cluster.local import LocalCluster
 from iris.rpc import cluster_pb2
 
-from .e2e import Api, C, T, pid_alive, py
+from .e2e import Api, C, T, open_dir, pid_alive, processes_with, py
 
 pytestmark = pytest.mark.e2e
 
@@ -100,17 +100,18 @@ def test_e2e_max_task_failures_tolerates_one_failed_task(api: Api) -> None:
 
 
 def test_e2e_failure_kills_running_siblings_and_their_children(api: Api, tmp_path: Path) -> None:
-    pids = tmp_path / "pids"
-    pids.mkdir()
-    # Tasks 1..3 record their shell and a background grandchild, then wait; task 0 fails once they all run.
+    pids = open_dir(tmp_path / "pids")
+    # Tasks 1..3 start a background grandchild, say so, then wait; task 0 fails once they all run.
     script = (
         f'if [ "$IRIS_TASK_INDEX" = 0 ]; then '
         f'  while [ $(ls {pids} | wc -l) -lt 6 ]; do sleep 0.05; done; exit 3; '
         f"fi; "
-        f"sleep 1000 & echo $! > {pids}/child-$IRIS_TASK_INDEX; echo $$ > {pids}/shell-$IRIS_TASK_INDEX; wait"
+        f"sleep 1101 & touch {pids}/child-$IRIS_TASK_INDEX; touch {pids}/shell-$IRIS_TASK_INDEX; wait"
     )
     job_id = api.launch("domain", ["/bin/sh", "-c", script], replicas=4)
-    recorded = [int(p.read_text()) for p in wait_for_files(pids, 6)]
+    wait_for_files(pids, 6)
+    recorded = processes_with("1101")  # the three background grandchildren
+    assert len(recorded) == 3
     job = api.wait(job_id)
     assert job.state == T.JOB_STATE_FAILED
     assert "task 0 failed" in job.error
@@ -119,12 +120,12 @@ def test_e2e_failure_kills_running_siblings_and_their_children(api: Api, tmp_pat
 
 
 def test_e2e_terminate_job_kills_running_processes(api: Api, tmp_path: Path) -> None:
-    pids = tmp_path / "pids"
-    pids.mkdir()
-    job_id = api.launch("stopme", ["/bin/sh", "-c", f"echo $$ > {pids}/$IRIS_TASK_INDEX; exec sleep 1000"],
+    pids = open_dir(tmp_path / "pids")
+    job_id = api.launch("stopme", ["/bin/sh", "-c", f"touch {pids}/$IRIS_TASK_INDEX; exec sleep 1102"],
                         replicas=2)
-    recorded = [int(p.read_text()) for p in wait_for_files(pids, 2)]
-    wait_until(lambda: all(p.read_text().strip() for p in pids.iterdir()), 10)
+    wait_for_files(pids, 2)
+    wait_until(lambda: len(processes_with("1102")) == 2, 10)
+    recorded = processes_with("1102")
     api.stub.TerminateJob(C.TerminateJobRequest(job_id=job_id), timeout=30)
     job = api.job(job_id, tasks=True)
     assert job.state == T.JOB_STATE_KILLED
@@ -167,8 +168,7 @@ while not pathlib.Path({str(release)!r}).exists():
 
 
 def test_e2e_named_ports_are_unique_per_task(api: Api, tmp_path: Path) -> None:
-    out = tmp_path / "ports"
-    out.mkdir()
+    out = open_dir(tmp_path / "ports")
     script = f'echo "$IRIS_PORT_HTTP $IRIS_PORT_GRPC" > {out}/$IRIS_TASK_INDEX; while [ $(ls {out} | wc -l) -lt 4 ]; do sleep 0.05; done'
     job_id = api.launch("ports", ["/bin/sh", "-c", script], replicas=4, ports=["http", "grpc"])
     assert api.wait(job_id).state == T.JOB_STATE_SUCCEEDED
@@ -230,13 +230,12 @@ def test_e2e_fetch_logs_of_unknown_task_is_not_found(api: Api) -> None:
 
 
 def test_e2e_worker_killed_mid_task_is_retried_elsewhere_as_preemption(tmp_path: Path) -> None:
-    pids = tmp_path / "pids"
-    pids.mkdir()
+    pids = open_dir(tmp_path / "pids")
     with LocalCluster(workers=2, cpu_per_worker=2, worker_timeout=2, heartbeat_interval=0.2, kill_grace=1,
                       base_dir=tmp_path / "cluster") as cluster:
         api = Api(cluster.controller_address, cluster.admin_token)
         try:
-            script = (f'if [ "$IRIS_ATTEMPT_ID" = 0 ]; then echo $$ > {pids}/$IRIS_TASK_INDEX; exec sleep 1000; fi; '
+            script = (f'if [ "$IRIS_ATTEMPT_ID" = 0 ]; then touch {pids}/$IRIS_TASK_INDEX; exec sleep 1103; fi; '
                       f'echo "done on $IRIS_WORKER_ID"')
             job_id = api.launch("survivor", ["/bin/sh", "-c", script])
             wait_for_files(pids, 1)
@@ -253,29 +252,27 @@ def test_e2e_worker_killed_mid_task_is_retried_elsewhere_as_preemption(tmp_path:
             assert not workers[victim_id].healthy
         finally:
             api.close()
-        orphan = int((pids / "0").read_text())
-    # The cluster's stop() cleaned up the process the SIGKILLed worker left behind.
-    assert not pid_alive(orphan)
+    # The SIGKILLed worker's task died with it (its deathwatch), or at the latest with the cluster.
+    wait_until(lambda: not processes_with("1103"), 10, message="the dead worker's task outlived it")
 
 
 def test_e2e_restarted_worker_reregisters_and_task_is_retried(tmp_path: Path) -> None:
-    pids = tmp_path / "pids"
-    pids.mkdir()
+    pids = open_dir(tmp_path / "pids")
     with LocalCluster(workers=1, cpu_per_worker=2, worker_timeout=30, heartbeat_interval=0.2, kill_grace=1,
                       base_dir=tmp_path / "cluster") as cluster:
         api = Api(cluster.controller_address, cluster.admin_token)
         try:
-            script = f'if [ "$IRIS_ATTEMPT_ID" = 0 ]; then echo $$ > {pids}/first; exec sleep 1000; fi'
+            script = f'if [ "$IRIS_ATTEMPT_ID" = 0 ]; then touch {pids}/first; exec sleep 1104; fi'
             job_id = api.launch("restart", ["/bin/sh", "-c", script])
             wait_for_files(pids, 1)
-            first = int((pids / "first").read_text())
+            wait_until(lambda: len(processes_with("1104")) == 1, 10)
             cluster.kill_worker(0, signal.SIGKILL)
             cluster.start_worker(0)  # same id and workdir, well inside the 30 s liveness timeout
             job = api.wait(job_id, timeout=60)
             assert job.state == T.JOB_STATE_SUCCEEDED
             assert job.tasks[0].preemption_count == 1 and job.tasks[0].failure_count == 0
-            # The restarted worker killed the orphan of its previous incarnation.
-            wait_until(lambda: not pid_alive(first), 10)
+            # The first attempt died with the killed worker (or the restarted worker killed it).
+            wait_until(lambda: not processes_with("1104"), 10)
         finally:
             api.close()
 

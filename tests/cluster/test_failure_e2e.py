@@ -13,7 +13,7 @@ from iris.cluster.clock import wait_until
 from iris.cluster.local import LocalCluster
 from iris.rpc import cluster_pb2
 
-from .e2e import Api, T
+from .e2e import Api, T, host_pid, open_dir
 
 pytestmark = pytest.mark.e2e
 C = cluster_pb2.Controller
@@ -57,8 +57,7 @@ def test_exit_code_75_spends_the_preemption_budget_and_2_fails_the_job_at_once(a
 
 
 def test_a_coscheduled_gang_restarts_together_and_the_next_attempt_knows_why(api: Api, tmp_path: Path) -> None:
-    seen = tmp_path / "seen"
-    seen.mkdir()
+    seen = open_dir(tmp_path / "seen")
     script = (f'echo "$IRIS_ATTEMPT_ID ${{IRIS_PREVIOUS_ATTEMPT_STATE:-none}} ${{IRIS_PREVIOUS_EXIT_CODE:-none}} '
               f'${{IRIS_PREVIOUS_ERROR:-none}}" >> {seen}/task-$IRIS_TASK_INDEX; '
               f'if [ "$IRIS_TASK_INDEX" = 2 ] && [ "$IRIS_ATTEMPT_ID" = 0 ]; then '
@@ -119,8 +118,7 @@ def test_fail_fast_stops_the_job_after_k_tasks_failed_alike(api: Api) -> None:
 
 def test_drain_gives_the_grace_and_retries_elsewhere_and_timeout_fails(api: Api, cluster: LocalCluster,
                                                                       tmp_path: Path) -> None:
-    marks = tmp_path / "marks"
-    marks.mkdir()
+    marks = open_dir(tmp_path / "marks")
     script = (f'trap "echo $IRIS_WORKER_ID > {marks}/checkpoint-$IRIS_ATTEMPT_ID; exit 143" TERM; '
               f'echo $IRIS_WORKER_ID > {marks}/started-$IRIS_ATTEMPT_ID; '
               f'if [ "$IRIS_ATTEMPT_ID" = 0 ]; then while true; do sleep 0.05; done; fi; '
@@ -194,8 +192,7 @@ def test_a_coscheduled_job_s_ranks_meet_with_no_rendezvous_code(api: Api, tmp_pa
 
 
 def test_rendezvous_variables_and_the_job_s_own_values_win(api: Api, tmp_path: Path) -> None:
-    out = tmp_path / "env"
-    out.mkdir()
+    out = open_dir(tmp_path / "env")
     names = "IRIS_COORDINATOR_ADDRESS MASTER_ADDR MASTER_PORT RANK WORLD_SIZE LOCAL_RANK JAX_COORDINATOR_ADDRESS " \
             "JAX_NUM_PROCESSES JAX_PROCESS_ID"
     script = f'for n in {names}; do eval "echo $n=\\${{$n:-unset}}"; done > {out}/$IRIS_TASK_INDEX'
@@ -255,15 +252,16 @@ def test_the_rank_killed_with_kill_9_is_blamed_whichever_rank_it_is(api: Api, tm
 
     from iris.cluster.clock import wait_until
 
-    out = tmp_path / "pids"
-    out.mkdir()
+    out = open_dir(tmp_path / "pids")
     (tmp_path / "blame.py").write_text(BLAME_PROGRAM)
     job_id = api.launch("blame", [sys.executable, str(tmp_path / "blame.py"), str(out)], replicas=4,
                         coscheduled=True, cpu=1, max_retries_failure=4)
     for killed in range(4):
         wait_until(lambda k=killed: all((out / f"{k}-{r}").exists() for r in range(4)), 60,  # type: ignore[misc]
                    message=f"gang attempt {killed} never met")
-        os.kill(int((out / f"{killed}-{killed}").read_text()), signal.SIGKILL)  # a task this test started
+        rank_pid = host_pid(int((out / f"{killed}-{killed}").read_text()), IRIS_JOB_ID=job_id,
+                            IRIS_TASK_INDEX=str(killed), IRIS_ATTEMPT_ID=str(killed))
+        os.kill(rank_pid, signal.SIGKILL)  # a task this test started
     job = api.wait(job_id, timeout=90)
     assert job.state == T.JOB_STATE_SUCCEEDED, job.error
     assert job.gang_restarts == 4 and job.gang_restart_cause == "task 3: killed by signal 9 (SIGKILL)"

@@ -4,6 +4,7 @@ says), real worker processes."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -40,8 +41,11 @@ def jax_python() -> str:
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IrisClient]:
-    with LocalCluster(workers=2, cpu_per_worker=1, base_dir=tmp_path_factory.mktemp("jax"), dashboard=False) as c:
+def client(tmp_path_factory: pytest.TempPathFactory, jax_python: str) -> Iterator[IrisClient]:
+    # Tasks run sandboxed: the JAX venv is mounted into them, as an operator mounts a shared one.
+    mounts = os.pathsep.join(filter(None, [os.environ.get("IRIS_TASK_MOUNTS", ""), str(VENV)]))
+    with LocalCluster(workers=2, cpu_per_worker=1, base_dir=tmp_path_factory.mktemp("jax"), dashboard=False,
+                      env={"IRIS_TASK_MOUNTS": mounts}) as c:
         client = IrisClient.remote(c.controller_address, token=c.admin_token)
         yield client
         client.close()

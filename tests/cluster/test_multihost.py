@@ -28,7 +28,7 @@ from iris.cluster.clock import wait_until
 from iris.rpc.tls import make_local_pki
 
 from . import netns
-from .e2e import pid_alive
+from .e2e import host_pid, open_dir, pid_alive
 
 pytestmark = pytest.mark.e2e
 
@@ -216,8 +216,7 @@ def test_controller_workers_and_client_on_separate_hosts(cluster: MultiHostClust
     assert f"bind 0.0.0.0 advertise {hosts['w1'].address}" in (logs0 + logs1) or "w1" not in worker_of.values()
 
     # -- a real partition: the worker's cable is cut beyond the worker timeout.
-    pids = tmp_path / "pids"
-    pids.mkdir()
+    pids = open_dir(tmp_path / "pids")
     script = (f'echo $$ > {pids}/attempt-$IRIS_ATTEMPT_ID-$IRIS_WORKER_ID; '
               f'if [ "$IRIS_ATTEMPT_ID" = 0 ]; then exec sleep 1000; fi')
     submitted = cluster.client("job", "run", "--no-bundle", "--cpu", "1", "--name", "part", "--no-wait",
@@ -232,7 +231,7 @@ def test_controller_workers_and_client_on_separate_hosts(cluster: MultiHostClust
     marker = first_attempt()
     assert marker is not None
     victim = marker.name.split("-", 2)[2]
-    stale_pid = int(marker.read_text())
+    stale_pid = host_pid(int(marker.read_text()), IRIS_JOB_ID=part_id, IRIS_ATTEMPT_ID="0")
     cluster.net.cut(hosts[victim])
     try:
         def part() -> dict[str, object]:

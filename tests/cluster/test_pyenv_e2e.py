@@ -130,6 +130,18 @@ def test_with_adds_packages_and_the_jobs_pins_win_over_iris_own(client: IrisClie
                         with_packages=[str(demo), str(fake_rich)])
     job.wait(timeout=300)
     assert ("stdout", "42 True") in lines_of(client, "env-with")
+    # Built by the builder uid (issue 23): not the worker, not the task, which cannot change it.
+    probe = ("import os, sys; print('owner', os.stat(sys.prefix).st_uid, 'me', os.getuid()); "
+             "open(os.path.join(sys.prefix, 'poisoned'), 'w')")
+    poison = client.submit(Entrypoint.from_command("python", "-c", probe), "env-poison",
+                           with_packages=[str(demo), str(fake_rich)])
+    poison.wait(timeout=300, raise_on_failure=False)
+    lines = lines_of(client, "env-poison")
+    owner_line = next(text for source, text in lines if text.startswith("owner "))
+    _, owner, _, me = owner_line.split()
+    if os.geteuid() == 0:
+        assert int(owner) == 199999 and int(me) >= 200_000  # --builder-uid, the owner's task uid
+        assert any("Permission denied" in text for source, text in lines)
 
     callable_job = client.submit(Entrypoint.from_callable(lambda: __import__("irisdemo_pkg").VALUE + 1), "env-callable",
                                  with_packages=[str(demo)])

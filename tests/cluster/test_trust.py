@@ -20,7 +20,7 @@ from iris.cluster.clock import wait_until
 from iris.cluster.local import LocalCluster
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
 
-from .e2e import Api, C, T, authed_channel, py
+from .e2e import Api, C, T, authed_channel, host_pid, open_dir, py
 
 pytestmark = pytest.mark.e2e
 
@@ -292,7 +292,7 @@ def test_trust_stopping_a_task_stops_its_daemons(cluster: LocalCluster, admin: A
               "</dev/null >/dev/null 2>&1 & sleep 1000")
     job_id = admin.launch("daemonizer", ["/bin/sh", "-c", script])
     wait_until(pidfile.exists, 30)
-    daemon = int(pidfile.read_text())
+    daemon = host_pid(int(pidfile.read_text()), IRIS_JOB_ID=job_id)
     assert _alive(daemon) and os.getpgid(daemon) != os.getpgid(os.getpid())
     admin.stub.TerminateJob(C.TerminateJobRequest(job_id=job_id), timeout=10)
     assert admin.wait(job_id).state == T.JOB_STATE_KILLED
@@ -367,6 +367,30 @@ def test_trust_an_oversized_request_gets_invalid_argument_naming_the_cap(admin: 
     assert "over this call's cap of 1048576 bytes" in error.value.details() and "xxxx" not in error.value.details()
 
 
+def test_trust_an_anonymous_request_is_refused_before_it_is_read(cluster: LocalCluster) -> None:
+    """Issue 23 item 7: credentials are checked before the request is parsed: 20 MiB of garbage
+    with no token (or a bad one) is UNAUTHENTICATED, never INTERNAL, and leaves no traceback in
+    the controller's log; the same garbage with a valid token is a parse error of that caller's."""
+    garbage = os.urandom(20 << 20)
+    channel = grpc.insecure_channel(cluster.controller_address,
+                                    options=[("grpc.max_send_message_length", 64 << 20)])
+    try:
+        raw = channel.unary_unary("/iris.cluster.ControllerService/LaunchJob")
+        log = cluster.log_dir / "controller-1.log"
+        before = log.read_text()
+        for metadata in ((), (("authorization", "Bearer not-a-token"),)):
+            with pytest.raises(grpc.RpcError) as error:
+                raw(garbage, timeout=30, metadata=metadata)
+            assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED, error.value.details()
+        after = log.read_text()[len(before):]
+        assert "Traceback" not in after and "deserializ" not in after.lower()
+        with pytest.raises(grpc.RpcError) as error:
+            raw(garbage, timeout=30, metadata=(("authorization", f"Bearer {cluster.admin_token}"),))
+        assert error.value.code() != grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        channel.close()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="--task-user needs a worker running as root")
 def test_trust_task_user_cannot_read_the_workers_credential() -> None:
     import pwd
@@ -383,7 +407,8 @@ def test_trust_task_user_cannot_read_the_workers_credential() -> None:
             api = Api(c.controller_address, c.admin_token)
             try:
                 credential = c.workers[0].workdir / "credential"
-                script = (f"id -u; test -s {credential} && ! cat {credential} 2>/dev/null && echo unreadable; "
+                assert credential.stat().st_size > 0  # there on the host; not in the task's sandbox
+                script = (f"id -u; ! cat {credential} 2>/dev/null && echo unreadable; "
                           "touch written-by-the-task")
                 job_id = api.launch("as-nobody", ["/bin/sh", "-c", script])
                 job = api.wait(job_id, timeout=60)
@@ -405,9 +430,9 @@ def test_trust_a_restarted_worker_kills_the_daemons_its_crashed_incarnation_left
                       base_dir=tmp_path / "c") as c:
         api = Api(c.controller_address, c.admin_token)
         try:
-            api.launch("left-behind", ["/bin/sh", "-c", script])
+            job_id = api.launch("left-behind", ["/bin/sh", "-c", script])
             wait_until(pidfile.exists, 30)
-            daemon = int(pidfile.read_text())
+            daemon = host_pid(int(pidfile.read_text()), IRIS_JOB_ID=job_id)
             c.kill_worker(0, signal.SIGKILL)
             # The daemon left the task's process group (setsid) and, forked before its leader was put
             # in the task's cgroup, may have escaped that too: the restarted worker finds it by the
@@ -464,9 +489,9 @@ def test_trust_a_task_s_files_cannot_leak_block_or_poison_its_worker(cluster: Lo
     alone, with a small error that leaks nothing; the workers stay healthy and run the next job."""
     secret = cluster.state_dir / "admin.token"  # root-only, and the worker can read it
     probes = {
-        "link": f"ln -s {secret} ../error.txt; exit 3",
-        "fifo": "mkfifo ../error.txt; exit 3",
-        "huge": "head -c 104857600 /dev/zero | tr '\\\\0' x > ../error.txt; exit 3",
+        "link": f"ln -s {secret} ../task/error.txt; exit 3",
+        "fifo": "mkfifo ../task/error.txt; exit 3",
+        "huge": "head -c 104857600 /dev/zero | tr '\\\\0' x > ../task/error.txt; exit 3",
     }
     jobs = {name: admin.launch(f"files-{name}", ["sh", "-c", script]) for name, script in probes.items()}
     for name, job_id in jobs.items():
@@ -533,16 +558,15 @@ def test_trust_tasks_die_with_their_worker(tmp_path: Path) -> None:
     import signal
     import time
 
-    pids = tmp_path / "pids"
-    pids.mkdir()
+    pids = open_dir(tmp_path / "pids")
     with LocalCluster(workers=1, cpu_per_worker=2, worker_timeout=30, heartbeat_interval=0.3, kill_grace=1,
                       base_dir=tmp_path / "c") as c:
         api = Api(c.controller_address, c.admin_token)
         try:
-            api.launch("rank", ["/bin/sh", "-c", f"echo $$ > {pids}/leader.tmp; mv {pids}/leader.tmp {pids}/leader; "
+            job_id = api.launch("rank", ["/bin/sh", "-c", f"echo $$ > {pids}/leader.tmp; mv {pids}/leader.tmp {pids}/leader; "
                                                    "trap '' TERM; sleep 1000 & wait"], replicas=1)
             wait_until(lambda: (pids / "leader").exists(), 30)
-            leader = int((pids / "leader").read_text())
+            leader = host_pid(int((pids / "leader").read_text()), IRIS_JOB_ID=job_id)
             c.kill_worker(0, signal.SIGKILL)
             killed_at = time.monotonic()
             wait_until(lambda: not _alive(leader), 15, message=f"task {leader} outlived its worker")

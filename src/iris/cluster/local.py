@@ -137,6 +137,10 @@ class LocalCluster:
         self._tls: TlsFiles | None = None
         self._owns_base = base_dir is None
         self.base_dir = Path(base_dir) if base_dir is not None else Path(tempfile.mkdtemp(prefix="iris-local-"))
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        # Traversable (not listable) by the uids tasks run as: the workers' directories below it hold
+        # the tasks' work directories, which their sandboxes reach by their real paths.
+        self.base_dir.chmod(self.base_dir.stat().st_mode | 0o111)
         self.state_dir = Path(state_dir) if state_dir is not None else self.base_dir / "state"
         self.log_dir = self.base_dir / "logs"
         self.shared_dir = self.base_dir / "shared"

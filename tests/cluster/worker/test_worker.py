@@ -27,6 +27,7 @@ from iris.cluster.worker.prepare import THREAD_VARS
 from iris.cluster.worker.runtime import AttemptKey, ExitCallback, ProcessExit, ProcessSpec
 from iris.cluster.worker.worker import Worker, WorkerConfig
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
+from tests.cluster.e2e import host_pid
 from tests.cluster.worker.conftest import RunningFakeController, command_request, launch, launches
 
 RUNNING = cluster_pb2.TASK_STATE_RUNNING
@@ -764,7 +765,9 @@ def test_worker_serve_cli_restart_kills_orphans_of_previous_incarnation(
         assert line.strip().endswith(address)
         with grpc.insecure_channel(address) as channel:
             stub = cluster_pb2_grpc.WorkerServiceStub(channel)
-            stub.RunTask(command_request(["/bin/sh", "-c", "sleep 1000 & echo $!; wait"]), timeout=10)
+            # A root worker runs the task as the uid the controller sends (this fake one sends it here).
+            stub.RunTask(command_request(["/bin/sh", "-c", "sleep 1000 & echo $!; wait"], run_as_uid=200_000),
+                         timeout=10)
             wait_until(
                 lambda: (
                     stub.FetchTaskLogs(
@@ -773,14 +776,13 @@ def test_worker_serve_cli_restart_kills_orphans_of_previous_incarnation(
                 ),
                 30,
             )
-            grandchild = int(
+            grandchild = host_pid(int(  # the pid it has inside its sandbox, seen from here
                 stub.FetchTaskLogs(cluster_pb2.Worker.FetchTaskLogsRequest(task_id="job/task-0"), timeout=10)
                 .lines[0]
                 .data
-            )
-        os.kill(first.pid, signal.SIGKILL)  # a crash: nobody cleans up
+            ), IRIS_TASK_ID="job/task-0")
+        os.kill(first.pid, signal.SIGKILL)  # a crash: its deathwatch or its next incarnation cleans up
         first.wait(timeout=30)
-        assert psutil.pid_exists(grandchild)
     finally:
         if first.poll() is None:
             first.kill()
@@ -801,7 +803,7 @@ def test_worker_serve_cli_restart_kills_orphans_of_previous_incarnation(
         # Graceful shutdown: the running task is killed and reported KILLED, and the worker exits 0.
         with grpc.insecure_channel(line.split()[-1]) as channel:
             stub = cluster_pb2_grpc.WorkerServiceStub(channel)
-            stub.RunTask(command_request(["/bin/sleep", "1000"], "job2/task-0"), timeout=10)
+            stub.RunTask(command_request(["/bin/sleep", "1000"], "job2/task-0", run_as_uid=200_000), timeout=10)
             wait_until(lambda: RUNNING in fake_controller.servicer.states_of("job2/task-0"), 30)
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=60) == 0
