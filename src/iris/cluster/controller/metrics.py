@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -35,6 +35,9 @@ class ControllerMetrics:
         self.rpc_latency = Histogram(
             "iris_rpc_duration_seconds", "Controller RPC handling time, by method.", ["method"],
             buckets=RPC_BUCKETS, registry=self.registry)
+        self.rpc_refused_unauthenticated = Counter(
+            "iris_rpc_unauthenticated_total", "Controller RPCs refused before their request was read: no valid token.",
+            registry=self.registry)
         self.queue_wait = Histogram(
             "iris_queue_wait_seconds", "Time a task waited from PENDING until it was RUNNING, by priority band.",
             ["band"], buckets=LATENCY_BUCKETS, registry=self.registry)
