@@ -27,6 +27,10 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 """The send and receive limit of every Iris gRPC channel and server (controller, worker, client).
 A launch with the largest bundle and entrypoint fits, and so does one dispatch of any accepted task."""
 
+IDLE_CONNECTION_MS = 300_000
+"""Every Iris gRPC server closes a connection that has had no call for this long (a GOAWAY; a
+client reconnects on its next call), so idle connections cannot pile up (issue 23 item 9)."""
+
 MAX_ARG_STRLEN = 128 * 1024
 """Linux refuses a single argv or environment string longer than this (E2BIG)."""
 

@@ -164,6 +164,31 @@ def test_dashboard_login_sets_an_httponly_strict_session_cookie(dashboard: Dashb
     conn.close()
 
 
+def test_dashboard_one_user_s_logins_never_end_another_user_s_session(dashboard: Dashboard) -> None:
+    """Issue 23 item 7: 10,002 logins by bob ended the admin's session; now each user holds at most
+    MAX_SESSIONS_PER_USER and a new login ends only that user's own oldest."""
+    import http.client
+
+    from iris.cluster.controller.dashboard import MAX_SESSIONS_PER_USER
+
+    def login(token: str) -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", dashboard.port, timeout=10)
+        conn.request("POST", "/login", body=f"token={token}", headers={"Content-Type": "application/x-www-form-urlencoded"})
+        reply = conn.getresponse()
+        reply.read()
+        conn.close()
+        assert reply.status == 303
+        return (reply.getheader("Set-Cookie") or "").split(";")[0]
+
+    _, bob = dashboard._controller.create_token("bob", Role.USER)
+    admin_session = login(TOKENS["admin"])
+    bobs = [login(bob) for _ in range(MAX_SESSIONS_PER_USER + 40)]
+    assert get(dashboard, "/api/jobs", token=None, headers={"Cookie": admin_session})[0] == 200
+    assert get(dashboard, "/api/jobs", token=None, headers={"Cookie": bobs[-1]})[0] == 200
+    assert get(dashboard, "/api/jobs", token=None, headers={"Cookie": bobs[0]})[0] == 401  # his own oldest
+    assert len(dashboard._sessions) == MAX_SESSIONS_PER_USER + 1
+
+
 def test_dashboard_refuses_a_foreign_host_header(dashboard: Dashboard) -> None:
     """DNS rebinding: a page on evil.example resolving to 127.0.0.1 must not read the API."""
     status, body = get(dashboard, "/api/jobs", headers={"Host": "evil.example:80"})

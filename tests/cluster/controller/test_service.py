@@ -276,3 +276,27 @@ def test_bare_names_are_the_callers_own_and_an_owner_prefix_is_taken_whole() -> 
     assert endpoint_name("alice:train/task-0", "alice:svc") == "alice:svc"
     with pytest.raises(PermissionDenied, match="in the namespace of user 'bob'"):
         endpoint_name("alice:train/task-0", "bob:svc")
+
+
+def test_an_idle_connection_is_closed() -> None:
+    """Issue 23 item 9: a connection that makes no call is closed by the server after its idle
+    limit (before, 600 of 600 idle connections stayed open); one that keeps calling is not."""
+    import socket
+
+    controller = Controller(ControllerConfig(), clock=FakeClock(), worker_clients=FakeWorkerClients())
+    srv = ControllerServer(controller, "127.0.0.1", 0, idle_connection_ms=300)
+    srv.start()
+    try:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+            # The HTTP/2 client preface and an empty SETTINGS frame: a connection, no call on it.
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            received = b""
+            while True:
+                chunk = sock.recv(65536)  # the timeout above bounds each wait
+                if not chunk:
+                    break  # closed by the server
+                received += chunk
+        assert b"\x07" in received  # a GOAWAY frame (type 7) came before the close
+    finally:
+        srv.stop(grace=0)
+        controller.stop()

@@ -28,6 +28,7 @@ import secrets
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from pathlib import Path
@@ -82,6 +83,8 @@ logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 SESSION_COOKIE = "iris_session"
+MAX_SESSIONS_PER_USER = 16
+"""Dashboard sessions one principal may hold; a 17th login ends its own oldest."""
 MAX_CONCURRENCY = 16
 """Requests served at once; more wait their turn."""
 REQUEST_TIMEOUT_S = 10.0
@@ -119,6 +122,9 @@ class Dashboard:
         self._sessions: dict[str, str] = {}
         """Session id -> the token it was opened with (checked again on every request, so a revoked
         token ends its sessions)."""
+        self._sessions_of: dict[str, deque[str]] = {}
+        """Each principal's sessions, oldest first: at most ``MAX_SESSIONS_PER_USER``, so one user's
+        logins end only that user's oldest sessions, never another's."""
         self._sessions_lock = threading.Lock()
         self._cache: dict[str, tuple[float, bytes]] = {}
         self._loop_cpu = -1.0
@@ -282,13 +288,27 @@ class Dashboard:
         return self._controller.authenticate(token)
 
     def open_session(self, token: str) -> str:
-        self._controller.authenticate(token)  # raises when the token is not valid
+        principal = self._controller.authenticate(token)  # raises when the token is not valid
         session = secrets.token_urlsafe(32)
+        holder = f"{principal.role.value}:{principal.name}"
         with self._sessions_lock:
-            if len(self._sessions) > 10_000:
-                self._sessions.clear()
+            mine = self._sessions_of.setdefault(holder, deque())
+            while len(mine) >= MAX_SESSIONS_PER_USER:
+                self._sessions.pop(mine.popleft(), None)
+            mine.append(session)
             self._sessions[session] = token
         return session
+
+    def close_session(self, session: str) -> None:
+        with self._sessions_lock:
+            if self._sessions.pop(session, None) is None:
+                return
+            for holder, mine in list(self._sessions_of.items()):
+                if session in mine:
+                    mine.remove(session)
+                    if not mine:
+                        del self._sessions_of[holder]
+                    break
 
     # ------------------------------------------------------------------ HTTP
 
@@ -418,8 +438,7 @@ class Dashboard:
         async def logout(request: Request) -> Response:
             session = request.cookies.get(SESSION_COOKIE)
             if session:
-                with dashboard._sessions_lock:
-                    dashboard._sessions.pop(session, None)
+                dashboard.close_session(session)
             response = RedirectResponse("/login", HTTPStatus.SEE_OTHER)
             response.delete_cookie(SESSION_COOKIE, path="/")
             return response

@@ -52,6 +52,7 @@ from iris.cluster.controller.state import ControllerEndpoint, ObservedAttempt, l
 from iris.cluster.controller.views import JobView, TaskView, WorkerView
 from iris.cluster.errors import InvalidArgument, IrisError, Unauthenticated
 from iris.cluster.ports import check_port_range
+from iris.cluster.rules import IDLE_CONNECTION_MS
 from iris.cluster.spec import JobSpec, parse_list_filters
 from iris.cluster.types import (
     OWNER_SEP,
@@ -900,7 +901,8 @@ class ControllerServer:
     """A gRPC server for a Controller on ``host:port`` (port 0 picks a free one)."""
 
     def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 0, threads: int = 32,
-                 tls_cert: Path | None = None, tls_key: Path | None = None, advertise: str | None = None) -> None:
+                 tls_cert: Path | None = None, tls_key: Path | None = None, advertise: str | None = None,
+                 idle_connection_ms: int = IDLE_CONNECTION_MS) -> None:
         """With ``tls_cert``/``tls_key`` the port speaks TLS only. ``address`` is what others dial:
         ``advertise``, else the bound host, else (bound to 0.0.0.0) the host's primary address."""
         self.controller = controller
@@ -911,6 +913,7 @@ class ControllerServer:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
+                ("grpc.max_connection_idle_ms", idle_connection_ms),
             ],
         )
         cluster_pb2_grpc.add_ControllerServiceServicer_to_server(ControllerServiceImpl(controller), self._server)
