@@ -217,3 +217,50 @@ def test_chaos_newer_schema_refuses_to_start_and_keeps_file(tmp_path: Path) -> N
     assert result.returncode != 0
     assert "schema version 999" in result.stderr and "Traceback" not in result.stderr
     assert db.read_bytes() == before
+
+
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+@pytest.mark.skipif(not LIBFAKETIME.exists(), reason="needs Debian's faketime (.ci/run installs it)")
+def test_chaos_a_wall_clock_stepped_back_does_not_keep_a_dead_worker_alive(tmp_path: Path) -> None:
+    """Issue 23 item 8: the controller's wall clock steps back an hour (libfaketime on the
+    controller process only; its monotonic clock runs on, as under a real step) and then a worker
+    is killed -9: it is declared dead within the timeout (before, never: 60 s watched)."""
+    offset = tmp_path / "faketime"
+    offset.write_text("+0\n")
+    env = {**os.environ, "LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(offset),
+           "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    state = tmp_path / "state"
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "iris.cli.main", "controller", "serve", "--port", "0", "--state-dir", str(state),
+         "--dashboard-port", "-1", "--worker-timeout", "3"], env=env, stdout=subprocess.PIPE, text=True)
+    worker: subprocess.Popen[str] | None = None
+    try:
+        assert controller.stdout is not None
+        address = next(line for line in controller.stdout if "controller serving on" in line
+                       ).split("controller serving on ", 1)[1].split()[0]
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "iris.cli.main", "worker", "serve", "--controller", address,
+             "--join-token-file", str(state / "join.token"), "--workdir", str(tmp_path / "w"),
+             "--heartbeat-interval", "0.3"], stdout=subprocess.DEVNULL)
+        api = Api(address, (state / "admin.token").read_text().strip())
+        try:
+            def workers() -> list[T.WorkerInfo]:
+                return list(api.stub.ListWorkers(T.Controller.ListWorkersRequest(), timeout=10).workers)
+
+            wait_until(lambda: [w.healthy for w in workers()] == [True], 30, message="the worker never registered")
+            offset.write_text("-1h\n")  # the controller's wall clock steps back an hour
+            worker.kill()
+            worker.wait(timeout=30)
+            wait_until(lambda: [w.healthy for w in workers()] == [False], 30,
+                       message="a worker killed -9 was never declared dead after the wall clock stepped back")
+        finally:
+            api.close()
+    finally:
+        for process in (worker, controller):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+        if controller.stdout is not None:
+            controller.stdout.close()

@@ -38,11 +38,13 @@ class Change:
     A context manager: ``with changes.change() as tx`` (a plain class, not a generator: every
     report, heartbeat and launch result opens one)."""
 
-    __slots__ = ("state", "now_ms", "_changes", "_effects", "_then")
+    __slots__ = ("state", "now_ms", "mono_ms", "_changes", "_effects", "_then")
 
     def __init__(self, changes: Changes) -> None:
         self.state = changes.state
         self.now_ms = 0
+        self.mono_ms = 0
+        """The liveness clock (monotonic milliseconds): what worker liveness is measured on."""
         self._changes = changes
         self._effects: list[Effects] = []
         self._then: list[Callable[[], None]] = []
@@ -64,6 +66,7 @@ class Change:
         changes = self._changes
         changes._lock.__enter__()
         self.now_ms = changes.clock.now_ms()
+        self.mono_ms = int(changes.clock.monotonic() * 1000)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: Any) -> None:

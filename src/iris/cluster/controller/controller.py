@@ -178,6 +178,7 @@ class Controller:
         """Provisioned workers given back to their platform: they may not register again."""
         self._heartbeat_interval_ms = 0
         self._size_heartbeats(self._state.healthy_worker_count())  # workers reloaded after a restart
+        self._state.restart_liveness(int(self._clock.monotonic() * 1000))
         self._state.configure_sharing(cfg.sharing, self._clock.now_ms())
         self._state.uids.configure(cfg.task_uid_range, cfg.task_users)
 
@@ -545,10 +546,11 @@ class Controller:
             state.expire_timeouts(now)
             state.settle_gangs(now)
             self._size_heartbeats(state.healthy_worker_count())
-            dead = state.find_dead_workers(now, int(self.config.worker_timeout_s * 1000), self._heartbeat_interval_ms)
+            dead = state.find_dead_workers(tx.mono_ms, int(self.config.worker_timeout_s * 1000),
+                                           self._heartbeat_interval_ms)
             for worker_id in dead:
                 worker = state.get_worker(worker_id)
-                silent_s = (now - worker.last_heartbeat_ms) / 1000 if worker is not None else 0.0
+                silent_s = (tx.mono_ms - state.heard_ms(worker)) / 1000 if worker is not None else 0.0
                 logger.warning("worker %s not heard from for %.1fs: declared dead", worker_id, silent_s)
                 state.mark_worker_dead(worker_id, now, reason=f"not heard from for {silent_s:.0f}s")
             if dead:
@@ -591,7 +593,7 @@ class Controller:
                 worker_id=location.worker_id, address=location.address, metadata=location.metadata,
                 last_heartbeat_ms=now, registered_at_ms=now, incarnation=location.incarnation,
             ))
-            tx.state.heartbeat(worker.worker_id, now, self._heartbeat_interval_ms)
+            tx.state.heartbeat(worker.worker_id, now, self._heartbeat_interval_ms, tx.mono_ms)
             tx.state.set_unfit(worker.worker_id, location.unfit, now)
             tx.state.log_action("worker_registered", now_ms=now, worker_id=location.worker_id, details=location.address)
             result = tx.state.reconcile_worker(worker.worker_id, location.attempts, location.incarnation,
@@ -620,7 +622,7 @@ class Controller:
         attempts to kill there, or None when the location is unknown or was declared dead (it must
         register again)."""
         with self._change() as tx:
-            if not tx.state.heartbeat(observation.worker_id, tx.now_ms, interval_ms):
+            if not tx.state.heartbeat(observation.worker_id, tx.now_ms, interval_ms, tx.mono_ms):
                 return None
             tx.state.set_unfit(observation.worker_id, observation.unfit, tx.now_ms)
             result = tx.state.reconcile_worker(observation.worker_id, observation.attempts,
@@ -636,7 +638,7 @@ class Controller:
         self.logs.complete(worker_id, reports)
         with self._change() as tx:
             state, now = tx.state, tx.now_ms
-            state.heartbeat(worker_id, now)
+            state.heartbeat(worker_id, now, heard_ms=tx.mono_ms)
             state.set_unfit(worker_id, unfit, now)
             for report in reports:
                 ref = report.ref

@@ -101,6 +101,9 @@ class ControllerWorker:
     consecutive_failures: int = 0
     last_heartbeat_ms: int = 0
     registered_at_ms: int = 0
+    heard_ms: int = -1
+    """When it was last heard from on the liveness clock (the shell's monotonic milliseconds: a
+    wall clock stepped back must not keep a dead worker alive); -1: ``last_heartbeat_ms``."""
     running_tasks: set[TaskId] = field(default_factory=set)
     """Tasks whose current attempt is bound to this worker and has not ended."""
     incarnation: str = ""
@@ -675,13 +678,16 @@ class ControllerState:
             meta.disk_bytes - worker.committed_disk, meta.device_count - worker.committed_devices,
             meta.device_kind, meta.device_variant)
 
-    def heartbeat(self, worker_id: WorkerId, now_ms: int, interval_ms: int | None = None) -> bool:
-        """Record that the worker was heard from (and, when given, the heartbeat interval it was just
-        asked for). False when the worker is unknown or was declared dead (it must register again)."""
+    def heartbeat(self, worker_id: WorkerId, now_ms: int, interval_ms: int | None = None,
+                  heard_ms: int | None = None) -> bool:
+        """Record that the worker was heard from at ``now_ms`` (wall; ``heard_ms`` on the liveness
+        clock, else ``now_ms``) and, when given, the heartbeat interval it was just asked for. False
+        when the worker is unknown or was declared dead (it must register again)."""
         worker = self._workers.get(worker_id)
         if worker is None or not worker.healthy:
             return False
         worker.last_heartbeat_ms = now_ms
+        worker.heard_ms = now_ms if heard_ms is None else heard_ms
         if interval_ms is not None:
             worker.heartbeat_interval_ms = interval_ms
         return True
@@ -693,14 +699,28 @@ class ControllerState:
     def find_dead_workers(self, now_ms: int, timeout_ms: int, interval_ms: int = 0) -> list[WorkerId]:
         """Healthy workers not heard from for longer than ``timeout_ms``, or than three heartbeat
         intervals when that is longer: the one each was last asked for, or ``interval_ms`` (the
-        fleet's now) if that is longer, so a worker never dies of an interval it was not told yet."""
+        fleet's now) if that is longer, so a worker never dies of an interval it was not told yet.
+        ``now_ms`` is on the liveness clock (``ControllerWorker.heard_ms``)."""
         with self._lock:
             base = liveness_timeout_ms(timeout_ms, interval_ms)
             return [
                 w.worker_id
                 for w in self._workers.values()
-                if w.healthy and now_ms - w.last_heartbeat_ms > max(base, 3 * w.heartbeat_interval_ms)
+                if w.healthy and now_ms - self.heard_ms(w) > max(base, 3 * w.heartbeat_interval_ms)
             ]
+
+    @staticmethod
+    def heard_ms(worker: ControllerWorker) -> int:
+        """When ``worker`` was last heard from, on the liveness clock."""
+        return worker.heard_ms if worker.heard_ms >= 0 else worker.last_heartbeat_ms
+
+    def restart_liveness(self, heard_ms: int) -> None:
+        """Every healthy worker counts as heard from at ``heard_ms`` (the liveness clock at a start:
+        loaded workers get the whole timeout to report back)."""
+        with self._lock:
+            for worker in self._workers.values():
+                if worker.healthy:
+                    worker.heard_ms = heard_ms
 
     def mark_worker_dead(self, worker_id: WorkerId, now_ms: int, reason: str = "worker timed out") -> list[TaskId]:
         """Declare a worker dead: every task on it becomes a worker failure. Returns those tasks."""
