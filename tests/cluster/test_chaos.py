@@ -8,9 +8,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 from iris.cluster.clock import wait_until
@@ -264,3 +266,66 @@ def test_chaos_a_wall_clock_stepped_back_does_not_keep_a_dead_worker_alive(tmp_p
                 process.wait(timeout=30)
         if controller.stdout is not None:
             controller.stdout.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs for the state dir (needs root)")
+def test_chaos_a_full_disk_refuses_writes_keeps_serving_and_loses_nothing(tmp_path: Path) -> None:
+    """Issue 23 item 8: the disk under the state fills up: changes are refused with
+    RESOURCE_EXHAUSTED naming the disk, reads and heartbeats go on (the worker stays healthy past
+    its timeout), writing resumes when space returns, and what was acknowledged survives a restart
+    (before: the controller exited 70 at the first failed write)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], check=True)
+    try:
+        with LocalCluster(workers=1, cpu_per_worker=2, worker_timeout=3, heartbeat_interval=0.2,
+                          base_dir=tmp_path / "c", state_dir=disk / "state") as cluster:
+            api = Api(cluster.controller_address, cluster.admin_token)
+            try:
+                first = api.launch("before", ["/bin/true"])
+                assert api.wait(first).state == T.JOB_STATE_SUCCEEDED
+                filler = disk / "filler"
+                with open(filler, "wb") as f:  # fill the disk to the last block
+                    try:
+                        while True:
+                            f.write(b"\0" * (1 << 16))
+                            f.flush()
+                    except OSError:
+                        pass
+                with pytest.raises(grpc.RpcError) as refused:
+                    for i in range(50):  # the first writes may still fit in SQLite's free pages
+                        api.launch(f"full-{i}", ["/bin/true"])
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value.details()
+                assert "is full" in refused.value.details() and "state" in refused.value.details()
+                deadline = time.monotonic() + 5  # longer than the worker timeout: heartbeats go on
+                while time.monotonic() < deadline:
+                    assert api.job(first).state == T.JOB_STATE_SUCCEEDED  # reads go on
+                    workers = api.stub.ListWorkers(T.Controller.ListWorkersRequest(), timeout=10).workers
+                    assert [w.healthy for w in workers] == [True]
+                    threading.Event().wait(0.5)
+                assert pid_alive(cluster.controller_pid)  # it did not exit
+                filler.unlink()  # space returns: so does writing
+                wait_until(lambda: _launches(api, "after"), 30, message="writing did not resume")
+                assert api.wait("after").state == T.JOB_STATE_SUCCEEDED
+            finally:
+                api.close()
+            cluster.kill_controller(signal.SIGKILL)
+            cluster.start_controller()
+            api = Api(cluster.controller_address, cluster.admin_token)
+            try:
+                names = {j.job_id for j in api.stub.ListJobs(T.Controller.ListJobsRequest(), timeout=10).jobs}
+                assert {"admin:before", "admin:after"} <= names  # acknowledged, then durable
+            finally:
+                api.close()
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def _launches(api: Api, name: str) -> bool:
+    try:
+        api.launch(name, ["/bin/true"])
+        return True
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:  # type: ignore[attr-defined]
+            raise
+        return False

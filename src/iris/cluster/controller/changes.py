@@ -13,6 +13,11 @@ raises changes nothing durable and acts on nothing: validation happens before th
 
 Reads take the same lock without a commit (``with changes.read() as state``); they still wait on
 leaving for any write they may have seen, so no reply is built from state newer than the disk.
+
+While the disk under the state is full (``commits.StoreFull``) the write that found it so is held
+and tried again; changes are refused before they touch the core (RESOURCE_EXHAUSTED naming the
+disk), reads go on without waiting for the held write, and heartbeats only record that their
+worker is alive (``Changes.heard``). Writing resumes by itself when there is space.
 Nothing else in the controller holds the lock: this is the one place that knows the order.
 """
 
@@ -64,6 +69,9 @@ class Change:
 
     def __enter__(self) -> Change:
         changes = self._changes
+        commits = changes.commits
+        if commits is not None and commits.full and not commits.flush_if_room():
+            raise commits.full_error()  # before anything changed: the change is refused, not lost
         changes._lock.__enter__()
         self.now_ms = changes.clock.now_ms()
         self.mono_ms = int(changes.clock.monotonic() * 1000)
@@ -98,7 +106,7 @@ class _Reading:
         return self._state
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: Any) -> None:
-        self._lock.__exit__(kind, value, tb)
+        self._lock.leave(reading=True)
 
 
 class Changes:
@@ -113,6 +121,8 @@ class Changes:
         self.commits: GroupCommit[PreparedWrite] | None = (
             GroupCommit(store.apply, on_store_failed) if store is not None else None)
         """Store writes, prepared under the lock and applied after it (several per transaction)."""
+        if self.commits is not None:
+            self.commits.where = str(getattr(store, "path", ""))
         self._lock = DurableLock(self.commits)
         self._reading = _Reading(self._lock, state)
         self.on_effects: Callable[[Effects], None] = lambda effects: None
@@ -126,6 +136,19 @@ class Changes:
         """The state under the lock, for a bounded copy (``with changes.read() as state``); no
         commit. Leaving it still waits for any write it may have seen."""
         return self._reading
+
+    @property
+    def full(self) -> bool:
+        """The disk under the state is full (``commits.StoreFull``): changes are refused."""
+        return self.commits is not None and self.commits.full and not self.commits.flush_if_room()
+
+    def heard(self, worker_id: str, interval_ms: int) -> list[Any] | None:
+        """A heartbeat while the disk is full: the worker is alive (its liveness only, nothing to
+        write); its observed set is reconciled at its first heartbeat once there is space."""
+        with self._reading as state:
+            ok = state.heartbeat(worker_id, self.clock.now_ms(), interval_ms,  # type: ignore[arg-type]
+                                 int(self.clock.monotonic() * 1000))
+        return [] if ok else None
 
     def flush_and_close(self) -> None:
         """Wait for every queued write, then close the store (the controller is stopping)."""

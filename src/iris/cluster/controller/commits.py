@@ -10,16 +10,48 @@ makes that wait part of leaving the lock, so no call site can forget it.
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
+
+from iris.cluster.errors import ResourceExhausted
 
 _W = TypeVar("_W")
 
 
 class StoreFailed(Exception):
     """An earlier group commit failed: nothing after it is durable (the controller stops)."""
+
+
+class StoreFull(ResourceExhausted):
+    """The disk under the controller's state is full (issue 23 item 8). The write that found it so
+    is held and written again once there is space; until then changes are refused with this
+    (RESOURCE_EXHAUSTED naming the disk), while reads and heartbeats go on."""
+
+
+FULL_RETRY_S = 1.0
+"""While the disk is full, a held write is tried again at most this often."""
+
+_SQLITE_FULL = 13
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """Whether ``error`` (or what caused it) says the disk is full: SQLite's SQLITE_FULL, ENOSPC
+    or EDQUOT."""
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, sqlite3.Error) and (getattr(error, "sqlite_errorcode", 0) == _SQLITE_FULL
+                                                 or "database or disk is full" in str(error)):
+            return True
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+        seen += 1
+    return False
 
 
 class GroupCommit(Generic[_W]):
@@ -34,6 +66,11 @@ class GroupCommit(Generic[_W]):
         self._durable = 0
         self._writing = False
         self._failure: BaseException | None = None
+        self._full: BaseException | None = None
+        """The disk-full error of the held write (``StoreFull``); None: writing works."""
+        self._retry_at = 0.0
+        self.where = ""
+        """The state's path, for the disk-full message."""
         self.groups = 0
         """How many ``apply`` calls (transactions) were made: a benchmark's view of the grouping."""
 
@@ -44,9 +81,32 @@ class GroupCommit(Generic[_W]):
             self._submitted += 1
             return self._submitted
 
-    def wait(self, ticket: int) -> None:
+    @property
+    def full(self) -> bool:
+        """The disk is full: a write is held until there is space."""
+        return self._full is not None
+
+    def flush_if_room(self) -> bool:
+        """While the disk is full: write the held batches again (at most every ``FULL_RETRY_S``).
+        True once everything submitted is durable (or the disk was never full)."""
+        if self._full is None:
+            return True
+        if time.monotonic() < self._retry_at:
+            return False
+        try:
+            self.wait(self._submitted)
+        except StoreFull:
+            return False
+        return True
+
+    def full_error(self) -> StoreFull:
+        return StoreFull(f"the disk under the controller's state{' (' + self.where + ')' if self.where else ''} "
+                         f"is full: changes are refused until there is space ({self._full}); reads go on")
+
+    def wait(self, ticket: int, reading: bool = False) -> None:
         """Return once the batch of ``ticket`` (and every one before it) is durable; write them if
-        no one else is. Raises StoreFailed (or the store's error) when that write failed."""
+        no one else is. Raises StoreFailed (or the store's error) when that write failed, StoreFull
+        while the disk is full (a ``reading`` caller then returns: reads go on)."""
         if self._durable >= ticket:  # the common case for readers: nothing in flight
             return
         with self._cond:
@@ -56,6 +116,10 @@ class GroupCommit(Generic[_W]):
                 if self._writing:
                     self._cond.wait()
                     continue
+                if self._full is not None and (reading or time.monotonic() < self._retry_at):
+                    if reading:
+                        return
+                    raise self.full_error()
                 batch, self._queue = self._queue, []
                 upto = self._submitted
                 self._writing = True
@@ -65,12 +129,21 @@ class GroupCommit(Generic[_W]):
                 except BaseException as e:
                     self._cond.acquire()
                     self._writing = False
+                    if disk_full(e):  # held, in order, for the next try; nothing is lost or reordered
+                        self._queue = batch + self._queue
+                        self._full = e
+                        self._retry_at = time.monotonic() + FULL_RETRY_S
+                        self._cond.notify_all()
+                        if reading:
+                            return
+                        raise self.full_error() from e
                     self._failure = e
                     self._cond.notify_all()
                     self._on_failure(e)
                     raise
                 self._cond.acquire()
                 self._writing = False
+                self._full = None
                 self._durable = upto
                 self.groups += 1
                 self._cond.notify_all()
@@ -104,6 +177,10 @@ class DurableLock:
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
+        self.leave(reading=False)
+
+    def leave(self, reading: bool) -> None:
+        """``__exit__``; a ``reading`` block does not wait for a write the full disk holds."""
         self._local.depth -= 1
         ticket = 0
         if self._local.depth == 0 and self._commits is not None:
@@ -112,4 +189,4 @@ class DurableLock:
             ticket = self._commits.submitted
         self._lock.release()
         if ticket and self._commits is not None:
-            self._commits.wait(ticket)
+            self._commits.wait(ticket, reading)

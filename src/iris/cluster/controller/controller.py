@@ -52,7 +52,7 @@ from iris.cluster.controller.backend import (
 from iris.cluster.controller.bundles import MemoryBundles, StateStore
 from iris.cluster.controller.capacity import WorkerSnapshot
 from iris.cluster.controller.changes import Change, Changes
-from iris.cluster.controller.commits import StoreFailed
+from iris.cluster.controller.commits import StoreFailed, StoreFull
 from iris.cluster.controller.config import ControllerConfig as ControllerConfig  # the public name
 from iris.cluster.controller.credentials import Credentials
 from iris.cluster.controller.dispatch import DispatchConfig, Dispatcher
@@ -113,20 +113,11 @@ class ScheduleSummary:
 
 
 class Controller:
-    def __init__(
-        self,
-        config: ControllerConfig | None = None,
-        *,
-        state: ControllerState | None = None,
-        store: StateStore | None = None,
-        clock: Clock | None = None,
-        backend: TaskBackend | None = None,
-        worker_clients: WorkerClients | None = None,
-        address: str = "",
-        on_fatal: Callable[[], None] | None = None,
-        secret: bytes | None = None,
-        log_store: LogStore | None = None,
-    ) -> None:
+    def __init__(self, config: ControllerConfig | None = None, *, state: ControllerState | None = None,
+                 store: StateStore | None = None, clock: Clock | None = None, backend: TaskBackend | None = None,
+                 worker_clients: WorkerClients | None = None, address: str = "",
+                 on_fatal: Callable[[], None] | None = None, secret: bytes | None = None,
+                 log_store: LogStore | None = None) -> None:
         """``backend`` runs the tasks; by default Iris's worker daemons over gRPC
         (``worker_clients`` replaces their transport, e.g. with a fake in tests)."""
         self.config = cfg = config or ControllerConfig()
@@ -246,6 +237,8 @@ class Controller:
                 if full:
                     last_full = now
                 self.tick_schedule(bounded=not full)
+            except StoreFull:  # nothing can be placed durably: wait for space (RPCs say why)
+                self._clock.wait(stop, 1.0)
             except Exception:
                 logger.exception("scheduling pass failed")
                 self._clock.wait(stop, 0.5)
@@ -256,6 +249,8 @@ class Controller:
                 self.tick_health()
                 self.tick_observe()
                 self.tick_retention()
+            except StoreFull:
+                pass  # workers cannot be declared dead, nor anything retired, until there is space
             except Exception:
                 logger.exception("health pass failed")
 
@@ -621,6 +616,8 @@ class Controller:
         heartbeat's reply asks for the next one ``interval_ms`` later at the earliest). Returns the
         attempts to kill there, or None when the location is unknown or was declared dead (it must
         register again)."""
+        if self._changes.full:  # the disk is full: alive, nothing decided (reconciled when space returns)
+            return self._changes.heard(observation.worker_id, interval_ms)
         with self._change() as tx:
             if not tx.state.heartbeat(observation.worker_id, tx.now_ms, interval_ms, tx.mono_ms):
                 return None
