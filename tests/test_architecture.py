@@ -34,6 +34,7 @@ PURE_MODULES = (
     "iris/cluster/controller/capacity.py",
     "iris/cluster/controller/autoscaler.py",
     "iris/cluster/controller/uids.py",
+    "iris/cluster/controller/uploads.py",
     "iris/cluster/controller/scheduler.py",
     "iris/cluster/controller/views.py",
     "iris/cluster/controller/access.py",

@@ -32,6 +32,7 @@ class FakeController(cluster_pb2_grpc.ControllerServiceServicer):
 
     def __init__(self) -> None:
         self.launched: list[C.LaunchJobRequest] = []
+        self.uploaded: dict[str, bytes] = {}
         self.fail_with: tuple[grpc.StatusCode, str] | None = None
         self.busy_answers = 0
         """Calls answered RESOURCE_EXHAUSTED (as the controller's read gate does) before the next succeeds."""
@@ -50,6 +51,14 @@ class FakeController(cluster_pb2_grpc.ControllerServiceServicer):
         self.launched.append(request)
         job_id = f"{request.parent_job_id}/{request.name}" if request.parent_job_id else request.name
         return C.LaunchJobResponse(job_id=job_id)
+
+    def UploadBundle(self, requests: Iterator[C.UploadBundleRequest], context: grpc.ServicerContext
+                     ) -> C.UploadBundleResponse:
+        messages = list(requests)
+        blob = b"".join(m.chunk for m in messages)
+        assert messages[0].size == len(blob) and all(len(m.chunk) <= 1 << 20 for m in messages)
+        self.uploaded[messages[0].bundle_hash] = blob
+        return C.UploadBundleResponse(bundle_hash=messages[0].bundle_hash)
 
     def GetJobStatus(self, request: C.GetJobStatusRequest, context: grpc.ServicerContext) -> C.GetJobStatusResponse:
         self._busy("GetJobStatus", context)
@@ -97,7 +106,9 @@ def test_submit_sends_every_field(fake: tuple[FakeController, str], tmp_path: Pa
     assert request.scheduling_timeout_seconds == 30
     assert list(request.ports) == ["http"] and dict(request.environment.env_vars) == {"K": "V"}
     assert request.coscheduled and request.parent_job_id == ""
-    assert request.bundle_hash == hashlib.sha256(request.bundle_blob).hexdigest()
+    # The workspace went first, by UploadBundle; the LaunchJob names it and carries no bytes.
+    assert not request.bundle_blob and request.bundle_hash in servicer.uploaded
+    assert request.bundle_hash == hashlib.sha256(servicer.uploaded[request.bundle_hash]).hexdigest()
 
 
 def test_submit_defaults_generate_a_name_and_keep_preemption_retries(fake: tuple[FakeController, str]) -> None:

@@ -17,13 +17,17 @@ T = cluster_pb2
 C = cluster_pb2.Controller
 
 
-class _Bearer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):  # type: ignore[misc]
     def __init__(self, token: str) -> None:
         self._metadata = (("authorization", f"Bearer {token}"),)
 
     def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
         details = details._replace(metadata=tuple(details.metadata or ()) + self._metadata)
         return continuation(details, request)
+
+    def intercept_stream_unary(self, continuation, details, requests):  # type: ignore[no-untyped-def]
+        details = details._replace(metadata=tuple(details.metadata or ()) + self._metadata)
+        return continuation(details, requests)
 
 
 def authed_channel(address: str, token: str = "") -> grpc.Channel:
@@ -58,6 +62,9 @@ class Api:
         ports: Sequence[str] = (),
         **fields: object,
     ) -> str:
+        blob = fields.pop("bundle_blob", b"")
+        if blob:  # the workspace goes by UploadBundle, then the LaunchJob names it
+            fields["bundle_hash"] = self.upload(blob)  # type: ignore[arg-type]
         if fn is not None:
             entry = T.Entrypoint(callable=T.CallableEntrypoint(pickled=cloudpickle.dumps((fn, args, {}))))
         else:
@@ -71,6 +78,15 @@ class Api:
             **fields,  # type: ignore[arg-type]
         )
         return self.stub.LaunchJob(request, timeout=30).job_id
+
+    def upload(self, blob: bytes) -> str:
+        import hashlib
+
+        digest = hashlib.sha256(blob).hexdigest()
+        chunks = [blob[i:i + (1 << 20)] for i in range(0, len(blob), 1 << 20)]
+        requests = [C.UploadBundleRequest(bundle_hash=digest, size=len(blob), chunk=chunks[0])] + [
+            C.UploadBundleRequest(chunk=c) for c in chunks[1:]]
+        return self.stub.UploadBundle(iter(requests), timeout=60).bundle_hash
 
     def job(self, job_id: str, tasks: bool = False) -> cluster_pb2.JobStatus:
         return self.stub.GetJobStatus(C.GetJobStatusRequest(job_id=job_id, include_tasks=tasks), timeout=30).job

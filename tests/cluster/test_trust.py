@@ -67,11 +67,14 @@ def test_trust_every_controller_rpc_needs_a_valid_token(cluster: LocalCluster) -
         "DeleteJob": C.DeleteJobRequest(job_id="x"), "PushTaskLogs": C.PushTaskLogsRequest(worker_id="x"),
         "GetShares": C.GetSharesRequest(), "GetQueue": C.GetQueueRequest(), "ReloadSharing": C.ReloadSharingRequest(),
         "GetJobWhy": C.GetJobWhyRequest(job_id="x"), "GetEstimateAccuracy": C.GetEstimateAccuracyRequest(),
+        "UploadBundle": iter([C.UploadBundleRequest(bundle_hash="0" * 64, size=1, chunk=b"x")]),
     }
     assert set(calls) == set(cluster_pb2.DESCRIPTOR.services_by_name["ControllerService"].methods_by_name)
     for token in ("", "iris_forged-token", "Bearer", "iris-task.0.deadbeef.x/task-0", "iris-task.0.ab.deadbeef.x/task-0"):
         stub = cluster_pb2_grpc.ControllerServiceStub(authed_channel(cluster.controller_address, token))
         for method, request in calls.items():
+            if method == "UploadBundle":  # a client stream: a fresh iterator per call
+                request = iter([C.UploadBundleRequest(bundle_hash="0" * 64, size=1, chunk=b"x")])
             assert code_of(lambda m=method, r=request, s=stub: getattr(s, m)(r, timeout=10)) == \
                 grpc.StatusCode.UNAUTHENTICATED, (method, token)
 
@@ -368,10 +371,10 @@ def test_trust_an_oversized_request_gets_invalid_argument_naming_the_cap(admin: 
 
 
 def test_trust_an_anonymous_request_is_refused_before_it_is_read(cluster: LocalCluster) -> None:
-    """Issue 23 item 7: credentials are checked before the request is parsed: 20 MiB of garbage
+    """Issue 23 item 7: credentials are checked before the request is parsed: 16 MiB of garbage
     with no token (or a bad one) is UNAUTHENTICATED, never INTERNAL, and leaves no traceback in
     the controller's log; the same garbage with a valid token is a parse error of that caller's."""
-    garbage = os.urandom(20 << 20)
+    garbage = os.urandom(16 << 20)  # under the 19 MiB cap: read, then refused before it is parsed
     channel = grpc.insecure_channel(cluster.controller_address,
                                     options=[("grpc.max_send_message_length", 64 << 20)])
     try:
@@ -387,6 +390,10 @@ def test_trust_an_anonymous_request_is_refused_before_it_is_read(cluster: LocalC
         with pytest.raises(grpc.RpcError) as error:
             raw(garbage, timeout=30, metadata=(("authorization", f"Bearer {cluster.admin_token}"),))
         assert error.value.code() != grpc.StatusCode.UNAUTHENTICATED
+        # Nobody gets more than 19 MiB read in one request (a workspace comes by UploadBundle).
+        with pytest.raises(grpc.RpcError) as error:
+            raw(os.urandom(24 << 20), timeout=30, metadata=(("authorization", f"Bearer {cluster.admin_token}"),))
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         channel.close()
 

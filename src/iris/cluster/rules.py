@@ -58,6 +58,13 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+UPLOAD_CHUNK_BYTES = 1024 * 1024
+"""The largest chunk of a workspace upload (``UploadBundle``), and what the client sends."""
+
+MAX_REQUEST_BYTES = DEFAULT_LIMITS.max_entrypoint_bytes + 2 * DEFAULT_LIMITS.max_exec_bytes + 1024 * 1024
+"""The largest request the controller reads (19 MiB): a LaunchJob with the largest entrypoint and
+job fields. A workspace bundle comes apart, by ``UploadBundle`` in chunks of 1 MiB."""
 assert DEFAULT_LIMITS.max_task_request_bytes <= MAX_MESSAGE_BYTES
 assert DEFAULT_LIMITS.max_bundle_bytes + DEFAULT_LIMITS.max_task_request_bytes <= MAX_MESSAGE_BYTES
 

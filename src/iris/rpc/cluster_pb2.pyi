@@ -1237,9 +1237,11 @@ class Controller(_message.Message):
         """unset: 100; explicit 0: no retry"""
         coscheduled: _builtins.bool
         bundle_blob: _builtins.bytes
-        """zipped workspace; may be empty when bundle_hash is known"""
+        """Refused when set (issue 23): the workspace travels by UploadBundle, then LaunchJob names its
+        bundle_hash. Kept so that an older client gets a clear error instead of a silent mismatch.
+        """
         bundle_hash: _builtins.str
-        """sha256 hex of bundle_blob"""
+        """sha256 hex of the zipped workspace (uploaded, or of one of the caller's jobs)"""
         retry_backoff_seconds: _builtins.float
         """k-th failure retry waits this * 2^(k-1) (cap 10 min); 0: none"""
         termination_grace_seconds: _builtins.float
@@ -2237,6 +2239,52 @@ class Controller(_message.Message):
 
     @_typing.final
     class FetchBundleRequest(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        BUNDLE_HASH_FIELD_NUMBER: _builtins.int
+        bundle_hash: _builtins.str
+        def __init__(
+            self,
+            *,
+            bundle_hash: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_hash", b"bundle_hash"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class UploadBundleRequest(_message.Message):
+        """A workspace bundle, uploaded in chunks of at most 1 MiB (client streaming) before the
+        LaunchJob that names it: the first message gives its sha256 and size, every message a chunk.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        BUNDLE_HASH_FIELD_NUMBER: _builtins.int
+        SIZE_FIELD_NUMBER: _builtins.int
+        CHUNK_FIELD_NUMBER: _builtins.int
+        bundle_hash: _builtins.str
+        """first message only"""
+        size: _builtins.int
+        """first message only: the whole bundle's bytes (at most the bundle limit)"""
+        chunk: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            bundle_hash: _builtins.str = ...,
+            size: _builtins.int = ...,
+            chunk: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_hash", b"bundle_hash", "chunk", b"chunk", "size", b"size"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class UploadBundleResponse(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
         BUNDLE_HASH_FIELD_NUMBER: _builtins.int

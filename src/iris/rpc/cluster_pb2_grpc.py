@@ -139,6 +139,11 @@ class ControllerServiceStub:
                 request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.FetchBundleRequest.SerializeToString,
                 response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.FetchBundleResponse.FromString,
                 _registered_method=True)
+        self.UploadBundle = channel.stream_unary(
+                '/iris.cluster.ControllerService/UploadBundle',
+                request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.UploadBundleRequest.SerializeToString,
+                response_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.UploadBundleResponse.FromString,
+                _registered_method=True)
         self.CreateToken = channel.unary_unary(
                 '/iris.cluster.ControllerService/CreateToken',
                 request_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.CreateTokenRequest.SerializeToString,
@@ -315,6 +320,12 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadBundle(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateToken(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -476,6 +487,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.FetchBundle,
                     request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.FetchBundleRequest.FromString,
                     response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.FetchBundleResponse.SerializeToString,
+            ),
+            'UploadBundle': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadBundle,
+                    request_deserializer=iris_dot_rpc_dot_cluster__pb2.Controller.UploadBundleRequest.FromString,
+                    response_serializer=iris_dot_rpc_dot_cluster__pb2.Controller.UploadBundleResponse.SerializeToString,
             ),
             'CreateToken': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateToken,
@@ -1090,6 +1106,33 @@ class ControllerService:
             '/iris.cluster.ControllerService/FetchBundle',
             iris_dot_rpc_dot_cluster__pb2.Controller.FetchBundleRequest.SerializeToString,
             iris_dot_rpc_dot_cluster__pb2.Controller.FetchBundleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadBundle(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/iris.cluster.ControllerService/UploadBundle',
+            iris_dot_rpc_dot_cluster__pb2.Controller.UploadBundleRequest.SerializeToString,
+            iris_dot_rpc_dot_cluster__pb2.Controller.UploadBundleResponse.FromString,
             options,
             channel_credentials,
             insecure,

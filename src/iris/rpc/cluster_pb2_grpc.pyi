@@ -58,6 +58,7 @@ class ControllerServiceStub:
     FetchTaskLogs: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.FetchTaskLogsRequest, _cluster_pb2.Controller.FetchTaskLogsResponse]
     PushTaskLogs: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.PushTaskLogsRequest, _cluster_pb2.Controller.PushTaskLogsResponse]
     FetchBundle: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.FetchBundleRequest, _cluster_pb2.Controller.FetchBundleResponse]
+    UploadBundle: _grpc.StreamUnaryMultiCallable[_cluster_pb2.Controller.UploadBundleRequest, _cluster_pb2.Controller.UploadBundleResponse]
     CreateToken: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.CreateTokenRequest, _cluster_pb2.Controller.CreateTokenResponse]
     ListTokens: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ListTokensRequest, _cluster_pb2.Controller.ListTokensResponse]
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.Controller.RevokeTokenRequest, _cluster_pb2.Empty]
@@ -92,6 +93,7 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     FetchTaskLogs: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.FetchTaskLogsRequest, _cluster_pb2.Controller.FetchTaskLogsResponse]  # type: ignore[assignment]
     PushTaskLogs: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.PushTaskLogsRequest, _cluster_pb2.Controller.PushTaskLogsResponse]  # type: ignore[assignment]
     FetchBundle: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.FetchBundleRequest, _cluster_pb2.Controller.FetchBundleResponse]  # type: ignore[assignment]
+    UploadBundle: _aio.StreamUnaryMultiCallable[_cluster_pb2.Controller.UploadBundleRequest, _cluster_pb2.Controller.UploadBundleResponse]  # type: ignore[assignment]
     CreateToken: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.CreateTokenRequest, _cluster_pb2.Controller.CreateTokenResponse]  # type: ignore[assignment]
     ListTokens: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.ListTokensRequest, _cluster_pb2.Controller.ListTokensResponse]  # type: ignore[assignment]
     RevokeToken: _aio.UnaryUnaryMultiCallable[_cluster_pb2.Controller.RevokeTokenRequest, _cluster_pb2.Empty]  # type: ignore[assignment]
@@ -249,6 +251,13 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cluster_pb2.Controller.FetchBundleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cluster_pb2.Controller.FetchBundleResponse, _abc.Awaitable[_cluster_pb2.Controller.FetchBundleResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UploadBundle(
+        self,
+        request_iterator: _MaybeAsyncIterator[_cluster_pb2.Controller.UploadBundleRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.Controller.UploadBundleResponse, _abc.Awaitable[_cluster_pb2.Controller.UploadBundleResponse]]: ...
 
     @_abc_1.abstractmethod
     def CreateToken(

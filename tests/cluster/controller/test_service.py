@@ -166,12 +166,28 @@ def test_service_list_jobs_filters_by_state_and_prefix(stub: cluster_pb2_grpc.Co
 def test_service_bundle_roundtrip_and_child_reuses_parent_bundle(stub: cluster_pb2_grpc.ControllerServiceStub) -> None:
     import hashlib
 
-    blob = b"PK fake zip bytes"
+    blob = b"PK fake zip bytes" * 100_000  # 1.7 MB: two chunks
     digest = hashlib.sha256(blob).hexdigest()
-    stub.LaunchJob(good_request("parent", bundle_blob=blob, bundle_hash=digest))
+
+    def upload(bundle_hash: str, size: int, data: bytes) -> C.UploadBundleResponse:
+        chunks = [data[i:i + (1 << 20)] for i in range(0, len(data), 1 << 20)]
+        return stub.UploadBundle(iter([C.UploadBundleRequest(bundle_hash=bundle_hash, size=size, chunk=chunks[0])]
+                                      + [C.UploadBundleRequest(chunk=c) for c in chunks[1:]]))
+
+    assert upload(digest, len(blob), blob).bundle_hash == digest
+    stub.LaunchJob(good_request("parent", bundle_hash=digest))
     assert stub.FetchBundle(C.FetchBundleRequest(bundle_hash=digest)).blob == blob
-    wrong = good_request("other", bundle_blob=blob, bundle_hash="0" * 64)
-    assert code_and_details(stub.LaunchJob, wrong)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    for bad_hash, size, data, rule in (("0" * 64, len(blob), blob, "is not the sha256"),
+                                       (digest, len(blob) + 1, blob, "announced"),
+                                       (digest, 10, blob, "more than the 10 bytes"),
+                                       ("nope", len(blob), blob, "64 hex digits")):
+        with pytest.raises(grpc.RpcError) as refused:
+            upload(bad_hash, size, data)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and rule in refused.value.details()
+    # An older client's LaunchJob that still carries the bundle: a clear error, nothing launched.
+    old = good_request("other", bundle_blob=b"PK", bundle_hash=hashlib.sha256(b"PK").hexdigest())
+    code, details = code_and_details(stub.LaunchJob, old)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "UploadBundle" in details and "upgrade" in details
     assert stub.LaunchJob(good_request("child", parent_job_id="parent")).job_id == "admin:parent/child"
 
 

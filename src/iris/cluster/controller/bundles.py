@@ -64,3 +64,4 @@ class MemoryBundles:
 
     def get_result(self, task_id: str) -> tuple[int, bytes] | None:
         return self._results.get(task_id)
+

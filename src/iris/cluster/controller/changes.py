@@ -119,7 +119,7 @@ class Changes:
         self.clock = clock
         self._on_store_failed = on_store_failed
         self.commits: GroupCommit[PreparedWrite] | None = (
-            GroupCommit(store.apply, on_store_failed) if store is not None else None)
+            GroupCommit(store.apply, on_store_failed, clock.monotonic) if store is not None else None)
         """Store writes, prepared under the lock and applied after it (several per transaction)."""
         if self.commits is not None:
             self.commits.where = str(getattr(store, "path", ""))

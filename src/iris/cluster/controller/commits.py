@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -57,8 +56,11 @@ def disk_full(error: BaseException | None) -> bool:
 class GroupCommit(Generic[_W]):
     """Batches applied in the order they were submitted, several per ``apply`` call."""
 
-    def __init__(self, apply: Callable[[Sequence[_W]], None], on_failure: Callable[[BaseException], None]) -> None:
+    def __init__(self, apply: Callable[[Sequence[_W]], None], on_failure: Callable[[BaseException], None],
+                 monotonic: Callable[[], float] = lambda: 0.0) -> None:
+        """``monotonic``: the clock a held write's retries are paced by (``Clock.monotonic``)."""
         self._apply = apply
+        self._monotonic = monotonic
         self._on_failure = on_failure
         self._cond = threading.Condition(threading.Lock())
         self._queue: list[_W] = []
@@ -91,7 +93,7 @@ class GroupCommit(Generic[_W]):
         True once everything submitted is durable (or the disk was never full)."""
         if self._full is None:
             return True
-        if time.monotonic() < self._retry_at:
+        if self._monotonic() < self._retry_at:
             return False
         try:
             self.wait(self._submitted)
@@ -116,7 +118,7 @@ class GroupCommit(Generic[_W]):
                 if self._writing:
                     self._cond.wait()
                     continue
-                if self._full is not None and (reading or time.monotonic() < self._retry_at):
+                if self._full is not None and (reading or self._monotonic() < self._retry_at):
                     if reading:
                         return
                     raise self.full_error()
@@ -132,7 +134,7 @@ class GroupCommit(Generic[_W]):
                     if disk_full(e):  # held, in order, for the next try; nothing is lost or reordered
                         self._queue = batch + self._queue
                         self._full = e
-                        self._retry_at = time.monotonic() + FULL_RETRY_S
+                        self._retry_at = self._monotonic() + FULL_RETRY_S
                         self._cond.notify_all()
                         if reading:
                             return

@@ -80,6 +80,7 @@ from iris.cluster.controller.state import (
     ObservedAttempt,
 )
 from iris.cluster.controller.tasklogs import TaskLogs
+from iris.cluster.controller.workspaces import Workspaces
 from iris.cluster.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from iris.cluster.sharing import SharingConfig, SharingConfigError, load_sharing
 from iris.cluster.spec import JobSpec
@@ -156,6 +157,7 @@ class Controller:
         self.metrics.observe_reads(self.reads)
         self.metrics.observe_sharing(self.queries.sharing_counts)
         self._scheduler = Scheduler(self._state)
+        self.workspaces = Workspaces(self._changes, self._bundles)  # uploads awaiting their LaunchJob
         self._wake_event = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -323,13 +325,14 @@ class Controller:
                 raise AlreadyExists(f"name: job {job_id!r} already exists")
             if bundle_blob:
                 spec = spec.replace(bundle_hash=self._bundles.put_bundle(bundle_blob))  # content-addressed
-            elif spec.bundle_hash and (self._bundles.get_bundle(spec.bundle_hash) is None or not trusted and (
-                    not tx.state.bundle_used_by(spec.bundle_hash, owner))):
+            elif spec.bundle_hash and (self._bundles.get_bundle(spec.bundle_hash) is None or not trusted and not (
+                    tx.state.bundle_used_by(spec.bundle_hash, owner) or self.workspaces.uploaded(owner, spec, tx))):
                 # Another user's workspace is theirs: naming its hash is not enough (the same answer
                 # as for an unknown one, so a hash seen in IRIS_BUNDLE_HASH proves nothing).
-                raise InvalidArgument(f"bundle_hash: no bundle {spec.bundle_hash} of yours is stored; send bundle_blob")
+                raise InvalidArgument(f"bundle_hash: no bundle {spec.bundle_hash} of yours is stored; upload it first")
             job = Job(job_id, spec, tx.now_ms, owner=owner, uid=secrets.token_hex(8))
             tx.state.add_job(job, expand_job_to_tasks(job, tx.now_ms))
+            self.workspaces.used(owner, spec.bundle_hash)
         logger.debug("job submitted job=%s tasks=%d", job_id, job.num_tasks)  # and in the action log
         self.config.make_checkpoint_dir(job.owner, job_id, job.uid)  # before its first attempt can start
         return job_id
@@ -369,7 +372,7 @@ class Controller:
         self._bundles.delete_results([t.task_id for t in tasks])
         gone_bundles = set()
         for bundle_hash in effects.deleted_bundles:
-            if not state.bundle_in_use(bundle_hash):  # checked under the lock: no launch races it
+            if not state.bundle_in_use(bundle_hash) and not self.workspaces.pending(bundle_hash):  # under the lock
                 self._bundles.delete_bundle(bundle_hash)
                 gone_bundles.add(bundle_hash)
         for worker_id, uids in ran_on.items():
@@ -393,6 +396,7 @@ class Controller:
         cfg = self.config
         deleted = 0
         with self._change() as tx:
+            self.workspaces.expire(tx.state, tx.now_ms)  # uploaded, never launched
             candidates = tx.state.prunable_jobs(tx.now_ms, int(cfg.finished_job_ttl_s * 1000), cfg.max_finished_jobs)
             for job_id in candidates:
                 if tx.state.still_stopping(job_id):

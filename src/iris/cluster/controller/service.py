@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,12 +50,14 @@ from iris.cluster.controller.requests import (
 )
 from iris.cluster.controller.shareviews import TeamView, WhyView
 from iris.cluster.controller.state import ControllerEndpoint, ObservedAttempt, liveness_timeout_ms
+from iris.cluster.controller.uploads import CHUNK_BYTES
 from iris.cluster.controller.views import JobView, TaskView, WorkerView
 from iris.cluster.errors import InvalidArgument, IrisError, Unauthenticated
 from iris.cluster.ports import check_port_range
-from iris.cluster.rules import IDLE_CONNECTION_MS
+from iris.cluster.rules import IDLE_CONNECTION_MS, MAX_REQUEST_BYTES
 from iris.cluster.spec import JobSpec, parse_list_filters
 from iris.cluster.types import (
+    BUNDLE_HASH_RE,
     OWNER_SEP,
     TASK_STATES,
     AttemptRef,
@@ -85,7 +88,7 @@ _R = TypeVar("_R")
 
 
 MESSAGE_CAPS: dict[str, int] = {
-    "LaunchJob": MAX_MESSAGE_BYTES,  # carries the workspace bundle
+    "LaunchJob": MAX_REQUEST_BYTES,  # the entrypoint (a pickled callable) and the job's fields
     "RegisterWorker": 64 * 1024 * 1024,  # carries a worker's complete observed set
     "Heartbeat": 64 * 1024 * 1024,
     "ReportTaskState": 64 * 1024 * 1024,
@@ -119,7 +122,7 @@ def _rpc(*roles: Role, read: bool = False, exclusive: bool = True) -> Callable[[
 
         def call(self: ControllerServiceImpl, request: Any, context: grpc.ServicerContext) -> _R:
             try:
-                size = request.ByteSize()
+                size = request.ByteSize() if hasattr(request, "ByteSize") else 0  # a stream: checked per message
                 if size > cap:  # never echoed back: the reply names only the sizes
                     raise InvalidArgument(f"{method.__name__}: the request is {size} bytes, over this call's cap of "
                                           f"{cap} bytes")
@@ -161,6 +164,9 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
             owner = self._queries.job_owner(JobId(who.job_id))
         else:
             request.parent_job_id = qualify(who, request.parent_job_id)
+        if request.bundle_blob:
+            raise InvalidArgument("bundle_blob: the controller takes a workspace by UploadBundle, before the LaunchJob "
+                                  "that names its bundle_hash; this client is older than the controller: upgrade it")
         spec, blob = launch_request(request, self._controller.config.limits)
         job_id = self._controller.launch_job(spec, owner=owner, bundle_blob=blob,
                                              max_priority=band_allowance(who),
@@ -282,6 +288,37 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         if who.role is Role.USER and not self._queries.user_owns_bundle(who.name, request.bundle_hash):
             raise PermissionDenied("bundle_hash: only the owners of the jobs that use a bundle may read it")
         return cluster_pb2.Controller.FetchBundleResponse(blob=self._controller.get_bundle(request.bundle_hash))
+
+    @_rpc(Role.ADMIN, Role.USER, Role.TASK)
+    def UploadBundle(
+        self, requests: Iterator[cluster_pb2.Controller.UploadBundleRequest], context: grpc.ServicerContext,
+        who: Principal,
+    ) -> cluster_pb2.Controller.UploadBundleResponse:
+        """A workspace in chunks (``uploads``): sha256 and size first, at most 1 MiB per message,
+        the whole at most the bundle limit; checked before anything is stored."""
+        limit = self._controller.config.limits.max_bundle_bytes
+        digest, parts, total, expected, size = hashlib.sha256(), [], 0, "", 0
+        for index, message in enumerate(requests):
+            if index == 0:
+                expected, size = message.bundle_hash.lower(), message.size
+                if not BUNDLE_HASH_RE.fullmatch(expected):
+                    raise InvalidArgument("bundle_hash: the first message names the sha256 (64 hex digits)")
+                if not 0 < size <= limit:
+                    raise InvalidArgument(f"size: a workspace bundle is 1..{limit} bytes, got {size}")
+            if len(message.chunk) > CHUNK_BYTES:
+                raise InvalidArgument(f"chunk: at most {CHUNK_BYTES} bytes per message, got {len(message.chunk)}")
+            total += len(message.chunk)
+            if total > size:
+                raise InvalidArgument(f"chunk: more than the {size} bytes announced in size")
+            digest.update(message.chunk)
+            parts.append(message.chunk)
+        if total != size or not parts:
+            raise InvalidArgument(f"size: {size} bytes announced, {total} sent")
+        if digest.hexdigest() != expected:
+            raise InvalidArgument(f"bundle_hash: {expected} is not the sha256 of what was sent ({digest.hexdigest()})")
+        owner = self._queries.job_owner(JobId(who.job_id)) if who.role is Role.TASK else who.name
+        return cluster_pb2.Controller.UploadBundleResponse(
+            bundle_hash=self._controller.workspaces.upload(b"".join(parts), owner))
 
     # -- workers ------------------------------------------------------------------------------
 
@@ -874,9 +911,12 @@ class AuthenticateFirst(grpc.ServerInterceptor):  # type: ignore[type-arg]
             self._controller.metrics.rpc_refused_unauthenticated.inc()
             return _refusal(str(e))
         handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
-        behavior = handler.unary_unary
+        kind = "unary_unary" if handler.unary_unary is not None else "stream_unary"
+        behavior = getattr(handler, kind)
+        if behavior is None:
+            return handler
 
         def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
             token = _AUTHENTICATED.set(principal)
@@ -885,7 +925,7 @@ class AuthenticateFirst(grpc.ServerInterceptor):  # type: ignore[type-arg]
             finally:
                 _AUTHENTICATED.reset(token)
 
-        return handler._replace(unary_unary=authenticated)
+        return handler._replace(**{kind: authenticated})
 
 
 def _refusal(message: str) -> Any:
@@ -910,7 +950,9 @@ class ControllerServer:
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="controller-rpc"),
             interceptors=[AuthenticateFirst(controller)],
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                # Nothing larger is read, before or after authentication: the workspace comes by
+                # UploadBundle in 1 MiB chunks (issue 23 item 7); 256 MiB let anonymous calls cost GBs.
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_connection_idle_ms", idle_connection_ms),
