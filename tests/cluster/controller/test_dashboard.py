@@ -225,6 +225,40 @@ def test_dashboard_half_sent_requests_are_dropped_and_cost_no_thread_each(dashbo
         site.stop()
 
 
+def test_dashboard_a_slowloris_after_one_good_request_is_dropped(dashboard: Dashboard) -> None:
+    """Issue 23 item 9: one whole request on a kept-alive connection, then the next one trickled a
+    byte at a time: the server drops the connection at its request deadline (before: never)."""
+    import socket
+    import time
+
+    site = Dashboard(dashboard._controller, "127.0.0.1", 0, request_timeout_s=0.5)
+    site.start()
+    try:
+        with socket.create_connection(("127.0.0.1", site.port), timeout=30) as s:
+            s.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{site.port}\r\n\r\n".encode())
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            trickle = b"GET /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200
+            deadline = time.monotonic() + 20
+            closed = False
+            for byte in trickle:  # a byte every 0.1 s (the recv timeout): never idle for keep-alive
+                try:
+                    s.sendall(bytes([byte]))
+                except OSError:
+                    closed = True
+                    break
+                s.settimeout(0.1)
+                try:
+                    if s.recv(1) == b"":
+                        closed = True
+                        break
+                except TimeoutError:
+                    pass
+                assert time.monotonic() < deadline
+            assert closed, "a trickled second request kept its connection open"
+    finally:
+        site.stop()
+
+
 def test_dashboard_share_and_queue_json_and_sharing_metrics(dashboard: Dashboard) -> None:
     """Issue 24 item 6: the share and queue pages' data, in the shapes of `iris share --json` and
     `iris queue --json`, and usage, running share and queue wait in /metrics."""

@@ -529,8 +529,9 @@ class Dashboard:
 
 
 class _DeadlineHttpProtocol(HttpToolsProtocol):
-    """Closes a connection that has not sent a whole request within ``deadline_s`` of connecting
-    (a slow-loris flood holds sockets, never threads)."""
+    """Closes a connection that has not sent a whole request within ``deadline_s`` of connecting,
+    or of the end of its previous response on a kept-alive connection (a slow-loris flood holds
+    sockets, never threads; one good request first buys it nothing)."""
 
     deadline_s = REQUEST_TIMEOUT_S
 
@@ -538,8 +539,14 @@ class _DeadlineHttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._deadline = self.loop.call_later(self.deadline_s, self._expire)
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._deadline.cancel()  # the next request has its own deadline
+        self._deadline = self.loop.call_later(self.deadline_s, self._expire)
+
     def _expire(self) -> None:
-        if self.cycle is None and not self.transport.is_closing():
+        idle = self.cycle is None or self.cycle.response_complete  # no request of this connection in flight
+        if idle and not self.transport.is_closing():
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
