@@ -194,3 +194,19 @@ def test_sandbox_task_users_map_and_the_root_opt_out(tmp_path: Path) -> None:
         log = c.workers[0].log_path.read_text()
     assert int((shared / "root").read_text()) == 0
     assert "--run-tasks-as-root: tasks run as root" in log
+
+
+def test_sandbox_a_local_cluster_without_bubblewrap_runs_tasks_unconfined_and_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The README's first command on a machine without bubblewrap: one's own code on one's own
+    machine runs, unconfined, with a warning (a worker started by hand refuses instead)."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # no bwrap to be found
+    with caplog.at_level("WARNING", logger="iris.cluster.local"):
+        with LocalCluster(workers=1, cpu_per_worker=1, base_dir=tmp_path / "c") as c:
+            api = Api(c.controller_address, c.admin_token)
+            job_id = api.launch("plain", sh("echo ran"))
+            assert api.wait(job_id).state == T.JOB_STATE_SUCCEEDED
+            api.close()
+    assert "run without a sandbox" in caplog.text and "bubblewrap (bwrap) is not installed" in caplog.text

@@ -129,6 +129,15 @@ class LocalCluster:
         self.worker_args = list(worker_args)
         if "--port-range" not in self.worker_args:
             self.worker_args += ["--port-range", cluster_port_range()]
+        if "--unconfined" not in self.worker_args:
+            from iris.cluster.worker.sandbox import Sandbox, SandboxUnavailable
+
+            try:
+                Sandbox.detect()
+            except SandboxUnavailable as e:
+                # One's own machine and code: run, and say what is missing (a real worker refuses).
+                logger.warning("tasks of this local cluster run without a sandbox: %s", e)
+                self.worker_args.append("--unconfined")
         self.controller_args = list(controller_args)
         self.auth = auth
         self.admin_token = ""
