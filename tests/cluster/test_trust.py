@@ -141,6 +141,16 @@ def test_trust_a_worker_runs_nothing_the_controller_did_not_send(cluster: LocalC
         assert code_of(lambda s=stub: s.KillTask(cluster_pb2.Worker.KillTaskRequest(task_id="x"), timeout=10)) == \
             grpc.StatusCode.UNAUTHENTICATED
     assert not marker.exists()
+    # Garbage with no credential is refused before it is parsed: UNAUTHENTICATED, no traceback.
+    log = cluster.workers[0].log_path
+    before = log.read_text()
+    channel = grpc.insecure_channel(cluster.workers[0].address, options=[("grpc.max_send_message_length", 64 << 20)])
+    try:
+        raw = channel.unary_unary("/iris.cluster.WorkerService/RunTasks")
+        assert code_of(lambda: raw(os.urandom(16 << 20), timeout=30)) == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        channel.close()
+    assert "Traceback" not in log.read_text()[len(before):]
 
 
 def test_trust_workers_prove_who_they_are(cluster: LocalCluster, admin: Api) -> None:
