@@ -101,17 +101,19 @@ def test_e2e_max_task_failures_tolerates_one_failed_task(api: Api) -> None:
 
 def test_e2e_failure_kills_running_siblings_and_their_children(api: Api, tmp_path: Path) -> None:
     pids = open_dir(tmp_path / "pids")
-    # Tasks 1..3 start a background grandchild, say so, then wait; task 0 fails once they all run.
+    release = tmp_path / "release"
+    # Tasks 1..3 start a background grandchild, say so, then wait; task 0 fails once released.
     script = (
         f'if [ "$IRIS_TASK_INDEX" = 0 ]; then '
-        f'  while [ $(ls {pids} | wc -l) -lt 6 ]; do sleep 0.05; done; exit 3; '
+        f'  while [ ! -e {release} ]; do sleep 0.05; done; exit 3; '
         f"fi; "
         f"sleep 1101 & touch {pids}/child-$IRIS_TASK_INDEX; touch {pids}/shell-$IRIS_TASK_INDEX; wait"
     )
     job_id = api.launch("domain", ["/bin/sh", "-c", script], replicas=4)
     wait_for_files(pids, 6)
+    wait_until(lambda: len(processes_with("1101")) == 3, 30)
     recorded = processes_with("1101")  # the three background grandchildren
-    assert len(recorded) == 3
+    release.touch()
     job = api.wait(job_id)
     assert job.state == T.JOB_STATE_FAILED
     assert "task 0 failed" in job.error

@@ -414,17 +414,17 @@ class AttemptPreparer:
         """The job's /dev/shm on this host (made by its first attempt here, owned by its user)."""
         name = escape_task_id(f"{launch.job_id}.{launch.job_uid}")
         path = self.shm_root / name
-        with self._lock:
+        with self._lock:  # made and removed under the lock: the job's last attempt here may be ending
             self._shm.setdefault(name, set()).add(launch.key)
             self._shm_of[launch.key] = name
-        self.shm_root.mkdir(mode=0o711, exist_ok=True)
-        try:
-            path.mkdir(mode=0o700)
-        except FileExistsError:
-            pass
-        else:
-            if run_as is not None:
-                os.chown(path, *run_as)
+            self.shm_root.mkdir(mode=0o711, exist_ok=True)
+            try:
+                path.mkdir(mode=0o700)
+            except FileExistsError:
+                pass
+            else:
+                if run_as is not None:
+                    os.chown(path, *run_as)
         return path
 
     def _task_env(self, request: TaskLaunch, ports: Mapping[str, int], gpus: list[int]) -> dict[str, str]:
@@ -519,11 +519,9 @@ class AttemptPreparer:
             name = self._shm_of.pop(key, None)
             users = self._shm.get(name, set()) if name is not None else set()
             users.discard(key)
-            last = name is not None and not users
-            if last:
-                self._shm.pop(name, None)  # type: ignore[arg-type]
-        if last:
-            shutil.rmtree(self.shm_root / str(name), ignore_errors=True)
+            if name is not None and not users:
+                self._shm.pop(name, None)
+                shutil.rmtree(self.shm_root / name, ignore_errors=True)  # what the job left in /dev/shm
 
     def discard(self, key: AttemptKey) -> None:
         """Remove one attempt's directory (never the tasks directory itself). Most attempts leave
