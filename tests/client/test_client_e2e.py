@@ -300,8 +300,8 @@ def test_a_callable_that_raises_gives_the_remote_exception(client: IrisClient) -
 
 def test_a_result_over_the_cap_fails_the_task_with_a_clear_error(client: IrisClient) -> None:
     def huge() -> bytes:
-        return b"x" * (11 * 1024 * 1024)
+        return b"x" * (5 * 1024 * 1024)
 
     with pytest.raises(JobFailedError) as error:
         client.submit(huge, "huge").result(timeout=120)
-    assert "over the cap of 10,485,760" in str(error.value.failed_tasks[0].error)
+    assert "over the cap of 4,194,304" in str(error.value.failed_tasks[0].error)

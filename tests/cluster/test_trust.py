@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from iris.client import Entrypoint, IrisClient
 from iris.cluster.clock import wait_until
 from iris.cluster.local import LocalCluster
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
@@ -381,10 +382,10 @@ def test_trust_an_oversized_request_gets_invalid_argument_naming_the_cap(admin: 
 
 
 def test_trust_an_anonymous_request_is_refused_before_it_is_read(cluster: LocalCluster) -> None:
-    """Issue 23 item 7: credentials are checked before the request is parsed: 16 MiB of garbage
+    """Issue 23 item 7: credentials are checked before the request is parsed: 5 MiB of garbage
     with no token (or a bad one) is UNAUTHENTICATED, never INTERNAL, and leaves no traceback in
     the controller's log; the same garbage with a valid token is a parse error of that caller's."""
-    garbage = os.urandom(16 << 20)  # under the 19 MiB cap: read, then refused before it is parsed
+    garbage = os.urandom(5 << 20)  # under the 6 MiB cap: read, then refused before it is parsed
     channel = grpc.insecure_channel(cluster.controller_address,
                                     options=[("grpc.max_send_message_length", 64 << 20)])
     try:
@@ -400,12 +401,24 @@ def test_trust_an_anonymous_request_is_refused_before_it_is_read(cluster: LocalC
         with pytest.raises(grpc.RpcError) as error:
             raw(garbage, timeout=30, metadata=(("authorization", f"Bearer {cluster.admin_token}"),))
         assert error.value.code() != grpc.StatusCode.UNAUTHENTICATED
-        # Nobody gets more than 19 MiB read in one request (a workspace comes by UploadBundle).
+        # Nobody gets more than 6 MiB read in one request (a workspace or a large callable comes
+        # by UploadBundle); a callable of 3 MiB still runs: the client uploads it first.
         with pytest.raises(grpc.RpcError) as error:
-            raw(os.urandom(24 << 20), timeout=30, metadata=(("authorization", f"Bearer {cluster.admin_token}"),))
+            raw(os.urandom(8 << 20), timeout=30, metadata=(("authorization", f"Bearer {cluster.admin_token}"),))
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        payload = os.urandom(3 << 20)
+        with IrisClient.remote(cluster.controller_address, token=cluster.admin_token) as client:
+            job = client.submit(Entrypoint.from_callable(lambda: len(payload)), "big-callable")
+            assert job.result(timeout=120) == 3 << 20
     finally:
         channel.close()
+
+
+def test_trust_a_worker_refuses_a_result_cap_its_reports_could_not_carry(cluster: LocalCluster) -> None:
+    result = subprocess.run([sys.executable, "-m", "iris.cli.main", "worker", "serve", "--controller",
+                             cluster.controller_address, "--max-result-size", "10MiB"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "--max-result-size" in result.stderr and "at most 4MiB" in result.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="--task-user needs a worker running as root")

@@ -73,7 +73,7 @@ def worker() -> None:
               help="Largest size one attempt's workspace bundle may unpack to; over it the task fails.")
 @click.option("--max-bundle-files", default=100_000, show_default=True, type=click.IntRange(min=1),
               help="Most files one workspace bundle may hold; over it the task fails.")
-@click.option("--max-result-size", default="10MiB", show_default=True,
+@click.option("--max-result-size", default="4MiB", show_default=True,
               help="Largest return value (pickled) a callable task may give back; over it the task fails.")
 @click.option("--uv", "uv_path", default=None,
               help="The uv binary that builds task environments (jobs with uv.lock or --with); default: $UV, PATH.")
@@ -206,7 +206,7 @@ def serve(
         tls_ca=tls_ca,
         max_bundle_unpacked_bytes=_size(max_bundle_unpacked_size, "--max-bundle-unpacked-size"),
         max_bundle_files=max_bundle_files,
-        max_result_bytes=_size(max_result_size, "--max-result-size"),
+        max_result_bytes=_result_size(max_result_size),
         max_log_bytes=_size(max_log_size, "--max-log-size"),
         uv=uv_path,
         uv_offline=offline_envs,
@@ -282,6 +282,17 @@ def _containment(task_user: str | None, as_root: bool, unconfined: bool,
     except SandboxUnavailable as e:
         raise click.ClickException(f"cannot sandbox tasks here: {e}. Start the worker with --unconfined to run "
                                    "them without one") from None
+
+
+def _result_size(value: str) -> int:
+    from iris.cluster.rules import MAX_REQUEST_BYTES, MAX_RESULT_BYTES
+
+    size = _size(value, "--max-result-size")
+    if size > MAX_RESULT_BYTES:
+        raise click.BadParameter(f"at most {MAX_RESULT_BYTES // (1 << 20)}MiB: a result travels in a report, and the "
+                                 f"controller reads no request over {MAX_REQUEST_BYTES // (1 << 20)}MiB",
+                                 param_hint="--max-result-size")
+    return size
 
 
 def _size(value: str, flag: str) -> int:

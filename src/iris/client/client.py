@@ -8,6 +8,7 @@ exceptions with one-line messages, and replies become the dataclasses of ``iris.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import secrets
@@ -47,7 +48,7 @@ from iris.client.models import (
     parse_job_state,
 )
 from iris.cluster.clock import SystemClock
-from iris.cluster.rules import UPLOAD_CHUNK_BYTES
+from iris.cluster.rules import INLINE_ENTRYPOINT_BYTES, UPLOAD_CHUNK_BYTES
 from iris.cluster.spec import Entrypoint, JobSpec, parse_list_filters, spec_fields
 from iris.cluster.types import JobId, ResourceSpec, parse_size, task_id_for
 from iris.cluster.validation import MAX_MESSAGE_BYTES, validate_job_spec
@@ -372,6 +373,10 @@ class IrisClient:
         if request.bundle_blob:  # the workspace goes first, in chunks; the LaunchJob names its hash
             self.upload_bundle(request.bundle_blob, request.bundle_hash)
             request.ClearField("bundle_blob")
+        if len(request.serialized_entrypoint) > INLINE_ENTRYPOINT_BYTES:  # so does a large callable
+            entrypoint = request.serialized_entrypoint
+            request.entrypoint_hash = self.upload_bundle(entrypoint, hashlib.sha256(entrypoint).hexdigest())
+            request.ClearField("serialized_entrypoint")
         response = self._call(self._stub.LaunchJob, request, f"job {request.name}", timeout=max(self._timeout, 120))
         return Job(self, response.job_id, response.warning)
 

@@ -62,9 +62,21 @@ DEFAULT_LIMITS = Limits()
 UPLOAD_CHUNK_BYTES = 1024 * 1024
 """The largest chunk of a workspace upload (``UploadBundle``), and what the client sends."""
 
-MAX_REQUEST_BYTES = DEFAULT_LIMITS.max_entrypoint_bytes + 2 * DEFAULT_LIMITS.max_exec_bytes + 1024 * 1024
-"""The largest request the controller reads (19 MiB): a LaunchJob with the largest entrypoint and
-job fields. A workspace bundle comes apart, by ``UploadBundle`` in chunks of 1 MiB."""
+MAX_REQUEST_BYTES = 6 * 1024 * 1024
+"""The largest request the controller reads (issue 23 item 7): a LaunchJob's fields, a report with
+a callable's result, a heartbeat's observed set, a push of logs. What can be larger travels apart,
+by ``UploadBundle`` in chunks of 1 MiB: a workspace, and an entrypoint over
+``INLINE_ENTRYPOINT_BYTES`` (a large pickled callable)."""
+
+INLINE_ENTRYPOINT_BYTES = 1024 * 1024
+"""A larger serialized entrypoint is uploaded first and named by ``LaunchJobRequest.entrypoint_hash``."""
+
+MAX_RESULT_BYTES = 4 * 1024 * 1024
+"""The largest pickled return value of a callable: it travels in the worker's report, which must
+stay under ``MAX_REQUEST_BYTES`` (``iris worker serve --max-result-size``, its default and most)."""
+
+assert INLINE_ENTRYPOINT_BYTES + 2 * DEFAULT_LIMITS.max_exec_bytes + 1024 * 1024 <= MAX_REQUEST_BYTES
+assert MAX_RESULT_BYTES + 1024 * 1024 <= MAX_REQUEST_BYTES
 assert DEFAULT_LIMITS.max_task_request_bytes <= MAX_MESSAGE_BYTES
 assert DEFAULT_LIMITS.max_bundle_bytes + DEFAULT_LIMITS.max_task_request_bytes <= MAX_MESSAGE_BYTES
 

@@ -1217,6 +1217,7 @@ class Controller(_message.Message):
         COSCHEDULED_FIELD_NUMBER: _builtins.int
         BUNDLE_BLOB_FIELD_NUMBER: _builtins.int
         BUNDLE_HASH_FIELD_NUMBER: _builtins.int
+        ENTRYPOINT_HASH_FIELD_NUMBER: _builtins.int
         EXIT_RULES_FIELD_NUMBER: _builtins.int
         RETRY_BACKOFF_SECONDS_FIELD_NUMBER: _builtins.int
         TERMINATION_GRACE_SECONDS_FIELD_NUMBER: _builtins.int
@@ -1242,6 +1243,8 @@ class Controller(_message.Message):
         """
         bundle_hash: _builtins.str
         """sha256 hex of the zipped workspace (uploaded, or of one of the caller's jobs)"""
+        entrypoint_hash: _builtins.str
+        """Instead of serialized_entrypoint when it is over 1 MiB: the sha256 of the caller's upload of it."""
         retry_backoff_seconds: _builtins.float
         """k-th failure retry waits this * 2^(k-1) (cap 10 min); 0: none"""
         termination_grace_seconds: _builtins.float
@@ -1292,6 +1295,7 @@ class Controller(_message.Message):
             coscheduled: _builtins.bool = ...,
             bundle_blob: _builtins.bytes = ...,
             bundle_hash: _builtins.str = ...,
+            entrypoint_hash: _builtins.str = ...,
             exit_rules: _abc.Iterable[Global___ExitRule] | None = ...,
             retry_backoff_seconds: _builtins.float = ...,
             termination_grace_seconds: _builtins.float | None = ...,
@@ -1304,7 +1308,7 @@ class Controller(_message.Message):
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption", "_termination_grace_seconds", b"_termination_grace_seconds", "environment", b"environment", "max_retries_preemption", b"max_retries_preemption", "resources", b"resources", "termination_grace_seconds", b"termination_grace_seconds"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption", "_termination_grace_seconds", b"_termination_grace_seconds", "bundle_blob", b"bundle_blob", "bundle_hash", b"bundle_hash", "coscheduled", b"coscheduled", "env_groups", b"env_groups", "environment", b"environment", "exit_rules", b"exit_rules", "labels", b"labels", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_similar_failures", b"max_similar_failures", "max_task_failures", b"max_task_failures", "name", b"name", "parent_job_id", b"parent_job_id", "ports", b"ports", "priority", b"priority", "resources", b"resources", "retry_backoff_seconds", b"retry_backoff_seconds", "scheduling_timeout_seconds", b"scheduling_timeout_seconds", "serialized_entrypoint", b"serialized_entrypoint", "termination_grace_seconds", b"termination_grace_seconds", "timeout_seconds", b"timeout_seconds", "with_packages", b"with_packages"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption", "_termination_grace_seconds", b"_termination_grace_seconds", "bundle_blob", b"bundle_blob", "bundle_hash", b"bundle_hash", "coscheduled", b"coscheduled", "entrypoint_hash", b"entrypoint_hash", "env_groups", b"env_groups", "environment", b"environment", "exit_rules", b"exit_rules", "labels", b"labels", "max_retries_failure", b"max_retries_failure", "max_retries_preemption", b"max_retries_preemption", "max_similar_failures", b"max_similar_failures", "max_task_failures", b"max_task_failures", "name", b"name", "parent_job_id", b"parent_job_id", "ports", b"ports", "priority", b"priority", "resources", b"resources", "retry_backoff_seconds", b"retry_backoff_seconds", "scheduling_timeout_seconds", b"scheduling_timeout_seconds", "serialized_entrypoint", b"serialized_entrypoint", "termination_grace_seconds", b"termination_grace_seconds", "timeout_seconds", b"timeout_seconds", "with_packages", b"with_packages"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         _WhichOneofReturnType__max_retries_preemption: _TypeAlias = _typing.Literal["max_retries_preemption"]  # noqa: Y015
         _WhichOneofArgType__max_retries_preemption: _TypeAlias = _typing.Literal["_max_retries_preemption", b"_max_retries_preemption"]  # noqa: Y015

@@ -96,8 +96,6 @@ def _mutate(field: str) -> cluster_pb2.Controller.LaunchJobRequest:
         r.serialized_entrypoint = b"\xff\xff\xff"
     elif field == "entrypoint-empty-command":
         r.serialized_entrypoint = entry()
-    elif field == "entrypoint-oversized":
-        r.serialized_entrypoint = entry("x" * (17 * 1024 * 1024))
     elif field == "max-task-failures-negative":
         r.max_task_failures = -1
     elif field == "preemption-negative":
@@ -111,6 +109,32 @@ def _mutate(field: str) -> cluster_pb2.Controller.LaunchJobRequest:
     return r
 
 
+def test_service_an_entrypoint_over_the_limit_is_refused_also_when_uploaded(
+        stub: cluster_pb2_grpc.ControllerServiceStub) -> None:
+    """Over 6 MiB no request is read at all; a larger entrypoint comes by UploadBundle and is then
+    held to the entrypoint limit (16 MiB) like an inline one, naming the field."""
+    import hashlib
+
+    big = entry("x" * (17 * 1024 * 1024))
+    inline = good_request("inline")
+    inline.serialized_entrypoint = big
+    assert code_and_details(stub.LaunchJob, inline)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    digest = hashlib.sha256(big).hexdigest()
+    chunks = [big[i:i + (1 << 20)] for i in range(0, len(big), 1 << 20)]
+    stub.UploadBundle(iter([C.UploadBundleRequest(bundle_hash=digest, size=len(big), chunk=chunks[0])]
+                           + [C.UploadBundleRequest(chunk=c) for c in chunks[1:]]))
+    named = good_request("named")
+    named.ClearField("serialized_entrypoint")
+    named.entrypoint_hash = digest
+    code, details = code_and_details(stub.LaunchJob, named)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("serialized_entrypoint"), details
+    unknown = good_request("unknown")
+    unknown.entrypoint_hash = "0" * 64
+    code, details = code_and_details(stub.LaunchJob, unknown)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("entrypoint_hash"), details
+    assert list(stub.ListJobs(C.ListJobsRequest()).jobs) == []
+
+
 @pytest.mark.parametrize(
     ("case", "names"),
     [
@@ -122,7 +146,6 @@ def _mutate(field: str) -> cluster_pb2.Controller.LaunchJobRequest:
         ("memory-negative", "resources.memory_bytes"),
         ("entrypoint-garbage", "serialized_entrypoint"),
         ("entrypoint-empty-command", "serialized_entrypoint.command.argv"),
-        ("entrypoint-oversized", "serialized_entrypoint"),
         ("max-task-failures-negative", "max_task_failures"),
         ("preemption-negative", "max_retries_preemption"),
         ("timeout-negative", "scheduling_timeout_seconds"),

@@ -89,9 +89,10 @@ _R = TypeVar("_R")
 
 MESSAGE_CAPS: dict[str, int] = {
     "LaunchJob": MAX_REQUEST_BYTES,  # the entrypoint (a pickled callable) and the job's fields
-    "RegisterWorker": 64 * 1024 * 1024,  # carries a worker's complete observed set
-    "Heartbeat": 64 * 1024 * 1024,
-    "ReportTaskState": 64 * 1024 * 1024,
+    "RegisterWorker": MAX_REQUEST_BYTES,  # carries a worker's complete observed set
+    "Heartbeat": MAX_REQUEST_BYTES,
+    "ReportTaskState": MAX_REQUEST_BYTES,  # a callable's result (at most MAX_RESULT_BYTES)
+    "PushTaskLogs": MAX_REQUEST_BYTES,
 }
 DEFAULT_MESSAGE_CAP = 1024 * 1024
 """Every other request is small: over this it is refused with INVALID_ARGUMENT naming the cap."""
@@ -164,6 +165,8 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
             owner = self._queries.job_owner(JobId(who.job_id))
         else:
             request.parent_job_id = qualify(who, request.parent_job_id)
+        if request.entrypoint_hash:  # a large entrypoint, uploaded first (the same way as a workspace)
+            request.serialized_entrypoint = self._controller.workspaces.uploaded_blob(owner, request.entrypoint_hash)
         if request.bundle_blob:
             raise InvalidArgument("bundle_blob: the controller takes a workspace by UploadBundle, before the LaunchJob "
                                   "that names its bundle_hash; this client is older than the controller: upgrade it")
@@ -950,8 +953,9 @@ class ControllerServer:
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="controller-rpc"),
             interceptors=[AuthenticateFirst(controller)],
             options=[
-                # Nothing larger is read, before or after authentication: the workspace comes by
-                # UploadBundle in 1 MiB chunks (issue 23 item 7); 256 MiB let anonymous calls cost GBs.
+                # Nothing larger is read, before or after authentication: a workspace (and a large
+                # entrypoint) comes by UploadBundle in 1 MiB chunks (issue 23 item 7); 256 MiB let
+                # anonymous calls cost GBs.
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),

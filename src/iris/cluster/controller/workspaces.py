@@ -7,6 +7,7 @@ from iris.cluster.controller.bundles import MemoryBundles, StateStore
 from iris.cluster.controller.changes import Change, Changes
 from iris.cluster.controller.state import ControllerState
 from iris.cluster.controller.uploads import Uploads
+from iris.cluster.errors import InvalidArgument
 from iris.cluster.spec import JobSpec
 
 
@@ -31,6 +32,17 @@ class Workspaces:
     def uploaded(self, owner: str, spec: JobSpec, tx: Change) -> bool:
         """Whether ``owner`` uploaded the bundle ``spec`` names, within the hour before ``tx``."""
         return self._uploads.holds(owner, spec.bundle_hash, tx.now_ms)
+
+    def uploaded_blob(self, owner: str, blob_hash: str) -> bytes:
+        """What ``owner`` uploaded under ``blob_hash`` within the hour (a large entrypoint);
+        InvalidArgument when there is no such upload of theirs."""
+        with self._changes.read():
+            now_ms = self._changes.clock.now_ms()
+            ok = self._uploads.holds(owner, blob_hash.lower(), now_ms)
+        blob = self._bundles.get_bundle(blob_hash.lower()) if ok else None
+        if blob is None:
+            raise InvalidArgument(f"entrypoint_hash: no upload {blob_hash[:64]!r} of yours (UploadBundle it first)")
+        return blob
 
     def used(self, owner: str, bundle_hash: str) -> None:
         if bundle_hash:

@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 MAX_RECONNECT_BACKOFF_S = 1.0
 """The longest a worker's channel waits between attempts to reach its controller again."""
-REPORT_BATCH_BYTES = 16 * 1024 * 1024
+REPORT_BATCH_BYTES = 4 * 1024 * 1024
 """One ReportTaskState carries at most about this much (a report with a result may be 10 MiB)."""
 
 

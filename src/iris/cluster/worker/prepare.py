@@ -28,6 +28,7 @@ from pathlib import Path
 
 from iris.cluster.clock import SystemClock
 from iris.cluster.logfile import DEFAULT_LOG_CAP_BYTES, AttemptLog
+from iris.cluster.rules import MAX_RESULT_BYTES
 from iris.cluster.types import format_size, task_state_name
 from iris.cluster.worker.attempts import AttemptKey, TaskLaunch
 from iris.cluster.worker.pyenv import Builder, EnvBuildError, ensure_env, wants_env
@@ -81,7 +82,7 @@ class PreparationError(Exception):
 DEFAULT_MAX_BUNDLE_UNPACKED_BYTES = 2 * 1024**3
 """What one attempt's workspace may unpack to (a 2 MB zip can expand to 2 GiB: never more than this)."""
 DEFAULT_MAX_BUNDLE_FILES = 100_000
-DEFAULT_MAX_RESULT_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_RESULT_BYTES = MAX_RESULT_BYTES
 
 
 _CLOCK = SystemClock()
