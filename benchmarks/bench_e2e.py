@@ -1,7 +1,7 @@
 """End-to-end throughput: a job of N tasks running ``/bin/true`` on a local cluster.
 
     uv run python benchmarks/bench_e2e.py [--tasks 1000] [--runs 3] [--workers 2] [--slots 8]
-                                          [--base-dir DIR] [--cpu] [--sandbox-ab] [--ray PYTHON]
+                                          [--base-dir DIR] [--cpu] [--sandbox-ab | --split] [--ray PYTHON]
 
 Starts a LocalCluster of ``--workers`` worker processes that each run ``--slots`` tasks at once
 (cpu_per_worker=slots, 1 cpu per task), submits a job of ``--tasks`` replicas of ``/bin/true``,
@@ -61,6 +61,14 @@ def _cpu(process: psutil.Process) -> CpuTimes:
 
 UNCONFINED = ("--unconfined", "--run-tasks-as-root")
 """Worker flags that run tasks as before the contained task (issue 23): as the worker, no sandbox."""
+
+SPLIT = {
+    "default (sandbox, owner's uid)": (),
+    "--unconfined": ("--unconfined",),
+    "--run-tasks-as-root": ("--run-tasks-as-root",),
+    "--unconfined --run-tasks-as-root": UNCONFINED,
+}
+"""``--split``: the sandbox and the uid switch, each on and off."""
 
 
 def run_once(tasks: int, workers: int, slots: int, base: Path, cpu: bool, cgroups: bool = True,
@@ -180,6 +188,8 @@ def main() -> None:
     parser.add_argument("--sandbox-ab", action="store_true",
                         help="each run twice, back to back: the default (tasks sandboxed, as their owner's uid) "
                              "and --unconfined --run-tasks-as-root; prints both and the ratio")
+    parser.add_argument("--split", action="store_true",
+                        help="only: each run, the four combinations of the sandbox and the uid switch, back to back")
     parser.add_argument("--ray", metavar="PYTHON", default=None,
                         help="also run Ray side by side: an interpreter with Ray installed")
     args = parser.parse_args()
@@ -189,6 +199,16 @@ def main() -> None:
     ray_cpu: list[float] = []
     ray_version = ""
     root = Path(tempfile.mkdtemp(prefix="iris-bench-", dir=args.base_dir))
+    if args.split:
+        try:
+            for i in range(args.runs):
+                for n, (label, flags) in enumerate(SPLIT.items()):
+                    elapsed = run_once(args.tasks, args.workers, args.slots, root / f"run-{i}-{n}", False,
+                                       not args.no_cgroups, flags)
+                    print(f"run {i + 1}: {label:34s} {args.tasks / elapsed:5.0f} tasks/s", flush=True)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return
     try:
         for i in range(args.runs):
             elapsed = run_once(args.tasks, args.workers, args.slots, root / f"run-{i}", args.cpu, not args.no_cgroups)
