@@ -6,9 +6,12 @@ Usage::
     uv run python benchmarks/bench_fleet.py heartbeats --workers 1000 --attempts 8 --seconds 20
     uv run python benchmarks/bench_fleet.py throughput --workers 100 --slots 8 --tasks 20000
 
-Each simulated worker registers with the join token (and so gets its own credential), heartbeats
+Each simulated worker registers with the join token (and so gets its own credential) over a
+connection of its own, as a real worker does (``--shared-connection``: one per process, the old,
+flattering mode), heartbeats
 its observed set at ``--interval`` (default 1 s, the workers' default), accepts ``RunTasks`` at
-once and either reports every attempt SUCCEEDED at once (``throughput``: no process is spawned) or
+once and either reports every attempt SUCCEEDED at once, with ``log_size`` as a real worker's end
+report has it (``throughput``: no process is spawned) or
 holds ``--attempts`` attempts RUNNING (``heartbeats``). Simulated workers of one process share one
 gRPC server: the controller addresses each ``RunTasks``/``KillTask`` to a worker id, and the server
 routes it (a real worker refuses a request addressed to another id).
@@ -59,8 +62,14 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
     """Many simulated workers behind one gRPC server."""
 
     def __init__(self, controller: str, join_token: str, worker_ids: list[str], mode: str, slots: int,
-                 attempts: int) -> None:
-        self.stub = cluster_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(controller, options=_OPTIONS))
+                 attempts: int, shared_connection: bool = False) -> None:
+        shared = cluster_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(controller, options=_OPTIONS))
+        # As real workers: a connection of its own each (a local subchannel pool, or grpc would share
+        # one TCP connection among the channels of this process). --shared-connection: one for all.
+        self.stubs = {w: shared if shared_connection else cluster_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(
+            controller, options=[*_OPTIONS, ("grpc.use_local_subchannel_pool", 1)])) for w in worker_ids}
+        self.stub = shared
+        self.real_reports = not shared_connection
         self.join_token = join_token
         self.ids = worker_ids
         self.mode = mode
@@ -91,7 +100,7 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
         with self.lock:
             tasks = list(self.held[worker_id].values())
             sequence = self.sequence[worker_id]
-        reply = self.stub.RegisterWorker(C.RegisterWorkerRequest(
+        reply = self.stubs[worker_id].RegisterWorker(C.RegisterWorkerRequest(
             worker_id=worker_id, address=self.address, metadata=meta, tasks=tasks, incarnation=self.incarnation,
             sequence=sequence), metadata=self.metadata(worker_id), timeout=30)
         if reply.credential:
@@ -114,6 +123,8 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
                 if self.mode == "complete":
                     status = T.WorkerTaskStatus(task_id=task.task_id, attempt_id=task.attempt_id,
                                                 job_uid=task.job_uid, state=T.TASK_STATE_SUCCEEDED)
+                    if self.real_reports:
+                        status.log_size = 0  # a real worker's end report says how big its log is (/bin/true: 0)
                     done.append(status)
                 # Held (and in every observed set) until its end is acknowledged, as a real worker does.
                 self.held[worker_id][(task.task_id, task.attempt_id)] = status
@@ -142,8 +153,8 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
                 batches, self.to_report = self.to_report, {}
             for worker_id, updates in batches.items():
                 try:
-                    self.stub.ReportTaskState(C.ReportTaskStateRequest(worker_id=worker_id, updates=updates),
-                                              metadata=self.metadata(worker_id), timeout=30)
+                    self.stubs[worker_id].ReportTaskState(C.ReportTaskStateRequest(worker_id=worker_id, updates=updates),
+                                                          metadata=self.metadata(worker_id), timeout=30)
                 except grpc.RpcError:
                     with self.lock:
                         self.to_report.setdefault(worker_id, []).extend(updates)
@@ -166,7 +177,7 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
                     tasks = list(self.held[worker_id].values())
                     sequence = self.sequence[worker_id]
                 started = time.monotonic()
-                call = self.stub.Heartbeat.future(C.HeartbeatRequest(
+                call = self.stubs[worker_id].Heartbeat.future(C.HeartbeatRequest(
                     worker_id=worker_id, tasks=tasks, incarnation=self.incarnation, sequence=sequence),
                     metadata=self.metadata(worker_id), timeout=10)
                 call.add_done_callback(lambda f, w=worker_id, s=started: self._heartbeat_done(f, w, s))
@@ -191,8 +202,9 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
 
 
 def sim_process(controller: str, join_token: str, worker_ids: list[str], mode: str, slots: int, attempts: int,
-                interval: float, ready: Any, stop: Event, out: Any, measuring: Event) -> None:
-    sim = _SimWorkers(controller, join_token, worker_ids, mode, slots, attempts)
+                interval: float, ready: Any, stop: Event, out: Any, measuring: Event,
+                shared_connection: bool = False) -> None:
+    sim = _SimWorkers(controller, join_token, worker_ids, mode, slots, attempts, shared_connection)
     sim.measuring = measuring
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=_OPTIONS)
     cluster_pb2_grpc.add_WorkerServiceServicer_to_server(sim, server)
@@ -292,6 +304,10 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="heartbeat interval (the workers' default)")
     parser.add_argument("--seconds", type=float, default=20.0, help="heartbeats: measuring window")
     parser.add_argument("--worker-timeout", type=float, default=10.0)
+    parser.add_argument("--shared-connection", action="store_true",
+                        help="NOT how real workers behave: the simulated workers of a process share one "
+                             "connection, and end reports carry no log_size (this benchmark's mode before "
+                             "issue 27; reads better than a real fleet)")
     parser.add_argument("--warmup", type=float, default=None,
                         help="heartbeats: seconds between all attempts running and the window (default: one "
                              "heartbeat interval, at least 5 s)")
@@ -315,13 +331,15 @@ def main() -> None:
     groups = [ids[i::args.processes] for i in range(args.processes)]
     mode = "hold" if args.scenario == "heartbeats" else "complete"
     sims = [ctx.Process(target=sim_process, args=(address, join, group, mode, args.slots, args.attempts,
-                                                  args.interval, ready, stop, out, measuring)) for group in groups if group]
+                                                  args.interval, ready, stop, out, measuring, args.shared_connection))
+            for group in groups if group]
     started = time.monotonic()
     for sim in sims:
         sim.start()
     registered = sum(ready.get(timeout=600) for _ in sims)
     print(f"{registered:,} simulated workers registered in {time.monotonic() - started:.1f} s "
-          f"({len(sims)} processes)", flush=True)
+          f"({len(sims)} processes; {'SHARED connections, no log_size' if args.shared_connection else 'a connection per worker, end reports with log_size, as real workers'})",
+          flush=True)
     entry = T.Entrypoint(command=T.CommandEntrypoint(argv=["/bin/true"])).SerializeToString()
     try:
         if args.scenario == "heartbeats":
