@@ -50,11 +50,10 @@ from iris.cluster.controller.requests import (
 )
 from iris.cluster.controller.shareviews import TeamView, WhyView
 from iris.cluster.controller.state import ControllerEndpoint, ObservedAttempt, liveness_timeout_ms
-from iris.cluster.controller.uploads import CHUNK_BYTES
 from iris.cluster.controller.views import JobView, TaskView, WorkerView
 from iris.cluster.errors import InvalidArgument, IrisError, Unauthenticated
 from iris.cluster.ports import check_port_range
-from iris.cluster.rules import IDLE_CONNECTION_MS, MAX_REQUEST_BYTES
+from iris.cluster.rules import IDLE_CONNECTION_MS, MAX_REQUEST_BYTES, UPLOAD_CHUNK_BYTES
 from iris.cluster.spec import JobSpec, parse_list_filters
 from iris.cluster.types import (
     BUNDLE_HASH_RE,
@@ -308,8 +307,8 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
                     raise InvalidArgument("bundle_hash: the first message names the sha256 (64 hex digits)")
                 if not 0 < size <= limit:
                     raise InvalidArgument(f"size: a workspace bundle is 1..{limit} bytes, got {size}")
-            if len(message.chunk) > CHUNK_BYTES:
-                raise InvalidArgument(f"chunk: at most {CHUNK_BYTES} bytes per message, got {len(message.chunk)}")
+            if len(message.chunk) > UPLOAD_CHUNK_BYTES:
+                raise InvalidArgument(f"chunk: at most {UPLOAD_CHUNK_BYTES} bytes per message, got {len(message.chunk)}")
             total += len(message.chunk)
             if total > size:
                 raise InvalidArgument(f"chunk: more than the {size} bytes announced in size")

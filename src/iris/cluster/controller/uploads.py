@@ -11,16 +11,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from iris.cluster.rules import UPLOAD_CHUNK_BYTES
-
 UPLOAD_TTL_MS = 3_600_000
 """How long an upload may wait for the LaunchJob that names it."""
 
 MAX_UPLOADS_PER_USER = 64
 """Uploads one user may hold unused at once; the oldest is forgotten first."""
-
-CHUNK_BYTES = UPLOAD_CHUNK_BYTES
-"""The largest chunk of an upload (and what the client sends)."""
 
 
 class Uploads:
@@ -72,4 +67,4 @@ class Uploads:
         return {h for mine in self._by_user.values() for h in mine}
 
 
-__all__ = ["CHUNK_BYTES", "MAX_UPLOADS_PER_USER", "UPLOAD_TTL_MS", "Uploads"]
+__all__ = ["MAX_UPLOADS_PER_USER", "UPLOAD_TTL_MS", "Uploads"]

@@ -148,9 +148,8 @@ def runtime_paths() -> list[str]:
     Python installation, the worker's virtual environment, every directory of the worker's
     ``sys.path`` that lies outside them and the system's (an editable install's source), and the
     directories above Iris's own package."""
-    paths = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix),
-             os.path.realpath(os.path.dirname(os.path.dirname(sys.executable))),
-             os.path.realpath(os.path.dirname(os.path.realpath(sys.executable)) + "/..")}
+    paths = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix),  # the venv's, its Python's
+             os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}  # the interpreter's own
     import iris
 
     for package_dir in getattr(iris, "__path__", []):
