@@ -328,8 +328,8 @@ class Guard:
     work after them in the same pass already leaves their room). Each reserved worker's room at its
     reservation's start is kept up to date as the pass places work."""
 
-    __slots__ = ("_at_start", "_by_worker", "_get_job", "_holders", "_now_ms", "_reached", "_seen", "_sharing",
-                 "_timeouts", "_transaction", "_working", "made")
+    __slots__ = ("_at_start", "_base", "_by_worker", "_get_job", "_holders", "_now_ms", "_reached", "_seen",
+                 "_sharing", "_timeouts", "_transaction", "_unsettled", "_working", "made")
 
     def __init__(self, sharing: FairInputs, working: list[_Working], get_job: Callable[[JobId], Job | None],
                  transaction: SchedulingTransaction, now_ms: int) -> None:
@@ -338,6 +338,11 @@ class Guard:
         self._get_job = get_job
         self._by_worker: dict[WorkerId, Reservation] = {}
         self._at_start: dict[WorkerId, Free] = {}
+        self._unsettled: set[WorkerId] = set()
+        """Workers of the last full pass's reservations whose room at the start does not count yet what
+        ends before it (counted when first asked: a pass whose only waiting job is the reserved one
+        never lists the running tasks)."""
+        self._base: dict[WorkerId, list[Running]] | None = None
         self._holders: dict[WorkerId, list[Running]] | None = None
         self._timeouts: dict[JobId, int] = {}
         self._transaction = transaction
@@ -348,18 +353,24 @@ class Guard:
         """Reserved jobs the pass has met: work met before them ranks above them and is not held back."""
         self.made: list[Reservation] = []
         for reservation in sharing.reservations:
-            self._install(reservation)
+            self._install(reservation, settle=False)
 
     def __bool__(self) -> bool:
         return bool(self._by_worker)
+
+    def _running_before(self) -> dict[WorkerId, list[Running]]:
+        """What ran where and until when as the pass began (listed once, and only when asked)."""
+        if self._base is None:
+            self._base = {}
+            for h in self._sharing.holders():
+                self._base.setdefault(h.worker_id, []).append(Running(h.worker_id, h.req, h.ends_ms))
+        return self._base
 
     def _running(self) -> dict[WorkerId, list[Running]]:
         """What runs where and until when, this pass's placements included (read lazily: only a
         pass that plans a reservation pays for it)."""
         if self._holders is None:
-            self._holders = {}
-            for h in self._sharing.holders():
-                self._holders.setdefault(h.worker_id, []).append(Running(h.worker_id, h.req, h.ends_ms))
+            self._holders = {worker_id: list(runs) for worker_id, runs in self._running_before().items()}
         assignments = self._transaction.assignments
         for task, worker in assignments[self._seen:]:
             job = self._get_job(task.job_id)
@@ -370,21 +381,39 @@ class Guard:
         self._seen = len(assignments)
         return self._holders
 
-    def _install(self, reservation: Reservation) -> None:
-        running = self._running()
+    def _install(self, reservation: Reservation, settle: bool = True) -> None:
+        """Hold ``reservation``'s workers: each one's room at its start is its free room now plus
+        what runs there and ends before then (counted at once, or for ``settle=False`` when first
+        asked, from what ran as the pass began)."""
+        running = self._running() if settle else {}
         for cap in self._working:
             worker_id = cap.worker.worker_id
             if worker_id not in reservation.workers or worker_id in self._by_worker:
                 continue
             room = Free(worker_id, cap.cpu, cap.memory, cap.disk, cap.devices, cap.device_kind, cap.device_variant)
-            for r in running.get(worker_id, ()):
-                if reservation.start_ms is not None and r.ends_ms <= reservation.start_ms:
-                    room.cpu += r.req.cpu
-                    room.memory += r.req.memory_bytes
-                    room.disk += r.req.disk_bytes
-                    room.devices += r.req.device_count
             self._by_worker[worker_id] = reservation
             self._at_start[worker_id] = room
+            if settle:
+                self._unsettled.discard(worker_id)  # this pass's own reservation replaced the last one
+                self._count_ending(room, reservation, running.get(worker_id, ()))
+            else:
+                self._unsettled.add(worker_id)
+
+    @staticmethod
+    def _count_ending(room: Free, reservation: Reservation, running: Sequence[Running]) -> None:
+        for r in running:
+            if reservation.start_ms is not None and r.ends_ms <= reservation.start_ms:
+                room.cpu += r.req.cpu
+                room.memory += r.req.memory_bytes
+                room.disk += r.req.disk_bytes
+                room.devices += r.req.device_count
+
+    def _room_at_start(self, worker_id: WorkerId, reservation: Reservation) -> Free:
+        room = self._at_start[worker_id]
+        if worker_id in self._unsettled:
+            self._unsettled.discard(worker_id)
+            self._count_ending(room, reservation, self._running_before().get(worker_id, ()))
+        return room
 
     def reserve(self, job_id: JobId, req: JobRequirements, members: int, band: int, now_ms: int) -> None:
         """A reservation for a job held back by room, on workers no other reservation holds."""
@@ -421,7 +450,7 @@ class Guard:
         if timeout is None:
             job = self._get_job(job_id)
             timeout = self._timeouts[job_id] = int(job.spec.timeout_seconds * 1000) if job is not None else 0
-        room = self._at_start[worker_id]
+        room = self._room_at_start(worker_id, res)
         if not may_use(res, room, req, owner.band if owner is not None else len(BANDS), timeout, now_ms):
             return False
         if not (timeout > 0 and res.start_ms is not None and now_ms + timeout <= res.start_ms):
