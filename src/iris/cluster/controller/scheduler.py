@@ -1,14 +1,14 @@
 """Task-to-worker matching. Pure: no threads, dispatch or state mutation; time comes in as ``now_ms``.
 
 ``Scheduler.find_assignments(pending_tasks, workers, now_ms)`` keeps the seed's name and argument
-shape, but decides from frozen values taken at its boundary: each worker becomes a
-``WorkerSnapshot`` (free and total capacity, health) and each job its ``JobRequirements`` (derived
-once from the job's frozen spec). It returns a ``SchedulingTransaction`` value: assignments in
-queue order, tasks whose scheduling timeout passed, and a readable reason for each job that could
-not be placed. Committing the assignments is the shell's job.
+shape, but decides from values taken at its boundary: each healthy worker's free room is copied from
+its counters (with its frozen total, ``ControllerWorker.total``) into a private working copy, and each
+job is its ``JobRequirements`` (derived once from the job's frozen spec). It returns a
+``SchedulingTransaction`` value: assignments in queue order, tasks whose scheduling timeout passed,
+and a readable reason for each job that could not be placed. Committing the assignments is the shell's job.
 
 - A task fits a worker when ``capacity.fits_in`` says so (the one fit rule); capacity is deducted on
-  a private per-call copy of the snapshots.
+  a private per-call copy of the workers' free room.
 - No head-of-line blocking: a job that does not fit is skipped for the rest of the pass, and the
   jobs behind it are still placed.
 - First fit with a cursor per requirement shape: capacities only shrink during a pass, so a worker
@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from iris.cluster.bands import BANDS
-from iris.cluster.controller.capacity import JobRequirements, Room, WorkerSnapshot, fits_in, unmet_everywhere
+from iris.cluster.controller.capacity import JobRequirements, Room, fits_in, unmet_everywhere
 from iris.cluster.controller.fairness import (
     Candidate,
     FairInputs,
@@ -60,7 +60,8 @@ class _Working:
     """The scheduler's private, shrinking copy of one worker's free capacity during a pass."""
 
     worker: ControllerWorker
-    snapshot: WorkerSnapshot
+    total: Room
+    """What the worker offers in all."""
     cpu: int
     memory: int
     disk: int
@@ -133,13 +134,13 @@ class Scheduler:
     ) -> SchedulingTransaction:
         """``possible``: workers a provisioner could add (work that would fit one is not "never fits")."""
         transaction = SchedulingTransaction(self._state)
-        snapshots = [(w, w.snapshot()) for w in workers]
-        working = [
-            _Working(w, s, s.free.cpu, s.free.memory, s.free.disk, s.free.devices, s.free.device_kind,
-                     s.free.device_variant)
-            for w, s in snapshots
-            if s.healthy
-        ]
+        working: list[_Working] = []
+        for w in workers:
+            if w.healthy:
+                total = w.total()
+                working.append(_Working(w, total, total.cpu - w.committed_cpu, total.memory - w.committed_memory,
+                                        total.disk - w.committed_disk, total.devices - w.committed_devices,
+                                        total.device_kind, total.device_variant))
         room = sum(1 for cap in working if cap.cpu > 0)
         """Workers with a free millicore: none left, and nothing more can be placed in this pass."""
         cursors: dict[_Shape, int] = {}
@@ -178,7 +179,7 @@ class Scheduler:
             found = never_cache.get(req.shape)
             if found is None:
                 if not totals:
-                    totals.extend([cap.snapshot.total for cap in working] + list(possible))
+                    totals.extend([cap.total for cap in working] + list(possible))
                 found = never_cache[req.shape] = unmet_everywhere(req, totals)
             return found
 
@@ -465,7 +466,7 @@ def _fleet(config: SharingConfig, working: list[_Working]) -> dict[str, float]:
     """The healthy fleet's totals, as shares count them."""
     fleet: dict[str, float] = {"cpu": 0, "memory": 0}
     for cap in working:
-        total = cap.snapshot.total
+        total = cap.total
         fleet["cpu"] += total.cpu
         fleet["memory"] += total.memory
         if total.device_kind != "cpu" and total.devices:
@@ -510,7 +511,7 @@ def _place_gang(gang: list[Task], req: JobRequirements, working: list[_Working],
 
 def _explain(req: JobRequirements, working: list[_Working], gang: int = 0) -> str:
     """Why a job could not be placed: what no worker has at all, or that all are busy."""
-    totals: list[Room] = [w.snapshot.total for w in working]
+    totals: list[Room] = [w.total for w in working]
     if not totals:
         return "no healthy workers"
     missing = unmet_everywhere(req, totals)

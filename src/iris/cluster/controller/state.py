@@ -139,6 +139,8 @@ class ControllerWorker:
     """Where the next port search in its range starts (next-fit)."""
     unfit: str = ""
     """The worker said it cannot run tasks as promised (why, e.g. its cgroups vanished): none are placed here."""
+    _total: tuple[WorkerMetadata, Room] | None = field(default=None, repr=False, compare=False)
+    """``total()``'s value and the metadata it was made from (made again when the metadata is replaced)."""
 
     @property
     def host(self) -> str:
@@ -172,13 +174,23 @@ class ControllerWorker:
         """Healthy, not draining and not quarantined: new tasks may be placed here."""
         return self.healthy and not self.draining and not self.unfit and self.quarantined_until_ms <= now_ms
 
-    def snapshot(self) -> WorkerSnapshot:
-        """The worker's capacity as a frozen value (the scheduler's input). O(1): counters."""
+    def total(self) -> Room:
+        """What it offers in all, as a frozen value (made once per metadata it reports)."""
         meta = self.metadata
-        kind, variant = meta.device_kind, meta.device_variant
-        total = Room(meta.cpu_millicores, meta.memory_bytes, meta.disk_bytes, meta.device_count, kind, variant)
-        free = Room(meta.cpu_millicores - self.committed_cpu, meta.memory_bytes - self.committed_memory,
-                    meta.disk_bytes - self.committed_disk, meta.device_count - self.committed_devices, kind, variant)
+        cached = self._total
+        if cached is not None and cached[0] is meta:
+            return cached[1]
+        total = Room(meta.cpu_millicores, meta.memory_bytes, meta.disk_bytes, meta.device_count, meta.device_kind,
+                     meta.device_variant)
+        self._total = (meta, total)
+        return total
+
+    def snapshot(self) -> WorkerSnapshot:
+        """The worker's capacity as a frozen value. O(1): counters."""
+        total = self.total()
+        free = Room(total.cpu - self.committed_cpu, total.memory - self.committed_memory,
+                    total.disk - self.committed_disk, total.devices - self.committed_devices, total.device_kind,
+                    total.device_variant)
         return WorkerSnapshot(self.worker_id, self.healthy, free, total)
 
 
