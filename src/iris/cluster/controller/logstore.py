@@ -15,6 +15,7 @@ import os
 import shutil
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -60,16 +61,21 @@ class LogStore:
 
     def mark_complete(self, key: str, task_index: int, attempt_id: int) -> None:
         """The controller holds the attempt's whole log. An attempt that holds no log here (it wrote
-        nothing) is a line in its job's ``complete.empty`` (one append, no directory or file of its
-        own); any other gets its ``complete`` file. Os calls, not pathlib's: this is once per ended
-        attempt on the report path."""
+        nothing) is a line in its job's ``complete.empty`` (``mark_empty_complete``); any other gets
+        its ``complete`` file. Os calls, not pathlib's: this is once per ended attempt on the report
+        path."""
         directory = os.path.join(self.root, key, f"{task_index}.{attempt_id}")
         try:
             os.close(os.open(os.path.join(directory, COMPLETE), os.O_WRONLY | os.O_CREAT, 0o644))
             return
         except FileNotFoundError:  # no log held: the common case of a task that printed nothing
             pass
-        entry = f"{task_index}.{attempt_id}"
+        self.mark_empty_complete(key, [(task_index, attempt_id)])
+
+    def mark_empty_complete(self, key: str, attempts: Sequence[tuple[int, int]]) -> None:
+        """Attempts (task index, attempt id) of one job that wrote nothing are complete: lines in the
+        job's ``complete.empty``, all in one append (no directory or file of their own)."""
+        entries = [f"{task_index}.{attempt_id}" for task_index, attempt_id in attempts]
         job_dir = os.path.join(self.root, key)
         path, flags = os.path.join(job_dir, EMPTY_COMPLETE), os.O_WRONLY | os.O_CREAT | os.O_APPEND
         try:
@@ -77,14 +83,14 @@ class LogStore:
         except FileNotFoundError:  # the job's first
             os.makedirs(job_dir, exist_ok=True)
             fd = os.open(path, flags, 0o644)
-        with self._lock:  # one line per write(2), whole: appends of concurrent reports never interleave
+        with self._lock:  # whole lines in one write(2): appends of concurrent reports never interleave
             try:
-                os.write(fd, (entry + "\n").encode())
+                os.write(fd, "".join(entry + "\n" for entry in entries).encode())
             finally:
                 os.close(fd)
             cached = self._empty.get(key)
             if cached is not None:
-                cached.add(entry)
+                cached.update(entries)
 
     def is_complete(self, key: str, task_index: int, attempt_id: int) -> bool:
         if (self._dir(key, task_index, attempt_id) / COMPLETE).exists():
@@ -106,7 +112,8 @@ class LogStore:
             return entry in entries
 
     def has(self, key: str, task_index: int, attempt_id: int) -> bool:
-        return self._dir(key, task_index, attempt_id).is_dir()
+        """Whether any log of the attempt is held here (one stat)."""
+        return os.path.isdir(os.path.join(self.root, key, f"{task_index}.{attempt_id}"))
 
     def delete_job(self, key: str) -> None:
         """Remove every log of one job incarnation."""

@@ -15,6 +15,7 @@ from iris.cluster.controller.changes import Changes
 from iris.cluster.controller.credentials import Credentials
 from iris.cluster.controller.logstore import LogStore, job_key
 from iris.cluster.controller.requests import LogChunk, LogQuery, TaskLogPage, TaskReport
+from iris.cluster.controller.state import ControllerState
 from iris.cluster.errors import NotFound, Unavailable
 from iris.cluster.types import TERMINAL_TASK_STATES, AttemptRef, WorkerId
 
@@ -104,24 +105,38 @@ class TaskLogs:
 
     def complete(self, worker_id: WorkerId, reports: Sequence[TaskReport]) -> None:
         """Ended attempts reported with ``log_size``: their whole log was shipped; complete it here
-        when the controller holds exactly that much (before their end is applied and seen)."""
+        when the controller holds exactly that much (before their end is applied and seen). One read
+        of the state per batch; the attempts that wrote nothing (most short tasks) cost a stat each
+        and one append per job."""
         if self.store is None:
             return
-        for report in reports:
-            if report.log_size is None or report.state not in TERMINAL_TASK_STATES:
-                continue
-            target = self._target(worker_id, report.ref)
+        ended = [r for r in reports if r.log_size is not None and r.state in TERMINAL_TASK_STATES]
+        if not ended:
+            return
+        with self._changes.read() as state:
+            targets = [self._locate(state, worker_id, report.ref) for report in ended]
+        empty: dict[str, list[tuple[int, int]]] = {}
+        for report, target in zip(ended, targets, strict=True):
             if target is None:
                 continue
-            log = self.store.attempt_log(target[0], target[1], report.ref.attempt_id)
-            if log.end_offset() == report.log_size:
-                self.store.mark_complete(target[0], target[1], report.ref.attempt_id)
+            key, index = target
+            attempt_id = report.ref.attempt_id
+            if report.log_size == 0 and not self.store.has(key, index, attempt_id):
+                empty.setdefault(key, []).append((index, attempt_id))
+            elif self.store.attempt_log(key, index, attempt_id).end_offset() == report.log_size:
+                self.store.mark_complete(key, index, attempt_id)
+        for key, attempts in empty.items():
+            self.store.mark_empty_complete(key, attempts)
 
     def _target(self, worker_id: WorkerId, ref: AttemptRef) -> tuple[str, int] | None:
         """Where the log of an attempt that ran on ``worker_id`` is kept (job key, task index)."""
         with self._changes.read() as state:
-            task = state.ran_attempt(ref, worker_id)
-            job = state.get_job(task.job_id) if task is not None else None
-            if task is None or job is None:
-                return None
-            return job_key(job.job_id, job.uid), task.task_index
+            return self._locate(state, worker_id, ref)
+
+    @staticmethod
+    def _locate(state: ControllerState, worker_id: WorkerId, ref: AttemptRef) -> tuple[str, int] | None:
+        task = state.ran_attempt(ref, worker_id)
+        job = state.get_job(task.job_id) if task is not None else None
+        if task is None or job is None:
+            return None
+        return job_key(job.job_id, job.uid), task.task_index
