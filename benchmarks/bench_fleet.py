@@ -86,6 +86,8 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
         self.latencies: list[float] = []
         self.failed = 0
         self.reregistered = 0
+        self.sent = {"heartbeats": 0, "attempts": 0, "reports": 0, "updates": 0}
+        """What the workers sent: heartbeats and the attempts they carried, report RPCs and their updates."""
         self.asked_s = 0.0
         self.measuring: Any = None
         """Set during the parent's measuring window: only then are latencies and failures counted."""
@@ -152,6 +154,8 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
             with self.lock:
                 batches, self.to_report = self.to_report, {}
             for worker_id, updates in batches.items():
+                self.sent["reports"] += 1
+                self.sent["updates"] += len(updates)
                 try:
                     self.stubs[worker_id].ReportTaskState(C.ReportTaskStateRequest(worker_id=worker_id, updates=updates),
                                                           metadata=self.metadata(worker_id), timeout=30)
@@ -176,6 +180,8 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
                 with self.lock:
                     tasks = list(self.held[worker_id].values())
                     sequence = self.sequence[worker_id]
+                self.sent["heartbeats"] += 1
+                self.sent["attempts"] += len(tasks)
                 started = time.monotonic()
                 call = self.stubs[worker_id].Heartbeat.future(C.HeartbeatRequest(
                     worker_id=worker_id, tasks=tasks, incarnation=self.incarnation, sequence=sequence),
@@ -222,7 +228,7 @@ def sim_process(controller: str, join_token: str, worker_ids: list[str], mode: s
     for thread in threads:
         thread.join(timeout=15)
     server.stop(grace=0)
-    out.put((sim.latencies, sim.failed, sim.reregistered, sim.asked_s))
+    out.put((sim.latencies, sim.failed, sim.reregistered, sim.asked_s, sim.sent))
 
 
 def submit_process(address: str, admin: str, threads: int, prefix: str, seconds: float, go: Event,
@@ -263,11 +269,14 @@ def submit_process(address: str, admin: str, threads: int, prefix: str, seconds:
     out.put((latencies, failures[0]))
 
 
-def _collect(stop: Event, sims: list[Any], out: Any) -> None:
-    """Stop the simulated workers and take (and drop) what each process reports back."""
+def _collect(stop: Event, sims: list[Any], out: Any) -> dict[str, int]:
+    """Stop the simulated workers; what they sent, summed."""
     stop.set()
+    sent: dict[str, int] = {}
     for _ in sims:
-        out.get(timeout=120)
+        for key, n in out.get(timeout=120)[4].items():
+            sent[key] = sent.get(key, 0) + n
+    return sent
 
 
 def start_controller(tmp: Path, worker_timeout: float, *extra: str) -> tuple[subprocess.Popen[str], str, str, str]:
@@ -369,7 +378,7 @@ def main() -> None:
             failed = reregistered = 0
             asked = 0.0
             for _ in sims:
-                lat, f, r, a = out.get(timeout=120)
+                lat, f, r, a, _ = out.get(timeout=120)
                 latencies += lat
                 failed += f
                 reregistered += r
@@ -431,7 +440,10 @@ def main() -> None:
                   f"{outcome} in {wall:.2f} s = {args.tasks / wall:,.0f} tasks/s; controller "
                   f"{cpu / wall:.0%} of a core, {cpu / args.tasks * 1000:.3f} ms CPU per task   "
                   f"load average {os.getloadavg()[0]:.2f}")
-            _collect(stop, sims, out)
+            sent = _collect(stop, sims, out)
+            print(f"  the workers sent {sent['heartbeats']:,} heartbeats ({sent['attempts'] / max(1, sent['heartbeats']):.1f} "
+                  f"attempts each) and {sent['reports']:,} end-report RPCs ({sent['updates'] / max(1, sent['reports']):.1f} "
+                  f"updates each)")
     finally:
         stop.set()
         for sim in sims:
