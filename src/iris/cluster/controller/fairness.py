@@ -30,14 +30,15 @@ repeated passes with no new arrivals reach a fixed point (tested as a Hypothesis
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import groupby
+from itertools import chain, groupby, islice
 from operator import attrgetter
 from typing import Any
 
 from iris.cluster.bands import BANDS
 from iris.cluster.controller.capacity import JobRequirements, fits_in
+from iris.cluster.controller.queue import QueuedTasks
 from iris.cluster.controller.task import Task
 from iris.cluster.sharing import (
     SharingConfig,
@@ -216,6 +217,57 @@ class Owner:
     user: str
 
 
+class _Run:
+    """One job's consecutive pending tasks, read from the front as a pass takes them (lazily: a pass
+    that stops early never walks the rest of a long run)."""
+
+    __slots__ = ("_it", "_left", "head", "job_id")
+
+    def __init__(self, job_id: JobId, parts: list[Collection[Task]]) -> None:
+        self.job_id = job_id
+        self._left = sum(len(part) for part in parts)
+        self._it: Iterator[Task] = chain.from_iterable(parts) if len(parts) > 1 else iter(parts[0])
+        self.head: Task = next(self._it) if self._left else None  # type: ignore[assignment]
+
+    def __len__(self) -> int:
+        return self._left
+
+    def advance(self) -> None:
+        self._left -= 1
+        self.head = next(self._it, None)  # type: ignore[assignment]
+
+    def clear(self) -> None:
+        self._left = 0
+
+    def rest(self) -> list[Task]:
+        """The tasks from the head on (the run keeps its place)."""
+        if not self._left:
+            return []
+        out = [self.head, *islice(self._it, self._left - 1)]
+        self._it = iter(out)
+        self.head = next(self._it)
+        return out
+
+
+def _runs(pending: Sequence[Task]) -> list[_Run]:
+    """The pending tasks as runs of one job's consecutive tasks: O(runs) for the queue's own view
+    (``queue.QueuedTasks``), O(tasks) for any other sequence."""
+    out: list[_Run] = []
+    if isinstance(pending, QueuedTasks):
+        parts: list[Collection[Task]] = []
+        job_id: JobId | None = None
+        for run in pending.runs:
+            if run.job_id != job_id and parts:
+                out.append(_Run(job_id, parts))  # type: ignore[arg-type]
+                parts = []
+            job_id = run.job_id
+            parts.append(run.tasks.values())
+        if parts:
+            out.append(_Run(job_id, parts))  # type: ignore[arg-type]
+        return out
+    return [_Run(job_id, [list(tasks)]) for job_id, tasks in groupby(pending, key=attrgetter("job_id"))]
+
+
 class FairOrder:
     """The pending tasks in the order a pass considers them, as (task, its job's owner). ``drop()``
     skips the rest of the job last yielded; ``gang()`` is that job's pending tasks from the one
@@ -246,11 +298,11 @@ class FairOrder:
         if self._book is None:
             yield from self._fifo()
             return
-        bands: dict[int, dict[str, dict[str, list[list[Task]]]]] = {}
-        orphans: list[list[Task]] = []
+        bands: dict[int, dict[str, dict[str, list[_Run]]]] = {}
+        orphans: list[_Run] = []
         owners: dict[JobId, Owner | None] = {}
-        for job_id, tasks in groupby(self._pending, key=attrgetter("job_id")):
-            run = list(tasks)
+        for run in _runs(self._pending):
+            job_id = run.job_id
             owner = owners.get(job_id)
             if job_id not in owners:
                 owner = owners[job_id] = self._owner(job_id)
@@ -259,9 +311,9 @@ class FairOrder:
                 continue
             bands.setdefault(owner.band, {}).setdefault(owner.team, {}).setdefault(owner.user, []).append(run)
         for run in orphans:  # ended jobs: the scheduler drops them
-            self._gang = lambda run=run: list(run)  # type: ignore[misc]
+            self._gang = run.rest
             self._dropped = False
-            yield run[0], None
+            yield run.head, None
         book = self._book
         for band in sorted(bands):
             teams = bands[band]
@@ -282,20 +334,19 @@ class FairOrder:
                 queue = users[user]
                 run = queue[0]
                 owner = Owner(band, team, user)
-                self._gang = lambda run=run: list(run)  # type: ignore[misc]
+                self._gang = run.rest
                 # Take this team's tasks while it stays the best team (a heap operation per switch,
                 # not per task), reading standings again only when they may have passed the next.
                 next_key = (heap[0][0][0], heap[0][0][1] + SLACK) if heap else None
-                amounts = self._amounts(run[0].job_id) if self._amounts is not None else {}
+                amounts = self._amounts(run.job_id) if self._amounts is not None else {}
                 checks = 1
-                taken = 0
-                while taken < len(run):
+                while len(run):
                     self._dropped = False
-                    yield run[taken], owner
+                    yield run.head, owner
                     if self._dropped:
-                        taken = len(run)
+                        run.clear()
                         break
-                    taken += 1
+                    run.advance()
                     checks -= 1
                     if checks > 0:
                         continue
@@ -306,8 +357,7 @@ class FairOrder:
                     checks = book.team_room(team, amounts, next_key) if amounts else 1
                     if next_user is not None and amounts:
                         checks = min(checks, book.user_room(user, amounts, next_user))
-                del run[:taken]
-                if not run:
+                if not len(run):
                     queue.pop(0)
                     if not queue:
                         del users[user]
@@ -315,6 +365,29 @@ class FairOrder:
                     heapq.heappush(heap, (book.team_key(team), team))
 
     def _fifo(self) -> Iterator[tuple[Task, Owner | None]]:
+        if not isinstance(self._pending, QueuedTasks):
+            yield from self._fifo_tasks()
+            return
+        runs = _runs(self._pending)
+        skip: JobId | None = None
+        """A job none of whose remaining tasks can change anything in this pass: its later runs
+        are passed over whole."""
+        for r, run in enumerate(runs):
+            job_id = run.job_id
+            if job_id == skip:
+                continue
+            owner = self._owner(job_id)
+            self._gang = lambda run=run, r=r: run.rest() + [  # type: ignore[misc]
+                t for later in runs[r + 1:] if later.job_id == run.job_id for t in later.rest()]
+            while len(run):
+                self._dropped = False
+                yield run.head, owner
+                if self._dropped:
+                    skip = job_id
+                    break
+                run.advance()
+
+    def _fifo_tasks(self) -> Iterator[tuple[Task, Owner | None]]:
         pending = self._pending
         skip: JobId | None = None
         """A job none of whose remaining tasks can change anything in this pass: its run of tasks

@@ -36,7 +36,7 @@ from iris.cluster.controller.estimate import EstimateLog
 from iris.cluster.controller.fairness import FairInputs, Holder, Preemption, task_amounts
 from iris.cluster.controller.job import Job
 from iris.cluster.controller.policies import StreakEntry
-from iris.cluster.controller.queue import BandQueue
+from iris.cluster.controller.queue import BandQueue, QueuedTasks
 from iris.cluster.controller.reservations import DEFAULT_MAX_RESERVATIONS, NEVER, Reservation
 from iris.cluster.controller.runtimes import RuntimeHistory, predict
 from iris.cluster.controller.shares import NOMINATION_SLACK_MS, Shares
@@ -336,7 +336,7 @@ class ControllerState:
         self._workers: dict[WorkerId, ControllerWorker] = {}
         self._task_queue = BandQueue(lambda task: self._jobs[task.job_id].band)
         """PENDING tasks in queue order: by priority band, then as they entered. O(1) append, removal
-        and membership; ``peek_pending_tasks`` is one C-level copy per band."""
+        and membership; a pass reads it as runs of one job's tasks (``before_pass``)."""
         self._endpoints: dict[str, ControllerEndpoint] = {}
         self._endpoints_by_task: dict[TaskId, set[str]] = {}
         self._actions: deque[ActionLogEntry] = deque(maxlen=ACTION_LOG_SIZE)
@@ -1189,7 +1189,7 @@ class ControllerState:
 
     # ------------------------------------------------------------------ a scheduling pass's bookkeeping
 
-    def before_pass(self, now_ms: int, bounded: bool, possible: Sequence[Room] = ()) -> list[Task]:
+    def before_pass(self, now_ms: int, bounded: bool, possible: Sequence[Room] = ()) -> QueuedTasks:
         """The tasks a pass reads. A full pass first puts back parked work that now fits a worker
         (or one a provisioner could add: ``possible``). O(parked shapes x workers), not O(parked)."""
         with self._lock:
@@ -1206,7 +1206,7 @@ class ControllerState:
                         for job_id in jobs:
                             self.log_action("job_unparked", now_ms=now_ms, job_id=job_id,
                                             details="capacity of its kind appeared")
-            return self._task_queue.values()
+            return self._task_queue.runs()
 
     def after_pass(self, now_ms: int, timed_out: Sequence[Task], preemptions: Sequence[Preemption],
                    never_fit: Mapping[JobId, str], fleet: Mapping[str, float],
