@@ -43,6 +43,7 @@ from typing import Any
 import grpc
 import psutil
 
+from iris.cluster.rules import FLOW_CONTROL_OPTIONS
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
 
 C = cluster_pb2.Controller
@@ -50,7 +51,9 @@ W = cluster_pb2.Worker
 T = cluster_pb2
 DEFAULT_HEARTBEAT_RATE = 250.0
 """``iris controller serve --max-heartbeat-rate``'s default."""
-_OPTIONS = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)]
+_OPTIONS = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20),
+            *FLOW_CONTROL_OPTIONS]
+"""As the real worker's channel to the controller (``worker/link.py``)."""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -86,8 +89,9 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
         self.latencies: list[float] = []
         self.failed = 0
         self.reregistered = 0
-        self.sent = {"heartbeats": 0, "attempts": 0, "reports": 0, "updates": 0}
-        """What the workers sent: heartbeats and the attempts they carried, report RPCs and their updates."""
+        self.sent = {"heartbeats": 0, "attempts": 0, "reports": 0, "updates": 0, "run_calls": 0, "runs": 0}
+        """What the workers sent (heartbeats and the attempts they carried, report RPCs and their
+        updates) and were sent (RunTasks calls and the tasks in them)."""
         self.asked_s = 0.0
         self.measuring: Any = None
         """Set during the parent's measuring window: only then are latencies and failures counted."""
@@ -118,6 +122,8 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
         with self.lock:
             if worker_id not in self.held:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"worker_id: no simulated worker {worker_id}")
+            self.sent["run_calls"] += 1
+            self.sent["runs"] += len(request.tasks)
             for task in request.tasks:
                 self.sequence[worker_id] += 1
                 status = T.WorkerTaskStatus(task_id=task.task_id, attempt_id=task.attempt_id, job_uid=task.job_uid,
@@ -387,7 +393,8 @@ def main() -> None:
             every = max(args.interval, asked)
             print(f"heartbeats: {args.workers:,} workers x {args.attempts} attempts every {every:g} s "
                   f"({args.workers / every:,.0f}/s): "
-                  f"controller {cpu / args.seconds:.0%} of a core, heartbeat p50 {statistics.median(ms):.1f} ms p90 {percentile(ms, 0.9):.1f} ms "
+                  f"controller {cpu / args.seconds:.0%} of a core = {cpu / max(1, len(ms) + failed) * 1000:.3f} ms CPU per "
+                  f"heartbeat, heartbeat p50 {statistics.median(ms):.1f} ms p90 {percentile(ms, 0.9):.1f} ms "
                   f"p99 {percentile(ms, 0.99):.1f} ms, failed {failed:,} of {len(ms) + failed:,}, "
                   f"declared dead {dead}, re-registered {reregistered}   load average {os.getloadavg()[0]:.2f}")
         elif args.scenario == "submit":
@@ -443,7 +450,8 @@ def main() -> None:
             sent = _collect(stop, sims, out)
             print(f"  the workers sent {sent['heartbeats']:,} heartbeats ({sent['attempts'] / max(1, sent['heartbeats']):.1f} "
                   f"attempts each) and {sent['reports']:,} end-report RPCs ({sent['updates'] / max(1, sent['reports']):.1f} "
-                  f"updates each)")
+                  f"updates each); the controller sent {sent['run_calls']:,} RunTasks calls "
+                  f"({sent['runs'] / max(1, sent['run_calls']):.1f} tasks each)")
     finally:
         stop.set()
         for sim in sims:

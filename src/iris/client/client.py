@@ -48,7 +48,7 @@ from iris.client.models import (
     parse_job_state,
 )
 from iris.cluster.clock import SystemClock
-from iris.cluster.rules import INLINE_ENTRYPOINT_BYTES, UPLOAD_CHUNK_BYTES
+from iris.cluster.rules import FLOW_CONTROL_OPTIONS, INLINE_ENTRYPOINT_BYTES, UPLOAD_CHUNK_BYTES
 from iris.cluster.spec import Entrypoint, JobSpec, parse_list_filters, spec_fields
 from iris.cluster.types import JobId, ResourceSpec, parse_size, task_id_for
 from iris.cluster.validation import MAX_MESSAGE_BYTES, validate_job_spec
@@ -230,6 +230,7 @@ class IrisClient:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.enable_retries", 1),
             ("grpc.service_config", _READ_RETRY_CONFIG),
+            *FLOW_CONTROL_OPTIONS,
         ]
         ca = tls_ca if tls_ca is not None else os.environ.get(TLS_CA_ENV, "").strip() or None
         if ca:

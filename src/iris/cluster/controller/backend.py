@@ -39,6 +39,7 @@ import grpc
 from iris.cluster.controller.state import ObservedAttempt
 from iris.cluster.controller.task import TaskAttempt
 from iris.cluster.failures import last_line
+from iris.cluster.rules import FLOW_CONTROL_OPTIONS
 from iris.cluster.spec import JobSpec
 from iris.cluster.types import JobId, TaskId, WorkerId, WorkerMetadata
 from iris.cluster.validation import MAX_MESSAGE_BYTES
@@ -226,7 +227,7 @@ class GrpcWorkerClients:
             stub = self._stubs.get(address)
             if stub is None:
                 options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                           ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+                           ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), *FLOW_CONTROL_OPTIONS]
                 if self._credentials is not None:
                     channel = grpc.secure_channel(address, self._credentials, options=options)
                 else:

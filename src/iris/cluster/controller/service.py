@@ -53,7 +53,7 @@ from iris.cluster.controller.state import ControllerEndpoint, ObservedAttempt, l
 from iris.cluster.controller.views import JobView, TaskView, WorkerView
 from iris.cluster.errors import InvalidArgument, IrisError, Unauthenticated
 from iris.cluster.ports import check_port_range
-from iris.cluster.rules import IDLE_CONNECTION_MS, MAX_REQUEST_BYTES, UPLOAD_CHUNK_BYTES
+from iris.cluster.rules import FLOW_CONTROL_OPTIONS, IDLE_CONNECTION_MS, MAX_REQUEST_BYTES, UPLOAD_CHUNK_BYTES
 from iris.cluster.spec import JobSpec, parse_list_filters
 from iris.cluster.types import (
     BUNDLE_HASH_RE,
@@ -959,6 +959,7 @@ class ControllerServer:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_connection_idle_ms", idle_connection_ms),
+                *FLOW_CONTROL_OPTIONS,
             ],
         )
         cluster_pb2_grpc.add_ControllerServiceServicer_to_server(ControllerServiceImpl(controller), self._server)

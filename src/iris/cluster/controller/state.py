@@ -1194,7 +1194,7 @@ class ControllerState:
         (or one a provisioner could add: ``possible``). O(parked shapes x workers), not O(parked)."""
         with self._lock:
             if not bounded:
-                self.fleet_kinds = frozenset(w.snapshot().total for w in self._workers.values() if w.healthy)
+                self.fleet_kinds = frozenset(w.total() for w in self._workers.values() if w.healthy)
                 self.possible_kinds = tuple(possible)
             if self._parked and not bounded:
                 totals = [*self.fleet_kinds, *possible]

@@ -32,6 +32,7 @@ import grpc
 
 from iris.cluster.clock import Clock
 from iris.cluster.files import write_private
+from iris.cluster.rules import FLOW_CONTROL_OPTIONS
 from iris.cluster.types import WorkerMetadata
 from iris.cluster.validation import MAX_MESSAGE_BYTES
 from iris.cluster.worker.attempts import (
@@ -190,7 +191,7 @@ class ControllerLink:
                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.initial_reconnect_backoff_ms", min(100, reconnect_ms)),
                    ("grpc.min_reconnect_backoff_ms", min(100, reconnect_ms)),
-                   ("grpc.max_reconnect_backoff_ms", reconnect_ms)]
+                   ("grpc.max_reconnect_backoff_ms", reconnect_ms), *FLOW_CONTROL_OPTIONS]
         if config.channel_credentials is not None:
             self._channel = grpc.secure_channel(config.controller_address, config.channel_credentials, options=options)
         else:
