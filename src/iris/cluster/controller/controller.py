@@ -636,9 +636,9 @@ class Controller:
         attempt the controller no longer expects is returned, to be killed there. ``unfit``: what
         the worker says of its fitness, taken first (a retry is not placed back on an unfit worker)."""
         kill: list[AttemptRef] = []
-        self.logs.complete(worker_id, reports)
         with self._change() as tx:
             state, now = tx.state, tx.now_ms
+            self.logs.complete(state, worker_id, reports)
             state.heartbeat(worker_id, now, heard_ms=tx.mono_ms)
             state.set_unfit(worker_id, unfit, now)
             for report in reports:

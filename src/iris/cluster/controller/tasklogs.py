@@ -103,20 +103,19 @@ class TaskLogs:
             offsets.append(end)
         return offsets
 
-    def complete(self, worker_id: WorkerId, reports: Sequence[TaskReport]) -> None:
+    def complete(self, state: ControllerState, worker_id: WorkerId, reports: Sequence[TaskReport]) -> None:
         """Ended attempts reported with ``log_size``: their whole log was shipped; complete it here
-        when the controller holds exactly that much (before their end is applied and seen). One read
-        of the state per batch; the attempts that wrote nothing (most short tasks) cost a stat each
-        and one append per job."""
+        when the controller holds exactly that much. Called in the report's change, before its ends
+        are applied (so no one sees an attempt ended whose whole log is not marked complete): the
+        attempts that wrote nothing (most short tasks) cost a stat each and one append per job."""
         if self.store is None:
             return
         ended = [r for r in reports if r.log_size is not None and r.state in TERMINAL_TASK_STATES]
         if not ended:
             return
-        with self._changes.read() as state:
-            targets = [self._locate(state, worker_id, report.ref) for report in ended]
         empty: dict[str, list[tuple[int, int]]] = {}
-        for report, target in zip(ended, targets, strict=True):
+        for report in ended:
+            target = self._locate(state, worker_id, report.ref)
             if target is None:
                 continue
             key, index = target
