@@ -43,7 +43,10 @@ from typing import Any
 import grpc
 import psutil
 
-from iris.cluster.rules import FLOW_CONTROL_OPTIONS
+try:
+    from iris.cluster.rules import FLOW_CONTROL_OPTIONS
+except ImportError:  # an older tree through PYTHONPATH (a back-to-back comparison): its workers set none
+    FLOW_CONTROL_OPTIONS = ()  # type: ignore[assignment]
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
 
 C = cluster_pb2.Controller
