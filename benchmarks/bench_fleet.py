@@ -27,6 +27,7 @@ import argparse
 import multiprocessing as mp
 import os
 import re
+import resource
 import secrets
 import shutil
 import statistics
@@ -54,6 +55,8 @@ W = cluster_pb2.Worker
 T = cluster_pb2
 DEFAULT_HEARTBEAT_RATE = 250.0
 """``iris controller serve --max-heartbeat-rate``'s default."""
+RPC_TIMEOUT_S = 5.0
+"""The real worker's deadline on its calls to the controller (``WorkerConfig.rpc_timeout_s``)."""
 _OPTIONS = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20),
             *FLOW_CONTROL_OPTIONS]
 """As the real worker's channel to the controller (``worker/link.py``)."""
@@ -92,6 +95,7 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
         self.latencies: list[float] = []
         self.failed = 0
         self.reregistered = 0
+        self.report_failures = 0
         self.sent = {"heartbeats": 0, "attempts": 0, "reports": 0, "updates": 0, "run_calls": 0, "runs": 0}
         """What the workers sent (heartbeats and the attempts they carried, report RPCs and their
         updates) and were sent (RunTasks calls and the tasks in them)."""
@@ -111,7 +115,7 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
             sequence = self.sequence[worker_id]
         reply = self.stubs[worker_id].RegisterWorker(C.RegisterWorkerRequest(
             worker_id=worker_id, address=self.address, metadata=meta, tasks=tasks, incarnation=self.incarnation,
-            sequence=sequence), metadata=self.metadata(worker_id), timeout=30)
+            sequence=sequence), metadata=self.metadata(worker_id), timeout=RPC_TIMEOUT_S)
         if reply.credential:
             self.credentials[worker_id] = reply.credential
         self.asked_s = reply.heartbeat_interval_ms / 1000
@@ -131,6 +135,8 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
                 self.sequence[worker_id] += 1
                 status = T.WorkerTaskStatus(task_id=task.task_id, attempt_id=task.attempt_id, job_uid=task.job_uid,
                                             state=T.TASK_STATE_RUNNING)
+                if self.mode == "hold":
+                    done.append(status)  # a real worker reports RUNNING once the process started
                 if self.mode == "complete":
                     status = T.WorkerTaskStatus(task_id=task.task_id, attempt_id=task.attempt_id,
                                                 job_uid=task.job_uid, state=T.TASK_STATE_SUCCEEDED)
@@ -157,25 +163,40 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
     # -- loops ------------------------------------------------------------------------------
 
     def report_loop(self, stop: Event) -> None:
+        """Each worker's outbox, as a real worker's: everything queued goes in one ReportTaskState,
+        one call in flight per worker (the workers' calls run concurrently); a failed call's
+        updates go back to the outbox."""
+        inflight: set[str] = set()
         while not stop.is_set():
             self.report_event.wait(0.2)
             self.report_event.clear()
             with self.lock:
-                batches, self.to_report = self.to_report, {}
+                ready = [w for w in self.to_report if w not in inflight]
+                batches = {w: self.to_report.pop(w) for w in ready}
+                inflight.update(batches)
             for worker_id, updates in batches.items():
                 self.sent["reports"] += 1
                 self.sent["updates"] += len(updates)
-                try:
-                    self.stubs[worker_id].ReportTaskState(C.ReportTaskStateRequest(worker_id=worker_id, updates=updates),
-                                                          metadata=self.metadata(worker_id), timeout=30)
-                except grpc.RpcError:
-                    with self.lock:
-                        self.to_report.setdefault(worker_id, []).extend(updates)
-                    continue
-                with self.lock:  # acknowledged: the ended attempts leave the observed set
-                    held = self.held[worker_id]
-                    for update in updates:
+                call = self.stubs[worker_id].ReportTaskState.future(
+                    C.ReportTaskStateRequest(worker_id=worker_id, updates=updates),
+                    metadata=self.metadata(worker_id), timeout=RPC_TIMEOUT_S)
+                call.add_done_callback(lambda f, w=worker_id, u=updates: self._reported(f, w, u, inflight))
+
+    def _reported(self, call: Any, worker_id: str, updates: list[Any], inflight: set[str]) -> None:
+        failed = call.exception() is not None
+        with self.lock:
+            inflight.discard(worker_id)
+            if failed:
+                self.report_failures += self.measuring is not None and self.measuring.is_set()
+                self.to_report[worker_id] = updates + self.to_report.get(worker_id, [])
+            else:  # acknowledged: the ended attempts leave the observed set
+                held = self.held[worker_id]
+                for update in updates:
+                    if update.state != T.TASK_STATE_RUNNING:
                         held.pop((update.task_id, update.attempt_id), None)
+            again = worker_id in self.to_report
+        if again:
+            self.report_event.set()
 
     def heartbeat_loop(self, stop: Event, interval: float) -> None:
         """Each worker heartbeats once per ``interval`` (or the longer one the controller asks for),
@@ -194,7 +215,7 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
                 started = time.monotonic()
                 call = self.stubs[worker_id].Heartbeat.future(C.HeartbeatRequest(
                     worker_id=worker_id, tasks=tasks, incarnation=self.incarnation, sequence=sequence),
-                    metadata=self.metadata(worker_id), timeout=10)
+                    metadata=self.metadata(worker_id), timeout=RPC_TIMEOUT_S)
                 call.add_done_callback(lambda f, w=worker_id, s=started: self._heartbeat_done(f, w, s))
                 next_at += gap
                 delay = next_at - time.monotonic()
@@ -219,6 +240,9 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
 def sim_process(controller: str, join_token: str, worker_ids: list[str], mode: str, slots: int, attempts: int,
                 interval: float, ready: Any, stop: Event, out: Any, measuring: Event,
                 shared_connection: bool = False) -> None:
+    os.nice(10)  # below the controller: the host measures the controller, not the harness
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a connection per simulated worker
     sim = _SimWorkers(controller, join_token, worker_ids, mode, slots, attempts, shared_connection)
     sim.measuring = measuring
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=_OPTIONS)
@@ -237,7 +261,7 @@ def sim_process(controller: str, join_token: str, worker_ids: list[str], mode: s
     for thread in threads:
         thread.join(timeout=15)
     server.stop(grace=0)
-    out.put((sim.latencies, sim.failed, sim.reregistered, sim.asked_s, sim.sent))
+    out.put((sim.latencies, sim.failed, sim.reregistered, sim.asked_s, sim.sent, sim.report_failures))
 
 
 def submit_process(address: str, admin: str, threads: int, prefix: str, seconds: float, go: Event,
@@ -308,9 +332,54 @@ def start_controller(tmp: Path, worker_timeout: float, *extra: str) -> tuple[sub
     return proc, address, admin, join
 
 
+def storm(args: Any, stub: Any, md: Any, controller: psutil.Process, sims: list[Any], stop: Event,
+          measuring: Event, out: Any) -> None:
+    """Issue 27 item 4: with the fleet steady, one job puts a task on every slot at once; for the
+    ``--seconds`` after it, count failed heartbeats and report calls (at the real worker's 5 s
+    deadline), re-registrations and workers declared dead, and the heartbeat latencies."""
+    time.sleep(args.warmup if args.warmup is not None else 10.0)  # the fleet's heartbeats reach their interval
+    tasks = args.workers * args.slots
+    entry = T.Entrypoint(command=T.CommandEntrypoint(argv=["/bin/true"])).SerializeToString()
+    cpu0 = sum(controller.cpu_times()[:2])
+    measuring.set()
+    t0 = time.monotonic()
+    stub.LaunchJob(C.LaunchJobRequest(name="storm", serialized_entrypoint=entry, resources=T.ResourceSpecProto(
+        cpu_millicores=1000, replicas=tasks)), metadata=md, timeout=120)
+    all_running = None
+    while time.monotonic() - t0 < args.seconds:
+        if all_running is None:
+            try:
+                job = stub.GetJobStatus(C.GetJobStatusRequest(job_id="storm"), metadata=md, timeout=30).job
+                if job.tasks_running >= tasks:
+                    all_running = time.monotonic() - t0
+            except grpc.RpcError:
+                pass
+        time.sleep(1.0)  # polling the job's state, not synchronising threads
+    measuring.clear()
+    cpu = sum(controller.cpu_times()[:2]) - cpu0
+    dead = sum(1 for w in stub.ListWorkers(C.ListWorkersRequest(), metadata=md, timeout=120).workers if not w.healthy)
+    stop.set()
+    latencies: list[float] = []
+    failed = reregistered = report_failures = 0
+    for _ in sims:
+        lat, f, r, _, _, rf = out.get(timeout=300)
+        latencies += lat
+        failed += f
+        reregistered += r
+        report_failures += rf
+    ms = [x * 1000 for x in latencies] or [0.0]
+    running = f"all {tasks:,} dispatched after {all_running:.1f} s" if all_running is not None else \
+        f"not all {tasks:,} dispatched within {args.seconds:g} s"
+    print(f"storm: {args.workers:,} workers x {args.slots} slots, a task on every slot at once: {running}; in the "
+          f"{args.seconds:g} s after the dispatch: heartbeats failed {failed:,} of {len(latencies) + failed:,}, "
+          f"p50 {statistics.median(ms):.0f} ms p99 {percentile(ms, 0.99):.0f} ms max {max(ms):.0f} ms; report calls "
+          f"failed {report_failures:,}; re-registered {reregistered:,}; declared dead {dead:,}; controller "
+          f"{cpu / args.seconds:.0%} of a core   load average {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["heartbeats", "throughput", "submit"])
+    parser.add_argument("scenario", choices=["heartbeats", "throughput", "submit", "storm"])
     parser.add_argument("--clients", type=int, default=20, help="submit: concurrent clients (threads over --processes)")
     parser.add_argument("--workers", type=int, default=1000)
     parser.add_argument("--processes", type=int, default=4, help="processes hosting the simulated workers")
@@ -347,7 +416,7 @@ def main() -> None:
     out = ctx.Queue()
     ids = [f"sim-{i:05d}" for i in range(args.workers)]
     groups = [ids[i::args.processes] for i in range(args.processes)]
-    mode = "hold" if args.scenario == "heartbeats" else "complete"
+    mode = "hold" if args.scenario in ("heartbeats", "storm") else "complete"
     sims = [ctx.Process(target=sim_process, args=(address, join, group, mode, args.slots, args.attempts,
                                                   args.interval, ready, stop, out, measuring, args.shared_connection))
             for group in groups if group]
@@ -387,7 +456,7 @@ def main() -> None:
             failed = reregistered = 0
             asked = 0.0
             for _ in sims:
-                lat, f, r, a, _ = out.get(timeout=120)
+                lat, f, r, a, _, _ = out.get(timeout=120)
                 latencies += lat
                 failed += f
                 reregistered += r
@@ -400,6 +469,8 @@ def main() -> None:
                   f"heartbeat, heartbeat p50 {statistics.median(ms):.1f} ms p90 {percentile(ms, 0.9):.1f} ms "
                   f"p99 {percentile(ms, 0.99):.1f} ms, failed {failed:,} of {len(ms) + failed:,}, "
                   f"declared dead {dead}, re-registered {reregistered}   load average {os.getloadavg()[0]:.2f}")
+        elif args.scenario == "storm":
+            storm(args, stub, md, controller, sims, stop, measuring, out)
         elif args.scenario == "submit":
             go = ctx.Event()
             per = [args.clients // args.processes + (1 if i < args.clients % args.processes else 0)

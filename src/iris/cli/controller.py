@@ -236,6 +236,7 @@ def serve(
             path = state_dir / ("admin.token" if role.value == "admin" else "join.token")
             write_private(path, value + "\n")
             click.echo(f"{'admin token' if role.value == 'admin' else 'worker join token'} written to {path}")
+    _raise_open_file_limit()
     try:
         server = ControllerServer(ctrl, host, port, tls_cert=tls_cert, tls_key=tls_key, advertise=advertise)
     except (OSError, RuntimeError) as e:
@@ -356,3 +357,17 @@ def _lock_state_dir(state_dir: Path) -> IO[bytes]:
         handle.close()
         raise click.ClickException(f"another controller is using the state dir {state_dir}") from None
     return handle
+
+
+def _raise_open_file_limit() -> None:
+    """A connection per worker: take the hard limit on open files (the soft one is often 1,024, a
+    fleet of 1,000 workers and their clients would exhaust it), as servers such as nginx do."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20  # the kernel's usual fs.nr_open
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            click.echo(f"warning: the open-file limit stays at {soft} (could not raise it to {want})", err=True)

@@ -156,3 +156,19 @@ def test_a_bounded_pass_with_room_left_is_a_full_pass(state: ControllerState) ->
     assert [t.task_id for t, _ in tx.assignments] == ["a/task-0", "a/task-1"]
     assert [t.task_id for t in tx.timed_out_tasks] == ["late/task-0"]
     assert tx.pending_reasons["huge"] == "never fits: no worker has 64 cpus (largest: 4)"
+
+
+def test_a_pass_stops_at_its_assignment_limit_and_says_so(state: ControllerState) -> None:
+    """A fleet-wide dispatch is placed in slices (``max_assignments``): each pass stops at the limit,
+    in queue order, and says there may be more."""
+    for w in range(3):
+        add_worker(state, f"w{w}", cpu=4)
+    submit(state, "wide", replicas=10)
+    scheduler = Scheduler(state, max_assignments=4)
+    first = scheduler.find_assignments(state.peek_pending_tasks(), state.get_available_workers(), NOW)
+    assert [t.task_id for t, _ in first.assignments] == [f"wide/task-{i}" for i in range(4)] and first.capped
+    for task, worker in first.assignments:
+        assert state.commit_assignment(task.task_id, worker.worker_id, NOW)
+    rest = scheduler.find_assignments(state.peek_pending_tasks(), state.get_available_workers(), NOW,
+                                      max_assignments=0)
+    assert [t.task_id for t, _ in rest.assignments] == [f"wide/task-{i}" for i in range(4, 10)] and not rest.capped

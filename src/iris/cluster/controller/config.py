@@ -26,6 +26,10 @@ class ControllerConfig:
     and failure detection slows instead (10,000 workers: every 40 s, declared dead after 120 s)."""
     schedule_interval_s: float = 0.5
     """Fallback scheduling timer; scheduling is otherwise woken by events."""
+    max_assignments_per_pass: int = 1024
+    """A scheduling pass places at most this many tasks, then releases the lock and the next pass
+    runs at once: a fleet-wide dispatch (80,000 tasks) holds the lock for slices of milliseconds,
+    not seconds, so heartbeats and reports are answered while it goes on (issue 27 item 4)."""
     health_interval_s: float = 0.5
     dispatch_timeout_s: float = 10.0
     """Deadline of one RunTasks call."""

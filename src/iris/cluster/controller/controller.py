@@ -55,7 +55,7 @@ from iris.cluster.controller.changes import Change, Changes
 from iris.cluster.controller.commits import StoreFailed, StoreFull
 from iris.cluster.controller.config import ControllerConfig as ControllerConfig  # the public name
 from iris.cluster.controller.credentials import Credentials
-from iris.cluster.controller.dispatch import DispatchConfig, Dispatcher
+from iris.cluster.controller.dispatch import DispatchConfig, Dispatcher, commit_launch
 from iris.cluster.controller.job import Job, expand_job_to_tasks
 from iris.cluster.controller.logstore import LogStore, job_key
 from iris.cluster.controller.metrics import ControllerMetrics
@@ -90,7 +90,6 @@ from iris.cluster.types import (
     TERMINAL_TASK_STATES,
     AttemptRef,
     JobId,
-    TaskId,
     WorkerId,
     child_job_id,
     job_state_name,
@@ -111,6 +110,7 @@ class ScheduleSummary:
     assigned: int
     timed_out: int
     pending: int
+    capped: bool = False  # it stopped at max_assignments_per_pass: the next pass runs at once
 
 
 class Controller:
@@ -156,7 +156,7 @@ class Controller:
         self.metrics.observe_state(self.queries.counts, self.queries.lost_seconds)
         self.metrics.observe_reads(self.reads)
         self.metrics.observe_sharing(self.queries.sharing_counts)
-        self._scheduler = Scheduler(self._state)
+        self._scheduler = Scheduler(self._state, max_assignments=self.config.max_assignments_per_pass)
         self.workspaces = Workspaces(self._changes, self._bundles)  # uploads awaiting their LaunchJob
         self._wake_event = threading.Event()
         self._stop = threading.Event()
@@ -238,7 +238,8 @@ class Controller:
                 full = not woken or now - last_full >= self.config.schedule_interval_s
                 if full:
                     last_full = now
-                self.tick_schedule(bounded=not full)
+                if self.tick_schedule(bounded=not full).capped:
+                    self._wake_event.set()  # a dispatch placed in slices: the lock was released in between
             except StoreFull:  # nothing can be placed durably: wait for space (RPCs say why)
                 self._clock.wait(stop, 1.0)
             except Exception:
@@ -503,27 +504,12 @@ class Controller:
         launches: list[AttemptLaunch] = []
         for task, worker in result.assignments:
             reasons.setdefault(task.job_id, "")
-            launch = self._dispatch_task(state, task.task_id, worker, now)
+            launch = commit_launch(state, task.task_id, worker, now, self.config.checkpoint_dir)
             if launch is not None:
                 launches.append(launch)
         state.set_pending_reasons(reasons)
-        return launches, ScheduleSummary(len(launches), len(result.timed_out_tasks), len(pending) - len(launches))
-
-    def _dispatch_task(self, state: ControllerState, task_id: TaskId, worker: ControllerWorker,
-                       now_ms: int) -> AttemptLaunch | None:
-        """Commit one assignment and describe its launch (tokens are added on the dispatch pool)."""
-        if not state.commit_assignment(task_id, worker.worker_id, now_ms):
-            return None
-        task = state.get_task(task_id)
-        job = state.get_job(task.job_id) if task is not None else None
-        assert task is not None and job is not None
-        previous = task.attempts[-1] if task.attempts else None
-        checkpoints = self.config.checkpoint_dir(job.owner, job.job_id, job.uid)
-        return AttemptLaunch(job.job_id, task.task_id, task.task_index, job.num_tasks, task.current_attempt_id,
-                             job.spec, worker.worker_id, worker.address, previous=previous, job_uid=job.uid,
-                             checkpoint_dir=str(checkpoints) if checkpoints is not None else "",
-                             ports=tuple(task.ports.items()) if task.ports else (),
-                             coordinator_port=task.coordinator_port, run_as=state.uids.run_as(job.owner))
+        return launches, ScheduleSummary(len(launches), len(result.timed_out_tasks), len(pending) - len(launches),
+                                         result.capped)
 
     # ------------------------------------------------------------------ workers
 

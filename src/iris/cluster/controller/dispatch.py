@@ -13,6 +13,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from iris.cluster.controller.backend import (
@@ -25,9 +26,9 @@ from iris.cluster.controller.backend import (
 )
 from iris.cluster.controller.changes import Changes
 from iris.cluster.controller.credentials import Credentials
-from iris.cluster.controller.state import KillInstruction
+from iris.cluster.controller.state import ControllerState, ControllerWorker, KillInstruction
 from iris.cluster.rendezvous import Member, gang_env, lead_of
-from iris.cluster.types import JobId, WorkerId
+from iris.cluster.types import JobId, TaskId, WorkerId
 
 logger = logging.getLogger(__name__)
 
@@ -205,3 +206,20 @@ def _log_failure(future: Future[Any]) -> None:
     if error is not None:
         logger.error("background controller work failed", exc_info=error)
 
+
+def commit_launch(state: ControllerState, task_id: TaskId, worker: ControllerWorker, now_ms: int,
+                  checkpoint_dir: Callable[[str, JobId, str], Path | None]) -> AttemptLaunch | None:
+    """Commit one assignment of a pass and describe its launch (tokens are added on the dispatch
+    pool); None when the state refused it. ``checkpoint_dir``: ``ControllerConfig.checkpoint_dir``."""
+    if not state.commit_assignment(task_id, worker.worker_id, now_ms):
+        return None
+    task = state.get_task(task_id)
+    job = state.get_job(task.job_id) if task is not None else None
+    assert task is not None and job is not None
+    previous = task.attempts[-1] if task.attempts else None
+    checkpoints = checkpoint_dir(job.owner, job.job_id, job.uid)
+    return AttemptLaunch(job.job_id, task.task_id, task.task_index, job.num_tasks, task.current_attempt_id,
+                         job.spec, worker.worker_id, worker.address, previous=previous, job_uid=job.uid,
+                         checkpoint_dir=str(checkpoints) if checkpoints is not None else "",
+                         ports=tuple(task.ports.items()) if task.ports else (),
+                         coordinator_port=task.coordinator_port, run_as=state.uids.run_as(job.owner))

@@ -23,6 +23,10 @@ and a readable reason for each job that could not be placed. Committing the assi
   millicore left (every task needs one), so its cost follows what changed (the capacity freed, the
   tasks placed), not the depth of the queue; such a pass neither times tasks out nor explains the
   jobs it did not reach. The periodic full pass does both.
+- ``max_assignments``: a pass stops once it placed that many tasks (``SchedulingTransaction.capped``),
+  as a bounded one does, so that a fleet-wide dispatch is placed in slices with the controller's
+  lock released in between (heartbeats and reports are answered while it goes on); the shell runs
+  the next pass at once.
 """
 
 from __future__ import annotations
@@ -101,6 +105,8 @@ class SchedulingTransaction:
     """Running attempts to stop so that waiting work can run (``fairness.find_preemptions``)."""
     fleet: dict[str, float] = field(default_factory=dict)
     """The healthy fleet's totals as shares count them (with sharing on)."""
+    capped: bool = False
+    """The pass stopped at ``max_assignments``: there may be more to place now."""
 
     def tentatively_assign(self, task: Task, worker: ControllerWorker) -> None:
         self.assignments.append((task, worker))
@@ -113,14 +119,16 @@ class Scheduler:
     """Matches pending tasks to workers. Looks jobs up through ``state`` (or ``get_job``) but never
     changes anything."""
 
-    def __init__(self, state: ControllerState | None = None, *, get_job: Callable[[JobId], Job | None] | None = None
-                 ) -> None:
+    def __init__(self, state: ControllerState | None = None, *, get_job: Callable[[JobId], Job | None] | None = None,
+                 max_assignments: int = 0) -> None:
+        """``max_assignments``: the default of ``find_assignments``'s (0: no limit)."""
         if get_job is None:
             if state is None:
                 raise ValueError("Scheduler needs a state or a get_job function")
             get_job = state.get_job
         self._state = state
         self._get_job = get_job
+        self._max_assignments = max_assignments
 
     def find_assignments(
         self,
@@ -131,8 +139,12 @@ class Scheduler:
         bounded: bool = False,
         sharing: FairInputs | None = None,
         possible: Sequence[Room] = (),
+        max_assignments: int | None = None,
     ) -> SchedulingTransaction:
-        """``possible``: workers a provisioner could add (work that would fit one is not "never fits")."""
+        """``possible``: workers a provisioner could add (work that would fit one is not "never fits");
+        ``max_assignments``: stop once that many are placed (0: no limit; None: the scheduler's)."""
+        if max_assignments is None:
+            max_assignments = self._max_assignments
         transaction = SchedulingTransaction(self._state)
         working: list[_Working] = []
         for w in workers:
@@ -191,6 +203,9 @@ class Scheduler:
         for task, owner in order:
             job_id = task.job_id
             if bounded and room == 0:
+                break
+            if max_assignments and len(transaction.assignments) >= max_assignments:
+                transaction.capped = True
                 break
             if job_id in reqs:
                 req = reqs[job_id]
