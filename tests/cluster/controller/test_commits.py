@@ -152,3 +152,39 @@ def test_a_write_that_fails_is_never_acknowledged_and_stops_the_controller(
     with pytest.raises(StoreError, match="disk I/O error"):
         _launch(controller, "lost")
     wait_until(lambda: fatal == ["stopped"], 10)
+
+
+def test_a_heartbeat_that_decides_nothing_does_not_wait_for_another_s_write_one_that_kills_does(
+    gated: tuple[Controller, _GatedStore, list[str]],
+) -> None:
+    """A heartbeat whose reply says nothing new ("carry on") is as true of the durable state as of
+    the newer one: it does not queue behind a slow write it did not make. One that tells the worker
+    to kill an attempt waits until what it decided from is durable."""
+    controller, store, _ = gated
+    C = T.Controller
+    wire.register_worker(controller, C.RegisterWorkerRequest(
+        worker_id="w1", address="127.0.0.1:1001", metadata=T.WorkerMetadata(cpu_count=1, memory_bytes=1 << 30),
+        incarnation="i1"))
+    store.gate.clear()
+    store.writing.clear()
+    launching = threading.Thread(target=lambda: _launch(controller, "slow"))
+    launching.start()
+    assert store.writing.wait(30)  # the submit's write is on the slow disk
+    calm = wire.heartbeat(controller, C.HeartbeatRequest(worker_id="w1", incarnation="i1", sequence=1))
+    assert not calm.reregister and calm.kill == [] and not store.gate.is_set()
+    replies: list[bool] = []
+    stray = T.WorkerTaskStatus(task_id="gone/task-0", attempt_id=0, state=T.TASK_STATE_RUNNING)
+
+    def kill_heartbeat() -> None:
+        reply = wire.heartbeat(controller, C.HeartbeatRequest(worker_id="w1", incarnation="i1", sequence=2,
+                                                              tasks=[stray]))
+        replies.append(bool(reply.kill) and store.gate.is_set())
+
+    killing = threading.Thread(target=kill_heartbeat)
+    killing.start()
+    killing.join(0.5)  # time to reply, were it not to wait for the disk (the gate opens only below)
+    assert killing.is_alive() and replies == []
+    store.gate.set()
+    for thread in (launching, killing):
+        thread.join(30)
+    assert replies == [True]

@@ -11,6 +11,11 @@ rows (``commits.GroupCommit``) under the lock, releases it, waits until those ro
 the effects (kills sent, the scheduler woken) through the controller's ``on_effects``. A block that
 raises changes nothing durable and acts on nothing: validation happens before the core is touched.
 
+A quiet change (a heartbeat's) that wrote nothing does not wait for the writes of others on
+leaving: a reply that says nothing new ("carry on, nothing to kill") is as true of the durable
+state as of the newer one, and a controller restarted from the older state decides again at the
+next heartbeat. Its reply waits (``Change.settle``) when it does decide something.
+
 Reads take the same lock without a commit (``with changes.read() as state``); they still wait on
 leaving for any write they may have seen, so no reply is built from state newer than the disk.
 
@@ -43,9 +48,9 @@ class Change:
     A context manager: ``with changes.change() as tx`` (a plain class, not a generator: every
     report, heartbeat and launch result opens one)."""
 
-    __slots__ = ("state", "now_ms", "mono_ms", "_changes", "_effects", "_then")
+    __slots__ = ("state", "now_ms", "mono_ms", "_changes", "_effects", "_quiet", "_then", "_ticket")
 
-    def __init__(self, changes: Changes) -> None:
+    def __init__(self, changes: Changes, quiet: bool = False) -> None:
         self.state = changes.state
         self.now_ms = 0
         self.mono_ms = 0
@@ -53,6 +58,11 @@ class Change:
         self._changes = changes
         self._effects: list[Effects] = []
         self._then: list[Callable[[], None]] = []
+        self._quiet = quiet
+        """A change whose reply may say nothing new (a heartbeat's): if it wrote nothing, leaving
+        does not wait for other callers' writes; ``settle()`` waits when its reply does decide
+        something (module docstring)."""
+        self._ticket = 0
 
     def commit(self) -> Effects:
         """Drain the effects so far now (still under the lock) and queue their write; they are acted
@@ -61,6 +71,11 @@ class Change:
         if effects is not NO_EFFECTS:
             self._effects.append(effects)
         return effects
+
+    def settle(self) -> None:
+        """After a quiet change: wait until everything it could have seen is durable (before a
+        reply that decides something, e.g. a kill, leaves the controller)."""
+        self._changes._lock.wait_for(self._ticket)
 
     def then(self, action: Callable[[], None]) -> None:
         """Run ``action`` once the lock is released and the change is durable, before its effects
@@ -83,7 +98,8 @@ class Change:
             if kind is None:
                 self.commit()
         finally:
-            lock.__exit__(kind, value, tb)  # waits until the writes are durable
+            # Waits until the writes are durable (a quiet change that wrote nothing: not yet).
+            self._ticket = lock.leave(reading=False, wait=not (self._quiet and not self._effects and kind is None))
         if kind is not None:
             return
         for action in self._then:
@@ -128,9 +144,9 @@ class Changes:
         self.on_effects: Callable[[Effects], None] = lambda effects: None
         """What the controller does with a change's effects once it is durable (kills, wake)."""
 
-    def change(self) -> Change:
-        """A new transaction, opened by ``with``."""
-        return Change(self)
+    def change(self, quiet: bool = False) -> Change:
+        """A new transaction, opened by ``with`` (``quiet``: see ``Change``)."""
+        return Change(self, quiet)
 
     def read(self) -> _Reading:
         """The state under the lock, for a bounded copy (``with changes.read() as state``); no

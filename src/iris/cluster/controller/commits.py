@@ -181,8 +181,10 @@ class DurableLock:
                  tb: TracebackType | None) -> None:
         self.leave(reading=False)
 
-    def leave(self, reading: bool) -> None:
-        """``__exit__``; a ``reading`` block does not wait for a write the full disk holds."""
+    def leave(self, reading: bool, wait: bool = True) -> int:
+        """``__exit__``; a ``reading`` block does not wait for a write the full disk holds. Returns
+        the ticket this block must see durable before anything decided in it leaves the controller;
+        ``wait=False`` leaves that to the caller (``wait_for``)."""
         self._local.depth -= 1
         ticket = 0
         if self._local.depth == 0 and self._commits is not None:
@@ -190,5 +192,10 @@ class DurableLock:
             # (its own included).
             ticket = self._commits.submitted
         self._lock.release()
+        if wait:
+            self.wait_for(ticket, reading)
+        return ticket
+
+    def wait_for(self, ticket: int, reading: bool = False) -> None:
         if ticket and self._commits is not None:
             self._commits.wait(ticket, reading)

@@ -608,12 +608,14 @@ class Controller:
         register again)."""
         if self._changes.full:  # the disk is full: alive, nothing decided (reconciled when space returns)
             return self._changes.heard(observation.worker_id, interval_ms)
-        with self._change() as tx:
+        with self._changes.change(quiet=True) as tx:  # nothing to kill and nothing written: no wait for others
             if not tx.state.heartbeat(observation.worker_id, tx.now_ms, interval_ms, tx.mono_ms):
                 return None
             tx.state.set_unfit(observation.worker_id, observation.unfit, tx.now_ms)
             result = tx.state.reconcile_worker(observation.worker_id, observation.attempts,
                                                observation.incarnation, observation.sequence, tx.now_ms)
+        if result.kill:
+            tx.settle()
         return result.kill
 
     def report_task_state(self, worker_id: WorkerId, reports: Sequence[TaskReport], unfit: str = ""
