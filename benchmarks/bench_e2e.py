@@ -244,6 +244,9 @@ def main() -> None:
               f"{statistics.median(ray_cpu):.2f} ms CPU per task; Iris / Ray (medians) = "
               f"{statistics.median(rates) / statistics.median(ray_rates):.2f}x  load average "
               f"{psutil.getloadavg()[0]:.2f}")
+        if unconfined_rates:  # Ray runs no sandbox: the same comparison without Iris's
+            print(f"Iris unconfined, as root / Ray (medians) = "
+                  f"{statistics.median(unconfined_rates) / statistics.median(ray_rates):.2f}x")
 
 
 if __name__ == "__main__":
