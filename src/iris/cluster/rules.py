@@ -31,6 +31,23 @@ IDLE_CONNECTION_MS = 300_000
 """Every Iris gRPC server closes a connection that has had no call for this long (a GOAWAY; a
 client reconnects on its next call), so idle connections cannot pile up (issue 23 item 9)."""
 
+CONNECTION_AGE_MS = 3_600_000
+REQUEST_GRACE_MS = 600_000
+"""Every Iris gRPC server ends a connection an hour after it opened (a GOAWAY: the client's next
+call opens a new one, and grpc spreads the hour by +-10 % so a fleet does not reconnect at once),
+and gives the calls still on it ``REQUEST_GRACE_MS`` to finish before it is closed: so no request,
+however slowly it is sent (a stalled upload, a half-sent call), holds a server's stream, thread or
+buffers longer than 70 minutes (issue 23 item 9's per-request deadline; grpcio's server has no
+per-call receive deadline of its own)."""
+
+
+def connection_options(idle_ms: int = IDLE_CONNECTION_MS, age_ms: int = CONNECTION_AGE_MS,
+                       grace_ms: int = REQUEST_GRACE_MS) -> list[tuple[str, int]]:
+    """The connection bounds of every Iris gRPC server: idle, age and the grace of calls in flight."""
+    return [("grpc.max_connection_idle_ms", idle_ms), ("grpc.max_connection_age_ms", age_ms),
+            ("grpc.max_connection_age_grace_ms", grace_ms)]
+
+
 FLOW_CONTROL_OPTIONS = (("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 4 * 1024 * 1024))
 """HTTP/2 flow control of every Iris gRPC server and the controller's channels to workers: a fixed
 4 MiB window per stream instead of bandwidth-delay probing, which pings on received data and cost a

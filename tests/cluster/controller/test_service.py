@@ -339,3 +339,33 @@ def test_an_idle_connection_is_closed() -> None:
     finally:
         srv.stop(grace=0)
         controller.stop()
+
+
+def test_a_request_sent_too_slowly_is_cut_when_its_connection_ages_out() -> None:
+    """Issue 23 item 9's per-request deadline: a connection ends at its age (a GOAWAY), and a call
+    still on it gets the grace to finish, then the connection is closed. An upload that stalls
+    after its first chunk holds the server no longer; a fresh call afterwards is served."""
+    import threading
+
+    controller = Controller(ControllerConfig(auth=False), clock=FakeClock(), worker_clients=FakeWorkerClients())
+    srv = ControllerServer(controller, "127.0.0.1", 0, connection_age_ms=300, request_grace_ms=300)
+    srv.start()
+    release = threading.Event()
+
+    def stalled() -> Iterator[cluster_pb2.Controller.UploadBundleRequest]:
+        yield cluster_pb2.Controller.UploadBundleRequest(bundle_hash="0" * 64, size=2, chunk=b"x")
+        release.wait(60)  # the rest never comes (until the test ends)
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{srv.port}")
+    try:
+        stub = cluster_pb2_grpc.ControllerServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as cut:
+            stub.UploadBundle(stalled(), timeout=30)  # far longer than the age and grace
+        assert cut.value.code() == grpc.StatusCode.UNAVAILABLE  # the server closed it; not our deadline
+        reply = stub.ListWorkers(cluster_pb2.Controller.ListWorkersRequest(), timeout=30)
+        assert list(reply.workers) == []
+    finally:
+        release.set()
+        channel.close()
+        srv.stop(grace=0)
+        controller.stop()

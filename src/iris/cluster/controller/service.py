@@ -53,7 +53,15 @@ from iris.cluster.controller.state import ControllerEndpoint, ObservedAttempt, l
 from iris.cluster.controller.views import JobView, TaskView, WorkerView
 from iris.cluster.errors import InvalidArgument, IrisError, Unauthenticated
 from iris.cluster.ports import check_port_range
-from iris.cluster.rules import FLOW_CONTROL_OPTIONS, IDLE_CONNECTION_MS, MAX_REQUEST_BYTES, UPLOAD_CHUNK_BYTES
+from iris.cluster.rules import (
+    CONNECTION_AGE_MS,
+    FLOW_CONTROL_OPTIONS,
+    IDLE_CONNECTION_MS,
+    MAX_REQUEST_BYTES,
+    REQUEST_GRACE_MS,
+    UPLOAD_CHUNK_BYTES,
+    connection_options,
+)
 from iris.cluster.spec import JobSpec, parse_list_filters
 from iris.cluster.types import (
     BUNDLE_HASH_RE,
@@ -944,7 +952,8 @@ class ControllerServer:
 
     def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 0, threads: int = 32,
                  tls_cert: Path | None = None, tls_key: Path | None = None, advertise: str | None = None,
-                 idle_connection_ms: int = IDLE_CONNECTION_MS) -> None:
+                 idle_connection_ms: int = IDLE_CONNECTION_MS, connection_age_ms: int = CONNECTION_AGE_MS,
+                 request_grace_ms: int = REQUEST_GRACE_MS) -> None:
         """With ``tls_cert``/``tls_key`` the port speaks TLS only. ``address`` is what others dial:
         ``advertise``, else the bound host, else (bound to 0.0.0.0) the host's primary address."""
         self.controller = controller
@@ -958,7 +967,7 @@ class ControllerServer:
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
-                ("grpc.max_connection_idle_ms", idle_connection_ms),
+                *connection_options(idle_connection_ms, connection_age_ms, request_grace_ms),
                 *FLOW_CONTROL_OPTIONS,
             ],
         )

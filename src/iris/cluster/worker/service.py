@@ -22,7 +22,7 @@ from iris.cluster.addresses import host_port
 from iris.cluster.auth import bearer
 from iris.cluster.clock import Clock
 from iris.cluster.errors import InvalidArgument, IrisError, Unauthenticated
-from iris.cluster.rules import FLOW_CONTROL_OPTIONS, IDLE_CONNECTION_MS
+from iris.cluster.rules import FLOW_CONTROL_OPTIONS, connection_options
 from iris.cluster.spec import WORKER_FIELDS, JobSpec
 from iris.cluster.validation import MAX_MESSAGE_BYTES, Limits, validate_run_task
 from iris.cluster.worker.attempts import Acceptance, TaskLaunch
@@ -237,7 +237,7 @@ def serve_worker(
         interceptors=[AuthenticateFirst(worker)],
         options=[("grpc.max_receive_message_length", max_message_bytes),
                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS), *FLOW_CONTROL_OPTIONS],
+                 *connection_options(), *FLOW_CONTROL_OPTIONS],
     )
     cluster_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServiceImpl(worker), server)
     if tls_cert is not None and tls_key is not None:
