@@ -5,6 +5,13 @@ Usage::
 
     uv run python benchmarks/bench_fleet.py heartbeats --workers 1000 --attempts 8 --seconds 20
     uv run python benchmarks/bench_fleet.py throughput --workers 100 --slots 8 --tasks 20000
+    uv run python benchmarks/bench_fleet.py storm --workers 10000 --slots 8 --seconds 120
+
+``storm`` (issue 27 item 4): with the fleet steady, one job puts a task on every slot at once; for
+``--seconds`` after it, failed heartbeats and report calls, re-registrations, workers declared
+dead and the heartbeat latencies. Calls carry the real worker's 5 s deadline, each worker's
+reports go on a call of its own (one in flight per worker, as the real outbox), and the simulator
+processes are niced below the controller.
 
 Each simulated worker registers with the join token (and so gets its own credential) over a
 connection of its own, as a real worker does (``--shared-connection``: one per process, the old,
