@@ -161,7 +161,7 @@ class Dispatcher:
         preemption, and the call counts once toward ``max_dispatch_failures`` of the worker."""
         failed_last = max((i for i, r in enumerate(results) if r.outcome is LaunchOutcome.BACKEND_FAILED),
                           default=-1)
-        with self._changes.change() as tx:
+        with self._changes.change(quiet=True) as tx:  # acknowledgements write nothing and answer no one
             for i, (launch, result) in enumerate(zip(batch, results, strict=True)):
                 if result.outcome is LaunchOutcome.ACCEPTED:
                     tx.state.ack_dispatch(launch.task_id, launch.attempt_id, result.incarnation, result.sequence)
