@@ -87,6 +87,8 @@ class ShareBook:
     total_usage: float = 0.0
     _unlimited: bool | None = None
     """No team has a limit (known on first use): ``over_limit`` is one comparison."""
+    _later: list[Any] | None = None
+    """[team, user, amounts, n]: ``take_one`` placements not added yet (every read adds them first)."""
 
     def __post_init__(self) -> None:
         self.team_held = {team: dict(held) for team, held in self.team_held.items()}
@@ -94,6 +96,8 @@ class ShareBook:
         self.total_usage = sum(self.team_usage.values())
 
     def held(self, team: str) -> Amounts:
+        if self._later is not None:
+            self._settle()
         return self.team_held.get(team) or {}
 
     def under_guarantee(self, team: str) -> bool:
@@ -108,6 +112,8 @@ class ShareBook:
         return (0 if self.under_guarantee(team) else 1, self.standing(team))
 
     def user_key(self, user: str) -> float:
+        if self._later is not None:
+            self._settle()
         usage = self.user_usage.get(user, 0.0) / self.total_usage if self.total_usage > 0 else 0.0
         return dominant_share(self.user_held.get(user) or {}, self.fleet) + usage
 
@@ -134,10 +140,31 @@ class ShareBook:
 
     def user_room(self, user: str, amounts: Mapping[str, float], next_user_key: float) -> int:
         """Like ``team_room``, for a user within a team against the next user's standing."""
+        if self._later is not None:
+            self._settle()
         usage = self.user_usage.get(user, 0.0) / self.total_usage if self.total_usage > 0 else 0.0
         return max(1, _share_room(self.user_held.get(user) or {}, amounts, self.fleet, next_user_key - usage))
 
+    def take_one(self, team: str, user: str, amounts: Mapping[str, float]) -> None:
+        """One placement of ``amounts``, the hot path of a pass: the run of placements of one
+        job by one user is added as a count, once, when something next reads the book (exact:
+        amounts are whole numbers)."""
+        later = self._later
+        if later is not None and later[2] is amounts and later[0] is team and later[1] is user:
+            later[3] += 1
+            return
+        if later is not None:
+            self._settle()
+        self._later = [team, user, amounts, 1]
+
+    def _settle(self) -> None:
+        team, user, amounts, n = self._later  # type: ignore[misc]
+        self._later = None
+        self.take(team, user, {key: amount * n for key, amount in amounts.items()} if n > 1 else amounts)
+
     def take(self, team: str, user: str, amounts: Mapping[str, float], sign: int = 1) -> None:
+        if self._later is not None:
+            self._settle()
         if sign < 0:
             add_amounts(self.team_held.setdefault(team, {}), amounts, sign)
             add_amounts(self.user_held.setdefault(user, {}), amounts, sign)
@@ -152,11 +179,15 @@ class ShareBook:
             team_held[key] = team_held.get(key, 0) + amount
             user_held[key] = user_held.get(key, 0) + amount
 
-    def over_limit(self, team: str, amounts: Mapping[str, float]) -> str:
-        """"" when the team may hold ``amounts`` more, else a reason naming the limit."""
+    def has_limits(self) -> bool:
+        """Whether any team has a limit (a pass with none skips ``over_limit`` per placement)."""
         if self._unlimited is None:
             self._unlimited = not self.config.default.limit and not any(t.limit for t in self.config.teams.values())
-        if self._unlimited:
+        return not self._unlimited
+
+    def over_limit(self, team: str, amounts: Mapping[str, float]) -> str:
+        """"" when the team may hold ``amounts`` more, else a reason naming the limit."""
+        if not self.has_limits():
             return ""
         limit = self.config.policy(team).limit
         if not limit:
@@ -221,31 +252,23 @@ class _Run:
     """One job's consecutive pending tasks, read from the front as a pass takes them (lazily: a pass
     that stops early never walks the rest of a long run)."""
 
-    __slots__ = ("_it", "_left", "head", "job_id")
+    __slots__ = ("head", "it", "job_id", "left")
 
     def __init__(self, job_id: JobId, parts: list[Collection[Task]]) -> None:
         self.job_id = job_id
-        self._left = sum(len(part) for part in parts)
-        self._it: Iterator[Task] = chain.from_iterable(parts) if len(parts) > 1 else iter(parts[0])
-        self.head: Task = next(self._it) if self._left else None  # type: ignore[assignment]
-
-    def __len__(self) -> int:
-        return self._left
-
-    def advance(self) -> None:
-        self._left -= 1
-        self.head = next(self._it, None)  # type: ignore[assignment]
-
-    def clear(self) -> None:
-        self._left = 0
+        self.left = sum(len(part) for part in parts)
+        """Tasks from ``head`` on. The readers' hot loops step it inline: ``left -= 1`` and
+        ``head = next(it, None)`` (no method call per task)."""
+        self.it: Iterator[Task] = chain.from_iterable(parts) if len(parts) > 1 else iter(parts[0])
+        self.head: Task = next(self.it) if self.left else None  # type: ignore[assignment]
 
     def rest(self) -> list[Task]:
         """The tasks from the head on (the run keeps its place)."""
-        if not self._left:
+        if not self.left:
             return []
-        out = [self.head, *islice(self._it, self._left - 1)]
-        self._it = iter(out)
-        self.head = next(self._it)
+        out = [self.head, *islice(self.it, self.left - 1)]
+        self.it = iter(out)
+        self.head = next(self.it)
         return out
 
 
@@ -340,13 +363,14 @@ class FairOrder:
                 next_key = (heap[0][0][0], heap[0][0][1] + SLACK) if heap else None
                 amounts = self._amounts(run.job_id) if self._amounts is not None else {}
                 checks = 1
-                while len(run):
+                while run.left:
                     self._dropped = False
                     yield run.head, owner
                     if self._dropped:
-                        run.clear()
+                        run.left = 0
                         break
-                    run.advance()
+                    run.left -= 1
+                    run.head = next(run.it, None)  # type: ignore[assignment]
                     checks -= 1
                     if checks > 0:
                         continue
@@ -357,7 +381,7 @@ class FairOrder:
                     checks = book.team_room(team, amounts, next_key) if amounts else 1
                     if next_user is not None and amounts:
                         checks = min(checks, book.user_room(user, amounts, next_user))
-                if not len(run):
+                if not run.left:
                     queue.pop(0)
                     if not queue:
                         del users[user]
@@ -379,13 +403,14 @@ class FairOrder:
             owner = self._owner(job_id)
             self._gang = lambda run=run, r=r: run.rest() + [  # type: ignore[misc]
                 t for later in runs[r + 1:] if later.job_id == run.job_id for t in later.rest()]
-            while len(run):
+            while run.left:
                 self._dropped = False
                 yield run.head, owner
                 if self._dropped:
                     skip = job_id
                     break
-                run.advance()
+                run.left -= 1
+                run.head = next(run.it, None)  # type: ignore[assignment]
 
     def _fifo_tasks(self) -> Iterator[tuple[Task, Owner | None]]:
         pending = self._pending

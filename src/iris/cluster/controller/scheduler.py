@@ -167,6 +167,8 @@ class Scheduler:
             book = ShareBook(config, _fleet(config, working), dict(sharing.team_held), dict(sharing.user_held),
                              sharing.team_usage, sharing.user_usage)
             transaction.fleet = dict(book.fleet)
+        limits = book is not None and book.has_limits()
+        """Some team has a limit: each placement is checked against it."""
         owners: dict[JobId, Owner | None] = {}
 
         def owner_of(job_id: JobId) -> Owner | None:
@@ -277,10 +279,11 @@ class Scheduler:
                             amounts = task_amounts(book.config, req, cap.device_variant)
                             if cap.device_kind == "cpu":
                                 per_job[job_id] = amounts
-                        limited = book.over_limit(owner.team, amounts)
-                        if limited:
-                            break
-                        book.take(owner.team, owner.user, amounts)
+                        if limits:
+                            limited = book.over_limit(owner.team, amounts)
+                            if limited:
+                                break
+                        book.take_one(owner.team, owner.user, amounts)
                     cap.deduct(req)
                     if cap.cpu <= 0:
                         room -= 1
