@@ -110,7 +110,6 @@ class ScheduleSummary:
     assigned: int
     timed_out: int
     pending: int
-    capped: bool = False  # it stopped at max_assignments_per_pass: the next pass runs at once
 
 
 class Controller:
@@ -238,8 +237,9 @@ class Controller:
                 full = not woken or now - last_full >= self.config.schedule_interval_s
                 if full:
                     last_full = now
-                if self.tick_schedule(bounded=not full).capped:
-                    self._wake_event.set()  # a dispatch placed in slices: the lock was released in between
+                # A pass that placed work (at most max_assignments_per_pass) wakes the next one itself
+                # (``_act``): a fleet-wide dispatch goes in slices, the lock released in between.
+                self.tick_schedule(bounded=not full)
             except StoreFull:  # nothing can be placed durably: wait for space (RPCs say why)
                 self._clock.wait(stop, 1.0)
             except Exception:
@@ -508,8 +508,7 @@ class Controller:
             if launch is not None:
                 launches.append(launch)
         state.set_pending_reasons(reasons)
-        return launches, ScheduleSummary(len(launches), len(result.timed_out_tasks), len(pending) - len(launches),
-                                         result.capped)
+        return launches, ScheduleSummary(len(launches), len(result.timed_out_tasks), len(pending) - len(launches))
 
     # ------------------------------------------------------------------ workers
 
