@@ -30,6 +30,7 @@ from iris.cluster.controller.backend import (
 )
 from iris.cluster.controller.controller import Controller, ControllerConfig
 from iris.cluster.controller.state import ControllerState, ObservedAttempt
+from iris.cluster.controller.task import TaskAttempt
 from iris.cluster.spec import Entrypoint, JobSpec
 from iris.cluster.types import JobId, ResourceSpec, TaskId, WorkerId, WorkerMetadata
 from iris.rpc import cluster_pb2
@@ -206,6 +207,32 @@ def _launches(n: int) -> list[AttemptLaunch]:
     spec = JobSpec(name="job", entrypoint=Entrypoint(argv=("true",)), replicas=n)
     return [AttemptLaunch(JobId("job"), TaskId(f"job/task-{i}"), i, n, 0, spec, WorkerId("w1"), "127.0.0.1:1")
             for i in range(n)]
+
+
+def test_a_launch_given_its_tokens_keeps_every_other_field() -> None:
+    """``with_credentials`` spells the fields out (it is once per launch): a field added to
+    ``AttemptLaunch`` and not passed on would be lost here."""
+    import dataclasses
+
+    spec = JobSpec(name="job", entrypoint=Entrypoint(argv=("true",)), replicas=2)
+    values: dict[str, object] = {}
+    for i, f in enumerate(dataclasses.fields(AttemptLaunch)):
+        default = f.default
+        if f.name == "spec":
+            values[f.name] = spec
+        elif f.name == "previous":
+            values[f.name] = TaskAttempt(attempt_id=3, state=cluster_pb2.TASK_STATE_FAILED, exit_code=1, error="boom")
+        elif isinstance(default, int) or f.type == "int":
+            values[f.name] = 100 + i
+        elif f.name in ("rendezvous", "ports"):
+            values[f.name] = ((f"k{i}", f"v{i}" if f.name == "rendezvous" else 9000 + i),)
+        elif f.name == "run_as":
+            values[f.name] = (200_001, "alice")
+        else:
+            values[f.name] = f"{f.name}-{i}"
+    launch = AttemptLaunch(**values)  # type: ignore[arg-type]
+    given = launch.with_credentials("token-x", "credential-y")
+    assert given == dataclasses.replace(launch, task_token="token-x", credential="credential-y")
 
 
 def test_worker_daemon_backend_maps_refusals_to_the_task_and_outages_to_the_worker() -> None:

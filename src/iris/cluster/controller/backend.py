@@ -80,6 +80,13 @@ class AttemptLaunch:
     run_as: tuple[int, str] = (0, "")
     """Its owner's task uid and mapped Unix user (``uids.TaskUids.run_as``)."""
 
+    def with_credentials(self, task_token: str, credential: str) -> AttemptLaunch:
+        """This launch with its tokens (``dataclasses.replace`` of the two, without its
+        introspection: this is once per launch)."""
+        return AttemptLaunch(self.job_id, self.task_id, self.task_index, self.num_tasks, self.attempt_id, self.spec,
+                             self.worker_id, self.address, task_token, credential, self.previous, self.rendezvous,
+                             self.job_uid, self.checkpoint_dir, self.ports, self.coordinator_port, self.run_as)
+
 
 class LaunchOutcome(Enum):
     ACCEPTED = "accepted"

@@ -142,9 +142,9 @@ class Dispatcher:
         outside the lock)."""
         if self._credentials.auth:
             credential = self._credentials.controller_token(batch[0].worker_id)
-            batch = [dataclasses.replace(
-                launch, task_token=self._credentials.task_token(launch.task_id, launch.attempt_id, launch.job_uid),
-                credential=credential) for launch in batch]
+            token = self._credentials.task_token
+            batch = [launch.with_credentials(token(launch.task_id, launch.attempt_id, launch.job_uid), credential)
+                     for launch in batch]
         try:
             results = self._backend.submit(batch)
             if len(results) != len(batch):

@@ -107,7 +107,8 @@ class TaskLogs:
         """Ended attempts reported with ``log_size``: their whole log was shipped; complete it here
         when the controller holds exactly that much. Called in the report's change, before its ends
         are applied (so no one sees an attempt ended whose whole log is not marked complete): the
-        attempts that wrote nothing (most short tasks) cost a stat each and one append per job."""
+        attempts that wrote nothing (most short tasks, ``log_size`` 0) cost no file system call of
+        their own, one append per job."""
         if self.store is None:
             return
         ended = [r for r in reports if r.log_size is not None and r.state in TERMINAL_TASK_STATES]
@@ -120,7 +121,7 @@ class TaskLogs:
                 continue
             key, index = target
             attempt_id = report.ref.attempt_id
-            if report.log_size == 0 and not self.store.has(key, index, attempt_id):
+            if report.log_size == 0:  # nothing written: whatever the store holds is all there is
                 empty.setdefault(key, []).append((index, attempt_id))
             elif self.store.attempt_log(key, index, attempt_id).end_offset() == report.log_size:
                 self.store.mark_complete(key, index, attempt_id)
