@@ -127,6 +127,32 @@ def test_sandbox_a_task_sees_the_system_read_only_and_a_private_tmp(admin: Api, 
     assert not Path("/usr/iris-was-here").exists()
 
 
+def test_sandbox_a_task_sees_the_device_nodes_it_was_given_and_no_others(tmp_path: Path) -> None:
+    """A task given GPUs gets their nodes (``/dev/nvidiaN`` and NVIDIA's control devices) bound into
+    its minimal ``/dev``; this host has no GPU, so two stand-in character devices (the numbers of
+    ``/dev/null``) play them: the one given is there and usable, the other is not there at all."""
+    from iris.cluster.worker.sandbox import Sandbox, TaskView
+
+    nodes = open_dir(tmp_path / "nodes")
+    given, other = nodes / "gpu0", nodes / "gpu1"
+    for node in (given, other):
+        os.mknod(node, 0o666 | 0o020000, os.makedev(1, 3))  # S_IFCHR
+    for name in ("work", "own"):
+        (tmp_path / name).mkdir()
+    sandbox = Sandbox.detect()
+    view = TaskView(tmp_path / "work", tmp_path / "own", devices=(str(given),))
+    script = (f"test -c {given} && echo data > {given} && echo usable; "
+              f"test -e {other} && echo leaked || echo absent")
+    result = subprocess.run([*sandbox.prefix(view), "/bin/sh", "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["usable", "absent"]
+    without = subprocess.run([*sandbox.prefix(TaskView(tmp_path / "work", tmp_path / "own")), "/bin/sh", "-c",
+                              f"test -e {given} && echo leaked || echo absent"], capture_output=True, text=True,
+                             timeout=60)
+    assert without.stdout.split() == ["absent"]
+
+
 def test_sandbox_dev_shm_is_shared_by_a_job_s_tasks_only(admin: Api, out: Path) -> None:
     script = ('if [ "$IRIS_TASK_INDEX" = 0 ]; then echo hello > /dev/shm/ring; fi; '
               f'while [ ! -e /dev/shm/ring ]; do sleep 0.05; done; cat /dev/shm/ring > {out}/$IRIS_TASK_INDEX')
