@@ -109,3 +109,55 @@ def test_each_estimate_given_is_scored_when_its_job_starts(state: ControllerStat
     one_pass(state, NOW + 90 * SEC)
     started, error_s, in_range = log.accuracy()
     assert (started, error_s, in_range) == (1, 40.0, True)  # 40 s after the p50, before the p90
+
+
+def test_a_job_ahead_that_does_not_fit_is_passed_as_the_scheduler_passes_it() -> None:
+    """No head-of-line blocking in the estimate either: a big job ahead that waits for room does not
+    hold back a small target that fits now (holding it back made most batch estimates late)."""
+    from iris.cluster.controller.job import Job
+
+    from .builders import make_request
+
+    small = Job(JobId("s"), make_request("s", cpu=1), NOW).requirements
+    big = Job(JobId("b"), make_request("b", cpu=4), NOW).requirements
+    running = [RunningNow(WorkerId("w1"), small, *running_times(100 * SEC, False, 0))]
+    ahead = [Pending(JobId("b"), big, 1, False, 60 * SEC, hard=False)]  # needs w1 whole: at 100 s at best
+    target = Pending(JobId("t"), small, 1, False, 30 * SEC, hard=False)
+    est = estimate_start(ahead, target, [_worker("w1", 3)], running, NOW)
+    assert est == Estimate(NOW, NOW)  # it fits beside what runs, now
+    # With no room beside it, it still waits behind the big job: ranked ahead, placed first.
+    crowded = [RunningNow(WorkerId("w1"), big, *running_times(100 * SEC, False, 0))]
+    est = estimate_start(ahead, target, [_worker("w1", 0)], crowded, NOW)
+    assert est.start_p50_ms == NOW + 160 * SEC  # w1 frees at 100 s, b runs 60 s, then t
+
+
+def test_a_higher_band_counts_lower_band_work_as_ending_when_it_may_be_preempted(state: ControllerState) -> None:
+    from .test_sharing import configure
+
+    configure(state, 'min_lease = "10m"\n')
+    add_worker(state, "w1", cpu=1)
+    submit(state, "bulk", owner="bob", priority="batch")  # no --timeout, no history: no predicted end
+    one_pass(state)
+    submit(state, "chat", owner="alice", priority="interactive")
+    submit(state, "prod", owner="carol", priority="production")
+    submit(state, "more", owner="dave", priority="batch")
+    chat = why_view(state, JobId("chat"), NOW + 60 * SEC).estimate
+    # "prod" is ahead of it and may preempt at once; "chat" waits for "prod" (no predicted end) then
+    # nothing: unknown. Alone in its band above batch, as "solo" below, it is the lease's end.
+    assert chat.start_p50_ms is None
+    prod = why_view(state, JobId("prod"), NOW + 60 * SEC).estimate
+    assert (prod.start_p50_ms, prod.start_p90_ms) == (NOW + 60 * SEC, NOW + 90 * SEC)  # now; p90: the allowance
+    more = why_view(state, JobId("more"), NOW + 60 * SEC).estimate
+    assert more.start_p50_ms is None and "no predicted end" in more.unknown_reason  # the same band: no preemption
+
+
+def test_an_interactive_job_waits_for_the_batch_work_s_minimum_lease(state: ControllerState) -> None:
+    from .test_sharing import configure
+
+    configure(state, 'min_lease = "10m"\n')
+    add_worker(state, "w1", cpu=1)
+    submit(state, "bulk", owner="bob", priority="batch")
+    one_pass(state)
+    submit(state, "chat", owner="alice", priority="interactive")
+    est = why_view(state, JobId("chat"), NOW + 60 * SEC).estimate
+    assert (est.start_p50_ms, est.start_p90_ms) == (NOW + 600 * SEC, NOW + 630 * SEC)  # the lease; + the allowance

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from iris.cluster.bands import BANDS
 from iris.cluster.controller.capacity import JobRequirements, fits
 from iris.cluster.controller.estimate import (
+    STOP_ALLOWANCE_MS,
     Estimate,
     Pending,
     RunningNow,
@@ -21,7 +22,7 @@ from iris.cluster.controller.estimate import (
     estimate_start,
     running_times,
 )
-from iris.cluster.controller.fairness import FairOrder, Owner, ShareBook, task_amounts
+from iris.cluster.controller.fairness import PRODUCTION, FairOrder, Owner, ShareBook, task_amounts
 from iris.cluster.controller.job import Job
 from iris.cluster.controller.reservations import Reservation
 from iris.cluster.controller.scheduler import RESERVED_FOR_OTHER
@@ -286,13 +287,19 @@ def why_facts(state: ControllerState, job_id: JobId, now_ms: int) -> tuple[WhyVi
 def _estimate_inputs(state: ControllerState, entries: list[QueueEntryView], job: Job, tasks: int,
                      now_ms: int) -> EstimateInputs | None:
     """Copies of what the estimate runs forward (``estimate.estimate_start``): the jobs ahead of
-    ``job``, the workers' free room, the running attempts' predicted ends."""
+    ``job``, the workers' free room, the running attempts' predicted ends (an attempt of a band
+    below ``job``'s ends for it, at the latest, when its minimum lease does, or at once for
+    production work: it may be preempted then)."""
     if job.pending_reason.startswith(NEVER_FITS):
         return None
 
+    reservations = {r.job_id: r for r in state.reservations}
+
     def pending_of(j: Job, count: int) -> Pending:
         runtime, source = state.predicted_runtime(j)
-        return Pending(j.job_id, j.requirements, count, j.coscheduled, runtime, source == "timeout")
+        res = reservations.get(j.job_id)
+        return Pending(j.job_id, j.requirements, count, j.coscheduled, runtime, source == "timeout",
+                       tuple(res.workers) if res is not None else (), res.start_ms if res is not None else None)
 
     ahead: list[Pending] = []
     for e in entries:
@@ -303,6 +310,7 @@ def _estimate_inputs(state: ControllerState, entries: list[QueueEntryView], job:
             ahead.append(pending_of(other, e.pending_tasks))
     workers: list[WorkerRoom] = []
     running: list[RunningNow] = []
+    min_lease_ms = 0 if job.band == PRODUCTION else state.shares.config.min_lease_ms  # production ignores it
     for w in state.get_available_workers(now_ms):
         free = w.snapshot().free
         workers.append(WorkerRoom(w.worker_id, free.cpu, free.memory, free.disk, free.devices, free.device_kind,
@@ -313,8 +321,13 @@ def _estimate_inputs(state: ControllerState, entries: list[QueueEntryView], job:
             if task is None or other is None:
                 continue
             runtime, source = state.predicted_runtime(other)
-            running.append(RunningNow(w.worker_id, other.requirements,
-                                      *running_times(runtime, source == "timeout", now_ms - (task.started_at_ms or now_ms))))
+            p50, p90 = running_times(runtime, source == "timeout", now_ms - (task.started_at_ms or now_ms))
+            if other.band > job.band:  # a lower band: preemptible once its minimum lease has run
+                lease_left = max(0, (task.started_at_ms or now_ms) + min_lease_ms - now_ms)
+                stopped = lease_left + (int((other.spec.termination_grace_seconds or 0) * 1000) or STOP_ALLOWANCE_MS)
+                p50 = lease_left if p50 is None else min(p50, lease_left)
+                p90 = stopped if p90 is None else max(p50, min(p90, stopped))
+            running.append(RunningNow(w.worker_id, other.requirements, p50, p90))
     return ahead, pending_of(job, tasks), workers, running
 
 
