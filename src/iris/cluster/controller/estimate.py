@@ -8,11 +8,13 @@ the target's band is above theirs, when their minimum lease ends if that is soon
 everything ranked ahead of it, may preempt them then); the jobs ahead of the target in the
 scheduler's order and then the target are placed in order as room frees, each task on the first
 worker it fits (``capacity.fits_in``), a gang all at once; a job that does not fit is passed by the
-ones below it, as the scheduler passes it (no head-of-line blocking), and the work behind the
-target is left out (the target's reservation keeps it from delaying the target). Not modelled: the
-room that reservations of blocked jobs *ahead* of the target keep from it, and preemption to
-reclaim a team's guarantee (both can make the start later than stated), arrivals after the
-estimate (frozen, as the issue asks). The start is when the last of the target's tasks is placed. It is run twice: on the predictions (p50), and on runs twice as long where the
+ones below it, as the scheduler passes it (no head-of-line blocking), but the workers its
+reservation holds are kept from them (save backfill whose hard ``--timeout`` ends by the
+reservation's start); the work behind the target is left out (the target's reservation keeps it
+from delaying the target). Not modelled: room a reservation leaves beside its share of a worker
+(the whole worker is kept: errs late), preemption to reclaim a team's guarantee, and arrivals
+after the estimate (frozen, as the issue asks). The start is when the last of the target's tasks
+is placed. It is run twice: on the predictions (p50), and on runs twice as long where the
 prediction came from history rather than a hard ``--timeout`` (p90). "Unknown", with the reason,
 when the start depends on an attempt with no prediction, or lies beyond ``MAX_EVENTS`` ends.
 """
