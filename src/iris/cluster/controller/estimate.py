@@ -37,10 +37,11 @@ MAX_EVENTS = 1000
 NEVER = 1 << 62
 SLOW = 2
 """The p90 run: predictions from history taken as this many times longer."""
-STOP_ALLOWANCE_MS = 30_000
-"""A preemptible attempt's room is free, in the p90 run, this long after its minimum lease ends
-when its job states no termination grace (its SIGTERM grace, and the passes that stop it and then
-place the preemptor); its job's grace when it states one."""
+STOP_ALLOWANCE_MS = 60_000
+"""In the p90 run a preemptible attempt's room is free this long, plus its job's termination grace,
+after its minimum lease ends: preemptions are limited per minute (``max_preemptions_per_minute``:
+a gang's many victims may take that window), and the preemptor is placed by a pass after they
+stopped."""
 LOOSE = 0.5
 """The p50 run: a hard --timeout taken as this share of itself (limits are loose: jobs end well
 before them; the p90 run takes the whole limit, which nothing passes)."""

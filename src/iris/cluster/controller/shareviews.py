@@ -324,7 +324,7 @@ def _estimate_inputs(state: ControllerState, entries: list[QueueEntryView], job:
             p50, p90 = running_times(runtime, source == "timeout", now_ms - (task.started_at_ms or now_ms))
             if other.band > job.band:  # a lower band: preemptible once its minimum lease has run
                 lease_left = max(0, (task.started_at_ms or now_ms) + min_lease_ms - now_ms)
-                stopped = lease_left + (int((other.spec.termination_grace_seconds or 0) * 1000) or STOP_ALLOWANCE_MS)
+                stopped = lease_left + int((other.spec.termination_grace_seconds or 0) * 1000) + STOP_ALLOWANCE_MS
                 p50 = lease_left if p50 is None else min(p50, lease_left)
                 p90 = stopped if p90 is None else max(p50, min(p90, stopped))
             running.append(RunningNow(w.worker_id, other.requirements, p50, p90))
