@@ -169,6 +169,5 @@ def test_a_pass_stops_at_its_assignment_limit_and_says_so(state: ControllerState
     assert [t.task_id for t, _ in first.assignments] == [f"wide/task-{i}" for i in range(4)] and first.capped
     for task, worker in first.assignments:
         assert state.commit_assignment(task.task_id, worker.worker_id, NOW)
-    rest = scheduler.find_assignments(state.peek_pending_tasks(), state.get_available_workers(), NOW,
-                                      max_assignments=0)
+    rest = Scheduler(state).find_assignments(state.peek_pending_tasks(), state.get_available_workers(), NOW)
     assert [t.task_id for t, _ in rest.assignments] == [f"wide/task-{i}" for i in range(4, 10)] and not rest.capped

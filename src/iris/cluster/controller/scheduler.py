@@ -121,7 +121,7 @@ class Scheduler:
 
     def __init__(self, state: ControllerState | None = None, *, get_job: Callable[[JobId], Job | None] | None = None,
                  max_assignments: int = 0) -> None:
-        """``max_assignments``: the default of ``find_assignments``'s (0: no limit)."""
+        """``max_assignments``: a pass stops once it placed that many tasks (0: no limit)."""
         if get_job is None:
             if state is None:
                 raise ValueError("Scheduler needs a state or a get_job function")
@@ -139,12 +139,9 @@ class Scheduler:
         bounded: bool = False,
         sharing: FairInputs | None = None,
         possible: Sequence[Room] = (),
-        max_assignments: int | None = None,
     ) -> SchedulingTransaction:
-        """``possible``: workers a provisioner could add (work that would fit one is not "never fits");
-        ``max_assignments``: stop once that many are placed (0: no limit; None: the scheduler's)."""
-        if max_assignments is None:
-            max_assignments = self._max_assignments
+        """``possible``: workers a provisioner could add (work that would fit one is not "never fits")."""
+        max_assignments = self._max_assignments
         transaction = SchedulingTransaction(self._state)
         working: list[_Working] = []
         for w in workers:
