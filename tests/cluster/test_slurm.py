@@ -119,6 +119,10 @@ def test_six_tasks_on_slurm_workers_survive_a_cancelled_allocation(start_control
         job_id = api.launch("six", ["/bin/sh", "-c", script], replicas=6, cpu=1, memory="64MiB")
         # Every worker comes from sbatch: three 2-cpu workers hold the six tasks.
         wait_until(lambda: api.job(job_id).tasks_running == 6, 120, message="six tasks never ran on Slurm workers")
+        # The allocation's state is Slurm's word as last polled (every second): a worker may
+        # register and run tasks before the next poll says RUNNING.
+        wait_until(lambda: all(w.provisioning.state == "RUNNING" for w in ctrl.workers(api)[0]), 30,
+                   message="the workers' allocations were never seen RUNNING")
         workers, _ = ctrl.workers(api)
         jobs = ctrl.squeue()
         assert len(workers) == 3
