@@ -75,6 +75,23 @@ def test_a_shipped_copy_skips_resends_and_keeps_gaps(tmp_path: Path) -> None:
     assert tail[-1] == "r02999" and tail[0] == "r00000"
 
 
+def test_a_shipped_chunk_larger_than_the_cap_keeps_the_cap(tmp_path: Path) -> None:
+    """The controller's copy receives what a busy worker shipped at once: its records beyond the
+    cap are dropped as the worker's own file drops them, not kept in one oversized segment."""
+    copy = AttemptLog(tmp_path, cap_bytes=8 * 1024)
+    data = b"".join(encode(i, "stdout", f"record number {i:05d}") for i in range(5000))
+    copy.append_at(0, data)
+    assert copy.end_offset() == len(data)
+    kept = texts(copy)
+    assert kept[0] == "record number 00000" and kept[-1] == "record number 04999"
+    assert sum(1 for t in kept if "bytes of output dropped" in t) == 1
+    assert sum(p.stat().st_size for p in tmp_path.iterdir()) <= 8 * 1024 + 64
+    more = b"".join(encode(i, "stdout", f"record number {i:05d}") for i in range(5000, 5100))
+    copy.append_at(len(data), more)  # and goes on from there
+    assert texts(copy)[-1] == "record number 05099"
+    assert sum(p.stat().st_size for p in tmp_path.iterdir()) <= 8 * 1024 + 64
+
+
 def test_a_long_line_and_odd_bytes_stay_one_readable_record(tmp_path: Path) -> None:
     log = AttemptLog(tmp_path)
     log.append(encode(5, "stdout", b"\xff\xfe half \x00 nul"))

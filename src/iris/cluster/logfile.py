@@ -179,15 +179,35 @@ class AttemptLog:
                 offset += len(part)
             if not data:
                 return
-        # The tail: segments of segment_cap each, the oldest dropped past _SEGMENTS of them.
-        last = files[-1] if files else None
-        if last is None or last.path == self._head() or last.start + last.size != offset \
-                or last.size >= self.segment_cap:
-            last = _File(offset, self.directory / f"{HEAD_NAME}.{offset:020d}", 0)
-            files.append(last)
-        with open(last.path, "ab") as out:
-            out.write(data)
-        last.size += len(data)
+        # The tail: segments of segment_cap each, the oldest dropped past _SEGMENTS of them. A
+        # chunk larger than the tail (a shipped copy catching up) keeps only its newest records.
+        keep = self.segment_cap * _SEGMENTS
+        if len(data) > keep:
+            cut = data.find(b"\n", len(data) - keep - 1) + 1
+            if cut <= 0 or cut >= len(data):  # one record longer than the tail: keep the last whole
+                cut = data.rfind(b"\n", 0, len(data) - 1) + 1
+            offset += cut
+            data = data[cut:]
+        full = False
+        while data:
+            last = files[-1] if files else None
+            if full or last is None or last.path == self._head() or last.start + last.size != offset \
+                    or last.size >= self.segment_cap:
+                last = _File(offset, self.directory / f"{HEAD_NAME}.{offset:020d}", 0)
+                files.append(last)
+                full = False
+            room = self.segment_cap - last.size
+            part = data if len(data) <= room else data[: data.rfind(b"\n", 0, room) + 1]
+            if not part:  # the next record is longer than the room left: it starts a segment, whole
+                if last.size:
+                    full = True
+                    continue
+                part = data[: data.find(b"\n") + 1] or data
+            with open(last.path, "ab") as out:
+                out.write(part)
+            last.size += len(part)
+            data = data[len(part):]
+            offset += len(part)
         tail = [f for f in files if f.path != self._head()]
         for old in tail[:-_SEGMENTS]:
             files.remove(old)
