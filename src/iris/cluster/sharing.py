@@ -41,6 +41,11 @@ DEFAULT_HALF_LIFE_MS = 7 * DAY_MS
 DEFAULT_MIN_LEASE_MS = 10 * 60_000
 """An attempt younger than ten minutes is not preempted (but by production work)."""
 DEFAULT_MAX_PREEMPTIONS_PER_MINUTE = 30
+DEFAULT_PACK_DELAY_MS = 2 * 60_000
+"""A task that would take part of a worker whose devices are all free leaves it, for its first two
+minutes in the queue, to work of any band that takes such workers whole (``scheduler``, packing)."""
+DEFAULT_PACK_MAX_WAIT_MS = 6 * 3_600_000
+"""... and to such work of its own band until it has waited six hours (then it is placed in its turn)."""
 DEVICE_KINDS = ("gpu", "tpu")
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 
@@ -73,6 +78,8 @@ class SharingConfig:
     default: TeamPolicy = TeamPolicy("")
     source: str = ""
     """Where it was read from ("" = the built-in default: every user a team of one)."""
+    pack_delay_ms: int = DEFAULT_PACK_DELAY_MS
+    pack_max_wait_ms: int = DEFAULT_PACK_MAX_WAIT_MS
     _member_team: dict[str, str] = field(default_factory=dict, repr=False)
     _own: dict[str, TeamPolicy] = field(default_factory=dict, repr=False, compare=False)
 
@@ -220,7 +227,7 @@ class UsageLedger:
 # ---------------------------------------------------------------------------------------- the file
 
 
-_TOP_KEYS = {"half_life", "min_lease", "max_preemptions_per_minute", "teams", "default"}
+_TOP_KEYS = {"half_life", "min_lease", "max_preemptions_per_minute", "pack_delay", "pack_max_wait", "teams", "default"}
 _TEAM_KEYS = {"members", "weight", "guarantee", "limit"}
 _DEFAULT_KEYS = {"weight", "guarantee", "limit"}
 _AMOUNT_KEYS = {"cpu", "memory", *DEVICE_KINDS}
@@ -256,6 +263,10 @@ def parse_sharing(text: str, source: str = "<sharing>") -> SharingConfig:
     if isinstance(rate, bool) or not isinstance(rate, int) or rate < 0:
         raise fail("", "max_preemptions_per_minute", f"must be a whole number >= 0 (0: no preemption), got {rate!r}")
 
+    pack_delay = _duration_ms(data.get("pack_delay", "2m"), lambda r: fail("", "pack_delay", r), allow_zero=True)
+    pack_max_wait = _duration_ms(data.get("pack_max_wait", "6h"), lambda r: fail("", "pack_max_wait", r),
+                                 allow_zero=True)
+
     raw_default = data.get("default", {})
     if not isinstance(raw_default, dict):
         raise fail("default", "", "must be a table ([default])")
@@ -286,7 +297,8 @@ def parse_sharing(text: str, source: str = "<sharing>") -> SharingConfig:
                                                "is in one team")
             member_of[member] = name
         teams[name] = team
-    return SharingConfig(half_life, min_lease, rate, teams, default, source)
+    return SharingConfig(half_life, min_lease, rate, teams, default, source, pack_delay_ms=pack_delay,
+                         pack_max_wait_ms=pack_max_wait)
 
 
 def _team(name: str, raw: Mapping[str, Any], section: str, fail: Any) -> TeamPolicy:

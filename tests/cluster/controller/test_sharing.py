@@ -110,6 +110,8 @@ def test_without_a_file_every_user_is_a_team_of_one_with_equal_weight() -> None:
     ("[teams.a]\nguarantee = { gpu = 8 }", "sharing.toml:2: teams.a.guarantee.gpu: expected counts by variant"),
     ("[default]\nmembers = [\"x\"]", "sharing.toml:2: default.members: unknown setting"),
     ("max_preemptions_per_minute = -1", "sharing.toml:1: max_preemptions_per_minute: must be a whole number"),
+    ("pack_delay = \"later\"", "sharing.toml:1: pack_delay:"),
+    ("min_lease = \"1m\"\npack_max_wait = true", "sharing.toml:2: pack_max_wait: must be a duration"),
     ("[teams.a", "sharing.toml: not valid TOML"),
 ])
 def test_a_bad_sharing_file_is_refused_naming_the_line_and_field(text: str, where: str) -> None:
@@ -189,6 +191,76 @@ def test_bands_come_before_shares(state: ControllerState) -> None:
     state.shares.ledger.charge("alice", 1e6, NOW)  # however much alice used, her interactive work goes first
     one_pass(state)
     assert running_by_owner(state) == {"alice": 2}
+
+
+# ------------------------------------------------------------------------------ whole workers to whole work
+
+
+def test_a_small_task_leaves_a_wholly_free_worker_to_work_that_takes_it_whole(state: ControllerState) -> None:
+    add_worker(state, "g1", cpu=16, gpus=8)
+    add_worker(state, "g2", cpu=16, gpus=8)
+    submit(state, "filler", owner="carol", gpus=6, priority="batch")
+    one_pass(state)  # g1 is partly used: 2 GPUs free
+    submit(state, "small", owner="alice", gpus=4, priority="batch")
+    submit(state, "tiny", owner="alice", gpus=2, priority="batch")
+    submit(state, "whole", owner="bob", gpus=8, priority="batch", now_ms=NOW + 1)
+    state.shares.ledger.charge("bob", 1e6, NOW)  # alice's team is first in the fair order
+    tx = one_pass(state, NOW + 2)
+    assert sorted((t.job_id, w.worker_id) for t, w in tx.assignments) == [("tiny", "g1"), ("whole", "g2")]
+    assert tx.pending_reasons["small"].startswith("waiting for free")  # no partly used worker holds it yet
+    assert tx.preemptions == []
+
+
+def test_a_held_task_takes_the_whole_worker_when_no_whole_work_wants_it(state: ControllerState) -> None:
+    add_worker(state, "g1", cpu=16, gpus=8)
+    submit(state, "small", owner="alice", gpus=1, replicas=3, priority="batch")
+    submit(state, "other", owner="bob", gpus=2, priority="batch")
+    tx = one_pass(state)
+    assert sorted(t.task_id for t, _ in tx.assignments) == ["other/task-0", "small/task-0", "small/task-1",
+                                                             "small/task-2"]
+
+
+def test_a_small_task_waits_for_whole_work_only_as_long_as_pack_max_wait(state: ControllerState) -> None:
+    configure(state, 'pack_delay = "1m"\npack_max_wait = "10m"\n')
+    add_worker(state, "g1", cpu=16, gpus=8)
+    submit(state, "small", owner="alice", gpus=1, priority="batch")
+    submit(state, "whole", owner="bob", gpus=8, priority="batch")
+    state.shares.ledger.charge("bob", 1e6, NOW)
+    assert [t.job_id for t, _ in one_pass(state, NOW + 5 * MIN).assignments] == ["whole"]
+    add_worker(state, "g2", cpu=16, gpus=8, now_ms=NOW + 11 * MIN)
+    submit(state, "whole2", owner="bob", gpus=8, priority="batch", now_ms=NOW + 11 * MIN)
+    tx = one_pass(state, NOW + 11 * MIN)  # past pack_max_wait: it goes in its fair turn, first
+    assert [t.job_id for t, _ in tx.assignments] == ["small"]
+
+
+def test_a_young_small_task_yields_to_lower_bands_whole_work_only_for_pack_delay(state: ControllerState) -> None:
+    configure(state, 'pack_delay = "2m"\n')
+    add_worker(state, "g1", cpu=16, gpus=8)
+    add_worker(state, "g2", cpu=16, gpus=8)
+    submit(state, "bulk", owner="bob", gpus=8, replicas=2, priority="batch")
+    submit(state, "urgent", owner="alice", gpus=1)  # interactive, young
+    tx = one_pass(state, NOW + 1000)
+    assert sorted(t.job_id for t, _ in tx.assignments) == ["bulk", "bulk"]
+    assert tx.preemptions == []  # a task that chose to wait preempts nothing
+    tx = one_pass(state, LATER)  # past pack_delay: its band goes first again, and may preempt
+    assert [p.by.job_id for p in tx.preemptions] == ["urgent"]
+
+
+def test_production_work_never_yields_to_lower_bands(state: ControllerState) -> None:
+    add_worker(state, "g1", cpu=16, gpus=8)
+    submit(state, "bulk", owner="bob", gpus=8, priority="batch")
+    submit(state, "prod", owner="alice", gpus=1, priority="production")
+    tx = one_pass(state, NOW + 1000)
+    assert [t.job_id for t, _ in tx.assignments] == ["prod"]
+
+
+def test_packing_is_off_with_both_delays_zero(state: ControllerState) -> None:
+    configure(state, 'pack_delay = "0s"\npack_max_wait = "0s"\n')
+    add_worker(state, "g1", cpu=16, gpus=8)
+    submit(state, "small", owner="alice", gpus=1, priority="batch")
+    submit(state, "whole", owner="bob", gpus=8, priority="batch")
+    state.shares.ledger.charge("bob", 1e6, NOW)
+    assert [t.job_id for t, _ in one_pass(state, NOW + 1000).assignments] == ["small"]
 
 
 # ------------------------------------------------------------------------------ preemption
@@ -321,6 +393,9 @@ _USERS = ("alice", "bob", "carol")
 def _fleets(draw: st.DrawFn) -> tuple[str, list[int], list[tuple[str, str, int, int, bool]], list[tuple[str, str, int, int, bool]]]:
     guarantees = [draw(st.integers(0, 4)) for _ in range(2)]
     text = 'min_lease = "0s"\nmax_preemptions_per_minute = 1000\n'
+    if draw(st.booleans()):  # sizes count GPUs, and small work may leave wholly free workers to whole work
+        text += f'gpus = true\npack_delay = "{draw(st.sampled_from(("0s", "0.001", "2m")))}"\n'
+        text += f'pack_max_wait = "{draw(st.sampled_from(("0s", "0.003", "6h")))}"\n'
     text += '[teams.t1]\nmembers = ["alice"]\n' + (f"guarantee = {{ cpu = {guarantees[0]} }}\n" if guarantees[0] else "")
     text += '[teams.t2]\nmembers = ["bob"]\n' + (f"guarantee = {{ cpu = {guarantees[1]} }}\n" if guarantees[1] else "")
     workers = draw(st.lists(st.integers(1, 4), min_size=1, max_size=4))
@@ -341,16 +416,19 @@ def test_repeated_passes_reach_a_fixed_point_without_loops(case: tuple[str, list
     point; no attempt is preempted by work it would in turn preempt; a reclaim never takes a team
     below its guarantee."""
     text, workers, first, later = case
+    gpus = "gpus = true\n" in text
     state = ControllerState()
-    configure(state, text)
-    for i, cpu in enumerate(workers):
-        add_worker(state, f"w{i}", cpu=cpu)
-    for i, (user, band, replicas, cpu, gang) in enumerate(first):
-        submit(state, f"f{i}", owner=user, priority=band, replicas=replicas, cpu=cpu, coscheduled=gang)
+    configure(state, text.replace("gpus = true\n", ""))
+    for i, size in enumerate(workers):
+        add_worker(state, f"w{i}", **({"cpu": 8, "gpus": size} if gpus else {"cpu": size}))  # type: ignore[arg-type]
+    for i, (user, band, replicas, size, gang) in enumerate(first):
+        submit(state, f"f{i}", owner=user, priority=band, replicas=replicas, coscheduled=gang,
+               **({"cpu": 1, "gpus": size} if gpus else {"cpu": size}))
     now = NOW
     one_pass(state, now)
-    for i, (user, band, replicas, cpu, gang) in enumerate(later):
-        submit(state, f"l{i}", owner=user, priority=band, replicas=replicas, cpu=cpu, coscheduled=gang, now_ms=now)
+    for i, (user, band, replicas, size, gang) in enumerate(later):
+        submit(state, f"l{i}", owner=user, priority=band, replicas=replicas, coscheduled=gang, now_ms=now,
+               **({"cpu": 1, "gpus": size} if gpus else {"cpu": size}))
     preempted_by: set[tuple[str, str]] = set()
     quiet = 0
     for _ in range(60):

@@ -15,6 +15,10 @@ and a readable reason for each job that could not be placed. Committing the assi
   that could not take a task of some shape cannot take the next one of the same shape either. This
   keeps a pass O(tasks + workers x shapes).
 - A coscheduled job's pending tasks are placed all in one pass or not at all.
+- Whole workers to whole work (with sharing, on a fleet with devices; ``_Packing``): a task that
+  needs part of a worker's devices and fits only wholly free workers is placed after the work that
+  takes them whole, within its band until it has waited ``pack_max_wait``, across bands for its
+  first ``pack_delay``.
 - The scheduling timeout counts from when the task last became PENDING (DESIGN §4.5).
 - A failure retry is not placed before its ``not_before_ms`` (``--retry-backoff``); a gang waits for
   its latest member.
@@ -31,7 +35,7 @@ and a readable reason for each job that could not be placed. Committing the assi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from iris.cluster.bands import BANDS
@@ -84,6 +88,68 @@ class _Working:
         self.memory += req.memory_bytes
         self.disk += req.disk_bytes
         self.devices += req.device_count
+
+
+class _Packing:
+    """Whole workers to whole work (DESIGN "Sharing", packing). A task that needs part of a worker's
+    devices and finds room only on workers with all their devices free is held out of the order and
+    placed later in the same pass: after the rest of its band's work while it has waited less than
+    ``pack_max_wait``, and, while less than ``pack_delay`` (and it is not production work), after
+    every band's. Work that takes such a worker whole (an 8-GPU task, a gang of them) gets it first,
+    and the small task fills partly used room when some frees. Without it the fair order lets the
+    small tasks of the team first in line split the workers a big job waits for, and the pieces sit
+    idle once no small work is left to fill them (``bench_sharing.py``: 2-4 points of utilization).
+    A held task that finds no room when its turn comes waits like any other, but one held past every
+    band does not preempt: it is the one that chose to wait."""
+
+    __slots__ = ("band_held", "delay_ms", "first_whole", "late", "max_wait_ms", "phase")
+
+    def __init__(self, config: SharingConfig) -> None:
+        self.delay_ms = config.pack_delay_ms
+        self.max_wait_ms = max(config.pack_max_wait_ms, config.pack_delay_ms)
+        self.band_held: list[tuple[Task, Owner | None]] = []
+        self.late: list[tuple[Task, Owner | None]] = []
+        self.phase = 0
+        """0: the order itself; 1: its band's held tasks, at its band's end; 2: the young ones, at the end."""
+        self.first_whole: dict[_Shape, tuple[int, JobRequirements]] = {}
+        """Per shape: the first wholly free worker it fits, known to fit no partly used one (until a
+        placement splits a wholly free worker into room it fits: the only way a partly used
+        worker appears in a pass)."""
+
+    def yields(self, task: Task, req: JobRequirements, now_ms: int) -> bool:
+        return self.phase == 0 and req.device_count > 0 and now_ms - task.pending_since_ms < self.max_wait_ms
+
+    def hold(self, task: Task, owner: Owner | None, now_ms: int) -> None:
+        young = now_ms - task.pending_since_ms < self.delay_ms and owner is not None and owner.band > 0
+        (self.late if young else self.band_held).append((task, owner))
+
+    def split(self, cap: _Working) -> None:
+        """``cap`` was wholly free and is now partly used: shapes its room fits may use it."""
+        for shape, (_, req) in list(self.first_whole.items()):
+            if fits_in(req, cap.cpu, cap.memory, cap.disk, cap.devices, cap.device_kind, cap.device_variant):
+                del self.first_whole[shape]
+
+    def tasks(self, order: FairOrder) -> Iterator[tuple[Task, Owner | None]]:
+        """The order, with each band's held tasks at its end and the young ones after every band."""
+        band = None
+        for task, owner in order:
+            if self.band_held and owner is not None and owner.band != band:
+                yield from self._flush(self.band_held, 1)
+            if owner is not None:
+                band = owner.band
+            yield task, owner
+        if self.band_held:
+            yield from self._flush(self.band_held, 1)
+        if self.late:
+            self.late.sort(key=lambda held: held[1].band if held[1] is not None else -1)
+            yield from self._flush(self.late, 2)
+
+    def _flush(self, held: list[tuple[Task, Owner | None]], phase: int) -> Iterator[tuple[Task, Owner | None]]:
+        items = list(held)
+        held.clear()
+        self.phase = phase
+        yield from items
+        self.phase = 0
 
 
 @dataclass(slots=True)
@@ -194,12 +260,21 @@ class Scheduler:
                 found = never_cache[req.shape] = unmet_everywhere(req, totals)
             return found
 
-        per_job: dict[JobId, Mapping[str, float]] = {}
-        """What one task of a job holds on a worker without devices (the same on every one)."""
+        per_job: dict[JobId, tuple[str, Mapping[str, float]]] = {}
+        """What one task of a job holds on the last worker variant it was placed on (the same on
+        every worker of that variant)."""
         candidates: list[Candidate] = []
         """Work that found no room in this pass, in order: what preemption may make room for."""
 
-        for task, owner in order:
+        packing = (_Packing(config) if config is not None and config.pack_max_wait_ms + config.pack_delay_ms > 0
+                   and any(cap.total.devices for cap in working) else None)
+        """Whole workers to whole work: only a fleet with devices has workers to keep whole."""
+
+        def drop() -> None:
+            if packing is None or packing.phase == 0:  # a held task's job is not the order's current one
+                order.drop()
+
+        for task, owner in (packing.tasks(order) if packing is not None else order):
             job_id = task.job_id
             if bounded and room == 0:
                 break
@@ -214,7 +289,7 @@ class Scheduler:
                 job = get_job(job_id)
                 req = reqs[job_id] = None if job is None or job.is_finished() else job.requirements
             if req is None:
-                order.drop()
+                drop()
                 continue
             timeout_ms = req.scheduling_timeout_ms
             if timeout_ms > 0 and now_ms - task.pending_since_ms > timeout_ms:
@@ -222,7 +297,7 @@ class Scheduler:
                 continue
             if job_id in exhausted:
                 if timeout_ms <= 0:
-                    order.drop()
+                    drop()
                 continue
             if req.coscheduled:
                 if job_id not in coscheduled_done:
@@ -249,45 +324,72 @@ class Scheduler:
                                 guard.reserve(job_id, req, len(gang), owner.band, now_ms)
                     else:
                         room = sum(1 for cap in working if cap.cpu > 0)
+                        if packing is not None:
+                            packing.first_whole.clear()  # its members may have split a wholly free worker
                 if timeout_ms <= 0:
-                    order.drop()
+                    drop()
                 continue
 
             if task.not_before_ms > now_ms:  # a failure retry backing off (--retry-backoff)
                 transaction.pending_reasons.setdefault(job_id, _backoff_reason(task, now_ms))
                 continue
             shape = req.shape
+            yielding = packing is not None and packing.yields(task, req, now_ms)
+            if yielding:
+                known = packing.first_whole.get(shape)  # type: ignore[union-attr]
+                if known is not None:
+                    cap = working[known[0]]
+                    if cap.devices == cap.total.devices and fits_in(req, cap.cpu, cap.memory, cap.disk, cap.devices,
+                                                                    cap.device_kind, cap.device_variant):
+                        packing.hold(task, owner, now_ms)  # type: ignore[union-attr]
+                        continue
+                    del packing.first_whole[shape]  # type: ignore[union-attr]
             start = cursors.get(shape, 0)
             placed = False
             limited = ""
             held_for: Reservation | None = None
             """A reservation that kept it off a worker it fits (then the shape's cursor stays there)."""
             guarded = len(working)
+            whole = -1
+            """The first wholly free worker it fits and leaves to whole work (``_Packing``)."""
             for idx in range(start, len(working)):
                 cap = working[idx]
                 if fits_in(req, cap.cpu, cap.memory, cap.disk, cap.devices, cap.device_kind, cap.device_variant):
+                    if yielding and cap.devices == cap.total.devices and req.device_count < cap.devices:
+                        if whole < 0:
+                            whole = idx
+                        continue
                     if guard and not guard.allows(cap.worker.worker_id, job_id, req, owner, now_ms):
                         held_for = held_for or guard.holder_of(cap.worker.worker_id)
                         guarded = min(guarded, idx)
                         continue  # reserved for a higher-ranked job (``reservations``)
                     if book is not None and owner is not None:
-                        amounts = per_job.get(job_id) if cap.device_kind == "cpu" else None
-                        if amounts is None:
+                        last = per_job.get(job_id)
+                        if last is not None and last[0] == cap.device_variant:
+                            amounts = last[1]
+                        else:
                             amounts = task_amounts(book.config, req, cap.device_variant)
-                            if cap.device_kind == "cpu":
-                                per_job[job_id] = amounts
+                            per_job[job_id] = (cap.device_variant, amounts)
                         if limits:
                             limited = book.over_limit(owner.team, amounts)
                             if limited:
                                 break
                         book.take_one(owner.team, owner.user, amounts)
+                    split = packing is not None and cap.devices == cap.total.devices > req.device_count > 0
                     cap.deduct(req)
+                    if split:
+                        packing.split(cap)  # type: ignore[union-attr]
                     if cap.cpu <= 0:
                         room -= 1
                     transaction.tentatively_assign(task, cap.worker)
-                    cursors[shape] = min(idx, guarded)
+                    cursors[shape] = min(idx, guarded) if whole < 0 else min(whole, guarded)
                     placed = True
                     break
+            if not placed and whole >= 0 and not limited:
+                packing.first_whole[shape] = (whole, req)  # type: ignore[union-attr]
+                packing.hold(task, owner, now_ms)  # type: ignore[union-attr]
+                cursors[shape] = min(whole, guarded)  # no worker before these fits it, wholly free or not
+                continue
             if not placed:
                 exhausted.add(job_id)
                 if limited:
@@ -305,11 +407,14 @@ class Scheduler:
                         reason = transaction.pending_reasons[job_id] = f"{NEVER_FITS}: {never}"
                     if owner is not None and not bounded and reason.startswith("waiting for free") and sharing:
                         # Each of its waiting tasks may preempt (as many as the rate limit allows).
-                        candidates.extend(Candidate([t], req, owner) for t in order.gang()[:sharing.budget])
-                        if guard is not None:
-                            guard.reserve(job_id, req, 1, owner.band, now_ms)
+                        held = packing.phase if packing is not None else 0
+                        if held < 2:  # one held past every band chose to wait: it neither preempts nor reserves
+                            candidates.extend(Candidate([t], req, owner)
+                                              for t in ([task] if held else order.gang()[:sharing.budget]))
+                            if guard is not None:
+                                guard.reserve(job_id, req, 1, owner.band, now_ms)
                 if timeout_ms <= 0:
-                    order.drop()
+                    drop()
         if candidates and sharing is not None and book is not None and sharing.budget > 0:
             self._preempt(transaction, candidates, working, sharing, book, now_ms)
         if guard is not None and not bounded:
