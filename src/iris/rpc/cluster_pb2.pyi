@@ -2716,11 +2716,17 @@ class Controller(_message.Message):
         MIN_LEASE_MS_FIELD_NUMBER: _builtins.int
         MAX_PREEMPTIONS_PER_MINUTE_FIELD_NUMBER: _builtins.int
         FLEET_FIELD_NUMBER: _builtins.int
+        PACK_DELAY_MS_FIELD_NUMBER: _builtins.int
+        PACK_MAX_WAIT_MS_FIELD_NUMBER: _builtins.int
         source: _builtins.str
         """the sharing file ("": the built-in default, every user a team of one)"""
         half_life_ms: _builtins.int
         min_lease_ms: _builtins.int
         max_preemptions_per_minute: _builtins.int
+        pack_delay_ms: _builtins.int
+        """whole workers to whole work: across bands for this long"""
+        pack_max_wait_ms: _builtins.int
+        """... and within a band until a task has waited this long"""
         @_builtins.property
         def teams(self) -> _containers.RepeatedCompositeFieldContainer[Global___Controller.TeamShare]: ...
         @_builtins.property
@@ -2734,10 +2740,12 @@ class Controller(_message.Message):
             min_lease_ms: _builtins.int = ...,
             max_preemptions_per_minute: _builtins.int = ...,
             fleet: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+            pack_delay_ms: _builtins.int = ...,
+            pack_max_wait_ms: _builtins.int = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["fleet", b"fleet", "half_life_ms", b"half_life_ms", "max_preemptions_per_minute", b"max_preemptions_per_minute", "min_lease_ms", b"min_lease_ms", "source", b"source", "teams", b"teams"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["fleet", b"fleet", "half_life_ms", b"half_life_ms", "max_preemptions_per_minute", b"max_preemptions_per_minute", "min_lease_ms", b"min_lease_ms", "pack_delay_ms", b"pack_delay_ms", "pack_max_wait_ms", b"pack_max_wait_ms", "source", b"source", "teams", b"teams"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
