@@ -244,7 +244,8 @@ const views = {
       <td>${m.decayed_usage.toFixed(0)}</td><td>${m.standing.toFixed(3)}</td><td>${m.running_tasks}</td><td>${m.pending_tasks}</td></tr>`).join(""))).join("");
     return `<h1>Share</h1><p class="muted">Sharing: ${esc(data.source || "built-in default (every user a team of one, equal weights)")};
       usage halves every ${seconds(data.half_life_ms)}; attempts younger than ${seconds(data.min_lease_ms)} are not preempted
-      (but by production work); at most ${data.max_preemptions_per_minute} preemptions a minute. Lower standing goes first within a band.</p>
+      (but by production work); at most ${data.max_preemptions_per_minute} preemptions a minute. Lower standing goes first within a band.
+      Wholly free workers go to work that takes them whole first: for ${seconds(data.pack_delay_ms)} across bands, for ${seconds(data.pack_max_wait_ms)} within one.</p>
       <table id="share"><thead><tr><th>Team / user</th><th>Weight</th><th>Guarantee</th><th>Limit</th><th>Running</th>
       <th>Use</th><th>Usage (share-s)</th><th>Standing</th><th>Tasks</th><th>Pending</th></tr></thead>
       <tbody>${rows || `<tr><td colspan="10" class="muted">No teams yet.</td></tr>`}</tbody></table>`;
