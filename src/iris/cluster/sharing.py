@@ -44,8 +44,10 @@ DEFAULT_MAX_PREEMPTIONS_PER_MINUTE = 30
 DEFAULT_PACK_DELAY_MS = 2 * 60_000
 """A task that would take part of a worker whose devices are all free leaves it, for its first two
 minutes in the queue, to work of any band that takes such workers whole (``scheduler``, packing)."""
-DEFAULT_PACK_MAX_WAIT_MS = 6 * 3_600_000
-"""... and to such work of its own band until it has waited six hours (then it is placed in its turn)."""
+DEFAULT_PACK_MAX_WAIT_MS = 24 * 3_600_000
+"""... and to such work of its own band until it has waited a day (then it is placed in its turn):
+the bound for a fleet where no partly used room ever frees. On the sharing benchmark's week 6 h
+kept 96.3 % utilization and a day 97.4 % (FIFO 98.7 %)."""
 DEVICE_KINDS = ("gpu", "tpu")
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 
@@ -264,7 +266,7 @@ def parse_sharing(text: str, source: str = "<sharing>") -> SharingConfig:
         raise fail("", "max_preemptions_per_minute", f"must be a whole number >= 0 (0: no preemption), got {rate!r}")
 
     pack_delay = _duration_ms(data.get("pack_delay", "2m"), lambda r: fail("", "pack_delay", r), allow_zero=True)
-    pack_max_wait = _duration_ms(data.get("pack_max_wait", "6h"), lambda r: fail("", "pack_max_wait", r),
+    pack_max_wait = _duration_ms(data.get("pack_max_wait", "24h"), lambda r: fail("", "pack_max_wait", r),
                                  allow_zero=True)
 
     raw_default = data.get("default", {})

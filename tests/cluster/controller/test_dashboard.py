@@ -264,7 +264,7 @@ def test_dashboard_share_and_queue_json_and_sharing_metrics(dashboard: Dashboard
     `iris queue --json`, and usage, running share and queue wait in /metrics."""
     shares = json.loads(get(dashboard, "/api/shares")[1])
     assert shares["source"] == "" and shares["max_preemptions_per_minute"] == 30
-    assert shares["pack_delay_ms"] == 120_000 and shares["pack_max_wait_ms"] == 6 * 3_600_000
+    assert shares["pack_delay_ms"] == 120_000 and shares["pack_max_wait_ms"] == 24 * 3_600_000
     teams = {t["team"]: t for t in shares["teams"]}
     assert {"team", "weight", "guarantee", "limit", "usage", "decayed_usage", "standing", "members"} <= set(teams["admin"])
     assert teams["admin"]["pending_tasks"] == 4 and teams["admin"]["own"]

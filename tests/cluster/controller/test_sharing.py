@@ -75,6 +75,8 @@ def test_a_sharing_file_with_every_key_is_read() -> None:
 half_life = "7d"
 min_lease = "10m"
 max_preemptions_per_minute = 30
+pack_delay = "1m"
+pack_max_wait = "12h"
 [teams.research]
 members = ["alice", "carol"]
 weight = 2
@@ -86,6 +88,8 @@ weight = 1
     research = config.policy("research")
     assert config.half_life_ms == 7 * 86_400_000 and config.min_lease_ms == 10 * MIN
     assert config.max_preemptions_per_minute == 30
+    assert config.pack_delay_ms == MIN and config.pack_max_wait_ms == 12 * 60 * MIN
+    assert DEFAULT_SHARING.pack_delay_ms == 2 * MIN and DEFAULT_SHARING.pack_max_wait_ms == 24 * 60 * MIN
     assert research.weight == 2 and research.members == ("alice", "carol")
     assert dict(research.guarantee) == {"cpu": 8000, "memory": 32 * 2**30, "gpu:H100": 8}
     assert dict(research.limit) == {"cpu": 64000}
@@ -395,7 +399,7 @@ def _fleets(draw: st.DrawFn) -> tuple[str, list[int], list[tuple[str, str, int, 
     text = 'min_lease = "0s"\nmax_preemptions_per_minute = 1000\n'
     if draw(st.booleans()):  # sizes count GPUs, and small work may leave wholly free workers to whole work
         text += f'gpus = true\npack_delay = "{draw(st.sampled_from(("0s", "0.001", "2m")))}"\n'
-        text += f'pack_max_wait = "{draw(st.sampled_from(("0s", "0.003", "6h")))}"\n'
+        text += f'pack_max_wait = "{draw(st.sampled_from(("0s", "0.003", "24h")))}"\n'
     text += '[teams.t1]\nmembers = ["alice"]\n' + (f"guarantee = {{ cpu = {guarantees[0]} }}\n" if guarantees[0] else "")
     text += '[teams.t2]\nmembers = ["bob"]\n' + (f"guarantee = {{ cpu = {guarantees[1]} }}\n" if guarantees[1] else "")
     workers = draw(st.lists(st.integers(1, 4), min_size=1, max_size=4))
