@@ -27,7 +27,8 @@ no sharing inputs (no bands, no fair order, no preemption). Preempted work check
   waiting and the fleet was >= 95 % busy (max and mean deviation from the weight, relative);
 - utilization (GPU-hours used / available), preemptions per hour and GPU-hours lost to them;
 - the longest wait of any gang; jobs that waited more than 2x their FIFO wait (and 10 min), with
-  the stated cause (a band above them, or their team over its weighted share when they waited);
+  the stated cause (a band above them, their team over its weighted share when they waited, or
+  their tasks leaving wholly free workers to whole work, which their pending reason says);
 - the cost: one pass over 100,000 pending tasks and 10,000 workers, sharing on vs FIFO, per placed
   task (target <= 1.5x).
 """
@@ -192,6 +193,9 @@ class Outcome:
     """Job -> whether its team held more than its weighted share of the busy fleet when it started."""
     behind_band: dict[str, bool] = field(default_factory=dict)
     """Job -> whether a higher band had work running or waiting when it was submitted."""
+    packed: set[str] = field(default_factory=set)
+    """Jobs that, while waiting, left wholly free workers to whole work (``scheduler._Packing``) and
+    were not placed in that pass."""
     sim_ms: int = 0
     wall_s: float = 0.0
     estimated: int = 0
@@ -296,6 +300,8 @@ def simulate(trace: list[TraceJob], sharing: bool, reservations: int = 0, estima
                 else:
                     fifo = sorted(pending, key=lambda t: (t.submitted_at_ms, t.job_id, t.task_index))
                     tx = scheduler.find_assignments(fifo, workers, now)
+                placed_jobs = {task.job_id for task, _ in tx.assignments}
+                out.packed.update(j for j in tx.packed if j not in placed_jobs and j not in out.waits)
                 for p in tx.preemptions:
                     victim = state.get_task(p.victim.task_id)
                     if victim is None or victim.worker_id is None:
@@ -447,7 +453,8 @@ def main() -> None:
         longest_gang = max((w for n, w in fair.waits.items() if n in gang_names), default=0)
         longest_gang_fifo = max((w for n, w in fifo.waits.items() if n in gang_names), default=0)
         slower = [n for n, w in fair.waits.items() if w > 2 * fifo.waits.get(n, 0) and w > 10 * MIN_MS]
-        caused = [n for n in slower if fair.behind_band.get(n) or fair.over_share_when_waiting.get(n)]
+        caused = [n for n in slower if fair.behind_band.get(n) or fair.over_share_when_waiting.get(n)
+                  or n in fair.packed]
         print(f"\ninteractive p99 wait, FIFO / sharing: {interactive_ratio:.1f}x (target >= {TARGET_INTERACTIVE_RATIO:g}x)")
         print(f"utilization while jobs arrive: sharing {util_fair:.1%}, FIFO {util_fifo:.1%} "
               f"(target: within {TARGET_UTILIZATION_GAP:.0%})")
@@ -457,7 +464,8 @@ def main() -> None:
               f"{fair.gpu_ms_lost / HOUR_MS:.0f} GPU-hours lost ({fair.gpu_ms_lost / max(1, fair.gpu_ms_used):.2%} of use)")
         print(f"longest gang wait: sharing {minutes(longest_gang)}, FIFO {minutes(longest_gang_fifo)}")
         print(f"jobs waiting > 2x their FIFO wait (and > 10 min): {len(slower)} of {len(fair.waits)}; "
-              f"{len(caused)} behind a higher band's work or with their team over its weighted share; "
+              f"{len(caused)} behind a higher band's work, with their team over its weighted share, or leaving "
+              "whole workers to whole work; "
               f"without a stated cause: {len(slower) - len(caused)}")
         util_reserved = sum(sum(reserved.hours[h].values()) for h in range(span_hours)) / (
             capacity_ms * span_hours * HOUR_MS)

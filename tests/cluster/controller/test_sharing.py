@@ -212,6 +212,7 @@ def test_a_small_task_leaves_a_wholly_free_worker_to_work_that_takes_it_whole(st
     tx = one_pass(state, NOW + 2)
     assert sorted((t.job_id, w.worker_id) for t, w in tx.assignments) == [("tiny", "g1"), ("whole", "g2")]
     assert tx.pending_reasons["small"].startswith("waiting for free")  # no partly used worker holds it yet
+    assert "it left wholly free workers to work that takes them whole" in tx.pending_reasons["small"]
     assert tx.preemptions == []
 
 

@@ -102,13 +102,14 @@ class _Packing:
     A held task that finds no room when its turn comes waits like any other, but one held past every
     band does not preempt: it is the one that chose to wait."""
 
-    __slots__ = ("band_held", "delay_ms", "first_whole", "late", "max_wait_ms", "phase")
+    __slots__ = ("band_held", "delay_ms", "first_whole", "held_jobs", "late", "max_wait_ms", "phase")
 
     def __init__(self, config: SharingConfig) -> None:
         self.delay_ms = config.pack_delay_ms
         self.max_wait_ms = max(config.pack_max_wait_ms, config.pack_delay_ms)
         self.band_held: list[tuple[Task, Owner | None]] = []
         self.late: list[tuple[Task, Owner | None]] = []
+        self.held_jobs: set[JobId] = set()
         self.phase = 0
         """0: the order itself; 1: its band's held tasks, at its band's end; 2: the young ones, at the end."""
         self.first_whole: dict[_Shape, tuple[int, JobRequirements]] = {}
@@ -120,6 +121,7 @@ class _Packing:
         return self.phase == 0 and req.device_count > 0 and now_ms - task.pending_since_ms < self.max_wait_ms
 
     def hold(self, task: Task, owner: Owner | None, now_ms: int) -> None:
+        self.held_jobs.add(task.job_id)
         young = now_ms - task.pending_since_ms < self.delay_ms and owner is not None and owner.band > 0
         (self.late if young else self.band_held).append((task, owner))
 
@@ -173,6 +175,9 @@ class SchedulingTransaction:
     """The healthy fleet's totals as shares count them (with sharing on)."""
     capped: bool = False
     """The pass stopped at ``max_assignments``: there may be more to place now."""
+    packed: set[JobId] = field(default_factory=set)
+    """Jobs whose tasks left wholly free workers to whole work in this pass (``_Packing``): a stated
+    cause of waiting, as a higher band or a team over its share is."""
 
     def tentatively_assign(self, task: Task, worker: ControllerWorker) -> None:
         self.assignments.append((task, worker))
@@ -419,6 +424,13 @@ class Scheduler:
             self._preempt(transaction, candidates, working, sharing, book, now_ms)
         if guard is not None and not bounded:
             transaction.reservations = guard.made
+        if packing is not None:
+            transaction.packed = packing.held_jobs
+            for job_id in packing.held_jobs:  # the cause is stated: why, status and the queue show it
+                reason = transaction.pending_reasons.get(job_id, "")
+                if reason.startswith("waiting for free"):
+                    transaction.pending_reasons[job_id] = (f"{reason}; it left wholly free workers to work that "
+                                                           "takes them whole (pack_delay, pack_max_wait)")
         return transaction
 
     def _preempt(self, transaction: SchedulingTransaction, candidates: list[Candidate], working: list[_Working],
