@@ -265,9 +265,10 @@ def parse_sharing(text: str, source: str = "<sharing>") -> SharingConfig:
     if isinstance(rate, bool) or not isinstance(rate, int) or rate < 0:
         raise fail("", "max_preemptions_per_minute", f"must be a whole number >= 0 (0: no preemption), got {rate!r}")
 
-    pack_delay = _duration_ms(data.get("pack_delay", "2m"), lambda r: fail("", "pack_delay", r), allow_zero=True)
-    pack_max_wait = _duration_ms(data.get("pack_max_wait", "24h"), lambda r: fail("", "pack_max_wait", r),
-                                 allow_zero=True)
+    pack_delay = _duration_ms(data.get("pack_delay", DEFAULT_PACK_DELAY_MS / 1000),
+                              lambda r: fail("", "pack_delay", r), allow_zero=True)
+    pack_max_wait = _duration_ms(data.get("pack_max_wait", DEFAULT_PACK_MAX_WAIT_MS / 1000),
+                                 lambda r: fail("", "pack_max_wait", r), allow_zero=True)
 
     raw_default = data.get("default", {})
     if not isinstance(raw_default, dict):

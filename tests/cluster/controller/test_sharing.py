@@ -225,12 +225,17 @@ def test_a_held_task_takes_the_whole_worker_when_no_whole_work_wants_it(state: C
                                                              "small/task-2"]
 
 
-def test_a_small_task_waits_for_whole_work_only_as_long_as_pack_max_wait(state: ControllerState) -> None:
-    configure(state, 'pack_delay = "1m"\npack_max_wait = "10m"\n')
+def small_first_and_whole_work(state: ControllerState, sharing: str) -> None:
+    """One 8-GPU worker; alice's 1-GPU batch job is first in the fair order, bob's 8-GPU job next."""
+    configure(state, sharing)
     add_worker(state, "g1", cpu=16, gpus=8)
     submit(state, "small", owner="alice", gpus=1, priority="batch")
     submit(state, "whole", owner="bob", gpus=8, priority="batch")
     state.shares.ledger.charge("bob", 1e6, NOW)
+
+
+def test_a_small_task_waits_for_whole_work_only_as_long_as_pack_max_wait(state: ControllerState) -> None:
+    small_first_and_whole_work(state, 'pack_delay = "1m"\npack_max_wait = "10m"\n')
     assert [t.job_id for t, _ in one_pass(state, NOW + 5 * MIN).assignments] == ["whole"]
     add_worker(state, "g2", cpu=16, gpus=8, now_ms=NOW + 11 * MIN)
     submit(state, "whole2", owner="bob", gpus=8, priority="batch", now_ms=NOW + 11 * MIN)
@@ -260,11 +265,7 @@ def test_production_work_never_yields_to_lower_bands(state: ControllerState) -> 
 
 
 def test_packing_is_off_with_both_delays_zero(state: ControllerState) -> None:
-    configure(state, 'pack_delay = "0s"\npack_max_wait = "0s"\n')
-    add_worker(state, "g1", cpu=16, gpus=8)
-    submit(state, "small", owner="alice", gpus=1, priority="batch")
-    submit(state, "whole", owner="bob", gpus=8, priority="batch")
-    state.shares.ledger.charge("bob", 1e6, NOW)
+    small_first_and_whole_work(state, 'pack_delay = "0s"\npack_max_wait = "0s"\n')
     assert [t.job_id for t, _ in one_pass(state, NOW + 1000).assignments] == ["small"]
 
 

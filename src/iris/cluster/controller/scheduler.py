@@ -83,6 +83,10 @@ class _Working:
         self.disk -= req.disk_bytes
         self.devices -= req.device_count
 
+    def whole(self) -> bool:
+        """All its devices are free (a worker without devices never is: nothing to keep whole)."""
+        return self.devices == self.total.devices > 0
+
     def restore(self, req: JobRequirements) -> None:
         self.cpu += req.cpu
         self.memory += req.memory_bytes
@@ -344,8 +348,8 @@ class Scheduler:
                 known = packing.first_whole.get(shape)  # type: ignore[union-attr]
                 if known is not None:
                     cap = working[known[0]]
-                    if cap.devices == cap.total.devices and fits_in(req, cap.cpu, cap.memory, cap.disk, cap.devices,
-                                                                    cap.device_kind, cap.device_variant):
+                    if cap.whole() and fits_in(req, cap.cpu, cap.memory, cap.disk, cap.devices, cap.device_kind,
+                                               cap.device_variant):
                         packing.hold(task, owner, now_ms)  # type: ignore[union-attr]
                         continue
                     del packing.first_whole[shape]  # type: ignore[union-attr]
@@ -360,7 +364,7 @@ class Scheduler:
             for idx in range(start, len(working)):
                 cap = working[idx]
                 if fits_in(req, cap.cpu, cap.memory, cap.disk, cap.devices, cap.device_kind, cap.device_variant):
-                    if yielding and cap.devices == cap.total.devices and req.device_count < cap.devices:
+                    if yielding and cap.whole() and req.device_count < cap.devices:
                         if whole < 0:
                             whole = idx
                         continue
@@ -380,7 +384,7 @@ class Scheduler:
                             if limited:
                                 break
                         book.take_one(owner.team, owner.user, amounts)
-                    split = packing is not None and cap.devices == cap.total.devices > req.device_count > 0
+                    split = packing is not None and 0 < req.device_count < cap.devices and cap.whole()
                     cap.deduct(req)
                     if split:
                         packing.split(cap)  # type: ignore[union-attr]
