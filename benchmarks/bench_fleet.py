@@ -31,6 +31,7 @@ be), tasks per second. Nothing asserts on time.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing as mp
 import os
 import re
@@ -56,6 +57,13 @@ try:
 except ImportError:  # an older tree through PYTHONPATH (a back-to-back comparison): its workers set none
     FLOW_CONTROL_OPTIONS = ()  # type: ignore[assignment]
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
+
+try:
+    from iris.rpc.beats import HEADER as BEAT_HEADER
+    from iris.rpc.beats import BeatRefused
+    from iris.rpc.beats import frame as beat_frame
+except ImportError:  # an older tree: its controller names no heartbeat port, so none of these is used
+    pass
 
 C = cluster_pb2.Controller
 W = cluster_pb2.Worker
@@ -87,6 +95,11 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
         self.stub = shared
         self.real_reports = not shared_connection
         self.join_token = join_token
+        self.controller = controller
+        self.beat_port = 0
+        self.loop = asyncio.new_event_loop()
+        self.beat_conns: dict[str, Any] = {}
+        self.beat_locks: dict[str, asyncio.Lock] = {}
         self.ids = worker_ids
         self.mode = mode
         self.slots = slots
@@ -126,6 +139,39 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
         if reply.credential:
             self.credentials[worker_id] = reply.credential
         self.asked_s = reply.heartbeat_interval_ms / 1000
+        self.beat_port = reply.heartbeat_port
+
+    # -- the heartbeat port (as ``iris.rpc.beats.BeatClient``, many workers on one event loop) ----
+
+    async def _beat(self, worker_id: str, request: Any, started: float) -> None:
+        lock = self.beat_locks.setdefault(worker_id, asyncio.Lock())
+        async with lock:  # one heartbeat in flight per connection, as the real worker's loop
+            try:
+                reply = await asyncio.wait_for(self._beat_call(worker_id, request), RPC_TIMEOUT_S)
+            except (TimeoutError, OSError, BeatRefused):
+                self.beat_conns.pop(worker_id, None)
+                self.failed += self.measuring is not None and self.measuring.is_set()
+                return
+        self._heartbeat_reply(reply.heartbeat, worker_id, started)
+
+    async def _beat_call(self, worker_id: str, request: Any) -> Any:
+        conn = self.beat_conns.get(worker_id)
+        if conn is None:
+            host = self.controller.rsplit(":", 1)[0]
+            conn = await asyncio.open_connection(host, self.beat_port)
+            self.beat_conns[worker_id] = conn
+            await self._exchange(conn, C.BeatHello(token=self.credentials[worker_id], worker_id=worker_id))
+        return await self._exchange(conn, request)
+
+    @staticmethod
+    async def _exchange(conn: Any, message: Any) -> Any:
+        reader, writer = conn
+        writer.write(beat_frame(message.SerializeToString()))
+        (size,) = BEAT_HEADER.unpack(await reader.readexactly(BEAT_HEADER.size))
+        reply = C.BeatReply.FromString(await reader.readexactly(size))
+        if reply.code:
+            raise BeatRefused(reply.code, reply.message)
+        return reply
 
     # -- the worker service -----------------------------------------------------------------
 
@@ -220,23 +266,29 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
                 self.sent["heartbeats"] += 1
                 self.sent["attempts"] += len(tasks)
                 started = time.monotonic()
-                call = self.stubs[worker_id].Heartbeat.future(C.HeartbeatRequest(
-                    worker_id=worker_id, tasks=tasks, incarnation=self.incarnation, sequence=sequence),
-                    metadata=self.metadata(worker_id), timeout=RPC_TIMEOUT_S)
-                call.add_done_callback(lambda f, w=worker_id, s=started: self._heartbeat_done(f, w, s))
+                request = C.HeartbeatRequest(worker_id=worker_id, tasks=tasks, incarnation=self.incarnation,
+                                             sequence=sequence)
+                if self.beat_port:  # as a real worker: by the heartbeat port its registration named
+                    asyncio.run_coroutine_threadsafe(self._beat(worker_id, request, started), self.loop)
+                else:
+                    call = self.stubs[worker_id].Heartbeat.future(request, metadata=self.metadata(worker_id),
+                                                                  timeout=RPC_TIMEOUT_S)
+                    call.add_done_callback(lambda f, w=worker_id, s=started: self._heartbeat_done(f, w, s))
                 next_at += gap
                 delay = next_at - time.monotonic()
                 if delay > 0:
                     stop.wait(delay)
 
     def _heartbeat_done(self, call: Any, worker_id: str, started: float) -> None:
-        measuring = self.measuring is not None and self.measuring.is_set()
         try:
             reply = call.result()
         except grpc.RpcError:
-            self.failed += measuring
+            self.failed += self.measuring is not None and self.measuring.is_set()
             return
-        if measuring:
+        self._heartbeat_reply(reply, worker_id, started)
+
+    def _heartbeat_reply(self, reply: Any, worker_id: str, started: float) -> None:
+        if self.measuring is not None and self.measuring.is_set():
             self.latencies.append(time.monotonic() - started)
         self.asked_s = reply.heartbeat_interval_ms / 1000
         if reply.reregister:
@@ -259,12 +311,14 @@ def sim_process(controller: str, join_token: str, worker_ids: list[str], mode: s
     sim.address = f"127.0.0.1:{port}"
     for worker_id in worker_ids:
         sim.register(worker_id)
-    ready.put(len(worker_ids))
+    ready.put((len(worker_ids), bool(sim.beat_port)))
     threads = [threading.Thread(target=sim.report_loop, args=(stop,), daemon=True),
-               threading.Thread(target=sim.heartbeat_loop, args=(stop, interval), daemon=True)]
+               threading.Thread(target=sim.heartbeat_loop, args=(stop, interval), daemon=True),
+               threading.Thread(target=sim.loop.run_forever, daemon=True)]
     for thread in threads:
         thread.start()
     stop.wait()
+    sim.loop.call_soon_threadsafe(sim.loop.stop)
     for thread in threads:
         thread.join(timeout=15)
     server.stop(grace=0)
@@ -402,6 +456,9 @@ def main() -> None:
                         help="NOT how real workers behave: the simulated workers of a process share one "
                              "connection, and end reports carry no log_size (this benchmark's mode before "
                              "issue 27; reads better than a real fleet)")
+    parser.add_argument("--grpc-heartbeats", action="store_true",
+                        help="the controller serves no heartbeat port (--heartbeat-port off): heartbeats by the "
+                             "Heartbeat RPC, as before issue 27 item 3")
     parser.add_argument("--warmup", type=float, default=None,
                         help="heartbeats: seconds between all attempts running and the window (default: one "
                              "heartbeat interval, at least 5 s)")
@@ -412,6 +469,8 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="iris-bench-fleet-"))
     extra = ["--max-heartbeat-rate", str(args.max_heartbeat_rate)] if args.max_heartbeat_rate else []
+    if args.grpc_heartbeats:
+        extra += ["--heartbeat-port", "off"]
     proc, address, admin, join = start_controller(tmp, args.worker_timeout, *extra)
     controller = psutil.Process(proc.pid)
     stub = cluster_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(address, options=_OPTIONS))
@@ -430,9 +489,12 @@ def main() -> None:
     started = time.monotonic()
     for sim in sims:
         sim.start()
-    registered = sum(ready.get(timeout=600) for _ in sims)
+    answers = [ready.get(timeout=600) for _ in sims]
+    registered = sum(n for n, _ in answers)
+    by_port = all(port for _, port in answers)
     print(f"{registered:,} simulated workers registered in {time.monotonic() - started:.1f} s "
-          f"({len(sims)} processes; {'SHARED connections, no log_size' if args.shared_connection else 'a connection per worker, end reports with log_size, as real workers'})",
+          f"({len(sims)} processes; {'SHARED connections, no log_size' if args.shared_connection else 'a connection per worker, end reports with log_size, as real workers'}; "
+          f"heartbeats by {'the heartbeat port' if by_port else 'the Heartbeat RPC'})",
           flush=True)
     entry = T.Entrypoint(command=T.CommandEntrypoint(argv=["/bin/true"])).SerializeToString()
     try:

@@ -308,7 +308,7 @@ def test_clock_reads_clean_source_passes(source: str) -> None:
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("iris.rpc.cluster_pb2", "iris.rpc.cluster_pb2_grpc", "iris.rpc"),
     ("iris.cluster",),
-    ("iris.rpc.status", "iris.rpc.tls", "iris.cluster.models"),
+    ("iris.rpc.status", "iris.rpc.tls", "iris.rpc.beats", "iris.cluster.models"),
     ("iris.cluster.controller", "iris.cluster.worker"),
     ("iris.cluster.local",),
     ("iris.client",),

@@ -38,6 +38,9 @@ def controller() -> None:
               help="Address workers and clients dial (default: the bound address, or the host's primary "
                    "address when bound to 0.0.0.0).")
 @click.option("--port", default=10000, show_default=True, type=int, help="gRPC port (0: any free port).")
+@click.option("--heartbeat-port", default="0", show_default=True, metavar="PORT|off",
+              help="Where workers heartbeat without gRPC's per-call cost (on --host, TLS as the gRPC port; 0: any "
+                   "free port, told to workers when they register); off: heartbeats by gRPC only.")
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -110,6 +113,7 @@ def serve(
     host: str,
     advertise: str | None,
     port: int,
+    heartbeat_port: str,
     state_dir: Path,
     dashboard_port: int,
     worker_timeout: float,
@@ -155,6 +159,8 @@ def serve(
     sys.setswitchinterval(CONTROLLER_SWITCH_INTERVAL_S)
     if worker_timeout <= 0:
         raise click.BadParameter("must be > 0", param_hint="--worker-timeout")
+    if heartbeat_port != "off" and not (heartbeat_port.isdigit() and int(heartbeat_port) <= 65535):
+        raise click.BadParameter(f"a port 0..65535 or 'off', got {heartbeat_port!r}", param_hint="--heartbeat-port")
     if auth_mode == "none":
         if not is_loopback(host):
             raise click.BadParameter(f"--auth none is refused on {host}: bind a loopback address (127.0.0.1)",
@@ -238,7 +244,8 @@ def serve(
             click.echo(f"{'admin token' if role.value == 'admin' else 'worker join token'} written to {path}")
     _raise_open_file_limit()
     try:
-        server = ControllerServer(ctrl, host, port, tls_cert=tls_cert, tls_key=tls_key, advertise=advertise)
+        server = ControllerServer(ctrl, host, port, tls_cert=tls_cert, tls_key=tls_key, advertise=advertise,
+                                  heartbeat_port=None if heartbeat_port == "off" else int(heartbeat_port))
     except (OSError, RuntimeError) as e:
         store.close()
         raise click.ClickException(f"cannot serve on {host}:{port}: {e}") from e
@@ -272,7 +279,8 @@ def serve(
     if dashboard is not None:
         dashboard.start()
     jobs = len(state.list_jobs())
-    click.echo(f"controller serving on {server.address} (state: {state_dir}, {jobs} jobs loaded)", nl=True)
+    beats = f", heartbeat port {server.beats.port}" if server.beats is not None else ""
+    click.echo(f"controller serving on {server.address} (state: {state_dir}, {jobs} jobs loaded{beats})", nl=True)
     if dashboard is not None:
         click.echo(f"dashboard on {dashboard.url}")
     # The state is loaded and served: from here on, what the process holds is kept out of full

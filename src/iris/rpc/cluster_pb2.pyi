@@ -1677,6 +1677,7 @@ class Controller(_message.Message):
         CONTROLLER_TOKEN_FIELD_NUMBER: _builtins.int
         HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
         LIVENESS_TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+        HEARTBEAT_PORT_FIELD_NUMBER: _builtins.int
         accepted: _builtins.bool
         credential: _builtins.str
         """set when registering with the join token: this worker's own token from now on"""
@@ -1686,6 +1687,8 @@ class Controller(_message.Message):
         """heartbeat no more often than this (the fleet's share of --max-heartbeat-rate)"""
         liveness_timeout_ms: _builtins.int
         """silent this long, the worker is declared dead (its fence goes beyond it)"""
+        heartbeat_port: _builtins.int
+        """the controller's heartbeat port on the host the worker dialled (0: none; use Heartbeat)"""
         @_builtins.property
         def kill(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerTaskStatus]:
             """attempts the worker holds that the controller does not expect"""
@@ -1699,10 +1702,11 @@ class Controller(_message.Message):
             controller_token: _builtins.str = ...,
             heartbeat_interval_ms: _builtins.int = ...,
             liveness_timeout_ms: _builtins.int = ...,
+            heartbeat_port: _builtins.int = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "controller_token", b"controller_token", "credential", b"credential", "heartbeat_interval_ms", b"heartbeat_interval_ms", "kill", b"kill", "liveness_timeout_ms", b"liveness_timeout_ms"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "controller_token", b"controller_token", "credential", b"credential", "heartbeat_interval_ms", b"heartbeat_interval_ms", "heartbeat_port", b"heartbeat_port", "kill", b"kill", "liveness_timeout_ms", b"liveness_timeout_ms"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1785,6 +1789,62 @@ class Controller(_message.Message):
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
         _ClearFieldArgType: _TypeAlias = _typing.Literal["forget_bundles", b"forget_bundles", "forget_job_uids", b"forget_job_uids", "heartbeat_interval_ms", b"heartbeat_interval_ms", "kill", b"kill", "liveness_timeout_ms", b"liveness_timeout_ms", "reregister", b"reregister"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class BeatHello(_message.Message):
+        """The heartbeat port (DESIGN §3; issue 27): the same Heartbeat without gRPC's per-call cost. A
+        connection (TLS when the controller serves TLS) carries frames of a 4-byte big-endian length and
+        one message. The worker's first frame is a BeatHello (at most 4 KiB); each answered by a
+        BeatReply; then each HeartbeatRequest frame is answered by a BeatReply carrying the response.
+        A reply with a non-zero code is followed by the connection's close when it refused the hello or
+        a frame; the worker then heartbeats by the Heartbeat RPC.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        TOKEN_FIELD_NUMBER: _builtins.int
+        WORKER_ID_FIELD_NUMBER: _builtins.int
+        token: _builtins.str
+        """the worker's credential, as in the authorization header"""
+        worker_id: _builtins.str
+        """every heartbeat on this connection must be this worker's"""
+        def __init__(
+            self,
+            *,
+            token: _builtins.str = ...,
+            worker_id: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token", "worker_id", b"worker_id"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class BeatReply(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        CODE_FIELD_NUMBER: _builtins.int
+        MESSAGE_FIELD_NUMBER: _builtins.int
+        HEARTBEAT_FIELD_NUMBER: _builtins.int
+        code: _builtins.int
+        """a gRPC status code: 0 OK, 16 UNAUTHENTICATED, 7 PERMISSION_DENIED, 3 INVALID_ARGUMENT..."""
+        message: _builtins.str
+        """with a non-zero code: what was refused and why"""
+        @_builtins.property
+        def heartbeat(self) -> Global___Controller.HeartbeatResponse: ...
+        def __init__(
+            self,
+            *,
+            code: _builtins.int = ...,
+            message: _builtins.str = ...,
+            heartbeat: Global___Controller.HeartbeatResponse | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "heartbeat", b"heartbeat", "message", b"message"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

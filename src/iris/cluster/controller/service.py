@@ -39,6 +39,7 @@ from iris.cluster.controller.access import (
     user_of,
 )
 from iris.cluster.controller.backend import LocationCapacity, Observation
+from iris.cluster.controller.beats import BeatServer
 from iris.cluster.controller.controller import Controller
 from iris.cluster.controller.requests import (
     NO_PORTS,
@@ -86,6 +87,7 @@ from iris.cluster.validation import (
     validate_launch_request,
 )
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
+from iris.rpc.beats import server_ssl_context
 from iris.rpc.status import grpc_status
 from iris.rpc.tls import server_credentials
 
@@ -159,6 +161,8 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     def __init__(self, controller: Controller) -> None:
         self._controller = controller
         self._queries = controller.queries
+        self.beat_port = 0
+        """The heartbeat port registrations advertise (0: none)."""
 
     # -- jobs ---------------------------------------------------------------------------------
 
@@ -340,12 +344,32 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         return cluster_pb2.Controller.RegisterWorkerResponse(
             accepted=True, kill=[_status(a) for a in reply.kill], credential=reply.credential,
             controller_token=reply.controller_token, heartbeat_interval_ms=reply.heartbeat_interval_ms,
-            liveness_timeout_ms=self._liveness_timeout_ms(reply.heartbeat_interval_ms))
+            liveness_timeout_ms=self._liveness_timeout_ms(reply.heartbeat_interval_ms), heartbeat_port=self.beat_port)
 
     @_rpc(Role.WORKER, Role.ADMIN)
     def Heartbeat(
         self, request: cluster_pb2.Controller.HeartbeatRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.HeartbeatResponse:
+        return self._heartbeat(request, who)
+
+    def beat_hello(self, token: str, worker_id: str) -> None:
+        """The heartbeat port's hello (``beats.BeatServer``): may this credential heartbeat for
+        ``worker_id``? Raises IrisError."""
+        who = self._controller.authenticate(token)
+        require_role(who, Role.WORKER, Role.ADMIN, what="Heartbeat")
+        check_id(worker_id, "worker_id", self._controller.config.limits)
+        require_own_worker(who, worker_id)
+
+    def beat(self, token: str, request: cluster_pb2.Controller.HeartbeatRequest) -> cluster_pb2.Controller.HeartbeatResponse:
+        """A heartbeat by the heartbeat port: authenticated again (a revoked credential stops
+        here), then exactly the Heartbeat RPC."""
+        with self._controller.metrics.rpc_latency.labels("HeartbeatPort").time():
+            who = self._controller.authenticate(token)
+            require_role(who, Role.WORKER, Role.ADMIN, what="Heartbeat")
+            return self._heartbeat(request, who)
+
+    def _heartbeat(self, request: cluster_pb2.Controller.HeartbeatRequest,
+                   who: Principal) -> cluster_pb2.Controller.HeartbeatResponse:
         require_own_worker(who, request.worker_id)
         reply = self._controller.heartbeat(heartbeat_observation(request, self._controller.config.limits))
         if reply.reregister:
@@ -953,9 +977,11 @@ class ControllerServer:
     def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 0, threads: int = 32,
                  tls_cert: Path | None = None, tls_key: Path | None = None, advertise: str | None = None,
                  idle_connection_ms: int = IDLE_CONNECTION_MS, connection_age_ms: int = CONNECTION_AGE_MS,
-                 request_grace_ms: int = REQUEST_GRACE_MS) -> None:
+                 request_grace_ms: int = REQUEST_GRACE_MS, heartbeat_port: int | None = 0) -> None:
         """With ``tls_cert``/``tls_key`` the port speaks TLS only. ``address`` is what others dial:
-        ``advertise``, else the bound host, else (bound to 0.0.0.0) the host's primary address."""
+        ``advertise``, else the bound host, else (bound to 0.0.0.0) the host's primary address.
+        ``heartbeat_port``: where workers heartbeat without gRPC (``beats.BeatServer``, on ``host``,
+        TLS as the gRPC port; 0 picks a free one); None: heartbeats come by the Heartbeat RPC only."""
         self.controller = controller
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="controller-rpc"),
@@ -971,23 +997,34 @@ class ControllerServer:
                 *FLOW_CONTROL_OPTIONS,
             ],
         )
-        cluster_pb2_grpc.add_ControllerServiceServicer_to_server(ControllerServiceImpl(controller), self._server)
+        service = ControllerServiceImpl(controller)
+        cluster_pb2_grpc.add_ControllerServiceServicer_to_server(service, self._server)
         if tls_cert is not None and tls_key is not None:
             self.port = self._server.add_secure_port(f"{host}:{port}", server_credentials(tls_cert, tls_key))
         else:
             self.port = self._server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"could not bind the controller to {host}:{port}")
+        self.beats: BeatServer | None = None
+        if heartbeat_port is not None:
+            context = server_ssl_context(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+            self.beats = BeatServer(service.beat_hello, service.beat, host, heartbeat_port, context,
+                                    frame_cap=MESSAGE_CAPS["Heartbeat"], idle_s=idle_connection_ms / 1000)
+            service.beat_port = self.beats.port
         self.host = host
         self.address = host_port(advertise_host(host, advertise), self.port)
         if not controller.address:
             controller.address = self.address
 
     def start(self) -> None:
+        if self.beats is not None:
+            self.beats.start()
         self._server.start()
         self.controller.start()
 
     def stop(self, grace: float = 2.0) -> None:
+        if self.beats is not None:
+            self.beats.stop()
         self._server.stop(grace).wait()
         self.controller.stop()
 

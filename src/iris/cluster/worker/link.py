@@ -33,7 +33,7 @@ import grpc
 from iris.cluster.clock import Clock
 from iris.cluster.files import write_private
 from iris.cluster.rules import FLOW_CONTROL_OPTIONS
-from iris.cluster.types import WorkerMetadata
+from iris.cluster.types import WorkerMetadata, split_host
 from iris.cluster.validation import MAX_MESSAGE_BYTES
 from iris.cluster.worker.attempts import (
     AttemptKey,
@@ -44,6 +44,7 @@ from iris.cluster.worker.attempts import (
     ReportsAcknowledged,
 )
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
+from iris.rpc.beats import BeatClient, BeatRefused, client_ssl_context
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,10 @@ MAX_RECONNECT_BACKOFF_S = 1.0
 """The longest a worker's channel waits between attempts to reach its controller again."""
 REPORT_BATCH_BYTES = 4 * 1024 * 1024
 """One ReportTaskState carries at most about this much (a report with a result may be 10 MiB)."""
+
+
+BEAT_PORT_RETRY_S = 60.0
+"""After the heartbeat port failed, heartbeats go by gRPC this long before the port is tried again."""
 
 
 MAX_REPORT_ERROR_CHARS = 64 * 1024
@@ -116,6 +121,8 @@ class LinkConfig:
     fence_after_s: float | None = None
     """Cut off from the controller this long, stop every task (``--fence-after``); None:
     ``fence_after(the controller's liveness timeout)``."""
+    tls_ca: Path | None = None
+    """The CA the heartbeat port's TLS is verified against (with ``channel_credentials``)."""
 
 
 def fence_after(liveness_timeout_s: float) -> float:
@@ -206,6 +213,9 @@ class ControllerLink:
         self._fenced = False
         self._registered_event = threading.Event()
         """Set once a registration was accepted (with the controller's token, when it sends one)."""
+        self._beats: BeatClient | None = None
+        """The controller's heartbeat port, as its last registration reply named it (None: gRPC)."""
+        self._beats_retry_at = 0.0
 
     def await_registered(self, timeout_s: float) -> bool:
         """Whether a registration was accepted, waiting up to ``timeout_s`` for one in flight: the
@@ -231,8 +241,25 @@ class ControllerLink:
             path = self._config.credential_path
             if path is not None:
                 write_private(path, response.credential + "\n")
+        self._adopt_beat_port(response.heartbeat_port)
+
+    def _adopt_beat_port(self, port: int) -> None:
+        """The heartbeat port a registration reply named (0: none), with the credential we hold now.
+        An unchanged port and credential keep their connection (the heartbeat thread may be using it)."""
+        config, token, beats = self._config, self._credential or self._config.join_token, self._beats
+        if beats is not None and beats.port == port and beats.token == token:
+            return
+        self._beats, self._beats_retry_at = None, 0.0  # a new port (a restarted controller) is tried at once
+        if beats is not None:
+            beats.close()
+        if port:
+            tls = client_ssl_context(config.tls_ca) if config.channel_credentials is not None else None
+            self._beats = BeatClient(split_host(config.controller_address), port, token, self.worker_id,
+                                     config.rpc_timeout_s, tls)
 
     def close(self) -> None:
+        if self._beats is not None:
+            self._beats.close()
         self._channel.close()
 
     def fetch_bundle(self, bundle_hash: str) -> bytes:
@@ -311,7 +338,7 @@ class ControllerLink:
             sequence=sequence, unfit=self._worker.unfit(),
         )
         try:
-            response = self.stub.Heartbeat(request, timeout=self._config.rpc_timeout_s, metadata=self.metadata())
+            response = self._send_heartbeat(request)
         except grpc.RpcError as e:
             self._failed(e)
             return False
@@ -452,6 +479,21 @@ class ControllerLink:
     # -- loops --------------------------------------------------------------------------------
 
     # -- the fence ----------------------------------------------------------------------------
+
+    def _send_heartbeat(self, request: cluster_pb2.Controller.HeartbeatRequest) -> cluster_pb2.Controller.HeartbeatResponse:
+        """By the heartbeat port when the controller named one (a fraction of a gRPC call's cost to
+        it); by the Heartbeat RPC when it did not, or when the port failed: that beat, and every
+        beat for ``BEAT_PORT_RETRY_S`` after. A refusal by the port (a revoked credential) is then
+        the RPC's refusal too, and handled as such."""
+        beats = self._beats
+        if beats is not None and self._clock.monotonic() >= self._beats_retry_at:
+            try:
+                return beats.beat(request)
+            except (OSError, BeatRefused) as e:
+                logger.warning("heartbeat port %s:%d failed worker=%s: %s; heartbeating by gRPC for %.0fs",
+                               beats.host, beats.port, self.worker_id, e, BEAT_PORT_RETRY_S)
+                self._beats_retry_at = self._clock.monotonic() + BEAT_PORT_RETRY_S
+        return self.stub.Heartbeat(request, timeout=self._config.rpc_timeout_s, metadata=self.metadata())
 
     def _heard(self, interval_ms: int | None = None, liveness_timeout_ms: int = 0) -> None:
         """The controller answered: the fence starts over. A registration or heartbeat reply also

@@ -132,7 +132,7 @@ class Worker:
                        config.backoff_max_s, join_token=config.join_token,
                        credential_path=self._workdir / CREDENTIAL_FILE,
                        channel_credentials=channel_credentials(config.tls_ca) if config.tls_ca else None,
-                       fence_after_s=config.fence_after_s),
+                       fence_after_s=config.fence_after_s, tls_ca=config.tls_ca),
             self._clock, worker_id=self.worker_id, incarnation=self.incarnation, worker=self,
         )
         self._preparer = AttemptPreparer(config.preparer(self.worker_id, self.advertise_host, bool(self._gpus)),

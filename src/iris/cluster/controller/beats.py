@@ -1,0 +1,202 @@
+"""The controller's heartbeat port (DESIGN §3; the wire is in ``iris.rpc.beats``).
+
+One thread runs an asyncio loop that owns every heartbeat connection: it reads frames, answers
+each in turn and writes the reply, with no thread hand-off per heartbeat (gRPC's Python server
+makes three). A heartbeat is handled inline: it takes the controller's lock as one arriving by
+gRPC does (heartbeats are serialised by that lock either way), and a reply that kills waits for
+the decision to be durable (``Change.settle``) before it leaves.
+
+Bad input never hurts the controller or another worker: nothing is parsed before a connection's
+length prefix is checked against its cap (``HELLO_CAP`` until the hello authenticated it, then the
+Heartbeat RPC's); a refused hello or frame gets a reply naming the field and the rule and the
+connection is closed; a connection that says nothing is closed after ``hello_timeout_s`` (before
+its hello) or ``idle_s``; at most ``max_unauthenticated`` connections may wait for their hello.
+Every heartbeat is authenticated again (a revoked credential stops at its next beat).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+
+from google.protobuf.message import DecodeError
+
+from iris.cluster.errors import InvalidArgument, IrisError
+from iris.cluster.rules import IDLE_CONNECTION_MS, MAX_REQUEST_BYTES
+from iris.rpc import cluster_pb2
+from iris.rpc.beats import HEADER, HELLO_CAP, frame
+from iris.rpc.status import grpc_status
+
+logger = logging.getLogger(__name__)
+
+HELLO_TIMEOUT_S = 10.0
+MAX_UNAUTHENTICATED = 1024
+SWEEP_S = 2.0
+"""How often connections past their hello timeout or idle are looked for."""
+
+Hello = Callable[[str, str], None]
+"""(token, worker_id): raises IrisError unless that credential may heartbeat for that worker."""
+Beat = Callable[[str, cluster_pb2.Controller.HeartbeatRequest], cluster_pb2.Controller.HeartbeatResponse]
+"""(token, request): the Heartbeat RPC's reply, or IrisError."""
+
+
+class BeatServer:
+    """The listening socket is bound at construction (``port`` 0 picks a free one); ``start`` runs
+    the loop thread and ``stop`` closes every connection and joins it."""
+
+    def __init__(self, hello: Hello, beat: Beat, host: str = "127.0.0.1", port: int = 0,
+                 ssl_context: ssl.SSLContext | None = None, frame_cap: int = MAX_REQUEST_BYTES,
+                 idle_s: float = IDLE_CONNECTION_MS / 1000, hello_timeout_s: float = HELLO_TIMEOUT_S,
+                 max_unauthenticated: int = MAX_UNAUTHENTICATED) -> None:
+        self.hello, self.beat = hello, beat
+        self.frame_cap = frame_cap
+        self.idle_s, self.hello_timeout_s = idle_s, hello_timeout_s
+        self.max_unauthenticated = max_unauthenticated
+        self._ssl = ssl_context
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.create_server((host, port), family=family, backlog=4096)
+        self.port: int = self._sock.getsockname()[1]
+        self.connections: set[_BeatConnection] = set()
+        self.waiting_hello = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._failed: Exception | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="iris-heartbeat-port", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._failed is not None:
+            raise OSError(f"the heartbeat port could not start: {self._failed}") from self._failed
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:  # never started, failed to, or stopped
+            self._sock.close()
+            return
+        self._loop = None  # a second stop does nothing
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            server = loop.run_until_complete(loop.create_server(
+                lambda: _BeatConnection(self, loop), sock=self._sock, ssl=self._ssl,
+                ssl_handshake_timeout=self.hello_timeout_s if self._ssl is not None else None))
+        except Exception as e:
+            self._failed = e
+            self._sock.close()
+            loop.close()
+            self._started.set()
+            return
+        self._loop = loop
+        loop.call_later(SWEEP_S, self._sweep, loop)
+        self._started.set()
+        try:
+            loop.run_forever()
+        finally:
+            server.close()
+            for connection in list(self.connections):
+                connection.transport.abort()
+            loop.run_until_complete(asyncio.sleep(0))  # let the aborted transports finish closing
+            loop.close()
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for connection in list(self.connections):
+            limit = self.hello_timeout_s if connection.worker_id is None else self.idle_s
+            if now - connection.seen > limit:
+                connection.transport.close()
+        loop.call_later(SWEEP_S, self._sweep, loop)
+
+
+class _BeatConnection(asyncio.Protocol):
+    def __init__(self, server: BeatServer, loop: asyncio.AbstractEventLoop) -> None:
+        self._server = server
+        self._loop = loop
+        self._buffer = bytearray()
+        self._token = ""
+        self.worker_id: str | None = None
+        """Set once the hello was accepted."""
+        self.seen = loop.time()
+        self._closing = False
+        self.transport: asyncio.Transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        server = self._server
+        if server.waiting_hello >= server.max_unauthenticated:
+            self._closing = True
+            transport.abort()
+            return
+        server.connections.add(self)
+        server.waiting_hello += 1
+        transport.set_write_buffer_limits(high=1 << 20)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        server = self._server
+        if self in server.connections:
+            server.connections.discard(self)
+            if self.worker_id is None:
+                server.waiting_hello -= 1
+
+    def pause_writing(self) -> None:  # a caller that does not read its replies is not read from either
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.seen = self._loop.time()
+        buffer = self._buffer
+        buffer += data
+        while not self._closing and len(buffer) >= HEADER.size:
+            (size,) = HEADER.unpack_from(buffer)
+            cap = HELLO_CAP if self.worker_id is None else self._server.frame_cap
+            if size > cap:
+                what = "hello" if self.worker_id is None else "heartbeat"
+                self._refuse(InvalidArgument(f"a {what} frame of {size} bytes is over this connection's cap of "
+                                             f"{cap} bytes"))
+                return
+            if len(buffer) < HEADER.size + size:
+                return
+            message = bytes(buffer[HEADER.size:HEADER.size + size])
+            del buffer[:HEADER.size + size]
+            self._answer(message)
+
+    def _answer(self, message: bytes) -> None:
+        try:
+            if self.worker_id is None:
+                hello = cluster_pb2.Controller.BeatHello.FromString(message)
+                self._server.hello(hello.token, hello.worker_id)
+                self._token, self.worker_id = hello.token, hello.worker_id
+                self._server.waiting_hello -= 1
+                self.transport.write(frame(cluster_pb2.Controller.BeatReply().SerializeToString()))
+                return
+            request = cluster_pb2.Controller.HeartbeatRequest.FromString(message)
+            if request.worker_id != self.worker_id:
+                raise InvalidArgument(f"worker_id: this connection heartbeats for {self.worker_id[:64]!r}, not "
+                                      f"{request.worker_id[:64]!r}")
+            response = self._server.beat(self._token, request)
+            self.transport.write(frame(cluster_pb2.Controller.BeatReply(heartbeat=response).SerializeToString()))
+        except DecodeError:
+            what = "a BeatHello" if self.worker_id is None else "a HeartbeatRequest"
+            self._refuse(InvalidArgument(f"the frame is not {what} message"))
+        except IrisError as e:
+            self._refuse(e)
+        except Exception as e:
+            logger.exception("heartbeat port: a frame failed")
+            self._refuse(IrisError(f"internal error: {e}"))
+
+    def _refuse(self, error: IrisError) -> None:
+        self._closing = True
+        code = grpc_status(error).value[0]
+        self.transport.write(frame(cluster_pb2.Controller.BeatReply(code=code, message=str(error)).SerializeToString()))
+        self.transport.close()

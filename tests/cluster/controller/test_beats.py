@@ -1,0 +1,264 @@
+"""The heartbeat port (``iris.cluster.controller.beats``, the wire in ``iris.rpc.beats``): the same
+Heartbeat as the RPC, authenticated per connection and per beat, and bad input that never hurts
+the controller or another worker: refused with a reply naming the rule, the connection closed."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from iris.cluster.auth import Role
+from iris.cluster.clock import FakeClock
+from iris.cluster.controller.beats import BeatServer
+from iris.cluster.controller.controller import Controller, ControllerConfig
+from iris.cluster.controller.service import ControllerServer
+from iris.cluster.controller.state import ControllerState
+from iris.cluster.types import WorkerMetadata
+from iris.cluster.worker.link import ControllerLink, LinkConfig
+from iris.rpc import cluster_pb2, cluster_pb2_grpc
+from iris.rpc.beats import HEADER, HELLO_CAP, BeatClient, BeatRefused, client_ssl_context, frame
+from iris.rpc.tls import make_local_pki
+
+from .fakes import FakeWorkerClients
+
+C = cluster_pb2.Controller
+UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT = (grpc.StatusCode.UNAUTHENTICATED.value[0],
+                                                        grpc.StatusCode.PERMISSION_DENIED.value[0],
+                                                        grpc.StatusCode.INVALID_ARGUMENT.value[0])
+
+
+def make_controller() -> Controller:
+    return Controller(ControllerConfig(), state=ControllerState(), clock=FakeClock(), worker_clients=FakeWorkerClients())
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[ControllerServer, Controller]]:
+    controller = make_controller()
+    server = ControllerServer(controller, "127.0.0.1", 0)
+    server.start()
+    yield server, controller
+    server.stop(grace=0)
+
+
+def beat_port(server: ControllerServer) -> int:
+    assert server.beats is not None
+    return server.beats.port
+
+
+def worker_token(controller: Controller, worker_id: str) -> tuple[str, str]:
+    record, token = controller.create_token(worker_id, Role.WORKER)
+    return record.token_id, token
+
+
+def request(worker_id: str) -> cluster_pb2.Controller.HeartbeatRequest:
+    return C.HeartbeatRequest(worker_id=worker_id, incarnation="i1", sequence=0)
+
+
+def register(server: ControllerServer, controller: Controller, worker_id: str) -> cluster_pb2.Controller.RegisterWorkerResponse:
+    _, join = controller.create_token("join", Role.JOIN)
+    with grpc.insecure_channel(server.address) as channel:
+        return cluster_pb2_grpc.ControllerServiceStub(channel).RegisterWorker(
+            C.RegisterWorkerRequest(worker_id=worker_id, address="127.0.0.1:1", incarnation="i1",
+                                    metadata=WorkerMetadata(hostname="h", cpu_count=2, memory_bytes=1 << 30).to_proto()),
+            metadata=(("authorization", f"Bearer {join}"),), timeout=10)
+
+
+def refusal(sock: socket.socket) -> cluster_pb2.Controller.BeatReply:
+    """The one reply a refused connection gets, then its close."""
+    sock.settimeout(10)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    (size,) = HEADER.unpack(data[:HEADER.size])
+    assert len(data) == HEADER.size + size, "nothing follows a refusal: the connection is closed"
+    return C.BeatReply.FromString(data[HEADER.size:])
+
+
+def test_a_registered_worker_is_told_the_port_and_heartbeats_by_it(served: tuple[ControllerServer, Controller]) -> None:
+    server, controller = served
+    reply = register(server, controller, "w1")
+    assert reply.heartbeat_port == beat_port(server)
+    client = BeatClient("127.0.0.1", reply.heartbeat_port, reply.credential, "w1", 10)
+    for _ in range(3):  # one connection, many beats
+        response = client.beat(request("w1"))
+        assert not response.reregister and response.liveness_timeout_ms > 0
+    client.close()
+    worker = next(w for w in controller.queries.list_workers() if w.worker_id == "w1")
+    assert worker.healthy
+    assert controller.metrics.registry.get_sample_value(
+        "iris_rpc_duration_seconds_count", {"method": "HeartbeatPort"}) == 3
+
+
+def test_an_unknown_worker_is_asked_to_register(served: tuple[ControllerServer, Controller]) -> None:
+    server, controller = served
+    _, token = worker_token(controller, "w2")
+    assert BeatClient("127.0.0.1", beat_port(server), token, "w2", 10).beat(request("w2")).reregister
+
+
+@pytest.mark.parametrize("case", ["no token", "unknown token", "join token", "another worker's credential"])
+def test_a_hello_that_may_not_heartbeat_is_refused_naming_the_rule(
+        served: tuple[ControllerServer, Controller], case: str) -> None:
+    server, controller = served
+    _, own = worker_token(controller, "w3")
+    _, join = controller.create_token("join", Role.JOIN)
+    token, worker_id, code, words = {
+        "no token": ("", "w3", UNAUTHENTICATED, "no credential"),
+        "unknown token": ("iris_nope", "w3", UNAUTHENTICATED, "unknown token"),
+        "join token": (join, "w3", PERMISSION_DENIED, "needs a worker or admin token"),
+        "another worker's credential": (own, "w4", PERMISSION_DENIED, "belongs to worker 'w3'"),
+    }[case]
+    with pytest.raises(BeatRefused) as info:
+        BeatClient("127.0.0.1", beat_port(server), token, worker_id, 10).beat(request(worker_id))
+    assert info.value.code == code and words in info.value.message
+
+
+def test_a_revoked_credential_stops_at_its_next_beat(served: tuple[ControllerServer, Controller]) -> None:
+    server, controller = served
+    token_id, token = worker_token(controller, "w5")
+    client = BeatClient("127.0.0.1", beat_port(server), token, "w5", 10)
+    client.beat(request("w5"))
+    controller.credentials.revoke_token(token_id)
+    with pytest.raises(BeatRefused) as info:
+        client.beat(request("w5"))  # on the connection already authenticated
+    assert info.value.code == UNAUTHENTICATED and "revoked" in info.value.message
+
+
+def test_a_beat_for_another_worker_on_an_authenticated_connection_is_refused(
+        served: tuple[ControllerServer, Controller]) -> None:
+    server, controller = served
+    _, admin = controller.create_token("admin", Role.ADMIN)
+    client = BeatClient("127.0.0.1", beat_port(server), admin, "w6", 10)
+    client.beat(request("w6"))
+    with pytest.raises(BeatRefused) as info:
+        client.beat(request("w7"))
+    assert info.value.code == INVALID_ARGUMENT and "heartbeats for 'w6', not 'w7'" in info.value.message
+
+
+def test_an_oversized_hello_is_refused_before_it_is_read(served: tuple[ControllerServer, Controller]) -> None:
+    server, _ = served
+    with socket.create_connection(("127.0.0.1", beat_port(server))) as sock:
+        sock.sendall(HEADER.pack(HELLO_CAP + 1) + b"x" * 100)  # the rest is never sent, nor waited for
+        reply = refusal(sock)
+    assert reply.code == INVALID_ARGUMENT
+    assert f"a hello frame of {HELLO_CAP + 1} bytes is over this connection's cap of {HELLO_CAP} bytes" in reply.message
+
+
+def test_a_frame_that_is_not_the_message_is_refused(served: tuple[ControllerServer, Controller]) -> None:
+    server, _ = served
+    with socket.create_connection(("127.0.0.1", beat_port(server))) as sock:
+        sock.sendall(frame(b"\xff\xff\xff"))
+        reply = refusal(sock)
+    assert reply.code == INVALID_ARGUMENT and "not a BeatHello message" in reply.message
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.binary(min_size=1, max_size=6000))
+def test_garbage_never_hurts_the_port_or_another_worker(served: tuple[ControllerServer, Controller],
+                                                       garbage: bytes) -> None:
+    server, controller = served
+    with socket.create_connection(("127.0.0.1", beat_port(server))) as sock:
+        sock.sendall(garbage)
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(10)
+        while sock.recv(65536):  # answered (a refusal or nothing) and closed, or closed at our end
+            pass
+    _, token = worker_token(controller, "w8")
+    assert BeatClient("127.0.0.1", beat_port(server), token, "w8", 10).beat(request("w8")).reregister
+
+
+def test_a_connection_that_never_says_hello_is_closed() -> None:
+    controller = make_controller()
+    service_server = ControllerServer(controller, "127.0.0.1", 0, heartbeat_port=None)
+    assert service_server.beats is None
+    beats = BeatServer(lambda token, worker: None, lambda token, r: C.HeartbeatResponse(), hello_timeout_s=0.2)
+    beats.start()
+    try:
+        with socket.create_connection(("127.0.0.1", beats.port)) as sock:
+            sock.settimeout(30)
+            assert sock.recv(1) == b""  # closed by the sweep, not by us
+    finally:
+        beats.stop()
+        service_server.stop(grace=0)
+
+
+def test_connections_waiting_for_their_hello_are_bounded() -> None:
+    beats = BeatServer(lambda token, worker: None, lambda token, r: C.HeartbeatResponse(), max_unauthenticated=2)
+    beats.start()
+    socks = [socket.create_connection(("127.0.0.1", beats.port)) for _ in range(3)]
+    try:
+        socks[2].settimeout(10)
+        assert socks[2].recv(1) == b""  # the third is closed at once
+        client = BeatClient("127.0.0.1", beats.port, "t", "w", 10)
+        socks[0].close()  # room again once one leaves
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.beat(request("w"))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+    finally:
+        for sock in socks:
+            sock.close()
+        beats.stop()
+
+
+def test_tls_when_the_controller_serves_tls(tmp_path: Path) -> None:
+    pki = make_local_pki(tmp_path / "pki")
+    controller = make_controller()
+    server = ControllerServer(controller, "127.0.0.1", 0, tls_cert=pki.cert, tls_key=pki.key)
+    server.start()
+    try:
+        _, token = worker_token(controller, "w9")
+        client = BeatClient("127.0.0.1", beat_port(server), token, "w9", 10, client_ssl_context(pki.ca))
+        assert client.beat(request("w9")).reregister
+        with pytest.raises(OSError):  # plaintext is not spoken there
+            BeatClient("127.0.0.1", beat_port(server), token, "w9", 2).beat(request("w9"))
+    finally:
+        server.stop(grace=0)
+
+
+class _Side:
+    def observed(self) -> tuple[list, int]:  # type: ignore[type-arg]
+        return [], 0
+
+    def metadata(self) -> WorkerMetadata:
+        return WorkerMetadata(hostname="h", cpu_count=2, memory_bytes=1 << 30)
+
+    def unfit(self) -> str:
+        return ""
+
+    def result_of(self, key: object) -> bytes:
+        return b""
+
+    def before_end_reports(self, keys: list) -> dict:  # type: ignore[type-arg]
+        return {}
+
+    def on_event(self, event: object) -> None:
+        pass
+
+
+def test_the_worker_heartbeats_by_grpc_when_the_port_fails(served: tuple[ControllerServer, Controller]) -> None:
+    server, controller = served
+    _, join = controller.create_token("join", Role.JOIN)
+    link = ControllerLink(LinkConfig(server.address, rpc_timeout_s=5, join_token=join), FakeClock(),
+                          worker_id="w10", incarnation="i1", worker=_Side())
+    link.address = "127.0.0.1:1"
+    try:
+        assert link.register_once() and link.heartbeat_once()
+        count = controller.metrics.registry.get_sample_value
+        assert count("iris_rpc_duration_seconds_count", {"method": "HeartbeatPort"}) == 1
+        assert server.beats is not None
+        server.beats.stop()  # the port is gone; gRPC is not
+        assert link.heartbeat_once()
+        assert count("iris_rpc_duration_seconds_count", {"method": "Heartbeat"}) == 1
+    finally:
+        link.close()
