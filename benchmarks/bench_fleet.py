@@ -100,6 +100,9 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
         self.loop = asyncio.new_event_loop()
         self.beat_conns: dict[str, Any] = {}
         self.beat_locks: dict[str, asyncio.Lock] = {}
+        self.grpc_until: dict[str, float] = {}
+        self.port_failures = 0
+        """Heartbeats the port failed while measuring (each then went by gRPC, as a real worker's does)."""
         self.ids = worker_ids
         self.mode = mode
         self.slots = slots
@@ -149,10 +152,20 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
             try:
                 reply = await asyncio.wait_for(self._beat_call(worker_id, request), RPC_TIMEOUT_S)
             except (TimeoutError, OSError, BeatRefused):
-                self.beat_conns.pop(worker_id, None)
-                self.failed += self.measuring is not None and self.measuring.is_set()
+                conn = self.beat_conns.pop(worker_id, None)
+                if conn is not None:
+                    conn[1].close()
+                # As the real worker (``ControllerLink._send_heartbeat``): this beat, and the
+                # worker's next ones for a minute, by the Heartbeat RPC.
+                self.port_failures += self.measuring is not None and self.measuring.is_set()
+                self.grpc_until[worker_id] = time.monotonic() + 60.0
+                self._grpc_beat(worker_id, request, started)
                 return
         self._heartbeat_reply(reply.heartbeat, worker_id, started)
+
+    def _grpc_beat(self, worker_id: str, request: Any, started: float) -> None:
+        call = self.stubs[worker_id].Heartbeat.future(request, metadata=self.metadata(worker_id), timeout=RPC_TIMEOUT_S)
+        call.add_done_callback(lambda f, w=worker_id, s=started: self._heartbeat_done(f, w, s))
 
     async def _beat_call(self, worker_id: str, request: Any) -> Any:
         conn = self.beat_conns.get(worker_id)
@@ -268,12 +281,11 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
                 started = time.monotonic()
                 request = C.HeartbeatRequest(worker_id=worker_id, tasks=tasks, incarnation=self.incarnation,
                                              sequence=sequence)
-                if self.beat_port:  # as a real worker: by the heartbeat port its registration named
+                if self.beat_port and self.grpc_until.get(worker_id, 0.0) <= started:
+                    # as a real worker: by the heartbeat port its registration named
                     asyncio.run_coroutine_threadsafe(self._beat(worker_id, request, started), self.loop)
                 else:
-                    call = self.stubs[worker_id].Heartbeat.future(request, metadata=self.metadata(worker_id),
-                                                                  timeout=RPC_TIMEOUT_S)
-                    call.add_done_callback(lambda f, w=worker_id, s=started: self._heartbeat_done(f, w, s))
+                    self._grpc_beat(worker_id, request, started)
                 next_at += gap
                 delay = next_at - time.monotonic()
                 if delay > 0:
@@ -322,6 +334,7 @@ def sim_process(controller: str, join_token: str, worker_ids: list[str], mode: s
     for thread in threads:
         thread.join(timeout=15)
     server.stop(grace=0)
+    sim.sent["port_failures"] = sim.port_failures
     out.put((sim.latencies, sim.failed, sim.reregistered, sim.asked_s, sim.sent, sim.report_failures))
 
 
@@ -421,9 +434,10 @@ def storm(args: Any, stub: Any, md: Any, controller: psutil.Process, sims: list[
     dead = sum(1 for w in stub.ListWorkers(C.ListWorkersRequest(), metadata=md, timeout=120).workers if not w.healthy)
     stop.set()
     latencies: list[float] = []
-    failed = reregistered = report_failures = 0
+    failed = reregistered = report_failures = port_failures = 0
     for _ in sims:
-        lat, f, r, _, _, rf = out.get(timeout=300)
+        lat, f, r, _, sent, rf = out.get(timeout=300)
+        port_failures += sent.get("port_failures", 0)
         latencies += lat
         failed += f
         reregistered += r
@@ -434,7 +448,8 @@ def storm(args: Any, stub: Any, md: Any, controller: psutil.Process, sims: list[
     print(f"storm: {args.workers:,} workers x {args.slots} slots, a task on every slot at once: {running}; in the "
           f"{args.seconds:g} s after the dispatch: heartbeats failed {failed:,} of {len(latencies) + failed:,}, "
           f"p50 {statistics.median(ms):.0f} ms p99 {percentile(ms, 0.99):.0f} ms max {max(ms):.0f} ms; report calls "
-          f"failed {report_failures:,}; re-registered {reregistered:,}; declared dead {dead:,}; controller "
+          f"failed {report_failures:,}; heartbeats the port failed (then by gRPC, as real workers) {port_failures:,}; "
+          f"re-registered {reregistered:,}; declared dead {dead:,}; controller "
           f"{cpu / args.seconds:.0%} of a core   load average {os.getloadavg()[0]:.2f}")
 
 

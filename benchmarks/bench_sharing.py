@@ -190,7 +190,9 @@ class Outcome:
     saturated_ms: dict[int, int] = field(default_factory=dict)
     """Hour index -> ms of it in which every team had work waiting and the fleet was >= 95 % busy."""
     over_share_when_waiting: dict[str, bool] = field(default_factory=dict)
-    """Job -> whether its team held more than its weighted share of the busy fleet when it started."""
+    """Job -> whether its team held more than its weighted share of the fleet's GPUs in use when it
+    started, or for at least half of the time it waited (the fair order put it behind the teams under
+    theirs: its pending reason and ``iris job why`` say behind_in_queue, with the team's standing)."""
     behind_band: dict[str, bool] = field(default_factory=dict)
     """Job -> whether a higher band had work running or waiting when it was submitted."""
     packed: set[str] = field(default_factory=set)
@@ -233,11 +235,19 @@ def simulate(trace: list[TraceJob], sharing: bool, reservations: int = 0, estima
     now = START_MS
     last_ms = now
 
+    over_ms: dict[str, int] = dict.fromkeys(TEAMS, 0)
+    """Team -> ms so far in which it held more than its weighted share of the GPUs in use."""
+    over_at_submit: dict[str, int] = {}
+
     def account(until: int) -> None:
         nonlocal last_ms
         while last_ms < until:
             step_end = min(until, (last_ms // HOUR_MS + 1) * HOUR_MS)
             span = step_end - last_ms
+            in_use = sum(held.values())
+            for team, gpus in held.items():
+                if in_use and gpus / in_use > TEAMS[team] / sum(TEAMS.values()):
+                    over_ms[team] += span
             hour = (last_ms - START_MS) // HOUR_MS
             bucket = out.hours.setdefault(hour, dict.fromkeys(TEAMS, 0.0))
             for team, gpus in held.items():
@@ -276,6 +286,7 @@ def simulate(trace: list[TraceJob], sharing: bool, reservations: int = 0, estima
                     out.gang_p90[tj.name] = why.estimate.start_p90_ms
                 elif gang:
                     out.gang_unknown += 1
+            over_at_submit[tj.name] = over_ms[tj.team]
             out.behind_band[tj.name] = any(band_work[b] > 0 for b in BAND_ORDER[:BAND_ORDER.index(tj.band)])
             band_work[tj.band] += len(tasks)
         while completions and completions[0][0] <= now:
@@ -334,7 +345,10 @@ def simulate(trace: list[TraceJob], sharing: bool, reservations: int = 0, estima
                         out.gang_overrun[tj.name] = now - out.gang_p90[tj.name]
                     if tj.name not in out.over_share_when_waiting:
                         total = sum(held.values()) or 1
-                        out.over_share_when_waiting[tj.name] = held[tj.team] / total > TEAMS[tj.team] / sum(TEAMS.values())
+                        waited = now - (START_MS + tj.submit_ms)
+                        out.over_share_when_waiting[tj.name] = (
+                            held[tj.team] / total > TEAMS[tj.team] / sum(TEAMS.values())
+                            or (waited > 0 and over_ms[tj.team] - over_at_submit[tj.name] >= waited / 2))
         state.drain_effects()
     account(now)
     out.accuracy = state.estimates.accuracy()

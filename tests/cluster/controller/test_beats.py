@@ -18,7 +18,7 @@ from iris.cluster.auth import Role
 from iris.cluster.clock import FakeClock
 from iris.cluster.controller.beats import BeatServer
 from iris.cluster.controller.controller import Controller, ControllerConfig
-from iris.cluster.controller.service import ControllerServer
+from iris.cluster.controller.service import ControllerServer, ControllerServiceImpl
 from iris.cluster.controller.state import ControllerState
 from iris.cluster.types import WorkerMetadata
 from iris.cluster.worker.link import ControllerLink, LinkConfig
@@ -29,9 +29,15 @@ from iris.rpc.tls import make_local_pki
 from .fakes import FakeWorkerClients
 
 C = cluster_pb2.Controller
+T = cluster_pb2
 UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT = (grpc.StatusCode.UNAUTHENTICATED.value[0],
                                                         grpc.StatusCode.PERMISSION_DENIED.value[0],
                                                         grpc.StatusCode.INVALID_ARGUMENT.value[0])
+
+
+ANSWER_ALL = (lambda hello: ("t", "w", b""), lambda beats: [(b"", False) for _ in beats],
+              lambda error: C.BeatReply(code=13, message=str(error)).SerializeToString())
+"""A heartbeat port that takes every hello and answers every heartbeat with an empty reply."""
 
 
 def make_controller() -> Controller:
@@ -119,6 +125,25 @@ def test_a_hello_that_may_not_heartbeat_is_refused_naming_the_rule(
     assert info.value.code == code and words in info.value.message
 
 
+def test_heartbeats_that_arrived_together_are_each_answered_or_refused_alone() -> None:
+    controller = make_controller()
+    service = ControllerServiceImpl(controller)
+    _, good = worker_token(controller, "w11")
+    _, other = worker_token(controller, "w12")
+    beat = request("w11").SerializeToString()
+    bad_port = C.HeartbeatRequest(worker_id="w11", tasks=[T.WorkerTaskStatus(task_id="j/task-0", busy_ports=[0])])
+    results = [(C.BeatReply.FromString(reply), refused) for reply, refused in service.beats([
+        (good, "w11", beat), ("iris_nope", "w11", beat), (other, "w11", beat), (good, "w11", b"\xff\xff"),
+        (good, "w12", beat), (good, "w11", bad_port.SerializeToString())])]
+    assert results[0][0].heartbeat.reregister and not results[0][0].code and not results[0][1]
+    expected = [(UNAUTHENTICATED, "unknown token"), (PERMISSION_DENIED, "belongs to worker 'w12'"),
+                (INVALID_ARGUMENT, "not a HeartbeatRequest message"),
+                (INVALID_ARGUMENT, "this connection heartbeats for 'w12', not 'w11'"),
+                (INVALID_ARGUMENT, "busy_ports: a port is 1..65535")]
+    for (reply, refused), (code, words) in zip(results[1:], expected, strict=True):
+        assert refused and reply.code == code and words in reply.message
+
+
 def test_a_revoked_credential_stops_at_its_next_beat(served: tuple[ControllerServer, Controller]) -> None:
     server, controller = served
     token_id, token = worker_token(controller, "w5")
@@ -177,7 +202,7 @@ def test_a_connection_that_never_says_hello_is_closed() -> None:
     controller = make_controller()
     service_server = ControllerServer(controller, "127.0.0.1", 0, heartbeat_port=None)
     assert service_server.beats is None
-    beats = BeatServer(lambda token, worker: None, lambda token, r: C.HeartbeatResponse(), hello_timeout_s=0.2)
+    beats = BeatServer(*ANSWER_ALL, hello_timeout_s=0.2)
     beats.start()
     try:
         with socket.create_connection(("127.0.0.1", beats.port)) as sock:
@@ -189,7 +214,7 @@ def test_a_connection_that_never_says_hello_is_closed() -> None:
 
 
 def test_connections_waiting_for_their_hello_are_bounded() -> None:
-    beats = BeatServer(lambda token, worker: None, lambda token, r: C.HeartbeatResponse(), max_unauthenticated=2)
+    beats = BeatServer(*ANSWER_ALL, max_unauthenticated=2)
     beats.start()
     socks = [socket.create_connection(("127.0.0.1", beats.port)) for _ in range(3)]
     try:

@@ -1,14 +1,16 @@
 """The controller's heartbeat port (DESIGN §3; the wire is in ``iris.rpc.beats``).
 
-One thread runs an asyncio loop that owns every heartbeat connection: it reads frames, answers
-each in turn and writes the reply, with no thread hand-off per heartbeat (gRPC's Python server
-makes three). A heartbeat is handled inline: it takes the controller's lock as one arriving by
-gRPC does (heartbeats are serialised by that lock either way), and a reply that kills waits for
-the decision to be durable (``Change.settle``) before it leaves.
+One thread runs an asyncio loop that owns every heartbeat connection. It reads frames and answers
+the heartbeats that arrived together (all those read in one turn of the loop) as one batch: one
+change under the controller's lock for all of them (``Controller.heartbeats``), no thread
+hand-off (gRPC's Python server makes three per call). While the lock is busy (a fleet-wide
+dispatch) the next frames wait in the sockets and the next batch is larger, so a heartbeat needs
+no turn of the lock of its own however many other callers want it; a batch whose replies kill
+waits for that decision to be durable (``Change.settle``) before they leave.
 
 Bad input never hurts the controller or another worker: nothing is parsed before a connection's
 length prefix is checked against its cap (``HELLO_CAP`` until the hello authenticated it, then the
-Heartbeat RPC's); a refused hello or frame gets a reply naming the field and the rule and the
+Heartbeat RPC's); a refused hello or frame gets a reply naming the field and the rule and only its
 connection is closed; a connection that says nothing is closed after ``hello_timeout_s`` (before
 its hello) or ``idle_s``; at most ``max_unauthenticated`` connections may wait for their hello.
 Every heartbeat is authenticated again (a revoked credential stops at its next beat).
@@ -21,38 +23,41 @@ import logging
 import socket
 import ssl
 import threading
-from collections.abc import Callable
-
-from google.protobuf.message import DecodeError
+from collections.abc import Callable, Sequence
 
 from iris.cluster.errors import InvalidArgument, IrisError
 from iris.cluster.rules import IDLE_CONNECTION_MS, MAX_REQUEST_BYTES
-from iris.rpc import cluster_pb2
 from iris.rpc.beats import HEADER, HELLO_CAP, frame
-from iris.rpc.status import grpc_status
 
 logger = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
 MAX_UNAUTHENTICATED = 1024
+MAX_IN_FLIGHT = 16
+"""Heartbeats one connection may send ahead of their replies (a worker sends one at a time)."""
 SWEEP_S = 2.0
 """How often connections past their hello timeout or idle are looked for."""
 
-Hello = Callable[[str, str], None]
-"""(token, worker_id): raises IrisError unless that credential may heartbeat for that worker."""
-Beat = Callable[[str, cluster_pb2.Controller.HeartbeatRequest], cluster_pb2.Controller.HeartbeatResponse]
-"""(token, request): the Heartbeat RPC's reply, or IrisError."""
+Hello = Callable[[bytes], tuple[str, str, bytes]]
+"""A hello frame -> (its credential, its worker id, the reply); raises IrisError to refuse it."""
+Beats = Callable[[Sequence[tuple[str, str, bytes]]], list[tuple[bytes, bool]]]
+"""Heartbeat frames that arrived together, each as (its connection's credential and worker id, the
+frame) -> each one's reply, and whether that reply refuses it (its connection is then closed).
+``service.ControllerServiceImpl`` reads and writes the messages: this module moves bytes."""
+Refuse = Callable[[IrisError], bytes]
+"""The reply that refuses a frame, naming the rule (``error``'s message and status code)."""
 
 
 class BeatServer:
     """The listening socket is bound at construction (``port`` 0 picks a free one); ``start`` runs
     the loop thread and ``stop`` closes every connection and joins it."""
 
-    def __init__(self, hello: Hello, beat: Beat, host: str = "127.0.0.1", port: int = 0,
+    def __init__(self, hello: Hello, beats: Beats, refuse: Refuse, host: str = "127.0.0.1", port: int = 0,
                  ssl_context: ssl.SSLContext | None = None, frame_cap: int = MAX_REQUEST_BYTES,
                  idle_s: float = IDLE_CONNECTION_MS / 1000, hello_timeout_s: float = HELLO_TIMEOUT_S,
                  max_unauthenticated: int = MAX_UNAUTHENTICATED) -> None:
-        self.hello, self.beat = hello, beat
+        self.hello, self.beats, self.refuse = hello, beats, refuse
+        self._batch: list[tuple[_BeatConnection, bytes]] = []
         self.frame_cap = frame_cap
         self.idle_s, self.hello_timeout_s = idle_s, hello_timeout_s
         self.max_unauthenticated = max_unauthenticated
@@ -107,6 +112,23 @@ class BeatServer:
             loop.run_until_complete(asyncio.sleep(0))  # let the aborted transports finish closing
             loop.close()
 
+    def enqueue(self, connection: _BeatConnection, message: bytes) -> None:
+        """Answered with the others read in this turn of the loop (``_answer_batch`` runs after them)."""
+        if not self._batch:
+            asyncio.get_running_loop().call_soon(self._answer_batch)
+        self._batch.append((connection, message))
+
+    def _answer_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        try:
+            results = self.beats([(connection.token, connection.worker_id or "", message)
+                                  for connection, message in batch])
+        except Exception as e:  # a bug, not a refusal: every heartbeat of the batch is told so
+            logger.exception("heartbeat port: a batch of %d failed", len(batch))
+            results = [(self.refuse(IrisError(f"internal error: {e}")), True)] * len(batch)
+        for (connection, _), (reply, refused) in zip(batch, results, strict=True):
+            connection.answer(reply, refused)
+
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
         for connection in list(self.connections):
@@ -121,11 +143,12 @@ class _BeatConnection(asyncio.Protocol):
         self._server = server
         self._loop = loop
         self._buffer = bytearray()
-        self._token = ""
+        self.token = ""
         self.worker_id: str | None = None
         """Set once the hello was accepted."""
         self.seen = loop.time()
         self._closing = False
+        self.in_batch = 0
         self.transport: asyncio.Transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -169,34 +192,39 @@ class _BeatConnection(asyncio.Protocol):
                 return
             message = bytes(buffer[HEADER.size:HEADER.size + size])
             del buffer[:HEADER.size + size]
-            self._answer(message)
-
-    def _answer(self, message: bytes) -> None:
-        try:
             if self.worker_id is None:
-                hello = cluster_pb2.Controller.BeatHello.FromString(message)
-                self._server.hello(hello.token, hello.worker_id)
-                self._token, self.worker_id = hello.token, hello.worker_id
-                self._server.waiting_hello -= 1
-                self.transport.write(frame(cluster_pb2.Controller.BeatReply().SerializeToString()))
-                return
-            request = cluster_pb2.Controller.HeartbeatRequest.FromString(message)
-            if request.worker_id != self.worker_id:
-                raise InvalidArgument(f"worker_id: this connection heartbeats for {self.worker_id[:64]!r}, not "
-                                      f"{request.worker_id[:64]!r}")
-            response = self._server.beat(self._token, request)
-            self.transport.write(frame(cluster_pb2.Controller.BeatReply(heartbeat=response).SerializeToString()))
-        except DecodeError:
-            what = "a BeatHello" if self.worker_id is None else "a HeartbeatRequest"
-            self._refuse(InvalidArgument(f"the frame is not {what} message"))
+                self._hello(message)
+            else:
+                self._heartbeat(message)
+
+    def _hello(self, message: bytes) -> None:
+        try:
+            token, worker_id, reply = self._server.hello(message)
         except IrisError as e:
             self._refuse(e)
-        except Exception as e:
-            logger.exception("heartbeat port: a frame failed")
-            self._refuse(IrisError(f"internal error: {e}"))
+            return
+        self.token, self.worker_id = token, worker_id
+        self._server.waiting_hello -= 1
+        self.transport.write(frame(reply))
+
+    def _heartbeat(self, message: bytes) -> None:
+        self.in_batch += 1
+        if self.in_batch > MAX_IN_FLIGHT:
+            self._refuse(InvalidArgument(f"more than {MAX_IN_FLIGHT} heartbeats in flight on one connection: "
+                                         "send the next after the reply"))
+            return
+        self._server.enqueue(self, message)
+
+    def answer(self, reply: bytes, refused: bool) -> None:
+        self.in_batch -= 1
+        if self._closing or self.transport.is_closing():
+            return
+        self.transport.write(frame(reply))
+        if refused:
+            self._closing = True
+            self.transport.close()
 
     def _refuse(self, error: IrisError) -> None:
         self._closing = True
-        code = grpc_status(error).value[0]
-        self.transport.write(frame(cluster_pb2.Controller.BeatReply(code=code, message=str(error)).SerializeToString()))
+        self.transport.write(frame(self._server.refuse(error)))
         self.transport.close()

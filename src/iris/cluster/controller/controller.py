@@ -589,33 +589,45 @@ class Controller:
     def heartbeat(self, observation: Observation) -> HeartbeatReply:
         """A worker's heartbeat: its complete observed set, reconciled. The reply says what to kill,
         when to beat next, and what deleted jobs left there; or that it must register again."""
+        return self.heartbeats([observation])[0]
+
+    def heartbeats(self, observations: Sequence[Observation]) -> list[HeartbeatReply]:
+        """Heartbeats that arrived together (the heartbeat port's), reconciled in one change: one
+        turn of the lock for all of them however busy it is, each exactly as ``heartbeat``."""
         interval_ms = self._heartbeat_interval_ms
-        kill = self.apply_observation(observation, interval_ms)
-        if kill is None:
-            return HeartbeatReply(reregister=True)
-        forget = None
-        if self._forget:
-            with self._changes.read():
-                forget = self._forget.pop(observation.worker_id, None)
-        return HeartbeatReply(False, kill, interval_ms, sorted(forget[0]) if forget else [],
-                              sorted(forget[1]) if forget else [])
+        replies = []
+        for observation, kill in zip(observations, self.apply_observations(observations, interval_ms), strict=True):
+            forget = None
+            if kill is not None and self._forget:
+                with self._changes.read():
+                    forget = self._forget.pop(observation.worker_id, None)
+            replies.append(HeartbeatReply(True) if kill is None else HeartbeatReply(
+                False, kill, interval_ms, sorted(forget[0]) if forget else [], sorted(forget[1]) if forget else []))
+        return replies
 
     def apply_observation(self, observation: Observation, interval_ms: int = 0) -> list[ObservedAttempt] | None:
         """Reconcile one location's complete observed set (a heartbeat, or a backend's poll; a
         heartbeat's reply asks for the next one ``interval_ms`` later at the earliest). Returns the
         attempts to kill there, or None when the location is unknown or was declared dead (it must
         register again)."""
+        return self.apply_observations([observation], interval_ms)[0]
+
+    def apply_observations(self, observations: Sequence[Observation], interval_ms: int = 0
+                           ) -> list[list[ObservedAttempt] | None]:
         if self._changes.full:  # the disk is full: alive, nothing decided (reconciled when space returns)
-            return self._changes.heard(observation.worker_id, interval_ms)
+            return [self._changes.heard(o.worker_id, interval_ms) for o in observations]
+        kills: list[list[ObservedAttempt] | None] = []
         with self._changes.change(quiet=True) as tx:  # nothing to kill and nothing written: no wait for others
-            if not tx.state.heartbeat(observation.worker_id, tx.now_ms, interval_ms, tx.mono_ms):
-                return None
-            tx.state.set_unfit(observation.worker_id, observation.unfit, tx.now_ms)
-            result = tx.state.reconcile_worker(observation.worker_id, observation.attempts,
-                                               observation.incarnation, observation.sequence, tx.now_ms)
-        if result.kill:
+            for observation in observations:
+                if not tx.state.heartbeat(observation.worker_id, tx.now_ms, interval_ms, tx.mono_ms):
+                    kills.append(None)
+                    continue
+                tx.state.set_unfit(observation.worker_id, observation.unfit, tx.now_ms)
+                kills.append(tx.state.reconcile_worker(observation.worker_id, observation.attempts,
+                                                       observation.incarnation, observation.sequence, tx.now_ms).kill)
+        if any(kills):
             tx.settle()
-        return result.kill
+        return kills
 
     def report_task_state(self, worker_id: WorkerId, reports: Sequence[TaskReport], unfit: str = ""
                           ) -> list[AttemptRef]:

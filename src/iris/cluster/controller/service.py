@@ -13,12 +13,14 @@ import contextvars
 import functools
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from iris.cluster import bands
 from iris.cluster.addresses import advertise_host, host_port
@@ -44,6 +46,7 @@ from iris.cluster.controller.controller import Controller
 from iris.cluster.controller.requests import (
     NO_PORTS,
     EndpointRequest,
+    HeartbeatReply,
     LogChunk,
     LogQuery,
     TaskLogPage,
@@ -163,6 +166,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         self._queries = controller.queries
         self.beat_port = 0
         """The heartbeat port registrations advertise (0: none)."""
+        self._beat_latency = controller.metrics.rpc_latency.labels("HeartbeatPort")
 
     # -- jobs ---------------------------------------------------------------------------------
 
@@ -352,26 +356,58 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     ) -> cluster_pb2.Controller.HeartbeatResponse:
         return self._heartbeat(request, who)
 
-    def beat_hello(self, token: str, worker_id: str) -> None:
+    def beat_hello(self, message: bytes) -> tuple[str, str, bytes]:
         """The heartbeat port's hello (``beats.BeatServer``): may this credential heartbeat for
-        ``worker_id``? Raises IrisError."""
-        who = self._controller.authenticate(token)
+        that worker? Its credential, its worker id and the reply; raises IrisError."""
+        try:
+            hello = cluster_pb2.Controller.BeatHello.FromString(message)
+        except DecodeError:
+            raise InvalidArgument("the frame is not a BeatHello message") from None
+        who = self._controller.authenticate(hello.token)
         require_role(who, Role.WORKER, Role.ADMIN, what="Heartbeat")
-        check_id(worker_id, "worker_id", self._controller.config.limits)
-        require_own_worker(who, worker_id)
+        check_id(hello.worker_id, "worker_id", self._controller.config.limits)
+        require_own_worker(who, hello.worker_id)
+        return hello.token, hello.worker_id, _BEAT_OK
 
-    def beat(self, token: str, request: cluster_pb2.Controller.HeartbeatRequest) -> cluster_pb2.Controller.HeartbeatResponse:
-        """A heartbeat by the heartbeat port: authenticated again (a revoked credential stops
-        here), then exactly the Heartbeat RPC."""
-        with self._controller.metrics.rpc_latency.labels("HeartbeatPort").time():
-            who = self._controller.authenticate(token)
-            require_role(who, Role.WORKER, Role.ADMIN, what="Heartbeat")
-            return self._heartbeat(request, who)
+    def beats(self, beats: Sequence[tuple[str, str, bytes]]) -> list[tuple[bytes, bool]]:
+        """Heartbeats by the heartbeat port that arrived together, each as (its connection's
+        credential and worker id, the frame): each authenticated again (a revoked credential stops
+        here) and checked as the Heartbeat RPC does, then all reconciled in one change
+        (``Controller.heartbeats``). Each gets its reply, or a refusal (True) naming the rule."""
+        started = time.perf_counter()
+        limits = self._controller.config.limits
+        results: list[tuple[bytes, bool] | None] = []
+        observations: list[Observation] = []
+        for token, worker_id, message in beats:
+            try:
+                try:
+                    request = cluster_pb2.Controller.HeartbeatRequest.FromString(message)
+                except DecodeError:
+                    raise InvalidArgument("the frame is not a HeartbeatRequest message") from None
+                if request.worker_id != worker_id:
+                    raise InvalidArgument(f"worker_id: this connection heartbeats for {worker_id[:64]!r}, not "
+                                          f"{request.worker_id[:64]!r}")
+                who = self._controller.authenticate(token)
+                require_role(who, Role.WORKER, Role.ADMIN, what="Heartbeat")
+                require_own_worker(who, request.worker_id)
+                observations.append(heartbeat_observation(request, limits))
+                results.append(None)
+            except IrisError as e:
+                results.append((beat_refusal(e), True))
+        replies = iter(self._controller.heartbeats(observations) if observations else ())
+        answered = [r if r is not None else (cluster_pb2.Controller.BeatReply(
+            heartbeat=self._response(next(replies))).SerializeToString(), False) for r in results]
+        elapsed = time.perf_counter() - started
+        for _ in beats:
+            self._beat_latency.observe(elapsed)
+        return answered
 
     def _heartbeat(self, request: cluster_pb2.Controller.HeartbeatRequest,
                    who: Principal) -> cluster_pb2.Controller.HeartbeatResponse:
         require_own_worker(who, request.worker_id)
-        reply = self._controller.heartbeat(heartbeat_observation(request, self._controller.config.limits))
+        return self._response(self._controller.heartbeat(heartbeat_observation(request, self._controller.config.limits)))
+
+    def _response(self, reply: HeartbeatReply) -> cluster_pb2.Controller.HeartbeatResponse:
         if reply.reregister:
             return cluster_pb2.Controller.HeartbeatResponse(reregister=True)
         return cluster_pb2.Controller.HeartbeatResponse(
@@ -700,6 +736,12 @@ def heartbeat_observation(request: cluster_pb2.Controller.HeartbeatRequest, limi
 
 
 MAX_UNFIT_CHARS = 1024
+_BEAT_OK = cluster_pb2.Controller.BeatReply().SerializeToString()
+
+
+def beat_refusal(error: IrisError) -> bytes:
+    """The heartbeat port's reply refusing a frame: ``error``'s status code and message."""
+    return cluster_pb2.Controller.BeatReply(code=grpc_status(error).value[0], message=str(error)).SerializeToString()
 """A worker's "unfit" reason is cut to this (it is shown, never parsed)."""
 
 
@@ -1008,7 +1050,7 @@ class ControllerServer:
         self.beats: BeatServer | None = None
         if heartbeat_port is not None:
             context = server_ssl_context(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
-            self.beats = BeatServer(service.beat_hello, service.beat, host, heartbeat_port, context,
+            self.beats = BeatServer(service.beat_hello, service.beats, beat_refusal, host, heartbeat_port, context,
                                     frame_cap=MESSAGE_CAPS["Heartbeat"], idle_s=idle_connection_ms / 1000)
             service.beat_port = self.beats.port
         self.host = host
