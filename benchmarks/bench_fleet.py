@@ -142,7 +142,7 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
         if reply.credential:
             self.credentials[worker_id] = reply.credential
         self.asked_s = reply.heartbeat_interval_ms / 1000
-        self.beat_port = reply.heartbeat_port
+        self.beat_port = getattr(reply, "heartbeat_port", 0)  # an older tree's controller names none
 
     # -- the heartbeat port (as ``iris.rpc.beats.BeatClient``, many workers on one event loop) ----
 
