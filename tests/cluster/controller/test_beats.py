@@ -287,3 +287,35 @@ def test_the_worker_heartbeats_by_grpc_when_the_port_fails(served: tuple[Control
         assert count("iris_rpc_duration_seconds_count", {"method": "Heartbeat"}) == 1
     finally:
         link.close()
+
+
+@pytest.mark.parametrize("value", ["70000", "-1", "on", ""])
+def test_a_bad_heartbeat_port_flag_names_the_flag_and_the_rule(tmp_path: Path, value: str) -> None:
+    from click.testing import CliRunner
+
+    from iris.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["controller", "serve", "--state-dir", str(tmp_path / "s"),
+                                      "--heartbeat-port", value])
+    assert result.exit_code == 2
+    assert "--heartbeat-port" in result.output and "a port 0..65535 or 'off'" in result.output
+    assert not (tmp_path / "s").exists()  # refused before anything was made
+
+
+def test_without_the_port_registration_names_none_and_heartbeats_come_by_grpc() -> None:
+    controller = make_controller()
+    server = ControllerServer(controller, "127.0.0.1", 0, heartbeat_port=None)
+    server.start()
+    try:
+        _, join = controller.create_token("join", Role.JOIN)
+        link = ControllerLink(LinkConfig(server.address, rpc_timeout_s=5, join_token=join), FakeClock(),
+                              worker_id="w13", incarnation="i1", worker=_Side())
+        link.address = "127.0.0.1:1"
+        assert register(server, controller, "w14").heartbeat_port == 0
+        assert link.register_once() and link.heartbeat_once()
+        count = controller.metrics.registry.get_sample_value
+        assert count("iris_rpc_duration_seconds_count", {"method": "Heartbeat"}) == 1
+        assert not count("iris_rpc_duration_seconds_count", {"method": "HeartbeatPort"})
+        link.close()
+    finally:
+        server.stop(grace=0)
