@@ -72,7 +72,9 @@ def main() -> None:
         if est.start_p50_ms is None or est.start_p90_ms is None:
             start = f"unknown ({est.unknown_reason})"
         else:
-            start = f"in {(est.start_p50_ms - NOW) / 60000:.1f}-{(est.start_p90_ms - NOW) / 60000:.1f} min"
+            low = est.start_p10_ms if est.start_p10_ms is not None else est.start_p50_ms
+            start = (f"in {(low - NOW) / 60000:.1f}-{(est.start_p90_ms - NOW) / 60000:.1f} min "
+                     f"(likeliest {(est.start_p50_ms - NOW) / 60000:.1f})")
         print(f"why {label:<6} job (position {view.position:>4}): {best:6.1f} ms CPU; starts {start} "
               f"(target <= {TARGET_MS:g} ms)")
 

@@ -564,8 +564,9 @@ def why_cmd(controller: str, job_id: str, as_json: bool, verbose: bool) -> None:
     out.print(f"  team: guarantee {why['team_guarantee'] or '-'}, limit {why['team_limit'] or 'the fleet'}, "
               f"running {why['team_running'] or '-'}")
     if why["estimate"]:
-        out.print(f"  starts between {format_timestamp(why['estimate']['start_p50_ms'])} and "
-                  f"{format_timestamp(why['estimate']['start_p90_ms'])}")
+        est = why["estimate"]
+        out.print(f"  starts between {format_timestamp(est.get('start_p10_ms') or est['start_p50_ms'])} and "
+                  f"{format_timestamp(est['start_p90_ms'])} (likeliest {format_timestamp(est['start_p50_ms'])})")
     else:
         out.print(f"  start: unknown ({why['unknown_reason']})")
 
@@ -619,7 +620,7 @@ def status_cmd(controller: str, job_id: str, show_tasks: bool, as_json: bool, ve
         fields.append(("Queue", f"position {why['position']} (0 = next) in band {why['band']}, team {why['team']}"))
         fields += [("Why", f"[{r['code']}] {r['message']}") for r in why["reasons"]]
         estimate = why["estimate"]
-        fields.append(("Starts", f"between {format_timestamp(estimate['start_p50_ms'])} and "
+        fields.append(("Starts", f"between {format_timestamp(estimate.get('start_p10_ms') or estimate['start_p50_ms'])} and "
                                  f"{format_timestamp(estimate['start_p90_ms'])}" if estimate
                        else f"unknown ({why['unknown_reason']})"))
     if status.checkpoint_dir:

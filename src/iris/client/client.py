@@ -518,12 +518,13 @@ class IrisClient:
     def why(self, job_id: str) -> dict[str, Any]:
         """Why a pending job waits, structured (``iris job why --json``): ``position`` (its rank among
         pending jobs, 0 = next; -1 when not pending), ``reasons`` (``code`` and ``message`` each),
-        ``reservation`` (or None), ``estimate`` (``start_p50_ms``/``start_p90_ms``, or None with
+        ``reservation`` (or None), ``estimate`` (``start_p10_ms``-``start_p90_ms`` and ``start_p50_ms``, or None with
         ``unknown_reason``), its band, team and the team's guarantee, limit and use."""
         r = self._call(self._stub.GetJobWhy, cluster_pb2.Controller.GetJobWhyRequest(job_id=job_id), f"job {job_id}")
         estimate: dict[str, Any] | None = None
         if r.estimate.start_p50_ms:
-            estimate = {"start_p50_ms": r.estimate.start_p50_ms, "start_p90_ms": r.estimate.start_p90_ms}
+            estimate = {"start_p50_ms": r.estimate.start_p50_ms, "start_p90_ms": r.estimate.start_p90_ms,
+                        "start_p10_ms": r.estimate.start_p10_ms or r.estimate.start_p50_ms}
         return {
             "job_id": r.job_id, "state": r.state, "position": r.position, "band": r.band, "team": r.team,
             "user": r.user, "reasons": [{"code": x.code, "message": x.message} for x in r.reasons],

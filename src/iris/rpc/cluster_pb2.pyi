@@ -2970,21 +2970,25 @@ class Controller(_message.Message):
 
         START_P50_MS_FIELD_NUMBER: _builtins.int
         START_P90_MS_FIELD_NUMBER: _builtins.int
+        START_P10_MS_FIELD_NUMBER: _builtins.int
         UNKNOWN_REASON_FIELD_NUMBER: _builtins.int
         start_p50_ms: _builtins.int
         """0 with unknown_reason"""
         start_p90_ms: _builtins.int
+        start_p10_ms: _builtins.int
+        """the range's early end (everything taking half its predicted time); the range is p10-p90"""
         unknown_reason: _builtins.str
         def __init__(
             self,
             *,
             start_p50_ms: _builtins.int = ...,
             start_p90_ms: _builtins.int = ...,
+            start_p10_ms: _builtins.int = ...,
             unknown_reason: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["start_p50_ms", b"start_p50_ms", "start_p90_ms", b"start_p90_ms", "unknown_reason", b"unknown_reason"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["start_p10_ms", b"start_p10_ms", "start_p50_ms", b"start_p50_ms", "start_p90_ms", b"start_p90_ms", "unknown_reason", b"unknown_reason"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -86,10 +86,12 @@ def test_the_start_is_when_what_runs_ahead_ends_and_p90_stretches_what_history_p
                RunningNow(WorkerId("w2"), req, *running_times(50 * SEC, False, 0))]
     target = Pending(JobId("t"), req, 1, False, 30 * SEC, hard=False)
     est = estimate_start([], target, [_worker("w1", 0), _worker("w2", 0)], running, NOW)
-    assert est == Estimate(NOW + 50 * SEC, NOW + 100 * SEC)  # the first worker to free
+    # the first worker to free; p10: everything at half its p50 time (w2 frees at 25 s)
+    assert est == Estimate(NOW + 50 * SEC, NOW + 100 * SEC, "", NOW + 25 * SEC)
     ahead = [Pending(JobId("a"), req, 1, False, None, hard=False)]  # ahead of it, and never predicted to end
     est = estimate_start(ahead, target, [_worker("w1", 0), _worker("w2", 0)], running, NOW)
-    assert est == Estimate(NOW + 100 * SEC, NOW + 200 * SEC)  # "a" takes the first freed worker, it the second
+    # "a" takes the first freed worker, it the second (in the p10 run: w1's at 50 s)
+    assert est == Estimate(NOW + 100 * SEC, NOW + 200 * SEC, "", NOW + 50 * SEC)
     unknown = estimate_start([], target, [_worker("w1", 0)], [RunningNow(WorkerId("w1"), req, None, None)], NOW)
     assert unknown.start_p50_ms is None and "no predicted end" in unknown.unknown_reason
 
@@ -111,6 +113,15 @@ def test_each_estimate_given_is_scored_when_its_job_starts(state: ControllerStat
     assert (started, error_s, in_range) == (1, 40.0, True)  # 40 s after the p50, before the p90
 
 
+def test_the_range_runs_from_the_p10_to_the_p90() -> None:
+    log = EstimateLog(tolerance_ms=SEC)
+    for job, start in (("early", 60), ("likeliest", 100), ("late", 200), ("before", 40), ("after", 220)):
+        log.given(JobId(job), Estimate(NOW + 100 * SEC, NOW + 200 * SEC, "", NOW + 50 * SEC), NOW)
+        log.started(JobId(job), NOW + start * SEC)
+    started, error_s, in_range = log.accuracy()
+    assert (started, error_s, in_range) == (5, 60.0, 3 / 5)  # 60 s and 40 s early are 40 and 60 s from the p50
+
+
 def test_a_job_ahead_that_does_not_fit_is_passed_as_the_scheduler_passes_it() -> None:
     """No head-of-line blocking in the estimate either: a big job ahead that waits for room does not
     hold back a small target that fits now (holding it back made most batch estimates late)."""
@@ -124,7 +135,7 @@ def test_a_job_ahead_that_does_not_fit_is_passed_as_the_scheduler_passes_it() ->
     ahead = [Pending(JobId("b"), big, 1, False, 60 * SEC, hard=False)]  # needs w1 whole: at 100 s at best
     target = Pending(JobId("t"), small, 1, False, 30 * SEC, hard=False)
     est = estimate_start(ahead, target, [_worker("w1", 3)], running, NOW)
-    assert est == Estimate(NOW, NOW)  # it fits beside what runs, now
+    assert est == Estimate(NOW, NOW, "", NOW)  # it fits beside what runs, now
     # With no room beside it, it still waits behind the big job: ranked ahead, placed first.
     crowded = [RunningNow(WorkerId("w1"), big, *running_times(100 * SEC, False, 0))]
     est = estimate_start(ahead, target, [_worker("w1", 0)], crowded, NOW)

@@ -256,7 +256,8 @@ class Dashboard:
                     "start_ms": view.reservation.start_ms, "workers": dict(view.reservation.workers)},
                 "waits_behind": view.waits_behind or None,
                 "estimate": None if est.start_p50_ms is None else {"start_p50_ms": est.start_p50_ms,
-                                                                   "start_p90_ms": est.start_p90_ms},
+                                                                   "start_p90_ms": est.start_p90_ms,
+                                                                   "start_p10_ms": est.start_p10_ms},
                 "unknown_reason": est.unknown_reason or None}
 
     def queue(self, limit: int) -> dict[str, Any]:

@@ -662,6 +662,7 @@ def why_proto(v: WhyView) -> cluster_pb2.Controller.GetJobWhyResponse:
         reasons=[cluster_pb2.Controller.WhyReason(code=code, message=message) for code, message in v.reasons],
         waits_behind=v.waits_behind, estimate=cluster_pb2.Controller.WhyEstimate(
             start_p50_ms=v.estimate.start_p50_ms or 0, start_p90_ms=v.estimate.start_p90_ms or 0,
+            start_p10_ms=v.estimate.start_p10_ms or 0,
             unknown_reason=v.estimate.unknown_reason),
         team_guarantee=amounts_wire(v.team_guarantee), team_limit=amounts_wire(v.team_limit),
         team_running=amounts_wire(v.team_running), team_standing=v.team_standing,

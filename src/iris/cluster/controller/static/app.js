@@ -164,7 +164,7 @@ const views = {
       </dl>
       ${j.pending_reason ? `<p><b>Pending:</b> ${esc(j.pending_reason)}</p>` : ""}
       ${why ? `<div id="job-why"><p><b>Queue position</b> ${why.position} (0 = next)${why.reservation ? `; holds a reservation on ${esc(Object.keys(why.reservation.workers).join(", "))}` : ""}${why.waits_behind ? `; waits behind ${jobLink(why.waits_behind)}` : ""}.
-        <b>Starts:</b> ${why.estimate ? `between ${esc(new Date(why.estimate.start_p50_ms).toISOString())} and ${esc(new Date(why.estimate.start_p90_ms).toISOString())}` : `unknown (${esc(why.unknown_reason)})`}</p>
+        <b>Starts:</b> ${why.estimate ? `between ${esc(new Date(why.estimate.start_p10_ms || why.estimate.start_p50_ms).toISOString())} and ${esc(new Date(why.estimate.start_p90_ms).toISOString())}` : `unknown (${esc(why.unknown_reason)})`}</p>
         <ul>${why.reasons.map((r) => `<li data-code="${esc(r.code)}"><code>${esc(r.code)}</code> ${esc(r.message)}</li>`).join("")}</ul></div>` : ""}
       ${j.error ? `<h2>Error</h2><div class="error" id="job-error">${esc(j.error)}</div>` : ""}
       ${(j.spec_shown || []).length ? `<h2>Spec</h2><dl class="grid" id="job-spec">${j.spec_shown.map(([k, v]) =>
