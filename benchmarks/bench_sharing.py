@@ -494,7 +494,7 @@ def main() -> None:
         which = "every 10th job and every gang" if args.gang_estimates else "every 10th job"
         print(f"  start estimates (iris job why at submission, {which}): {reserved.estimated} given, "
               f"{reserved.estimate_unknown} unknown; of {started} scored at their start: median absolute error "
-              f"{(error_s or 0) / 60:.1f} min, {in_range or 0:.0%} inside the p50-p90 range (target >= 80 % where "
+              f"{(error_s or 0) / 60:.1f} min, {in_range or 0:.0%} inside the p10-p90 range (target >= 80 % where "
               "runtimes are predictable). Slurm gives an estimate only for jobs its backfill loop reached.")
         overruns = sorted(reserved.gang_overrun.values()) if args.gang_estimates else []
         late = [o for o in overruns if o > PASS_EVERY_MS]

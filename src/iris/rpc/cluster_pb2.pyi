@@ -3176,7 +3176,7 @@ class Controller(_message.Message):
         median_abs_error_s: _builtins.float
         """of the p50 start"""
         in_range_ratio: _builtins.float
-        """started inside the stated p50-p90 range"""
+        """started inside the stated p10-p90 range"""
         def __init__(
             self,
             *,

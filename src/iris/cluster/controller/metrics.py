@@ -133,7 +133,7 @@ class _SharingCollector(Collector):
                                     value=counts.estimate_error_s)
         if counts.estimate_in_range is not None:
             yield GaugeMetricFamily("iris_estimate_in_range_ratio", "Share of estimated jobs that started inside "
-                                    "the stated p50-p90 range.", value=counts.estimate_in_range)
+                                    "the stated p10-p90 range.", value=counts.estimate_in_range)
 
 
 class _ReadsCollector(Collector):
