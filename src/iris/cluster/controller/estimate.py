@@ -137,8 +137,7 @@ def _simulate(ahead: Sequence[Pending], target: Pending, workers: Sequence[Worke
             unknown_ends += 1
             continue
         span = left
-        ends.append((now_ms + span, i, r.req.cpu, r.req.memory_bytes, r.req.disk_bytes, r.req.device_count))
-    heapq.heapify(ends)  # one O(n) pass, not a push per running attempt
+        heapq.heappush(ends, (now_ms + span, i, r.req.cpu, r.req.memory_bytes, r.req.disk_bytes, r.req.device_count))
     queue: deque[list[object]] = deque([[p, p.tasks] for p in ahead if p.tasks > 0])
     queue.append([target, target.tasks])
     held = {id(p): {index[w] for w in p.reserved if w in index} for p in (*ahead, target) if p.reserved}

@@ -363,11 +363,16 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
             hello = cluster_pb2.Controller.BeatHello.FromString(message)
         except DecodeError:
             raise InvalidArgument("the frame is not a BeatHello message") from None
-        who = self._controller.authenticate(hello.token)
-        require_role(who, Role.WORKER, Role.ADMIN, what="Heartbeat")
         check_id(hello.worker_id, "worker_id", self._controller.config.limits)
-        require_own_worker(who, hello.worker_id)
+        self._beat_principal(hello.token, hello.worker_id)
         return hello.token, hello.worker_id, _BEAT_OK
+
+    def _beat_principal(self, token: str, worker_id: str) -> Principal:
+        """As ``_rpc`` admits a Heartbeat: a worker (its own id only) or an admin."""
+        who = self._controller.authenticate(token)
+        require_role(who, Role.WORKER, Role.ADMIN, what="Heartbeat")
+        require_own_worker(who, worker_id)
+        return who
 
     def beats(self, beats: Sequence[tuple[str, str, bytes]]) -> list[tuple[bytes, bool]]:
         """Heartbeats by the heartbeat port that arrived together, each as (its connection's
@@ -387,9 +392,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
                 if request.worker_id != worker_id:
                     raise InvalidArgument(f"worker_id: this connection heartbeats for {worker_id[:64]!r}, not "
                                           f"{request.worker_id[:64]!r}")
-                who = self._controller.authenticate(token)
-                require_role(who, Role.WORKER, Role.ADMIN, what="Heartbeat")
-                require_own_worker(who, request.worker_id)
+                self._beat_principal(token, request.worker_id)
                 observations.append(heartbeat_observation(request, limits))
                 results.append(None)
             except IrisError as e:
@@ -737,13 +740,13 @@ def heartbeat_observation(request: cluster_pb2.Controller.HeartbeatRequest, limi
 
 
 MAX_UNFIT_CHARS = 1024
+"""A worker's "unfit" reason is cut to this (it is shown, never parsed)."""
 _BEAT_OK = cluster_pb2.Controller.BeatReply().SerializeToString()
 
 
 def beat_refusal(error: IrisError) -> bytes:
     """The heartbeat port's reply refusing a frame: ``error``'s status code and message."""
     return cluster_pb2.Controller.BeatReply(code=grpc_status(error).value[0], message=str(error)).SerializeToString()
-"""A worker's "unfit" reason is cut to this (it is shown, never parsed)."""
 
 
 def endpoint_request(request: cluster_pb2.Controller.RegisterEndpointRequest) -> EndpointRequest:

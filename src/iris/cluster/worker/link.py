@@ -355,6 +355,21 @@ class ControllerLink:
             return self.register_once()
         return True
 
+    def _send_heartbeat(self, request: cluster_pb2.Controller.HeartbeatRequest) -> cluster_pb2.Controller.HeartbeatResponse:
+        """By the heartbeat port when the controller named one (a fraction of a gRPC call's cost to
+        it); by the Heartbeat RPC when it did not, or when the port failed: that beat, and every
+        beat for ``BEAT_PORT_RETRY_S`` after. A refusal by the port (a revoked credential) is then
+        the RPC's refusal too, and handled as such."""
+        beats = self._beats
+        if beats is not None and self._clock.monotonic() >= self._beats_retry_at:
+            try:
+                return beats.beat(request)
+            except (OSError, BeatRefused) as e:
+                logger.warning("heartbeat port %s:%d failed worker=%s: %s; heartbeating by gRPC for %.0fs",
+                               beats.host, beats.port, self.worker_id, e, BEAT_PORT_RETRY_S)
+                self._beats_retry_at = self._clock.monotonic() + BEAT_PORT_RETRY_S
+        return self.stub.Heartbeat(request, timeout=self._config.rpc_timeout_s, metadata=self.metadata())
+
     def _apply_kills(self, kills: Iterable[cluster_pb2.WorkerTaskStatus]) -> None:
         for entry in kills:
             logger.info("controller asked to kill task=%s attempt=%d", entry.task_id, entry.attempt_id)
@@ -479,21 +494,6 @@ class ControllerLink:
     # -- loops --------------------------------------------------------------------------------
 
     # -- the fence ----------------------------------------------------------------------------
-
-    def _send_heartbeat(self, request: cluster_pb2.Controller.HeartbeatRequest) -> cluster_pb2.Controller.HeartbeatResponse:
-        """By the heartbeat port when the controller named one (a fraction of a gRPC call's cost to
-        it); by the Heartbeat RPC when it did not, or when the port failed: that beat, and every
-        beat for ``BEAT_PORT_RETRY_S`` after. A refusal by the port (a revoked credential) is then
-        the RPC's refusal too, and handled as such."""
-        beats = self._beats
-        if beats is not None and self._clock.monotonic() >= self._beats_retry_at:
-            try:
-                return beats.beat(request)
-            except (OSError, BeatRefused) as e:
-                logger.warning("heartbeat port %s:%d failed worker=%s: %s; heartbeating by gRPC for %.0fs",
-                               beats.host, beats.port, self.worker_id, e, BEAT_PORT_RETRY_S)
-                self._beats_retry_at = self._clock.monotonic() + BEAT_PORT_RETRY_S
-        return self.stub.Heartbeat(request, timeout=self._config.rpc_timeout_s, metadata=self.metadata())
 
     def _heard(self, interval_ms: int | None = None, liveness_timeout_ms: int = 0) -> None:
         """The controller answered: the fence starts over. A registration or heartbeat reply also
