@@ -86,7 +86,7 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
     """Many simulated workers behind one gRPC server."""
 
     def __init__(self, controller: str, join_token: str, worker_ids: list[str], mode: str, slots: int,
-                 attempts: int, shared_connection: bool = False) -> None:
+                 attempts: int, shared_connection: bool = False, grpc_reports: bool = False) -> None:
         shared = cluster_pb2_grpc.ControllerServiceStub(grpc.insecure_channel(controller, options=_OPTIONS))
         # As real workers: a connection of its own each (a local subchannel pool, or grpc would share
         # one TCP connection among the channels of this process). --shared-connection: one for all.
@@ -103,6 +103,12 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
         self.grpc_until: dict[str, float] = {}
         self.port_failures = 0
         """Heartbeats the port failed while measuring (each then went by gRPC, as a real worker's does)."""
+        self.grpc_reports = grpc_reports
+        """Reports by ReportTaskState even when the port takes them (as workers before it did)."""
+        self.report_conns: dict[str, Any] = {}
+        self.reports_grpc_until: dict[str, float] = {}
+        self.report_port_failures = 0
+        """Report batches the port failed while measuring (each then went by gRPC, as a real worker's)."""
         self.ids = worker_ids
         self.mode = mode
         self.slots = slots
@@ -176,6 +182,43 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
             await self._exchange(conn, C.BeatHello(token=self.credentials[worker_id], worker_id=worker_id))
         return await self._exchange(conn, request)
 
+    async def _report(self, worker_id: str, updates: list[Any], inflight: set[str]) -> None:
+        """A batch of reports by the port's reports connection (as ``iris.rpc.beats.BeatClient.report``);
+        when the port fails, by ReportTaskState, and every batch of the worker's for a minute after."""
+        request = C.ReportTaskStateRequest(worker_id=worker_id, updates=updates)
+        try:
+            await asyncio.wait_for(self._report_call(worker_id, request), RPC_TIMEOUT_S)
+        except (TimeoutError, OSError, BeatRefused):
+            conn = self.report_conns.pop(worker_id, None)
+            if conn is not None:
+                conn[1].close()
+            self.report_port_failures += self.measuring is not None and self.measuring.is_set()
+            self.reports_grpc_until[worker_id] = time.monotonic() + 60.0
+            self._grpc_report(worker_id, updates, inflight)
+            return
+        self._reported(False, worker_id, updates, inflight)
+
+    async def _report_call(self, worker_id: str, request: Any) -> Any:
+        conn = self.report_conns.get(worker_id)
+        if conn is None:
+            host = self.controller.rsplit(":", 1)[0]
+            conn = await asyncio.open_connection(host, self.beat_port)
+            self.report_conns[worker_id] = conn
+            hello = await self._exchange(conn, C.BeatHello(token=self.credentials[worker_id], worker_id=worker_id,
+                                                           reports=True))
+            if not hello.HasField("report"):
+                raise ConnectionError("this controller's heartbeat port takes no reports")
+        reply = await self._exchange(conn, request)
+        if not reply.HasField("report"):
+            raise ConnectionError("the reply carries no report response")
+        return reply
+
+    def _grpc_report(self, worker_id: str, updates: list[Any], inflight: set[str]) -> None:
+        call = self.stubs[worker_id].ReportTaskState.future(
+            C.ReportTaskStateRequest(worker_id=worker_id, updates=updates),
+            metadata=self.metadata(worker_id), timeout=RPC_TIMEOUT_S)
+        call.add_done_callback(lambda f, w=worker_id, u=updates: self._reported(f.exception() is not None, w, u, inflight))
+
     @staticmethod
     async def _exchange(conn: Any, message: Any) -> Any:
         reader, writer = conn
@@ -229,9 +272,9 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
     # -- loops ------------------------------------------------------------------------------
 
     def report_loop(self, stop: Event) -> None:
-        """Each worker's outbox, as a real worker's: everything queued goes in one ReportTaskState,
-        one call in flight per worker (the workers' calls run concurrently); a failed call's
-        updates go back to the outbox."""
+        """Each worker's outbox, as a real worker's: everything queued goes in one ReportTaskState
+        (by the heartbeat port when the controller takes reports there), one call in flight per
+        worker (the workers' calls run concurrently); a failed call's updates go back to the outbox."""
         inflight: set[str] = set()
         while not stop.is_set():
             self.report_event.wait(0.2)
@@ -240,16 +283,16 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
                 ready = [w for w in self.to_report if w not in inflight]
                 batches = {w: self.to_report.pop(w) for w in ready}
                 inflight.update(batches)
+            now = time.monotonic()
             for worker_id, updates in batches.items():
                 self.sent["reports"] += 1
                 self.sent["updates"] += len(updates)
-                call = self.stubs[worker_id].ReportTaskState.future(
-                    C.ReportTaskStateRequest(worker_id=worker_id, updates=updates),
-                    metadata=self.metadata(worker_id), timeout=RPC_TIMEOUT_S)
-                call.add_done_callback(lambda f, w=worker_id, u=updates: self._reported(f, w, u, inflight))
+                if self.beat_port and not self.grpc_reports and self.reports_grpc_until.get(worker_id, 0.0) <= now:
+                    asyncio.run_coroutine_threadsafe(self._report(worker_id, updates, inflight), self.loop)
+                else:
+                    self._grpc_report(worker_id, updates, inflight)
 
-    def _reported(self, call: Any, worker_id: str, updates: list[Any], inflight: set[str]) -> None:
-        failed = call.exception() is not None
+    def _reported(self, failed: bool, worker_id: str, updates: list[Any], inflight: set[str]) -> None:
         with self.lock:
             inflight.discard(worker_id)
             if failed:
@@ -310,11 +353,11 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
 
 def sim_process(controller: str, join_token: str, worker_ids: list[str], mode: str, slots: int, attempts: int,
                 interval: float, ready: Any, stop: Event, out: Any, measuring: Event,
-                shared_connection: bool = False) -> None:
+                shared_connection: bool = False, grpc_reports: bool = False) -> None:
     os.nice(10)  # below the controller: the host measures the controller, not the harness
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a connection per simulated worker
-    sim = _SimWorkers(controller, join_token, worker_ids, mode, slots, attempts, shared_connection)
+    sim = _SimWorkers(controller, join_token, worker_ids, mode, slots, attempts, shared_connection, grpc_reports)
     sim.measuring = measuring
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=_OPTIONS)
     cluster_pb2_grpc.add_WorkerServiceServicer_to_server(sim, server)
@@ -335,6 +378,7 @@ def sim_process(controller: str, join_token: str, worker_ids: list[str], mode: s
         thread.join(timeout=15)
     server.stop(grace=0)
     sim.sent["port_failures"] = sim.port_failures
+    sim.sent["report_port_failures"] = sim.report_port_failures
     out.put((sim.latencies, sim.failed, sim.reregistered, sim.asked_s, sim.sent, sim.report_failures))
 
 
@@ -434,10 +478,11 @@ def storm(args: Any, stub: Any, md: Any, controller: psutil.Process, sims: list[
     dead = sum(1 for w in stub.ListWorkers(C.ListWorkersRequest(), metadata=md, timeout=120).workers if not w.healthy)
     stop.set()
     latencies: list[float] = []
-    failed = reregistered = report_failures = port_failures = 0
+    failed = reregistered = report_failures = port_failures = report_port_failures = 0
     for _ in sims:
         lat, f, r, _, sent, rf = out.get(timeout=300)
         port_failures += sent.get("port_failures", 0)
+        report_port_failures += sent.get("report_port_failures", 0)
         latencies += lat
         failed += f
         reregistered += r
@@ -448,7 +493,8 @@ def storm(args: Any, stub: Any, md: Any, controller: psutil.Process, sims: list[
     print(f"storm: {args.workers:,} workers x {args.slots} slots, a task on every slot at once: {running}; in the "
           f"{args.seconds:g} s after the dispatch: heartbeats failed {failed:,} of {len(latencies) + failed:,}, "
           f"p50 {statistics.median(ms):.0f} ms p99 {percentile(ms, 0.99):.0f} ms max {max(ms):.0f} ms; report calls "
-          f"failed {report_failures:,}; heartbeats the port failed (then by gRPC, as real workers) {port_failures:,}; "
+          f"failed {report_failures:,}; heartbeats the port failed (then by gRPC, as real workers) {port_failures:,}, "
+          f"report calls it failed {report_port_failures:,}; "
           f"re-registered {reregistered:,}; declared dead {dead:,}; controller "
           f"{cpu / args.seconds:.0%} of a core   load average {os.getloadavg()[0]:.2f}")
 
@@ -474,6 +520,9 @@ def main() -> None:
     parser.add_argument("--grpc-heartbeats", action="store_true",
                         help="the controller serves no heartbeat port (--heartbeat-port off): heartbeats by the "
                              "Heartbeat RPC, as before issue 27 item 3")
+    parser.add_argument("--grpc-reports", action="store_true",
+                        help="the simulated workers send reports by the ReportTaskState RPC even when the heartbeat "
+                             "port takes them (as workers did before issue 27 stop 35)")
     parser.add_argument("--warmup", type=float, default=None,
                         help="heartbeats: seconds between all attempts running and the window (default: one "
                              "heartbeat interval, at least 5 s)")
@@ -499,7 +548,8 @@ def main() -> None:
     groups = [ids[i::args.processes] for i in range(args.processes)]
     mode = "hold" if args.scenario in ("heartbeats", "storm") else "complete"
     sims = [ctx.Process(target=sim_process, args=(address, join, group, mode, args.slots, args.attempts,
-                                                  args.interval, ready, stop, out, measuring, args.shared_connection))
+                                                  args.interval, ready, stop, out, measuring, args.shared_connection,
+                                                  args.grpc_reports))
             for group in groups if group]
     started = time.monotonic()
     for sim in sims:
@@ -509,7 +559,8 @@ def main() -> None:
     by_port = all(port for _, port in answers)
     print(f"{registered:,} simulated workers registered in {time.monotonic() - started:.1f} s "
           f"({len(sims)} processes; {'SHARED connections, no log_size' if args.shared_connection else 'a connection per worker, end reports with log_size, as real workers'}; "
-          f"heartbeats by {'the heartbeat port' if by_port else 'the Heartbeat RPC'})",
+          f"heartbeats by {'the heartbeat port' if by_port else 'the Heartbeat RPC'}, reports by "
+          f"{'the port when it takes them' if by_port and not args.grpc_reports else 'the ReportTaskState RPC'})",
           flush=True)
     entry = T.Entrypoint(command=T.CommandEntrypoint(argv=["/bin/true"])).SerializeToString()
     try:
@@ -607,7 +658,7 @@ def main() -> None:
                   f"load average {os.getloadavg()[0]:.2f}")
             sent = _collect(stop, sims, out)
             print(f"  the workers sent {sent['heartbeats']:,} heartbeats ({sent['attempts'] / max(1, sent['heartbeats']):.1f} "
-                  f"attempts each) and {sent['reports']:,} end-report RPCs ({sent['updates'] / max(1, sent['reports']):.1f} "
+                  f"attempts each) and {sent['reports']:,} end-report calls ({sent['updates'] / max(1, sent['reports']):.1f} "
                   f"updates each); the controller sent {sent['run_calls']:,} RunTasks calls "
                   f"({sent['runs'] / max(1, sent['run_calls']):.1f} tasks each)")
     finally:

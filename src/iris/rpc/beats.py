@@ -12,6 +12,12 @@ Frames are a 4-byte big-endian length and one message. A connection's first fram
 from a caller not yet authenticated), answered by a ``BeatReply``; then each ``HeartbeatRequest``
 frame is answered by a ``BeatReply`` carrying the ``HeartbeatResponse``. A refusal (a non-zero
 gRPC status code and a message naming the rule) closes the connection.
+
+A worker's reports (``ReportTaskStateRequest``, the other call every task makes) take the same
+path on a connection of their own, whose hello says ``reports``: each report frame is answered by a
+``BeatReply`` carrying the ``ReportTaskStateResponse`` once it is durable. A connection of its own,
+so that a heartbeat never waits behind a report's write (nor a report behind a heartbeat), and each
+connection's replies come in the order of its frames.
 """
 
 from __future__ import annotations
@@ -58,13 +64,15 @@ class BeatRefused(Exception):
 
 class BeatClient:
     """One worker's connection to the heartbeat port: connected (and the hello sent) on the first
-    beat, kept for the next ones, dropped on any error (the next beat connects again). Not
-    thread-safe: the worker's heartbeat loop is its only user."""
+    call, kept for the next ones, dropped on any error (the next call connects again). Not
+    thread-safe: one thread uses it (the worker's heartbeat loop; with ``reports``, its outbox loop,
+    which calls ``report`` instead of ``beat``)."""
 
     def __init__(self, host: str, port: int, token: str, worker_id: str, timeout_s: float,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, reports: bool = False) -> None:
         self.host, self.port = host, port
         self.token, self._worker_id = token, worker_id
+        self.reports = reports
         self._timeout_s = timeout_s
         self._ssl = ssl_context
         self._sock: socket.socket | None = None
@@ -72,10 +80,36 @@ class BeatClient:
     def beat(self, request: cluster_pb2.Controller.HeartbeatRequest) -> cluster_pb2.Controller.HeartbeatResponse:
         """One heartbeat. Raises BeatRefused, or OSError (timeouts included) when the port cannot be
         reached or the connection broke; either way the connection is closed."""
+        assert not self.reports, "a reports connection carries no heartbeats"
+        return self._send(request.SerializeToString()).heartbeat
+
+    def report(self, request: cluster_pb2.Controller.ReportTaskStateRequest
+               ) -> cluster_pb2.Controller.ReportTaskStateResponse:
+        """One batch of reports, answered once the controller made it durable; raises as ``beat``."""
+        assert self.reports, "a heartbeat connection carries no reports"
+        reply = self._send(request.SerializeToString())
+        if not reply.HasField("report"):  # never taken as acknowledged: the report goes again by gRPC
+            raise ConnectionError("the controller's reply carries no report response")
+        return reply.report
+
+    def _send(self, message: bytes) -> cluster_pb2.Controller.BeatReply:
+        reused = self._sock is not None
         try:
             if self._sock is None:
                 self._connect()
-            return self._call(request.SerializeToString()).heartbeat
+            return self._call(message)
+        except ConnectionError:
+            self.close()
+            if not reused:
+                raise
+        except BaseException:
+            self.close()
+            raise
+        # A kept connection the controller closed meanwhile (idle past its bound, or it restarted):
+        # once more on a new one. Both calls are idempotent (a report applied twice is a no-op).
+        try:
+            self._connect()
+            return self._call(message)
         except BaseException:
             self.close()
             raise
@@ -91,14 +125,18 @@ class BeatClient:
         if self._ssl is not None:
             sock = self._ssl.wrap_socket(sock, server_hostname=self.host)
         self._sock = sock
-        self._call(cluster_pb2.Controller.BeatHello(token=self.token, worker_id=self._worker_id).SerializeToString())
+        reply = self._call(cluster_pb2.Controller.BeatHello(token=self.token, worker_id=self._worker_id,
+                                                            reports=self.reports).SerializeToString())
+        if self.reports and not reply.HasField("report"):
+            # A controller that takes no reports on this port would read them as heartbeats.
+            raise ConnectionError("the controller's heartbeat port takes no reports")
 
     def _call(self, message: bytes) -> cluster_pb2.Controller.BeatReply:
         assert self._sock is not None
         self._sock.sendall(frame(message))
         (size,) = HEADER.unpack(self._read(HEADER.size))
         if size > MAX_MESSAGE_BYTES:
-            raise ConnectionError(f"a heartbeat reply of {size} bytes is over {MAX_MESSAGE_BYTES}")
+            raise ConnectionError(f"a reply of {size} bytes is over {MAX_MESSAGE_BYTES}")
         reply = cluster_pb2.Controller.BeatReply.FromString(self._read(size))
         if reply.code:
             raise BeatRefused(reply.code, reply.message)

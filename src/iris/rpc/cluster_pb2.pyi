@@ -1798,27 +1798,34 @@ class Controller(_message.Message):
         connection (TLS when the controller serves TLS) carries frames of a 4-byte big-endian length and
         one message. The worker's first frame is a BeatHello (at most 4 KiB); each answered by a
         BeatReply; then each HeartbeatRequest frame is answered by a BeatReply carrying the response.
+        A connection whose hello sets `reports` carries ReportTaskStateRequest frames instead, each
+        answered by a BeatReply carrying its ReportTaskStateResponse (its hello's reply carries an empty
+        one: a controller that does not take reports on the port answers without it).
         A reply with a non-zero code is followed by the connection's close when it refused the hello or
-        a frame; the worker then heartbeats by the Heartbeat RPC.
+        a frame; the worker then heartbeats (or reports) by the RPC.
         """
 
         DESCRIPTOR: _descriptor.Descriptor
 
         TOKEN_FIELD_NUMBER: _builtins.int
         WORKER_ID_FIELD_NUMBER: _builtins.int
+        REPORTS_FIELD_NUMBER: _builtins.int
         token: _builtins.str
         """the worker's credential, as in the authorization header"""
         worker_id: _builtins.str
-        """every heartbeat on this connection must be this worker's"""
+        """every heartbeat (or report) on this connection must be this worker's"""
+        reports: _builtins.bool
+        """this connection carries reports, not heartbeats"""
         def __init__(
             self,
             *,
             token: _builtins.str = ...,
             worker_id: _builtins.str = ...,
+            reports: _builtins.bool = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token", "worker_id", b"worker_id"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["reports", b"reports", "token", b"token", "worker_id", b"worker_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1829,22 +1836,26 @@ class Controller(_message.Message):
         CODE_FIELD_NUMBER: _builtins.int
         MESSAGE_FIELD_NUMBER: _builtins.int
         HEARTBEAT_FIELD_NUMBER: _builtins.int
+        REPORT_FIELD_NUMBER: _builtins.int
         code: _builtins.int
         """a gRPC status code: 0 OK, 16 UNAUTHENTICATED, 7 PERMISSION_DENIED, 3 INVALID_ARGUMENT..."""
         message: _builtins.str
         """with a non-zero code: what was refused and why"""
         @_builtins.property
         def heartbeat(self) -> Global___Controller.HeartbeatResponse: ...
+        @_builtins.property
+        def report(self) -> Global___Controller.ReportTaskStateResponse: ...
         def __init__(
             self,
             *,
             code: _builtins.int = ...,
             message: _builtins.str = ...,
             heartbeat: Global___Controller.HeartbeatResponse | None = ...,
+            report: Global___Controller.ReportTaskStateResponse | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "report", b"report"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "heartbeat", b"heartbeat", "message", b"message"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "heartbeat", b"heartbeat", "message", b"message", "report", b"report"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

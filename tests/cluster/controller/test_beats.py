@@ -15,17 +15,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iris.cluster.auth import Role
-from iris.cluster.clock import FakeClock
+from iris.cluster.clock import FakeClock, wait_until
 from iris.cluster.controller.beats import BeatServer
 from iris.cluster.controller.controller import Controller, ControllerConfig
 from iris.cluster.controller.service import ControllerServer, ControllerServiceImpl
 from iris.cluster.controller.state import ControllerState
-from iris.cluster.types import WorkerMetadata
+from iris.cluster.types import JobId, ResourceSpec, WorkerMetadata
+from iris.cluster.worker.attempts import AttemptStatus, ReportsAcknowledged
 from iris.cluster.worker.link import ControllerLink, LinkConfig
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
 from iris.rpc.beats import HEADER, HELLO_CAP, BeatClient, BeatRefused, client_ssl_context, frame
 from iris.rpc.tls import make_local_pki
 
+from . import wire
 from .fakes import FakeWorkerClients
 
 C = cluster_pb2.Controller
@@ -35,7 +37,7 @@ UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT = (grpc.StatusCode.UNAUTHEN
                                                         grpc.StatusCode.INVALID_ARGUMENT.value[0])
 
 
-ANSWER_ALL = (lambda hello: ("t", "w", b""), lambda beats: [(b"", False) for _ in beats],
+ANSWER_ALL = (lambda hello: ("t", "w", False, b""), lambda beats: [(b"", False) for _ in beats],
               lambda error: C.BeatReply(code=13, message=str(error)).SerializeToString())
 """A heartbeat port that takes every hello and answers every heartbeat with an empty reply."""
 
@@ -252,6 +254,9 @@ def test_tls_when_the_controller_serves_tls(tmp_path: Path) -> None:
 
 
 class _Side:
+    def __init__(self) -> None:
+        self.events: list[object] = []
+
     def observed(self) -> tuple[list, int]:  # type: ignore[type-arg]
         return [], 0
 
@@ -268,7 +273,7 @@ class _Side:
         return {}
 
     def on_event(self, event: object) -> None:
-        pass
+        self.events.append(event)
 
 
 def test_the_worker_heartbeats_by_grpc_when_the_port_fails(served: tuple[ControllerServer, Controller]) -> None:
@@ -317,5 +322,191 @@ def test_without_the_port_registration_names_none_and_heartbeats_come_by_grpc() 
         assert count("iris_rpc_duration_seconds_count", {"method": "Heartbeat"}) == 1
         assert not count("iris_rpc_duration_seconds_count", {"method": "HeartbeatPort"})
         link.close()
+    finally:
+        server.stop(grace=0)
+
+
+# -- reports by the port (a connection of their own; issue 27 item 2) --------------------------
+
+
+def reports(worker_id: str, *updates: T.WorkerTaskStatus) -> cluster_pb2.Controller.ReportTaskStateRequest:
+    return C.ReportTaskStateRequest(worker_id=worker_id, updates=list(updates))
+
+
+def placed_task(server: ControllerServer, controller: Controller, fake: FakeWorkerClients, worker_id: str
+                ) -> tuple[ControllerLink, _Side, T.Worker.RunTaskRequest]:
+    """A worker's link, registered, and a one-task job the controller placed on it."""
+    _, join = controller.create_token("join", Role.JOIN)
+    side = _Side()
+    link = ControllerLink(LinkConfig(server.address, rpc_timeout_s=5, join_token=join), FakeClock(),
+                          worker_id=worker_id, incarnation="i1", worker=side)
+    link.address = "127.0.0.1:1"
+    assert link.register_once()
+    wire.launch_job(controller, C.LaunchJobRequest(
+        name="job", serialized_entrypoint=T.Entrypoint(command=T.CommandEntrypoint(argv=["true"])).SerializeToString(),
+        resources=ResourceSpec(cpu=1, memory="256MiB").to_proto()))
+    controller.tick_schedule()
+    wait_until(lambda: fake.run_calls, 10, message="the task was not dispatched")
+    return link, side, fake.run_calls[0][1]
+
+
+@pytest.fixture
+def faked() -> Iterator[tuple[ControllerServer, Controller, FakeWorkerClients]]:
+    fake = FakeWorkerClients()
+    controller = Controller(ControllerConfig(), state=ControllerState(), clock=FakeClock(), worker_clients=fake)
+    server = ControllerServer(controller, "127.0.0.1", 0)
+    server.start()
+    yield server, controller, fake
+    server.stop(grace=0)
+
+
+def test_a_workers_reports_go_by_the_port_and_are_acknowledged_once_applied(
+        faked: tuple[ControllerServer, Controller, FakeWorkerClients]) -> None:
+    server, controller, fake = faked
+    link, side, run = placed_task(server, controller, fake, "w20")
+    try:
+        link.report(AttemptStatus(run.task_id, run.attempt_id, T.TASK_STATE_SUCCEEDED, job_uid=run.job_uid))
+        assert link.flush_once() and link.pending_reports() == 0
+        assert controller.queries.task_status(JobId(run.task_id.rsplit("/", 1)[0]), 0).state == T.TASK_STATE_SUCCEEDED
+        assert [e for e in side.events if isinstance(e, ReportsAcknowledged)]
+        count = controller.metrics.registry.get_sample_value
+        assert count("iris_rpc_duration_seconds_count", {"method": "ReportPort"}) == 1
+        assert not count("iris_rpc_duration_seconds_count", {"method": "ReportTaskState"})
+    finally:
+        link.close()
+
+
+def test_a_report_for_an_attempt_the_controller_does_not_expect_is_answered_with_a_kill(
+        faked: tuple[ControllerServer, Controller, FakeWorkerClients]) -> None:
+    server, controller, fake = faked
+    link, _, run = placed_task(server, controller, fake, "w21")
+    link.close()
+    _, token = worker_token(controller, "w21")
+    client = BeatClient("127.0.0.1", beat_port(server), token, "w21", 10, reports=True)
+    stale = T.WorkerTaskStatus(task_id=run.task_id, attempt_id=run.attempt_id + 5, job_uid=run.job_uid,
+                               state=T.TASK_STATE_RUNNING)
+    response = client.report(reports("w21", stale))
+    assert [(k.task_id, k.attempt_id) for k in response.kill] == [(run.task_id, run.attempt_id + 5)]
+    client.close()
+
+
+def test_report_batches_that_arrived_together_are_each_applied_or_refused_alone(
+        faked: tuple[ControllerServer, Controller, FakeWorkerClients]) -> None:
+    server, controller, fake = faked
+    link, _, run = placed_task(server, controller, fake, "w22")
+    link.close()
+    service = ControllerServiceImpl(controller)
+    _, good = worker_token(controller, "w22")
+    _, other = worker_token(controller, "w23")
+    done = reports("w22", T.WorkerTaskStatus(task_id=run.task_id, attempt_id=run.attempt_id, job_uid=run.job_uid,
+                                             state=T.TASK_STATE_SUCCEEDED)).SerializeToString()
+    bad_state = reports("w22", T.WorkerTaskStatus(task_id=run.task_id, state=99)).SerializeToString()  # type: ignore[arg-type]
+    results = [(C.BeatReply.FromString(reply), refused) for reply, refused in service.reports([
+        ("iris_nope", "w22", done), (other, "w22", done), (good, "w22", b"\xff\xff"), (good, "w23", done),
+        (good, "w22", bad_state), (good, "w22", done)])]
+    expected = [(UNAUTHENTICATED, "unknown token"), (PERMISSION_DENIED, "belongs to worker 'w23'"),
+                (INVALID_ARGUMENT, "not a ReportTaskStateRequest message"),
+                (INVALID_ARGUMENT, "this connection reports for 'w23', not 'w22'"),
+                (INVALID_ARGUMENT, "updates[0].state: unknown task state 99")]
+    for (reply, refused), (code, words) in zip(results[:-1], expected, strict=True):
+        assert refused and reply.code == code and words in reply.message
+    last, refused = results[-1]
+    assert not refused and not last.code and last.HasField("report")
+    job = JobId(run.task_id.rsplit("/", 1)[0])
+    assert controller.queries.task_status(job, 0).state == T.TASK_STATE_SUCCEEDED  # the refused ones changed nothing
+
+
+def test_a_frame_for_another_worker_on_a_reports_connection_is_refused(
+        served: tuple[ControllerServer, Controller]) -> None:
+    server, controller = served
+    _, token = worker_token(controller, "w24")
+    client = BeatClient("127.0.0.1", beat_port(server), token, "w24", 10, reports=True)
+    with pytest.raises(BeatRefused) as info:
+        client.report(reports("w25"))
+    assert info.value.code == INVALID_ARGUMENT and "this connection reports for 'w24', not 'w25'" in info.value.message
+    assert not client.report(reports("w24")).kill  # the next call connects again
+
+
+def test_a_hello_for_reports_that_may_not_report_is_refused(served: tuple[ControllerServer, Controller]) -> None:
+    server, controller = served
+    _, join = controller.create_token("join", Role.JOIN)
+    with pytest.raises(BeatRefused) as info:
+        BeatClient("127.0.0.1", beat_port(server), join, "w26", 10, reports=True).report(reports("w26"))
+    assert info.value.code == PERMISSION_DENIED and "ReportTaskState" in info.value.message
+
+
+def test_a_port_that_takes_no_reports_refuses_their_hello() -> None:
+    hello_for_reports = (lambda hello: ("t", "w", True, b""), ANSWER_ALL[1], ANSWER_ALL[2])
+    beats = BeatServer(*hello_for_reports)  # no ``reports``: a port that takes heartbeats only
+    beats.start()
+    try:
+        with pytest.raises(BeatRefused) as info:
+            BeatClient("127.0.0.1", beats.port, "t", "w", 10, reports=True).report(reports("w"))
+        assert "reports: this heartbeat port takes no reports" in info.value.message  # the refusal names the field
+    finally:
+        beats.stop()
+
+
+def test_a_hello_reply_without_a_report_response_is_not_trusted_with_reports() -> None:
+    """A controller from before reports took the port answers any hello as a heartbeat connection's:
+    the worker must not send reports there (they would be read as heartbeats and lost)."""
+    old = (lambda hello: ("t", "w", False, C.BeatReply().SerializeToString()), ANSWER_ALL[1], ANSWER_ALL[2])
+    beats = BeatServer(*old)
+    beats.start()
+    try:
+        with pytest.raises(ConnectionError, match="takes no reports"):
+            BeatClient("127.0.0.1", beats.port, "t", "w", 10, reports=True).report(reports("w"))
+    finally:
+        beats.stop()
+
+
+def test_the_worker_reports_by_grpc_when_the_port_fails(
+        faked: tuple[ControllerServer, Controller, FakeWorkerClients]) -> None:
+    server, controller, fake = faked
+    link, _, run = placed_task(server, controller, fake, "w27")
+    try:
+        assert server.beats is not None
+        server.beats.stop()  # the port is gone; gRPC is not
+        link.report(AttemptStatus(run.task_id, run.attempt_id, T.TASK_STATE_SUCCEEDED, job_uid=run.job_uid))
+        assert link.flush_once() and link.pending_reports() == 0
+        count = controller.metrics.registry.get_sample_value
+        assert count("iris_rpc_duration_seconds_count", {"method": "ReportTaskState"}) == 1
+        assert controller.queries.task_status(JobId(run.task_id.rsplit("/", 1)[0]), 0).state == T.TASK_STATE_SUCCEEDED
+    finally:
+        link.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.binary(min_size=1, max_size=3000))
+def test_garbage_on_a_reports_connection_never_hurts_the_port_or_another_worker(
+        served: tuple[ControllerServer, Controller], garbage: bytes) -> None:
+    server, controller = served
+    _, token = worker_token(controller, "w28")
+    with socket.create_connection(("127.0.0.1", beat_port(server))) as sock:
+        sock.sendall(frame(C.BeatHello(token=token, worker_id="w28", reports=True).SerializeToString()) + garbage)
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(10)
+        while sock.recv(65536):
+            pass
+    client = BeatClient("127.0.0.1", beat_port(server), token, "w28", 10, reports=True)
+    assert not client.report(reports("w28")).kill
+    client.close()
+
+
+def test_a_kept_connection_the_controller_closed_while_idle_is_replaced_without_falling_back() -> None:
+    controller = make_controller()
+    server = ControllerServer(controller, "127.0.0.1", 0, idle_connection_ms=100)
+    server.start()
+    try:
+        _, token = worker_token(controller, "w29")
+        client = BeatClient("127.0.0.1", beat_port(server), token, "w29", 10, reports=True)
+        assert not client.report(reports("w29")).kill
+        assert server.beats is not None
+        beats = server.beats
+        wait_until(lambda: not beats.connections, 30, message="the idle connection was not closed")
+        assert not client.report(reports("w29")).kill  # on a new connection, no error seen by the caller
+        count = controller.metrics.registry.get_sample_value
+        assert count("iris_rpc_duration_seconds_count", {"method": "ReportPort"}) == 2
+        client.close()
     finally:
         server.stop(grace=0)

@@ -14,6 +14,12 @@ Heartbeat RPC's); a refused hello or frame gets a reply naming the field and the
 connection is closed; a connection that says nothing is closed after ``hello_timeout_s`` (before
 its hello) or ``idle_s``; at most ``max_unauthenticated`` connections may wait for their hello.
 Every heartbeat is authenticated again (a revoked credential stops at its next beat).
+
+A connection whose hello says ``reports`` carries a worker's reports instead. They need their
+write durable before the reply (the worker then forgets them), so they are not answered on the
+loop: the reports read while the previous batch was being applied go to one thread as one batch,
+one change for all of them (``Controller.report_task_states``), and their replies come back to the
+loop to be written. A heartbeat never waits for a report's write.
 """
 
 from __future__ import annotations
@@ -35,15 +41,20 @@ HELLO_TIMEOUT_S = 10.0
 MAX_UNAUTHENTICATED = 1024
 MAX_IN_FLIGHT = 16
 """Heartbeats one connection may send ahead of their replies (a worker sends one at a time)."""
+MAX_REPORT_BATCH = 128
+"""Report frames applied in one change at most (each a worker's batch of reports): the lock is let
+go between them, so heartbeats are not held behind a fleet's worth of reports."""
 SWEEP_S = 2.0
 """How often connections past their hello timeout or idle are looked for."""
 
-Hello = Callable[[bytes], tuple[str, str, bytes]]
-"""A hello frame -> (its credential, its worker id, the reply); raises IrisError to refuse it."""
+Hello = Callable[[bytes], tuple[str, str, bool, bytes]]
+"""A hello frame -> (its credential, its worker id, whether the connection carries reports, the
+reply); raises IrisError to refuse it."""
 Beats = Callable[[Sequence[tuple[str, str, bytes]]], list[tuple[bytes, bool]]]
 """Heartbeat frames that arrived together, each as (its connection's credential and worker id, the
 frame) -> each one's reply, and whether that reply refuses it (its connection is then closed).
-``service.ControllerServiceImpl`` reads and writes the messages: this module moves bytes."""
+``service.ControllerServiceImpl`` reads and writes the messages: this module moves bytes. The same
+signature takes a batch of report frames (``reports``)."""
 Refuse = Callable[[IrisError], bytes]
 """The reply that refuses a frame, naming the rule (``error``'s message and status code)."""
 
@@ -55,9 +66,11 @@ class BeatServer:
     def __init__(self, hello: Hello, beats: Beats, refuse: Refuse, host: str = "127.0.0.1", port: int = 0,
                  ssl_context: ssl.SSLContext | None = None, frame_cap: int = MAX_REQUEST_BYTES,
                  idle_s: float = IDLE_CONNECTION_MS / 1000, hello_timeout_s: float = HELLO_TIMEOUT_S,
-                 max_unauthenticated: int = MAX_UNAUTHENTICATED) -> None:
-        self.hello, self.beats, self.refuse = hello, beats, refuse
+                 max_unauthenticated: int = MAX_UNAUTHENTICATED, reports: Beats | None = None) -> None:
+        """``reports``: a batch of report frames -> their replies (None: a hello for reports is refused)."""
+        self.hello, self.beats, self.refuse, self.reports = hello, beats, refuse, reports
         self._batch: list[tuple[_BeatConnection, bytes]] = []
+        self._reports = _ReportBatches(self)
         self.frame_cap = frame_cap
         self.idle_s, self.hello_timeout_s = idle_s, hello_timeout_s
         self.max_unauthenticated = max_unauthenticated
@@ -78,6 +91,8 @@ class BeatServer:
         self._started.wait()
         if self._failed is not None:
             raise OSError(f"the heartbeat port could not start: {self._failed}") from self._failed
+        if self.reports is not None:
+            self._reports.start()
 
     def stop(self) -> None:
         loop, thread = self._loop, self._thread
@@ -85,6 +100,7 @@ class BeatServer:
             self._sock.close()
             return
         self._loop = None  # a second stop does nothing
+        self._reports.stop()
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
 
@@ -120,14 +136,27 @@ class BeatServer:
 
     def _answer_batch(self) -> None:
         batch, self._batch = self._batch, []
+        _answer(batch, self.answers(self.beats, batch, "heartbeats"))
+
+    def answers(self, handle: Beats, batch: Sequence[tuple[_BeatConnection, bytes]], what: str
+                ) -> list[tuple[bytes, bool]]:
         try:
-            results = self.beats([(connection.token, connection.worker_id or "", message)
-                                  for connection, message in batch])
-        except Exception as e:  # a bug, not a refusal: every heartbeat of the batch is told so
-            logger.exception("heartbeat port: a batch of %d failed", len(batch))
-            results = [(self.refuse(IrisError(f"internal error: {e}")), True)] * len(batch)
-        for (connection, _), (reply, refused) in zip(batch, results, strict=True):
-            connection.answer(reply, refused)
+            return handle([(connection.token, connection.worker_id or "", message) for connection, message in batch])
+        except Exception as e:  # a bug, not a refusal: every frame of the batch is told so
+            logger.exception("heartbeat port: a batch of %d %s failed", len(batch), what)
+            return [(self.refuse(IrisError(f"internal error: {e}")), True)] * len(batch)
+
+    def report(self, connection: _BeatConnection, message: bytes) -> None:
+        self._reports.add(connection, message)
+
+    def answer_later(self, batch: list[tuple[_BeatConnection, bytes]], results: list[tuple[bytes, bool]]) -> None:
+        """From the reports' thread: the replies are written by the loop."""
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(_answer, batch, results)
+            except RuntimeError:  # the loop closed meanwhile (stopping): its connections are gone
+                pass
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
@@ -138,6 +167,53 @@ class BeatServer:
         loop.call_later(SWEEP_S, self._sweep, loop)
 
 
+def _answer(batch: Sequence[tuple[_BeatConnection, bytes]], results: list[tuple[bytes, bool]]) -> None:
+    for (connection, _), (reply, refused) in zip(batch, results, strict=True):
+        connection.answer(reply, refused)
+
+
+class _ReportBatches:
+    """The reports read on the loop, applied on a thread of their own, as many per batch as arrived
+    while the previous batch was being applied (its write made durable included), at most
+    ``MAX_REPORT_BATCH``."""
+
+    def __init__(self, server: BeatServer) -> None:
+        self._server = server
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: list[tuple[_BeatConnection, bytes]] = []
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="iris-report-port", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    def add(self, connection: _BeatConnection, message: bytes) -> None:
+        with self._cond:
+            self._pending.append((connection, message))
+            if len(self._pending) == 1:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        server, handle = self._server, self._server.reports
+        assert handle is not None
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                batch, self._pending = self._pending[:MAX_REPORT_BATCH], self._pending[MAX_REPORT_BATCH:]
+            server.answer_later(batch, server.answers(handle, batch, "reports"))
+
+
 class _BeatConnection(asyncio.Protocol):
     def __init__(self, server: BeatServer, loop: asyncio.AbstractEventLoop) -> None:
         self._server = server
@@ -146,6 +222,8 @@ class _BeatConnection(asyncio.Protocol):
         self.token = ""
         self.worker_id: str | None = None
         """Set once the hello was accepted."""
+        self.reports = False
+        """The hello said this connection carries reports."""
         self.seen = loop.time()
         self._closing = False
         self.in_batch = 0
@@ -184,7 +262,7 @@ class _BeatConnection(asyncio.Protocol):
             (size,) = HEADER.unpack_from(buffer)
             cap = HELLO_CAP if self.worker_id is None else self._server.frame_cap
             if size > cap:
-                what = "hello" if self.worker_id is None else "heartbeat"
+                what = "hello" if self.worker_id is None else "report" if self.reports else "heartbeat"
                 self._refuse(InvalidArgument(f"a {what} frame of {size} bytes is over this connection's cap of "
                                              f"{cap} bytes"))
                 return
@@ -199,21 +277,27 @@ class _BeatConnection(asyncio.Protocol):
 
     def _hello(self, message: bytes) -> None:
         try:
-            token, worker_id, reply = self._server.hello(message)
+            token, worker_id, reports, reply = self._server.hello(message)
+            if reports and self._server.reports is None:
+                raise InvalidArgument("reports: this heartbeat port takes no reports; send them by ReportTaskState")
         except IrisError as e:
             self._refuse(e)
             return
-        self.token, self.worker_id = token, worker_id
+        self.token, self.worker_id, self.reports = token, worker_id, reports
         self._server.waiting_hello -= 1
         self.transport.write(frame(reply))
 
     def _heartbeat(self, message: bytes) -> None:
         self.in_batch += 1
         if self.in_batch > MAX_IN_FLIGHT:
-            self._refuse(InvalidArgument(f"more than {MAX_IN_FLIGHT} heartbeats in flight on one connection: "
+            what = "reports" if self.reports else "heartbeats"
+            self._refuse(InvalidArgument(f"more than {MAX_IN_FLIGHT} {what} in flight on one connection: "
                                          "send the next after the reply"))
             return
-        self._server.enqueue(self, message)
+        if self.reports:
+            self._server.report(self, message)
+        else:
+            self._server.enqueue(self, message)
 
     def answer(self, reply: bytes, refused: bool) -> None:
         self.in_batch -= 1

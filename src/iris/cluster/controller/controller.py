@@ -164,8 +164,7 @@ class Controller:
         """The controller's own address."""
         self._provisioner: ProvisionerHandle | None = None
         self._forget: dict[WorkerId, tuple[set[str], set[str]]] = {}
-        """Per worker, what deleted jobs left there: (job uids, bundle hashes), sent with its next
-        heartbeat reply so it drops their attempt directories (logs) and cached bundles."""
+        """Per worker, what deleted jobs left there (job uids, bundle hashes): sent with its next reply."""
         self._retired: set[WorkerId] = set()
         """Provisioned workers given back to their platform: they may not register again."""
         self._heartbeat_interval_ms = 0
@@ -231,14 +230,14 @@ class Controller:
             if stop.is_set():
                 return
             try:
-                # A pass woken by an event stops once no worker has room; every schedule_interval_s
-                # a full pass also times tasks out and explains every job still waiting.
+                # A pass woken by an event stops once no worker has room; a full one (every
+                # schedule_interval_s) also times tasks out and explains every job still waiting. A
+                # pass that placed work wakes the next itself (``_act``): a fleet-wide dispatch goes
+                # in slices of max_assignments_per_pass, the lock released in between.
                 now = self._clock.monotonic()
                 full = not woken or now - last_full >= self.config.schedule_interval_s
                 if full:
                     last_full = now
-                # A pass that placed work (at most max_assignments_per_pass) wakes the next one itself
-                # (``_act``): a fleet-wide dispatch goes in slices, the lock released in between.
                 self.tick_schedule(bounded=not full)
             except StoreFull:  # nothing can be placed durably: wait for space (RPCs say why)
                 self._clock.wait(stop, 1.0)
@@ -437,8 +436,7 @@ class Controller:
         return self.queries.provisioning_inputs(self._clock.now_ms())
 
     def worker_lost(self, worker_id: WorkerId, reason: str) -> None:
-        """The platform says the worker's allocation ended: its tasks are preemptions now, without
-        waiting for the heartbeat timeout."""
+        """The platform says the worker's allocation ended: its tasks are preemptions now."""
         with self._change() as tx:
             lost = tx.state.mark_worker_dead(worker_id, tx.now_ms, reason=reason)
         if lost:
@@ -513,8 +511,7 @@ class Controller:
     # ------------------------------------------------------------------ workers
 
     def heartbeat_interval_ms(self) -> int:
-        """How often each worker is asked to heartbeat at most: the fleet's share of
-        ``max_heartbeat_rate`` (0 while the fleet is small enough for the workers' own intervals)."""
+        """Each worker's heartbeat interval at least: its share of ``max_heartbeat_rate`` (0: its own)."""
         return self._heartbeat_interval_ms
 
     def _size_heartbeats(self, healthy: int) -> None:
@@ -592,8 +589,7 @@ class Controller:
         return self.heartbeats([observation])[0]
 
     def heartbeats(self, observations: Sequence[Observation]) -> list[HeartbeatReply]:
-        """Heartbeats that arrived together (the heartbeat port's), reconciled in one change: one
-        turn of the lock for all of them however busy it is, each exactly as ``heartbeat``."""
+        """Heartbeats that arrived together (the heartbeat port's), reconciled in one change, each as ``heartbeat``."""
         interval_ms = self._heartbeat_interval_ms
         replies = []
         for observation, kill in zip(observations, self.apply_observations(observations, interval_ms), strict=True):
@@ -606,10 +602,9 @@ class Controller:
         return replies
 
     def apply_observation(self, observation: Observation, interval_ms: int = 0) -> list[ObservedAttempt] | None:
-        """Reconcile one location's complete observed set (a heartbeat, or a backend's poll; a
-        heartbeat's reply asks for the next one ``interval_ms`` later at the earliest). Returns the
-        attempts to kill there, or None when the location is unknown or was declared dead (it must
-        register again)."""
+        """Reconcile one location's complete observed set (a heartbeat, or a backend's poll; a reply
+        asks for the next ``interval_ms`` later at the earliest). Returns the attempts to kill there,
+        or None when the location is unknown or was declared dead (it must register again)."""
         return self.apply_observations([observation], interval_ms)[0]
 
     def apply_observations(self, observations: Sequence[Observation], interval_ms: int = 0
@@ -631,31 +626,37 @@ class Controller:
 
     def report_task_state(self, worker_id: WorkerId, reports: Sequence[TaskReport], unfit: str = ""
                           ) -> list[AttemptRef]:
-        """Apply a batch of reports from one worker. Stale or duplicate reports are no-ops; a live
-        attempt the controller no longer expects is returned, to be killed there. ``unfit``: what
-        the worker says of its fitness, taken first (a retry is not placed back on an unfit worker)."""
-        kill: list[AttemptRef] = []
+        return self.report_task_states([(worker_id, reports, unfit)])[0]
+
+    def report_task_states(self, batches: Sequence[tuple[WorkerId, Sequence[TaskReport], str]]) -> list[list[AttemptRef]]:
+        """Apply batches of reports, each (a worker, its reports, ``unfit``: what it says of its
+        fitness, taken first: a retry is not placed back on an unfit worker), in one change (the
+        heartbeat port's arrive together). Stale or duplicate reports are no-ops; a live attempt
+        the controller no longer expects is returned in its batch's list, to be killed there."""
+        kills: list[list[AttemptRef]] = []
         with self._change() as tx:
             state, now = tx.state, tx.now_ms
-            self.logs.complete(state, worker_id, reports)
-            state.heartbeat(worker_id, now, heard_ms=tx.mono_ms)
-            state.set_unfit(worker_id, unfit, now)
-            for report in reports:
-                ref = report.ref
-                if report.result and report.state == SUCCEEDED and state.live_attempt(ref, worker_id) is not None:
-                    # Kept before the success is committed; a stale or duplicate report's is not the task's.
-                    self._bundles.put_result(ref.task_id, ref.attempt_id, report.result)
-                changed = state.apply_report(worker_id, ref.task_id, ref.attempt_id, report.state, now,
-                                             exit_code=report.exit_code, error=report.error, ports=report.ports,
-                                             job_uid=ref.job_uid, busy_ports=report.busy_ports)
-                task = state.get_task(ref.task_id)
-                if changed and report.state == RUNNING and task is not None and task.started_at_ms is not None:
-                    self.metrics.observe_wait(task.band, max(0, task.started_at_ms - task.pending_since_ms) / 1000)
-                if not changed and report.state not in TERMINAL_TASK_STATES and state.live_attempt(ref, worker_id) is None:
-                    kill.append(ref)
-        # The scheduling loop coalesces the wakes of several report batches into one pass (running
-        # the pass here, per batch, was measured slower).
-        return kill
+            for worker_id, reports, unfit in batches:
+                kill: list[AttemptRef] = []
+                kills.append(kill)
+                self.logs.complete(state, worker_id, reports)
+                state.heartbeat(worker_id, now, heard_ms=tx.mono_ms)
+                state.set_unfit(worker_id, unfit, now)
+                for report in reports:
+                    ref = report.ref
+                    if report.result and report.state == SUCCEEDED and state.live_attempt(ref, worker_id) is not None:
+                        # Kept before the success is committed; a stale or duplicate report's is not the task's.
+                        self._bundles.put_result(ref.task_id, ref.attempt_id, report.result)
+                    changed = state.apply_report(worker_id, ref.task_id, ref.attempt_id, report.state, now,
+                                                 exit_code=report.exit_code, error=report.error, ports=report.ports,
+                                                 job_uid=ref.job_uid, busy_ports=report.busy_ports)
+                    task = state.get_task(ref.task_id)
+                    if changed and report.state == RUNNING and task is not None and task.started_at_ms is not None:
+                        self.metrics.observe_wait(task.band, max(0, task.started_at_ms - task.pending_since_ms) / 1000)
+                    if not changed and report.state not in TERMINAL_TASK_STATES and state.live_attempt(ref, worker_id) is None:
+                        kill.append(ref)
+        # The scheduling loop coalesces the wakes of several report batches into one pass.
+        return kills
 
     # ------------------------------------------------------------------ endpoints
 

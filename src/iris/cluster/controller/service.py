@@ -167,6 +167,7 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         self.beat_port = 0
         """The heartbeat port registrations advertise (0: none)."""
         self._beat_latency = controller.metrics.rpc_latency.labels("HeartbeatPort")
+        self._report_latency = controller.metrics.rpc_latency.labels("ReportPort")
 
     # -- jobs ---------------------------------------------------------------------------------
 
@@ -356,53 +357,81 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     ) -> cluster_pb2.Controller.HeartbeatResponse:
         return self._heartbeat(request, who)
 
-    def beat_hello(self, message: bytes) -> tuple[str, str, bytes]:
-        """The heartbeat port's hello (``beats.BeatServer``): may this credential heartbeat for
-        that worker? Its credential, its worker id and the reply; raises IrisError."""
+    def beat_hello(self, message: bytes) -> tuple[str, str, bool, bytes]:
+        """The heartbeat port's hello (``beats.BeatServer``): may this credential heartbeat (or
+        report, when the hello says ``reports``) for that worker? Its credential, its worker id,
+        whether the connection carries reports, and the reply; raises IrisError."""
         try:
             hello = cluster_pb2.Controller.BeatHello.FromString(message)
         except DecodeError:
             raise InvalidArgument("the frame is not a BeatHello message") from None
         check_id(hello.worker_id, "worker_id", self._controller.config.limits)
-        self._beat_principal(hello.token, hello.worker_id)
-        return hello.token, hello.worker_id, _BEAT_OK
+        self._beat_principal(hello.token, hello.worker_id, "ReportTaskState" if hello.reports else "Heartbeat")
+        return hello.token, hello.worker_id, hello.reports, _REPORTS_OK if hello.reports else _BEAT_OK
 
-    def _beat_principal(self, token: str, worker_id: str) -> Principal:
-        """As ``_rpc`` admits a Heartbeat: a worker (its own id only) or an admin."""
+    def _beat_principal(self, token: str, worker_id: str, what: str) -> Principal:
+        """As ``_rpc`` admits a Heartbeat or a ReportTaskState: a worker (its own id only) or an admin."""
         who = self._controller.authenticate(token)
-        require_role(who, Role.WORKER, Role.ADMIN, what="Heartbeat")
+        require_role(who, Role.WORKER, Role.ADMIN, what=what)
         require_own_worker(who, worker_id)
         return who
 
-    def beats(self, beats: Sequence[tuple[str, str, bytes]]) -> list[tuple[bytes, bool]]:
-        """Heartbeats by the heartbeat port that arrived together, each as (its connection's
-        credential and worker id, the frame): each authenticated again (a revoked credential stops
-        here) and checked as the Heartbeat RPC does, then all reconciled in one change
-        (``Controller.heartbeats``). Each gets its reply, or a refusal (True) naming the rule."""
-        started = time.perf_counter()
-        limits = self._controller.config.limits
-        results: list[tuple[bytes, bool] | None] = []
-        observations: list[Observation] = []
-        for token, worker_id, message in beats:
+    def _port_frames(self, frames: Sequence[tuple[str, str, bytes]], kind: Any, convert: Callable[[Any], _R]
+                     ) -> list[_R | IrisError]:
+        """Frames that arrived together on the heartbeat port, each as (its connection's credential
+        and worker id, the frame): each parsed as ``kind``, bound to its connection's worker,
+        authenticated again (a revoked credential stops here) and checked as the RPC does
+        (``convert``); or the error that refuses it."""
+        checked: list[_R | IrisError] = []
+        what = kind.__name__.removesuffix("Request")
+        for token, worker_id, message in frames:
             try:
                 try:
-                    request = cluster_pb2.Controller.HeartbeatRequest.FromString(message)
+                    request = kind.FromString(message)
                 except DecodeError:
-                    raise InvalidArgument("the frame is not a HeartbeatRequest message") from None
+                    raise InvalidArgument(f"the frame is not a {kind.__name__} message") from None
                 if request.worker_id != worker_id:
-                    raise InvalidArgument(f"worker_id: this connection heartbeats for {worker_id[:64]!r}, not "
+                    verb = "heartbeats" if what == "Heartbeat" else "reports"
+                    raise InvalidArgument(f"worker_id: this connection {verb} for {worker_id[:64]!r}, not "
                                           f"{request.worker_id[:64]!r}")
-                self._beat_principal(token, request.worker_id)
-                observations.append(heartbeat_observation(request, limits))
-                results.append(None)
+                self._beat_principal(token, request.worker_id, what)
+                checked.append(convert(request))
             except IrisError as e:
-                results.append((beat_refusal(e), True))
+                checked.append(e)
+        return checked
+
+    def beats(self, beats: Sequence[tuple[str, str, bytes]]) -> list[tuple[bytes, bool]]:
+        """Heartbeats by the heartbeat port that arrived together (``_port_frames``), all reconciled
+        in one change (``Controller.heartbeats``). Each gets its reply, or a refusal (True) naming
+        the rule."""
+        started = time.perf_counter()
+        limits = self._controller.config.limits
+        checked = self._port_frames(beats, cluster_pb2.Controller.HeartbeatRequest,
+                                    lambda request: heartbeat_observation(request, limits))
+        observations = [c for c in checked if not isinstance(c, IrisError)]
         replies = iter(self._controller.heartbeats(observations) if observations else ())
-        answered = [r if r is not None else (cluster_pb2.Controller.BeatReply(
-            heartbeat=self._response(next(replies))).SerializeToString(), False) for r in results]
+        answered = [(beat_refusal(c), True) if isinstance(c, IrisError) else (cluster_pb2.Controller.BeatReply(
+            heartbeat=self._response(next(replies))).SerializeToString(), False) for c in checked]
         elapsed = time.perf_counter() - started
         for _ in beats:
             self._beat_latency.observe(elapsed)
+        return answered
+
+    def reports(self, frames: Sequence[tuple[str, str, bytes]]) -> list[tuple[bytes, bool]]:
+        """Report batches by the heartbeat port that arrived together (``_port_frames``), all
+        applied in one change (``Controller.report_task_states``) and durable before any reply.
+        Each gets its reply (what to kill), or a refusal (True) naming the rule."""
+        started = time.perf_counter()
+        limits = self._controller.config.limits
+        checked = self._port_frames(frames, cluster_pb2.Controller.ReportTaskStateRequest, lambda request: (
+            WorkerId(request.worker_id), task_reports(request, limits), request.unfit[:MAX_UNFIT_CHARS]))
+        batches = [c for c in checked if not isinstance(c, IrisError)]
+        kills = iter(self._controller.report_task_states(batches) if batches else ())
+        answered = [(beat_refusal(c), True) if isinstance(c, IrisError) else (cluster_pb2.Controller.BeatReply(
+            report=_report_response(next(kills))).SerializeToString(), False) for c in checked]
+        elapsed = time.perf_counter() - started
+        for _ in frames:
+            self._report_latency.observe(elapsed)
         return answered
 
     def _heartbeat(self, request: cluster_pb2.Controller.HeartbeatRequest,
@@ -427,12 +456,9 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     ) -> cluster_pb2.Controller.ReportTaskStateResponse:
         # Bound to its worker id: the core ignores reports of attempts not bound to that worker.
         require_own_worker(who, request.worker_id)
-        kill = self._controller.report_task_state(WorkerId(request.worker_id),
-                                                  task_reports(request, self._controller.config.limits),
-                                                  request.unfit[:MAX_UNFIT_CHARS])
-        return cluster_pb2.Controller.ReportTaskStateResponse(kill=[
-            cluster_pb2.WorkerTaskStatus(task_id=ref.task_id, attempt_id=ref.attempt_id, job_uid=ref.job_uid)
-            for ref in kill])
+        return _report_response(self._controller.report_task_state(
+            WorkerId(request.worker_id), task_reports(request, self._controller.config.limits),
+            request.unfit[:MAX_UNFIT_CHARS]))
 
     @_rpc(Role.WORKER, Role.ADMIN)
     def PushTaskLogs(
@@ -742,6 +768,14 @@ def heartbeat_observation(request: cluster_pb2.Controller.HeartbeatRequest, limi
 MAX_UNFIT_CHARS = 1024
 """A worker's "unfit" reason is cut to this (it is shown, never parsed)."""
 _BEAT_OK = cluster_pb2.Controller.BeatReply().SerializeToString()
+_REPORTS_OK = cluster_pb2.Controller.BeatReply(report=cluster_pb2.Controller.ReportTaskStateResponse()).SerializeToString()
+"""A reports connection's hello is answered with an empty report response: the port takes reports."""
+
+
+def _report_response(kill: Sequence[AttemptRef]) -> cluster_pb2.Controller.ReportTaskStateResponse:
+    return cluster_pb2.Controller.ReportTaskStateResponse(kill=[
+        cluster_pb2.WorkerTaskStatus(task_id=ref.task_id, attempt_id=ref.attempt_id, job_uid=ref.job_uid)
+        for ref in kill])
 
 
 def beat_refusal(error: IrisError) -> bytes:
@@ -1055,7 +1089,8 @@ class ControllerServer:
         if heartbeat_port is not None:
             context = server_ssl_context(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
             self.beats = BeatServer(service.beat_hello, service.beats, beat_refusal, host, heartbeat_port, context,
-                                    frame_cap=MESSAGE_CAPS["Heartbeat"], idle_s=idle_connection_ms / 1000)
+                                    frame_cap=max(MESSAGE_CAPS["Heartbeat"], MESSAGE_CAPS["ReportTaskState"]),
+                                    idle_s=idle_connection_ms / 1000, reports=service.reports)
             service.beat_port = self.beats.port
         self.host = host
         self.address = host_port(advertise_host(host, advertise), self.port)

@@ -5,6 +5,9 @@
 - Every report is queued in the outbox (coalesced per attempt; a terminal report is final),
   flushed at once by the sender thread in one batch, and retried with capped exponential backoff
   until the controller acknowledges it; then ``on_acknowledged`` is told which reports landed.
+- Heartbeats and reports go by the controller's heartbeat port when its registration reply names
+  one (``iris.rpc.beats``: a connection each, a fraction of a gRPC call's cost to the controller),
+  by gRPC when it names none, and for a while after the port failed.
 - While the controller is unreachable the link says so; the first success after that registers
   again with the set as it is then (the controller may have restarted and forgotten us).
 - What the controller says comes back to the worker as the attempt machine's events (``LinkSide.
@@ -216,6 +219,9 @@ class ControllerLink:
         self._beats: BeatClient | None = None
         """The controller's heartbeat port, as its last registration reply named it (None: gRPC)."""
         self._beats_retry_at = 0.0
+        self._reports_port: BeatClient | None = None
+        """The same port, a connection of its own for the outbox's reports (None: gRPC)."""
+        self._reports_retry_at = 0.0
 
     def await_registered(self, timeout_s: float) -> bool:
         """Whether a registration was accepted, waiting up to ``timeout_s`` for one in flight: the
@@ -244,22 +250,28 @@ class ControllerLink:
         self._adopt_beat_port(response.heartbeat_port)
 
     def _adopt_beat_port(self, port: int) -> None:
-        """The heartbeat port a registration reply named (0: none), with the credential we hold now.
-        An unchanged port and credential keep their connection (the heartbeat thread may be using it)."""
-        config, token, beats = self._config, self._credential or self._config.join_token, self._beats
+        """The heartbeat port a registration reply named (0: none), with the credential we hold now:
+        a connection for heartbeats and one for reports. An unchanged port and credential keep their
+        connections (the heartbeat and outbox threads may be using them)."""
+        config, token, beats, reports = self._config, self._credential or self._config.join_token, self._beats, \
+            self._reports_port
         if beats is not None and beats.port == port and beats.token == token:
             return
-        self._beats, self._beats_retry_at = None, 0.0  # a new port (a restarted controller) is tried at once
-        if beats is not None:
-            beats.close()
+        # A new port (a restarted controller) is tried at once.
+        self._beats, self._beats_retry_at, self._reports_port, self._reports_retry_at = None, 0.0, None, 0.0
+        for client in (beats, reports):
+            if client is not None:
+                client.close()
         if port:
             tls = client_ssl_context(config.tls_ca) if config.channel_credentials is not None else None
-            self._beats = BeatClient(split_host(config.controller_address), port, token, self.worker_id,
-                                     config.rpc_timeout_s, tls)
+            host = split_host(config.controller_address)
+            self._beats = BeatClient(host, port, token, self.worker_id, config.rpc_timeout_s, tls)
+            self._reports_port = BeatClient(host, port, token, self.worker_id, config.rpc_timeout_s, tls, reports=True)
 
     def close(self) -> None:
-        if self._beats is not None:
-            self._beats.close()
+        for client in (self._beats, self._reports_port):
+            if client is not None:
+                client.close()
         self._channel.close()
 
     def fetch_bundle(self, bundle_hash: str) -> bytes:
@@ -370,6 +382,21 @@ class ControllerLink:
                 self._beats_retry_at = self._clock.monotonic() + BEAT_PORT_RETRY_S
         return self.stub.Heartbeat(request, timeout=self._config.rpc_timeout_s, metadata=self.metadata())
 
+    def _send_reports(self, request: cluster_pb2.Controller.ReportTaskStateRequest
+                      ) -> cluster_pb2.Controller.ReportTaskStateResponse:
+        """As ``_send_heartbeat``, for a batch of reports: by the port's reports connection (acknowledged
+        once durable), else, and for ``BEAT_PORT_RETRY_S`` after the port failed, by ReportTaskState.
+        A batch the port may have applied before it failed goes again: reports are idempotent."""
+        port = self._reports_port
+        if port is not None and self._clock.monotonic() >= self._reports_retry_at:
+            try:
+                return port.report(request)
+            except (OSError, BeatRefused) as e:
+                logger.warning("heartbeat port %s:%d failed for reports worker=%s: %s; reporting by gRPC for %.0fs",
+                               port.host, port.port, self.worker_id, e, BEAT_PORT_RETRY_S)
+                self._reports_retry_at = self._clock.monotonic() + BEAT_PORT_RETRY_S
+        return self.stub.ReportTaskState(request, timeout=self._config.rpc_timeout_s, metadata=self.metadata())
+
     def _apply_kills(self, kills: Iterable[cluster_pb2.WorkerTaskStatus]) -> None:
         for entry in kills:
             logger.info("controller asked to kill task=%s attempt=%d", entry.task_id, entry.attempt_id)
@@ -411,8 +438,9 @@ class ControllerLink:
             return len(self._outbox.keys() | self._inflight.keys())
 
     def flush_once(self) -> bool:
-        """Send every pending report in one ReportTaskState. True when acknowledged (or nothing
-        to send); on failure the batch goes back into the outbox, behind newer states."""
+        """Send every pending report in one ReportTaskState (by the heartbeat port when there is one).
+        True when acknowledged (or nothing to send); on failure the batch goes back into the outbox,
+        behind newer states."""
         with self._lock:
             if not self._outbox:
                 return True
@@ -459,7 +487,7 @@ class ControllerLink:
         request = cluster_pb2.Controller.ReportTaskStateRequest(worker_id=self.worker_id, updates=updates,
                                                                 unfit=self._worker.unfit())
         try:
-            response = self.stub.ReportTaskState(request, timeout=self._config.rpc_timeout_s, metadata=self.metadata())
+            response = self._send_reports(request)
         except grpc.RpcError as e:
             with self._lock:
                 merged = dict(self._inflight)
