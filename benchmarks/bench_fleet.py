@@ -64,6 +64,14 @@ try:
     from iris.rpc.beats import frame as beat_frame
 except ImportError:  # an older tree: its controller names no heartbeat port, so none of these is used
     pass
+try:
+    from iris.rpc.beats import HEARTBEAT, REPORT
+    from iris.rpc.beats import TAG as BEAT_TAG
+    BEAT_KINDS = (HEARTBEAT, REPORT)
+except ImportError:  # an older tree: heartbeats only on the port, one at a time, untagged
+    BEAT_KINDS = (1, 2)
+MULTIPLEX = "multiplex" in cluster_pb2.Controller.BeatHello.DESCRIPTOR.fields_by_name if hasattr(
+    cluster_pb2.Controller, "BeatHello") else False
 
 C = cluster_pb2.Controller
 W = cluster_pb2.Worker
@@ -98,14 +106,13 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
         self.controller = controller
         self.beat_port = 0
         self.loop = asyncio.new_event_loop()
-        self.beat_conns: dict[str, Any] = {}
+        self.beat_conns: dict[str, _PortConn] = {}
         self.beat_locks: dict[str, asyncio.Lock] = {}
         self.grpc_until: dict[str, float] = {}
         self.port_failures = 0
         """Heartbeats the port failed while measuring (each then went by gRPC, as a real worker's does)."""
-        self.grpc_reports = grpc_reports
+        self.grpc_reports = grpc_reports or not MULTIPLEX  # an older tree's port takes heartbeats only
         """Reports by ReportTaskState even when the port takes them (as workers before it did)."""
-        self.report_conns: dict[str, Any] = {}
         self.reports_grpc_until: dict[str, float] = {}
         self.report_port_failures = 0
         """Report batches the port failed while measuring (each then went by gRPC, as a real worker's)."""
@@ -152,82 +159,69 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
 
     # -- the heartbeat port (as ``iris.rpc.beats.BeatClient``, many workers on one event loop) ----
 
+    async def _port(self, worker_id: str) -> _PortConn:
+        """The worker's one connection to the port (heartbeats and reports), connected on first use."""
+        async with self.beat_locks.setdefault(worker_id, asyncio.Lock()):
+            conn = self.beat_conns.get(worker_id)
+            if conn is None:
+                host = self.controller.rsplit(":", 1)[0]
+                conn = _PortConn(*await asyncio.open_connection(host, self.beat_port), MULTIPLEX)
+                self.beat_conns[worker_id] = conn
+                try:
+                    await conn.hello(self.credentials[worker_id], worker_id)
+                except BaseException:
+                    self._drop(worker_id, conn)
+                    raise
+            return conn
+
+    def _drop(self, worker_id: str, conn: _PortConn | None) -> None:
+        if conn is not None and self.beat_conns.get(worker_id) is conn:
+            del self.beat_conns[worker_id]
+        if conn is not None:
+            conn.fail(ConnectionError("dropped"))
+
     async def _beat(self, worker_id: str, request: Any, started: float) -> None:
-        lock = self.beat_locks.setdefault(worker_id, asyncio.Lock())
-        async with lock:  # one heartbeat in flight per connection, as the real worker's loop
-            try:
-                reply = await asyncio.wait_for(self._beat_call(worker_id, request), RPC_TIMEOUT_S)
-            except (TimeoutError, OSError, BeatRefused):
-                conn = self.beat_conns.pop(worker_id, None)
-                if conn is not None:
-                    conn[1].close()
-                # As the real worker (``ControllerLink._send_heartbeat``): this beat, and the
-                # worker's next ones for a minute, by the Heartbeat RPC.
-                self.port_failures += self.measuring is not None and self.measuring.is_set()
-                self.grpc_until[worker_id] = time.monotonic() + 60.0
-                self._grpc_beat(worker_id, request, started)
-                return
+        conn = None
+        try:
+            conn = await asyncio.wait_for(self._port(worker_id), RPC_TIMEOUT_S)
+            reply = await asyncio.wait_for(conn.call(BEAT_KINDS[0], request), RPC_TIMEOUT_S)
+        except Exception:  # any failure (a coroutine's exception would be lost)
+            self._drop(worker_id, conn)
+            # As the real worker (``ControllerLink._send_heartbeat``): this beat, and the worker's
+            # next ones for a minute, by the Heartbeat RPC.
+            self.port_failures += self.measuring is not None and self.measuring.is_set()
+            self.grpc_until[worker_id] = time.monotonic() + 60.0
+            self._grpc_beat(worker_id, request, started)
+            return
         self._heartbeat_reply(reply.heartbeat, worker_id, started)
 
     def _grpc_beat(self, worker_id: str, request: Any, started: float) -> None:
         call = self.stubs[worker_id].Heartbeat.future(request, metadata=self.metadata(worker_id), timeout=RPC_TIMEOUT_S)
         call.add_done_callback(lambda f, w=worker_id, s=started: self._heartbeat_done(f, w, s))
 
-    async def _beat_call(self, worker_id: str, request: Any) -> Any:
-        conn = self.beat_conns.get(worker_id)
-        if conn is None:
-            host = self.controller.rsplit(":", 1)[0]
-            conn = await asyncio.open_connection(host, self.beat_port)
-            self.beat_conns[worker_id] = conn
-            await self._exchange(conn, C.BeatHello(token=self.credentials[worker_id], worker_id=worker_id))
-        return await self._exchange(conn, request)
-
     async def _report(self, worker_id: str, updates: list[Any], inflight: set[str]) -> None:
-        """A batch of reports by the port's reports connection (as ``iris.rpc.beats.BeatClient.report``);
-        when the port fails, by ReportTaskState, and every batch of the worker's for a minute after."""
+        """A batch of reports by the port (as ``iris.rpc.beats.BeatClient.report``); when the port
+        fails, by ReportTaskState, and every batch of the worker's for a minute after."""
         request = C.ReportTaskStateRequest(worker_id=worker_id, updates=updates)
+        conn = None
         try:
-            await asyncio.wait_for(self._report_call(worker_id, request), RPC_TIMEOUT_S)
-        except (TimeoutError, OSError, BeatRefused):
-            conn = self.report_conns.pop(worker_id, None)
-            if conn is not None:
-                conn[1].close()
+            conn = await asyncio.wait_for(self._port(worker_id), RPC_TIMEOUT_S)
+            reply = await asyncio.wait_for(conn.call(BEAT_KINDS[1], request), RPC_TIMEOUT_S)
+            if not reply.HasField("report"):
+                raise ConnectionError("the reply carries no report response")
+        except Exception:  # any failure (a coroutine's exception would be lost): by gRPC, as a real worker
+            self._drop(worker_id, conn)
             self.report_port_failures += self.measuring is not None and self.measuring.is_set()
             self.reports_grpc_until[worker_id] = time.monotonic() + 60.0
             self._grpc_report(worker_id, updates, inflight)
             return
         self._reported(False, worker_id, updates, inflight)
 
-    async def _report_call(self, worker_id: str, request: Any) -> Any:
-        conn = self.report_conns.get(worker_id)
-        if conn is None:
-            host = self.controller.rsplit(":", 1)[0]
-            conn = await asyncio.open_connection(host, self.beat_port)
-            self.report_conns[worker_id] = conn
-            hello = await self._exchange(conn, C.BeatHello(token=self.credentials[worker_id], worker_id=worker_id,
-                                                           reports=True))
-            if not hello.HasField("report"):
-                raise ConnectionError("this controller's heartbeat port takes no reports")
-        reply = await self._exchange(conn, request)
-        if not reply.HasField("report"):
-            raise ConnectionError("the reply carries no report response")
-        return reply
-
     def _grpc_report(self, worker_id: str, updates: list[Any], inflight: set[str]) -> None:
         call = self.stubs[worker_id].ReportTaskState.future(
             C.ReportTaskStateRequest(worker_id=worker_id, updates=updates),
             metadata=self.metadata(worker_id), timeout=RPC_TIMEOUT_S)
         call.add_done_callback(lambda f, w=worker_id, u=updates: self._reported(f.exception() is not None, w, u, inflight))
-
-    @staticmethod
-    async def _exchange(conn: Any, message: Any) -> Any:
-        reader, writer = conn
-        writer.write(beat_frame(message.SerializeToString()))
-        (size,) = BEAT_HEADER.unpack(await reader.readexactly(BEAT_HEADER.size))
-        reply = C.BeatReply.FromString(await reader.readexactly(size))
-        if reply.code:
-            raise BeatRefused(reply.code, reply.message)
-        return reply
 
     # -- the worker service -----------------------------------------------------------------
 
@@ -351,6 +345,77 @@ class _SimWorkers(cluster_pb2_grpc.WorkerServiceServicer):
             threading.Thread(target=self.register, args=(worker_id,), daemon=True).start()
 
 
+class _PortConn:
+    """One simulated worker's heartbeat-port connection (as ``iris.rpc.beats.BeatClient``): tagged
+    frames whose replies are matched by id (a reader task per connection); any error fails every
+    call on it. ``multiplex`` False (an older tree): untagged heartbeats, one at a time."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, multiplex: bool) -> None:
+        self.reader, self.writer, self.multiplex = reader, writer, multiplex
+        self.calls: dict[int, asyncio.Future[Any]] = {}
+        self.next_id = 0
+        self.task: asyncio.Task[None] | None = None
+        self.lock = asyncio.Lock()
+
+    async def hello(self, token: str, worker_id: str) -> None:
+        fields: dict[str, Any] = {"token": token, "worker_id": worker_id}
+        if self.multiplex:
+            fields["multiplex"] = True
+        self.writer.write(beat_frame(C.BeatHello(**fields).SerializeToString()))
+        reply = C.BeatReply.FromString(await self._body())
+        if reply.code:
+            raise BeatRefused(reply.code, reply.message)
+        if self.multiplex:
+            if not reply.HasField("report"):
+                raise ConnectionError("this controller's heartbeat port does not multiplex")
+            self.task = asyncio.ensure_future(self._read_loop())
+
+    async def _body(self) -> bytes:
+        (size,) = BEAT_HEADER.unpack(await self.reader.readexactly(BEAT_HEADER.size))
+        return await self.reader.readexactly(size)
+
+    async def call(self, kind: int, message: Any) -> Any:
+        if not self.multiplex:
+            async with self.lock:
+                self.writer.write(beat_frame(message.SerializeToString()))
+                reply = C.BeatReply.FromString(await self._body())
+        else:
+            self.next_id += 1
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self.calls[self.next_id] = future
+            self.writer.write(beat_frame(BEAT_TAG.pack(kind, self.next_id) + message.SerializeToString()))
+            reply = await future
+        if reply.code:
+            raise BeatRefused(reply.code, reply.message)
+        return reply
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                body = await self._body()
+                _, call = BEAT_TAG.unpack_from(body)
+                future = self.calls.pop(call, None)
+                if future is None:
+                    raise ConnectionError(f"a reply to no call (id {call})")
+                if not future.done():
+                    future.set_result(C.BeatReply.FromString(body[BEAT_TAG.size:]))
+        except Exception as e:
+            self.fail(e)
+
+    def fail(self, error: Exception) -> None:
+        for future in self.calls.values():
+            if not future.done():
+                future.set_exception(ConnectionError(str(error)))
+        self.calls.clear()
+        self.writer.close()
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+
+
+async def _reap(tasks: set[asyncio.Task[Any]]) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def sim_process(controller: str, join_token: str, worker_ids: list[str], mode: str, slots: int, attempts: int,
                 interval: float, ready: Any, stop: Event, out: Any, measuring: Event,
                 shared_connection: bool = False, grpc_reports: bool = False) -> None:
@@ -377,6 +442,11 @@ def sim_process(controller: str, join_token: str, worker_ids: list[str], mode: s
     for thread in threads:
         thread.join(timeout=15)
     server.stop(grace=0)
+    tasks = asyncio.all_tasks(sim.loop)  # the connections' readers: cancelled, not left pending
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        sim.loop.run_until_complete(_reap(tasks))
     sim.sent["port_failures"] = sim.port_failures
     sim.sent["report_port_failures"] = sim.report_port_failures
     out.put((sim.latencies, sim.failed, sim.reregistered, sim.asked_s, sim.sent, sim.report_failures))

@@ -368,8 +368,8 @@ def _lock_state_dir(state_dir: Path) -> IO[bytes]:
 
 
 def _raise_open_file_limit() -> None:
-    """Three connections per worker (gRPC, and the heartbeat port's for heartbeats and for reports):
-    take the hard limit on open files
+    """Three sockets per worker (its gRPC connection, its heartbeat-port connection, the controller's
+    channel to it): take the hard limit on open files
     (the soft one is often 1,024, a fleet of 1,000 workers and their clients would exhaust it), as
     servers such as nginx do; as root, raise the hard limit to the kernel's ``fs.nr_open`` too (a
     hard limit of 20,000 left a 10,000-worker fleet's last connections refused)."""
@@ -389,4 +389,4 @@ def _raise_open_file_limit() -> None:
             continue
     now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     logging.getLogger("iris.controller").info(
-        "open-file limit %d: enough for about %d workers (each holds three connections)", now, max(0, now - 1_000) // 3)
+        "open-file limit %d: enough for about %d workers (each holds three sockets)", now, max(0, now - 1_000) // 3)

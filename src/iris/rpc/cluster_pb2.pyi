@@ -1798,34 +1798,38 @@ class Controller(_message.Message):
         connection (TLS when the controller serves TLS) carries frames of a 4-byte big-endian length and
         one message. The worker's first frame is a BeatHello (at most 4 KiB); each answered by a
         BeatReply; then each HeartbeatRequest frame is answered by a BeatReply carrying the response.
-        A connection whose hello sets `reports` carries ReportTaskStateRequest frames instead, each
-        answered by a BeatReply carrying its ReportTaskStateResponse (its hello's reply carries an empty
-        one: a controller that does not take reports on the port answers without it).
+        A connection whose hello sets `multiplex` carries heartbeats and reports alike: after the hello,
+        every frame's message is preceded by a 5-byte tag, its kind (1 byte: 1 a HeartbeatRequest, 2 a
+        ReportTaskStateRequest) and an id (4 bytes, big-endian) that its reply's frame echoes, since a
+        report is answered once durable and a heartbeat may be answered before it. A report's BeatReply
+        carries its ReportTaskStateResponse; the hello's reply carries an empty one (a controller that
+        takes no reports on the port answers without it). A refusal of the connection itself is tagged
+        with kind 0 and id 0.
         A reply with a non-zero code is followed by the connection's close when it refused the hello or
-        a frame; the worker then heartbeats (or reports) by the RPC.
+        a frame; the worker then heartbeats (and reports) by the RPC.
         """
 
         DESCRIPTOR: _descriptor.Descriptor
 
         TOKEN_FIELD_NUMBER: _builtins.int
         WORKER_ID_FIELD_NUMBER: _builtins.int
-        REPORTS_FIELD_NUMBER: _builtins.int
+        MULTIPLEX_FIELD_NUMBER: _builtins.int
         token: _builtins.str
         """the worker's credential, as in the authorization header"""
         worker_id: _builtins.str
-        """every heartbeat (or report) on this connection must be this worker's"""
-        reports: _builtins.bool
-        """this connection carries reports, not heartbeats"""
+        """every heartbeat (and report) on this connection must be this worker's"""
+        multiplex: _builtins.bool
+        """tagged frames: heartbeats and reports on this one connection"""
         def __init__(
             self,
             *,
             token: _builtins.str = ...,
             worker_id: _builtins.str = ...,
-            reports: _builtins.bool = ...,
+            multiplex: _builtins.bool = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["reports", b"reports", "token", b"token", "worker_id", b"worker_id"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["multiplex", b"multiplex", "token", b"token", "worker_id", b"worker_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,6 +5,7 @@ the controller or another worker: refused with a reply naming the rule, the conn
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from iris.cluster.types import JobId, ResourceSpec, WorkerMetadata
 from iris.cluster.worker.attempts import AttemptStatus, ReportsAcknowledged
 from iris.cluster.worker.link import ControllerLink, LinkConfig
 from iris.rpc import cluster_pb2, cluster_pb2_grpc
-from iris.rpc.beats import HEADER, HELLO_CAP, BeatClient, BeatRefused, client_ssl_context, frame
+from iris.rpc.beats import HEADER, HELLO_CAP, TAG, BeatClient, BeatRefused, client_ssl_context, frame
 from iris.rpc.tls import make_local_pki
 
 from . import wire
@@ -37,9 +38,11 @@ UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT = (grpc.StatusCode.UNAUTHEN
                                                         grpc.StatusCode.INVALID_ARGUMENT.value[0])
 
 
-ANSWER_ALL = (lambda hello: ("t", "w", False, b""), lambda beats: [(b"", False) for _ in beats],
+_EMPTY_REPORT = C.BeatReply(report=C.ReportTaskStateResponse()).SerializeToString()
+ANSWER_ALL = (lambda hello: ("t", "w", True, _EMPTY_REPORT), lambda beats: [(b"", False) for _ in beats],
               lambda error: C.BeatReply(code=13, message=str(error)).SerializeToString())
-"""A heartbeat port that takes every hello and answers every heartbeat with an empty reply."""
+"""A heartbeat port that takes every hello and answers every heartbeat with an empty reply (pass
+``reports=`` to take reports)."""
 
 
 def make_controller() -> Controller:
@@ -78,15 +81,19 @@ def register(server: ControllerServer, controller: Controller, worker_id: str) -
             metadata=(("authorization", f"Bearer {join}"),), timeout=10)
 
 
-def refusal(sock: socket.socket) -> cluster_pb2.Controller.BeatReply:
-    """The one reply a refused connection gets, then its close."""
+def refusal_bytes(sock: socket.socket) -> bytes:
+    """The one frame a refused connection gets, then its close: the frame's body."""
     sock.settimeout(10)
     data = b""
     while chunk := sock.recv(65536):
         data += chunk
     (size,) = HEADER.unpack(data[:HEADER.size])
     assert len(data) == HEADER.size + size, "nothing follows a refusal: the connection is closed"
-    return C.BeatReply.FromString(data[HEADER.size:])
+    return data[HEADER.size:]
+
+
+def refusal(sock: socket.socket) -> cluster_pb2.Controller.BeatReply:
+    return C.BeatReply.FromString(refusal_bytes(sock))
 
 
 def test_a_registered_worker_is_told_the_port_and_heartbeats_by_it(served: tuple[ControllerServer, Controller]) -> None:
@@ -216,7 +223,7 @@ def test_a_connection_that_never_says_hello_is_closed() -> None:
 
 
 def test_connections_waiting_for_their_hello_are_bounded() -> None:
-    beats = BeatServer(*ANSWER_ALL, max_unauthenticated=2)
+    beats = BeatServer(*ANSWER_ALL, max_unauthenticated=2, reports=ANSWER_ALL[1])
     beats.start()
     socks = [socket.create_connection(("127.0.0.1", beats.port)) for _ in range(3)]
     try:
@@ -382,7 +389,7 @@ def test_a_report_for_an_attempt_the_controller_does_not_expect_is_answered_with
     link, _, run = placed_task(server, controller, fake, "w21")
     link.close()
     _, token = worker_token(controller, "w21")
-    client = BeatClient("127.0.0.1", beat_port(server), token, "w21", 10, reports=True)
+    client = BeatClient("127.0.0.1", beat_port(server), token, "w21", 10)
     stale = T.WorkerTaskStatus(task_id=run.task_id, attempt_id=run.attempt_id + 5, job_uid=run.job_uid,
                                state=T.TASK_STATE_RUNNING)
     response = client.report(reports("w21", stale))
@@ -420,44 +427,105 @@ def test_a_frame_for_another_worker_on_a_reports_connection_is_refused(
         served: tuple[ControllerServer, Controller]) -> None:
     server, controller = served
     _, token = worker_token(controller, "w24")
-    client = BeatClient("127.0.0.1", beat_port(server), token, "w24", 10, reports=True)
+    client = BeatClient("127.0.0.1", beat_port(server), token, "w24", 10)
     with pytest.raises(BeatRefused) as info:
         client.report(reports("w25"))
     assert info.value.code == INVALID_ARGUMENT and "this connection reports for 'w24', not 'w25'" in info.value.message
     assert not client.report(reports("w24")).kill  # the next call connects again
 
 
-def test_a_hello_for_reports_that_may_not_report_is_refused(served: tuple[ControllerServer, Controller]) -> None:
+def test_a_report_by_a_token_that_may_not_report_is_refused(served: tuple[ControllerServer, Controller]) -> None:
     server, controller = served
     _, join = controller.create_token("join", Role.JOIN)
     with pytest.raises(BeatRefused) as info:
-        BeatClient("127.0.0.1", beat_port(server), join, "w26", 10, reports=True).report(reports("w26"))
-    assert info.value.code == PERMISSION_DENIED and "ReportTaskState" in info.value.message
+        BeatClient("127.0.0.1", beat_port(server), join, "w26", 10).report(reports("w26"))
+    assert info.value.code == PERMISSION_DENIED and "needs a worker or admin token" in info.value.message
 
 
-def test_a_port_that_takes_no_reports_refuses_their_hello() -> None:
-    hello_for_reports = (lambda hello: ("t", "w", True, b""), ANSWER_ALL[1], ANSWER_ALL[2])
-    beats = BeatServer(*hello_for_reports)  # no ``reports``: a port that takes heartbeats only
+def test_a_port_that_takes_no_reports_refuses_a_multiplexed_hello() -> None:
+    beats = BeatServer(*ANSWER_ALL)  # no ``reports``: a port that takes heartbeats only
     beats.start()
     try:
         with pytest.raises(BeatRefused) as info:
-            BeatClient("127.0.0.1", beats.port, "t", "w", 10, reports=True).report(reports("w"))
-        assert "reports: this heartbeat port takes no reports" in info.value.message  # the refusal names the field
+            BeatClient("127.0.0.1", beats.port, "t", "w", 10).report(reports("w"))
+        assert "multiplex: this heartbeat port takes heartbeats only" in info.value.message  # names the field
     finally:
         beats.stop()
 
 
-def test_a_hello_reply_without_a_report_response_is_not_trusted_with_reports() -> None:
-    """A controller from before reports took the port answers any hello as a heartbeat connection's:
-    the worker must not send reports there (they would be read as heartbeats and lost)."""
+def test_a_hello_reply_without_a_report_response_is_not_trusted_with_tagged_frames() -> None:
+    """A controller of the heartbeat port's first version answers any hello as an untagged heartbeat
+    connection's: the worker must not send it tagged frames (it would read them as heartbeats)."""
     old = (lambda hello: ("t", "w", False, C.BeatReply().SerializeToString()), ANSWER_ALL[1], ANSWER_ALL[2])
     beats = BeatServer(*old)
     beats.start()
     try:
-        with pytest.raises(ConnectionError, match="takes no reports"):
-            BeatClient("127.0.0.1", beats.port, "t", "w", 10, reports=True).report(reports("w"))
+        with pytest.raises(ConnectionError, match="does not multiplex"):
+            BeatClient("127.0.0.1", beats.port, "t", "w", 10).report(reports("w"))
     finally:
         beats.stop()
+
+
+def test_a_heartbeat_is_answered_while_a_report_on_the_same_connection_is_still_applied() -> None:
+    release = threading.Event()
+    applying = threading.Event()
+
+    def slow_reports(frames: object) -> list[tuple[bytes, bool]]:
+        applying.set()
+        release.wait(30)
+        return [(_EMPTY_REPORT, False) for _ in frames]  # type: ignore[attr-defined]
+
+    beat_reply = C.BeatReply(heartbeat=C.HeartbeatResponse(heartbeat_interval_ms=1234)).SerializeToString()
+    beats = BeatServer(ANSWER_ALL[0], lambda frames: [(beat_reply, False) for _ in frames], ANSWER_ALL[2],
+                       reports=slow_reports)
+    beats.start()
+    client = BeatClient("127.0.0.1", beats.port, "t", "w", 10)
+    answered: list[object] = []
+    reporter = threading.Thread(target=lambda: answered.append(client.report(reports("w"))))
+    try:
+        reporter.start()
+        assert applying.wait(10)
+        assert client.beat(request("w")).heartbeat_interval_ms == 1234  # before the report's reply
+        assert not answered
+        release.set()
+        reporter.join(10)
+        assert len(answered) == 1 and not answered[0].kill  # type: ignore[attr-defined]
+    finally:
+        release.set()
+        client.close()
+        beats.stop()
+
+
+@pytest.mark.parametrize("body, words", [(b"\x01\x00", "shorter than its 5-byte tag"),
+                                         (TAG.pack(9, 1), "a frame of kind 9: the kinds are 1")])
+def test_a_tagged_frame_that_is_not_one_is_refused_naming_the_rule(
+        served: tuple[ControllerServer, Controller], body: bytes, words: str) -> None:
+    server, controller = served
+    _, token = worker_token(controller, "w30")
+    with socket.create_connection(("127.0.0.1", beat_port(server))) as sock:
+        sock.sendall(frame(C.BeatHello(token=token, worker_id="w30", multiplex=True).SerializeToString()))
+        sock.settimeout(10)
+        (size,) = HEADER.unpack(sock.recv(HEADER.size, socket.MSG_WAITALL))
+        assert C.BeatReply.FromString(sock.recv(size, socket.MSG_WAITALL)).HasField("report")
+        sock.sendall(frame(body))
+        data = refusal_bytes(sock)
+    assert TAG.unpack_from(data) == (0, 0)  # the connection itself is refused
+    reply = C.BeatReply.FromString(data[TAG.size:])
+    assert reply.code == INVALID_ARGUMENT and words in reply.message
+
+
+def test_an_untagged_heartbeat_connection_of_the_first_version_still_works(
+        served: tuple[ControllerServer, Controller]) -> None:
+    server, controller = served
+    _, token = worker_token(controller, "w31")
+    with socket.create_connection(("127.0.0.1", beat_port(server))) as sock:
+        sock.settimeout(10)
+        for message in (C.BeatHello(token=token, worker_id="w31"), request("w31")):
+            sock.sendall(frame(message.SerializeToString()))
+            (size,) = HEADER.unpack(sock.recv(HEADER.size, socket.MSG_WAITALL))
+            reply = C.BeatReply.FromString(sock.recv(size, socket.MSG_WAITALL))
+            assert not reply.code
+    assert reply.heartbeat.reregister  # an unknown worker, as by the RPC
 
 
 def test_the_worker_reports_by_grpc_when_the_port_fails(
@@ -483,12 +551,12 @@ def test_garbage_on_a_reports_connection_never_hurts_the_port_or_another_worker(
     server, controller = served
     _, token = worker_token(controller, "w28")
     with socket.create_connection(("127.0.0.1", beat_port(server))) as sock:
-        sock.sendall(frame(C.BeatHello(token=token, worker_id="w28", reports=True).SerializeToString()) + garbage)
+        sock.sendall(frame(C.BeatHello(token=token, worker_id="w28", multiplex=True).SerializeToString()) + garbage)
         sock.shutdown(socket.SHUT_WR)
         sock.settimeout(10)
         while sock.recv(65536):
             pass
-    client = BeatClient("127.0.0.1", beat_port(server), token, "w28", 10, reports=True)
+    client = BeatClient("127.0.0.1", beat_port(server), token, "w28", 10)
     assert not client.report(reports("w28")).kill
     client.close()
 
@@ -499,7 +567,7 @@ def test_a_kept_connection_the_controller_closed_while_idle_is_replaced_without_
     server.start()
     try:
         _, token = worker_token(controller, "w29")
-        client = BeatClient("127.0.0.1", beat_port(server), token, "w29", 10, reports=True)
+        client = BeatClient("127.0.0.1", beat_port(server), token, "w29", 10)
         assert not client.report(reports("w29")).kill
         assert server.beats is not None
         beats = server.beats
@@ -510,3 +578,33 @@ def test_a_kept_connection_the_controller_closed_while_idle_is_replaced_without_
         client.close()
     finally:
         server.stop(grace=0)
+
+
+def test_heartbeats_and_reports_from_several_threads_share_one_connection(
+        served: tuple[ControllerServer, Controller]) -> None:
+    server, controller = served
+    _, token = worker_token(controller, "w32")
+    client = BeatClient("127.0.0.1", beat_port(server), token, "w32", 10)
+    errors: list[BaseException] = []
+
+    def calls(index: int) -> None:
+        try:
+            for _ in range(40):
+                if index % 2:
+                    assert client.beat(request("w32")).reregister
+                else:
+                    assert not client.report(reports("w32")).kill
+        except BaseException as e:  # reported to the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=calls, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    assert server.beats is not None and len(server.beats.connections) == 1  # one connection for all of them
+    client.close()
+    count = controller.metrics.registry.get_sample_value
+    assert count("iris_rpc_duration_seconds_count", {"method": "HeartbeatPort"}) == 80
+    assert count("iris_rpc_duration_seconds_count", {"method": "ReportPort"}) == 80

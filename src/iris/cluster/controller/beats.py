@@ -15,11 +15,13 @@ connection is closed; a connection that says nothing is closed after ``hello_tim
 its hello) or ``idle_s``; at most ``max_unauthenticated`` connections may wait for their hello.
 Every heartbeat is authenticated again (a revoked credential stops at its next beat).
 
-A connection whose hello says ``reports`` carries a worker's reports instead. They need their
-write durable before the reply (the worker then forgets them), so they are not answered on the
-loop: the reports read while the previous batch was being applied go to one thread as one batch,
-one change for all of them (``Controller.report_task_states``), and their replies come back to the
-loop to be written. A heartbeat never waits for a report's write.
+A connection whose hello says ``multiplex`` carries the worker's reports too, each frame tagged
+with its kind and an id its reply echoes (``iris.rpc.beats.TAG``). Reports need their write durable
+before the reply (the worker then forgets them), so they are not answered on the loop: the report
+frames read while a batch was being applied go to a report thread as one batch, one change for all
+of them (``Controller.report_task_states``), and their replies come back to the loop to be
+written, out of order with the connection's heartbeats. A heartbeat never waits for a report's
+write. One connection per worker for both: a fleet's worth of file descriptors, not two.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from collections.abc import Callable, Sequence
 
 from iris.cluster.errors import InvalidArgument, IrisError
 from iris.cluster.rules import IDLE_CONNECTION_MS, MAX_REQUEST_BYTES
-from iris.rpc.beats import HEADER, HELLO_CAP, frame
+from iris.rpc.beats import HEADER, HEARTBEAT, HELLO_CAP, REPORT, TAG, frame
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +46,13 @@ MAX_IN_FLIGHT = 16
 MAX_REPORT_BATCH = 128
 """Report frames applied in one change at most (each a worker's batch of reports): the lock is let
 go between them, so heartbeats are not held behind a fleet's worth of reports."""
+REPORT_THREADS = 4
 SWEEP_S = 2.0
 """How often connections past their hello timeout or idle are looked for."""
 
 Hello = Callable[[bytes], tuple[str, str, bool, bytes]]
-"""A hello frame -> (its credential, its worker id, whether the connection carries reports, the
-reply); raises IrisError to refuse it."""
+"""A hello frame -> (its credential, its worker id, whether its frames are tagged (``multiplex``:
+heartbeats and reports), the reply); raises IrisError to refuse it."""
 Beats = Callable[[Sequence[tuple[str, str, bytes]]], list[tuple[bytes, bool]]]
 """Heartbeat frames that arrived together, each as (its connection's credential and worker id, the
 frame) -> each one's reply, and whether that reply refuses it (its connection is then closed).
@@ -67,9 +70,9 @@ class BeatServer:
                  ssl_context: ssl.SSLContext | None = None, frame_cap: int = MAX_REQUEST_BYTES,
                  idle_s: float = IDLE_CONNECTION_MS / 1000, hello_timeout_s: float = HELLO_TIMEOUT_S,
                  max_unauthenticated: int = MAX_UNAUTHENTICATED, reports: Beats | None = None) -> None:
-        """``reports``: a batch of report frames -> their replies (None: a hello for reports is refused)."""
+        """``reports``: a batch of report frames -> their replies (None: a multiplexed hello is refused)."""
         self.hello, self.beats, self.refuse, self.reports = hello, beats, refuse, reports
-        self._batch: list[tuple[_BeatConnection, bytes]] = []
+        self._batch: list[_Frame] = []
         self._reports = _ReportBatches(self)
         self.frame_cap = frame_cap
         self.idle_s, self.hello_timeout_s = idle_s, hello_timeout_s
@@ -128,28 +131,27 @@ class BeatServer:
             loop.run_until_complete(asyncio.sleep(0))  # let the aborted transports finish closing
             loop.close()
 
-    def enqueue(self, connection: _BeatConnection, message: bytes) -> None:
+    def enqueue(self, connection: _BeatConnection, message: bytes, tag: bytes) -> None:
         """Answered with the others read in this turn of the loop (``_answer_batch`` runs after them)."""
         if not self._batch:
             asyncio.get_running_loop().call_soon(self._answer_batch)
-        self._batch.append((connection, message))
+        self._batch.append((connection, message, tag))
 
     def _answer_batch(self) -> None:
         batch, self._batch = self._batch, []
         _answer(batch, self.answers(self.beats, batch, "heartbeats"))
 
-    def answers(self, handle: Beats, batch: Sequence[tuple[_BeatConnection, bytes]], what: str
-                ) -> list[tuple[bytes, bool]]:
+    def answers(self, handle: Beats, batch: Sequence[_Frame], what: str) -> list[tuple[bytes, bool]]:
         try:
-            return handle([(connection.token, connection.worker_id or "", message) for connection, message in batch])
+            return handle([(connection.token, connection.worker_id or "", message) for connection, message, _ in batch])
         except Exception as e:  # a bug, not a refusal: every frame of the batch is told so
             logger.exception("heartbeat port: a batch of %d %s failed", len(batch), what)
             return [(self.refuse(IrisError(f"internal error: {e}")), True)] * len(batch)
 
-    def report(self, connection: _BeatConnection, message: bytes) -> None:
-        self._reports.add(connection, message)
+    def report(self, connection: _BeatConnection, message: bytes, tag: bytes) -> None:
+        self._reports.add((connection, message, tag))
 
-    def answer_later(self, batch: list[tuple[_BeatConnection, bytes]], results: list[tuple[bytes, bool]]) -> None:
+    def answer_later(self, batch: list[_Frame], results: list[tuple[bytes, bool]]) -> None:
         """From the reports' thread: the replies are written by the loop."""
         loop = self._loop
         if loop is not None:
@@ -167,38 +169,42 @@ class BeatServer:
         loop.call_later(SWEEP_S, self._sweep, loop)
 
 
-def _answer(batch: Sequence[tuple[_BeatConnection, bytes]], results: list[tuple[bytes, bool]]) -> None:
-    for (connection, _), (reply, refused) in zip(batch, results, strict=True):
-        connection.answer(reply, refused)
+def _answer(batch: Sequence[_Frame], results: list[tuple[bytes, bool]]) -> None:
+    for (connection, _, tag), (reply, refused) in zip(batch, results, strict=True):
+        connection.answer(reply, refused, tag)
 
 
 class _ReportBatches:
-    """The reports read on the loop, applied on a thread of their own, as many per batch as arrived
-    while the previous batch was being applied (its write made durable included), at most
-    ``MAX_REPORT_BATCH``."""
+    """The reports read on the loop, applied by ``REPORT_THREADS`` threads of their own, each taking
+    what arrived while it applied its previous batch (its write made durable included), at most
+    ``MAX_REPORT_BATCH`` frames. Several, so that one batch is applied while another's write is
+    made durable (one transaction for several, ``commits.GroupCommit``)."""
 
     def __init__(self, server: BeatServer) -> None:
         self._server = server
         self._cond = threading.Condition(threading.Lock())
-        self._pending: list[tuple[_BeatConnection, bytes]] = []
+        self._pending: list[_Frame] = []
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._idle = 0
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="iris-report-port", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"iris-report-port-{i}", daemon=True)
+                         for i in range(REPORT_THREADS)]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join()
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join()
 
-    def add(self, connection: _BeatConnection, message: bytes) -> None:
+    def add(self, report: _Frame) -> None:
         with self._cond:
-            self._pending.append((connection, message))
-            if len(self._pending) == 1:
+            self._pending.append(report)
+            if self._idle:
                 self._cond.notify()
 
     def _run(self) -> None:
@@ -207,7 +213,9 @@ class _ReportBatches:
         while True:
             with self._cond:
                 while not self._pending and not self._stopping:
+                    self._idle += 1
                     self._cond.wait()
+                    self._idle -= 1
                 if self._stopping:
                     return
                 batch, self._pending = self._pending[:MAX_REPORT_BATCH], self._pending[MAX_REPORT_BATCH:]
@@ -222,8 +230,8 @@ class _BeatConnection(asyncio.Protocol):
         self.token = ""
         self.worker_id: str | None = None
         """Set once the hello was accepted."""
-        self.reports = False
-        """The hello said this connection carries reports."""
+        self.multiplex = False
+        """The hello said its frames are tagged (heartbeats and reports)."""
         self.seen = loop.time()
         self._closing = False
         self.in_batch = 0
@@ -262,7 +270,7 @@ class _BeatConnection(asyncio.Protocol):
             (size,) = HEADER.unpack_from(buffer)
             cap = HELLO_CAP if self.worker_id is None else self._server.frame_cap
             if size > cap:
-                what = "hello" if self.worker_id is None else "report" if self.reports else "heartbeat"
+                what = "hello" if self.worker_id is None else "tagged" if self.multiplex else "heartbeat"
                 self._refuse(InvalidArgument(f"a {what} frame of {size} bytes is over this connection's cap of "
                                              f"{cap} bytes"))
                 return
@@ -273,42 +281,60 @@ class _BeatConnection(asyncio.Protocol):
             if self.worker_id is None:
                 self._hello(message)
             else:
-                self._heartbeat(message)
+                self._frame(message)
 
     def _hello(self, message: bytes) -> None:
         try:
-            token, worker_id, reports, reply = self._server.hello(message)
-            if reports and self._server.reports is None:
-                raise InvalidArgument("reports: this heartbeat port takes no reports; send them by ReportTaskState")
+            token, worker_id, multiplex, reply = self._server.hello(message)
+            if multiplex and self._server.reports is None:
+                raise InvalidArgument("multiplex: this heartbeat port takes heartbeats only (untagged); send reports "
+                                      "by ReportTaskState")
         except IrisError as e:
             self._refuse(e)
             return
-        self.token, self.worker_id, self.reports = token, worker_id, reports
+        self.token, self.worker_id, self.multiplex = token, worker_id, multiplex
         self._server.waiting_hello -= 1
         self.transport.write(frame(reply))
 
-    def _heartbeat(self, message: bytes) -> None:
+    def _frame(self, message: bytes) -> None:
+        tag = b""
+        kind = HEARTBEAT
+        if self.multiplex:
+            if len(message) < TAG.size:
+                self._refuse(InvalidArgument(f"a frame of {len(message)} bytes is shorter than its {TAG.size}-byte tag"))
+                return
+            kind, _ = TAG.unpack_from(message)
+            tag, message = message[:TAG.size], message[TAG.size:]
+            if kind not in (HEARTBEAT, REPORT):
+                self._refuse(InvalidArgument(f"a frame of kind {kind}: the kinds are {HEARTBEAT} (a heartbeat) "
+                                             f"and {REPORT} (reports)"))
+                return
         self.in_batch += 1
         if self.in_batch > MAX_IN_FLIGHT:
-            what = "reports" if self.reports else "heartbeats"
-            self._refuse(InvalidArgument(f"more than {MAX_IN_FLIGHT} {what} in flight on one connection: "
-                                         "send the next after the reply"))
+            self._refuse(InvalidArgument(f"more than {MAX_IN_FLIGHT} calls in flight on one connection: "
+                                         "send the next after a reply"))
             return
-        if self.reports:
-            self._server.report(self, message)
+        if kind == REPORT:
+            self._server.report(self, message, tag)
         else:
-            self._server.enqueue(self, message)
+            self._server.enqueue(self, message, tag)
 
-    def answer(self, reply: bytes, refused: bool) -> None:
+    def answer(self, reply: bytes, refused: bool, tag: bytes) -> None:
         self.in_batch -= 1
         if self._closing or self.transport.is_closing():
             return
-        self.transport.write(frame(reply))
+        self.transport.write(frame(tag + reply))
         if refused:
             self._closing = True
             self.transport.close()
 
     def _refuse(self, error: IrisError) -> None:
+        """Refuse the connection itself (its frames' replies are tagged (0, 0) when it multiplexes)."""
         self._closing = True
-        self.transport.write(frame(self._server.refuse(error)))
+        self.transport.write(frame((_CONNECTION_TAG if self.multiplex else b"") + self._server.refuse(error)))
         self.transport.close()
+
+
+_CONNECTION_TAG = TAG.pack(0, 0)
+_Frame = tuple[_BeatConnection, bytes, bytes]
+"""A frame read: its connection, its message and its tag (b"": an untagged connection's)."""

@@ -153,6 +153,11 @@ class Changes:
         commit. Leaving it still waits for any write it may have seen."""
         return self._reading
 
+    def after_waiters(self, timeout_s: float = 0.1) -> None:
+        """Before a change that may follow another of the same thread at once: let the callers
+        already waiting for the lock go first (``DurableLock.after_waiters``)."""
+        self._lock.after_waiters(timeout_s)
+
     @property
     def full(self) -> bool:
         """The disk under the state is full (``commits.StoreFull``): changes are refused."""

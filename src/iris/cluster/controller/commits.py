@@ -172,10 +172,29 @@ class DurableLock:
         self._lock = threading.RLock()
         self._local = threading.local()
         self._commits = commits
+        self._queue = threading.Condition(threading.Lock())
+        self._waiting = 0
+        """Callers blocked in ``__enter__`` now (counted only when the lock was taken)."""
 
     def __enter__(self) -> None:
-        self._lock.acquire()
+        if not self._lock.acquire(blocking=False):
+            with self._queue:
+                self._waiting += 1
+            self._lock.acquire()
+            with self._queue:
+                self._waiting -= 1
+                if not self._waiting:
+                    self._queue.notify_all()
         self._local.depth = getattr(self._local, "depth", 0) + 1
+
+    def after_waiters(self, timeout_s: float) -> None:
+        """Let every caller already waiting for the lock have it first, waiting at most
+        ``timeout_s``. A thread that takes the lock again at once after letting it go (the
+        scheduling loop's back-to-back slices of a fleet-wide dispatch) would otherwise win it over
+        waiters the OS has not run yet, and the heartbeat port's thread waited seconds for a turn."""
+        with self._queue:
+            if self._waiting:
+                self._queue.wait_for(lambda: not self._waiting, timeout_s)
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:

@@ -238,6 +238,7 @@ class Controller:
                 full = not woken or now - last_full >= self.config.schedule_interval_s
                 if full:
                     last_full = now
+                self._changes.after_waiters()  # heartbeats and reports get their turn between slices
                 self.tick_schedule(bounded=not full)
             except StoreFull:  # nothing can be placed durably: wait for space (RPCs say why)
                 self._clock.wait(stop, 1.0)
@@ -425,8 +426,7 @@ class Controller:
             return tx.state.terminate_job(job_id, tx.now_ms)
 
     def get_bundle(self, bundle_hash: str) -> bytes:
-        blob = self._bundles.get_bundle(bundle_hash)
-        if blob is None:
+        if (blob := self._bundles.get_bundle(bundle_hash)) is None:
             raise NotFound(f"bundle_hash: no bundle {bundle_hash!r}")
         return blob
 

@@ -358,16 +358,16 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         return self._heartbeat(request, who)
 
     def beat_hello(self, message: bytes) -> tuple[str, str, bool, bytes]:
-        """The heartbeat port's hello (``beats.BeatServer``): may this credential heartbeat (or
-        report, when the hello says ``reports``) for that worker? Its credential, its worker id,
-        whether the connection carries reports, and the reply; raises IrisError."""
+        """The heartbeat port's hello (``beats.BeatServer``): may this credential heartbeat (and
+        report, when the hello says ``multiplex``) for that worker? Its credential, its worker id,
+        whether its frames are tagged, and the reply; raises IrisError."""
         try:
             hello = cluster_pb2.Controller.BeatHello.FromString(message)
         except DecodeError:
             raise InvalidArgument("the frame is not a BeatHello message") from None
         check_id(hello.worker_id, "worker_id", self._controller.config.limits)
-        self._beat_principal(hello.token, hello.worker_id, "ReportTaskState" if hello.reports else "Heartbeat")
-        return hello.token, hello.worker_id, hello.reports, _REPORTS_OK if hello.reports else _BEAT_OK
+        self._beat_principal(hello.token, hello.worker_id, "Heartbeat")  # ReportTaskState admits the same
+        return hello.token, hello.worker_id, hello.multiplex, _MULTIPLEX_OK if hello.multiplex else _BEAT_OK
 
     def _beat_principal(self, token: str, worker_id: str, what: str) -> Principal:
         """As ``_rpc`` admits a Heartbeat or a ReportTaskState: a worker (its own id only) or an admin."""
@@ -768,8 +768,8 @@ def heartbeat_observation(request: cluster_pb2.Controller.HeartbeatRequest, limi
 MAX_UNFIT_CHARS = 1024
 """A worker's "unfit" reason is cut to this (it is shown, never parsed)."""
 _BEAT_OK = cluster_pb2.Controller.BeatReply().SerializeToString()
-_REPORTS_OK = cluster_pb2.Controller.BeatReply(report=cluster_pb2.Controller.ReportTaskStateResponse()).SerializeToString()
-"""A reports connection's hello is answered with an empty report response: the port takes reports."""
+_MULTIPLEX_OK = cluster_pb2.Controller.BeatReply(report=cluster_pb2.Controller.ReportTaskStateResponse()).SerializeToString()
+"""A multiplexed hello is answered with an empty report response: the port takes reports, tagged."""
 
 
 def _report_response(kill: Sequence[AttemptRef]) -> cluster_pb2.Controller.ReportTaskStateResponse:

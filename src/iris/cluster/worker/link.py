@@ -6,7 +6,7 @@
   flushed at once by the sender thread in one batch, and retried with capped exponential backoff
   until the controller acknowledges it; then ``on_acknowledged`` is told which reports landed.
 - Heartbeats and reports go by the controller's heartbeat port when its registration reply names
-  one (``iris.rpc.beats``: a connection each, a fraction of a gRPC call's cost to the controller),
+  one (``iris.rpc.beats``: one connection for both, a fraction of a gRPC call's cost to the controller),
   by gRPC when it names none, and for a while after the port failed.
 - While the controller is unreachable the link says so; the first success after that registers
   again with the set as it is then (the controller may have restarted and forgotten us).
@@ -219,9 +219,8 @@ class ControllerLink:
         self._beats: BeatClient | None = None
         """The controller's heartbeat port, as its last registration reply named it (None: gRPC)."""
         self._beats_retry_at = 0.0
-        self._reports_port: BeatClient | None = None
-        """The same port, a connection of its own for the outbox's reports (None: gRPC)."""
         self._reports_retry_at = 0.0
+        """The outbox's reports go by the same connection (``BeatClient`` is shared by both threads)."""
 
     def await_registered(self, timeout_s: float) -> bool:
         """Whether a registration was accepted, waiting up to ``timeout_s`` for one in flight: the
@@ -251,27 +250,23 @@ class ControllerLink:
 
     def _adopt_beat_port(self, port: int) -> None:
         """The heartbeat port a registration reply named (0: none), with the credential we hold now:
-        a connection for heartbeats and one for reports. An unchanged port and credential keep their
-        connections (the heartbeat and outbox threads may be using them)."""
-        config, token, beats, reports = self._config, self._credential or self._config.join_token, self._beats, \
-            self._reports_port
+        one connection for heartbeats and reports. An unchanged port and credential keep it (the
+        heartbeat and outbox threads may be using it)."""
+        config, token, beats = self._config, self._credential or self._config.join_token, self._beats
         if beats is not None and beats.port == port and beats.token == token:
             return
         # A new port (a restarted controller) is tried at once.
-        self._beats, self._beats_retry_at, self._reports_port, self._reports_retry_at = None, 0.0, None, 0.0
-        for client in (beats, reports):
-            if client is not None:
-                client.close()
+        self._beats, self._beats_retry_at, self._reports_retry_at = None, 0.0, 0.0
+        if beats is not None:
+            beats.close()
         if port:
             tls = client_ssl_context(config.tls_ca) if config.channel_credentials is not None else None
-            host = split_host(config.controller_address)
-            self._beats = BeatClient(host, port, token, self.worker_id, config.rpc_timeout_s, tls)
-            self._reports_port = BeatClient(host, port, token, self.worker_id, config.rpc_timeout_s, tls, reports=True)
+            self._beats = BeatClient(split_host(config.controller_address), port, token, self.worker_id,
+                                     config.rpc_timeout_s, tls)
 
     def close(self) -> None:
-        for client in (self._beats, self._reports_port):
-            if client is not None:
-                client.close()
+        if self._beats is not None:
+            self._beats.close()
         self._channel.close()
 
     def fetch_bundle(self, bundle_hash: str) -> bytes:
@@ -384,10 +379,10 @@ class ControllerLink:
 
     def _send_reports(self, request: cluster_pb2.Controller.ReportTaskStateRequest
                       ) -> cluster_pb2.Controller.ReportTaskStateResponse:
-        """As ``_send_heartbeat``, for a batch of reports: by the port's reports connection (acknowledged
-        once durable), else, and for ``BEAT_PORT_RETRY_S`` after the port failed, by ReportTaskState.
-        A batch the port may have applied before it failed goes again: reports are idempotent."""
-        port = self._reports_port
+        """As ``_send_heartbeat``, for a batch of reports: by the port (acknowledged once durable),
+        else, and for ``BEAT_PORT_RETRY_S`` after the port failed them, by ReportTaskState. A batch
+        the port may have applied before it failed goes again: reports are idempotent."""
+        port = self._beats
         if port is not None and self._clock.monotonic() >= self._reports_retry_at:
             try:
                 return port.report(request)
