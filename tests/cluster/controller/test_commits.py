@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from iris.cluster.clock import FakeClock, wait_until
-from iris.cluster.controller.commits import GroupCommit, StoreFailed
+from iris.cluster.controller.commits import DurableLock, GroupCommit, StoreFailed
 from iris.cluster.controller.controller import Controller, ControllerConfig
 from iris.cluster.controller.store import ControllerStore, PreparedWrite, StoreError
 from iris.rpc import cluster_pb2
@@ -188,3 +188,41 @@ def test_a_heartbeat_that_decides_nothing_does_not_wait_for_another_s_write_one_
     for thread in (launching, killing):
         thread.join(30)
     assert replies == [True]
+
+
+def test_a_thread_that_takes_the_lock_again_at_once_lets_those_already_waiting_go_first() -> None:
+    """The scheduling loop's back-to-back slices call ``after_waiters`` before each: a caller that
+    was waiting for the lock has had it before the next slice takes it."""
+    lock = DurableLock(None)
+    order: list[str] = []
+    lock.__enter__()  # the first slice holds the lock
+    waiter = threading.Thread(target=lambda: (lock.__enter__(), order.append("waiter"), lock.leave(reading=False)))
+    waiter.start()
+    wait_until(lambda: lock._waiting == 1, 10, message="the waiter did not block on the lock")
+    lock.leave(reading=False)
+    lock.after_waiters(10)  # returns once the waiter has had the lock (or after 10 s)
+    with lock:
+        order.append("next slice")
+    waiter.join(10)
+    assert order == ["waiter", "next slice"]
+
+
+def test_letting_waiters_go_first_never_waits_when_none_is_waiting_or_longer_than_its_bound() -> None:
+    lock = DurableLock(None)
+    lock.after_waiters(3600)  # nobody waits: returns at once
+    lock.__enter__()
+    holder_done = threading.Event()
+    stuck = threading.Thread(target=lambda: (lock.__enter__(), holder_done.wait(30), lock.leave(reading=False)))
+    other = threading.Thread(target=lambda: (lock.__enter__(), lock.leave(reading=False)))
+    stuck.start()
+    wait_until(lambda: lock._waiting == 1, 10)
+    lock.leave(reading=False)
+    wait_until(lambda: lock._waiting == 0, 10)  # ``stuck`` holds it now, and keeps it
+    other.start()
+    wait_until(lambda: lock._waiting == 1, 10)  # ``other`` waits behind ``stuck``
+    lock.after_waiters(0.05)  # bounded: returns although ``other`` still waits
+    assert lock._waiting == 1
+    holder_done.set()
+    stuck.join(10)
+    other.join(10)
+    assert lock._waiting == 0
