@@ -2990,8 +2990,9 @@ class Controller(_message.Message):
         start_p50_ms: _builtins.int
         """0 with unknown_reason"""
         start_p90_ms: _builtins.int
+        """the range's late end (calibrated, as start_p10_ms)"""
         start_p10_ms: _builtins.int
-        """the range's early end (everything taking half its predicted time); the range is p10-p90"""
+        """the range's early end; the range is p10-p90, calibrated by the record of past estimates"""
         unknown_reason: _builtins.str
         def __init__(
             self,

@@ -122,6 +122,30 @@ def test_the_range_runs_from_the_p10_to_the_p90() -> None:
     assert (started, error_s, in_range) == (5, 60.0, 3 / 5)  # 60 s and 40 s early are 40 and 60 s from the p50
 
 
+def test_ranges_are_calibrated_by_how_often_recent_starts_fell_inside_them() -> None:
+    """Split conformal calibration: estimates of like waits that started after their model range
+    widen the next estimate's range until COVERAGE of them would have fallen inside; starts inside
+    their range widen nothing, and no band is calibrated before it has CALIBRATION_MIN scores."""
+    from iris.cluster.controller.estimate import CALIBRATION_MIN
+
+    log = EstimateLog(tolerance_ms=0)
+    model = Estimate(NOW + 100 * SEC, NOW + 200 * SEC, "", NOW + 50 * SEC)  # a wait of 100 s (scaled as 100 s)
+    assert log.calibrate(model, NOW) == model  # nothing scored yet
+    for i in range(CALIBRATION_MIN):  # every start 100 s after the p90: a miss of 1.0 wait each
+        log.given(JobId(f"late-{i}"), log.calibrate(model, NOW), NOW, model)
+        log.started(JobId(f"late-{i}"), NOW + 300 * SEC)
+    assert log.accuracy()[2] == 0.0  # the model's ranges held none of them
+    stated = log.calibrate(model, NOW)
+    assert stated.start_p50_ms == model.start_p50_ms  # the likeliest point is the model's
+    assert (stated.start_p10_ms, stated.start_p90_ms) == (NOW, NOW + 300 * SEC)  # widened by one wait each side
+    for i in range(5 * CALIBRATION_MIN):  # now they start at the p50: 5 of 6 recent starts inside
+        log.given(JobId(f"ok-{i}"), log.calibrate(model, NOW), NOW, model)
+        log.started(JobId(f"ok-{i}"), NOW + 100 * SEC)
+    assert log.calibrate(model, NOW) == model  # over 80 % of recent starts were inside the model range
+    long_wait = Estimate(NOW + 5 * 3_600_000, NOW + 6 * 3_600_000, "", NOW + 3_600_000)
+    assert log.calibrate(long_wait, NOW) == long_wait  # another band of waits: not calibrated by short ones
+
+
 def test_a_job_ahead_that_does_not_fit_is_passed_as_the_scheduler_passes_it() -> None:
     """No head-of-line blocking in the estimate either: a big job ahead that waits for room does not
     hold back a small target that fits now (holding it back made most batch estimates late)."""

@@ -19,6 +19,8 @@ prediction came from history rather than a hard ``--timeout`` (p90); and, as the
 end, everything running or placed taking half its p50 time (p10: the p50 run's timeline halved, so
 computed, not run). The range is p10-p90, the p50 its likeliest point. "Unknown", with the reason,
 when the start depends on an attempt with no prediction, or lies beyond ``MAX_EVENTS`` ends.
+The range stated is the model's, calibrated by how often recent starts fell inside it
+(``EstimateLog.calibrate``: split conformal prediction).
 """
 
 from __future__ import annotations
@@ -249,33 +251,101 @@ def _fit_many(req: JobRequirements, n: int, free: list[list[int]], kinds: list[t
     return out
 
 
-class EstimateLog:
-    """Every estimate given (the latest per job), and how wrong each was once its job started."""
+COVERAGE = 0.8
+"""The share of starts the stated range (p10-p90) is meant to hold."""
+CALIBRATION_MIN = 50
+"""Scored estimates a band of waits needs before its ranges are calibrated by them."""
+CALIBRATION_KEEP = 2000
+"""Scored estimates kept per band of waits for calibration (the most recent)."""
+SCALE_FLOOR_MS = 60_000
+"""A wait predicted shorter than this is scaled as this long (a miss of 30 s on a start predicted
+for now is not 'infinitely' wrong)."""
+WAIT_BANDS_MS = (10 * 60_000, 2 * 3_600_000)
+"""Waits (p50 - now) calibrated apart: under 10 minutes, under 2 hours, longer."""
 
-    __slots__ = ("_given", "_outcomes", "tolerance_ms")
+
+class EstimateLog:
+    """Every estimate given (the latest per job), and how wrong each was once its job started; and
+    the calibration of the ranges stated from them (``calibrate``).
+
+    The forward run's p10-p90 is a model's range; how often starts fall inside it is measured, not
+    assumed. Split conformal prediction (conformalized quantile regression, Romano, Patterson and
+    Candes 2019) turns that measure into the range stated: each scored estimate's miss outside its
+    model range, as a multiple of its predicted wait (``max(p10 - start, start - p90, 0) /
+    max(p50 - given, SCALE_FLOOR_MS)``), is kept per band of waits; a new estimate's range is the
+    model's widened on each side by the ``COVERAGE`` quantile of those misses times its own wait.
+    If recent starts were exchangeable with the next, ``COVERAGE`` of starts fall inside. Never
+    narrower than the model's range; until a band has ``CALIBRATION_MIN`` scores, the model's."""
+
+    __slots__ = ("_given", "_misses", "_outcomes", "_quantiles", "tolerance_ms")
 
     def __init__(self, keep: int = 10_000, tolerance_ms: int = 1000) -> None:
         self.tolerance_ms = tolerance_ms
         """How late a start still counts as inside its range: the scheduler places work in passes,
         not the instant room frees (a second in the controller; the simulation's pass step there)."""
-        self._given: dict[JobId, tuple[int, int, int, int]] = {}  # job -> (given at, p10, p50, p90)
+        self._given: dict[JobId, tuple[int, int, int, int, int, int]] = {}
+        """job -> (given at, model p10, p50, model p90, stated p10, stated p90)."""
         self._outcomes: deque[tuple[int, float, bool]] = deque(maxlen=keep)  # (started at, |error| s, in range)
+        self._misses: list[deque[float]] = [deque(maxlen=CALIBRATION_KEEP) for _ in range(len(WAIT_BANDS_MS) + 1)]
+        self._quantiles: list[float | None] = [None] * (len(WAIT_BANDS_MS) + 1)
+        """Each band's widening, cached until its next score (None: not computed yet)."""
 
-    def given(self, job_id: JobId, estimate: Estimate, now_ms: int) -> None:
-        if estimate.start_p50_ms is None or estimate.start_p90_ms is None:
+    def calibrate(self, estimate: Estimate, now_ms: int) -> Estimate:
+        """The range to state for ``estimate`` (made at ``now_ms``): the model's, widened by the
+        recent misses of estimates of like waits (class docstring)."""
+        p10, p50, p90 = estimate.start_p10_ms, estimate.start_p50_ms, estimate.start_p90_ms
+        if p50 is None or p90 is None:
+            return estimate
+        scale = max(p50 - now_ms, SCALE_FLOOR_MS)
+        widen = self._widening(_band(p50 - now_ms))
+        if not widen:
+            return estimate
+        low = p50 if p10 is None else p10
+        return Estimate(p50, int(p90 + widen * scale), estimate.unknown_reason,
+                        max(now_ms, int(low - widen * scale)))
+
+    def _widening(self, band: int) -> float:
+        """``why`` calibrates outside the controller's lock while a start may be scored under it:
+        each step here is one C-level operation under the GIL (a length, a sorted copy of floats),
+        so a race leaves at most a widening one score stale (a copy that still meets a change is
+        not calibrated this once)."""
+        misses = self._misses[band]
+        if len(misses) < CALIBRATION_MIN:
+            return 0.0
+        cached = self._quantiles[band]
+        if cached is None:
+            try:
+                ordered = sorted(misses)
+            except RuntimeError:  # "deque mutated during iteration"
+                return 0.0
+            rank = min(len(ordered) - 1, int(COVERAGE * (len(ordered) + 1)))  # split conformal's conservative rank
+            cached = self._quantiles[band] = ordered[rank]
+        return cached
+
+    def given(self, job_id: JobId, estimate: Estimate, now_ms: int, model: Estimate | None = None) -> None:
+        """Record ``estimate`` (the range stated), made at ``now_ms`` from ``model`` (the forward
+        run's own range; default: the same)."""
+        model = model or estimate
+        if estimate.start_p50_ms is None or estimate.start_p90_ms is None or model.start_p90_ms is None:
             return
         if len(self._given) >= 100_000:
             self._given.pop(next(iter(self._given)))
-        p10 = estimate.start_p50_ms if estimate.start_p10_ms is None else estimate.start_p10_ms
-        self._given[job_id] = (now_ms, p10, estimate.start_p50_ms, estimate.start_p90_ms)
+        p50 = estimate.start_p50_ms
+        p10 = p50 if estimate.start_p10_ms is None else estimate.start_p10_ms
+        model_p10 = p50 if model.start_p10_ms is None else model.start_p10_ms
+        self._given[job_id] = (now_ms, model_p10, p50, model.start_p90_ms, p10, estimate.start_p90_ms)
 
     def started(self, job_id: JobId, now_ms: int) -> None:
         found = self._given.pop(job_id, None)
         if found is None:
             return
-        _, p10, p50, p90 = found
+        given_at, model_p10, p50, model_p90, p10, p90 = found
         tol = self.tolerance_ms
         self._outcomes.append((now_ms, abs(now_ms - p50) / 1000, p10 - tol <= now_ms <= p90 + tol))
+        miss = max(model_p10 - tol - now_ms, now_ms - model_p90 - tol, 0)
+        band = _band(p50 - given_at)
+        self._misses[band].append(miss / max(p50 - given_at, SCALE_FLOOR_MS))
+        self._quantiles[band] = None
 
     def accuracy(self, since_ms: int = 0) -> tuple[int, float | None, float | None]:
         """How many estimated jobs started since ``since_ms``, the median absolute error of their
@@ -285,6 +355,10 @@ class EstimateLog:
             return 0, None, None
         return (len(outcomes), statistics.median(o[1] for o in outcomes),
                 sum(1 for o in outcomes if o[2]) / len(outcomes))
+
+
+def _band(wait_ms: int) -> int:
+    return next((i for i, bound in enumerate(WAIT_BANDS_MS) if wait_ms < bound), len(WAIT_BANDS_MS))
 
 
 __all__ = ["MAX_EVENTS", "STOP_ALLOWANCE_MS", "Estimate", "EstimateLog", "Pending", "RunningNow", "WorkerRoom", "estimate_start"]

@@ -213,8 +213,9 @@ def with_estimate(state: ControllerState, view: WhyView, inputs: EstimateInputs 
     and the estimate recorded to be scored when the job starts."""
     if inputs is None:
         return view
-    estimate = estimate_start(*inputs, now_ms)
-    state.estimates.given(view.job_id, estimate, now_ms)
+    model = estimate_start(*inputs, now_ms)
+    estimate = state.estimates.calibrate(model, now_ms)  # the range stated: the model's, calibrated
+    state.estimates.given(view.job_id, estimate, now_ms, model)
     return replace(view, estimate=estimate)
 
 
