@@ -86,7 +86,8 @@ class BeatClient:
         """Held to connect and to write a frame (never while waiting for a reply)."""
         self._cond = threading.Condition(threading.Lock())
         self._ids = itertools.count(1)
-        self._pending: set[int] = set()
+        self._pending: dict[int, socket.socket] = {}
+        """Calls in flight -> the connection each was sent on."""
         self._replies: dict[int, cluster_pb2.Controller.BeatReply | BaseException] = {}
         self._reading = False
 
@@ -124,7 +125,7 @@ class BeatClient:
                 reuse = False
             call = next(self._ids) & 0xFFFFFFFF or 1
             with self._cond:
-                self._pending.add(call)
+                self._pending[call] = sock
             try:
                 sock.sendall(frame(TAG.pack(kind, call) + message))
             except OSError as e:
@@ -168,11 +169,12 @@ class BeatClient:
             self._reading = False
         if isinstance(reply, cluster_pb2.Controller.BeatReply) and reply.code:
             reply = BeatRefused(reply.code, reply.message)
-        if call in self._pending and not isinstance(reply, BaseException):
-            self._pending.discard(call)
+        mine = self._pending.get(call) is sock
+        if mine and not isinstance(reply, BaseException):
+            del self._pending[call]
             self._replies[call] = reply
-        elif call in self._pending:  # refused: the controller closes the connection after it
-            self._pending.discard(call)
+        elif mine:  # refused: the controller closes the connection after it
+            del self._pending[call]
             self._replies[call] = reply
             self._fail(sock, ConnectionError(f"the controller closed the heartbeat connection: {reply}"))
         else:  # a read error, a refusal of the connection itself, or a reply to no call
@@ -182,14 +184,20 @@ class BeatClient:
         self._cond.notify_all()
 
     def _fail(self, sock: socket.socket | None, error: BaseException) -> None:
-        """``_cond`` held: close ``sock`` (if it is still the connection) and fail its calls."""
-        if sock is not None and sock is self._sock:
+        """``_cond`` held: close ``sock`` (if it is still the connection) and fail the calls sent on
+        it (not those of a newer connection)."""
+        if sock is None:
+            return
+        if sock is self._sock:
             self._sock = None
-        if sock is not None:
-            sock.close()
-        for call in self._pending:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # wakes a caller blocked reading it (close alone does not)
+        except OSError:
+            pass
+        sock.close()
+        for call in [c for c, s in self._pending.items() if s is sock]:
+            del self._pending[call]
             self._replies[call] = error
-        self._pending.clear()
         self._cond.notify_all()
 
     def _connect(self) -> socket.socket:

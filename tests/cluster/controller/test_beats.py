@@ -608,3 +608,25 @@ def test_heartbeats_and_reports_from_several_threads_share_one_connection(
     count = controller.metrics.registry.get_sample_value
     assert count("iris_rpc_duration_seconds_count", {"method": "HeartbeatPort"}) == 80
     assert count("iris_rpc_duration_seconds_count", {"method": "ReportPort"}) == 80
+
+
+def test_a_call_that_times_out_fails_its_connection_and_the_next_call_connects_again() -> None:
+    release = threading.Event()
+
+    def stuck_reports(frames: object) -> list[tuple[bytes, bool]]:
+        release.wait(30)
+        return [(_EMPTY_REPORT, False) for _ in frames]  # type: ignore[attr-defined]
+
+    beat_reply = C.BeatReply(heartbeat=C.HeartbeatResponse(heartbeat_interval_ms=7)).SerializeToString()
+    beats = BeatServer(ANSWER_ALL[0], lambda frames: [(beat_reply, False) for _ in frames], ANSWER_ALL[2],
+                       reports=stuck_reports)
+    beats.start()
+    client = BeatClient("127.0.0.1", beats.port, "t", "w", 0.5)
+    try:
+        with pytest.raises(TimeoutError):  # no reply within the client's timeout
+            client.report(reports("w"))
+        assert client.beat(request("w")).heartbeat_interval_ms == 7  # on a new connection
+    finally:
+        release.set()
+        client.close()
+        beats.stop()
