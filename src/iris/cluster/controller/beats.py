@@ -18,9 +18,9 @@ Every heartbeat is authenticated again (a revoked credential stops at its next b
 A connection whose hello says ``multiplex`` carries the worker's reports too, each frame tagged
 with its kind and an id its reply echoes (``iris.rpc.beats.TAG``). Reports need their write durable
 before the reply (the worker then forgets them), so they are not answered on the loop: the report
-frames read while a batch was being applied go to a report thread as one batch, one change for all
-of them (``Controller.report_task_states``), and their replies come back to the loop to be
-written, out of order with the connection's heartbeats. A heartbeat never waits for a report's
+frames read while a batch was being applied go to one of ``REPORT_THREADS`` threads as one batch,
+one change for all of them (``Controller.report_task_states``), and their replies come back to the
+loop to be written, out of order with the connection's heartbeats. A heartbeat never waits for a report's
 write. One connection per worker for both: a fleet's worth of file descriptors, not two.
 """
 
@@ -42,11 +42,13 @@ logger = logging.getLogger(__name__)
 HELLO_TIMEOUT_S = 10.0
 MAX_UNAUTHENTICATED = 1024
 MAX_IN_FLIGHT = 16
-"""Heartbeats one connection may send ahead of their replies (a worker sends one at a time)."""
+"""Frames one connection may send ahead of their replies (a worker has a heartbeat and a batch of
+reports in flight at most)."""
 MAX_REPORT_BATCH = 128
 """Report frames applied in one change at most (each a worker's batch of reports): the lock is let
 go between them, so heartbeats are not held behind a fleet's worth of reports."""
 REPORT_THREADS = 4
+"""Report batches applied at once: one is applied while another's write is made durable."""
 SWEEP_S = 2.0
 """How often connections past their hello timeout or idle are looked for."""
 
