@@ -591,15 +591,15 @@ class Controller:
     def heartbeats(self, observations: Sequence[Observation]) -> list[HeartbeatReply]:
         """Heartbeats that arrived together (the heartbeat port's), reconciled in one change, each as ``heartbeat``."""
         interval_ms = self._heartbeat_interval_ms
-        replies = []
-        for observation, kill in zip(observations, self.apply_observations(observations, interval_ms), strict=True):
-            forget = None
-            if kill is not None and self._forget:
-                with self._changes.read():
-                    forget = self._forget.pop(observation.worker_id, None)
-            replies.append(HeartbeatReply(True) if kill is None else HeartbeatReply(
-                False, kill, interval_ms, sorted(forget[0]) if forget else [], sorted(forget[1]) if forget else []))
-        return replies
+        kills = self.apply_observations(observations, interval_ms)
+        forget: dict[WorkerId, tuple[set[str], set[str]]] = {}
+        if self._forget:  # one turn of the lock for the batch
+            with self._changes.read():
+                forget = {o.worker_id: self._forget.pop(o.worker_id) for o, kill in zip(observations, kills, strict=True)
+                          if kill is not None and o.worker_id in self._forget}
+        return [HeartbeatReply(True) if kill is None else HeartbeatReply(
+            False, kill, interval_ms, *(sorted(f) for f in forget.get(o.worker_id, (set(), set()))))
+            for o, kill in zip(observations, kills, strict=True)]
 
     def apply_observation(self, observation: Observation, interval_ms: int = 0) -> list[ObservedAttempt] | None:
         """Reconcile one location's complete observed set (a heartbeat, or a backend's poll; a reply

@@ -355,7 +355,8 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
     def Heartbeat(
         self, request: cluster_pb2.Controller.HeartbeatRequest, context: grpc.ServicerContext, who: Principal
     ) -> cluster_pb2.Controller.HeartbeatResponse:
-        return self._heartbeat(request, who)
+        require_own_worker(who, request.worker_id)
+        return self._response(self._controller.heartbeat(heartbeat_observation(request, self._controller.config.limits)))
 
     def beat_hello(self, message: bytes) -> tuple[str, str, bool, bytes]:
         """The heartbeat port's hello (``beats.BeatServer``): may this credential heartbeat (and
@@ -376,14 +377,35 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         require_own_worker(who, worker_id)
         return who
 
-    def _port_frames(self, frames: Sequence[tuple[str, str, bytes]], kind: Any, convert: Callable[[Any], _R]
-                     ) -> list[_R | IrisError]:
+    def beats(self, frames: Sequence[tuple[str, str, bytes]]) -> list[tuple[bytes, bool]]:
+        """Heartbeats by the heartbeat port that arrived together, all reconciled in one change
+        (``Controller.heartbeats``; ``_port_batch``)."""
+        limits = self._controller.config.limits
+        return self._port_batch(frames, cluster_pb2.Controller.HeartbeatRequest,
+                                lambda request: heartbeat_observation(request, limits), self._controller.heartbeats,
+                                lambda reply: cluster_pb2.Controller.BeatReply(heartbeat=self._response(reply)),
+                                self._beat_latency)
+
+    def reports(self, frames: Sequence[tuple[str, str, bytes]]) -> list[tuple[bytes, bool]]:
+        """Report batches by the heartbeat port that arrived together, all applied in one change
+        (``Controller.report_task_states``), durable before any reply (``_port_batch``)."""
+        limits = self._controller.config.limits
+        return self._port_batch(frames, cluster_pb2.Controller.ReportTaskStateRequest, lambda request: (
+            WorkerId(request.worker_id), task_reports(request, limits), request.unfit[:MAX_UNFIT_CHARS]),
+            self._controller.report_task_states,
+            lambda kill: cluster_pb2.Controller.BeatReply(report=_report_response(kill)), self._report_latency)
+
+    def _port_batch(self, frames: Sequence[tuple[str, str, bytes]], kind: Any, convert: Callable[[Any], Any],
+                    apply: Callable[[list[Any]], Sequence[Any]], reply: Callable[[Any], Any], latency: Any
+                    ) -> list[tuple[bytes, bool]]:
         """Frames that arrived together on the heartbeat port, each as (its connection's credential
         and worker id, the frame): each parsed as ``kind``, bound to its connection's worker,
         authenticated again (a revoked credential stops here) and checked as the RPC does
-        (``convert``); or the error that refuses it."""
-        checked: list[_R | IrisError] = []
+        (``convert``); those that pass are applied together (``apply``). Each frame gets its reply
+        (``reply`` of its result), or a refusal (True) naming the rule."""
+        started = time.perf_counter()
         what = kind.__name__.removesuffix("Request")
+        checked: list[Any] = []
         for token, worker_id, message in frames:
             try:
                 try:
@@ -398,46 +420,14 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
                 checked.append(convert(request))
             except IrisError as e:
                 checked.append(e)
-        return checked
-
-    def beats(self, beats: Sequence[tuple[str, str, bytes]]) -> list[tuple[bytes, bool]]:
-        """Heartbeats by the heartbeat port that arrived together (``_port_frames``), all reconciled
-        in one change (``Controller.heartbeats``). Each gets its reply, or a refusal (True) naming
-        the rule."""
-        started = time.perf_counter()
-        limits = self._controller.config.limits
-        checked = self._port_frames(beats, cluster_pb2.Controller.HeartbeatRequest,
-                                    lambda request: heartbeat_observation(request, limits))
-        observations = [c for c in checked if not isinstance(c, IrisError)]
-        replies = iter(self._controller.heartbeats(observations) if observations else ())
-        answered = [(beat_refusal(c), True) if isinstance(c, IrisError) else (cluster_pb2.Controller.BeatReply(
-            heartbeat=self._response(next(replies))).SerializeToString(), False) for c in checked]
-        elapsed = time.perf_counter() - started
-        for _ in beats:
-            self._beat_latency.observe(elapsed)
-        return answered
-
-    def reports(self, frames: Sequence[tuple[str, str, bytes]]) -> list[tuple[bytes, bool]]:
-        """Report batches by the heartbeat port that arrived together (``_port_frames``), all
-        applied in one change (``Controller.report_task_states``) and durable before any reply.
-        Each gets its reply (what to kill), or a refusal (True) naming the rule."""
-        started = time.perf_counter()
-        limits = self._controller.config.limits
-        checked = self._port_frames(frames, cluster_pb2.Controller.ReportTaskStateRequest, lambda request: (
-            WorkerId(request.worker_id), task_reports(request, limits), request.unfit[:MAX_UNFIT_CHARS]))
-        batches = [c for c in checked if not isinstance(c, IrisError)]
-        kills = iter(self._controller.report_task_states(batches) if batches else ())
-        answered = [(beat_refusal(c), True) if isinstance(c, IrisError) else (cluster_pb2.Controller.BeatReply(
-            report=_report_response(next(kills))).SerializeToString(), False) for c in checked]
+        passed = [c for c in checked if not isinstance(c, IrisError)]
+        results = iter(apply(passed) if passed else ())
+        answered = [(beat_refusal(c), True) if isinstance(c, IrisError) else
+                    (reply(next(results)).SerializeToString(), False) for c in checked]
         elapsed = time.perf_counter() - started
         for _ in frames:
-            self._report_latency.observe(elapsed)
+            latency.observe(elapsed)
         return answered
-
-    def _heartbeat(self, request: cluster_pb2.Controller.HeartbeatRequest,
-                   who: Principal) -> cluster_pb2.Controller.HeartbeatResponse:
-        require_own_worker(who, request.worker_id)
-        return self._response(self._controller.heartbeat(heartbeat_observation(request, self._controller.config.limits)))
 
     def _response(self, reply: HeartbeatReply) -> cluster_pb2.Controller.HeartbeatResponse:
         if reply.reregister:

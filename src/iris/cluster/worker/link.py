@@ -26,10 +26,10 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -50,6 +50,7 @@ from iris.rpc import cluster_pb2, cluster_pb2_grpc
 from iris.rpc.beats import BeatClient, BeatRefused, client_ssl_context
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 MAX_RECONNECT_BACKOFF_S = 1.0
@@ -218,9 +219,9 @@ class ControllerLink:
         """Set once a registration was accepted (with the controller's token, when it sends one)."""
         self._beats: BeatClient | None = None
         """The controller's heartbeat port, as its last registration reply named it (None: gRPC)."""
-        self._beats_retry_at = 0.0
-        self._reports_retry_at = 0.0
-        """The outbox's reports go by the same connection (``BeatClient`` is shared by both threads)."""
+        self._port_retry_at: dict[str, float] = {}
+        """Per kind of call ("heartbeats", "reports"): when the port is tried again after it failed one.
+        Both go by the same connection (``BeatClient`` is shared by the heartbeat and outbox threads)."""
 
     def await_registered(self, timeout_s: float) -> bool:
         """Whether a registration was accepted, waiting up to ``timeout_s`` for one in flight: the
@@ -256,7 +257,8 @@ class ControllerLink:
         if beats is not None and beats.port == port and beats.token == token:
             return
         # A new port (a restarted controller) is tried at once.
-        self._beats, self._beats_retry_at, self._reports_retry_at = None, 0.0, 0.0
+        self._beats = None
+        self._port_retry_at.clear()
         if beats is not None:
             beats.close()
         if port:
@@ -363,34 +365,29 @@ class ControllerLink:
         return True
 
     def _send_heartbeat(self, request: cluster_pb2.Controller.HeartbeatRequest) -> cluster_pb2.Controller.HeartbeatResponse:
-        """By the heartbeat port when the controller named one (a fraction of a gRPC call's cost to
-        it); by the Heartbeat RPC when it did not, or when the port failed: that beat, and every
-        beat for ``BEAT_PORT_RETRY_S`` after. A refusal by the port (a revoked credential) is then
-        the RPC's refusal too, and handled as such."""
-        beats = self._beats
-        if beats is not None and self._clock.monotonic() >= self._beats_retry_at:
-            try:
-                return beats.beat(request)
-            except (OSError, BeatRefused) as e:
-                logger.warning("heartbeat port %s:%d failed worker=%s: %s; heartbeating by gRPC for %.0fs",
-                               beats.host, beats.port, self.worker_id, e, BEAT_PORT_RETRY_S)
-                self._beats_retry_at = self._clock.monotonic() + BEAT_PORT_RETRY_S
-        return self.stub.Heartbeat(request, timeout=self._config.rpc_timeout_s, metadata=self.metadata())
+        return self._by_port("heartbeats", lambda port: port.beat(request), lambda: self.stub.Heartbeat(
+            request, timeout=self._config.rpc_timeout_s, metadata=self.metadata()))
 
     def _send_reports(self, request: cluster_pb2.Controller.ReportTaskStateRequest
                       ) -> cluster_pb2.Controller.ReportTaskStateResponse:
-        """As ``_send_heartbeat``, for a batch of reports: by the port (acknowledged once durable),
-        else, and for ``BEAT_PORT_RETRY_S`` after the port failed them, by ReportTaskState. A batch
-        the port may have applied before it failed goes again: reports are idempotent."""
+        # A batch the port may have applied before it failed goes again: reports are idempotent.
+        return self._by_port("reports", lambda port: port.report(request), lambda: self.stub.ReportTaskState(
+            request, timeout=self._config.rpc_timeout_s, metadata=self.metadata()))
+
+    def _by_port(self, kind: str, by_port: Callable[[BeatClient], _T], by_rpc: Callable[[], _T]) -> _T:
+        """By the heartbeat port when the controller named one (a fraction of a gRPC call's cost to
+        it); by the RPC when it did not, or when the port failed this ``kind`` of call: that one, and
+        every one for ``BEAT_PORT_RETRY_S`` after. A refusal by the port (a revoked credential) is
+        then the RPC's refusal too, and handled as such."""
         port = self._beats
-        if port is not None and self._clock.monotonic() >= self._reports_retry_at:
+        if port is not None and self._clock.monotonic() >= self._port_retry_at.get(kind, 0.0):
             try:
-                return port.report(request)
+                return by_port(port)
             except (OSError, BeatRefused) as e:
-                logger.warning("heartbeat port %s:%d failed for reports worker=%s: %s; reporting by gRPC for %.0fs",
-                               port.host, port.port, self.worker_id, e, BEAT_PORT_RETRY_S)
-                self._reports_retry_at = self._clock.monotonic() + BEAT_PORT_RETRY_S
-        return self.stub.ReportTaskState(request, timeout=self._config.rpc_timeout_s, metadata=self.metadata())
+                logger.warning("heartbeat port %s:%d failed %s worker=%s: %s; %s by gRPC for %.0fs",
+                               port.host, port.port, kind, self.worker_id, e, kind, BEAT_PORT_RETRY_S)
+                self._port_retry_at[kind] = self._clock.monotonic() + BEAT_PORT_RETRY_S
+        return by_rpc()
 
     def _apply_kills(self, kills: Iterable[cluster_pb2.WorkerTaskStatus]) -> None:
         for entry in kills:
