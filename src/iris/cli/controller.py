@@ -39,8 +39,8 @@ def controller() -> None:
                    "address when bound to 0.0.0.0).")
 @click.option("--port", default=10000, show_default=True, type=int, help="gRPC port (0: any free port).")
 @click.option("--heartbeat-port", default="0", show_default=True, metavar="PORT|off",
-              help="Where workers heartbeat without gRPC's per-call cost (on --host, TLS as the gRPC port; 0: any "
-                   "free port, told to workers when they register); off: heartbeats by gRPC only.")
+              help="Where workers heartbeat and report their tasks without gRPC's per-call cost (on --host, TLS "
+                   "as the gRPC port; 0: any free port, told to workers when they register); off: by gRPC only.")
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
