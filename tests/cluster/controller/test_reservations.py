@@ -79,6 +79,49 @@ def test_room_beyond_what_the_reservation_needs_is_still_used(state: ControllerS
     assert [t.job_id for t, _ in tx.assignments] == ["extra"]
 
 
+def test_a_gangs_reservation_holds_against_work_that_ranks_above_it_in_a_later_pass(state: ControllerState) -> None:
+    """A gang's reservation, once made, is kept from all work of its band or lower, whatever their
+    standing: the gang's start estimate was made with the queue as it stood, and a reservation that
+    gave way to whoever ranks first in each later pass would let it wait past any estimate."""
+    for i in range(3):
+        add_worker(state, f"w{i}", cpu=2)
+    for i in range(6):
+        submit(state, f"small-{i}", owner="bob", timeout_seconds=60)  # the fleet is full until NOW + 60 s
+    one_pass(state)
+    submit(state, "adam-job", owner="adam", now_ms=NOW + SEC)  # waiting before the gang; ranks above it (a tie: by name)
+    submit(state, "gang", owner="alice", replicas=2, cpu=2, coscheduled=True, now_ms=NOW + 2 * SEC)
+    tx = one_pass(state, NOW + 2 * SEC)
+    assert [r.job_id for r in tx.reservations or ()] == ["adam-job", "gang"]  # in the order of the queue
+    gang = next(r for r in state.reservations if r.job_id == "gang")
+    assert gang.start_ms == NOW + 60 * SEC and len(gang.workers) == 2
+    adams = next(r for r in state.reservations if r.job_id == "adam-job")
+    worker_id = next(w for w in gang.workers if w not in adams.workers)  # the gang's alone
+    ended = next(t for j in state.list_jobs() if j.job_id.startswith("small") for t in state.get_job_tasks(j.job_id)
+                 if t.worker_id == worker_id)
+    state.apply_report(WorkerId(worker_id), ended.task_id, ended.current_attempt_id, SUCCEEDED, NOW + 3 * SEC)
+    tx = one_pass(state, NOW + 3 * SEC)  # adam's job ranks above the gang and fits in the room that freed
+    assert tx.assignments == []
+    assert tx.pending_reasons["adam-job"].startswith("reserved for another job: the room it fits is reserved for gang")
+    assert next(r for r in state.reservations if r.job_id == "gang").start_ms == NOW + 60 * SEC
+
+
+def test_work_that_arrives_after_a_reservation_never_takes_its_room_whatever_its_standing(
+        state: ControllerState) -> None:
+    add_worker(state, "w1", cpu=2)
+    for i in range(2):
+        submit(state, f"small-{i}", owner="bob", timeout_seconds=60)
+    one_pass(state)
+    submit(state, "big", owner="alice", cpu=2, now_ms=NOW + SEC)
+    one_pass(state, NOW + SEC)
+    assert [(r.job_id, r.start_ms) for r in state.reservations] == [("big", NOW + 60 * SEC)]
+    submit(state, "later", owner="adam", now_ms=NOW + 2 * SEC)  # after the reservation; ranks above "big" (by name)
+    ended = state.get_job_tasks(JobId("small-0"))[0]
+    state.apply_report(WorkerId("w1"), ended.task_id, ended.current_attempt_id, SUCCEEDED, NOW + 3 * SEC)
+    tx = one_pass(state, NOW + 3 * SEC)
+    assert tx.assignments == []
+    assert tx.pending_reasons["later"].startswith("reserved for another job: the room it fits is reserved for big")
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.integers(1, 2), st.sampled_from([0, 30, 120, 900])), min_size=1, max_size=12),
        st.integers(200, 900))

@@ -36,7 +36,7 @@ and a readable reason for each job that could not be placed. Committing the assi
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from iris.cluster.bands import BANDS
 from iris.cluster.controller.capacity import JobRequirements, Room, fits_in, unmet_everywhere
@@ -462,11 +462,13 @@ class Scheduler:
 class Guard:
     """The reservations a pass keeps whole (``reservations.may_use``): the last full pass's, and on
     a full pass the ones it makes as it meets the highest-ranked jobs held back by room (so the
-    work after them in the same pass already leaves their room). Each reserved worker's room at its
-    reservation's start is kept up to date as the pass places work."""
+    work after them in the same pass already leaves their room). A last pass's gang reservation
+    binds all work of its band or lower from the pass's start, any reservation binds work submitted
+    after it was made (see ``reservations``). Each reserved worker's room at its reservation's start
+    is kept up to date as the pass places work."""
 
     __slots__ = ("_at_start", "_base", "_by_worker", "_get_job", "_holders", "_now_ms", "_reached", "_seen",
-                 "_sharing", "_timeouts", "_transaction", "_unsettled", "_working", "made")
+                 "_sharing", "_submitted", "_timeouts", "_transaction", "_unsettled", "_working", "made")
 
     def __init__(self, sharing: FairInputs, working: list[_Working], get_job: Callable[[JobId], Job | None],
                  transaction: SchedulingTransaction, now_ms: int) -> None:
@@ -482,6 +484,7 @@ class Guard:
         self._base: dict[WorkerId, list[Running]] | None = None
         self._holders: dict[WorkerId, list[Running]] | None = None
         self._timeouts: dict[JobId, int] = {}
+        self._submitted: dict[JobId, int] = {}
         self._transaction = transaction
         self._seen = 0
         """Assignments of this pass already counted as running (they are read when a reservation is planned)."""
@@ -491,6 +494,8 @@ class Guard:
         self.made: list[Reservation] = []
         for reservation in sharing.reservations:
             self._install(reservation, settle=False)
+            if reservation.members() > 1:
+                self._reached.add(reservation.job_id)  # a gang's, from an earlier pass: binds its band and below
 
     def __bool__(self) -> bool:
         return bool(self._by_worker)
@@ -561,6 +566,8 @@ class Guard:
                 if cap.worker.worker_id not in self._by_worker or self._by_worker[cap.worker.worker_id].job_id == job_id]
         reservation = plan(job_id, band, req, members, free, self._running(), now_ms)
         if reservation is not None:
+            before = next((r for r in self._sharing.reservations if r.job_id == job_id), None)
+            reservation = replace(reservation, since_ms=before.since_ms if before is not None else now_ms)
             self._reached.add(job_id)
             self.made.append(reservation)
             for worker_id in reservation.workers:
@@ -574,6 +581,14 @@ class Guard:
     def holder_of(self, worker_id: WorkerId) -> Reservation | None:
         return self._by_worker.get(worker_id)
 
+    def _after(self, job_id: JobId, reservation: Reservation) -> bool:
+        """Whether ``job_id`` was submitted after ``reservation`` was first made (a later arrival)."""
+        submitted = self._submitted.get(job_id)
+        if submitted is None:
+            job = self._get_job(job_id)
+            submitted = self._submitted[job_id] = job.submitted_at_ms if job is not None else 0
+        return submitted > reservation.since_ms
+
     def for_job(self, job_id: JobId, req: JobRequirements, owner: Owner | None,
                 now_ms: int) -> Callable[[WorkerId], bool]:
         return lambda worker_id: self.allows(worker_id, job_id, req, owner, now_ms)
@@ -581,8 +596,10 @@ class Guard:
     def allows(self, worker_id: WorkerId, job_id: JobId, req: JobRequirements, owner: Owner | None,
                now_ms: int) -> bool:
         res = self._by_worker.get(worker_id)
-        if res is None or res.job_id == job_id or res.job_id not in self._reached:
-            return True  # not reserved, its own, or it ranks above the reserved job in this pass
+        if res is None or res.job_id == job_id:
+            return True  # not reserved, or its own
+        if res.job_id not in self._reached and not self._after(job_id, res):
+            return True  # it ranks above the reserved job in this pass, and was waiting when the reservation was made
         timeout = self._timeouts.get(job_id)
         if timeout is None:
             job = self._get_job(job_id)
