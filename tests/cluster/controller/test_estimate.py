@@ -196,3 +196,25 @@ def test_an_interactive_job_waits_for_the_batch_work_s_minimum_lease(state: Cont
     submit(state, "chat", owner="alice", priority="interactive")
     est = why_view(state, JobId("chat"), NOW + 60 * SEC).estimate
     assert (est.start_p50_ms, est.start_p90_ms) == (NOW + 600 * SEC, NOW + 660 * SEC)  # the lease; + the allowance
+
+
+def test_a_gang_reservation_that_holds_its_room_against_the_job_counts_as_ahead_of_it(
+        state: ControllerState) -> None:
+    """A gang's reservation binds all work of its band or lower (``reservations``): a job ranked above
+    the gang that needs the same room starts after the gang, not when the room frees, unless its hard
+    --timeout ends it before the reservation starts (backfill: then it goes first)."""
+    for i in range(2):
+        add_worker(state, f"w{i}", cpu=2)
+        submit(state, f"long-{i}", owner="bob", cpu=2, timeout_seconds=100)
+    one_pass(state)
+    submit(state, "gang", owner="alice", replicas=2, cpu=2, coscheduled=True, timeout_seconds=200, now_ms=NOW + SEC)
+    one_pass(state, NOW + SEC)
+    assert [(r.job_id, r.start_ms) for r in state.reservations] == [("gang", NOW + 100 * SEC)]
+    # Both rank above the gang (a tie in standing: by name) and arrive after its reservation.
+    submit(state, "adam-open", owner="adam", cpu=2, now_ms=NOW + 2 * SEC)  # no --timeout: bound
+    submit(state, "abe-quick", owner="abe", cpu=2, timeout_seconds=10, now_ms=NOW + 2 * SEC)  # backfills
+    bound = why_view(state, JobId("adam-open"), NOW + 2 * SEC).estimate
+    quick = why_view(state, JobId("abe-quick"), NOW + 2 * SEC).estimate
+    assert quick.start_p50_ms == NOW + 50 * SEC  # when half of the hard 100 s of what runs there is over
+    # After abe's job (ahead of it: half of 10 s), then the gang (half of its own 200 s).
+    assert bound.start_p50_ms == NOW + (50 + 5 + 100) * SEC

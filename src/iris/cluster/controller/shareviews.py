@@ -306,12 +306,24 @@ def _estimate_inputs(state: ControllerState, entries: list[QueueEntryView], job:
                        tuple(res.workers) if res is not None else (), res.start_ms if res is not None else None)
 
     ahead: list[Pending] = []
+    behind: dict[JobId, int] = {}
+    met = False
     for e in entries:
         if e.job_id == job.job_id:
-            break
-        other = state.get_job(e.job_id)
-        if other is not None:
+            met = True
+        elif met:
+            behind[e.job_id] = e.pending_tasks
+        elif (other := state.get_job(e.job_id)) is not None:
             ahead.append(pending_of(other, e.pending_tasks))
+    timeout_ms = int(job.spec.timeout_seconds * 1000)
+    for r in state.reservations:
+        # Ranked below it, yet its room is kept from it (``reservations``), unless it backfills
+        # (its hard --timeout ends it by the reservation's start): then it starts after that job.
+        other = state.get_job(r.job_id)
+        if (r.job_id in behind and other is not None and r.band <= job.band
+                and (r.members() > 1 or job.submitted_at_ms > r.since_ms)
+                and not (timeout_ms > 0 and r.start_ms is not None and now_ms + timeout_ms <= r.start_ms)):
+            ahead.append(pending_of(other, behind[r.job_id]))
     workers: list[WorkerRoom] = []
     running: list[RunningNow] = []
     min_lease_ms = 0 if job.band == PRODUCTION else state.shares.config.min_lease_ms  # production ignores it
