@@ -490,6 +490,12 @@ def main() -> None:
         print(f"  longest gang wait {minutes(longest_gang_reserved)} vs {minutes(longest_gang)}; gang p99 wait "
               f"{minutes(pct(gang_waits, 0.99))} vs {minutes(pct(gang_waits_fair, 0.99))}")
         print(f"  utilization while jobs arrive {util_reserved:.1%} vs {util_fair:.1%} (target: within 3%)")
+        slower_r = [n for n, w in reserved.waits.items() if w > 2 * fifo.waits.get(n, 0) and w > 10 * MIN_MS]
+        caused_r = [n for n in slower_r if reserved.behind_band.get(n) or reserved.over_share_when_waiting.get(n)
+                    or n in reserved.packed]
+        print(f"  jobs waiting > 2x their FIFO wait (and > 10 min), the default configuration (reservations on): "
+              f"{len(slower_r)} of {len(reserved.waits)}; without a stated cause: {len(slower_r) - len(caused_r)}"
+              + (f" ({', '.join(sorted(set(slower_r) - set(caused_r))[:5])})" if len(slower_r) > len(caused_r) else ""))
         started, error_s, in_range = reserved.accuracy
         which = "every 10th job and every gang" if args.gang_estimates else "every 10th job"
         print(f"  start estimates (iris job why at submission, {which}): {reserved.estimated} given, "
