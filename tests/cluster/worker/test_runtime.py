@@ -309,6 +309,31 @@ def test_a_task_s_children_are_in_its_cgroup_from_their_first_instruction(tmp_pa
         runtime.close()
 
 
+def test_a_task_starts_in_its_cgroup_and_the_thread_that_started_it_stays_in_the_worker_s(tmp_path: Path) -> None:
+    """On cgroup v1 the starting thread steps into the task's cgroup to fork it (no shell to exec),
+    so it must step back out: the worker's threads never run under a task's limits."""
+    from iris.cluster.worker.cgroups import CgroupLimits
+
+    limits = CgroupLimits.detect(f"test-thread-{os.getpid()}")
+    if limits is None:
+        pytest.skip("needs a writable memory cgroup (root on a cgroup v1 or v2 host; CI has one)")
+    before = Path("/proc/thread-self/cgroup").read_text()
+    for use_posix_spawn in (True, False):
+        runtime = ProcessRuntime(limits=limits, use_posix_spawn=use_posix_spawn)
+        try:
+            exits = Exits()
+            spec = _spec(tmp_path, ["cat", "/proc/self/cgroup"], name=f"where-{use_posix_spawn}",
+                         memory_limit_bytes=256 * 1024 * 1024)
+            runtime.start(spec, exits)
+            assert Path("/proc/thread-self/cgroup").read_text() == before
+            assert exits.wait(spec.key).returncode == 0
+            memory = next(line for line in spec.log_path.read_text().splitlines()
+                          if line.split(":")[1] in ("memory", ""))
+            assert f"/iris-test-thread-{os.getpid()}/" in memory, memory  # its own, under the worker's
+        finally:
+            runtime.close()
+
+
 def test_runtime_many_short_tasks_started_from_several_threads_all_exit_cleanly(
     runtime: ProcessRuntime, tmp_path: Path
 ) -> None:

@@ -39,6 +39,14 @@ def _write(path: Path, value: str) -> None:
         f.write(value)
 
 
+def _write_fd(path: Path, value: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value)
+    finally:
+        os.close(fd)
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text()
@@ -282,6 +290,42 @@ class CgroupLimits:
                     free.append(cgroup)
                     return
         cgroup.remove()
+
+    def thread_entry(self) -> bool:
+        """Whether a task's process can be started inside its cgroup by the thread that starts it
+        (``enter_thread``): cgroup v1, where each thread has a cgroup of its own, and room under the
+        pids cap for that thread beside the task's first process."""
+        return self.version == 1 and (self.max_pids == 0 or self.max_pids >= 2)
+
+    def enter_thread(self, cgroup: TaskCgroup) -> list[Path] | None:
+        """Move the calling thread into ``cgroup`` (cgroup v1): a process it starts is then inside
+        from its first instruction, as ``runtime._ENTER_CGROUP``'s shell puts it there, without that
+        shell's exec (~0.5 ms of CPU a task). Returns where to put the thread back
+        (``leave_thread``), the worker's own cgroups; None, with the thread back, when it cannot go in
+        (a directory removed from outside)."""
+        tid = str(threading.get_native_id()).encode()
+        homes: list[Path] = []
+        for task_dir, base in ((cgroup.memory_dir, self.memory_base), (cgroup.cpu_dir, self.cpu_base),
+                               (cgroup.pids_dir, self.pids_base)):
+            if task_dir is None or base is None:
+                continue
+            try:
+                _write_fd(task_dir / "tasks", tid)
+            except OSError:
+                self.leave_thread(homes)
+                return None
+            homes.append(base.parent)
+        return homes
+
+    @staticmethod
+    def leave_thread(homes: list[Path]) -> None:
+        """The calling thread back in the worker's own cgroups (after ``enter_thread``)."""
+        tid = str(threading.get_native_id()).encode()
+        for home in homes:
+            try:
+                _write_fd(home / "tasks", tid)
+            except OSError as e:  # the worker's own cgroup: only its removal from outside gets here
+                logger.error("could not move thread %s back to %s: %s", tid.decode(), home, e)
 
     def close(self) -> None:
         """Remove the reusable cgroups and the worker's own iris-<worker> directories (when empty)."""

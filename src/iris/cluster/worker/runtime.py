@@ -433,15 +433,22 @@ class ProcessRuntime:
                                              spec.memory_limit_bytes)
             if spec.log is not None:
                 pipes, writers = _task_pipes(spec.log)
+            # The task's process starts inside its cgroup: forked by this thread while the thread is
+            # in it (cgroup v1), else through the shell of _ENTER_CGROUP (posix_spawn), else (Popen)
+            # moved in just after.
+            homes = (self._limits.enter_thread(cgroup)
+                     if cgroup is not None and self._limits is not None and self._limits.thread_entry() else None)
             try:
                 started = _wrapped(spec)
                 if self._spawner is not None:
-                    started = started if cgroup is None else _entering(started, cgroup)
+                    started = started if cgroup is None or homes is not None else _entering(started, cgroup)
                     pid = self._spawner.spawn(started, (writers[0], writers[1]) if writers else None)
                 else:
                     proc = self._popen(started, (writers[0], writers[1]) if writers else None)
                     pid = proc.pid
             finally:
+                if homes is not None:
+                    CgroupLimits.leave_thread(homes)
                 for w in writers:
                     os.close(w)
         except BaseException:
@@ -455,7 +462,7 @@ class ProcessRuntime:
         if self._deathwatch is not None:  # at once: a worker killed from here on must not leave it behind
             group = cgroup.memory_dir or cgroup.cpu_dir or cgroup.pids_dir if cgroup is not None else None
             self._deathwatch.track(pid, str(group) if group is not None else "")
-        if cgroup is not None and self._limits is not None:
+        if cgroup is not None and self._limits is not None and homes is None:
             try:
                 cgroup.add(pid)
             except OSError as e:
