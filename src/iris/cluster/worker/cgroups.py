@@ -113,7 +113,19 @@ class TaskCgroup:
         return self.oom_count() > self.oom_baseline
 
     def is_empty(self) -> bool:
-        return all(not _read(d / "cgroup.procs").strip() for d in self.dirs())
+        """No process left in it. One hierarchy tells: a task's processes are in each of its
+        directories at once (the worker never moves one between them)."""
+        dirs = self.dirs()
+        if not dirs:
+            return True
+        try:
+            fd = os.open(dirs[0] / "cgroup.procs", os.O_RDONLY)
+        except OSError:
+            return True  # removed from outside: nothing to wait for in it
+        try:
+            return not os.read(fd, 64).strip()
+        finally:
+            os.close(fd)
 
     def remove(self) -> None:
         """Remove the cgroup directories (their processes must have exited)."""
