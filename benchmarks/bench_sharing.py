@@ -49,7 +49,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from iris.cluster.controller.job import Job, expand_job_to_tasks  # noqa: E402
-from iris.cluster.controller.scheduler import Scheduler  # noqa: E402
+from iris.cluster.controller.scheduler import RESERVED_FOR_OTHER, Scheduler  # noqa: E402
 from iris.cluster.controller.shareviews import why_view  # noqa: E402
 from iris.cluster.controller.state import ControllerState, ControllerWorker  # noqa: E402
 from iris.cluster.sharing import parse_sharing  # noqa: E402
@@ -195,6 +195,9 @@ class Outcome:
     theirs: its pending reason and ``iris job why`` say behind_in_queue, with the team's standing)."""
     behind_band: dict[str, bool] = field(default_factory=dict)
     """Job -> whether a higher band had work running or waiting when it was submitted."""
+    held_for_reservation: set[str] = field(default_factory=set)
+    """Jobs that, while waiting, were kept off room another job's reservation holds (their pending
+    reason says "reserved for another job", naming it)."""
     packed: set[str] = field(default_factory=set)
     """Jobs that, while waiting, left wholly free workers to whole work (``scheduler._Packing``) and
     were not placed in that pass."""
@@ -313,6 +316,8 @@ def simulate(trace: list[TraceJob], sharing: bool, reservations: int = 0, estima
                     tx = scheduler.find_assignments(fifo, workers, now)
                 placed_jobs = {task.job_id for task, _ in tx.assignments}
                 out.packed.update(j for j in tx.packed if j not in placed_jobs and j not in out.waits)
+                out.held_for_reservation.update(j for j, reason in tx.pending_reasons.items()
+                                                if reason.startswith(RESERVED_FOR_OTHER))
                 for p in tx.preemptions:
                     victim = state.get_task(p.victim.task_id)
                     if victim is None or victim.worker_id is None:
@@ -492,9 +497,10 @@ def main() -> None:
         print(f"  utilization while jobs arrive {util_reserved:.1%} vs {util_fair:.1%} (target: within 3%)")
         slower_r = [n for n, w in reserved.waits.items() if w > 2 * fifo.waits.get(n, 0) and w > 10 * MIN_MS]
         caused_r = [n for n in slower_r if reserved.behind_band.get(n) or reserved.over_share_when_waiting.get(n)
-                    or n in reserved.packed]
+                    or n in reserved.packed or n in reserved.held_for_reservation]
         print(f"  jobs waiting > 2x their FIFO wait (and > 10 min), the default configuration (reservations on): "
-              f"{len(slower_r)} of {len(reserved.waits)}; without a stated cause: {len(slower_r) - len(caused_r)}"
+              f"{len(slower_r)} of {len(reserved.waits)}, {len(caused_r)} with a stated cause (those above, or kept "
+              f"off another job's reservation); without one: {len(slower_r) - len(caused_r)}"
               + (f" ({', '.join(sorted(set(slower_r) - set(caused_r))[:5])})" if len(slower_r) > len(caused_r) else ""))
         started, error_s, in_range = reserved.accuracy
         which = "every 10th job and every gang" if args.gang_estimates else "every 10th job"
