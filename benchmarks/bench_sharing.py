@@ -314,6 +314,7 @@ def simulate(trace: list[TraceJob], sharing: bool, reservations: int = 0, estima
                 else:
                     fifo = sorted(pending, key=lambda t: (t.submitted_at_ms, t.job_id, t.task_index))
                     tx = scheduler.find_assignments(fifo, workers, now)
+                state.set_pending_reasons(tx.pending_reasons)  # as the controller does after each pass
                 placed_jobs = {task.job_id for task, _ in tx.assignments}
                 out.packed.update(j for j in tx.packed if j not in placed_jobs and j not in out.waits)
                 out.held_for_reservation.update(j for j, reason in tx.pending_reasons.items()

@@ -158,7 +158,8 @@ def test_share_and_queue_from_the_command_line_and_a_reload_by_sighup(two_teams:
         assert entries[0]["team"] == "big" and entries[0]["user"] == "alice" and "reason" in entries[0]
         table = iris("share")
         assert table.returncode == 0 and "big" in table.stdout and "alice" in table.stdout, table.stderr
-        assert "whole work 2m across bands, 24h within one" in table.stdout.replace("\n", " "), table.stdout
+        assert "whole work 2m across bands, 24h within one; a job waiting over 12h is first in line for a reservation" \
+            in table.stdout.replace("\n", " "), table.stdout
 
         refused = iris("share", "reload", token=alice)
         assert refused.returncode == 1 and "admin" in refused.stderr.lower(), refused.stderr

@@ -54,10 +54,12 @@ def share(ctx: click.Context, controller: str, as_json: bool, verbose: bool) -> 
     min_lease = human_duration(int(policy["min_lease_ms"]) / 1000)  # type: ignore[call-overload]
     pack_delay = human_duration(int(policy["pack_delay_ms"]) / 1000)  # type: ignore[call-overload]
     pack_max_wait = human_duration(int(policy["pack_max_wait_ms"]) / 1000)  # type: ignore[call-overload]
+    after = int(policy["reserve_after_ms"])  # type: ignore[call-overload]
+    first_in_line = f"; a job waiting over {human_duration(after / 1000)} is first in line for a reservation" if after else ""
     click.echo(f"sharing: {policy['source'] or 'built-in default (every user a team of one, equal weights)'}; "
                f"half-life {half_life}, minimum lease {min_lease}, "
                f"at most {policy['max_preemptions_per_minute']} preemptions a minute; whole workers kept for "
-               f"whole work {pack_delay} across bands, {pack_max_wait} within one")
+               f"whole work {pack_delay} across bands, {pack_max_wait} within one{first_in_line}")
     rows = []
     for t in teams:
         rows.append((t.team + (" (own)" if t.own else ""), f"{t.weight:g}", _amounts(t.guarantee),

@@ -499,7 +499,8 @@ class IrisClient:
                            t.own, t.under_guarantee, t.running_tasks, t.pending_tasks) for t in reply.teams]
         return teams, {"source": reply.source, "half_life_ms": reply.half_life_ms, "min_lease_ms": reply.min_lease_ms,
                        "max_preemptions_per_minute": reply.max_preemptions_per_minute, "fleet": dict(reply.fleet),
-                       "pack_delay_ms": reply.pack_delay_ms, "pack_max_wait_ms": reply.pack_max_wait_ms}
+                       "pack_delay_ms": reply.pack_delay_ms, "pack_max_wait_ms": reply.pack_max_wait_ms,
+                       "reserve_after_ms": reply.reserve_after_ms}
 
     def reload_sharing(self) -> tuple[str, int]:
         """Admin only: the controller reads its --sharing file again (a bad file changes nothing).

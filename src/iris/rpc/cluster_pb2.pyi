@@ -2793,6 +2793,7 @@ class Controller(_message.Message):
         FLEET_FIELD_NUMBER: _builtins.int
         PACK_DELAY_MS_FIELD_NUMBER: _builtins.int
         PACK_MAX_WAIT_MS_FIELD_NUMBER: _builtins.int
+        RESERVE_AFTER_MS_FIELD_NUMBER: _builtins.int
         source: _builtins.str
         """the sharing file ("": the built-in default, every user a team of one)"""
         half_life_ms: _builtins.int
@@ -2802,6 +2803,8 @@ class Controller(_message.Message):
         """whole workers to whole work: across bands for this long"""
         pack_max_wait_ms: _builtins.int
         """... and within a band until a task has waited this long"""
+        reserve_after_ms: _builtins.int
+        """a job waiting for room longer is first in line for a reservation (0: off)"""
         @_builtins.property
         def teams(self) -> _containers.RepeatedCompositeFieldContainer[Global___Controller.TeamShare]: ...
         @_builtins.property
@@ -2817,10 +2820,11 @@ class Controller(_message.Message):
             fleet: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
             pack_delay_ms: _builtins.int = ...,
             pack_max_wait_ms: _builtins.int = ...,
+            reserve_after_ms: _builtins.int = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["fleet", b"fleet", "half_life_ms", b"half_life_ms", "max_preemptions_per_minute", b"max_preemptions_per_minute", "min_lease_ms", b"min_lease_ms", "pack_delay_ms", b"pack_delay_ms", "pack_max_wait_ms", b"pack_max_wait_ms", "source", b"source", "teams", b"teams"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["fleet", b"fleet", "half_life_ms", b"half_life_ms", "max_preemptions_per_minute", b"max_preemptions_per_minute", "min_lease_ms", b"min_lease_ms", "pack_delay_ms", b"pack_delay_ms", "pack_max_wait_ms", b"pack_max_wait_ms", "reserve_after_ms", b"reserve_after_ms", "source", b"source", "teams", b"teams"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -122,6 +122,28 @@ def test_work_that_arrives_after_a_reservation_never_takes_its_room_whatever_its
     assert tx.pending_reasons["later"].startswith("reserved for another job: the room it fits is reserved for big")
 
 
+def test_a_job_that_waited_past_reserve_after_goes_first_in_line_for_a_reservation(state: ControllerState) -> None:
+    """No job starves behind better-standing work that keeps arriving: one that has waited past
+    ``reserve_after`` (12 h by default) gets the reservation a job ranked above it would have taken."""
+    from .test_sharing import configure
+
+    configure(state, 'reserve_after = "12h"\n')
+    state.max_reservations = 1
+    for i in range(2):
+        add_worker(state, f"w{i}", cpu=2)
+        submit(state, f"long-{i}", owner="bob", cpu=2, timeout_seconds=24 * 3600)
+    one_pass(state)
+    submit(state, "old", owner="alice", cpu=2, now_ms=NOW + SEC)
+    one_pass(state, NOW + SEC)
+    assert [r.job_id for r in state.reservations] == ["old"]
+    later = NOW + 6 * 3600 * SEC
+    submit(state, "new", owner="adam", cpu=2, now_ms=later)  # ranks above "old" (a tie in standing: by name)
+    one_pass(state, later)
+    assert [r.job_id for r in state.reservations] == ["new"]  # ranked first, and "old" has waited only 6 h
+    one_pass(state, NOW + 13 * 3600 * SEC)
+    assert [r.job_id for r in state.reservations] == ["old"]  # 13 h: first in line
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.integers(1, 2), st.sampled_from([0, 30, 120, 900])), min_size=1, max_size=12),
        st.integers(200, 900))

@@ -77,6 +77,7 @@ min_lease = "10m"
 max_preemptions_per_minute = 30
 pack_delay = "1m"
 pack_max_wait = "12h"
+reserve_after = "6h"
 [teams.research]
 members = ["alice", "carol"]
 weight = 2
@@ -90,6 +91,7 @@ weight = 1
     assert config.max_preemptions_per_minute == 30
     assert config.pack_delay_ms == MIN and config.pack_max_wait_ms == 12 * 60 * MIN
     assert DEFAULT_SHARING.pack_delay_ms == 2 * MIN and DEFAULT_SHARING.pack_max_wait_ms == 24 * 60 * MIN
+    assert config.reserve_after_ms == 6 * 60 * MIN and DEFAULT_SHARING.reserve_after_ms == 12 * 60 * MIN
     assert research.weight == 2 and research.members == ("alice", "carol")
     assert dict(research.guarantee) == {"cpu": 8000, "memory": 32 * 2**30, "gpu:H100": 8}
     assert dict(research.limit) == {"cpu": 64000}
@@ -116,6 +118,7 @@ def test_without_a_file_every_user_is_a_team_of_one_with_equal_weight() -> None:
     ("max_preemptions_per_minute = -1", "sharing.toml:1: max_preemptions_per_minute: must be a whole number"),
     ("pack_delay = \"later\"", "sharing.toml:1: pack_delay:"),
     ("min_lease = \"1m\"\npack_max_wait = true", "sharing.toml:2: pack_max_wait: must be a duration"),
+    ("reserve_after = \"-1h\"", "sharing.toml:1: reserve_after:"),
     ("[teams.a", "sharing.toml: not valid TOML"),
 ])
 def test_a_bad_sharing_file_is_refused_naming_the_line_and_field(text: str, where: str) -> None:

@@ -243,7 +243,7 @@ class Dashboard:
         return {"teams": teams, "source": view.source, "half_life_ms": view.half_life_ms,
                 "min_lease_ms": view.min_lease_ms, "max_preemptions_per_minute": view.max_preemptions_per_minute,
                 "fleet": amounts_wire(view.fleet), "pack_delay_ms": view.pack_delay_ms,
-                "pack_max_wait_ms": view.pack_max_wait_ms}
+                "pack_max_wait_ms": view.pack_max_wait_ms, "reserve_after_ms": view.reserve_after_ms}
 
     def why(self, job_id: str, principal: Principal) -> dict[str, Any]:
         """``iris job why --json``'s data (the job page shows it for a pending job)."""

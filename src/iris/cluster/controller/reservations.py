@@ -20,6 +20,10 @@ was passed by hours (2 simulated days: 15 of 148 gangs started after their state
 with it). A single task's reservation still gives way to work that was waiting and now ranks above
 it: the next task to end frees room for it again, and shares then follow standings, not who
 reserved first.
+Who gets the ``max_reservations`` slots: the jobs a full pass meets first that do not fit, except
+that jobs waiting for room longer than the sharing file's ``reserve_after`` (the oldest first) are
+first in line: work of their band or a lower one met before them takes none of the slots they may
+need (``scheduler.Guard.first_in_line``).
 A reservation is made again on every full pass (so it follows the queue) and dropped when its job
 starts, ends or is stopped.
 """

@@ -35,7 +35,7 @@ and a readable reason for each job that could not be placed. Committing the assi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from iris.cluster.bands import BANDS
@@ -256,6 +256,9 @@ class Scheduler:
 
         order = FairOrder(pending_tasks, owner_of if book is not None else (lambda job_id: None), book, amounts_of)
         guard = Guard(sharing, working, get_job, transaction, now_ms) if sharing is not None else None
+        if guard is not None and sharing is not None and not bounded and config is not None and config.reserve_after_ms:
+            guard.first_in_line(_waited_longest(pending_tasks, now_ms - config.reserve_after_ms, sharing.max_reservations,
+                                                get_job), owner_of)
         never_cache: dict[_Shape, str] = {}
         totals: list[Room] = []
 
@@ -293,7 +296,7 @@ class Scheduler:
             if job_id in reqs:
                 req = reqs[job_id]
             else:
-                if guard:
+                if guard is not None:
                     guard.reach(job_id)  # the jobs met so far rank above it: its reservation binds from here on
                 job = get_job(job_id)
                 req = reqs[job_id] = None if job is None or job.is_finished() else job.requirements
@@ -467,8 +470,8 @@ class Guard:
     after it was made (see ``reservations``). Each reserved worker's room at its reservation's start
     is kept up to date as the pass places work."""
 
-    __slots__ = ("_at_start", "_base", "_by_worker", "_get_job", "_holders", "_now_ms", "_reached", "_seen",
-                 "_sharing", "_submitted", "_timeouts", "_transaction", "_unsettled", "_working", "made")
+    __slots__ = ("_at_start", "_base", "_by_worker", "_get_job", "_holders", "_met", "_now_ms", "_reached", "_seen",
+                 "_sharing", "_submitted", "_timeouts", "_transaction", "_unsettled", "_waited", "_working", "made")
 
     def __init__(self, sharing: FairInputs, working: list[_Working], get_job: Callable[[JobId], Job | None],
                  transaction: SchedulingTransaction, now_ms: int) -> None:
@@ -492,6 +495,11 @@ class Guard:
         self._reached: set[JobId] = set()
         """Reserved jobs the pass has met: work met before them ranks above them and is not held back."""
         self.made: list[Reservation] = []
+        self._met: set[JobId] = set()
+        """Jobs this pass has met (``reach``)."""
+        self._waited: dict[JobId, int] = {}
+        """Jobs past ``reserve_after`` (at most ``max_reservations``, the oldest) -> their band: first
+        in line for a reservation (``first_in_line``)."""
         for reservation in sharing.reservations:
             self._install(reservation, settle=False)
             if reservation.members() > 1:
@@ -561,6 +569,10 @@ class Guard:
         """A reservation for a job held back by room, on workers no other reservation holds."""
         if len(self.made) >= self._sharing.max_reservations or any(r.job_id == job_id for r in self.made):
             return
+        if job_id not in self._waited:
+            owed = sum(1 for j, b in self._waited.items() if b <= band and j not in self._met)
+            if len(self.made) + owed >= self._sharing.max_reservations:
+                return  # the rest are owed to jobs of its band or a higher one that waited past reserve_after
         free = [Free(cap.worker.worker_id, cap.cpu, cap.memory, cap.disk, cap.devices, cap.device_kind,
                      cap.device_variant) for cap in self._working
                 if cap.worker.worker_id not in self._by_worker or self._by_worker[cap.worker.worker_id].job_id == job_id]
@@ -575,7 +587,15 @@ class Guard:
                     del self._by_worker[worker_id]  # last pass's reservation of this job: this one replaces it
             self._install(reservation)
 
+    def first_in_line(self, jobs: Sequence[JobId], owner_of: Callable[[JobId], Owner | None]) -> None:
+        """``jobs`` (waiting past ``reserve_after``, the oldest first) go first in line for this
+        pass's reservations: work of their band or a lower one met before them gets none of the
+        slots they may need (they still take none unless they do not fit)."""
+        self._waited = {j: owner.band if (owner := owner_of(j)) is not None else len(BANDS) for j in jobs}
+
     def reach(self, job_id: JobId) -> None:
+        """The pass meets ``job_id``: the reservations of jobs met before bind it (if reserved)."""
+        self._met.add(job_id)
         self._reached.add(job_id)
 
     def holder_of(self, worker_id: WorkerId) -> Reservation | None:
@@ -613,6 +633,29 @@ class Guard:
             room.disk -= req.disk_bytes
             room.devices -= req.device_count
         return True
+
+
+def _waited_longest(pending_tasks: Sequence[Task], cutoff_ms: int, most: int,
+                    get_job: Callable[[JobId], Job | None]) -> list[JobId]:
+    """The ``most`` jobs whose tasks have waited for room since ``cutoff_ms`` or before, the oldest
+    first (one task per queue run read, where the queue gives its runs). Only jobs the last pass
+    left waiting for room: not one held by its team's limit or backing off, which a reservation
+    would not help."""
+    since: dict[JobId, int] = {}
+    runs = getattr(pending_tasks, "runs", None)
+    firsts: Iterable[Task] = (next(iter(run.tasks.values())) for run in runs if run.tasks) if runs is not None \
+        else pending_tasks
+    for task in firsts:
+        waited = task.pending_since_ms or task.submitted_at_ms
+        if waited <= cutoff_ms and waited < since.get(task.job_id, cutoff_ms + 1):
+            since[task.job_id] = waited
+    oldest = sorted(since, key=since.__getitem__)
+    return [j for j in oldest if (job := get_job(j)) is not None
+            and job.pending_reason.startswith(_WAITING_FOR_ROOM)][:most]
+
+
+_WAITING_FOR_ROOM = ("waiting for", RESERVED_FOR_OTHER)
+"""The pending reasons of work a reservation would help (no room, or room another job holds)."""
 
 
 def _fleet(config: SharingConfig, working: list[_Working]) -> dict[str, float]:

@@ -563,7 +563,8 @@ class ControllerServiceImpl(cluster_pb2_grpc.ControllerServiceServicer):
         return cluster_pb2.Controller.GetSharesResponse(
             teams=[team_share_proto(t) for t in view.teams], source=view.source, half_life_ms=view.half_life_ms,
             min_lease_ms=view.min_lease_ms, max_preemptions_per_minute=view.max_preemptions_per_minute,
-            fleet=amounts_wire(view.fleet), pack_delay_ms=view.pack_delay_ms, pack_max_wait_ms=view.pack_max_wait_ms)
+            fleet=amounts_wire(view.fleet), pack_delay_ms=view.pack_delay_ms, pack_max_wait_ms=view.pack_max_wait_ms,
+            reserve_after_ms=view.reserve_after_ms)
 
     @_rpc(Role.ADMIN)
     def ReloadSharing(

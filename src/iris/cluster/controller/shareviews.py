@@ -72,6 +72,7 @@ class SharesView:
     fleet: Mapping[str, float]
     pack_delay_ms: int = 0
     pack_max_wait_ms: int = 0
+    reserve_after_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +121,7 @@ def shares_view(state: ControllerState, now_ms: int) -> SharesView:
             sum(m.running_tasks for m in member_views), sum(m.pending_tasks for m in member_views)))
     return SharesView(tuple(teams), config.source, config.half_life_ms, config.min_lease_ms,
                       config.max_preemptions_per_minute, dict(shares.fleet), config.pack_delay_ms,
-                      config.pack_max_wait_ms)
+                      config.pack_max_wait_ms, config.reserve_after_ms)
 
 
 def queue_view(state: ControllerState, now_ms: int, limit: int = DEFAULT_QUEUE_LIMIT) -> tuple[list[QueueEntryView], int]:
