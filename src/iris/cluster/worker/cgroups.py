@@ -13,9 +13,10 @@
 When neither is usable, ``detect()`` returns None and the runtime's memory watchdog enforces memory
 limits instead (cpu is then not limited).
 
-A task's process is moved into its cgroup right after it starts, so anything it forks later is
-inside; the few instructions before the move are not limited. Processes of a worker never share a
-cgroup, and a cgroup is removed once its processes are gone.
+A task's first process is inside its cgroup from its first instruction: on v1 the thread that
+starts it steps into the cgroup, forks, and steps back (``enter_thread``); on v2, where a process's
+threads share its cgroup, a shell puts itself in and execs the task (``runtime._ENTER_CGROUP``).
+Processes of a worker never share a cgroup, and a cgroup is removed once its processes are gone.
 """
 
 from __future__ import annotations
