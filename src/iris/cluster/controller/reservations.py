@@ -134,6 +134,18 @@ def _how_many(req: JobRequirements, cpu: int, memory: int, disk: int, devices: i
     return n
 
 
+def backfills(reservation: Reservation, timeout_ms: int, now_ms: int) -> bool:
+    """Whether work whose hard ``--timeout`` is ``timeout_ms`` (0: none), started now, ends by the
+    reservation's start."""
+    return timeout_ms > 0 and reservation.start_ms is not None and now_ms + timeout_ms <= reservation.start_ms
+
+
+def holds_against(reservation: Reservation, submitted_ms: int) -> bool:
+    """Whether the reservation keeps its room from work of its band or lower that ranks above its
+    job: a gang's always, any other's from work submitted after it was first made."""
+    return reservation.members() > 1 or submitted_ms > reservation.since_ms
+
+
 def may_use(reservation: Reservation, room_at_start: Free, req: JobRequirements, band: int, timeout_ms: int,
             now_ms: int) -> bool:
     """Whether a task of another job (``req``, its band, its hard timeout, 0 for none) may take room
@@ -142,7 +154,7 @@ def may_use(reservation: Reservation, room_at_start: Free, req: JobRequirements,
     this task, still holds the reservation's share of that worker."""
     if band < reservation.band:
         return True
-    if timeout_ms > 0 and reservation.start_ms is not None and now_ms + timeout_ms <= reservation.start_ms:
+    if backfills(reservation, timeout_ms, now_ms):
         return True
     held = reservation.req
     share = reservation.workers.get(room_at_start.worker_id, 0)
@@ -155,4 +167,5 @@ def may_use(reservation: Reservation, room_at_start: Free, req: JobRequirements,
     return _how_many(held, *left, r.device_kind, r.device_variant, share) >= share
 
 
-__all__ = ["DEFAULT_MAX_RESERVATIONS", "NEVER", "Free", "Reservation", "Running", "may_use", "plan"]
+__all__ = ["DEFAULT_MAX_RESERVATIONS", "NEVER", "Free", "Reservation", "Running", "backfills", "holds_against", "may_use",
+           "plan"]

@@ -52,7 +52,16 @@ from iris.cluster.controller.fairness import (
 )
 from iris.cluster.controller.fairness import Room as FairRoom
 from iris.cluster.controller.job import Job
-from iris.cluster.controller.reservations import NEVER, Free, Reservation, Running, may_use, plan
+from iris.cluster.controller.reservations import (
+    NEVER,
+    Free,
+    Reservation,
+    Running,
+    backfills,
+    holds_against,
+    may_use,
+    plan,
+)
 from iris.cluster.controller.state import NEVER_FITS, ControllerState, ControllerWorker
 from iris.cluster.controller.task import Task
 from iris.cluster.sharing import SharingConfig
@@ -256,9 +265,9 @@ class Scheduler:
 
         order = FairOrder(pending_tasks, owner_of if book is not None else (lambda job_id: None), book, amounts_of)
         guard = Guard(sharing, working, get_job, transaction, now_ms) if sharing is not None else None
-        if guard is not None and sharing is not None and not bounded and config is not None and config.reserve_after_ms:
-            guard.first_in_line(_waited_longest(pending_tasks, now_ms - config.reserve_after_ms, sharing.max_reservations,
-                                                get_job), owner_of)
+        if sharing is not None and guard is not None and not bounded and sharing.config.reserve_after_ms:
+            after = sharing.config.reserve_after_ms
+            guard.first_in_line(_waited_longest(pending_tasks, now_ms - after, sharing.max_reservations, get_job), owner_of)
         never_cache: dict[_Shape, str] = {}
         totals: list[Room] = []
 
@@ -470,7 +479,7 @@ class Guard:
     after it was made (see ``reservations``). Each reserved worker's room at its reservation's start
     is kept up to date as the pass places work."""
 
-    __slots__ = ("_at_start", "_base", "_by_worker", "_get_job", "_holders", "_met", "_now_ms", "_reached", "_seen",
+    __slots__ = ("_at_start", "_base", "_by_worker", "_get_job", "_holders", "_now_ms", "_reached", "_seen",
                  "_sharing", "_submitted", "_timeouts", "_transaction", "_unsettled", "_waited", "_working", "made")
 
     def __init__(self, sharing: FairInputs, working: list[_Working], get_job: Callable[[JobId], Job | None],
@@ -493,17 +502,14 @@ class Guard:
         """Assignments of this pass already counted as running (they are read when a reservation is planned)."""
         self._now_ms = now_ms
         self._reached: set[JobId] = set()
-        """Reserved jobs the pass has met: work met before them ranks above them and is not held back."""
+        """Jobs the pass has met: work met before a reserved one ranks above it (held back only as
+        ``reservations.holds_against`` says)."""
         self.made: list[Reservation] = []
-        self._met: set[JobId] = set()
-        """Jobs this pass has met (``reach``)."""
         self._waited: dict[JobId, int] = {}
         """Jobs past ``reserve_after`` (at most ``max_reservations``, the oldest) -> their band: first
         in line for a reservation (``first_in_line``)."""
         for reservation in sharing.reservations:
             self._install(reservation, settle=False)
-            if reservation.members() > 1:
-                self._reached.add(reservation.job_id)  # a gang's, from an earlier pass: binds its band and below
 
     def __bool__(self) -> bool:
         return bool(self._by_worker)
@@ -570,7 +576,7 @@ class Guard:
         if len(self.made) >= self._sharing.max_reservations or any(r.job_id == job_id for r in self.made):
             return
         if job_id not in self._waited:
-            owed = sum(1 for j, b in self._waited.items() if b <= band and j not in self._met)
+            owed = sum(1 for j, b in self._waited.items() if b <= band and j not in self._reached)
             if len(self.made) + owed >= self._sharing.max_reservations:
                 return  # the rest are owed to jobs of its band or a higher one that waited past reserve_after
         free = [Free(cap.worker.worker_id, cap.cpu, cap.memory, cap.disk, cap.devices, cap.device_kind,
@@ -594,20 +600,18 @@ class Guard:
         self._waited = {j: owner.band if (owner := owner_of(j)) is not None else len(BANDS) for j in jobs}
 
     def reach(self, job_id: JobId) -> None:
-        """The pass meets ``job_id``: the reservations of jobs met before bind it (if reserved)."""
-        self._met.add(job_id)
+        """The pass meets ``job_id``: a reservation of its binds what the pass meets after."""
         self._reached.add(job_id)
 
     def holder_of(self, worker_id: WorkerId) -> Reservation | None:
         return self._by_worker.get(worker_id)
 
-    def _after(self, job_id: JobId, reservation: Reservation) -> bool:
-        """Whether ``job_id`` was submitted after ``reservation`` was first made (a later arrival)."""
+    def _submitted_at(self, job_id: JobId) -> int:
         submitted = self._submitted.get(job_id)
         if submitted is None:
             job = self._get_job(job_id)
             submitted = self._submitted[job_id] = job.submitted_at_ms if job is not None else 0
-        return submitted > reservation.since_ms
+        return submitted
 
     def for_job(self, job_id: JobId, req: JobRequirements, owner: Owner | None,
                 now_ms: int) -> Callable[[WorkerId], bool]:
@@ -618,8 +622,8 @@ class Guard:
         res = self._by_worker.get(worker_id)
         if res is None or res.job_id == job_id:
             return True  # not reserved, or its own
-        if res.job_id not in self._reached and not self._after(job_id, res):
-            return True  # it ranks above the reserved job in this pass, and was waiting when the reservation was made
+        if res.job_id not in self._reached and not holds_against(res, self._submitted_at(job_id)):
+            return True  # it ranks above the reserved job in this pass, which is not a gang, and was waiting already
         timeout = self._timeouts.get(job_id)
         if timeout is None:
             job = self._get_job(job_id)
@@ -627,7 +631,7 @@ class Guard:
         room = self._room_at_start(worker_id, res)
         if not may_use(res, room, req, owner.band if owner is not None else len(BANDS), timeout, now_ms):
             return False
-        if not (timeout > 0 and res.start_ms is not None and now_ms + timeout <= res.start_ms):
+        if not backfills(res, timeout, now_ms):
             room.cpu -= req.cpu  # it still runs at the start: it takes room the reservation counted on
             room.memory -= req.memory_bytes
             room.disk -= req.disk_bytes

@@ -24,7 +24,7 @@ from iris.cluster.controller.estimate import (
 )
 from iris.cluster.controller.fairness import PRODUCTION, FairOrder, Owner, ShareBook, task_amounts
 from iris.cluster.controller.job import Job
-from iris.cluster.controller.reservations import Reservation
+from iris.cluster.controller.reservations import Reservation, backfills, holds_against
 from iris.cluster.controller.scheduler import RESERVED_FOR_OTHER
 from iris.cluster.controller.state import NEVER_FITS, ControllerState
 from iris.cluster.errors import NotFound
@@ -322,8 +322,7 @@ def _estimate_inputs(state: ControllerState, entries: list[QueueEntryView], job:
         # (its hard --timeout ends it by the reservation's start): then it starts after that job.
         other = state.get_job(r.job_id)
         if (r.job_id in behind and other is not None and r.band <= job.band
-                and (r.members() > 1 or job.submitted_at_ms > r.since_ms)
-                and not (timeout_ms > 0 and r.start_ms is not None and now_ms + timeout_ms <= r.start_ms)):
+                and holds_against(r, job.submitted_at_ms) and not backfills(r, timeout_ms, now_ms)):
             ahead.append(pending_of(other, behind[r.job_id]))
     workers: list[WorkerRoom] = []
     running: list[RunningNow] = []
