@@ -466,19 +466,25 @@ def test_a_hello_reply_without_a_report_response_is_not_trusted_with_tagged_fram
         beats.stop()
 
 
-def test_a_heartbeat_is_answered_while_a_report_on_the_same_connection_is_still_applied() -> None:
-    release = threading.Event()
-    applying = threading.Event()
+def _held_reports(interval_ms: int) -> tuple[BeatServer, threading.Event, threading.Event]:
+    """A started port whose heartbeats are answered at once (with ``interval_ms``) and whose reports
+    are applied only once ``release`` is set; ``applying`` is set when a report arrives."""
+    release, applying = threading.Event(), threading.Event()
 
-    def slow_reports(frames: object) -> list[tuple[bytes, bool]]:
+    def held(frames: object) -> list[tuple[bytes, bool]]:
         applying.set()
         release.wait(30)
         return [(_EMPTY_REPORT, False) for _ in frames]  # type: ignore[attr-defined]
 
-    beat_reply = C.BeatReply(heartbeat=C.HeartbeatResponse(heartbeat_interval_ms=1234)).SerializeToString()
+    beat_reply = C.BeatReply(heartbeat=C.HeartbeatResponse(heartbeat_interval_ms=interval_ms)).SerializeToString()
     beats = BeatServer(ANSWER_ALL[0], lambda frames: [(beat_reply, False) for _ in frames], ANSWER_ALL[2],
-                       reports=slow_reports)
+                       reports=held)
     beats.start()
+    return beats, release, applying
+
+
+def test_a_heartbeat_is_answered_while_a_report_on_the_same_connection_is_still_applied() -> None:
+    beats, release, applying = _held_reports(1234)
     client = BeatClient("127.0.0.1", beats.port, "t", "w", 10)
     answered: list[object] = []
     reporter = threading.Thread(target=lambda: answered.append(client.report(reports("w"))))
@@ -611,16 +617,7 @@ def test_heartbeats_and_reports_from_several_threads_share_one_connection(
 
 
 def test_a_call_that_times_out_fails_its_connection_and_the_next_call_connects_again() -> None:
-    release = threading.Event()
-
-    def stuck_reports(frames: object) -> list[tuple[bytes, bool]]:
-        release.wait(30)
-        return [(_EMPTY_REPORT, False) for _ in frames]  # type: ignore[attr-defined]
-
-    beat_reply = C.BeatReply(heartbeat=C.HeartbeatResponse(heartbeat_interval_ms=7)).SerializeToString()
-    beats = BeatServer(ANSWER_ALL[0], lambda frames: [(beat_reply, False) for _ in frames], ANSWER_ALL[2],
-                       reports=stuck_reports)
-    beats.start()
+    beats, release, _ = _held_reports(7)
     client = BeatClient("127.0.0.1", beats.port, "t", "w", 0.5)
     try:
         with pytest.raises(TimeoutError):  # no reply within the client's timeout
