@@ -36,14 +36,10 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def _write(path: Path, value: str) -> None:
-    with open(path, "w") as f:
-        f.write(value)
-
-
-def _write_fd(path: Path, value: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY)
+    """One write to a cgroup file (unbuffered; the flags ``open(path, "w")`` uses)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, value)
+        os.write(fd, value.encode())
     finally:
         os.close(fd)
 
@@ -316,14 +312,14 @@ class CgroupLimits:
         shell's exec (~0.5 ms of CPU a task). Returns where to put the thread back
         (``leave_thread``), the worker's own cgroups; None, with the thread back, when it cannot go in
         (a directory removed from outside)."""
-        tid = str(threading.get_native_id()).encode()
+        tid = str(threading.get_native_id())
         homes: list[Path] = []
         for task_dir, base in ((cgroup.memory_dir, self.memory_base), (cgroup.cpu_dir, self.cpu_base),
                                (cgroup.pids_dir, self.pids_base)):
             if task_dir is None or base is None:
                 continue
             try:
-                _write_fd(task_dir / "tasks", tid)
+                _write(task_dir / "tasks", tid)
             except OSError:
                 self.leave_thread(homes)
                 return None
@@ -333,12 +329,12 @@ class CgroupLimits:
     @staticmethod
     def leave_thread(homes: list[Path]) -> None:
         """The calling thread back in the worker's own cgroups (after ``enter_thread``)."""
-        tid = str(threading.get_native_id()).encode()
+        tid = str(threading.get_native_id())
         for home in homes:
             try:
-                _write_fd(home / "tasks", tid)
+                _write(home / "tasks", tid)
             except OSError as e:  # the worker's own cgroup: only its removal from outside gets here
-                logger.error("could not move thread %s back to %s: %s", tid.decode(), home, e)
+                logger.error("could not move thread %s back to %s: %s", tid, home, e)
 
     def close(self) -> None:
         """Remove the reusable cgroups and the worker's own iris-<worker> directories (when empty)."""
