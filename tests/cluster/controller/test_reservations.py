@@ -79,6 +79,25 @@ def test_room_beyond_what_the_reservation_needs_is_still_used(state: ControllerS
     assert [t.job_id for t, _ in tx.assignments] == ["extra"]
 
 
+def test_work_that_fits_elsewhere_leaves_reserved_room_alone_even_when_it_may_take_it(state: ControllerState) -> None:
+    """A higher band may take a reservation's room, but room no reservation holds is used first:
+    otherwise the room drained for a batch job is where each new interactive task lands."""
+    for i in range(2):
+        add_worker(state, f"w{i}", cpu=4)
+        submit(state, f"long-{i}", owner="bob", cpu=3, timeout_seconds=600, priority="batch")
+    one_pass(state)  # one on each worker: 1 cpu free on each
+    submit(state, "big", owner="alice", cpu=4, priority="batch", now_ms=NOW + SEC)
+    one_pass(state, NOW + SEC)
+    (reservation,) = state.reservations
+    assert reservation.job_id == "big" and dict(reservation.workers) == {"w0": 1}  # the first of two alike
+    submit(state, "urgent", owner="carol", cpu=1, priority="interactive", now_ms=NOW + 2 * SEC)
+    tx = one_pass(state, NOW + 2 * SEC)
+    assert [(t.job_id, w.worker_id) for t, w in tx.assignments] == [("urgent", "w1")]
+    submit(state, "urgent-2", owner="carol", cpu=1, priority="interactive", now_ms=NOW + 3 * SEC)
+    tx = one_pass(state, NOW + 3 * SEC)  # nothing else fits it now: a higher band is not held back
+    assert [(t.job_id, w.worker_id) for t, w in tx.assignments] == [("urgent-2", "w0")]
+
+
 def test_a_gangs_reservation_holds_against_work_that_ranks_above_it_in_a_later_pass(state: ControllerState) -> None:
     """A gang's reservation, once made, is kept from all work of its band or lower, whatever their
     standing: the gang's start estimate was made with the queue as it stood, and a reservation that
