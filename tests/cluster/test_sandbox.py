@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 from iris.cluster.clock import wait_until
 from iris.cluster.local import LocalCluster
+from iris.cluster.worker.sandbox import private_path as sandbox_private_path
 
 from .e2e import Api, C, T, open_dir, processes_with
 
@@ -236,3 +238,44 @@ def test_sandbox_a_local_cluster_without_bubblewrap_runs_tasks_unconfined_and_sa
             assert api.wait(job_id).state == T.JOB_STATE_SUCCEEDED
             api.close()
     assert "run without a sandbox" in caplog.text and "bubblewrap (bwrap) is not installed" in caplog.text
+
+
+def test_sandbox_a_local_cluster_without_bubblewrap_whose_python_is_private_runs_tasks_as_its_user(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, shared: Path) -> None:
+    """A Python under a private home (pyenv's or uv's under /root) and no bubblewrap to bind it:
+    the users tasks would run as cannot start it, so the local cluster runs them as its own user and
+    says why (before, the README's first command failed with uv's "failed to canonicalize path")."""
+    import iris.cluster.worker.sandbox as sandbox
+
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # no bwrap to be found
+    monkeypatch.setattr(sandbox, "private_path", lambda paths: "/root")
+    with caplog.at_level("WARNING", logger="iris.cluster.local"):
+        with LocalCluster(workers=1, cpu_per_worker=1, base_dir=tmp_path / "c") as c:
+            api = Api(c.controller_address, c.admin_token)
+            job_id = api.launch("who", sh(f"/usr/bin/id -u > {shared}/private-python"))
+            assert api.wait(job_id).state == T.JOB_STATE_SUCCEEDED
+            api.close()
+    assert int((shared / "private-python").read_text()) == 0
+    assert "run as root: the users they would run as cannot reach /root" in caplog.text
+
+
+def test_sandbox_private_path_names_the_first_place_others_cannot_pass() -> None:
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:  # /tmp/pytest-of-root is private itself
+        base = Path(top)
+        base.chmod(0o755)
+        home = base / "home"
+        python = home / "versions" / "bin" / "python"
+        python.parent.mkdir(parents=True)
+        python.write_text("")
+        assert sandbox_private_path([str(base)]) == ""
+        for mode, expected in ((0o700, str(home)), (0o711, "")):
+            home.chmod(mode)
+            python.chmod(0o755)
+            assert sandbox_private_path([str(python)]) == expected
+        python.chmod(0o700)
+        assert sandbox_private_path([str(python)]) == str(python)  # passable, but not readable by others
+        link = base / "venv-python"
+        link.symlink_to(python)  # a virtual environment's python: judged by where it leads
+        assert sandbox_private_path([str(link)]) == str(python)

@@ -130,7 +130,7 @@ class LocalCluster:
         if "--port-range" not in self.worker_args:
             self.worker_args += ["--port-range", cluster_port_range()]
         if "--unconfined" not in self.worker_args:
-            from iris.cluster.worker.sandbox import Sandbox, SandboxUnavailable
+            from iris.cluster.worker.sandbox import Sandbox, SandboxUnavailable, private_path, runtime_paths
 
             try:
                 Sandbox.detect()
@@ -138,6 +138,14 @@ class LocalCluster:
                 # One's own machine and code: run, and say what is missing (a real worker refuses).
                 logger.warning("tasks of this local cluster run without a sandbox: %s", e)
                 self.worker_args.append("--unconfined")
+                # Without a sandbox to bind it, the users tasks run as cannot reach a Python that
+                # lives under a private directory: they run as this user instead, and it is said.
+                private = private_path(runtime_paths()) if os.geteuid() == 0 else ""
+                if private and not {"--run-tasks-as-root", "--task-user"} & set(self.worker_args):
+                    logger.warning("tasks of this local cluster run as root: the users they would run as cannot "
+                                   "reach %s, on the way to this Python (install bubblewrap to run them as "
+                                   "their owners)", private)
+                    self.worker_args.append("--run-tasks-as-root")
         self.controller_args = list(controller_args)
         self.auth = auth
         self.admin_token = ""

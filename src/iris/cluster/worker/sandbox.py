@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
@@ -159,6 +160,26 @@ def runtime_paths() -> list[str]:
                                                or os.path.isdir(os.path.join(entry, "iris"))):
             paths.add(os.path.realpath(entry))
     return [p for p in paths if p != "/" and not any(p == s or p.startswith(s + "/") for s in SYSTEM_READ_ONLY)]
+
+
+def private_path(paths: Iterable[str]) -> str:
+    """The first place on the way to ``paths`` (their real paths) that a user other than its owner
+    cannot pass: a directory without search permission for others, or one of the paths they cannot
+    read ("" if none). Without a sandbox to bind them, a task running as another user cannot reach
+    what lies there (a Python under a private home, such as pyenv's or uv's under ``/root``)."""
+    for path in paths:
+        real = os.path.realpath(path)
+        chain = []
+        parent = os.path.dirname(real)
+        while parent not in ("/", ""):
+            chain.append(parent)
+            parent = os.path.dirname(parent)
+        for directory in reversed(chain):
+            if not os.stat(directory).st_mode & stat.S_IXOTH:
+                return directory
+        if os.path.exists(real) and not os.stat(real).st_mode & stat.S_IROTH:
+            return real
+    return ""
 
 
 _MOUNTED = (*SYSTEM_READ_ONLY, "/proc", "/dev")
