@@ -212,6 +212,10 @@ class Outcome:
     gang_overrun: dict[str, int] = field(default_factory=dict)
     """Gang -> ms it started after that p90 (negative: before)."""
     gang_unknown: int = 0
+    gang_slotless: dict[str, list[int]] = field(default_factory=dict)
+    """Estimated gang -> [full passes it waited through holding no reservation, those of them in
+    which a job submitted after it held one]: work its estimate (arrivals frozen) could not know
+    ranked above it."""
 
 
 def simulate(trace: list[TraceJob], sharing: bool, reservations: int = 0, estimate_every: int = 0,
@@ -311,6 +315,13 @@ def simulate(trace: list[TraceJob], sharing: bool, reservations: int = 0, estima
                     state.shares.fleet = tx.fleet or state.shares.fleet
                     if tx.reservations is not None:
                         state.reservations = tx.reservations
+                        holders = {r.job_id for r in tx.reservations}
+                        newest = max((by_name[j].submit_ms for j in holders), default=-1)
+                        for g in out.gang_p90:
+                            if g not in out.waits and g not in holders:
+                                counts = out.gang_slotless.setdefault(g, [0, 0])
+                                counts[0] += 1
+                                counts[1] += by_name[g].submit_ms < newest
                 else:
                     fifo = sorted(pending, key=lambda t: (t.submitted_at_ms, t.job_id, t.task_index))
                     tx = scheduler.find_assignments(fifo, workers, now)
@@ -516,6 +527,13 @@ def main() -> None:
                   f"{reserved.gang_unknown} unknown; of {len(overruns)} started, {len(overruns) - len(late)} by "
                   f"their p90 (the predicted start plus the runtime error; target: all), {len(late)} later"
                   + (f", by {minutes(pct(late, 0.5))} at the median and {minutes(late[-1])} at most" if late else ""))
+            late_names = sorted(n for n, o in reserved.gang_overrun.items() if o > PASS_EVERY_MS)
+            if late_names:
+                print("  the later ones, with the full passes they waited through holding no reservation and, of "
+                      "those, the passes in which work submitted after them held one (work their estimate, made "
+                      "with arrivals frozen, could not know): " + ", ".join(
+                          f"{n} {reserved.gang_slotless.get(n, [0, 0])[0]}/{reserved.gang_slotless.get(n, [0, 0])[1]}"
+                          for n in late_names))
     sharing_s, fifo_s, placed = pass_cost()
     ratio = sharing_s / fifo_s
     print(f"\npass cost, 100,000 pending tasks x 10,000 workers ({placed} placed): sharing {sharing_s * 1e6:.1f} us, "
