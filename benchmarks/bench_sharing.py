@@ -532,8 +532,7 @@ def main() -> None:
                 print("  the later ones, with the full passes they waited through holding no reservation and, of "
                       "those, the passes in which work submitted after them held one (work their estimate, made "
                       "with arrivals frozen, could not know): " + ", ".join(
-                          f"{n} {reserved.gang_slotless.get(n, [0, 0])[0]}/{reserved.gang_slotless.get(n, [0, 0])[1]}"
-                          for n in late_names))
+                          "{} {}/{}".format(n, *reserved.gang_slotless.get(n, (0, 0))) for n in late_names))
     sharing_s, fifo_s, placed = pass_cost()
     ratio = sharing_s / fifo_s
     print(f"\npass cost, 100,000 pending tasks x 10,000 workers ({placed} placed): sharing {sharing_s * 1e6:.1f} us, "

@@ -373,16 +373,17 @@ class Scheduler:
             guarded = len(working)
             whole = -1
             """The first wholly free worker it fits and leaves to whole work (``_Packing``)."""
-            scan = _Scan(start, len(working))
-            for idx in scan if guard else range(start, len(working)):
+            scan = _Scan(start, len(working)) if guard else None
+            """Only where a reservation holds workers: their room is tried last."""
+            for idx in scan if scan is not None else range(start, len(working)):
                 cap = working[idx]
                 if fits_in(req, cap.cpu, cap.memory, cap.disk, cap.devices, cap.device_kind, cap.device_variant):
                     if yielding and cap.whole() and req.device_count < cap.devices:
                         if whole < 0:
                             whole = idx
                         continue
-                    if guard and scan.first_round and (h := guard.holder_of(cap.worker.worker_id)) is not None \
-                            and h.job_id != job_id:
+                    if scan is not None and guard is not None and scan.first_round \
+                            and (h := guard.holder_of(cap.worker.worker_id)) is not None and h.job_id != job_id:
                         scan.defer(idx)  # room another job's reservation holds is used last
                         continue
                     if guard and not guard.allows(cap.worker.worker_id, job_id, req, owner, now_ms):
@@ -408,7 +409,7 @@ class Scheduler:
                     if cap.cpu <= 0:
                         room -= 1
                     transaction.tentatively_assign(task, cap.worker)
-                    first = idx if scan.later < 0 else min(idx, scan.later)  # one it passed over still fits
+                    first = idx if scan is None or scan.later < 0 else min(idx, scan.later)  # passed over, fits
                     cursors[shape] = min(first, guarded) if whole < 0 else min(whole, guarded, first)
                     placed = True
                     break

@@ -169,12 +169,7 @@ def private_path(paths: Iterable[str]) -> str:
     what lies there (a Python under a private home, such as pyenv's or uv's under ``/root``)."""
     for path in paths:
         real = os.path.realpath(path)
-        chain = []
-        parent = os.path.dirname(real)
-        while parent not in ("/", ""):
-            chain.append(parent)
-            parent = os.path.dirname(parent)
-        for directory in reversed(chain):
+        for directory in _above(real):
             if not os.stat(directory).st_mode & stat.S_IXOTH:
                 return directory
         if os.path.exists(real) and not os.stat(real).st_mode & stat.S_IROTH:
@@ -185,18 +180,23 @@ def private_path(paths: Iterable[str]) -> str:
 _MOUNTED = (*SYSTEM_READ_ONLY, "/proc", "/dev")
 
 
+def _above(path: str) -> list[str]:
+    """The directories above ``path``, outermost first, ``/`` left out."""
+    chain = []
+    parent = os.path.dirname(path.rstrip("/"))
+    while parent not in ("/", ""):
+        chain.append(parent)
+        parent = os.path.dirname(parent)
+    return chain[::-1]
+
+
 def _parents(paths: Sequence[str]) -> list[str]:
     """The directories above ``paths`` that the sandbox must make, outermost first: every one
     that is not a mount of its own (the system's paths) or inside another bound path."""
     bound = set(paths)
     out: dict[str, None] = {}
     for path in paths:
-        chain = []
-        parent = os.path.dirname(path.rstrip("/"))
-        while parent not in ("/", ""):
-            chain.append(parent)
-            parent = os.path.dirname(parent)
-        for directory in reversed(chain):
+        for directory in _above(path):
             if directory in bound or any(directory == m or directory.startswith(m + "/") for m in _MOUNTED):
                 break
             if any(directory.startswith(b.rstrip("/") + "/") for b in bound):
